@@ -1,0 +1,1 @@
+"""CLI subcommands, one module each; `orchestrator.cli` registers every module found here."""

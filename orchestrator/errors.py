@@ -1,0 +1,101 @@
+"""The orchestrator's exceptions: one root, a few well-named branches.
+
+Every error carries what the user needs to act (host, step, file, line, field) and maps to a
+stable exit code (DESIGN.md "CLI") and HTTP status.
+
+    OrchestratorError                    exit 1, HTTP 500: a bug; please report
+    ├── InvalidInput                     exit 2, HTTP 400: bad spec, inventory, lock, path, flag
+    │   └── SpecError                    names file, line and field
+    ├── HostError                        exit 1, HTTP 502: something about one host
+    │   ├── HostUnreachable              connect/auth/banner failed or connection lost
+    │   ├── HostKeyRejected              unknown or changed host key (fingerprint in message)
+    │   ├── CommandFailed                non-zero exit; carries command, exit code, output tail
+    │   ├── CommandTimeout               command exceeded its deadline
+    │   ├── OutputTooLarge               command output exceeded the cap
+    │   └── BadHostOutput                output that is not what the script must print
+    ├── TestbedError                     exit 1: the local testbed could not start or stop
+    └── DeploymentFailed                 exit 3: a deployment failed (rolled back where it switched)
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_INVALID = 2
+EXIT_DEPLOY_FAILED = 3
+
+
+class OrchestratorError(Exception):
+    """Root of every error the orchestrator raises on purpose."""
+
+    exit_code = EXIT_INTERNAL
+    http_status = 500
+
+
+class InvalidInput(OrchestratorError):
+    """The user gave us something we refuse; nothing was changed anywhere."""
+
+    exit_code = EXIT_INVALID
+    http_status = 400
+
+
+class SpecError(InvalidInput):
+    """A problem at a precise place in a file: `file:line: field: message`."""
+
+    def __init__(
+        self, message: str, *, file: str | None = None, line: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.file, self.line, self.field, self.reason = file, line, field, message
+        where = ":".join(str(p) for p in (file, line) if p is not None)
+        parts = [p for p in (where, field) if p]
+        super().__init__(": ".join([*parts, message]))
+
+
+class HostError(OrchestratorError):
+    """Something went wrong on, or on the way to, one host."""
+
+    http_status = 502
+
+    def __init__(self, host: str, message: str) -> None:
+        self.host = host
+        self.reason = message
+        super().__init__(f"{host}: {message}")
+
+
+class HostUnreachable(HostError):
+    pass
+
+
+class HostKeyRejected(HostError):
+    pass
+
+
+class CommandFailed(HostError):
+    """A remote command exited non-zero; like invoke's UnexpectedExit it carries the result."""
+
+    def __init__(self, host: str, command: str, exit_code: int, stdout: str, stderr: str) -> None:
+        self.command, self.exit_status, self.stdout, self.stderr = command, exit_code, stdout, stderr
+        tail = "\n".join((stderr or stdout).strip().splitlines()[-10:])
+        super().__init__(host, f"command exited {exit_code}: {command}\n{tail}".rstrip())
+
+
+class CommandTimeout(HostError):
+    pass
+
+
+class OutputTooLarge(HostError):
+    pass
+
+
+class BadHostOutput(HostError):
+    pass
+
+
+class TestbedError(OrchestratorError):
+    __test__ = False  # not a pytest test class
+
+
+class DeploymentFailed(OrchestratorError):
+    exit_code = EXIT_DEPLOY_FAILED
+    http_status = 409
