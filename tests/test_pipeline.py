@@ -266,7 +266,8 @@ def test_previous_release_failing_its_check_too_stops_and_reports() -> None:
 def test_first_release_failing_after_switch_is_marked_bad_without_rollback() -> None:
     host = FakeHost(fail={"check": 1}, previous=None)
     result, _ = _run(host)
-    assert result.status is HostStatus.BROKEN and "no previous good release" in (result.reason or "")
+    assert result.status is HostStatus.BROKEN
+    assert "no previous good release" in (result.reason or "")
     assert "rollback" not in host.calls and host.bad == ["r2"]
 
 
@@ -281,7 +282,7 @@ def test_prune_failure_is_a_warning_not_a_rollback() -> None:
 def test_a_step_overrunning_its_budget_fails_even_if_it_returned() -> None:
     clock = [0.0]
     host = FakeHost(clock=clock, slow={"install": 5000.0})
-    result, sink = _run(host, clock)
+    result, _ = _run(host, clock)
     assert result.status is HostStatus.FAILED and result.failed_step == "install"
     assert "exceeded its budget of 1800 s" in (result.error or "")
     assert host.calls[-1] == "abort-stage"
