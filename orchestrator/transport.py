@@ -52,6 +52,11 @@ class Transport(Protocol):
 
     host: str
 
+    @property
+    def alive(self) -> bool:
+        """False once the connection is known to be lost (the pool then reopens it)."""
+        ...
+
     def run(
         self,
         argv: Sequence[str],
