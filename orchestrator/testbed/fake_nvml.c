@@ -1,0 +1,464 @@
+/*
+ * A fake libnvidia-ml.so.1 for the testbed: the NVML functions pynvml 13 calls, answered from
+ * a JSON profile instead of a GPU. Built on demand by orchestrator/testbed/fakelibs.py with
+ * `cc -shared -fPIC -fvisibility=hidden`, so only the NVML entry points below are exported.
+ *
+ * The profile is the file named by $FAKE_NVML_PROFILE. It is re-read at every nvmlInit*, so a
+ * profile rewritten while a host runs (a simulated driver upgrade) is seen by the next process
+ * that initialises NVML. Schema (one JSON object; any other key is ignored):
+ *
+ *   {"init_error": 0,                      NVML return code of nvmlInit* (9 = driver not loaded,
+ *                                          18 = driver/library version mismatch)
+ *    "driver_version": "550.54.15",        nvmlSystemGetDriverVersion
+ *    "nvml_version": "12.550.54.15",       nvmlSystemGetNVMLVersion
+ *    "cuda_driver_version": 12040,         nvmlSystemGetCudaDriverVersion(_v2), 1000*major+10*minor
+ *    "gpus": [{"name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-...",
+ *              "memory_total": 85899345920, "memory_used": 0, "memory_reserved": 0,
+ *              "cc_major": 9, "cc_minor": 0, "architecture": 9}]}
+ *
+ * $FAKE_NVML_PROFILE unset: nvmlInit returns 9 (no driver configured). Unreadable or malformed
+ * profile: nvmlInit returns 999 (Unknown Error). At most 16 GPUs.
+ */
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define API __attribute__((visibility("default")))
+
+typedef int nvmlReturn_t;
+enum {
+    NVML_SUCCESS = 0, NVML_ERROR_UNINITIALIZED = 1, NVML_ERROR_INVALID_ARGUMENT = 2,
+    NVML_ERROR_NOT_SUPPORTED = 3, NVML_ERROR_NOT_FOUND = 6, NVML_ERROR_INSUFFICIENT_SIZE = 7,
+    NVML_ERROR_DRIVER_NOT_LOADED = 9, NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25,
+    NVML_ERROR_UNKNOWN = 999
+};
+
+#define MAX_GPUS 16
+#define MAX_PROFILE_BYTES (1 << 20)
+#define MAX_DEPTH 32
+#define NVML_MEMORY_V2 0x02000028u
+
+typedef struct fake_gpu {
+    char name[96];
+    char uuid[96];
+    unsigned long long memory_total, memory_used, memory_reserved;
+    long long cc_major, cc_minor, architecture;
+} fake_gpu;
+typedef fake_gpu *nvmlDevice_t;
+
+typedef struct { unsigned long long total, free, used; } nvmlMemory_t;
+typedef struct {
+    unsigned int version;
+    unsigned long long total, reserved, free, used;
+} nvmlMemory_v2_t;
+typedef struct { unsigned int gpu, memory; } nvmlUtilization_t;
+
+typedef struct profile {
+    long long init_error;
+    char driver_version[80];
+    char nvml_version[80];
+    long long cuda_driver_version;
+    unsigned int gpu_count;
+    fake_gpu gpus[MAX_GPUS];
+} profile;
+
+static profile P;
+static int refcount;
+
+/* ---- a small JSON reader: just enough for the schema above, skips everything else ---- */
+
+typedef struct { const char *s; int ok; } reader;
+
+static void ws(reader *r) {
+    while (*r->s == ' ' || *r->s == '\t' || *r->s == '\n' || *r->s == '\r') r->s++;
+}
+
+static int expect(reader *r, char c) {
+    ws(r);
+    if (*r->s != c) return r->ok = 0;
+    r->s++;
+    return 1;
+}
+
+/* Reads a string into out (truncated to cap-1 bytes; out may be NULL to skip it). */
+static int read_string(reader *r, char *out, size_t cap) {
+    size_t n = 0;
+    if (!expect(r, '"')) return 0;
+    while (*r->s && *r->s != '"') {
+        char c = *r->s++;
+        if (c == '\\') {
+            char e = *r->s++;
+            switch (e) {
+            case 'n': c = '\n'; break;
+            case 't': c = '\t'; break;
+            case 'r': c = '\r'; break;
+            case 'b': c = '\b'; break;
+            case 'f': c = '\f'; break;
+            case 'u': /* non-ASCII escapes are not needed by any profile: keep a placeholder */
+                for (int i = 0; i < 4; i++) if (*r->s) r->s++;
+                c = '?';
+                break;
+            case '"': case '\\': case '/': c = e; break;
+            default: return r->ok = 0;
+            }
+        }
+        if (out && n + 1 < cap) out[n++] = c;
+    }
+    if (out && cap) out[n] = '\0';
+    if (*r->s != '"') return r->ok = 0;
+    r->s++;
+    return 1;
+}
+
+static int read_int(reader *r, long long *out) {
+    char *end;
+    ws(r);
+    long long v = strtoll(r->s, &end, 10);
+    if (end == r->s) return r->ok = 0;
+    r->s = end;
+    /* A fraction or exponent is not part of the schema: refuse rather than misread it. */
+    if (*r->s == '.' || *r->s == 'e' || *r->s == 'E') return r->ok = 0;
+    if (out) *out = v;
+    return 1;
+}
+
+static int read_uint64(reader *r, unsigned long long *out) {
+    long long v;
+    if (!read_int(r, &v) || v < 0) return r->ok = 0;
+    *out = (unsigned long long)v;
+    return 1;
+}
+
+static int skip_value(reader *r, int depth);
+
+/* Calls on_item(r, ctx, key) for each member (key != NULL) or element (key == NULL). */
+typedef int (*item_fn)(reader *r, void *ctx, const char *key);
+
+static int read_container(reader *r, char open, char close, item_fn on_item, void *ctx) {
+    char key[64];
+    if (!expect(r, open)) return 0;
+    ws(r);
+    if (*r->s == close) { r->s++; return 1; }
+    for (;;) {
+        if (open == '{') {
+            if (!read_string(r, key, sizeof key) || !expect(r, ':')) return 0;
+        }
+        if (!on_item(r, ctx, open == '{' ? key : NULL)) return r->ok = 0;
+        ws(r);
+        if (*r->s == ',') { r->s++; continue; }
+        return expect(r, close);
+    }
+}
+
+static int skip_item(reader *r, void *ctx, const char *key) {
+    (void)key;
+    return skip_value(r, *(int *)ctx);
+}
+
+static int skip_value(reader *r, int depth) {
+    int inner = depth + 1;
+    ws(r);
+    if (depth > MAX_DEPTH) return r->ok = 0;
+    switch (*r->s) {
+    case '"': return read_string(r, NULL, 0);
+    case '{': return read_container(r, '{', '}', skip_item, &inner);
+    case '[': return read_container(r, '[', ']', skip_item, &inner);
+    case 't': if (!strncmp(r->s, "true", 4)) { r->s += 4; return 1; } return r->ok = 0;
+    case 'f': if (!strncmp(r->s, "false", 5)) { r->s += 5; return 1; } return r->ok = 0;
+    case 'n': if (!strncmp(r->s, "null", 4)) { r->s += 4; return 1; } return r->ok = 0;
+    default: {
+        char *end;
+        strtod(r->s, &end);
+        if (end == r->s) return r->ok = 0;
+        r->s = end;
+        return 1;
+    }
+    }
+}
+
+static int gpu_member(reader *r, void *ctx, const char *key) {
+    fake_gpu *g = ctx;
+    if (!strcmp(key, "name")) return read_string(r, g->name, sizeof g->name);
+    if (!strcmp(key, "uuid")) return read_string(r, g->uuid, sizeof g->uuid);
+    if (!strcmp(key, "memory_total")) return read_uint64(r, &g->memory_total);
+    if (!strcmp(key, "memory_used")) return read_uint64(r, &g->memory_used);
+    if (!strcmp(key, "memory_reserved")) return read_uint64(r, &g->memory_reserved);
+    if (!strcmp(key, "cc_major")) return read_int(r, &g->cc_major);
+    if (!strcmp(key, "cc_minor")) return read_int(r, &g->cc_minor);
+    if (!strcmp(key, "architecture")) return read_int(r, &g->architecture);
+    return skip_value(r, 2);
+}
+
+static int gpu_element(reader *r, void *ctx, const char *key) {
+    profile *p = ctx;
+    (void)key;
+    if (p->gpu_count >= MAX_GPUS) return r->ok = 0;
+    fake_gpu *g = &p->gpus[p->gpu_count++];
+    memset(g, 0, sizeof *g);
+    g->architecture = 0xffffffffLL; /* NVML_DEVICE_ARCH_UNKNOWN */
+    return read_container(r, '{', '}', gpu_member, g);
+}
+
+static int profile_member(reader *r, void *ctx, const char *key) {
+    profile *p = ctx;
+    if (!strcmp(key, "init_error")) return read_int(r, &p->init_error);
+    if (!strcmp(key, "driver_version")) return read_string(r, p->driver_version, 80);
+    if (!strcmp(key, "nvml_version")) return read_string(r, p->nvml_version, 80);
+    if (!strcmp(key, "cuda_driver_version")) return read_int(r, &p->cuda_driver_version);
+    if (!strcmp(key, "gpus")) return read_container(r, '[', ']', gpu_element, p);
+    return skip_value(r, 1);
+}
+
+static char *slurp(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = malloc(MAX_PROFILE_BYTES + 1);
+    size_t n = buf ? fread(buf, 1, MAX_PROFILE_BYTES + 1, f) : 0;
+    fclose(f);
+    if (!buf || n > MAX_PROFILE_BYTES) { free(buf); return NULL; }
+    buf[n] = '\0';
+    return buf;
+}
+
+/* Returns the NVML code nvmlInit must return; on success P holds the profile. */
+static nvmlReturn_t load_profile(void) {
+    const char *path = getenv("FAKE_NVML_PROFILE");
+    if (!path || !*path) return NVML_ERROR_DRIVER_NOT_LOADED;
+    char *text = slurp(path);
+    if (!text) return NVML_ERROR_UNKNOWN;
+    profile fresh;
+    memset(&fresh, 0, sizeof fresh);
+    reader r = {text, 1};
+    int ok = read_container(&r, '{', '}', profile_member, &fresh) && r.ok;
+    ws(&r);
+    ok = ok && *r.s == '\0';
+    free(text);
+    if (!ok) return NVML_ERROR_UNKNOWN;
+    P = fresh;
+    return (nvmlReturn_t)P.init_error;
+}
+
+/* ---- NVML API ---- */
+
+API nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
+    (void)flags;
+    nvmlReturn_t rc = load_profile();
+    if (rc == NVML_SUCCESS) refcount++;
+    return rc;
+}
+API nvmlReturn_t nvmlInit_v2(void) { return nvmlInitWithFlags(0); }
+API nvmlReturn_t nvmlInit(void) { return nvmlInitWithFlags(0); }
+
+API nvmlReturn_t nvmlShutdown(void) {
+    if (refcount == 0) return NVML_ERROR_UNINITIALIZED;
+    refcount--;
+    return NVML_SUCCESS;
+}
+
+API const char *nvmlErrorString(nvmlReturn_t result) {
+    /* The strings of NVIDIA's libnvidia-ml (what nvidia-smi prints after "Failed to initialize NVML: "). */
+    switch (result) {
+    case 0: return "Success";
+    case 1: return "Uninitialized";
+    case 2: return "Invalid Argument";
+    case 3: return "Not Supported";
+    case 4: return "Insufficient Permissions";
+    case 5: return "Already Initialized";
+    case 6: return "Not Found";
+    case 7: return "Insufficient Size";
+    case 8: return "Insufficient External Power";
+    case 9: return "Driver Not Loaded";
+    case 10: return "Timeout";
+    case 11: return "Interrupt Request Issue";
+    case 12: return "NVML Shared Library Not Found";
+    case 13: return "Function Not Found";
+    case 14: return "Corrupted infoROM";
+    case 15: return "GPU is lost";
+    case 16: return "GPU requires restart";
+    case 17: return "The operating system has blocked the request.";
+    case 18: return "Driver/library version mismatch";
+    case 19: return "In use by another client";
+    case 20: return "Insufficient Memory";
+    case 21: return "No data";
+    case 25: return "Argument version mismatch";
+    default: return "Unknown Error";
+    }
+}
+
+static nvmlReturn_t copy_string(const char *value, char *out, unsigned int length) {
+    if (refcount == 0) return NVML_ERROR_UNINITIALIZED;
+    if (!out) return NVML_ERROR_INVALID_ARGUMENT;
+    if (strlen(value) + 1 > length) return NVML_ERROR_INSUFFICIENT_SIZE;
+    strcpy(out, value);
+    return NVML_SUCCESS;
+}
+
+API nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length) {
+    return copy_string(P.driver_version, version, length);
+}
+API nvmlReturn_t nvmlSystemGetNVMLVersion(char *version, unsigned int length) {
+    return copy_string(P.nvml_version, version, length);
+}
+
+API nvmlReturn_t nvmlSystemGetCudaDriverVersion(int *version) {
+    if (refcount == 0) return NVML_ERROR_UNINITIALIZED;
+    if (!version) return NVML_ERROR_INVALID_ARGUMENT;
+    *version = (int)P.cuda_driver_version;
+    return NVML_SUCCESS;
+}
+API nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int *version) {
+    return nvmlSystemGetCudaDriverVersion(version);
+}
+
+API nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
+    if (refcount == 0) return NVML_ERROR_UNINITIALIZED;
+    if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+    *count = P.gpu_count;
+    return NVML_SUCCESS;
+}
+API nvmlReturn_t nvmlDeviceGetCount(unsigned int *count) { return nvmlDeviceGetCount_v2(count); }
+
+API nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *device) {
+    if (refcount == 0) return NVML_ERROR_UNINITIALIZED;
+    if (!device || index >= P.gpu_count) return NVML_ERROR_INVALID_ARGUMENT;
+    *device = &P.gpus[index];
+    return NVML_SUCCESS;
+}
+API nvmlReturn_t nvmlDeviceGetHandleByIndex(unsigned int index, nvmlDevice_t *device) {
+    return nvmlDeviceGetHandleByIndex_v2(index, device);
+}
+
+API nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *device) {
+    if (refcount == 0) return NVML_ERROR_UNINITIALIZED;
+    if (!uuid || !device) return NVML_ERROR_INVALID_ARGUMENT;
+    for (unsigned int i = 0; i < P.gpu_count; i++) {
+        if (!strcmp(P.gpus[i].uuid, uuid)) { *device = &P.gpus[i]; return NVML_SUCCESS; }
+    }
+    return NVML_ERROR_NOT_FOUND;
+}
+
+/* A handle is valid only if it points at one of this profile's GPUs. */
+static nvmlReturn_t check(nvmlDevice_t d, const void *out) {
+    if (refcount == 0) return NVML_ERROR_UNINITIALIZED;
+    if (!out || d < &P.gpus[0] || d >= &P.gpus[P.gpu_count]) return NVML_ERROR_INVALID_ARGUMENT;
+    return NVML_SUCCESS;
+}
+
+API nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t d, unsigned int *index) {
+    nvmlReturn_t rc = check(d, index);
+    if (rc == NVML_SUCCESS) *index = (unsigned int)(d - &P.gpus[0]);
+    return rc;
+}
+
+API nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t d, char *name, unsigned int length) {
+    nvmlReturn_t rc = check(d, name);
+    return rc ? rc : copy_string(d->name, name, length);
+}
+
+API nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t d, char *uuid, unsigned int length) {
+    nvmlReturn_t rc = check(d, uuid);
+    return rc ? rc : copy_string(d->uuid, uuid, length);
+}
+
+static unsigned long long memory_free(const fake_gpu *g) {
+    unsigned long long taken = g->memory_used + g->memory_reserved;
+    return taken > g->memory_total ? 0 : g->memory_total - taken;
+}
+
+API nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t d, nvmlMemory_t *memory) {
+    nvmlReturn_t rc = check(d, memory);
+    if (rc) return rc;
+    memory->total = d->memory_total;
+    memory->free = memory_free(d);
+    memory->used = d->memory_used + d->memory_reserved;
+    return NVML_SUCCESS;
+}
+
+API nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t d, nvmlMemory_v2_t *memory) {
+    nvmlReturn_t rc = check(d, memory);
+    if (rc) return rc;
+    if (memory->version != NVML_MEMORY_V2) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    memory->total = d->memory_total;
+    memory->reserved = d->memory_reserved;
+    memory->free = memory_free(d);
+    memory->used = d->memory_used;
+    return NVML_SUCCESS;
+}
+
+API nvmlReturn_t nvmlDeviceGetCudaComputeCapability(nvmlDevice_t d, int *major, int *minor) {
+    nvmlReturn_t rc = check(d, major);
+    if (rc || !minor) return rc ? rc : NVML_ERROR_INVALID_ARGUMENT;
+    *major = (int)d->cc_major;
+    *minor = (int)d->cc_minor;
+    return NVML_SUCCESS;
+}
+
+API nvmlReturn_t nvmlDeviceGetArchitecture(nvmlDevice_t d, unsigned int *arch) {
+    nvmlReturn_t rc = check(d, arch);
+    if (rc == NVML_SUCCESS) *arch = (unsigned int)d->architecture;
+    return rc;
+}
+
+/* No process ever runs on a fake GPU: an empty list, as NVML reports it. */
+static nvmlReturn_t no_processes(nvmlDevice_t d, unsigned int *count, void *infos) {
+    (void)infos;
+    nvmlReturn_t rc = check(d, count);
+    if (rc == NVML_SUCCESS) *count = 0;
+    return rc;
+}
+API nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsigned int *c, void *i) {
+    return no_processes(d, c, i);
+}
+API nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t d, unsigned int *c, void *i) {
+    return no_processes(d, c, i);
+}
+API nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v3(nvmlDevice_t d, unsigned int *c, void *i) {
+    return no_processes(d, c, i);
+}
+
+API nvmlReturn_t nvmlDeviceGetComputeMode(nvmlDevice_t d, int *mode) {
+    nvmlReturn_t rc = check(d, mode);
+    if (rc == NVML_SUCCESS) *mode = 0; /* NVML_COMPUTEMODE_DEFAULT */
+    return rc;
+}
+
+API nvmlReturn_t nvmlDeviceGetPersistenceMode(nvmlDevice_t d, int *mode) {
+    nvmlReturn_t rc = check(d, mode);
+    if (rc == NVML_SUCCESS) *mode = 1; /* NVML_FEATURE_ENABLED, as on a datacenter host */
+    return rc;
+}
+
+API nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t d, unsigned int *current, unsigned int *pending) {
+    nvmlReturn_t rc = check(d, current);
+    if (rc || !pending) return rc ? rc : NVML_ERROR_INVALID_ARGUMENT;
+    /* MIG exists from Ampere (compute capability 8.0) on; older GPUs answer Not Supported. */
+    if (d->cc_major < 8) return NVML_ERROR_NOT_SUPPORTED;
+    *current = *pending = 0;
+    return NVML_SUCCESS;
+}
+
+API nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t d, int sensor, unsigned int *temp) {
+    nvmlReturn_t rc = check(d, temp);
+    if (rc == NVML_SUCCESS) *temp = sensor == 0 ? 34 : 0;
+    return rc;
+}
+
+API nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t d, unsigned int *milliwatts) {
+    nvmlReturn_t rc = check(d, milliwatts);
+    if (rc == NVML_SUCCESS) *milliwatts = 61000;
+    return rc;
+}
+
+API nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t d, nvmlUtilization_t *util) {
+    nvmlReturn_t rc = check(d, util);
+    if (rc == NVML_SUCCESS) util->gpu = util->memory = 0;
+    return rc;
+}
+
+API nvmlReturn_t nvmlDeviceGetEccMode(nvmlDevice_t d, int *current, int *pending) {
+    nvmlReturn_t rc = check(d, current);
+    if (rc || !pending) return rc ? rc : NVML_ERROR_INVALID_ARGUMENT;
+    *current = *pending = 1;
+    return NVML_SUCCESS;
+}
