@@ -1,0 +1,105 @@
+"""The compatibility data and its queries, against the facts in ../shared/compat/FACTS.md."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import pytest
+
+from orchestrator.compat import load_compat, major_minor, parse_version
+from orchestrator.errors import InvalidInput
+
+
+def test_every_table_and_row_names_its_source() -> None:
+    raw = json.loads(resources.files("orchestrator").joinpath("data", "compat.json").read_text())
+    assert raw["cuda"]["source_table3"] and raw["cuda"]["source_table2"] and raw["disk"]["source"]
+    assert all(row["source"] for row in raw["tensorflow"]["builds"])
+    assert all(p["source"] for p in raw["tensorflow"]["packages"].values())
+
+
+def test_tensorflow_2_21_build() -> None:
+    b = load_compat().tf_build("2.21.0")
+    assert b is not None
+    assert (b.python_min, b.python_max, b.cuda, b.cudnn) == ("3.10", "3.13", "12.5.1", "9.3")
+    assert b.sass == ("6.0", "7.0", "8.0", "8.9", "9.0") and b.ptx == ("9.0",)
+    assert b.min_cc == "6.0"
+    assert {lib.soname for lib in b.libraries} == {"libcudnn.so.9", "libcudart.so.12"}
+    assert dict(b.and_cuda)["nvidia-cudnn-cu12"] == ">=9.3.0.75,<10.0"
+    assert b.supports_python("3.11.2") and not b.supports_python("3.9.18")
+
+
+def test_build_history_min_cc() -> None:
+    data = load_compat()
+    mins = {v: data.tf_build(v).min_cc for v in ("2.14.0", "2.15.0", "2.17.0")}  # type: ignore[union-attr]
+    assert mins == {"2.14.0": "3.5", "2.15.0": "5.0", "2.17.0": "6.0"}
+
+
+def test_patch_release_uses_its_minor_row_and_unknown_is_none() -> None:
+    data = load_compat()
+    assert data.tf_build("2.16.2").version == "2.16.1"  # type: ignore[union-attr]
+    assert data.tf_build("2.99.0") is None
+    assert data.tf_build("2.22.0.dev20260301") is None
+
+
+def test_cpu_package_is_never_a_cuda_build() -> None:
+    data = load_compat()
+    assert data.tf_package("tensorflow-cpu").cuda_build is False  # type: ignore[union-attr]
+    assert data.tf_package("tensorflow").cuda_build is True  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("cuda", "compat", "own"), [
+    ("12.5", "525.60.13", "555.42.02"),
+    ("12.5.1", "525.60.13", "555.42.06"),
+    ("12.9", "525.60.13", "575.51.03"),
+    ("11.8", "450.80.02", "520.61.05"),
+    ("11.0", "450.51.05", "450.51.05"),  # built with 11.0 itself: its own driver is older
+    ("10.2", "440.33", "440.33"),  # no minor-version compatibility before CUDA 11
+    ("13.0", "580.65.06", "580.65.06"),
+])
+def test_min_driver_for_cuda(cuda: str, compat: str, own: str) -> None:
+    data = load_compat()
+    assert data.min_driver_for_cuda(cuda) == compat
+    assert data.min_driver_for_cuda(cuda, minor_compat=False) == own
+
+
+def test_unknown_cuda_falls_back_to_the_family_floor() -> None:
+    data = load_compat()
+    assert data.min_driver_for_cuda("12.7") == "525.60.13"  # 12.7 was never released
+    assert data.min_driver_for_cuda("12.7", minor_compat=False) is None
+    assert data.min_driver_for_cuda("9.0") is None
+
+
+@pytest.mark.parametrize(("driver", "cuda"), [
+    ("470.82.01", "11.4"), ("550.54.15", "12.4"), ("525.60.13", "12.0"), ("535.104.05", "12.2"),
+    ("580.95.05", "13.0"), ("400.1", None),
+])
+def test_max_cuda_for_driver(driver: str, cuda: str | None) -> None:
+    assert load_compat().max_cuda_for_driver(driver) == cuda
+
+
+def test_cuda_of_wheel() -> None:
+    data = load_compat()
+    assert data.cuda_of_wheel("nvidia-cuda-runtime-cu12", "12.9.79") == (12, "12.9")
+    assert data.cuda_of_wheel("nvidia-cudnn-cu12", "9.28.0.42") == (12, None)
+    assert data.cuda_of_wheel("numpy", "2.4.6") is None
+
+
+def test_version_helpers() -> None:
+    assert parse_version("550.54.15") == (550, 54, 15)
+    assert parse_version("2.22.0.dev20260301") == (2, 22, 0)
+    assert parse_version("2.16.0rc0") == (2, 16, 0)
+    assert parse_version("470.82.01") > parse_version("470.9.1")  # numeric, not string order
+    assert major_minor("12.5.1") == "12.5"
+
+
+def test_malformed_data_is_invalid_input_not_a_crash() -> None:
+    with pytest.raises(InvalidInput, match="malformed compatibility data"):
+        load_compat('{"tensorflow": {}}')
+
+
+def test_data_is_extensible_by_adding_a_row() -> None:
+    raw = json.loads(resources.files("orchestrator").joinpath("data", "compat.json").read_text())
+    row = dict(raw["tensorflow"]["builds"][-1], version="2.22.0", python_max="3.14")
+    raw["tensorflow"]["builds"].append(row)
+    assert load_compat(json.dumps(raw)).tf_build("2.22.0").python_max == "3.14"  # type: ignore[union-attr]

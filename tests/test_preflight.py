@@ -1,0 +1,224 @@
+"""The preflight from data fixtures: facts per testbed profile x real lock files -> verdicts."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from orchestrator.compat import load_compat
+from orchestrator.facts import HostFacts, parse_facts
+from orchestrator.preflight import (
+    Check,
+    HostVerdict,
+    Requirements,
+    Status,
+    preflight,
+    requirements_from_spec,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+GPU = Requirements(python="3.11", gpu_required=True, gpu_count=1, min_memory_gib=8, min_cc="7.0")
+CPU = Requirements(python="3.11")
+
+
+@dataclass(frozen=True)
+class Pkg:
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
+class Lock:
+    packages: tuple[Pkg, ...]
+
+
+def lock(name: str) -> Lock:
+    """The `name==version` lines of a real lock fixture (hash lines are the linter's business)."""
+    text = (FIXTURES / "locks" / name).read_text()
+    return Lock(tuple(Pkg(m[1], m[2]) for m in re.finditer(r"(?m)^([A-Za-z0-9_.-]+)==(\S+)", text)))
+
+
+def pins(**versions: str) -> Lock:
+    return Lock(tuple(Pkg(n.replace("_", "-"), v) for n, v in versions.items()))
+
+
+def facts(profile: str) -> HostFacts:
+    return parse_facts(f"gpu-{profile}", (FIXTURES / "facts" / f"{profile}.json").read_text())
+
+
+def run(profile: str, lock_: Lock, req: Requirements = GPU) -> HostVerdict:
+    return preflight(req, lock_, facts(profile), load_compat())
+
+
+def check(verdict: HostVerdict, name: str) -> Check:
+    return next(c for c in verdict.checks if c.name == name)
+
+
+TF_GPU = "tensorflow-2.21-gpu.lock"
+TF_CPU = "tensorflow-cpu-2.21.lock"
+NAMES = ["python", "framework", "driver", "gpu-present", "gpu-count", "gpu-memory", "cpu-build",
+         "cuda-driver", "compute-capability", "kernels", "cuda-libraries", "disk"]
+
+
+def test_h100_passes_for_the_tensorflow_2_21_gpu_lock() -> None:
+    v = run("h100", lock(TF_GPU))
+    assert [c.name for c in v.checks] == NAMES
+    assert v.ok, v.reasons()
+    # the [and-cuda] wheels provide cuDNN and cudart: nothing is needed on the host
+    assert "libcudnn.so.9 from nvidia-cudnn-cu12 9.28.0.42" in check(v, "cuda-libraries").message
+    assert check(v, "kernels").status is Status.PASS and "sm_90" in check(v, "kernels").message
+    # the lock resolved CUDA runtime 12.9 > the driver's 12.4: minor-version compat, with a warning
+    cd = check(v, "cuda-driver")
+    assert cd.status is Status.WARN
+    assert "driver 550.54.15 supports CUDA up to 12.4" in cd.message
+    assert "nvidia-cuda-runtime-cu12 12.9.79 needs CUDA 12.9" in cd.message
+    assert "575.51.03" in cd.message
+
+
+def test_old_driver_fails_naming_driver_and_cuda_versions() -> None:
+    v = run("old-driver", lock(TF_GPU))
+    assert not v.ok
+    assert check(v, "cuda-driver").message.startswith(
+        "driver 470.82.01 supports CUDA up to 11.4; tensorflow 2.21.0 needs CUDA 12.5 "
+        "(driver >= 525.60.13)")
+    assert "gpu-old-driver: driver 470.82.01 supports CUDA up to 11.4" in v.reasons()[0]
+
+
+def test_t4_passes_with_native_sm70_kernels() -> None:
+    v = run("t4", lock(TF_GPU))
+    assert v.ok, v.reasons()
+    assert "sm_70" in check(v, "kernels").message
+
+
+@pytest.mark.parametrize(("profile", "reason"), [
+    ("no-driver", "no NVIDIA driver library"),
+    ("driver-not-loaded", "NVIDIA driver not loaded"),
+    ("mismatch", "driver/library version mismatch: reboot or reload the nvidia module"),
+])
+def test_nvml_errors_fail_with_their_reason(profile: str, reason: str) -> None:
+    v = run(profile, lock(TF_GPU))
+    assert check(v, "driver").status is Status.FAIL and reason in check(v, "driver").message
+    assert reason in check(v, "gpu-present").message
+    # checks that need GPU facts fail as "not checked", never pass on facts nobody saw
+    for name in ("gpu-count", "gpu-memory", "compute-capability", "kernels", "cuda-driver"):
+        assert check(v, name).status is Status.FAIL
+        assert check(v, name).message.startswith("not checked")
+
+
+def test_no_gpu_fails_with_its_reason() -> None:
+    v = run("no-gpu", lock(TF_GPU))
+    assert check(v, "driver").status is Status.PASS
+    gp = check(v, "gpu-present")
+    assert gp.status is Status.FAIL and "no GPU found" in gp.message
+
+
+def test_cpu_only_tensorflow_for_a_gpu_spec_fails_naming_the_build() -> None:
+    v = run("h100", lock(TF_CPU))
+    c = check(v, "cpu-build")
+    assert c.status is Status.FAIL
+    assert "tensorflow-cpu 2.21.0 is a CPU-only build" in c.message
+    assert "tensorflow[and-cuda]==2.21.0" in c.message
+
+
+def test_cpu_spec_skips_gpu_checks_and_passes_on_a_host_without_gpu() -> None:
+    v = run("no-gpu", lock(TF_CPU), CPU)
+    assert v.status is Status.PASS, v.reasons()
+    assert check(v, "driver").message == "skipped: gpu.required is false"
+    assert run("no-driver", lock(TF_GPU), CPU).ok
+
+
+def test_python_mismatch_fails_naming_both_versions() -> None:
+    v = run("h100", lock(TF_GPU), replace(GPU, python="3.12"))
+    c = check(v, "python")
+    assert c.status is Status.FAIL and "3.11.2" in c.message and "3.12" in c.message
+
+
+def test_python_outside_the_tensorflow_range_fails() -> None:
+    v = run("old-python", lock(TF_GPU), replace(GPU, python="3.9"))
+    assert check(v, "python").status is Status.PASS
+    fw = check(v, "framework")
+    assert fw.status is Status.FAIL and "Python 3.10-3.13" in fw.message and "3.9.2" in fw.message
+
+
+def test_gpu_wheels_without_and_cuda_need_host_libraries() -> None:
+    bare = Lock(tuple(p for p in lock(TF_GPU).packages if not p.name.startswith("nvidia-")))
+    c = check(run("h100", bare), "cuda-libraries")
+    assert c.status is Status.FAIL
+    assert "libcudnn.so.9" in c.message and "libcudart.so.12" in c.message
+    host = check(run("h100-host-libs", bare), "cuda-libraries")
+    assert host.status is Status.PASS and "/usr/lib/x86_64-linux-gnu/libcudnn.so.9" in host.message
+
+
+def test_wrong_cudnn_major_in_the_lock_fails() -> None:
+    c = check(run("h100", pins(tensorflow="2.21.0", nvidia_cudnn_cu12="8.9.7.29",
+                               nvidia_cuda_runtime_cu12="12.5.82")), "cuda-libraries")
+    assert c.status is Status.FAIL and "not cudnn 9.x" in c.message
+
+
+def test_h100_on_tensorflow_2_15_warns_about_ptx_jit() -> None:
+    k = check(run("h100", pins(tensorflow="2.15.0", nvidia_cudnn_cu12="8.9.4.25",
+                               nvidia_cuda_runtime_cu12="12.2.140")), "kernels")
+    assert k.status is Status.WARN
+    assert "JIT-compiled from PTX compute_80" in k.message and "30 minutes" in k.message
+
+
+def test_blackwell_fails_for_ptx_only_tensorflow() -> None:
+    k = check(run("blackwell", lock(TF_GPU)), "kernels")
+    assert k.status is Status.FAIL and "compute capability 12.0" in k.message
+
+
+def test_compute_capability_below_spec_minimum_fails() -> None:
+    v = run("t4", lock(TF_GPU), replace(GPU, min_cc="8.0"))
+    c = check(v, "compute-capability")
+    assert c.status is Status.FAIL and "7.5" in c.message and "8.0 (gpu.min_compute_capability)" \
+        in c.message
+
+
+def test_gpu_count_and_memory() -> None:
+    v = run("t4", lock(TF_GPU), replace(GPU, gpu_count=2, min_memory_gib=32))
+    assert check(v, "gpu-count").status is Status.FAIL
+    assert "asks for 2" in check(v, "gpu-count").message
+    mem = check(v, "gpu-memory")
+    assert mem.status is Status.FAIL and "15.0 GiB free of 16.0 GiB" in mem.message
+
+
+def test_small_disk_fails_with_the_estimate() -> None:
+    d = check(run("small-disk", lock(TF_GPU)), "disk")
+    assert d.status is Status.FAIL and "2.0 GiB free at /srv/models" in d.message
+
+
+def test_unknown_tensorflow_version_warns_instead_of_crashing() -> None:
+    v = run("h100", pins(tf_nightly="2.23.0.dev20261101"))
+    assert check(v, "framework").status is Status.WARN
+    assert "not in the compatibility data" in check(v, "framework").message
+    assert v.ok
+
+
+def test_requirements_from_spec_reads_the_spec_shape() -> None:
+    @dataclass
+    class Env:
+        python: str = "3.11"
+
+    @dataclass
+    class Gpu:
+        required: bool = True
+        count: int = 2
+        min_memory_gib: float | None = None
+        min_compute_capability: str | None = "8.0"
+
+    @dataclass
+    class Spec:
+        environment: Env
+        gpu: Gpu
+
+    assert requirements_from_spec(Spec(Env(), Gpu())) == Requirements("3.11", True, 2, 0.0, "8.0")
+    assert requirements_from_spec(Spec(Env(), Gpu(required=False))) == Requirements("3.11")
+
+
+def test_verdict_to_dict_is_json_ready() -> None:
+    d = run("old-driver", lock(TF_GPU)).to_dict()
+    assert d["status"] == "fail" and d["host"] == "gpu-old-driver"
+    assert {c["status"] for c in d["checks"]} <= {"pass", "warn", "fail"}
