@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import paramiko
 
@@ -40,6 +40,7 @@ from orchestrator.errors import (
     HostUnreachable,
     OutputTooLarge,
 )
+from orchestrator.inventory import Inventory
 from orchestrator.transport import CommandResult, command_line
 
 # The remote kill is plain python3 (always on a host): `kill -- -PGID` differs between shells.
@@ -80,6 +81,25 @@ class SshOptions:
     keepalive_s: int = 15
     max_output_bytes: int = 4 << 20
     inventory_path: Path | None = None  # only to print the exact `orchestrator trust` command
+
+    @classmethod
+    def for_inventory(cls, inventory: Inventory, **overrides: Any) -> SshOptions:
+        """The inventory's `ssh:` files (else the default known_hosts), plus any overrides."""
+        return cls(
+            known_hosts=inventory.ssh.known_hosts or default_known_hosts(),
+            identity_file=inventory.ssh.identity_file,
+            inventory_path=Path(inventory.file) if inventory.file != "<inventory>" else None,
+            **overrides,
+        )
+
+
+def default_known_hosts() -> Path:
+    """$ORCHESTRATOR_KNOWN_HOSTS, else ~/.config/orchestrator/known_hosts (never ~/.ssh's)."""
+    explicit = os.environ.get("ORCHESTRATOR_KNOWN_HOSTS")
+    if explicit:
+        return Path(explicit)
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "orchestrator" / "known_hosts"
 
 
 @dataclass(frozen=True)
