@@ -133,17 +133,23 @@ def _sha256_file(path):
 
 
 def tree_hash(directory):
-    """sha256 over the sorted lines "<sha256 of file>  <relative posix path>\\n" of every
-    regular file under directory (symlinks are not followed). Identical to
-    orchestrator/treehash.py on the controller: keep them in step."""
+    """sha256 over the sorted lines "<sha256 of file>  <relative posix path>\n" of every
+    regular file under directory. Identical to orchestrator/treehash.py on the controller
+    (keep them in step; tests compare both): symlinks, special files and a directory without
+    any regular file are refused, not skipped."""
     lines = []
     for dirpath, dirnames, filenames in os.walk(directory):
-        dirnames.sort()
-        for name in filenames:
+        for name in dirnames + filenames:
             full = os.path.join(dirpath, name)
-            if os.path.isfile(full) and not os.path.islink(full):
-                rel = os.path.relpath(full, directory).replace(os.sep, "/")
+            rel = os.path.relpath(full, directory).replace(os.sep, "/")
+            if os.path.islink(full):
+                raise OpError("bad-model", f"symlink inside the model directory: {rel}")
+            if name in filenames:
+                if not os.path.isfile(full):
+                    raise OpError("bad-model", f"not a regular file in the model: {rel}")
                 lines.append(f"{_sha256_file(full)}  {rel}\n")
+    if not lines:
+        raise OpError("bad-model", f"the model directory holds no regular file: {directory}")
     return hashlib.sha256("".join(sorted(lines)).encode("utf-8")).hexdigest()
 
 
@@ -815,7 +821,8 @@ def _gc_wheels(root, grace_s):
         path = os.path.join(wheels, name)
         sha, _, ext = name.partition(".")
         age = now - os.stat(path).st_mtime
-        stale_part = ext == "whl.part" and age > PART_GRACE_S
+        # <sha>.whl.part, and the transport's own <sha>.whl.part.part-<x> of a cut upload
+        stale_part = ".part" in ext and age > PART_GRACE_S
         unused = ext == "whl" and sha not in used and age >= grace_s
         if stale_part or unused:
             os.unlink(path)
