@@ -5,7 +5,9 @@ stable exit code (DESIGN.md "CLI") and HTTP status.
 
     OrchestratorError                    exit 1, HTTP 500: a bug; please report
     ├── InvalidInput                     exit 2, HTTP 400: bad spec, inventory, lock, path, flag
-    │   └── SpecError                    names file, line and field
+    │   ├── SpecError                    names file, line and field
+    │   ├── NotFound                     exit 2, HTTP 404: unknown deployment or host
+    │   └── PayloadTooLarge              exit 2, HTTP 413: a submitted bundle over the limit
     ├── HostError                        exit 1, HTTP 502: something about one host
     │   ├── HostUnreachable              connect/auth/banner failed or connection lost
     │   ├── HostKeyRejected              unknown or changed host key (fingerprint in message)
@@ -14,6 +16,12 @@ stable exit code (DESIGN.md "CLI") and HTTP status.
     │   ├── OutputTooLarge               command output exceeded the cap
     │   └── BadHostOutput                output that is not what the script must print
     ├── TestbedError                     exit 1: the local testbed could not start or stop
+    ├── Conflict                         exit 2, HTTP 409: refused by the current state
+    │   └── InvalidTransition            a state change the state machine forbids
+    ├── DaemonError                      exit 1: the daemon could not start, or is not running
+    │   ├── DaemonUnavailable            nothing answers on the socket
+    │   ├── StateDirLocked               another daemon owns the state dir
+    │   └── StoreCorrupt                 the SQLite store failed its integrity check
     └── DeploymentFailed                 exit 3: a deployment failed (rolled back where it switched)
 """
 
@@ -99,3 +107,38 @@ class TestbedError(OrchestratorError):
 class DeploymentFailed(OrchestratorError):
     exit_code = EXIT_DEPLOY_FAILED
     http_status = 409
+
+
+class NotFound(InvalidInput):
+    http_status = 404
+
+
+class PayloadTooLarge(InvalidInput):
+    http_status = 413
+
+
+class Conflict(OrchestratorError):
+    """The request is valid but the current state refuses it (e.g. an app already rolling out)."""
+
+    exit_code = EXIT_INVALID
+    http_status = 409
+
+
+class InvalidTransition(Conflict):
+    pass
+
+
+class DaemonError(OrchestratorError):
+    http_status = 503
+
+
+class DaemonUnavailable(DaemonError):
+    pass
+
+
+class StateDirLocked(DaemonError):
+    pass
+
+
+class StoreCorrupt(DaemonError):
+    pass

@@ -1,0 +1,277 @@
+"""The daemon's core, without I/O of its own beyond the store: submissions, the bounded worker
+pool, cancel, rollback, host verification, crash recovery and a clean stop.
+
+Every deployment state change goes through `states.change_deployment_state`, every host-step
+change through `states.change_step_state` (via `ServiceSink.step`), so each is checked, persisted
+and emitted in one place. The pool is the one concurrency strategy: `max_parallel_deployments`
+threads, each running one deployment through the `Runner` (which has its own bounded SSH pool).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from orchestrator import bundle
+from orchestrator.config import DaemonConfig
+from orchestrator.errors import Conflict, InvalidInput, NotFound, OrchestratorError
+from orchestrator.events import DeploymentSink, EventHub
+from orchestrator.runner import DeploymentOutcome, HostCheck, Runner
+from orchestrator.states import (
+    DEPLOYMENT_ACTIVE,
+    DeploymentState,
+    HostStepState,
+    change_deployment_state,
+    change_step_state,
+)
+from orchestrator.store import DeploymentRecord, Store
+
+D, S = DeploymentState, HostStepState
+log = structlog.get_logger("orchestrator.service")
+
+RECONCILE_REASON = "daemon restarted; reconciliation pending pipeline support"
+
+
+class ServiceSink(DeploymentSink):
+    """The `RunSink` a runner gets: events, step states and host facts of one deployment."""
+
+    def __init__(self, hub: EventHub, deployment: str) -> None:
+        super().__init__(hub, deployment)
+        self.store = hub.store
+
+    def step(self, host: str, step: str, state: HostStepState, *,
+             duration_ms: float | None = None, reason: str | None = None,
+             detail: dict[str, Any] | None = None) -> None:
+        change_step_state(self.store, self, self.deployment, host, step, state,
+                          duration_ms=duration_ms, reason=reason, detail=detail)
+
+    def record_host(self, check: HostCheck) -> None:
+        self.store.record_host(check.host, check.status, check.reasons, check.facts)
+
+
+def reconcile(store: Store, sink: ServiceSink, record: DeploymentRecord) -> None:
+    """Called at start for every deployment the store shows in flight: the last daemon died (or
+    stopped) under it. For now it fails it, with events; the deploy pipeline extends this to read
+    each host's real state (readlink `current`) and resume or roll back."""
+    sink.emit("reconcile", status="started", level="warning", state=str(record.state))
+    for step in store.steps(record.id):
+        if step.state is S.RUNNING:
+            sink.step(step.host, step.step, S.FAILED, reason="interrupted by a daemon restart")
+    sink.emit("reconcile", status="finished", level="warning", outcome="failed")
+    change_deployment_state(store, sink, record.id, D.FAILED, reason=RECONCILE_REASON,
+                            result={"state": "failed", "reason": RECONCILE_REASON})
+
+
+class Service:
+    def __init__(self, config: DaemonConfig, store: Store, hub: EventHub, runner: Runner,
+                 *, reconciler: Callable[[Store, ServiceSink, DeploymentRecord], None] = reconcile):
+        self.config = config
+        self.store = store
+        self.hub = hub
+        self.runner = runner
+        self.reconciler = reconciler
+        self._pool = ThreadPoolExecutor(config.max_parallel_deployments,
+                                        thread_name_prefix="deploy")
+        self._lock = threading.Lock()
+        self._cancels: dict[str, threading.Event] = {}
+        self._user_cancelled: set[str] = set()
+        self._rollback_requested: set[str] = set()
+        self._working: set[str] = set()
+        self.stopping = threading.Event()
+        self.idle = threading.Condition()
+
+    def sink(self, deployment: str) -> ServiceSink:
+        return ServiceSink(self.hub, deployment)
+
+    def bundle_dir(self, deployment: str) -> Path:
+        return self.config.bundles_dir / deployment
+
+    # -- start and stop ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Reconcile what the last daemon left in flight, then queue what it left queued."""
+        for record in self.store.list_deployments(states=frozenset({D.RUNNING, D.ROLLING_BACK}),
+                                                  limit=1 << 30):
+            log.warning("reconciling", deployment=record.id, state=str(record.state))
+            self.reconciler(self.store, self.sink(record.id), record)
+        queued = self.store.list_deployments(states=frozenset({D.QUEUED}), limit=1 << 30)
+        for record in sorted(queued, key=lambda r: r.created):
+            self._schedule(record.id, "run")
+
+    def stop(self, grace_s: float) -> bool:
+        """No new work; in-flight runners are told to stop after their current step. Returns
+        whether every worker finished within `grace_s` (those that did not stay `running` in the
+        store and are reconciled at the next start)."""
+        self.stopping.set()
+        with self._lock:
+            for event in self._cancels.values():
+                event.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self.idle:
+            return self.idle.wait_for(lambda: not self._working, timeout=grace_s)
+
+    # -- submissions -------------------------------------------------------------------------
+
+    def new_bundle(self) -> tuple[str, Path]:
+        deployment = uuid.uuid4().hex[:12]
+        path = self.bundle_dir(deployment)
+        path.mkdir(parents=True, mode=0o750)
+        return deployment, path
+
+    def submit(self, deployment: str, spec_name: str = bundle.SPEC_NAME) -> DeploymentRecord:
+        """Validate the bundle already written for `deployment` and queue it. A second active
+        deployment of the same app is refused (it would race the first on the same hosts)."""
+        path = self.bundle_dir(deployment)
+        try:
+            if self.stopping.is_set():
+                raise Conflict("the daemon is stopping; submit again after it restarts")
+            submission = bundle.validate(path, spec_name)
+            with self._lock:
+                active = self.store.list_deployments(states=DEPLOYMENT_ACTIVE,
+                                                     app=submission.app)
+                if active:
+                    raise Conflict(f"app {submission.app!r} is already being deployed by "
+                                   f"{active[0].id} ({active[0].state}); wait for it or cancel it")
+                self.store.create_deployment(deployment, submission.app, submission.data)
+        except OrchestratorError:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        self.sink(deployment).emit("deployment", status=str(D.QUEUED), app=submission.app,
+                                   targets=list(submission.targets))
+        self._schedule(deployment, "run")
+        return self.store.get_deployment(deployment)
+
+    def _schedule(self, deployment: str, kind: str) -> None:
+        with self._lock:
+            if self.stopping.is_set():
+                return
+            self._cancels.setdefault(deployment, threading.Event())
+            self._pool.submit(self._work, deployment, kind)
+
+    # -- the worker --------------------------------------------------------------------------
+
+    def _work(self, deployment: str, kind: str) -> None:
+        sink = self.sink(deployment)
+        log_ = log.bind(deployment=deployment)
+        with self.idle:
+            self._working.add(deployment)
+        try:
+            cancel = self._cancels[deployment]
+            if self.stopping.is_set():
+                return  # still queued in the store: the next start picks it up
+            submission = bundle.validate(self.bundle_dir(deployment))
+            if kind == "run":
+                change_deployment_state(self.store, sink, deployment, D.RUNNING)
+                outcome = self._call(self.runner.run, deployment, submission, sink, cancel)
+                if deployment in self._rollback_requested and outcome.state is not D.ROLLED_BACK:
+                    outcome = self._call(self.runner.rollback, deployment, submission, sink,
+                                         threading.Event())
+            else:
+                outcome = self._call(self.runner.rollback, deployment, submission, sink, cancel)
+            self._finish(deployment, sink, outcome)
+        except OrchestratorError as exc:  # e.g. cancelled while queued: the transition lost
+            log_.info("deployment not run", reason=str(exc))
+        except Exception:  # a bug must not leave a deployment stuck or kill the pool thread
+            log_.exception("worker crashed")
+        finally:
+            with self._lock:
+                self._cancels.pop(deployment, None)
+                self._user_cancelled.discard(deployment)
+                self._rollback_requested.discard(deployment)
+            self.hub.close_log(deployment)
+            with self.idle:
+                self._working.discard(deployment)
+                self.idle.notify_all()
+
+    def _call(self, method: Callable[..., DeploymentOutcome], deployment: str,
+              submission: bundle.Submission, sink: ServiceSink,
+              cancel: threading.Event) -> DeploymentOutcome:
+        try:
+            return method(deployment, submission.bundle_dir, submission.spec, sink, cancel)
+        except OrchestratorError as exc:
+            return DeploymentOutcome(D.FAILED, str(exc))
+        except Exception as exc:
+            log.exception("runner crashed", deployment=deployment)
+            return DeploymentOutcome(D.FAILED, f"internal error in the runner ({exc!r}); "
+                                               "please report (traceback in the daemon log)")
+
+    def _finish(self, deployment: str, sink: ServiceSink, outcome: DeploymentOutcome) -> None:
+        if (self.stopping.is_set() and outcome.state is D.CANCELLED
+                and deployment not in self._user_cancelled):
+            # Interrupted by SIGTERM, not by a user: leave it in flight for `reconcile`.
+            sink.emit("deployment", status="interrupted", level="warning",
+                      reason="daemon stopping; reconciled at the next start")
+            return
+        change_deployment_state(self.store, sink, deployment, outcome.state,
+                                reason=outcome.reason, result=outcome.as_json())
+
+    # -- user actions ------------------------------------------------------------------------
+
+    def cancel(self, deployment: str) -> DeploymentRecord:
+        with self._lock:
+            record = self.store.get_deployment(deployment)
+            if record.state is D.QUEUED:
+                change_deployment_state(self.store, self.sink(deployment), deployment,
+                                        D.CANCELLED, reason="cancelled by request")
+            elif record.state in DEPLOYMENT_ACTIVE and deployment in self._cancels:
+                self._user_cancelled.add(deployment)
+                self._cancels[deployment].set()
+                self.sink(deployment).emit("cancel", status="requested", level="warning")
+            else:
+                raise Conflict(f"deployment {deployment} is {record.state}: nothing to cancel")
+        return self.store.get_deployment(deployment)
+
+    def rollback(self, deployment: str) -> DeploymentRecord:
+        with self._lock:
+            record = self.store.get_deployment(deployment)
+            if record.state is D.RUNNING and deployment in self._cancels:
+                self._rollback_requested.add(deployment)
+                self._user_cancelled.add(deployment)
+                self._cancels[deployment].set()
+                self.sink(deployment).emit("rollback", status="requested", level="warning")
+            elif record.state is D.SUCCEEDED:
+                active = [r for r in self.store.list_deployments(states=DEPLOYMENT_ACTIVE,
+                                                                 app=record.app)]
+                if active:
+                    raise Conflict(f"app {record.app!r} has deployment {active[0].id} "
+                                   f"{active[0].state}; wait for it or cancel it first")
+                change_deployment_state(self.store, self.sink(deployment), deployment,
+                                        D.ROLLING_BACK, reason="rollback requested")
+            else:
+                raise Conflict(f"deployment {deployment} is {record.state}: only a running or "
+                               "succeeded deployment can be rolled back")
+        if record.state is D.SUCCEEDED:
+            self._schedule(deployment, "rollback")
+        return self.store.get_deployment(deployment)
+
+    def rollback_app(self, app: str) -> DeploymentRecord:
+        for record in self.store.list_deployments(app=app, limit=1 << 30):
+            if record.state in (D.RUNNING, D.SUCCEEDED):
+                return self.rollback(record.id)
+        raise NotFound(f"app {app!r} has no running or succeeded deployment to roll back")
+
+    def verify_hosts(self, names: list[str]) -> list[dict[str, Any]]:
+        if not names:
+            raise InvalidInput("name at least one host")
+        checks = self.runner.verify_hosts(names)
+        for check in checks:
+            self.store.record_host(check.host, check.status, check.reasons, check.facts)
+        wanted = {c.host for c in checks}
+        return [h for h in self.store.hosts() if h["host"] in wanted]
+
+    def describe(self, deployment: str) -> dict[str, Any]:
+        """A deployment with its per-host steps, as the API returns it."""
+        record = self.store.get_deployment(deployment)
+        hosts: dict[str, dict[str, Any]] = {}
+        for step in self.store.steps(deployment):
+            entry = hosts.setdefault(step.host, {"state": str(S.PENDING), "steps": []})
+            entry["steps"].append(step.as_json())
+            entry["state"] = str(step.state)
+        return {**record.as_json(), "hosts": hosts}
