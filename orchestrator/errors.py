@@ -14,7 +14,8 @@ stable exit code (DESIGN.md "CLI") and HTTP status.
     │   ├── CommandFailed                non-zero exit; carries command, exit code, output tail
     │   ├── CommandTimeout               command exceeded its deadline
     │   ├── OutputTooLarge               command output exceeded the cap
-    │   └── BadHostOutput                output that is not what the script must print
+    │   ├── BadHostOutput                output that is not what the script must print
+    │   └── FileTransferFailed           SFTP put/get refused (no such file, permission, disk)
     ├── TestbedError                     exit 1: the local testbed could not start or stop
     ├── Conflict                         exit 2, HTTP 409: refused by the current state
     │   └── InvalidTransition            a state change the state machine forbids
@@ -98,6 +99,10 @@ class OutputTooLarge(HostError):
 
 class BadHostOutput(HostError):
     pass
+
+
+class FileTransferFailed(HostError):
+    """The connection is fine but the host refused the file operation."""
 
 
 class TestbedError(OrchestratorError):

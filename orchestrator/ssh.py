@@ -35,6 +35,7 @@ import paramiko
 from orchestrator.errors import (
     CommandFailed,
     CommandTimeout,
+    FileTransferFailed,
     HostError,
     HostKeyRejected,
     HostUnreachable,
@@ -352,7 +353,7 @@ class SshTransport:
             sftp.posix_rename(tmp, remote_path)
         except OSError as exc:  # IOError from the SFTP server: missing dir, permission, disk
             self._discard(sftp, tmp)
-            raise HostError(self.host, f"put {remote_path}: {_describe(exc)}") from exc
+            raise FileTransferFailed(self.host, f"put {remote_path}: {_describe(exc)}") from exc
         except (paramiko.SSHException, EOFError) as exc:
             raise HostUnreachable(self.host, f"connection lost writing {remote_path}") from exc
 
@@ -369,7 +370,7 @@ class SshTransport:
                 handle.prefetch()
                 return handle.read()
         except OSError as exc:
-            raise HostError(self.host, f"get {remote_path}: {_describe(exc)}") from exc
+            raise FileTransferFailed(self.host, f"get {remote_path}: {_describe(exc)}") from exc
         except (paramiko.SSHException, EOFError) as exc:
             raise HostUnreachable(self.host, f"connection lost reading {remote_path}") from exc
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from orchestrator.errors import HostError, HostUnreachable
+from orchestrator.errors import FileTransferFailed
 from orchestrator.transport import Transport
 
 REMOTE_DIR = Path(__file__).parent / "remote"
@@ -84,9 +84,7 @@ def _complete(transport: Transport, tools: RemoteTools) -> bool:
     try:
         marker = transport.get(tools.script(MARKER))
         return marker.decode("ascii", "replace").strip() == tools.digest
-    except HostUnreachable:
-        raise
-    except HostError:
+    except FileTransferFailed:
         return False  # no marker yet: not (completely) uploaded
 
 
