@@ -1,9 +1,9 @@
 """Typed calls of the host-side release script (`orchestrator/remote/hostops.py`) over a transport.
 
-`HostOps(transport, deploy_root)` ships the script once per host, content-addressed, to
-`<deploy_root>/.orchestrator/bin/hostops-<sha12>.py`, then runs
+`HostOps(transport, deploy_root)` ships the script with the other host-side scripts
+(orchestrator.tools: one content-addressed bundle per host), then runs
 
-    python3 <script> <op> --json-args -          (the arguments as one JSON object on stdin)
+    python3 -E <tools>/hostops.py <op> --json-args -   (the arguments: one JSON object on stdin)
 
 and turns its one JSON object into a dataclass, or into `HostOpFailed` (a `HostError`) carrying
 the script's stable `kind` (`OpKind`) and details. The pipeline's stage/install/switch steps are
@@ -27,15 +27,14 @@ import json
 import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import BadHostOutput, HostError
 from orchestrator.release import Manifest
+from orchestrator.tools import RemoteTools, ensure_tools
 from orchestrator.transport import Transport
 
-SCRIPT = Path(__file__).with_name("remote") / "hostops.py"
 DEFAULT_TIMEOUT_S = 120.0
 VENV_TIMEOUT_S = 1800.0
 
@@ -73,15 +72,6 @@ class HostOpFailed(HostError):
                  details: Mapping[str, Any]) -> None:
         self.op, self.kind, self.details = op, kind, dict(details)
         super().__init__(host, f"{op}: {message}")
-
-
-@cache
-def script_source() -> bytes:
-    return SCRIPT.read_bytes()
-
-
-def script_sha256() -> str:
-    return hashlib.sha256(script_source()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -182,15 +172,11 @@ class HostOps:
         if not posixpath.isabs(deploy_root):
             raise ValueError(f"deploy_root must be absolute: {deploy_root!r}")
         self.transport, self.root, self.python = transport, posixpath.normpath(deploy_root), python
-        self._script_ready = False
+        self._tools: RemoteTools | None = None
 
     @property
     def host(self) -> str:
         return self.transport.host
-
-    @property
-    def script_path(self) -> str:
-        return self._orch("bin", f"hostops-{script_sha256()[:12]}.py")
 
     def _orch(self, *parts: str) -> str:
         return posixpath.join(self.root, ".orchestrator", *parts)
@@ -204,19 +190,18 @@ class HostOps:
         self.transport.put(data_or_path, remote_path, mode)
         return True
 
-    def install_script(self, timeout: float = DEFAULT_TIMEOUT_S) -> str:
-        if not self._script_ready:
-            self.ensure_file(script_source(), self.script_path, mode=0o644, timeout=timeout)
-            self._script_ready = True
-        return self.script_path
+    def tools(self) -> RemoteTools:
+        """The shipped scripts (orchestrator.tools: one content-addressed bundle per host)."""
+        if self._tools is None:
+            self._tools = ensure_tools(self.transport, self.root)
+        return self._tools
 
     def call(self, op: str, args: Mapping[str, Any], *,
              timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
         """Run one op; the arguments travel on stdin (no argv length limit, nothing in `ps`)."""
-        script = self.install_script(timeout)
+        argv = self.tools().argv("hostops.py", op, "--json-args", "-", python=self.python)
         payload = json.dumps({"root": self.root, **args}).encode("utf-8")
-        result = self.transport.run([self.python, script, op, "--json-args", "-"],
-                                    timeout=timeout, stdin=payload, check=False)
+        result = self.transport.run(argv, timeout=timeout, stdin=payload, check=False)
         return parse_reply(self.host, op, result.exit_code, result.stdout, result.stderr)
 
     # -- stage ---------------------------------------------------------------------------------
