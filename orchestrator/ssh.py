@@ -387,8 +387,27 @@ class SshTransport:
         self.close()
 
 
-def fetch_host_key(host: HostAddress, timeout: float = 10.0) -> HostKey:
-    """The key a host offers, read from a key exchange only (no authentication is attempted)."""
+def fetch_host_key(host: HostAddress, timeout: float = 10.0, prefer: Sequence[str] = ()) -> HostKey:
+    """The key a host offers, read from a key exchange only (no authentication is attempted).
+
+    `prefer` restricts the negotiation to these key types (those we already know for the host),
+    so a host with several keys is compared like for like; if it offers none of them any key
+    type is accepted, which then shows up as a changed key."""
+    if prefer:
+        try:
+            return _fetch_key(host, timeout, _key_types(prefer))
+        except HostUnreachable:
+            pass  # none of the known types is offered any more: fall through to any type
+    return _fetch_key(host, timeout, ())
+
+
+def _key_types(known: Sequence[str]) -> list[str]:
+    # An RSA key is listed as ssh-rsa but negotiated with its SHA-2 signature algorithms.
+    rsa = ["rsa-sha2-512", "rsa-sha2-256"] if "ssh-rsa" in known else []
+    return [*rsa, *known]
+
+
+def _fetch_key(host: HostAddress, timeout: float, key_types: Sequence[str]) -> HostKey:
     where = f"{host.address}:{host.port}"
     try:
         sock = socket.create_connection((host.address, host.port), timeout=timeout)
@@ -396,6 +415,10 @@ def fetch_host_key(host: HostAddress, timeout: float = 10.0) -> HostKey:
         raise HostUnreachable(host.name, f"cannot connect to {where}: {_describe(exc)}") from exc
     transport = paramiko.Transport(sock)
     transport.banner_timeout = timeout
+    if key_types:
+        # Types paramiko does not implement (e.g. FIDO sk- keys) cannot be restricted to.
+        with contextlib.suppress(ValueError):
+            transport.get_security_options().key_types = list(key_types)
     try:
         transport.start_client(timeout=timeout)
         key = transport.get_remote_server_key()
