@@ -306,7 +306,7 @@ def _driver(ctx: Context) -> Check:
 def _gpu_present(ctx: Context) -> Check:
     reason = nvml_reason(ctx.facts)
     if reason is not None:
-        return Check("gpu-present", Status.FAIL, f"no GPU visible: {reason}")
+        return Check("gpu-present", Status.FAIL, f"no GPU found: {reason}")
     gpus = ctx.facts.gpus
     if not gpus:
         return Check("gpu-present", Status.FAIL, "no GPU found: the NVIDIA driver reports 0 "

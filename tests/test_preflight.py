@@ -94,8 +94,8 @@ def test_t4_passes_with_native_sm70_kernels() -> None:
 
 
 @pytest.mark.parametrize(("profile", "reason"), [
-    ("no-driver", "no NVIDIA driver library"),
-    ("driver-not-loaded", "NVIDIA driver not loaded"),
+    ("no-gpu", "no NVIDIA driver library"),
+    ("no-driver", "NVIDIA driver not loaded"),
     ("mismatch", "driver/library version mismatch: reboot or reload the nvidia module"),
 ])
 def test_nvml_errors_fail_with_their_reason(profile: str, reason: str) -> None:
@@ -108,8 +108,8 @@ def test_nvml_errors_fail_with_their_reason(profile: str, reason: str) -> None:
         assert check(v, name).message.startswith("not checked")
 
 
-def test_no_gpu_fails_with_its_reason() -> None:
-    v = run("no-gpu", lock(TF_GPU))
+def test_zero_gpus_fails_with_its_reason() -> None:
+    v = run("zero-gpus", lock(TF_GPU))
     assert check(v, "driver").status is Status.PASS
     gp = check(v, "gpu-present")
     assert gp.status is Status.FAIL and "no GPU found" in gp.message
@@ -124,10 +124,10 @@ def test_cpu_only_tensorflow_for_a_gpu_spec_fails_naming_the_build() -> None:
 
 
 def test_cpu_spec_skips_gpu_checks_and_passes_on_a_host_without_gpu() -> None:
-    v = run("no-gpu", lock(TF_CPU), CPU)
+    v = run("zero-gpus", lock(TF_CPU), CPU)
     assert v.status is Status.PASS, v.reasons()
     assert check(v, "driver").message == "skipped: gpu.required is false"
-    assert run("no-driver", lock(TF_GPU), CPU).ok
+    assert run("no-gpu", lock(TF_GPU), CPU).ok
 
 
 def test_python_mismatch_fails_naming_both_versions() -> None:
