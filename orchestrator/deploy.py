@@ -1,0 +1,149 @@
+"""Deploy one spec to one host or many: the library call the CLI, the daemon and `make demo` use.
+
+    inputs = prepare(spec, deployment="dep-1")             # controller-side, once: lock, wheels
+    result = deploy(inputs, hosts, pool=pool, sink=sink)   # each host's pipeline, bounded pool
+    result.ok, result.hosts["gpu-01"].status, result.exit_code
+
+Per host: open (or reuse) the pool's connection, take the app's deploy lock on the host (a second
+deployment of the same app is refused, not interleaved), run the playbook's pipeline, release the
+lock. Hosts run in parallel through the pool's `map_hosts` (the one concurrency strategy), at
+most `max_parallel` at once. Rollout policy (canary, batches, failure budget) is the caller's:
+it calls `deploy` once per batch.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.compat import load_compat
+from orchestrator.errors import EXIT_DEPLOY_FAILED, EXIT_OK, HostError
+from orchestrator.inventory import Host
+from orchestrator.lockfile import Lock, load_lock
+from orchestrator.pipeline import EventSink, HostResult, HostStatus, Pipeline
+from orchestrator.playbook import Playbook, load_playbook
+from orchestrator.pool import Pool
+from orchestrator.spec import Spec
+from orchestrator.steps import hostlock
+from orchestrator.steps.host import DeployInputs, HostDeploy, new_inputs_release_id
+from orchestrator.steps.wheels import wheel_resolver
+from orchestrator.transport import Transport
+
+#: Extra budget of the verify step beyond the spec's own warmup deadline (upload, parse).
+VERIFY_MARGIN_S = 60.0
+
+
+@dataclass
+class DeployResult:
+    deployment: str
+    release_id: str
+    hosts: dict[str, HostResult] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.hosts) and all(r.ok for r in self.hosts.values())
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if self.ok else EXIT_DEPLOY_FAILED
+
+
+def new_deployment_id() -> str:
+    return f"dep-{uuid.uuid4().hex[:12]}"
+
+
+def prepare(spec: Spec, *, deployment: str | None = None, installer: str = "uv",
+            release_id: str | None = None, wheel_cache: Path | None = None,
+            lock: Lock | None = None) -> DeployInputs:
+    """Everything resolved once on the controller; nothing touches a host here."""
+    lock = lock or load_lock(spec.paths.requirements)
+    return DeployInputs(
+        deployment=deployment or new_deployment_id(),
+        spec=spec,
+        lock=lock,
+        release_id=release_id or new_inputs_release_id(spec, lock.sha256),
+        wheels_for=wheel_resolver(spec, lock, wheel_cache),
+        compat=load_compat(),
+        installer=installer,
+    )
+
+
+def playbook_for(spec: Spec, playbook: Playbook | None = None) -> Playbook:
+    """The playbook, with verify's budget widened to cover the spec's warmup deadline."""
+    pb = playbook or load_playbook()
+    wanted = float(spec.verify.timeout_s) + VERIFY_MARGIN_S
+    if "verify" in pb.names and pb.step("verify").timeout_s < wanted:
+        pb = pb.with_timeout("verify", wanted)
+    return pb
+
+
+def deploy_host(transport: Transport, host: Host, inputs: DeployInputs, sink: EventSink, *,
+                playbook: Playbook | None = None, cancel: threading.Event | None = None,
+                break_lock: bool = False) -> HostResult:
+    """The pipeline on one host, under the app's deploy lock on that host."""
+    app = str(inputs.spec.name)
+    try:
+        held = hostlock.acquire(transport, host.deploy_root, app, inputs.deployment,
+                                force=break_lock)
+    except HostError as exc:
+        return _refused(host.name, sink, exc)
+    sink.emit("host.lock", host=host.name, status="acquired", **held)
+    try:
+        steps = HostDeploy(transport, host, inputs)
+        return Pipeline(playbook_for(inputs.spec, playbook), steps, sink, cancel=cancel).run()
+    finally:
+        try:
+            hostlock.release(transport, host.deploy_root, app, inputs.deployment)
+            sink.emit("host.lock", host=host.name, status="released")
+        except HostError as exc:  # the connection is gone: the lock stays, and says whose
+            sink.emit("host.lock", host=host.name, status="failed", level="warning",
+                      error=str(exc))
+
+
+def deploy(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: EventSink,
+           max_parallel: int | None = None, playbook: Playbook | None = None,
+           cancel: threading.Event | None = None, break_lock: bool = False) -> DeployResult:
+    """Run the pipeline on every host, at most `max_parallel` (default: the spec's) at once."""
+    parallel = max_parallel or int(inputs.spec.rollout.max_parallel)
+    sink.emit("deployment.started", status="started", release_id=inputs.release_id,
+              hosts=[h.name for h in hosts], app=str(inputs.spec.name))
+
+    def one(transport: Transport, host: Host) -> HostResult:
+        return deploy_host(transport, host, inputs, sink, playbook=playbook, cancel=cancel,
+                           break_lock=break_lock)
+
+    outcomes = pool.map_hosts(one, list(hosts), parallel)
+    result = DeployResult(inputs.deployment, inputs.release_id)
+    for name, outcome in outcomes.items():
+        result.hosts[name] = (outcome if isinstance(outcome, HostResult)
+                              else _refused(name, sink, outcome))
+    sink.emit("deployment.finished", status="succeeded" if result.ok else "failed",
+              level="info" if result.ok else "error",
+              hosts={n: r.status.value for n, r in result.hosts.items()})
+    return result
+
+
+def _refused(host: str, sink: EventSink, exc: HostError) -> HostResult:
+    """A host that never started its pipeline (unreachable, or its deploy lock is held)."""
+    kind = type(exc).__name__
+    status = "refused" if isinstance(exc, hostlock.DeployLocked) else "failed"
+    sink.emit("host.finished", host=host, status=HostStatus.FAILED.value, level="error",
+              reason=exc.reason, kind=kind, detail_status=status)
+    return HostResult(host, HostStatus.FAILED, reason=exc.reason, failed_step="connect"
+                      if status == "failed" else "lock", error=str(exc))
+
+
+def summary(result: DeployResult) -> dict[str, Any]:
+    """The result as plain data: per host its status, reason, and each step's time."""
+    return {"deployment": result.deployment, "release_id": result.release_id, "ok": result.ok,
+            "hosts": {n: {"status": r.status.value, "reason": r.reason,
+                          "failed_step": r.failed_step, "error": r.error,
+                          "warnings": r.warnings, "timings_ms": r.timings()}
+                      for n, r in result.hosts.items()}}
+
+
+__all__ = ["DeployResult", "deploy", "deploy_host", "new_deployment_id", "prepare", "summary"]

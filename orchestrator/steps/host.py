@@ -1,0 +1,269 @@
+"""`HostDeploy`: the playbook's steps, and the recovery actions, for one host.
+
+It implements `orchestrator.pipeline.HostSteps`: the engine decides what runs; this class only
+does it, through one transport and the host-side scripts (hostops, probe, warmup). What it learns
+(facts, the app's state on the host, the venv, the warmup result) it keeps for the later steps
+and for the release's manifest.json.
+
+Idempotent by construction: the release id is fixed for the deployment (a resumed pipeline passes
+the same one), `stage-begin` resumes its own staging dir, a model already verified is not sent
+twice, wheels already in the host's cache are not sent, `venv-ensure` reuses a complete venv and
+removes an incomplete one, `switch` to the release already current changes nothing, `rollback`
+names the release it undoes, so a second call after a crash moves nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from orchestrator import release as rel
+from orchestrator.compat import CompatData
+from orchestrator.errors import HostError
+from orchestrator.facts import HostFacts
+from orchestrator.hostops import HostOps, StagedRelease
+from orchestrator.inventory import Host
+from orchestrator.pipeline import Deadline
+from orchestrator.preflight import Status, preflight
+from orchestrator.probe import probe_host
+from orchestrator.steps import StepFailed, service
+from orchestrator.steps.verify import verify_release
+from orchestrator.steps.wheels import WheelResolver
+from orchestrator.tools import RemoteTools, ensure_tools
+from orchestrator.transport import Transport
+
+
+@dataclass(frozen=True)
+class DeployInputs:
+    """Everything one deployment needs, resolved once on the controller for all its hosts."""
+
+    deployment: str
+    spec: Any  # orchestrator.spec.Spec
+    lock: Any  # orchestrator.lockfile.Lock (packages, sha256)
+    release_id: str
+    wheels_for: WheelResolver
+    compat: CompatData
+    installer: str = "uv"  # or "pip"
+
+
+def new_inputs_release_id(spec: Any, lock_sha256: str, now: datetime | None = None) -> str:
+    """The deployment's release id: UTC time + hash of what it deploys."""
+    content = rel.content_hash(spec.digest, spec.model.sha256, lock_sha256)
+    return rel.new_release_id(now or datetime.now(UTC), content)
+
+
+@dataclass
+class HostState:
+    """What the steps learned about the host, in the order they learned it."""
+
+    tools: RemoteTools | None = None
+    facts: HostFacts | None = None
+    app: dict[str, Any] = field(default_factory=dict)  # the app's state before we changed it
+    staged: StagedRelease | None = None
+    release_path: str | None = None
+    venv: dict[str, Any] = field(default_factory=dict)
+    warmup: dict[str, Any] | None = None
+    switched: bool = False
+
+
+class HostDeploy:
+    """The HostSteps of one host for one deployment."""
+
+    def __init__(self, transport: Transport, host: Host, inputs: DeployInputs) -> None:
+        self.transport, self.inv_host, self.inputs = transport, host, inputs
+        self.host = host.name
+        self.root = host.deploy_root
+        self.app = str(inputs.spec.name)
+        self.rid = inputs.release_id
+        self.ops = HostOps(transport, self.root)
+        self.state = HostState()
+
+    # -- the engine's interface -------------------------------------------------------------
+
+    def run(self, name: str, deadline: Deadline) -> Mapping[str, Any]:
+        step: Callable[[Deadline], dict[str, Any]] = getattr(self, f"_{name}")
+        return step(deadline)
+
+    def has_previous(self) -> bool:
+        app = self.state.app
+        return bool(app.get("current") or app.get("previous_good"))
+
+    def abort_stage(self, deadline: Deadline) -> Mapping[str, Any]:
+        if self.state.staged is None:
+            return {"removed": [], "note": "nothing was staged"}
+        removed = self.ops.abort_stage(self.app, self.rid, timeout=deadline.timeout())
+        return {"removed": list(removed)}
+
+    def mark_bad(self, deadline: Deadline) -> Mapping[str, Any]:
+        return {"bad": list(self.ops.mark_bad(self.app, self.rid, timeout=deadline.timeout()))}
+
+    def rollback(self, deadline: Deadline) -> Mapping[str, Any]:
+        out = self.ops.rollback(self.app, from_release=self.rid, mark_bad=True,
+                                timeout=deadline.timeout())
+        return {"current": out.current, "changed": out.changed, **self._restart(deadline)}
+
+    def recheck(self, deadline: Deadline) -> Mapping[str, Any]:
+        return self._health(deadline)
+
+    # -- the steps -------------------------------------------------------------------------
+
+    def _probe(self, deadline: Deadline) -> dict[str, Any]:
+        self.state.tools = ensure_tools(self.transport, self.root)
+        facts = probe_host(self.transport, self.inv_host)
+        self.state.facts = facts
+        self.state.app = asdict(self.ops.state(self.app, timeout=deadline.timeout()))
+        return {"python": facts.python_version, "driver": facts.driver_version,
+                "gpus": len(facts.gpus), "current": self.state.app["current"],
+                "generation": self.state.app["generation"]}
+
+    def _preflight(self, deadline: Deadline) -> dict[str, Any]:
+        verdict = preflight(self.inputs.spec, self.inputs.lock, self._facts(), self.inputs.compat)
+        if not verdict.ok:
+            raise StepFailed(self.host, "preflight failed: " + "; ".join(
+                c.message for c in verdict.checks if c.status is Status.FAIL))
+        return {"verdict": str(verdict.status),
+                "warnings": [c.message for c in verdict.checks if c.status is Status.WARN]}
+
+    def _stage(self, deadline: Deadline) -> dict[str, Any]:
+        spec = self.inputs.spec
+        # Resolve the wheels first: a wheelhouse missing one fails here, before the host is
+        # touched at all.
+        wheels = self.inputs.wheels_for(self._facts())
+        cleaned = self._clean_stale_staging(deadline)
+        staged = self.ops.stage_begin(self.app, self.rid, deployment=self.inputs.deployment,
+                                      timeout=deadline.timeout())
+        self.state.staged, self.state.release_path = staged, staged.path
+        details: dict[str, Any] = {"release_id": self.rid, "resumed": staged.resumed,
+                                   "cleaned_staging": cleaned}
+        if staged.state != "committed":
+            # The lock first: prune's wheel GC keeps what some release's lock lists.
+            self.transport.put(spec.paths.requirements, staged.lock_path, 0o644)
+            rel_model = self.ops.upload_model(spec.paths.model, staged, timeout=deadline.timeout())
+            details["model_hash"] = self.ops.verify_model(
+                self.app, self.rid, spec.model.sha256, path=rel_model, timeout=deadline.timeout())
+        pushed = self.ops.push_wheels({sha: w.path for sha, w in wheels.items()},
+                                      timeout=deadline.timeout())
+        details.update(wheels_total=len(wheels), wheels_pushed=len(pushed),
+                       wheel_bytes=sum(wheels[s].path.stat().st_size for s in pushed))
+        return details
+
+    def _clean_stale_staging(self, deadline: Deadline) -> list[str]:
+        # We hold the app's deploy lock, so any other staging dir is a crashed deployment's.
+        stale = [s for s in self.state.app.get("staging", ()) if s != self.rid]
+        for rid in stale:
+            self.ops.abort_stage(self.app, rid, timeout=deadline.timeout())
+        return stale
+
+    def _install(self, deadline: Deadline) -> dict[str, Any]:
+        facts, staged = self._facts(), self._staged()
+        wheels = self.inputs.wheels_for(facts)
+        uv = None
+        if self.inputs.installer == "uv":
+            uv = self.ops.push_uv(local_uv(), timeout=deadline.timeout(300))
+        env = rel.env_hash(facts.python_version, platform_of(facts), self.inputs.lock.sha256)
+        out = self.ops.venv_ensure(
+            env, staged.lock_path, {sha: w.filename for sha, w in wheels.items()},
+            installer=self.inputs.installer, uv=uv, python=facts.python_executable,
+            app=self.app, release_id=self.rid, timeout=deadline.timeout())
+        self.state.venv = asdict(out)
+        return {"env_hash": env, "reused": out.reused, "installer": out.installer,
+                "fallback_reason": out.fallback_reason, "install_durations": dict(out.durations),
+                "waited_s": out.waited_s}
+
+    def _verify(self, deadline: Deadline) -> dict[str, Any]:
+        staged = self._staged()
+        assert self.state.tools is not None
+        result, details = verify_release(
+            self.transport, self.state.tools, self.inputs.spec,
+            python=f"{self.state.venv['path']}/bin/python", release_path=staged.path,
+            baseline=self._baseline(), deadline=deadline)
+        self.state.warmup = result
+        self.ops.write_manifest(self.app, self.rid, self._manifest(), timeout=deadline.timeout())
+        self.state.release_path = self.ops.stage_commit(self.app, self.rid,
+                                                        timeout=deadline.timeout())
+        return details
+
+    def _switch(self, deadline: Deadline) -> dict[str, Any]:
+        generation = int(self.state.app.get("generation") or 0) + 1
+        out = self.ops.switch(self.app, self.rid, generation, timeout=deadline.timeout())
+        self.state.switched = True
+        return {"current": out.current, "before": out.before, "generation": generation,
+                "rollback_target": out.previous_good}
+
+    def _check(self, deadline: Deadline) -> dict[str, Any]:
+        return {**self._restart(deadline), **self._health(deadline)}
+
+    def _prune(self, deadline: Deadline) -> dict[str, Any]:
+        out = self.ops.prune(self.app, int(self.inputs.spec.release.keep),
+                             timeout=deadline.timeout())
+        return {"removed_releases": list(out.removed_releases),
+                "removed_venvs": list(out.removed_venvs), "removed_wheels": len(out.removed_wheels)}
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _facts(self) -> HostFacts:
+        if self.state.facts is None:
+            raise StepFailed(self.host, "no host facts: the probe step did not run")
+        return self.state.facts
+
+    def _staged(self) -> StagedRelease:
+        if self.state.staged is None:
+            raise StepFailed(self.host, "nothing staged: the stage step did not run")
+        return self.state.staged
+
+    def _restart(self, deadline: Deadline) -> dict[str, Any]:
+        svc = self.inputs.spec.service
+        if svc is None or not svc.restart:
+            return {}
+        return service.restart(self.transport, svc.restart, service.app_dir(self.root, self.app),
+                               deadline.timeout())
+
+    def _health(self, deadline: Deadline) -> dict[str, Any]:
+        svc = self.inputs.spec.service
+        if svc is None or not (svc.health_url or svc.health_command):
+            return {"health": "none configured"}
+        return service.health(self.transport, url=svc.health_url, command=svc.health_command,
+                              cwd=service.app_dir(self.root, self.app),
+                              budget_s=float(svc.health_timeout_s), timeout=deadline.timeout())
+
+    def _baseline(self) -> dict[str, Any] | None:
+        """The serving release's warmup result, for `verify.max_regression` (None if none)."""
+        if not self.state.app.get("current"):
+            return None
+        try:
+            raw = self.transport.get(f"{service.app_dir(self.root, self.app)}/current/"
+                                     "manifest.json")
+            warm = json.loads(raw).get("warmup")
+        except (HostError, ValueError, AttributeError):
+            return None
+        return warm if isinstance(warm, dict) else None
+
+    def _manifest(self) -> rel.Manifest:
+        facts, spec, venv = self._facts(), self.inputs.spec, self.state.venv
+        return rel.Manifest(
+            app=self.app, release_id=self.rid, deployment=self.inputs.deployment,
+            created=datetime.now(UTC), spec_digest=spec.digest, model_sha256=spec.model.sha256,
+            lock_sha256=self.inputs.lock.sha256, env_hash=str(venv.get("env_hash")),
+            python_version=facts.python_version, platform=platform_of(facts),
+            installer=venv.get("installer"), facts=facts.raw,
+            pip_freeze=list(venv.get("freeze", ())), warmup=self.state.warmup)
+
+
+@functools.cache
+def local_uv() -> Path:
+    """The controller's own uv binary (the `uv` package is a dependency of ours)."""
+    import uv
+
+    return Path(uv.find_uv_bin())
+
+
+def platform_of(facts: HostFacts) -> str:
+    """The platform part of a venv's key: what makes binary wheels differ between hosts."""
+    system = facts.os.get("system", "linux").lower()
+    libc = facts.os.get("libc", "")
+    return "-".join(p for p in (system, facts.machine, libc) if p)

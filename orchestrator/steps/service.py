@@ -1,0 +1,89 @@
+"""The service around a release: restart it after a switch, and check its health with a deadline.
+
+Both run on the host (a health URL like http://127.0.0.1:8501/healthz is only reachable there),
+in the app's directory `<deploy_root>/<app>` (so `current/...` paths work), in one SSH command
+each: the polling loop runs remotely, so a service that needs a few seconds to come up costs one
+round trip, not one per attempt. The user's commands are shell on purpose (`sh -c`, as the spec
+says); everything else reaches the host as quoted arguments of constant scripts.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from orchestrator.errors import BadHostOutput, CommandFailed, CommandTimeout
+from orchestrator.transport import Transport
+
+#: Polls a URL (2xx) or a shell command (exit 0) until it passes or the budget is spent.
+#: Python 3.9+, stdlib only; prints one JSON object.
+HEALTH_SCRIPT = r"""
+import json, subprocess, sys, time, urllib.request
+mode, target, budget = sys.argv[1], sys.argv[2], float(sys.argv[3])
+end = time.monotonic() + budget
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+attempts, last = 0, "not attempted"
+while True:
+    attempts += 1
+    left = max(0.5, min(10.0, end - time.monotonic()))
+    try:
+        if mode == "url":
+            with opener.open(target, timeout=left) as r:
+                if 200 <= r.status < 300:
+                    print(json.dumps({"ok": True, "attempts": attempts, "status": r.status}))
+                    sys.exit(0)
+                last = "HTTP %d" % r.status
+        else:
+            p = subprocess.run(["sh", "-c", target], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, timeout=left)
+            if p.returncode == 0:
+                print(json.dumps({"ok": True, "attempts": attempts}))
+                sys.exit(0)
+            tail = p.stdout.decode("utf-8", "replace").strip().splitlines()[-3:]
+            last = "exit %d%s" % (p.returncode, (": " + " | ".join(tail)) if tail else "")
+    except Exception as exc:
+        last = "%s: %s" % (type(exc).__name__, exc)
+    if time.monotonic() + 0.25 >= end:
+        break
+    time.sleep(0.25)
+print(json.dumps({"ok": False, "attempts": attempts, "error": last}))
+sys.exit(1)
+"""
+
+
+def app_dir(deploy_root: str, app: str) -> str:
+    return f"{deploy_root.rstrip('/')}/{app}"
+
+
+def restart(transport: Transport, command: str, cwd: str, timeout: float) -> dict[str, Any]:
+    """Run the spec's service.restart; a non-zero exit is a CommandFailed (with its output)."""
+    result = transport.run(["sh", "-c", 'cd -- "$1" && exec sh -c "$2"', "sh", cwd, command],
+                           timeout=timeout)
+    return {"restart_s": round(result.duration_s, 3)}
+
+
+def health(transport: Transport, *, url: str | None, command: str | None, cwd: str,
+           budget_s: float, timeout: float) -> dict[str, Any]:
+    """Poll the health URL or command until it passes, at most `budget_s` (and the step's
+    remaining `timeout`). Raises CommandFailed naming what it saw last."""
+    mode, target = ("url", url) if url else ("command", command)
+    if target is None:
+        return {"health": "none configured"}
+    budget = max(1.0, min(budget_s, timeout - 5.0))
+    argv = ["sh", "-c", 'cd -- "$1" && shift && exec python3 -c "$@"', "sh", cwd,
+            HEALTH_SCRIPT, mode, target, f"{budget:.3f}"]
+    try:
+        result = transport.run(argv, timeout=budget + 5.0, check=False)
+    except CommandTimeout as exc:
+        raise CommandFailed(transport.host, f"health {mode} {target}", -1, "", str(exc)) from exc
+    try:
+        data = json.loads(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise BadHostOutput(transport.host, f"health check printed {result.stdout[:200]!r}, "
+                                            f"stderr {result.stderr[-300:]!r}") from None
+    if not data.get("ok"):
+        raise CommandFailed(transport.host, f"health {mode} {target}", result.exit_code,
+                            "", f"unhealthy after {budget:g} s ({data.get('attempts')} attempts):"
+                                f" {data.get('error')}")
+    return {"health": mode, "health_attempts": data.get("attempts"),
+            "health_s": round(result.duration_s, 3)}
