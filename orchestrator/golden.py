@@ -52,7 +52,7 @@ def read_inputs(path: Path) -> dict[str, Any]:
         return {"": loaded}
     with loaded:
         arrays = {k: loaded[k] for k in loaded.files if not k.startswith("__")}
-    inputs, _ = runner().split_golden(arrays)
+    inputs: dict[str, Any] = runner().split_golden(arrays)[0]
     if not inputs and len(arrays) == 1:
         inputs = {"": next(iter(arrays.values()))}
     if not inputs:
