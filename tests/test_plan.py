@@ -1,0 +1,169 @@
+"""`orchestrator plan` against the real testbed: sshd hosts with simulated GPUs, real lock files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.testbed import Testbed
+
+LOCKS = Path(__file__).parent / "fixtures" / "locks"
+GPU_LOCK = "tensorflow-2.21-gpu.lock"
+CPU_LOCK = "tensorflow-cpu-2.21.lock"
+
+
+def write_spec(directory: Path, targets: list[str], *, lock: str = GPU_LOCK,
+               gpu_required: bool = True, python: str = "3.11") -> Path:
+    """A spec that validates: a small model file with its sha256, a golden file, a real lock."""
+    directory.mkdir(parents=True, exist_ok=True)
+    model = directory / "model.joblib"
+    model.write_bytes(b"not really a model: plan never loads it\n")
+    (directory / "golden.npz").write_bytes(b"golden placeholder\n")
+    shutil.copy(LOCKS / lock, directory / "requirements.lock")
+    spec = directory / "spec.yaml"
+    spec.write_text(f"""\
+apiVersion: orchestrator/v1
+kind: Deployment
+name: fraud-detector
+model:
+  path: model.joblib
+  format: joblib
+  sha256: {hashlib.sha256(model.read_bytes()).hexdigest()}
+environment:
+  python: "{python}"
+  requirements: requirements.lock
+gpu:
+  required: {str(gpu_required).lower()}
+  count: 1
+  min_memory_gib: 8
+  min_compute_capability: "7.0"
+targets: [{", ".join(targets)}]
+verify:
+  golden: golden.npz
+  latency_ms: {{p50: 5, p95: 10, p99: 20}}
+""")
+    return spec
+
+
+def host(testbed: Testbed, profile: str) -> str:
+    return testbed.hosts_with(profile)[0].name
+
+
+def plan(testbed: Testbed, spec: Path, capsys: pytest.CaptureFixture[str],
+         *extra: str) -> tuple[int, str]:
+    code = main(["plan", str(spec), "--inventory", str(testbed.inventory_path), *extra])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_fleet_plan_gives_each_profile_its_verdict(
+    testbed: Testbed, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    names = {p: host(testbed, p) for p in ("h100", "old-driver", "no-gpu", "no-driver",
+                                           "mismatch")}
+    code, out = plan(testbed, write_spec(tmp_path, list(names.values())), capsys, "--json")
+    assert code == 3
+    result = json.loads(out)
+    by_host = {h["host"]: h for h in result["hosts"]}
+    assert [h["host"] for h in result["hosts"]] == list(names.values())
+
+    def failing(profile: str) -> dict[str, str]:
+        return {c["name"]: c["message"] for c in by_host[names[profile]]["checks"]
+                if c["status"] == "fail"}
+
+    h100 = by_host[names["h100"]]
+    assert h100["status"] != "fail", failing("h100")
+    assert [s.split(":")[0] for s in h100["steps"]] == [
+        "probe", "preflight", "stage", "install", "verify", "switch", "check", "prune"]
+    assert failing("old-driver")["cuda-driver"].startswith(
+        "driver 470.82.01 supports CUDA up to 11.4; tensorflow 2.21.0 needs CUDA 12.5 "
+        "(driver >= 525.60.13)")
+    assert "no GPU found: no NVIDIA driver library" in failing("no-gpu")["gpu-present"]
+    assert "NVIDIA driver not loaded" in failing("no-driver")["driver"]
+    assert "driver/library version mismatch: reboot or reload the nvidia module" in \
+        failing("mismatch")["driver"]
+    for profile in ("old-driver", "no-gpu", "no-driver", "mismatch"):
+        assert by_host[names[profile]]["steps"][-1].startswith("stop: nothing would change")
+
+
+def test_h100_alone_passes_and_plan_changes_nothing(
+    testbed: Testbed, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    tb_host = testbed.hosts_with("h100")[0]
+    code, out = plan(testbed, write_spec(tmp_path, [tb_host.name]), capsys)
+    assert code == 0, out
+    assert f"{tb_host.name} ({tb_host.address}):" in out
+    assert "libcudnn.so.9 from nvidia-cudnn-cu12" in out  # [and-cuda] wheels count
+    assert "install: build or reuse the venv" in out
+    assert "1 of 1 host(s) pass" in out
+    assert not (tb_host.deploy_root / "fraud-detector").exists()
+
+
+def test_cpu_only_tensorflow_for_a_gpu_spec_fails(
+    testbed: Testbed, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out = plan(testbed, write_spec(tmp_path, [host(testbed, "h100")], lock=CPU_LOCK),
+                     capsys)
+    assert code == 3
+    assert "tensorflow-cpu 2.21.0 is a CPU-only build" in out
+
+
+def test_python_mismatch_fails_naming_both_versions(
+    testbed: Testbed, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out = plan(testbed, write_spec(tmp_path, [host(testbed, "t4")], python="3.12"),
+                     capsys)
+    assert code == 3
+    line = next(ln for ln in out.splitlines() if "fail  python" in ln)
+    assert re.search(r"host python3 is 3\.11\.\d+ .*environment\.python is 3\.12", line), line
+
+
+def test_cpu_spec_passes_on_a_host_without_gpu(
+    testbed: Testbed, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec = write_spec(tmp_path, [host(testbed, "no-gpu")], lock=CPU_LOCK, gpu_required=False)
+    code, out = plan(testbed, spec, capsys)
+    assert code == 0, out
+    assert "skipped: gpu.required is false" in out
+
+
+def test_unreachable_host_is_a_failed_host_with_its_reason(
+    testbed: Testbed, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    good = testbed.hosts_with("h100")[0]
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(f"""\
+ssh: {{known_hosts: {testbed.known_hosts_path}, identity_file: {testbed.identity_path}}}
+hosts:
+  {good.name}: {{address: {good.address}, port: {good.port}, user: {good.user},
+                 deploy_root: {good.deploy_root}}}
+  gone: {{address: 127.0.0.1, port: 9, user: {good.user}, deploy_root: /tmp/gone}}
+""")
+    spec = write_spec(tmp_path / "spec", [good.name, "gone"])
+    code = main(["plan", str(spec), "--inventory", str(inventory), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 3
+    gone = next(h for h in result["hosts"] if h["host"] == "gone")
+    assert gone["status"] == "fail" and gone["error"].startswith("unreachable: ")
+    assert gone["checks"] == []
+    assert next(h for h in result["hosts"] if h["host"] == good.name)["status"] != "fail"
+
+
+def test_invalid_input_exits_2_before_touching_a_host(
+    testbed: Testbed, tmp_path: Path,
+) -> None:
+    spec = write_spec(tmp_path, ["no-such-host"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "plan", str(spec), "--inventory",
+         str(testbed.inventory_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown host or group 'no-such-host'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
