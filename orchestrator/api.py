@@ -46,7 +46,8 @@ class SubmitJson(BaseModel):
 
 class VerifyRequest(BaseModel):
     hosts: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(
-        min_length=1, max_length=10_000)
+        default_factory=list, max_length=10_000,
+        description="host names, groups or label selectors; empty: every inventory host")
 
 
 def error_body(exc: OrchestratorError) -> dict[str, Any]:

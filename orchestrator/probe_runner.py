@@ -128,7 +128,7 @@ class ProbeRunner:
 
     def verify_hosts(self, names: list[str]) -> list[HostCheck]:
         inventory = self._inventory()
-        hosts = inventory.resolve(names)
+        hosts = inventory.resolve(names) if names else list(inventory.hosts.values())
         with self._pool(inventory) as pool:
             results = pool.map_hosts(probe_host, hosts, self.config.max_ssh_sessions)
         checks = []

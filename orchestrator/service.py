@@ -21,7 +21,7 @@ import structlog
 
 from orchestrator import bundle
 from orchestrator.config import DaemonConfig
-from orchestrator.errors import Conflict, InvalidInput, NotFound, OrchestratorError
+from orchestrator.errors import Conflict, NotFound, OrchestratorError
 from orchestrator.events import DeploymentSink, EventHub
 from orchestrator.runner import DeploymentOutcome, HostCheck, Runner
 from orchestrator.states import (
@@ -258,8 +258,6 @@ class Service:
         raise NotFound(f"app {app!r} has no running or succeeded deployment to roll back")
 
     def verify_hosts(self, names: list[str]) -> list[dict[str, Any]]:
-        if not names:
-            raise InvalidInput("name at least one host")
         checks = self.runner.verify_hosts(names)
         for check in checks:
             self.store.record_host(check.host, check.status, check.reasons, check.facts)

@@ -1,0 +1,113 @@
+"""Pure text rendering for the client commands: tables, event lines, state colours.
+
+Colour only when the output is a terminal and NO_COLOR is unset; plain text when piped, so
+`orchestrator status | grep failed` works. `--json` output never comes through here.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import IO, Any
+
+_COLOURS = {
+    "succeeded": "32", "ok": "32", "healthy": "32", "pass": "32",
+    "running": "36", "queued": "36", "pending": "36", "rolling_back": "33",
+    "failed": "31", "unreachable": "31", "fail": "31",
+    "rolled_back": "33", "cancelled": "33", "degraded": "33", "skipped": "90", "warn": "33",
+    "interrupted": "33", "requested": "33",
+}
+
+
+def use_colour(stream: IO[str] | None = None) -> bool:
+    stream = stream or sys.stdout
+    return bool(getattr(stream, "isatty", lambda: False)()) and "NO_COLOR" not in os.environ
+
+
+def paint(text: str, state: str | None, colour: bool) -> str:
+    code = _COLOURS.get(state or "")
+    return f"\x1b[{code}m{text}\x1b[0m" if colour and code else text
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, colour: bool = False,
+          state_column: int | None = None) -> str:
+    """Left-aligned columns; the state column painted (widths computed on the plain text)."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in rows:
+        cells = []
+        for i, (cell, width) in enumerate(zip(row, widths, strict=True)):
+            padded = cell.ljust(width)
+            cells.append(paint(padded, cell, colour) if i == state_column else padded)
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def clock(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def event_line(event: dict[str, Any], *, colour: bool = False) -> str:
+    """`12:00:01 #7 gpu-01 probe ok 812 ms driver=550.54.15` (details after the core)."""
+    core = {"seq", "ts", "level", "event", "deployment", "host", "step", "status", "duration_ms"}
+    when = time.strftime("%H:%M:%S", time.localtime(float(event.get("ts") or 0)))
+    what = event.get("step") or event.get("event") or "?"
+    status = str(event.get("status") or "")
+    parts = [when, f"#{event.get('seq', '?')}", event.get("host") or "-", what,
+             paint(status, status, colour)]
+    if event.get("duration_ms") is not None:
+        parts.append(f"{float(event['duration_ms']):.0f} ms")
+    extras = [f"{k}={_short(v)}" for k, v in event.items() if k not in core and k != "checks"]
+    return " ".join([*parts, *extras])
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def deployments_table(records: Sequence[dict[str, Any]], *, colour: bool) -> str:
+    rows = [[r["id"], r["app"], r["state"], clock(r.get("created")), clock(r.get("updated")),
+             ",".join(r.get("targets") or [])] for r in records]
+    return table(["id", "app", "state", "created", "updated", "targets"], rows, colour=colour,
+                 state_column=2)
+
+
+def deployment_detail(record: dict[str, Any], *, colour: bool) -> str:
+    lines = [f"deployment {record['id']}  app {record['app']}  "
+             f"{paint(record['state'], record['state'], colour)}",
+             f"created {clock(record.get('created'))}  updated {clock(record.get('updated'))}"]
+    result = record.get("result") or {}
+    if result.get("reason"):
+        lines.append(f"reason: {result['reason']}")
+    rows = []
+    for host, entry in sorted((record.get("hosts") or {}).items()):
+        for step in entry["steps"]:
+            detail = step.get("detail") or {}
+            rows.append([host, step["step"], step["state"], clock(step.get("finished")
+                                                                    or step.get("started")),
+                         _short(detail.get("reason", ""))])
+    if rows:
+        lines.append("")
+        lines.append(table(["host", "step", "state", "at", "reason"], rows, colour=colour,
+                           state_column=2))
+    return "\n".join(lines)
+
+
+def hosts_table(hosts: Sequence[dict[str, Any]], *, colour: bool) -> str:
+    rows = []
+    for h in hosts:
+        facts = h.get("facts") or {}
+        nvml = facts.get("nvml") or {}
+        gpus = facts.get("gpus") or []
+        gpu = f"{len(gpus)}x {gpus[0]['name']}" if gpus else "-"
+        rows.append([h["host"], h["status"], nvml.get("driver_version") or "-",
+                     nvml.get("cuda_driver_version") or "-", gpu, clock(h.get("ts")),
+                     _short("; ".join(h.get("reasons") or []))])
+    return table(["host", "status", "driver", "cuda", "gpus", "checked", "reasons"], rows,
+                 colour=colour, state_column=1)
