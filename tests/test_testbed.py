@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import pytest
 from orchestrator.errors import InvalidInput, TestbedError
 from orchestrator.inventory import load_inventory
 from orchestrator.testbed import PROFILES, Testbed, TestbedHost, fakelibs, profiles
+from orchestrator.testbed import sshd as sshd_mod
 from orchestrator.testbed.sshd import starttime
 
 GIB = 1 << 30
@@ -369,3 +371,24 @@ def test_profiles_and_version_encodings() -> None:
     assert profiles.cycle([], 2) == ["h100", "h100"]
     a, b = profiles.gpu_uuid("tb-01", 0, "Tesla T4"), profiles.gpu_uuid("tb-02", 0, "Tesla T4")
     assert a != b and a == profiles.gpu_uuid("tb-01", 0, "Tesla T4")
+
+
+def test_up_retries_when_its_port_is_taken_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.2", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    real_free_port = sshd_mod.free_port
+    answers = iter([taken])
+    monkeypatch.setattr(sshd_mod, "free_port",
+                        lambda addrs: next(answers, None) or real_free_port(addrs))
+    try:
+        tb = Testbed.up(tmp_path, 2)
+        assert tb.port != taken
+        assert sorted(sshd_pids_for(tmp_path)) == sorted(h.pid for h in tb.hosts)
+        assert Testbed.down(tmp_path) == 2
+    finally:
+        squatter.close()
+    assert sshd_pids_for(tmp_path) == []

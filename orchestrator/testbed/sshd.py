@@ -24,6 +24,10 @@ DEFAULT_SSHD = Path("/usr/sbin/sshd")
 PRIVSEP_DIR = Path("/run/sshd")
 
 
+class PortTaken(TestbedError):
+    """Another process bound our port between `free_port` and sshd's bind: pick another."""
+
+
 @dataclass(frozen=True)
 class SshdSpec:
     """Everything one host's sshd needs; all paths absolute."""
@@ -156,8 +160,9 @@ def wait_ready(servers: Sequence[tuple[SshdSpec, Running]], timeout: float) -> N
             if _has_banner(spec.address, spec.port):
                 pending.remove(item)
             elif not alive(run.pid):
-                where = f"{spec.address}:{spec.port}"
-                raise TestbedError(f"sshd on {where} exited: {log_tail(spec.log)}")
+                where, tail = f"{spec.address}:{spec.port}", log_tail(spec.log)
+                error = PortTaken if "Address already in use" in tail else TestbedError
+                raise error(f"sshd on {where} exited: {tail}")
         if pending and time.monotonic() > deadline:
             spec = pending[0][0]
             raise TestbedError(

@@ -28,6 +28,7 @@ from orchestrator.testbed import profiles as gpu_profiles
 from orchestrator.testbed.layout import TestbedHost
 
 READY_TIMEOUT_S = 10.0
+PORT_ATTEMPTS = 3  # a port found free can be taken by another testbed before sshd binds it
 
 
 class Testbed:
@@ -89,6 +90,9 @@ class Testbed:
         root.mkdir(parents=True, exist_ok=True)
         with _locked(root):
             _refuse_if_running(root)
+            for _ in range(PORT_ATTEMPTS - 1):
+                with contextlib.suppress(sshd.PortTaken):
+                    return cls._start(root, names, binary)
             return cls._start(root, names, binary)
 
     @classmethod
