@@ -105,7 +105,7 @@ def rollout_steps(
     if worst is Status.FAIL:
         return (*steps, STOP)
     current = facts.releases.get(spec.name)
-    n = len(locked_versions(lock))
+    n = len(locked_versions(lock, facts))
     steps += [
         f"stage: new release dir {app_dir}/releases/<id>; upload the model "
         f"({spec.model.format}, sha256 {spec.model.sha256[:12]}... checked on the host) and the "

@@ -23,8 +23,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
+from packaging.markers import InvalidMarker, Marker
+
 from orchestrator.compat import CompatData, TfBuild, TfPackage, cc_tuple, parse_version
 from orchestrator.facts import Gpu, HostFacts
+from orchestrator.lockfile import target_environment
 
 
 class Status(StrEnum):
@@ -115,8 +118,26 @@ def normalize_name(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def locked_versions(lock: LockLike) -> dict[str, str]:
-    return {normalize_name(p.name): p.version for p in lock.packages}
+def locked_versions(lock: LockLike, facts: HostFacts | None = None) -> dict[str, str]:
+    """name -> version of the packages that install on this host: a package whose environment
+    marker does not hold for the host's Python and machine is left out (universal locks list
+    one package several times under exclusive markers)."""
+    env = None if facts is None else target_environment(facts.python_minor, facts.machine or
+                                                        "x86_64")
+    out: dict[str, str] = {}
+    for p in lock.packages:
+        marker = getattr(p, "marker", None)
+        if env is not None and marker and not _marker_holds(str(marker), env):
+            continue
+        out[normalize_name(p.name)] = p.version
+    return out
+
+
+def _marker_holds(marker: str, env: dict[str, str]) -> bool:
+    try:
+        return bool(Marker(marker).evaluate(env))
+    except InvalidMarker:
+        return True  # the lock linter refuses bad markers; here, keep the package in view
 
 
 def preflight(
@@ -124,7 +145,7 @@ def preflight(
 ) -> HostVerdict:
     """Every check for one host; `spec` is a Spec or already `Requirements`."""
     req = spec if isinstance(spec, Requirements) else requirements_from_spec(spec)
-    versions = locked_versions(lock)
+    versions = locked_versions(lock, facts)
     ctx = Context(req, versions, facts, data, find_framework(versions, data))
     checks: list[Check] = [
         _python(req, facts),

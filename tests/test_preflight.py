@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -10,11 +9,14 @@ import pytest
 
 from orchestrator.compat import load_compat
 from orchestrator.facts import HostFacts, parse_facts
+from orchestrator.lockfile import lint_requirements, load_lock
 from orchestrator.preflight import (
     Check,
     HostVerdict,
+    LockLike,
     Requirements,
     Status,
+    locked_versions,
     preflight,
     requirements_from_spec,
 )
@@ -35,10 +37,9 @@ class Lock:
     packages: tuple[Pkg, ...]
 
 
-def lock(name: str) -> Lock:
-    """The `name==version` lines of a real lock fixture (hash lines are the linter's business)."""
-    text = (FIXTURES / "locks" / name).read_text()
-    return Lock(tuple(Pkg(m[1], m[2]) for m in re.finditer(r"(?m)^([A-Za-z0-9_.-]+)==(\S+)", text)))
+def lock(name: str) -> LockLike:
+    """A real lock fixture, through the real lock-file linter."""
+    return load_lock(FIXTURES / "locks" / name)
 
 
 def pins(**versions: str) -> Lock:
@@ -49,7 +50,7 @@ def facts(profile: str) -> HostFacts:
     return parse_facts(f"gpu-{profile}", (FIXTURES / "facts" / f"{profile}.json").read_text())
 
 
-def run(profile: str, lock_: Lock, req: Requirements = GPU) -> HostVerdict:
+def run(profile: str, lock_: LockLike, req: Requirements = GPU) -> HostVerdict:
     return preflight(req, lock_, facts(profile), load_compat())
 
 
@@ -144,7 +145,8 @@ def test_python_outside_the_tensorflow_range_fails() -> None:
 
 
 def test_gpu_wheels_without_and_cuda_need_host_libraries() -> None:
-    bare = Lock(tuple(p for p in lock(TF_GPU).packages if not p.name.startswith("nvidia-")))
+    bare = Lock(tuple(Pkg(p.name, p.version) for p in lock(TF_GPU).packages
+                      if not p.name.startswith("nvidia-")))
     c = check(run("h100", bare), "cuda-libraries")
     assert c.status is Status.FAIL
     assert "libcudnn.so.9" in c.message and "libcudart.so.12" in c.message
@@ -222,3 +224,16 @@ def test_verdict_to_dict_is_json_ready() -> None:
     d = run("old-driver", lock(TF_GPU)).to_dict()
     assert d["status"] == "fail" and d["host"] == "gpu-old-driver"
     assert {c["status"] for c in d["checks"]} <= {"pass", "warn", "fail"}
+
+
+def test_packages_whose_marker_excludes_the_host_are_left_out() -> None:
+    digest = "--hash=sha256:" + "a" * 64
+    text = (f'tensorflow==2.21.0 ; python_version >= "3.10" {digest}\n'
+            f'tensorflow==2.15.0 ; python_version < "3.10" {digest}\n'
+            f'tensorflow-cpu==2.21.0 ; platform_machine == "aarch64" {digest}\n')
+    locked = lint_requirements(text.encode(), "universal.lock").lock
+    assert locked is not None
+    v = run("h100", locked)
+    assert check(v, "framework").message.startswith("tensorflow 2.21.0:")
+    assert locked_versions(locked, facts("h100")) == {"tensorflow": "2.21.0"}
+    assert locked_versions(locked)["tensorflow"] == "2.15.0"  # without a host: no filtering
