@@ -1,0 +1,267 @@
+"""The SSH transport and the pool, against the testbed's real sshd hosts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from orchestrator import ssh
+from orchestrator.errors import (
+    CommandFailed,
+    CommandTimeout,
+    FileTransferFailed,
+    HostKeyRejected,
+    HostUnreachable,
+    OutputTooLarge,
+)
+from orchestrator.inventory import Host, Inventory, load_inventory
+from orchestrator.pool import Pool, map_hosts
+from orchestrator.testbed import Testbed
+from orchestrator.transport import Transport, command_line
+
+INJECTION = "x; touch pwned $(id)"
+
+
+@pytest.fixture(scope="module")
+def inventory(testbed: Testbed) -> Inventory:
+    return load_inventory(testbed.inventory_path)
+
+
+@pytest.fixture(scope="module")
+def options(inventory: Inventory) -> ssh.SshOptions:
+    return ssh.SshOptions.for_inventory(inventory)
+
+
+@pytest.fixture(scope="module")
+def host(inventory: Inventory) -> Host:
+    return inventory.hosts["tb-01"]
+
+
+@pytest.fixture(scope="module")
+def transport(host: Host, options: ssh.SshOptions) -> Iterator[ssh.SshTransport]:
+    with ssh.connect(host, options) as t:
+        yield t
+
+
+def openssh_fingerprint(pub: Path) -> str:
+    """The fingerprint as OpenSSH itself prints it: `256 SHA256:... comment (ED25519)`."""
+    out = subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True,
+                         check=True).stdout
+    return out.split()[1]
+
+
+def processes_with_argv(argv: list[str]) -> list[int]:
+    """Local pids whose command line is exactly `argv` (the testbed hosts are this machine)."""
+    wanted = "\0".join(argv).encode() + b"\0"
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if Path(f"/proc/{entry}/cmdline").read_bytes() == wanted:
+                    pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def test_transport_satisfies_the_protocol(transport: ssh.SshTransport) -> None:
+    assert isinstance(transport, Transport)
+    assert transport.host == "tb-01" and transport.alive
+
+
+def test_a_hostile_value_reaches_the_host_as_one_argument(transport: ssh.SshTransport) -> None:
+    script = "import json, sys; print(json.dumps(sys.argv[1:]))"
+    result = transport.run(["python3", "-c", script, INJECTION, "", "'\"\\"])
+    assert result.stdout.strip() == '["x; touch pwned $(id)", "", "\'\\"\\\\"]'
+    assert transport.run(["echo", INJECTION]).stdout == INJECTION + "\n"
+    # Commands run in the remote home: an injection would have created `pwned` there.
+    assert transport.run(["test", "-e", "pwned"], check=False).exit_code == 1
+    assert command_line(["echo", INJECTION]) == "echo 'x; touch pwned $(id)'"
+
+
+def test_exit_codes_and_stderr(transport: ssh.SshTransport) -> None:
+    with pytest.raises(CommandFailed) as info:
+        transport.run(["sh", "-c", "echo out; echo bad thing >&2; exit 3"])
+    assert info.value.exit_status == 3 and info.value.host == "tb-01"
+    assert "bad thing" in str(info.value)
+    result = transport.run(["sh", "-c", "echo out; echo err >&2; exit 4"], check=False)
+    assert (result.exit_code, result.stdout, result.stderr) == (4, "out\n", "err\n")
+
+
+def test_stdin_and_both_streams_flow_without_deadlock(transport: ssh.SshTransport) -> None:
+    # 3 MiB echoed line by line to both streams is more than the SSH window: this only
+    # finishes if stdin is written while stdout and stderr are read.
+    data = os.urandom(3 << 19).hex().encode()
+    payload = b"\n".join(data[i : i + 1000] for i in range(0, len(data), 1000)) + b"\n"
+    script = "\n".join([
+        "import sys",
+        "for line in sys.stdin:",
+        "    sys.stdout.write(line)",
+        "    sys.stderr.write(line)",
+    ])
+    result = transport.run(["python3", "-c", script], stdin=payload, timeout=60)
+    assert result.stdout.encode() == payload and result.stderr.encode() == payload
+
+
+def test_timeout_raises_fast_and_kills_the_remote_process(transport: ssh.SshTransport) -> None:
+    started = time.monotonic()
+    with pytest.raises(CommandTimeout, match=r"sleep 30\.5"):
+        transport.run(["sleep", "30.5"], timeout=1)
+    assert time.monotonic() - started < 4
+    deadline = time.monotonic() + 3
+    while processes_with_argv(["sleep", "30.5"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_with_argv(["sleep", "30.5"]) == []
+    assert transport.run(["echo", "still usable"]).stdout == "still usable\n"
+
+
+def test_output_cap_stops_the_command(transport: ssh.SshTransport) -> None:
+    assert len(transport.run(["head", "-c", "5000", "/dev/zero"], max_output=5000).stdout) == 5000
+    started = time.monotonic()
+    with pytest.raises(OutputTooLarge, match="100000 bytes"):
+        transport.run(["yes", "orchestrator-cap-test"], max_output=100_000, timeout=30)
+    assert time.monotonic() - started < 5
+    deadline = time.monotonic() + 3
+    while processes_with_argv(["yes", "orchestrator-cap-test"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_with_argv(["yes", "orchestrator-cap-test"]) == []
+
+
+def test_sftp_put_and_get(transport: ssh.SshTransport, host: Host, tmp_path: Path) -> None:
+    target = f"{host.deploy_root}/sftp-test.bin"
+    payload = os.urandom(300_000)
+    transport.put(payload, target, 0o600)
+    assert transport.get(target) == payload
+    assert transport.run(["stat", "-c", "%a", target]).stdout.strip() == "600"
+    local = tmp_path / "local.txt"
+    local.write_text("from a file\n")
+    transport.put(local, target, 0o755)
+    assert transport.get(target) == b"from a file\n"
+    assert transport.run(["stat", "-c", "%a", target]).stdout.strip() == "755"
+    listing = transport.run(["ls", "-a", host.deploy_root]).stdout.split()
+    assert not [n for n in listing if ".part-" in n]  # no temporary left behind
+    transport.run(["rm", "-f", target])
+    with pytest.raises(FileTransferFailed, match="no-such-file"):
+        transport.get(f"{host.deploy_root}/no-such-file")
+    with pytest.raises(FileTransferFailed, match="missing-dir"):
+        transport.put(b"x", f"{host.deploy_root}/missing-dir/f")
+
+
+def test_unknown_host_key_is_refused_with_its_fingerprint(
+    testbed: Testbed, host: Host, options: ssh.SshOptions, tmp_path: Path
+) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    expected = openssh_fingerprint(Path(f"{testbed.host('tb-01').host_key}.pub"))
+    with pytest.raises(HostKeyRejected) as info:
+        ssh.connect(host, replace(options, known_hosts=empty))
+    message = str(info.value)
+    assert expected in message and "orchestrator trust tb-01 --inventory" in message
+    assert message.startswith("tb-01: unknown host key")
+
+
+def test_changed_host_key_is_refused_with_both_fingerprints(
+    testbed: Testbed, host: Host, options: ssh.SshOptions, tmp_path: Path
+) -> None:
+    # Record tb-02's key under tb-01's address: to the client, tb-01's key has changed.
+    other = Path(f"{testbed.host('tb-02').host_key}.pub").read_text().split()
+    forged = tmp_path / "known_hosts"
+    forged.write_text(f"[{host.address}]:{host.port} {other[0]} {other[1]}\n")
+    with pytest.raises(HostKeyRejected, match="HOST KEY CHANGED") as info:
+        ssh.connect(host, replace(options, known_hosts=forged))
+    offered = openssh_fingerprint(Path(f"{testbed.host('tb-01').host_key}.pub"))
+    recorded = openssh_fingerprint(Path(f"{testbed.host('tb-02').host_key}.pub"))
+    assert f"expected {recorded}" in str(info.value) and offered in str(info.value)
+
+
+def test_unreachable_and_unauthorised(host: Host, options: ssh.SshOptions, tmp_path: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(HostUnreachable, match="cannot connect"):
+        ssh.connect(replace(host, address="127.0.0.254", port=1), options)
+    assert time.monotonic() - started < 5
+    stranger = tmp_path / "id_stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)],
+                   check=True)
+    with pytest.raises(HostUnreachable, match="authentication"):
+        ssh.connect(host, replace(options, identity_file=stranger))
+    # No identity configured and no agent or key search: nothing to authenticate with.
+    with pytest.raises(HostUnreachable):
+        ssh.connect(host, replace(options, identity_file=None))
+
+
+def test_fetch_and_record_host_keys(testbed: Testbed, host: Host, tmp_path: Path) -> None:
+    key = ssh.fetch_host_key(host)
+    assert key.fingerprint == openssh_fingerprint(Path(f"{testbed.host('tb-01').host_key}.pub"))
+    known = tmp_path / "sub" / "known_hosts"
+    assert ssh.known_host_keys(known, host.address, host.port) == []
+    ssh.append_known_host(known, host.address, host.port, key)
+    assert ssh.known_host_keys(known, host.address, host.port) == [key]
+    assert known.stat().st_mode & 0o777 == 0o600
+    # A hashed entry (ssh-keygen -H) is found and removed like a plain one.
+    subprocess.run(["ssh-keygen", "-H", "-f", str(known)], check=True, capture_output=True)
+    assert ssh.known_host_keys(known, host.address, host.port) == [key]
+    ssh.remove_known_host(known, host.address, host.port)
+    assert ssh.known_host_keys(known, host.address, host.port) == []
+
+
+def test_pool_opens_one_connection_per_host(inventory: Inventory,
+                                            options: ssh.SshOptions) -> None:
+    hosts = list(inventory.hosts.values())[:4]
+
+    def client_ports(t: Transport, h: Host) -> set[str]:
+        # $SSH_CONNECTION names the client port: the same port means the same connection.
+        return {t.run(["sh", "-c", "echo $SSH_CONNECTION"]).stdout.split()[1] for _ in range(3)}
+
+    with Pool(options, max_connections=8) as pool:
+        first = pool.map_hosts(client_ports, hosts, 4)
+        second = pool.map_hosts(client_ports, hosts, 4)
+        assert pool.connects == 4 and pool.open_count() == 4
+    assert all(isinstance(v, set) and len(v) == 1 for v in first.values())
+    assert first == second
+
+
+def test_pool_bounds_open_connections_and_reopens_a_dead_one(
+    inventory: Inventory, options: ssh.SshOptions
+) -> None:
+    hosts = list(inventory.hosts.values())[:4]
+    seen: list[int] = []
+    with Pool(options, max_connections=2) as pool:
+
+        def work(t: Transport, h: Host) -> str:
+            seen.append(pool.open_count())
+            return t.run(["echo", h.name]).stdout.strip()
+
+        results = pool.map_hosts(work, hosts, 4)
+        assert results == {h.name: h.name for h in hosts}
+        assert max(seen) <= 2
+        with pool.session(hosts[0]) as t:
+            t.close()
+        before = pool.connects
+        with pool.session(hosts[0]) as t:
+            assert t.run(["echo", "back"]).stdout == "back\n"
+        assert pool.connects == before + 1
+    assert pool.open_count() == 0
+
+
+def test_map_hosts_keeps_host_errors_and_raises_bugs(inventory: Inventory) -> None:
+    hosts = list(inventory.hosts.values())[:3]
+
+    def fn(h: Host) -> str:
+        if h.name == "tb-02":
+            raise HostUnreachable(h.name, "down")
+        return h.name
+
+    results = map_hosts(fn, hosts, 3)
+    assert results["tb-01"] == "tb-01" and isinstance(results["tb-02"], HostUnreachable)
+
+    def bug(h: Host) -> str:
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        map_hosts(bug, hosts, 3)
