@@ -9,9 +9,12 @@ missed nothing.
 `EventHub.sink(deployment)` gives the daemon's `EventSink`. Its `emit` does, under one lock per
 hub (so the three copies agree on the order):
   1. the store row (SQLite, synchronous=FULL: durable when `emit` returns);
-  2. a line in `<state_dir>/logs/<deployment>.jsonl`, flushed and fsynced (events are one per
-     state change, a few per host and step, so an fsync each is cheap next to an SSH round trip,
-     and the file is never behind the store by more than the event being written);
+  2. a line in `<state_dir>/logs/<deployment>.jsonl`, flushed at once (so a killed daemon loses
+     nothing: the line is in the kernel), fsynced at every deployment-level event and when the
+     file is closed. The store is the record of truth and already fsyncs each event; fsyncing
+     the copy too would double the cost of every step event under the hub lock, for a file a
+     power cut can only shorten (the store has every event: `orchestrator logs ID --json`
+     prints the same lines);
   3. an offer to every follower of that deployment.
 Followers have bounded buffers and never block the emitter: a full buffer is dropped and the
 follower marked lagged; it then re-reads from the store after the last seq it delivered, so a
@@ -132,18 +135,21 @@ class EventHub:
             self._files[deployment] = handle
         handle.write(json.dumps(event, separators=(",", ":")) + "\n")
         handle.flush()
-        os.fsync(handle.fileno())
+        if event["event"] == "deployment":
+            os.fsync(handle.fileno())
 
     def close_log(self, deployment: str) -> None:
         """Close a finished deployment's jsonl file (reopened in append mode if it emits again)."""
         with self._lock:
             handle = self._files.pop(deployment, None)
         if handle is not None:
+            os.fsync(handle.fileno())
             handle.close()
 
     def close(self) -> None:
         with self._lock:
             for handle in self._files.values():
+                os.fsync(handle.fileno())
                 handle.close()
             self._files.clear()
 

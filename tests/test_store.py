@@ -1,0 +1,147 @@
+"""The SQLite store against real files: pragmas, migrations, integrity check, the state-dir
+lock (across processes), event numbering under concurrent writers."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import InvalidTransition, NotFound, StateDirLocked, StoreCorrupt
+from orchestrator.states import DeploymentState, HostStepState
+from orchestrator.store import SCHEMA_VERSION, Store, lock_state_dir
+
+D, S = DeploymentState, HostStepState
+
+
+def test_pragmas_and_schema_version(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s.db")
+    conn = store._conn
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert store.schema_version() == SCHEMA_VERSION
+    store.close()
+    # Reopening does not re-run migrations (they would fail on existing tables).
+    assert Store.open(tmp_path / "s.db").schema_version() == SCHEMA_VERSION
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    Store.open(tmp_path / "s.db").close()
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        conn.execute("UPDATE schema_version SET version = 99")
+    with pytest.raises(StoreCorrupt, match="schema version 99 is newer"):
+        Store.open(tmp_path / "s.db")
+
+
+def test_a_corrupt_file_is_refused_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = Store.open(path)
+    for i in range(200):
+        store.create_deployment(f"d{i}", "app", {"pad": "x" * 500})
+    store.close()
+    data = bytearray(path.read_bytes())
+    data[4096 * 2: 4096 * 2 + 2000] = b"\xff" * 2000  # trash a b-tree page
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreCorrupt, match=r"restore the state dir from a backup|not a usable"):
+        Store.open(path)
+
+
+def test_garbage_is_not_a_store(tmp_path: Path) -> None:
+    (tmp_path / "s.db").write_bytes(b"hello, this is not sqlite" * 100)
+    with pytest.raises(StoreCorrupt, match="not a usable orchestrator store"):
+        Store.open(tmp_path / "s.db")
+
+
+def test_state_dir_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
+    handle = lock_state_dir(tmp_path)
+    code = ("import sys; from pathlib import Path; from orchestrator.store import lock_state_dir\n"
+            "from orchestrator.errors import StateDirLocked\n"
+            "try:\n lock_state_dir(Path(sys.argv[1]))\nexcept StateDirLocked as e:\n"
+            " print(e); sys.exit(7)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 7, proc.stderr
+    assert "already uses the state dir" in proc.stdout
+    handle.close()  # released: the next one gets it
+    lock_state_dir(tmp_path).close()
+
+
+def test_lock_in_same_process_is_refused(tmp_path: Path) -> None:
+    handle = lock_state_dir(tmp_path)
+    with pytest.raises(StateDirLocked):
+        lock_state_dir(tmp_path)
+    handle.close()
+
+
+def test_deployments_and_transitions(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s.db")
+    store.create_deployment("a", "app1", {"targets": ["h1"]})
+    store.create_deployment("b", "app2", {"targets": ["h2"]})
+    assert store.transition_deployment("a", D.RUNNING) is D.QUEUED
+    with pytest.raises(InvalidTransition):
+        store.transition_deployment("a", D.QUEUED)
+    with pytest.raises(NotFound):
+        store.transition_deployment("zzz", D.RUNNING)
+    store.transition_deployment("a", D.FAILED, result={"reason": "x"})
+    record = store.get_deployment("a")
+    assert record.state is D.FAILED and record.result == {"reason": "x"}
+    assert [r.id for r in store.list_deployments(app="app2")] == ["b"]
+    assert [r.id for r in store.list_deployments(states=frozenset({D.QUEUED}))] == ["b"]
+
+
+def test_step_intent_and_outcome(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s.db")
+    store.create_deployment("a", "app", {})
+    store.transition_step("a", "h1", "switch", S.RUNNING)
+    [running] = store.steps("a")
+    assert running.state is S.RUNNING and running.started is not None and running.finished is None
+    store.transition_step("a", "h1", "switch", S.OK, detail={"release": "r1"})
+    [done] = store.steps("a")
+    assert done.started == running.started and done.finished is not None
+    assert done.detail == {"release": "r1"}
+    with pytest.raises(InvalidTransition):
+        store.transition_step("a", "h1", "switch", S.RUNNING)
+
+
+def test_foreign_keys_refuse_orphan_events(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s.db")
+    with pytest.raises(sqlite3.IntegrityError):
+        store.append_event({"deployment": "nope", "ts": 1.0, "level": "info", "event": "x"})
+
+
+def test_event_seq_has_no_gaps_under_concurrent_writers(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s.db")
+    store.create_deployment("a", "app", {})
+
+    def write(worker: int) -> None:
+        for i in range(50):
+            store.append_event({"deployment": "a", "ts": 1.0, "level": "info", "event": "e",
+                                "host": f"h{worker}", "n": i})
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    events = store.events("a")
+    assert [e["seq"] for e in events] == list(range(1, 201))
+    for worker in range(4):  # each writer's own events stay in its order
+        assert [e["n"] for e in events if e["host"] == f"h{worker}"] == list(range(50))
+
+
+def test_hosts_keep_the_latest_record(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s.db")
+    store.record_host("h1", "unreachable", ["no route"], None)
+    store.record_host("h1", "healthy", [], {"schema": 1})
+    store.record_host("h2", "degraded", ["NVML: driver not loaded"], {"schema": 1})
+    hosts = store.hosts()
+    assert [(h["host"], h["status"]) for h in hosts] == [("h1", "healthy"), ("h2", "degraded")]
+    with pytest.raises(ValueError):
+        store.record_host("h3", "fine", [], None)
+    store.record_release("h1", "app", "r1", "current", "a")
+    assert store.releases("app")[0]["release_id"] == "r1"
