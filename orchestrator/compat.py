@@ -28,6 +28,7 @@ from orchestrator.errors import InvalidInput
 DATA_FILE = "compat.json"
 
 
+@functools.lru_cache(maxsize=4096)  # hot in the preflight: the same few strings, many hosts
 def parse_version(text: str) -> tuple[int, ...]:
     """Dotted numeric prefix: "550.54.15" -> (550, 54, 15); "2.22.0.dev2026" -> (2, 22, 0)."""
     parts: list[int] = []
