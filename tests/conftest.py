@@ -38,7 +38,7 @@ def host_by_profile(testbed: Testbed) -> Iterator[Callable[[str], TestbedHost]]:
     before = {h.name: h.profile for h in Testbed.load(testbed.dir).hosts}
 
     def find(profile: str) -> TestbedHost:
-        for h in testbed.hosts:
+        for h in Testbed.load(testbed.dir).hosts:  # current profiles, whoever changed them
             if h.profile == profile:
                 return h
         raise LookupError(f"no testbed host has profile {profile!r}")

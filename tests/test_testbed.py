@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -392,3 +393,14 @@ def test_up_retries_when_its_port_is_taken_meanwhile(
     finally:
         squatter.close()
     assert sshd_pids_for(tmp_path) == []
+
+
+def test_host_by_profile_finds_the_current_holder(
+    testbed: Testbed, host_by_profile: Callable[[str], TestbedHost],
+) -> None:
+    assert host_by_profile("t4").name == "tb-02"
+    assert host_by_profile("h100").name == "tb-01"
+    with testbed.profile("tb-01", "old-driver"):
+        assert host_by_profile("h100").name == "tb-07"
+    with pytest.raises(LookupError):
+        host_by_profile("a100")
