@@ -25,7 +25,14 @@ from typing import Any, Protocol
 
 from packaging.markers import InvalidMarker, Marker
 
-from orchestrator.compat import CompatData, TfBuild, TfPackage, cc_tuple, parse_version
+from orchestrator.compat import (
+    CompatData,
+    RequiredLibrary,
+    TfBuild,
+    TfPackage,
+    cc_tuple,
+    parse_version,
+)
 from orchestrator.facts import Gpu, HostFacts
 from orchestrator.lockfile import target_environment
 
@@ -467,36 +474,50 @@ def _kernels_for(g: Gpu, b: TfBuild, label: str, jit_source: str) -> tuple[Statu
 
 
 def _cuda_libraries(ctx: Context) -> Check:
+    """cuDNN and the CUDA runtime TF dlopens: from the lock's nvidia-* wheels, else the host's.
+    Missing ones make TF fall back to the CPU silently; an older minor than TF was built with
+    fails at the first convolution ("Loaded runtime CuDNN library: X but source was compiled
+    with: Y", FACTS.md section 5)."""
     fw = ctx.framework
     if not fw.cuda_build:
         return Check("cuda-libraries", Status.PASS, "no TensorFlow CUDA build in the lock")
     if fw.build is None:
         return Check("cuda-libraries", Status.WARN, f"not checked: {fw.label} is not in the data")
-    found, missing, wrong = [], [], []
-    for lib in fw.build.libraries:
-        wheel = next((w for w in lib.wheels if w in ctx.versions), None)
-        if wheel is not None:
-            version = ctx.versions[wheel]
-            if parse_version(version)[:1] != (lib.major,):
-                wrong.append(f"{wheel} {version} is not {lib.name} {lib.major}.x ({lib.soname})")
-            else:
-                found.append(f"{lib.soname} from {wheel} {version}")
-            continue
-        host = [h for h in ctx.facts.libraries if h.name == lib.name and (
-            h.path.endswith(lib.soname)
-            or (h.version is not None and parse_version(h.version)[:1] == (lib.major,)))]
-        if host:
-            found.append(f"{lib.soname} on the host ({host[0].path})")
-        else:
-            missing.append(lib)
-    if missing or wrong:
-        parts = list(wrong)
-        if missing:
-            parts.append(f"{fw.label} needs {_join(m.soname for m in missing)}: neither in the "
-                         f"lock ({_join(w for m in missing for w in m.wheels)}) nor on the host; "
-                         f"lock tensorflow[and-cuda]=={fw.version} or install them on the host")
-        return Check("cuda-libraries", Status.FAIL, "; ".join(parts))
-    return Check("cuda-libraries", Status.PASS, "; ".join(found))
+    b = fw.build
+    floors = {"cudnn": b.cudnn, "cudart": ".".join(str(p) for p in parse_version(b.cuda)[:2])}
+    results = [_library(lib, floors.get(lib.name), ctx) for lib in b.libraries]
+    missing = [lib for lib, (status, _) in zip(b.libraries, results, strict=True) if status is None]
+    parts = [text for status, text in results if status is not None]
+    if missing:
+        parts.append(f"{fw.label} needs {_join(m.soname for m in missing)}: neither in the lock "
+                     f"({_join(w for m in missing for w in m.wheels)}) nor on the host; lock "
+                     f"tensorflow[and-cuda]=={fw.version} or install them on the host")
+    statuses = [Status.FAIL if s is None else s for s, _ in results]
+    worst = max(statuses, key=_RANK.__getitem__, default=Status.PASS)
+    return Check("cuda-libraries", worst, "; ".join(parts))
+
+
+def _library(lib: RequiredLibrary, floor: str | None,
+             ctx: Context) -> tuple[Status | None, str]:
+    """(status, text) for one library; status None: found nowhere."""
+    label = ctx.framework.label
+    wheel = next((w for w in lib.wheels if w in ctx.versions), None)
+    if wheel is not None:
+        version, where = ctx.versions[wheel], f"from {wheel}"
+    else:
+        host = [h for h in ctx.facts.libraries if h.name == lib.name]
+        right = [h for h in host if h.path.endswith(lib.soname) or (
+            h.version is not None and parse_version(h.version)[:1] == (lib.major,))]
+        if not right:
+            return None, ""
+        version, where = right[0].version or "", f"on the host ({right[0].path})"
+    if version and parse_version(version)[:1] != (lib.major,):
+        return Status.FAIL, f"{lib.name} {version} {where} is not {lib.major}.x ({lib.soname})"
+    text = f"{lib.soname} {version} {where}".replace("  ", " ")
+    if version and floor and parse_version(version) < parse_version(floor):
+        return Status.WARN, (f"{text} is older than the {lib.name} {floor} {label} was built "
+                             "with: expect failures at first use")
+    return Status.PASS, text
 
 
 GPU_CHECKS: tuple[tuple[str, Callable[[Context], Check]], ...] = (

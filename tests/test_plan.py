@@ -101,7 +101,7 @@ def test_h100_alone_passes_and_plan_changes_nothing(
     code, out = plan(testbed, write_spec(tmp_path, [tb_host.name]), capsys)
     assert code == 0, out
     assert f"{tb_host.name} ({tb_host.address}):" in out
-    assert "libcudnn.so.9 from nvidia-cudnn-cu12" in out  # [and-cuda] wheels count
+    assert "from nvidia-cudnn-cu12" in out  # [and-cuda] wheels count
     assert "install: build or reuse the venv" in out
     assert "1 of 1 host(s) pass" in out
     assert not (tb_host.deploy_root / "fraud-detector").exists()

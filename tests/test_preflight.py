@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.compat import load_compat
-from orchestrator.facts import HostFacts, parse_facts
+from orchestrator.facts import HostFacts, Library, parse_facts
 from orchestrator.lockfile import lint_requirements, load_lock
 from orchestrator.preflight import (
     Check,
@@ -69,7 +69,7 @@ def test_h100_passes_for_the_tensorflow_2_21_gpu_lock() -> None:
     assert [c.name for c in v.checks] == NAMES
     assert v.ok, v.reasons()
     # the [and-cuda] wheels provide cuDNN and cudart: nothing is needed on the host
-    assert "libcudnn.so.9 from nvidia-cudnn-cu12 9.28.0.42" in check(v, "cuda-libraries").message
+    assert "libcudnn.so.9 9.28.0.42 from nvidia-cudnn-cu12" in check(v, "cuda-libraries").message
     assert check(v, "kernels").status is Status.PASS and "sm_90" in check(v, "kernels").message
     # the lock resolved CUDA runtime 12.9 > the driver's 12.4: minor-version compat, with a warning
     cd = check(v, "cuda-driver")
@@ -157,7 +157,24 @@ def test_gpu_wheels_without_and_cuda_need_host_libraries() -> None:
 def test_wrong_cudnn_major_in_the_lock_fails() -> None:
     c = check(run("h100", pins(tensorflow="2.21.0", nvidia_cudnn_cu12="8.9.7.29",
                                nvidia_cuda_runtime_cu12="12.5.82")), "cuda-libraries")
-    assert c.status is Status.FAIL and "not cudnn 9.x" in c.message
+    assert c.status is Status.FAIL
+    assert "cudnn 8.9.7.29 from nvidia-cudnn-cu12 is not 9.x (libcudnn.so.9)" in c.message
+
+
+def test_host_cudnn_older_than_the_build_warns_and_wrong_major_is_missing() -> None:
+    bare = Lock(tuple(Pkg(p.name, p.version) for p in lock(TF_GPU).packages
+                      if not p.name.startswith("nvidia-")))
+    base = facts("h100-host-libs")
+    cudart = base.libraries[1]
+    old = replace(base, libraries=(Library("cudnn", "/usr/lib/libcudnn.so.9", "9.1.0"), cudart))
+    c = preflight(GPU, bare, old, load_compat()).checks
+    lib = next(x for x in c if x.name == "cuda-libraries")
+    assert lib.status is Status.WARN
+    assert "libcudnn.so.9 9.1.0" in lib.message and "older than the cudnn 9.3" in lib.message
+    eight = replace(base, libraries=(Library("cudnn", "/usr/lib/libcudnn.so.8", "8.9.7"), cudart))
+    lib = next(x for x in preflight(GPU, bare, eight, load_compat()).checks
+               if x.name == "cuda-libraries")
+    assert lib.status is Status.FAIL and "needs libcudnn.so.9: neither in the lock" in lib.message
 
 
 def test_h100_on_tensorflow_2_15_warns_about_ptx_jit() -> None:
