@@ -6,6 +6,8 @@ import json
 from importlib import resources
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from orchestrator.compat import load_compat, major_minor, parse_version
 from orchestrator.errors import InvalidInput
@@ -103,3 +105,36 @@ def test_data_is_extensible_by_adding_a_row() -> None:
     row = dict(raw["tensorflow"]["builds"][-1], version="2.22.0", python_max="3.14")
     raw["tensorflow"]["builds"].append(row)
     assert load_compat(json.dumps(raw)).tf_build("2.22.0").python_max == "3.14"  # type: ignore[union-attr]
+
+
+drivers = st.tuples(st.integers(300, 700), st.integers(0, 200), st.integers(0, 99)).map(
+    lambda t: f"{t[0]}.{t[1]}.{t[2]:02d}")
+
+
+@given(drivers)
+def test_a_driver_runs_the_newest_cuda_it_is_said_to_support(driver: str) -> None:
+    data = load_compat()
+    cuda = data.max_cuda_for_driver(driver)
+    if cuda is None:
+        assert parse_version(driver) < parse_version("410.48")  # CUDA 10.0, the oldest row
+        return
+    floor = data.min_driver_for_cuda(cuda, minor_compat=False)
+    assert floor is not None and parse_version(floor) <= parse_version(driver)
+
+
+@given(drivers, drivers)
+def test_max_cuda_for_driver_is_monotonic(a: str, b: str) -> None:
+    data = load_compat()
+    lo, hi = sorted((a, b), key=parse_version)
+    cuda_lo, cuda_hi = data.max_cuda_for_driver(lo), data.max_cuda_for_driver(hi)
+    if cuda_lo is not None:
+        assert cuda_hi is not None and parse_version(cuda_lo) <= parse_version(cuda_hi)
+
+
+def test_minor_compat_floor_never_exceeds_the_toolkit_driver() -> None:
+    data = load_compat()
+    for row in data.toolkit_drivers:
+        compat = data.min_driver_for_cuda(row.cuda)
+        own = data.min_driver_for_cuda(row.cuda, minor_compat=False)
+        assert compat is not None and own is not None
+        assert parse_version(compat) <= parse_version(own)
