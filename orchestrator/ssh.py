@@ -21,8 +21,10 @@ import contextlib
 import hashlib
 import io
 import os
+import posixpath
 import select
 import socket
+import stat
 import time
 import uuid
 from collections.abc import Sequence
@@ -341,21 +343,48 @@ class SshTransport:
         return self._sftp
 
     def put(self, data_or_local_path: bytes | Path, remote_path: str, mode: int = 0o644) -> None:
-        """Upload to a temporary name, chmod, then rename: readers never see a partial file."""
+        """Upload to a temporary name, chmod, then rename: readers never see a partial file.
+        Missing parent directories are created (over SFTP: no shell, no extra command)."""
         sftp = self._sftp_client()
         tmp = f"{remote_path}.part-{uuid.uuid4().hex[:8]}"
         try:
-            if isinstance(data_or_local_path, bytes):
-                sftp.putfo(io.BytesIO(data_or_local_path), tmp, confirm=True)
-            else:
-                sftp.put(os.fspath(data_or_local_path), tmp, confirm=True)
+            try:
+                self._write(sftp, data_or_local_path, tmp)
+            except FileNotFoundError:
+                self._makedirs(sftp, posixpath.dirname(remote_path))
+                self._write(sftp, data_or_local_path, tmp)
             sftp.chmod(tmp, mode)
             sftp.posix_rename(tmp, remote_path)
-        except OSError as exc:  # IOError from the SFTP server: missing dir, permission, disk
+        except OSError as exc:  # IOError from the SFTP server: not a dir, permission, disk
             self._discard(sftp, tmp)
             raise FileTransferFailed(self.host, f"put {remote_path}: {_describe(exc)}") from exc
         except (paramiko.SSHException, EOFError) as exc:
             raise HostUnreachable(self.host, f"connection lost writing {remote_path}") from exc
+
+    @staticmethod
+    def _write(sftp: paramiko.SFTPClient, data_or_local_path: bytes | Path, path: str) -> None:
+        if isinstance(data_or_local_path, bytes):
+            sftp.putfo(io.BytesIO(data_or_local_path), path, confirm=True)
+        else:
+            sftp.put(os.fspath(data_or_local_path), path, confirm=True)
+
+    @staticmethod
+    def _makedirs(sftp: paramiko.SFTPClient, path: str) -> None:
+        missing: list[str] = []
+        while path not in ("", "/"):
+            try:
+                sftp.stat(path)
+                break
+            except FileNotFoundError:
+                missing.append(path)
+                path = posixpath.dirname(path)
+        for directory in reversed(missing):
+            try:
+                sftp.mkdir(directory)
+            except OSError:
+                # Created meanwhile by a concurrent upload is fine; anything else is not.
+                if not stat.S_ISDIR(sftp.stat(directory).st_mode or 0):
+                    raise
 
     @staticmethod
     def _discard(sftp: paramiko.SFTPClient, path: str) -> None:

@@ -4,7 +4,8 @@ of the controller's own nvidia-ml-py, as one content-addressed bundle.
 On the host the bundle lives in `<deploy_root>/.orchestrator/tools/<sha256-of-bundle>/`; its
 `.complete` marker (holding the digest) is written last, so a directory with the marker is whole
 and is never uploaded again; one without it is simply completed (each file is written atomically).
-Checking costs one SFTP read; nothing else crosses the network when the tools are already there.
+Checking costs one SFTP read; nothing else crosses the network when the tools are already there,
+and uploading needs no shell command at all (put creates the directories).
 """
 
 from __future__ import annotations
@@ -89,7 +90,6 @@ def _complete(transport: Transport, tools: RemoteTools) -> bool:
 
 
 def _upload(transport: Transport, tools: RemoteTools, wanted: Bundle) -> None:
-    transport.run(["mkdir", "-p", tools.root], timeout=30)
     for name, content in wanted.files:
         transport.put(content, tools.script(name), 0o644)
     transport.put(f"{tools.digest}\n".encode(), tools.script(MARKER), 0o644)

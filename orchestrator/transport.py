@@ -47,7 +47,9 @@ class Transport(Protocol):
     `run` raises `CommandFailed` (when `check` and the exit code is not 0), `CommandTimeout`
     (the remote process is killed first), `OutputTooLarge` (stdout or stderr beyond the cap;
     the remote process is killed too), `HostUnreachable` (connection lost).
-    `put` writes atomically (temporary name, then rename) and sets `mode`; `get` reads a file.
+    `put` writes atomically (temporary name, then rename), sets `mode` and creates missing
+    parent directories; `get` reads a file. Both raise `FileTransferFailed` when the host
+    refuses (no such file, not a directory, permission, disk full).
     """
 
     host: str

@@ -146,11 +146,14 @@ def test_sftp_put_and_get(transport: ssh.SshTransport, host: Host, tmp_path: Pat
     assert transport.run(["stat", "-c", "%a", target]).stdout.strip() == "755"
     listing = transport.run(["ls", "-a", host.deploy_root]).stdout.split()
     assert not [n for n in listing if ".part-" in n]  # no temporary left behind
-    transport.run(["rm", "-f", target])
     with pytest.raises(FileTransferFailed, match="no-such-file"):
         transport.get(f"{host.deploy_root}/no-such-file")
-    with pytest.raises(FileTransferFailed, match="missing-dir"):
-        transport.put(b"x", f"{host.deploy_root}/missing-dir/f")
+    # Missing parents are created; a parent that is a file is refused.
+    transport.put(b"deep", f"{host.deploy_root}/sftp-dir/a/b/f")
+    assert transport.get(f"{host.deploy_root}/sftp-dir/a/b/f") == b"deep"
+    with pytest.raises(FileTransferFailed, match="sftp-test.bin/f"):
+        transport.put(b"x", f"{target}/f")
+    transport.run(["rm", "-rf", target, f"{host.deploy_root}/sftp-dir"])
 
 
 def test_unknown_host_key_is_refused_with_its_fingerprint(

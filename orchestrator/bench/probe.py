@@ -1,0 +1,71 @@
+"""Probing all 8 hosts of a fresh testbed at once: total wall time (target under 3 s) and
+per-host connect and probe times; a cold round (tools uploaded) then a warm one (tools there)."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from orchestrator.facts import HostFacts
+from orchestrator.inventory import Host, load_inventory
+from orchestrator.pool import Pool
+from orchestrator.probe import probe_host
+from orchestrator.ssh import SshOptions
+from orchestrator.testbed import Testbed
+from orchestrator.transport import Transport
+
+HOSTS = 8
+TARGET_S = 3.0
+PROFILES = ("h100", "t4", "old-driver", "no-driver", "no-gpu", "mismatch", "h100", "h100")
+
+
+def _timed_probe(pool: Pool, host: Host) -> tuple[float, float, HostFacts]:
+    started = time.monotonic()
+    with pool.session(host) as transport:
+        connected = time.monotonic()
+        facts = _probe(transport, host)
+    return connected - started, time.monotonic() - connected, facts
+
+
+def _probe(transport: Transport, host: Host) -> HostFacts:
+    return probe_host(transport, host)
+
+
+def _round(label: str, options: SshOptions, hosts: list[Host]) -> float:
+    started = time.monotonic()
+    with Pool(options, max_connections=HOSTS) as pool:
+        results = pool_map(pool, hosts)
+    total = time.monotonic() - started
+    verdict = "ok" if total < TARGET_S else f"OVER the {TARGET_S:g} s target"
+    print(f"{label}: {len(hosts)} hosts probed at once in {total:.2f} s ({verdict})")
+    for name, result in results.items():
+        if isinstance(result, tuple):
+            connect_s, probe_s, facts = result
+            gpus = ", ".join(g.name for g in facts.gpus) or "no GPU"
+            print(f"  {name}: connect {connect_s * 1000:6.0f} ms  probe {probe_s * 1000:6.0f} ms"
+                  f"  ({gpus})")
+        else:
+            print(f"  {name}: FAILED {result}")
+    return total
+
+
+def pool_map(pool: Pool, hosts: list[Host]) -> dict[str, object]:
+    from orchestrator.pool import map_hosts
+
+    return dict(map_hosts(lambda h: _timed_probe(pool, h), hosts, HOSTS))
+
+
+def run() -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-probe-") as tmp:
+        started = time.monotonic()
+        testbed = Testbed.up(Path(tmp), HOSTS, PROFILES)
+        print(f"testbed up: {HOSTS} hosts in {time.monotonic() - started:.2f} s")
+        try:
+            inventory = load_inventory(testbed.inventory_path)
+            options = SshOptions.for_inventory(inventory)
+            hosts = list(inventory.hosts.values())
+            _round("cold (tools uploaded)", options, hosts)
+            _round("warm (tools already there)", options, hosts)
+        finally:
+            Testbed.down(Path(tmp))
