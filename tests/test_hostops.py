@@ -1,0 +1,488 @@
+"""Releases on a host: the host script run as a host runs it (/usr/bin/python3, real uv and pip,
+real files, real flock and symlinks), `HostOps` over a local process transport, and `HostOps`
+over the testbed's real sshd."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from orchestrator.errors import BadHostOutput, CommandFailed, FileTransferFailed, HostError
+from orchestrator.hostops import HostOpFailed, HostOps, OpKind, parse_reply
+from orchestrator.release import Manifest, env_hash, new_release_id, release_time
+from orchestrator.transport import CommandResult, command_line
+from orchestrator.treehash import tree_hash
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "orchestrator" / "remote" / "hostops.py"
+SMALL = REPO / "tests" / "fixtures" / "locks" / "small"
+HOST_PYTHON = "/usr/bin/python3"  # what the testbed's hosts run as python3
+SIX = "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254"
+DATEUTIL = "a8b2bc7bffae282281c8140a97d3aa9c14da0b136dfe83f850eea9a5f7470427"
+WHEELS = {
+    DATEUTIL: "python_dateutil-2.9.0.post0-py2.py3-none-any.whl",
+    SIX: "six-1.16.0-py2.py3-none-any.whl",
+}
+ENV = "0123456789abcdef01234567"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def uv_binary() -> str:
+    found = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    assert found, "uv is a dependency of the project"
+    return found
+
+
+def op(name: str, root: Path, **args: Any) -> tuple[int, dict[str, Any]]:
+    """Run one op like a host does; checks the one-JSON-object contract on every call."""
+    proc = subprocess.run([HOST_PYTHON, str(SCRIPT), name, "--json-args",
+                           json.dumps({"root": str(root), **args})],
+                          capture_output=True, text=True, timeout=300, check=False)
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, f"{name}: stdout must be one JSON line: {proc.stdout!r} {proc.stderr}"
+    reply = json.loads(lines[0])
+    assert reply["ok"] is (proc.returncode == 0), reply
+    return proc.returncode, reply
+
+
+def ok(name: str, root: Path, **args: Any) -> dict[str, Any]:
+    code, reply = op(name, root, **args)
+    assert code == 0, reply
+    return reply
+
+
+def fails(name: str, root: Path, kind: str, **args: Any) -> dict[str, Any]:
+    code, reply = op(name, root, **args)
+    assert code != 0 and reply["kind"] == kind, reply
+    return reply
+
+
+def rid(n: int) -> str:
+    """Release ids in creation order."""
+    return f"20261122T0100{n:02d}Z-0000{n:04x}"
+
+
+def stage(root: Path, app: str, release_id: str, *, lock: Path = SMALL / "requirements.lock",
+          commit: bool = True) -> Path:
+    """A release staged the way the pipeline does it (model verified on the host)."""
+    path = Path(ok("stage-begin", root, app=app, release_id=release_id)["path"])
+    (path / "model" / "w.bin").write_bytes(release_id.encode())
+    shutil.copy(lock, path / "requirements.lock")
+    ok("stage-verify-model", root, app=app, release_id=release_id,
+       sha256=tree_hash(path / "model"))
+    if commit:
+        path = Path(ok("stage-commit", root, app=app, release_id=release_id)["path"])
+    return path
+
+
+def fill_host_wheels(root: Path) -> None:
+    """The small lock's wheels into the host cache, the way uploads arrive."""
+    ok("wheels-missing", root, shas=sorted(WHEELS))
+    for sha, name in WHEELS.items():
+        shutil.copy(SMALL / "wheelhouse" / name, root / ".orchestrator/wheels" / f"{sha}.whl.part")
+    ok("wheels-verify", root, shas=sorted(WHEELS))
+
+
+def ensure(root: Path, installer: str, lock: Path = SMALL / "requirements.lock",
+           env: str = ENV, **extra: Any) -> tuple[int, dict[str, Any]]:
+    return op("venv-ensure", root, env_hash=env, lock=str(lock), wheels=WHEELS,
+              installer=installer, uv=uv_binary(), python=HOST_PYTHON, **extra)
+
+
+def load_script() -> ModuleType:
+    """The host script as a module, for the loops that would be slow one process per call."""
+    spec = importlib.util.spec_from_file_location("remote_hostops", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "deploy"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def wheels_root(root: Path) -> Path:
+    fill_host_wheels(root)
+    return root
+
+
+class LocalTransport:
+    """The `Transport` protocol over local processes and files: SSH minus the network."""
+
+    def __init__(self, host: str = "local") -> None:
+        self.host = host
+
+    @property
+    def alive(self) -> bool:
+        return True
+
+    def run(self, argv: Sequence[str], *, timeout: float | None = None,
+            stdin: bytes | None = None, check: bool = True,
+            max_output: int | None = None) -> CommandResult:
+        command = command_line(argv)
+        start = time.monotonic()
+        proc = subprocess.run(["sh", "-c", command], input=stdin or b"", capture_output=True,
+                              timeout=timeout, check=False)
+        result = CommandResult(command, proc.returncode, proc.stdout.decode(),
+                               proc.stderr.decode(), time.monotonic() - start)
+        if check and proc.returncode != 0:
+            raise CommandFailed(self.host, command, proc.returncode, result.stdout, result.stderr)
+        return result
+
+    def put(self, data_or_local_path: bytes | Path, remote_path: str, mode: int = 0o644) -> None:
+        tmp = f"{remote_path}.part-{os.getpid()}"
+        if isinstance(data_or_local_path, bytes):
+            Path(tmp).write_bytes(data_or_local_path)
+        else:
+            shutil.copyfile(data_or_local_path, tmp)
+        os.chmod(tmp, mode)
+        os.replace(tmp, remote_path)
+
+    def get(self, remote_path: str) -> bytes:
+        try:
+            return Path(remote_path).read_bytes()
+        except OSError as exc:
+            raise FileTransferFailed(self.host, f"get {remote_path}: {exc}") from exc
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------- the script's contract
+
+
+def test_bad_arguments_are_one_json_object_and_exit_2(root: Path) -> None:
+    for argv in (["no-such-op"], ["state", "--json-args", "{not json"],
+                 ["state", "--json-args", "[1]"]):
+        proc = subprocess.run([HOST_PYTHON, str(SCRIPT), *argv], capture_output=True, text=True,
+                              check=False)
+        reply = json.loads(proc.stdout)
+        assert (proc.returncode, reply["ok"], reply["kind"]) == (2, False, "bad-args"), argv
+    fails("state", root, "bad-args", app="../etc")
+    assert fails("switch", root, "bad-args", app="a", release_id="latest",
+                 generation=1)["error"] == "invalid release_id: 'latest'"
+    code, reply = op("state", Path("relative"), app="a")
+    assert code == 2 and "absolute" in reply["error"]
+
+
+def test_arguments_on_stdin(root: Path) -> None:
+    proc = subprocess.run([HOST_PYTHON, str(SCRIPT), "state", "--json-args", "-"],
+                          input=json.dumps({"root": str(root), "app": "a"}), text=True,
+                          capture_output=True, check=True)
+    assert json.loads(proc.stdout)["current"] is None
+
+
+def test_script_is_python39_syntax_and_stdlib_only() -> None:
+    import ast
+
+    tree = ast.parse(SCRIPT.read_text(), feature_version=(3, 9))
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+                for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree)
+                 if isinstance(n, ast.ImportFrom) and n.module}
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+
+
+# ---------------------------------------------------------------- stage
+
+
+def test_stage_verify_commit_resume_and_one_staging_per_app(root: Path) -> None:
+    first = ok("stage-begin", root, app="a", release_id=rid(1), deployment="d1")
+    assert first["state"] == "staging" and not first["resumed"] and first["free_bytes"] > 0
+    model = Path(first["model_path"])
+    (model / "sub").mkdir()
+    (model / "sub" / "v.bin").write_bytes(b"\0" * 1000)
+    (model / "saved_model.pb").write_bytes(b"graph")
+    assert ok("stage-begin", root, app="a", release_id=rid(1))["resumed"] is True
+    busy = fails("stage-begin", root, "busy", app="a", release_id=rid(2))
+    assert rid(1) in busy["error"] and busy["staging"] == [rid(1)]
+    fails("stage-commit", root, "not-verified", app="a", release_id=rid(1))
+    wrong = fails("stage-verify-model", root, "hash-mismatch", app="a", release_id=rid(1),
+                  sha256="f" * 64)
+    assert wrong["expected"] == "f" * 64 and wrong["actual"] == tree_hash(model)
+    assert ok("stage-verify-model", root, app="a", release_id=rid(1),
+              sha256=tree_hash(model))["hash_kind"] == "tree"
+    committed = ok("stage-commit", root, app="a", release_id=rid(1))
+    assert committed == {"ok": True, "path": str(root / "a/releases" / rid(1)), "already": False}
+    assert ok("stage-commit", root, app="a", release_id=rid(1))["already"] is True
+    assert ok("stage-begin", root, app="a", release_id=rid(2))["state"] == "staging"
+
+
+def test_single_file_model_is_verified_by_its_sha256(root: Path) -> None:
+    path = Path(ok("stage-begin", root, app="a", release_id=rid(1))["path"])
+    (path / "model" / "model.joblib").write_bytes(b"pickle")
+    digest = hashlib.sha256(b"pickle").hexdigest()
+    assert ok("stage-verify-model", root, app="a", release_id=rid(1), sha256=digest,
+              path="model/model.joblib")["hash_kind"] == "file"
+    fails("stage-verify-model", root, "bad-args", app="a", release_id=rid(1), sha256=digest,
+          path="../../../etc/passwd")
+
+
+def test_host_tree_hash_equals_the_controllers(tmp_path: Path) -> None:
+    host = load_script()
+    tree = tmp_path / "m"
+    (tree / "variables" / "deep").mkdir(parents=True)
+    (tree / "saved_model.pb").write_bytes(os.urandom(3000))
+    (tree / "variables" / "variables.data-00000-of-00001").write_bytes(os.urandom(70000))
+    (tree / "variables" / "deep" / "naïve name.txt").write_text("ü")
+    (tree / "empty-dir").mkdir()
+    (tree / "Z").write_bytes(b"")  # upper case sorts before lower in code-point order
+    assert host.tree_hash(str(tree)) == tree_hash(tree)
+    (tree / "link").symlink_to(tree / "Z")
+    with pytest.raises(host.OpError, match="symlink"):
+        host.tree_hash(str(tree))
+    with pytest.raises(Exception, match="symlink"):
+        tree_hash(tree)
+
+
+def test_abort_stage_removes_staging_never_current_nor_rollback_target(root: Path) -> None:
+    for n in (1, 2):
+        stage(root, "a", rid(n))
+        ok("switch", root, app="a", release_id=rid(n), generation=n)
+    staging = stage(root, "a", rid(3), commit=False)
+    assert fails("abort-stage", root, "is-current", app="a", release_id=rid(2))
+    assert fails("abort-stage", root, "is-rollback-target", app="a", release_id=rid(1))
+    assert ok("abort-stage", root, app="a", release_id=rid(3))["removed"] == [str(staging)]
+    assert ok("abort-stage", root, app="a", release_id=rid(3))["removed"] == []
+    assert sorted(os.listdir(root / "a/releases")) == [rid(1), rid(2)]
+
+
+# ---------------------------------------------------------------- wheels
+
+
+def test_wheels_verify_renames_good_deletes_bad_reports_missing(root: Path) -> None:
+    assert ok("wheels-missing", root, shas=[SIX, DATEUTIL])["missing"] == [SIX, DATEUTIL]
+    wheels = root / ".orchestrator/wheels"
+    shutil.copy(SMALL / "wheelhouse" / WHEELS[SIX], wheels / f"{SIX}.whl.part")
+    (wheels / f"{DATEUTIL}.whl.part").write_bytes(b"truncated")
+    bad = fails("wheels-verify", root, "wheel-hash-mismatch", shas=[SIX, DATEUTIL, "e" * 64])
+    assert bad["verified"] == [SIX] and bad["missing"] == ["e" * 64]
+    assert bad["bad"] == [{"expected": DATEUTIL, "actual": hashlib.sha256(b"truncated").hexdigest()}]
+    assert sorted(os.listdir(wheels)) == [f"{SIX}.whl"]
+    assert ok("wheels-missing", root, shas=[SIX, DATEUTIL])["missing"] == [DATEUTIL]
+
+
+# ---------------------------------------------------------------- venvs
+
+
+def venv_python(root: Path, env: str = ENV) -> Path:
+    return root / ".orchestrator/venvs" / env / "bin/python"
+
+
+@pytest.mark.parametrize("installer", ["uv", "pip"])
+def test_venv_built_offline_from_the_lock_then_reused(wheels_root: Path, installer: str) -> None:
+    root = wheels_root
+    release = stage(root, "a", rid(1))
+    code, built = ensure(root, installer, lock=release / "requirements.lock", app="a",
+                         release_id=rid(1))
+    assert code == 0, built
+    assert (built["installer"], built["reused"], built["fallback_reason"]) == (installer, False,
+                                                                               None)
+    assert built["freeze"] == ["python-dateutil==2.9.0.post0", "six==1.16.0"]
+    assert set(built["durations"]) == {"venv", "install", "check"}
+    assert os.readlink(release / "venv") == built["path"]
+    probe = subprocess.run([str(venv_python(root)), "-c",
+                            "import dateutil, six; print(dateutil.__version__, six.__version__)"],
+                           capture_output=True, text=True, check=True)
+    assert probe.stdout.split() == ["2.9.0.post0", "1.16.0"]
+    marker = json.loads((root / ".orchestrator/venvs" / ENV / ".orchestrator-complete.json")
+                        .read_text())
+    assert marker["lock_sha256"] == hashlib.sha256((release / "requirements.lock")
+                                                   .read_bytes()).hexdigest()
+    start = time.monotonic()
+    code, again = ensure(root, installer, lock=release / "requirements.lock")
+    assert code == 0 and again["reused"] is True and again["durations"] == {}
+    assert again["freeze"] == built["freeze"] and time.monotonic() - start < 1.0
+
+
+@pytest.mark.parametrize("installer", ["uv", "pip"])
+def test_tampered_hash_names_package_and_both_hashes_leaves_no_venv(
+        wheels_root: Path, installer: str) -> None:
+    code, reply = ensure(wheels_root, installer, lock=SMALL / "tampered.lock")
+    assert code == 1 and reply["kind"] == "install-failed"
+    assert "six==1.16.0" in reply["error"] and "0" * 64 in reply["error"] and SIX in reply["error"]
+    assert not (wheels_root / ".orchestrator/venvs" / ENV).exists()
+    assert os.listdir(wheels_root / ".orchestrator/tmp") == []
+
+
+def test_incomplete_venv_is_removed_and_rebuilt(wheels_root: Path) -> None:
+    half = wheels_root / ".orchestrator/venvs" / ENV
+    (half / "bin").mkdir(parents=True)
+    (half / "bin" / "python").symlink_to(HOST_PYTHON)  # looks usable, but has no marker
+    (half / "leftover-from-crash").write_text("x")
+    code, reply = ensure(wheels_root, "uv")
+    assert code == 0 and reply["reused"] is False
+    assert not (half / "leftover-from-crash").exists()
+    assert (half / ".orchestrator-complete.json").is_file()
+
+
+def test_missing_wheel_fails_before_building_anything(root: Path) -> None:
+    code, reply = ensure(root, "uv")
+    assert code == 1 and reply["kind"] == "missing-wheel"
+    assert reply["filename"] in WHEELS.values() and reply["sha256"] in WHEELS
+    assert not (root / ".orchestrator/venvs" / ENV).exists()
+
+
+def test_pip_fallback_when_uv_cannot_run(wheels_root: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "uv"
+    broken.write_bytes(b"\x7fELF garbage")
+    broken.chmod(0o755)
+    code, reply = op("venv-ensure", wheels_root, env_hash=ENV, lock=str(SMALL / "requirements.lock"),
+                     wheels=WHEELS, installer="uv", uv=str(broken), python=HOST_PYTHON)
+    assert code == 0, reply
+    assert reply["installer"] == "pip" and "uv cannot run" in reply["fallback_reason"]
+
+
+def test_second_builder_waits_for_the_lock_or_reports_busy(wheels_root: Path) -> None:
+    lock_path = wheels_root / ".orchestrator/venvs" / f"{ENV}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        code, reply = ensure(wheels_root, "uv", wait_s=0.3)
+        assert code == 1 and reply["kind"] == "busy"
+        releaser = threading.Timer(1.0, lambda: fcntl.flock(held, fcntl.LOCK_UN))
+        releaser.start()
+        code, reply = ensure(wheels_root, "uv", wait_s=30)
+        releaser.join()
+    assert code == 0 and reply["waited_s"] >= 0.9 and reply["reused"] is False
+
+
+def test_concurrent_builders_of_one_env_build_it_once(wheels_root: Path) -> None:
+    args = json.dumps({"root": str(wheels_root), "env_hash": ENV,
+                       "lock": str(SMALL / "requirements.lock"), "wheels": WHEELS,
+                       "installer": "uv", "uv": uv_binary(), "python": HOST_PYTHON})
+    procs = [subprocess.Popen([HOST_PYTHON, str(SCRIPT), "venv-ensure", "--json-args", args],
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    replies = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
+    assert all(r["ok"] for r in replies), replies
+    assert sorted(r["reused"] for r in replies) == [False, True]
+    # the second saw the first one's complete marker: it waited, it did not build alongside
+    assert next(r for r in replies if r["reused"])["waited_s"] > 0
+
+
+# ---------------------------------------------------------------- switch, rollback
+
+
+READER = r"""
+import os, sys, time
+current, stop = sys.argv[1], sys.argv[2]
+checks = misses = 0
+while not os.path.exists(stop):
+    checks += 1
+    try:
+        with open(os.path.join(current, "model", "w.bin"), "rb") as fh:
+            fh.read()
+    except OSError:
+        misses += 1
+print(checks, misses)
+"""
+
+
+def test_current_always_resolves_during_200_switches(root: Path, tmp_path: Path) -> None:
+    for n in (1, 2):
+        stage(root, "a", rid(n))
+    host = load_script()
+    host.op_switch({"root": str(root), "app": "a", "release_id": rid(1), "generation": 1})
+    stop = tmp_path / "stop"
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(root / "a/current"), str(stop)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.2)  # the reader is in its loop
+        for i in range(200):
+            host.op_switch({"root": str(root), "app": "a", "release_id": rid(2 - i % 2),
+                            "generation": 2 + i})
+    finally:
+        stop.touch()
+        checks, misses = map(int, reader.communicate(timeout=30)[0].split())
+    assert misses == 0 and checks > 200
+    assert os.readlink(root / "a/current") == f"releases/{rid(1)}"
+    assert not [n for n in os.listdir(root / "a") if n.startswith("current.tmp-")]
+
+
+def test_stale_generation_is_refused_and_same_generation_is_idempotent(root: Path) -> None:
+    for n in (1, 2):
+        stage(root, "a", rid(n))
+    assert ok("switch", root, app="a", release_id=rid(2), generation=5)["changed"] is True
+    stale = fails("switch", root, "stale-generation", app="a", release_id=rid(1), generation=4)
+    assert stale["host_generation"] == 5 and "newer" in stale["error"]
+    assert os.readlink(root / "a/current") == f"releases/{rid(2)}"
+    again = ok("switch", root, app="a", release_id=rid(2), generation=5)
+    assert again["changed"] is False and again["current"] == rid(2)
+    fails("switch", root, "not-found", app="a", release_id=rid(3), generation=6)
+
+
+def test_rollback_marks_bad_is_idempotent_and_bad_is_never_a_target(root: Path) -> None:
+    for n in (1, 2, 3):
+        stage(root, "a", rid(n))
+    ok("switch", root, app="a", release_id=rid(1), generation=1)
+    ok("switch", root, app="a", release_id=rid(2), generation=2)
+    first = ok("rollback", root, app="a", generation=2, **{"from": rid(2)}, mark_bad=True)
+    assert (first["current"], first["before"], first["changed"]) == (rid(1), rid(2), True)
+    assert first["marked_bad"] == [rid(2)]
+    again = ok("rollback", root, app="a", generation=2, **{"from": rid(2)}, mark_bad=True)
+    assert again["changed"] is False and again["current"] == rid(1)
+    fails("switch", root, "bad-release", app="a", release_id=rid(2), generation=3)
+    fails("rollback", root, "no-rollback-target", app="a")  # rid(2) is bad: nothing before 1
+    ok("switch", root, app="a", release_id=rid(3), generation=3)
+    manual = ok("rollback", root, app="a")  # the CLI's one call: previous good, generation bumped
+    assert (manual["current"], manual["generation"]) == (rid(1), 4)
+    fails("switch", root, "stale-generation", app="a", release_id=rid(3), generation=3)
+    state = ok("state", root, app="a")
+    assert (state["current"], state["previous_good"], state["bad"]) == (rid(1), rid(3), [rid(2)])
+    assert state["switching"] is None and state["current_resolves"] is True
+
+
+def test_releases_view_and_state_for_recovery(root: Path) -> None:
+    for n in (1, 2, 3):
+        stage(root, "a", rid(n))
+    stage(root, "a", rid(4), commit=False)
+    manifest = {"env_hash": ENV, "lock_sha256": "1" * 64, "deployment": "d-9", "facts": {"x": 1}}
+    ok("write-manifest", root, app="a", release_id=rid(3), manifest=manifest)
+    for n in (1, 2, 3):
+        ok("switch", root, app="a", release_id=rid(n), generation=n)
+    ok("mark-bad", root, app="a", release_id=rid(2))
+    rows = {r["release_id"]: r for r in ok("releases", root, app="a")["releases"]}
+    assert {k: r["state"] for k, r in rows.items()} == {
+        rid(1): "previous-good", rid(2): "bad", rid(3): "current", rid(4): "staging"}
+    assert rows[rid(3)]["manifest"] == {"env_hash": ENV, "lock_sha256": "1" * 64,
+                                        "deployment": "d-9"}
+    state = ok("state", root, app="a")
+    assert state["staging"] == [rid(4)] and state["committed"] == [rid(1), rid(2), rid(3)]
+    assert state["generation"] == 3
+
+
+def test_switch_cut_short_shows_in_state_and_rerun_finishes(root: Path) -> None:
+    for n in (1, 2):
+        stage(root, "a", rid(n))
+    ok("switch", root, app="a", release_id=rid(1), generation=1)
+    # a crash between the intent and the rename: the state says so, `current` is the truth
+    state_file = root / "a/state.json"
+    state = json.loads(state_file.read_text())
+    state.update(generation=2, switching={"from": rid(1), "to": rid(2)})
+    state_file.write_text(json.dumps(state))
+    seen = ok("state", root, app="a")
+    assert seen["current"] == rid(1) and seen["switching"] == {"from": rid(1), "to": rid(2)}
+    done = ok("switch", root, app="a", release_id=rid(2), generation=2)
+    assert done["changed"] is True and ok("state", root, app="a")["switching"] is None
