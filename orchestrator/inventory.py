@@ -33,14 +33,29 @@ from orchestrator.yamlio import DEFAULT_MAX_BYTES, YamlDocument, load_yaml, vali
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
+_ADDRESS = r"^[A-Za-z0-9_.:][A-Za-z0-9_.:-]{0,252}$"
+_USER = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$"
+_LABEL_KEY = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+_LABEL_VALUE = r"^[A-Za-z0-9_.-]{0,63}$"
+_DEPLOY_ROOT = r"^/[A-Za-z0-9_./+@-]{0,4095}$"
+
+PATTERN_HINTS = {
+    NAME_PATTERN: "1-63 lowercase letters, digits and '-', starting with a letter or digit",
+    _ADDRESS: "a host name or IP address (letters, digits, . : - _; not starting with -)",
+    _USER: "a user name (letters, digits, _ . -; not starting with - or .)",
+    _LABEL_KEY: "a label key (letters, digits, _ . -)",
+    _LABEL_VALUE: "a label value (letters, digits, _ . -, at most 63)",
+    _DEPLOY_ROOT: "an absolute path of letters, digits and _ . + @ / - (no spaces or shell "
+                  "characters)",
+}
+
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 # A DNS name, IPv4 or IPv6 literal: never starting with "-" (it would become an ssh option).
-Address = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:][A-Za-z0-9_.:-]{0,252}$")]
-User = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")]
-LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
-LabelValue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{0,63}$")]
-# Absolute, no "..", nothing a shell or a path join could misread.
-DeployRoot = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9_./+@-]{0,4095}$")]
+Address = Annotated[str, StringConstraints(pattern=_ADDRESS)]
+User = Annotated[str, StringConstraints(pattern=_USER)]
+LabelKey = Annotated[str, StringConstraints(pattern=_LABEL_KEY)]
+LabelValue = Annotated[str, StringConstraints(pattern=_LABEL_VALUE)]
+DeployRoot = Annotated[str, StringConstraints(pattern=_DEPLOY_ROOT)]
 
 
 class _Strict(BaseModel):
@@ -147,7 +162,7 @@ def inventory_from_document(doc: YamlDocument, base_dir: Path) -> Inventory:
     try:
         model = InventoryModel.model_validate(doc.data)
     except ValidationError as exc:
-        raise validation_error(doc, exc) from exc
+        raise validation_error(doc, exc, PATTERN_HINTS) from exc
     _check_groups(doc, model)
     hosts = {
         name: Host(name=name, address=h.address, port=h.port, user=h.user,

@@ -37,6 +37,7 @@ from orchestrator.inventory import NAME_PATTERN
 from orchestrator.yamlio import (
     DEFAULT_MAX_BYTES,
     YamlDocument,
+    format_path,
     parse_yaml,
     read_limited,
     validation_error,
@@ -45,16 +46,41 @@ from orchestrator.yamlio import (
 API_VERSION = "orchestrator/v1"
 FORMATS = ("tensorflow-savedmodel", "keras", "joblib")
 
-Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 # Relative, no leading "-" or "/", no spaces or shell metacharacters; ".." is refused below.
-RelPath = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.+@][A-Za-z0-9_.+@/-]{0,1023}$")]
-Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+_RELPATH = r"^[A-Za-z0-9_.+@][A-Za-z0-9_.+@/-]{0,1023}$"
+_SHA256 = r"^[0-9a-f]{64}$"
 _SELECTOR = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}=[A-Za-z0-9_.-]{0,63}"
-Target = Annotated[str, StringConstraints(
-    pattern=rf"^(?:[a-z0-9][a-z0-9-]{{0,62}}|{_SELECTOR}(?:,{_SELECTOR})*)$")]
+_TARGET = rf"^(?:[a-z0-9][a-z0-9-]{{0,62}}|{_SELECTOR}(?:,{_SELECTOR})*)$"
 # A command run by the host's shell, on purpose: one line, no control characters.
-Command = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]{1,4096}$")]
-Duration = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,6}[smhd]$")]
+_COMMAND = r"^[^\x00-\x1f\x7f]{1,4096}$"
+_DURATION = r"^[0-9]{1,6}[smhd]$"
+_PYTHON = r"^3\.[0-9]{1,2}$"
+_CC = r"^[0-9]{1,2}\.[0-9]$"
+_SIGNATURE = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+_URL = r"^https?://[^\s\x00-\x1f]{1,2000}$"
+
+# What each pattern means, in the words error messages use.
+PATTERN_HINTS = {
+    NAME_PATTERN: "1-63 lowercase letters, digits and '-', starting with a letter or digit",
+    _RELPATH: "a relative path of letters, digits and _ . + @ / - (no spaces, no shell "
+              "characters, not starting with / or -)",
+    _SHA256: "64 lowercase hex digits (`orchestrator hash PATH`)",
+    _TARGET: "a host or group name (lowercase letters, digits, '-') or a label selector "
+             "key=value[,key=value]",
+    _COMMAND: "one line without control characters",
+    _DURATION: "a number and a unit s, m, h or d (e.g. 6h)",
+    _PYTHON: 'a Python major.minor such as "3.11"',
+    _CC: 'a compute capability major.minor such as "7.0"',
+    _SIGNATURE: "an identifier (letters, digits, _)",
+    _URL: "an http:// or https:// URL",
+}
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+RelPath = Annotated[str, StringConstraints(pattern=_RELPATH)]
+Sha256 = Annotated[str, StringConstraints(pattern=_SHA256)]
+Target = Annotated[str, StringConstraints(pattern=_TARGET)]
+Command = Annotated[str, StringConstraints(pattern=_COMMAND)]
+Duration = Annotated[str, StringConstraints(pattern=_DURATION)]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -85,6 +111,8 @@ class _Strict(BaseModel):
 
 
 class ModelSection(_Strict):
+    """The model to deploy and the hash it must have."""
+
     path: RelPath = Field(description="Model file or directory, relative to the spec file.")
     format: Literal["tensorflow-savedmodel", "keras", "joblib"] = Field(
         description="How the model is loaded: a TensorFlow SavedModel directory, a .keras file, "
@@ -95,7 +123,9 @@ class ModelSection(_Strict):
 
 
 class Environment(_Strict):
-    python: Annotated[str, StringConstraints(pattern=r"^3\.[0-9]{1,2}$")] = Field(
+    """The Python environment the model runs in: built on each host from the lock file."""
+
+    python: Annotated[str, StringConstraints(pattern=_PYTHON)] = Field(
         description='Python major.minor the host must have, quoted: "3.11".')
     requirements: RelPath = Field(
         description="Hash-pinned lock file (requirements.lock or pylock.toml), relative to the "
@@ -106,14 +136,18 @@ class Environment(_Strict):
 
 
 class GpuSection(_Strict):
+    """What the host's GPUs must offer; checked by the preflight and by verify."""
+
     required: bool = _d(False, "false: CPU deployment, GPU checks skipped.")
     count: int = _i(1, 1, 64, "GPUs the host must have.")
     min_memory_gib: float | None = _f(None, 0, 4096, "Free memory each GPU must have, GiB.")
-    min_compute_capability: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,2}\.[0-9]$")] \
+    min_compute_capability: Annotated[str, StringConstraints(pattern=_CC)] \
         | None = _d(None, 'Minimum compute capability, quoted: "7.0".')
 
 
 class Rollout(_Strict):
+    """How the fleet is updated: canaries, then batches, with a failure budget."""
+
     canary: int = _i(1, 0, 10_000, "Hosts deployed first, alone; 0 for no canary.")
     batch_size: int = _i(1, 1, 10_000, "Hosts per batch after the canaries.")
     max_parallel: int = _i(16, 1, 256, "At most this many SSH sessions at once.")
@@ -125,6 +159,8 @@ class Rollout(_Strict):
 
 
 class LatencyMs(_Strict):
+    """Latency limits of the benchmark in verify, in milliseconds (each optional)."""
+
     p50: float | None = _f(None, 0, 3_600_000, "Maximum median latency, ms.", gt=True)
     p95: float | None = _f(None, 0, 3_600_000, "Maximum 95th percentile latency, ms.", gt=True)
     p99: float | None = _f(None, 0, 3_600_000, "Maximum 99th percentile latency, ms.", gt=True)
@@ -138,6 +174,8 @@ class LatencyMs(_Strict):
 
 
 class Verify(_Strict):
+    """The warmup run in the new environment before anything is switched."""
+
     golden: RelPath = Field(description="The .npz of inputs and expected outputs recorded where "
                                         "the model was trained (`orchestrator golden record`).")
     rtol: float = _f(1e-5, 0, 1, "Relative tolerance of the golden comparison.")
@@ -147,7 +185,7 @@ class Verify(_Strict):
     batch_size: int = _i(1, 1, 65_536, "Batch size of the benchmark.")
     latency_ms: LatencyMs | None = _d(None, "Latency limits; absent: none.")
     timeout_s: float = _f(600, 0, 86_400, "Deadline of the whole verify step, s.", gt=True)
-    signature: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")] = \
+    signature: Annotated[str, StringConstraints(pattern=_SIGNATURE)] = \
         _d("serving_default", "SavedModel signature called.")
     method: Literal["predict", "predict_proba"] = _d(
         "predict", "joblib models: the estimator method called.")
@@ -161,14 +199,18 @@ class Verify(_Strict):
 
 
 class Release(_Strict):
+    """Release retention on each host."""
+
     keep: int = _i(5, 1, 100, "Releases kept per app on each host (current and rollback target "
                               "always kept).")
 
 
 class Service(_Strict):
+    """The optional service restart after the switch, and its health check."""
+
     restart: Command | None = _d(None, "Shell command run on the host after the switch, e.g. "
                                        "`systemctl restart app`.")
-    health_url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s\x00-\x1f]{1,2000}$")] \
+    health_url: Annotated[str, StringConstraints(pattern=_URL)] \
         | None = _d(None, "HTTP URL that must answer 2xx after the switch.")
     health_command: Command | None = _d(None, "Shell command that must exit 0 after the switch.")
     health_timeout_s: float = _f(30, 0, 3600, "How long the health check may take, s.", gt=True)
@@ -181,6 +223,8 @@ class Service(_Strict):
 
 
 class Reverify(_Strict):
+    """Periodic re-verification of deployed hosts (a driver upgrade can break a model)."""
+
     every: Duration = Field(description="Interval of re-verification: 30m, 6h, 1d (>= 1m).")
     on_failure: Literal["report", "rollback", "redeploy"] = _d(
         "report", "What a failed re-verification does.")
@@ -233,6 +277,7 @@ class Spec(_Strict):
     _file: str = PrivateAttr(default="<spec>")
     _paths: SpecPaths | None = PrivateAttr(default=None)
     _digest: str = PrivateAttr(default="")
+    _doc: YamlDocument | None = PrivateAttr(default=None)
 
     @property
     def file(self) -> str:
@@ -253,6 +298,12 @@ class Spec(_Strict):
         """sha256 (hex) of the spec file's bytes."""
         return self._digest
 
+    def error(self, path: tuple[str | int, ...], message: str) -> SpecError:
+        """A `SpecError` at the line where `path` (e.g. ("model", "sha256")) was written."""
+        if self._doc is None:
+            return SpecError(message, file=self._file, field=format_path(path) or None)
+        return self._doc.error(path, message)
+
 
 def duration_seconds(text: str) -> int:
     """"6h" -> 21600."""
@@ -269,6 +320,7 @@ def load_spec(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTE
     doc = parse_yaml(data, str(p), max_bytes=max_bytes)
     spec = spec_from_document(doc)
     spec._file = str(p)
+    spec._doc = doc
     spec._digest = hashlib.sha256(data).hexdigest()
     spec._paths = _resolve_paths(doc, spec, p.absolute().parent)
     return spec
@@ -280,7 +332,7 @@ def spec_from_document(doc: YamlDocument) -> Spec:
     try:
         return Spec.model_validate(doc.data)
     except ValidationError as exc:
-        raise validation_error(doc, exc) from exc
+        raise validation_error(doc, exc, PATTERN_HINTS) from exc
 
 
 def _resolve_paths(doc: YamlDocument, spec: Spec, spec_dir: Path) -> SpecPaths:

@@ -217,12 +217,16 @@ def _snippet(node: Node) -> str:
     return str(value)[:40] if isinstance(value, str) else type(value).__name__
 
 
-def validation_error(doc: YamlDocument, exc: ValidationError) -> SpecError:
-    """The first pydantic error as `file:line: field: message`, counting the rest."""
+def validation_error(doc: YamlDocument, exc: ValidationError,
+                     hints: Mapping[str, str] | None = None) -> SpecError:
+    """The first pydantic error as `file:line: field: message`, counting the rest.
+
+    `hints` maps a regex pattern to what it means in words ("lowercase letters, digits and
+    '-'"), so users read that rather than the regex."""
     errors = exc.errors(include_url=False)
     first = errors[0]
     loc = _clean_loc(first["loc"])
-    message = _message(first)
+    message = _message(first, hints or {})
     if len(errors) > 1:
         more = ", ".join(format_path(_clean_loc(e["loc"])) or "(top)" for e in errors[1:4])
         message += f" (and {len(errors) - 1} more: {more}{', ...' if len(errors) > 4 else ''})"
@@ -235,13 +239,24 @@ def _clean_loc(loc: Sequence[Any]) -> FieldPath:
         isinstance(p, str) and ("[" in p and "]" in p and p.endswith("]"))))
 
 
-def _message(error: Mapping[str, Any]) -> str:
+def _message(error: Mapping[str, Any], hints: Mapping[str, str]) -> str:
     msg = str(error["msg"])
-    if error["type"] == "extra_forbidden":
+    kind = error["type"]
+    got = error.get("input")
+    if kind == "extra_forbidden":
         return "unknown field"
+    if kind == "string_pattern_mismatch":
+        pattern = str(error.get("ctx", {}).get("pattern", ""))
+        return f"must be {hints[pattern]}, got {_short(got)}" if pattern in hints else msg
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    if error["type"] in {"string_type", "float_type", "int_type", "bool_type"}:
-        got = error.get("input")
-        msg += f", got {type(got).__name__} {got!r}"[:120]
+    if kind in {"string_type", "float_type", "int_type", "bool_type"}:
+        msg += f", got {type(got).__name__} {_short(got)}"
+        if kind == "string_type" and isinstance(got, int | float):
+            msg += " (quote it)"
     return msg
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
