@@ -88,12 +88,12 @@ class SshOptions:
     @classmethod
     def for_inventory(cls, inventory: Inventory, **overrides: Any) -> SshOptions:
         """The inventory's `ssh:` files (else the default known_hosts), plus any overrides."""
-        return cls(
-            known_hosts=inventory.ssh.known_hosts or default_known_hosts(),
-            identity_file=inventory.ssh.identity_file,
-            inventory_path=Path(inventory.file) if inventory.file != "<inventory>" else None,
-            **overrides,
-        )
+        fields: dict[str, Any] = {
+            "known_hosts": inventory.ssh.known_hosts or default_known_hosts(),
+            "identity_file": inventory.ssh.identity_file,
+            "inventory_path": Path(inventory.file) if inventory.file != "<inventory>" else None,
+        }
+        return cls(**{**fields, **overrides})
 
 
 def default_known_hosts() -> Path:

@@ -151,7 +151,7 @@ def test_sftp_put_and_get(transport: ssh.SshTransport, host: Host, tmp_path: Pat
     # Missing parents are created; a parent that is a file is refused.
     transport.put(b"deep", f"{host.deploy_root}/sftp-dir/a/b/f")
     assert transport.get(f"{host.deploy_root}/sftp-dir/a/b/f") == b"deep"
-    with pytest.raises(FileTransferFailed, match="sftp-test.bin/f"):
+    with pytest.raises(FileTransferFailed, match=r"sftp-test\.bin/f"):
         transport.put(b"x", f"{target}/f")
     transport.run(["rm", "-rf", target, f"{host.deploy_root}/sftp-dir"])
 
@@ -268,3 +268,14 @@ def test_map_hosts_keeps_host_errors_and_raises_bugs(inventory: Inventory) -> No
 
     with pytest.raises(KeyError):
         map_hosts(bug, hosts, 3)
+
+
+def test_options_from_the_inventory_and_overrides(inventory: Inventory, testbed: Testbed,
+                                                  tmp_path: Path) -> None:
+    options = ssh.SshOptions.for_inventory(inventory)
+    assert options.known_hosts == testbed.known_hosts_path
+    assert options.identity_file == testbed.identity_path
+    assert not options.allow_agent and not options.look_for_keys
+    other = ssh.SshOptions.for_inventory(inventory, known_hosts=tmp_path / "kh", keepalive_s=5)
+    assert (other.known_hosts, other.keepalive_s) == (tmp_path / "kh", 5)
+    assert other.identity_file == testbed.identity_path
