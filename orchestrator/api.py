@@ -280,14 +280,13 @@ class TcpGuard:
                 and int(length) > SMALL_BODY):
             return 413, "PayloadTooLarge", f"request body over {SMALL_BODY} bytes"
         server = scope.get("server")
-        if not server or server[1] is None:
-            return None  # the Unix socket
+        if self.token is None or not server or server[1] is None:
+            return None  # the Unix socket (without a token, TCP is off: no TCP listener exists)
         host = headers.get("host", "")
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         if name.lower() not in self.allowed:
             return 403, "Forbidden", f"Host header {host!r} is not in tcp.allowed_hosts"
         given = headers.get("authorization", "")
-        if self.token is None or not hmac.compare_digest(given.encode(),
-                                                         f"Bearer {self.token}".encode()):
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
             return 401, "Unauthorized", "missing or wrong bearer token"
         return None

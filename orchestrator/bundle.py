@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import yaml
+
 from orchestrator.errors import InvalidInput, SpecError
 from orchestrator.yamlio import parse_yaml
 
@@ -107,7 +109,12 @@ def validate(bundle_dir: Path, display_name: str = SPEC_NAME) -> Submission:
     minimally (strict YAML, a valid `name`, a non-empty `targets` list). Errors name
     `display_name`, not the daemon's own path."""
     path = bundle_dir / SPEC_NAME
-    doc = parse_yaml(path.read_bytes(), display_name)
+    try:
+        spec = _load_spec(path, display_name)  # the full validation first, when it exists
+        doc = parse_yaml(path.read_bytes(), display_name)
+    except yaml.YAMLError as exc:
+        # PyYAML's reader refuses control characters before yamlio's own handler is reached.
+        raise SpecError(f"invalid YAML: {exc}".splitlines()[0], file=display_name) from None
     data = doc.data
     if not isinstance(data, dict):
         raise SpecError("a spec must be a mapping", file=display_name, line=1)
@@ -118,7 +125,7 @@ def validate(bundle_dir: Path, display_name: str = SPEC_NAME) -> Submission:
     if not isinstance(targets, list) or not targets or \
             not all(isinstance(t, str) and t for t in targets):
         raise doc.error(("targets",), "must be a non-empty list of host or group names")
-    spec = _load_spec(path, display_name) or data
+    spec = spec or data
     return Submission(app=name, targets=tuple(targets), data=data, spec=spec,
                       bundle_dir=bundle_dir)
 
