@@ -290,9 +290,7 @@ class SshTransport:
         while True:
             pending = offset < len(data)
             if pending and chan.send_ready():
-                offset += chan.send(data[offset : offset + _READ_CHUNK])
-                if offset >= len(data):
-                    chan.shutdown_write()
+                offset = self._feed(chan, data, offset)
             while chan.recv_ready():
                 out.add(chan.recv(_READ_CHUNK))
             while chan.recv_stderr_ready():
@@ -313,6 +311,18 @@ class SshTransport:
                 raise HostUnreachable(self.host, f"connection lost running {command}")
             self._timed_out(out.pid, command, budget)
         return chan.recv_exit_status()
+
+    def _feed(self, chan: paramiko.Channel, data: bytes, offset: int) -> int:
+        """Send the next chunk of stdin; EOF after the last. Returns the new offset."""
+        try:
+            offset += chan.send(data[offset : offset + _READ_CHUNK])
+        except OSError:
+            if not self.alive:
+                raise
+            return len(data)  # the command exited without reading all its stdin: drop the rest
+        if offset >= len(data):
+            chan.shutdown_write()
+        return offset
 
     def _timed_out(self, pid: int | None, command: str, budget: float) -> None:
         self._kill(pid)

@@ -107,6 +107,8 @@ def test_stdin_and_both_streams_flow_without_deadlock(transport: ssh.SshTranspor
     ])
     result = transport.run(["python3", "-c", script], stdin=payload, timeout=60)
     assert result.stdout.encode() == payload and result.stderr.encode() == payload
+    # A command that stops reading its stdin early is not a lost connection.
+    assert transport.run(["head", "-c", "10"], stdin=b"y" * (8 << 20)).stdout == "y" * 10
 
 
 def test_timeout_raises_fast_and_kills_the_remote_process(transport: ssh.SshTransport) -> None:
