@@ -27,6 +27,7 @@ import json
 import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +187,6 @@ class HostOps:
         """Upload unless the (content-addressed) remote path exists; True when uploaded."""
         if self.transport.run(["test", "-f", remote_path], timeout=timeout, check=False).ok:
             return False
-        self.transport.run(["mkdir", "-p", posixpath.dirname(remote_path)], timeout=timeout)
         self.transport.put(data_or_path, remote_path, mode)
         return True
 
@@ -242,12 +242,7 @@ class HostOps:
         if local.is_file():
             self.transport.put(local, posixpath.join(staged.model_path, local.name), 0o644)
             return f"model/{local.name}"
-        files = sorted(p for p in local.rglob("*") if p.is_file())
-        dirs = sorted({posixpath.join(staged.model_path, p.parent.relative_to(local).as_posix())
-                       for p in files})
-        if dirs:
-            self.transport.run(["mkdir", "-p", *dirs], timeout=timeout)
-        for f in files:
+        for f in sorted(p for p in local.rglob("*") if p.is_file()):  # put makes parent dirs
             self.transport.put(f, posixpath.join(staged.model_path,
                                                  f.relative_to(local).as_posix()), 0o644)
         return "model"
@@ -280,7 +275,8 @@ class HostOps:
 
     def push_uv(self, uv_binary: Path, *, timeout: float = DEFAULT_TIMEOUT_S) -> str:
         """Ship the controller's own uv binary once per host, content-addressed; its path."""
-        digest = hashlib.sha256(uv_binary.read_bytes()).hexdigest()
+        st = uv_binary.stat()
+        digest = _file_digest(str(uv_binary), st.st_size, st.st_mtime_ns)
         remote = self._orch("bin", f"uv-{digest[:16]}")
         self.ensure_file(uv_binary, remote, mode=0o755, timeout=timeout)
         return remote
@@ -352,6 +348,12 @@ class HostOps:
         r = self.call("prune", {"app": app, "keep": keep, "grace_s": grace_s}, timeout=timeout)
         return PruneResult(tuple(r["removed_releases"]), tuple(r["removed_venvs"]),
                            tuple(r["removed_wheels"]), tuple(r["kept"]))
+
+
+@lru_cache(maxsize=8)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, remembered while its size and mtime stay (uv is ~40 MB)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _switch_result(r: Mapping[str, Any]) -> SwitchResult:

@@ -14,15 +14,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from orchestrator.errors import BadHostOutput, CommandFailed, FileTransferFailed, HostError
+from orchestrator.errors import BadHostOutput, CommandFailed, FileTransferFailed
 from orchestrator.hostops import HostOpFailed, HostOps, OpKind, parse_reply
 from orchestrator.release import Manifest, env_hash, new_release_id, release_time
 from orchestrator.transport import CommandResult, command_line
@@ -153,6 +153,7 @@ class LocalTransport:
 
     def put(self, data_or_local_path: bytes | Path, remote_path: str, mode: int = 0o644) -> None:
         tmp = f"{remote_path}.part-{os.getpid()}"
+        Path(remote_path).parent.mkdir(parents=True, exist_ok=True)  # as the SFTP put does
         if isinstance(data_or_local_path, bytes):
             Path(tmp).write_bytes(data_or_local_path)
         else:
@@ -279,7 +280,8 @@ def test_wheels_verify_renames_good_deletes_bad_reports_missing(root: Path) -> N
     (wheels / f"{DATEUTIL}.whl.part").write_bytes(b"truncated")
     bad = fails("wheels-verify", root, "wheel-hash-mismatch", shas=[SIX, DATEUTIL, "e" * 64])
     assert bad["verified"] == [SIX] and bad["missing"] == ["e" * 64]
-    assert bad["bad"] == [{"expected": DATEUTIL, "actual": hashlib.sha256(b"truncated").hexdigest()}]
+    truncated = hashlib.sha256(b"truncated").hexdigest()
+    assert bad["bad"] == [{"expected": DATEUTIL, "actual": truncated}]
     assert sorted(os.listdir(wheels)) == [f"{SIX}.whl"]
     assert ok("wheels-missing", root, shas=[SIX, DATEUTIL])["missing"] == [DATEUTIL]
 
@@ -349,8 +351,9 @@ def test_pip_fallback_when_uv_cannot_run(wheels_root: Path, tmp_path: Path) -> N
     broken = tmp_path / "uv"
     broken.write_bytes(b"\x7fELF garbage")
     broken.chmod(0o755)
-    code, reply = op("venv-ensure", wheels_root, env_hash=ENV, lock=str(SMALL / "requirements.lock"),
-                     wheels=WHEELS, installer="uv", uv=str(broken), python=HOST_PYTHON)
+    code, reply = op("venv-ensure", wheels_root, env_hash=ENV,
+                     lock=str(SMALL / "requirements.lock"), wheels=WHEELS, installer="uv",
+                     uv=str(broken), python=HOST_PYTHON)
     assert code == 0, reply
     assert reply["installer"] == "pip" and "uv cannot run" in reply["fallback_reason"]
 
@@ -486,3 +489,159 @@ def test_switch_cut_short_shows_in_state_and_rerun_finishes(root: Path) -> None:
     assert seen["current"] == rid(1) and seen["switching"] == {"from": rid(1), "to": rid(2)}
     done = ok("switch", root, app="a", release_id=rid(2), generation=2)
     assert done["changed"] is True and ok("state", root, app="a")["switching"] is None
+
+
+# ---------------------------------------------------------------- prune
+
+
+def test_prune_keeps_newest_current_target_staging_in_use_and_collects_venvs_wheels(
+        wheels_root: Path) -> None:
+    root = wheels_root
+    envs = {n: f"{n:024x}" for n in range(1, 7)}
+    for n in range(1, 7):
+        release = stage(root, "a", rid(n))
+        (root / ".orchestrator/venvs" / envs[n]).mkdir(parents=True, exist_ok=True)
+        (release / "venv").symlink_to(root / ".orchestrator/venvs" / envs[n])
+    ok("switch", root, app="a", release_id=rid(1), generation=1)
+    ok("switch", root, app="a", release_id=rid(3), generation=2)   # previous good: 1
+    staging = stage(root, "a", rid(7), commit=False)                 # being installed
+    orphan_env = root / ".orchestrator/venvs" / ("f" * 24)
+    orphan_env.mkdir()
+    unused_wheel = root / ".orchestrator/wheels" / f"{'e' * 64}.whl"
+    unused_wheel.write_bytes(b"old")
+    user = subprocess.Popen(["sleep", "30"], cwd=root / "a/releases" / rid(2))  # in use
+    try:
+        pruned = ok("prune", root, app="a", keep=2, grace_s=0)
+    finally:
+        user.kill()
+        user.wait()
+    assert pruned["removed_releases"] == [rid(4)]
+    assert pruned["kept"] == [rid(1), rid(2), rid(3), rid(5), rid(6)]
+    assert staging.is_dir() and os.readlink(root / "a/current") == f"releases/{rid(3)}"
+    assert sorted(pruned["removed_venvs"]) == sorted([envs[4], "f" * 24])
+    assert pruned["removed_wheels"] == [unused_wheel.name]
+    assert sorted(os.listdir(root / ".orchestrator/wheels")) == sorted(f"{s}.whl" for s in WHEELS)
+    assert ok("state", root, app="a")["previous_good"] == rid(1)
+    # with the sleeper gone, release 2 goes too; a venv being built is never collected
+    with open(root / ".orchestrator/venvs" / f"{envs[2]}.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        again = ok("prune", root, app="a", keep=2, grace_s=0)
+    assert again["removed_releases"] == [rid(2)] and again["removed_venvs"] == []
+    assert (root / ".orchestrator/venvs" / envs[2]).is_dir()
+
+
+def test_prune_spares_recent_wheels_within_the_grace(wheels_root: Path) -> None:
+    fresh = wheels_root / ".orchestrator/wheels" / f"{'d' * 64}.whl"
+    fresh.write_bytes(b"just uploaded, its lock not staged yet")
+    for sha in WHEELS:
+        old = time.time() - 3600
+        os.utime(wheels_root / ".orchestrator/wheels" / f"{sha}.whl", (old, old))
+    assert ok("prune", wheels_root, app="a", keep=1)["removed_wheels"] == [
+        f"{s}.whl" for s in sorted(WHEELS)]  # no release references the fixture's wheels
+    assert fresh.exists()
+
+
+# ---------------------------------------------------------------- HostOps, the typed side
+
+
+def test_parse_reply_maps_kinds_and_refuses_garbage() -> None:
+    assert parse_reply("h", "state", 0, '{"ok": true, "current": null}\n', "") == {
+        "ok": True, "current": None}
+    with pytest.raises(HostOpFailed) as caught:
+        parse_reply("h", "switch", 1, json.dumps({"ok": False, "kind": "stale-generation",
+                                                  "error": "host generation 5 is newer than 4",
+                                                  "host_generation": 5}), "")
+    assert caught.value.kind is OpKind.STALE_GENERATION and caught.value.host == "h"
+    assert caught.value.details == {"host_generation": 5}
+    assert str(caught.value) == "h: switch: host generation 5 is newer than 4"
+    with pytest.raises(HostOpFailed) as unknown:
+        parse_reply("h", "x", 1, '{"ok": false, "kind": "from-the-future", "error": "?"}', "")
+    assert unknown.value.kind is OpKind.UNKNOWN
+    with pytest.raises(BadHostOutput, match="Traceback"):
+        parse_reply("h", "state", 1, "", "Traceback (most recent call last):\n  boom")
+    with pytest.raises(BadHostOutput):
+        parse_reply("h", "state", 0, "not json", "")
+
+
+MODEL_DIR_FILES = {"saved_model.pb": b"graph", "variables/variables.index": b"index"}
+
+
+def make_model(directory: Path, version: int) -> Path:
+    for rel, data in MODEL_DIR_FILES.items():
+        (directory / rel).parent.mkdir(parents=True, exist_ok=True)
+        (directory / rel).write_bytes(data + str(version).encode())
+    return directory
+
+
+def deploy_release(ops: HostOps, app: str, release_id: str, model: Path, generation: int,
+                   lock: Path = SMALL / "requirements.lock") -> tuple[Any, tuple[str, ...]]:
+    """What the pipeline's stage/install/switch steps do, in their order."""
+    from orchestrator.wheelcache import filenames, from_wheelhouse, paths
+
+    staged = ops.stage_begin(app, release_id, deployment=f"d-{generation}")
+    model_path = ops.upload_model(model, staged)
+    ops.transport.put(lock, staged.lock_path)
+    assert ops.verify_model(app, release_id, tree_hash(model), path=model_path) == "tree"
+    wheels = from_wheelhouse(SMALL / "requirements.lock", SMALL / "wheelhouse")
+    pushed = ops.push_wheels(paths(wheels))
+    uv = ops.push_uv(Path(uv_binary()))
+    lock_sha = hashlib.sha256(lock.read_bytes()).hexdigest()
+    env = env_hash("3.11", "manylinux_2_36_x86_64", lock_sha)
+    venv = ops.venv_ensure(env, staged.lock_path, filenames(wheels), uv=uv, app=app,
+                           release_id=release_id)
+    ops.stage_commit(app, release_id)
+    ops.write_manifest(app, release_id, Manifest(
+        app=app, release_id=release_id, deployment=f"d-{generation}",
+        created=release_time(release_id), spec_digest="0" * 64, model_sha256=tree_hash(model),
+        lock_sha256=lock_sha, env_hash=env, python_version="3.11",
+        platform="manylinux_2_36_x86_64", installer=venv.installer, pip_freeze=list(venv.freeze)))
+    ops.switch(app, release_id, generation)
+    return venv, pushed
+
+
+def exercise_hostops(ops: HostOps, work: Path, app: str) -> None:
+    """Two releases with one lock, a tampered third that fails, a rollback: the issue's story."""
+    r1 = new_release_id(datetime(2026, 11, 22, 1, 0, tzinfo=UTC), "a" * 8)
+    r2 = new_release_id(datetime(2026, 11, 22, 1, 5, tzinfo=UTC), "b" * 8)
+    r3 = new_release_id(datetime(2026, 11, 22, 1, 9, tzinfo=UTC), "c" * 8)
+    first, _pushed = deploy_release(ops, app, r1, make_model(work / "m1", 1), generation=1)
+    assert first.freeze == ("python-dateutil==2.9.0.post0", "six==1.16.0")
+    second, pushed_again = deploy_release(ops, app, r2, make_model(work / "m2", 2), generation=2)
+    assert second.reused and second.path == first.path and pushed_again == ()
+    state = ops.state(app)
+    assert (state.current, state.previous_good, state.generation) == (r2, r1, 2)
+    staged = ops.stage_begin(app, r3)
+    ops.transport.put(SMALL / "tampered.lock", staged.lock_path)
+    with pytest.raises(HostOpFailed) as failed:
+        ops.venv_ensure(env_hash("3.11", "x", "9" * 64), staged.lock_path,
+                        dict(WHEELS), uv=ops.push_uv(Path(uv_binary())))
+    assert failed.value.kind is OpKind.INSTALL_FAILED and SIX in str(failed.value)
+    assert ops.abort_stage(app, r3) == (staged.path,)
+    with pytest.raises(HostOpFailed) as stale:
+        ops.switch(app, r1, 1)
+    assert stale.value.kind is OpKind.STALE_GENERATION
+    back = ops.rollback(app, from_release=r2, generation=2, mark_bad=True)
+    assert (back.current, back.before, back.marked_bad) == (r1, r2, (r2,))
+    rows = {r.release_id: r for r in ops.releases(app)}
+    assert {k: r.state for k, r in rows.items()} == {r1: "current", r2: "bad"}
+    assert rows[r1].env_hash == first.env_hash and rows[r1].manifest["deployment"] == "d-1"
+
+
+def test_hostops_over_a_local_transport(tmp_path: Path) -> None:
+    root = tmp_path / "deploy"
+    root.mkdir()
+    exercise_hostops(HostOps(LocalTransport(), str(root), python=HOST_PYTHON), tmp_path, "app")
+
+
+def test_hostops_over_ssh_on_the_testbed(testbed: Any, tmp_path: Path) -> None:
+    from orchestrator.ssh import SshOptions, connect
+
+    host = testbed.hosts_with("no-gpu")[0]
+    options = SshOptions(known_hosts=testbed.known_hosts_path,
+                         identity_file=testbed.identity_path)
+    app = "hostops-ssh-test"
+    with connect(host, options) as transport:
+        try:
+            exercise_hostops(HostOps(transport, str(host.deploy_root)), tmp_path, app)
+        finally:
+            transport.run(["rm", "-rf", str(host.deploy_root / app)], timeout=60)
