@@ -18,8 +18,9 @@ Golden files are written by `orchestrator.golden.record`, i.e. through the runne
 - `make_sleepy_model`: a model *directory* holding `sleepy_model.py` (an estimator whose
   `predict` sleeps `ms` milliseconds and returns zeros) and `model.joblib` (its pickle). The
   runner loads it with no extra setup because a joblib model directory goes on sys.path.
-  `spawn_child=True` makes the first predict also start a `sleep` child process, so a test can
-  check that the deadline kills the whole process group.
+  `spawn_child=True` makes the first predict also start a child process (a python sleeping
+  300 s, its argv tagged with the model directory), so a test can check that the deadline
+  kills the whole process group; `noisy=True` makes predict print to stdout (print and fd 1).
 - `make_raising_model`: a `model.joblib` whose unpickling raises ValueError("invalid literal...").
 """
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import pickle
 import subprocess
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,14 @@ def make_savedmodel(directory: Path, changed_weight: bool = False) -> tuple[Path
 
 
 def make_keras(directory: Path, changed_weight: bool = False) -> tuple[Path, Path]:
+    with warnings.catch_warnings():
+        # Keras 3.15 calls np.array(tensor) on TF tensors whose __array__ lacks `copy`: numpy 2
+        # warns (DeprecationWarning), and pytest runs with warnings as errors.
+        warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
+        return _make_keras(directory, changed_weight)
+
+
+def _make_keras(directory: Path, changed_weight: bool) -> tuple[Path, Path]:
     import keras
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -171,7 +181,9 @@ def make_joblib_other_sklearn(directory: Path, python: Path) -> tuple[Path, Path
 
 SLEEPY_MODULE = '''
 """An estimator with a known cost: predict sleeps `ms` milliseconds (a test fixture)."""
+import os
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -180,18 +192,23 @@ CHILDREN = []
 
 
 class SleepyEstimator:
-    def __init__(self, ms, spawn_child):
-        self.ms, self.spawn_child = ms, spawn_child
+    def __init__(self, ms, spawn_child, noisy, tag):
+        self.ms, self.spawn_child, self.noisy, self.tag = ms, spawn_child, noisy, tag
 
     def predict(self, x):
-        if self.spawn_child and not CHILDREN:
-            CHILDREN.append(subprocess.Popen(["sleep", "300"]))
+        if self.spawn_child and not CHILDREN:  # tagged, so a test can look for it
+            code = "import time; time.sleep(300)"
+            CHILDREN.append(subprocess.Popen([sys.executable, "-c", code, self.tag]))
+        if self.noisy:
+            print("chatter from predict on stdout")
+            os.write(1, b"raw chatter on fd 1\\n")
         time.sleep(self.ms / 1000.0)
         return np.zeros(len(x))
 '''
 
 
-def make_sleepy_model(directory: Path, ms: float, spawn_child: bool = False) -> tuple[Path, Path]:
+def make_sleepy_model(directory: Path, ms: float, spawn_child: bool = False,
+                      noisy: bool = False) -> tuple[Path, Path]:
     """A joblib model *directory* whose predict costs `ms` milliseconds (see module doc)."""
     import importlib.util
     import sys
@@ -208,7 +225,8 @@ def make_sleepy_model(directory: Path, ms: float, spawn_child: bool = False) -> 
     spec.loader.exec_module(module)
     sys.modules["sleepy_model"] = module  # pickle finds classes by module name, for the dump only
     try:
-        joblib.dump(module.SleepyEstimator(ms, spawn_child), model_dir / "model.joblib")
+        estimator = module.SleepyEstimator(ms, spawn_child, noisy, str(model_dir))
+        joblib.dump(estimator, model_dir / "model.joblib")
     finally:
         del sys.modules["sleepy_model"]
     golden_path = directory / "sleepy-golden.npz"
