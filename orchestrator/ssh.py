@@ -300,15 +300,18 @@ class SshTransport:
                 raise OutputTooLarge(
                     self.host, f"output of {command} exceeded {out.limit} bytes; it was stopped"
                 )
-            if chan.eof_received and not chan.recv_ready() and not chan.recv_stderr_ready():
+            # `closed` without EOF: the connection died under us (paramiko closes its channels).
+            drained = not chan.recv_ready() and not chan.recv_stderr_ready()
+            if (chan.eof_received or chan.closed) and drained:
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._timed_out(out.pid, command, budget)
             select.select([chan], [], [], min(remaining, 0.01 if pending else 0.5))
-        if not chan.status_event.wait(max(deadline - time.monotonic(), 0.0)):
-            if not self.alive:
-                raise HostUnreachable(self.host, f"connection lost running {command}")
+        received = chan.status_event.wait(max(deadline - time.monotonic(), 0.0))
+        if not self.alive and (not received or chan.exit_status == -1):
+            raise HostUnreachable(self.host, f"connection lost running {command}")
+        if not received:
             self._timed_out(out.pid, command, budget)
         return chan.recv_exit_status()
 

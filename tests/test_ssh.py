@@ -281,3 +281,19 @@ def test_options_from_the_inventory_and_overrides(inventory: Inventory, testbed:
     other = ssh.SshOptions.for_inventory(inventory, known_hosts=tmp_path / "kh", keepalive_s=5)
     assert (other.known_hosts, other.keepalive_s) == (tmp_path / "kh", 5)
     assert other.identity_file == testbed.identity_path
+
+
+def test_a_connection_lost_mid_command_is_unreachable_and_reopened(
+    inventory: Inventory, options: ssh.SshOptions
+) -> None:
+    host = inventory.hosts["tb-02"]
+    with Pool(options) as pool:
+        with pool.session(host) as t:
+            started = time.monotonic()
+            # Kill the sshd process serving this session: the connection drops mid-command.
+            with pytest.raises(HostUnreachable, match="connection lost"):
+                t.run(["sh", "-c", "kill -9 $PPID; sleep 2"], timeout=20)
+            assert time.monotonic() - started < 5 and not t.alive
+        with pool.session(host) as t:
+            assert t.run(["echo", "reopened"]).stdout == "reopened\n"
+        assert pool.connects == 2
