@@ -26,6 +26,16 @@ from orchestrator.testbed import Testbed
 from orchestrator.transport import Transport, command_line
 
 INJECTION = "x; touch pwned $(id)"
+# Kills the sshd process serving this session (its nearest sshd ancestor), then lingers: the
+# connection drops in the middle of a command.
+KILL_MY_SSHD = """
+import os, time
+pid = os.getppid()
+while not open(f"/proc/{pid}/comm").read().startswith("sshd"):
+    pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+os.kill(pid, 9)
+time.sleep(2)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -290,9 +300,8 @@ def test_a_connection_lost_mid_command_is_unreachable_and_reopened(
     with Pool(options) as pool:
         with pool.session(host) as t:
             started = time.monotonic()
-            # Kill the sshd process serving this session: the connection drops mid-command.
             with pytest.raises(HostUnreachable, match="connection lost"):
-                t.run(["sh", "-c", "kill -9 $PPID; sleep 2"], timeout=20)
+                t.run(["python3", "-c", KILL_MY_SSHD], timeout=20)
             assert time.monotonic() - started < 5 and not t.alive
         with pool.session(host) as t:
             assert t.run(["echo", "reopened"]).stdout == "reopened\n"
