@@ -15,16 +15,22 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from orchestrator.errors import BadHostOutput, CommandFailed, FileTransferFailed
+from orchestrator.errors import BadHostOutput, CommandFailed, FileTransferFailed, InvalidInput
 from orchestrator.hostops import HostOpFailed, HostOps, OpKind, parse_reply
-from orchestrator.release import Manifest, env_hash, new_release_id, release_time
+from orchestrator.release import (
+    Manifest,
+    check_release_id,
+    env_hash,
+    new_release_id,
+    release_time,
+)
 from orchestrator.transport import CommandResult, command_line
 from orchestrator.treehash import tree_hash
 
@@ -645,3 +651,49 @@ def test_hostops_over_ssh_on_the_testbed(testbed: Any, tmp_path: Path) -> None:
             exercise_hostops(HostOps(transport, str(host.deploy_root)), tmp_path, app)
         finally:
             transport.run(["rm", "-rf", str(host.deploy_root / app)], timeout=60)
+
+
+# ---------------------------------------------------------------- release ids, env hash, manifest
+
+
+def test_release_ids_are_utc_sortable_and_validated() -> None:
+    paris = timezone(timedelta(hours=1))
+    rid_ = new_release_id(datetime(2026, 11, 22, 2, 30, 0, tzinfo=paris), "9F2C1A7B" + "0" * 56)
+    assert rid_ == "20261122T013000Z-9f2c1a7b"
+    assert release_time(rid_) == datetime(2026, 11, 22, 1, 30, tzinfo=UTC)
+    later = new_release_id(datetime(2026, 11, 22, 1, 30, 1, tzinfo=UTC), "00000000")
+    assert sorted([later, rid_]) == [rid_, later]
+    assert load_script().RELEASE_RE.match(rid_)  # the host accepts what the controller makes
+    with pytest.raises(ValueError, match="aware"):
+        new_release_id(datetime(2026, 11, 22), "9f2c1a7b")
+    with pytest.raises(ValueError):
+        new_release_id(datetime(2026, 11, 22, tzinfo=UTC), "xyz")
+    with pytest.raises(InvalidInput):
+        check_release_id("20261122T013000Z-9F2C1A7B")
+
+
+def test_env_hash_is_keyed_by_python_minor_platform_and_lock() -> None:
+    lock = "ab" * 32
+    base = env_hash("3.11.2", "manylinux_2_36_x86_64", lock)
+    assert base == env_hash("3.11", "manylinux_2_36_x86_64", lock)  # patch level: same ABI
+    assert len(base) == 24 and load_script().ENV_RE.match(base)
+    others = {env_hash("3.12", "manylinux_2_36_x86_64", lock),
+              env_hash("3.11", "manylinux_2_36_aarch64", lock),
+              env_hash("3.11", "manylinux_2_36_x86_64", "cd" * 32)}
+    assert base not in others and len(others) == 3
+    with pytest.raises(ValueError):
+        env_hash("3.11", "p", "not-a-sha")
+
+
+def test_manifest_round_trips_and_a_bad_one_names_host_and_field() -> None:
+    manifest = Manifest(app="a", release_id=rid(1), created=release_time(rid(1)),
+                        spec_digest="1" * 64, model_sha256="2" * 64, lock_sha256="3" * 64,
+                        env_hash=ENV, python_version="3.11", platform="manylinux_2_36_x86_64",
+                        facts={"gpus": []}, pip_freeze=["six==1.16.0"],
+                        warmup={"p50_ms": 1.5})
+    data = json.loads(json.dumps(manifest.to_json()))
+    assert data["schema"] == 1 and Manifest.from_host("h", data) == manifest
+    with pytest.raises(BadHostOutput, match=r"^h: manifest.json: lock_sha256"):
+        Manifest.from_host("h", {**data, "lock_sha256": "short"})
+    with pytest.raises(BadHostOutput, match="surprise: Extra inputs"):
+        Manifest.from_host("h", {**data, "surprise": 1})
