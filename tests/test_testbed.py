@@ -161,20 +161,34 @@ def test_cli_up_then_down_leaves_no_sshd(tmp_path: Path) -> None:
 
 
 def test_down_kills_the_sessions_too(tmp_path: Path) -> None:
+    """Sessions running and sessions still being set up: none survives `down`."""
     marker = f"tb-marker-{os.getpid()}-{time.monotonic_ns()}"
     tb = Testbed.up(tmp_path, 1)
+    clients: list[subprocess.Popen[bytes]] = []
+
+    def remote() -> list[int]:  # the local ssh clients carry the marker too
+        return [p for p in pids_with(marker) if p not in {c.pid for c in clients}]
+
+    def connect() -> None:
+        clients.append(subprocess.Popen(
+            [*tb.ssh_argv(tb.hosts[0]), "exec", "python3", "-c",
+             "'import time; time.sleep(300)'", marker],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
     try:
-        client = subprocess.Popen(
-            [*tb.ssh_argv(tb.hosts[0]), "exec", "python3", "-c", "'import time; time.sleep(300)'",
-             marker], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while not pids_with(marker) and time.monotonic() < deadline:
+        connect()
+        deadline = time.monotonic() + 30
+        while not remote() and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert pids_with(marker)
+        assert remote()
+        for _ in range(3):
+            connect()  # racing `down`: mid-handshake or mid-fork when it strikes
+        time.sleep(0.1)
     finally:
         assert Testbed.down(tmp_path) == 1
-    client.wait(timeout=10)
-    assert pids_with(marker) == []
+    for client in clients:
+        client.wait(timeout=20)
+    assert remote() == []
     assert sshd_pids_for(tmp_path) == []
 
 
@@ -404,3 +418,11 @@ def test_host_by_profile_finds_the_current_holder(
         assert host_by_profile("h100").name == "tb-07"
     with pytest.raises(LookupError):
         host_by_profile("a100")
+
+
+def test_sessions_run_system_python_in_a_home_of_their_own(testbed: Testbed) -> None:
+    host = testbed.host("tb-02")
+    proc = subprocess.run([*testbed.ssh_argv(host), 'command -v python3; echo "$HOME"'],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["/usr/bin/python3", str(host.home)]

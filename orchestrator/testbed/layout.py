@@ -6,7 +6,8 @@ the inventory (DESIGN.md format plus the `ssh:` block), known_hosts, and state.j
     DIR/known_hosts          [127.0.0.N]:PORT ssh-ed25519 ...
     DIR/id_ed25519(.pub)     the client key (no passphrase, 0600); DIR/authorized_keys
     DIR/hosts/<name>/        sshd_config, sshd.log, sshd.pid, ssh_host_ed25519_key(.pub),
-                             profile.json, lib/ (LD_LIBRARY_PATH), root/ (deploy_root)
+                             profile.json, lib/ (LD_LIBRARY_PATH), root/ (deploy_root),
+                             home/ ($HOME of sessions there)
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ class TestbedHost:
     @property
     def host_dir(self) -> Path:
         return self.deploy_root.parent
+
+    @property
+    def home(self) -> Path:
+        """$HOME of sessions on this host (sshd SetEnv), not the real user's home."""
+        return self.host_dir / "home"
 
     @property
     def profile_path(self) -> Path:

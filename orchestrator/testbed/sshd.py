@@ -270,8 +270,9 @@ def descendants(pids: Iterable[int]) -> list[int]:
 def stop(pids: Sequence[int], grace: float = 3.0) -> None:
     """SIGTERM the servers and everything below them, SIGKILL what is left after `grace`, and
     wait until none is running."""
-    victims = [*pids, *descendants(pids)]
+    victims = freeze(pids)
     _signal(victims, signal.SIGTERM)
+    _signal(victims, signal.SIGCONT)  # the SIGTERM pending on each is delivered now
     deadline = time.monotonic() + grace
     while any(alive(p) for p in victims) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -284,6 +285,29 @@ def stop(pids: Sequence[int], grace: float = 3.0) -> None:
     still = [p for p in victims if alive(p)]
     if still:
         raise TestbedError(f"processes survived SIGKILL: {still}")
+
+
+def freeze(pids: Sequence[int], timeout: float = 2.0) -> list[int]:
+    """SIGSTOP `pids` and all their descendants, and return them all. A session being set up
+    forks while we look: a stopped process cannot, so repeat until a scan finds nobody new."""
+    victims = list(pids)
+    deadline = time.monotonic() + timeout
+    while True:
+        _signal(victims, signal.SIGSTOP)
+        while not all(_stopped(p) for p in victims) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        new = [p for p in descendants(victims) if p not in victims]
+        if not new or time.monotonic() > deadline:
+            return [*victims, *new]
+        victims.extend(new)
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # gone counts as unable to fork
+    return stat[stat.rindex(")") + 2:].split()[0] in ("T", "t", "Z", "X")
 
 
 def _signal(pids: Iterable[int], sig: signal.Signals) -> None:

@@ -102,7 +102,7 @@ class Testbed:
         planned = [layout.new_host(root, i, port, user, p) for i, p in enumerate(names)]
         identity = root / "id_ed25519"
         for h in planned:
-            for d in (h.deploy_root, h.lib_dir):
+            for d in (h.deploy_root, h.lib_dir, h.home):
                 d.mkdir(parents=True, exist_ok=True)
         sshd.keygen([identity, *(h.host_key for h in planned)], comment=f"testbed@{root}")
         layout.write_atomic(root / "authorized_keys", _pub(identity))
@@ -206,7 +206,14 @@ def _prepare_host(root: Path, host: TestbedHost) -> sshd.SshdSpec:
         address=host.address, port=host.port, user=host.user, host_key=host.host_key,
         config=host.sshd_config, log=host.sshd_log, pid_file=host.host_dir / "sshd.pid",
         authorized_keys=root / "authorized_keys",
-        env=(("LD_LIBRARY_PATH", str(host.lib_dir)), ("FAKE_NVML_PROFILE", str(host.profile_path))),
+        env=(
+            ("LD_LIBRARY_PATH", str(host.lib_dir)),
+            ("FAKE_NVML_PROFILE", str(host.profile_path)),
+            # A home of its own, as a separate machine has: the controller user's ~/.bashrc (here
+            # pyenv's shims, ~0.5 s per command) never runs, so `python3` is the system's
+            # /usr/bin/python3, and caches under ~ are per host.
+            ("HOME", str(host.home)),
+        ),
     )
     layout.write_atomic(host.sshd_config, sshd.render_config(spec))
     return spec
