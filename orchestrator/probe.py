@@ -13,23 +13,16 @@ from typing import Protocol
 from orchestrator.errors import BadHostOutput, HostError, OutputTooLarge
 from orchestrator.facts import MAX_FACTS_BYTES, HostFacts, parse_facts
 from orchestrator.pool import Pool
+from orchestrator.ssh import HostAddress
 from orchestrator.tools import ensure_tools
 from orchestrator.transport import Transport
 
 PROBE_TIMEOUT_S = 60.0
 
 
-class ProbeTarget(Protocol):
+class ProbeTarget(HostAddress, Protocol):
     """What probing needs of an inventory host (`orchestrator.inventory.Host` fits)."""
 
-    @property
-    def name(self) -> str: ...
-    @property
-    def address(self) -> str: ...
-    @property
-    def port(self) -> int: ...
-    @property
-    def user(self) -> str: ...
     @property
     def deploy_root(self) -> str: ...
 

@@ -9,11 +9,10 @@ from pathlib import Path
 
 from orchestrator.facts import HostFacts
 from orchestrator.inventory import Host, load_inventory
-from orchestrator.pool import Pool
+from orchestrator.pool import Pool, map_hosts
 from orchestrator.probe import probe_host
 from orchestrator.ssh import SshOptions
 from orchestrator.testbed import Testbed
-from orchestrator.transport import Transport
 
 HOSTS = 8
 TARGET_S = 3.0
@@ -24,18 +23,14 @@ def _timed_probe(pool: Pool, host: Host) -> tuple[float, float, HostFacts]:
     started = time.monotonic()
     with pool.session(host) as transport:
         connected = time.monotonic()
-        facts = _probe(transport, host)
+        facts = probe_host(transport, host)
     return connected - started, time.monotonic() - connected, facts
-
-
-def _probe(transport: Transport, host: Host) -> HostFacts:
-    return probe_host(transport, host)
 
 
 def _round(label: str, options: SshOptions, hosts: list[Host]) -> float:
     started = time.monotonic()
     with Pool(options, max_connections=HOSTS) as pool:
-        results = pool_map(pool, hosts)
+        results = map_hosts(lambda h: _timed_probe(pool, h), hosts, HOSTS)
     total = time.monotonic() - started
     verdict = "ok" if total < TARGET_S else f"OVER the {TARGET_S:g} s target"
     print(f"{label}: {len(hosts)} hosts probed at once in {total:.2f} s ({verdict})")
@@ -48,12 +43,6 @@ def _round(label: str, options: SshOptions, hosts: list[Host]) -> float:
         else:
             print(f"  {name}: FAILED {result}")
     return total
-
-
-def pool_map(pool: Pool, hosts: list[Host]) -> dict[str, object]:
-    from orchestrator.pool import map_hosts
-
-    return dict(map_hosts(lambda h: _timed_probe(pool, h), hosts, HOSTS))
 
 
 def run() -> None:
