@@ -152,7 +152,7 @@ def parse_yaml(data: bytes | str, file: str = "<string>", *,
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
-        problem = exc.problem or exc.context or "invalid YAML"
+        problem = " ".join(p for p in (exc.context, exc.problem) if p) or "syntax error"
         raise SpecError(f"invalid YAML: {problem}", file=file, line=line) from exc
     except yaml.YAMLError as exc:
         raise SpecError(f"invalid YAML: {exc}", file=file) from exc
