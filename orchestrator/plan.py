@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator import release as rel
 from orchestrator.compat import CompatData
 from orchestrator.errors import EXIT_DEPLOY_FAILED, EXIT_OK, HostError
 from orchestrator.facts import HostFacts
@@ -28,6 +29,7 @@ from orchestrator.preflight import (
     preflight,
 )
 from orchestrator.spec import Spec
+from orchestrator.steps.host import platform_of
 
 UNREACHABLE = "unreachable"
 
@@ -110,7 +112,8 @@ def rollout_steps(
         f"stage: new release dir {app_dir}/releases/<id>; upload the model "
         f"({spec.model.format}, sha256 {spec.model.sha256[:12]}... checked on the host) and the "
         "lock; push the wheels the host's cache lacks",
-        f"install: build or reuse the venv in {host.deploy_root}/.orchestrator/venvs/<env_hash> "
+        f"install: build or reuse the venv {host.deploy_root}/.orchestrator/venvs/"
+        f"{_env_hash(lock, facts)} "
         f"(python {spec.environment.python}, {n} locked packages, --require-hashes, offline)",
         "verify: " + _verify_words(spec),
         f"switch: {app_dir}/current -> releases/<id> by atomic rename "
@@ -120,6 +123,17 @@ def rollout_steps(
         "target)",
     ]
     return tuple(steps)
+
+
+def _env_hash(lock: LockLike, facts: HostFacts) -> str:
+    """The venv's content address, as the install step computes it (when the lock has a hash)."""
+    sha256 = getattr(lock, "sha256", None)
+    if not isinstance(sha256, str):
+        return "<env_hash>"
+    try:
+        return rel.env_hash(facts.python_version, platform_of(facts), sha256)
+    except ValueError:  # an odd python version string: the install step would say so
+        return "<env_hash>"
 
 
 def _count(verdict: HostVerdict, status: Status) -> int:

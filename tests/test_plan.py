@@ -102,7 +102,8 @@ def test_h100_alone_passes_and_plan_changes_nothing(
     assert code == 0, out
     assert f"{tb_host.name} ({tb_host.address}):" in out
     assert "from nvidia-cudnn-cu12" in out  # [and-cuda] wheels count
-    assert "install: build or reuse the venv" in out
+    assert re.search(r"install: build or reuse the venv \S+/\.orchestrator/venvs/[0-9a-f]{16,64} ",
+                     out), out
     assert "1 of 1 host(s) pass" in out
     assert not (tb_host.deploy_root / "fraud-detector").exists()
 

@@ -254,3 +254,24 @@ def test_packages_whose_marker_excludes_the_host_are_left_out() -> None:
     assert check(v, "framework").message.startswith("tensorflow 2.21.0:")
     assert locked_versions(locked, facts("h100")) == {"tensorflow": "2.21.0"}
     assert locked_versions(locked)["tensorflow"] == "2.15.0"  # without a host: no filtering
+
+
+RECORDED = {  # recorded testbed probe output -> (verdict, {failing check: words it must name})
+    "h100": (Status.WARN, {}),
+    "t4": (Status.WARN, {}),
+    "old-driver": (Status.FAIL, {"cuda-driver": "driver 470.82.01 supports CUDA up to 11.4"}),
+    "no-driver": (Status.FAIL, {"driver": "NVIDIA driver not loaded"}),
+    "no-gpu": (Status.FAIL, {"driver": "no NVIDIA driver library"}),
+    "mismatch": (Status.FAIL, {"driver": "driver/library version mismatch"}),
+}
+
+
+@pytest.mark.parametrize("profile", sorted(RECORDED))
+def test_recorded_probe_outputs_give_their_verdicts(profile: str) -> None:
+    text = (FIXTURES / "probe" / f"{profile}.json").read_text()
+    req = replace(GPU, python=parse_facts(profile, text).python_minor)
+    v = preflight(req, lock(TF_GPU), parse_facts(profile, text), load_compat())
+    status, words = RECORDED[profile]
+    assert v.status is status, v.reasons()
+    for name, text_ in words.items():
+        assert check(v, name).status is Status.FAIL and text_ in check(v, name).message
