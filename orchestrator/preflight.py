@@ -17,7 +17,6 @@ No I/O here: the spec, the lock and the facts come in as values (see `Requiremen
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -34,7 +33,7 @@ from orchestrator.compat import (
     parse_version,
 )
 from orchestrator.facts import Gpu, HostFacts
-from orchestrator.lockfile import target_environment
+from orchestrator.lockfile import normalize_name, target_environment
 
 
 class Status(StrEnum):
@@ -118,11 +117,6 @@ def requirements_from_spec(spec: Any) -> Requirements:
         min_memory_gib=float(gpu.min_memory_gib or 0),
         min_cc=None if min_cc is None else str(min_cc),
     )
-
-
-def normalize_name(name: str) -> str:
-    """PEP 503: "Tensorflow_CPU" -> "tensorflow-cpu"."""
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def locked_versions(lock: LockLike, facts: HostFacts | None = None) -> dict[str, str]:
