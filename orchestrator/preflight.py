@@ -399,7 +399,11 @@ def _cuda_driver(ctx: Context) -> Check:
                          f"compatibility (driver >= {floor}), but PTX JIT and XLA's ptxas "
                          f"need driver >= {own}")
     if fails:
-        return Check("cuda-driver", Status.FAIL, "; ".join([head, *fails]))
+        # Forward compatibility (cuda-compat) is the only route short of a driver upgrade, and
+        # only on data-center GPUs (FACTS.md section 2c): say so rather than decide it here.
+        hint = ("upgrade the NVIDIA driver (data-center GPUs may instead use NVIDIA's "
+                "cuda-compat forward-compatibility package)")
+        return Check("cuda-driver", Status.FAIL, "; ".join([head, *fails, hint]))
     if warns:
         return Check("cuda-driver", Status.WARN, "; ".join([head, *warns]))
     return Check("cuda-driver", Status.PASS, "; ".join(
