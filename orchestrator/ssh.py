@@ -41,6 +41,7 @@ from orchestrator.errors import (
     HostError,
     HostKeyRejected,
     HostUnreachable,
+    InvalidInput,
     OutputTooLarge,
 )
 from orchestrator.inventory import Inventory
@@ -149,6 +150,8 @@ class _RejectUnknown(paramiko.MissingHostKeyPolicy):
 
 
 def connect(host: HostAddress, options: SshOptions) -> SshTransport:
+    if options.identity_file is not None and not options.identity_file.is_file():
+        raise InvalidInput(f"SSH identity file {options.identity_file} does not exist")
     client = paramiko.SSHClient()
     if options.known_hosts.exists():
         client.load_host_keys(str(options.known_hosts))
@@ -351,7 +354,7 @@ class SshTransport:
         if self._sftp is None:
             try:
                 self._sftp = self._client.open_sftp()
-            except (paramiko.SSHException, OSError, EOFError) as exc:
+            except (paramiko.SSHException, paramiko.SFTPError, OSError, EOFError) as exc:
                 raise HostUnreachable(self.host, f"cannot open SFTP: {_describe(exc)}") from exc
         return self._sftp
 
@@ -371,8 +374,8 @@ class SshTransport:
         except OSError as exc:  # IOError from the SFTP server: not a dir, permission, disk
             self._discard(sftp, tmp)
             raise FileTransferFailed(self.host, f"put {remote_path}: {_describe(exc)}") from exc
-        except (paramiko.SSHException, EOFError) as exc:
-            raise HostUnreachable(self.host, f"connection lost writing {remote_path}") from exc
+        except (paramiko.SSHException, paramiko.SFTPError, EOFError) as exc:
+            raise HostUnreachable(self.host, f"SFTP failed writing {remote_path}: {exc}") from exc
 
     @staticmethod
     def _write(sftp: paramiko.SFTPClient, data_or_local_path: bytes | Path, path: str) -> None:
@@ -413,8 +416,8 @@ class SshTransport:
                 return handle.read()
         except OSError as exc:
             raise FileTransferFailed(self.host, f"get {remote_path}: {_describe(exc)}") from exc
-        except (paramiko.SSHException, EOFError) as exc:
-            raise HostUnreachable(self.host, f"connection lost reading {remote_path}") from exc
+        except (paramiko.SSHException, paramiko.SFTPError, EOFError) as exc:
+            raise HostUnreachable(self.host, f"SFTP failed reading {remote_path}: {exc}") from exc
 
     def close(self) -> None:
         if self._sftp is not None:

@@ -18,6 +18,7 @@ from orchestrator.errors import (
     FileTransferFailed,
     HostKeyRejected,
     HostUnreachable,
+    InvalidInput,
     OutputTooLarge,
 )
 from orchestrator.inventory import Host, Inventory, load_inventory
@@ -205,6 +206,8 @@ def test_unreachable_and_unauthorised(host: Host, options: ssh.SshOptions, tmp_p
                    check=True)
     with pytest.raises(HostUnreachable, match="authentication"):
         ssh.connect(host, replace(options, identity_file=stranger))
+    with pytest.raises(InvalidInput, match="does not exist"):
+        ssh.connect(host, replace(options, identity_file=tmp_path / "missing"))
     # No identity configured and no agent or key search: nothing to authenticate with.
     with pytest.raises(HostUnreachable):
         ssh.connect(host, replace(options, identity_file=None))
