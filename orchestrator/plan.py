@@ -7,6 +7,12 @@ or JSON is pure too; `orchestrator/commands/plan.py` does the I/O (load, probe, 
 
 Exit codes (DESIGN.md "CLI"): 0 when every target passes (warnings allowed), 3 when any fails
 (an unreachable host fails), 2 for invalid input (raised before any host is touched).
+
+`--json` prints `Plan.to_dict()`:
+    {"app", "spec", "lock", "ok": bool, "exit_code": 0 | 3,
+     "hosts": [{"host", "address", "status": "pass" | "warn" | "fail",
+                "error": null | "unreachable: ..." | "host key rejected: ..." | "probe failed: ...",
+                "checks": [{"name", "status", "message"}], "steps": [str]}]}
 """
 
 from __future__ import annotations
@@ -17,7 +23,13 @@ from typing import Any
 
 from orchestrator import release as rel
 from orchestrator.compat import CompatData
-from orchestrator.errors import EXIT_DEPLOY_FAILED, EXIT_OK, HostError
+from orchestrator.errors import (
+    EXIT_DEPLOY_FAILED,
+    EXIT_OK,
+    HostError,
+    HostKeyRejected,
+    HostUnreachable,
+)
 from orchestrator.facts import HostFacts
 from orchestrator.inventory import Host
 from orchestrator.preflight import (
@@ -82,9 +94,9 @@ def build_plan(
     for host in hosts:
         result = probed.get(host.name)
         if not isinstance(result, HostFacts):
-            reason = result.reason if isinstance(result, HostError) else "not probed"
-            plans.append(HostPlan(host.name, host.address, None, f"{UNREACHABLE}: {reason}",
-                                  (f"probe: failed: {reason}", STOP)))
+            error = probe_error(result)
+            plans.append(HostPlan(host.name, host.address, None, error,
+                                  (f"probe: failed: {error}", STOP)))
             continue
         verdict = preflight(spec, lock, result, data)
         plans.append(HostPlan(host.name, host.address, verdict, None,
@@ -93,6 +105,17 @@ def build_plan(
 
 
 STOP = "stop: nothing would change on this host"
+
+
+def probe_error(error: HostError | None) -> str:
+    """One line for a host that could not be probed, led by what kind of failure it was."""
+    if error is None:
+        return "not probed"
+    if isinstance(error, HostKeyRejected):
+        return f"host key rejected: {error.reason}"
+    if isinstance(error, HostUnreachable):
+        return f"{UNREACHABLE}: {error.reason}"
+    return f"probe failed: {error.reason}"
 
 
 def rollout_steps(

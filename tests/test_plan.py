@@ -153,7 +153,7 @@ hosts:
     result = json.loads(capsys.readouterr().out)
     assert code == 3
     gone = next(h for h in result["hosts"] if h["host"] == "gone")
-    assert gone["status"] == "fail" and gone["error"].startswith("unreachable: ")
+    assert gone["status"] == "fail" and gone["error"].startswith("unreachable: "), gone
     assert gone["checks"] == []
     assert next(h for h in result["hosts"] if h["host"] == good.name)["status"] != "fail"
 
@@ -168,3 +168,15 @@ def test_invalid_input_exits_2_before_touching_a_host(
     assert proc.returncode == 2
     assert "unknown host or group 'no-such-host'" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_host_key_is_a_failed_host_naming_the_fingerprint(
+    testbed: Testbed, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    spec = write_spec(tmp_path / "spec", [host(testbed, "h100")])
+    code, out = plan(testbed, spec, capsys, "--json", "--known-hosts", str(empty))
+    assert code == 3
+    (only,) = json.loads(out)["hosts"]
+    assert only["error"].startswith("host key rejected: ") and "SHA256:" in only["error"]
