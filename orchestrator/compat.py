@@ -12,6 +12,14 @@ module loads them into frozen dataclasses and answers the few questions the pref
 
 Unknown versions give None, never an exception: the preflight turns that into a warning.
 Nothing here does I/O except `load_compat`, which reads the packaged file once.
+
+Extending the data (no code change): a new TensorFlow release is one more object in
+`tensorflow.builds` (version, python_min/max, cuda as in its build_info.py, tested cudnn,
+sass/ptx as compute capabilities read from the wheel, the [and-cuda] ranges, the libraries it
+dlopens with the wheels that provide them, source); a new CUDA toolkit is one more row of
+`cuda.toolkit_drivers` (Table 3); a new CUDA major one more `cuda.minor_version_compat` row
+(Table 2); another TensorFlow distribution name one more `tensorflow.packages` entry; disk
+estimates are bytes per package name. tests/test_compat.py checks every row names its source.
 """
 
 from __future__ import annotations
