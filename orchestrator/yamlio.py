@@ -84,6 +84,25 @@ class _StrictLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._file, self._max_depth, self._depth = file, max_depth, 0
 
+    # The scanner sees nesting before the composer does; refusing there keeps a 10,000-deep
+    # flow document from costing PyYAML's quadratic simple-key bookkeeping.
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        if self.flow_level >= self._max_depth:
+            self._too_deep()
+        super().fetch_flow_collection_start(TokenClass)
+
+    def add_indent(self, column: int) -> bool:
+        if len(self.indents) >= self._max_depth:
+            self._too_deep()
+        added: bool = super().add_indent(column)
+        return added
+
+    def _too_deep(self, line: int | None = None) -> None:
+        if line is None:
+            line = self.get_mark().line + 1
+        raise SpecError(f"nesting deeper than {self._max_depth} levels", file=self._file,
+                        line=line)
+
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         event = self.peek_event()  # type: ignore[no-untyped-call]
         line = event.start_mark.line + 1
@@ -96,8 +115,7 @@ class _StrictLoader(yaml.SafeLoader):
         self._depth += 1
         try:
             if self._depth > self._max_depth:
-                raise SpecError(f"nesting deeper than {self._max_depth} levels",
-                                file=self._file, line=line)
+                self._too_deep(line)
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1

@@ -139,7 +139,7 @@ def test_deep_nesting_refused_at_the_limit_without_recursion_error(text: str) ->
     start = time.perf_counter()
     with pytest.raises(SpecError, match="nesting deeper than 32 levels"):
         parse_yaml(text)
-    assert time.perf_counter() - start < 2
+    assert time.perf_counter() - start < 0.5  # refused by the scanner, in about a millisecond
     parse_yaml("[" * 31 + "]" * 31)  # within the limit
     with pytest.raises(SpecError, match="nesting deeper than 5 levels"):
         parse_yaml("[" * 6 + "]" * 6, max_depth=5)
