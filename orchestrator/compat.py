@@ -113,6 +113,7 @@ class ToolkitDriver:
     cuda: str
     release: str  # "GA", "Update 1", "GA (11.4.0)", ...
     min_driver: str
+    source: str
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class MinorCompat:
     cuda_major: int
     min_driver: str | None  # None: no minor-version compatibility (CUDA <= 10)
     note: str
+    source: str
 
 
 @dataclass(frozen=True)
@@ -233,11 +235,13 @@ def _build(raw: dict[str, Any]) -> CompatData:
             for name, p in tf["packages"].items()
         },
         toolkit_drivers=tuple(
-            ToolkitDriver(str(r["cuda"]), str(r["release"]), str(r["min_driver"]))
+            ToolkitDriver(str(r["cuda"]), str(r["release"]), str(r["min_driver"]),
+                          str(r["source"]))
             for r in cuda["toolkit_drivers"]
         ),
         minor_compat=tuple(
-            MinorCompat(int(m["cuda_major"]), m["min_driver"], str(m.get("note") or ""))
+            MinorCompat(int(m["cuda_major"]), m["min_driver"], str(m.get("note") or ""),
+                        str(m["source"]))
             for m in cuda["minor_version_compat"]
         ),
         cuda_version_wheel=re.compile(cuda["version_wheels"]["pattern"]),

@@ -18,6 +18,8 @@ def test_every_table_and_row_names_its_source() -> None:
     assert raw["cuda"]["source_table3"] and raw["cuda"]["source_table2"] and raw["disk"]["source"]
     assert all(row["source"] for row in raw["tensorflow"]["builds"])
     assert all(p["source"] for p in raw["tensorflow"]["packages"].values())
+    data = load_compat()
+    assert all(r.source for r in (*data.toolkit_drivers, *data.minor_compat, *data.tf_builds))
 
 
 def test_tensorflow_2_21_build() -> None:
