@@ -1,0 +1,328 @@
+"""The real daemon process over its real socket: end to end against the testbed's sshd hosts
+(probe + preflight runner), the CLI's exit codes, events identical in store, jsonl and stream,
+the state-dir lock, SIGTERM, kill -9 and reconciliation, sd_notify."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from orchestrator.testbed import Testbed
+
+ROOT = Path(__file__).resolve().parent.parent
+ORCHESTRATOR = str(Path(sys.executable).parent / "orchestrator")
+LOCKS = Path(__file__).parent / "fixtures" / "locks"
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[str]
+    config: Path
+    socket: Path
+    state_dir: Path
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)),
+                            base_url="http://orchestrator", timeout=60)
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([ORCHESTRATOR, *args, "--socket", str(self.socket)],
+                              capture_output=True, text=True, timeout=timeout, check=False)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout=10)
+
+
+def write_config(tmp: Path, extra: str = "") -> Path:
+    config = tmp / "orchestrator.toml"
+    config.write_text(f'state_dir = "state"\nsocket = "o.sock"\n{extra}')
+    return config
+
+
+def start(config: Path, env: dict[str, str] | None = None, wait: bool = True) -> Daemon:
+    base = config.parent
+    proc = subprocess.Popen([ORCHESTRATOR, "daemon", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})}, cwd=base)
+    daemon = Daemon(proc, config, base / "o.sock", base / "state")
+    if wait:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"daemon exited {proc.returncode}: {proc.stderr.read()}")
+            if _listening(daemon.socket):
+                with daemon.http() as http:
+                    if http.get("/healthz").status_code == 200:
+                        return daemon
+            time.sleep(0.05)
+        daemon.stop(signal.SIGKILL)
+        raise AssertionError("daemon did not answer within 60 s")
+    return daemon
+
+
+def _listening(path: Path) -> bool:
+    # A plain connect first: a stale socket file left by kill -9 refuses connections.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture
+def daemons() -> Iterator[Callable[..., Daemon]]:
+    started: list[Daemon] = []
+
+    def make(config: Path, env: dict[str, str] | None = None, wait: bool = True) -> Daemon:
+        daemon = start(config, env, wait)
+        started.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in started:
+        daemon.stop()
+        for stream in (daemon.proc.stdout, daemon.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def write_spec(directory: Path, targets: list[str], *, name: str = "fraud-detector",
+               lock: str = "tensorflow-2.21-gpu.lock", gpu: bool = True) -> Path:
+    import hashlib
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "model.joblib").write_bytes(b"a model the probe runner never loads\n")
+    (directory / "golden.npz").write_bytes(b"golden\n")
+    shutil.copy(LOCKS / lock, directory / "requirements.lock")
+    sha = hashlib.sha256((directory / "model.joblib").read_bytes()).hexdigest()
+    spec = directory / "spec.yaml"
+    spec.write_text(
+        f"apiVersion: orchestrator/v1\nkind: Deployment\nname: {name}\n"
+        f"model: {{path: model.joblib, format: joblib, sha256: {sha}}}\n"
+        'environment: {python: "3.11", requirements: requirements.lock}\n'
+        f"gpu: {{required: {str(gpu).lower()}, count: 1, min_compute_capability: '7.0'}}\n"
+        f"targets: [{', '.join(targets)}]\nverify: {{golden: golden.npz}}\n")
+    return spec
+
+
+def stored_events(daemon: Daemon, deployment: str) -> list[dict[str, Any]]:
+    with daemon.http() as http:
+        text = http.get(f"/v1/deployments/{deployment}/events").text
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def jsonl_events(daemon: Daemon, deployment: str) -> list[dict[str, Any]]:
+    path = daemon.state_dir / "logs" / f"{deployment}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_submit_follow_status_end_to_end_on_the_testbed(
+        testbed: Testbed, tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
+    h100 = testbed.hosts_with("h100")[0].name
+    old = testbed.hosts_with("old-driver")[0].name
+    config = write_config(tmp_path, f'inventory = "{testbed.inventory_path}"\n'
+                                    f'known_hosts = "{testbed.known_hosts_path}"\n'
+                                    f'identity = "{testbed.identity_path}"\n')
+    daemon = daemons(config)
+
+    # A fleet where one host's driver is too old: submit --follow exits 3.
+    spec = write_spec(tmp_path / "spec", [h100, old])
+    result = daemon.cli("submit", str(spec), "--follow", "--json")
+    assert result.returncode == 3, result.stderr
+    streamed = [json.loads(line) for line in result.stdout.splitlines()]
+    deployment = streamed[0]["deployment"]
+    assert [e["seq"] for e in streamed] == list(range(1, len(streamed) + 1))
+    assert streamed == stored_events(daemon, deployment) == jsonl_events(daemon, deployment)
+
+    steps = [(e["host"], e["step"], e["status"]) for e in streamed if e["event"] == "step"]
+    for host in (h100, old):
+        mine = [(s, st) for h, s, st in steps if h == host]
+        assert mine[:2] == [("probe", "running"), ("probe", "ok")]
+        assert mine[2] == ("preflight", "running")
+    assert (old, "preflight", "failed") in steps and (h100, "preflight", "ok") in steps
+    failed = next(e for e in streamed if e["host"] == old and e["status"] == "failed")
+    assert "supports CUDA up to 11.4" in failed["reason"]
+    assert streamed[-1]["event"] == "deployment" and streamed[-1]["status"] == "failed"
+
+    status = json.loads(daemon.cli("status", deployment, "--json").stdout)
+    assert status["state"] == "failed" and old in status["result"]["reason"]
+    assert status["hosts"][h100]["state"] == "ok" and status["hosts"][old]["state"] == "failed"
+    hosts = {h["host"]: h for h in json.loads(daemon.cli("hosts", "--json").stdout)}
+    assert hosts[h100]["status"] == "healthy" and hosts[h100]["facts"]["gpus"]
+
+    # The good host alone: --wait exits 0; plain text when piped.
+    ok = daemon.cli("submit", str(write_spec(tmp_path / "ok", [h100])), "--wait")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("submitted ") and "\x1b[" not in ok.stdout
+    listing = daemon.cli("status")
+    assert listing.returncode == 0 and "succeeded" in listing.stdout and "failed" in listing.stdout
+    logs = daemon.cli("logs", deployment, "--host", old)
+    assert logs.returncode == 0 and f" {old} preflight failed" in logs.stdout
+    assert h100 not in logs.stdout
+
+
+def test_verify_probes_named_hosts_and_reports_status(
+        testbed: Testbed, tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
+    no_driver = testbed.hosts_with("no-driver")[0].name
+    h100 = testbed.hosts_with("h100")[0].name
+    daemon = daemons(write_config(tmp_path, f'inventory = "{testbed.inventory_path}"\n'))
+    result = daemon.cli("verify", h100, no_driver, "--json")
+    assert result.returncode == 0, result.stderr
+    status = {h["host"]: h["status"] for h in json.loads(result.stdout)}
+    assert status == {h100: "healthy", no_driver: "degraded"}
+    unknown = daemon.cli("verify", "no-such-host")
+    assert unknown.returncode == 2 and "unknown host or group 'no-such-host'" in unknown.stderr
+
+
+def test_invalid_spec_and_unknown_id_exit_2(tmp_path: Path,
+                                            daemons: Callable[..., Daemon]) -> None:
+    daemon = daemons(write_config(tmp_path))
+    spec = write_spec(tmp_path / "spec", ["x"])
+    spec.write_text(spec.read_text().replace("kind: Deployment", "kind: Deploymnet"))
+    bad = daemon.cli("submit", str(spec), "--wait")
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("error: spec.yaml:2: kind:") and len(bad.stderr.splitlines()) == 1
+    missing = daemon.cli("logs", "deadbeef")
+    assert missing.returncode == 2 and "no deployment 'deadbeef'" in missing.stderr
+
+
+def test_second_daemon_on_the_state_dir_refuses(tmp_path: Path,
+                                               daemons: Callable[..., Daemon]) -> None:
+    first = daemons(write_config(tmp_path))
+    other = tmp_path / "other"
+    other.mkdir()
+    config = other / "orchestrator.toml"
+    config.write_text(f'state_dir = "{first.state_dir}"\nsocket = "o.sock"\n')
+    second = start(config, wait=False)
+    code = second.proc.wait(timeout=60)
+    stderr = second.proc.communicate()[1]
+    assert code == 1 and "already uses the state dir" in stderr
+    assert len([x for x in stderr.splitlines() if x.startswith("error:")]) == 1
+    with first.http() as http:  # the first is untouched
+        assert http.get("/healthz").json()["ok"] is True
+
+
+def test_client_without_daemon_is_one_clear_line(tmp_path: Path) -> None:
+    result = subprocess.run([ORCHESTRATOR, "status", "--socket", str(tmp_path / "none.sock")],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: no orchestrator daemon answers on")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_bad_config_exits_2_naming_file_and_field(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "max_parallel_deployment = 3\n")
+    result = subprocess.run([ORCHESTRATOR, "daemon", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert f"{config}: max_parallel_deployment: unknown key" in result.stderr
+    config.write_text('state_dir = "s"\nsocket = = 1\n')
+    result = subprocess.run([ORCHESTRATOR, "daemon", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2 and f"{config}:2: not valid TOML" in result.stderr
+
+
+ECHO = 'runner = "orchestrator.runner:EchoRunner"\n'
+
+
+def test_kill_9_then_restart_reconciles_and_loses_no_event(
+        tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
+    config = write_config(tmp_path, ECHO)
+    daemon = daemons(config, env={"ORCHESTRATOR_ECHO_DELAY_S": "0.2"})
+    spec = write_spec(tmp_path / "spec", ["h1", "h2"])
+    submitted = json.loads(daemon.cli("submit", str(spec), "--json").stdout)
+    deployment = submitted["id"]
+    deadline = time.monotonic() + 30
+    while len(stored_events(daemon, deployment)) < 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    before = stored_events(daemon, deployment)
+    daemon.proc.kill()
+    daemon.proc.wait(timeout=30)
+
+    restarted = daemons(config)
+    with restarted.http() as http:
+        record = http.get(f"/v1/deployments/{deployment}").json()
+    assert record["state"] == "failed"
+    assert "daemon restarted" in record["result"]["reason"]
+    after = stored_events(restarted, deployment)
+    assert after[:len(before)] == before  # nothing written before the kill is lost
+    assert [e["seq"] for e in after] == list(range(1, len(after) + 1))
+    tail = after[len(before):]
+    assert ("reconcile", "started") in [(e["event"], e["status"]) for e in tail]
+    assert tail[-1]["event"] == "deployment" and tail[-1]["status"] == "failed"
+    assert jsonl_events(restarted, deployment)[:len(before)] == before
+    running = [s for h in record["hosts"].values() for s in h["steps"] if s["state"] == "running"]
+    assert running == []  # the interrupted step is recorded as failed, not left running
+
+
+def test_sigterm_finishes_cleanly_and_removes_the_socket(
+        tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
+    daemon = daemons(write_config(tmp_path, ECHO), env={"ORCHESTRATOR_ECHO_DELAY_S": "0.1"})
+    assert oct(daemon.socket.stat().st_mode & 0o777) == "0o660"
+    spec = write_spec(tmp_path / "spec", ["h1"])
+    deployment = json.loads(daemon.cli("submit", str(spec), "--json").stdout)["id"]
+    time.sleep(0.3)
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert not daemon.socket.exists()
+    log = (daemon.state_dir / "logs" / "daemon.log").read_text().splitlines()
+    assert json.loads(log[-1])["event"] == "stopped"
+    events = jsonl_events(daemon, deployment)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+
+
+def test_sd_notify_ready_and_watchdog(tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
+    notify = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(notify))
+        sock.settimeout(30)
+        daemons(write_config(tmp_path, ECHO),
+                env={"NOTIFY_SOCKET": str(notify), "WATCHDOG_USEC": "200000"})
+        messages = set()
+        while not {"READY=1", "WATCHDOG=1"} <= messages:
+            messages |= set(sock.recv(4096).decode().splitlines())
+    assert "READY=1" in messages and "WATCHDOG=1" in messages
+
+
+def test_a_slow_follower_gets_every_event_and_does_not_slow_the_rollout(
+        tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
+    daemon = daemons(write_config(tmp_path, ECHO), env={"ORCHESTRATOR_ECHO_DELAY_S": "0"})
+    hosts = [f"h{i}" for i in range(40)]  # 40 hosts x 7 steps x 2 = 560 step events
+    deployment = json.loads(daemon.cli("submit", str(write_spec(tmp_path / "s", hosts)),
+                                       "--json").stdout)["id"]
+    with daemon.http() as http, http.stream(
+            "GET", f"/v1/deployments/{deployment}/events", params={"follow": True},
+            timeout=60) as stream:
+        lines = stream.iter_lines()
+        first = json.loads(next(lines))
+        # Stop reading: the daemon must finish the rollout regardless.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if http.get(f"/v1/deployments/{deployment}").json()["state"] == "succeeded":
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the rollout stalled behind a slow follower")
+        rest = [json.loads(line) for line in lines if line]
+    got = [first, *rest]
+    assert got == stored_events(daemon, deployment)
+    assert [e["seq"] for e in got] == list(range(1, 564))  # queued, running, 560, succeeded
