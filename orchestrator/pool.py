@@ -65,6 +65,7 @@ def _call(fn: Callable[[H], T], host: H) -> T | HostError:
 class _Slot:
     transport: Transport | None = None  # None while the connection is being opened
     busy: bool = False
+    owner: int = 0  # thread holding the session: a nested session there would wait forever
     last_used: int = 0
 
 
@@ -121,6 +122,9 @@ class Pool:
                 slot = self._slots.get(name)
                 if slot is not None and not slot.busy:
                     break
+                if slot is not None and slot.owner == threading.get_ident():
+                    raise RuntimeError(f"nested pool.session({name!r}) in one thread: reuse "
+                                       "the transport of the enclosing session")
                 if slot is None and len(self._slots) < self.max_connections:
                     slot = self._slots[name] = _Slot()
                     break
@@ -130,7 +134,7 @@ class Pool:
                         evicted.append(idle.transport)
                     continue
                 self._cond.wait()
-            slot.busy = True
+            slot.busy, slot.owner = True, threading.get_ident()
             return slot, evicted
 
     def _idle_victim(self) -> str | None:
@@ -142,7 +146,7 @@ class Pool:
             slot.transport.close()  # the pool was closed while this session ran
         with self._cond:
             self._clock += 1
-            slot.busy, slot.last_used = False, self._clock
+            slot.busy, slot.owner, slot.last_used = False, 0, self._clock
             if slot.transport is None and self._slots.get(name) is slot:
                 del self._slots[name]  # the connect failed: free the place for others
             self._cond.notify_all()

@@ -259,6 +259,8 @@ def test_pool_bounds_open_connections_and_reopens_a_dead_one(
         assert results == {h.name: h.name for h in hosts}
         assert max(seen) <= 2
         with pool.session(hosts[0]) as t:
+            with pytest.raises(RuntimeError, match="nested"), pool.session(hosts[0]):
+                pass  # waiting for itself would hang: refused at once
             t.close()
         before = pool.connects
         with pool.session(hosts[0]) as t:
