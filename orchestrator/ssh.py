@@ -9,9 +9,11 @@ Host keys are checked against the orchestrator's own known_hosts file only: neve
 the command that trusts it; a changed key is refused with both fingerprints. `fetch_host_key`
 and `append_known_host` are what `orchestrator trust` uses to make trusting explicit.
 
-Each command runs as `echo $$; <quoted argv>` in the session sshd starts with setsid(), so the
-first stdout line is the remote process-group id: on a timeout or an output overflow the whole
-group is killed (over a second channel) before the channel is closed, so nothing is left running.
+Each command runs as `echo orchestrator-pgid:$$; <quoted argv>` in the session sshd starts with
+setsid(), so the first stdout line is the remote process-group id: on a timeout or an output
+overflow the whole group is killed (over a second channel) before the channel is closed, so
+nothing is left running. (A connection that drops mid-command cannot do that: the command then
+runs on until it ends or writes to its closed output.)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import hashlib
 import io
 import os
 import posixpath
+import re
 import select
 import socket
 import stat
@@ -57,6 +60,10 @@ _KILL_GROUP = (
     "    time.sleep(0.2)\n"
 )
 _READ_CHUNK = 1 << 16
+# The first line each command prints: its process group id, which a timeout kills.
+_PGID_MARKER = "orchestrator-pgid:"
+_PGID_LINE = re.compile(rb"(?:^|\n)" + _PGID_MARKER.encode() + rb"(\d+)\n")
+_MAX_HEAD = 1 << 16
 
 
 class HostAddress(Protocol):
@@ -203,23 +210,28 @@ def _describe(exc: BaseException) -> str:
 
 
 class _Capture:
-    """Collects one output stream up to a cap; stdout also strips the leading pid line."""
+    """Collects one output stream up to a cap. For stdout it first looks for the process-group
+    marker line the command wrapper prints, and drops it with anything a login rc file printed
+    before it (noise that would otherwise corrupt a script's JSON)."""
 
-    def __init__(self, limit: int, pid_line: bool) -> None:
-        self.limit, self.pid_line = limit, pid_line
+    def __init__(self, limit: int, marked: bool) -> None:
+        self.limit = limit
         self.chunks: list[bytes] = []
         self.size = 0
         self.pid: int | None = None
-        self._head = b""
+        self._head: bytes | None = b"" if marked else None  # None once the marker is behind us
 
     def add(self, data: bytes) -> None:
-        if self.pid_line:
+        if self._head is not None:
             self._head += data
-            if b"\n" not in self._head:
+            found = _PGID_LINE.search(self._head)
+            if found is None and len(self._head) <= _MAX_HEAD:
                 return
-            first, _, data = self._head.partition(b"\n")
-            self.pid_line, self._head = False, b""
-            self.pid = int(first) if first.strip().isdigit() else None
+            if found is not None:
+                self.pid, data = int(found.group(1)), self._head[found.end() :]
+            else:  # no marker (an exotic login shell): keep everything as output
+                data = self._head
+            self._head = None
         self.chunks.append(data)
         self.size += len(data)
 
@@ -228,7 +240,8 @@ class _Capture:
         return self.size > self.limit
 
     def text(self) -> str:
-        return b"".join(self.chunks).decode("utf-8", "replace")
+        rest = self._head or b""  # the marker never came: what we held back is output
+        return (b"".join(self.chunks) + rest).decode("utf-8", "replace")
 
 
 class SshTransport:
@@ -260,8 +273,8 @@ class SshTransport:
         started = time.monotonic()
         chan = self._open_channel()
         try:
-            chan.exec_command(f"echo $$; {command}")
-            out, err = _Capture(limit, pid_line=True), _Capture(limit, pid_line=False)
+            chan.exec_command(f"echo {_PGID_MARKER}$$; {command}")
+            out, err = _Capture(limit, marked=True), _Capture(limit, marked=False)
             exit_code = self._pump(chan, command, stdin, out, err, started + budget, budget)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise HostUnreachable(self.host, f"connection lost running {command}: {exc}") from exc
