@@ -257,12 +257,15 @@ def _version_gate(result: WarmupResult, allow: bool) -> Gate:
 
 def _gpu_gate(result: WarmupResult) -> Gate:
     gpu = result.gpu
-    if gpu is None:
+    if gpu is None:  # only a runner killed from outside reports no GPU section at all
         return Gate("gpu", False, f"GPU not checked (runner stopped during {result.phase})")
     required, message = bool(gpu.get("required")), str(gpu.get("message", ""))
     if not required:
         return Gate("gpu", True, f"GPU not required ({message})" if message else "not required")
-    if gpu.get("ok") is None:
+    if gpu.get("checked") is False:
+        return Gate("gpu", False, f"GPU required but not checked (runner stopped during "
+                                  f"{result.phase})")
+    if gpu.get("ok") is None:  # a framework that never runs on a GPU (scikit-learn)
         return Gate("gpu", True, message)
     return Gate("gpu", bool(gpu.get("ok")), message)
 

@@ -119,12 +119,17 @@ def test_zero_samples_fails(tmp_path: Path) -> None:
 
 def test_load_failure_names_the_exception(tmp_path: Path) -> None:
     err = {"type": "ValueError", "message": "invalid literal", "phase": "load"}
-    raw = with_(ok=False, phase="load", error=err, golden=None, gpu=None, latency=None,
+    unchecked = {"required": False, "checked": False, "ok": None, "message": "not checked"}
+    raw = with_(ok=False, phase="load", error=err, golden=None, gpu=unchecked, latency=None,
                 load={"ok": False, "seconds": 0.1, "error": err})
     got = gates(result_from_raw("h1", raw), spec(tmp_path).verify)
     bad = {g.name for g in got if not g.passed}
-    assert bad == {"run", "load", "golden", "gpu", "samples"}
+    assert bad == {"run", "load", "golden", "samples"}  # GPU: not required, so not a failure
     assert by_name(got)["load"].message == "model failed to load: ValueError: invalid literal"
+    raw["gpu"] = dict(unchecked, required=True)
+    gpu = by_name(gates(result_from_raw("h1", raw), spec(tmp_path, gpu=True).verify))["gpu"]
+    assert not gpu.passed and gpu.message == "GPU required but not checked (runner stopped " \
+                                             "during load)"
 
 
 def test_golden_mismatch_is_a_failed_gate(tmp_path: Path) -> None:

@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +27,7 @@ from tests import models
 
 RUNNER = Path(__file__).resolve().parent.parent / "orchestrator" / "remote" / "warmup.py"
 VENV_PYTHON = sys.executable  # the dev venv: numpy, TensorFlow, scikit-learn
+SYSTEM_PYTHON = "/usr/bin/python3"  # what the testbed hosts run as python3: stdlib only
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +182,43 @@ def test_bad_request_is_one_json_line_and_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2
     result = parse_result("local", proc.stdout)
     assert result.error and "unknown format 'onnx'" in result.error["message"]
+
+
+def test_runner_is_stdlib_only_at_top_level_and_py39_syntax(tmp_path: Path) -> None:
+    ast.parse(RUNNER.read_text(), feature_version=(3, 9))
+    model, golden = models.make_raising_model(tmp_path)  # any path: numpy is missing first
+    path = tmp_path / "req.json"
+    path.write_text(WarmupRequest(str(model), "joblib", str(golden)).to_json())
+    proc = subprocess.run([SYSTEM_PYTHON, str(RUNNER), str(path)], capture_output=True, text=True,
+                          start_new_session=True, timeout=60)  # a host's python3: no numpy
+    result = parse_result("local", proc.stdout)
+    assert proc.returncode == 1 and result.error is not None
+    assert result.error["type"] == "ModuleNotFoundError" and "numpy" in result.error["message"]
+    assert result.environment["executable"] == SYSTEM_PYTHON
+
+
+def test_dlopen_failures_on_stderr_are_named_in_the_gpu_verdict() -> None:
+    runner: Any = importlib.import_module("orchestrator.remote.warmup")
+    channel = runner.Channel()
+    with tempfile.TemporaryFile() as log:
+        log.write(b"2026 W dso_loader.cc:64] Could not load dynamic library 'libcudnn.so.9';"
+                  b" dlerror: libcudnn.so.9: cannot open shared object file\nother line\n")
+        log.flush()
+        channel.log = log
+        read_fd, channel.out_fd = os.pipe()
+        result = {"schema": 1, "ok": False, "phase": "done", "error": None, "findings": [],
+                  "gpu": {"required": True, "checked": True, "ok": False,
+                          "message": "model does not run on a GPU: GPUs listed: none"}}
+        assert channel.emit(result) and not channel.emit(result)  # once only
+    os.close(channel.out_fd)
+    with os.fdopen(read_fd) as pipe:
+        parsed = parse_result("h", pipe.read())
+    assert parsed.gpu is not None
+    assert parsed.gpu["missing_libraries"] == [
+        "2026 W dso_loader.cc:64] Could not load dynamic library 'libcudnn.so.9'; dlerror: "
+        "libcudnn.so.9: cannot open shared object file"]
+    gate = by_name(gates(parsed, {}))["gpu"]
+    assert not gate.passed and "Could not load dynamic library 'libcudnn.so.9'" in gate.message
 
 
 # ---------------------------------------------------------------- over SSH, on the testbed

@@ -373,11 +373,11 @@ def summarize(durations_ns, batch_size):
         return {"samples": 0}
     ms = sorted(d / 1e6 for d in durations_ns)
     total_s = sum(durations_ns) / 1e9
-    out = {"samples": len(ms), "batch_size": batch_size, "max_ms": ms[-1],
-           "mean_ms": sum(ms) / len(ms),
-           "throughput_per_s": len(ms) * batch_size / total_s if total_s > 0 else None}
+    out = {"samples": len(ms), "batch_size": batch_size, "max_ms": round(ms[-1], 4),
+           "mean_ms": round(sum(ms) / len(ms), 4),
+           "throughput_per_s": round(len(ms) * batch_size / total_s, 2) if total_s > 0 else None}
     for q in (50, 90, 95, 99):
-        out[f"p{q}_ms"] = percentile(ms, q)
+        out[f"p{q}_ms"] = round(percentile(ms, q), 4)  # 100 ns: below the clock's noise anyway
     return out
 
 
@@ -404,8 +404,9 @@ def tensorflow_gpu(tf, devices, required):
         tf.__version__, tf.test.is_built_with_cuda(), info.get("cuda_version", "none"),
         info.get("cudnn_version", "none"), ", ".join(gpus) or "none",
         ", ".join(devices) or "unknown")
-    return {"required": required, "ok": ok, "gpus": gpus, "output_devices": devices,
-            "built_with_cuda": bool(tf.test.is_built_with_cuda()), "build_info": info,
+    return {"required": required, "checked": True, "ok": ok, "gpus": gpus,
+            "output_devices": devices, "built_with_cuda": bool(tf.test.is_built_with_cuda()),
+            "build_info": info,
             "message": ("model runs on the GPU: " if ok else "model does not run on a GPU: ") + saw}
 
 
@@ -643,7 +644,9 @@ def verify(request, state):
     """Load -> cold call -> golden -> GPU -> warmup -> timed calls; each phase into `state`."""
     for entry in reversed(request["sys_path"]):
         sys.path.insert(0, entry)
-    state.set(phase="load")
+    required = bool(request["gpu_required"])
+    state.set(phase="load", gpu={"required": required, "checked": False, "ok": None,
+                                 "message": "not checked: the runner stopped before the GPU check"})
     t0 = time.perf_counter()
     try:
         inputs, expected = read_golden(request["golden_path"])
@@ -676,7 +679,7 @@ def measure(model, inputs, expected, request, state):
         prepared = [model.prepare(x) for x in batches(inputs, b, iters + warm)]
         t0 = time.perf_counter_ns()
         model.run(prepared[0])
-        cold_ms = (time.perf_counter_ns() - t0) / 1e6
+        cold_ms = round((time.perf_counter_ns() - t0) / 1e6, 4)
         state.set(phase="golden", latency={"cold_start_ms": cold_ms, "samples": 0})
         got = model.run(model.prepare(inputs))
         golden = compare_golden(expected, got, float(request["rtol"]), float(request["atol"]))
@@ -698,7 +701,7 @@ def check_gpu(model, prepared, request, state):
     required = bool(request["gpu_required"])
     tf = getattr(model, "tf", None)
     if tf is None:
-        state.set(gpu={"required": required, "ok": None,
+        state.set(gpu={"required": required, "checked": True, "ok": None,
                        "message": "not applicable: {} runs on the CPU".format(request["format"])})
         return True
     gpu = tensorflow_gpu(tf, model.devices(prepared), required)
