@@ -340,6 +340,13 @@ def test_committed_json_schema_is_current() -> None:
         "docs/spec.schema.json is stale: run `orchestrator schema > docs/spec.schema.json`")
 
 
+def test_schema_command_prints_the_committed_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema"]) == 0
+    printed = capsys.readouterr().out
+    assert printed == (REPO / "docs" / "spec.schema.json").read_text()
+    assert json.loads(printed)["properties"]["verify"]["$ref"] == "#/$defs/Verify"
+
+
 def test_docs_describe_every_field() -> None:
     doc = (REPO / "docs" / "spec.md").read_text()
     for path in schema_field_paths(spec_json_schema()):
