@@ -293,7 +293,7 @@ def freeze(pids: Sequence[int], timeout: float = 2.0) -> list[int]:
     victims = list(pids)
     deadline = time.monotonic() + timeout
     while True:
-        _signal(victims, signal.SIGSTOP)
+        victims = _signal(victims, signal.SIGSTOP)
         while not all(_stopped(p) for p in victims) and time.monotonic() < deadline:
             time.sleep(0.005)
         new = [p for p in descendants(victims) if p not in victims]
@@ -310,10 +310,19 @@ def _stopped(pid: int) -> bool:
     return stat[stat.rindex(")") + 2:].split()[0] in ("T", "t", "Z", "X")
 
 
-def _signal(pids: Iterable[int], sig: signal.Signals) -> None:
+def _signal(pids: Iterable[int], sig: signal.Signals) -> list[int]:
+    """Signal each pid; returns those we may signal (another user's process is not ours)."""
+    ours = []
     for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
+        try:
             os.kill(pid, sig)
+        except ProcessLookupError:
+            ours.append(pid)  # already gone: nothing left to wait for, harmless to keep
+        except PermissionError:
+            continue
+        else:
+            ours.append(pid)
+    return ours
 
 
 def _reap(pid: int) -> None:
