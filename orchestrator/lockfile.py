@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from packaging.markers import InvalidMarker, Marker, default_environment
+from packaging.tags import Tag, compatible_tags, cpython_tags
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
 from orchestrator.errors import SpecError
 from orchestrator.treehash import hash_file
@@ -333,36 +335,62 @@ def target_environment(python: str | None = None, machine: str = "x86_64"
     return env
 
 
+def supported_tags(python: str, machine: str = "x86_64") -> frozenset[Tag]:
+    """Wheel tags a glibc Linux host with CPython `python` ("3.11") can install. Every manylinux
+    level is accepted: whether the host's glibc is new enough is the preflight's question."""
+    major, minor = (int(part) for part in python.split(".")[:2])
+    platforms = [f"manylinux_2_{n}_{machine}" for n in range(60, 4, -1)]
+    platforms += [f"manylinux{v}_{machine}" for v in ("2014", "2010", "1")] + [f"linux_{machine}"]
+    version = (major, minor)
+    return frozenset([*cpython_tags(version, platforms=platforms),
+                      *compatible_tags(version, f"cp{major}{minor}", platforms)])
+
+
 def check_wheelhouse(lock: Lock, directory: str | os.PathLike[str], *,
-                     environment: Mapping[str, str] | None = None) -> list[SpecError]:
-    """Every applying locked package has a wheel in `directory` whose sha256 is one of its
-    hashes, and `directory` holds nothing else the lock does not name. All problems returned."""
+                     environment: Mapping[str, str] | None = None,
+                     python: str | None = None, machine: str = "x86_64") -> list[SpecError]:
+    """Every locked package whose marker applies has a wheel in `directory` whose sha256 is one
+    of its hashes (and, given `python`, that installs on Linux `machine` with that Python), and
+    `directory` holds nothing the lock does not name. Returns every problem."""
     root = Path(directory)
-    env = environment if environment is not None else target_environment()
+    env = environment if environment is not None else target_environment(python, machine)
+    tags = supported_tags(python, machine) if python else None
     try:
         entries = sorted(os.scandir(root), key=lambda e: e.name)
     except OSError as exc:
         return [SpecError(f"cannot list the wheelhouse: {exc.strerror}", file=str(root))]
     by_hash = {h: pkg for pkg in lock.packages for h in pkg.hashes}
     covered: set[int] = set()
+    elsewhere: dict[int, list[str]] = {}  # locked wheels present, but for another platform
     errors: list[SpecError] = []
     for entry in entries:
         path = root / entry.name
-        if not entry.is_file(follow_symlinks=False) or not entry.name.endswith(".whl"):
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                raise InvalidWheelFilename(entry.name)
+            wheel_name, _, _, wheel_tags = parse_wheel_filename(entry.name)
+        except InvalidWheelFilename:
             errors.append(SpecError("not a wheel file; the wheelhouse holds only locked wheels",
                                     file=str(path)))
             continue
         digest = hash_file(path)
         pkg = by_hash.get(digest)
-        wheel_name = normalize_name(entry.name.split("-")[0])
         if pkg is None or pkg.name != wheel_name:
             errors.append(SpecError("wheel not named by the lock (no package has its sha256)",
-                                    file=str(path), field=wheel_name))
+                                    file=str(path), field=str(wheel_name)))
             continue
-        covered.update(id(p) for p in lock.packages if digest in p.hashes)
+        owners = [id(p) for p in lock.packages if digest in p.hashes]
+        if tags is None or wheel_tags & tags:
+            covered.update(owners)
+        else:
+            for owner in owners:
+                elsewhere.setdefault(owner, []).append(entry.name)
     for pkg in lock.packages:
         if id(pkg) not in covered and pkg.applies(env):
-            errors.append(SpecError(f"no wheel in {root} has one of the locked sha256 hashes "
-                                    f"of {pkg.name}=={pkg.version}", file=lock.file,
-                                    line=pkg.line, field=pkg.name))
+            target = f" installable on Linux {machine} with Python {python}" if python else ""
+            others = elsewhere.get(id(pkg))
+            note = f" (only for other platforms: {', '.join(others)})" if others else ""
+            errors.append(SpecError(f"no wheel in {root}{target} has one of the locked sha256 "
+                                    f"hashes of {pkg.name}=={pkg.version}{note}",
+                                    file=lock.file, line=pkg.line, field=pkg.name))
     return errors

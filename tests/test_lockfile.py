@@ -147,6 +147,30 @@ def test_wheelhouse_skips_packages_whose_marker_does_not_apply(tmp_path: Path) -
     assert [e.field for e in missing] == ["tomli"]
 
 
+def test_wheelhouse_needs_a_wheel_for_the_hosts_python_and_platform(tmp_path: Path) -> None:
+    # uv locks list the hashes of every platform's wheels: a wheelhouse filled on a Mac passes
+    # the hash check, and must still be refused for a Linux host.
+    mac = b"demo wheel for macOS"
+    linux = b"demo wheel for manylinux"
+    text = (f"demo==1.0 --hash=sha256:{hashlib.sha256(mac).hexdigest()} "
+            f"--hash=sha256:{hashlib.sha256(linux).hexdigest()}\n")
+    result = lint_requirements(text.encode(), "req.lock")
+    assert result.lock is not None
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "demo-1.0-cp311-cp311-macosx_14_0_arm64.whl").write_bytes(mac)
+    errors = check_wheelhouse(result.lock, wheels, python="3.11")
+    assert [str(e) for e in errors] == [
+        f"req.lock:1: demo: no wheel in {wheels} installable on Linux x86_64 with Python 3.11 "
+        "has one of the locked sha256 hashes of demo==1.0 (only for other platforms: "
+        "demo-1.0-cp311-cp311-macosx_14_0_arm64.whl)"]
+    assert check_wheelhouse(result.lock, wheels) == []  # without a target Python: hashes only
+    (wheels / "demo-1.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl") \
+        .write_bytes(linux)
+    assert check_wheelhouse(result.lock, wheels, python="3.11") == []
+    assert len(check_wheelhouse(result.lock, wheels, python="3.12")) == 1
+
+
 def test_same_package_with_different_markers_is_not_a_duplicate() -> None:
     text = (f'numpy==1.26.4 ; python_version < "3.12" --hash=sha256:{"a" * 64}\n'
             f'numpy==2.1.0 ; python_version >= "3.12" --hash=sha256:{"b" * 64}\n')

@@ -22,7 +22,7 @@ from typing import Any
 
 from orchestrator.errors import EXIT_INVALID, EXIT_OK, SpecError
 from orchestrator.inventory import load_inventory
-from orchestrator.lockfile import Lock, check_wheelhouse, lint_lock, target_environment
+from orchestrator.lockfile import Lock, check_wheelhouse, lint_lock
 from orchestrator.spec import Spec, load_spec
 from orchestrator.treehash import hash_path
 
@@ -67,8 +67,8 @@ def check_references(spec: Spec) -> tuple[list[SpecError], Lock | None]:
             errors.append(spec.error(("environment", "wheelhouse"),
                                      f"{wheelhouse} is not a directory"))
         elif result.lock is not None:
-            env = target_environment(spec.environment.python)
-            errors.extend(check_wheelhouse(result.lock, wheelhouse, environment=env))
+            errors.extend(check_wheelhouse(result.lock, wheelhouse,
+                                           python=spec.environment.python))
     return errors, result.lock
 
 
