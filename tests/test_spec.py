@@ -245,6 +245,24 @@ def test_validate_reports_every_problem_with_files(
     assert lines[-1] == f"{spec}: 3 problems"
 
 
+def test_validate_reports_missing_files_at_their_spec_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = copy_good(tmp_path)
+    for name in ("model.joblib", "requirements.lock", "golden.npz"):
+        (tmp_path / name).unlink()
+    code, _, err = run_cli(["validate", str(spec)], capsys)
+    assert code == 2
+    assert err.splitlines() == [
+        f"error: {spec}:7: model.path: {tmp_path.resolve() / 'model.joblib'} does not exist",
+        f"error: {spec}:12: environment.requirements: {tmp_path.resolve() / 'requirements.lock'}"
+        " does not exist or is not a file",
+        f"error: {spec}:18: verify.golden: {tmp_path.resolve() / 'golden.npz'} does not exist "
+        "or is not a file",
+        f"{spec}: 3 problems",
+    ]
+
+
 def test_validate_checks_the_wheelhouse(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                         ) -> None:
     spec = copy_good(tmp_path)

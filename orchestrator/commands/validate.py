@@ -58,18 +58,26 @@ def run(args: argparse.Namespace) -> int:
 def check_references(spec: Spec) -> tuple[list[SpecError], Lock | None]:
     """Every problem with the files `spec` names, and the lock when it lints clean."""
     errors = _check_model(spec)
-    result = lint_lock(spec.paths.requirements)
-    errors.extend(result.errors)
+    lock_path, lock = spec.paths.requirements, None
+    if not lock_path.is_file():
+        errors.append(spec.error(("environment", "requirements"),
+                                 f"{lock_path} does not exist or is not a file"))
+    else:
+        try:
+            result = lint_lock(lock_path)
+            errors.extend(result.errors)
+            lock = result.lock
+        except SpecError as exc:  # unreadable or over the size limit
+            errors.append(exc)
     errors.extend(_check_golden(spec))
     wheelhouse = spec.paths.wheelhouse
     if wheelhouse is not None:
         if not wheelhouse.is_dir():
             errors.append(spec.error(("environment", "wheelhouse"),
                                      f"{wheelhouse} is not a directory"))
-        elif result.lock is not None:
-            errors.extend(check_wheelhouse(result.lock, wheelhouse,
-                                           python=spec.environment.python))
-    return errors, result.lock
+        elif lock is not None:
+            errors.extend(check_wheelhouse(lock, wheelhouse, python=spec.environment.python))
+    return errors, lock
 
 
 def _check_model(spec: Spec) -> list[SpecError]:
