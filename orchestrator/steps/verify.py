@@ -38,7 +38,7 @@ def verify_release(transport: Transport, tools: RemoteTools, spec: Any, *, pytho
     request = WarmupRequest.from_spec(
         spec, model_path=remote_model_path(release_path, spec.paths.model), golden_path=golden,
         deadline_s=budget)
-    result = run_warmup(transport, python, tools.root, request, timeout=deadline.timeout())
+    result = run_warmup(transport, python, tools, request, timeout=deadline.timeout())
     base = result_from_raw(transport.host, baseline) if baseline else None
     verdicts = gates(result, spec.verify, base)
     failed = [g for g in verdicts if not g.passed]

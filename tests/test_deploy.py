@@ -1,0 +1,321 @@
+"""The deploy pipeline against the testbed's real sshd hosts, with real uv installs.
+
+The lock is small and real (numpy + scikit-learn + scipy, tests/fixtures/deploy/sklearn.lock),
+the model a real scikit-learn estimator (tests/models.py) checked against its golden file in the
+venv the pipeline built on the host. Wheels come from a controller wheel cache that persists
+between runs (~/.cache/orchestrator/test-wheelcache: downloaded from PyPI once), so only the first
+run on a machine pays for the download. Every test uses its own app name; they share the
+content-addressed venv on the host, which is the point of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import threading
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.deploy import DeployResult, deploy, prepare
+from orchestrator.hostops import HostOps
+from orchestrator.inventory import Host, Inventory, load_inventory
+from orchestrator.pipeline import HostStatus
+from orchestrator.pool import Pool
+from orchestrator.spec import load_spec
+from orchestrator.ssh import SshOptions
+from orchestrator.steps import hostlock
+from orchestrator.testbed import Testbed
+from orchestrator.treehash import hash_path
+from orchestrator.wheelcache import WheelCache, platform_tags
+from tests import models
+
+LOCK = Path(__file__).parent / "fixtures" / "deploy" / "sklearn.lock"
+WHEEL_CACHE = Path.home() / ".cache" / "orchestrator" / "test-wheelcache"
+HOST = "tb-01"
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def emit(self, event: str, *, host: str | None = None, step: str | None = None,
+             status: str | None = None, duration_ms: float | None = None, level: str = "info",
+             **details: Any) -> None:
+        with self._lock:
+            self.events.append({"event": event, "host": host, "step": step, "status": status,
+                                "duration_ms": duration_ms, "level": level, **details})
+
+    def find(self, step: str, status: str) -> dict[str, Any]:
+        return next(e for e in self.events if e["step"] == step and e["status"] == status)
+
+
+@pytest.fixture(scope="module")
+def inventory(testbed: Testbed) -> Inventory:
+    return load_inventory(testbed.inventory_path)
+
+
+@pytest.fixture(scope="module")
+def pool(inventory: Inventory) -> Iterator[Pool]:
+    with Pool(SshOptions.for_inventory(inventory), max_connections=8) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """v1 (model.joblib + golden.npz) and v2 (changed.joblib + golden-v2.npz, its own golden)."""
+    d = tmp_path_factory.mktemp("models")
+    models.make_joblib(d, changed_weight=True)
+    from orchestrator import golden
+
+    golden.record(d / "changed.joblib", "joblib", d / "inputs.npz", d / "golden-v2.npz",
+                  method="predict_proba")
+    return d
+
+
+def write_spec(root: Path, app: str, model: Path, golden: Path, *, lock: Path = LOCK,
+               model_name: str = "model.joblib", extra: str = "",
+               wheelhouse: Path | None = None) -> Path:
+    """A spec folder holding the model, golden and lock (paths must be inside it)."""
+    d = root / app
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.copy(model, d / model_name)
+    shutil.copy(golden, d / "golden.npz")
+    shutil.copy(lock, d / "requirements.lock")
+    wh = ""
+    if wheelhouse is not None:
+        shutil.copytree(wheelhouse, d / "wheels")
+        wh = "\n  wheelhouse: wheels"
+    text = f"""\
+apiVersion: orchestrator/v1
+kind: Deployment
+name: {app}
+model: {{path: {model_name}, format: joblib, sha256: {hash_path(d / model_name)}}}
+environment:
+  python: "3.11"
+  requirements: requirements.lock{wh}
+targets: [{HOST}]
+verify:
+  golden: golden.npz
+  method: predict_proba
+  warmup_iterations: 2
+  iterations: 20
+  timeout_s: 120
+release: {{keep: 3}}
+{extra}"""
+    (d / "spec.yaml").write_text(text)
+    return d / "spec.yaml"
+
+
+def run(spec_path: Path, inventory: Inventory, pool: Pool, *, hosts: list[str] | None = None,
+        installer: str = "uv") -> tuple[DeployResult, Sink]:
+    spec = load_spec(spec_path)
+    sink = Sink()
+    inputs = prepare(spec, installer=installer, wheel_cache=WHEEL_CACHE)
+    targets = inventory.resolve(hosts or [HOST])
+    return deploy(inputs, targets, pool=pool, sink=sink), sink
+
+
+def cached_wheels() -> dict[str, Any]:
+    """{filename: Wheel} of the lock's wheels for the testbed's Python and platform."""
+    wheels = WheelCache(WHEEL_CACHE).fill(LOCK, "3.11", platform_tags("x86_64", "glibc 2.36"))
+    return {w.filename: w for w in wheels.values()}
+
+
+def wheel_of(name: str) -> Any:
+    return next(w for f, w in cached_wheels().items() if f.startswith(f"{name}-"))
+
+
+def app_state(pool: Pool, host: Host, app: str) -> Any:
+    with pool.session(host) as t:
+        return HostOps(t, host.deploy_root).state(app)
+
+
+def releases(pool: Pool, host: Host, app: str) -> dict[str, str]:
+    with pool.session(host) as t:
+        return {r.release_id: r.state for r in HostOps(t, host.deploy_root).releases(app)}
+
+
+def venv_dirs(host: Host) -> set[str]:
+    # The testbed's hosts are this machine: their deploy roots are local directories.
+    d = Path(host.deploy_root) / ".orchestrator" / "venvs"
+    return {p.name for p in d.iterdir() if p.is_dir()} if d.is_dir() else set()
+
+
+def test_fresh_host_then_new_model_reuses_venv_and_keeps_rollback_target(
+        inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path) -> None:
+    host = inventory.hosts[HOST]
+    first, sink1 = run(write_spec(tmp_path / "v1", "fraud", models_dir / "model.joblib",
+                                  models_dir / "golden.npz"), inventory, pool)
+    r1 = first.hosts[HOST]
+    assert r1.status is HostStatus.SUCCEEDED, r1.error
+    state = app_state(pool, host, "fraud")
+    assert state.current == first.release_id and state.current_resolves
+    assert (Path(host.deploy_root) / "fraud" / "current" / "manifest.json").is_file()
+    steps = [e["step"] for e in sink1.events if e["event"] == "step" and e["status"] == "ok"]
+    assert steps == ["probe", "preflight", "stage", "install", "verify", "switch", "check",
+                     "prune"]
+
+    second, sink2 = run(write_spec(tmp_path / "v2", "fraud", models_dir / "changed.joblib",
+                                   models_dir / "golden-v2.npz", model_name="model-v2.joblib"),
+                        inventory, pool)
+    assert second.hosts[HOST].status is HostStatus.SUCCEEDED, second.hosts[HOST].error
+    assert sink2.find("install", "ok")["reused"] is True
+    assert sink2.find("stage", "ok")["wheels_pushed"] == 0
+    assert sink2.find("install", "ok")["env_hash"] == sink1.find("install", "ok")["env_hash"]
+    state = app_state(pool, host, "fraud")
+    assert state.current == second.release_id != first.release_id
+    assert state.previous_good == first.release_id
+    assert releases(pool, host, "fraud") == {first.release_id: "previous-good",
+                                             second.release_id: "current"}
+    manifest = (Path(host.deploy_root) / "fraud" / "current" / "manifest.json").read_text()
+    for key in ("spec_digest", "model_sha256", "lock_sha256", "env_hash", "pip_freeze",
+                "warmup", "facts"):
+        assert f'"{key}"' in manifest
+    assert "scikit-learn==1.9.1" in manifest
+
+
+def test_model_failing_golden_leaves_previous_release_serving(
+        inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path) -> None:
+    host = inventory.hosts[HOST]
+    good, _ = run(write_spec(tmp_path / "ok", "golden-app", models_dir / "model.joblib",
+                             models_dir / "golden.npz"), inventory, pool)
+    assert good.ok
+    # The changed model checked against the unchanged model's golden file.
+    bad, sink = run(write_spec(tmp_path / "bad", "golden-app", models_dir / "changed.joblib",
+                               models_dir / "golden.npz"), inventory, pool)
+    result = bad.hosts[HOST]
+    assert result.status is HostStatus.FAILED and result.failed_step == "verify"
+    assert "golden" in (result.error or "")
+    assert sink.find("abort-stage", "ok")
+    state = app_state(pool, host, "golden-app")
+    assert state.current == good.release_id and state.staging == ()
+    assert bad.release_id not in releases(pool, host, "golden-app")
+
+
+def test_health_check_failing_after_switch_rolls_back_with_reason(
+        inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path) -> None:
+    host = inventory.hosts[HOST]
+    # Healthy only while `current` holds model.joblib: v2 ships model-v2.joblib.
+    service = ("service: {restart: 'echo restarted >> restarts.log', "
+               "health_command: 'test -e current/model/model.joblib', health_timeout_s: 2}\n")
+    good, _ = run(write_spec(tmp_path / "ok", "health-app", models_dir / "model.joblib",
+                             models_dir / "golden.npz", extra=service), inventory, pool)
+    assert good.ok, good.hosts[HOST].error
+    bad, sink = run(write_spec(tmp_path / "bad", "health-app", models_dir / "changed.joblib",
+                               models_dir / "golden-v2.npz", model_name="model-v2.joblib",
+                               extra=service), inventory, pool)
+    result = bad.hosts[HOST]
+    assert result.status is HostStatus.ROLLED_BACK and result.failed_step == "check"
+    assert "unhealthy after 2 s" in (result.error or "")
+    rollback = sink.find("rollback", "started")
+    assert "test -e current/model/model.joblib" in rollback["reason"]
+    assert sink.find("rollback", "ok")["current"] == good.release_id
+    assert sink.find("recheck", "ok")
+    state = app_state(pool, host, "health-app")
+    assert state.current == good.release_id and bad.release_id in state.bad
+    # restarted for v1, for v2, and again for v1 after the rollback
+    log = Path(host.deploy_root) / "health-app" / "restarts.log"
+    assert log.read_text().count("restarted") == 3
+
+
+def test_tampered_lock_hash_is_refused_before_the_host_is_touched(
+        inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path) -> None:
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    for name, w in cached_wheels().items():
+        shutil.copy(w.path, wheelhouse / name)
+    tampered = tmp_path / "tampered.lock"
+    tampered.write_text(LOCK.read_text().replace(wheel_of("threadpoolctl").sha256, "0" * 64))
+    result, sink = run(write_spec(tmp_path / "t", "tamper-app", models_dir / "model.joblib",
+                                  models_dir / "golden.npz", lock=tampered,
+                                  wheelhouse=wheelhouse), inventory, pool)
+    r = result.hosts[HOST]
+    assert r.status is HostStatus.FAILED and r.failed_step == "stage"
+    assert "threadpoolctl" in (r.error or "")
+    assert app_state(pool, inventory.hosts[HOST], "tamper-app").current is None
+    assert not any(e["step"] == "install" for e in sink.events)
+
+
+def test_tampered_wheel_on_host_fails_install_naming_package_and_leaves_no_venv(
+        inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path) -> None:
+    host = inventory.hosts[HOST]
+    good, _ = run(write_spec(tmp_path / "ok", "wheel-app", models_dir / "model.joblib",
+                             models_dir / "golden.npz"), inventory, pool)
+    assert good.ok
+    # A lock with the same packages but other bytes: a new environment must be built.
+    other_lock = tmp_path / "other.lock"
+    other_lock.write_text(LOCK.read_text() + "# rebuilt\n")
+    sha = wheel_of("threadpoolctl").sha256
+    cached = Path(host.deploy_root) / ".orchestrator" / "wheels" / f"{sha}.whl"
+    original = cached.read_bytes()
+    before = venv_dirs(host)
+    try:
+        with zipfile.ZipFile(cached, "a") as zf:  # still a valid wheel, other bytes
+            zf.comment = b"tampered"
+        actual = hashlib.sha256(cached.read_bytes()).hexdigest()
+        bad, _ = run(write_spec(tmp_path / "bad", "wheel-app", models_dir / "model.joblib",
+                                models_dir / "golden.npz", lock=other_lock), inventory, pool)
+    finally:
+        cached.write_bytes(original)
+    r = bad.hosts[HOST]
+    assert r.status is HostStatus.FAILED and r.failed_step == "install"
+    assert "threadpoolctl" in (r.error or "") and sha in (r.error or "")
+    assert actual in (r.error or "")  # both hashes named
+    assert venv_dirs(host) == before  # no half-built venv left behind
+    state = app_state(pool, host, "wheel-app")
+    assert state.current == good.release_id and state.staging == ()
+
+
+def test_wheelhouse_missing_a_wheel_fails_before_current_moves(
+        inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path) -> None:
+    host = inventory.hosts[HOST]
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    for name, w in cached_wheels().items():
+        if not name.startswith("joblib-"):
+            shutil.copy(w.path, wheelhouse / name)
+    result, sink = run(write_spec(tmp_path / "h", "house-app", models_dir / "model.joblib",
+                                  models_dir / "golden.npz", wheelhouse=wheelhouse),
+                       inventory, pool)
+    r = result.hosts[HOST]
+    assert r.status is HostStatus.FAILED and r.failed_step == "stage"
+    assert "joblib" in (r.error or "")
+    assert app_state(pool, host, "house-app").current is None
+    assert not (Path(host.deploy_root) / "house-app" / "releases").exists() or not any(
+        (Path(host.deploy_root) / "house-app" / "releases").iterdir())
+    assert sink.find("stage", "failed")["kind"] == "InvalidInput"
+
+
+def test_two_deployments_of_one_app_at_once_the_second_is_refused(
+        inventory: Inventory, pool: Pool, testbed: Testbed, models_dir: Path,
+        tmp_path: Path) -> None:
+    host = inventory.hosts[HOST]
+    spec_path = write_spec(tmp_path / "c", "race-app", models_dir / "model.joblib",
+                           models_dir / "golden.npz")
+    results: dict[str, tuple[DeployResult, Sink]] = {}
+    with Pool(SshOptions.for_inventory(inventory), max_connections=2) as other_pool:
+        go = threading.Barrier(2)
+
+        def one(name: str, p: Pool) -> None:
+            go.wait()
+            results[name] = run(spec_path, inventory, p)
+
+        threads = [threading.Thread(target=one, args=("a", pool)),
+                   threading.Thread(target=one, args=("b", other_pool))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+    outcomes = sorted(r.hosts[HOST].status.value for r, _ in results.values())
+    assert outcomes == ["failed", "succeeded"]
+    loser = next(r for r, _ in results.values() if not r.ok)
+    winner = next(r for r, _ in results.values() if r.ok)
+    assert loser.hosts[HOST].failed_step == "lock"
+    assert f"being deployed by {winner.deployment}" in (loser.hosts[HOST].error or "")
+    assert app_state(pool, host, "race-app").current == winner.release_id
+    assert not (Path(host.deploy_root) / "race-app" / hostlock.LOCK_DIR).exists()
