@@ -76,7 +76,7 @@ def test_savedmodel_passes_with_sane_percentiles(built: Path, tmp_path: Path) ->
     assert lat is not None and lat.samples == 100 and lat.batch_size == 4
     assert lat.p50_ms and lat.p90_ms and lat.p95_ms and lat.p99_ms and lat.max_ms and lat.mean_ms
     assert 0 < lat.p50_ms <= lat.p90_ms <= lat.p95_ms <= lat.p99_ms <= lat.max_ms
-    assert lat.throughput_per_s == pytest.approx(4 * 1000 / lat.mean_ms, rel=1e-6)
+    assert lat.throughput_per_s == pytest.approx(4 * 1000 / lat.mean_ms, rel=1e-3)
     assert lat.cold_start_ms is not None and lat.cold_start_ms > 0
     assert result.golden and result.golden["outputs"].keys() == {"probabilities", "scaled"}
     assert result.environment["frameworks"]["tensorflow"] == "2.21.0"
