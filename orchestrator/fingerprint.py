@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import InvalidInput
+from orchestrator.facts import HostFacts
+from orchestrator.lockfile import Lock
 
 FINGERPRINT_KEY = "__fingerprint__"
 GOLDEN_META_KEY = "__golden__"
@@ -116,6 +118,29 @@ def diff(golden: dict[str, Any], host: dict[str, Any]) -> list[Difference]:
         if name not in FRAMEWORKS:
             check(f"package:{name}", gp[name], hp[name])
     return out
+
+
+def _framework(packages: dict[str, str], name: str) -> str | None:
+    if name in packages:
+        return packages[name]
+    if name == "tensorflow":  # tensorflow-cpu, tensorflow-gpu, tensorflow-intel ...
+        return next((v for k, v in sorted(packages.items()) if k.startswith("tensorflow-")
+                     and k.split("-", 1)[1] in ("cpu", "gpu", "intel", "macos")), None)
+    return None
+
+
+def planned_environment(facts: HostFacts, lock: Lock | None) -> dict[str, Any]:
+    """The host's environment as far as it is known before installing (for `plan`): Python,
+    driver and GPUs from the probe, package versions from the lock; shaped like a fingerprint."""
+    packages = {p.name: p.version for p in lock.packages} if lock else {}
+    return {
+        "python": facts.python_version, "machine": facts.os.get("machine"),
+        "frameworks": {name: _framework(packages, name) for name in FRAMEWORKS},
+        "packages": packages,
+        "gpu": {"driver": facts.driver_version, "cuda_driver": facts.cuda_driver_version,
+                "devices": [{"name": g.name, "compute_capability": g.compute_capability}
+                            for g in facts.gpus]},
+    }
 
 
 def report(golden: dict[str, Any] | None, host: dict[str, Any] | None) -> list[str]:

@@ -11,6 +11,8 @@ import pytest
 
 from orchestrator import fingerprint
 from orchestrator.errors import BadHostOutput
+from orchestrator.facts import parse_facts
+from orchestrator.lockfile import load_lock
 from orchestrator.spec import Spec, load_spec
 from orchestrator.verify import (
     Gate,
@@ -214,3 +216,17 @@ def test_fingerprint_diff_lists_what_differs() -> None:
     assert fingerprint.diff(FP, copy.deepcopy(FP)) == []
     assert fingerprint.report(None, FP) == [
         "the golden file carries no fingerprint: nothing to compare"]
+
+
+def test_plan_view_of_a_host_from_facts_and_lock() -> None:
+    fixtures = Path(__file__).parent / "fixtures"
+    facts = parse_facts("gpu-09", (fixtures / "facts" / "old-driver.json").read_text())
+    lock = load_lock(fixtures / "locks" / "tensorflow-cpu-2.21.lock")
+    planned = fingerprint.planned_environment(facts, lock)
+    assert planned["frameworks"]["tensorflow"] == "2.21.0"  # from tensorflow-cpu
+    golden = copy.deepcopy(FP)
+    golden["frameworks"]["tensorflow"] = "2.20.0"
+    lines = fingerprint.report(golden, planned)
+    assert "framework:tensorflow: recorded with 2.20.0, host has 2.21.0" in lines
+    assert "gpu:driver: recorded with 550.54.15, host has 470.82.01" in lines
+    assert "gpu:devices: recorded with H100, host has Tesla V100-SXM2-16GB" in lines

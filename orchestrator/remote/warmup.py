@@ -46,6 +46,7 @@ import json
 import math
 import os
 import platform
+import re
 import signal
 import sys
 import tempfile
@@ -461,16 +462,16 @@ def environment():
         from importlib import metadata
         packages = {}
         for dist in metadata.distributions():
-            name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+            name = re.sub(r"[-_.]+", "-", dist.metadata["Name"] or "").lower()  # PEP 503
             if name:
                 packages[name] = dist.version
     except Exception as exc:
         packages = {"<error>": str(exc)}
     frameworks = {name: packages.get(name) for name in FRAMEWORKS}
-    if frameworks["tensorflow"] is None:  # tensorflow-cpu / -gpu / intel builds
+    if frameworks["tensorflow"] is None:  # tensorflow-cpu, -gpu, -intel, -macos builds
         frameworks["tensorflow"] = next((v for k, v in sorted(packages.items())
-                                         if k.startswith("tensorflow-") and "io" not in k
-                                         and "estimator" not in k), None)
+                                         if k.startswith("tensorflow-") and k.split("-", 1)[1]
+                                         in ("cpu", "gpu", "intel", "macos")), None)
     env = {"python": platform.python_version(), "implementation": platform.python_implementation(),
            "executable": sys.executable, "platform": platform.platform(),
            "machine": platform.machine(), "frameworks": frameworks, "packages": packages,
