@@ -108,8 +108,9 @@ def fill_host_wheels(root: Path) -> None:
 
 def ensure(root: Path, installer: str, lock: Path = SMALL / "requirements.lock",
            env: str = ENV, **extra: Any) -> tuple[int, dict[str, Any]]:
-    return op("venv-ensure", root, env_hash=env, lock=str(lock), wheels=WHEELS,
-              installer=installer, uv=uv_binary(), python=HOST_PYTHON, **extra)
+    args: dict[str, Any] = {"env_hash": env, "lock": str(lock), "wheels": WHEELS,
+                            "installer": installer, "uv": uv_binary(), "python": HOST_PYTHON}
+    return op("venv-ensure", root, **{**args, **extra})
 
 
 def load_script() -> ModuleType:
@@ -299,15 +300,22 @@ def venv_python(root: Path, env: str = ENV) -> Path:
     return root / ".orchestrator/venvs" / env / "bin/python"
 
 
-@pytest.mark.parametrize("installer", ["uv", "pip"])
-def test_venv_built_offline_from_the_lock_then_reused(wheels_root: Path, installer: str) -> None:
+@pytest.mark.parametrize("uv_runs", [True, False], ids=["uv", "pip-fallback"])
+def test_venv_built_offline_from_the_lock_then_reused(wheels_root: Path, tmp_path: Path,
+                                                      uv_runs: bool) -> None:
     root = wheels_root
     release = stage(root, "a", rid(1))
-    code, built = ensure(root, installer, lock=release / "requirements.lock", app="a",
-                         release_id=rid(1))
+    broken = tmp_path / "uv"  # an executable the host cannot run: pip takes over
+    broken.write_bytes(b"\x7fELF garbage")
+    broken.chmod(0o755)
+    code, built = ensure(root, "uv", lock=release / "requirements.lock", app="a",
+                         release_id=rid(1), **({} if uv_runs else {"uv": str(broken)}))
     assert code == 0, built
-    assert (built["installer"], built["reused"], built["fallback_reason"]) == (installer, False,
-                                                                               None)
+    assert (built["installer"], built["reused"]) == ("uv" if uv_runs else "pip", False)
+    if uv_runs:
+        assert built["fallback_reason"] is None
+    else:
+        assert "uv cannot run" in built["fallback_reason"]
     assert built["freeze"] == ["python-dateutil==2.9.0.post0", "six==1.16.0"]
     assert set(built["durations"]) == {"venv", "install", "check"}
     assert os.readlink(release / "venv") == built["path"]
@@ -320,7 +328,7 @@ def test_venv_built_offline_from_the_lock_then_reused(wheels_root: Path, install
     assert marker["lock_sha256"] == hashlib.sha256((release / "requirements.lock")
                                                    .read_bytes()).hexdigest()
     start = time.monotonic()
-    code, again = ensure(root, installer, lock=release / "requirements.lock")
+    code, again = ensure(root, "uv", lock=release / "requirements.lock")
     assert code == 0 and again["reused"] is True and again["durations"] == {}
     assert again["freeze"] == built["freeze"] and time.monotonic() - start < 1.0
 
@@ -351,17 +359,6 @@ def test_missing_wheel_fails_before_building_anything(root: Path) -> None:
     assert code == 1 and reply["kind"] == "missing-wheel"
     assert reply["filename"] in WHEELS.values() and reply["sha256"] in WHEELS
     assert not (root / ".orchestrator/venvs" / ENV).exists()
-
-
-def test_pip_fallback_when_uv_cannot_run(wheels_root: Path, tmp_path: Path) -> None:
-    broken = tmp_path / "uv"
-    broken.write_bytes(b"\x7fELF garbage")
-    broken.chmod(0o755)
-    code, reply = op("venv-ensure", wheels_root, env_hash=ENV,
-                     lock=str(SMALL / "requirements.lock"), wheels=WHEELS, installer="uv",
-                     uv=str(broken), python=HOST_PYTHON)
-    assert code == 0, reply
-    assert reply["installer"] == "pip" and "uv cannot run" in reply["fallback_reason"]
 
 
 def test_second_builder_waits_for_the_lock_or_reports_busy(wheels_root: Path) -> None:
@@ -430,15 +427,18 @@ def test_current_always_resolves_during_200_switches(root: Path, tmp_path: Path)
     assert not [n for n in os.listdir(root / "a") if n.startswith("current.tmp-")]
 
 
-def test_stale_generation_is_refused_and_same_generation_is_idempotent(root: Path) -> None:
+def test_stale_generation_is_refused_and_a_retried_switch_is_idempotent(root: Path) -> None:
     for n in (1, 2):
         stage(root, "a", rid(n))
     assert ok("switch", root, app="a", release_id=rid(2), generation=5)["changed"] is True
     stale = fails("switch", root, "stale-generation", app="a", release_id=rid(1), generation=4)
-    assert stale["host_generation"] == 5 and "newer" in stale["error"]
+    assert stale["host_generation"] == 5 and "another deployment" in stale["error"]
     assert os.readlink(root / "a/current") == f"releases/{rid(2)}"
     again = ok("switch", root, app="a", release_id=rid(2), generation=5)
     assert again["changed"] is False and again["current"] == rid(2)
+    # two deployments that both read generation 4 and claimed 5: the second one is refused
+    fails("switch", root, "stale-generation", app="a", release_id=rid(1), generation=5)
+    assert os.readlink(root / "a/current") == f"releases/{rid(2)}"
     fails("switch", root, "not-found", app="a", release_id=rid(3), generation=6)
 
 
@@ -489,7 +489,7 @@ def test_switch_cut_short_shows_in_state_and_rerun_finishes(root: Path) -> None:
     # a crash between the intent and the rename: the state says so, `current` is the truth
     state_file = root / "a/state.json"
     state = json.loads(state_file.read_text())
-    state.update(generation=2, switching={"from": rid(1), "to": rid(2)})
+    state.update(generation=2, generation_release=rid(2), switching={"from": rid(1), "to": rid(2)})
     state_file.write_text(json.dumps(state))
     seen = ok("state", root, app="a")
     assert seen["current"] == rid(1) and seen["switching"] == {"from": rid(1), "to": rid(2)}
@@ -515,6 +515,11 @@ def test_prune_keeps_newest_current_target_staging_in_use_and_collects_venvs_whe
     orphan_env.mkdir()
     unused_wheel = root / ".orchestrator/wheels" / f"{'e' * 64}.whl"
     unused_wheel.write_bytes(b"old")
+    killed_build = root / ".orchestrator/tmp/build-killed"
+    killed_build.mkdir(parents=True)
+    os.utime(killed_build, (time.time() - 2 * 86400,) * 2)
+    live_build = root / ".orchestrator/tmp/build-live"
+    live_build.mkdir()
     user = subprocess.Popen(["sleep", "30"], cwd=root / "a/releases" / rid(2))  # in use
     try:
         pruned = ok("prune", root, app="a", keep=2, grace_s=0)
@@ -528,6 +533,7 @@ def test_prune_keeps_newest_current_target_staging_in_use_and_collects_venvs_whe
     assert pruned["removed_wheels"] == [unused_wheel.name]
     assert sorted(os.listdir(root / ".orchestrator/wheels")) == sorted(f"{s}.whl" for s in WHEELS)
     assert ok("state", root, app="a")["previous_good"] == rid(1)
+    assert not killed_build.exists() and live_build.exists()
     # with the sleeper gone, release 2 goes too; a venv being built is never collected
     with open(root / ".orchestrator/venvs" / f"{envs[2]}.lock", "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)

@@ -13,7 +13,8 @@ Layout under root (DESIGN.md "Host layout"):
     <app>/releases/<id>.staging/   being staged: model/, requirements.lock, .owner, .verified
     <app>/releases/<id>/           committed: model/, requirements.lock, manifest.json, venv -> ...
     <app>/current -> releases/<id> replaced only by rename of a new symlink
-    <app>/state.json               {"generation", "history" (ids that were current, oldest
+    <app>/state.json               {"generation", "generation_release" (the switch that
+                                   generation made), "history" (ids that were current, oldest
                                    first), "bad", "switching"}; `current` itself is the truth
     <app>/.lock                    flock held by every op that changes the app (briefly)
     .orchestrator/venvs/<env_hash>/  with .orchestrator-complete.json written last
@@ -612,7 +613,7 @@ def op_venv_ensure(args):
 # ---------------------------------------------------------------- switch and rollback
 
 
-def _generation(args, state, required):
+def _generation(args, state, required, for_release=None):
     value = args.get("generation")
     if value is None:
         if required:
@@ -620,10 +621,15 @@ def _generation(args, state, required):
         return state["generation"] + 1  # a manual action outranks any deployment in flight
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise OpError("bad-args", f"generation must be a positive integer: {value!r}")
-    if state["generation"] > value:
-        raise OpError("stale-generation", f"host generation {state['generation']} is newer "
-                      f"than {value}: a newer deployment has switched this app; refused",
-                      host_generation=state["generation"])
+    # A generation claims one switch: the same one again is a retry, another release under
+    # the same number is a second deployment that read the same generation (switch only).
+    claimed = state.get("generation_release")
+    if state["generation"] > value or (
+        for_release and state["generation"] == value and claimed not in (None, for_release)
+    ):
+        raise OpError("stale-generation", f"host generation {state['generation']} (release "
+                      f"{claimed}) is not older than {value}: another deployment has switched "
+                      "this app; refused", host_generation=state["generation"])
     return value
 
 
@@ -632,6 +638,7 @@ def _switch_locked(app_dir, state, rid, generation):
     if not os.path.isdir(os.path.join(_releases_dir(app_dir), rid)):
         raise OpError("not-found", f"release {rid} is not committed on this host")
     state["generation"], state["switching"] = generation, {"from": before, "to": rid}
+    state["generation_release"] = rid
     _save_state(app_dir, state)  # intent first: `state` shows a switch cut short by a crash
     if before != rid:
         _replace_symlink(app_dir, "current", "releases/" + rid)
@@ -648,7 +655,7 @@ def op_switch(args):
     app_dir, rid = _app_dir(args), _arg(args, "release_id", RELEASE_RE)
     with _app_lock(app_dir):
         state = _load_state(app_dir)
-        generation = _generation(args, state, required=True)
+        generation = _generation(args, state, required=True, for_release=rid)
         if rid in state["bad"] and not args.get("force"):
             raise OpError("bad-release", f"release {rid} is marked bad; refused")
         return _switch_locked(app_dir, state, rid, generation)
@@ -830,6 +837,16 @@ def _gc_wheels(root, grace_s):
     return removed
 
 
+def _gc_tmp(root):
+    """Build dirs of installers killed mid-run (a lost SSH session kills the process group, so
+    the script's own cleanup never ran); older than a day, so no live build is touched."""
+    tmp, now = _orch(root, "tmp"), time.time()
+    for name in os.listdir(tmp) if os.path.isdir(tmp) else ():
+        path = os.path.join(tmp, name)
+        if now - os.lstat(path).st_mtime > 86400:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def op_prune(args):
     """Keep the newest "keep" committed releases; never remove the current one, the rollback
     target, a staging one, or one a process is using. Then, for the whole host: venvs no
@@ -857,6 +874,7 @@ def op_prune(args):
     with _Flock(_orch(root, "gc.lock"), APP_LOCK_WAIT_S):
         venvs = _gc_venvs(root)
         wheels = _gc_wheels(root, float(args.get("grace_s", 600)))
+        _gc_tmp(root)
     return {"removed_releases": removed, "removed_venvs": venvs, "removed_wheels": wheels,
             "kept": _committed_ids(app_dir)}
 
