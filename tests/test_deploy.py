@@ -11,6 +11,7 @@ content-addressed venv on the host, which is the point of it.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import threading
 import zipfile
@@ -319,3 +320,37 @@ def test_two_deployments_of_one_app_at_once_the_second_is_refused(
     assert f"being deployed by {winner.deployment}" in (loser.hosts[HOST].error or "")
     assert app_state(pool, host, "race-app").current == winner.release_id
     assert not (Path(host.deploy_root) / "race-app" / hostlock.LOCK_DIR).exists()
+
+
+def test_cli_deploy_prints_events_and_releases_lists_them(
+        inventory: Inventory, testbed: Testbed, models_dir: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.cli import main
+
+    monkeypatch.setenv("ORCHESTRATOR_WHEEL_CACHE", str(WHEEL_CACHE))
+    inv = str(testbed.inventory_path)
+    spec = write_spec(tmp_path / "cli", "cli-app", models_dir / "model.joblib",
+                      models_dir / "golden.npz")
+    assert main(["deploy", str(spec), "--inventory", inv]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert any(" tb-01 stage ok " in ln and "release_id=" in ln for ln in lines)
+    assert any(" tb-01 install ok " in ln and "env_hash=" in ln for ln in lines)
+    assert lines[-1].startswith("tb-01: succeeded ")
+    release_id = lines[-1].split()[2]
+
+    assert main(["releases", "cli-app", "--inventory", inv, "--host", HOST]) == 0
+    table = capsys.readouterr().out
+    assert release_id in table and "current" in table
+
+    bad = write_spec(tmp_path / "cli-bad", "cli-app", models_dir / "changed.joblib",
+                     models_dir / "golden.npz")
+    assert main(["deploy", str(bad), "--inventory", inv, "--json"]) == 3
+    events = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    failed = next(e for e in events if e["step"] == "verify" and e["status"] == "failed")
+    assert "golden" in failed["error"] and failed["host"] == HOST
+
+    broken = bad
+    broken.write_text(broken.read_text().replace("kind: Deployment", "kind: Deploymint"))
+    assert main(["deploy", str(broken), "--inventory", inv]) == 2
+    assert "spec.yaml:2: kind" in capsys.readouterr().err
