@@ -275,3 +275,26 @@ def test_over_ssh_gpu_required_fails_naming_what_tensorflow_saw(
     message = got["gpu"].message
     assert "built with CUDA False" in message and "GPUs listed: none" in message
     assert "device:CPU:0" in message
+
+
+@pytest.mark.parametrize(("expected", "got", "message"), [
+    ({"": [[1.0, 2.0], [3.0, 4.0]]}, {"": [[1.0, float("nan")], [3.0, 4.5]]},
+     "outputs: 2 of 2 samples differ; worst: #0 expected 2 got nan (|diff| nan), "
+     "#1 expected 4 got 4.5 (|diff| 0.5)"),
+    ({"": ["a", "b", "c"]}, {"": ["a", "x", "c"]},
+     "outputs: 1 of 3 samples differ; worst: #1 expected 'b' got 'x'"),
+    ({"": [1, 2, 3]}, {"y": [1, 2, 3], "z": [1]},
+     "outputs: missing from the model's outputs (has: y, z)"),
+    ({"": [1, 2, 3]}, {"": [1, 2]}, "outputs: shape [2], golden has [3]"),
+    ({"": [1.0, 2.0]}, {"": [1.0 + 1e-9, 2.0]}, "all 2 samples match"),
+    ({"p": [0.5]}, {"": [0.5]}, "all 1 samples match"),  # one named golden, one unnamed output
+])
+def test_golden_comparison_edge_cases(expected: dict[str, Any], got: dict[str, Any],
+                                      message: str) -> None:
+    import numpy as np
+
+    runner: Any = importlib.import_module("orchestrator.remote.warmup")
+    out = runner.compare_golden({k: np.array(v) for k, v in expected.items()},
+                                {k: np.array(v) for k, v in got.items()}, 1e-5, 1e-6)
+    assert out["message"] == message
+    json.dumps(out, allow_nan=False)  # what the runner prints is strict JSON

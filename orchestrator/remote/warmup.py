@@ -124,7 +124,8 @@ def compare_output(expected, got, rtol, atol):
         return {"ok": False, "samples": len(exp) if exp.ndim else 1, "mismatched": None,
                 "message": f"shape {list(act.shape)}, golden has {list(exp.shape)}"}
     n = len(exp) if exp.ndim else 1
-    if exp.dtype.kind in "USOb" or act.dtype.kind in "USOb":
+    numeric = exp.dtype.kind not in "USOb" and act.dtype.kind not in "USOb"
+    if not numeric:  # class labels: equal or not, no distance
         close = exp == act
         diff = (~close).astype(np.float64)
     else:
@@ -139,8 +140,8 @@ def compare_output(expected, got, rtol, atol):
         worst.append({"index": int(i), "element": j,
                       "expected": _scalar(exp.reshape(n, -1)[i, j]),
                       "got": _scalar(act.reshape(n, -1)[i, j]),
-                      "abs_diff": _scalar(diff2[i, j])})
-    max_diff = _scalar(diff.max()) if diff.size else 0.0
+                      "abs_diff": _scalar(diff2[i, j]) if numeric else None})
+    max_diff = _scalar(diff.max()) if diff.size and numeric else None
     return {"ok": not len(bad), "samples": n, "mismatched": len(bad),
             "max_abs_diff": max_diff, "worst": worst}
 
@@ -170,7 +171,7 @@ def _describe_mismatch(label, entry):
     if "worst" not in entry:
         return "{}: {}".format(label, entry["message"])
     worst = ", ".join(f"#{w['index']} expected {_fmt(w['expected'])} got {_fmt(w['got'])}"
-                      f" (|diff| {w['abs_diff']:.3g})"
+                      + ("" if w["abs_diff"] is None else f" (|diff| {_fmt(w['abs_diff'])})")
                       for w in entry["worst"][:3])
     return (f"{label}: {entry['mismatched']} of {entry['samples']} samples differ;"
             f" worst: {worst}")
@@ -184,7 +185,10 @@ def _scalar(value):
 
 
 def _fmt(value):
-    return f"{value:.6g}" if isinstance(value, float) else repr(value)
+    """A golden value in a message: floats short, "nan"/"inf" (strings after _scalar) bare."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value if value in ("nan", "inf", "-inf") else repr(value)
 
 
 # ---------------------------------------------------------------- models
