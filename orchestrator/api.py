@@ -233,11 +233,13 @@ async def _follow(service: Service, deployment: str, after: int,
                 wake.clear()
                 buffered, lagged = follower.take()
                 fresh, gap = merge_in_order(last, buffered)
-                for event in fresh:
-                    last = event["seq"]
-                    if host is None or event["host"] == host:
-                        yield _line(event)
-                    if _is_end(event):
+                if fresh:
+                    last = fresh[-1]["seq"]
+                    # One write per batch: a burst reaches the socket in one send.
+                    chunk = b"".join(_line(e) for e in fresh if host is None or e["host"] == host)
+                    if chunk:
+                        yield chunk
+                    if any(_is_end(e) for e in fresh):
                         return
                 if lagged or gap:
                     break

@@ -49,7 +49,6 @@ class DaemonConfig:
     max_ssh_sessions: int = 16
     max_body_bytes: int = DEFAULT_MAX_BODY
     shutdown_grace_s: float = 30.0
-    watchdog_s: float = 30.0
     runner: str = DEFAULT_RUNNER
     tcp: TcpConfig = field(default_factory=TcpConfig)
 
@@ -73,7 +72,7 @@ class DaemonConfig:
 _PATHS = ("state_dir", "socket", "inventory", "known_hosts", "identity", "specs_dir")
 _INTS = {"max_parallel_deployments": (1, 64), "max_ssh_sessions": (1, 1024),
          "max_body_bytes": (1024, 1 << 40)}
-_FLOATS = {"shutdown_grace_s": (0.0, 3600.0), "watchdog_s": (1.0, 3600.0)}
+_FLOATS = {"shutdown_grace_s": (0.0, 3600.0)}
 _TCP_KEYS = {"enabled", "host", "port", "token_file", "allowed_hosts"}
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 

@@ -83,6 +83,9 @@ class Follower:
 
     def offer(self, event: dict[str, Any]) -> None:
         with self._lock:
+            # Wake the reader only when it has nothing pending: one wake-up per batch, not per
+            # event, so a burst of events costs the reader's event loop one callback.
+            wake = not self._buf and not self.lagged
             if self.lagged or len(self._buf) >= self._capacity:
                 # Drop rather than wait: the reader will catch up from the store by seq.
                 self.lagged = True
@@ -90,9 +93,10 @@ class Follower:
                 self._buf.clear()
             else:
                 self._buf.append(event)
-        # A RuntimeError means the reader's event loop is gone: the follower has vanished.
-        with contextlib.suppress(RuntimeError):
-            self._wake()
+        if wake:
+            # A RuntimeError means the reader's event loop is gone: the follower has vanished.
+            with contextlib.suppress(RuntimeError):
+                self._wake()
 
     def take(self) -> tuple[list[dict[str, Any]], bool]:
         """(buffered events, whether some were dropped since the last take)."""

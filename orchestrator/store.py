@@ -6,8 +6,11 @@ from version i to i+1, each in its own transaction, so an old file is upgraded i
 `PRAGMA quick_check` runs at open and a damaged file is refused with a clear message instead of
 being written to further.
 
-One connection, guarded by one lock, serves every thread (paramiko workers and the API's thread
-pool): the daemon's write rate is a few events per step, far below what a single connection does.
+One writer connection, guarded by one lock, serves every thread (paramiko workers and the API's
+thread pool): the daemon's write rate is a few events per step, far below what one connection
+does. Reads go through one read connection per thread instead: in WAL mode they see the last
+commit without waiting for the writer's fsync, so fifty followers catching up from the store
+never queue behind (or slow) the events being written.
 """
 
 from __future__ import annotations
@@ -133,6 +136,10 @@ class Store:
         self._conn = conn
         self._lock = threading.RLock()
         self.path = path
+        self._local = threading.local()
+        self._readers: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
 
     @classmethod
     def open(cls, path: Path) -> Store:
@@ -150,8 +157,32 @@ class Store:
         return store
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._readers_lock:
+            self._closed = True
+            for _, reader in self._readers:
+                reader.close()
+            self._readers.clear()
             self._conn.close()
+
+    def _reader(self) -> sqlite3.Connection:
+        reader: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if reader is None:
+            reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                     timeout=10)
+            reader.execute("PRAGMA busy_timeout=10000")
+            reader.execute("PRAGMA query_only=ON")
+            reader.row_factory = sqlite3.Row
+            with self._readers_lock:
+                if self._closed:
+                    reader.close()
+                    raise sqlite3.ProgrammingError("the store is closed")
+                # Threads come and go (per-rollout host pools): close their readers with them.
+                for thread, old in [r for r in self._readers if not r[0].is_alive()]:
+                    old.close()
+                    self._readers.remove((thread, old))
+                self._readers.append((threading.current_thread(), reader))
+            self._local.conn = reader
+        return reader
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -165,10 +196,8 @@ class Store:
             self._conn.execute("COMMIT")
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            cur = self._conn.execute(sql, args)
-            cur.row_factory = sqlite3.Row
-            return cur.fetchall()
+        rows: list[sqlite3.Row] = self._reader().execute(sql, args).fetchall()
+        return rows
 
     def _migrate(self) -> None:
         with self._tx() as conn:

@@ -52,7 +52,9 @@ def test_store_jsonl_and_follower_hold_identical_events(hub: EventHub, tmp_path:
     assert live == stored == lines
     assert [list(e)[:9] for e in stored] == [CONTRACT] * 3
     assert stored[1]["duration_ms"] == 12.346 and stored[1]["gpus"] == [{"name": "H100"}]
-    assert len(wakes) == 3
+    assert len(wakes) == 1  # one wake-up for the batch the reader had not taken yet
+    sink.emit("note", message="after the take")
+    assert len(wakes) == 2 and follower.take()[0][0]["message"] == "after the take"
 
 
 def test_unknown_level_is_refused(hub: EventHub) -> None:

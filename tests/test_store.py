@@ -145,3 +145,16 @@ def test_hosts_keep_the_latest_record(tmp_path: Path) -> None:
         store.record_host("h3", "fine", [], None)
     store.record_release("h1", "app", "r1", "current", "a")
     assert store.releases("app")[0]["release_id"] == "r1"
+
+
+def test_reads_do_not_wait_for_the_writer(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s.db")
+    store.create_deployment("a", "app", {})
+    store.append_event({"deployment": "a", "ts": 1.0, "level": "info", "event": "e"})
+    seen: list[int] = []
+    with store._lock:  # the writer is busy (in a commit's fsync, say)
+        reader = threading.Thread(target=lambda: seen.append(len(store.events("a"))))
+        reader.start()
+        reader.join(timeout=30)
+    assert seen == [1]
+    store.close()
