@@ -326,3 +326,59 @@ def test_a_slow_follower_gets_every_event_and_does_not_slow_the_rollout(
     got = [first, *rest]
     assert got == stored_events(daemon, deployment)
     assert [e["seq"] for e in got] == list(range(1, 564))  # queued, running, 560, succeeded
+
+
+def test_example_config_and_defaults(tmp_path: Path) -> None:
+    from orchestrator.config import load_config
+
+    example = load_config(ROOT / "configs/orchestrator.toml", env={})
+    assert example.socket == Path("/run/orchestrator/orchestrator.sock")
+    assert example.tcp.enabled is False and example.max_parallel_deployments == 2
+    plain = load_config(None, env={"HOME": "/home/u", "XDG_RUNTIME_DIR": "/run/user/7"})
+    assert plain.state_dir == Path("/home/u/.local/state/orchestrator")
+    assert plain.socket == Path("/run/user/7/orchestrator.sock")
+    override = load_config(None, env={"HOME": "/h", "ORCHESTRATOR_STATE_DIR": "/s",
+                                      "ORCHESTRATOR_SOCKET": "/x.sock"})
+    assert (override.state_dir, override.socket) == (Path("/s"), Path("/x.sock"))
+    assert load_config(None, env={"HOME": "/h"}).socket == Path(
+        "/h/.local/state/orchestrator/orchestrator.sock")
+
+
+@pytest.mark.parametrize("text,field", [
+    ('[tcp]\nenabled = true\nhost = "0.0.0.0"\ntoken_file = "t"\n', "tcp.host"),
+    ("[tcp]\nenabled = true\n", "tcp.token_file"),
+    ('max_ssh_sessions = "many"\n', "max_ssh_sessions"),
+    ("max_parallel_deployments = 0\n", "max_parallel_deployments"),
+    ('runner = "no-colon"\n', "runner"),
+])
+def test_bad_config_values_name_their_field(tmp_path: Path, text: str, field: str) -> None:
+    from orchestrator.config import load_config
+    from orchestrator.errors import SpecError
+
+    config = tmp_path / "o.toml"
+    config.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_config(config, env={})
+    assert info.value.field == field and info.value.file == str(config)
+
+
+def test_tcp_listener_needs_token_and_allowed_host(tmp_path: Path,
+                                                  daemons: Callable[..., Daemon]) -> None:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    token = "tcp-token-abcdefghijklmnop"
+    (tmp_path / "token").write_text(token + "\n")
+    daemon = daemons(write_config(tmp_path, ECHO + f'[tcp]\nenabled = true\nport = {port}\n'
+                                                   'token_file = "token"\n'))
+    base = f"http://127.0.0.1:{port}"
+    with httpx.Client(timeout=30) as http:
+        assert http.get(f"{base}/healthz").status_code == 401
+        assert http.get(f"{base}/healthz", headers={"authorization": "Bearer wrong"}
+                        ).status_code == 401
+        auth = {"authorization": f"Bearer {token}"}
+        assert http.get(f"{base}/healthz", headers=auth).json()["ok"] is True
+        rebinding = http.get(f"{base}/healthz", headers={**auth, "host": "attacker.example"})
+        assert rebinding.status_code == 403
+    with daemon.http() as unix:  # the Unix socket needs no token
+        assert unix.get("/healthz").status_code == 200
