@@ -174,14 +174,24 @@ def test_model_sleeping_past_the_deadline_is_killed_with_its_children(tmp_path: 
     assert processes_mentioning(str(model)) == []  # the model's child died with the group
 
 
-def test_bad_request_is_one_json_line_and_exit_2(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("request_", "words"), [
+    ({"model_path": "x", "format": "onnx", "golden_path": "g"}, "unknown format 'onnx'"),
+    ({"model_path": "x", "format": "joblib"}, "request lacks golden_path"),
+    ({"model_path": "x", "format": "joblib", "golden_path": "g", "deadline_s": "soon"},
+     "deadline_s must be float >= 0.1, not 'soon'"),
+    ({"model_path": "x", "format": "joblib", "golden_path": "g", "batch_size": 0},
+     "batch_size must be int >= 1, not 0"),
+])
+def test_bad_request_is_one_json_line_and_exit_2(
+        request_: dict[str, Any], words: str, tmp_path: Path) -> None:
     path = tmp_path / "req.json"
-    path.write_text(json.dumps({"model_path": "x", "format": "onnx"}))
-    proc = subprocess.run([VENV_PYTHON, str(RUNNER), str(path)], capture_output=True, text=True,
-                          start_new_session=True, timeout=60)
+    path.write_text(json.dumps(request_))
+    proc = subprocess.run([SYSTEM_PYTHON, str(RUNNER), str(path)], capture_output=True,
+                          text=True, start_new_session=True, timeout=60)
     assert proc.returncode == 2
     result = parse_result("local", proc.stdout)
-    assert result.error and "unknown format 'onnx'" in result.error["message"]
+    assert result.error and result.error["phase"] == "request"
+    assert words in result.error["message"]
 
 
 def test_runner_is_stdlib_only_at_top_level_and_py39_syntax(tmp_path: Path) -> None:

@@ -68,6 +68,10 @@ DEFAULTS = {
 }
 
 
+NUMBERS = (("rtol", float, 0), ("atol", float, 0), ("warmup_iterations", int, 0),
+           ("iterations", int, 0), ("batch_size", int, 1), ("deadline_s", float, 0.1))
+
+
 class BadRequest(Exception):
     pass
 
@@ -628,7 +632,7 @@ def read_request(path):
         raise BadRequest(f"cannot read request {path}: {exc}") from None
     if not isinstance(raw, dict):
         raise BadRequest("request must be a JSON object")
-    missing = [k for k in ("model_path", "format") if k not in raw]
+    missing = [k for k in ("model_path", "format", "golden_path") if not raw.get(k)]
     if missing:
         raise BadRequest("request lacks {}".format(", ".join(missing)))
     if raw["format"] not in FORMATS:
@@ -636,6 +640,14 @@ def read_request(path):
         raise BadRequest(f"unknown format {raw['format']!r} (one of {known})")
     request = dict(DEFAULTS)
     request.update(raw)
+    for key, kind, low in NUMBERS:
+        value = request[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low \
+                or (kind is int and value != int(value)):
+            raise BadRequest(f"{key} must be {kind.__name__} >= {low}, not {value!r}")
+        request[key] = kind(value)
+    if not isinstance(request["sys_path"], list):
+        raise BadRequest("sys_path must be a list of directories")
     return request
 
 
