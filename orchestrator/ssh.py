@@ -9,11 +9,10 @@ Host keys are checked against the orchestrator's own known_hosts file only: neve
 the command that trusts it; a changed key is refused with both fingerprints. `fetch_host_key`
 and `append_known_host` are what `orchestrator trust` uses to make trusting explicit.
 
-Each command runs as `echo orchestrator-pgid:$$; <quoted argv>` in the session sshd starts with
-setsid(), so the first stdout line is the remote process-group id: on a timeout or an output
-overflow the whole group is killed (over a second channel) before the channel is closed, so
-nothing is left running. (A connection that drops mid-command cannot do that: the command then
-runs on until it ends or writes to its closed output.)
+Each command runs in the session sshd starts with setsid(), after a first line naming its
+process group: on a timeout or an output overflow that whole group is killed (over a second
+channel) before the channel is closed. If the connection itself drops, a watcher started with
+the command kills the group within a second. Either way nothing is left running on the host.
 """
 
 from __future__ import annotations
@@ -62,6 +61,18 @@ _KILL_GROUP = (
 _READ_CHUNK = 1 << 16
 # The first line each command prints: its process group id, which a timeout kills.
 _PGID_MARKER = "orchestrator-pgid:"
+# Around every command: a watcher that kills the command's process group (`kill 0`) once the
+# sshd process serving the connection ($PPID) is gone, i.e. when the connection dropped; it is
+# stopped when the command ends, whose exit status is kept. It is only started when the parent
+# can be observed at all (kill -0 or /proc), so a host where neither works cannot kill early.
+_WRAP_BEFORE = (
+    f"echo {_PGID_MARKER}$$; p=$PPID; w=; "
+    "alive() { kill -0 $p 2>/dev/null || [ -d /proc/$p ]; }; "
+    "if alive; then (while alive; do sleep 1; done; kill -KILL 0) </dev/null >/dev/null 2>&1 & "
+    "w=$!; fi; "
+)
+_WRAP_AFTER = '; s=$?; [ -n "$w" ] && kill $w 2>/dev/null; exit $s'
+
 _PGID_LINE = re.compile(rb"(?:^|\n)" + _PGID_MARKER.encode() + rb"(\d+)\n")
 _MAX_HEAD = 1 << 16
 
@@ -273,7 +284,7 @@ class SshTransport:
         started = time.monotonic()
         chan = self._open_channel()
         try:
-            chan.exec_command(f"echo {_PGID_MARKER}$$; {command}")
+            chan.exec_command(f"{_WRAP_BEFORE}{command}{_WRAP_AFTER}")
             out, err = _Capture(limit, marked=True), _Capture(limit, marked=False)
             exit_code = self._pump(chan, command, stdin, out, err, started + budget, budget)
         except (paramiko.SSHException, OSError, EOFError) as exc:
