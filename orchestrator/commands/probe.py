@@ -30,7 +30,7 @@ GIB = 1 << 30
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "probe", help="show hosts' OS, Python, NVIDIA driver, CUDA, GPUs and CUDA libraries",
-        description="Probe hosts over SSH (nothing but python3 needed there) and print their "
+        description="Probe hosts over SSH (nothing but python3 needed there) and print their\n"
                     "facts: a table by default, the facts JSON with --json.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("hosts", nargs="*", metavar="HOST",

@@ -55,7 +55,7 @@ def decide(known: Sequence[tuple[str, str]], offered: tuple[str, str], *, yes: b
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "trust", help="show hosts' SSH key fingerprints and add them to the known_hosts",
-        description="Fetch each host's SSH host key, print its SHA256 fingerprint and add it to "
+        description="Fetch each host's SSH host key, print its SHA256 fingerprint and add it to\n"
                     "the orchestrator's own known_hosts (the inventory's ssh.known_hosts).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("hosts", nargs="+", metavar="HOST", help="host or group names")
