@@ -21,7 +21,7 @@ import structlog
 
 from orchestrator import bundle
 from orchestrator.config import DaemonConfig
-from orchestrator.errors import Conflict, NotFound, OrchestratorError
+from orchestrator.errors import Conflict, InvalidTransition, NotFound, OrchestratorError
 from orchestrator.events import DeploymentSink, EventHub
 from orchestrator.runner import DeploymentOutcome, HostCheck, Runner
 from orchestrator.states import (
@@ -39,18 +39,46 @@ log = structlog.get_logger("orchestrator.service")
 RECONCILE_REASON = "daemon restarted; reconciliation pending pipeline support"
 
 
+# The pipeline engine (orchestrator/pipeline.py) reports steps as plain `emit("step", status=
+# "started" | "ok" | "failed")` events; `ServiceSink.emit` records those as step states too, so a
+# runner built on it gets per-host step records without calling `step()` itself.
+EVENT_STEP_STATES = {
+    "started": S.RUNNING, "running": S.RUNNING, "ok": S.OK, "failed": S.FAILED,
+    "skipped": S.SKIPPED, "cancelled": S.CANCELLED, "rolled_back": S.ROLLED_BACK,
+}
+
+
 class ServiceSink(DeploymentSink):
     """The `RunSink` a runner gets: events, step states and host facts of one deployment."""
 
     def __init__(self, hub: EventHub, deployment: str) -> None:
         super().__init__(hub, deployment)
         self.store = hub.store
+        self._plain = DeploymentSink(hub, deployment)
 
     def step(self, host: str, step: str, state: HostStepState, *,
              duration_ms: float | None = None, reason: str | None = None,
              detail: dict[str, Any] | None = None) -> None:
-        change_step_state(self.store, self, self.deployment, host, step, state,
+        change_step_state(self.store, self._plain, self.deployment, host, step, state,
                           duration_ms=duration_ms, reason=reason, detail=detail)
+
+    def emit(
+        self, event: str, *, host: str | None = None, step: str | None = None,
+        status: str | None = None, duration_ms: float | None = None, level: str = "info",
+        **details: Any,
+    ) -> dict[str, Any]:
+        new = EVENT_STEP_STATES.get(status or "") if event == "step" else None
+        if new is not None and host is not None and step is not None:
+            reason = details.get("error") or details.get("reason")
+            try:
+                self.store.transition_step(self.deployment, host, step, new,
+                                           detail={"reason": str(reason)} if reason else None)
+            except InvalidTransition as exc:  # recorded, never fatal to the runner
+                details["state_error"] = str(exc)
+                level = "warning" if level == "info" else level
+            status = str(new)
+        return self._plain.emit(event, host=host, step=step, status=status,
+                                duration_ms=duration_ms, level=level, **details)
 
     def record_host(self, check: HostCheck) -> None:
         self.store.record_host(check.host, check.status, check.reasons, check.facts)
