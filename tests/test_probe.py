@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -241,3 +244,24 @@ def test_trust_decision() -> None:
     assert decide([], key, yes=False, replace=False, interactive=False) is Action.NOT_CONFIRMED
     assert decide([other], key, yes=True, replace=False, interactive=True) is Action.REFUSE_CHANGED
     assert decide([other], key, yes=False, replace=True, interactive=False) is Action.REPLACE
+
+
+@pytest.mark.parametrize("answer, code", [("y", 0), ("n", 1)])
+def test_trust_asks_on_a_terminal(testbed: Testbed, tmp_path: Path, answer: str,
+                                  code: int) -> None:
+    known = tmp_path / "known_hosts"
+    inventory = str(write_inventory(testbed, tmp_path, known))
+    controller, terminal = os.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "trust", "tb-03", "--inventory", inventory],
+            stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        os.write(controller, f"{answer}\n".encode())
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert proc.returncode == code and "Trust this key for tb-03? [y/N]" in out
+    host = load_inventory(inventory).hosts["tb-03"]
+    trusted = ssh.known_host_keys(known, host.address, host.port)
+    assert trusted == ([ssh.fetch_host_key(host)] if answer == "y" else [])
