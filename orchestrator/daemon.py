@@ -11,6 +11,7 @@ reconciled at the next start.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -24,6 +25,7 @@ from types import FrameType
 
 import structlog
 import uvicorn
+from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api import create_app
 from orchestrator.config import DaemonConfig, read_token
@@ -32,8 +34,10 @@ from orchestrator.events import EventHub
 from orchestrator.runner import make_runner
 from orchestrator.service import Service
 from orchestrator.store import Store, lock_state_dir
+from orchestrator.watch import SpecWatcher
 
 log = structlog.get_logger("orchestrator.daemon")
+WATCH_INTERVAL_S = 2.0  # how often `specs_dir` is scanned for new or changed specs
 
 
 def configure_logging(log_file: Path, *, stream: object = None) -> None:
@@ -142,9 +146,13 @@ class _Server(uvicorn.Server):
     """uvicorn with our signal handling (uvicorn's re-raises the signal after serving, which
     would kill the process before the workers are stopped) and systemd notifications."""
 
-    def __init__(self, config: uvicorn.Config, on_stop: Callable[[], None]) -> None:
+    def __init__(self, config: uvicorn.Config, on_stop: Callable[[], None],
+                 watcher: SpecWatcher | None = None) -> None:
         super().__init__(config)
         self._on_stop = on_stop
+        self._watcher = watcher
+        self._scan: asyncio.Task[list[str]] | None = None
+        self._last_scan = 0.0
         self._watchdog = watchdog_interval()
         self._last_ping = 0.0
 
@@ -173,6 +181,14 @@ class _Server(uvicorn.Server):
         if self._watchdog and now - self._last_ping >= self._watchdog:
             self._last_ping = now
             sd_notify("WATCHDOG=1")
+        if (self._watcher is not None and not self.should_exit
+                and (self._scan is None or self._scan.done())
+                and now - self._last_scan >= WATCH_INTERVAL_S):
+            self._last_scan = now
+            if self._scan is not None and self._scan.exception() is not None:
+                log.error("specs_dir scan failed", error=repr(self._scan.exception()))
+            # In the API's thread pool: packing a model must not stall the event loop.
+            self._scan = asyncio.create_task(run_in_threadpool(self._watcher.scan))
         return await super().on_tick(counter)
 
 
@@ -209,7 +225,9 @@ def run_daemon(config: DaemonConfig) -> int:
 
 def _serve(service: Service, sockets: list[socket.socket], token: str | None) -> None:
     app = create_app(service, token=token)
+    specs_dir = service.config.specs_dir
+    watcher = SpecWatcher(service, specs_dir) if specs_dir is not None else None
     server = _Server(uvicorn.Config(app, log_config=None, lifespan="off", access_log=False,
                                     timeout_graceful_shutdown=2, timeout_keep_alive=5),
-                     service.stopping.set)
+                     service.stopping.set, watcher)
     server.run(sockets=sockets)

@@ -66,6 +66,13 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (host, app, release_id)
     );
     """,
+    # 1 -> 2: specs_dir watching remembers what it already rolled out, across restarts.
+    """
+    CREATE TABLE watched_specs (
+        path TEXT PRIMARY KEY, digest TEXT NOT NULL, deployment TEXT, error TEXT,
+        updated REAL NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 HOST_STATUSES = ("healthy", "degraded", "failed", "unreachable")
@@ -372,6 +379,16 @@ class Store:
                 "INSERT OR REPLACE INTO releases VALUES (?, ?, ?, ?, ?, ?)",
                 (host, app, release_id, state, deployment, time.time()),
             )
+
+    def watched(self) -> dict[str, str]:
+        """path -> digest of every spec file the watcher has handled."""
+        return {r["path"]: r["digest"] for r in self._query("SELECT * FROM watched_specs")}
+
+    def record_watched(self, path: str, digest: str, deployment: str | None,
+                       error: str | None) -> None:
+        with self._tx() as conn:
+            conn.execute("INSERT OR REPLACE INTO watched_specs VALUES (?, ?, ?, ?, ?)",
+                         (path, digest, deployment, error, time.time()))
 
     def releases(self, app: str) -> list[dict[str, Any]]:
         rows = self._query("SELECT * FROM releases WHERE app = ? ORDER BY updated", (app,))

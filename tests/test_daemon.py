@@ -382,3 +382,42 @@ def test_tcp_listener_needs_token_and_allowed_host(tmp_path: Path,
         assert rebinding.status_code == 403
     with daemon.http() as unix:  # the Unix socket needs no token
         assert unix.get("/healthz").status_code == 200
+
+
+def _wait_for(predicate: Callable[[], Any], timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_specs_dir_rolls_out_new_and_changed_specs_once(
+        tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
+    specs = tmp_path / "specs"
+    config = write_config(tmp_path, ECHO + 'specs_dir = "specs"\n')
+    daemon = daemons(config)
+
+    def listing() -> list[dict[str, Any]]:
+        with daemon.http() as http:
+            return list(http.get("/v1/deployments").json())
+
+    write_spec(specs, ["h1"], name="watched")
+    (specs / "broken.yaml").write_text("apiVersion: orchestrator/v1\nkind: Nope\n")
+    first = _wait_for(lambda: [d for d in listing() if d["state"] == "succeeded"])
+    assert [d["app"] for d in first] == ["watched"]
+    (specs / "model.joblib").write_bytes(b"a retrained model\n")  # a named file changed
+    spec = specs / "spec.yaml"
+    spec.write_text(spec.read_text().replace(
+        spec.read_text().split("sha256: ")[1].split("}")[0],
+        __import__("hashlib").sha256(b"a retrained model\n").hexdigest()))
+    _wait_for(lambda: len([d for d in listing() if d["state"] == "succeeded"]) == 2)
+    assert {d["app"] for d in listing()} == {"watched"}  # the broken spec never ran
+    daemon.stop()
+
+    again = daemons(config)
+    time.sleep(5)  # two scans: nothing new
+    with again.http() as http:
+        assert len(http.get("/v1/deployments").json()) == 2

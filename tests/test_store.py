@@ -158,3 +158,21 @@ def test_reads_do_not_wait_for_the_writer(tmp_path: Path) -> None:
         reader.join(timeout=30)
     assert seen == [1]
     store.close()
+
+
+def test_a_version_1_file_is_migrated_in_place_keeping_its_data(tmp_path: Path) -> None:
+    from orchestrator.store import MIGRATIONS
+
+    path = tmp_path / "s.db"
+    with sqlite3.connect(path) as conn:  # what the first release of the daemon wrote
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (1)")
+        conn.executescript(MIGRATIONS[0])
+        conn.execute("INSERT INTO deployments VALUES ('old', 'app', '{}', 'succeeded', 1, 1, NULL)")
+    conn.close()
+    store = Store.open(path)
+    assert store.schema_version() == SCHEMA_VERSION == 2
+    assert store.get_deployment("old").state is D.SUCCEEDED
+    store.record_watched("/specs/a.yaml", "abc", "old", None)
+    assert store.watched() == {"/specs/a.yaml": "abc"}
+    store.close()
