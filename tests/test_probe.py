@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -265,3 +266,17 @@ def test_trust_asks_on_a_terminal(testbed: Testbed, tmp_path: Path, answer: str,
     host = load_inventory(inventory).hosts["tb-03"]
     trusted = ssh.known_host_keys(known, host.address, host.port)
     assert trusted == ([ssh.fetch_host_key(host)] if answer == "y" else [])
+
+
+def test_cuda_version_falls_back_when_the_v2_call_is_missing() -> None:
+    import pynvml  # type: ignore[import-untyped]
+
+    def missing() -> int:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+
+    old_driver = SimpleNamespace(
+        NVMLError_FunctionNotFound=pynvml.NVMLError_FunctionNotFound,
+        nvmlSystemGetCudaDriverVersion_v2=missing,
+        nvmlSystemGetCudaDriverVersion=lambda: 11040,
+    )
+    assert remote_probe.cuda_driver_version(old_driver) == 11040

@@ -91,7 +91,7 @@ def nvml_facts() -> tuple[dict[str, Any], list[dict[str, Any]]]:
         return section, gpus
     try:
         section["driver_version"] = _text(pynvml.nvmlSystemGetDriverVersion())
-        cuda = int(pynvml.nvmlSystemGetCudaDriverVersion_v2())
+        cuda = cuda_driver_version(pynvml)
         section["cuda_driver_version"] = f"{cuda // 1000}.{(cuda % 1000) // 10}"
         for index in range(pynvml.nvmlDeviceGetCount()):
             gpus.append(gpu_facts(pynvml, index))
@@ -101,6 +101,14 @@ def nvml_facts() -> tuple[dict[str, Any], list[dict[str, Any]]]:
         with contextlib.suppress(pynvml.NVMLError):
             pynvml.nvmlShutdown()
     return section, gpus
+
+
+def cuda_driver_version(pynvml: Any) -> int:
+    """1000*major + 10*minor; the _v2 call is missing from older drivers' libraries."""
+    try:
+        return int(pynvml.nvmlSystemGetCudaDriverVersion_v2())
+    except pynvml.NVMLError_FunctionNotFound:
+        return int(pynvml.nvmlSystemGetCudaDriverVersion())
 
 
 def gpu_facts(pynvml: Any, index: int) -> dict[str, Any]:
