@@ -512,9 +512,12 @@ def append_known_host(known_hosts: Path, address: str, port: int, key: HostKey) 
     """Append one OpenSSH-format line; the file is created 0600 with its directory if needed."""
     known_hosts.parent.mkdir(parents=True, exist_ok=True)
     line = f"{known_hosts_name(address, port)} {key.key_type} {key.base64}\n"
-    fd = os.open(known_hosts, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "a", encoding="ascii") as handle:
-        handle.write(line)
+    fd = os.open(known_hosts, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "rb+") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = "\n" + line  # a hand-edited file without a final newline: keep lines apart
+        handle.write(line.encode("ascii"))
 
 
 def remove_known_host(known_hosts: Path, address: str, port: int) -> None:

@@ -226,6 +226,9 @@ def test_fetch_and_record_host_keys(testbed: Testbed, host: Host, tmp_path: Path
     assert ssh.known_host_keys(known, host.address, host.port) == [key]
     ssh.remove_known_host(known, host.address, host.port)
     assert ssh.known_host_keys(known, host.address, host.port) == []
+    known.write_text("# hand-edited, no final newline")
+    ssh.append_known_host(known, host.address, host.port, key)
+    assert ssh.known_host_keys(known, host.address, host.port) == [key]
 
 
 def test_pool_opens_one_connection_per_host(inventory: Inventory,
