@@ -1,7 +1,9 @@
 """The `orchestrator` command line: one subcommand per module in `orchestrator.commands`.
 
-Each command module exposes `register(subparsers)`, which adds its parser and sets `func` to a
-callable taking the parsed namespace and returning an exit code. Expected errors print one
+Each command module exposes `register(subparsers)`, which adds its parser (named like the module)
+and sets `func` to a callable taking the parsed namespace and returning an exit code. Only the
+invoked command's module is imported, so a quick command does not pay for paramiko, TensorFlow or
+FastAPI; `--help` imports them all. Expected errors print one
 line and exit with their code; anything else prints the traceback and asks for a report.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 import traceback
@@ -18,21 +21,28 @@ from orchestrator import __version__, commands
 from orchestrator.errors import EXIT_INTERNAL, OrchestratorError
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_modules(argv: Sequence[str]) -> list[str]:
+    names = sorted(m.name for m in pkgutil.iter_modules(commands.__path__))
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return [first] if first in names else names
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orchestrator",
         description="Deploy ML models to GPU hosts over SSH, and refuse to let a broken one serve.",
     )
     parser.add_argument("--version", action="version", version=f"orchestrator {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+    for name in _command_modules(argv):
+        module = importlib.import_module(f"{commands.__name__}.{name}")
         module.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         code: int = args.func(args)
     except OrchestratorError as exc:
@@ -40,8 +50,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `orchestrator ... | head`: the reader left; not an error of ours.
+        _silence_stdout()
+        return 0
     except Exception:  # the one place that turns a bug into a report instead of a crash
         traceback.print_exc()
         print("error: internal error; please report this with the traceback above", file=sys.stderr)
         return EXIT_INTERNAL
     return code
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())

@@ -84,7 +84,8 @@ class CommandFailed(HostError):
     """A remote command exited non-zero; like invoke's UnexpectedExit it carries the result."""
 
     def __init__(self, host: str, command: str, exit_code: int, stdout: str, stderr: str) -> None:
-        self.command, self.exit_status, self.stdout, self.stderr = command, exit_code, stdout, stderr
+        self.command, self.exit_status = command, exit_code
+        self.stdout, self.stderr = stdout, stderr
         tail = "\n".join((stderr or stdout).strip().splitlines()[-10:])
         super().__init__(host, f"command exited {exit_code}: {command}\n{tail}".rstrip())
 

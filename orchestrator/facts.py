@@ -95,7 +95,9 @@ def parse_facts(host: str, text: str) -> HostFacts:
     except ValueError as exc:
         raise BadHostOutput(host, f"probe output is not JSON ({exc}): {text[:200]!r}") from exc
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise BadHostOutput(host, f"probe output is not a schema-{SCHEMA} facts object: {text[:200]!r}")
+        raise BadHostOutput(
+            host, f"probe output is not a schema-{SCHEMA} facts object: {text[:200]!r}"
+        )
     try:
         return _facts_from(host, data)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -114,7 +116,7 @@ def _facts_from(host: str, data: dict[str, Any]) -> HostFacts:
         disk_path=str(data["disk"]["path"]),
         disk_free_bytes=int(data["disk"]["free_bytes"]),
         disk_total_bytes=int(data["disk"]["total_bytes"]),
-        nvml_error=NvmlError(int(err["code"]), str(err["name"]), str(err["message"])) if err else None,
+        nvml_error=_nvml_error(err),
         driver_version=_opt_str(nvml.get("driver_version")),
         cuda_driver_version=_opt_str(nvml.get("cuda_driver_version")),
         gpus=tuple(
@@ -137,6 +139,10 @@ def _facts_from(host: str, data: dict[str, Any]) -> HostFacts:
         },
         raw=data,
     )
+
+
+def _nvml_error(err: dict[str, Any] | None) -> NvmlError | None:
+    return NvmlError(int(err["code"]), str(err["name"]), str(err["message"])) if err else None
 
 
 def _opt_str(value: object) -> str | None:
