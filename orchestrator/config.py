@@ -49,6 +49,9 @@ class DaemonConfig:
     max_ssh_sessions: int = 16
     max_body_bytes: int = DEFAULT_MAX_BODY
     shutdown_grace_s: float = 30.0
+    # A running deployment silent this long is stopped after its current step (the daemon's own
+    # watchdog; a verify step with a long warmup emits nothing meanwhile, hence generous).
+    progress_timeout_s: float = 7200.0
     runner: str = DEFAULT_RUNNER
     tcp: TcpConfig = field(default_factory=TcpConfig)
 
@@ -72,7 +75,7 @@ class DaemonConfig:
 _PATHS = ("state_dir", "socket", "inventory", "known_hosts", "identity", "specs_dir")
 _INTS = {"max_parallel_deployments": (1, 64), "max_ssh_sessions": (1, 1024),
          "max_body_bytes": (1024, 1 << 40)}
-_FLOATS = {"shutdown_grace_s": (0.0, 3600.0)}
+_FLOATS = {"shutdown_grace_s": (0.0, 3600.0), "progress_timeout_s": (1.0, 7 * 86400.0)}
 _TCP_KEYS = {"enabled", "host", "port", "token_file", "allowed_hosts"}
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 

@@ -38,6 +38,7 @@ from orchestrator.watch import SpecWatcher
 
 log = structlog.get_logger("orchestrator.daemon")
 WATCH_INTERVAL_S = 2.0  # how often `specs_dir` is scanned for new or changed specs
+PROGRESS_CHECK_S = 10.0  # how often in-flight deployments are checked for a dead or stalled worker
 
 
 def configure_logging(log_file: Path, *, stream: object = None) -> None:
@@ -147,12 +148,15 @@ class _Server(uvicorn.Server):
     would kill the process before the workers are stopped) and systemd notifications."""
 
     def __init__(self, config: uvicorn.Config, on_stop: Callable[[], None],
-                 watcher: SpecWatcher | None = None) -> None:
+                 watcher: SpecWatcher | None = None, service: Service | None = None) -> None:
         super().__init__(config)
+        self._service = service
         self._on_stop = on_stop
         self._watcher = watcher
         self._scan: asyncio.Task[list[str]] | None = None
         self._last_scan = 0.0
+        self._check: asyncio.Task[list[str]] | None = None
+        self._last_check = time.monotonic()
         self._watchdog = watchdog_interval()
         self._last_ping = 0.0
 
@@ -189,6 +193,12 @@ class _Server(uvicorn.Server):
                 log.error("specs_dir scan failed", error=repr(self._scan.exception()))
             # In the API's thread pool: packing a model must not stall the event loop.
             self._scan = asyncio.create_task(run_in_threadpool(self._watcher.scan))
+        if (self._service is not None and not self.should_exit
+                and (self._check is None or self._check.done())
+                and now - self._last_check >= PROGRESS_CHECK_S):
+            self._last_check = now
+            self._check = asyncio.create_task(
+                run_in_threadpool(self._service.check_progress, time.time()))
         return await super().on_tick(counter)
 
 
@@ -229,5 +239,5 @@ def _serve(service: Service, sockets: list[socket.socket], token: str | None) ->
     watcher = SpecWatcher(service, specs_dir) if specs_dir is not None else None
     server = _Server(uvicorn.Config(app, log_config=None, lifespan="off", access_log=False,
                                     timeout_graceful_shutdown=2, timeout_keep_alive=5),
-                     service.stopping.set, watcher)
+                     service.stopping.set, watcher, service)
     server.run(sockets=sockets)

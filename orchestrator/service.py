@@ -112,6 +112,7 @@ class Service:
         self._user_cancelled: set[str] = set()
         self._rollback_requested: set[str] = set()
         self._working: set[str] = set()
+        self._stall_noted: set[str] = set()
         self.stopping = threading.Event()
         self.idle = threading.Condition()
 
@@ -213,6 +214,7 @@ class Service:
                 self._cancels.pop(deployment, None)
                 self._user_cancelled.discard(deployment)
                 self._rollback_requested.discard(deployment)
+                self._stall_noted.discard(deployment)
             self.hub.close_log(deployment)
             with self.idle:
                 self._working.discard(deployment)
@@ -237,6 +239,10 @@ class Service:
             sink.emit("deployment", status="interrupted", level="warning",
                       reason="daemon stopping; reconciled at the next start")
             return
+        if outcome.state is D.CANCELLED and deployment in self._stall_noted:
+            outcome = DeploymentOutcome(D.FAILED, "stopped by the daemon's watchdog: no progress "
+                                                  f"for {self.config.progress_timeout_s:g} s",
+                                        outcome.hosts)
         change_deployment_state(self.store, sink, deployment, outcome.state,
                                 reason=outcome.reason, result=outcome.as_json())
 
@@ -284,6 +290,39 @@ class Service:
             if record.state in (D.RUNNING, D.SUCCEEDED):
                 return self.rollback(record.id)
         raise NotFound(f"app {app!r} has no running or succeeded deployment to roll back")
+
+    def check_progress(self, now: float, *, orphan_after_s: float = 30.0) -> list[str]:
+        """The daemon's own watchdog, run periodically: a deployment in flight in the store that
+        no worker owns (its worker died) is reconciled; one whose worker has emitted nothing
+        for `progress_timeout_s` is told to stop after its current step, with an event. Returns
+        the deployments acted on."""
+        acted = []
+        in_flight = self.store.list_deployments(
+            states=frozenset({D.RUNNING, D.ROLLING_BACK}), limit=1 << 30)
+        for record in in_flight:
+            with self._lock:
+                owned = record.id in self._cancels
+                stalled = owned and record.id not in self._stall_noted
+            if not owned and not self.stopping.is_set() and now - record.updated > orphan_after_s:
+                self.sink(record.id).emit("watchdog", status="orphaned", level="error",
+                                          reason="no worker owns this deployment")
+                self.reconciler(self.store, self.sink(record.id), record)
+                acted.append(record.id)
+            elif stalled:
+                last = self.store.last_event_ts(record.id) or record.updated
+                if now - last > self.config.progress_timeout_s:
+                    with self._lock:
+                        self._stall_noted.add(record.id)
+                        cancel = self._cancels.get(record.id)
+                        if cancel is not None:
+                            cancel.set()
+                    self.sink(record.id).emit(
+                        "watchdog", status="stalled", level="error",
+                        reason=f"no progress for {now - last:.0f} s "
+                               f"(progress_timeout_s {self.config.progress_timeout_s:g}); "
+                               "stopping after the current step")
+                    acted.append(record.id)
+        return acted
 
     def verify_hosts(self, names: list[str]) -> list[dict[str, Any]]:
         checks = self.runner.verify_hosts(names)

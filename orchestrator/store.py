@@ -344,6 +344,10 @@ class Store:
         )
         return [event_from_row(r) for r in rows]
 
+    def last_event_ts(self, deployment: str) -> float | None:
+        rows = self._query("SELECT MAX(ts) FROM events WHERE deployment = ?", (deployment,))
+        return None if rows[0][0] is None else float(rows[0][0])
+
     # -- host facts and releases -------------------------------------------------------------
 
     def record_host(

@@ -24,6 +24,7 @@ from orchestrator.config import DaemonConfig, TcpConfig
 from orchestrator.events import EventHub
 from orchestrator.runner import EchoRunner
 from orchestrator.service import Service
+from orchestrator.states import DeploymentState, HostStepState
 from orchestrator.store import Store
 
 with warnings.catch_warnings():
@@ -276,3 +277,30 @@ def test_pipeline_style_step_events_become_step_records(service: Service) -> Non
     assert [e["status"] for e in events] == ["running", "ok", "running", "failed", "ok"]
     assert "state_error" in events[-1] and events[-1]["level"] == "warning"
     assert events[0]["timeout_s"] == 60
+
+
+def test_watchdog_reconciles_a_deployment_no_worker_owns(service: Service) -> None:
+    service.store.create_deployment("orphan", "app", {"targets": ["h1"]})
+    service.store.transition_deployment("orphan", DeploymentState.RUNNING)
+    service.store.transition_step("orphan", "h1", "install", HostStepState.RUNNING)
+    assert service.check_progress(time.time()) == []  # too recent to judge
+    assert service.check_progress(time.time() + 60) == ["orphan"]
+    record = service.store.get_deployment("orphan")
+    assert record.state is DeploymentState.FAILED
+    assert [s.state for s in service.store.steps("orphan")] == [HostStepState.FAILED]
+    events = [(e["event"], e["status"]) for e in service.store.events("orphan")]
+    assert events[0] == ("watchdog", "orphaned") and ("reconcile", "started") in events
+
+
+def test_watchdog_stops_a_stalled_deployment(api: TestClient, service: Service,
+                                             tmp_path: Path) -> None:
+    service.runner.delay_s = 2.0  # type: ignore[attr-defined]
+    body = bundle_bytes(write_spec(tmp_path / "spec"))
+    deployment = api.post("/v1/deployments", content=body,
+                          headers={"content-type": "application/x-tar"}).json()["id"]
+    wait_state(api, deployment, {"running"})
+    later = time.time() + service.config.progress_timeout_s + 1
+    assert service.check_progress(later) == [deployment]
+    record = wait_state(api, deployment, {"failed"})
+    assert "watchdog" in record["result"]["reason"]
+    assert service.check_progress(later) == []  # noted once
