@@ -233,7 +233,7 @@ class HostDeploy:
 
     def _baseline(self) -> dict[str, Any] | None:
         """The serving release's warmup result, for `verify.max_regression` (None if none)."""
-        if not self.state.app.get("current"):
+        if not self.state.app.get("current") or self.inputs.spec.verify.max_regression is None:
             return None
         try:
             raw = self.transport.get(f"{service.app_dir(self.root, self.app)}/current/"

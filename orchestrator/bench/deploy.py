@@ -1,0 +1,188 @@
+"""Deploy benchmark on a fresh local testbed (10 sshd hosts), with a small real lock (numpy +
+scikit-learn + scipy, tests/fixtures/deploy/sklearn.lock) and a real scikit-learn model:
+
+1. a cold deploy to one host (tb-01), per step;
+2. a cold deploy to 8 hosts at once (tb-02..tb-09), per step;
+3. a warm redeploy (new model, same lock) to the same 8 hosts, per step, and what the
+   orchestrator adds beyond the model's own warmup run (target: under 2 s);
+4. on one fresh host (tb-10): pip vs uv for venv + install (+ the first import) of the lock, and
+   uv again with its cache warm (a new venv for an already-cached lock; target: under 1 s).
+
+The hosts share this machine's cores (and those of anyone else working on it): figures are what
+this machine gave at that moment, printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator.deploy import DeployResult, deploy, prepare
+from orchestrator.hostops import HostOps
+from orchestrator.inventory import Inventory, load_inventory
+from orchestrator.pool import Pool
+from orchestrator.spec import load_spec
+from orchestrator.ssh import SshOptions
+from orchestrator.steps.host import local_uv
+from orchestrator.steps.wheels import default_cache_dir
+from orchestrator.testbed import Testbed
+from orchestrator.transport import Transport
+from orchestrator.treehash import hash_path
+from orchestrator.wheelcache import WheelCache, platform_tags
+
+LOCK = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "deploy" / "sklearn.lock"
+STEPS = ("probe", "preflight", "stage", "install", "verify", "switch", "check", "prune")
+FLEET = [f"tb-{i:02d}" for i in range(2, 10)]
+IMPORT = "import sklearn.linear_model, scipy.sparse, numpy"
+
+
+class _Quiet:
+    """The bench's event sink: keeps the warmup durations, prints nothing per event."""
+
+    def __init__(self) -> None:
+        self.warmup_s: dict[str, float] = {}
+
+    def emit(self, event: str, *, host: str | None = None, step: str | None = None,
+             status: str | None = None, duration_ms: float | None = None, level: str = "info",
+             **details: Any) -> None:
+        if step == "verify" and status == "ok" and host is not None:
+            self.warmup_s[host] = float(details.get("warmup_s") or 0.0)
+
+
+def _model(directory: Path, seed: int) -> tuple[Path, Path]:
+    import joblib  # type: ignore[import-untyped]
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
+
+    from orchestrator import golden
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(200, 4)).astype(np.float32)
+    model = LogisticRegression(max_iter=300).fit(x, np.argmax(x[:, :3], axis=1))
+    joblib.dump(model, directory / "model.joblib")
+    np.savez(directory / "inputs.npz", inputs=x[:32])
+    golden.record(directory / "model.joblib", "joblib", directory / "inputs.npz",
+                  directory / "golden.npz", method="predict_proba")
+    return directory / "model.joblib", directory / "golden.npz"
+
+
+def _spec(directory: Path, model: Path, golden: Path) -> Path:
+    shutil.copy(model, directory / "model.joblib")
+    shutil.copy(golden, directory / "golden.npz")
+    shutil.copy(LOCK, directory / "requirements.lock")
+    (directory / "spec.yaml").write_text(f"""\
+apiVersion: orchestrator/v1
+kind: Deployment
+name: bench-app
+model: {{path: model.joblib, format: joblib, sha256: {hash_path(directory / 'model.joblib')}}}
+environment: {{python: "3.11", requirements: requirements.lock}}
+targets: [testbed]
+rollout: {{max_parallel: 16}}
+verify: {{golden: golden.npz, method: predict_proba, warmup_iterations: 5, iterations: 50,
+          timeout_s: 300}}
+service: {{health_command: "test -e current/model/model.joblib", health_timeout_s: 10}}
+""")
+    return directory / "spec.yaml"
+
+
+Measured = tuple[DeployResult, _Quiet, dict[str, float], float]
+
+
+def _deploy(spec_path: Path, inv: Inventory, names: list[str]) -> Measured:
+    hosts = inv.resolve(names)
+    sink = _Quiet()
+    with Pool(SshOptions.for_inventory(inv), max_connections=16) as pool:
+        connect: dict[str, float] = {}
+        for host in hosts:  # connections opened (and timed) first, then reused by the deploy
+            t0 = time.perf_counter()
+            with pool.session(host):
+                connect[host.name] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        inputs = prepare(load_spec(spec_path), wheel_cache=default_cache_dir())
+        result = deploy(inputs, hosts, pool=pool, sink=sink, max_parallel=16)
+        wall = time.perf_counter() - t0
+    return result, sink, connect, wall
+
+
+def _print_steps(title: str, result: DeployResult, sink: _Quiet, connect: dict[str, float],
+                 wall: float) -> None:
+    print(f"{title}: wall {wall:.2f} s, ok={result.ok}")
+    print("  host   connect " + " ".join(f"{s:>9}" for s in STEPS) + "   warmup  added")
+    added_all = []
+    for name, r in result.hosts.items():
+        t = r.timings()
+        warm = sink.warmup_s.get(name, 0.0)
+        added = connect[name] + sum(t.values()) / 1000 - warm
+        added_all.append(added)
+        cells = " ".join(f"{t.get(s, 0) / 1000:8.2f}s" for s in STEPS)
+        print(f"  {name}  {connect[name]:6.2f}s {cells}  {warm:6.2f}s {added:6.2f}s"
+              + ("" if r.ok else f"  FAILED {r.failed_step}: {r.error}"))
+    if len(added_all) > 1:
+        print(f"  orchestrator-added time (all but the warmup run) per host: max "
+              f"{max(added_all):.2f} s, mean {sum(added_all) / len(added_all):.2f} s")
+
+
+def _installers(inv: Inventory, work: Path) -> None:
+    """pip vs uv, venv + install + first import, on a fresh host (tb-10)."""
+    host = inv.hosts["tb-10"]
+    wheels = WheelCache(default_cache_dir()).fill(LOCK, "3.11", platform_tags("x86_64",
+                                                                            "glibc 2.36"))
+    with Pool(SshOptions.for_inventory(inv)) as pool, pool.session(host) as t:
+        ops = HostOps(t, host.deploy_root)
+        ops.push_wheels({sha: w.path for sha, w in wheels.items()})
+        uv = ops.push_uv(local_uv())
+        names = {sha: w.filename for sha, w in wheels.items()}
+        rows: list[tuple[str, float, float, Any]] = []
+        for label, installer, compile_bc in (
+                ("pip", "pip", True), ("uv (cold cache)", "uv", True),
+                ("uv (warm cache)", "uv", True), ("uv (warm, no .pyc)", "uv", False)):
+            lock = f"{host.deploy_root}/bench-{installer}-{len(rows)}.lock"
+            # Each run gets its own lock bytes, hence its own env hash: a real new venv.
+            t.put(LOCK.read_bytes() + f"# {label}\n".encode(), lock, 0o644)
+            env = f"{len(rows):02d}" + "b" * 22
+            t0 = time.perf_counter()
+            out = ops.venv_ensure(env, lock, names, installer=installer, uv=uv,
+                                  compile_bytecode=compile_bc)
+            build = time.perf_counter() - t0
+            imp = _first_import(t, f"{out.path}/bin/python")
+            rows.append((label, build, imp, out.durations))
+    print("installers on one host (venv + install of the lock, then the first import):")
+    for label, build, imp, parts in rows:
+        detail = ", ".join(f"{k} {v:.2f}s" for k, v in parts.items())
+        print(f"  {label:18} build {build:6.2f} s ({detail})  first import {imp:5.2f} s  "
+              f"total {build + imp:6.2f} s")
+    pip_total, uv_total = rows[0][1] + rows[0][2], rows[1][1] + rows[1][2]
+    print(f"  uv vs pip, cold host: {pip_total / uv_total:.1f}x faster (target >= 2.5x); "
+          f"new venv for a cached lock: {rows[2][1]:.2f} s with bytecode compiled, "
+          f"{rows[3][1]:.2f} s without (target < 1 s; the first import then compiles)")
+
+
+def _first_import(t: Transport, python: str) -> float:
+    t0 = time.perf_counter()
+    t.run([python, "-c", IMPORT], timeout=300)
+    return time.perf_counter() - t0
+
+
+def run() -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-deploy-"))
+    tb = Testbed.up(work / "testbed", 10, ["h100"])
+    try:
+        inv = load_inventory(tb.inventory_path)
+        v1 = _spec(_mkdir(work / "v1"), *_model(work / "m1", seed=1))
+        v2 = _spec(_mkdir(work / "v2"), *_model(work / "m2", seed=2))
+        _print_steps("cold deploy, 1 host", *_deploy(v1, inv, ["tb-01"]))
+        _print_steps("cold deploy, 8 hosts at once", *_deploy(v1, inv, FLEET))
+        _print_steps("warm redeploy (new model, same lock), 8 hosts", *_deploy(v2, inv, FLEET))
+        _installers(inv, work)
+    finally:
+        Testbed.down(work / "testbed")
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
