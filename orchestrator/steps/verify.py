@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from orchestrator import fingerprint
+from orchestrator.errors import InvalidInput
 from orchestrator.pipeline import Deadline
 from orchestrator.steps import StepFailed
 from orchestrator.tools import RemoteTools
@@ -42,9 +44,14 @@ def verify_release(transport: Transport, tools: RemoteTools, spec: Any, *, pytho
     base = result_from_raw(transport.host, baseline) if baseline else None
     verdicts = gates(result, spec.verify, base)
     failed = [g for g in verdicts if not g.passed]
+    differences = environment_differences(spec.paths.golden, result.environment)
     if failed:
+        hint = ""
+        if differences and any(g.name == "golden" for g in failed):
+            hint = " (the host differs from where the golden was recorded: " + \
+                "; ".join(differences[:5]) + ")"
         raise StepFailed(transport.host, "verify failed: " + "; ".join(
-            f"{g.name}: {g.message}" for g in failed))
+            f"{g.name}: {g.message}" for g in failed) + hint)
     lat = result.latency
     details: dict[str, Any] = {"gates": [g.name for g in verdicts]}
     if lat is not None:
@@ -53,4 +60,17 @@ def verify_release(transport: Transport, tools: RemoteTools, spec: Any, *, pytho
     if result.golden:
         details["golden_samples"] = result.golden.get("samples")
     details["warmup_s"] = result.duration_s
+    details["environment_differences"] = differences
     return result.raw, details
+
+
+def environment_differences(golden: Path, host_environment: dict[str, Any]) -> list[str]:
+    """The golden's fingerprint against the host's environment (reported, never a gate); none
+    when either side is missing (a golden recorded without `golden record`, a killed runner)."""
+    try:
+        recorded = fingerprint.read_fingerprint(golden)
+    except InvalidInput as exc:
+        return [f"golden fingerprint unreadable: {exc}"]
+    if not recorded or not host_environment:
+        return []
+    return [d.message for d in fingerprint.diff(recorded, host_environment)]
