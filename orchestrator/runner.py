@@ -72,6 +72,10 @@ class Runner(Protocol):
 
     def verify_hosts(self, names: list[str]) -> list[HostCheck]: ...
 
+    # Optional: `reconcile(deployment_id, bundle_dir, spec, sink, record) -> DeploymentOutcome`,
+    # called at start (and by the daemon's watchdog) for a deployment left in flight; see
+    # `Service.reconcile`. Without it the deployment is failed.
+
 
 def targets_of(spec: Any) -> list[str]:
     """The spec's `targets`, whether `spec` is the plain dict or `load_spec`'s object."""

@@ -26,6 +26,7 @@ from orchestrator.events import DeploymentSink, EventHub
 from orchestrator.runner import DeploymentOutcome, HostCheck, Runner
 from orchestrator.states import (
     DEPLOYMENT_ACTIVE,
+    DEPLOYMENT_TRANSITIONS,
     DeploymentState,
     HostStepState,
     change_deployment_state,
@@ -129,10 +130,38 @@ class Service:
         for record in self.store.list_deployments(states=frozenset({D.RUNNING, D.ROLLING_BACK}),
                                                   limit=1 << 30):
             log.warning("reconciling", deployment=record.id, state=str(record.state))
-            self.reconciler(self.store, self.sink(record.id), record)
+            self.reconcile(record)
         queued = self.store.list_deployments(states=frozenset({D.QUEUED}), limit=1 << 30)
         for record in sorted(queued, key=lambda r: r.created):
             self._schedule(record.id, "run")
+
+    def reconcile(self, record: DeploymentRecord) -> None:
+        """Settle a deployment the store shows in flight with no worker. A runner that defines
+        `reconcile(deployment_id, bundle_dir, spec, sink, record) -> DeploymentOutcome` (the
+        deploy pipeline: read each host's real state, resume or roll back) decides the outcome;
+        otherwise `self.reconciler` (module-level `reconcile`: fail it) does."""
+        method = getattr(self.runner, "reconcile", None)
+        sink = self.sink(record.id)
+        if method is None:
+            self.reconciler(self.store, sink, record)
+            return
+        sink.emit("reconcile", status="started", level="warning", state=str(record.state))
+        try:
+            submission = bundle.validate(self.bundle_dir(record.id))
+            outcome: DeploymentOutcome = method(record.id, submission.bundle_dir,
+                                                submission.spec, sink, record)
+        except OrchestratorError as exc:
+            outcome = DeploymentOutcome(D.FAILED, f"reconciliation failed: {exc}")
+        except Exception as exc:
+            log.exception("reconcile crashed", deployment=record.id)
+            outcome = DeploymentOutcome(D.FAILED, f"reconciliation crashed ({exc!r}); please "
+                                                  "report (traceback in the daemon log)")
+        if outcome.state not in DEPLOYMENT_TRANSITIONS[record.state]:
+            outcome = DeploymentOutcome(D.FAILED, f"reconciliation returned {outcome.state} "
+                                                  f"for a {record.state} deployment", outcome.hosts)
+        sink.emit("reconcile", status="finished", level="warning", outcome=str(outcome.state))
+        change_deployment_state(self.store, sink, record.id, outcome.state,
+                                reason=outcome.reason, result=outcome.as_json())
 
     def stop(self, grace_s: float) -> bool:
         """No new work; in-flight runners are told to stop after their current step. Returns
@@ -306,7 +335,7 @@ class Service:
             if not owned and not self.stopping.is_set() and now - record.updated > orphan_after_s:
                 self.sink(record.id).emit("watchdog", status="orphaned", level="error",
                                           reason="no worker owns this deployment")
-                self.reconciler(self.store, self.sink(record.id), record)
+                self.reconcile(record)
                 acted.append(record.id)
             elif stalled:
                 last = self.store.last_event_ts(record.id) or record.updated

@@ -304,3 +304,34 @@ def test_watchdog_stops_a_stalled_deployment(api: TestClient, service: Service,
     record = wait_state(api, deployment, {"failed"})
     assert "watchdog" in record["result"]["reason"]
     assert service.check_progress(later) == []  # noted once
+
+
+class _ResumingRunner(EchoRunner):
+    """A runner that knows how to settle an interrupted deployment (as the pipeline will)."""
+
+    def reconcile(self, deployment_id: str, bundle_dir: Path, spec: Any, sink: Any,
+                  record: Any) -> Any:
+        from orchestrator.runner import DeploymentOutcome
+
+        assert (bundle_dir / "spec.yaml").is_file() and record.id == deployment_id
+        sink.step("h1", "switch", HostStepState.FAILED, reason="interrupted")
+        sink.step("h1", "switch", HostStepState.ROLLED_BACK, reason="current -> previous")
+        return DeploymentOutcome(DeploymentState.ROLLED_BACK, "rolled back after a restart")
+
+
+def test_a_runner_reconcile_decides_the_outcome(service: Service, tmp_path: Path) -> None:
+    from orchestrator.bundle import unpack_bundle
+
+    deployment, path = service.new_bundle()
+    (path / "b.tar").write_bytes(bundle_bytes(write_spec(tmp_path / "spec")))
+    unpack_bundle(path / "b.tar", path)
+    service.store.create_deployment(deployment, "fraud", {"targets": ["h1"]})
+    service.store.transition_deployment(deployment, DeploymentState.RUNNING)
+    service.runner = _ResumingRunner(service.config)
+    service.reconcile(service.store.get_deployment(deployment))
+    record = service.store.get_deployment(deployment)
+    assert record.state is DeploymentState.ROLLED_BACK
+    assert record.result is not None and record.result["reason"] == "rolled back after a restart"
+    events = [(e["event"], e["status"]) for e in service.store.events(deployment)]
+    assert events == [("reconcile", "started"), ("step", "failed"), ("step", "rolled_back"),
+                      ("reconcile", "finished"), ("deployment", "rolled_back")]
