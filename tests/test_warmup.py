@@ -308,3 +308,13 @@ def test_golden_comparison_edge_cases(expected: dict[str, Any], got: dict[str, A
                                 {k: np.array(v) for k, v in got.items()}, 1e-5, 1e-6)
     assert out["message"] == message
     json.dumps(out, allow_nan=False)  # what the runner prints is strict JSON
+
+
+def test_missing_golden_file_is_named_and_not_blamed_on_the_model(
+        built: Path, tmp_path: Path) -> None:
+    model, _ = models.make_joblib(built / "jl-nogolden")
+    result, proc = run_local(tmp_path, model, "joblib", tmp_path / "absent.npz")
+    got = by_name(gates(result, {}))
+    assert proc.returncode == 1 and result.error and result.error["phase"] == "read-golden"
+    assert "absent.npz" in got["run"].message and "FileNotFoundError" in got["run"].message
+    assert got["load"].message == "model not loaded (runner stopped during read-golden)"

@@ -662,11 +662,16 @@ def verify(request, state):
     for entry in reversed(request["sys_path"]):
         sys.path.insert(0, entry)
     required = bool(request["gpu_required"])
-    state.set(phase="load", gpu={"required": required, "checked": False, "ok": None,
-                                 "message": "not checked: the runner stopped before the GPU check"})
-    t0 = time.perf_counter()
+    state.set(phase="read-golden", gpu={"required": required, "checked": False, "ok": None,
+                                        "message": "not checked: the runner stopped first"})
     try:
         inputs, expected = read_golden(request["golden_path"])
+    except Exception as exc:  # numpy missing, no such file, not an .npz: not the model's fault
+        state.set(error=error_of(exc, "read-golden"))
+        return False
+    state.set(phase="load")
+    t0 = time.perf_counter()
+    try:
         model = load_model(request["format"], request["model_path"], request["signature"],
                            request["method"])
     except Exception as exc:
