@@ -31,12 +31,16 @@ Golden .npz layout:
     __golden__                    JSON string: {"schema", "format", "signature", "method"}
 All inputs share their first dimension: the samples. Latency batches take rows cyclically.
 
-Result (JSON object, schema 1): ok, error {type, message, phase} | null, phase, duration_s,
-load {ok, seconds, error}, findings [...], warnings [...], golden {ok, samples, mismatched,
-outputs {name: {...worst}}, message}, gpu {required, ok, gpus, output_devices, built_with_cuda,
-build_info, missing_libraries, message}, latency {cold_start_ms, warmup_iterations, samples,
-batch_size, p50_ms, p90_ms, p95_ms, p99_ms, max_ms, mean_ms, throughput_per_s},
-gpu_memory {peak_used_bytes, before_used_bytes, devices, error}, environment {...}, log_tail.
+Result (JSON object, schema 1): ok, error {type, message, phase} | null, phase (the last one
+reached: request, read-golden, load, cold-start, golden, gpu, warmup, latency, done), duration_s,
+load {ok, seconds, error}, findings [{kind: "sklearn-version-mismatch", trained_with, running,
+estimators, allowed, message}], warnings [...], golden {ok, samples, mismatched, rtol, atol,
+message, outputs {name: {ok, samples, mismatched, max_abs_diff, worst [{index, element,
+expected, got, abs_diff}]}}}, gpu {required, checked, ok (null: not applicable), gpus,
+output_devices, built_with_cuda, build_info, missing_libraries, message}, latency
+{cold_start_ms, warmup_iterations, samples, batch_size, p50_ms, p90_ms, p95_ms, p99_ms, max_ms,
+mean_ms, throughput_per_s}, gpu_memory {peak_used_bytes, before_used_bytes, devices, error},
+environment (see `environment`), log_tail (last lines of the captured stdout/stderr).
 """
 
 from __future__ import annotations
