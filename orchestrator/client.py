@@ -31,7 +31,7 @@ from orchestrator.errors import (
     OrchestratorError,
     PayloadTooLarge,
 )
-from orchestrator.render import event_line, use_colour
+from orchestrator.render import LiveProgress, event_line, use_colour
 
 _STATUS_ERRORS: dict[int, type[OrchestratorError]] = {
     400: InvalidInput, 404: NotFound, 409: Conflict, 413: PayloadTooLarge, 422: InvalidInput,
@@ -176,8 +176,12 @@ def print_events(client: Client, deployment: str, *, follow: bool, host: str | N
     """Print the events (one JSON line each with `as_json`), following until the end."""
     out = out or sys.stdout
     colour = use_colour(out)
+    live = LiveProgress(out, colour) if follow and colour and not as_json else None
     for event in client.events(deployment, host=host, follow=follow):
         if quiet:
+            continue
+        if live is not None:
+            live.show(event)  # a terminal: events scroll above a per-host progress block
             continue
         line = json.dumps(event, separators=(",", ":")) if as_json else event_line(
             event, colour=colour)

@@ -111,3 +111,48 @@ def hosts_table(hosts: Sequence[dict[str, Any]], *, colour: bool) -> str:
                      _short("; ".join(h.get("reasons") or []))])
     return table(["host", "status", "driver", "cuda", "gpus", "checked", "reasons"], rows,
                  colour=colour, state_column=1)
+
+
+def progress_block(hosts: dict[str, tuple[str, str]], *, colour: bool,
+                   max_rows: int = 20) -> list[str]:
+    """Pure: the live per-host block shown under the events while following on a terminal:
+    one row per host (its current step and status), or, past `max_rows` hosts, counts by status
+    with the failed hosts named."""
+    if not hosts:
+        return []
+    if len(hosts) <= max_rows:
+        width = max(len(h) for h in hosts)
+        return [f"  {host.ljust(width)}  {step.ljust(10)} {paint(status, status, colour)}"
+                for host, (step, status) in sorted(hosts.items())]
+    counts: dict[str, int] = {}
+    for _, status in hosts.values():
+        counts[status] = counts.get(status, 0) + 1
+    summary = ", ".join(f"{paint(str(n) + ' ' + s, s, colour)}" for s, n in sorted(counts.items()))
+    failed = sorted(h for h, (_, s) in hosts.items() if s == "failed")
+    lines = [f"  {len(hosts)} hosts: {summary}"]
+    if failed:
+        lines.append(f"  failed: {', '.join(failed[:max_rows])}"
+                     + (f" and {len(failed) - max_rows} more" if len(failed) > max_rows else ""))
+    return lines
+
+
+class LiveProgress:
+    """Event lines scroll; the per-host block stays under them, redrawn in place (terminal
+    only: the caller uses plain lines when the output is piped)."""
+
+    def __init__(self, out: IO[str], colour: bool) -> None:
+        self.out = out
+        self.colour = colour
+        self.hosts: dict[str, tuple[str, str]] = {}
+        self._drawn = 0
+
+    def show(self, event: dict[str, Any]) -> None:
+        if event.get("host") and event.get("step") and event.get("status"):
+            self.hosts[str(event["host"])] = (str(event["step"]), str(event["status"]))
+        if self._drawn:
+            self.out.write(f"\x1b[{self._drawn}F\x1b[J")  # to the block's first line; clear
+        block = progress_block(self.hosts, colour=self.colour)
+        self.out.write(event_line(event, colour=self.colour) + "\n")
+        self.out.write("".join(line + "\n" for line in block))
+        self.out.flush()
+        self._drawn = len(block)
