@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, NoReturn
+from urllib.parse import quote
 
 import httpx
 
@@ -113,16 +114,16 @@ class Client:
         return result
 
     def deployment(self, deployment: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("GET", f"/v1/deployments/{deployment}")
+        result: dict[str, Any] = self.request("GET", f"/v1/deployments/{_q(deployment)}")
         return result
 
     def cancel(self, deployment: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("POST", f"/v1/deployments/{deployment}/cancel")
+        result: dict[str, Any] = self.request("POST", f"/v1/deployments/{_q(deployment)}/cancel")
         return result
 
     def rollback(self, deployment: str | None = None, app: str | None = None) -> dict[str, Any]:
-        path = (f"/v1/deployments/{deployment}/rollback" if deployment
-                else f"/v1/apps/{app}/rollback")
+        path = (f"/v1/deployments/{_q(deployment)}/rollback" if deployment
+                else f"/v1/apps/{_q(app or '')}/rollback")
         result: dict[str, Any] = self.request("POST", path)
         return result
 
@@ -142,7 +143,7 @@ class Client:
         if host:
             params["host"] = host
         try:
-            with self._http.stream("GET", f"/v1/deployments/{deployment}/events",
+            with self._http.stream("GET", f"/v1/deployments/{_q(deployment)}/events",
                                    params=params, timeout=None) as response:
                 if response.status_code >= 400:
                     response.read()
@@ -156,6 +157,11 @@ class Client:
             raise DaemonUnavailable(f"the daemon closed the event stream ({exc}); "
                                     f"resume with `orchestrator logs {deployment} --follow`"
                                     ) from None
+
+
+def _q(segment: str) -> str:
+    """A user-given id as one URL path segment (a `/` in it cannot reach another route)."""
+    return quote(segment, safe="")
 
 
 def check(response: httpx.Response) -> None:

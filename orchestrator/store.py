@@ -66,8 +66,10 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (host, app, release_id)
     );
     """,
-    # 1 -> 2: specs_dir watching remembers what it already rolled out, across restarts.
+    # 1 -> 2: specs_dir watching remembers what it already rolled out, across restarts; listing
+    # by state (in-flight deployments, at every start and watchdog round) uses an index.
     """
+    CREATE INDEX deployments_state ON deployments(state, created);
     CREATE TABLE watched_specs (
         path TEXT PRIMARY KEY, digest TEXT NOT NULL, deployment TEXT, error TEXT,
         updated REAL NOT NULL
@@ -248,14 +250,14 @@ class Store:
         self, *, states: frozenset[DeploymentState] | None = None, app: str | None = None,
         limit: int = 100,
     ) -> list[DeploymentRecord]:
+        wanted = sorted(str(s) for s in (states if states is not None else DeploymentState))
+        marks = ", ".join("?" * len(wanted))
         rows = self._query(
-            "SELECT * FROM deployments WHERE (? IS NULL OR app = ?) ORDER BY created DESC, id",
-            (app, app),
+            f"SELECT * FROM deployments WHERE (? IS NULL OR app = ?) AND state IN ({marks}) "
+            "ORDER BY created DESC, id LIMIT ?",
+            (app, app, *wanted, limit),
         )
-        records = [_deployment(r) for r in rows]
-        if states is not None:
-            records = [r for r in records if r.state in states]
-        return records[:limit]
+        return [_deployment(r) for r in rows]
 
     def transition_deployment(
         self, deployment: str, new: DeploymentState, *, result: dict[str, Any] | None = None
