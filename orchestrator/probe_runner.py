@@ -65,6 +65,11 @@ class ProbeRunner:
             options = dataclasses.replace(options, **overrides)
         return Pool(options, max_connections=self.config.max_ssh_sessions)
 
+    def check(self, spec: Any) -> None:
+        """At submission: every target resolves in the inventory and the lock file is valid."""
+        self._inventory().resolve(targets_of(spec))
+        load_lock(spec.paths.requirements)
+
     def run(self, deployment_id: str, bundle_dir: Path, spec: Any, sink: RunSink,
             cancel_event: threading.Event) -> DeploymentOutcome:
         inventory = self._inventory()

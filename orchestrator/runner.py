@@ -72,6 +72,8 @@ class Runner(Protocol):
 
     def verify_hosts(self, names: list[str]) -> list[HostCheck]: ...
 
+    # Optional: `check(spec) -> None`, called at submission; a SpecError it raises refuses the
+    # spec with 400 / exit 2 before anything is queued (unknown targets, a bad lock file).
     # Optional: `reconcile(deployment_id, bundle_dir, spec, sink, record) -> DeploymentOutcome`,
     # called at start (and by the daemon's watchdog) for a deployment left in flight; see
     # `Service.reconcile`. Without it the deployment is failed.

@@ -191,6 +191,9 @@ class Service:
             if self.stopping.is_set():
                 raise Conflict("the daemon is stopping; submit again after it restarts")
             submission = bundle.validate(path, spec_name)
+            check = getattr(self.runner, "check", None)
+            if check is not None:  # e.g. targets that the inventory does not know: 400 now
+                check(submission.spec)
             with self._lock:
                 active = self.store.list_deployments(states=DEPLOYMENT_ACTIVE,
                                                      app=submission.app)

@@ -421,3 +421,12 @@ def test_specs_dir_rolls_out_new_and_changed_specs_once(
     time.sleep(5)  # two scans: nothing new
     with again.http() as http:
         assert len(http.get("/v1/deployments").json()) == 2
+
+
+def test_unknown_target_is_refused_at_submission(
+        testbed: Testbed, tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
+    daemon = daemons(write_config(tmp_path, f'inventory = "{testbed.inventory_path}"\n'))
+    result = daemon.cli("submit", str(write_spec(tmp_path / "spec", ["gpu-99"])), "--wait")
+    assert result.returncode == 2
+    assert "unknown host or group 'gpu-99'" in result.stderr
+    assert json.loads(daemon.cli("status", "--json").stdout) == []
