@@ -354,3 +354,84 @@ def test_cli_deploy_prints_events_and_releases_lists_them(
     broken.write_text(broken.read_text().replace("kind: Deployment", "kind: Deploymint"))
     assert main(["deploy", str(broken), "--inventory", inv]) == 2
     assert "spec.yaml:2: kind" in capsys.readouterr().err
+
+
+# -- crash recovery: a pipeline that dies mid-way, then the reconciliation of its host ---------
+
+class Crash(BaseException):
+    """Stands for the controller dying: no `except Exception` catches it, nothing is undone."""
+
+
+def crash_at(step: str, spec_path: Path, pool: Pool, host: Host) -> Any:
+    from orchestrator.pipeline import Pipeline
+    from orchestrator.playbook import load_playbook
+    from orchestrator.steps.host import HostDeploy
+
+    class Dying(HostDeploy):
+        def run(self, name: str, deadline: Any) -> Any:
+            if name == step:
+                raise Crash(name)
+            return super().run(name, deadline)
+
+    inputs = prepare(load_spec(spec_path), wheel_cache=WHEEL_CACHE)
+    with pool.session(host) as t:
+        hostlock.acquire(t, host.deploy_root, str(inputs.spec.name), inputs.deployment)
+        with pytest.raises(Crash):
+            Pipeline(load_playbook(), Dying(t, host, inputs), Sink()).run()
+    return inputs
+
+
+def test_reconcile_after_a_crash_before_switch_removes_the_staged_release(
+        inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path) -> None:
+    from orchestrator.deploy import recover_host
+
+    host = inventory.hosts[HOST]
+    good, _ = run(write_spec(tmp_path / "ok", "crash-app", models_dir / "model.joblib",
+                             models_dir / "golden.npz"), inventory, pool)
+    assert good.ok
+    inputs = crash_at("verify", write_spec(
+        tmp_path / "v2", "crash-app", models_dir / "changed.joblib",
+        models_dir / "golden-v2.npz", model_name="model-v2.joblib"), pool, host)
+    state = app_state(pool, host, "crash-app")
+    assert state.staging == (inputs.release_id,) and state.current == good.release_id
+    assert (Path(host.deploy_root) / "crash-app" / hostlock.LOCK_DIR).exists()
+
+    sink = Sink()
+    with pool.session(host) as t:
+        assert recover_host(t, host, inputs, sink) == "aborted"
+    state = app_state(pool, host, "crash-app")
+    assert state.staging == () and state.current == good.release_id
+    assert not (Path(host.deploy_root) / "crash-app" / hostlock.LOCK_DIR).exists()
+    assert sink.find("reconcile", "ok")["outcome"] == "aborted"
+
+
+def test_reconcile_after_a_crash_after_switch_keeps_a_healthy_release_or_rolls_back(
+        inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path) -> None:
+    from orchestrator.deploy import recover_host
+
+    host = inventory.hosts[HOST]
+    health = "service: {health_command: 'test ! -e current/model/sick', health_timeout_s: 1}\n"
+    good, _ = run(write_spec(tmp_path / "ok", "crash2-app", models_dir / "model.joblib",
+                             models_dir / "golden.npz", extra=health), inventory, pool)
+    assert good.ok
+    inputs = crash_at("prune", write_spec(
+        tmp_path / "v2", "crash2-app", models_dir / "changed.joblib",
+        models_dir / "golden-v2.npz", model_name="model-v2.joblib", extra=health), pool, host)
+    assert app_state(pool, host, "crash2-app").current != good.release_id
+    with pool.session(host) as t:
+        assert recover_host(t, host, inputs, Sink()) == "serving"
+    serving = app_state(pool, host, "crash2-app").current
+    assert serving != good.release_id
+
+    # The same crash, but the new release is found unhealthy when the daemon comes back.
+    inputs = crash_at("prune", write_spec(
+        tmp_path / "v3", "crash2-app", models_dir / "model.joblib", models_dir / "golden.npz",
+        model_name="model-v3.joblib", extra=health), pool, host)
+    current = Path(host.deploy_root) / "crash2-app" / "current"
+    (current / "model" / "sick").write_text("")
+    sink = Sink()
+    with pool.session(host) as t:
+        assert recover_host(t, host, inputs, sink) == "rolled_back"
+    state = app_state(pool, host, "crash2-app")
+    assert state.current == serving and inputs.release_id in state.bad
+    assert sink.find("recheck", "failed")

@@ -8,6 +8,7 @@ hosts in tests/test_deploy.py.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -309,3 +310,59 @@ def test_a_bug_in_a_step_still_recovers_the_host_then_propagates() -> None:
     with pytest.raises(ZeroDivisionError):
         _run(host)
     assert host.calls[-1] == "abort-stage" and host.staged is None
+
+
+# -- the fleet rollout's pure parts -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class H:
+    name: str
+
+
+@pytest.mark.parametrize(("n", "canary", "batch", "sizes"), [
+    (5, 1, 2, [1, 2, 2]),
+    (5, 0, 2, [2, 2, 1]),
+    (1, 1, 3, [1]),
+    (4, 2, 10, [2, 2]),
+    (0, 1, 2, []),
+])
+def test_plan_batches_canary_first_then_batches_in_order(n: int, canary: int, batch: int,
+                                                         sizes: list[int]) -> None:
+    from orchestrator.deploy import plan_batches
+
+    hosts = [H(f"h{i}") for i in range(n)]
+    batches = plan_batches(hosts, canary, batch)  # type: ignore[arg-type]
+    assert [len(b) for b in batches] == sizes
+    assert [h for b in batches for h in b] == hosts
+
+
+def _rollout(statuses: dict[str, HostStatus], stopped: str | None = None,
+             undone: dict[str, str] | None = None) -> Any:
+    from orchestrator.deploy import DeployResult, RolloutResult
+    from orchestrator.pipeline import HostResult
+
+    result = DeployResult("dep", "r")
+    result.hosts = {n: HostResult(n, s, reason="why", error="err") for n, s in statuses.items()}
+    return RolloutResult(result, stopped, undone or {})
+
+
+@pytest.mark.parametrize(("statuses", "stopped", "undone", "state"), [
+    ({"a": HostStatus.SUCCEEDED, "b": HostStatus.SUCCEEDED}, None, None, "succeeded"),
+    ({"a": HostStatus.SUCCEEDED, "b": HostStatus.FAILED}, None, None, "succeeded"),
+    ({"a": HostStatus.FAILED}, "1 failed hosts", None, "failed"),
+    ({"a": HostStatus.ROLLED_BACK}, "1 failed hosts", None, "rolled_back"),
+    ({"a": HostStatus.SUCCEEDED, "b": HostStatus.FAILED}, "1 failed hosts",
+     {"a": "rolled_back"}, "rolled_back"),
+    ({"a": HostStatus.SUCCEEDED}, "cancelled", None, "cancelled"),
+], ids=["all-ok", "within-budget", "failed", "host-rolled-back", "fleet-undone", "cancelled"])
+def test_rollout_outcome_for_the_daemon(statuses: dict[str, HostStatus], stopped: str | None,
+                                        undone: dict[str, str] | None, state: str) -> None:
+    from orchestrator.deploy import outcome_of
+
+    out = outcome_of(_rollout(statuses, stopped, undone))
+    assert str(out.state) == state
+    if state not in ("succeeded", "cancelled") or "b" in statuses:
+        assert out.reason is None or "why (err)" in out.reason
+    if undone:
+        assert out.hosts["a"] == "rolled_back"

@@ -105,7 +105,7 @@ class HostDeploy:
     def rollback(self, deadline: Deadline) -> Mapping[str, Any]:
         out = self.ops.rollback(self.app, from_release=self.rid, mark_bad=True,
                                 timeout=deadline.timeout())
-        return {"current": out.current, "changed": out.changed, **self._restart(deadline)}
+        return {"current": out.current, "changed": out.changed, **self.restart_service(deadline)}
 
     def recheck(self, deadline: Deadline) -> Mapping[str, Any]:
         return self._health(deadline)
@@ -196,7 +196,7 @@ class HostDeploy:
                 "rollback_target": out.previous_good}
 
     def _check(self, deadline: Deadline) -> dict[str, Any]:
-        return {**self._restart(deadline), **self._health(deadline)}
+        return {**self.restart_service(deadline), **self._health(deadline)}
 
     def _prune(self, deadline: Deadline) -> dict[str, Any]:
         out = self.ops.prune(self.app, int(self.inputs.spec.release.keep),
@@ -216,7 +216,7 @@ class HostDeploy:
             raise StepFailed(self.host, "nothing staged: the stage step did not run")
         return self.state.staged
 
-    def _restart(self, deadline: Deadline) -> dict[str, Any]:
+    def restart_service(self, deadline: Deadline) -> dict[str, Any]:
         svc = self.inputs.spec.service
         if svc is None or not svc.restart:
             return {}
