@@ -251,6 +251,10 @@ class DeployRunner:
     def verify_hosts(self, names: list[str]) -> Any:
         return self._probe.verify_hosts(names)
 
+    def check(self, spec: Any) -> None:
+        """At submission: the targets resolve and the lock is valid (the probe runner's)."""
+        self._probe.check(spec)
+
     def _inventory(self) -> Any:
         return self._probe._inventory()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import threading
 import zipfile
@@ -435,3 +436,58 @@ def test_reconcile_after_a_crash_after_switch_keeps_a_healthy_release_or_rolls_b
     state = app_state(pool, host, "crash2-app")
     assert state.current == serving and inputs.release_id in state.bad
     assert sink.find("recheck", "failed")
+
+
+# -- through the real daemon: submit, wait, roll back by hand -----------------------------------
+
+def test_daemon_deploys_with_the_deploy_runner_and_rolls_back_on_request(
+        testbed: Testbed, inventory: Inventory, pool: Pool, models_dir: Path,
+        tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    exe = str(Path(sys.executable).parent / "orchestrator")
+    work = tmp_path / "daemon"
+    work.mkdir()
+    (work / "orchestrator.toml").write_text(
+        f'state_dir = "state"\nsocket = "o.sock"\ninventory = "{testbed.inventory_path}"\n'
+        'runner = "orchestrator.deploy:DeployRunner"\n')
+    env = {**os.environ, "ORCHESTRATOR_WHEEL_CACHE": str(WHEEL_CACHE)}
+    proc = subprocess.Popen([exe, "daemon", "--config", str(work / "orchestrator.toml")],
+                            cwd=work, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    sock = work / "o.sock"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([exe, *args, "--socket", str(sock)], capture_output=True,
+                              text=True, timeout=300, check=False, env=env)
+
+    try:
+        deadline = time.monotonic() + 60
+        while not sock.exists() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.1)
+        v1 = write_spec(tmp_path / "d1", "daemon-app", models_dir / "model.joblib",
+                        models_dir / "golden.npz")
+        first = cli("submit", str(v1), "--wait")
+        assert first.returncode == 0, first.stdout + first.stderr
+        v2 = write_spec(tmp_path / "d2", "daemon-app", models_dir / "changed.joblib",
+                        models_dir / "golden-v2.npz", model_name="model-v2.joblib")
+        second = cli("submit", str(v2), "--wait")
+        assert second.returncode == 0, second.stdout + second.stderr
+        host = inventory.hosts[HOST]
+        before = app_state(pool, host, "daemon-app")
+        assert before.previous_good is not None
+
+        assert cli("rollback", "--app", "daemon-app").returncode == 0
+        deadline = time.monotonic() + 120
+        while app_state(pool, host, "daemon-app").current != before.previous_good:
+            assert time.monotonic() < deadline, "the rollback never switched the host back"
+            time.sleep(0.5)
+        assert before.current in app_state(pool, host, "daemon-app").bad
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        if proc.stderr is not None:
+            proc.stderr.close()
