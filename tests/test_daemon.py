@@ -430,3 +430,29 @@ def test_unknown_target_is_refused_at_submission(
     assert result.returncode == 2
     assert "unknown host or group 'gpu-99'" in result.stderr
     assert json.loads(daemon.cli("status", "--json").stdout) == []
+
+
+def test_corrupt_store_stops_the_daemon_with_one_line(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "state.sqlite3").write_bytes(b"definitely not sqlite" * 500)
+    result = subprocess.run([ORCHESTRATOR, "daemon", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
+    errors = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert result.returncode == 1 and len(errors) == 1
+    assert "state.sqlite3: not a usable orchestrator store" in errors[0]
+    assert not (tmp_path / "o.sock").exists()
+
+
+def test_a_live_socket_of_another_daemon_is_not_stolen(
+        tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
+    first = daemons(write_config(tmp_path))
+    other = tmp_path / "other"
+    other.mkdir()
+    config = other / "orchestrator.toml"
+    config.write_text(f'state_dir = "state"\nsocket = "{first.socket}"\n')
+    second = start(config, wait=False)
+    assert second.proc.wait(timeout=60) == 1
+    assert "another daemon is already listening" in second.proc.communicate()[1]
+    with first.http() as http:
+        assert http.get("/healthz").status_code == 200
