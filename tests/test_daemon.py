@@ -456,3 +456,31 @@ def test_a_live_socket_of_another_daemon_is_not_stolen(
     assert "another daemon is already listening" in second.proc.communicate()[1]
     with first.http() as http:
         assert http.get("/healthz").status_code == 200
+
+
+def test_cancel_and_rollback_from_the_cli(tmp_path: Path,
+                                          daemons: Callable[..., Daemon]) -> None:
+    daemon = daemons(write_config(tmp_path, ECHO), env={"ORCHESTRATOR_ECHO_DELAY_S": "0.3"})
+    spec = write_spec(tmp_path / "spec", ["h1", "h2"])
+    waiting = subprocess.Popen([ORCHESTRATOR, "submit", str(spec), "--wait", "--socket",
+                                str(daemon.socket)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deployment = _wait_for(lambda: [d["id"] for d in json.loads(
+        daemon.cli("status", "--json").stdout) if d["state"] == "running"])[0]
+    cancelled = daemon.cli("cancel", deployment)
+    assert cancelled.returncode == 0 and "cancel requested" in cancelled.stdout
+    _, err = waiting.communicate(timeout=120)
+    assert waiting.returncode == 3, err  # DESIGN.md: a deployment that did not succeed
+    assert json.loads(daemon.cli("status", deployment, "--json").stdout)["state"] == "cancelled"
+    again = daemon.cli("cancel", deployment)
+    assert again.returncode == 2 and "nothing to cancel" in again.stderr
+
+    (tmp_path / "b").mkdir()
+    fast = daemons(write_config(tmp_path / "b", ECHO), env={"ORCHESTRATOR_ECHO_DELAY_S": "0"})
+    done = fast.cli("submit", str(write_spec(tmp_path / "s2", ["h1"], name="app2")), "--wait")
+    assert done.returncode == 0, done.stderr
+    rolled = fast.cli("rollback", "--app", "app2")
+    assert rolled.returncode == 0 and "rolling_back" in rolled.stdout
+    deployment = rolled.stdout.split()[0]
+    logs = fast.cli("logs", deployment, "--follow", "--json")
+    assert json.loads(logs.stdout.splitlines()[-1])["status"] == "rolled_back"
