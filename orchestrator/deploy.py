@@ -34,7 +34,7 @@ from orchestrator.pipeline import (
     Pipeline,
 )
 from orchestrator.playbook import Playbook, load_playbook
-from orchestrator.pool import Pool
+from orchestrator.pool import Pool, map_hosts
 from orchestrator.spec import Spec
 from orchestrator.steps import hostlock
 from orchestrator.steps.host import DeployInputs, HostDeploy, new_inputs_release_id
@@ -120,11 +120,18 @@ def deploy(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: Eve
     sink.emit("deployment.started", status="started", release_id=inputs.release_id,
               hosts=[h.name for h in hosts], app=str(inputs.spec.name))
 
-    def one(transport: Transport, host: Host) -> HostResult:
-        return deploy_host(transport, host, inputs, sink, playbook=playbook, cancel=cancel,
-                           break_lock=break_lock)
+    def one(host: Host) -> HostResult:
+        try:
+            with pool.session(host) as transport:
+                result = deploy_host(transport, host, inputs, sink, playbook=playbook,
+                                     cancel=cancel, break_lock=break_lock)
+        except HostError as exc:  # could not connect: nothing was done on that host
+            return _refused(host.name, sink, exc)
+        if result.connection_lost:
+            _reconnect_and_settle(pool, host, inputs, sink, result)
+        return result
 
-    outcomes = pool.map_hosts(one, list(hosts), parallel)
+    outcomes = map_hosts(one, list(hosts), parallel)
     result = DeployResult(inputs.deployment, inputs.release_id)
     for name, outcome in outcomes.items():
         result.hosts[name] = (outcome if isinstance(outcome, HostResult)
@@ -133,6 +140,32 @@ def deploy(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: Eve
               level="info" if result.ok else "error",
               hosts={n: r.status.value for n, r in result.hosts.items()})
     return result
+
+
+def _reconnect_and_settle(pool: Pool, host: Host, inputs: DeployInputs, sink: EventSink,
+                          result: HostResult) -> None:
+    """The connection died under the pipeline, so neither the step nor its recovery could
+    finish: reconnect once and settle the host from its real state (`recover_host`)."""
+    sink.emit("host.reconnect", host=host.name, status="started", level="warning",
+              reason=result.error)
+    try:
+        with pool.session(host) as transport:  # the pool reopens a dead connection
+            outcome = recover_host(transport, host, inputs, sink)
+    except HostError as exc:
+        sink.emit("host.reconnect", host=host.name, status="failed", level="error",
+                  error=str(exc))
+        result.status = HostStatus.BROKEN
+        result.reason = f"connection lost in {result.failed_step}; reconnecting failed: {exc}"
+        return
+    sink.emit("host.reconnect", host=host.name, status="ok", level="warning", outcome=outcome)
+    if outcome == "serving":
+        result.status = HostStatus.SUCCEEDED
+        result.warnings.append(f"connection lost in {result.failed_step}; reconnected: the "
+                               "release serves and passes its health check")
+    else:
+        result.status = HostStatus.FAILED if outcome == "aborted" else HostStatus.ROLLED_BACK
+        result.reason = (f"connection lost in {result.failed_step}; reconnected and settled the "
+                         f"host from its real state: {outcome}")
 
 
 def _refused(host: str, sink: EventSink, exc: HostError) -> HostResult:

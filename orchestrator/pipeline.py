@@ -163,6 +163,7 @@ class StepRecord:
     duration_ms: float
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    kind: str | None = None  # the error's class name: "HostUnreachable", "CommandFailed", ...
 
 
 @dataclass
@@ -181,6 +182,12 @@ class HostResult:
 
     def timings(self) -> dict[str, float]:
         return {r.name: r.duration_ms for r in self.steps}
+
+    @property
+    def connection_lost(self) -> bool:
+        """Whether a step or a recovery action failed because the host could not be reached
+        (then nothing after it could be done on that connection)."""
+        return any(r.kind == "HostUnreachable" for r in self.steps)
 
 
 class Pipeline:
@@ -239,7 +246,8 @@ class Pipeline:
     def _outcome_failed(self, name: str, t0: float, exc: BaseException) -> str:
         ms = _ms(self.clock() - t0)
         error = str(exc)
-        self.result.steps.append(StepRecord(name, "failed", ms, error=error))
+        self.result.steps.append(StepRecord(name, "failed", ms, error=error,
+                                            kind=type(exc).__name__))
         self.sink.emit("step", host=self.host, step=name, status="failed", duration_ms=ms,
                        level="error", error=error, kind=type(exc).__name__)
         return error
@@ -289,7 +297,8 @@ class Pipeline:
             details = dict(action(Deadline(self.host, name, timeout_s, self.clock)))
         except OrchestratorError as exc:
             ms = _ms(self.clock() - t0)
-            self.result.steps.append(StepRecord(name, "failed", ms, error=str(exc)))
+            self.result.steps.append(StepRecord(name, "failed", ms, error=str(exc),
+                                                kind=type(exc).__name__))
             self.sink.emit("recovery", host=self.host, step=name, status="failed",
                            duration_ms=ms, level="error", error=str(exc),
                            kind=type(exc).__name__)

@@ -491,3 +491,64 @@ def test_daemon_deploys_with_the_deploy_runner_and_rolls_back_on_request(
         proc.wait(timeout=60)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+# -- the SSH connection killed during install ---------------------------------------------------
+
+def _kill_sessions(sshd_pid: int) -> int:
+    """SIGKILL the per-connection children of one testbed sshd: every open SSH session drops."""
+    import signal
+
+    killed = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == sshd_pid:
+            try:
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+    return killed
+
+
+def test_connection_killed_during_install_leaves_previous_release_serving(
+        inventory: Inventory, pool: Pool, testbed: Testbed, models_dir: Path,
+        tmp_path: Path) -> None:
+    name = "tb-03"
+    host, tb_host = inventory.hosts[name], Testbed.load(testbed.dir).host(name)
+    good, _ = run(write_spec(tmp_path / "ok", "cut-app", models_dir / "model.joblib",
+                             models_dir / "golden.npz"), inventory, pool, hosts=[name])
+    assert good.ok, good.hosts[name].error
+
+    class Cutter(Sink):
+        killed = 0
+
+        def emit(self, event: str, **kw: Any) -> None:
+            super().emit(event, **kw)
+            if kw.get("step") == "install" and kw.get("status") == "started":
+                threading.Timer(1.0, self.cut).start()
+
+        def cut(self) -> None:
+            Cutter.killed = _kill_sessions(tb_host.pid)
+
+    other_lock = tmp_path / "cut.lock"
+    other_lock.write_text(LOCK.read_text() + "# cut\n")  # a new venv: install takes a while
+    spec = load_spec(write_spec(tmp_path / "cut", "cut-app", models_dir / "model.joblib",
+                                models_dir / "golden.npz", lock=other_lock))
+    sink = Cutter()
+    result = deploy(prepare(spec, wheel_cache=WHEEL_CACHE), [host], pool=pool, sink=sink)
+    r = result.hosts[name]
+    assert Cutter.killed >= 1
+    assert r.status is HostStatus.FAILED and r.failed_step == "install"
+    assert "connection lost in install" in (r.reason or "")
+    assert sink.find("install", "failed")["kind"] == "HostUnreachable"
+    assert sink.find("abort-stage", "failed")["kind"] == "HostUnreachable"
+    reconnect = [e for e in sink.events if e["event"] == "host.reconnect"]
+    assert [e["status"] for e in reconnect] == ["started", "ok"]
+    assert reconnect[-1]["outcome"] == "aborted"
+    state = app_state(pool, host, "cut-app")
+    assert state.current == good.release_id and state.staging == ()
+    assert not (Path(host.deploy_root) / "cut-app" / hostlock.LOCK_DIR).exists()
