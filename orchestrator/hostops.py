@@ -284,7 +284,7 @@ class HostOps:
     def venv_ensure(self, env_hash: str, lock_path: str, wheels: Mapping[str, str], *,
                     installer: str = "uv", uv: str | None = None, python: str | None = None,
                     app: str | None = None, release_id: str | None = None,
-                    compile_bytecode: bool = True, wait_s: float = VENV_TIMEOUT_S,
+                    compile_bytecode: bool = False, wait_s: float = VENV_TIMEOUT_S,
                     timeout: float = VENV_TIMEOUT_S) -> VenvResult:
         """Reuse or build venvs/<env_hash> (wheels: {sha256: real filename}). With app and
         release_id the release's `venv` link is made under the venv's lock. A concurrent

@@ -333,6 +333,24 @@ def test_venv_built_offline_from_the_lock_then_reused(wheels_root: Path, tmp_pat
     assert again["freeze"] == built["freeze"] and time.monotonic() - start < 1.0
 
 
+def test_a_new_venv_for_a_cached_lock_unpacks_nothing_again(wheels_root: Path) -> None:
+    def cache_files() -> set[str]:
+        cache = wheels_root / ".orchestrator/uv-cache"
+        unpacked = [p for p in cache.rglob("*") if p.is_file()
+                    and p.relative_to(cache).parts[0].startswith(("archive-", "wheels-"))]
+        assert unpacked
+        return {str(p.relative_to(cache)) for p in unpacked}
+
+    assert ensure(wheels_root, "uv", env="a" * 24)[0] == 0
+    before = cache_files()
+    code, second = ensure(wheels_root, "uv", env="b" * 24)
+    assert code == 0 and second["reused"] is False
+    # uv keys unpacked local wheels by path: the find-links paths are content-addressed
+    assert cache_files() == before
+    links = wheels_root / ".orchestrator/links"
+    assert sorted(p.name for p in links.glob("*/*.whl")) == sorted(WHEELS.values())
+
+
 @pytest.mark.parametrize("installer", ["uv", "pip"])
 def test_tampered_hash_names_package_and_both_hashes_leaves_no_venv(
         wheels_root: Path, installer: str) -> None:

@@ -21,6 +21,8 @@ Layout under root (DESIGN.md "Host layout"):
     .orchestrator/venvs/<env_hash>.lock  flock: one builder at a time; a second one WAITS (up
                                    to "wait_s") and then reuses the finished venv
     .orchestrator/wheels/<sha256>.whl  uploads land in <sha256>.whl.part, then wheels-verify
+    .orchestrator/links/<sha256>/<real filename>  -> the cached wheel: the installers' find-links
+    .orchestrator/uv-cache/        uv's cache (venvs hardlink into it: no second copy on disk)
 """
 
 from __future__ import annotations
@@ -471,12 +473,14 @@ def _scrubbed_env(root, tmp, python):
     }
 
 
-def _link_wheels(root, wheel_map, links):
-    """A find-links dir of symlinks named with the wheels' real filenames (pip and uv parse
-    name, version and tags from the filename, so <sha>.whl cannot be installed as is)."""
+def _link_wheels(root, wheel_map):
+    """One find-links dir per wheel, .orchestrator/links/<sha256>/<real filename> -> the cached
+    <sha256>.whl: pip and uv read name, version and tags from the filename, so <sha>.whl cannot
+    be installed as is; and the path is stable and content-addressed, because uv keys its cache
+    of unpacked local wheels by path: a new venv for a cached lock then only links files."""
     if not isinstance(wheel_map, dict):
         raise OpError("bad-args", "wheels must be an object {sha256: filename}")
-    os.makedirs(links)
+    dirs = []
     for sha, filename in sorted(wheel_map.items()):
         if not HASH_RE.match(sha) or not isinstance(filename, str) or not WHEEL_RE.match(filename):
             raise OpError("bad-args", f"bad wheel entry: {sha!r}: {filename!r}")
@@ -484,7 +488,16 @@ def _link_wheels(root, wheel_map, links):
         if not os.path.isfile(source):
             raise OpError("missing-wheel", f"wheel {filename} (sha256 {sha}) is not in the "
                           "host's cache", sha256=sha, filename=filename)
-        os.symlink(source, os.path.join(links, filename))
+        directory = _orch(root, "links", sha)
+        os.makedirs(directory, exist_ok=True)
+        if not os.path.exists(os.path.join(directory, filename)):
+            _replace_symlink(directory, filename, source)  # atomic: builders may race here
+        dirs.append(directory)
+    return dirs
+
+
+def _find_links(dirs):
+    return [arg for d in dirs for arg in ("--find-links", d)]
 
 
 def _uv_usable(uv, env, cwd):
@@ -501,7 +514,7 @@ def _uv_usable(uv, env, cwd):
 def _uv_commands(uv, python, path, links, lock, compile_bytecode):
     vpy = os.path.join(path, "bin", "python")
     install = [uv, "pip", "install", "--python", vpy, "--require-hashes", "--no-index",
-               "--offline", "--no-build", "--find-links", links, "-r", lock]
+               "--offline", "--no-build", *_find_links(links), "-r", lock]
     if compile_bytecode:
         install.append("--compile-bytecode")
     return {
@@ -515,7 +528,7 @@ def _uv_commands(uv, python, path, links, lock, compile_bytecode):
 def _pip_commands(python, path, links, lock, compile_bytecode):
     vpy = os.path.join(path, "bin", "python")
     install = [vpy, "-m", "pip", "install", "--require-hashes", "--no-index",
-               "--only-binary=:all:", "--find-links", links, "-r", lock]
+               "--only-binary=:all:", *_find_links(links), "-r", lock]
     if not compile_bytecode:
         install.append("--no-compile")
     return {
@@ -535,8 +548,7 @@ def _build_venv(root, path, args):
     os.makedirs(_orch(root, "tmp"), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="build-", dir=_orch(root, "tmp"))
     try:
-        links = os.path.join(tmp, "links")
-        _link_wheels(root, args.get("wheels") or {}, links)
+        links = _link_wheels(root, args.get("wheels") or {})
         env = _scrubbed_env(root, tmp, python)
         installer, fallback = args.get("installer", "uv"), None
         if installer not in ("uv", "pip"):
@@ -544,7 +556,10 @@ def _build_venv(root, path, args):
         if installer == "uv":
             fallback = _uv_usable(args.get("uv"), env, tmp)
             installer = "pip" if fallback else "uv"
-        compile_bc = bool(args.get("compile_bytecode", True))
+        # Off by default: the warmup's first import compiles what is really imported, once,
+        # into the venv; compiling all of TensorFlow up front costs more than it saves there
+        # and would make a new venv for an already-cached lock take seconds, not < 1 s.
+        compile_bc = bool(args.get("compile_bytecode", False))
         cmds = (_uv_commands(args.get("uv"), python, path, links, lock, compile_bc)
                 if installer == "uv" else _pip_commands(python, path, links, lock, compile_bc))
         durations = {}
@@ -834,6 +849,10 @@ def _gc_wheels(root, grace_s):
         if stale_part or unused:
             os.unlink(path)
             removed.append(name)
+    links = _orch(root, "links")
+    for sha in os.listdir(links) if os.path.isdir(links) else ():
+        if not os.path.isfile(os.path.join(wheels, sha + ".whl")):
+            shutil.rmtree(os.path.join(links, sha), ignore_errors=True)
     return removed
 
 
