@@ -1,7 +1,7 @@
 """Deploy benchmark on a fresh local testbed (10 sshd hosts), with a small real lock (numpy +
 scikit-learn + scipy, tests/fixtures/deploy/sklearn.lock) and a real scikit-learn model:
 
-1. a cold deploy to one host (tb-01), per step;
+1. a cold deploy to one host (tb-01), per step, then a warm redeploy (new model) of it;
 2. a cold deploy to 8 hosts at once (tb-02..tb-09), per step;
 3. a warm redeploy (new model, same lock) to the same 8 hosts, per step, and what the
    orchestrator adds beyond the model's own warmup run (target: under 2 s);
@@ -175,6 +175,7 @@ def run() -> None:
         v1 = _spec(_mkdir(work / "v1"), *_model(work / "m1", seed=1))
         v2 = _spec(_mkdir(work / "v2"), *_model(work / "m2", seed=2))
         _print_steps("cold deploy, 1 host", *_deploy(v1, inv, ["tb-01"]))
+        _print_steps("warm redeploy (new model, same lock), 1 host", *_deploy(v2, inv, ["tb-01"]))
         _print_steps("cold deploy, 8 hosts at once", *_deploy(v1, inv, FLEET))
         _print_steps("warm redeploy (new model, same lock), 8 hosts", *_deploy(v2, inv, FLEET))
         _installers(inv, work)

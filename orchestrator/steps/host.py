@@ -34,7 +34,7 @@ from orchestrator.probe import probe_host
 from orchestrator.steps import StepFailed, service
 from orchestrator.steps.verify import verify_release
 from orchestrator.steps.wheels import WheelResolver
-from orchestrator.tools import RemoteTools, ensure_tools
+from orchestrator.tools import RemoteTools
 from orchestrator.transport import Transport
 
 
@@ -113,10 +113,10 @@ class HostDeploy:
     # -- the steps -------------------------------------------------------------------------
 
     def _probe(self, deadline: Deadline) -> dict[str, Any]:
-        self.state.tools = ensure_tools(self.transport, self.root)
-        facts = probe_host(self.transport, self.inv_host)
+        facts = probe_host(self.transport, self.inv_host)  # ships the tools when missing
         self.state.facts = facts
         self.state.app = asdict(self.ops.state(self.app, timeout=deadline.timeout()))
+        self.state.tools = self.ops.tools()  # already checked by the call above
         return {"python": facts.python_version, "driver": facts.driver_version,
                 "gpus": len(facts.gpus), "current": self.state.app["current"],
                 "generation": self.state.app["generation"]}
