@@ -721,3 +721,25 @@ def test_manifest_round_trips_and_a_bad_one_names_host_and_field() -> None:
         Manifest.from_host("h", {**data, "lock_sha256": "short"})
     with pytest.raises(BadHostOutput, match="surprise: Extra inputs"):
         Manifest.from_host("h", {**data, "surprise": 1})
+
+
+def test_upload_model_file_and_tree_then_verify_on_the_host(tmp_path: Path) -> None:
+    root = tmp_path / "deploy"
+    root.mkdir()
+    ops = HostOps(LocalTransport(), str(root), python=HOST_PYTHON)
+    model_file = tmp_path / "model.joblib"
+    model_file.write_bytes(b"pickled")
+    staged = ops.stage_begin("a", rid(1))
+    rel = ops.upload_model(model_file, staged)
+    assert rel == "model/model.joblib"
+    assert ops.verify_model("a", rid(1), hashlib.sha256(b"pickled").hexdigest(), path=rel) == "file"
+    tree = make_model(tmp_path / "tree", 1)
+    ops.abort_stage("a", rid(1))
+    staged = ops.stage_begin("a", rid(2))
+    assert ops.upload_model(tree, staged) == "model"
+    assert sorted(str(p.relative_to(staged.model_path)) for p in
+                  Path(staged.model_path).rglob("*") if p.is_file()) == sorted(MODEL_DIR_FILES)
+    with pytest.raises(HostOpFailed) as wrong:
+        ops.verify_model("a", rid(2), "0" * 64)
+    assert wrong.value.kind is OpKind.HASH_MISMATCH
+    assert wrong.value.details["actual"] == tree_hash(tree)
