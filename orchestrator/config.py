@@ -22,7 +22,7 @@ from typing import Any
 
 from orchestrator.errors import SpecError
 
-DEFAULT_RUNNER = "orchestrator.probe_runner:ProbeRunner"
+DEFAULT_RUNNER = "orchestrator.deploy:DeployRunner"
 DEFAULT_MAX_BODY = 2 << 30  # a TensorFlow SavedModel plus a wheelhouse fits; a runaway does not
 
 

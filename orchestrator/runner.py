@@ -2,14 +2,14 @@
 
 The daemon (orchestrator/service.py) owns queueing, states, events and recovery; a runner owns
 the hosts. It is chosen by the config's `runner = "module:factory"`, the factory taking the
-`DaemonConfig`. Two ship here:
+`DaemonConfig`:
 
-- `orchestrator.probe_runner.ProbeRunner` (the default until the deploy pipeline replaces it):
-  resolves the spec's targets in the inventory, probes each host (orchestrator/probe.py) and
-  runs the preflight (orchestrator/preflight.py), one event per step state; it changes nothing
-  on any host.
-- `EchoRunner`: walks every target through the pipeline's step names without connecting to
-  anything (`ORCHESTRATOR_ECHO_DELAY_S` seconds per step); for `make bench` and smoke tests of the
+- `orchestrator.deploy.DeployRunner` (the default): the deploy pipeline, with rollout policy,
+  manual rollback, and `reconcile` after a crash (reads each host's real state).
+- `orchestrator.probe_runner.ProbeRunner`: probes each target and runs the preflight, one event
+  per step state; changes nothing on any host (a dry run through the daemon).
+- `EchoRunner` (here): walks every target through the pipeline's step names without connecting
+  to anything (`ORCHESTRATOR_ECHO_DELAY_S` seconds per step); for `make bench` and tests of the
   daemon itself.
 
 A runner reports only through its `RunSink`: `step()` for a host-step state change (persisted and

@@ -159,6 +159,9 @@ class Service:
         if outcome.state not in DEPLOYMENT_TRANSITIONS[record.state]:
             outcome = DeploymentOutcome(D.FAILED, f"reconciliation returned {outcome.state} "
                                                   f"for a {record.state} deployment", outcome.hosts)
+        for step in self.store.steps(record.id):  # what the dead worker left half-done
+            if step.state is S.RUNNING:
+                sink.step(step.host, step.step, S.FAILED, reason="interrupted by a daemon restart")
         sink.emit("reconcile", status="finished", level="warning", outcome=str(outcome.state))
         change_deployment_state(self.store, sink, record.id, outcome.state,
                                 reason=outcome.reason, result=outcome.as_json())

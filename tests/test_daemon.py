@@ -25,6 +25,8 @@ from orchestrator.testbed import Testbed
 ROOT = Path(__file__).resolve().parent.parent
 ORCHESTRATOR = str(Path(sys.executable).parent / "orchestrator")
 LOCKS = Path(__file__).parent / "fixtures" / "locks"
+# The runner that probes and preflights only: these tests are about the daemon, not installs.
+PROBE = 'runner = "orchestrator.probe_runner:ProbeRunner"\n'
 
 
 @dataclass
@@ -140,9 +142,9 @@ def test_submit_follow_status_end_to_end_on_the_testbed(
         testbed: Testbed, tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
     h100 = testbed.hosts_with("h100")[0].name
     old = testbed.hosts_with("old-driver")[0].name
-    config = write_config(tmp_path, f'inventory = "{testbed.inventory_path}"\n'
-                                    f'known_hosts = "{testbed.known_hosts_path}"\n'
-                                    f'identity = "{testbed.identity_path}"\n')
+    config = write_config(tmp_path, PROBE + f'inventory = "{testbed.inventory_path}"\n'
+                                            f'known_hosts = "{testbed.known_hosts_path}"\n'
+                                            f'identity = "{testbed.identity_path}"\n')
     daemon = daemons(config)
 
     # A fleet where one host's driver is too old: submit --follow exits 3.
@@ -185,7 +187,7 @@ def test_verify_probes_named_hosts_and_reports_status(
         testbed: Testbed, tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
     no_driver = testbed.hosts_with("no-driver")[0].name
     h100 = testbed.hosts_with("h100")[0].name
-    daemon = daemons(write_config(tmp_path, f'inventory = "{testbed.inventory_path}"\n'))
+    daemon = daemons(write_config(tmp_path, PROBE + f'inventory = "{testbed.inventory_path}"\n'))
     result = daemon.cli("verify", h100, no_driver, "--json")
     assert result.returncode == 0, result.stderr
     status = {h["host"]: h["status"] for h in json.loads(result.stdout)}
@@ -334,6 +336,12 @@ def test_example_config_and_defaults(tmp_path: Path) -> None:
     example = load_config(ROOT / "configs/orchestrator.toml", env={})
     assert example.socket == Path("/run/orchestrator/orchestrator.sock")
     assert example.tcp.enabled is False and example.max_parallel_deployments == 2
+    from orchestrator.runner import make_runner
+
+    runner = make_runner(example)  # the default: the deploy pipeline, with every hook
+    assert example.runner == "orchestrator.deploy:DeployRunner"
+    assert all(callable(getattr(runner, m)) for m in ("run", "rollback", "verify_hosts",
+                                                       "check", "reconcile"))
     plain = load_config(None, env={"HOME": "/home/u", "XDG_RUNTIME_DIR": "/run/user/7"})
     assert plain.state_dir == Path("/home/u/.local/state/orchestrator")
     assert plain.socket == Path("/run/user/7/orchestrator.sock")
@@ -425,7 +433,7 @@ def test_specs_dir_rolls_out_new_and_changed_specs_once(
 
 def test_unknown_target_is_refused_at_submission(
         testbed: Testbed, tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
-    daemon = daemons(write_config(tmp_path, f'inventory = "{testbed.inventory_path}"\n'))
+    daemon = daemons(write_config(tmp_path, PROBE + f'inventory = "{testbed.inventory_path}"\n'))
     result = daemon.cli("submit", str(write_spec(tmp_path / "spec", ["gpu-99"])), "--wait")
     assert result.returncode == 2
     assert "unknown host or group 'gpu-99'" in result.stderr
@@ -484,3 +492,109 @@ def test_cancel_and_rollback_from_the_cli(tmp_path: Path,
     deployment = rolled.stdout.split()[0]
     logs = fast.cli("logs", deployment, "--follow", "--json")
     assert json.loads(logs.stdout.splitlines()[-1])["status"] == "rolled_back"
+
+
+# -- kill -9 in the middle of real deployments (the deploy pipeline as the runner) ---------------
+
+WHEEL_CACHE = Path.home() / ".cache" / "orchestrator" / "test-wheelcache"
+SKLEARN_LOCK = Path(__file__).parent / "fixtures" / "deploy" / "sklearn.lock"
+
+
+def _joblib_spec(root: Path, app: str, host: str, model: Path, golden: Path) -> Path:
+    from orchestrator.treehash import hash_path
+
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(model, root / "model.joblib")
+    shutil.copy(golden, root / "golden.npz")
+    shutil.copy(SKLEARN_LOCK, root / "requirements.lock")
+    (root / "spec.yaml").write_text(
+        f"apiVersion: orchestrator/v1\nkind: Deployment\nname: {app}\n"
+        "model: {path: model.joblib, format: joblib, "
+        f"sha256: {hash_path(root / 'model.joblib')}}}\n"
+        'environment: {python: "3.11", requirements: requirements.lock}\n'
+        f"targets: [{host}]\n"
+        "verify: {golden: golden.npz, method: predict_proba, warmup_iterations: 2, "
+        "iterations: 20, timeout_s: 120}\n")
+    return root / "spec.yaml"
+
+
+def _serving(host_root: Path, app: str) -> tuple[str | None, bool]:
+    """(the release `current` points at, whether that release was verified): read on disk,
+    as the testbed's hosts are local directories."""
+    current = host_root / app / "current"
+    if not current.is_symlink():
+        return None, False
+    manifest = current / "manifest.json"
+    verified = manifest.is_file() and bool(json.loads(manifest.read_text()).get("warmup"))
+    return os.readlink(current).rsplit("/", 1)[-1], verified
+
+
+def test_kill_9_while_one_host_switches_and_another_installs_then_restart_settles_both(
+        testbed: Testbed, tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
+    from orchestrator import golden
+    from tests import models
+
+    a, b = (h for h in testbed.hosts_with("h100")[1:3])
+    mdir = tmp_path / "models"
+    models.make_joblib(mdir, changed_weight=True)
+    golden.record(mdir / "changed.joblib", "joblib", mdir / "inputs.npz", mdir / "golden-v2.npz",
+                  method="predict_proba")
+    config = write_config(tmp_path, f'inventory = "{testbed.inventory_path}"\n'
+                                    'runner = "orchestrator.deploy:DeployRunner"\n')
+    env = {"ORCHESTRATOR_WHEEL_CACHE": str(WHEEL_CACHE)}
+    daemon = daemons(config, env=env)
+    v1 = {h.name: _joblib_spec(tmp_path / f"v1-{h.name}", f"k9-{h.name}", h.name,
+                               mdir / "model.joblib", mdir / "golden.npz") for h in (a, b)}
+    for spec in v1.values():
+        done = daemon.cli("submit", str(spec), "--wait", timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+    before = {h.name: _serving(h.deploy_root, f"k9-{h.name}")[0] for h in (a, b)}
+
+    # v2 on b first; v2 on a once b is installing, so a is mid-pipeline (install or verify)
+    # when b announces its switch: kill -9 right then.
+    v2 = {h.name: _joblib_spec(tmp_path / f"v2-{h.name}", f"k9-{h.name}", h.name,
+                               mdir / "changed.joblib", mdir / "golden-v2.npz") for h in (a, b)}
+    dep_b = json.loads(daemon.cli("submit", str(v2[b.name]), "--json").stdout)["id"]
+    _wait_for(lambda: any(e["step"] == "install" for e in stored_events(daemon, dep_b)), 300)
+    dep_a = json.loads(daemon.cli("submit", str(v2[a.name]), "--json").stdout)["id"]
+    with daemon.http() as http, http.stream(
+            "GET", f"/v1/deployments/{dep_b}/events", params={"follow": True},
+            timeout=300) as stream:
+        for line in stream.iter_lines():
+            event = json.loads(line)
+            if event["step"] == "switch" and event["status"] == "running":
+                daemon.proc.kill()  # as soon as the switch is announced
+                break
+    daemon.proc.kill()
+    daemon.proc.wait(timeout=30)
+    from orchestrator.store import Store
+
+    store = Store.open(daemon.state_dir / "state.sqlite3")  # what was durable at the kill
+    kept = {d: store.events(d) for d in (dep_a, dep_b)}
+    store.close()
+    in_flight = {d: [(e["host"], e["step"], e["status"]) for e in kept[d] if e["event"] == "step"]
+                 for d in (dep_a, dep_b)}
+
+    restarted = time.monotonic()
+    again = daemons(config, env=env)
+    with again.http() as http:
+        records = _wait_for(lambda: [http.get(f"/v1/deployments/{d}").json()
+                                     for d in (dep_a, dep_b)]
+                            if all(http.get(f"/v1/deployments/{d}").json()["state"] in
+                                   {"succeeded", "failed", "rolled_back", "cancelled"}
+                                   for d in (dep_a, dep_b)) else None, 120)
+    assert time.monotonic() - restarted < 30 + 15, "not settled within 30 s of the restart"
+    for record in records:
+        events = stored_events(again, record["id"])
+        assert events[:len(kept[record["id"]])] == kept[record["id"]], "an event was lost"
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        assert any(e["event"] == "reconcile" for e in events[len(kept[record["id"]]):]), \
+            in_flight[record["id"]]
+        steps = [s for h in record["hosts"].values() for s in h["steps"]]
+        assert all(s["state"] != "running" for s in steps), steps  # none left half-done
+    print({r["id"]: (in_flight[r["id"]][-1], r["state"], r["result"]["reason"])
+           for r in records})  # shown with -s: where each was killed, and how it settled
+    for h in (a, b):
+        release, verified = _serving(h.deploy_root, f"k9-{h.name}")
+        assert release is not None, f"{h.name} serves nothing"
+        assert release == before[h.name] or verified, f"{h.name} serves an unverified release"
