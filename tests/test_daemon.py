@@ -583,7 +583,8 @@ def test_kill_9_while_one_host_switches_and_another_installs_then_restart_settle
                             if all(http.get(f"/v1/deployments/{d}").json()["state"] in
                                    {"succeeded", "failed", "rolled_back", "cancelled"}
                                    for d in (dep_a, dep_b)) else None, 120)
-    assert time.monotonic() - restarted < 30 + 15, "not settled within 30 s of the restart"
+    settled_s = time.monotonic() - restarted  # from the new process's spawn
+    assert settled_s < 30, f"settled {settled_s:.1f} s after the restart"
     for record in records:
         events = stored_events(again, record["id"])
         assert events[:len(kept[record["id"]])] == kept[record["id"]], "an event was lost"
@@ -592,8 +593,8 @@ def test_kill_9_while_one_host_switches_and_another_installs_then_restart_settle
             in_flight[record["id"]]
         steps = [s for h in record["hosts"].values() for s in h["steps"]]
         assert all(s["state"] != "running" for s in steps), steps  # none left half-done
-    print({r["id"]: (in_flight[r["id"]][-1], r["state"], r["result"]["reason"])
-           for r in records})  # shown with -s: where each was killed, and how it settled
+    print(f"settled in {settled_s:.1f} s:", {  # shown with -s: where each was killed, how settled
+        r["id"]: (in_flight[r["id"]][-1], r["state"], r["result"]["reason"]) for r in records})
     for h in (a, b):
         release, verified = _serving(h.deploy_root, f"k9-{h.name}")
         assert release is not None, f"{h.name} serves nothing"
