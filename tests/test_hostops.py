@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -370,6 +371,25 @@ def test_incomplete_venv_is_removed_and_rebuilt(wheels_root: Path) -> None:
     assert code == 0 and reply["reused"] is False
     assert not (half / "leftover-from-crash").exists()
     assert (half / ".orchestrator-complete.json").is_file()
+
+
+def test_a_build_killed_midway_is_never_reused_and_the_rerun_rebuilds(wheels_root: Path) -> None:
+    """What a lost SSH session does (the transport kills the remote process group)."""
+    args = json.dumps({"root": str(wheels_root), "env_hash": ENV, "installer": "pip",
+                       "lock": str(SMALL / "requirements.lock"), "wheels": WHEELS,
+                       "python": HOST_PYTHON})
+    build = subprocess.Popen([HOST_PYTHON, str(SCRIPT), "venv-ensure", "--json-args", args],
+                             stdout=subprocess.DEVNULL, start_new_session=True)
+    venv = wheels_root / ".orchestrator/venvs" / ENV
+    deadline = time.monotonic() + 60
+    while not (venv / "bin").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(build.pid, signal.SIGKILL)
+    build.wait()
+    assert venv.is_dir() and not (venv / ".orchestrator-complete.json").exists()
+    code, reply = ensure(wheels_root, "uv")
+    assert code == 0 and reply["reused"] is False and reply["installer"] == "uv"
+    assert (venv / ".orchestrator-complete.json").is_file()
 
 
 def test_missing_wheel_fails_before_building_anything(root: Path) -> None:
