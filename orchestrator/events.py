@@ -33,9 +33,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+import structlog
+
 from orchestrator.store import Store
 
 LEVELS = ("debug", "info", "warning", "error")
+# Mirrored into the daemon's own log (journald): what an operator scans for, not every step.
+LOGGED_EVENTS = frozenset({"deployment", "reconcile", "watchdog", "rollout", "cancel", "rollback"})
+log = structlog.get_logger("orchestrator.events")
 FOLLOWER_BUFFER = 256
 
 
@@ -130,6 +135,10 @@ class EventHub:
             # Offered under the lock so followers see seq order; `offer` never blocks.
             for follower in self._followers.get(deployment, ()):
                 follower.offer(event)
+        if event["event"] in LOGGED_EVENTS or event["level"] == "error":
+            getattr(log, event["level"])(
+                event["event"], deployment=deployment, seq=event["seq"], host=event["host"],
+                step=event["step"], status=event["status"], reason=event.get("reason"))
         return event
 
     def _append_line(self, deployment: str, event: dict[str, Any]) -> None:

@@ -130,3 +130,16 @@ def test_merge_in_order() -> None:
     assert merge_in_order(3, events) == ([{"seq": 4}, {"seq": 5}], False)
     assert merge_in_order(1, events) == ([], True)  # seq 2 missing: go back to the store
     assert merge_in_order(5, events) == ([], False)
+
+
+def test_deployment_events_and_errors_are_mirrored_to_the_daemon_log(hub: EventHub) -> None:
+    from structlog.testing import capture_logs
+
+    sink = hub.sink("d1")
+    with capture_logs() as logs:
+        sink.emit("step", host="h1", step="probe", status="ok")
+        sink.emit("deployment", status="failed", level="error", reason="preflight failed")
+        sink.emit("step", host="h1", step="install", status="failed", level="error")
+    assert [(x["event"], x["log_level"], x["status"]) for x in logs] == [
+        ("deployment", "error", "failed"), ("step", "error", "failed")]
+    assert logs[0]["reason"] == "preflight failed" and logs[0]["seq"] == 2
