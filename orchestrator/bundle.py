@@ -73,8 +73,12 @@ def pack_bundle(spec_path: Path, out: io.BufferedIOBase | io.BytesIO) -> None:
             tar.add(local, arcname=str(rel), recursive=True, filter=_plain_only)
 
 
-def _plain_only(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-    return info if info.isfile() or info.isdir() else None
+def _plain_only(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    # Refused, not skipped: a model silently missing a linked file would fail far from here.
+    if not (info.isfile() or info.isdir()):
+        raise InvalidInput(f"{info.name}: only plain files and directories can be submitted "
+                           "(a symlink, device or fifo is in the spec's files)")
+    return info
 
 
 def unpack_bundle(archive: Path, dest: Path) -> None:

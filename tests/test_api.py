@@ -353,3 +353,16 @@ def test_progress_block_rows_then_counts() -> None:
     live.show({"seq": 2, "ts": 0, "event": "step", "host": "a", "step": "probe", "status": "ok"})
     text = out.getvalue()
     assert text.count("\x1b[1F\x1b[J") == 1 and text.endswith("  a  probe      ok\n")
+
+
+def test_pack_refuses_a_symlink_among_the_spec_files(tmp_path: Path) -> None:
+    from orchestrator.errors import InvalidInput
+
+    spec = write_spec(tmp_path / "spec")
+    text = spec.read_text().replace("path: model.joblib", "path: model")
+    (tmp_path / "spec" / "model").mkdir()
+    (tmp_path / "spec" / "model" / "weights").write_bytes(b"w")
+    (tmp_path / "spec" / "model" / "link").symlink_to("/etc/hostname")
+    spec.write_text(text)
+    with pytest.raises(InvalidInput, match="model/link: only plain files"):
+        bundle_bytes(spec)
