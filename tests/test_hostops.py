@@ -57,9 +57,10 @@ def uv_binary() -> str:
     return found
 
 
-def op(name: str, root: Path, **args: Any) -> tuple[int, dict[str, Any]]:
+def op(name: str, root: Path, *, interpreter: str = HOST_PYTHON,
+       **args: Any) -> tuple[int, dict[str, Any]]:
     """Run one op like a host does; checks the one-JSON-object contract on every call."""
-    proc = subprocess.run([HOST_PYTHON, str(SCRIPT), name, "--json-args",
+    proc = subprocess.run([interpreter, str(SCRIPT), name, "--json-args",
                            json.dumps({"root": str(root), **args})],
                           capture_output=True, text=True, timeout=300, check=False)
     lines = proc.stdout.strip().splitlines()
@@ -201,6 +202,36 @@ def test_arguments_on_stdin(root: Path) -> None:
                           input=json.dumps({"root": str(root), "app": "a"}), text=True,
                           capture_output=True, check=True)
     assert json.loads(proc.stdout)["current"] is None
+
+
+def oldest_python() -> str | None:
+    """A Python 3.9 to run the host script under, when this machine has one (pyenv)."""
+    found = sorted(Path("/root/.pyenv/versions").glob("3.9.*/bin/python3"))
+    return str(found[-1]) if found else shutil.which("python3.9")
+
+
+@pytest.mark.skipif(oldest_python() is None, reason="no Python 3.9 on this machine")
+def test_script_runs_on_python39(root: Path) -> None:
+    py39 = oldest_python()
+    assert py39 is not None
+    path = Path(ok_with(py39, "stage-begin", root, app="a", release_id=rid(1))["path"])
+    (path / "model" / "w.bin").write_bytes(b"w")
+    ok_with(py39, "stage-verify-model", root, app="a", release_id=rid(1),
+            sha256=tree_hash(path / "model"))
+    ok_with(py39, "stage-commit", root, app="a", release_id=rid(1))
+    fill_host_wheels(root)
+    built = ok_with(py39, "venv-ensure", root, env_hash=ENV, lock=str(SMALL / "requirements.lock"),
+                    wheels=WHEELS, installer="uv", uv=uv_binary(), python=py39)
+    assert built["freeze"] == ["python-dateutil==2.9.0.post0", "six==1.16.0"]
+    assert ok_with(py39, "switch", root, app="a", release_id=rid(1), generation=1)["changed"]
+    assert ok_with(py39, "releases", root, app="a")["releases"][0]["state"] == "current"
+    assert ok_with(py39, "prune", root, app="a", keep=1)["kept"] == [rid(1)]
+
+
+def ok_with(interpreter: str, name: str, root: Path, **args: Any) -> dict[str, Any]:
+    code, reply = op(name, root, interpreter=interpreter, **args)
+    assert code == 0, reply
+    return reply
 
 
 def test_script_is_python39_syntax_and_stdlib_only() -> None:
