@@ -144,6 +144,7 @@ class PruneResult:
     removed_venvs: tuple[str, ...]
     removed_wheels: tuple[str, ...]
     kept: tuple[str, ...]
+    uv_cache_cleared: bool = False  # dropped with the last venv using it (re-filled on demand)
 
 
 def parse_reply(host: str, op: str, exit_code: int, stdout: str, stderr: str) -> dict[str, Any]:
@@ -347,7 +348,8 @@ class HostOps:
               timeout: float = DEFAULT_TIMEOUT_S) -> PruneResult:
         r = self.call("prune", {"app": app, "keep": keep, "grace_s": grace_s}, timeout=timeout)
         return PruneResult(tuple(r["removed_releases"]), tuple(r["removed_venvs"]),
-                           tuple(r["removed_wheels"]), tuple(r["kept"]))
+                           tuple(r["removed_wheels"]), tuple(r["kept"]),
+                           bool(r.get("uv_cache_cleared", False)))
 
 
 @lru_cache(maxsize=8)

@@ -794,3 +794,20 @@ def test_upload_model_file_and_tree_then_verify_on_the_host(tmp_path: Path) -> N
         ops.verify_model("a", rid(2), "0" * 64)
     assert wrong.value.kind is OpKind.HASH_MISMATCH
     assert wrong.value.details["actual"] == tree_hash(tree)
+
+
+def test_prune_drops_uvs_cache_with_the_last_venv_unless_a_build_uses_it(
+        wheels_root: Path) -> None:
+    cache = wheels_root / ".orchestrator/uv-cache"
+    assert ensure(wheels_root, "uv", env="a" * 24)[0] == 0
+    assert ensure(wheels_root, "uv", env="b" * 24)[0] == 0
+    assert cache.is_dir()
+    with open(wheels_root / ".orchestrator/uv-cache.lock", "a") as building:
+        fcntl.flock(building, fcntl.LOCK_SH)  # what a running venv build holds
+        busy = ok("prune", wheels_root, app="a", keep=1)
+    assert busy["removed_venvs"] == ["a" * 24, "b" * 24] and busy["uv_cache_cleared"] is False
+    assert ensure(wheels_root, "uv", env="c" * 24)[0] == 0
+    done = ok("prune", wheels_root, app="a", keep=1)
+    assert done["removed_venvs"] == ["c" * 24] and done["uv_cache_cleared"] is True
+    assert not cache.exists()
+    assert not [n for n in os.listdir(wheels_root / ".orchestrator") if n.startswith(".trash")]

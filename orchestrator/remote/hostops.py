@@ -157,17 +157,19 @@ def tree_hash(directory):
 
 
 class _Flock:
-    """An exclusive fcntl lock on a file, waited for up to wait_s (None: forever, 0: try once)."""
+    """An fcntl lock on a file (exclusive unless shared), waited for up to wait_s (None:
+    forever, 0: try once)."""
 
-    def __init__(self, path, wait_s):
+    def __init__(self, path, wait_s, shared=False):
         self.path, self.wait_s, self.fd, self.waited_s = path, wait_s, None, 0.0
+        self.mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
 
     def __enter__(self):
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         start = time.monotonic()
         while True:
             try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(self.fd, self.mode | fcntl.LOCK_NB)
                 self.waited_s = time.monotonic() - start
                 return self
             except BlockingIOError:
@@ -547,7 +549,10 @@ def _build_venv(root, path, args):
     timeout = float(args.get("timeout_s", 1800))
     os.makedirs(_orch(root, "tmp"), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="build-", dir=_orch(root, "tmp"))
+    # shared: builders run side by side; prune clears uv's cache only when none is running
+    cache_use = _Flock(_orch(root, "uv-cache.lock"), None, shared=True)
     try:
+        cache_use.__enter__()
         links = _link_wheels(root, args.get("wheels") or {})
         env = _scrubbed_env(root, tmp, python)
         installer, fallback = args.get("installer", "uv"), None
@@ -575,6 +580,8 @@ def _build_venv(root, path, args):
                 "freeze": [line for line in freeze.splitlines() if line.strip()],
                 "durations": durations}
     finally:
+        if cache_use.fd is not None:
+            cache_use.__exit__()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -866,6 +873,22 @@ def _gc_tmp(root):
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _gc_uv_cache(root):
+    """uv's cache keeps every unpacked wheel forever (`uv cache prune` keeps entries of local
+    find-links files). Venvs hardlink (or copy) from it and never need it again, so once a
+    venv is gone the whole cache is dropped, when no build holds it; the next new venv
+    unpacks its wheels again."""
+    cache = _orch(root, "uv-cache")
+    if not os.path.isdir(cache):
+        return False
+    try:
+        with _Flock(_orch(root, "uv-cache.lock"), 0):
+            _rmtree_atomic(cache)
+    except OpError:
+        return False  # a build is using it
+    return True
+
+
 def op_prune(args):
     """Keep the newest "keep" committed releases; never remove the current one, the rollback
     target, a staging one, or one a process is using. Then, for the whole host: venvs no
@@ -894,8 +917,10 @@ def op_prune(args):
         venvs = _gc_venvs(root)
         wheels = _gc_wheels(root, float(args.get("grace_s", 600)))
         _gc_tmp(root)
+        _clean_trash(_orch(root))
+        cleared = _gc_uv_cache(root) if venvs else False
     return {"removed_releases": removed, "removed_venvs": venvs, "removed_wheels": wheels,
-            "kept": _committed_ids(app_dir)}
+            "uv_cache_cleared": cleared, "kept": _committed_ids(app_dir)}
 
 
 # ---------------------------------------------------------------- main
