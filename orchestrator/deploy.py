@@ -66,7 +66,7 @@ def new_deployment_id() -> str:
 
 def prepare(spec: Spec, *, deployment: str | None = None, installer: str = "uv",
             release_id: str | None = None, wheel_cache: Path | None = None,
-            lock: Lock | None = None) -> DeployInputs:
+            lock: Lock | None = None, compile_bytecode: bool = False) -> DeployInputs:
     """Everything resolved once on the controller; nothing touches a host here."""
     lock = lock or load_lock(spec.paths.requirements)
     return DeployInputs(
@@ -77,6 +77,7 @@ def prepare(spec: Spec, *, deployment: str | None = None, installer: str = "uv",
         wheels_for=wheel_resolver(spec, lock, wheel_cache),
         compat=load_compat(),
         installer=installer,
+        compile_bytecode=compile_bytecode,
     )
 
 

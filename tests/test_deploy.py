@@ -256,6 +256,9 @@ def test_tampered_wheel_on_host_fails_install_naming_package_and_leaves_no_venv(
     cached = Path(host.deploy_root) / ".orchestrator" / "wheels" / f"{sha}.whl"
     original = cached.read_bytes()
     before = venv_dirs(host)
+    # uv trusts its own cache of a local wheel it has unpacked before (keyed by path), so the
+    # host's installer only re-reads the swapped file once that cache is gone.
+    shutil.rmtree(Path(host.deploy_root) / ".orchestrator" / "uv-cache")
     try:
         with zipfile.ZipFile(cached, "a") as zf:  # still a valid wheel, other bytes
             zf.comment = b"tampered"
@@ -539,7 +542,10 @@ def test_connection_killed_during_install_leaves_previous_release_serving(
     spec = load_spec(write_spec(tmp_path / "cut", "cut-app", models_dir / "model.joblib",
                                 models_dir / "golden.npz", lock=other_lock))
     sink = Cutter()
-    result = deploy(prepare(spec, wheel_cache=WHEEL_CACHE), [host], pool=pool, sink=sink)
+    # A new venv, compiled, from an empty uv cache: seconds of install to cut into.
+    shutil.rmtree(Path(host.deploy_root) / ".orchestrator" / "uv-cache", ignore_errors=True)
+    inputs = prepare(spec, wheel_cache=WHEEL_CACHE, compile_bytecode=True)
+    result = deploy(inputs, [host], pool=pool, sink=sink)
     r = result.hosts[name]
     assert Cutter.killed >= 1
     assert r.status is HostStatus.FAILED and r.failed_step == "install"

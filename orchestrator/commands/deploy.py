@@ -41,6 +41,9 @@ def register(subparsers: Any) -> None:
                         help="deploy to these hosts/groups instead of the spec's targets")
     parser.add_argument("--installer", choices=("uv", "pip"), default="uv",
                         help="venv installer on the hosts (default uv; pip is the fallback)")
+    parser.add_argument("--compile-bytecode", action="store_true",
+                        help="compile every module of a new venv at install time (default: "
+                             "the verify step's first import compiles what the model uses)")
     parser.add_argument("--max-parallel", type=int, default=None, metavar="N",
                         help="hosts at once (default: the spec's rollout.max_parallel)")
     parser.add_argument("--break-lock", action="store_true",
@@ -98,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     if not hosts:
         raise InvalidInput("no target hosts")
     deployment = new_deployment_id()
-    inputs = prepare(spec, deployment=deployment, installer=args.installer)
+    inputs = prepare(spec, deployment=deployment, installer=args.installer,
+                     compile_bytecode=args.compile_bytecode)
     sink = PrintSink(sys.stdout, args.json, deployment)
     parallel = args.max_parallel or spec.rollout.max_parallel
     with Pool(SshOptions.for_inventory(inventory), max_connections=parallel) as pool:

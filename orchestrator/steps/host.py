@@ -49,6 +49,10 @@ class DeployInputs:
     wheels_for: WheelResolver
     compat: CompatData
     installer: str = "uv"  # or "pip"
+    # Off by default: compiling every module of the lock costs more than the first import
+    # compiling only what the model uses, and that import happens in `verify`, before the
+    # switch, writing the .pyc files the service then finds (measured in bench/deploy.py).
+    compile_bytecode: bool = False
 
 
 def new_inputs_release_id(spec: Any, lock_sha256: str, now: datetime | None = None) -> str:
@@ -169,7 +173,8 @@ class HostDeploy:
         out = self.ops.venv_ensure(
             env, staged.lock_path, {sha: w.filename for sha, w in wheels.items()},
             installer=self.inputs.installer, uv=uv, python=facts.python_executable,
-            app=self.app, release_id=self.rid, timeout=deadline.timeout())
+            app=self.app, release_id=self.rid, compile_bytecode=self.inputs.compile_bytecode,
+            timeout=deadline.timeout())
         self.state.venv = asdict(out)
         return {"env_hash": env, "reused": out.reused, "installer": out.installer,
                 "fallback_reason": out.fallback_reason, "install_durations": dict(out.durations),
