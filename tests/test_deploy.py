@@ -558,3 +558,61 @@ def test_connection_killed_during_install_leaves_previous_release_serving(
     state = app_state(pool, host, "cut-app")
     assert state.current == good.release_id and state.staging == ()
     assert not (Path(host.deploy_root) / "cut-app" / hostlock.LOCK_DIR).exists()
+
+
+# -- a full disk ----------------------------------------------------------------------------------
+
+def _fill(root: Path, leave: int) -> None:
+    st = os.statvfs(root)
+    with (root / "filler").open("ab") as fh:
+        left = st.f_bavail * st.f_frsize - leave
+        while left > 0:
+            left -= fh.write(b"\0" * min(left, 8 << 20))
+
+
+def test_full_disk_is_refused_by_preflight_or_fails_stage_leaving_previous_release(
+        inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    name = "tb-07"
+    host = inventory.hosts[name]
+    root = Path(host.deploy_root)
+    # The host's deploy root on a small tmpfs of its own (root only; CI runs as root).
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=500m", "tmpfs", str(root)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        good, _ = run(write_spec(tmp_path / "ok", "disk-app", models_dir / "model.joblib",
+                                 models_dir / "golden.npz"), inventory, pool, hosts=[name])
+        assert good.ok, good.hosts[name].error
+        big = tmp_path / "big.joblib"
+        big.write_bytes((models_dir / "model.joblib").read_bytes() + os.urandom(8 << 20))
+        spec = write_spec(tmp_path / "big", "disk-app", big, models_dir / "golden.npz")
+
+        # Already full: the preflight sees it in the probe's facts and touches nothing.
+        _fill(root, 1 << 20)
+        refused, _ = run(spec, inventory, pool, hosts=[name])
+        assert refused.hosts[name].failed_step == "preflight"
+        assert "disk" in (refused.hosts[name].error or "")
+        (root / "filler").unlink()
+
+        # Filling up while the release is staged: the upload fails, the stage is removed.
+        class Filler(Sink):
+            def emit(self, event: str, **kw: Any) -> None:
+                super().emit(event, **kw)
+                if kw.get("step") == "stage" and kw.get("status") == "started":
+                    _fill(root, 1 << 20)
+
+        sink = Filler()
+        bad = deploy(prepare(load_spec(spec), wheel_cache=WHEEL_CACHE), [host], pool=pool,
+                     sink=sink)
+        r = bad.hosts[name]
+        assert r.status is HostStatus.FAILED and r.failed_step == "stage"
+        assert "the disk is full" in (r.error or "")
+        assert sink.find("abort-stage", "ok")
+        (root / "filler").unlink()
+        state = app_state(pool, host, "disk-app")
+        assert state.current == good.release_id and state.staging == ()
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)

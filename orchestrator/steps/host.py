@@ -24,7 +24,7 @@ from typing import Any
 
 from orchestrator import release as rel
 from orchestrator.compat import CompatData
-from orchestrator.errors import HostError
+from orchestrator.errors import HostError, HostUnreachable
 from orchestrator.facts import HostFacts
 from orchestrator.hostops import HostOps, StagedRelease
 from orchestrator.inventory import Host
@@ -73,6 +73,11 @@ class HostState:
     venv: dict[str, Any] = field(default_factory=dict)
     warmup: dict[str, Any] | None = None
     switched: bool = False
+
+
+_FREE_BYTES = "import os, sys; s = os.statvfs(sys.argv[1]); print(s.f_bavail * s.f_frsize)"
+#: Below this, an upload failure is reported as a full disk.
+_LOW_DISK_BYTES = 64 << 20
 
 
 class HostDeploy:
@@ -144,17 +149,37 @@ class HostDeploy:
         self.state.staged, self.state.release_path = staged, staged.path
         details: dict[str, Any] = {"release_id": self.rid, "resumed": staged.resumed,
                                    "cleaned_staging": cleaned}
-        if staged.state != "committed":
-            # The lock first: prune's wheel GC keeps what some release's lock lists.
-            self.transport.put(spec.paths.requirements, staged.lock_path, 0o644)
-            rel_model = self.ops.upload_model(spec.paths.model, staged, timeout=deadline.timeout())
-            details["model_hash"] = self.ops.verify_model(
-                self.app, self.rid, spec.model.sha256, path=rel_model, timeout=deadline.timeout())
-        pushed = self.ops.push_wheels({sha: w.path for sha, w in wheels.items()},
-                                      timeout=deadline.timeout())
+        try:
+            if staged.state != "committed":
+                # The lock first: prune's wheel GC keeps what some release's lock lists.
+                self.transport.put(spec.paths.requirements, staged.lock_path, 0o644)
+                rel_model = self.ops.upload_model(spec.paths.model, staged,
+                                                  timeout=deadline.timeout())
+                details["model_hash"] = self.ops.verify_model(
+                    self.app, self.rid, spec.model.sha256, path=rel_model,
+                    timeout=deadline.timeout())
+            pushed = self.ops.push_wheels({sha: w.path for sha, w in wheels.items()},
+                                          timeout=deadline.timeout())
+        except HostUnreachable:
+            raise
+        except HostError as exc:
+            raise self._explain(exc, deadline) from exc
         details.update(wheels_total=len(wheels), wheels_pushed=len(pushed),
                        wheel_bytes=sum(wheels[s].path.stat().st_size for s in pushed))
         return details
+
+    def _explain(self, exc: HostError, deadline: Deadline) -> HostError:
+        """SFTP says only "Failure" when the disk is full: add the host's free space."""
+        try:
+            out = self.transport.run(["python3", "-c", _FREE_BYTES, self.root],
+                                     timeout=deadline.timeout(30), check=False)
+            free = int(out.stdout.strip())
+        except (HostError, ValueError):
+            return exc
+        if free >= _LOW_DISK_BYTES:
+            return exc
+        return StepFailed(self.host, f"{exc.reason} (only {free} bytes free under {self.root}:"
+                                     " the disk is full)")
 
     def _clean_stale_staging(self, deadline: Deadline) -> list[str]:
         # We hold the app's deploy lock, so any other staging dir is a crashed deployment's.
