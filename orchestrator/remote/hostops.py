@@ -23,6 +23,32 @@ Layout under root (DESIGN.md "Host layout"):
     .orchestrator/wheels/<sha256>.whl  uploads land in <sha256>.whl.part, then wheels-verify
     .orchestrator/links/<sha256>/<real filename>  -> the cached wheel: the installers' find-links
     .orchestrator/uv-cache/        uv's cache (venvs hardlink into it: no second copy on disk)
+
+Ops (arguments besides "root"; what a success adds; failure kinds worth branching on):
+    stage-begin         app, release_id, [deployment, force] -> path, model_path, state
+                        ("staging"|"committed"), resumed, free_bytes;  busy
+    stage-verify-model  app, release_id, sha256, [path="model"] -> hash_kind;  hash-mismatch
+    stage-commit        app, release_id -> path, already;  not-verified
+    write-manifest      app, release_id, manifest (object) -> path
+    abort-stage         app, release_id -> removed;  is-current, is-rollback-target
+    wheels-missing      shas -> missing, present
+    wheels-verify       shas -> verified;  wheel-hash-mismatch (bad), missing-wheel
+    venv-ensure         env_hash, lock (abs path), wheels {sha: filename}, [installer="uv"|"pip",
+                        uv, python, compile_bytecode=false, wait_s, timeout_s, app+release_id
+                        (links <release>/venv)] -> path, reused, installer, fallback_reason,
+                        freeze, durations, waited_s;  missing-wheel, install-failed (the
+                        installer's own message: package and both hashes), check-failed, busy
+    switch              app, release_id, generation -> current, before, changed, generation,
+                        previous_good;  stale-generation, bad-release, not-found
+    rollback            app, [to="previous"|id, from, generation, mark_bad] -> as switch, and
+                        marked_bad;  no-rollback-target
+    mark-bad            app, release_id -> bad
+    releases            app -> releases [{release_id, state, path, created, env_hash,
+                        manifest}], current, previous_good
+    state               app -> current, current_resolves, generation, previous_good, bad,
+                        history, switching, staging, committed
+    prune               app, [keep=5, grace_s=600] -> removed_releases, removed_venvs,
+                        removed_wheels, uv_cache_cleared, kept
 """
 
 from __future__ import annotations
