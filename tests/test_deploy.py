@@ -387,7 +387,7 @@ def crash_at(step: str, spec_path: Path, pool: Pool, host: Host) -> Any:
 
 def test_reconcile_after_a_crash_before_switch_removes_the_staged_release(
         inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path) -> None:
-    from orchestrator.deploy import recover_host
+    from orchestrator.steps.recovery import recover_host
 
     host = inventory.hosts[HOST]
     good, _ = run(write_spec(tmp_path / "ok", "crash-app", models_dir / "model.joblib",
@@ -411,7 +411,7 @@ def test_reconcile_after_a_crash_before_switch_removes_the_staged_release(
 
 def test_reconcile_after_a_crash_after_switch_keeps_a_healthy_release_or_rolls_back(
         inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path) -> None:
-    from orchestrator.deploy import recover_host
+    from orchestrator.steps.recovery import recover_host
 
     host = inventory.hosts[HOST]
     health = "service: {health_command: 'test ! -e current/model/sick', health_timeout_s: 1}\n"

@@ -329,7 +329,7 @@ class H:
 ])
 def test_plan_batches_canary_first_then_batches_in_order(n: int, canary: int, batch: int,
                                                          sizes: list[int]) -> None:
-    from orchestrator.deploy import plan_batches
+    from orchestrator.rollout import plan_batches
 
     hosts = [H(f"h{i}") for i in range(n)]
     batches = plan_batches(hosts, canary, batch)  # type: ignore[arg-type]
@@ -339,8 +339,9 @@ def test_plan_batches_canary_first_then_batches_in_order(n: int, canary: int, ba
 
 def _rollout(statuses: dict[str, HostStatus], stopped: str | None = None,
              undone: dict[str, str] | None = None) -> Any:
-    from orchestrator.deploy import DeployResult, RolloutResult
+    from orchestrator.deploy import DeployResult
     from orchestrator.pipeline import HostResult
+    from orchestrator.rollout import RolloutResult
 
     result = DeployResult("dep", "r")
     result.hosts = {n: HostResult(n, s, reason="why", error="err") for n, s in statuses.items()}
@@ -358,7 +359,7 @@ def _rollout(statuses: dict[str, HostStatus], stopped: str | None = None,
 ], ids=["all-ok", "within-budget", "failed", "host-rolled-back", "fleet-undone", "cancelled"])
 def test_rollout_outcome_for_the_daemon(statuses: dict[str, HostStatus], stopped: str | None,
                                         undone: dict[str, str] | None, state: str) -> None:
-    from orchestrator.deploy import outcome_of
+    from orchestrator.rollout import outcome_of
 
     out = outcome_of(_rollout(statuses, stopped, undone))
     assert str(out.state) == state
