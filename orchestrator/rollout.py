@@ -16,20 +16,25 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from orchestrator.control import control_of
 from orchestrator.deploy import DeployResult, deploy, prepare
 from orchestrator.hostops import HostOps
 from orchestrator.inventory import Host
-from orchestrator.pipeline import EventSink, HostStatus
+from orchestrator.pipeline import EventSink, HostResult, HostStatus
 from orchestrator.playbook import Playbook
 from orchestrator.pool import Pool
+from orchestrator.preflight import Status, preflight
+from orchestrator.probe import probe_host
 from orchestrator.spec import Spec
 from orchestrator.steps.host import DeployInputs
 from orchestrator.steps.recovery import recover_host, release_of, undo_host
+from orchestrator.transport import Transport
 
 
 def plan_batches(hosts: Sequence[Host], canary: int, batch_size: int) -> list[list[Host]]:
@@ -44,8 +49,9 @@ def plan_batches(hosts: Sequence[Host], canary: int, batch_size: int) -> list[li
 @dataclass
 class RolloutResult:
     deploy: DeployResult
-    stopped: str | None = None  # why the rollout stopped early
+    stopped: str | None = None  # why the rollout stopped early ("cancelled", "aborted", ...)
     undone: dict[str, str] = field(default_factory=dict)  # host -> "rolled_back" | error
+    accepted: int = 0  # failures an operator accepted by resuming a rollout they held
 
     @property
     def failed(self) -> list[str]:
@@ -55,31 +61,104 @@ class RolloutResult:
 def rollout(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: EventSink,
             max_parallel: int | None = None, cancel: threading.Event | None = None,
             playbook: Playbook | None = None) -> RolloutResult:
-    """Batches in order; more than `max_failed_hosts` failures stop the rollout, and with
-    `on_failure: rollback` the hosts this deployment already switched are switched back."""
+    """Preflight of every target first (nothing changes on a host that fails it), then the
+    batches in order. More than `max_failed_hosts` failures stop the rollout: with
+    `on_failure: rollback` the hosts this deployment already switched are switched back; with
+    `pause` they are left and the rollout waits for `resume` (go on) or `abort` (stop there).
+    Given a `RolloutControl` as `cancel`, a pause request holds the rollout before its next
+    batch, and `abort` stops it and undoes as `on_failure` says."""
     ro = inputs.spec.rollout
     total = DeployResult(inputs.deployment, inputs.release_id)
     out = RolloutResult(total)
-    batches = plan_batches(hosts, int(ro.canary), int(ro.batch_size))
+    control = control_of(cancel)
+    parallel = max_parallel or int(ro.max_parallel)
+    ready, refused = preflight_fleet(inputs, hosts, pool=pool, sink=sink, max_parallel=parallel)
+    total.hosts.update(refused)
+    budget = int(ro.max_failed_hosts)
+    batches = plan_batches(ready, int(ro.canary), int(ro.batch_size))
+    if len(out.failed) > budget:
+        out.stopped = _over_budget(out, budget, "before any host changed")
+        sink.emit("rollout", status="stopped", level="error", reason=out.stopped)
+        batches = []
     for i, batch in enumerate(batches):
+        if i > 0 and float(ro.pause_s) > 0 and cancel is not None:
+            cancel.wait(float(ro.pause_s))
+        if control is not None:
+            control.hold(f"paused by request before batch {i}")
         if cancel is not None and cancel.is_set():
-            out.stopped = "cancelled"
+            out.stopped = "aborted" if control is not None and control.aborted else "cancelled"
             break
         sink.emit("batch", status="started", batch=i, hosts=[h.name for h in batch])
         part = deploy(inputs, batch, pool=pool, sink=sink, max_parallel=max_parallel,
                       playbook=playbook, cancel=cancel)
         total.hosts.update(part.hosts)
-        if len(out.failed) > int(ro.max_failed_hosts):
-            out.stopped = (f"{len(out.failed)} failed hosts ({', '.join(out.failed)}), more than "
-                           f"rollout.max_failed_hosts={ro.max_failed_hosts}")
-            sink.emit("rollout", status="stopped", level="error", reason=out.stopped)
+        if len(out.failed) <= budget:
+            continue
+        reason = _over_budget(out, budget)
+        if ro.on_failure == "pause" and control is not None:
+            sink.emit("rollout", status="paused", level="error", reason=reason,
+                      hint="switched hosts are left as they are: `orchestrator resume ID` "
+                           "goes on, `orchestrator abort ID` stops here")
+            if control.hold(reason, force=True):
+                budget = out.accepted = len(out.failed)  # the operator accepted these
+                continue
+            out.stopped = f"aborted after: {reason}"
             break
-        if i + 1 < len(batches) and float(ro.pause_s) > 0 and cancel is not None:
-            cancel.wait(float(ro.pause_s))
-    if out.stopped and out.stopped != "cancelled" and ro.on_failure == "rollback":
+        out.stopped = reason
+        sink.emit("rollout", status="stopped", level="error", reason=out.stopped)
+        break
+    if _must_undo(out, ro.on_failure):
         switched = [h for h in hosts if h.name in total.hosts and total.hosts[h.name].ok]
         out.undone = undo(inputs, switched, pool=pool, sink=sink, max_parallel=max_parallel)
     return out
+
+
+def _over_budget(out: RolloutResult, budget: int, when: str = "") -> str:
+    return (f"{len(out.failed)} failed hosts ({', '.join(out.failed)}), more than "
+            f"rollout.max_failed_hosts={budget}" + (f", {when}" if when else ""))
+
+
+def _must_undo(out: RolloutResult, on_failure: str) -> bool:
+    """Switched hosts go back when the rollout stopped over budget or was aborted, and the
+    spec says `on_failure: rollback`. A plain cancel leaves them (it stops, it does not undo)."""
+    return out.stopped not in (None, "cancelled") and on_failure == "rollback"
+
+
+def preflight_fleet(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool,
+                    sink: EventSink, max_parallel: int) -> tuple[list[Host], dict[str, HostResult]]:
+    """Probe and preflight every target before any host changes. Returns the hosts that pass,
+    and a failed `HostResult` for each that does not (unreachable within the probe's deadline,
+    or refused by the preflight): those are reported, counted against the failure budget by
+    the caller, and never touched. Each host's pipeline probes again before it stages (facts
+    can change while earlier batches run), so this is a gate, not a cache."""
+    sink.emit("rollout.preflight", status="started", hosts=[h.name for h in hosts])
+
+    def check(transport: Transport, host: Host) -> list[str]:
+        facts = probe_host(transport, host)
+        verdict = preflight(inputs.spec, inputs.lock, facts, inputs.compat)
+        return [c.message for c in verdict.checks if c.status is Status.FAIL]
+
+    t0 = time.monotonic()
+    found = pool.map_hosts(check, list(hosts), max_parallel)
+    refused: dict[str, HostResult] = {}
+    for host in hosts:
+        problems = found[host.name]
+        if isinstance(problems, list) and not problems:
+            continue
+        step, kind = ("preflight", "preflight failed: ") if isinstance(problems, list) else (
+            "probe", "unreachable or probe failed: ")
+        error = kind + ("; ".join(problems) if isinstance(problems, list) else str(problems))
+        sink.emit("step", host=host.name, step=step, status="failed", level="error",
+                  error=error, phase="rollout.preflight")
+        sink.emit("host.finished", host=host.name, status=HostStatus.FAILED.value,
+                  level="error", reason=error, failed_step=step)
+        refused[host.name] = HostResult(host.name, HostStatus.FAILED, reason=error,
+                                        failed_step=step, error=error)
+    ready = [h for h in hosts if h.name not in refused]
+    sink.emit("rollout.preflight", status="finished", level="error" if refused else "info",
+              duration_ms=(time.monotonic() - t0) * 1000, passed=[h.name for h in ready],
+              failed={n: r.reason for n, r in refused.items()})
+    return ready, refused
 
 
 def undo(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: EventSink,
@@ -177,23 +256,34 @@ class DeployRunner:
 
 
 def outcome_of(out: RolloutResult) -> Any:
-    """The daemon's DeploymentOutcome of a rollout. Pure."""
+    """The daemon's DeploymentOutcome of a rollout: its state, and a reason naming the failed
+    hosts (why each failed) and the hosts put back on their previous release (and why). Pure."""
     from orchestrator.runner import DeploymentOutcome
     from orchestrator.states import DeploymentState as D
 
     hosts = {n: r.status.value for n, r in out.deploy.hosts.items()}
     hosts.update({n: s for n, s in out.undone.items()})
     failed = out.failed
-    if out.stopped == "cancelled":
-        return DeploymentOutcome(D.CANCELLED, "cancelled by request", hosts)
-    if not failed:
-        return DeploymentOutcome(D.SUCCEEDED, None, hosts)
     reasons = "; ".join(f"{n}: {out.deploy.hosts[n].reason} ({out.deploy.hosts[n].error})"
                         for n in failed)
-    if out.stopped is None:  # within the failure budget: the rollout went on
-        return DeploymentOutcome(D.SUCCEEDED, f"{len(failed)} host(s) failed within the "
-                                 f"failure budget: {reasons}", hosts)
-    rolled = out.undone or any(out.deploy.hosts[n].status is HostStatus.ROLLED_BACK
-                               for n in failed)
+    undone = sorted(n for n, s in out.undone.items() if s == "rolled_back")
+    back = (f"; rolled back to their previous release because the rollout "
+            f"{'was aborted' if out.stopped == 'aborted' else 'stopped'}: {', '.join(undone)}"
+            if undone else "")
+    if out.stopped == "cancelled":
+        return DeploymentOutcome(D.CANCELLED, "cancelled by request", hosts)
+    if out.stopped == "aborted":
+        left = sorted(n for n, r in out.deploy.hosts.items() if r.ok and n not in out.undone)
+        note = (f"; left on the new release (rollout.on_failure: pause): {', '.join(left)}"
+                if left else "")
+        return DeploymentOutcome(D.ROLLED_BACK if undone else D.CANCELLED,
+                                 f"aborted by request{back}{note}", hosts)
+    if not failed:
+        return DeploymentOutcome(D.SUCCEEDED, None, hosts)
+    if out.stopped is None:  # within the failure budget (or accepted by resume): it went on
+        how = "accepted by resuming the rollout" if out.accepted else "within the failure budget"
+        return DeploymentOutcome(D.SUCCEEDED, f"{len(failed)} host(s) failed {how}: {reasons}",
+                                 hosts)
+    rolled = undone or any(out.deploy.hosts[n].status is HostStatus.ROLLED_BACK for n in failed)
     return DeploymentOutcome(D.ROLLED_BACK if rolled else D.FAILED,
-                             f"{out.stopped}: {reasons}", hosts)
+                             f"{out.stopped}: {reasons}{back}", hosts)
