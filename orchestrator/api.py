@@ -21,13 +21,14 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from orchestrator import __version__, bundle
 from orchestrator.errors import InvalidInput, OrchestratorError, PayloadTooLarge
 from orchestrator.events import merge_in_order
+from orchestrator.metrics import CONTENT_TYPE as METRICS_TYPE
 from orchestrator.service import Service
 from orchestrator.states import DEPLOYMENT_TERMINAL
 
@@ -65,6 +66,7 @@ def create_app(service: Service, *, token: str | None = None) -> FastAPI:
     _install_errors(app)
     _deployment_routes(app, service)
     _host_routes(app, service)
+    _metrics_route(app, service)
     app.add_middleware(TcpGuard, token=token,
                        allowed_hosts=service.config.tcp.allowed_hosts)
     return app
@@ -138,6 +140,22 @@ def _deployment_routes(app: FastAPI, service: Service) -> None:
     def rollback(deployment: str) -> dict[str, Any]:
         return service.rollback(deployment).as_json()
 
+    @app.post("/v1/deployments/{deployment}/pause")
+    def pause(deployment: str) -> dict[str, Any]:
+        """Hold a running rollout before its next batch (the batch in flight finishes)."""
+        return service.pause(deployment).as_json()
+
+    @app.post("/v1/deployments/{deployment}/resume")
+    def resume(deployment: str) -> dict[str, Any]:
+        """Let a paused rollout go on (also one held by `rollout.on_failure: pause`)."""
+        return service.resume(deployment).as_json()
+
+    @app.post("/v1/deployments/{deployment}/abort")
+    def abort(deployment: str) -> dict[str, Any]:
+        """Start no more hosts; with `rollout.on_failure: rollback` put back the hosts this
+        deployment switched, with `pause` leave them."""
+        return service.abort(deployment).as_json()
+
     @app.post("/v1/apps/{app_name}/rollback")
     def rollback_app(app_name: str) -> dict[str, Any]:
         """Roll back the app's running or latest succeeded deployment."""
@@ -154,6 +172,16 @@ def _host_routes(app: FastAPI, service: Service) -> None:
     def verify(body: VerifyRequest) -> list[dict[str, Any]]:
         """Probe these hosts now and return their new records."""
         return service.verify_hosts(list(dict.fromkeys(body.hosts)))
+
+
+def _metrics_route(app: FastAPI, service: Service) -> None:
+    @app.get("/metrics", response_class=Response,
+             responses={200: {"content": {METRICS_TYPE: {}}}})
+    def metrics() -> Response:
+        """Prometheus text exposition: deployments by state, step durations, host status,
+        verification results, warmup latency percentiles, rollbacks (orchestrator/metrics.py).
+        Over TCP it needs the bearer token like every other route."""
+        return Response(service.metrics.render(), media_type=METRICS_TYPE)
 
 
 async def _receive_bundle(request: Request, path: Any, limit: int) -> None:

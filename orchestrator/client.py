@@ -127,6 +127,20 @@ class Client:
         result: dict[str, Any] = self.request("POST", path)
         return result
 
+    def control(self, deployment: str, action: str) -> dict[str, Any]:
+        """`action` is pause, resume or abort."""
+        result: dict[str, Any] = self.request(
+            "POST", f"/v1/deployments/{_q(deployment)}/{_q(action)}")
+        return result
+
+    def metrics(self) -> str:
+        try:
+            response = self._http.get("/metrics")
+        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as exc:
+            self._unavailable(exc)
+        check(response)
+        return response.text
+
     def hosts(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.request("GET", "/v1/hosts")
         return result

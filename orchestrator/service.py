@@ -21,11 +21,14 @@ import structlog
 
 from orchestrator import bundle
 from orchestrator.config import DaemonConfig
+from orchestrator.control import RolloutControl
 from orchestrator.errors import Conflict, InvalidTransition, NotFound, OrchestratorError
 from orchestrator.events import DeploymentSink, EventHub
+from orchestrator.metrics import Metrics
 from orchestrator.runner import DeploymentOutcome, HostCheck, Runner
 from orchestrator.states import (
     DEPLOYMENT_ACTIVE,
+    DEPLOYMENT_IN_FLIGHT,
     DEPLOYMENT_TRANSITIONS,
     DeploymentState,
     HostStepState,
@@ -49,13 +52,35 @@ EVENT_STEP_STATES = {
 }
 
 
+class ObservedSink(DeploymentSink):
+    """A plain sink whose every published event is also shown to `observe` (the metrics): every
+    event of a deployment passes here, whether from `emit` or from a state change."""
+
+    def __init__(self, hub: EventHub, deployment: str,
+                 observe: Callable[[dict[str, Any]], None] | None = None) -> None:
+        super().__init__(hub, deployment)
+        self._observe = observe
+
+    def emit(
+        self, event: str, *, host: str | None = None, step: str | None = None,
+        status: str | None = None, duration_ms: float | None = None, level: str = "info",
+        **details: Any,
+    ) -> dict[str, Any]:
+        record = super().emit(event, host=host, step=step, status=status,
+                              duration_ms=duration_ms, level=level, **details)
+        if self._observe is not None:
+            self._observe(record)
+        return record
+
+
 class ServiceSink(DeploymentSink):
     """The `RunSink` a runner gets: events, step states and host facts of one deployment."""
 
-    def __init__(self, hub: EventHub, deployment: str) -> None:
+    def __init__(self, hub: EventHub, deployment: str,
+                 observe: Callable[[dict[str, Any]], None] | None = None) -> None:
         super().__init__(hub, deployment)
         self.store = hub.store
-        self._plain = DeploymentSink(hub, deployment)
+        self._plain = ObservedSink(hub, deployment, observe)
 
     def step(self, host: str, step: str, state: HostStepState, *,
              duration_ms: float | None = None, reason: str | None = None,
@@ -109,16 +134,17 @@ class Service:
         self._pool = ThreadPoolExecutor(config.max_parallel_deployments,
                                         thread_name_prefix="deploy")
         self._lock = threading.Lock()
-        self._cancels: dict[str, threading.Event] = {}
+        self._cancels: dict[str, RolloutControl] = {}
         self._user_cancelled: set[str] = set()
         self._rollback_requested: set[str] = set()
         self._working: set[str] = set()
         self._stall_noted: set[str] = set()
         self.stopping = threading.Event()
         self.idle = threading.Condition()
+        self.metrics = Metrics(store)
 
     def sink(self, deployment: str) -> ServiceSink:
-        return ServiceSink(self.hub, deployment)
+        return ServiceSink(self.hub, deployment, self.metrics.observe)
 
     def bundle_dir(self, deployment: str) -> Path:
         return self.config.bundles_dir / deployment
@@ -127,8 +153,7 @@ class Service:
 
     def start(self) -> None:
         """Reconcile what the last daemon left in flight, then queue what it left queued."""
-        for record in self.store.list_deployments(states=frozenset({D.RUNNING, D.ROLLING_BACK}),
-                                                  limit=1 << 30):
+        for record in self.store.list_deployments(states=DEPLOYMENT_IN_FLIGHT, limit=1 << 30):
             log.warning("reconciling", deployment=record.id, state=str(record.state))
             self.reconcile(record)
         queued = self.store.list_deployments(states=frozenset({D.QUEUED}), limit=1 << 30)
@@ -216,8 +241,22 @@ class Service:
         with self._lock:
             if self.stopping.is_set():
                 return
-            self._cancels.setdefault(deployment, threading.Event())
+            if deployment not in self._cancels:
+                control = self._cancels[deployment] = RolloutControl()
+                control.on_hold = self._holder(deployment)
             self._pool.submit(self._work, deployment, kind)
+
+    def _holder(self, deployment: str) -> Callable[[bool, str], None]:
+        """The rollout reports it waits (paused) or goes on (running): one state change each."""
+
+        def on_hold(holding: bool, reason: str) -> None:
+            try:
+                change_deployment_state(self.store, self.sink(deployment), deployment,
+                                        D.PAUSED if holding else D.RUNNING, reason=reason)
+            except OrchestratorError as exc:  # e.g. a restart raced it: recorded, not fatal
+                log.warning("hold not recorded", deployment=deployment, error=str(exc))
+
+        return on_hold
 
     # -- the worker --------------------------------------------------------------------------
 
@@ -297,10 +336,53 @@ class Service:
                 raise Conflict(f"deployment {deployment} is {record.state}: nothing to cancel")
         return self.store.get_deployment(deployment)
 
+    def pause(self, deployment: str) -> DeploymentRecord:
+        """Hold a running rollout before its next batch (the batch in flight finishes); the
+        deployment shows `paused` once it really waits."""
+        with self._lock:
+            record = self.store.get_deployment(deployment)
+            control = self._cancels.get(deployment)
+            if record.state is not D.RUNNING or control is None:
+                raise Conflict(f"deployment {deployment} is {record.state}: only a running "
+                               "deployment can be paused")
+            control.pause()
+        self.sink(deployment).emit("pause", status="requested", level="warning",
+                                   note="the batch in flight finishes first")
+        return self.store.get_deployment(deployment)
+
+    def resume(self, deployment: str) -> DeploymentRecord:
+        """Let a paused rollout (by request, or held by `rollout.on_failure: pause`) go on."""
+        with self._lock:
+            record = self.store.get_deployment(deployment)
+            control = self._cancels.get(deployment)
+            if control is None or not (record.state is D.PAUSED or control.paused):
+                raise Conflict(f"deployment {deployment} is {record.state}: nothing to resume")
+            control.resume()
+        self.sink(deployment).emit("resume", status="requested")
+        return self.store.get_deployment(deployment)
+
+    def abort(self, deployment: str) -> DeploymentRecord:
+        """Start no more hosts (those in flight stop before their switch) and, with
+        `rollout.on_failure: rollback`, put back the hosts this deployment switched; with
+        `pause`, leave them. A queued deployment is simply cancelled."""
+        with self._lock:
+            record = self.store.get_deployment(deployment)
+            control = self._cancels.get(deployment)
+            if record.state is D.QUEUED:
+                change_deployment_state(self.store, self.sink(deployment), deployment,
+                                        D.CANCELLED, reason="aborted by request")
+                return self.store.get_deployment(deployment)
+            if record.state not in (D.RUNNING, D.PAUSED) or control is None:
+                raise Conflict(f"deployment {deployment} is {record.state}: nothing to abort")
+            self._user_cancelled.add(deployment)
+            control.abort()
+        self.sink(deployment).emit("abort", status="requested", level="warning")
+        return self.store.get_deployment(deployment)
+
     def rollback(self, deployment: str) -> DeploymentRecord:
         with self._lock:
             record = self.store.get_deployment(deployment)
-            if record.state is D.RUNNING and deployment in self._cancels:
+            if record.state in (D.RUNNING, D.PAUSED) and deployment in self._cancels:
                 self._rollback_requested.add(deployment)
                 self._user_cancelled.add(deployment)
                 self._cancels[deployment].set()
@@ -332,12 +414,13 @@ class Service:
         for `progress_timeout_s` is told to stop after its current step, with an event. Returns
         the deployments acted on."""
         acted = []
-        in_flight = self.store.list_deployments(
-            states=frozenset({D.RUNNING, D.ROLLING_BACK}), limit=1 << 30)
+        in_flight = self.store.list_deployments(states=DEPLOYMENT_IN_FLIGHT, limit=1 << 30)
         for record in in_flight:
             with self._lock:
                 owned = record.id in self._cancels
-                stalled = owned and record.id not in self._stall_noted
+                # A paused rollout waits for a person, not for progress.
+                stalled = (owned and record.id not in self._stall_noted
+                           and record.state is not D.PAUSED)
             if not owned and not self.stopping.is_set() and now - record.updated > orphan_after_s:
                 self.sink(record.id).emit("watchdog", status="orphaned", level="error",
                                           reason="no worker owns this deployment")

@@ -10,6 +10,8 @@ write transaction, so two threads cannot both win a race) and emit exactly one e
       │           ├──────> rolled_back      │
       │           └──────> cancelled        └── (a manual rollback of a finished deployment)
       └──> cancelled
+    running <──> paused (`orchestrator pause`/`resume`, or `rollout.on_failure: pause`); a paused
+    deployment ends like a running one (abort, cancel, or reconciliation after a restart).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from orchestrator.errors import InvalidTransition
 class DeploymentState(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    PAUSED = "paused"  # a rollout held between batches, waiting for resume or abort
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     ROLLING_BACK = "rolling_back"
@@ -44,7 +47,8 @@ D, S = DeploymentState, HostStepState
 
 DEPLOYMENT_TRANSITIONS: dict[DeploymentState, frozenset[DeploymentState]] = {
     D.QUEUED: frozenset({D.RUNNING, D.CANCELLED}),
-    D.RUNNING: frozenset({D.SUCCEEDED, D.FAILED, D.ROLLED_BACK, D.CANCELLED}),
+    D.RUNNING: frozenset({D.SUCCEEDED, D.FAILED, D.ROLLED_BACK, D.CANCELLED, D.PAUSED}),
+    D.PAUSED: frozenset({D.RUNNING, D.SUCCEEDED, D.FAILED, D.ROLLED_BACK, D.CANCELLED}),
     # A finished deployment can still be rolled back by hand (`orchestrator rollback ID`).
     D.SUCCEEDED: frozenset({D.ROLLING_BACK}),
     D.ROLLING_BACK: frozenset({D.ROLLED_BACK, D.FAILED}),
@@ -58,7 +62,11 @@ DEPLOYMENT_TERMINAL: frozenset[DeploymentState] = frozenset(
     {D.SUCCEEDED, D.FAILED, D.ROLLED_BACK, D.CANCELLED}
 )
 # A deployment in one of these owns its app's hosts: a second one for the same app is refused.
-DEPLOYMENT_ACTIVE: frozenset[DeploymentState] = frozenset({D.QUEUED, D.RUNNING, D.ROLLING_BACK})
+DEPLOYMENT_ACTIVE: frozenset[DeploymentState] = frozenset(
+    {D.QUEUED, D.RUNNING, D.PAUSED, D.ROLLING_BACK})
+# Owned by a worker: a daemon restart (or the watchdog, for an orphan) reconciles these.
+DEPLOYMENT_IN_FLIGHT: frozenset[DeploymentState] = frozenset(
+    {D.RUNNING, D.PAUSED, D.ROLLING_BACK})
 
 STEP_TRANSITIONS: dict[HostStepState, frozenset[HostStepState]] = {
     S.PENDING: frozenset({S.RUNNING, S.SKIPPED, S.CANCELLED}),
