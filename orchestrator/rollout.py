@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from orchestrator.playbook import Playbook
 from orchestrator.pool import Pool
 from orchestrator.preflight import Status, preflight
 from orchestrator.probe import probe_host
+from orchestrator.reverify import excluded_hosts
 from orchestrator.spec import Spec
 from orchestrator.steps.host import DeployInputs
 from orchestrator.steps.recovery import recover_host, release_of, undo_host
@@ -60,19 +61,24 @@ class RolloutResult:
 
 def rollout(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: EventSink,
             max_parallel: int | None = None, cancel: threading.Event | None = None,
-            playbook: Playbook | None = None) -> RolloutResult:
+            playbook: Playbook | None = None,
+            excluded: Mapping[str, str] | None = None) -> RolloutResult:
     """Preflight of every target first (nothing changes on a host that fails it), then the
     batches in order. More than `max_failed_hosts` failures stop the rollout: with
     `on_failure: rollback` the hosts this deployment already switched are switched back; with
     `pause` they are left and the rollout waits for `resume` (go on) or `abort` (stop there).
     Given a `RolloutControl` as `cancel`, a pause request holds the rollout before its next
-    batch, and `abort` stops it and undoes as `on_failure` says."""
+    batch, and `abort` stops it and undoes as `on_failure` says. `excluded` ({host: reason}:
+    degraded or failed at their last re-verification, orchestrator/reverify.py) are reported
+    as failed, counted against the budget like a preflight failure, and never touched."""
     ro = inputs.spec.rollout
     total = DeployResult(inputs.deployment, inputs.release_id)
     out = RolloutResult(total)
     control = control_of(cancel)
     parallel = max_parallel or int(ro.max_parallel)
-    ready, refused = preflight_fleet(inputs, hosts, pool=pool, sink=sink, max_parallel=parallel)
+    total.hosts.update(exclude(excluded or {}, sink))
+    ready, refused = preflight_fleet(inputs, [h for h in hosts if h.name not in total.hosts],
+                                     pool=pool, sink=sink, max_parallel=parallel)
     total.hosts.update(refused)
     budget = int(ro.max_failed_hosts)
     batches = plan_batches(ready, int(ro.canary), int(ro.batch_size))
@@ -161,6 +167,18 @@ def preflight_fleet(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool,
     return ready, refused
 
 
+def exclude(excluded: Mapping[str, str], sink: EventSink) -> dict[str, HostResult]:
+    """A failed, untouched `HostResult` for each host kept out of the rollout."""
+    out = {}
+    for name, reason in excluded.items():
+        error = f"excluded from the rollout: {reason}"
+        sink.emit("host.finished", host=name, status=HostStatus.FAILED.value, level="error",
+                  reason=error, failed_step="reverify", detail_status="skipped")
+        out[name] = HostResult(name, HostStatus.FAILED, reason=error, failed_step="reverify",
+                               error=error)
+    return out
+
+
 def undo(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: EventSink,
          max_parallel: int | None = None, mark_bad: bool = True) -> dict[str, str]:
     """`undo_host` on each host through the pool; {host: "rolled_back" | the failure}."""
@@ -176,7 +194,10 @@ class DeployRunner:
     """Deploys for the daemon: the rollout of `rollout()` through the daemon's sink, the manual
     rollback of a deployment's hosts, and the reconciliation of a deployment a dead daemon
     left in flight (read each host's real state; finish it if it serves and is healthy, else
-    put the host back). Probing (`verify_hosts`) is the probe runner's."""
+    put the host back). Probing (`verify_hosts`) is the probe runner's; with `reverifies` the
+    daemon re-verifies the releases this runner deploys (orchestrator/scheduler.py)."""
+
+    reverifies = True
 
     def __init__(self, config: Any) -> None:
         # The daemon's modules are imported only when the daemon builds this runner.
@@ -205,9 +226,11 @@ class DeployRunner:
         hosts = inventory.resolve(list(spec.targets))
         inputs = prepare(spec, deployment=deployment_id)
         parallel = min(int(self.config.max_ssh_sessions), int(spec.rollout.max_parallel))
+        store = getattr(sink, "store", None)  # the daemon's: hosts degraded/failed stay out
+        excluded = excluded_hosts(store.hosts(), [h.name for h in hosts]) if store else {}
         with self._pool(inventory) as pool:
             out = rollout(inputs, hosts, pool=pool, sink=sink, max_parallel=parallel,
-                          cancel=cancel_event)
+                          cancel=cancel_event, excluded=excluded)
         return outcome_of(out)
 
     def rollback(self, deployment_id: str, bundle_dir: Path, spec: Spec, sink: Any,

@@ -1,0 +1,195 @@
+"""Scheduled and on-demand re-verification of hosts, inside the daemon.
+
+    service.check_progress(now)  (the daemon's periodic watchdog tick)
+        -> Reverifier.tick(now): apps whose `reverify.every` (± jitter) has come round
+        -> each due app is one job on the service's own worker pool (no thread of its own):
+           the app's targets through the SSH pool, orchestrator/audit.py's reverify_host each
+    POST /v1/hosts/verify -> Reverifier.verify_hosts(names): every app on those hosts, now
+
+The schedule of an app starts from its last succeeded deployment that has a `reverify:` section;
+each next run is `every * (1 ± JITTER)` later, so apps deployed together do not re-verify in
+lock step. A run never overlaps a rollout of the same app: it is not started while the store
+shows an active deployment of the app, a deployment waits (`wait_idle`) for a run in flight to
+end before its rollout starts, and on each host the run holds the app's deploy lock (a CLI deploy
+outside the daemon is therefore excluded too).
+
+A host's recorded status is the worst over its apps' last results (kept in memory: after a daemon
+restart the next run of each app fills them in again).
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from orchestrator import bundle
+from orchestrator import reverify as rv
+from orchestrator.audit import HostCheckResult, reverify_host
+from orchestrator.errors import HostError, NotFound, OrchestratorError
+from orchestrator.inventory import Host
+from orchestrator.states import DEPLOYMENT_ACTIVE, DeploymentState
+from orchestrator.store import Store
+
+log = structlog.get_logger("orchestrator.reverify")
+JITTER = 0.1
+
+
+def next_run(after: float, every_s: float, rnd: random.Random, jitter: float = JITTER) -> float:
+    """When the next run is due: `every_s` after `after`, spread by ± jitter. Pure but for rnd."""
+    return after + every_s * (1.0 + rnd.uniform(-jitter, jitter))
+
+
+class _LogSink:
+    """Events of a re-verification whose app has no deployment in this daemon's store."""
+
+    def emit(self, event: str, *, host: str | None = None, step: str | None = None,
+             status: str | None = None, duration_ms: float | None = None, level: str = "info",
+             **details: Any) -> dict[str, Any]:
+        getattr(log, level)(event, host=host, step=step, status=status, **details)
+        return {}
+
+
+class _AppSink:
+    """Routes each event to the log of the app's latest deployment (`logs ID` shows it)."""
+
+    def __init__(self, reverifier: Reverifier) -> None:
+        self.r = reverifier
+
+    def emit(self, event: str, *, host: str | None = None, step: str | None = None,
+             status: str | None = None, duration_ms: float | None = None, level: str = "info",
+             **details: Any) -> None:
+        app = details.get("app")
+        latest = self.r.store.list_deployments(app=str(app), limit=1) if app else []
+        sink = self.r.sink_of(latest[0].id) if latest else _LogSink()
+        sink.emit(event, host=host, step=step, status=status, duration_ms=duration_ms,
+                  level=level, **details)
+
+
+class Reverifier:
+    def __init__(self, store: Store, probe_runner: Any, sink_of: Callable[[str], Any],
+                 bundle_dir: Callable[[str], Any], submit: Callable[[Callable[[], None]], Any],
+                 max_sessions: int, rnd: random.Random | None = None) -> None:
+        self.store, self.runner, self.sink_of = store, probe_runner, sink_of
+        self.bundle_dir, self.submit, self.max_sessions = bundle_dir, submit, max_sessions
+        self.rnd = rnd or random.Random()
+        self._due: dict[str, float] = {}
+        self._last: dict[tuple[str, str], tuple[str, list[str]]] = {}
+        self._busy: set[str] = set()
+        self._cond = threading.Condition()
+
+    # -- the spec of a deployment ------------------------------------------------------------
+
+    def spec_for(self, deployment: str | None) -> Any:
+        if deployment is None:
+            return None
+        try:
+            self.store.get_deployment(deployment)
+            return bundle.validate(self.bundle_dir(deployment)).spec
+        except (NotFound, OrchestratorError):
+            return None
+
+    # -- the schedule ------------------------------------------------------------------------
+
+    def scheduled_apps(self) -> dict[str, tuple[float, Any]]:
+        """{app: (when its last succeeded deployment finished, its spec)} for apps whose spec
+        asks for re-verification."""
+        out: dict[str, tuple[float, Any]] = {}
+        for rec in self.store.list_deployments(states=frozenset({DeploymentState.SUCCEEDED}),
+                                               limit=1 << 30):
+            if rec.app in out or not (rec.spec or {}).get("reverify"):
+                continue
+            spec = self.spec_for(rec.id)
+            if spec is not None and spec.reverify is not None:
+                out[rec.app] = (rec.updated, spec)
+        return out
+
+    def tick(self, now: float) -> list[str]:
+        """Start the runs that are due; returns their apps."""
+        started = []
+        for app, (since, spec) in self.scheduled_apps().items():
+            every = float(spec.reverify.every_s)
+            due = self._due.setdefault(app, next_run(since, every, self.rnd))
+            if now < due or not self._claim(app):
+                continue
+            self._due[app] = next_run(now, every, self.rnd)
+            started.append(app)
+            self.submit(functools.partial(self._run_app, app, spec))
+        return started
+
+    def _claim(self, app: str) -> bool:
+        """Mark the app busy unless it is being deployed (checked under the same lock that
+        `wait_idle` waits on, so a deployment and a run never both start)."""
+        with self._cond:
+            if app in self._busy or self.store.list_deployments(states=DEPLOYMENT_ACTIVE,
+                                                                app=app):
+                return False
+            self._busy.add(app)
+            return True
+
+    def _done(self, app: str) -> None:
+        with self._cond:
+            self._busy.discard(app)
+            self._cond.notify_all()
+
+    def wait_idle(self, app: str, timeout: float | None = None) -> bool:
+        """Block until no re-verification of `app` is in flight (a deployment calls this)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: app not in self._busy, timeout=timeout)
+
+    def _run_app(self, app: str, spec: Any) -> None:
+        try:
+            inventory = self.runner._inventory()
+            self.run(inventory.resolve(list(spec.targets)), inventory, apps=[app])
+        except Exception:  # a bug must not kill the service's worker thread
+            log.exception("scheduled re-verification crashed", app=app)
+        finally:
+            self._done(app)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run(self, hosts: Sequence[Host], inventory: Any,
+            apps: Sequence[str] | None = None) -> list[HostCheckResult]:
+        """Re-verify `apps` (default: every app with a current release) on the hosts and
+        record each host's status; unreachable hosts are recorded as such."""
+        sink = _AppSink(self)
+        with self.runner._pool(inventory) as pool:
+            found = pool.map_hosts(
+                lambda t, h: reverify_host(t, h, self.spec_for, sink, apps=apps),
+                list(hosts), self.max_sessions)
+        results = []
+        for name, res in found.items():
+            if not isinstance(res, HostCheckResult):
+                status = rv.UNREACHABLE if _unreachable(res) else rv.FAILED
+                res = HostCheckResult(name, status, [str(res)], None)
+            results.append(self._record(res, apps is None))
+        return results
+
+    def _record(self, res: HostCheckResult, all_apps: bool) -> HostCheckResult:
+        if all_apps:  # apps no longer on the host are forgotten
+            for key in [k for k in self._last if k[0] == res.host]:
+                del self._last[key]
+        for app, check in res.apps.items():
+            if check.skipped is None:
+                self._last[(res.host, app)] = (check.status, check.reasons)
+        if res.apps and res.status != rv.UNREACHABLE:
+            per_app = {a: v for (h, a), v in self._last.items() if h == res.host}
+            res.status, res.reasons = rv.combine(per_app)
+        self.store.record_host(res.host, res.status, res.reasons, res.facts)
+        return res
+
+    def verify_hosts(self, names: list[str]) -> list[str]:
+        """On demand (`orchestrator verify [HOST...]`): every app on those hosts, now."""
+        inventory = self.runner._inventory()
+        hosts = inventory.resolve(names) if names else list(inventory.hosts.values())
+        return [r.host for r in self.run(hosts, inventory)]
+
+
+def _unreachable(exc: HostError) -> bool:
+    from orchestrator.errors import HostKeyRejected, HostUnreachable
+
+    return isinstance(exc, HostUnreachable | HostKeyRejected)
