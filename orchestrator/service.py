@@ -142,6 +142,18 @@ class Service:
         self.stopping = threading.Event()
         self.idle = threading.Condition()
         self.metrics = Metrics(store)
+        self.reverifier = self._make_reverifier()
+
+    def _make_reverifier(self) -> Any:
+        """Re-verification of hosts (orchestrator/scheduler.py) for a runner that deploys
+        releases (`reverifies`); its runs are jobs on this service's worker pool."""
+        if not getattr(self.runner, "reverifies", False):
+            return None
+        from orchestrator.probe_runner import ProbeRunner
+        from orchestrator.scheduler import Reverifier
+
+        return Reverifier(self.store, ProbeRunner(self.config), self.sink, self.bundle_dir,
+                          self._pool.submit, self.config.max_ssh_sessions)
 
     def sink(self, deployment: str) -> ServiceSink:
         return ServiceSink(self.hub, deployment, self.metrics.observe)
@@ -272,6 +284,8 @@ class Service:
             submission = bundle.validate(self.bundle_dir(deployment))
             if kind == "run":
                 change_deployment_state(self.store, sink, deployment, D.RUNNING)
+                if self.reverifier is not None:  # a re-verification of the app ends first
+                    self.reverifier.wait_idle(submission.app)
                 outcome = self._call(self.runner.run, deployment, submission, sink, cancel)
                 if deployment in self._rollback_requested and outcome.state is not D.ROLLED_BACK:
                     outcome = self._call(self.runner.rollback, deployment, submission, sink,
@@ -440,9 +454,17 @@ class Service:
                                f"(progress_timeout_s {self.config.progress_timeout_s:g}); "
                                "stopping after the current step")
                     acted.append(record.id)
+        if self.reverifier is not None and not self.stopping.is_set():
+            try:  # the schedule of `reverify.every` rides on this periodic tick
+                self.reverifier.tick(now)
+            except Exception:  # a bug in scheduling must not stop the watchdog
+                log.exception("re-verification schedule failed")
         return acted
 
     def verify_hosts(self, names: list[str]) -> list[dict[str, Any]]:
+        if self.reverifier is not None:  # probe, audit and warm up every app on those hosts
+            wanted = set(self.reverifier.verify_hosts(names))
+            return [h for h in self.store.hosts() if h["host"] in wanted]
         checks = self.runner.verify_hosts(names)
         for check in checks:
             self.store.record_host(check.host, check.status, check.reasons, check.facts)
