@@ -98,6 +98,11 @@ def rollout(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: Ev
         part = deploy(inputs, batch, pool=pool, sink=sink, max_parallel=max_parallel,
                       playbook=playbook, cancel=cancel)
         total.hosts.update(part.hosts)
+        if cancel is not None and cancel.is_set():
+            # Hosts that stopped for it are not failures to weigh against the budget: the
+            # request decides what happens to the switched ones (abort: on_failure; cancel: none).
+            out.stopped = "aborted" if control is not None and control.aborted else "cancelled"
+            break
         if len(out.failed) <= budget:
             continue
         reason = _over_budget(out, budget)
