@@ -56,8 +56,23 @@ class Finding:
     message: str
 
 
+#: What the NVML errors a driver change brings mean (pynvml's own text is terser).
+NVML_MEANING = {
+    "LibRmVersionMismatch": "Driver/library version mismatch",
+    "DriverNotLoaded": "the NVIDIA kernel driver is not loaded",
+    "LibraryNotFound": "libnvidia-ml.so.1 not found",
+    "NoPermission": "no permission to query the GPUs",
+}
+
+
 def _nvml_name(name: str) -> str:
     return name.removeprefix("NVMLError_")
+
+
+def _nvml_text(name: str, message: str) -> str:
+    short = _nvml_name(name)
+    meaning = NVML_MEANING.get(short)
+    return f"{short}: {meaning} ({message})" if meaning else f"{short}: {message}"
 
 
 def _gib(n: int) -> str:
@@ -72,7 +87,7 @@ def diff_facts(before: HostFacts, now: HostFacts) -> list[Finding]:
                                        or before.nvml_error.name != now.nvml_error.name):
         err = now.nvml_error
         out.append(Finding("nvml", DEGRADED,
-                           f"{was} -> NVML error {_nvml_name(err.name)}: {err.message}"))
+                           f"{was} -> NVML error {_nvml_text(err.name, err.message)}"))
         return out  # with NVML failing, the GPU list and versions below are not observable
     if before.nvml_error is not None and now.nvml_error is None:
         out.append(Finding("nvml", HEALTHY, f"NVML error {_nvml_name(before.nvml_error.name)} "

@@ -1,0 +1,246 @@
+"""Re-verification of hosts: the pure findings and decisions from data, then the real thing on
+the testbed (a joblib model deployed with tests/test_deploy.py's helpers, a simulated driver
+upgrade, a changed byte in the model and in the venv), and through the daemon (verify, hosts,
+events, a degraded host kept out of a new rollout)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator import reverify as rv
+from orchestrator.audit import HostCheckResult, reverify_host
+from orchestrator.facts import HostFacts, parse_facts
+from orchestrator.inventory import Host, Inventory
+from orchestrator.pool import Pool
+from orchestrator.scheduler import next_run
+from orchestrator.spec import load_spec
+from orchestrator.testbed import Testbed
+from orchestrator.verify import Gate
+from tests.test_deploy import (  # noqa: F401  (module fixtures reused, not copied)
+    WHEEL_CACHE,
+    Sink,
+    inventory,
+    models_dir,
+    pool,
+    run,
+    write_spec,
+)
+
+FACTS = Path(__file__).parent / "fixtures" / "facts"
+RV_HOST = "tb-07"  # an h100 host no other test module deploys to
+APP = "rv-app"
+
+
+def facts(name: str, host: str = "gpu-01") -> HostFacts:
+    return parse_facts(host, (FACTS / f"{name}.json").read_text())
+
+
+def edited(name: str, change: Callable[[dict[str, Any]], None]) -> HostFacts:
+    data = json.loads((FACTS / f"{name}.json").read_text())
+    change(data)
+    return parse_facts("gpu-01", json.dumps(data))
+
+
+# -- pure: facts diff ---------------------------------------------------------------------------
+
+def test_same_facts_give_no_finding() -> None:
+    assert rv.diff_facts(facts("h100"), facts("h100")) == []
+
+
+def test_driver_upgrade_to_a_version_mismatch_is_degraded_naming_the_change() -> None:
+    found = rv.diff_facts(facts("h100"), facts("mismatch"))
+    assert [f.status for f in found] == [rv.DEGRADED]
+    assert found[0].message.startswith(
+        "driver 550.54.15 -> NVML error LibRmVersionMismatch: Driver/library version mismatch")
+
+
+def test_driver_cuda_and_gpu_changes_are_each_named() -> None:
+    def upgrade(d: dict[str, Any]) -> None:
+        d["nvml"].update(driver_version="560.35.03", cuda_driver_version="12.6")
+        d["gpus"][0]["memory_total_bytes"] //= 2
+
+    found = rv.diff_facts(facts("h100"), edited("h100", upgrade))
+    text = [f.message for f in found]
+    assert "driver 550.54.15 -> driver 560.35.03" in text
+    assert "CUDA driver 12.4 -> 12.6" in text
+    assert any("memory 80.0 GiB -> 40.0 GiB" in t for t in text)
+    assert rv.decide(found)[0] == rv.DEGRADED
+
+
+def test_a_gpu_gone_is_degraded_and_a_new_one_is_only_noted() -> None:
+    gone = rv.diff_facts(facts("h100"), edited("h100", lambda d: d.update(gpus=[])))
+    assert [f.status for f in gone] == [rv.DEGRADED] and "is gone" in gone[0].message
+    added = rv.diff_facts(edited("h100", lambda d: d.update(gpus=[])), facts("h100"))
+    assert rv.decide(added) == (rv.HEALTHY, [])
+
+
+# -- pure: audit, warmup, decision --------------------------------------------------------------
+
+def _audit(model: dict[str, Any] | None = None, **venv: Any) -> dict[str, Any]:
+    base = {"ok": True, "path": "/v", "changed": [], "missing": [], "changed_count": 0,
+            "missing_count": 0, "error": None}
+    return {"model": model or {"ok": True}, "venv": {**base, **venv}}
+
+
+def test_a_changed_model_file_fails_naming_it() -> None:
+    model = {"ok": False, "kind": "file", "expected": "a" * 64, "actual": "b" * 64,
+             "files": {"model.joblib": "b" * 64}}
+    status, reasons = rv.decide(rv.audit_findings(_audit(model)))
+    assert status == rv.FAILED
+    assert reasons == [f"model file model/model.joblib changed: sha256 {'a' * 12}... in the "
+                       f"manifest, {'b' * 12}... on the host"]
+
+
+def test_a_directory_model_names_changed_missing_and_added_files_against_the_local_copy() -> None:
+    model = {"ok": False, "kind": "tree", "expected": "a" * 64, "actual": "b" * 64,
+             "files": {"saved_model.pb": "1", "variables/v.data": "x", "extra.txt": "3"}}
+    local = {"saved_model.pb": "1", "variables/v.data": "2", "variables/v.index": "4"}
+    reasons = rv.decide(rv.audit_findings(_audit(model), local))[1]
+    assert reasons == ["model file model/variables/v.data changed",
+                       "model file model/variables/v.index missing",
+                       "model file model/extra.txt added"]
+
+
+def test_venv_files_changed_or_missing_fail_naming_path_and_package() -> None:
+    audit = _audit(changed=[{"path": "sklearn/base.py", "package": "scikit_learn-1.9.1"}],
+                   missing=[{"path": "numpy/__init__.py", "package": "numpy-2.3.0"}],
+                   changed_count=3, missing_count=1)
+    status, reasons = rv.decide(rv.audit_findings(audit))
+    assert status == rv.FAILED
+    assert reasons[0] == ("venv file sklearn/base.py (scikit_learn-1.9.1) changed: differs "
+                          "from its RECORD")
+    assert "venv file numpy/__init__.py (numpy-2.3.0) missing" in reasons
+    assert "and 2 more venv files changed" in reasons
+
+
+def test_slower_warmup_is_degraded_a_failing_golden_is_failed() -> None:
+    slow = [Gate("golden", True, "ok"), Gate("latency:p95", False, "p95 12 ms > limit 10 ms"),
+            Gate("regression:p50", False, "p50 2.10x the baseline")]
+    assert rv.decide(rv.warmup_findings(slow))[0] == rv.DEGRADED
+    broken = [*slow, Gate("golden", False, "3 of 64 outputs differ")]
+    status, reasons = rv.decide(rv.warmup_findings(broken))
+    assert status == rv.FAILED and "warmup golden: 3 of 64 outputs differ" in reasons
+
+
+def test_host_status_is_the_worst_app_and_actions_apply_to_failed_only() -> None:
+    status, reasons = rv.combine({"a": (rv.HEALTHY, []), "b": (rv.DEGRADED, ["slow"]),
+                                  "c": (rv.FAILED, ["model changed"])})
+    assert status == rv.FAILED and reasons == ["b: slow", "c: model changed"]
+    assert rv.action_for(rv.FAILED, "rollback") == "rollback"
+    assert rv.action_for(rv.DEGRADED, "rollback") == "report"
+    assert rv.action_for(rv.FAILED, None) == "report"
+
+
+def test_degraded_and_failed_hosts_are_excluded_with_their_reasons() -> None:
+    records = [{"host": "a", "status": "degraded", "reasons": ["driver x -> y"]},
+               {"host": "b", "status": "healthy", "reasons": []},
+               {"host": "c", "status": "failed", "reasons": []},
+               {"host": "d", "status": "unreachable", "reasons": ["down"]}]
+    assert rv.excluded_hosts(records, ["a", "b", "c", "d", "e"]) == {
+        "a": "host degraded at its last verification: driver x -> y",
+        "c": "host failed at its last verification: no reason recorded"}
+
+
+def test_jitter_spreads_runs_within_ten_percent() -> None:
+    rnd = random.Random(7)
+    runs = [next_run(1000.0, 3600.0, rnd) for _ in range(200)]
+    assert all(1000 + 3240 <= t <= 1000 + 3960 for t in runs)
+    assert max(runs) - min(runs) > 360  # spread, not one instant
+
+
+# -- the testbed: a deployed joblib model -------------------------------------------------------
+
+@dataclass
+class Deployed:
+    spec: Any
+    deployment: str
+    host: Host
+    release: Path  # the release dir on the (local) testbed host
+
+    def spec_for(self, deployment: str | None) -> Any:
+        return self.spec if deployment == self.deployment else None
+
+
+@pytest.fixture(scope="module")
+def deployed(inventory: Inventory, pool: Pool, models_dir: Path,  # noqa: F811
+             tmp_path_factory: pytest.TempPathFactory) -> Deployed:
+    spec_path = write_spec(tmp_path_factory.mktemp("rv"), APP, models_dir / "model.joblib",
+                           models_dir / "golden.npz", extra="reverify: {every: 1m}\n")
+    result, _ = run(spec_path, inventory, pool, hosts=[RV_HOST])
+    assert result.ok, result.hosts[RV_HOST].error
+    host = inventory.hosts[RV_HOST]
+    release = (Path(host.deploy_root) / APP / "current").resolve()
+    return Deployed(load_spec(spec_path), result.deployment, host, release)
+
+
+def check(pool: Pool, d: Deployed) -> tuple[HostCheckResult, Sink]:  # noqa: F811
+    sink = Sink()
+    with pool.session(d.host) as t:
+        return reverify_host(t, d.host, d.spec_for, sink, apps=[APP]), sink
+
+
+@contextlib.contextmanager
+def flipped(path: Path, offset: int = -1) -> Iterator[None]:
+    """One byte of `path` changed in place (same inode: the venv's files are hardlinked into
+    uv's cache), put back on exit."""
+    original = path.read_bytes()
+    data = bytearray(original)
+    data[offset] ^= 0x01
+    with path.open("r+b") as fh:
+        fh.write(bytes(data))
+    try:
+        yield
+    finally:
+        with path.open("r+b") as fh:
+            fh.write(original)
+
+
+def test_a_clean_release_verifies_healthy(pool: Pool, deployed: Deployed) -> None:  # noqa: F811
+    result, sink = check(pool, deployed)
+    assert (result.status, result.reasons) == (rv.HEALTHY, [])
+    app = result.apps[APP]
+    assert app.release_id == deployed.release.name and app.deployment == deployed.deployment
+    event = next(e for e in sink.events if e["event"] == "reverify")
+    assert event["status"] == "healthy" and event["app"] == APP
+
+
+def test_a_driver_upgrade_degrades_the_host_naming_it_and_restored_it_is_healthy(
+        testbed: Testbed, pool: Pool, deployed: Deployed) -> None:  # noqa: F811
+    with testbed.profile(RV_HOST, "mismatch"):
+        result, sink = check(pool, deployed)
+    assert result.status == rv.DEGRADED, result.reasons
+    assert any(r.startswith(f"{APP}: driver 550.54.15 -> NVML error LibRmVersionMismatch: "
+                            "Driver/library version mismatch") for r in result.reasons)
+    assert next(e for e in sink.events if e["event"] == "reverify")["level"] == "warning"
+    assert check(pool, deployed)[0].status == rv.HEALTHY
+
+
+def test_a_changed_byte_in_the_model_fails_naming_the_file(
+        pool: Pool, deployed: Deployed) -> None:  # noqa: F811
+    with flipped(deployed.release / "model" / "model.joblib", offset=100):
+        result, _ = check(pool, deployed)
+    assert result.status == rv.FAILED
+    assert any(r.startswith(f"{APP}: model file model/model.joblib changed: sha256")
+               for r in result.reasons), result.reasons
+    assert check(pool, deployed)[0].status == rv.HEALTHY
+
+
+def test_a_changed_byte_in_a_venv_file_fails_naming_the_file(
+        pool: Pool, deployed: Deployed) -> None:  # noqa: F811
+    site = next((deployed.release / "venv").resolve().glob("lib/python*/site-packages"))
+    target = site / "sklearn" / "datasets" / "_base.py"  # not imported by the model
+    with flipped(target):
+        result, _ = check(pool, deployed)
+    assert result.status == rv.FAILED
+    assert any("venv file sklearn/datasets/_base.py (scikit_learn-" in r
+               and "changed: differs from its RECORD" in r for r in result.reasons), \
+        result.reasons
+    assert check(pool, deployed)[0].status == rv.HEALTHY
