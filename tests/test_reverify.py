@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,3 +248,105 @@ def test_a_changed_byte_in_a_venv_file_fails_naming_the_file(
                and "changed: differs from its RECORD" in r for r in result.reasons), \
         result.reasons
     assert check(pool, deployed)[0].status == rv.HEALTHY
+
+
+def test_on_failure_rollback_puts_the_previous_release_back_and_verifies_it(
+        inventory: Inventory, pool: Pool, models_dir: Path,  # noqa: F811
+        tmp_path: Path) -> None:
+    app, extra = "rv-undo", "reverify: {every: 1m, on_failure: rollback}\n"
+    first, _ = run(write_spec(tmp_path / "v1", app, models_dir / "model.joblib",
+                              models_dir / "golden.npz", extra=extra), inventory, pool,
+                   hosts=[RV_HOST])
+    v2 = write_spec(tmp_path / "v2", app, models_dir / "changed.joblib",
+                    models_dir / "golden-v2.npz", model_name="model-v2.joblib", extra=extra)
+    second, _ = run(v2, inventory, pool, hosts=[RV_HOST])
+    assert first.ok and second.ok
+    specs = {first.deployment: load_spec(tmp_path / "v1" / app / "spec.yaml"),
+             second.deployment: load_spec(v2)}
+    host = inventory.hosts[RV_HOST]
+    current = Path(host.deploy_root) / app / "current"
+    sink = Sink()
+    with (flipped(current.resolve() / "model" / "model-v2.joblib", offset=100),
+          pool.session(host) as t):
+        result = reverify_host(t, host, specs.get, sink, apps=[app])
+    check_ = result.apps[app]
+    assert check_.action == "rollback"
+    assert current.resolve().name == first.release_id  # v1 serves again
+    assert (result.status, check_.release_id) == (rv.HEALTHY, first.release_id), result.reasons
+    assert "rollback after: model file model/model-v2.joblib changed" in result.reasons[0]
+    assert next(e for e in sink.events if e["event"] == "reverify.rollback")["status"] == "ok"
+
+
+# -- through the daemon -------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def daemon(testbed: Testbed, work: Path) -> Iterator[Callable[..., Any]]:
+    exe = str(Path(sys.executable).parent / "orchestrator")
+    (work / "orchestrator.toml").write_text(
+        f'state_dir = "state"\nsocket = "o.sock"\ninventory = "{testbed.inventory_path}"\n'
+        'runner = "orchestrator.deploy:DeployRunner"\n')
+    env = {**os.environ, "ORCHESTRATOR_WHEEL_CACHE": str(WHEEL_CACHE)}
+    proc = subprocess.Popen([exe, "daemon", "--config", str(work / "orchestrator.toml")],
+                            cwd=work, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    sock = work / "o.sock"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([exe, *args, "--socket", str(sock)], capture_output=True,
+                              text=True, timeout=300, check=False, env=env)
+
+    try:
+        deadline = time.monotonic() + 60
+        while not sock.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "daemon did not start"
+            time.sleep(0.1)
+        yield cli
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def test_daemon_verify_degrades_a_host_which_a_new_rollout_then_leaves_out(
+        testbed: Testbed, inventory: Inventory, pool: Pool, models_dir: Path,  # noqa: F811
+        tmp_path: Path) -> None:
+    app, hosts = "rv-fleet", "tb-07, tb-08"
+    extra = "reverify: {every: 1h}\nrollout: {max_failed_hosts: 1}\n"
+
+    def spec(name: str, model: str, golden: str, model_name: str = "model.joblib") -> Path:
+        path = write_spec(tmp_path / name, app, models_dir / model, models_dir / golden,
+                          model_name=model_name, extra=extra)
+        path.write_text(path.read_text().replace("targets: [tb-01]", f"targets: [{hosts}]"))
+        return path
+
+    with daemon(testbed, tmp_path) as cli:
+        first = cli("submit", str(spec("v1", "model.joblib", "golden.npz")), "--wait")
+        assert first.returncode == 0, first.stdout + first.stderr
+        with testbed.profile("tb-08", "mismatch"):
+            verified = cli("verify", "tb-08", "--json")
+        assert verified.returncode == 0, verified.stdout + verified.stderr  # degraded: exit 0
+        [record] = json.loads(verified.stdout)
+        assert record["status"] == "degraded"
+        assert any(r.startswith(f"{app}: driver 550.54.15 -> NVML error LibRmVersionMismatch")
+                   for r in record["reasons"]), record["reasons"]
+        listed = {h["host"]: h for h in json.loads(cli("hosts", "--json").stdout)}
+        assert listed["tb-08"]["status"] == "degraded"
+
+        # The profile is back, but the host stays out until it verifies clean again.
+        before = (Path(inventory.hosts["tb-08"].deploy_root) / app / "current").resolve().name
+        second = cli("submit", str(spec("v2", "changed.joblib", "golden-v2.npz",
+                                        "model-v2.joblib")), "--wait")
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert (Path(inventory.hosts["tb-08"].deploy_root) / app / "current"
+                ).resolve().name == before
+        assert (Path(inventory.hosts["tb-07"].deploy_root) / app / "current"
+                ).resolve().name != before
+        events = [json.loads(line) for f in (tmp_path / "state" / "logs").glob("*.jsonl")
+                  for line in f.read_text().splitlines()]
+        skipped = [e for e in events if e["event"] == "host.finished" and e["host"] == "tb-08"
+                   and e.get("detail_status") == "skipped"]
+        assert skipped and "excluded from the rollout: host degraded" in skipped[0]["reason"]
+        assert any(e["event"] == "reverify" and e["host"] == "tb-08"
+                   and e["status"] == "degraded" for e in events)
+
+        again = cli("verify", "tb-08", "--json")
+        assert again.returncode == 0 and json.loads(again.stdout)[0]["status"] == "healthy"
