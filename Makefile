@@ -37,15 +37,14 @@ lint: deps
 bench: deps
 	$(BIN)/python -m orchestrator.bench
 
+# The whole story on one machine (orchestrator/demo.py): a 4-host testbed, the daemon in the
+# background, plan, two rollouts (one stopped on its canary), a driver upgrade found by verify.
 demo: deps
-	$(BIN)/orchestrator testbed up --hosts 4 --profile h100 --profile h100 --profile t4 --profile old-driver --dir $(DEMO_DIR)
-	$(BIN)/orchestrator probe --inventory $(DEMO_DIR)/inventory.yaml --all
-	@echo
-	@echo "The testbed is up in $(DEMO_DIR): its GPUs are simulated by a fake libnvidia-ml.so.1."
-	@echo "Stop it with: make demo-down"
+	$(BIN)/python -m orchestrator.demo up --dir $(DEMO_DIR)
 
+# Stops the demo's daemon and testbed (nothing of them keeps running); the files stay in .demo/.
 demo-down:
-	@if [ -x $(BIN)/orchestrator ]; then $(BIN)/orchestrator testbed down --dir $(DEMO_DIR); fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m orchestrator.demo down --dir $(DEMO_DIR); fi
 
 clean:
 	rm -rf $(VENV) .demo build *.egg-info
