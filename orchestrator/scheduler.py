@@ -117,8 +117,12 @@ class Reverifier:
             if now < due or not self._claim(app):
                 continue
             self._due[app] = next_run(now, every, self.rnd)
+            try:
+                self.submit(functools.partial(self._run_app, app, spec))
+            except RuntimeError:  # the service's pool is shut down: the daemon is stopping
+                self._done(app)
+                continue
             started.append(app)
-            self.submit(functools.partial(self._run_app, app, spec))
         return started
 
     def _claim(self, app: str) -> bool:

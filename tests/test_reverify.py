@@ -350,3 +350,38 @@ def test_daemon_verify_degrades_a_host_which_a_new_rollout_then_leaves_out(
 
         again = cli("verify", "tb-08", "--json")
         assert again.returncode == 0 and json.loads(again.stdout)[0]["status"] == "healthy"
+
+
+# -- the schedule, against a real store ---------------------------------------------------------
+
+def test_schedule_runs_an_app_when_due_never_while_it_is_being_deployed(
+        models_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    from orchestrator.scheduler import Reverifier
+    from orchestrator.states import DeploymentState as D
+    from orchestrator.store import Store
+
+    spec_path = write_spec(tmp_path, "rv-sched", models_dir / "model.joblib",
+                           models_dir / "golden.npz", extra="reverify: {every: 1h}\n")
+    store = Store.open(tmp_path / "state.db")
+    try:
+        store.create_deployment("d1", "rv-sched", {"reverify": {"every": "1h"}})
+        store.transition_deployment("d1", D.RUNNING)
+        store.transition_deployment("d1", D.SUCCEEDED)
+        t0 = store.get_deployment("d1").updated
+        jobs: list[Callable[[], None]] = []
+        r = Reverifier(store, None, lambda d: Sink(), lambda d: spec_path.parent, jobs.append,
+                       4, rnd=random.Random(3))
+        assert r.tick(t0 + 600) == []  # not due yet (1h ± 10%)
+        assert r.tick(t0 + 3960) == ["rv-sched"] and len(jobs) == 1
+        assert r.tick(t0 + 3961) == []  # in flight, and the next run is an hour away
+        assert not r.wait_idle("rv-sched", timeout=0.05)  # a deployment would wait
+        r._done("rv-sched")
+        assert r.wait_idle("rv-sched", timeout=0.05)
+
+        store.create_deployment("d2", "rv-sched", {"reverify": {"every": "1h"}})  # queued
+        assert r.tick(t0 + 3 * 3600) == []  # due, but the app is being deployed
+        store.transition_deployment("d2", D.RUNNING)
+        store.transition_deployment("d2", D.SUCCEEDED)
+        assert r.tick(t0 + 3 * 3600) == ["rv-sched"]
+    finally:
+        store.close()
