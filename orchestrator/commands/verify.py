@@ -1,6 +1,9 @@
-"""`orchestrator verify [HOST...]`: probe hosts now (all of the inventory without names).
+"""`orchestrator verify [HOST...]`: re-verify hosts now (all of the inventory without names).
 
-Exit 0 when every host is healthy or degraded, 3 when any is failed or unreachable."""
+With the deploying runner, each app's current release on those hosts is re-verified: probe and
+diff against its manifest, audit of the model and venv files, the warmup again against its
+baseline (orchestrator/reverify.py says which finding gives which status). Exit 0 when every
+host is healthy or degraded, 3 when any is failed or unreachable."""
 
 from __future__ import annotations
 
@@ -15,9 +18,12 @@ from orchestrator.render import hosts_table, use_colour
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "verify", help="probe hosts now and record their facts",
-        description="Probe HOSTs (names, groups or label selectors; default: every host of "
-                    "the daemon's inventory) and show their status.")
+        "verify", help="re-verify hosts now and record their status",
+        description="Re-verify HOSTs (names, groups or label selectors; default: every host "
+                    "of the daemon's inventory): probe them, check each deployed release's "
+                    "files and warmup against its manifest, and show their status with the "
+                    "reasons. A degraded or failed host is left out of new rollouts until it "
+                    "verifies healthy again.")
     parser.add_argument("hosts", metavar="HOST", nargs="*")
     add_client_args(parser)
     parser.set_defaults(func=run)
