@@ -18,9 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from orchestrator.errors import SpecError
+from orchestrator.yamlio import FieldPath, YamlDocument, load_yaml, parse_yaml
 
 #: Every step the engine knows, in the only order they may run.
 STEP_ORDER: tuple[str, ...] = (
@@ -76,166 +74,93 @@ class Playbook:
 
 def load_playbook(path: Path = DEFAULT_PLAYBOOK) -> Playbook:
     """Read and validate a playbook file; every problem is a SpecError with file and line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(f"cannot read playbook: {exc.strerror}", file=str(path)) from exc
-    return parse_playbook(text, source=str(path))
+    return _playbook(load_yaml(path))
 
 
 def parse_playbook(text: str, *, source: str = "<memory>") -> Playbook:
-    node = _compose(text, source)
-    top = _mapping(node, source, "")
-    _only_keys(top, {"apiVersion", "kind", "steps"}, source, "")
-    _expect_scalar(top, "apiVersion", "orchestrator/v1", source)
-    _expect_scalar(top, "kind", "Playbook", source)
-    if "steps" not in top:
-        raise SpecError("missing field", file=source, line=_line(node), field="steps")
-    steps_node = top["steps"][1]
-    if not isinstance(steps_node, yaml.SequenceNode) or not steps_node.value:
-        raise SpecError("must be a non-empty list of steps", file=source,
-                        line=_line(steps_node), field="steps")
-    steps = [_step(item, i, source) for i, item in enumerate(steps_node.value)]
-    _check_order(steps, steps_node, source)
-    return Playbook(tuple(s for s, _ in steps), source)
+    return _playbook(parse_yaml(text, source))
 
 
-def _compose(text: str, source: str) -> yaml.Node:
-    # compose (not load): we need line numbers, and no constructor runs on untrusted tags.
-    try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            # Anchors and aliases make one node appear in two places: refused, as in specs.
-            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-                mark = event.start_mark
-                raise SpecError("YAML anchors and aliases are not allowed", file=source,
-                                line=mark.line + 1 if mark is not None else None)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise SpecError(f"not valid YAML: {getattr(exc, 'problem', exc)}", file=source,
-                        line=line) from exc
-    if node is None:
-        raise SpecError("empty playbook", file=source)
-    return node
+def _playbook(doc: YamlDocument) -> Playbook:
+    # orchestrator.yamlio already refused duplicate keys, anchors, aliases and odd tags.
+    top = _mapping(doc, (), {"apiVersion", "kind", "steps"})
+    for name, want in (("apiVersion", "orchestrator/v1"), ("kind", "Playbook")):
+        if top.get(name) != want:
+            raise doc.error((name,), f"is {top.get(name)!r}, expected {want!r}")
+    steps_raw = top.get("steps")
+    if not isinstance(steps_raw, list) or not steps_raw:
+        raise doc.error(("steps",), "must be a non-empty list of steps")
+    steps = [_step(doc, i) for i in range(len(steps_raw))]
+    _check_order(doc, steps)
+    return Playbook(tuple(steps), doc.file)
 
 
-def _line(node: yaml.Node) -> int:
-    return int(node.start_mark.line) + 1
-
-
-def _mapping(
-    node: yaml.Node, source: str, field: str,
-) -> dict[str, tuple[yaml.Node, yaml.Node]]:
-    if not isinstance(node, yaml.MappingNode):
-        raise SpecError("must be a mapping", file=source, line=_line(node), field=field or None)
-    out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-    for key, value in node.value:
-        name = str(key.value)
-        where = f"{field}.{name}" if field else name
-        if name in out:
-            raise SpecError("duplicate key", file=source, line=_line(key), field=where)
-        out[name] = (key, value)
-    return out
-
-
-def _only_keys(
-    m: dict[str, tuple[yaml.Node, yaml.Node]], allowed: set[str], source: str, field: str,
-) -> None:
-    for name, (key, _) in m.items():
-        if name not in allowed:
-            where = f"{field}.{name}" if field else name
-            raise SpecError(f"unknown field (allowed: {', '.join(sorted(allowed))})",
-                            file=source, line=_line(key), field=where)
-
-
-def _scalar(node: yaml.Node, source: str, field: str) -> str:
-    if not isinstance(node, yaml.ScalarNode):
-        raise SpecError("must be a scalar", file=source, line=_line(node), field=field)
-    return str(node.value)
-
-
-def _expect_scalar(
-    m: dict[str, tuple[yaml.Node, yaml.Node]], name: str, want: str, source: str,
-) -> None:
-    if name not in m:
-        raise SpecError(f"missing field (expected {want!r})", file=source, field=name)
-    got = _scalar(m[name][1], source, name)
-    if got != want:
-        raise SpecError(f"is {got!r}, expected {want!r}", file=source,
-                        line=_line(m[name][1]), field=name)
-
-
-def _step(node: yaml.Node, index: int, source: str) -> tuple[PlaybookStep, yaml.Node]:
-    field = f"steps[{index}]"
-    m = _mapping(node, source, field)
-    _only_keys(m, {"name", "timeout_s", "on_failure"}, source, field)
-    for required in ("name", "timeout_s", "on_failure"):
-        if required not in m:
-            raise SpecError("missing field", file=source, line=_line(node),
-                            field=f"{field}.{required}")
-    name = _scalar(m["name"][1], source, f"{field}.name")
-    if name not in STEP_ORDER:
-        raise SpecError(f"unknown step {name!r} (known: {', '.join(STEP_ORDER)})", file=source,
-                        line=_line(m["name"][1]), field=f"{field}.name")
-    timeout = _timeout(m["timeout_s"][1], source, f"{field}.timeout_s")
-    raw_policy = _scalar(m["on_failure"][1], source, f"{field}.on_failure")
-    try:
-        policy = OnFailure(raw_policy)
-    except ValueError:
-        raise SpecError(
-            f"unknown policy {raw_policy!r} (known: {', '.join(p.value for p in OnFailure)})",
-            file=source, line=_line(m["on_failure"][1]), field=f"{field}.on_failure",
-        ) from None
-    step = PlaybookStep(name, timeout, policy)
-    _check_policy(step, m["on_failure"][1], source, field)
-    return step, node
-
-
-def _timeout(node: yaml.Node, source: str, field: str) -> float:
-    raw = _scalar(node, source, field)
-    if getattr(node, "style", None):  # quoted: a string, not a number
-        raise SpecError(f"must be a number of seconds, not the string {raw!r}", file=source,
-                        line=_line(node), field=field)
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SpecError(f"must be a number of seconds, got {raw!r}", file=source,
-                        line=_line(node), field=field) from None
-    if not 0 < value <= MAX_TIMEOUT_S:  # also refuses nan
-        raise SpecError(f"must be > 0 and <= {MAX_TIMEOUT_S:.0f}, got {raw}", file=source,
-                        line=_line(node), field=field)
+def _mapping(doc: YamlDocument, path: FieldPath, allowed: set[str]) -> dict[str, Any]:
+    value: Any = doc.data
+    for part in path:
+        value = value[part]
+    if not isinstance(value, dict):
+        raise doc.error(path, "must be a mapping")
+    for key in value:
+        if key not in allowed:
+            raise doc.error((*path, key), f"unknown field (allowed: {', '.join(sorted(allowed))})")
     return value
 
 
-def _check_policy(step: PlaybookStep, node: yaml.Node, source: str, field: str) -> None:
+def _step(doc: YamlDocument, index: int) -> PlaybookStep:
+    at: FieldPath = ("steps", index)
+    m = _mapping(doc, at, {"name", "timeout_s", "on_failure"})
+    for required in ("name", "timeout_s", "on_failure"):
+        if required not in m:
+            raise doc.error((*at, required), "missing field")
+    name = m["name"]
+    if name not in STEP_ORDER:
+        raise doc.error((*at, "name"), f"unknown step {name!r} (known: {', '.join(STEP_ORDER)})")
+    timeout = m["timeout_s"]
+    if isinstance(timeout, str):
+        raise doc.error((*at, "timeout_s"), f"must be a number of seconds, not the string "
+                                            f"{timeout!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise doc.error((*at, "timeout_s"), f"must be a number of seconds, got {timeout!r}")
+    if not 0 < timeout <= MAX_TIMEOUT_S:  # also refuses nan
+        raise doc.error((*at, "timeout_s"), f"must be > 0 and <= {MAX_TIMEOUT_S:.0f}, "
+                                            f"got {timeout}")
+    try:
+        policy = OnFailure(m["on_failure"])
+    except ValueError:
+        raise doc.error((*at, "on_failure"), f"unknown policy {m['on_failure']!r} (known: "
+                        f"{', '.join(p.value for p in OnFailure)})") from None
+    step = PlaybookStep(str(name), float(timeout), policy)
+    problem = _policy_problem(step)
+    if problem:
+        raise doc.error((*at, "on_failure"), problem)
+    return step
+
+
+def _policy_problem(step: PlaybookStep) -> str | None:
     # Before the switch nothing serves the new release, so the only safe answer is to remove it;
     # continuing would switch to something that failed. The switch itself must be undone.
     if step.before_switch and step.on_failure is not OnFailure.ABORT_STAGE:
-        problem = "a step before switch must use on_failure: abort-stage"
-    elif step.name == SWITCH and step.on_failure is not OnFailure.ROLLBACK:
-        problem = "switch must use on_failure: rollback"
-    elif not step.before_switch and step.on_failure is OnFailure.ABORT_STAGE:
-        problem = "after switch the release serves: use rollback or warn, not abort-stage"
-    else:
-        return
-    raise SpecError(problem, file=source, line=_line(node), field=f"{field}.on_failure")
+        return "a step before switch must use on_failure: abort-stage"
+    if step.name == SWITCH and step.on_failure is not OnFailure.ROLLBACK:
+        return "switch must use on_failure: rollback"
+    if not step.before_switch and step.on_failure is OnFailure.ABORT_STAGE:
+        return "after switch the release serves: use rollback or warn, not abort-stage"
+    return None
 
 
-def _check_order(steps: list[tuple[PlaybookStep, yaml.Node]], node: yaml.Node, source: str) -> None:
+def _check_order(doc: YamlDocument, steps: list[PlaybookStep]) -> None:
     seen: dict[str, int] = {}
-    for i, (step, item) in enumerate(steps):
+    for i, step in enumerate(steps):
         if step.name in seen:
-            raise SpecError(f"step {step.name!r} listed twice", file=source, line=_line(item),
-                            field=f"steps[{i}].name")
+            raise doc.error(("steps", i, "name"), f"step {step.name!r} listed twice")
         if seen and STEP_ORDER.index(step.name) < max(STEP_ORDER.index(n) for n in seen):
-            raise SpecError(f"step {step.name!r} out of order (order: {' -> '.join(STEP_ORDER)})",
-                            file=source, line=_line(item), field=f"steps[{i}].name")
+            raise doc.error(("steps", i, "name"), f"step {step.name!r} out of order (order: "
+                            f"{' -> '.join(STEP_ORDER)})")
         seen[step.name] = i
     missing = [n for n in STEP_ORDER if n not in seen and n not in OPTIONAL_STEPS]
     if missing:
-        raise SpecError(f"required steps missing: {', '.join(missing)}", file=source,
-                        line=_line(node), field="steps")
+        raise doc.error(("steps",), f"required steps missing: {', '.join(missing)}")
 
 
 def playbook_summary(pb: Playbook) -> list[dict[str, Any]]:

@@ -74,15 +74,15 @@ GOOD = """\
                       "switch, timeout_s: 5, on_failure: warn"), 9,
          "switch must use on_failure: rollback"),
         (GOOD.replace("probe, timeout_s: 5", "probe, timeout_s: -1"), 4, "must be > 0"),
-        (GOOD.replace("probe, timeout_s: 5", "probe, timeout_s: .nan"), 4, "must be a number"),
+        (GOOD.replace("probe, timeout_s: 5", "probe, timeout_s: .nan"), 4, "must be > 0"),
         (GOOD.replace("probe, timeout_s: 5", "probe, timeout_s: '5'"), 4, "not the string"),
         (GOOD.replace("on_failure: rollback", "on_failure: retry"), 9, "unknown policy 'retry'"),
-        (GOOD.replace("  - {name: install, timeout_s: 5, on_failure: abort-stage}\n", ""), 4,
+        (GOOD.replace("  - {name: install, timeout_s: 5, on_failure: abort-stage}\n", ""), 3,
          "required steps missing: install"),
         (GOOD + "  - {name: probe, timeout_s: 5, on_failure: abort-stage}\n", 10, "listed twice"),
         (GOOD.replace("{name: probe, timeout_s: 5, on_failure: abort-stage}",
                       "&p {name: probe, timeout_s: 5, on_failure: abort-stage}"), 4,
-         "anchors and aliases"),
+         "YAML anchor &p is not allowed"),
     ],
     ids=["unknown-step", "unknown-field", "order", "warn-before-switch", "switch-warn",
          "negative-timeout", "nan-timeout", "string-timeout", "unknown-policy", "missing-step",
@@ -99,7 +99,7 @@ def test_bad_playbooks_are_refused_with_line_and_reason(text: str, line: int, wo
 def test_duplicate_top_level_key_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="duplicate key"):
         parse_playbook("apiVersion: orchestrator/v1\nkind: Playbook\nkind: Playbook\nsteps: []\n")
-    with pytest.raises(SpecError, match="cannot read playbook"):
+    with pytest.raises(SpecError, match=r"nope\.yaml: file not found"):
         load_playbook(tmp_path / "nope.yaml")
 
 
