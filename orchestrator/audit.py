@@ -205,9 +205,7 @@ def reverify_host(transport: Transport, host: Host, spec_for: SpecLookup, sink: 
     checks = {a: reverify_app(transport, host, a, facts, spec_for, sink) for a in names}
     checked = {a: (c.status, c.reasons) for a, c in checks.items() if c.skipped is None}
     if not names:  # nothing deployed here: the probe alone says how the host is
-        from orchestrator.probe_runner import host_status
-
-        status, reasons = host_status(facts)
+        status, reasons = rv.facts_status(facts)
     else:
         status, reasons = rv.combine(checked)
     return HostCheckResult(host.name, status, reasons, facts.raw, checks)

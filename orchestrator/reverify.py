@@ -125,6 +125,19 @@ def _diff_gpus(before: HostFacts, now: HostFacts) -> list[Finding]:
     return out
 
 
+#: NVML errors that describe a host without a (loaded) NVIDIA driver: a fact, not a fault.
+NO_DRIVER = frozenset({"DriverNotLoaded", "LibraryNotFound"})
+
+
+def facts_status(facts: HostFacts) -> tuple[str, list[str]]:
+    """A host with no release to compare with: a broken GPU stack (e.g. a version mismatch) is
+    degraded; no driver at all is how a CPU host looks, so healthy (it may take CPU models)."""
+    err = facts.nvml_error
+    if err is None or _nvml_name(err.name) in NO_DRIVER:
+        return HEALTHY, []
+    return DEGRADED, [f"NVML error {_nvml_text(err.name, err.message)}"]
+
+
 def audit_findings(audit: Mapping[str, Any],
                    local_model: Mapping[str, str] | None = None) -> list[Finding]:
     """Findings from remote/audit.py's reply. `local_model` ({relative path: sha256} of the

@@ -86,6 +86,13 @@ def test_a_gpu_gone_is_degraded_and_a_new_one_is_only_noted() -> None:
     assert rv.decide(added) == (rv.HEALTHY, [])
 
 
+def test_a_host_without_releases_is_degraded_by_a_broken_gpu_stack_not_by_no_driver() -> None:
+    assert rv.facts_status(facts("h100")) == (rv.HEALTHY, [])
+    assert rv.facts_status(facts("no-driver")) == (rv.HEALTHY, [])
+    status, reasons = rv.facts_status(facts("mismatch"))
+    assert status == rv.DEGRADED and reasons[0].startswith("NVML error LibRmVersionMismatch")
+
+
 # -- pure: audit, warmup, decision --------------------------------------------------------------
 
 def _audit(model: dict[str, Any] | None = None, **venv: Any) -> dict[str, Any]:
