@@ -151,10 +151,11 @@ def _reconnect_and_settle(pool: Pool, host: Host, inputs: DeployInputs, sink: Ev
         with pool.session(host) as transport:  # the pool reopens a dead connection
             outcome = recover_host(transport, host, inputs, sink)
     except HostError as exc:
+        # The pipeline's verdict stands (before switch: `current` never moved); the deploy
+        # lock stays on the host, naming this deployment, for the next run or reconcile.
         sink.emit("host.reconnect", host=host.name, status="failed", level="error",
                   error=str(exc))
-        result.status = HostStatus.BROKEN
-        result.reason = f"connection lost in {result.failed_step}; reconnecting failed: {exc}"
+        result.reason = f"{result.reason}; connection lost and reconnecting failed: {exc}"
         return
     sink.emit("host.reconnect", host=host.name, status="ok", level="warning", outcome=outcome)
     if outcome == "serving":
@@ -165,6 +166,10 @@ def _reconnect_and_settle(pool: Pool, host: Host, inputs: DeployInputs, sink: Ev
         result.status = HostStatus.FAILED if outcome == "aborted" else HostStatus.ROLLED_BACK
         result.reason = (f"connection lost in {result.failed_step}; reconnected and settled the "
                          f"host from its real state: {outcome}")
+    # The host's final state changed after the pipeline's own host.finished: say so once more.
+    sink.emit("host.finished", host=host.name, status=result.status.value,
+              level="info" if result.ok else "error", reason=result.reason,
+              failed_step=result.failed_step, settled_after_reconnect=True)
 
 
 def _refused(host: str, sink: EventSink, exc: HostError) -> HostResult:
