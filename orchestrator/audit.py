@@ -190,8 +190,8 @@ def _redeploy(transport: Transport, host: Host, spec: Any, check: AppCheck,
               sink: EventSink) -> None:
     from orchestrator.deploy import deploy_host, prepare
 
-    inputs = prepare(spec, deployment=f"{check.deployment or 'reverify'}-redeploy-"
-                                      f"{uuid.uuid4().hex[:6]}")
+    # The same deployment (its bundle, its spec: later runs still find them), a new release.
+    inputs = prepare(spec, deployment=check.deployment or f"reverify-{uuid.uuid4().hex[:8]}")
     result = deploy_host(transport, host, inputs, sink)
     sink.emit("reverify.redeploy", host=host.name, status=result.status.value, app=check.app,
               release_id=inputs.release_id, reason=result.reason)

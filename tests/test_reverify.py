@@ -392,3 +392,24 @@ def test_schedule_runs_an_app_when_due_never_while_it_is_being_deployed(
         assert r.tick(t0 + 3 * 3600) == ["rv-sched"]
     finally:
         store.close()
+
+
+def test_on_failure_redeploy_serves_a_fresh_release_of_the_same_deployment(
+        inventory: Inventory, pool: Pool, models_dir: Path,  # noqa: F811
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCHESTRATOR_WHEEL_CACHE", str(WHEEL_CACHE))
+    app = "rv-redo"
+    spec_path = write_spec(tmp_path, app, models_dir / "model.joblib", models_dir / "golden.npz",
+                           extra="reverify: {every: 1m, on_failure: redeploy}\n")
+    first, _ = run(spec_path, inventory, pool, hosts=[RV_HOST])
+    assert first.ok
+    spec = load_spec(spec_path)
+    host = inventory.hosts[RV_HOST]
+    current = Path(host.deploy_root) / app / "current"
+    with (flipped(current.resolve() / "model" / "model.joblib", offset=100),
+          pool.session(host) as t):
+        result = reverify_host(t, host, {first.deployment: spec}.get, Sink(), apps=[app])
+    assert result.apps[app].action == "redeploy"
+    assert current.resolve().name != first.release_id  # a new release serves
+    assert (result.status, result.apps[app].release_id) == (rv.HEALTHY, current.resolve().name)
+    assert result.apps[app].deployment == first.deployment
