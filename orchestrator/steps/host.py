@@ -136,7 +136,8 @@ class HostDeploy:
             raise StepFailed(self.host, "preflight failed: " + "; ".join(
                 c.message for c in verdict.checks if c.status is Status.FAIL))
         return {"verdict": str(verdict.status),
-                "warnings": [c.message for c in verdict.checks if c.status is Status.WARN]}
+                "warnings": [c.message for c in verdict.checks if c.status is Status.WARN],
+                "checks": verdict.to_dict()["checks"]}
 
     def _stage(self, deadline: Deadline) -> dict[str, Any]:
         spec = self.inputs.spec
