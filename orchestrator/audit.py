@@ -116,8 +116,8 @@ def check_app(transport: Transport, host: Host, app: str, facts: HostFacts,
               spec_for: SpecLookup) -> AppCheck:
     """Findings and status of the app's current release (no lock, no action)."""
     audit = run_audit(transport, host.deploy_root, app)
-    if audit is None:
-        return AppCheck(app, rv.FAILED, ["no current release on the host"])
+    if audit is None:  # e.g. a target the app's rollout left out: nothing to verify
+        return AppCheck(app, rv.HEALTHY, [], skipped="no current release of the app here")
     manifest = audit["manifest"]
     deployment = manifest.get("deployment")
     findings: list[rv.Finding] = []
@@ -150,6 +150,10 @@ def reverify_app(transport: Transport, host: Host, app: str, facts: HostFacts,
     started = time.monotonic()
     try:
         check = check_app(transport, host, app, facts, spec_for)
+        if check.skipped is not None:
+            sink.emit("reverify", host=host.name, status="skipped", app=app,
+                      reason=check.skipped)
+            return check
         spec = spec_for(check.deployment)
         reverify_cfg = getattr(spec, "reverify", None) if spec is not None else None
         check.action = rv.action_for(check.status, getattr(reverify_cfg, "on_failure", None))
@@ -204,7 +208,7 @@ def reverify_host(transport: Transport, host: Host, spec_for: SpecLookup, sink: 
     names = list(apps) if apps is not None else sorted(a for a, c in facts.releases.items() if c)
     checks = {a: reverify_app(transport, host, a, facts, spec_for, sink) for a in names}
     checked = {a: (c.status, c.reasons) for a, c in checks.items() if c.skipped is None}
-    if not names:  # nothing deployed here: the probe alone says how the host is
+    if not checked:  # nothing deployed here: the probe alone says how the host is
         status, reasons = rv.facts_status(facts)
     else:
         status, reasons = rv.combine(checked)

@@ -22,7 +22,9 @@ unreachable):
 | a venv file changed or missing (hash differs from its RECORD)    | failed    |
 | warmup gates run/load/golden/version/gpu/samples fail            | failed    |
 | warmup gates latency:pNN/throughput/regression:pNN fail          | degraded  |
-| no current release, unreadable manifest                          | failed    |
+| unreadable manifest                                              | failed    |
+| the app has no current release on a target (e.g. left out of its | skipped: not |
+| rollout): nothing to verify                                       | in the status |
 | the host cannot be reached                                       | unreachable |
 
 `reverify.on_failure` (report | rollback | redeploy) acts only on `failed`: a degraded host is a

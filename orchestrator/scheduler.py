@@ -180,8 +180,8 @@ class Reverifier:
         for app, check in res.apps.items():
             if check.skipped is None:
                 self._last[(res.host, app)] = (check.status, check.reasons)
-        if res.apps and res.status != rv.UNREACHABLE:
-            per_app = {a: v for (h, a), v in self._last.items() if h == res.host}
+        per_app = {a: v for (h, a), v in self._last.items() if h == res.host}
+        if per_app and res.status != rv.UNREACHABLE:  # with the other apps' last results
             res.status, res.reasons = rv.combine(per_app)
         self.store.record_host(res.host, res.status, res.reasons, res.facts)
         return res

@@ -185,6 +185,8 @@ def deployed(inventory: Inventory, pool: Pool, models_dir: Path,  # noqa: F811
              tmp_path_factory: pytest.TempPathFactory) -> Deployed:
     spec_path = write_spec(tmp_path_factory.mktemp("rv"), APP, models_dir / "model.joblib",
                            models_dir / "golden.npz", extra="reverify: {every: 1m}\n")
+    spec_path.write_text(spec_path.read_text().replace("targets: [tb-01]",
+                                                       f"targets: [{RV_HOST}]"))
     result, _ = run(spec_path, inventory, pool, hosts=[RV_HOST])
     assert result.ok, result.hosts[RV_HOST].error
     host = inventory.hosts[RV_HOST]
@@ -413,3 +415,38 @@ def test_on_failure_redeploy_serves_a_fresh_release_of_the_same_deployment(
     assert current.resolve().name != first.release_id  # a new release serves
     assert (result.status, result.apps[app].release_id) == (rv.HEALTHY, current.resolve().name)
     assert result.apps[app].deployment == first.deployment
+
+
+def test_a_scheduled_run_records_the_host_status_and_sends_events_to_the_deployment(
+        testbed: Testbed, deployed: Deployed, tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    from orchestrator.config import DaemonConfig
+    from orchestrator.probe_runner import ProbeRunner
+    from orchestrator.scheduler import Reverifier
+    from orchestrator.states import DeploymentState as D
+    from orchestrator.store import Store
+
+    store = Store.open(tmp_path / "state.db")
+    try:
+        store.create_deployment(deployed.deployment, APP, {"reverify": {"every": "1m"}})
+        store.transition_deployment(deployed.deployment, D.RUNNING)
+        store.transition_deployment(deployed.deployment, D.SUCCEEDED)
+        sinks: dict[str, Sink] = {}
+        runner = ProbeRunner(DaemonConfig(tmp_path, tmp_path / "s",
+                                          inventory=testbed.inventory_path))
+        r = Reverifier(store, runner, lambda d: sinks.setdefault(d, Sink()),
+                       lambda d: deployed.spec.paths.dir, lambda job: job(), 4)
+        now = time.time() + 3600
+        with testbed.profile(RV_HOST, "mismatch"), capture_logs() as logs:
+            assert r.tick(now) == [APP]  # run inline here; the daemon's pool runs it there
+        assert not [e for e in logs if e["log_level"] == "error"], logs
+        [rec] = [h for h in store.hosts() if h["host"] == RV_HOST]
+        assert rec["status"] == "degraded" and rec["reasons"][0].startswith(
+            f"{APP}: driver 550.54.15 -> NVML error LibRmVersionMismatch")
+        events = sinks[deployed.deployment].events
+        assert [e["status"] for e in events if e["event"] == "reverify"] == ["degraded"]
+        assert r.tick(now + 7200) == [APP]
+        assert next(h for h in store.hosts() if h["host"] == RV_HOST)["status"] == "healthy"
+    finally:
+        store.close()
