@@ -9,12 +9,17 @@ scikit-learn + scipy, tests/fixtures/deploy/sklearn.lock) and a real scikit-lear
    uv with and without compiling .pyc at install time, with its cache cold and warm (a new venv
    for an already-cached lock; target: under 1 s).
 
+5. with ORCHESTRATOR_BENCH_TF=1 (it downloads 320 MB of wheels once and builds a 1.6 GB venv):
+   a cold deploy of a tensorflow-cpu 2.21 lock with a small Keras model to one more host, then a
+   warm redeploy (new model, same lock) of it.
+
 The hosts share this machine's cores (and those of anyone else working on it): figures are what
 this machine gave at that moment, printed, never asserted.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -34,7 +39,9 @@ from orchestrator.transport import Transport
 from orchestrator.treehash import hash_path
 from orchestrator.wheelcache import WheelCache, platform_tags
 
-LOCK = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "deploy" / "sklearn.lock"
+FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
+LOCK = FIXTURES / "deploy" / "sklearn.lock"
+TF_LOCK = FIXTURES / "locks" / "tensorflow-cpu-2.21.lock"
 STEPS = ("probe", "preflight", "stage", "install", "verify", "switch", "check", "prune")
 FLEET = [f"tb-{i:02d}" for i in range(2, 10)]
 IMPORT = "import sklearn.linear_model, scipy.sparse, numpy"
@@ -71,21 +78,40 @@ def _model(directory: Path, seed: int) -> tuple[Path, Path]:
     return directory / "model.joblib", directory / "golden.npz"
 
 
-def _spec(directory: Path, model: Path, golden: Path) -> Path:
-    shutil.copy(model, directory / "model.joblib")
+def _keras_model(directory: Path, seed: int) -> tuple[Path, Path]:
+    import keras  # type: ignore[import-untyped]
+    import numpy as np
+
+    from orchestrator import golden
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(3, activation="softmax")])
+    model.set_weights([rng.normal(size=w.shape).astype("float32") for w in model.get_weights()])
+    model.save(directory / "model.keras")
+    np.savez(directory / "inputs.npz", inputs=rng.normal(size=(32, 4)).astype(np.float32))
+    golden.record(directory / "model.keras", "keras", directory / "inputs.npz",
+                  directory / "golden.npz")
+    return directory / "model.keras", directory / "golden.npz"
+
+
+def _spec(directory: Path, model: Path, golden: Path, *, lock: Path = LOCK,
+          fmt: str = "joblib", name: str = "bench-app") -> Path:
+    shutil.copy(model, directory / model.name)
     shutil.copy(golden, directory / "golden.npz")
-    shutil.copy(LOCK, directory / "requirements.lock")
+    shutil.copy(lock, directory / "requirements.lock")
+    method = ", method: predict_proba" if fmt == "joblib" else ""
     (directory / "spec.yaml").write_text(f"""\
 apiVersion: orchestrator/v1
 kind: Deployment
-name: bench-app
-model: {{path: model.joblib, format: joblib, sha256: {hash_path(directory / 'model.joblib')}}}
+name: {name}
+model: {{path: {model.name}, format: {fmt}, sha256: {hash_path(directory / model.name)}}}
 environment: {{python: "3.11", requirements: requirements.lock}}
 targets: [testbed]
 rollout: {{max_parallel: 16}}
-verify: {{golden: golden.npz, method: predict_proba, warmup_iterations: 5, iterations: 50,
-          timeout_s: 300}}
-service: {{health_command: "test -e current/model/model.joblib", health_timeout_s: 10}}
+verify: {{golden: golden.npz{method}, warmup_iterations: 5, iterations: 50, timeout_s: 300}}
+service: {{health_command: "test -e current/model/{model.name}", health_timeout_s: 10}}
 """)
     return directory / "spec.yaml"
 
@@ -175,7 +201,7 @@ def _first_import(t: Transport, python: str) -> float:
 
 def run() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-deploy-"))
-    tb = Testbed.up(work / "testbed", 10, ["h100"])
+    tb = Testbed.up(work / "testbed", 11, ["h100"])
     try:
         inv = load_inventory(tb.inventory_path)
         v1 = _spec(_mkdir(work / "v1"), *_model(work / "m1", seed=1))
@@ -185,6 +211,14 @@ def run() -> None:
         _print_steps("cold deploy, 8 hosts at once", *_deploy(v1, inv, FLEET))
         _print_steps("warm redeploy (new model, same lock), 8 hosts", *_deploy(v2, inv, FLEET))
         _installers(inv, work)
+        if os.environ.get("ORCHESTRATOR_BENCH_TF") == "1":
+            t1 = _spec(_mkdir(work / "tf1"), *_keras_model(work / "k1", seed=1), lock=TF_LOCK,
+                       fmt="keras", name="bench-tf")
+            t2 = _spec(_mkdir(work / "tf2"), *_keras_model(work / "k2", seed=2), lock=TF_LOCK,
+                       fmt="keras", name="bench-tf")
+            _print_steps("tensorflow-cpu 2.21, cold deploy, 1 host", *_deploy(t1, inv, ["tb-11"]))
+            _print_steps("tensorflow-cpu 2.21, warm redeploy (new model), 1 host",
+                         *_deploy(t2, inv, ["tb-11"]))
     finally:
         Testbed.down(work / "testbed")
         shutil.rmtree(work, ignore_errors=True)
