@@ -312,6 +312,10 @@ def outcome_of(out: RolloutResult) -> Any:
         how = "accepted by resuming the rollout" if out.accepted else "within the failure budget"
         return DeploymentOutcome(D.SUCCEEDED, f"{len(failed)} host(s) failed {how}: {reasons}",
                                  hosts)
+    # Rolled back only when no host is left serving the new release (`on_failure: pause`
+    # leaves them: then the deployment failed, and the reason names them).
+    left = sorted(n for n, r in out.deploy.hosts.items() if r.ok and n not in out.undone)
+    note = f"; left on the new release: {', '.join(left)}" if left else ""
     rolled = undone or any(out.deploy.hosts[n].status is HostStatus.ROLLED_BACK for n in failed)
-    return DeploymentOutcome(D.ROLLED_BACK if rolled else D.FAILED,
-                             f"{out.stopped}: {reasons}{back}", hosts)
+    return DeploymentOutcome(D.ROLLED_BACK if rolled and not left else D.FAILED,
+                             f"{out.stopped}: {reasons}{back}{note}", hosts)
