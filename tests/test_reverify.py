@@ -27,6 +27,7 @@ from orchestrator.pool import Pool
 from orchestrator.scheduler import next_run
 from orchestrator.spec import load_spec
 from orchestrator.testbed import Testbed
+from orchestrator.treehash import hash_path
 from orchestrator.verify import Gate
 from tests.test_deploy import (  # noqa: F401  (module fixtures reused, not copied)
     WHEEL_CACHE,
@@ -450,3 +451,68 @@ def test_a_scheduled_run_records_the_host_status_and_sends_events_to_the_deploym
         assert next(h for h in store.hosts() if h["host"] == RV_HOST)["status"] == "healthy"
     finally:
         store.close()
+
+
+# -- remote/audit.py itself, under the oldest Python hosts may have ----------------------------
+
+def _python39() -> str | None:
+    found = sorted(Path("/root/.pyenv/versions").glob("3.9.*/bin/python3"))
+    return str(found[-1]) if found else None
+
+
+def _record_line(site: Path, rel: str) -> str:
+    import base64
+    import hashlib
+
+    digest = hashlib.sha256((site / rel).read_bytes()).digest()
+    return f"{rel},sha256={base64.urlsafe_b64encode(digest).rstrip(b'=').decode()},1\n"
+
+
+def _audit_script(python: str, root: Path, app: str) -> dict[str, Any]:
+    script = Path(__file__).parent.parent / "orchestrator" / "remote" / "audit.py"
+    out = subprocess.run([python, "-E", str(script), "--json-args", "-"], check=False,
+                         input=json.dumps({"root": str(root), "app": app}),
+                         capture_output=True, text=True, timeout=60)
+    assert len(out.stdout.splitlines()) == 1, out.stdout + out.stderr  # one JSON object
+    reply: dict[str, Any] = json.loads(out.stdout)
+    return reply
+
+
+@pytest.mark.skipif(_python39() is None, reason="no Python 3.9 on this machine")
+def test_audit_script_matches_the_controller_tree_hash_and_names_venv_files(
+        tmp_path: Path) -> None:
+    py39 = _python39()
+    assert py39 is not None
+    release = tmp_path / "app" / "releases" / "20261122T000000Z-0123abcd"
+    (release / "model" / "variables").mkdir(parents=True)
+    (release / "model" / "saved_model.pb").write_bytes(b"graph")
+    (release / "model" / "variables" / "v.data").write_bytes(b"weights")
+    site = release / "venv-dir" / "lib" / "python3.9" / "site-packages"
+    (site / "pkg").mkdir(parents=True)
+    (site / "pkg-1.0.dist-info").mkdir()
+    for name in ("a.py", "b.py"):
+        (site / "pkg" / name).write_text(f"# {name}\n")
+    (site / "pkg-1.0.dist-info" / "RECORD").write_text(
+        _record_line(site, "pkg/a.py") + _record_line(site, "pkg/b.py")
+        + "pkg-1.0.dist-info/RECORD,,\n")
+    (release / "venv").symlink_to(release / "venv-dir")
+    (release / "manifest.json").write_text(json.dumps(
+        {"model_sha256": hash_path(release / "model")}))
+    (tmp_path / "app" / "current").symlink_to(f"releases/{release.name}")
+
+    clean = _audit_script(py39, tmp_path, "app")
+    assert clean["ok"] and clean["model"]["ok"] and clean["model"]["kind"] == "tree"
+    assert clean["venv"]["ok"] and clean["venv"]["files_checked"] == 2
+
+    (release / "model" / "variables" / "v.data").write_bytes(b"weightz")
+    (site / "pkg" / "a.py").write_text("# changed\n")
+    (site / "pkg" / "b.py").unlink()
+    found = _audit_script(py39, tmp_path, "app")
+    reasons = rv.decide(rv.audit_findings(found, {"saved_model.pb": hash_path(
+        release / "model" / "saved_model.pb"), "variables/v.data": "0" * 64}))[1]
+    assert reasons == ["model file model/variables/v.data changed",
+                       "venv file pkg/a.py (pkg-1.0) changed: differs from its RECORD",
+                       "venv file pkg/b.py (pkg-1.0) missing"]
+    assert _audit_script(py39, tmp_path, "other") == {
+        "ok": False, "kind": "no-current", "error": "app other has no current release on "
+                                                   "this host"}
