@@ -1,0 +1,332 @@
+"""Fleet rollouts through the real daemon on a dedicated testbed of 6 sshd hosts (issue 7).
+
+Every rollout here is a real one: the daemon's DeployRunner, uv installs from the test wheel
+cache, a real scikit-learn model checked against its golden file on each host. One app, `fleet`,
+is deployed to all six hosts once (v1); each test then rolls out v2 and checks what every host
+serves afterwards by reading its `current` symlink on disk (the testbed's hosts are local
+directories). A failure on one host only is made with a health command that fails where a
+marker file sits in that host's deploy root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator import golden
+from orchestrator.testbed import Testbed
+from orchestrator.treehash import hash_path
+from tests import models
+from tests.test_daemon import Daemon, start, stored_events, write_config
+
+LOCK = Path(__file__).parent / "fixtures" / "deploy" / "sklearn.lock"
+WHEEL_CACHE = Path.home() / ".cache" / "orchestrator" / "test-wheelcache"
+APP = "fleet"
+HOSTS = 6
+# Passes unless the host's deploy root holds `fail-health` naming another release than the one
+# `current` points at: so the marked host fails its check on v2 and passes again on v1.
+HEALTH = ('test ! -f ../fail-health || test "$(readlink current)" = "$(cat ../fail-health)"')
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
+    root = tmp_path_factory.mktemp("fleet")
+    tb = Testbed.up(root, HOSTS, ("h100",) * HOSTS)
+    try:
+        yield tb
+    finally:
+        Testbed.down(root)
+
+
+@pytest.fixture(scope="module")
+def daemon(fleet: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    base = tmp_path_factory.mktemp("daemon")
+    config = write_config(base, f'inventory = "{fleet.inventory_path}"\n'
+                                f'known_hosts = "{fleet.known_hosts_path}"\n'
+                                f'identity = "{fleet.identity_path}"\n'
+                                'runner = "orchestrator.deploy:DeployRunner"\n')
+    d = start(config, {"ORCHESTRATOR_WHEEL_CACHE": str(WHEEL_CACHE)})
+    try:
+        yield d
+    finally:
+        d.stop()
+        for stream in (d.proc.stdout, d.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """model.joblib + golden.npz (v1), changed.joblib + golden-v2.npz (v2, its own golden)."""
+    d = tmp_path_factory.mktemp("models")
+    models.make_joblib(d, changed_weight=True)
+    golden.record(d / "changed.joblib", "joblib", d / "inputs.npz", d / "golden-v2.npz",
+                  method="predict_proba")
+    return d
+
+
+def names(fleet: Testbed) -> list[str]:
+    return [h.name for h in fleet.hosts]
+
+
+def write_spec(root: Path, model: Path, golden_file: Path, targets: list[str], *,
+               rollout: str, health: bool = False) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(model, root / "model.joblib")
+    shutil.copy(golden_file, root / "golden.npz")
+    shutil.copy(LOCK, root / "requirements.lock")
+    service = f"service: {{health_command: '{HEALTH}'}}\n" if health else ""
+    sha = hash_path(root / "model.joblib")
+    (root / "spec.yaml").write_text(
+        f"apiVersion: orchestrator/v1\nkind: Deployment\nname: {APP}\n"
+        f"model: {{path: model.joblib, format: joblib, sha256: {sha}}}\n"
+        'environment: {python: "3.11", requirements: requirements.lock}\n'
+        "gpu: {required: false}\n"
+        f"targets: [{', '.join(targets)}]\n"
+        f"rollout: {rollout}\n"
+        "verify: {golden: golden.npz, method: predict_proba, warmup_iterations: 2, "
+        "iterations: 20, timeout_s: 120}\n" + service)
+    return root / "spec.yaml"
+
+
+def serving(fleet: Testbed) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for h in fleet.hosts:
+        current = Path(h.deploy_root) / APP / "current"
+        out[h.name] = os.readlink(current).rsplit("/", 1)[-1] if current.is_symlink() else None
+    return out
+
+
+def submit(daemon: Daemon, spec: Path) -> str:
+    done = daemon.cli("submit", str(spec), "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    deployment: str = json.loads(done.stdout)["id"]
+    return deployment
+
+
+def record(daemon: Daemon, deployment: str) -> dict[str, Any]:
+    with daemon.http() as http:
+        body: dict[str, Any] = http.get(f"/v1/deployments/{deployment}").json()
+    return body
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def wait_end(daemon: Daemon, deployment: str, timeout: float = 600) -> dict[str, Any]:
+    done = {"succeeded", "failed", "rolled_back", "cancelled"}
+    result: dict[str, Any] = wait_for(
+        lambda: (r := record(daemon, deployment))["state"] in done and r, timeout,
+        f"{deployment} to finish")
+    return result
+
+
+def touched(events: list[dict[str, Any]]) -> set[str]:
+    """Hosts on which this deployment staged anything (the first step that writes)."""
+    return {e["host"] for e in events if e["event"] == "step" and e["step"] == "stage"}
+
+
+@dataclass(frozen=True)
+class V1:
+    deployment: str
+    serving: dict[str, str | None]
+
+
+@pytest.fixture(scope="module")
+def v1(daemon: Daemon, fleet: Testbed, models_dir: Path,
+       tmp_path_factory: pytest.TempPathFactory) -> V1:
+    """v1 on all six hosts (canary 1, batches of 2), and what each host then serves."""
+    spec = write_spec(tmp_path_factory.mktemp("v1"), models_dir / "model.joblib",
+                      models_dir / "golden.npz", names(fleet),
+                      rollout="{canary: 1, batch_size: 2, max_parallel: 16}", health=True)
+    deployment = submit(daemon, spec)
+    end = wait_end(daemon, deployment)
+    assert end["state"] == "succeeded", end["result"]
+    before = serving(fleet)
+    assert all(before.values()), before
+    return V1(deployment, before)
+
+
+def v2_spec(tmp: Path, models_dir: Path, fleet: Testbed, rollout: str, *,
+            good_golden: bool = True) -> Path:
+    return write_spec(tmp, models_dir / "changed.joblib",
+                      models_dir / ("golden-v2.npz" if good_golden else "golden.npz"),
+                      names(fleet), rollout=rollout, health=True)
+
+
+def test_canary_finishes_before_any_batch_host_starts_and_at_most_2_in_flight(
+        daemon: Daemon, fleet: Testbed, v1: V1) -> None:
+    events = stored_events(daemon, v1.deployment)
+    order = [(e["seq"], e["event"], e["host"]) for e in events
+             if e["event"] in ("host.started", "host.finished")]
+    canary = order[0][2]
+    canary_done = next(s for s, ev, h in order if ev == "host.finished" and h == canary)
+    others = [s for s, ev, h in order if ev == "host.started" and h != canary]
+    assert len(others) == HOSTS - 1 and min(others) > canary_done, order
+    in_flight, peak = set(), 0
+    for _, ev, host in order:
+        (in_flight.add if ev == "host.started" else in_flight.discard)(host)
+        peak = max(peak, len(in_flight))
+    assert peak == 2, order  # batches of 2 really ran two at once, and never more
+    # Preflight of every target came first, before any host staged anything.
+    first_stage = min(e["seq"] for e in events if e["step"] == "stage")
+    pre = next(e for e in events if e["event"] == "rollout.preflight"
+               and e["status"] == "finished")
+    assert pre["seq"] < first_stage and sorted(pre["passed"]) == sorted(names(fleet))
+
+
+def test_golden_failure_on_the_canary_touches_no_other_host(
+        daemon: Daemon, fleet: Testbed, models_dir: Path, v1: V1,
+        tmp_path: Path) -> None:
+    before = serving(fleet)
+    spec = v2_spec(tmp_path, models_dir, fleet, "{canary: 1, batch_size: 2}", good_golden=False)
+    deployment = submit(daemon, spec)
+    end = wait_end(daemon, deployment)
+    events = stored_events(daemon, deployment)
+    canary = names(fleet)[0]
+    assert end["state"] == "failed", end["result"]
+    assert "golden" in end["result"]["reason"] and canary in end["result"]["reason"]
+    assert touched(events) == {canary}
+    assert not [e for e in events if e["event"] == "host.started" and e["host"] != canary]
+    assert serving(fleet) == before  # the canary failed before its switch: nothing moved
+
+
+def test_failure_on_the_third_batch_host_puts_every_switched_host_back(
+        daemon: Daemon, fleet: Testbed, models_dir: Path, v1: V1,
+        tmp_path: Path) -> None:
+    before = serving(fleet)
+    last = fleet.hosts[-1]  # canary, [2, 3], [4, 5], [6]: the sixth host is in the third batch
+    marker = Path(last.deploy_root) / "fail-health"
+    marker.write_text(os.readlink(Path(last.deploy_root) / APP / "current"))
+    try:
+        spec = v2_spec(tmp_path, models_dir, fleet,
+                       "{canary: 1, batch_size: 2, max_failed_hosts: 0}")
+        end = wait_end(daemon, submit(daemon, spec))
+    finally:
+        marker.unlink()
+    assert end["state"] == "rolled_back", end["result"]
+    reason = end["result"]["reason"]
+    switched = names(fleet)[:-1]
+    assert f"1 failed hosts ({last.name})" in reason and "health" in reason, reason
+    assert re.search(r"rolled back to their previous release because the rollout stopped: "
+                     + re.escape(", ".join(sorted(switched))), reason), reason
+    assert {h: end["result"]["hosts"][h] for h in switched} == dict.fromkeys(
+        switched, "rolled_back")
+    assert end["result"]["hosts"][last.name] == "rolled_back"  # by its own pipeline
+    assert serving(fleet) == before
+
+
+def test_pause_holds_between_batches_resume_goes_on_abort_puts_hosts_back(
+        daemon: Daemon, fleet: Testbed, models_dir: Path, v1: V1,
+        tmp_path: Path) -> None:
+    before = serving(fleet)
+    spec = v2_spec(tmp_path, models_dir, fleet, "{canary: 1, batch_size: 1}")
+    deployment = submit(daemon, spec)
+    wait_for(lambda: any(e["event"] == "batch" for e in stored_events(daemon, deployment)),
+             120, "the canary batch")
+    paused = daemon.cli("pause", deployment)
+    assert paused.returncode == 0, paused.stderr
+    wait_for(lambda: record(daemon, deployment)["state"] == "paused", 300, "paused")
+    batches = [e for e in stored_events(daemon, deployment) if e["event"] == "batch"]
+    assert [b["batch"] for b in batches] == [0]  # the canary finished; nothing else started
+    time.sleep(1.5)
+    assert record(daemon, deployment)["state"] == "paused"
+    assert len([e for e in stored_events(daemon, deployment) if e["event"] == "batch"]) == 1
+    assert daemon.cli("resume", deployment).returncode == 0
+    wait_for(lambda: any(e["event"] == "batch" and e["batch"] == 1
+                         for e in stored_events(daemon, deployment)), 120, "batch 1")
+    aborted = daemon.cli("abort", deployment, "--json")
+    assert aborted.returncode == 0, aborted.stderr
+    end = wait_end(daemon, deployment)
+    assert end["state"] == "rolled_back", end["result"]
+    assert end["result"]["reason"].startswith("aborted by request"), end["result"]
+    events = stored_events(daemon, deployment)
+    assert max(e["batch"] for e in events if e["event"] == "batch") <= 2
+    states = [e["status"] for e in events if e["event"] == "deployment"]
+    assert states[:4] == ["queued", "running", "paused", "running"], states
+    assert serving(fleet) == before  # switched hosts back on v1, the rest never touched
+    # A finished deployment cannot be paused: one line, exit 2.
+    again = daemon.cli("pause", deployment)
+    assert again.returncode == 2 and "only a running deployment" in again.stderr
+
+
+def test_on_failure_pause_leaves_switched_hosts_and_waits_for_abort(
+        daemon: Daemon, fleet: Testbed, models_dir: Path, v1: V1,
+        tmp_path: Path) -> None:
+    before = serving(fleet)
+    marked = fleet.hosts[1]  # the first batch: [2, 3]
+    marker = Path(marked.deploy_root) / "fail-health"
+    marker.write_text(os.readlink(Path(marked.deploy_root) / APP / "current"))
+    try:
+        spec = v2_spec(tmp_path, models_dir, fleet,
+                       "{canary: 1, batch_size: 2, max_failed_hosts: 0, on_failure: pause}")
+        deployment = submit(daemon, spec)
+        wait_for(lambda: record(daemon, deployment)["state"] == "paused", 300, "held")
+    finally:
+        marker.unlink()
+    held = serving(fleet)
+    first, third = fleet.hosts[0].name, fleet.hosts[2].name
+    assert held[first] != before[first] and held[third] != before[third]  # left on v2
+    assert held[marked.name] == before[marked.name]  # its own pipeline put it back
+    assert touched(stored_events(daemon, deployment)) == {first, marked.name, third}
+    assert daemon.cli("abort", deployment).returncode == 0
+    end = wait_end(daemon, deployment)
+    reason = end["result"]["reason"]
+    assert end["state"] == "failed" and reason.startswith("aborted after"), end
+    assert reason.endswith(f"left on the new release: {first}, {third}"), reason
+    assert serving(fleet) == held  # abort under on_failure: pause leaves them
+
+
+def test_metrics_agree_with_the_deployments_and_their_events(
+        daemon: Daemon, fleet: Testbed, v1: V1) -> None:
+    """/metrics (on the daemon's socket) against what the API says happened: deployments by
+    state, rollbacks, verify results, warmup percentiles and step durations."""
+    with daemon.http() as http:
+        response = http.get("/metrics")
+        listing = http.get("/v1/deployments").json()
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+
+    def value(pattern: str) -> float:
+        found = re.search("^" + pattern + r" ([0-9.e+-]+)$", text, re.M)
+        assert found, f"{pattern} not in /metrics:\n{text[:3000]}"
+        return float(found.group(1))
+
+    for state in ("succeeded", "failed", "rolled_back", "cancelled", "running", "paused"):
+        expected = sum(1 for d in listing if d["state"] == state)
+        assert value(rf'orchestrator_deployments\{{state="{state}"\}}') == expected, state
+    events = [e for d in listing for e in stored_events(daemon, d["id"])]
+    rollbacks = sum(1 for e in events if e["event"] == "recovery" and e["step"] == "rollback"
+                    and e["status"] == "ok")
+    if rollbacks:  # a series appears with the app's first rollback
+        assert value(r'orchestrator_rollbacks_total\{app="fleet"\}') == rollbacks
+    verify = [e for e in events if e["event"] == "step" and e["step"] == "verify"]
+    for result, status in (("passed", "ok"), ("failed", "failed")):
+        n = sum(1 for e in verify if e["status"] == status)
+        if n:
+            assert value(r'orchestrator_verifications_total\{app="fleet",kind="deploy",'
+                         rf'result="{result}"\}}') == n
+    ok = sum(1 for e in verify if e["status"] == "ok")
+    assert ok >= HOSTS
+    assert value(r'orchestrator_step_duration_seconds_count\{status="ok",step="verify"\}') == ok
+    for h in fleet.hosts:
+        p99 = value(rf'orchestrator_warmup_latency_seconds\{{app="fleet",host="{h.name}",'
+                    r'quantile="0.99"\}')
+        assert 0 < p99 < 5
