@@ -87,6 +87,7 @@ class Demo:
         self.daemon_dir = self.dir / "daemon"
         self.socket = self.daemon_dir / "orchestrator.sock"
         self.started = time.monotonic()
+        self.cleanup: subprocess.Popen[bytes] | None = None
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -123,8 +124,14 @@ class Demo:
             raise InvalidInput(f"{self.dir} exists and is not a demo directory; "
                                "pick another with DEMO_DIR=...")
         stop(self.dir)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        aside = self.dir.with_name(f".{self.dir.name}.old-{os.getpid()}")
+        if self.dir.exists():
+            self.dir.rename(aside)
         (self.dir / "specs").mkdir(parents=True)
+        if aside.exists():  # a last run's venvs are GBs: delete them while this one runs,
+            trash = self.dir / ".old"  # from inside DIR (ignored by git like DIR itself)
+            aside.rename(trash)
+            self.cleanup = subprocess.Popen(["rm", "-rf", "--", str(trash)])
         self.daemon_dir.mkdir()
         (self.dir / MARKER).write_text("made by `python -m orchestrator.demo up`\n")
 
@@ -165,6 +172,13 @@ class Demo:
     # -- the story ------------------------------------------------------------------------------
 
     def up(self) -> None:
+        try:
+            self.story()
+        finally:
+            if self.cleanup is not None:
+                self.cleanup.wait()
+
+    def story(self) -> None:
         self.prepare_dir()
         specs = self.write_specs()
         self.stage("1. A testbed of 4 hosts: two H100, one T4, one with an old driver", SIMULATED)
