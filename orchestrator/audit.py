@@ -43,6 +43,8 @@ WARMUP_MARGIN_S = 60.0
 
 #: The spec of a deployment id (from the daemon's store/bundles), or None when unknown.
 SpecLookup = Callable[[str | None], Any]
+#: Whether the daemon has a deployment of this app queued or in flight (then: skip the app).
+Deploying = Callable[[str], bool]
 
 
 @dataclass
@@ -139,14 +141,23 @@ def check_app(transport: Transport, host: Host, app: str, facts: HostFacts,
 
 
 def reverify_app(transport: Transport, host: Host, app: str, facts: HostFacts,
-                 spec_for: SpecLookup, sink: EventSink) -> AppCheck:
-    """`check_app` under the app's deploy lock, then `reverify.on_failure` on a failed app."""
+                 spec_for: SpecLookup, sink: EventSink,
+                 deploying: Deploying | None = None) -> AppCheck:
+    """`check_app` under the app's deploy lock, then `reverify.on_failure` on a failed app.
+    An app being deployed (the lock is held, or `deploying(app)`) is skipped: a rollout is
+    never made to wait for, or fail on, a re-verification's lock."""
     owner = f"reverify-{uuid.uuid4().hex[:8]}"
-    try:
-        hostlock.acquire(transport, host.deploy_root, app, owner)
-    except hostlock.DeployLocked as exc:
-        sink.emit("reverify", host=host.name, status="skipped", app=app, reason=exc.reason)
-        return AppCheck(app, rv.HEALTHY, [], skipped=exc.reason)
+    busy = None
+    if deploying is not None and deploying(app):
+        busy = f"app {app} has a deployment queued or in flight"
+    else:
+        try:
+            hostlock.acquire(transport, host.deploy_root, app, owner)
+        except hostlock.DeployLocked as exc:
+            busy = exc.reason
+    if busy is not None:
+        sink.emit("reverify", host=host.name, status="skipped", app=app, reason=busy)
+        return AppCheck(app, rv.HEALTHY, [], skipped=busy)
     started = time.monotonic()
     try:
         check = check_app(transport, host, app, facts, spec_for)
@@ -202,11 +213,13 @@ def _redeploy(transport: Transport, host: Host, spec: Any, check: AppCheck,
 
 
 def reverify_host(transport: Transport, host: Host, spec_for: SpecLookup, sink: EventSink,
-                  apps: Sequence[str] | None = None) -> HostCheckResult:
+                  apps: Sequence[str] | None = None,
+                  deploying: Deploying | None = None) -> HostCheckResult:
     """Every app with a current release on the host (or `apps`), and the host's status."""
     facts = probe_host(transport, host)
     names = list(apps) if apps is not None else sorted(a for a, c in facts.releases.items() if c)
-    checks = {a: reverify_app(transport, host, a, facts, spec_for, sink) for a in names}
+    checks = {a: reverify_app(transport, host, a, facts, spec_for, sink, deploying)
+              for a in names}
     checked = {a: (c.status, c.reasons) for a, c in checks.items() if c.skipped is None}
     if not checked:  # nothing deployed here: the probe alone says how the host is
         status, reasons = rv.facts_status(facts)

@@ -8,10 +8,10 @@
 
 The schedule of an app starts from its last succeeded deployment that has a `reverify:` section;
 each next run is `every * (1 ± JITTER)` later, so apps deployed together do not re-verify in
-lock step. A run never overlaps a rollout of the same app: it is not started while the store
-shows an active deployment of the app, a deployment waits (`wait_idle`) for a run in flight to
-end before its rollout starts, and on each host the run holds the app's deploy lock (a CLI deploy
-outside the daemon is therefore excluded too).
+lock step. A run never overlaps a rollout of the same app: it skips an app while the store shows
+a deployment of it queued or in flight, a deployment waits (`wait_idle`) for a run in flight (a
+scheduled one of its app, or any on-demand one) to end before its rollout starts, and on each
+host the run holds the app's deploy lock (a CLI deploy outside the daemon is excluded too).
 
 A host's recorded status is the worst over its apps' last results (kept in memory: after a daemon
 restart the next run of each app fills them in again).
@@ -80,6 +80,7 @@ class Reverifier:
         self._due: dict[str, float] = {}
         self._last: dict[tuple[str, str], tuple[str, list[str]]] = {}
         self._busy: set[str] = set()
+        self._manual = 0  # on-demand runs in flight (`orchestrator verify`): any app
         self._cond = threading.Condition()
 
     # -- the spec of a deployment ------------------------------------------------------------
@@ -129,8 +130,7 @@ class Reverifier:
         """Mark the app busy unless it is being deployed (checked under the same lock that
         `wait_idle` waits on, so a deployment and a run never both start)."""
         with self._cond:
-            if app in self._busy or self.store.list_deployments(states=DEPLOYMENT_ACTIVE,
-                                                                app=app):
+            if app in self._busy or self.deploying(app):
                 return False
             self._busy.add(app)
             return True
@@ -143,7 +143,12 @@ class Reverifier:
     def wait_idle(self, app: str, timeout: float | None = None) -> bool:
         """Block until no re-verification of `app` is in flight (a deployment calls this)."""
         with self._cond:
-            return self._cond.wait_for(lambda: app not in self._busy, timeout=timeout)
+            return self._cond.wait_for(lambda: app not in self._busy and not self._manual,
+                                       timeout=timeout)
+
+    def deploying(self, app: str) -> bool:
+        """The store shows a deployment of `app` queued or in flight."""
+        return bool(self.store.list_deployments(states=DEPLOYMENT_ACTIVE, app=app))
 
     def _run_app(self, app: str, spec: Any) -> None:
         try:
@@ -163,7 +168,8 @@ class Reverifier:
         sink = _AppSink(self)
         with self.runner._pool(inventory) as pool:
             found = pool.map_hosts(
-                lambda t, h: reverify_host(t, h, self.spec_for, sink, apps=apps),
+                lambda t, h: reverify_host(t, h, self.spec_for, sink, apps=apps,
+                                           deploying=self.deploying),
                 list(hosts), self.max_sessions)
         results = []
         for name, res in found.items():
@@ -190,7 +196,14 @@ class Reverifier:
         """On demand (`orchestrator verify [HOST...]`): every app on those hosts, now."""
         inventory = self.runner._inventory()
         hosts = inventory.resolve(names) if names else list(inventory.hosts.values())
-        return [r.host for r in self.run(hosts, inventory)]
+        with self._cond:
+            self._manual += 1  # a deployment starting now waits for this run to end
+        try:
+            return [r.host for r in self.run(hosts, inventory)]
+        finally:
+            with self._cond:
+                self._manual -= 1
+                self._cond.notify_all()
 
 
 def _unreachable(exc: HostError) -> bool:

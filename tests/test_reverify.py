@@ -260,6 +260,26 @@ def test_a_changed_byte_in_a_venv_file_fails_naming_the_file(
     assert check(pool, deployed)[0].status == rv.HEALTHY
 
 
+def test_an_app_being_deployed_is_skipped_never_locked_against_its_rollout(
+        pool: Pool, deployed: Deployed) -> None:  # noqa: F811
+    from orchestrator.steps import hostlock
+
+    root = deployed.host.deploy_root
+    with pool.session(deployed.host) as t:
+        hostlock.acquire(t, root, APP, "dep-elsewhere")
+        try:
+            held = reverify_host(t, deployed.host, deployed.spec_for, Sink(), apps=[APP])
+        finally:
+            hostlock.release(t, root, APP, "dep-elsewhere")
+        queued = reverify_host(t, deployed.host, deployed.spec_for, Sink(), apps=[APP],
+                               deploying=lambda app: app == APP)
+        # The run released its own lock: a deployment can take it.
+        assert hostlock.acquire(t, root, APP, "dep-next")["resumed"] is False
+        hostlock.release(t, root, APP, "dep-next")
+    assert "being deployed by dep-elsewhere" in (held.apps[APP].skipped or "")
+    assert queued.apps[APP].skipped == f"app {APP} has a deployment queued or in flight"
+
+
 def test_on_failure_rollback_puts_the_previous_release_back_and_verifies_it(
         inventory: Inventory, pool: Pool, models_dir: Path,  # noqa: F811
         tmp_path: Path) -> None:
