@@ -293,6 +293,36 @@ def test_on_failure_pause_leaves_switched_hosts_and_waits_for_abort(
     assert serving(fleet) == held  # abort under on_failure: pause leaves them
 
 
+def test_an_unreachable_target_fails_the_preflight_and_no_host_changes(
+        daemon: Daemon, fleet: Testbed, models_dir: Path, v1: V1, tmp_path: Path) -> None:
+    """Targets by label selector plus a host whose sshd is not there: the preflight of every
+    target runs first; the unreachable one counts against max_failed_hosts: 0, so the rollout
+    stops before any host changes."""
+    inventory = fleet.inventory_path
+    original = inventory.read_text()
+    gone = (f"  tb-gone:\n    address: 127.0.0.250\n    port: {fleet.hosts[0].port}\n"
+            f"    user: {fleet.hosts[0].user}\n    deploy_root: {tmp_path}/gone\n"
+            "    labels: {profile: gone}\n")
+    inventory.write_text(original.replace("hosts:\n", "hosts:\n" + gone, 1))
+    before = serving(fleet)
+    try:
+        spec = write_spec(tmp_path / "spec", models_dir / "changed.joblib",
+                          models_dir / "golden-v2.npz", ["profile=h100", "tb-gone"],
+                          rollout="{canary: 1, batch_size: 2, max_failed_hosts: 0}")
+        deployment = submit(daemon, spec)
+        end = wait_end(daemon, deployment, 120)
+    finally:
+        inventory.write_text(original)
+    events = stored_events(daemon, deployment)
+    assert end["state"] == "failed", end["result"]
+    assert "tb-gone" in end["result"]["reason"] and "before any host changed" in \
+        end["result"]["reason"]
+    assert end["hosts"]["tb-gone"]["state"] == "failed"
+    started = next(e for e in events if e["event"] == "rollout.preflight")
+    assert sorted(started["hosts"]) == sorted([*names(fleet), "tb-gone"])
+    assert not touched(events) and serving(fleet) == before
+
+
 def test_metrics_agree_with_the_deployments_and_their_events(
         daemon: Daemon, fleet: Testbed, v1: V1) -> None:
     """/metrics (on the daemon's socket) against what the API says happened: deployments by
