@@ -88,6 +88,7 @@ class Demo:
         self.socket = self.daemon_dir / "orchestrator.sock"
         self.started = time.monotonic()
         self.cleanup: subprocess.Popen[bytes] | None = None
+        self.daemon: subprocess.Popen[bytes] | None = None
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -158,14 +159,16 @@ class Demo:
         config = self.daemon_dir / "orchestrator.toml"
         config.write_text(f'state_dir = "{self.daemon_dir}"\nsocket = "{self.socket}"\n'
                           f'inventory = "{self.dir / "inventory.yaml"}"\n')
-        log = (self.daemon_dir / "daemon.stderr.log").open("ab")
-        proc = subprocess.Popen([str(self.bin / "orchestrator"), "daemon", "--config",
-                                 str(config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                start_new_session=True)  # its own group: `down` stops it whole
+        log = self.daemon_dir / "daemon.stderr.log"
+        with log.open("ab") as out:  # the daemon keeps its own copy of the descriptor
+            proc = subprocess.Popen([str(self.bin / "orchestrator"), "daemon", "--config",
+                                     str(config)], stdout=out, stderr=out,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        self.daemon = proc  # it outlives this driver: `make demo-down` stops it
         deadline = time.monotonic() + 30
         while not self.socket.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise DemoFailed(f"the daemon did not start; see {log.name}")
+                raise DemoFailed(f"the daemon did not start; see {log}")
             time.sleep(0.2)
         return proc.pid
 
