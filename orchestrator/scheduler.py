@@ -79,6 +79,7 @@ class Reverifier:
         self.rnd = rnd or random.Random()
         self._due: dict[str, float] = {}
         self._last: dict[tuple[str, str], tuple[str, list[str]]] = {}
+        self._specs: dict[str, Any] = {}
         self._busy: set[str] = set()
         self._manual = 0  # on-demand runs in flight (`orchestrator verify`): any app
         self._cond = threading.Condition()
@@ -86,13 +87,17 @@ class Reverifier:
     # -- the spec of a deployment ------------------------------------------------------------
 
     def spec_for(self, deployment: str | None) -> Any:
+        """A deployment's spec from its bundle, loaded once (a bundle never changes, and
+        loading it hashes the model: not something to redo at every tick)."""
         if deployment is None:
             return None
-        try:
-            self.store.get_deployment(deployment)
-            return bundle.validate(self.bundle_dir(deployment)).spec
-        except (NotFound, OrchestratorError):
-            return None
+        if deployment not in self._specs:
+            try:
+                self.store.get_deployment(deployment)
+                self._specs[deployment] = bundle.validate(self.bundle_dir(deployment)).spec
+            except (NotFound, OrchestratorError):
+                return None  # not remembered: a deployment being submitted may appear later
+        return self._specs[deployment]
 
     # -- the schedule ------------------------------------------------------------------------
 
@@ -100,9 +105,13 @@ class Reverifier:
         """{app: (when its last succeeded deployment finished, its spec)} for apps whose spec
         asks for re-verification."""
         out: dict[str, tuple[float, Any]] = {}
+        seen: set[str] = set()
         for rec in self.store.list_deployments(states=frozenset({DeploymentState.SUCCEEDED}),
-                                               limit=1 << 30):
-            if rec.app in out or not (rec.spec or {}).get("reverify"):
+                                               limit=1 << 30):  # newest first
+            if rec.app in seen:
+                continue  # only the app's latest succeeded deployment says what to do
+            seen.add(rec.app)
+            if not (rec.spec or {}).get("reverify"):
                 continue
             spec = self.spec_for(rec.id)
             if spec is not None and spec.reverify is not None:

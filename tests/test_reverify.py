@@ -413,6 +413,12 @@ def test_schedule_runs_an_app_when_due_never_while_it_is_being_deployed(
         store.transition_deployment("d2", D.RUNNING)
         store.transition_deployment("d2", D.SUCCEEDED)
         assert r.tick(t0 + 3 * 3600) == ["rv-sched"]
+        r._done("rv-sched")
+
+        store.create_deployment("d3", "rv-sched", {})  # the latest spec drops `reverify:`
+        store.transition_deployment("d3", D.RUNNING)
+        store.transition_deployment("d3", D.SUCCEEDED)
+        assert r.scheduled_apps() == {} and r.tick(t0 + 10 * 3600) == []
     finally:
         store.close()
 
