@@ -129,7 +129,9 @@ def check_app(transport: Transport, host: Host, app: str, facts: HostFacts,
     except BadHostOutput as exc:
         findings.append(rv.Finding("facts", rv.DEGRADED, f"deploy-time facts unreadable: {exc}"))
     spec = spec_for(deployment)
-    findings += rv.audit_findings(audit, local_model_hashes(spec) if spec else None)
+    # The deployment's own model files are hashed only to name what changed.
+    changed = not (audit.get("model") or {}).get("ok")
+    findings += rv.audit_findings(audit, local_model_hashes(spec) if spec and changed else None)
     if spec is None:
         findings.append(rv.Finding("warmup", rv.HEALTHY, f"warmup not re-run: deployment "
                                    f"{deployment} is unknown to this daemon"))
