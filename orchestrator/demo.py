@@ -22,12 +22,14 @@ the controller's wheel cache (~/.cache/orchestrator/wheelcache), so only the fir
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +46,7 @@ PROFILES = ("h100", "h100", "t4", "old-driver")
 SERVING = ["tb-01", "tb-02", "tb-03"]  # the hosts the plan passes
 MARKER = ".orchestrator-demo"  # only a DIR holding it is ever wiped
 DAEMON_STOP_S = 40.0
+SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes; keep a margin
 
 CPU_SPEC = """\
 # The demo's model on the testbed: TensorFlow's CPU build, gpu.required false (see the demo).
@@ -85,7 +88,7 @@ class Demo:
         self.dir = directory.resolve()
         self.bin = Path(sys.executable).parent
         self.daemon_dir = self.dir / "daemon"
-        self.socket = self.daemon_dir / "orchestrator.sock"
+        self.socket = demo_socket(self.daemon_dir)
         self.started = time.monotonic()
         self.cleanup: subprocess.Popen[bytes] | None = None
         self.daemon: subprocess.Popen[bytes] | None = None
@@ -232,7 +235,7 @@ class Demo:
         print(f"""
 == Done in {total:.0f} s ({total / 60:.1f} min).
 
-  daemon     pid {pid}; socket {d}/daemon/orchestrator.sock; state {d}/daemon/state.sqlite3
+  daemon     pid {pid}; socket {self.relative(str(self.socket))}; state {d}/daemon/state.sqlite3
   logs       {d}/daemon/logs/daemon.log (the daemon), {d}/daemon/logs/<id>.jsonl (deployments)
   testbed    {d}/inventory.yaml; hosts' deploy roots in {d}/hosts/tb-0N/root/
   try        export ORCHESTRATOR_SOCKET={self.socket}
@@ -259,6 +262,16 @@ def render_latency(events: list[dict[str, Any]]) -> str:
 
 def _fmt(value: Any) -> str:
     return "-" if value is None else f"{float(value):.2f}"
+
+
+def demo_socket(daemon_dir: Path) -> Path:
+    """DIR/daemon/orchestrator.sock, or a short path in /tmp when that one is too long for a
+    Unix socket (108 bytes with its terminator) because the checkout lies deep."""
+    path = daemon_dir / "orchestrator.sock"
+    if len(os.fsencode(path)) < SOCKET_PATH_MAX:
+        return path
+    digest = hashlib.sha256(os.fsencode(daemon_dir)).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"orchestrator-demo-{os.getuid()}-{digest}.sock"
 
 
 def _daemon_pid(daemon_dir: Path) -> int | None:

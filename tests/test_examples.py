@@ -179,3 +179,10 @@ def test_demo_down_leaves_no_process_of_the_daemon_or_the_testbed(tmp_path: Path
     assert _processes_mentioning(str(d.dir)) == [], "left behind"
     assert not Path(f"/proc/{pid}").exists()
     demo.stop(d.dir)  # twice: nothing to do, no error
+
+
+def test_demo_socket_stays_short_enough_for_a_unix_socket(tmp_path: Path) -> None:
+    assert demo.demo_socket(tmp_path / "d") == tmp_path / "d" / "orchestrator.sock"
+    deep = tmp_path / ("x" * 120) / "daemon"
+    socket = demo.demo_socket(deep)
+    assert len(str(socket)) < 100 and socket != demo.demo_socket(tmp_path / ("y" * 120))
