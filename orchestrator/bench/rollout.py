@@ -1,0 +1,197 @@
+"""Fleet rollout benchmark (issue 7) on a fresh local testbed of 24 sshd hosts, through the real
+daemon (`orchestrator daemon`, DeployRunner) as a user drives it, with a small real lock (numpy +
+scikit-learn + scipy) and a small scikit-learn model (cheap to load and call: the hosts share this
+machine's 2 cores).
+
+1. setup, not a target: v1 to all 24 hosts (cold: a venv per host), so the lock is warm;
+2. a new model, same (warm) lock, to 1 host, then another new model to all 24 hosts in one batch
+   (`rollout: {canary: 0, batch_size: 24, max_parallel: 24}`): wall time of each, per-step
+   medians (from the step events), and the daemon's own CPU time (user + system of the daemon
+   process, from /proc/<pid>/stat, around each rollout; paramiko runs in it, so SSH crypto
+   counts);
+3. probe + preflight of the 24 hosts (`rollout.preflight_fleet`, the gate every rollout runs
+   first), in this process: with new SSH connections, and over open ones; CPU time of this
+   process.
+
+Targets: the rollout to 24 hosts takes at most 3x as long as to 1 host; under 0.3 s of daemon
+CPU per host per rollout; probe + preflight of 24 hosts under 3 s. Figures are what this
+machine gave at that moment: printed with whether each target is met, never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from orchestrator.bench.deploy import LOCK, _model
+from orchestrator.treehash import hash_path
+
+HOSTS = 24
+ORCHESTRATOR = str(Path(sys.executable).parent / "orchestrator")
+STEPS = ("probe", "preflight", "stage", "install", "verify", "switch", "check", "prune")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _spec(directory: Path, model: Path, golden: Path, targets: list[str], rollout: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(model, directory / "model.joblib")
+    shutil.copy(golden, directory / "golden.npz")
+    shutil.copy(LOCK, directory / "requirements.lock")
+    (directory / "spec.yaml").write_text(f"""\
+apiVersion: orchestrator/v1
+kind: Deployment
+name: bench-fleet
+model: {{path: model.joblib, format: joblib, sha256: {hash_path(directory / "model.joblib")}}}
+environment: {{python: "3.11", requirements: requirements.lock}}
+gpu: {{required: false}}
+targets: [{", ".join(targets)}]
+rollout: {rollout}
+verify: {{golden: golden.npz, method: predict_proba, warmup_iterations: 5, iterations: 50,
+         timeout_s: 300}}
+""")
+    return directory / "spec.yaml"
+
+
+class _Daemon:
+    def __init__(self, work: Path, testbed: Any) -> None:
+        config = work / "orchestrator.toml"
+        config.write_text(f'state_dir = "state"\nsocket = "o.sock"\n'
+                          f'inventory = "{testbed.inventory_path}"\n'
+                          f'known_hosts = "{testbed.known_hosts_path}"\n'
+                          f'identity = "{testbed.identity_path}"\n'
+                          'runner = "orchestrator.deploy:DeployRunner"\n'
+                          f"max_ssh_sessions = {HOSTS}\n")
+        self.socket = work / "o.sock"
+        self.proc = subprocess.Popen([ORCHESTRATOR, "daemon", "--config", str(config)],
+                                     cwd=work, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        self.http = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)),
+                                 base_url="http://orchestrator", timeout=600)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if self.http.get("/healthz").status_code == 200:
+                    return
+            except (httpx.TransportError, OSError):
+                time.sleep(0.1)
+        raise RuntimeError("the daemon did not start")
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+    def rollout(self, spec: Path) -> tuple[float, float, dict[str, Any], list[dict[str, Any]]]:
+        """(wall s, daemon CPU s, the final record, the events) of one rollout, waited for."""
+        cpu0, t0 = self.cpu_s(), time.perf_counter()
+        done = subprocess.run([ORCHESTRATOR, "submit", str(spec), "--wait", "--json",
+                               "--socket", str(self.socket)], capture_output=True, text=True,
+                              check=False)
+        wall, cpu = time.perf_counter() - t0, self.cpu_s() - cpu0
+        if not done.stdout.strip():
+            raise RuntimeError(f"submit failed: {done.stderr.strip()}")
+        deployment = json.loads(done.stdout.splitlines()[0])["id"]
+        record = self.http.get(f"/v1/deployments/{deployment}").json()
+        events = [json.loads(line) for line in
+                  self.http.get(f"/v1/deployments/{deployment}/events").text.splitlines()]
+        return wall, cpu, record, events
+
+    def stop(self) -> None:
+        self.http.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _medians(events: list[dict[str, Any]]) -> str:
+    per: dict[str, list[float]] = {}
+    for e in events:
+        if e["event"] == "step" and e["status"] == "ok" and e["duration_ms"] is not None:
+            per.setdefault(e["step"], []).append(e["duration_ms"] / 1000)
+    return "  ".join(f"{s} {statistics.median(per[s]):.2f}s" for s in STEPS if s in per)
+
+
+def _show(title: str, wall: float, cpu: float, hosts: int, record: dict[str, Any],
+          events: list[dict[str, Any]]) -> None:
+    print(f"{title}: {record['state']}, wall {wall:.2f} s, daemon CPU {cpu:.2f} s "
+          f"({cpu / hosts:.3f} s per host)")
+    print(f"  per-step medians: {_medians(events)}")
+    if record["state"] != "succeeded":
+        print(f"  reason: {record['result']['reason']}")
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def _probe_preflight(testbed: Any, spec_path: Path) -> None:
+    from orchestrator.deploy import prepare
+    from orchestrator.inventory import load_inventory
+    from orchestrator.pool import Pool
+    from orchestrator.rollout import preflight_fleet
+    from orchestrator.spec import load_spec
+    from orchestrator.ssh import SshOptions
+
+    class Quiet:
+        def emit(self, event: str, **kw: Any) -> None:
+            pass
+
+    inv = load_inventory(testbed.inventory_path)
+    hosts = inv.resolve(["testbed"]) if "testbed" in inv.groups else list(inv.hosts.values())
+    inputs = prepare(load_spec(spec_path))
+    with Pool(SshOptions.for_inventory(inv), max_connections=HOSTS) as pool:
+        rows = []
+        for label in ("new connections", "open connections"):
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            ready, refused = preflight_fleet(inputs, hosts, pool=pool, sink=Quiet(),
+                                             max_parallel=HOSTS)
+            rows.append((label, time.perf_counter() - t0, time.process_time() - cpu0,
+                         len(ready), refused))
+    for label, wall, cpu, passed, refused in rows:
+        print(f"probe + preflight of {len(hosts)} hosts, {label}: {wall:.2f} s "
+              f"(this process's CPU {cpu:.2f} s), {passed} passed"
+              + (f", refused: {sorted(refused)}" if refused else "")
+              + f"; target < 3 s: {_met(wall < 3.0)}")
+
+
+def run() -> None:
+    from orchestrator.testbed import Testbed
+
+    with tempfile.TemporaryDirectory(prefix="bench-rollout-") as tmp:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        testbed = Testbed.up(work / "testbed", HOSTS, ("h100",) * HOSTS)
+        print(f"testbed of {HOSTS} hosts up in {time.perf_counter() - t0:.1f} s")
+        names = [h.name for h in testbed.hosts]
+        daemon = _Daemon(work, testbed)
+        try:
+            models = [_model(work / f"m{i}", seed=i) for i in range(3)]
+            fleet = "{canary: 0, batch_size: 24, max_parallel: 24}"
+            wall, cpu, record, events = daemon.rollout(
+                _spec(work / "v1", *models[0], names, fleet))
+            _show(f"setup: v1 to {HOSTS} hosts, cold lock", wall, cpu, HOSTS, record, events)
+            one = _spec(work / "v2", *models[1], names[:1], "{canary: 0}")
+            w1, c1, r1, e1 = daemon.rollout(one)
+            _show("new model, warm lock, 1 host", w1, c1, 1, r1, e1)
+            w24, c24, r24, e24 = daemon.rollout(_spec(work / "v3", *models[2], names, fleet))
+            _show(f"new model, warm lock, {HOSTS} hosts, max_parallel 24", w24, c24, HOSTS,
+                  r24, e24)
+            print(f"  {HOSTS} hosts / 1 host: {w24 / w1:.2f}x; target <= 3x: "
+                  f"{_met(w24 <= 3 * w1)}")
+            print(f"  daemon CPU per host per rollout: {c24 / HOSTS:.3f} s at {HOSTS} hosts, "
+                  f"{c1:.3f} s at 1 host; target < 0.3 s: {_met(c24 / HOSTS < 0.3)}")
+            _probe_preflight(testbed, one)
+        finally:
+            daemon.stop()
+            Testbed.down(work / "testbed")
