@@ -12,7 +12,8 @@ a metric itself. Host status is read from the store at scrape time, since re-ver
   `deploy`, result passed/failed), `reverify` events of a host (kind `reverify`, its status);
 - `orchestrator_warmup_latency_seconds{app, host, quantile}` gauge: the last passing `verify`
   step's p50/p95/p99;
-- `orchestrator_rollbacks_total{app}` counter: `recovery` events of step `rollback` that worked;
+- `orchestrator_rollbacks_total{app}` counter: `recovery` events of step `rollback` that worked,
+  and `reverify.rollback` events that did (`reverify.on_failure: rollback`);
 - `orchestrator_host_status{host, status}` gauge: 1 for each host's last recorded status.
 """
 
@@ -100,6 +101,8 @@ class Metrics:
         elif kind == "recovery":
             if event.get("step") == "rollback" and event.get("status") == "ok":
                 self.rollbacks.labels(self._app(event)).inc()
+        elif kind == "reverify.rollback" and event.get("status") == "ok":
+            self.rollbacks.labels(self._app(event)).inc()  # `reverify.on_failure: rollback`
         elif kind == "reverify" and event.get("host") and event.get("status") in HOST_STATUSES:
             self.verifications.labels(self._app(event), "reverify", event["status"]).inc()
 

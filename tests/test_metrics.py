@@ -61,6 +61,8 @@ def test_each_figure_comes_from_its_events_and_host_status_from_the_store(store:
         event("d1", "step", host="h2", step="verify", status="started"),  # an intent: nothing
         event("d1", "recovery", host="h3", step="rollback", status="ok"),
         event("d1", "recovery", host="h3", step="rollback", status="failed"),  # not counted
+        event("d1", "reverify", host="h1", status="degraded", app="fraud"),
+        event("d1", "reverify.rollback", host="h1", status="ok", app="fraud"),
         event("d1", "deployment", status="rolled_back", **{"from": "running"}),
         event("d1", "deployment", status="interrupted"),  # a note, not a state
     ):
@@ -81,7 +83,9 @@ def test_each_figure_comes_from_its_events_and_host_status_from_the_store(store:
     assert value(text, 'orchestrator_warmup_latency_seconds{app="fraud",host="h1",'
                        'quantile="0.99"}') == 0.009
     assert 'host="h2",quantile' not in text  # a failed verify leaves no latency figure
-    assert value(text, 'orchestrator_rollbacks_total{app="fraud"}') == 1
+    assert value(text, 'orchestrator_rollbacks_total{app="fraud"}') == 2
+    assert value(text, 'orchestrator_verifications_total{app="fraud",kind="reverify",'
+                       'result="degraded"}') == 1
     assert value(text, 'orchestrator_host_status{host="h1",status="degraded"}') == 1
     assert value(text, 'orchestrator_host_status{host="h1",status="healthy"}') == 0
     assert value(text, 'orchestrator_host_status{host="h2",status="healthy"}') == 1

@@ -124,7 +124,9 @@ def _medians(events: list[dict[str, Any]]) -> str:
 
 def _show(title: str, wall: float, cpu: float, hosts: int, record: dict[str, Any],
           events: list[dict[str, Any]]) -> None:
-    print(f"{title}: {record['state']}, wall {wall:.2f} s, daemon CPU {cpu:.2f} s "
+    inside = events[-1]["ts"] - events[0]["ts"] if events else 0.0
+    print(f"{title}: {record['state']}, wall {wall:.2f} s (submit --wait, CLI included; "
+          f"{inside:.2f} s from its first event to its last), daemon CPU {cpu:.2f} s "
           f"({cpu / hosts:.3f} s per host)")
     print(f"  per-step medians: {_medians(events)}")
     if record["state"] != "succeeded":
