@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,11 @@ from typing import Any
 import pytest
 
 from orchestrator import golden
+from orchestrator.control import RolloutControl
+from orchestrator.deploy import DeployResult
+from orchestrator.inventory import Host
+from orchestrator.pipeline import HostResult, HostStatus
+from orchestrator.rollout import RolloutResult, outcome_of, plan_batches
 from orchestrator.testbed import Testbed
 from orchestrator.treehash import hash_path
 from tests import models
@@ -35,6 +41,64 @@ HOSTS = 6
 # Passes unless the host's deploy root holds `fail-health` naming another release than the one
 # `current` points at: so the marked host fails its check on v2 and passes again on v1.
 HEALTH = ('test ! -f ../fail-health || test "$(readlink current)" = "$(cat ../fail-health)"')
+
+
+# -- the pure parts and the control, without hosts ------------------------------------------
+
+def test_plan_batches_canary_alone_then_batches() -> None:
+    hosts = [Host(f"h{i}", "127.0.0.1", 22, "deploy", "/srv") for i in range(1, 7)]
+    plan = [[h.name for h in b] for b in plan_batches(hosts, canary=1, batch_size=2)]
+    assert plan == [["h1"], ["h2", "h3"], ["h4", "h5"], ["h6"]]
+    assert [len(b) for b in plan_batches(hosts, canary=0, batch_size=4)] == [4, 2]
+
+
+def _result(statuses: dict[str, HostStatus], stopped: str | None = None,
+            undone: dict[str, str] | None = None, accepted: int = 0) -> RolloutResult:
+    out = DeployResult("d", "r")
+    for name, status in statuses.items():
+        out.hosts[name] = HostResult(name, status, reason=None if status is HostStatus.SUCCEEDED
+                                     else "verify failed", error="golden: differs")
+    return RolloutResult(out, stopped, undone or {}, accepted)
+
+
+def test_outcome_names_rolled_back_hosts_and_left_ones() -> None:
+    ok, bad = HostStatus.SUCCEEDED, HostStatus.FAILED
+    back = outcome_of(_result({"a": ok, "b": ok, "c": bad}, "1 failed hosts (c), more than 0",
+                              {"a": "rolled_back", "b": "rolled_back"}))
+    assert back.state == "rolled_back" and back.hosts == {
+        "a": "rolled_back", "b": "rolled_back", "c": "failed"}
+    assert back.reason.endswith("the rollout stopped: a, b") and "c: verify failed" in back.reason
+    left = outcome_of(_result({"a": ok, "c": HostStatus.ROLLED_BACK}, "aborted after: budget"))
+    assert left.state == "failed" and left.reason.endswith("left on the new release: a")
+    aborted = outcome_of(_result({"a": ok}, "aborted", {"a": "rolled_back"}))
+    assert aborted.state == "rolled_back" and aborted.reason.startswith("aborted by request")
+    assert outcome_of(_result({"a": ok}, "aborted")).state == "cancelled"
+    assert outcome_of(_result({"a": ok}, "cancelled")).state == "cancelled"
+    accepted = outcome_of(_result({"a": ok, "c": bad}, accepted=1))
+    assert accepted.state == "succeeded" and "accepted by resuming" in accepted.reason
+
+
+def test_control_holds_until_resume_and_wakes_on_abort() -> None:
+    control = RolloutControl()
+    seen: list[tuple[bool, str]] = []
+    control.on_hold = lambda holding, why: seen.append((holding, why))
+    assert control.hold("not paused") is True and seen == []  # no pause: no wait
+    control.pause()
+    results: list[bool] = []
+    waiter = threading.Thread(target=lambda: results.append(control.hold("paused")))
+    waiter.start()
+    wait_for(lambda: control.held, 5, "the hold")
+    assert waiter.is_alive() and seen == [(True, "paused")]
+    control.resume()
+    waiter.join(5)
+    assert results == [True] and seen[-1] == (False, "resumed")
+    waiter = threading.Thread(target=lambda: results.append(control.hold("budget", force=True)))
+    waiter.start()
+    wait_for(lambda: control.held, 5, "the forced hold")
+    control.abort()
+    waiter.join(5)
+    assert results == [True, False] and control.aborted and control.is_set()
+    assert seen[-1] == (False, "aborted")
 
 
 @pytest.fixture(scope="module")
