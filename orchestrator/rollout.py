@@ -87,8 +87,9 @@ def rollout(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: Ev
         sink.emit("rollout", status="stopped", level="error", reason=out.stopped)
         batches = []
     for i, batch in enumerate(batches):
-        if i > 0 and float(ro.pause_s) > 0 and cancel is not None:
-            cancel.wait(float(ro.pause_s))
+        if i > 0 and float(ro.pause_s) > 0:  # rollout.pause_s; a cancel or abort cuts it short
+            sink.emit("batch", status="waiting", batch=i, pause_s=float(ro.pause_s))
+            (cancel or threading.Event()).wait(float(ro.pause_s))
         if control is not None:
             control.hold(f"paused by request before batch {i}")
         if cancel is not None and cancel.is_set():
