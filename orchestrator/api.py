@@ -165,12 +165,13 @@ def _deployment_routes(app: FastAPI, service: Service) -> None:
 def _host_routes(app: FastAPI, service: Service) -> None:
     @app.get("/v1/hosts")
     def hosts() -> list[dict[str, Any]]:
-        """Every host's last probe: facts, and status healthy/degraded/failed/unreachable."""
+        """Every host's last facts and status (healthy/degraded/failed/unreachable) with reasons."""
         return service.store.hosts()
 
     @app.post("/v1/hosts/verify")
     def verify(body: VerifyRequest) -> list[dict[str, Any]]:
-        """Probe these hosts now and return their new records."""
+        """Re-verify these hosts now (docs/reverify.md: facts against the release's manifest, the
+        release's files, the warmup against its baseline) and return their new records."""
         return service.verify_hosts(list(dict.fromkeys(body.hosts)))
 
 
