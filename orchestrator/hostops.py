@@ -17,6 +17,11 @@ finishes or cleans its own half-done work. The order a deploy uses:
     failure before switch: abort_stage;  at/after switch: rollback(from_release=new, mark_bad=True)
 
 Upload the lock before the wheels: prune's wheel GC keeps what some release's lock lists.
+
+Each call is one SSH command and one interpreter start on the host, which on a busy host is
+most of what a small op costs; `batch` runs several ops back to back in one process (stopping
+at the first failure, which raises exactly what that op alone would have raised), so a
+pipeline step that needs three small ops pays for one.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class OpKind(enum.StrEnum):
     TIMEOUT = "timeout"
     BUSY = "busy"
     STALE_GENERATION = "stale-generation"
+    UV_MISSING = "uv-missing"
     BAD_RELEASE = "bad-release"
     IS_CURRENT = "is-current"
     IS_ROLLBACK_TARGET = "is-rollback-target"
@@ -83,6 +89,7 @@ class StagedRelease:
     state: str           # "staging" | "committed"
     resumed: bool
     free_bytes: int | None
+    lock_present: bool = False  # the host already put the lock file (same sha256) in place
 
     @property
     def model_path(self) -> str:
@@ -149,6 +156,30 @@ class PruneResult:
 
 def parse_reply(host: str, op: str, exit_code: int, stdout: str, stderr: str) -> dict[str, Any]:
     """The script's one JSON object, or the error it reports (pure: tested from data)."""
+    reply = _json_reply(host, op, exit_code, stdout, stderr)
+    if reply["ok"] is not True or exit_code != 0:
+        raise _failed(host, op, reply)
+    return reply
+
+
+def parse_batch_reply(host: str, ops: Sequence[str], exit_code: int, stdout: str,
+                      stderr: str) -> list[dict[str, Any]]:
+    """Each op's reply of a `batch`, or the HostOpFailed of the first op that failed, named
+    and shaped as if it had been called alone (pure: tested from data)."""
+    reply = _json_reply(host, "batch", exit_code, stdout, stderr)
+    results = reply.get("results")
+    if not isinstance(results, list):  # the batch itself was refused (bad arguments, a bug)
+        return [parse_reply(host, "batch", exit_code, stdout, stderr)]
+    for name, result in zip(ops, results, strict=False):
+        if not isinstance(result, dict) or result.get("ok") is not True:
+            raise _failed(host, name, result if isinstance(result, dict) else {})
+    if reply["ok"] is not True or exit_code != 0 or len(results) != len(ops):
+        raise BadHostOutput(host, f"hostops batch exited {exit_code} with {len(results)} of "
+                                  f"{len(ops)} results and no failure")
+    return results
+
+
+def _json_reply(host: str, op: str, exit_code: int, stdout: str, stderr: str) -> dict[str, Any]:
     lines = stdout.strip().splitlines()
     try:
         reply = json.loads(lines[-1]) if lines else None
@@ -157,14 +188,16 @@ def parse_reply(host: str, op: str, exit_code: int, stdout: str, stderr: str) ->
     if not isinstance(reply, dict) or "ok" not in reply:
         tail = " | ".join((stderr or stdout).strip().splitlines()[-5:])
         raise BadHostOutput(host, f"hostops {op} exited {exit_code} without a JSON reply: {tail}")
-    if reply["ok"] is not True or exit_code != 0:
-        try:
-            kind = OpKind(str(reply.get("kind")))
-        except ValueError:
-            kind = OpKind.UNKNOWN
-        details = {k: v for k, v in reply.items() if k not in ("ok", "error", "kind")}
-        raise HostOpFailed(host, op, kind, str(reply.get("error", "failed")), details)
     return reply
+
+
+def _failed(host: str, op: str, reply: Mapping[str, Any]) -> HostOpFailed:
+    try:
+        kind = OpKind(str(reply.get("kind")))
+    except ValueError:
+        kind = OpKind.UNKNOWN
+    details = {k: v for k, v in reply.items() if k not in ("ok", "error", "kind")}
+    return HostOpFailed(host, op, kind, str(reply.get("error", "failed")), details)
 
 
 class HostOps:
@@ -205,16 +238,35 @@ class HostOps:
         result = self.transport.run(argv, timeout=timeout, stdin=payload, check=False)
         return parse_reply(self.host, op, result.exit_code, result.stdout, result.stderr)
 
+    def batch(self, calls: Sequence[tuple[str, Mapping[str, Any]]], *,
+              timeout: float = DEFAULT_TIMEOUT_S,
+              max_output: int | None = None) -> list[dict[str, Any]]:
+        """Run (op, args) calls in order in one host process; each op's reply, or the
+        HostOpFailed of the first that failed (the later ones did not run)."""
+        argv = self.tools().argv("hostops.py", "batch", "--json-args", "-", python=self.python)
+        payload = json.dumps({"root": self.root,
+                              "ops": [{"op": op, "args": dict(args)} for op, args in calls]})
+        result = self.transport.run(argv, timeout=timeout, stdin=payload.encode("utf-8"),
+                                    check=False, max_output=max_output)
+        return parse_batch_reply(self.host, [op for op, _ in calls], result.exit_code,
+                                 result.stdout, result.stderr)
+
     # -- stage ---------------------------------------------------------------------------------
 
     def stage_begin(self, app: str, release_id: str, *, deployment: str | None = None,
-                    force: bool = False, timeout: float = DEFAULT_TIMEOUT_S) -> StagedRelease:
+                    force: bool = False, lock_sha256: str | None = None,
+                    timeout: float = DEFAULT_TIMEOUT_S) -> StagedRelease:
         """Create or resume releases/<id>.staging; HostOpFailed(BUSY) while another release of
-        the app is being staged (one deployment per app and host at a time)."""
-        r = self.call("stage-begin", {"app": app, "release_id": release_id,
-                                      "deployment": deployment, "force": force}, timeout=timeout)
+        the app is being staged (one deployment per app and host at a time). With
+        `lock_sha256`, the host copies that lock file from a release that has it
+        (`lock_present`): then it need not be uploaded."""
+        args: dict[str, Any] = {"app": app, "release_id": release_id,
+                                "deployment": deployment, "force": force}
+        if lock_sha256 is not None:
+            args["lock_sha256"] = lock_sha256
+        r = self.call("stage-begin", args, timeout=timeout)
         return StagedRelease(app, release_id, r["path"], r["state"], bool(r["resumed"]),
-                             r.get("free_bytes"))
+                             r.get("free_bytes"), bool(r.get("lock_present", False)))
 
     def verify_model(self, app: str, release_id: str, sha256: str, *, path: str = "model",
                      timeout: float = DEFAULT_TIMEOUT_S) -> str:
@@ -263,11 +315,14 @@ class HostOps:
                       timeout: float = DEFAULT_TIMEOUT_S) -> tuple[str, ...]:
         return tuple(self.call("wheels-verify", {"shas": list(shas)}, timeout=timeout)["verified"])
 
-    def push_wheels(self, wheels: Mapping[str, Path], *,
+    def push_wheels(self, wheels: Mapping[str, Path], *, missing: Sequence[str] | None = None,
                     timeout: float = VENV_TIMEOUT_S) -> tuple[str, ...]:
         """Upload the wheels ({sha256: local file}) the host's cache lacks, each verified by
-        sha256 on arrival; returns the shas uploaded."""
-        missing = self.wheels_missing(sorted(wheels), timeout=timeout)
+        sha256 on arrival; returns the shas uploaded. `missing`: what a `wheels-missing` in
+        an earlier batch said the host lacks (else it is asked here)."""
+        if missing is None:
+            missing = self.wheels_missing(sorted(wheels), timeout=timeout)
+        missing = tuple(missing)
         for sha in missing:
             self.transport.put(wheels[sha], self._orch("wheels", f"{sha}.whl.part"), 0o644)
         if missing:
@@ -276,26 +331,34 @@ class HostOps:
 
     def push_uv(self, uv_binary: Path, *, timeout: float = DEFAULT_TIMEOUT_S) -> str:
         """Ship the controller's own uv binary once per host, content-addressed; its path."""
-        st = uv_binary.stat()
-        digest = _file_digest(str(uv_binary), st.st_size, st.st_mtime_ns)
-        remote = self._orch("bin", f"uv-{digest[:16]}")
+        remote = self.uv_path(uv_binary)
         self.ensure_file(uv_binary, remote, mode=0o755, timeout=timeout)
         return remote
+
+    def uv_path(self, uv_binary: Path) -> str:
+        """Where this uv binary lives on the host (content-addressed; maybe not there yet)."""
+        st = uv_binary.stat()
+        digest = _file_digest(str(uv_binary), st.st_size, st.st_mtime_ns)
+        return self._orch("bin", f"uv-{digest[:16]}")
 
     def venv_ensure(self, env_hash: str, lock_path: str, wheels: Mapping[str, str], *,
                     installer: str = "uv", uv: str | None = None, python: str | None = None,
                     app: str | None = None, release_id: str | None = None,
                     compile_bytecode: bool = False, wait_s: float = VENV_TIMEOUT_S,
-                    timeout: float = VENV_TIMEOUT_S) -> VenvResult:
+                    need_uv: bool = False, timeout: float = VENV_TIMEOUT_S) -> VenvResult:
         """Reuse or build venvs/<env_hash> (wheels: {sha256: real filename}). With app and
         release_id the release's `venv` link is made under the venv's lock. A concurrent
-        builder of the same env waits (up to wait_s) and then reuses it."""
+        builder of the same env waits (up to wait_s) and then reuses it. With `need_uv`, a
+        build refuses with HostOpFailed(UV_MISSING) while `uv` is not on the host (a reused
+        venv never needs it: `uv_path` + upload + call again only when that happens)."""
         args: dict[str, Any] = {
             "env_hash": env_hash, "lock": lock_path, "wheels": dict(wheels),
             "installer": installer, "uv": uv, "python": python or self.python,
             "compile_bytecode": compile_bytecode, "wait_s": min(wait_s, timeout),
             "timeout_s": max(timeout - 30, 1),  # each installer run; the call has `timeout`
         }
+        if need_uv:
+            args["need_uv"] = True
         if app is not None:
             args.update(app=app, release_id=release_id)
         r = self.call("venv-ensure", args, timeout=timeout)
@@ -339,10 +402,7 @@ class HostOps:
 
     def state(self, app: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> AppState:
         """The host's real state (readlink `current` first): what crash recovery starts from."""
-        r = self.call("state", {"app": app}, timeout=timeout)
-        return AppState(r["current"], bool(r["current_resolves"]), int(r["generation"]),
-                        r["previous_good"], tuple(r["bad"]), tuple(r["history"]),
-                        r["switching"], tuple(r["staging"]), tuple(r["committed"]))
+        return app_state(self.call("state", {"app": app}, timeout=timeout))
 
     def prune(self, app: str, keep: int, *, grace_s: float = 600.0,
               timeout: float = DEFAULT_TIMEOUT_S) -> PruneResult:
@@ -356,6 +416,13 @@ class HostOps:
 def _file_digest(path: str, size: int, mtime_ns: int) -> str:
     """sha256 of a file, remembered while its size and mtime stay (uv is ~40 MB)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def app_state(r: Mapping[str, Any]) -> AppState:
+    """The `state` op's reply as an AppState (also a `batch` result)."""
+    return AppState(r["current"], bool(r["current_resolves"]), int(r["generation"]),
+                    r["previous_good"], tuple(r["bad"]), tuple(r["history"]),
+                    r["switching"], tuple(r["staging"]), tuple(r["committed"]))
 
 
 def _switch_result(r: Mapping[str, Any]) -> SwitchResult:

@@ -811,3 +811,112 @@ def test_prune_drops_uvs_cache_with_the_last_venv_unless_a_build_uses_it(
     assert done["removed_venvs"] == ["c" * 24] and done["uv_cache_cleared"] is True
     assert not cache.exists()
     assert not [n for n in os.listdir(wheels_root / ".orchestrator") if n.startswith(".trash")]
+
+
+# ---------------------------------------------------------------- batch, probe, fewer uploads
+
+
+def test_batch_runs_ops_in_order_in_one_process_and_stops_at_the_first_failure(
+        root: Path) -> None:
+    path = stage(root, "a", rid(1), commit=False)
+    code, reply = op("batch", root, ops=[
+        {"op": "stage-commit", "args": {"app": "a", "release_id": rid(1)}},
+        {"op": "switch", "args": {"app": "a", "release_id": rid(1), "generation": 1}},
+        {"op": "state", "args": {"app": "a"}}])
+    assert code == 0 and [r["ok"] for r in reply["results"]] == [True, True, True]
+    assert reply["results"][2]["current"] == rid(1) and not path.exists()
+    # The second op fails: the third never runs, the first's effect stays.
+    stage(root, "a", rid(2), commit=False)
+    code, reply = op("batch", root, ops=[
+        {"op": "stage-commit", "args": {"app": "a", "release_id": rid(2)}},
+        {"op": "switch", "args": {"app": "a", "release_id": rid(2), "generation": 1}},
+        {"op": "switch", "args": {"app": "a", "release_id": rid(2), "generation": 5}}])
+    assert code == 1 and (reply["kind"], reply["failed_op"]) == ("stale-generation", "switch")
+    assert [r["ok"] for r in reply["results"]] == [True, False]
+    assert ok("state", root, app="a")["current"] == rid(1)
+    assert (root / "a" / "releases" / rid(2)).is_dir()
+    for bad in ([], [{"op": "batch", "args": {}}], [{"op": "nope"}], [{"op": "state", "args": 1}]):
+        assert fails("batch", root, "bad-args", ops=bad)["error"]
+
+
+def test_batch_failure_raises_what_the_op_alone_raises(root: Path) -> None:
+    ops = HostOps(LocalTransport(), str(root), python=HOST_PYTHON)
+    staged = ops.stage_begin("a", rid(1))
+    (Path(staged.model_path) / "w.bin").write_bytes(b"w")
+    with pytest.raises(HostOpFailed) as alone:
+        ops.verify_model("a", rid(1), "0" * 64)
+    with pytest.raises(HostOpFailed) as batched:
+        ops.batch([("state", {"app": "a"}), ("stage-verify-model", {
+            "app": "a", "release_id": rid(1), "sha256": "0" * 64}), ("stage-commit", {
+                "app": "a", "release_id": rid(1)})])
+    assert (batched.value.op, batched.value.kind) == ("stage-verify-model",
+                                                      OpKind.HASH_MISMATCH)
+    assert str(batched.value) == str(alone.value)
+    assert ops.state("a").staging == (rid(1),)  # stage-commit never ran
+    replies = ops.batch([("wheels-missing", {"shas": [SIX]}), ("state", {"app": "a"})])
+    assert replies[0]["missing"] == [SIX] and replies[1]["staging"] == [rid(1)]
+
+
+def test_parse_batch_reply_from_data() -> None:
+    from orchestrator.hostops import parse_batch_reply
+
+    good = json.dumps({"ok": True, "results": [{"ok": True, "a": 1}, {"ok": True, "b": 2}]})
+    assert parse_batch_reply("h", ["x", "y"], 0, good, "") == [{"ok": True, "a": 1},
+                                                               {"ok": True, "b": 2}]
+    failed = json.dumps({"ok": False, "kind": "busy", "error": "held", "failed_op": "y",
+                         "results": [{"ok": True}, {"ok": False, "kind": "busy",
+                                                    "error": "held", "staging": ["r"]}]})
+    with pytest.raises(HostOpFailed) as exc:
+        parse_batch_reply("h", ["x", "y", "z"], 1, failed, "")
+    assert (exc.value.op, exc.value.kind, exc.value.details) == ("y", OpKind.BUSY,
+                                                                 {"staging": ["r"]})
+    refused = json.dumps({"ok": False, "kind": "bad-args", "error": "ops must be a list"})
+    with pytest.raises(HostOpFailed, match="batch: ops must be"):
+        parse_batch_reply("h", ["x"], 2, refused, "")
+    short = json.dumps({"ok": True, "results": [{"ok": True}]})
+    with pytest.raises(BadHostOutput):
+        parse_batch_reply("h", ["x", "y"], 0, short, "")
+    with pytest.raises(BadHostOutput):
+        parse_batch_reply("h", ["x"], 1, "Traceback", "boom")
+
+
+def test_probe_op_gives_probe_py_facts(root: Path) -> None:
+    alone = json.loads(subprocess.run(
+        [HOST_PYTHON, "-E", str(SCRIPT.parent / "probe.py"), "--deploy-root", str(root)],
+        capture_output=True, text=True, check=True).stdout)
+    facts = ok("batch", root, ops=[{"op": "probe"}, {"op": "state", "args": {"app": "a"}}])[
+        "results"][0]["facts"]
+    volatile = ("disk", "nvml")  # free bytes move; the local run has no shipped pynvml
+    assert {k: v for k, v in facts.items() if k not in volatile} == {
+        k: v for k, v in alone.items() if k not in volatile}
+    assert facts["schema"] == alone["schema"] and facts["disk"]["path"] == str(root)
+
+
+def test_stage_begin_copies_a_lock_with_the_same_hash_from_a_release(root: Path) -> None:
+    lock = SMALL / "requirements.lock"
+    sha = hashlib.sha256(lock.read_bytes()).hexdigest()
+    first = ok("stage-begin", root, app="a", release_id=rid(1), lock_sha256=sha)
+    assert first["lock_present"] is False  # nothing on the host has it: upload it
+    stage(root, "a", rid(1))
+    ok("switch", root, app="a", release_id=rid(1), generation=1)
+    second = ok("stage-begin", root, app="a", release_id=rid(2), lock_sha256=sha)
+    assert second["lock_present"] is True
+    assert (Path(second["path"]) / "requirements.lock").read_bytes() == lock.read_bytes()
+    # A different lock, or a release whose lock was changed on the host, is never copied.
+    other = ok("stage-begin", root, app="a", release_id=rid(2), lock_sha256="1" * 64)
+    assert other["lock_present"] is False
+    ok("abort-stage", root, app="a", release_id=rid(2))
+    (root / "a" / "releases" / rid(1) / "requirements.lock").write_text("six==0\n")
+    assert ok("stage-begin", root, app="a", release_id=rid(3),
+              lock_sha256=sha)["lock_present"] is False
+    assert not (root / "a" / "releases" / f"{rid(3)}.staging" / "requirements.lock").exists()
+
+
+def test_need_uv_refuses_a_build_without_uv_but_reuses_without_it(wheels_root: Path) -> None:
+    missing = str(wheels_root / ".orchestrator" / "bin" / "uv-not-yet")
+    code, reply = ensure(wheels_root, "uv", uv=missing, need_uv=True)
+    assert (code, reply["kind"]) == (1, "uv-missing")
+    assert not (wheels_root / ".orchestrator" / "venvs" / ENV).exists()
+    assert ensure(wheels_root, "uv")[1]["reused"] is False  # with the real uv: built
+    code, reply = ensure(wheels_root, "uv", uv=missing, need_uv=True)
+    assert code == 0 and reply["reused"] is True

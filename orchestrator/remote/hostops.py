@@ -25,8 +25,10 @@ Layout under root (DESIGN.md "Host layout"):
     .orchestrator/uv-cache/        uv's cache (venvs hardlink into it: no second copy on disk)
 
 Ops (arguments besides "root"; what a success adds; failure kinds worth branching on):
-    stage-begin         app, release_id, [deployment, force] -> path, model_path, state
-                        ("staging"|"committed"), resumed, free_bytes;  busy
+    stage-begin         app, release_id, [deployment, force, lock_sha256] -> path, model_path,
+                        state ("staging"|"committed"), resumed, free_bytes, lock_present (the
+                        lock with that sha256 is in place, copied from a release that had
+                        it: no upload needed);  busy
     stage-verify-model  app, release_id, sha256, [path="model"] -> hash_kind;  hash-mismatch
     stage-commit        app, release_id -> path, already;  not-verified
     write-manifest      app, release_id, manifest (object) -> path
@@ -35,9 +37,11 @@ Ops (arguments besides "root"; what a success adds; failure kinds worth branchin
     wheels-verify       shas -> verified;  wheel-hash-mismatch (bad), missing-wheel
     venv-ensure         env_hash, lock (abs path), wheels {sha: filename}, [installer="uv"|"pip",
                         uv, python, compile_bytecode=false, wait_s, timeout_s, app+release_id
-                        (links <release>/venv)] -> path, reused, installer, fallback_reason,
-                        freeze, durations, waited_s;  missing-wheel, install-failed (the
-                        installer's own message: package and both hashes), check-failed, busy
+                        (links <release>/venv), need_uv] -> path, reused, installer,
+                        fallback_reason, freeze, durations, waited_s;  missing-wheel,
+                        install-failed (the installer's own message: package and both
+                        hashes), check-failed, busy, uv-missing (need_uv: a build is needed
+                        and the "uv" file is not there: upload it and call again)
     switch              app, release_id, generation -> current, before, changed, generation,
                         previous_good;  stale-generation, bad-release, not-found
     rollback            app, [to="previous"|id, from, generation, mark_bad] -> as switch, and
@@ -49,22 +53,24 @@ Ops (arguments besides "root"; what a success adds; failure kinds worth branchin
                         history, switching, staging, committed
     prune               app, [keep=5, grace_s=600] -> removed_releases, removed_venvs,
                         removed_wheels, uv_cache_cleared, kept
+    probe               -> facts (probe.py's object, from the same bundle)
+    batch               ops [{op, args}] -> results (each op's reply), in order, stopping at
+                        the first failure (then the batch fails with its kind, error,
+                        failed_op and the results so far): one process for a step's calls
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
+
+# hashlib, shutil, subprocess and tempfile are imported where they are used: most calls need
+# none of them, and the interpreter's start is most of what a small op costs on a busy host.
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 RELEASE_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
@@ -126,7 +132,8 @@ def _fsync_dir(path):
 def _write_atomic(path, data):
     """tmp + fsync + rename + fsync(dir): a reader sees the old file or the new one, whole."""
     directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    tmp = os.path.join(directory, f".tmp-{os.urandom(8).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), 0o644)  # mkstemp's 0600 would hide state from the service
@@ -154,6 +161,8 @@ def _read_json(path, default):
 
 
 def _sha256_file(path):
+    import hashlib
+
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -179,6 +188,8 @@ def tree_hash(directory):
                 lines.append(f"{_sha256_file(full)}  {rel}\n")
     if not lines:
         raise OpError("bad-model", f"the model directory holds no regular file: {directory}")
+    import hashlib
+
     return hashlib.sha256("".join(sorted(lines)).encode("utf-8")).hexdigest()
 
 
@@ -218,6 +229,9 @@ def _rmtree_atomic(path):
     """Rename aside first, so a crash mid-delete leaves a .trash- dir, never a half release."""
     if not os.path.lexists(path):
         return
+    import shutil
+    import tempfile
+
     parent = os.path.dirname(path)
     trash = tempfile.mkdtemp(prefix=".trash-", dir=parent)
     os.rename(path, os.path.join(trash, "x"))
@@ -228,6 +242,8 @@ def _rmtree_atomic(path):
 def _clean_trash(directory):
     for name in os.listdir(directory) if os.path.isdir(directory) else ():
         if name.startswith(".trash-"):
+            import shutil
+
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
 
@@ -324,7 +340,7 @@ def op_stage_begin(args):
         final = os.path.join(rel, rid)
         if os.path.isdir(final):
             return {"path": final, "model_path": os.path.join(final, "model"), "state": "committed",
-                    "resumed": True}
+                    "resumed": True, "lock_present": True}
         others = [s for s in _staging_ids(app_dir) if s != rid]
         if others and not args.get("force"):
             app = os.path.basename(app_dir)
@@ -336,9 +352,35 @@ def op_stage_begin(args):
         if not resumed:
             _write_json(os.path.join(staging, ".owner"),
                         {"deployment": args.get("deployment"), "started": time.time()})
+        lock_sha = _arg(args, "lock_sha256", HASH_RE, required=False)
+        present = lock_sha is not None and _place_lock(app_dir, staging, lock_sha)
         st = os.statvfs(staging)
         return {"path": staging, "model_path": os.path.join(staging, "model"), "state": "staging",
-                "resumed": resumed, "free_bytes": st.f_bavail * st.f_frsize}
+                "resumed": resumed, "free_bytes": st.f_bavail * st.f_frsize,
+                "lock_present": present}
+
+
+def _place_lock(app_dir, staging, sha):
+    """Put the lock file with this sha256 into the staging dir from a committed release of the
+    app that has it (the current one first: a redeploy with the same lock), so it need not be
+    uploaded again. Every candidate's bytes are hashed: the name proves nothing."""
+    target = os.path.join(staging, "requirements.lock")
+    current = _current_id(app_dir)
+    others = sorted(_committed_ids(app_dir), reverse=True)
+    for source in [target] + [os.path.join(_releases_dir(app_dir), r, "requirements.lock")
+                              for r in ([current] if current else []) + others]:
+        try:
+            with open(source, "rb") as fh:
+                data = fh.read()
+        except OSError:
+            continue
+        import hashlib
+
+        if hashlib.sha256(data).hexdigest() == sha:
+            if source != target:
+                _write_atomic(target, data)
+            return True
+    return False
 
 
 def op_stage_verify_model(args):
@@ -464,6 +506,8 @@ def op_wheels_verify(args):
 
 
 def _run(argv, env, cwd, timeout, what):
+    import subprocess
+
     try:
         return subprocess.run(argv, env=env, cwd=cwd, timeout=timeout, stdin=subprocess.DEVNULL,
                               capture_output=True, text=True)
@@ -481,6 +525,8 @@ def _check(proc, what, kind="install-failed"):
 
 
 def _resolve_python(python):
+    import shutil
+
     found = python if os.path.isabs(python) else shutil.which(python)
     if not found or not os.access(found, os.X_OK):
         raise OpError("venv-failed", f"python not found on host: {python}")
@@ -531,6 +577,8 @@ def _find_links(dirs):
 def _uv_usable(uv, env, cwd):
     if not uv:
         return "no uv binary given"
+    import subprocess
+
     try:
         proc = subprocess.run([uv, "--version"], env=env, cwd=cwd, timeout=30,
                               capture_output=True)
@@ -573,6 +621,9 @@ def _build_venv(root, path, args):
     if not isinstance(lock, str) or not os.path.isabs(lock) or not os.path.isfile(lock):
         raise OpError("not-found", f"lock file not found on host: {lock!r}")
     timeout = float(args.get("timeout_s", 1800))
+    import shutil
+    import tempfile
+
     os.makedirs(_orch(root, "tmp"), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="build-", dir=_orch(root, "tmp"))
     # shared: builders run side by side; prune clears uv's cache only when none is running
@@ -627,6 +678,17 @@ def _link_venv(args, path):
     return os.path.join(release, "venv")
 
 
+def _need_uv(args):
+    """With "need_uv", a build refuses to start without the uv binary at "uv", so the caller
+    uploads it only when a venv is really built (a reused venv never needs it)."""
+    uv = args.get("uv")
+    if args.get("need_uv") and args.get("installer", "uv") == "uv" and uv:
+        if not isinstance(uv, str) or not os.path.isabs(uv):
+            raise OpError("bad-args", f"uv must be an absolute path: {uv!r}")
+        if not os.path.isfile(uv):
+            raise OpError("uv-missing", f"uv is not on the host yet: {uv}", uv=uv)
+
+
 def op_venv_ensure(args):
     """Reuse venvs/<env_hash> when complete, else (re)build it at its final path, marker last.
 
@@ -642,6 +704,7 @@ def op_venv_ensure(args):
         _clean_trash(venvs)
         marker, reused = _complete_marker(path), True
         if marker is None:
+            _need_uv(args)
             reused = False
             _rmtree_atomic(path)  # an incomplete venv from a crashed build: never reused
             try:
@@ -869,6 +932,8 @@ def _gc_venvs(root):
 
 
 def _gc_wheels(root, grace_s):
+    import shutil
+
     wheels, removed = _orch(root, "wheels"), []
     names = os.listdir(wheels) if os.path.isdir(wheels) else []
     used, now = _referenced(root)[1], time.time()
@@ -892,6 +957,8 @@ def _gc_wheels(root, grace_s):
 def _gc_tmp(root):
     """Build dirs of installers killed mid-run (a lost SSH session kills the process group, so
     the script's own cleanup never ran); older than a day, so no live build is touched."""
+    import shutil
+
     tmp, now = _orch(root, "tmp"), time.time()
     for name in os.listdir(tmp) if os.path.isdir(tmp) else ():
         path = os.path.join(tmp, name)
@@ -949,6 +1016,52 @@ def op_prune(args):
             "uv_cache_cleared": cleared, "kept": _committed_ids(app_dir)}
 
 
+# ---------------------------------------------------------------- probe and batch
+
+
+def op_probe(args):
+    """The host's facts (`probe.py`, shipped in the same bundle, run in this process): the
+    probe step then costs one interpreter start with `state` in the same batch, not two."""
+    root = _root(args)
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "probe.py")
+    if not os.path.isfile(path):
+        raise OpError("not-found", f"probe.py is not beside hostops.py: {path}")
+    spec = importlib.util.spec_from_file_location("orchestrator_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)  # its own directory is sys.path[0]: it finds pynvml there
+    return {"facts": probe.collect(root)}
+
+
+#: A batch may not nest (one level keeps the reply's shape, and its failure, obvious).
+MAX_BATCH = 32
+
+
+def op_batch(args):
+    """Run several ops in order in this one process; stop at the first that fails.
+
+    "ops" is a list of {"op": name, "args": {...}} ("root" is inherited). The reply's "results"
+    holds each op's reply, as the op alone would give it (with "ok"), up to and including a
+    failed one; the batch itself is ok only when all were, and then carries the failed op's
+    "error" and "kind" and its name as "failed_op"."""
+    root = _root(args)
+    calls = _arg(args, "ops")
+    if not isinstance(calls, list) or not 0 < len(calls) <= MAX_BATCH:
+        raise OpError("bad-args", f"ops must be a list of 1 to {MAX_BATCH} calls")
+    for call in calls:
+        if not (isinstance(call, dict) and call.get("op") in OPS and call["op"] != "batch"
+                and isinstance(call.get("args", {}), dict)):
+            raise OpError("bad-args", f"bad batch entry: {call!r}")
+    results = []
+    for call in calls:
+        reply, _code = _run_op(call["op"], dict({"root": root}, **call.get("args", {})))
+        results.append(reply)
+        if not reply["ok"]:
+            raise OpError(reply["kind"], reply["error"], results=results, failed_op=call["op"])
+    return {"results": results}
+
+
 # ---------------------------------------------------------------- main
 
 OPS = {
@@ -957,45 +1070,54 @@ OPS = {
     "abort-stage": op_abort_stage, "wheels-missing": op_wheels_missing,
     "wheels-verify": op_wheels_verify, "venv-ensure": op_venv_ensure, "switch": op_switch,
     "rollback": op_rollback, "mark-bad": op_mark_bad, "releases": op_releases,
-    "state": op_state, "prune": op_prune,
+    "state": op_state, "prune": op_prune, "probe": op_probe, "batch": op_batch,
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise OpError("bad-args", message)
-
-
 def _parse(argv):
-    parser = _Parser(prog="hostops.py", add_help=False)
-    parser.add_argument("op", choices=sorted(OPS))
-    parser.add_argument("--json-args", default="{}", help="a JSON object, or - for stdin")
-    ns = parser.parse_args(argv)
+    """<op> [--json-args JSON|-] (argparse costs more to import than most ops take to run)."""
+    if not argv or argv[0] not in OPS:
+        raise OpError("bad-args", f"usage: hostops.py <op> [--json-args JSON|-]; op is one of "
+                      f"{', '.join(sorted(OPS))}; got {argv[:1]!r}")
+    rest, raw = argv[1:], "{}"
+    if len(rest) == 2 and rest[0] == "--json-args":
+        raw = rest[1]
+    elif len(rest) == 1 and rest[0].startswith("--json-args="):
+        raw = rest[0].partition("=")[2]
+    elif rest:
+        raise OpError("bad-args", f"unrecognized arguments: {' '.join(rest)}")
     try:
-        args = json.loads(sys.stdin.read() if ns.json_args == "-" else ns.json_args)
+        args = json.loads(sys.stdin.read() if raw == "-" else raw)
     except ValueError as exc:
         raise OpError("bad-args", f"--json-args is not JSON: {exc}") from None
     if not isinstance(args, dict):
         raise OpError("bad-args", "--json-args must be a JSON object")
-    return ns.op, args
+    return argv[0], args
+
+
+def _run_op(op, args):
+    """One op's reply (with "ok") and exit code: 0, 1 for a failure, 2 for bad arguments."""
+    try:
+        return dict(OPS[op](args), ok=True), 0
+    except OpError as exc:
+        result = dict(exc.extra, ok=False, error=str(exc), kind=exc.kind)
+        return result, 2 if exc.kind == "bad-args" else 1
+    except OSError as exc:
+        name = errno.errorcode.get(exc.errno or 0, "OSError")
+        return {"ok": False, "error": f"{name}: {exc}", "kind": "os-error", "errno": name}, 1
+    except Exception as exc:  # a bug in this script: still one JSON object, traceback on stderr
+        import traceback
+
+        traceback.print_exc()
+        return {"ok": False, "error": repr(exc), "kind": "internal"}, 1
 
 
 def main(argv=None):
     try:
         op, args = _parse(sys.argv[1:] if argv is None else argv)
-        result, code = dict(OPS[op](args), ok=True), 0
+        result, code = _run_op(op, args)
     except OpError as exc:
-        result = dict(exc.extra, ok=False, error=str(exc), kind=exc.kind)
-        code = 2 if exc.kind == "bad-args" else 1
-    except OSError as exc:
-        name = errno.errorcode.get(exc.errno or 0, "OSError")
-        result, code = {"ok": False, "error": f"{name}: {exc}", "kind": "os-error",
-                        "errno": name}, 1
-    except Exception as exc:  # a bug in this script: still one JSON object, traceback on stderr
-        import traceback
-
-        traceback.print_exc()
-        result, code = {"ok": False, "error": repr(exc), "kind": "internal"}, 1
+        result, code = dict(exc.extra, ok=False, error=str(exc), kind=exc.kind), 2
     sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
     sys.stdout.flush()
     return code

@@ -10,11 +10,18 @@ the same one), `stage-begin` resumes its own staging dir, a model already verifi
 twice, wheels already in the host's cache are not sent, `venv-ensure` reuses a complete venv and
 removes an incomplete one, `switch` to the release already current changes nothing, `rollback`
 names the release it undoes, so a second call after a crash moves nothing.
+
+Few round trips: on a busy host each remote command is mostly sshd's session and an interpreter
+start, so each step sends what it can in one hostops `batch` (probe + state; verify-model +
+wheels-missing; write-manifest + stage-commit), the tools bundle is checked once per host and
+deployment, the lock file is copied on the host from a release that has it (same sha256), and
+uv is uploaded only when a venv must really be built. Every host-side check stays.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -24,13 +31,20 @@ from typing import Any
 
 from orchestrator import release as rel
 from orchestrator.compat import CompatData
-from orchestrator.errors import HostError, HostUnreachable
-from orchestrator.facts import HostFacts
-from orchestrator.hostops import HostOps, StagedRelease
+from orchestrator.errors import BadHostOutput, HostError, HostUnreachable, OutputTooLarge
+from orchestrator.facts import MAX_FACTS_BYTES, HostFacts, parse_facts
+from orchestrator.hostops import (
+    HostOpFailed,
+    HostOps,
+    OpKind,
+    StagedRelease,
+    VenvResult,
+    app_state,
+)
 from orchestrator.inventory import Host
 from orchestrator.pipeline import Deadline
 from orchestrator.preflight import Status, preflight
-from orchestrator.probe import probe_host
+from orchestrator.probe import PROBE_TIMEOUT_S
 from orchestrator.steps import StepFailed, service
 from orchestrator.steps.verify import verify_release
 from orchestrator.steps.wheels import WheelResolver
@@ -75,6 +89,8 @@ class HostState:
     switched: bool = False
 
 
+#: Room for the `state` reply beside the facts in the probe's batch.
+_STATE_BYTES = 1 << 20
 _FREE_BYTES = "import os, sys; s = os.statvfs(sys.argv[1]); print(s.f_bavail * s.f_frsize)"
 #: Below this, an upload failure is reported as a full disk.
 _LOW_DISK_BYTES = 64 << 20
@@ -122,10 +138,18 @@ class HostDeploy:
     # -- the steps -------------------------------------------------------------------------
 
     def _probe(self, deadline: Deadline) -> dict[str, Any]:
-        facts = probe_host(self.transport, self.inv_host)  # ships the tools when missing
+        self.state.tools = self.ops.tools()  # ships the tools when missing; once per deployment
+        try:
+            probed, app = self.ops.batch([("probe", {}), ("state", {"app": self.app})],
+                                         timeout=deadline.timeout(PROBE_TIMEOUT_S),
+                                         max_output=MAX_FACTS_BYTES + _STATE_BYTES)
+        except OutputTooLarge as exc:
+            raise BadHostOutput(self.host, f"probe printed more than {MAX_FACTS_BYTES} bytes; "
+                                           "refusing to parse it") from exc
+        # The facts as probe.py alone prints them: one parser, one size limit.
+        facts = parse_facts(self.host, json.dumps(probed.get("facts"), sort_keys=True))
         self.state.facts = facts
-        self.state.app = asdict(self.ops.state(self.app, timeout=deadline.timeout()))
-        self.state.tools = self.ops.tools()  # already checked by the call above
+        self.state.app = asdict(app_state(app))
         return {"python": facts.python_version, "driver": facts.driver_version,
                 "gpus": len(facts.gpus), "current": self.state.app["current"],
                 "generation": self.state.app["generation"]}
@@ -146,21 +170,29 @@ class HostDeploy:
         wheels = self.inputs.wheels_for(self._facts())
         cleaned = self._clean_stale_staging(deadline)
         staged = self.ops.stage_begin(self.app, self.rid, deployment=self.inputs.deployment,
+                                      lock_sha256=_sha256(spec.paths.requirements),
                                       timeout=deadline.timeout())
         self.state.staged, self.state.release_path = staged, staged.path
         details: dict[str, Any] = {"release_id": self.rid, "resumed": staged.resumed,
                                    "cleaned_staging": cleaned}
+        shas = sorted(wheels)
         try:
             if staged.state != "committed":
                 # The lock first: prune's wheel GC keeps what some release's lock lists.
-                self.transport.put(spec.paths.requirements, staged.lock_path, 0o644)
+                if not staged.lock_present:  # else the host copied it from a release
+                    self.transport.put(spec.paths.requirements, staged.lock_path, 0o644)
                 rel_model = self.ops.upload_model(spec.paths.model, staged,
                                                   timeout=deadline.timeout())
-                details["model_hash"] = self.ops.verify_model(
-                    self.app, self.rid, spec.model.sha256, path=rel_model,
-                    timeout=deadline.timeout())
+                verified, lacking = self.ops.batch([
+                    ("stage-verify-model", {"app": self.app, "release_id": self.rid,
+                                            "sha256": spec.model.sha256, "path": rel_model}),
+                    ("wheels-missing", {"shas": shas})], timeout=deadline.timeout())
+                details["model_hash"] = str(verified["hash_kind"])
+                missing: tuple[str, ...] | None = tuple(lacking["missing"])
+            else:
+                missing = None
             pushed = self.ops.push_wheels({sha: w.path for sha, w in wheels.items()},
-                                          timeout=deadline.timeout())
+                                          missing=missing, timeout=deadline.timeout())
         except HostUnreachable:
             raise
         except HostError as exc:
@@ -192,15 +224,25 @@ class HostDeploy:
     def _install(self, deadline: Deadline) -> dict[str, Any]:
         facts, staged = self._facts(), self._staged()
         wheels = self.inputs.wheels_for(facts)
-        uv = None
-        if self.inputs.installer == "uv":
-            uv = self.ops.push_uv(local_uv(), timeout=deadline.timeout(300))
+        uv = self.ops.uv_path(local_uv()) if self.inputs.installer == "uv" else None
         env = rel.env_hash(facts.python_version, platform_of(facts), self.inputs.lock.sha256)
-        out = self.ops.venv_ensure(
-            env, staged.lock_path, {sha: w.filename for sha, w in wheels.items()},
-            installer=self.inputs.installer, uv=uv, python=facts.python_executable,
-            app=self.app, release_id=self.rid, compile_bytecode=self.inputs.compile_bytecode,
-            timeout=deadline.timeout())
+
+        def ensure() -> VenvResult:
+            return self.ops.venv_ensure(
+                env, staged.lock_path, {sha: w.filename for sha, w in wheels.items()},
+                installer=self.inputs.installer, uv=uv, python=facts.python_executable,
+                app=self.app, release_id=self.rid, compile_bytecode=self.inputs.compile_bytecode,
+                need_uv=uv is not None, timeout=deadline.timeout())
+
+        try:
+            out = ensure()
+        except HostOpFailed as exc:
+            if exc.kind is not OpKind.UV_MISSING:
+                raise
+            # Only a venv that must be built needs uv: ship it (once per host) and build.
+            assert uv is not None  # need_uv is only sent with a uv path
+            self.transport.put(local_uv(), uv, 0o755)
+            out = ensure()
         self.state.venv = asdict(out)
         return {"env_hash": env, "reused": out.reused, "installer": out.installer,
                 "fallback_reason": out.fallback_reason, "install_durations": dict(out.durations),
@@ -214,9 +256,11 @@ class HostDeploy:
             python=f"{self.state.venv['path']}/bin/python", release_path=staged.path,
             baseline=self._baseline(), deadline=deadline)
         self.state.warmup = result
-        self.ops.write_manifest(self.app, self.rid, self._manifest(), timeout=deadline.timeout())
-        self.state.release_path = self.ops.stage_commit(self.app, self.rid,
-                                                        timeout=deadline.timeout())
+        release = {"app": self.app, "release_id": self.rid}
+        _written, committed = self.ops.batch([
+            ("write-manifest", {**release, "manifest": self._manifest().to_json()}),
+            ("stage-commit", release)], timeout=deadline.timeout())
+        self.state.release_path = str(committed["path"])
         return details
 
     def _switch(self, deadline: Deadline) -> dict[str, Any]:
@@ -283,6 +327,11 @@ class HostDeploy:
             python_version=facts.python_version, platform=platform_of(facts),
             installer=venv.get("installer"), facts=facts.raw,
             pip_freeze=list(venv.get("freeze", ())), warmup=self.state.warmup)
+
+
+def _sha256(path: Path) -> str:
+    """sha256 of a (small) lock file, read again each time: it may change between deployments."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @functools.cache

@@ -18,10 +18,12 @@ from orchestrator.transport import Transport
 #: Polls a URL (2xx) or a shell command (exit 0) until it passes or the budget is spent.
 #: Python 3.9+, stdlib only; prints one JSON object.
 HEALTH_SCRIPT = r"""
-import json, subprocess, sys, time, urllib.request
+import json, subprocess, sys, time
 mode, target, budget = sys.argv[1], sys.argv[2], float(sys.argv[3])
 end = time.monotonic() + budget
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+if mode == "url":  # urllib (http, email, ssl) costs more than the interpreter's own start
+    import urllib.request
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 attempts, last = 0, "not attempted"
 while True:
     attempts += 1
