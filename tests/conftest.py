@@ -5,6 +5,9 @@
     def test_y(host_by_profile):          # first host of a profile, e.g. host_by_profile("t4")
     def test_z(testbed):
         with testbed.profile("tb-01", "mismatch"): ...   # restored on exit
+    def test_d(tmp_path, daemons):        # a real daemon, stopped after the test
+        daemon = daemons(write_config(tmp_path, ECHO))   # tests/daemons.py
+    def test_m(models_dir, inventory, pool):   # v1/v2 joblib models; the testbed over SSH
 
 Tests must leave every host's profile as they found it (use `testbed.profile(...)`); the
 `host_by_profile` fixture also restores any profile a test changed, as a safety net.
@@ -13,10 +16,15 @@ Tests must leave every host's profile as they found it (use `testbed.profile(...
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from orchestrator.inventory import Inventory, load_inventory
+from orchestrator.pool import Pool
+from orchestrator.ssh import SshOptions
 from orchestrator.testbed import Testbed, TestbedHost
+from tests.daemons import Daemon, start
 
 TESTBED_PROFILES = (
     "h100", "t4", "old-driver", "no-driver", "no-gpu", "mismatch", "h100", "h100",
@@ -47,3 +55,46 @@ def host_by_profile(testbed: Testbed) -> Iterator[Callable[[str], TestbedHost]]:
     for h in Testbed.load(testbed.dir).hosts:
         if h.profile != before[h.name]:
             testbed.set_profile(h.name, before[h.name])
+
+
+@pytest.fixture
+def daemons() -> Iterator[Callable[..., Daemon]]:
+    """`daemons(config, env=None, wait=True)` starts a daemon; each is stopped at teardown."""
+    started: list[Daemon] = []
+
+    def make(config: Path, env: dict[str, str] | None = None, wait: bool = True) -> Daemon:
+        daemon = start(config, env, wait)
+        started.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in started:
+        daemon.close()
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real scikit-learn model in two versions, each with its own golden file: v1
+    (model.joblib + golden.npz) and v2 (changed.joblib + golden-v2.npz, one weight changed);
+    inputs.npz is their shared input. Read-only: tests copy what they deploy."""
+    from orchestrator import golden
+    from tests import models  # scikit-learn: imported only by the tests that use it
+
+    d = tmp_path_factory.mktemp("models")
+    models.make_joblib(d, changed_weight=True)
+    golden.record(d / "changed.joblib", "joblib", d / "inputs.npz", d / "golden-v2.npz",
+                  method="predict_proba")
+    return d
+
+
+@pytest.fixture(scope="module")
+def inventory(testbed: Testbed) -> Inventory:
+    """The session testbed's inventory, loaded once per module."""
+    return load_inventory(testbed.inventory_path)
+
+
+@pytest.fixture(scope="module")
+def pool(inventory: Inventory) -> Iterator[Pool]:
+    """SSH connections to the testbed's hosts, shared by one module's tests."""
+    with Pool(SshOptions.for_inventory(inventory), max_connections=8) as p:
+        yield p
