@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,121 +18,22 @@ import httpx
 import pytest
 
 from orchestrator.testbed import Testbed
+from tests.daemons import (
+    DEPLOY,
+    ECHO,
+    ORCHESTRATOR,
+    PROBE,
+    Daemon,
+    jsonl_events,
+    start,
+    stored_events,
+    tcp_config,
+    wait_for,
+    write_config,
+)
+from tests.specs import WHEEL_CACHE, joblib_spec, stub_spec
 
 ROOT = Path(__file__).resolve().parent.parent
-ORCHESTRATOR = str(Path(sys.executable).parent / "orchestrator")
-LOCKS = Path(__file__).parent / "fixtures" / "locks"
-# The runner that probes and preflights only: these tests are about the daemon, not installs.
-PROBE = 'runner = "orchestrator.probe_runner:ProbeRunner"\n'
-
-
-@dataclass
-class Daemon:
-    proc: subprocess.Popen[str]
-    config: Path
-    socket: Path
-    state_dir: Path
-
-    def http(self) -> httpx.Client:
-        return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)),
-                            base_url="http://orchestrator", timeout=60)
-
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([ORCHESTRATOR, *args, "--socket", str(self.socket)],
-                              capture_output=True, text=True, timeout=timeout, check=False)
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(timeout=10)
-
-
-def write_config(tmp: Path, extra: str = "") -> Path:
-    config = tmp / "orchestrator.toml"
-    config.write_text(f'state_dir = "state"\nsocket = "o.sock"\n{extra}')
-    return config
-
-
-def start(config: Path, env: dict[str, str] | None = None, wait: bool = True) -> Daemon:
-    base = config.parent
-    proc = subprocess.Popen([ORCHESTRATOR, "daemon", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})}, cwd=base)
-    daemon = Daemon(proc, config, base / "o.sock", base / "state")
-    if wait:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"daemon exited {proc.returncode}: {proc.stderr.read()}")
-            if _listening(daemon.socket):
-                with daemon.http() as http:
-                    if http.get("/healthz").status_code == 200:
-                        return daemon
-            time.sleep(0.05)
-        daemon.stop(signal.SIGKILL)
-        raise AssertionError("daemon did not answer within 60 s")
-    return daemon
-
-
-def _listening(path: Path) -> bool:
-    # A plain connect first: a stale socket file left by kill -9 refuses connections.
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
-
-
-@pytest.fixture
-def daemons() -> Iterator[Callable[..., Daemon]]:
-    started: list[Daemon] = []
-
-    def make(config: Path, env: dict[str, str] | None = None, wait: bool = True) -> Daemon:
-        daemon = start(config, env, wait)
-        started.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in started:
-        daemon.stop()
-        for stream in (daemon.proc.stdout, daemon.proc.stderr):
-            if stream is not None:
-                stream.close()
-
-
-def write_spec(directory: Path, targets: list[str], *, name: str = "fraud-detector",
-               lock: str = "tensorflow-2.21-gpu.lock", gpu: bool = True) -> Path:
-    import hashlib
-
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "model.joblib").write_bytes(b"a model the probe runner never loads\n")
-    (directory / "golden.npz").write_bytes(b"golden\n")
-    shutil.copy(LOCKS / lock, directory / "requirements.lock")
-    sha = hashlib.sha256((directory / "model.joblib").read_bytes()).hexdigest()
-    spec = directory / "spec.yaml"
-    spec.write_text(
-        f"apiVersion: orchestrator/v1\nkind: Deployment\nname: {name}\n"
-        f"model: {{path: model.joblib, format: joblib, sha256: {sha}}}\n"
-        'environment: {python: "3.11", requirements: requirements.lock}\n'
-        f"gpu: {{required: {str(gpu).lower()}, count: 1, min_compute_capability: '7.0'}}\n"
-        f"targets: [{', '.join(targets)}]\nverify: {{golden: golden.npz}}\n")
-    return spec
-
-
-def stored_events(daemon: Daemon, deployment: str) -> list[dict[str, Any]]:
-    with daemon.http() as http:
-        text = http.get(f"/v1/deployments/{deployment}/events").text
-    return [json.loads(line) for line in text.splitlines()]
-
-
-def jsonl_events(daemon: Daemon, deployment: str) -> list[dict[str, Any]]:
-    path = daemon.state_dir / "logs" / f"{deployment}.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_submit_follow_status_end_to_end_on_the_testbed(
@@ -148,7 +46,7 @@ def test_submit_follow_status_end_to_end_on_the_testbed(
     daemon = daemons(config)
 
     # A fleet where one host's driver is too old: submit --follow exits 3.
-    spec = write_spec(tmp_path / "spec", [h100, old])
+    spec = stub_spec(tmp_path / "spec", [h100, old])
     result = daemon.cli("submit", str(spec), "--follow", "--json")
     assert result.returncode == 3, result.stderr
     streamed = [json.loads(line) for line in result.stdout.splitlines()]
@@ -173,7 +71,7 @@ def test_submit_follow_status_end_to_end_on_the_testbed(
     assert hosts[h100]["status"] == "healthy" and hosts[h100]["facts"]["gpus"]
 
     # The good host alone: --wait exits 0; plain text when piped.
-    ok = daemon.cli("submit", str(write_spec(tmp_path / "ok", [h100])), "--wait")
+    ok = daemon.cli("submit", str(stub_spec(tmp_path / "ok", [h100])), "--wait")
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith("submitted ") and "\x1b[" not in ok.stdout
     listing = daemon.cli("status")
@@ -199,7 +97,7 @@ def test_verify_probes_named_hosts_and_reports_status(
 def test_invalid_spec_and_unknown_id_exit_2(tmp_path: Path,
                                             daemons: Callable[..., Daemon]) -> None:
     daemon = daemons(write_config(tmp_path))
-    spec = write_spec(tmp_path / "spec", ["x"])
+    spec = stub_spec(tmp_path / "spec", ["x"])
     spec.write_text(spec.read_text().replace("kind: Deployment", "kind: Deploymnet"))
     bad = daemon.cli("submit", str(spec), "--wait")
     assert bad.returncode == 2
@@ -208,16 +106,21 @@ def test_invalid_spec_and_unknown_id_exit_2(tmp_path: Path,
     assert missing.returncode == 2 and "no deployment 'deadbeef'" in missing.stderr
 
 
+def second_daemon(tmp: Path, config_text: str) -> tuple[int, str]:
+    """A daemon configured in tmp/other, expected to exit: (its exit code, its stderr)."""
+    other = tmp / "other"
+    other.mkdir()
+    config = other / "orchestrator.toml"
+    config.write_text(config_text)
+    second = start(config, wait=False)
+    code = second.proc.wait(timeout=60)
+    return code, second.proc.communicate()[1]
+
+
 def test_second_daemon_on_the_state_dir_refuses(tmp_path: Path,
                                                daemons: Callable[..., Daemon]) -> None:
     first = daemons(write_config(tmp_path))
-    other = tmp_path / "other"
-    other.mkdir()
-    config = other / "orchestrator.toml"
-    config.write_text(f'state_dir = "{first.state_dir}"\nsocket = "o.sock"\n')
-    second = start(config, wait=False)
-    code = second.proc.wait(timeout=60)
-    stderr = second.proc.communicate()[1]
+    code, stderr = second_daemon(tmp_path, f'state_dir = "{first.state_dir}"\nsocket = "o.sock"\n')
     assert code == 1 and "already uses the state dir" in stderr
     assert len([x for x in stderr.splitlines() if x.startswith("error:")]) == 1
     with first.http() as http:  # the first is untouched
@@ -244,14 +147,11 @@ def test_bad_config_exits_2_naming_file_and_field(tmp_path: Path) -> None:
     assert result.returncode == 2 and f"{config}:2: not valid TOML" in result.stderr
 
 
-ECHO = 'runner = "orchestrator.runner:EchoRunner"\n'
-
-
 def test_kill_9_then_restart_reconciles_and_loses_no_event(
         tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
     config = write_config(tmp_path, ECHO)
     daemon = daemons(config, env={"ORCHESTRATOR_ECHO_DELAY_S": "0.2"})
-    spec = write_spec(tmp_path / "spec", ["h1", "h2"])
+    spec = stub_spec(tmp_path / "spec", ["h1", "h2"])
     submitted = json.loads(daemon.cli("submit", str(spec), "--json").stdout)
     deployment = submitted["id"]
     deadline = time.monotonic() + 30
@@ -281,7 +181,7 @@ def test_sigterm_finishes_cleanly_and_removes_the_socket(
         tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
     daemon = daemons(write_config(tmp_path, ECHO), env={"ORCHESTRATOR_ECHO_DELAY_S": "0.1"})
     assert oct(daemon.socket.stat().st_mode & 0o777) == "0o660"
-    spec = write_spec(tmp_path / "spec", ["h1"])
+    spec = stub_spec(tmp_path / "spec", ["h1"])
     deployment = json.loads(daemon.cli("submit", str(spec), "--json").stdout)["id"]
     time.sleep(0.3)
     assert daemon.stop(signal.SIGTERM) == 0
@@ -309,7 +209,7 @@ def test_a_slow_follower_gets_every_event_and_does_not_slow_the_rollout(
         tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
     daemon = daemons(write_config(tmp_path, ECHO), env={"ORCHESTRATOR_ECHO_DELAY_S": "0"})
     hosts = [f"h{i}" for i in range(40)]  # 40 hosts x 7 steps x 2 = 560 step events
-    deployment = json.loads(daemon.cli("submit", str(write_spec(tmp_path / "s", hosts)),
+    deployment = json.loads(daemon.cli("submit", str(stub_spec(tmp_path / "s", hosts)),
                                        "--json").stdout)["id"]
     with daemon.http() as http, http.stream(
             "GET", f"/v1/deployments/{deployment}/events", params={"follow": True},
@@ -372,13 +272,9 @@ def test_bad_config_values_name_their_field(tmp_path: Path, text: str, field: st
 
 def test_tcp_listener_needs_token_and_allowed_host(tmp_path: Path,
                                                   daemons: Callable[..., Daemon]) -> None:
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
     token = "tcp-token-abcdefghijklmnop"
-    (tmp_path / "token").write_text(token + "\n")
-    daemon = daemons(write_config(tmp_path, ECHO + f'[tcp]\nenabled = true\nport = {port}\n'
-                                                   'token_file = "token"\n'))
+    tcp, port = tcp_config(tmp_path, token)
+    daemon = daemons(write_config(tmp_path, ECHO + tcp))
     base = f"http://127.0.0.1:{port}"
     with httpx.Client(timeout=30) as http:
         assert http.get(f"{base}/healthz").status_code == 401
@@ -392,16 +288,6 @@ def test_tcp_listener_needs_token_and_allowed_host(tmp_path: Path,
         assert unix.get("/healthz").status_code == 200
 
 
-def _wait_for(predicate: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
-
 def test_specs_dir_rolls_out_new_and_changed_specs_once(
         tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
     specs = tmp_path / "specs"
@@ -412,16 +298,16 @@ def test_specs_dir_rolls_out_new_and_changed_specs_once(
         with daemon.http() as http:
             return list(http.get("/v1/deployments").json())
 
-    write_spec(specs, ["h1"], name="watched")
+    stub_spec(specs, ["h1"], name="watched")
     (specs / "broken.yaml").write_text("apiVersion: orchestrator/v1\nkind: Nope\n")
-    first = _wait_for(lambda: [d for d in listing() if d["state"] == "succeeded"])
+    first = wait_for(lambda: [d for d in listing() if d["state"] == "succeeded"])
     assert [d["app"] for d in first] == ["watched"]
     (specs / "model.joblib").write_bytes(b"a retrained model\n")  # a named file changed
     spec = specs / "spec.yaml"
     spec.write_text(spec.read_text().replace(
         spec.read_text().split("sha256: ")[1].split("}")[0],
         __import__("hashlib").sha256(b"a retrained model\n").hexdigest()))
-    _wait_for(lambda: len([d for d in listing() if d["state"] == "succeeded"]) == 2)
+    wait_for(lambda: len([d for d in listing() if d["state"] == "succeeded"]) == 2)
     assert {d["app"] for d in listing()} == {"watched"}  # the broken spec never ran
     daemon.stop()
 
@@ -434,7 +320,7 @@ def test_specs_dir_rolls_out_new_and_changed_specs_once(
 def test_unknown_target_is_refused_at_submission(
         testbed: Testbed, tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
     daemon = daemons(write_config(tmp_path, PROBE + f'inventory = "{testbed.inventory_path}"\n'))
-    result = daemon.cli("submit", str(write_spec(tmp_path / "spec", ["gpu-99"])), "--wait")
+    result = daemon.cli("submit", str(stub_spec(tmp_path / "spec", ["gpu-99"])), "--wait")
     assert result.returncode == 2
     assert "unknown host or group 'gpu-99'" in result.stderr
     assert json.loads(daemon.cli("status", "--json").stdout) == []
@@ -455,13 +341,9 @@ def test_corrupt_store_stops_the_daemon_with_one_line(tmp_path: Path) -> None:
 def test_a_live_socket_of_another_daemon_is_not_stolen(
         tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
     first = daemons(write_config(tmp_path))
-    other = tmp_path / "other"
-    other.mkdir()
-    config = other / "orchestrator.toml"
-    config.write_text(f'state_dir = "state"\nsocket = "{first.socket}"\n')
-    second = start(config, wait=False)
-    assert second.proc.wait(timeout=60) == 1
-    assert "another daemon is already listening" in second.proc.communicate()[1]
+    code, stderr = second_daemon(tmp_path, f'state_dir = "state"\nsocket = "{first.socket}"\n')
+    assert code == 1
+    assert "another daemon is already listening" in stderr
     with first.http() as http:
         assert http.get("/healthz").status_code == 200
 
@@ -469,11 +351,11 @@ def test_a_live_socket_of_another_daemon_is_not_stolen(
 def test_cancel_and_rollback_from_the_cli(tmp_path: Path,
                                           daemons: Callable[..., Daemon]) -> None:
     daemon = daemons(write_config(tmp_path, ECHO), env={"ORCHESTRATOR_ECHO_DELAY_S": "0.3"})
-    spec = write_spec(tmp_path / "spec", ["h1", "h2"])
+    spec = stub_spec(tmp_path / "spec", ["h1", "h2"])
     waiting = subprocess.Popen([ORCHESTRATOR, "submit", str(spec), "--wait", "--socket",
                                 str(daemon.socket)], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    deployment = _wait_for(lambda: [d["id"] for d in json.loads(
+    deployment = wait_for(lambda: [d["id"] for d in json.loads(
         daemon.cli("status", "--json").stdout) if d["state"] == "running"])[0]
     cancelled = daemon.cli("cancel", deployment)
     assert cancelled.returncode == 0 and "cancel requested" in cancelled.stdout
@@ -485,7 +367,7 @@ def test_cancel_and_rollback_from_the_cli(tmp_path: Path,
 
     (tmp_path / "b").mkdir()
     fast = daemons(write_config(tmp_path / "b", ECHO), env={"ORCHESTRATOR_ECHO_DELAY_S": "0"})
-    done = fast.cli("submit", str(write_spec(tmp_path / "s2", ["h1"], name="app2")), "--wait")
+    done = fast.cli("submit", str(stub_spec(tmp_path / "s2", ["h1"], name="app2")), "--wait")
     assert done.returncode == 0, done.stderr
     rolled = fast.cli("rollback", "--app", "app2")
     assert rolled.returncode == 0 and "rolling_back" in rolled.stdout
@@ -495,28 +377,6 @@ def test_cancel_and_rollback_from_the_cli(tmp_path: Path,
 
 
 # -- kill -9 in the middle of real deployments (the deploy pipeline as the runner) ---------------
-
-WHEEL_CACHE = Path.home() / ".cache" / "orchestrator" / "test-wheelcache"
-SKLEARN_LOCK = Path(__file__).parent / "fixtures" / "deploy" / "sklearn.lock"
-
-
-def _joblib_spec(root: Path, app: str, host: str, model: Path, golden: Path) -> Path:
-    from orchestrator.treehash import hash_path
-
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.copy(model, root / "model.joblib")
-    shutil.copy(golden, root / "golden.npz")
-    shutil.copy(SKLEARN_LOCK, root / "requirements.lock")
-    (root / "spec.yaml").write_text(
-        f"apiVersion: orchestrator/v1\nkind: Deployment\nname: {app}\n"
-        "model: {path: model.joblib, format: joblib, "
-        f"sha256: {hash_path(root / 'model.joblib')}}}\n"
-        'environment: {python: "3.11", requirements: requirements.lock}\n'
-        f"targets: [{host}]\n"
-        "verify: {golden: golden.npz, method: predict_proba, warmup_iterations: 2, "
-        "iterations: 20, timeout_s: 120}\n")
-    return root / "spec.yaml"
-
 
 def _serving(host_root: Path, app: str) -> tuple[str | None, bool]:
     """(the release `current` points at, whether that release was verified): read on disk,
@@ -530,21 +390,15 @@ def _serving(host_root: Path, app: str) -> tuple[str | None, bool]:
 
 
 def test_kill_9_while_one_host_switches_and_another_installs_then_restart_settles_both(
-        testbed: Testbed, tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
-    from orchestrator import golden
-    from tests import models
-
+        testbed: Testbed, tmp_path: Path, daemons: Callable[..., Daemon],
+        models_dir: Path) -> None:
     a, b = (h for h in testbed.hosts_with("h100")[1:3])
-    mdir = tmp_path / "models"
-    models.make_joblib(mdir, changed_weight=True)
-    golden.record(mdir / "changed.joblib", "joblib", mdir / "inputs.npz", mdir / "golden-v2.npz",
-                  method="predict_proba")
-    config = write_config(tmp_path, f'inventory = "{testbed.inventory_path}"\n'
-                                    'runner = "orchestrator.deploy:DeployRunner"\n')
+    mdir = models_dir
+    config = write_config(tmp_path, f'inventory = "{testbed.inventory_path}"\n' + DEPLOY)
     env = {"ORCHESTRATOR_WHEEL_CACHE": str(WHEEL_CACHE)}
     daemon = daemons(config, env=env)
-    v1 = {h.name: _joblib_spec(tmp_path / f"v1-{h.name}", f"k9-{h.name}", h.name,
-                               mdir / "model.joblib", mdir / "golden.npz") for h in (a, b)}
+    v1 = {h.name: joblib_spec(tmp_path / f"v1-{h.name}", f"k9-{h.name}", mdir / "model.joblib",
+                              mdir / "golden.npz", [h.name]) for h in (a, b)}
     for spec in v1.values():
         done = daemon.cli("submit", str(spec), "--wait", timeout=600)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -552,10 +406,11 @@ def test_kill_9_while_one_host_switches_and_another_installs_then_restart_settle
 
     # v2 on b first; v2 on a once b is installing, so a is mid-pipeline (install or verify)
     # when b announces its switch: kill -9 right then.
-    v2 = {h.name: _joblib_spec(tmp_path / f"v2-{h.name}", f"k9-{h.name}", h.name,
-                               mdir / "changed.joblib", mdir / "golden-v2.npz") for h in (a, b)}
+    v2 = {h.name: joblib_spec(tmp_path / f"v2-{h.name}", f"k9-{h.name}",
+                              mdir / "changed.joblib", mdir / "golden-v2.npz", [h.name])
+          for h in (a, b)}
     dep_b = json.loads(daemon.cli("submit", str(v2[b.name]), "--json").stdout)["id"]
-    _wait_for(lambda: any(e["step"] == "install" for e in stored_events(daemon, dep_b)), 300)
+    wait_for(lambda: any(e["step"] == "install" for e in stored_events(daemon, dep_b)), 300)
     dep_a = json.loads(daemon.cli("submit", str(v2[a.name]), "--json").stdout)["id"]
     with daemon.http() as http, http.stream(
             "GET", f"/v1/deployments/{dep_b}/events", params={"follow": True},
@@ -578,7 +433,7 @@ def test_kill_9_while_one_host_switches_and_another_installs_then_restart_settle
     restarted = time.monotonic()
     again = daemons(config, env=env)
     with again.http() as http:
-        records = _wait_for(lambda: [http.get(f"/v1/deployments/{d}").json()
+        records = wait_for(lambda: [http.get(f"/v1/deployments/{d}").json()
                                      for d in (dep_a, dep_b)]
                             if all(http.get(f"/v1/deployments/{d}").json()["state"] in
                                    {"succeeded", "failed", "rolled_back", "cancelled"}

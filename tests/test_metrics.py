@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,16 +16,8 @@ import pytest
 from orchestrator.metrics import Metrics
 from orchestrator.states import DeploymentState
 from orchestrator.store import Store
-from tests.test_daemon import ECHO, Daemon, daemons, write_config  # noqa: F401 (fixture)
-
-SPEC = """apiVersion: orchestrator/v1
-kind: Deployment
-name: {name}
-model: {{path: model.joblib, format: joblib, sha256: {sha}}}
-environment: {{python: "3.11", requirements: requirements.lock}}
-targets: [tb-01, tb-02, tb-03]
-verify: {{golden: golden.npz}}
-"""
+from tests.daemons import ECHO, Daemon, tcp_config, write_config
+from tests.specs import LOCK, stub_spec
 
 
 @pytest.fixture
@@ -102,29 +93,13 @@ def test_two_daemons_in_one_process_do_not_share_figures(store: Store, tmp_path:
         other.close()
 
 
-def write_spec(directory: Path, name: str) -> Path:
-    import hashlib
-
-    directory.mkdir(parents=True, exist_ok=True)
-    lock = Path(__file__).parent / "fixtures" / "deploy" / "sklearn.lock"
-    (directory / "requirements.lock").write_bytes(lock.read_bytes())
-    (directory / "model.joblib").write_bytes(b"model bytes")
-    (directory / "golden.npz").write_bytes(b"golden bytes")
-    spec = directory / "spec.yaml"
-    spec.write_text(SPEC.format(name=name, sha=hashlib.sha256(b"model bytes").hexdigest()))
-    return spec
-
-
 def test_the_daemon_serves_metrics_on_its_socket_and_on_tcp_only_with_the_token(
-        tmp_path: Path, daemons: Callable[..., Daemon]) -> None:  # noqa: F811
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
+        tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
     token = "metrics-token-abcdefghijklmnop"
-    (tmp_path / "token").write_text(token + "\n")
-    daemon = daemons(write_config(tmp_path, ECHO + f'[tcp]\nenabled = true\nport = {port}\n'
-                                                   'token_file = "token"\n'))
-    done = daemon.cli("submit", str(write_spec(tmp_path / "spec", "fraud")), "--wait")
+    tcp, port = tcp_config(tmp_path, token)
+    daemon = daemons(write_config(tmp_path, ECHO + tcp))
+    done = daemon.cli("submit", str(stub_spec(tmp_path / "spec", ["tb-01", "tb-02", "tb-03"],
+                                                 name="fraud", lock=LOCK, gpu=None)), "--wait")
     assert done.returncode == 0, done.stderr
     with daemon.http() as unix:
         text = unix.get("/metrics").text

@@ -10,32 +10,28 @@ marker file sits in that host's deploy root.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from orchestrator import golden
 from orchestrator.control import RolloutControl
 from orchestrator.deploy import DeployResult
 from orchestrator.inventory import Host
 from orchestrator.pipeline import HostResult, HostStatus
 from orchestrator.rollout import RolloutResult, outcome_of, plan_batches
-from orchestrator.testbed import Testbed
-from orchestrator.treehash import hash_path
-from tests import models
-from tests.test_daemon import Daemon, start, stored_events, write_config
+from orchestrator.testbed import Testbed, TestbedHost
+from tests.daemons import DEPLOY, Daemon, start, stored_events, wait_for, write_config
+from tests.specs import WHEEL_CACHE, joblib_spec
 
-LOCK = Path(__file__).parent / "fixtures" / "deploy" / "sklearn.lock"
-WHEEL_CACHE = Path.home() / ".cache" / "orchestrator" / "test-wheelcache"
 APP = "fleet"
 HOSTS = 6
 # Passes unless the host's deploy root holds `fail-health` naming another release than the one
@@ -116,26 +112,12 @@ def daemon(fleet: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     base = tmp_path_factory.mktemp("daemon")
     config = write_config(base, f'inventory = "{fleet.inventory_path}"\n'
                                 f'known_hosts = "{fleet.known_hosts_path}"\n'
-                                f'identity = "{fleet.identity_path}"\n'
-                                'runner = "orchestrator.deploy:DeployRunner"\n')
+                                f'identity = "{fleet.identity_path}"\n' + DEPLOY)
     d = start(config, {"ORCHESTRATOR_WHEEL_CACHE": str(WHEEL_CACHE)})
     try:
         yield d
     finally:
-        d.stop()
-        for stream in (d.proc.stdout, d.proc.stderr):
-            if stream is not None:
-                stream.close()
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """model.joblib + golden.npz (v1), changed.joblib + golden-v2.npz (v2, its own golden)."""
-    d = tmp_path_factory.mktemp("models")
-    models.make_joblib(d, changed_weight=True)
-    golden.record(d / "changed.joblib", "joblib", d / "inputs.npz", d / "golden-v2.npz",
-                  method="predict_proba")
-    return d
+        d.close()
 
 
 def names(fleet: Testbed) -> list[str]:
@@ -144,22 +126,9 @@ def names(fleet: Testbed) -> list[str]:
 
 def write_spec(root: Path, model: Path, golden_file: Path, targets: list[str], *,
                rollout: str, health: bool = False) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.copy(model, root / "model.joblib")
-    shutil.copy(golden_file, root / "golden.npz")
-    shutil.copy(LOCK, root / "requirements.lock")
     service = f"service: {{health_command: '{HEALTH}'}}\n" if health else ""
-    sha = hash_path(root / "model.joblib")
-    (root / "spec.yaml").write_text(
-        f"apiVersion: orchestrator/v1\nkind: Deployment\nname: {APP}\n"
-        f"model: {{path: model.joblib, format: joblib, sha256: {sha}}}\n"
-        'environment: {python: "3.11", requirements: requirements.lock}\n'
-        "gpu: {required: false}\n"
-        f"targets: [{', '.join(targets)}]\n"
-        f"rollout: {rollout}\n"
-        "verify: {golden: golden.npz, method: predict_proba, warmup_iterations: 2, "
-        "iterations: 20, timeout_s: 120}\n" + service)
-    return root / "spec.yaml"
+    return joblib_spec(root, APP, model, golden_file, targets,
+                       extra=f"gpu: {{required: false}}\nrollout: {rollout}\n{service}")
 
 
 def serving(fleet: Testbed) -> dict[str, str | None]:
@@ -183,22 +152,23 @@ def record(daemon: Daemon, deployment: str) -> dict[str, Any]:
     return body
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-
-
 def wait_end(daemon: Daemon, deployment: str, timeout: float = 600) -> dict[str, Any]:
     done = {"succeeded", "failed", "rolled_back", "cancelled"}
     result: dict[str, Any] = wait_for(
         lambda: (r := record(daemon, deployment))["state"] in done and r, timeout,
         f"{deployment} to finish")
     return result
+
+
+@contextlib.contextmanager
+def failing_health(host: TestbedHost) -> Iterator[None]:
+    """Within: `host` fails the health check (HEALTH) of any release but the one it serves."""
+    marker = Path(host.deploy_root) / "fail-health"
+    marker.write_text(os.readlink(Path(host.deploy_root) / APP / "current"))
+    try:
+        yield
+    finally:
+        marker.unlink()
 
 
 def touched(events: list[dict[str, Any]]) -> set[str]:
@@ -276,14 +246,10 @@ def test_failure_on_the_third_batch_host_puts_every_switched_host_back(
         tmp_path: Path) -> None:
     before = serving(fleet)
     last = fleet.hosts[-1]  # canary, [2, 3], [4, 5], [6]: the sixth host is in the third batch
-    marker = Path(last.deploy_root) / "fail-health"
-    marker.write_text(os.readlink(Path(last.deploy_root) / APP / "current"))
-    try:
+    with failing_health(last):
         spec = v2_spec(tmp_path, models_dir, fleet,
                        "{canary: 1, batch_size: 2, max_failed_hosts: 0}")
         end = wait_end(daemon, submit(daemon, spec))
-    finally:
-        marker.unlink()
     assert end["state"] == "rolled_back", end["result"]
     reason = end["result"]["reason"]
     switched = names(fleet)[:-1]
@@ -335,15 +301,11 @@ def test_on_failure_pause_leaves_switched_hosts_and_waits_for_abort(
         tmp_path: Path) -> None:
     before = serving(fleet)
     marked = fleet.hosts[1]  # the first batch: [2, 3]
-    marker = Path(marked.deploy_root) / "fail-health"
-    marker.write_text(os.readlink(Path(marked.deploy_root) / APP / "current"))
-    try:
+    with failing_health(marked):
         spec = v2_spec(tmp_path, models_dir, fleet,
                        "{canary: 1, batch_size: 2, max_failed_hosts: 0, on_failure: pause}")
         deployment = submit(daemon, spec)
         wait_for(lambda: record(daemon, deployment)["state"] == "paused", 300, "held")
-    finally:
-        marker.unlink()
     held = serving(fleet)
     first, third = fleet.hosts[0].name, fleet.hosts[2].name
     assert held[first] != before[first] and held[third] != before[third]  # left on v2
