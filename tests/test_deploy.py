@@ -16,7 +16,7 @@ import os
 import shutil
 import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +24,17 @@ import pytest
 
 from orchestrator.deploy import DeployResult, deploy, prepare
 from orchestrator.hostops import HostOps
-from orchestrator.inventory import Host, Inventory, load_inventory
+from orchestrator.inventory import Host, Inventory
 from orchestrator.pipeline import HostStatus
 from orchestrator.pool import Pool
 from orchestrator.spec import load_spec
 from orchestrator.ssh import SshOptions
 from orchestrator.steps import hostlock
 from orchestrator.testbed import Testbed
-from orchestrator.treehash import hash_path
 from orchestrator.wheelcache import WheelCache, platform_tags
-from tests import models
+from tests.daemons import DEPLOY, Daemon, write_config
+from tests.specs import LOCK, WHEEL_CACHE, joblib_spec
 
-LOCK = Path(__file__).parent / "fixtures" / "deploy" / "sklearn.lock"
-WHEEL_CACHE = Path.home() / ".cache" / "orchestrator" / "test-wheelcache"
 HOST = "tb-01"
 
 
@@ -56,61 +54,24 @@ class Sink:
         return next(e for e in self.events if e["step"] == step and e["status"] == status)
 
 
-@pytest.fixture(scope="module")
-def inventory(testbed: Testbed) -> Inventory:
-    return load_inventory(testbed.inventory_path)
-
-
-@pytest.fixture(scope="module")
-def pool(inventory: Inventory) -> Iterator[Pool]:
-    with Pool(SshOptions.for_inventory(inventory), max_connections=8) as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """v1 (model.joblib + golden.npz) and v2 (changed.joblib + golden-v2.npz, its own golden)."""
-    d = tmp_path_factory.mktemp("models")
-    models.make_joblib(d, changed_weight=True)
-    from orchestrator import golden
-
-    golden.record(d / "changed.joblib", "joblib", d / "inputs.npz", d / "golden-v2.npz",
-                  method="predict_proba")
-    return d
-
-
 def write_spec(root: Path, app: str, model: Path, golden: Path, *, lock: Path = LOCK,
                model_name: str = "model.joblib", extra: str = "",
-               wheelhouse: Path | None = None) -> Path:
-    """A spec folder holding the model, golden and lock (paths must be inside it)."""
-    d = root / app
-    d.mkdir(parents=True, exist_ok=True)
-    shutil.copy(model, d / model_name)
-    shutil.copy(golden, d / "golden.npz")
-    shutil.copy(lock, d / "requirements.lock")
-    wh = ""
-    if wheelhouse is not None:
-        shutil.copytree(wheelhouse, d / "wheels")
-        wh = "\n  wheelhouse: wheels"
-    text = f"""\
-apiVersion: orchestrator/v1
-kind: Deployment
-name: {app}
-model: {{path: {model_name}, format: joblib, sha256: {hash_path(d / model_name)}}}
-environment:
-  python: "3.11"
-  requirements: requirements.lock{wh}
-targets: [{HOST}]
-verify:
-  golden: golden.npz
-  method: predict_proba
-  warmup_iterations: 2
-  iterations: 20
-  timeout_s: 120
-release: {{keep: 3}}
-{extra}"""
-    (d / "spec.yaml").write_text(text)
-    return d / "spec.yaml"
+               wheelhouse: Path | None = None, targets: Sequence[str] = (HOST,)) -> Path:
+    """root/app/spec.yaml: `model` checked against `golden`, deployed to tb-01 by default."""
+    return joblib_spec(root / app, app, model, golden, targets, lock=lock,
+                       model_name=model_name, extra="release: {keep: 3}\n" + extra,
+                       wheelhouse=wheelhouse)
+
+
+def v1_spec(models_dir: Path, root: Path, app: str, **kw: Any) -> Path:
+    """v1 of `app`: model.joblib checked against its own golden file."""
+    return write_spec(root, app, models_dir / "model.joblib", models_dir / "golden.npz", **kw)
+
+
+def v2_spec(models_dir: Path, root: Path, app: str, **kw: Any) -> Path:
+    """v2 of `app`: the changed model, shipped as model-v2.joblib, with its own golden file."""
+    return write_spec(root, app, models_dir / "changed.joblib", models_dir / "golden-v2.npz",
+                      model_name="model-v2.joblib", **kw)
 
 
 def run(spec_path: Path, inventory: Inventory, pool: Pool, *, hosts: list[str] | None = None,
@@ -151,8 +112,7 @@ def venv_dirs(host: Host) -> set[str]:
 def test_fresh_host_then_new_model_reuses_venv_and_keeps_rollback_target(
         inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path) -> None:
     host = inventory.hosts[HOST]
-    first, sink1 = run(write_spec(tmp_path / "v1", "fraud", models_dir / "model.joblib",
-                                  models_dir / "golden.npz"), inventory, pool)
+    first, sink1 = run(v1_spec(models_dir, tmp_path / "v1", "fraud"), inventory, pool)
     r1 = first.hosts[HOST]
     assert r1.status is HostStatus.SUCCEEDED, r1.error
     state = app_state(pool, host, "fraud")
@@ -162,9 +122,7 @@ def test_fresh_host_then_new_model_reuses_venv_and_keeps_rollback_target(
     assert steps == ["probe", "preflight", "stage", "install", "verify", "switch", "check",
                      "prune"]
 
-    second, sink2 = run(write_spec(tmp_path / "v2", "fraud", models_dir / "changed.joblib",
-                                   models_dir / "golden-v2.npz", model_name="model-v2.joblib"),
-                        inventory, pool)
+    second, sink2 = run(v2_spec(models_dir, tmp_path / "v2", "fraud"), inventory, pool)
     assert second.hosts[HOST].status is HostStatus.SUCCEEDED, second.hosts[HOST].error
     assert sink2.find("install", "ok")["reused"] is True
     assert sink2.find("stage", "ok")["wheels_pushed"] == 0
@@ -184,8 +142,7 @@ def test_fresh_host_then_new_model_reuses_venv_and_keeps_rollback_target(
 def test_model_failing_golden_leaves_previous_release_serving(
         inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path) -> None:
     host = inventory.hosts[HOST]
-    good, _ = run(write_spec(tmp_path / "ok", "golden-app", models_dir / "model.joblib",
-                             models_dir / "golden.npz"), inventory, pool)
+    good, _ = run(v1_spec(models_dir, tmp_path / "ok", "golden-app"), inventory, pool)
     assert good.ok
     # The changed model checked against the unchanged model's golden file.
     bad, sink = run(write_spec(tmp_path / "bad", "golden-app", models_dir / "changed.joblib",
@@ -205,12 +162,11 @@ def test_health_check_failing_after_switch_rolls_back_with_reason(
     # Healthy only while `current` holds model.joblib: v2 ships model-v2.joblib.
     service = ("service: {restart: 'echo restarted >> restarts.log', "
                "health_command: 'test -e current/model/model.joblib', health_timeout_s: 2}\n")
-    good, _ = run(write_spec(tmp_path / "ok", "health-app", models_dir / "model.joblib",
-                             models_dir / "golden.npz", extra=service), inventory, pool)
+    good, _ = run(v1_spec(models_dir, tmp_path / "ok", "health-app", extra=service),
+                  inventory, pool)
     assert good.ok, good.hosts[HOST].error
-    bad, sink = run(write_spec(tmp_path / "bad", "health-app", models_dir / "changed.joblib",
-                               models_dir / "golden-v2.npz", model_name="model-v2.joblib",
-                               extra=service), inventory, pool)
+    bad, sink = run(v2_spec(models_dir, tmp_path / "bad", "health-app", extra=service),
+                    inventory, pool)
     result = bad.hosts[HOST]
     assert result.status is HostStatus.ROLLED_BACK and result.failed_step == "check"
     assert "unhealthy after 2 s" in (result.error or "")
@@ -233,9 +189,8 @@ def test_tampered_lock_hash_is_refused_before_the_host_is_touched(
         shutil.copy(w.path, wheelhouse / name)
     tampered = tmp_path / "tampered.lock"
     tampered.write_text(LOCK.read_text().replace(wheel_of("threadpoolctl").sha256, "0" * 64))
-    result, sink = run(write_spec(tmp_path / "t", "tamper-app", models_dir / "model.joblib",
-                                  models_dir / "golden.npz", lock=tampered,
-                                  wheelhouse=wheelhouse), inventory, pool)
+    result, sink = run(v1_spec(models_dir, tmp_path / "t", "tamper-app", lock=tampered,
+                               wheelhouse=wheelhouse), inventory, pool)
     r = result.hosts[HOST]
     assert r.status is HostStatus.FAILED and r.failed_step == "stage"
     assert "threadpoolctl" in (r.error or "")
@@ -246,8 +201,7 @@ def test_tampered_lock_hash_is_refused_before_the_host_is_touched(
 def test_tampered_wheel_on_host_fails_install_naming_package_and_leaves_no_venv(
         inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path) -> None:
     host = inventory.hosts[HOST]
-    good, _ = run(write_spec(tmp_path / "ok", "wheel-app", models_dir / "model.joblib",
-                             models_dir / "golden.npz"), inventory, pool)
+    good, _ = run(v1_spec(models_dir, tmp_path / "ok", "wheel-app"), inventory, pool)
     assert good.ok
     # A lock with the same packages but other bytes: a new environment must be built.
     other_lock = tmp_path / "other.lock"
@@ -263,8 +217,8 @@ def test_tampered_wheel_on_host_fails_install_naming_package_and_leaves_no_venv(
         with zipfile.ZipFile(cached, "a") as zf:  # still a valid wheel, other bytes
             zf.comment = b"tampered"
         actual = hashlib.sha256(cached.read_bytes()).hexdigest()
-        bad, _ = run(write_spec(tmp_path / "bad", "wheel-app", models_dir / "model.joblib",
-                                models_dir / "golden.npz", lock=other_lock), inventory, pool)
+        bad, _ = run(v1_spec(models_dir, tmp_path / "bad", "wheel-app", lock=other_lock),
+                     inventory, pool)
     finally:
         cached.write_bytes(original)
     r = bad.hosts[HOST]
@@ -284,8 +238,7 @@ def test_wheelhouse_missing_a_wheel_fails_before_current_moves(
     for name, w in cached_wheels().items():
         if not name.startswith("joblib-"):
             shutil.copy(w.path, wheelhouse / name)
-    result, sink = run(write_spec(tmp_path / "h", "house-app", models_dir / "model.joblib",
-                                  models_dir / "golden.npz", wheelhouse=wheelhouse),
+    result, sink = run(v1_spec(models_dir, tmp_path / "h", "house-app", wheelhouse=wheelhouse),
                        inventory, pool)
     r = result.hosts[HOST]
     assert r.status is HostStatus.FAILED and r.failed_step == "stage"
@@ -300,8 +253,7 @@ def test_two_deployments_of_one_app_at_once_the_second_is_refused(
         inventory: Inventory, pool: Pool, testbed: Testbed, models_dir: Path,
         tmp_path: Path) -> None:
     host = inventory.hosts[HOST]
-    spec_path = write_spec(tmp_path / "c", "race-app", models_dir / "model.joblib",
-                           models_dir / "golden.npz")
+    spec_path = v1_spec(models_dir, tmp_path / "c", "race-app")
     results: dict[str, tuple[DeployResult, Sink]] = {}
     with Pool(SshOptions.for_inventory(inventory), max_connections=2) as other_pool:
         go = threading.Barrier(2)
@@ -333,8 +285,7 @@ def test_cli_deploy_prints_events_and_releases_lists_them(
 
     monkeypatch.setenv("ORCHESTRATOR_WHEEL_CACHE", str(WHEEL_CACHE))
     inv = str(testbed.inventory_path)
-    spec = write_spec(tmp_path / "cli", "cli-app", models_dir / "model.joblib",
-                      models_dir / "golden.npz")
+    spec = v1_spec(models_dir, tmp_path / "cli", "cli-app")
     assert main(["deploy", str(spec), "--inventory", inv]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
@@ -390,12 +341,9 @@ def test_reconcile_after_a_crash_before_switch_removes_the_staged_release(
     from orchestrator.steps.recovery import recover_host
 
     host = inventory.hosts[HOST]
-    good, _ = run(write_spec(tmp_path / "ok", "crash-app", models_dir / "model.joblib",
-                             models_dir / "golden.npz"), inventory, pool)
+    good, _ = run(v1_spec(models_dir, tmp_path / "ok", "crash-app"), inventory, pool)
     assert good.ok
-    inputs = crash_at("verify", write_spec(
-        tmp_path / "v2", "crash-app", models_dir / "changed.joblib",
-        models_dir / "golden-v2.npz", model_name="model-v2.joblib"), pool, host)
+    inputs = crash_at("verify", v2_spec(models_dir, tmp_path / "v2", "crash-app"), pool, host)
     state = app_state(pool, host, "crash-app")
     assert state.staging == (inputs.release_id,) and state.current == good.release_id
     assert (Path(host.deploy_root) / "crash-app" / hostlock.LOCK_DIR).exists()
@@ -415,12 +363,11 @@ def test_reconcile_after_a_crash_after_switch_keeps_a_healthy_release_or_rolls_b
 
     host = inventory.hosts[HOST]
     health = "service: {health_command: 'test ! -e current/model/sick', health_timeout_s: 1}\n"
-    good, _ = run(write_spec(tmp_path / "ok", "crash2-app", models_dir / "model.joblib",
-                             models_dir / "golden.npz", extra=health), inventory, pool)
+    good, _ = run(v1_spec(models_dir, tmp_path / "ok", "crash2-app", extra=health),
+                  inventory, pool)
     assert good.ok
-    inputs = crash_at("prune", write_spec(
-        tmp_path / "v2", "crash2-app", models_dir / "changed.joblib",
-        models_dir / "golden-v2.npz", model_name="model-v2.joblib", extra=health), pool, host)
+    inputs = crash_at("prune", v2_spec(models_dir, tmp_path / "v2", "crash2-app", extra=health),
+                      pool, host)
     assert app_state(pool, host, "crash2-app").current != good.release_id
     with pool.session(host) as t:
         assert recover_host(t, host, inputs, Sink()) == "serving"
@@ -428,9 +375,8 @@ def test_reconcile_after_a_crash_after_switch_keeps_a_healthy_release_or_rolls_b
     assert serving != good.release_id
 
     # The same crash, but the new release is found unhealthy when the daemon comes back.
-    inputs = crash_at("prune", write_spec(
-        tmp_path / "v3", "crash2-app", models_dir / "model.joblib", models_dir / "golden.npz",
-        model_name="model-v3.joblib", extra=health), pool, host)
+    inputs = crash_at("prune", v1_spec(models_dir, tmp_path / "v3", "crash2-app",
+                                       model_name="model-v3.joblib", extra=health), pool, host)
     current = Path(host.deploy_root) / "crash2-app" / "current"
     (current / "model" / "sick").write_text("")
     sink = Sink()
@@ -445,55 +391,29 @@ def test_reconcile_after_a_crash_after_switch_keeps_a_healthy_release_or_rolls_b
 
 def test_daemon_deploys_with_the_deploy_runner_and_rolls_back_on_request(
         testbed: Testbed, inventory: Inventory, pool: Pool, models_dir: Path,
-        tmp_path: Path) -> None:
-    import subprocess
-    import sys
+        tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
     import time
 
-    exe = str(Path(sys.executable).parent / "orchestrator")
     work = tmp_path / "daemon"
     work.mkdir()
-    (work / "orchestrator.toml").write_text(
-        f'state_dir = "state"\nsocket = "o.sock"\ninventory = "{testbed.inventory_path}"\n'
-        'runner = "orchestrator.deploy:DeployRunner"\n')
-    env = {**os.environ, "ORCHESTRATOR_WHEEL_CACHE": str(WHEEL_CACHE)}
-    proc = subprocess.Popen([exe, "daemon", "--config", str(work / "orchestrator.toml")],
-                            cwd=work, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    sock = work / "o.sock"
+    daemon = daemons(write_config(work, f'inventory = "{testbed.inventory_path}"\n' + DEPLOY),
+                     env={"ORCHESTRATOR_WHEEL_CACHE": str(WHEEL_CACHE)})
+    v1 = v1_spec(models_dir, tmp_path / "d1", "daemon-app")
+    first = daemon.cli("submit", str(v1), "--wait", timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    v2 = v2_spec(models_dir, tmp_path / "d2", "daemon-app")
+    second = daemon.cli("submit", str(v2), "--wait", timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    host = inventory.hosts[HOST]
+    before = app_state(pool, host, "daemon-app")
+    assert before.previous_good is not None
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([exe, *args, "--socket", str(sock)], capture_output=True,
-                              text=True, timeout=300, check=False, env=env)
-
-    try:
-        deadline = time.monotonic() + 60
-        while not sock.exists() and time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            time.sleep(0.1)
-        v1 = write_spec(tmp_path / "d1", "daemon-app", models_dir / "model.joblib",
-                        models_dir / "golden.npz")
-        first = cli("submit", str(v1), "--wait")
-        assert first.returncode == 0, first.stdout + first.stderr
-        v2 = write_spec(tmp_path / "d2", "daemon-app", models_dir / "changed.joblib",
-                        models_dir / "golden-v2.npz", model_name="model-v2.joblib")
-        second = cli("submit", str(v2), "--wait")
-        assert second.returncode == 0, second.stdout + second.stderr
-        host = inventory.hosts[HOST]
-        before = app_state(pool, host, "daemon-app")
-        assert before.previous_good is not None
-
-        assert cli("rollback", "--app", "daemon-app").returncode == 0
-        deadline = time.monotonic() + 120
-        while app_state(pool, host, "daemon-app").current != before.previous_good:
-            assert time.monotonic() < deadline, "the rollback never switched the host back"
-            time.sleep(0.5)
-        assert before.current in app_state(pool, host, "daemon-app").bad
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        if proc.stderr is not None:
-            proc.stderr.close()
+    assert daemon.cli("rollback", "--app", "daemon-app", timeout=300).returncode == 0
+    deadline = time.monotonic() + 120
+    while app_state(pool, host, "daemon-app").current != before.previous_good:
+        assert time.monotonic() < deadline, "the rollback never switched the host back"
+        time.sleep(0.5)
+    assert before.current in app_state(pool, host, "daemon-app").bad
 
 
 # -- the SSH connection killed during install ---------------------------------------------------
@@ -522,8 +442,7 @@ def test_connection_killed_during_install_leaves_previous_release_serving(
         tmp_path: Path) -> None:
     name = "tb-03"
     host, tb_host = inventory.hosts[name], Testbed.load(testbed.dir).host(name)
-    good, _ = run(write_spec(tmp_path / "ok", "cut-app", models_dir / "model.joblib",
-                             models_dir / "golden.npz"), inventory, pool, hosts=[name])
+    good, _ = run(v1_spec(models_dir, tmp_path / "ok", "cut-app"), inventory, pool, hosts=[name])
     assert good.ok, good.hosts[name].error
 
     class Cutter(Sink):
@@ -539,8 +458,7 @@ def test_connection_killed_during_install_leaves_previous_release_serving(
 
     other_lock = tmp_path / "cut.lock"
     other_lock.write_text(LOCK.read_text() + "# cut\n")  # a new venv: install takes a while
-    spec = load_spec(write_spec(tmp_path / "cut", "cut-app", models_dir / "model.joblib",
-                                models_dir / "golden.npz", lock=other_lock))
+    spec = load_spec(v1_spec(models_dir, tmp_path / "cut", "cut-app", lock=other_lock))
     sink = Cutter()
     # A new venv, compiled, from an empty uv cache: seconds of install to cut into.
     shutil.rmtree(Path(host.deploy_root) / ".orchestrator" / "uv-cache", ignore_errors=True)
@@ -583,8 +501,8 @@ def test_full_disk_is_refused_by_preflight_or_fails_stage_leaving_previous_relea
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
-        good, _ = run(write_spec(tmp_path / "ok", "disk-app", models_dir / "model.joblib",
-                                 models_dir / "golden.npz"), inventory, pool, hosts=[name])
+        good, _ = run(v1_spec(models_dir, tmp_path / "ok", "disk-app"), inventory, pool,
+                      hosts=[name])
         assert good.ok, good.hosts[name].error
         big = tmp_path / "big.joblib"
         big.write_bytes((models_dir / "model.joblib").read_bytes() + os.urandom(8 << 20))

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,15 +27,9 @@ from orchestrator.spec import load_spec
 from orchestrator.testbed import Testbed
 from orchestrator.treehash import hash_path
 from orchestrator.verify import Gate
-from tests.test_deploy import (  # noqa: F401  (module fixtures reused, not copied)
-    WHEEL_CACHE,
-    Sink,
-    inventory,
-    models_dir,
-    pool,
-    run,
-    write_spec,
-)
+from tests.daemons import DEPLOY, Daemon, write_config
+from tests.specs import WHEEL_CACHE
+from tests.test_deploy import Sink, run, v1_spec, v2_spec, write_spec
 
 FACTS = Path(__file__).parent / "fixtures" / "facts"
 RV_HOST = "tb-07"  # an h100 host no other test module deploys to
@@ -182,12 +174,10 @@ class Deployed:
 
 
 @pytest.fixture(scope="module")
-def deployed(inventory: Inventory, pool: Pool, models_dir: Path,  # noqa: F811
+def deployed(inventory: Inventory, pool: Pool, models_dir: Path,
              tmp_path_factory: pytest.TempPathFactory) -> Deployed:
-    spec_path = write_spec(tmp_path_factory.mktemp("rv"), APP, models_dir / "model.joblib",
-                           models_dir / "golden.npz", extra="reverify: {every: 1m}\n")
-    spec_path.write_text(spec_path.read_text().replace("targets: [tb-01]",
-                                                       f"targets: [{RV_HOST}]"))
+    spec_path = v1_spec(models_dir, tmp_path_factory.mktemp("rv"), APP,
+                        extra="reverify: {every: 1m}\n", targets=[RV_HOST])
     result, _ = run(spec_path, inventory, pool, hosts=[RV_HOST])
     assert result.ok, result.hosts[RV_HOST].error
     host = inventory.hosts[RV_HOST]
@@ -195,7 +185,7 @@ def deployed(inventory: Inventory, pool: Pool, models_dir: Path,  # noqa: F811
     return Deployed(load_spec(spec_path), result.deployment, host, release)
 
 
-def check(pool: Pool, d: Deployed) -> tuple[HostCheckResult, Sink]:  # noqa: F811
+def check(pool: Pool, d: Deployed) -> tuple[HostCheckResult, Sink]:
     sink = Sink()
     with pool.session(d.host) as t:
         return reverify_host(t, d.host, d.spec_for, sink, apps=[APP]), sink
@@ -217,7 +207,7 @@ def flipped(path: Path, offset: int = -1) -> Iterator[None]:
             fh.write(original)
 
 
-def test_a_clean_release_verifies_healthy(pool: Pool, deployed: Deployed) -> None:  # noqa: F811
+def test_a_clean_release_verifies_healthy(pool: Pool, deployed: Deployed) -> None:
     result, sink = check(pool, deployed)
     assert (result.status, result.reasons) == (rv.HEALTHY, [])
     app = result.apps[APP]
@@ -227,7 +217,7 @@ def test_a_clean_release_verifies_healthy(pool: Pool, deployed: Deployed) -> Non
 
 
 def test_a_driver_upgrade_degrades_the_host_naming_it_and_restored_it_is_healthy(
-        testbed: Testbed, pool: Pool, deployed: Deployed) -> None:  # noqa: F811
+        testbed: Testbed, pool: Pool, deployed: Deployed) -> None:
     with testbed.profile(RV_HOST, "mismatch"):
         result, sink = check(pool, deployed)
     assert result.status == rv.DEGRADED, result.reasons
@@ -238,7 +228,7 @@ def test_a_driver_upgrade_degrades_the_host_naming_it_and_restored_it_is_healthy
 
 
 def test_a_changed_byte_in_the_model_fails_naming_the_file(
-        pool: Pool, deployed: Deployed) -> None:  # noqa: F811
+        pool: Pool, deployed: Deployed) -> None:
     with flipped(deployed.release / "model" / "model.joblib", offset=100):
         result, _ = check(pool, deployed)
     assert result.status == rv.FAILED
@@ -248,7 +238,7 @@ def test_a_changed_byte_in_the_model_fails_naming_the_file(
 
 
 def test_a_changed_byte_in_a_venv_file_fails_naming_the_file(
-        pool: Pool, deployed: Deployed) -> None:  # noqa: F811
+        pool: Pool, deployed: Deployed) -> None:
     site = next((deployed.release / "venv").resolve().glob("lib/python*/site-packages"))
     target = site / "sklearn" / "datasets" / "_base.py"  # not imported by the model
     with flipped(target):
@@ -261,7 +251,7 @@ def test_a_changed_byte_in_a_venv_file_fails_naming_the_file(
 
 
 def test_an_app_being_deployed_is_skipped_never_locked_against_its_rollout(
-        pool: Pool, deployed: Deployed) -> None:  # noqa: F811
+        pool: Pool, deployed: Deployed) -> None:
     from orchestrator.steps import hostlock
 
     root = deployed.host.deploy_root
@@ -281,14 +271,12 @@ def test_an_app_being_deployed_is_skipped_never_locked_against_its_rollout(
 
 
 def test_on_failure_rollback_puts_the_previous_release_back_and_verifies_it(
-        inventory: Inventory, pool: Pool, models_dir: Path,  # noqa: F811
+        inventory: Inventory, pool: Pool, models_dir: Path,
         tmp_path: Path) -> None:
     app, extra = "rv-undo", "reverify: {every: 1m, on_failure: rollback}\n"
-    first, _ = run(write_spec(tmp_path / "v1", app, models_dir / "model.joblib",
-                              models_dir / "golden.npz", extra=extra), inventory, pool,
+    first, _ = run(v1_spec(models_dir, tmp_path / "v1", app, extra=extra), inventory, pool,
                    hosts=[RV_HOST])
-    v2 = write_spec(tmp_path / "v2", app, models_dir / "changed.joblib",
-                    models_dir / "golden-v2.npz", model_name="model-v2.joblib", extra=extra)
+    v2 = v2_spec(models_dir, tmp_path / "v2", app, extra=extra)
     second, _ = run(v2, inventory, pool, hosts=[RV_HOST])
     assert first.ok and second.ok
     specs = {first.deployment: load_spec(tmp_path / "v1" / app / "spec.yaml"),
@@ -309,89 +297,64 @@ def test_on_failure_rollback_puts_the_previous_release_back_and_verifies_it(
 
 # -- through the daemon -------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def daemon(testbed: Testbed, work: Path) -> Iterator[Callable[..., Any]]:
-    exe = str(Path(sys.executable).parent / "orchestrator")
-    (work / "orchestrator.toml").write_text(
-        f'state_dir = "state"\nsocket = "o.sock"\ninventory = "{testbed.inventory_path}"\n'
-        'runner = "orchestrator.deploy:DeployRunner"\n')
-    env = {**os.environ, "ORCHESTRATOR_WHEEL_CACHE": str(WHEEL_CACHE)}
-    proc = subprocess.Popen([exe, "daemon", "--config", str(work / "orchestrator.toml")],
-                            cwd=work, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    sock = work / "o.sock"
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([exe, *args, "--socket", str(sock)], capture_output=True,
-                              text=True, timeout=300, check=False, env=env)
-
-    try:
-        deadline = time.monotonic() + 60
-        while not sock.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "daemon did not start"
-            time.sleep(0.1)
-        yield cli
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-
-
 def test_daemon_verify_degrades_a_host_which_a_new_rollout_then_leaves_out(
-        testbed: Testbed, inventory: Inventory, pool: Pool, models_dir: Path,  # noqa: F811
-        tmp_path: Path) -> None:
-    app, hosts = "rv-fleet", "tb-07, tb-08"
+        testbed: Testbed, inventory: Inventory, pool: Pool, models_dir: Path,
+        tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
+    app, hosts = "rv-fleet", ["tb-07", "tb-08"]
     extra = "reverify: {every: 1h}\nrollout: {max_failed_hosts: 1}\n"
 
     def spec(name: str, model: str, golden: str, model_name: str = "model.joblib") -> Path:
-        path = write_spec(tmp_path / name, app, models_dir / model, models_dir / golden,
-                          model_name=model_name, extra=extra)
-        path.write_text(path.read_text().replace("targets: [tb-01]", f"targets: [{hosts}]"))
-        return path
+        return write_spec(tmp_path / name, app, models_dir / model, models_dir / golden,
+                          model_name=model_name, extra=extra, targets=hosts)
 
-    with daemon(testbed, tmp_path) as cli:
-        first = cli("submit", str(spec("v1", "model.joblib", "golden.npz")), "--wait")
-        assert first.returncode == 0, first.stdout + first.stderr
-        with testbed.profile("tb-08", "mismatch"):
-            verified = cli("verify", "tb-08", "--json")
-        assert verified.returncode == 0, verified.stdout + verified.stderr  # degraded: exit 0
-        [record] = json.loads(verified.stdout)
-        assert record["status"] == "degraded"
-        assert any(r.startswith(f"{app}: driver 550.54.15 -> NVML error LibRmVersionMismatch")
-                   for r in record["reasons"]), record["reasons"]
-        listed = {h["host"]: h for h in json.loads(cli("hosts", "--json").stdout)}
-        assert listed["tb-08"]["status"] == "degraded"
+    config = write_config(tmp_path, f'inventory = "{testbed.inventory_path}"\n' + DEPLOY)
+    daemon = daemons(config, env={"ORCHESTRATOR_WHEEL_CACHE": str(WHEEL_CACHE)})
 
-        # The profile is back, but the host stays out until it verifies clean again.
-        before = (Path(inventory.hosts["tb-08"].deploy_root) / app / "current").resolve().name
-        second = cli("submit", str(spec("v2", "changed.joblib", "golden-v2.npz",
-                                        "model-v2.joblib")), "--wait")
-        assert second.returncode == 0, second.stdout + second.stderr
-        assert (Path(inventory.hosts["tb-08"].deploy_root) / app / "current"
-                ).resolve().name == before
-        assert (Path(inventory.hosts["tb-07"].deploy_root) / app / "current"
-                ).resolve().name != before
-        events = [json.loads(line) for f in (tmp_path / "state" / "logs").glob("*.jsonl")
-                  for line in f.read_text().splitlines()]
-        skipped = [e for e in events if e["event"] == "host.finished" and e["host"] == "tb-08"
-                   and e.get("detail_status") == "skipped"]
-        assert skipped and "excluded from the rollout: host degraded" in skipped[0]["reason"]
-        assert any(e["event"] == "reverify" and e["host"] == "tb-08"
-                   and e["status"] == "degraded" for e in events)
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return daemon.cli(*args, timeout=300)
 
-        again = cli("verify", "tb-08", "--json")
-        assert again.returncode == 0 and json.loads(again.stdout)[0]["status"] == "healthy"
+    first = cli("submit", str(spec("v1", "model.joblib", "golden.npz")), "--wait")
+    assert first.returncode == 0, first.stdout + first.stderr
+    with testbed.profile("tb-08", "mismatch"):
+        verified = cli("verify", "tb-08", "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr  # degraded: exit 0
+    [record] = json.loads(verified.stdout)
+    assert record["status"] == "degraded"
+    assert any(r.startswith(f"{app}: driver 550.54.15 -> NVML error LibRmVersionMismatch")
+               for r in record["reasons"]), record["reasons"]
+    listed = {h["host"]: h for h in json.loads(cli("hosts", "--json").stdout)}
+    assert listed["tb-08"]["status"] == "degraded"
+
+    # The profile is back, but the host stays out until it verifies clean again.
+    before = (Path(inventory.hosts["tb-08"].deploy_root) / app / "current").resolve().name
+    second = cli("submit", str(spec("v2", "changed.joblib", "golden-v2.npz",
+                                    "model-v2.joblib")), "--wait")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert (Path(inventory.hosts["tb-08"].deploy_root) / app / "current"
+            ).resolve().name == before
+    assert (Path(inventory.hosts["tb-07"].deploy_root) / app / "current"
+            ).resolve().name != before
+    events = [json.loads(line) for f in (daemon.state_dir / "logs").glob("*.jsonl")
+              for line in f.read_text().splitlines()]
+    skipped = [e for e in events if e["event"] == "host.finished" and e["host"] == "tb-08"
+               and e.get("detail_status") == "skipped"]
+    assert skipped and "excluded from the rollout: host degraded" in skipped[0]["reason"]
+    assert any(e["event"] == "reverify" and e["host"] == "tb-08"
+               and e["status"] == "degraded" for e in events)
+
+    again = cli("verify", "tb-08", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)[0]["status"] == "healthy"
 
 
 # -- the schedule, against a real store ---------------------------------------------------------
 
 def test_schedule_runs_an_app_when_due_never_while_it_is_being_deployed(
-        models_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+        models_dir: Path, tmp_path: Path) -> None:
     from orchestrator.scheduler import Reverifier
     from orchestrator.states import DeploymentState as D
     from orchestrator.store import Store
 
-    spec_path = write_spec(tmp_path, "rv-sched", models_dir / "model.joblib",
-                           models_dir / "golden.npz", extra="reverify: {every: 1h}\n")
+    spec_path = v1_spec(models_dir, tmp_path, "rv-sched", extra="reverify: {every: 1h}\n")
     store = Store.open(tmp_path / "state.db")
     try:
         store.create_deployment("d1", "rv-sched", {"reverify": {"every": "1h"}})
@@ -424,12 +387,12 @@ def test_schedule_runs_an_app_when_due_never_while_it_is_being_deployed(
 
 
 def test_on_failure_redeploy_serves_a_fresh_release_of_the_same_deployment(
-        inventory: Inventory, pool: Pool, models_dir: Path,  # noqa: F811
+        inventory: Inventory, pool: Pool, models_dir: Path,
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ORCHESTRATOR_WHEEL_CACHE", str(WHEEL_CACHE))
     app = "rv-redo"
-    spec_path = write_spec(tmp_path, app, models_dir / "model.joblib", models_dir / "golden.npz",
-                           extra="reverify: {every: 1m, on_failure: redeploy}\n")
+    spec_path = v1_spec(models_dir, tmp_path, app,
+                        extra="reverify: {every: 1m, on_failure: redeploy}\n")
     first, _ = run(spec_path, inventory, pool, hosts=[RV_HOST])
     assert first.ok
     spec = load_spec(spec_path)
