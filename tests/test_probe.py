@@ -37,11 +37,6 @@ NVML_ERRORS = {
 
 
 @pytest.fixture(scope="module")
-def inventory(testbed: Testbed) -> Inventory:
-    return load_inventory(testbed.inventory_path)
-
-
-@pytest.fixture(scope="module")
 def pool(inventory: Inventory) -> Iterator[Pool]:
     with Pool(ssh.SshOptions.for_inventory(inventory)) as p:
         yield p

@@ -21,7 +21,7 @@ from orchestrator.errors import (
     InvalidInput,
     OutputTooLarge,
 )
-from orchestrator.inventory import Host, Inventory, load_inventory
+from orchestrator.inventory import Host, Inventory
 from orchestrator.pool import Pool, map_hosts
 from orchestrator.testbed import Testbed
 from orchestrator.transport import Transport, command_line
@@ -37,11 +37,6 @@ while not open(f"/proc/{pid}/comm").read().startswith("sshd"):
 os.kill(pid, 9)
 time.sleep(30)
 """
-
-
-@pytest.fixture(scope="module")
-def inventory(testbed: Testbed) -> Inventory:
-    return load_inventory(testbed.inventory_path)
 
 
 @pytest.fixture(scope="module")
