@@ -28,7 +28,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,12 +59,15 @@ class _Quiet:
 
     def __init__(self) -> None:
         self.warmup_s: dict[str, float] = {}
+        self.install: dict[str, dict[str, float]] = {}  # installer runs of a built venv
 
     def emit(self, event: str, *, host: str | None = None, step: str | None = None,
              status: str | None = None, duration_ms: float | None = None, level: str = "info",
              **details: Any) -> None:
         if step == "verify" and status == "ok" and host is not None:
             self.warmup_s[host] = float(details.get("warmup_s") or 0.0)
+        if step == "install" and status == "ok" and host is not None:
+            self.install[host] = dict(details.get("install_durations") or {})
 
 
 def _model(directory: Path, seed: int) -> tuple[Path, Path]:
@@ -123,14 +126,22 @@ service: {{health_command: "test -e current/model/{model.name}", health_timeout_
     return directory / "spec.yaml"
 
 
-Measured = tuple[DeployResult, _Quiet, dict[str, float], float, Counter[tuple[str, str]]]
+Measured = tuple[DeployResult, _Quiet, dict[str, float], float, "_Calls"]
+
+
+class _Calls:
+    """Per (host, kind): how many remote commands/puts/gets, and the seconds they took."""
+
+    def __init__(self) -> None:
+        self.count: Counter[tuple[str, str]] = Counter()
+        self.seconds: defaultdict[tuple[str, str], float] = defaultdict(float)
 
 
 @contextlib.contextmanager
-def _counting() -> Iterator[Counter[tuple[str, str]]]:
+def _counting() -> Iterator[_Calls]:
     """Count each host's remote commands and file transfers while a deploy runs (the bench's
     own instrument: how many round trips a step costs is the figure being cut)."""
-    counts: Counter[tuple[str, str]] = Counter()
+    calls = _Calls()
     guard = threading.Lock()
     saved = {name: getattr(SshTransport, name) for name in ("run", "put", "get")}
 
@@ -138,15 +149,19 @@ def _counting() -> Iterator[Counter[tuple[str, str]]]:
         inner = saved[name]
 
         def counted(self: SshTransport, *args: Any, **kwargs: Any) -> Any:
-            with guard:
-                counts[(self.host, name)] += 1
-            return inner(self, *args, **kwargs)
+            t0 = time.perf_counter()
+            try:
+                return inner(self, *args, **kwargs)
+            finally:
+                with guard:
+                    calls.count[(self.host, name)] += 1
+                    calls.seconds[(self.host, name)] += time.perf_counter() - t0
         return counted
 
     for name in saved:
         setattr(SshTransport, name, wrap(name))
     try:
-        yield counts
+        yield calls
     finally:
         for name, fn in saved.items():
             setattr(SshTransport, name, fn)
@@ -170,10 +185,10 @@ def _deploy(spec_path: Path, inv: Inventory, names: list[str]) -> Measured:
 
 
 def _print_steps(title: str, result: DeployResult, sink: _Quiet, connect: dict[str, float],
-                 wall: float, counts: Counter[tuple[str, str]]) -> None:
+                 wall: float, calls: _Calls) -> None:
     print(f"{title}: wall {wall:.2f} s, ok={result.ok}")
     print("  host   connect " + " ".join(f"{s:>9}" for s in STEPS)
-          + "   warmup  added  cmds puts gets")
+          + "   warmup  added  cmds puts gets (count/seconds; cmds include the warmup run)")
     added_all: list[float] = []
     per_step: dict[str, list[float]] = {s: [] for s in ("connect", *STEPS)}
     for name, r in result.hosts.items():
@@ -185,8 +200,11 @@ def _print_steps(title: str, result: DeployResult, sink: _Quiet, connect: dict[s
         for s in STEPS:  # the step's time without the warmup run itself
             per_step[s].append(t.get(s, 0.0) - (warm if s == "verify" else 0.0))
         cells = " ".join(f"{t.get(s, 0):8.2f}s" for s in STEPS)
-        ops = " ".join(f"{counts[(name, k)]:4d}" for k in ("run", "put", "get"))
+        ops = " ".join(f"{calls.count[(name, k)]:3d}/{calls.seconds[(name, k)]:.2f}"
+                       for k in ("run", "put", "get"))
+        built = " ".join(f"{k} {v:.2f}" for k, v in sink.install.get(name, {}).items())
         print(f"  {name}  {connect[name]:6.2f}s {cells}  {warm:6.2f}s {added:6.2f}s  {ops}"
+              + (f"  (built: {built})" if built else "")
               + ("" if r.ok else f"  FAILED {r.failed_step}: {r.error}"))
     means = {s: statistics.fmean(v) for s, v in per_step.items() if v}
     print("  orchestrator's time without the warmup run, mean per host: "
