@@ -104,6 +104,13 @@ def start(config: Path, env: dict[str, str] | None = None, wait: bool = True) ->
     return daemon
 
 
+def run_to_exit(config: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The daemon for `config`, run in the config's folder, which must refuse to start: its
+    exit code and output once it has exited."""
+    return subprocess.run([ORCHESTRATOR, "daemon", "--config", str(config)], cwd=config.parent,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
 def _listening(path: Path) -> bool:
     # A plain connect first: a stale socket file left by kill -9 refuses connections.
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:

@@ -49,11 +49,12 @@ def joblib_spec(folder: Path, name: str, model: Path, golden: Path, targets: Seq
 
 
 def stub_spec(folder: Path, targets: Sequence[str], *, name: str = "fraud-detector",
-              lock: Path = LOCKS / "tensorflow-2.21-gpu.lock", gpu: bool | None = True) -> Path:
-    """folder/spec.yaml whose model and golden file are placeholders; `gpu=None` leaves the
-    `gpu:` section out."""
+              lock: Path = LOCKS / "tensorflow-2.21-gpu.lock", gpu: bool | None = True,
+              model: bytes = b"a model the probe runner never loads\n", extra: str = "") -> Path:
+    """folder/spec.yaml whose model (`model`, any bytes) and golden file are placeholders;
+    `gpu=None` leaves the `gpu:` section out; `extra` is appended as is."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "model.joblib").write_bytes(b"a model the probe runner never loads\n")
+    (folder / "model.joblib").write_bytes(model)
     (folder / "golden.npz").write_bytes(b"golden\n")
     shutil.copy(lock, folder / "requirements.lock")
     sha = hashlib.sha256((folder / "model.joblib").read_bytes()).hexdigest()
@@ -64,5 +65,5 @@ def stub_spec(folder: Path, targets: Sequence[str], *, name: str = "fraud-detect
         f"apiVersion: orchestrator/v1\nkind: Deployment\nname: {name}\n"
         f"model: {{path: model.joblib, format: joblib, sha256: {sha}}}\n"
         'environment: {python: "3.11", requirements: requirements.lock}\n'
-        f"{section}targets: [{', '.join(targets)}]\nverify: {{golden: golden.npz}}\n")
+        f"{section}targets: [{', '.join(targets)}]\nverify: {{golden: golden.npz}}\n{extra}")
     return spec

@@ -4,7 +4,6 @@ bounded schemathesis run against /openapi.json that may never produce a 5xx."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import tarfile
@@ -26,34 +25,21 @@ from orchestrator.runner import EchoRunner
 from orchestrator.service import Service
 from orchestrator.states import DeploymentState, HostStepState
 from orchestrator.store import Store
+from tests.specs import LOCK, stub_spec
 
 with warnings.catch_warnings():
     # starlette asks for `httpx2`, which is not installed; its TestClient works with httpx.
     warnings.simplefilter("ignore", UserWarning)
     from starlette.testclient import TestClient
 
-LOCK = Path(__file__).parent / "fixtures/deploy/sklearn.lock"
 TOKEN = "s3cret-token-0123456789"
 
 
-def write_spec(directory: Path, name: str = "fraud", targets: str = "[tb-01, tb-02]",
-               extra: str = "") -> Path:
+def write_spec(directory: Path) -> Path:
     """A valid spec with small real files beside it (the model is any bytes: no runner here
     loads it)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "requirements.lock").write_bytes(LOCK.read_bytes())
-    (directory / "model.joblib").write_bytes(b"model bytes")
-    (directory / "golden.npz").write_bytes(b"golden bytes")
-    sha = hashlib.sha256(b"model bytes").hexdigest()
-    spec = directory / "spec.yaml"
-    spec.write_text(
-        "apiVersion: orchestrator/v1\nkind: Deployment\n"
-        f"name: {name}\n"
-        f"model: {{path: model.joblib, format: joblib, sha256: {sha}}}\n"
-        'environment: {python: "3.11", requirements: requirements.lock}\n'
-        f"targets: {targets}\n"
-        "verify: {golden: golden.npz}\n" + extra)
-    return spec
+    return stub_spec(directory, ["tb-01", "tb-02"], name="fraud", lock=LOCK, gpu=None,
+                     model=b"model bytes")
 
 
 def bundle_bytes(spec: Path) -> bytes:

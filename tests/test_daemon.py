@@ -25,7 +25,7 @@ from tests.daemons import (
     PROBE,
     Daemon,
     jsonl_events,
-    start,
+    run_to_exit,
     stored_events,
     tcp_config,
     wait_for,
@@ -112,9 +112,8 @@ def second_daemon(tmp: Path, config_text: str) -> tuple[int, str]:
     other.mkdir()
     config = other / "orchestrator.toml"
     config.write_text(config_text)
-    second = start(config, wait=False)
-    code = second.proc.wait(timeout=60)
-    return code, second.proc.communicate()[1]
+    result = run_to_exit(config)
+    return result.returncode, result.stderr
 
 
 def test_second_daemon_on_the_state_dir_refuses(tmp_path: Path,
@@ -137,13 +136,11 @@ def test_client_without_daemon_is_one_clear_line(tmp_path: Path) -> None:
 
 def test_bad_config_exits_2_naming_file_and_field(tmp_path: Path) -> None:
     config = write_config(tmp_path, "max_parallel_deployment = 3\n")
-    result = subprocess.run([ORCHESTRATOR, "daemon", "--config", str(config)],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = run_to_exit(config)
     assert result.returncode == 2
     assert f"{config}: max_parallel_deployment: unknown key" in result.stderr
     config.write_text('state_dir = "s"\nsocket = = 1\n')
-    result = subprocess.run([ORCHESTRATOR, "daemon", "--config", str(config)],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = run_to_exit(config)
     assert result.returncode == 2 and f"{config}:2: not valid TOML" in result.stderr
 
 
@@ -330,8 +327,7 @@ def test_corrupt_store_stops_the_daemon_with_one_line(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / "state.sqlite3").write_bytes(b"definitely not sqlite" * 500)
-    result = subprocess.run([ORCHESTRATOR, "daemon", "--config", str(config)],
-                            capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
+    result = run_to_exit(config)
     errors = [x for x in result.stderr.splitlines() if x.startswith("error:")]
     assert result.returncode == 1 and len(errors) == 1
     assert "state.sqlite3: not a usable orchestrator store" in errors[0]
