@@ -74,6 +74,15 @@ def v2_spec(models_dir: Path, root: Path, app: str, **kw: Any) -> Path:
                       model_name="model-v2.joblib", **kw)
 
 
+def deploy_v1(models_dir: Path, tmp_path: Path, app: str, inventory: Inventory, pool: Pool,
+              *, hosts: list[str] | None = None, extra: str = "") -> DeployResult:
+    """v1 of `app` deployed (from tmp_path/ok) and serving: what a failing v2 must leave."""
+    good, _ = run(v1_spec(models_dir, tmp_path / "ok", app, extra=extra), inventory, pool,
+                  hosts=hosts)
+    assert good.ok, {name: r.error for name, r in good.hosts.items()}
+    return good
+
+
 def run(spec_path: Path, inventory: Inventory, pool: Pool, *, hosts: list[str] | None = None,
         installer: str = "uv") -> tuple[DeployResult, Sink]:
     spec = load_spec(spec_path)
@@ -142,8 +151,7 @@ def test_fresh_host_then_new_model_reuses_venv_and_keeps_rollback_target(
 def test_model_failing_golden_leaves_previous_release_serving(
         inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path) -> None:
     host = inventory.hosts[HOST]
-    good, _ = run(v1_spec(models_dir, tmp_path / "ok", "golden-app"), inventory, pool)
-    assert good.ok
+    good = deploy_v1(models_dir, tmp_path, "golden-app", inventory, pool)
     # The changed model checked against the unchanged model's golden file.
     bad, sink = run(write_spec(tmp_path / "bad", "golden-app", models_dir / "changed.joblib",
                                models_dir / "golden.npz"), inventory, pool)
@@ -162,9 +170,7 @@ def test_health_check_failing_after_switch_rolls_back_with_reason(
     # Healthy only while `current` holds model.joblib: v2 ships model-v2.joblib.
     service = ("service: {restart: 'echo restarted >> restarts.log', "
                "health_command: 'test -e current/model/model.joblib', health_timeout_s: 2}\n")
-    good, _ = run(v1_spec(models_dir, tmp_path / "ok", "health-app", extra=service),
-                  inventory, pool)
-    assert good.ok, good.hosts[HOST].error
+    good = deploy_v1(models_dir, tmp_path, "health-app", inventory, pool, extra=service)
     bad, sink = run(v2_spec(models_dir, tmp_path / "bad", "health-app", extra=service),
                     inventory, pool)
     result = bad.hosts[HOST]
@@ -201,8 +207,7 @@ def test_tampered_lock_hash_is_refused_before_the_host_is_touched(
 def test_tampered_wheel_on_host_fails_install_naming_package_and_leaves_no_venv(
         inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path) -> None:
     host = inventory.hosts[HOST]
-    good, _ = run(v1_spec(models_dir, tmp_path / "ok", "wheel-app"), inventory, pool)
-    assert good.ok
+    good = deploy_v1(models_dir, tmp_path, "wheel-app", inventory, pool)
     # A lock with the same packages but other bytes: a new environment must be built.
     other_lock = tmp_path / "other.lock"
     other_lock.write_text(LOCK.read_text() + "# rebuilt\n")
@@ -341,8 +346,7 @@ def test_reconcile_after_a_crash_before_switch_removes_the_staged_release(
     from orchestrator.steps.recovery import recover_host
 
     host = inventory.hosts[HOST]
-    good, _ = run(v1_spec(models_dir, tmp_path / "ok", "crash-app"), inventory, pool)
-    assert good.ok
+    good = deploy_v1(models_dir, tmp_path, "crash-app", inventory, pool)
     inputs = crash_at("verify", v2_spec(models_dir, tmp_path / "v2", "crash-app"), pool, host)
     state = app_state(pool, host, "crash-app")
     assert state.staging == (inputs.release_id,) and state.current == good.release_id
@@ -363,9 +367,7 @@ def test_reconcile_after_a_crash_after_switch_keeps_a_healthy_release_or_rolls_b
 
     host = inventory.hosts[HOST]
     health = "service: {health_command: 'test ! -e current/model/sick', health_timeout_s: 1}\n"
-    good, _ = run(v1_spec(models_dir, tmp_path / "ok", "crash2-app", extra=health),
-                  inventory, pool)
-    assert good.ok
+    good = deploy_v1(models_dir, tmp_path, "crash2-app", inventory, pool, extra=health)
     inputs = crash_at("prune", v2_spec(models_dir, tmp_path / "v2", "crash2-app", extra=health),
                       pool, host)
     assert app_state(pool, host, "crash2-app").current != good.release_id
@@ -442,8 +444,7 @@ def test_connection_killed_during_install_leaves_previous_release_serving(
         tmp_path: Path) -> None:
     name = "tb-03"
     host, tb_host = inventory.hosts[name], Testbed.load(testbed.dir).host(name)
-    good, _ = run(v1_spec(models_dir, tmp_path / "ok", "cut-app"), inventory, pool, hosts=[name])
-    assert good.ok, good.hosts[name].error
+    good = deploy_v1(models_dir, tmp_path, "cut-app", inventory, pool, hosts=[name])
 
     class Cutter(Sink):
         killed = 0
@@ -501,9 +502,7 @@ def test_full_disk_is_refused_by_preflight_or_fails_stage_leaving_previous_relea
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
-        good, _ = run(v1_spec(models_dir, tmp_path / "ok", "disk-app"), inventory, pool,
-                      hosts=[name])
-        assert good.ok, good.hosts[name].error
+        good = deploy_v1(models_dir, tmp_path, "disk-app", inventory, pool, hosts=[name])
         big = tmp_path / "big.joblib"
         big.write_bytes((models_dir / "model.joblib").read_bytes() + os.urandom(8 << 20))
         spec = write_spec(tmp_path / "big", "disk-app", big, models_dir / "golden.npz")
