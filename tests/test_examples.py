@@ -20,6 +20,7 @@ import pytest
 
 from orchestrator import demo
 from orchestrator.testbed import Testbed, TestbedHost
+from tests.procs import processes_mentioning
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "configs" / "examples"
@@ -152,31 +153,18 @@ def test_demo_down_refuses_nothing_and_wipes_only_a_demo_dir(tmp_path: Path) -> 
     demo.stop(tmp_path / "never-started")  # nothing running: quiet, no error
 
 
-def _processes_mentioning(text: str) -> list[str]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue  # gone meanwhile
-            if text in cmdline:
-                found.append(f"{proc.name}: {cmdline}")
-    return found
-
-
 def test_demo_down_leaves_no_process_of_the_daemon_or_the_testbed(tmp_path: Path) -> None:
     d = demo.Demo(tmp_path / "demo")
     d.prepare_dir()
     Testbed.up(d.dir, 2, ("h100", "old-driver"))
     pid = d.start_daemon()
-    assert d.socket.exists() and _processes_mentioning(str(d.dir))
+    assert d.socket.exists() and processes_mentioning(str(d.dir))
     verified = subprocess.run([str(ORCHESTRATOR), "verify", "--socket", str(d.socket)],
                               capture_output=True, text=True, timeout=120, check=False)
     assert verified.returncode == 0, verified.stdout + verified.stderr  # the daemon reaches them
     demo.stop(d.dir)
     assert d.daemon is not None and d.daemon.wait(timeout=10) == 0  # stopped by SIGTERM, cleanly
-    assert _processes_mentioning(str(d.dir)) == [], "left behind"
+    assert processes_mentioning(str(d.dir)) == [], "left behind"
     assert not Path(f"/proc/{pid}").exists()
     demo.stop(d.dir)  # twice: nothing to do, no error
 

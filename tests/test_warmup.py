@@ -24,6 +24,7 @@ from orchestrator.tools import RemoteTools, ensure_tools
 from orchestrator.verify import Gate, WarmupRequest, WarmupResult, gates, parse_result, passed
 from orchestrator.warmup import run_warmup
 from tests import models
+from tests.procs import processes_mentioning
 
 RUNNER = Path(__file__).resolve().parent.parent / "orchestrator" / "remote" / "warmup.py"
 VENV_PYTHON = sys.executable  # the dev venv: numpy, TensorFlow, scikit-learn
@@ -50,19 +51,6 @@ def run_local(tmp: Path, model: Path, fmt: str, golden: Path, **options: object
 
 def by_name(gate_list: list[Gate]) -> dict[str, Gate]:
     return {g.name: g for g in gate_list}
-
-
-def processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if text in cmdline:
-                pids.append(int(entry.name))
-    return pids
 
 
 def test_savedmodel_passes_with_sane_percentiles(built: Path, tmp_path: Path) -> None:
