@@ -16,6 +16,11 @@ finishes or cleans its own half-done work. The order a deploy uses:
     -> switch -> [check] -> prune
     failure before switch: abort_stage;  at/after switch: rollback(from_release=new, mark_bad=True)
 
+(The pipeline, steps/host.py, sends the same ops in fewer calls: probe + state in one batch;
+stage-begin, the lock and a small model as `write-file`s, verify-model and wheels-missing in
+one; venv-ensure with `need_uv`, uv pushed only when a venv must be built; after the warmup,
+write-manifest + stage-commit in one.)
+
 Upload the lock before the wheels: prune's wheel GC keeps what some release's lock lists.
 
 Each call is one SSH command and one interpreter start on the host, which on a busy host is
@@ -26,6 +31,7 @@ pipeline step that needs three small ops pays for one.
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
 import json
@@ -43,6 +49,10 @@ from orchestrator.transport import Transport
 
 DEFAULT_TIMEOUT_S = 120.0
 VENV_TIMEOUT_S = 1800.0
+#: A model this small (in this few files) travels inside the stage step's one batch call
+#: (base64 in its JSON arguments) instead of one SFTP upload per file.
+INLINE_MAX_BYTES = 4 << 20
+INLINE_MAX_FILES = 16
 
 
 class OpKind(enum.StrEnum):
@@ -98,6 +108,18 @@ class StagedRelease:
     @property
     def lock_path(self) -> str:
         return posixpath.join(self.path, "requirements.lock")
+
+
+@dataclass(frozen=True)
+class SmallModel:
+    verify_path: str                       # what verify_model takes ("model" or model/<file>)
+    files: tuple[tuple[str, bytes], ...]   # (path relative to the release dir, content)
+
+    def write_calls(self, app: str, release_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """The `write-file` calls that put it into the staged release."""
+        return [("write-file", {"app": app, "release_id": release_id, "path": path,
+                                "data": base64.b64encode(data).decode("ascii")})
+                for path, data in self.files]
 
 
 @dataclass(frozen=True)
@@ -230,10 +252,16 @@ class HostOps:
             self._tools = ensure_tools(self.transport, self.root)
         return self._tools
 
+    def _argv(self, op: str) -> list[str]:
+        # -S: the script is stdlib-only, and skipping `site` is a few ms of every call's
+        # interpreter start (-E as RemoteTools.argv: the host's PYTHON* variables ignored).
+        return [self.python, "-E", "-S", self.tools().script("hostops.py"), op,
+                "--json-args", "-"]
+
     def call(self, op: str, args: Mapping[str, Any], *,
              timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
         """Run one op; the arguments travel on stdin (no argv length limit, nothing in `ps`)."""
-        argv = self.tools().argv("hostops.py", op, "--json-args", "-", python=self.python)
+        argv = self._argv(op)
         payload = json.dumps({"root": self.root, **args}).encode("utf-8")
         result = self.transport.run(argv, timeout=timeout, stdin=payload, check=False)
         return parse_reply(self.host, op, result.exit_code, result.stdout, result.stderr)
@@ -243,7 +271,7 @@ class HostOps:
               max_output: int | None = None) -> list[dict[str, Any]]:
         """Run (op, args) calls in order in one host process; each op's reply, or the
         HostOpFailed of the first that failed (the later ones did not run)."""
-        argv = self.tools().argv("hostops.py", "batch", "--json-args", "-", python=self.python)
+        argv = self._argv("batch")
         payload = json.dumps({"root": self.root,
                               "ops": [{"op": op, "args": dict(args)} for op, args in calls]})
         result = self.transport.run(argv, timeout=timeout, stdin=payload.encode("utf-8"),
@@ -264,9 +292,7 @@ class HostOps:
                                 "deployment": deployment, "force": force}
         if lock_sha256 is not None:
             args["lock_sha256"] = lock_sha256
-        r = self.call("stage-begin", args, timeout=timeout)
-        return StagedRelease(app, release_id, r["path"], r["state"], bool(r["resumed"]),
-                             r.get("free_bytes"), bool(r.get("lock_present", False)))
+        return staged_release(app, release_id, self.call("stage-begin", args, timeout=timeout))
 
     def verify_model(self, app: str, release_id: str, sha256: str, *, path: str = "model",
                      timeout: float = DEFAULT_TIMEOUT_S) -> str:
@@ -299,6 +325,22 @@ class HostOps:
             self.transport.put(f, posixpath.join(staged.model_path,
                                                  f.relative_to(local).as_posix()), 0o644)
         return "model"
+
+    @staticmethod
+    def small_model(local: Path, *, max_bytes: int = INLINE_MAX_BYTES,
+                    max_files: int = INLINE_MAX_FILES) -> SmallModel | None:
+        """A small model's files, placed as `upload_model` places them, for `write-file`
+        calls in a batch; None when it is too big for that and goes by SFTP."""
+        files = [local] if local.is_file() else sorted(
+            p for p in local.rglob("*") if p.is_file())
+        if not files or len(files) > max_files or sum(
+                f.stat().st_size for f in files) > max_bytes:
+            return None
+        if local.is_file():
+            return SmallModel(f"model/{local.name}",
+                              ((f"model/{local.name}", local.read_bytes()),))
+        return SmallModel("model", tuple((f"model/{f.relative_to(local).as_posix()}",
+                                          f.read_bytes()) for f in files))
 
     def abort_stage(self, app: str, release_id: str, *,
                     timeout: float = DEFAULT_TIMEOUT_S) -> tuple[str, ...]:
@@ -416,6 +458,12 @@ class HostOps:
 def _file_digest(path: str, size: int, mtime_ns: int) -> str:
     """sha256 of a file, remembered while its size and mtime stay (uv is ~40 MB)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def staged_release(app: str, release_id: str, r: Mapping[str, Any]) -> StagedRelease:
+    """The `stage-begin` op's reply as a StagedRelease (also a `batch` result)."""
+    return StagedRelease(app, release_id, r["path"], r["state"], bool(r["resumed"]),
+                         r.get("free_bytes"), bool(r.get("lock_present", False)))
 
 
 def app_state(r: Mapping[str, Any]) -> AppState:

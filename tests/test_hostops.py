@@ -32,6 +32,7 @@ from orchestrator.release import (
     new_release_id,
     release_time,
 )
+from orchestrator.tools import RemoteTools
 from orchestrator.transport import CommandResult, command_line
 from orchestrator.treehash import tree_hash
 
@@ -884,8 +885,10 @@ def test_probe_op_gives_probe_py_facts(root: Path) -> None:
     alone = json.loads(subprocess.run(
         [HOST_PYTHON, "-E", str(SCRIPT.parent / "probe.py"), "--deploy-root", str(root)],
         capture_output=True, text=True, check=True).stdout)
-    facts = ok("batch", root, ops=[{"op": "probe"}, {"op": "state", "args": {"app": "a"}}])[
-        "results"][0]["facts"]
+    # As the pipeline runs it: HostOps (python3 -E -S), probe and state in one batch.
+    ops = HostOps(LocalTransport(), str(root), python=HOST_PYTHON)
+    ops._tools = RemoteTools(str(SCRIPT.parent), "local")
+    facts = ops.batch([("probe", {}), ("state", {"app": "a"})])[0]["facts"]
     volatile = ("disk", "nvml")  # free bytes move; the local run has no shipped pynvml
     assert {k: v for k, v in facts.items() if k not in volatile} == {
         k: v for k, v in alone.items() if k not in volatile}
@@ -920,3 +923,43 @@ def test_need_uv_refuses_a_build_without_uv_but_reuses_without_it(wheels_root: P
     assert ensure(wheels_root, "uv")[1]["reused"] is False  # with the real uv: built
     code, reply = ensure(wheels_root, "uv", uv=missing, need_uv=True)
     assert code == 0 and reply["reused"] is True
+
+
+def test_write_file_puts_small_files_into_a_staged_release_only(root: Path) -> None:
+    import base64
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    fails("write-file", root, "not-found", app="a", release_id=rid(1), path="model/w",
+          data=b64(b"w"))
+    path = Path(ok("stage-begin", root, app="a", release_id=rid(1))["path"])
+    wrote = ok("write-file", root, app="a", release_id=rid(1), path="model/sub/w.bin",
+               data=b64(b"\x00weights"))
+    assert wrote["written"] and (path / "model/sub/w.bin").read_bytes() == b"\x00weights"
+    assert oct((path / "model/sub/w.bin").stat().st_mode & 0o777) == "0o644"
+    for bad in ({"path": "../x", "data": b64(b"x")}, {"path": "/etc/x", "data": b64(b"x")},
+                {"path": "model/x", "data": "not base64!"}):
+        fails("write-file", root, "bad-args", app="a", release_id=rid(1), **bad)
+    ok("stage-verify-model", root, app="a", release_id=rid(1),
+       sha256=tree_hash(path / "model"))
+    final = Path(ok("stage-commit", root, app="a", release_id=rid(1))["path"])
+    again = ok("write-file", root, app="a", release_id=rid(1), path="model/sub/w.bin",
+               data=b64(b"changed"))
+    assert not again["written"] and (final / "model/sub/w.bin").read_bytes() == b"\x00weights"
+
+
+def test_a_small_model_is_staged_and_verified_in_one_batch(root: Path, tmp_path: Path) -> None:
+    ops = HostOps(LocalTransport(), str(root), python=HOST_PYTHON)
+    model = make_model(tmp_path / "m", 1)
+    small = HostOps.small_model(model)
+    assert small is not None and small.verify_path == "model"
+    replies = ops.batch([("stage-begin", {"app": "a", "release_id": rid(1)}),
+                         *small.write_calls("a", rid(1)),
+                         ("stage-verify-model", {"app": "a", "release_id": rid(1),
+                                                 "sha256": tree_hash(model), "path": "model"})])
+    assert replies[-1]["hash_kind"] == "tree" and replies[0]["state"] == "staging"
+    single = HostOps.small_model(model / "saved_model.pb")
+    assert single is not None and single.verify_path == "model/saved_model.pb"
+    assert HostOps.small_model(model, max_bytes=4) is None  # bigger: by SFTP, file by file
+    assert HostOps.small_model(model, max_files=1) is None

@@ -31,6 +31,8 @@ Ops (arguments besides "root"; what a success adds; failure kinds worth branchin
                         it: no upload needed);  busy
     stage-verify-model  app, release_id, sha256, [path="model"] -> hash_kind;  hash-mismatch
     stage-commit        app, release_id -> path, already;  not-verified
+    write-file          app, release_id, path (relative), data (base64) -> path, written
+                        (false for a committed release: never changed), bytes
     write-manifest      app, release_id, manifest (object) -> path
     abort-stage         app, release_id -> removed;  is-current, is-rollback-target
     wheels-missing      shas -> missing, present
@@ -420,6 +422,32 @@ def op_stage_commit(args):
         os.rename(staging, final)
         _fsync_dir(_releases_dir(app_dir))
         return {"path": final, "already": False}
+
+
+def op_write_file(args):
+    """Write a small file into a release being staged ("path" relative to it, "data" base64):
+    what an SFTP put does, in the same process as the ops around it (a batch stages a small
+    model in one call). A committed release is never written to (a resumed deployment's,
+    verified already): "written" is false."""
+    app_dir, rid = _app_dir(args), _arg(args, "release_id", RELEASE_RE)
+    rel = _safe_relpath(args.get("path"), "path")
+    data = _arg(args, "data")
+    import base64
+    import binascii
+
+    try:
+        content = base64.b64decode(data, validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        raise OpError("bad-args", "data must be base64") from None
+    final = os.path.join(_releases_dir(app_dir), rid)
+    if os.path.isdir(final):
+        return {"path": os.path.join(final, rel), "written": False}
+    if not os.path.isdir(final + STAGING):
+        raise OpError("not-found", f"release {rid} is not being staged", release_id=rid)
+    target = os.path.join(final + STAGING, rel)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    _write_atomic(target, content)
+    return {"path": target, "written": True, "bytes": len(content)}
 
 
 def op_write_manifest(args):
@@ -1067,6 +1095,7 @@ def op_batch(args):
 OPS = {
     "stage-begin": op_stage_begin, "stage-verify-model": op_stage_verify_model,
     "stage-commit": op_stage_commit, "write-manifest": op_write_manifest,
+    "write-file": op_write_file,
     "abort-stage": op_abort_stage, "wheels-missing": op_wheels_missing,
     "wheels-verify": op_wheels_verify, "venv-ensure": op_venv_ensure, "switch": op_switch,
     "rollback": op_rollback, "mark-bad": op_mark_bad, "releases": op_releases,

@@ -20,6 +20,7 @@ uv is uploaded only when a venv must really be built. Every host-side check stay
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import json
@@ -37,9 +38,11 @@ from orchestrator.hostops import (
     HostOpFailed,
     HostOps,
     OpKind,
+    SmallModel,
     StagedRelease,
     VenvResult,
     app_state,
+    staged_release,
 )
 from orchestrator.inventory import Host
 from orchestrator.pipeline import Deadline
@@ -169,37 +172,67 @@ class HostDeploy:
         # touched at all.
         wheels = self.inputs.wheels_for(self._facts())
         cleaned = self._clean_stale_staging(deadline)
-        staged = self.ops.stage_begin(self.app, self.rid, deployment=self.inputs.deployment,
-                                      lock_sha256=_sha256(spec.paths.requirements),
-                                      timeout=deadline.timeout())
-        self.state.staged, self.state.release_path = staged, staged.path
-        details: dict[str, Any] = {"release_id": self.rid, "resumed": staged.resumed,
-                                   "cleaned_staging": cleaned}
-        shas = sorted(wheels)
+        small = HostOps.small_model(spec.paths.model)
+        missing: tuple[str, ...] | None
         try:
-            if staged.state != "committed":
-                # The lock first: prune's wheel GC keeps what some release's lock lists.
-                if not staged.lock_present:  # else the host copied it from a release
-                    self.transport.put(spec.paths.requirements, staged.lock_path, 0o644)
-                rel_model = self.ops.upload_model(spec.paths.model, staged,
-                                                  timeout=deadline.timeout())
-                verified, lacking = self.ops.batch([
-                    ("stage-verify-model", {"app": self.app, "release_id": self.rid,
-                                            "sha256": spec.model.sha256, "path": rel_model}),
-                    ("wheels-missing", {"shas": shas})], timeout=deadline.timeout())
-                details["model_hash"] = str(verified["hash_kind"])
-                missing: tuple[str, ...] | None = tuple(lacking["missing"])
+            if small is not None:
+                details, missing = self._stage_in_one_call(small, sorted(wheels), deadline)
             else:
-                missing = None
+                details, missing = self._stage_by_sftp(sorted(wheels), deadline)
             pushed = self.ops.push_wheels({sha: w.path for sha, w in wheels.items()},
                                           missing=missing, timeout=deadline.timeout())
         except HostUnreachable:
             raise
         except HostError as exc:
             raise self._explain(exc, deadline) from exc
+        details = {"release_id": self.rid, "resumed": details.pop("resumed"),
+                   "cleaned_staging": cleaned, **details}
         details.update(wheels_total=len(wheels), wheels_pushed=len(pushed),
                        wheel_bytes=sum(wheels[s].path.stat().st_size for s in pushed))
         return details
+
+    def _stage_in_one_call(self, small: SmallModel, shas: list[str],
+                           deadline: Deadline) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """A small model: stage-begin, the lock and the model's files, the model's hash
+        checked on the host, which wheels the host lacks: one batch, one host process."""
+        spec, release = self.inputs.spec, {"app": self.app, "release_id": self.rid}
+        # Set before the call: should it fail after stage-begin, abort-stage removes the dir.
+        self.state.staged = StagedRelease(self.app, self.rid, "", "staging", False, None)
+        lock = ("write-file", {**release, "path": "requirements.lock", "data": base64.b64encode(
+            spec.paths.requirements.read_bytes()).decode("ascii")})
+        replies = self.ops.batch([
+            ("stage-begin", {**release, "deployment": self.inputs.deployment, "force": False}),
+            lock, *small.write_calls(self.app, self.rid),  # the lock first, as by SFTP
+            ("stage-verify-model", {**release, "sha256": spec.model.sha256,
+                                    "path": small.verify_path}),
+            ("wheels-missing", {"shas": shas})], timeout=deadline.timeout())
+        staged = staged_release(self.app, self.rid, replies[0])
+        self.state.staged, self.state.release_path = staged, staged.path
+        details: dict[str, Any] = {"release_id": self.rid, "resumed": staged.resumed}
+        if staged.state != "committed":
+            details["model_hash"] = str(replies[-2]["hash_kind"])
+        return details, tuple(replies[-1]["missing"])
+
+    def _stage_by_sftp(self, shas: list[str],
+                       deadline: Deadline) -> tuple[dict[str, Any], tuple[str, ...] | None]:
+        spec = self.inputs.spec
+        staged = self.ops.stage_begin(self.app, self.rid, deployment=self.inputs.deployment,
+                                      lock_sha256=_sha256(spec.paths.requirements),
+                                      timeout=deadline.timeout())
+        self.state.staged, self.state.release_path = staged, staged.path
+        details: dict[str, Any] = {"release_id": self.rid, "resumed": staged.resumed}
+        if staged.state == "committed":
+            return details, None
+        # The lock first: prune's wheel GC keeps what some release's lock lists.
+        if not staged.lock_present:  # else the host copied it from a release that had it
+            self.transport.put(spec.paths.requirements, staged.lock_path, 0o644)
+        rel_model = self.ops.upload_model(spec.paths.model, staged, timeout=deadline.timeout())
+        verified, lacking = self.ops.batch([
+            ("stage-verify-model", {"app": self.app, "release_id": self.rid,
+                                    "sha256": spec.model.sha256, "path": rel_model}),
+            ("wheels-missing", {"shas": shas})], timeout=deadline.timeout())
+        details["model_hash"] = str(verified["hash_kind"])
+        return details, tuple(lacking["missing"])
 
     def _explain(self, exc: HostError, deadline: Deadline) -> HostError:
         """SFTP says only "Failure" when the disk is full: add the host's free space."""
