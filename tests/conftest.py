@@ -69,7 +69,7 @@ def daemons() -> Iterator[Callable[..., Daemon]]:
 
     yield make
     for daemon in started:
-        daemon.close()
+        daemon.stop()
 
 
 @pytest.fixture(scope="session")

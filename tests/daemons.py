@@ -5,7 +5,8 @@ file, ready once `/healthz` answers on its Unix socket, driven through its CLI a
         daemon = daemons(write_config(tmp_path, ECHO))
         daemon.cli("status", "--json")    # the orchestrator CLI against this daemon's socket
 
-Module-scoped daemons call `start()` themselves and `close()` the result.
+Module-scoped daemons call `start()` themselves and `stop()` the result. A daemon's stdout and
+stderr go to daemon.out beside its config.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Daemon:
     config: Path
     socket: Path
     state_dir: Path
+    output: Path  # its stdout and stderr
 
     def http(self) -> httpx.Client:
         return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)),
@@ -55,13 +57,6 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait(timeout=10)
-
-    def close(self) -> None:
-        """Stopped, and its pipes closed (an open pipe is a ResourceWarning: an error here)."""
-        self.stop()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 def write_config(tmp: Path, extra: str = "") -> Path:
@@ -84,16 +79,19 @@ def tcp_config(tmp: Path, token: str) -> tuple[str, int]:
 def start(config: Path, env: dict[str, str] | None = None, wait: bool = True) -> Daemon:
     """The daemon for `config`, run in the config's folder; with `wait`, once it answers."""
     base = config.parent
-    proc = subprocess.Popen([ORCHESTRATOR, "daemon", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})}, cwd=base)
-    daemon = Daemon(proc, config, base / "o.sock", base / "state")
+    # A file, not a pipe: nobody reads a pipe while the daemon runs, and a full one would block
+    # it. Appended to: a restarted daemon keeps the first one's output.
+    output = base / "daemon.out"
+    with output.open("a") as sink:
+        proc = subprocess.Popen([ORCHESTRATOR, "daemon", "--config", str(config)],
+                                stdout=sink, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, **(env or {})}, cwd=base)
+    daemon = Daemon(proc, config, base / "o.sock", base / "state", output)
     if wait:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                stderr = proc.stderr.read() if proc.stderr is not None else ""
-                raise AssertionError(f"daemon exited {proc.returncode}: {stderr}")
+                raise AssertionError(f"daemon exited {proc.returncode}: {output.read_text()}")
             if _listening(daemon.socket):
                 with daemon.http() as http:
                     if http.get("/healthz").status_code == 200:

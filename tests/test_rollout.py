@@ -117,7 +117,7 @@ def daemon(fleet: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     try:
         yield d
     finally:
-        d.close()
+        d.stop()
 
 
 def names(fleet: Testbed) -> list[str]:
