@@ -200,12 +200,18 @@ class HostDeploy:
         self.state.staged = StagedRelease(self.app, self.rid, "", "staging", False, None)
         lock = ("write-file", {**release, "path": "requirements.lock", "data": base64.b64encode(
             spec.paths.requirements.read_bytes()).decode("ascii")})
-        replies = self.ops.batch([
-            ("stage-begin", {**release, "deployment": self.inputs.deployment, "force": False}),
-            lock, *small.write_calls(self.app, self.rid),  # the lock first, as by SFTP
-            ("stage-verify-model", {**release, "sha256": spec.model.sha256,
-                                    "path": small.verify_path}),
-            ("wheels-missing", {"shas": shas})], timeout=deadline.timeout())
+        try:
+            replies = self.ops.batch([
+                ("stage-begin", {**release, "deployment": self.inputs.deployment,
+                                 "force": False}),
+                lock, *small.write_calls(self.app, self.rid),  # the lock first, as by SFTP
+                ("stage-verify-model", {**release, "sha256": spec.model.sha256,
+                                        "path": small.verify_path}),
+                ("wheels-missing", {"shas": shas})], timeout=deadline.timeout())
+        except HostOpFailed as exc:
+            if exc.op == "stage-begin":  # refused (busy): nothing of ours was staged
+                self.state.staged = None
+            raise
         staged = staged_release(self.app, self.rid, replies[0])
         self.state.staged, self.state.release_path = staged, staged.path
         details: dict[str, Any] = {"release_id": self.rid, "resumed": staged.resumed}
