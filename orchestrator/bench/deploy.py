@@ -19,7 +19,7 @@ The hosts share this machine's cores (and those of anyone else working on it): f
 this machine gave at that moment, printed, never asserted.
 
 Recorded (2026-11-22, this 2-core machine, load 2-6 from other work; the tree before the round
-trips were cut, cb5d1a0, run back to back with 8f59e55), orchestrator's time without the warmup
+trips were cut, cb5d1a0, run back to back with 3c99a18), orchestrator's time without the warmup
 run, mean per host (connect, probe, stage, install, verify minus warmup, switch, check, prune):
     warm redeploy, 1 host:   before 1.27 s (16 commands, 4 puts, 2 gets)
                              after  0.85 s (11 commands, 2 puts, 1 get)
