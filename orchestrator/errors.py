@@ -15,7 +15,10 @@ stable exit code (DESIGN.md "CLI") and HTTP status.
     │   ├── CommandTimeout               command exceeded its deadline
     │   ├── OutputTooLarge               command output exceeded the cap
     │   ├── BadHostOutput                output that is not what the script must print
-    │   └── FileTransferFailed           SFTP put/get refused (no such file, permission, disk)
+    │   ├── FileTransferFailed           SFTP put/get refused (no such file, permission, disk)
+    │   ├── HostOpFailed                 (hostops.py) a host-side op refused; `.kind`, `.details`
+    │   ├── StepFailed                   (steps/__init__.py) a step's own check refused the host
+    │   └── DeployLocked                 (steps/hostlock.py) the app is being deployed there
     ├── TestbedError                     exit 1: the local testbed could not start or stop
     ├── Conflict                         exit 2, HTTP 409: refused by the current state
     │   └── InvalidTransition            a state change the state machine forbids
@@ -24,6 +27,10 @@ stable exit code (DESIGN.md "CLI") and HTTP status.
     │   ├── StateDirLocked               another daemon owns the state dir
     │   └── StoreCorrupt                 the SQLite store failed its integrity check
     └── DeploymentFailed                 exit 3: a deployment failed (rolled back where it switched)
+        └── WheelFetchFailed             (wheelcache.py) the locked wheels could not be had
+
+The four classes marked with a module live beside the code that raises them, since they carry
+that module's types; they are part of this tree all the same.
 """
 
 from __future__ import annotations
