@@ -1,6 +1,7 @@
 """Run the warmup runner on a host, over a transport, and make sure it ends by the deadline.
 
     put REQUEST.json ─> timeout -s KILL <deadline+grace> <venv python> -E <tools>/warmup.py REQ
+                        (then REQ and REQ.pid removed in the same command)
                      ─> parse the one JSON line ─> WarmupResult (orchestrator.verify)
 
 Three layers of deadline, innermost first, so a model that hangs never outlives the step:
@@ -15,6 +16,7 @@ DeadlineExceeded), not as an exception: it is the model's failure, the gates rep
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import uuid
 from typing import Any
@@ -39,10 +41,17 @@ def _script(tools_dir: RemoteTools | str) -> str:
     return f"{tools_dir.rstrip('/')}/{SCRIPT}"
 
 
+# Runs the runner under coreutils `timeout`, then removes the request and pid files in the same
+# command (a separate clean-up command would cost one more SSH round trip per host), keeping the
+# runner's exit status.
+_RUN_AND_CLEAN = '"$@"; rc=$?; rm -f "$REQ" "$REQ.pid"; exit $rc'
+
+
 def warmup_argv(python: str, script: str, request_path: str, deadline_s: float) -> list[str]:
     """The remote command (quoted by the transport): coreutils timeout as the second layer."""
     kill_after = f"{deadline_s + KILL_GRACE_S:.0f}"
-    return ["timeout", "-s", "KILL", kill_after, python, "-E", script, request_path]
+    return ["env", f"REQ={request_path}", "sh", "-c", _RUN_AND_CLEAN, "sh",
+            "timeout", "-s", "KILL", kill_after, python, "-E", script, request_path]
 
 
 def killed_result(host: str, deadline_s: float, how: str) -> WarmupResult:
@@ -74,13 +83,14 @@ def run_warmup(transport: Transport, python: str, tools_dir: RemoteTools | str,
         out = transport.run(argv, timeout=deadline + KILL_GRACE_S + TRANSPORT_GRACE_S,
                             check=False, max_output=MAX_OUTPUT)
     except CommandTimeout:
-        _cleanup(transport, pid_path, req_path, kill=True)
+        _kill_group(transport, pid_path, req_path)
         return killed_result(host, deadline, "the transport gave up on the runner")
     except HostError:
-        _cleanup(transport, pid_path, req_path, kill=True)
+        _kill_group(transport, pid_path, req_path)
         raise
     reported = bool(out.stdout.strip())
-    _cleanup(transport, pid_path, req_path, kill=not reported or out.exit_code not in (0, 1, 2))
+    if not reported or out.exit_code not in (0, 1, 2):
+        _kill_group(transport, pid_path, req_path)
     if not reported and out.exit_code in (124, 137, -9):
         return killed_result(host, deadline, "killed by `timeout` before it could report")
     return _parse(host, out)
@@ -95,13 +105,9 @@ def _parse(host: str, out: CommandResult) -> WarmupResult:
                                   f"{tail or 'empty'})") from exc
 
 
-def _cleanup(transport: Transport, pid_path: str, req_path: str, kill: bool) -> None:
-    """Remove the request (and kill the runner's group when it may have left processes)."""
-    try:
-        if kill:
-            transport.run(["sh", "-c", KILL_GROUP, "sh", pid_path, req_path], timeout=30,
-                          check=False)
-        else:
-            transport.run(["rm", "-f", pid_path, req_path], timeout=30, check=False)
-    except HostError:
-        pass  # best effort: the run's outcome matters more than a leftover temp file
+def _kill_group(transport: Transport, pid_path: str, req_path: str) -> None:
+    """Kill the runner's group (it may have left processes), and remove the request."""
+    # Best effort: the run's outcome matters more than a leftover temp file.
+    with contextlib.suppress(HostError):
+        transport.run(["sh", "-c", KILL_GROUP, "sh", pid_path, req_path], timeout=30,
+                      check=False)
