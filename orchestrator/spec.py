@@ -34,6 +34,7 @@ from pydantic import (
 
 from orchestrator.errors import SpecError
 from orchestrator.inventory import NAME_PATTERN
+from orchestrator.inventory import PATTERN_HINTS as INVENTORY_HINTS
 from orchestrator.yamlio import (
     DEFAULT_MAX_BYTES,
     YamlDocument,
@@ -61,7 +62,7 @@ _URL = r"^https?://[^\s\x00-\x1f]{1,2000}$"
 
 # What each pattern means, in the words error messages use.
 PATTERN_HINTS = {
-    NAME_PATTERN: "1-63 lowercase letters, digits and '-', starting with a letter or digit",
+    NAME_PATTERN: INVENTORY_HINTS[NAME_PATTERN],
     _RELPATH: "a relative path of letters, digits and _ . + @ / - (no spaces, no shell "
               "characters, not starting with / or -)",
     _SHA256: "64 lowercase hex digits (`orchestrator hash PATH`)",

@@ -48,6 +48,7 @@ from orchestrator.errors import (
 )
 from orchestrator.inventory import Inventory
 from orchestrator.transport import CommandResult, command_line
+from orchestrator.xdg import user_dir
 
 # The remote kill is plain python3 (always on a host): `kill -- -PGID` differs between shells.
 _KILL_GROUP = (
@@ -117,11 +118,7 @@ class SshOptions:
 
 def default_known_hosts() -> Path:
     """$ORCHESTRATOR_KNOWN_HOSTS, else ~/.config/orchestrator/known_hosts (never ~/.ssh's)."""
-    explicit = os.environ.get("ORCHESTRATOR_KNOWN_HOSTS")
-    if explicit:
-        return Path(explicit)
-    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(config) / "orchestrator" / "known_hosts"
+    return user_dir("CONFIG", "known_hosts", override="ORCHESTRATOR_KNOWN_HOSTS")
 
 
 @dataclass(frozen=True)

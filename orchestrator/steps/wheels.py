@@ -8,7 +8,6 @@ platform, not once per host. Thread-safe: the pool's workers call it at once.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,17 +16,14 @@ from typing import Any
 from orchestrator.facts import HostFacts
 from orchestrator.lockfile import Lock
 from orchestrator.wheelcache import Wheel, WheelCache, from_wheelhouse, platform_tags
+from orchestrator.xdg import user_dir
 
 WheelResolver = Callable[[HostFacts], Mapping[str, Wheel]]
 
 
 def default_cache_dir() -> Path:
     """$ORCHESTRATOR_WHEEL_CACHE, else $XDG_CACHE_HOME/orchestrator/wheelcache."""
-    explicit = os.environ.get("ORCHESTRATOR_WHEEL_CACHE")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "orchestrator" / "wheelcache"
+    return user_dir("CACHE", "wheelcache", override="ORCHESTRATOR_WHEEL_CACHE")
 
 
 def wheel_resolver(spec: Any, lock: Lock, cache_dir: Path | None = None) -> WheelResolver:

@@ -19,6 +19,7 @@ from typing import Any
 
 from orchestrator.errors import TestbedError
 from orchestrator.testbed import profiles
+from orchestrator.xdg import user_dir
 
 NVML_SONAME = "libnvidia-ml.so.1"
 _SOURCES = resources.files("orchestrator.testbed")
@@ -28,8 +29,7 @@ def cache_root() -> Path:
     explicit = os.environ.get("ORCHESTRATOR_CACHE_DIR")
     if explicit:
         return Path(explicit) / "fakelibs"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "orchestrator" / "fakelibs"
+    return user_dir("CACHE", "fakelibs")
 
 
 def compiler() -> str:
