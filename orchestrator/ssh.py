@@ -176,6 +176,7 @@ def connect(host: HostAddress, options: SshOptions) -> SshTransport:
         client.connect(
             host.address,
             port=host.port,
+            sock=_open_socket(host, options.connect_timeout),
             username=host.user,
             key_filename=str(options.identity_file) if options.identity_file else None,
             timeout=options.connect_timeout,
@@ -211,6 +212,15 @@ def connect(host: HostAddress, options: SshOptions) -> SshTransport:
     assert transport is not None  # connect() succeeded, so it exists
     transport.set_keepalive(options.keepalive_s)
     return SshTransport(host.name, client, options)
+
+
+def _open_socket(host: HostAddress, timeout: float) -> socket.socket:
+    """A TCP connection with Nagle's algorithm off, as OpenSSH's own client sets it: each
+    command is a few small packets each way, and with Nagle on they wait out the peer's delayed
+    ACK, about 40 ms per command (measured on the testbed: 47 ms for `true`, 4 ms without)."""
+    sock = socket.create_connection((host.address, host.port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 def _describe(exc: BaseException) -> str:
