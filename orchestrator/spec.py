@@ -58,6 +58,8 @@ _DURATION = r"^[0-9]{1,6}[smhd]$"
 _PYTHON = r"^3\.[0-9]{1,2}$"
 _CC = r"^[0-9]{1,2}\.[0-9]$"
 _SIGNATURE = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+#: A public method of the unpickled object, or `__call__` for a model that is a callable.
+METHOD_PATTERN = r"^(__call__|[a-z][a-z0-9_]{0,63})$"
 _URL = r"^https?://[^\s\x00-\x1f]{1,2000}$"
 
 # What each pattern means, in the words error messages use.
@@ -188,8 +190,10 @@ class Verify(_Strict):
     timeout_s: float = _f(600, 0, 86_400, "Deadline of the whole verify step, s.", gt=True)
     signature: Annotated[str, StringConstraints(pattern=_SIGNATURE)] = \
         _d("serving_default", "SavedModel signature called.")
-    method: Literal["predict", "predict_proba"] = _d(
-        "predict", "joblib models: the estimator method called.")
+    method: Annotated[str, StringConstraints(pattern=METHOD_PATTERN)] = _d(
+        "predict", "joblib models: the method called with the inputs (`predict`, "
+                   "`predict_proba`, `decision_function`, `transform`, ...; `__call__` for a "
+                   "model that is itself callable).")
     allow_version_mismatch: bool = _d(
         False, "Accept a golden file recorded with other framework versions than the lock's.")
     min_throughput: float | None = _f(None, 0, 1e9, "Minimum samples per second.", gt=True)

@@ -145,6 +145,25 @@ def make_joblib(directory: Path, changed_weight: bool = False,
     return path, golden_path
 
 
+def make_polynomial(directory: Path, changed: bool = False) -> tuple[Path, Path]:
+    """A model that needs numpy only: a least-squares cubic (`numpy.polynomial`), called as
+    `model(x)` (verify.method `__call__`); cheap to load and call, for fleet-sized tests."""
+    import joblib
+
+    directory.mkdir(parents=True, exist_ok=True)
+    x = np.linspace(-2.0, 2.0, 200)
+    model = np.polynomial.Polynomial.fit(x, np.sin(x), deg=3)
+    path = directory / "model.joblib"
+    joblib.dump(model, path)
+    inputs = _write_inputs(directory, {"inputs": np.linspace(-1.5, 1.5, SAMPLES)})
+    golden_path = directory / "golden.npz"
+    golden.record(path, "joblib", inputs, golden_path, method="__call__")
+    if changed:
+        path = directory / "changed.joblib"
+        joblib.dump(model + 1e-3, path)
+    return path, golden_path
+
+
 OTHER_SKLEARN_SCRIPT = """
 import sys, joblib, numpy as np
 from sklearn.linear_model import LogisticRegression

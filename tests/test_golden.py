@@ -49,6 +49,22 @@ def test_record_writes_inputs_outputs_and_fingerprint(
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".golden")] == []
 
 
+def test_record_calls_a_callable_model_and_refuses_a_private_method(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model_path, _ = models.make_polynomial(tmp_path / "m")
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, inputs=np.array([0.0, 0.5, 1.0]))
+    out = tmp_path / "golden.npz"
+    args = ("--model", str(model_path), "--format", "joblib", "--inputs", str(inputs),
+            "-o", str(out))
+    assert record(capsys, *args, "--method", "__call__")[0] == 0
+    with np.load(out) as npz:
+        np.testing.assert_array_equal(npz["outputs"], joblib.load(model_path)(npz["inputs"]))
+    with pytest.raises(SystemExit) as exc:
+        record(capsys, *args, "--method", "_fit")
+    assert exc.value.code == 2 and "a public method name" in capsys.readouterr().err
+
+
 def test_show_prints_the_fingerprint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, golden = models.make_joblib(tmp_path)
     assert cli.main(["golden", "show", str(golden)]) == 0

@@ -48,6 +48,13 @@ reverify: {every: 6h}
 """
 
 
+@pytest.mark.parametrize("method", ["predict", "decision_function", "__call__"])
+def test_a_joblib_model_may_name_any_public_method_or_be_called(
+        tmp_path: Path, method: str) -> None:
+    text = GOOD.replace("timeout_s: 600", f"timeout_s: 600\n  method: {method}")
+    assert load_spec(write(tmp_path, text)).verify.method == method
+
+
 def write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
@@ -127,6 +134,10 @@ BAD = [
     (replace("apiVersion: orchestrator/v1", "apiVersion: orchestrator/v2"), 1, "apiVersion",
      "orchestrator/v1"),
     (replace("  golden: golden.npz\n", ""), 15, "verify.golden", "required"),
+    (replace("timeout_s: 600", "timeout_s: 600\n  method: _fit"), 21, "verify.method",
+     "should match"),
+    (replace("timeout_s: 600", "timeout_s: 600\n  method: 'predict; reboot'"), 21,
+     "verify.method", "should match"),
     (replace("kind: Deployment", "kind: Deployment\nkind: Job"), 3, "kind", "duplicate key"),
 ]
 

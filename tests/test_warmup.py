@@ -94,6 +94,16 @@ def test_joblib_latency_limit_fails_with_the_measured_figure(built: Path, tmp_pa
     assert got["latency:p99"].message == f"p99 {result.latency.p99_ms:.3f} ms > limit 0.001 ms"
 
 
+def test_a_callable_joblib_model_needs_no_scikit_learn(built: Path, tmp_path: Path) -> None:
+    model, golden = models.make_polynomial(built / "poly")
+    result, _ = run_local(tmp_path, model, "joblib", golden, method="__call__", iterations=20)
+    assert result.ok and passed(gates(result, {})), result
+    changed, _ = models.make_polynomial(built / "poly-changed", changed=True)
+    result, _ = run_local(tmp_path, changed, "joblib", golden, method="__call__", iterations=5)
+    got = by_name(gates(result, {}))
+    assert not got["golden"].passed and "of 32 samples differ" in got["golden"].message
+
+
 def test_joblib_changed_weight_fails_golden(built: Path, tmp_path: Path) -> None:
     model, golden = models.make_joblib(built / "jl-changed", changed_weight=True)
     result, _ = run_local(tmp_path, model, "joblib", golden, method="predict_proba",

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import EXIT_OK, InvalidInput
 from orchestrator.fingerprint import GOLDEN_META_KEY, read_fingerprint, read_npz_text
+from orchestrator.spec import METHOD_PATTERN
 
 FORMATS = ("tensorflow-savedmodel", "keras", "joblib")
 
@@ -36,14 +38,22 @@ def register(subparsers: Any) -> None:
                      help=".npz with `inputs` or `input:<name>` arrays (or one .npy array)")
     rec.add_argument("--signature", default="serving_default",
                      help="SavedModel signature (default serving_default)")
-    rec.add_argument("--method", default="predict", choices=("predict", "predict_proba"),
-                     help="joblib estimator method (default predict)")
+    rec.add_argument("--method", default="predict", type=_method,
+                     help="joblib model method: predict (default), predict_proba, ..., or "
+                          "__call__")
     rec.add_argument("-o", "--output", required=True, type=Path, help="golden .npz to write")
     rec.set_defaults(func=run_record)
     show = sub.add_parser("show", help="print a golden file's arrays and fingerprint")
     show.add_argument("path", type=Path)
     show.add_argument("--json", action="store_true", help="the fingerprint as JSON")
     show.set_defaults(func=run_show)
+
+
+def _method(value: str) -> str:
+    if not re.match(METHOD_PATTERN, value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: a public method name (predict, predict_proba, ...) or __call__")
+    return value
 
 
 def run_record(args: argparse.Namespace) -> int:

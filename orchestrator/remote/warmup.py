@@ -19,7 +19,8 @@ writes its pid (= pgid) to REQUEST.json.pid, so the controller can kill the same
 Request (JSON object):
     model_path, format ("tensorflow-savedmodel" | "keras" | "joblib"), golden_path,
     rtol (1e-5), atol (1e-6), warmup_iterations (20), iterations (200), batch_size (1),
-    signature ("serving_default"), method ("predict" | "predict_proba"), gpu_required (false),
+    signature ("serving_default"), method ("predict", "predict_proba", ... or "__call__"),
+    gpu_required (false),
     allow_version_mismatch (false), deadline_s (600), sys_path ([] dirs prepended to sys.path,
     for joblib models that pickle the project's own classes)
 
@@ -286,7 +287,8 @@ class KerasModel:
 
 
 class JoblibModel:
-    """A scikit-learn estimator (or pipeline) saved with joblib, called via predict/_proba."""
+    """An object saved with joblib (a scikit-learn estimator or pipeline, or any picklable
+    model whose package the lock installs), called through `method`."""
 
     def __init__(self, path, method):
         import joblib
