@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -12,7 +13,9 @@ from orchestrator import bench
 def main(names: list[str]) -> int:
     modules = sorted(m.name for m in pkgutil.iter_modules(bench.__path__))
     for name in names or modules:
-        print(f"== {name} ==", flush=True)
+        # The figures move with whatever else runs on the machine: say how busy it was.
+        load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+        print(f"== {name} == (load average {load} on {os.cpu_count()} cores)", flush=True)
         importlib.import_module(f"{bench.__name__}.{name}").run()
         print(flush=True)
     return 0

@@ -219,18 +219,17 @@ def run() -> None:
             one = _spec(work / "v2", *models[1], names[:1], "{canary: 0}")
             w1, c1, r1, e1 = daemon.rollout(one)
             _show("new model, warm lock, 1 host", w1, c1, 1, r1, e1, daemon.machine_cpu)
-            m1 = daemon.machine_cpu
             w24, c24, r24, e24 = daemon.rollout(_spec(work / "v3", *models[2], names, fleet))
             _show(f"new model, warm lock, {HOSTS} hosts, max_parallel 24", w24, c24, HOSTS,
                   r24, e24, daemon.machine_cpu)
             print(f"  {HOSTS} hosts / 1 host: {w24 / w1:.2f}x; target <= 3x: "
                   f"{_met(w24 <= 3 * w1)}")
-            # All 24 "hosts" share this machine's cores: the CPU one host's rollout costs the
-            # machine, times 24, over the cores, is the floor of the 24-host rollout here.
-            cores = os.cpu_count() or 1
-            print(f"  floor from the testbed sharing {cores} cores: {HOSTS} x {m1:.2f} s of "
-                  f"machine CPU for 1 host / {cores} = {HOSTS * m1 / cores:.1f} s "
-                  f"({HOSTS * m1 / cores / w1:.1f}x the 1-host rollout)")
+            # All 24 "hosts" share this machine's cores: the CPU the rollout needed (daemon,
+            # sshd, every host's interpreters), over the cores, is a wall time it cannot beat.
+            cores, m24 = os.cpu_count() or 1, daemon.machine_cpu
+            print(f"  CPU-bound on this machine: {m24:.1f} s of CPU ({m24 / HOSTS:.2f} s per host) "
+                  f"on {cores} cores, {m24 / (cores * w24):.0%} busy: no faster than "
+                  f"{m24 / cores:.1f} s = {m24 / cores / w1:.1f}x the 1-host rollout here")
             print(f"  daemon CPU per host per rollout: {c24 / HOSTS:.3f} s at {HOSTS} hosts, "
                   f"{c1:.3f} s at 1 host; target < 0.3 s: {_met(c24 / HOSTS < 0.3)}")
             _probe_preflight(testbed, one)
