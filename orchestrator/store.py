@@ -21,7 +21,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +73,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE watched_specs (
         path TEXT PRIMARY KEY, digest TEXT NOT NULL, deployment TEXT, error TEXT,
         updated REAL NOT NULL
+    );
+    """,
+    # 2 -> 3: the last re-verification result of each app on each host. A host's status is the
+    # worst over its apps', so after a restart a run of one app must still see the others'.
+    """
+    CREATE TABLE app_results (
+        host TEXT NOT NULL, app TEXT NOT NULL, status TEXT NOT NULL, reasons TEXT NOT NULL,
+        ts REAL NOT NULL,
+        PRIMARY KEY (host, app)
     );
     """,
 )
@@ -385,6 +394,31 @@ class Store:
                 "INSERT OR REPLACE INTO releases VALUES (?, ?, ?, ?, ?, ?)",
                 (host, app, release_id, state, deployment, time.time()),
             )
+
+    # -- re-verification results per (host, app) --------------------------------------------
+
+    def record_app_result(self, host: str, app: str, status: str, reasons: list[str]) -> None:
+        """The app's latest re-verification result on the host (replaces the previous one)."""
+        if status not in HOST_STATUSES:
+            raise ValueError(f"unknown app status {status!r}")
+        with self._tx() as conn:
+            conn.execute("INSERT OR REPLACE INTO app_results VALUES (?, ?, ?, ?, ?)",
+                         (host, app, status, json.dumps(reasons), time.time()))
+
+    def app_results(self, host: str) -> dict[str, tuple[str, list[str]]]:
+        """{app: (status, reasons)} of the host's latest re-verification result per app."""
+        rows = self._query("SELECT app, status, reasons FROM app_results WHERE host = ? "
+                           "ORDER BY app", (host,))
+        return {r["app"]: (r["status"], json.loads(r["reasons"])) for r in rows}
+
+    def forget_app_results(self, host: str, keep: Collection[str]) -> list[str]:
+        """Drop the host's results of apps not in `keep` (no longer on the host); returns them."""
+        with self._tx() as conn:
+            rows = conn.execute("SELECT app FROM app_results WHERE host = ?", (host,)).fetchall()
+            gone = sorted(r[0] for r in rows if r[0] not in keep)
+            conn.executemany("DELETE FROM app_results WHERE host = ? AND app = ?",
+                             [(host, app) for app in gone])
+        return gone
 
     def watched(self) -> dict[str, str]:
         """path -> digest of every spec file the watcher has handled."""

@@ -171,8 +171,60 @@ def test_a_version_1_file_is_migrated_in_place_keeping_its_data(tmp_path: Path) 
         conn.execute("INSERT INTO deployments VALUES ('old', 'app', '{}', 'succeeded', 1, 1, NULL)")
     conn.close()
     store = Store.open(path)
-    assert store.schema_version() == SCHEMA_VERSION == 2
+    assert store.schema_version() == SCHEMA_VERSION == 3
     assert store.get_deployment("old").state is D.SUCCEEDED
     store.record_watched("/specs/a.yaml", "abc", "old", None)
     assert store.watched() == {"/specs/a.yaml": "abc"}
+    store.close()
+
+
+def test_a_version_2_file_is_migrated_in_place_keeping_its_data(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import orchestrator.store as store_module
+
+    path = tmp_path / "s.db"
+    with monkeypatch.context() as m:  # the previous release's code path: migrations 0 -> 2
+        m.setattr(store_module, "SCHEMA_VERSION", 2)
+        old = Store.open(path)
+        assert old.schema_version() == 2
+        old.create_deployment("old", "app", {"targets": ["h1"]})
+        old.record_host("h1", "degraded", ["app: driver 550 -> 560"], {"schema": 1})
+        old.record_watched("/specs/a.yaml", "abc", "old", None)
+        old.close()
+    with sqlite3.connect(path) as conn:
+        assert not conn.execute("SELECT name FROM sqlite_master WHERE name = 'app_results'"
+                                ).fetchall()
+    conn.close()
+    store = Store.open(path)
+    assert store.schema_version() == SCHEMA_VERSION == 3
+    assert store.get_deployment("old").spec == {"targets": ["h1"]}
+    assert [(h["host"], h["status"], h["reasons"]) for h in store.hosts()] == [
+        ("h1", "degraded", ["app: driver 550 -> 560"])]
+    assert store.watched() == {"/specs/a.yaml": "abc"}
+    assert store.app_results("h1") == {}
+    store.record_app_result("h1", "app", "degraded", ["driver 550 -> 560"])
+    assert store.app_results("h1") == {"app": ("degraded", ["driver 550 -> 560"])}
+    store.close()
+
+
+def test_app_results_are_kept_per_host_and_app_across_a_reopen(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s.db")
+    store.record_app_result("h1", "a", "degraded", ["driver 550 -> 560"])
+    store.record_app_result("h1", "b", "healthy", [])
+    store.record_app_result("h2", "a", "failed", ["model file model/m.joblib changed"])
+    store.record_app_result("h1", "b", "failed", ["warmup golden: 3 of 8 outputs differ"])
+    with pytest.raises(ValueError, match="unknown app status"):
+        store.record_app_result("h1", "c", "fine", [])
+    store.close()
+
+    store = Store.open(tmp_path / "s.db")  # a restarted daemon sees what the last one stored
+    assert store.app_results("h1") == {
+        "a": ("degraded", ["driver 550 -> 560"]),
+        "b": ("failed", ["warmup golden: 3 of 8 outputs differ"]),  # the latest, replaced
+    }
+    assert store.forget_app_results("h1", keep={"b", "z"}) == ["a"]
+    assert list(store.app_results("h1")) == ["b"]
+    assert store.app_results("h2") == {"a": ("failed", ["model file model/m.joblib changed"])}
+    assert store.forget_app_results("h1", keep=set()) == ["b"]
+    assert store.app_results("h1") == {}
     store.close()
