@@ -61,6 +61,7 @@ class OpKind(enum.StrEnum):
     BAD_ARGS = "bad-args"
     NOT_FOUND = "not-found"
     BAD_MODEL = "bad-model"
+    BAD_LOCK = "bad-lock"
     HASH_MISMATCH = "hash-mismatch"
     NOT_VERIFIED = "not-verified"
     WHEEL_HASH_MISMATCH = "wheel-hash-mismatch"

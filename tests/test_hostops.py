@@ -656,7 +656,8 @@ def make_model(directory: Path, version: int) -> Path:
 
 
 def deploy_release(ops: HostOps, app: str, release_id: str, model: Path, generation: int,
-                   lock: Path = SMALL / "requirements.lock") -> tuple[Any, tuple[str, ...]]:
+                   lock: Path = SMALL / "requirements.lock", installer: str = "uv",
+                   ) -> tuple[Any, tuple[str, ...]]:
     """What the pipeline's stage/install/switch steps do, in their order."""
     from orchestrator.wheelcache import filenames, from_wheelhouse, paths
 
@@ -664,13 +665,13 @@ def deploy_release(ops: HostOps, app: str, release_id: str, model: Path, generat
     model_path = ops.upload_model(model, staged)
     ops.transport.put(lock, staged.lock_path)
     assert ops.verify_model(app, release_id, tree_hash(model), path=model_path) == "tree"
-    wheels = from_wheelhouse(SMALL / "requirements.lock", SMALL / "wheelhouse")
+    wheels = from_wheelhouse(lock, SMALL / "wheelhouse")
     pushed = ops.push_wheels(paths(wheels))
     uv = ops.push_uv(Path(uv_binary()))
     lock_sha = hashlib.sha256(lock.read_bytes()).hexdigest()
     env = env_hash("3.11", "manylinux_2_36_x86_64", lock_sha)
-    venv = ops.venv_ensure(env, staged.lock_path, filenames(wheels), uv=uv, app=app,
-                           release_id=release_id)
+    venv = ops.venv_ensure(env, staged.lock_path, filenames(wheels), installer=installer, uv=uv,
+                           app=app, release_id=release_id)
     ops.stage_commit(app, release_id)
     ops.write_manifest(app, release_id, Manifest(
         app=app, release_id=release_id, deployment=f"d-{generation}",
@@ -963,3 +964,128 @@ def test_a_small_model_is_staged_and_verified_in_one_batch(root: Path, tmp_path:
     assert single is not None and single.verify_path == "model/saved_model.pb"
     assert HostOps.small_model(model, max_bytes=4) is None  # bigger: by SFTP, file by file
     assert HostOps.small_model(model, max_files=1) is None
+
+
+# ---------------------------------------------------------------- PEP 751 pylock.toml locks
+#
+# The host keeps any lock as releases/<id>/requirements.lock. uv reads PEP 751 only from a file
+# named pylock*.toml (and then fetches the lock's own URLs, not the host's wheel cache); pip
+# cannot read it at all. So for a pylock the host derives a hash-pinned requirements file from
+# the wheels the controller chose, each checked against the lock, and installs from that.
+
+PYLOCK = SMALL / "pylock.toml"           # uv pip compile --format pylock.toml of the small lock
+PYLOCK_TAMPERED = SMALL / "pylock.tampered.toml"  # six's sha256 replaced by zeros
+
+
+@pytest.mark.parametrize("installer", ["uv", "pip"])
+def test_pylock_venv_built_offline_from_the_host_cache(wheels_root: Path, installer: str) -> None:
+    release = stage(wheels_root, "a", rid(1), lock=PYLOCK)
+    code, built = ensure(wheels_root, installer, lock=release / "requirements.lock", app="a",
+                         release_id=rid(1))
+    assert code == 0, built
+    assert (built["installer"], built["fallback_reason"]) == (installer, None)
+    assert built["freeze"] == ["python-dateutil==2.9.0.post0", "six==1.16.0"]
+    probe = subprocess.run([str(venv_python(wheels_root)), "-c",
+                            "import dateutil, six; print(dateutil.__version__, six.__version__)"],
+                           capture_output=True, text=True, check=True)
+    assert probe.stdout.split() == ["2.9.0.post0", "1.16.0"]
+    # the release keeps the lock as staged; the derived file lived in the build's temp dir
+    assert (release / "requirements.lock").read_bytes() == PYLOCK.read_bytes()
+    assert os.listdir(wheels_root / ".orchestrator/tmp") == []
+    marker = json.loads((wheels_root / ".orchestrator/venvs" / ENV /
+                         ".orchestrator-complete.json").read_text())
+    assert marker["lock_sha256"] == hashlib.sha256(PYLOCK.read_bytes()).hexdigest()
+    assert marker["lock_format"] == "pylock"
+
+
+@pytest.mark.parametrize("installer", ["uv", "pip"])
+def test_pylock_tampered_hash_names_package_and_both_hashes_leaves_no_venv(
+        wheels_root: Path, installer: str) -> None:
+    code, reply = ensure(wheels_root, installer, lock=PYLOCK_TAMPERED)
+    assert code == 1 and reply["kind"] == "install-failed", reply
+    assert "six==1.16.0" in reply["error"] and "0" * 64 in reply["error"] and SIX in reply["error"]
+    assert (reply["package"], reply["expected"], reply["actual"]) == ("six", ["0" * 64], SIX)
+    assert not (wheels_root / ".orchestrator/venvs" / ENV).exists()
+    assert os.listdir(wheels_root / ".orchestrator/tmp") == []
+
+
+def test_pylock_refuses_a_wheel_the_lock_does_not_name(wheels_root: Path, tmp_path: Path) -> None:
+    only_six = tmp_path / "pylock.toml"  # python-dateutil's package entry removed
+    text = PYLOCK.read_text()
+    start = text.index("[[packages]]\nname = \"python-dateutil\"")
+    only_six.write_text(text[:start] + text[text.index("[[packages]]\nname = \"six\""):])
+    code, reply = ensure(wheels_root, "uv", lock=only_six)
+    assert code == 1 and reply["kind"] == "install-failed"
+    assert "python-dateutil" in reply["error"] and "not in the lock" in reply["error"]
+    assert not (wheels_root / ".orchestrator/venvs" / ENV).exists()
+
+
+def test_pylock_derived_requirements_from_data() -> None:
+    script = load_script()
+    text = PYLOCK.read_text()
+    locked = script.pylock_packages(text)
+    assert locked == {"python-dateutil": ("2.9.0.post0", [DATEUTIL]), "six": ("1.16.0", [SIX])}
+    # two wheels of one package (other platforms) share one line: pip refuses a name twice
+    wheels = {**WHEELS, "f" * 64: "six-1.16.0-cp311-cp311-manylinux_2_17_x86_64.whl"}
+    locked["six"] = ("1.16.0", [SIX, "f" * 64])
+    assert script.pinned_requirements(wheels, locked) == (
+        f"python-dateutil==2.9.0.post0 --hash=sha256:{DATEUTIL}\n"
+        f"six==1.16.0 --hash=sha256:{'f' * 64} --hash=sha256:{SIX}\n")
+    assert script.is_pylock(text) and not script.is_pylock(
+        (SMALL / "requirements.lock").read_text())
+
+
+def test_prune_keeps_the_wheels_a_pylock_release_uses(wheels_root: Path) -> None:
+    stage(wheels_root, "a", rid(1), lock=PYLOCK)
+    ok("switch", wheels_root, app="a", release_id=rid(1), generation=1)
+    pruned = ok("prune", wheels_root, app="a", keep=1, grace_s=0)
+    assert pruned["removed_wheels"] == []
+    assert sorted(os.listdir(wheels_root / ".orchestrator/wheels")) == sorted(
+        f"{s}.whl" for s in WHEELS)
+
+
+@pytest.mark.skipif(oldest_python() is None, reason="no Python 3.9 on this machine")
+def test_pylock_install_on_python39(wheels_root: Path) -> None:
+    py39 = oldest_python()
+    assert py39 is not None
+    built = ok_with(py39, "venv-ensure", wheels_root, env_hash=ENV, lock=str(PYLOCK),
+                    wheels=WHEELS, installer="pip", python=py39)
+    assert built["freeze"] == ["python-dateutil==2.9.0.post0", "six==1.16.0"]
+
+
+@pytest.mark.parametrize("installer", ["uv", "pip"])
+def test_pylock_release_over_ssh_on_the_testbed(testbed: Any, tmp_path: Path,
+                                                installer: str) -> None:
+    """Stage, install, switch a pylock release on a real sshd host; a tampered pylock then fails
+    naming the package, and the host keeps serving the first release."""
+    from orchestrator.ssh import SshOptions, connect
+
+    host = testbed.hosts_with("no-gpu")[0]
+    options = SshOptions(known_hosts=testbed.known_hosts_path,
+                         identity_file=testbed.identity_path)
+    app = f"pylock-{installer}-test"
+    r1 = new_release_id(datetime(2026, 11, 22, 2, 0, tzinfo=UTC), "a" * 8)
+    r2 = new_release_id(datetime(2026, 11, 22, 2, 5, tzinfo=UTC), "b" * 8)
+    # the lock's bytes name the env: one env per installer, so each really builds
+    lock = tmp_path / "pylock.toml"
+    lock.write_bytes(PYLOCK.read_bytes() + f"# {installer}\n".encode())
+    with connect(host, options) as transport:
+        ops = HostOps(transport, str(host.deploy_root))
+        try:
+            venv, _pushed = deploy_release(ops, app, r1, make_model(tmp_path / "m1", 1), 1,
+                                           lock=lock, installer=installer)
+            assert (venv.installer, venv.reused) == (installer, False)
+            assert venv.freeze == ("python-dateutil==2.9.0.post0", "six==1.16.0")
+            staged = ops.stage_begin(app, r2)
+            ops.transport.put(PYLOCK_TAMPERED, staged.lock_path)
+            with pytest.raises(HostOpFailed) as failed:
+                ops.venv_ensure(env_hash("3.11", "x", "8" * 64), staged.lock_path,
+                                dict(WHEELS), installer=installer,
+                                uv=ops.push_uv(Path(uv_binary())))
+            assert failed.value.kind is OpKind.INSTALL_FAILED
+            assert "six==1.16.0" in str(failed.value) and SIX in str(failed.value)
+            ops.abort_stage(app, r2)
+            assert ops.state(app).current == r1
+        finally:
+            transport.run(["rm", "-rf", str(host.deploy_root / app)], timeout=60)
+            ops.prune(app, 1, grace_s=3600)

@@ -80,6 +80,14 @@ HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 ENV_RE = re.compile(r"^[0-9a-f]{16,64}$")
 WHEEL_RE = re.compile(r"^[A-Za-z0-9_.+!-]+\.whl$")
 LOCK_HASH_RE = re.compile(r"--hash=sha256:([0-9a-f]{64})")
+# PEP 751 pylock.toml, read without a TOML parser (tomllib is 3.11+; hosts may run 3.9): the
+# controller has linted the real TOML already, so this only has to find each package's name,
+# version and sha256 hashes, which writers put one key per line or in inline tables.
+PYLOCK_RE = re.compile(r"^\s*lock-version\s*=", re.MULTILINE)
+PYLOCK_PACKAGE_RE = re.compile(r"^\s*\[\[\s*packages\s*\]\]\s*$", re.MULTILINE)
+PYLOCK_NAME_RE = re.compile(r'^\s*name\s*=\s*"([^"]+)"', re.MULTILINE)
+PYLOCK_VERSION_RE = re.compile(r'^\s*version\s*=\s*"([^"]+)"', re.MULTILINE)
+PYLOCK_HASH_RE = re.compile(r'sha256\s*=\s*"([0-9a-fA-F]{64})"')
 COMPLETE = ".orchestrator-complete.json"
 STAGING = ".staging"
 APP_LOCK_WAIT_S = 60.0
@@ -602,6 +610,75 @@ def _find_links(dirs):
     return [arg for d in dirs for arg in ("--find-links", d)]
 
 
+def is_pylock(text):
+    """A PEP 751 lock has a top-level lock-version key; the linter refuses that line in a
+    requirements lock, so the content tells the two apart (both are kept as
+    requirements.lock on the host)."""
+    return PYLOCK_RE.search(text) is not None
+
+
+def _normalize(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pylock_packages(text):
+    """{normalized name: (version, [sha256, ...])} of a pylock's [[packages]] (every sha256 of
+    the entry: its wheels' and its sdist's; only the wheels' can ever match a wheel)."""
+    found = {}
+    blocks = PYLOCK_PACKAGE_RE.split(text)[1:]
+    for block in blocks:
+        name, version = PYLOCK_NAME_RE.search(block), PYLOCK_VERSION_RE.search(block)
+        if name is None or version is None:
+            raise OpError("bad-lock", "a [[packages]] entry of the pylock has no name or version")
+        hashes = [h.lower() for h in PYLOCK_HASH_RE.findall(block)]
+        entry = found.setdefault(_normalize(name.group(1)), (version.group(1), []))
+        entry[1].extend(h for h in hashes if h not in entry[1])
+    if not found:
+        raise OpError("bad-lock", "the pylock has no [[packages]]")
+    return found
+
+
+def _wheel_name_version(filename):
+    parts = filename[: -len(".whl")].split("-")
+    if len(parts) not in (5, 6):
+        raise OpError("bad-args", f"not a wheel filename: {filename!r}")
+    return _normalize(parts[0]), parts[1]
+
+
+def pinned_requirements(wheel_map, locked):
+    """The requirements file an installer gets for a pylock: one `name==version --hash` line
+    per package, hashed with exactly the wheels the controller chose for this host, each of
+    which must be one the lock names (same name, version and sha256)."""
+    lines = {}
+    for sha, filename in sorted(wheel_map.items(), key=lambda item: item[1]):
+        name, version = _wheel_name_version(filename)
+        if name not in locked:
+            raise OpError("install-failed", f"{filename} (sha256 {sha}): {name} is not in the "
+                          "lock", package=name, actual=sha)
+        # the sha256 is what matters: a locked wheel's bytes are the version the lock names
+        want_version, hashes = locked[name]
+        if sha not in hashes:
+            raise OpError("install-failed", f"hash mismatch for {name}=={want_version}: the lock "
+                          f"has sha256 {', '.join(hashes) or 'none'}, the wheel {filename} has "
+                          f"{sha}", package=name, expected=hashes, actual=sha)
+        lines.setdefault(f"{name}=={version}", []).append(sha)
+    return "".join(f"{pin} " + " ".join(f"--hash=sha256:{h}" for h in shas) + "\n"
+                   for pin, shas in lines.items())
+
+
+def _installer_requirements(lock, wheel_map, tmp):
+    """(path the installer reads, lock format): the lock itself, or for a pylock the
+    requirements file derived in the build's temp dir (removed with it)."""
+    with open(lock, encoding="utf-8") as fh:
+        text = fh.read()
+    if not is_pylock(text):
+        return lock, "requirements"
+    derived = os.path.join(tmp, "pylock-requirements.txt")
+    with open(derived, "w", encoding="utf-8") as fh:
+        fh.write(pinned_requirements(wheel_map, pylock_packages(text)))
+    return derived, "pylock"
+
+
 def _uv_usable(uv, env, cwd):
     if not uv:
         return "no uv binary given"
@@ -659,6 +736,7 @@ def _build_venv(root, path, args):
     try:
         cache_use.__enter__()
         links = _link_wheels(root, args.get("wheels") or {})
+        requirements, lock_format = _installer_requirements(lock, args.get("wheels") or {}, tmp)
         env = _scrubbed_env(root, tmp, python)
         installer, fallback = args.get("installer", "uv"), None
         if installer not in ("uv", "pip"):
@@ -670,8 +748,9 @@ def _build_venv(root, path, args):
         # into the venv; compiling all of TensorFlow up front costs more than it saves there
         # and would make a new venv for an already-cached lock take seconds, not < 1 s.
         compile_bc = bool(args.get("compile_bytecode", False))
-        cmds = (_uv_commands(args.get("uv"), python, path, links, lock, compile_bc)
-                if installer == "uv" else _pip_commands(python, path, links, lock, compile_bc))
+        cmds = (_uv_commands(args.get("uv"), python, path, links, requirements, compile_bc)
+                if installer == "uv"
+                else _pip_commands(python, path, links, requirements, compile_bc))
         durations = {}
         for step in ("venv", "install", "check"):
             start = time.monotonic()
@@ -681,7 +760,8 @@ def _build_venv(root, path, args):
             durations[step] = round(time.monotonic() - start, 3)
         freeze = _check(_run(cmds["freeze"], env, tmp, 120, "freeze"), "freeze").stdout
         return {"installer": installer, "fallback_reason": fallback, "python": python,
-                "lock_sha256": _sha256_file(lock), "created": time.time(),
+                "lock_sha256": _sha256_file(lock), "lock_format": lock_format,
+                "created": time.time(),
                 "freeze": [line for line in freeze.splitlines() if line.strip()],
                 "durations": durations}
     finally:
@@ -938,9 +1018,11 @@ def _referenced(root):
             envs.add(manifest["env_hash"])
         try:
             with open(os.path.join(path, "requirements.lock")) as fh:
-                wheels.update(LOCK_HASH_RE.findall(fh.read()))
+                text = fh.read()
         except OSError:
-            pass
+            continue
+        hashes = PYLOCK_HASH_RE.findall(text) if is_pylock(text) else LOCK_HASH_RE.findall(text)
+        wheels.update(h.lower() for h in hashes)
     return envs, wheels
 
 
