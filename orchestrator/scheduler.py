@@ -13,8 +13,11 @@ a deployment of it queued or in flight, a deployment waits (`wait_idle`) for a r
 scheduled one of its app, or any on-demand one) to end before its rollout starts, and on each
 host the run holds the app's deploy lock (a CLI deploy outside the daemon is excluded too).
 
-A host's recorded status is the worst over its apps' last results (kept in memory: after a daemon
-restart the next run of each app fills them in again).
+A host's recorded status is the worst over its apps' last results. Each app's last result is a
+row of the store (`app_results`), so a run of one app after a daemon restart still sees the
+others': a host degraded by app A stays degraded (and out of new rollouts) when app B verifies
+healthy, until A itself verifies clean. A run of every app on a host (`verify`) forgets the
+results of apps no longer on it; an app skipped because it is being deployed keeps its last.
 """
 
 from __future__ import annotations
@@ -78,7 +81,9 @@ class Reverifier:
         self.bundle_dir, self.submit, self.max_sessions = bundle_dir, submit, max_sessions
         self.rnd = rnd or random.Random()
         self._due: dict[str, float] = {}
-        self._last: dict[tuple[str, str], tuple[str, list[str]]] = {}
+        # Runs of different apps on one host end on different workers: recording a result and
+        # combining the host's rows into its status is one step, or a stale view could win.
+        self._record_lock = threading.Lock()
         self._specs: dict[str, Any] = {}
         self._busy: set[str] = set()
         self._manual = 0  # on-demand runs in flight (`orchestrator verify`): any app
@@ -182,23 +187,31 @@ class Reverifier:
                 list(hosts), self.max_sessions)
         results = []
         for name, res in found.items():
-            if not isinstance(res, HostCheckResult):
+            if isinstance(res, HostCheckResult):
+                results.append(self._record(res, all_apps=apps is None))
+            else:  # not checked: the apps' stored results stand, none is forgotten
                 status = rv.UNREACHABLE if _unreachable(res) else rv.FAILED
-                res = HostCheckResult(name, status, [str(res)], None)
-            results.append(self._record(res, apps is None))
+                results.append(self._record(HostCheckResult(name, status, [str(res)], None),
+                                            all_apps=False, error=True))
         return results
 
-    def _record(self, res: HostCheckResult, all_apps: bool) -> HostCheckResult:
-        if all_apps:  # apps no longer on the host are forgotten
-            for key in [k for k in self._last if k[0] == res.host]:
-                del self._last[key]
-        for app, check in res.apps.items():
-            if check.skipped is None:
-                self._last[(res.host, app)] = (check.status, check.reasons)
-        per_app = {a: v for (h, a), v in self._last.items() if h == res.host}
-        if per_app and res.status != rv.UNREACHABLE:  # with the other apps' last results
-            res.status, res.reasons = rv.combine(per_app)
-        self.store.record_host(res.host, res.status, res.reasons, res.facts)
+    def _record(self, res: HostCheckResult, all_apps: bool,
+                error: bool = False) -> HostCheckResult:
+        """Store the apps' results and the host's status: the worst of every app's last result
+        (from the store, so an app not run now still counts), or unreachable."""
+        with self._record_lock:
+            if all_apps:  # every app on the host was listed: the others are no longer there
+                self.store.forget_app_results(res.host, keep=set(res.apps))
+            for app, check in res.apps.items():
+                if check.skipped is None:
+                    self.store.record_app_result(res.host, app, check.status, check.reasons)
+            per_app = self.store.app_results(res.host)
+            # Unreachable says more than any app's last result. A check that failed counts
+            # beside the apps' last results; a check that ran is exactly those results.
+            if res.status != rv.UNREACHABLE and (per_app or error):
+                own = (res.status, res.reasons) if error else (rv.HEALTHY, [])
+                res.status, res.reasons = rv.combine(per_app, own)
+            self.store.record_host(res.host, res.status, res.reasons, res.facts)
         return res
 
     def verify_hosts(self, names: list[str]) -> list[str]:

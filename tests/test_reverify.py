@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from orchestrator import reverify as rv
-from orchestrator.audit import HostCheckResult, reverify_host
+from orchestrator.audit import AppCheck, HostCheckResult, reverify_host
 from orchestrator.facts import HostFacts, parse_facts
 from orchestrator.inventory import Host, Inventory
 from orchestrator.pool import Pool
@@ -382,6 +382,117 @@ def test_schedule_runs_an_app_when_due_never_while_it_is_being_deployed(
         store.transition_deployment("d3", D.RUNNING)
         store.transition_deployment("d3", D.SUCCEEDED)
         assert r.scheduled_apps() == {} and r.tick(t0 + 10 * 3600) == []
+    finally:
+        store.close()
+
+
+def _checked(host: str, apps: dict[str, tuple[str, list[str]]],
+             skipped: tuple[str, ...] = ()) -> HostCheckResult:
+    """A host's result as reverify_host returns it: its status from the apps checked now."""
+    checks = {a: AppCheck(a, st, rs) for a, (st, rs) in apps.items()}
+    checks.update({a: AppCheck(a, rv.HEALTHY, [], skipped=f"app {a} has a deployment queued "
+                                                          "or in flight") for a in skipped})
+    status, reasons = rv.combine(apps)
+    return HostCheckResult(host, status, reasons, None, checks)
+
+
+def _reverifier(store: Any, runner: Any = None) -> Any:
+    from orchestrator.scheduler import Reverifier
+
+    return Reverifier(store, runner, lambda d: Sink(), lambda d: Path("/nonexistent"),
+                      lambda job: job(), 4)
+
+
+def test_a_host_degraded_by_one_app_stays_excluded_across_a_restart_until_it_verifies_clean(
+        tmp_path: Path) -> None:
+    from orchestrator.store import Store
+
+    path, driver = tmp_path / "state.db", ["driver 550.54.15 -> 560.35.03"]
+    store = Store.open(path)
+    _reverifier(store)._record(_checked("h1", {"a": (rv.DEGRADED, driver),
+                                              "b": (rv.HEALTHY, [])}), all_apps=True)
+    store.close()
+
+    store = Store.open(path)  # the daemon restarted: a scheduled run of app b comes first
+    try:
+        r = _reverifier(store)
+        res = r._record(_checked("h1", {"b": (rv.HEALTHY, [])}), all_apps=False)
+        assert (res.status, res.reasons) == (rv.DEGRADED, ["a: driver 550.54.15 -> 560.35.03"])
+        assert rv.excluded_hosts(store.hosts(), ["h1"]) == {
+            "h1": "host degraded at its last verification: a: driver 550.54.15 -> 560.35.03"}
+        unreachable = HostCheckResult("h1", rv.UNREACHABLE, ["connection refused"], None)
+        assert r._record(unreachable, all_apps=False, error=True).status == rv.UNREACHABLE
+        assert set(store.app_results("h1")) == {"a", "b"}  # not checked: nothing forgotten
+
+        res = r._record(_checked("h1", {"a": (rv.HEALTHY, [])}), all_apps=False)
+        assert (res.status, res.reasons) == (rv.HEALTHY, [])
+        assert rv.excluded_hosts(store.hosts(), ["h1"]) == {}
+    finally:
+        store.close()
+
+
+def test_verifying_every_app_forgets_apps_gone_from_the_host_keeps_one_being_deployed(
+        tmp_path: Path) -> None:
+    from orchestrator.store import Store
+
+    store = Store.open(tmp_path / "state.db")
+    try:
+        r = _reverifier(store)
+        r._record(_checked("h1", {"a": (rv.HEALTHY, []), "b": (rv.DEGRADED, ["slow"]),
+                                  "c": (rv.FAILED, ["model file model/m.joblib changed"])}),
+                  all_apps=True)
+        # `verify h1` later: b is no longer on the host, c is being deployed (skipped).
+        res = r._record(_checked("h1", {"a": (rv.HEALTHY, [])}, skipped=("c",)), all_apps=True)
+        assert set(store.app_results("h1")) == {"a", "c"}
+        assert (res.status, res.reasons) == (rv.FAILED, ["c: model file model/m.joblib changed"])
+        # A check that itself failed (not unreachable) counts beside the apps' last results.
+        broken = HostCheckResult("h1", rv.FAILED, ["probe: unreadable reply"], None)
+        res = r._record(broken, all_apps=False, error=True)
+        assert (res.status, res.reasons) == (
+            rv.FAILED, ["probe: unreadable reply", "c: model file model/m.joblib changed"])
+        assert set(store.app_results("h1")) == {"a", "c"}
+    finally:
+        store.close()
+
+
+def test_after_a_restart_another_app_verifying_healthy_leaves_the_host_failed(
+        testbed: Testbed, inventory: Inventory, pool: Pool, models_dir: Path,
+        deployed: Deployed, tmp_path: Path) -> None:
+    from orchestrator.config import DaemonConfig
+    from orchestrator.probe_runner import ProbeRunner
+    from orchestrator.store import Store
+
+    other = "rv-other"
+    first, _ = run(v1_spec(models_dir, tmp_path, other, targets=[RV_HOST]), inventory, pool,
+                   hosts=[RV_HOST])
+    assert first.ok, first.hosts[RV_HOST].error
+    runner = ProbeRunner(DaemonConfig(tmp_path, tmp_path / "s", inventory=testbed.inventory_path))
+    hosts, path = [inventory.hosts[RV_HOST]], tmp_path / "state.db"
+
+    def verify(store: Store, app: str) -> HostCheckResult:
+        [res] = _reverifier(store, runner).run(hosts, runner._inventory(), apps=[app])
+        return res
+
+    changed = f"{APP}: model file model/model.joblib changed: sha256"
+    with flipped(deployed.release / "model" / "model.joblib", offset=100):
+        store = Store.open(path)
+        try:
+            assert verify(store, APP).status == rv.FAILED
+        finally:
+            store.close()
+        store = Store.open(path)  # the daemon restarted
+        try:
+            res = verify(store, other)
+            assert res.apps[other].status == rv.HEALTHY and res.apps[other].skipped is None
+            assert res.status == rv.FAILED and res.reasons[0].startswith(changed), res.reasons
+            assert RV_HOST in rv.excluded_hosts(store.hosts(), [RV_HOST])
+        finally:
+            store.close()
+    store = Store.open(path)
+    try:  # repaired, but only a run of the failed app itself clears the host
+        assert verify(store, other).status == rv.FAILED
+        assert verify(store, APP).status == rv.HEALTHY
+        assert rv.excluded_hosts(store.hosts(), [RV_HOST]) == {}
     finally:
         store.close()
 
