@@ -389,7 +389,10 @@ class HostOps:
                     app: str | None = None, release_id: str | None = None,
                     compile_bytecode: bool = False, wait_s: float = VENV_TIMEOUT_S,
                     need_uv: bool = False, timeout: float = VENV_TIMEOUT_S) -> VenvResult:
-        """Reuse or build venvs/<env_hash> (wheels: {sha256: real filename}). With app and
+        """Reuse or build venvs/<env_hash> (wheels: {sha256: real filename}). `lock_path` is
+        the staged requirements.lock in either format: for a PEP 751 pylock the host installs
+        from `name==version --hash` lines of exactly these wheels, each of whose sha256 the
+        pylock must list for that package (else INSTALL_FAILED naming it). With app and
         release_id the release's `venv` link is made under the venv's lock. A concurrent
         builder of the same env waits (up to wait_s) and then reuses it. With `need_uv`, a
         build refuses with HostOpFailed(UV_MISSING) while `uv` is not on the host (a reused

@@ -254,6 +254,67 @@ def test_wheelhouse_missing_a_wheel_fails_before_current_moves(
     assert sink.find("stage", "failed")["kind"] == "InvalidInput"
 
 
+PYLOCK = LOCK.parent.parent / "locks" / "pylock.sklearn.toml"  # LOCK as PEP 751 (uv-made)
+
+
+def cached_wheelhouse(directory: Path) -> Path:
+    """The lock's wheels (from the test wheel cache) under their real names: no download."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, w in cached_wheels().items():
+        shutil.copy(w.path, directory / name)
+    return directory
+
+
+def pylock_spec(spec_path: Path, pylock: bytes) -> Path:
+    """The spec at `spec_path`, its requirements lock replaced by `pylock` as pylock.toml."""
+    folder = spec_path.parent
+    (folder / "requirements.lock").unlink()
+    (folder / "pylock.toml").write_bytes(pylock)
+    spec_path.write_text(spec_path.read_text().replace("requirements: requirements.lock",
+                                                       "requirements: pylock.toml"))
+    return spec_path
+
+
+@pytest.mark.parametrize("installer", ["uv", "pip"])
+def test_pylock_spec_deploys_end_to_end(inventory: Inventory, pool: Pool, models_dir: Path,
+                                        tmp_path: Path, installer: str) -> None:
+    host = inventory.hosts[HOST]
+    app = f"pylock-{installer}"
+    wheelhouse = cached_wheelhouse(tmp_path / "wheelhouse")
+    # other bytes per installer: each one builds its own environment
+    pylock = PYLOCK.read_bytes() + f"# built by {installer}\n".encode()
+    spec = pylock_spec(v1_spec(models_dir, tmp_path / "v1", app, wheelhouse=wheelhouse), pylock)
+    result, sink = run(spec, inventory, pool, installer=installer)
+    r = result.hosts[HOST]
+    assert r.status is HostStatus.SUCCEEDED, r.error
+    assert sink.find("install", "ok")["installer"] == installer
+    current = Path(host.deploy_root) / app / "current"
+    assert (current / "requirements.lock").read_bytes() == pylock  # kept as staged
+    manifest = json.loads((current / "manifest.json").read_text())
+    assert manifest["lock_sha256"] == hashlib.sha256(pylock).hexdigest()
+    assert "scikit-learn==1.9.1" in manifest["pip_freeze"]
+    assert {line.split("==")[0] for line in manifest["pip_freeze"]} == {
+        "cloudpickle", "joblib", "narwhals", "numpy", "scikit-learn", "scipy", "threadpoolctl"}
+    assert app_state(pool, host, app).current == result.release_id
+
+
+def test_tampered_pylock_fails_naming_the_package_and_keeps_the_previous_release(
+        inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path) -> None:
+    host = inventory.hosts[HOST]
+    good = deploy_v1(models_dir, tmp_path, "pylock-tamper", inventory, pool)
+    sha = wheel_of("threadpoolctl").sha256
+    tampered = PYLOCK.read_bytes().replace(sha.encode(), b"0" * 64)
+    spec = pylock_spec(v2_spec(models_dir, tmp_path / "bad", "pylock-tamper",
+                               wheelhouse=cached_wheelhouse(tmp_path / "wheelhouse")), tampered)
+    bad, sink = run(spec, inventory, pool)
+    r = bad.hosts[HOST]
+    assert r.status is HostStatus.FAILED and r.failed_step == "stage"
+    assert "threadpoolctl" in (r.error or "")
+    assert not any(e["step"] == "install" for e in sink.events)
+    state = app_state(pool, host, "pylock-tamper")
+    assert state.current == good.release_id and state.staging == ()
+
+
 def test_two_deployments_of_one_app_at_once_the_second_is_refused(
         inventory: Inventory, pool: Pool, testbed: Testbed, models_dir: Path,
         tmp_path: Path) -> None:

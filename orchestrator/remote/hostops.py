@@ -37,12 +37,16 @@ Ops (arguments besides "root"; what a success adds; failure kinds worth branchin
     abort-stage         app, release_id -> removed;  is-current, is-rollback-target
     wheels-missing      shas -> missing, present
     wheels-verify       shas -> verified;  wheel-hash-mismatch (bad), missing-wheel
-    venv-ensure         env_hash, lock (abs path), wheels {sha: filename}, [installer="uv"|"pip",
+    venv-ensure         env_hash, lock (abs path: a requirements lock, or a PEP 751 pylock
+                        the installers get as a hash-pinned requirements file derived from
+                        the wheels, each checked against it), wheels {sha: filename},
+                        [installer="uv"|"pip",
                         uv, python, compile_bytecode=false, wait_s, timeout_s, app+release_id
                         (links <release>/venv), need_uv] -> path, reused, installer,
                         fallback_reason, freeze, durations, waited_s;  missing-wheel,
-                        install-failed (the installer's own message: package and both
-                        hashes), check-failed, busy, uv-missing (need_uv: a build is needed
+                        install-failed (the installer's own message, or the pylock check's:
+                        package and both hashes), bad-lock (a pylock without packages),
+                        check-failed, busy, uv-missing (need_uv: a build is needed
                         and the "uv" file is not there: upload it and call again)
     switch              app, release_id, generation -> current, before, changed, generation,
                         previous_good;  stale-generation, bad-release, not-found
@@ -1096,8 +1100,8 @@ def op_prune(args):
     """Keep the newest "keep" committed releases; never remove the current one, the rollback
     target, a staging one, or one a process is using. Then, for the whole host: venvs no
     release of any app links to (or names in its manifest), skipping any being built, and
-    wheels no remaining release's requirements.lock lists (older than "grace_s", default
-    600 s, so wheels uploaded for a lock not yet staged survive)."""
+    wheels no remaining release's requirements.lock lists (either format; older than
+    "grace_s", default 600 s, so wheels uploaded for a lock not yet staged survive)."""
     app_dir, root = _app_dir(args), _root(args)
     keep = args.get("keep", 5)
     if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
