@@ -1035,6 +1035,47 @@ def test_pylock_derived_requirements_from_data() -> None:
         (SMALL / "requirements.lock").read_text())
 
 
+PYLOCK_TABLES = """lock-version = "1.0"
+created-by = "hand"
+
+[[packages]]
+name = "Six"
+version = "1.16.0"
+[packages.sdist]
+url = "https://example.invalid/six-1.16.0.tar.gz"
+[packages.sdist.hashes]
+sha256 = "{sdist}"
+[[packages.wheels]]
+name = "six-1.16.0-py2.py3-none-any.whl"
+[packages.wheels.hashes]
+sha256 = "{wheel}"
+[[packages.dependencies]]
+name = "other"
+version = "9"
+
+[tool.example]
+sha256 = "{tool}"
+"""
+
+
+def test_pylock_readers_agree_with_and_without_tomllib() -> None:
+    """tomllib on 3.11+, a line scan on older hosts: same packages, wheel hashes only."""
+    script = load_script()
+    tables = PYLOCK_TABLES.format(sdist="1" * 64, wheel=SIX.upper(), tool="2" * 64)
+    for text in (PYLOCK.read_text(), (REPO / "tests/fixtures/locks/pylock.sklearn.toml")
+                 .read_text(), tables):
+        assert script.pylock_packages_scanned(text) == script.pylock_packages(text)
+    assert script.pylock_packages(tables) == {"six": ("1.16.0", [SIX])}
+    sklearn = script.pylock_packages((REPO / "tests/fixtures/locks/pylock.sklearn.toml")
+                                     .read_text())
+    assert len(sklearn) == 7 and all(len(h) == 1 for _v, h in sklearn.values())
+    for reader in (script.pylock_packages, script.pylock_packages_scanned):
+        with pytest.raises(script.OpError):
+            reader('lock-version = "1.0"\n')
+        with pytest.raises(script.OpError):
+            reader('lock-version = "1.0"\n[[packages]]\nversion = "1"\n')
+
+
 def test_prune_keeps_the_wheels_a_pylock_release_uses(wheels_root: Path) -> None:
     stage(wheels_root, "a", rid(1), lock=PYLOCK)
     ok("switch", wheels_root, app="a", release_id=rid(1), generation=1)
@@ -1089,3 +1130,13 @@ def test_pylock_release_over_ssh_on_the_testbed(testbed: Any, tmp_path: Path,
         finally:
             transport.run(["rm", "-rf", str(host.deploy_root / app)], timeout=60)
             ops.prune(app, 1, grace_s=3600)
+
+
+def test_controller_wheel_cache_fills_from_a_pylock(tmp_path: Path) -> None:
+    """Without a wheelhouse the daemon's cache fetches a pylock's wheels (here from a local
+    find-links dir), each checked against the pylock's sha256: what a host then gets."""
+    from orchestrator.wheelcache import WheelCache, filenames, platform_tags
+
+    cache = WheelCache(tmp_path / "cache", find_links=[SMALL / "wheelhouse"], no_index=True)
+    wheels = cache.fill(PYLOCK, "3.11", platform_tags("x86_64", "glibc 2.36"))
+    assert filenames(wheels) == WHEELS

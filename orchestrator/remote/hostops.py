@@ -84,14 +84,20 @@ HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 ENV_RE = re.compile(r"^[0-9a-f]{16,64}$")
 WHEEL_RE = re.compile(r"^[A-Za-z0-9_.+!-]+\.whl$")
 LOCK_HASH_RE = re.compile(r"--hash=sha256:([0-9a-f]{64})")
-# PEP 751 pylock.toml, read without a TOML parser (tomllib is 3.11+; hosts may run 3.9): the
-# controller has linted the real TOML already, so this only has to find each package's name,
-# version and sha256 hashes, which writers put one key per line or in inline tables.
+# PEP 751 pylock.toml: read with tomllib where the host has it (3.11+), else (hosts may run
+# 3.9) by a scan of its lines: the controller has linted the real TOML already, so the scan only
+# has to find each package's name, version and wheel hashes, which writers put one key per line
+# or in inline tables (tests hold both readers to the same answer).
 PYLOCK_RE = re.compile(r"^\s*lock-version\s*=", re.MULTILINE)
 PYLOCK_PACKAGE_RE = re.compile(r"^\s*\[\[\s*packages\s*\]\]\s*$", re.MULTILINE)
 PYLOCK_NAME_RE = re.compile(r'^\s*name\s*=\s*"([^"]+)"', re.MULTILINE)
 PYLOCK_VERSION_RE = re.compile(r'^\s*version\s*=\s*"([^"]+)"', re.MULTILINE)
 PYLOCK_HASH_RE = re.compile(r'sha256\s*=\s*"([0-9a-fA-F]{64})"')
+# where a package's own tables end: any header but [packages.x] / [[packages.x]]
+PYLOCK_OTHER_TABLE_RE = re.compile(r"^\s*\[(?!\[?\s*packages\.)", re.MULTILINE)
+# an sdist's hash is never a wheel's: `sdist = {...}` lines and [packages.sdist...] tables
+PYLOCK_SDIST_RE = re.compile(r"^\s*sdist\s*=.*$|^\s*\[\s*packages\.sdist[^\n]*\n"
+                             r"(?:(?!\s*\[)[^\n]*\n?)*", re.MULTILINE)
 COMPLETE = ".orchestrator-complete.json"
 STAGING = ".staging"
 APP_LOCK_WAIT_S = 60.0
@@ -626,17 +632,47 @@ def _normalize(name):
 
 
 def pylock_packages(text):
-    """{normalized name: (version, [sha256, ...])} of a pylock's [[packages]] (every sha256 of
-    the entry: its wheels' and its sdist's; only the wheels' can ever match a wheel)."""
+    """{normalized name: (version, [wheel sha256, ...])} of a pylock's [[packages]]."""
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        return pylock_packages_scanned(text)
+    try:
+        doc = tomllib.loads(text)
+    except ValueError as exc:  # TOMLDecodeError
+        raise OpError("bad-lock", f"the pylock is not valid TOML: {exc}") from None
     found = {}
-    blocks = PYLOCK_PACKAGE_RE.split(text)[1:]
-    for block in blocks:
+    for entry in doc.get("packages") or []:
+        if not isinstance(entry, dict):
+            raise OpError("bad-lock", "a [[packages]] entry of the pylock is not a table")
+        wheels = entry.get("wheels") or []
+        hashes = [w["hashes"]["sha256"] for w in wheels if isinstance(w, dict)
+                  and isinstance(w.get("hashes"), dict)
+                  and isinstance(w["hashes"].get("sha256"), str)]
+        _add_locked(found, entry.get("name"), entry.get("version"), hashes)
+    return _some_locked(found)
+
+
+def pylock_packages_scanned(text):
+    """pylock_packages without a TOML parser (see PYLOCK_RE)."""
+    found = {}
+    for block in PYLOCK_PACKAGE_RE.split(text)[1:]:
+        other = PYLOCK_OTHER_TABLE_RE.search(block)
+        block = block[: other.start()] if other else block
         name, version = PYLOCK_NAME_RE.search(block), PYLOCK_VERSION_RE.search(block)
-        if name is None or version is None:
-            raise OpError("bad-lock", "a [[packages]] entry of the pylock has no name or version")
-        hashes = [h.lower() for h in PYLOCK_HASH_RE.findall(block)]
-        entry = found.setdefault(_normalize(name.group(1)), (version.group(1), []))
-        entry[1].extend(h for h in hashes if h not in entry[1])
+        _add_locked(found, name and name.group(1), version and version.group(1),
+                    PYLOCK_HASH_RE.findall(PYLOCK_SDIST_RE.sub("", block)))
+    return _some_locked(found)
+
+
+def _add_locked(found, name, version, hashes):
+    if not isinstance(name, str) or not isinstance(version, str):
+        raise OpError("bad-lock", "a [[packages]] entry of the pylock has no name or version")
+    entry = found.setdefault(_normalize(name), (version, []))
+    entry[1].extend(h.lower() for h in hashes if h.lower() not in entry[1])
+
+
+def _some_locked(found):
     if not found:
         raise OpError("bad-lock", "the pylock has no [[packages]]")
     return found
