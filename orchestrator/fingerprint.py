@@ -1,6 +1,6 @@
 """Environment fingerprints: where a golden file was recorded, against where a model now runs.
 
-A fingerprint is the runner's `environment()` structure (orchestrator/remote/warmup.py):
+A fingerprint is the runner's `environment()` structure (orchestrator/remote/warmup_env.py):
     {"python", "implementation", "platform", "machine", "frameworks" {tensorflow, keras,
      scikit-learn, numpy, joblib}, "packages" {name: version}, "gpu" {driver, cuda_driver,
      devices [{name, memory_total_bytes, compute_capability}], error}, "tensorflow_build" {...}}

@@ -1,11 +1,13 @@
 """Golden files: record a model's predictions where it was trained, to check them on each host.
 
 `record` runs the model through the *same code* the warmup runner uses on the host (it imports
-orchestrator/remote/warmup.py as a module: loading, input preparation, the call), so a golden
+the runner's modules: orchestrator/remote/warmup_models.py for loading, input preparation and
+the call, warmup_golden.py for the .npz keys, warmup_env.py for the environment), so a golden
 file can only disagree with a host because the environment differs, never because the two
-sides call the model differently. It writes the .npz layout the runner reads (see its
-docstring): inputs/outputs or input:<name>/output:<name>, plus `__fingerprint__` (this
-environment, see fingerprint.py) and `__golden__` (format, signature, method).
+sides call the model differently. It writes the .npz layout the runner reads (see the
+docstring of orchestrator/remote/warmup.py): inputs/outputs or input:<name>/output:<name>, plus
+`__fingerprint__` (this environment, see fingerprint.py) and `__golden__` (format, signature,
+method).
 
 Needs numpy and the model's framework locally (the `ml` extra); imported lazily.
 """
@@ -26,9 +28,10 @@ from orchestrator.fingerprint import FINGERPRINT_KEY, GOLDEN_META_KEY
 GOLDEN_SCHEMA = 1
 
 
-def runner() -> Any:
-    """The warmup runner module (untyped, py3.9-compatible, shipped to hosts)."""
-    return importlib.import_module("orchestrator.remote.warmup")
+def runner(part: str) -> Any:
+    """One module of the warmup runner (untyped, py3.9-compatible, shipped to hosts):
+    "warmup_golden", "warmup_models" or "warmup_env"."""
+    return importlib.import_module(f"orchestrator.remote.{part}")
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ def read_inputs(path: Path) -> dict[str, Any]:
         return {"": loaded}
     with loaded:
         arrays = {k: loaded[k] for k in loaded.files if not k.startswith("__")}
-    inputs: dict[str, Any] = runner().split_golden(arrays)[0]
+    inputs: dict[str, Any] = runner("warmup_golden").split_golden(arrays)[0]
     if not inputs and len(arrays) == 1:
         inputs = {"": next(iter(arrays.values()))}
     if not inputs:
@@ -64,7 +67,7 @@ def read_inputs(path: Path) -> dict[str, Any]:
 def predict(model_path: Path, fmt: str, inputs: dict[str, Any], signature: str,
             method: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The model's outputs for `inputs` and its load findings, exactly as the runner computes."""
-    mod = runner()
+    mod = runner("warmup_models")
     try:
         model = mod.load_model(fmt, str(model_path), signature, method)
         outputs = model.run(model.prepare(inputs))
@@ -75,7 +78,7 @@ def predict(model_path: Path, fmt: str, inputs: dict[str, Any], signature: str,
 
 
 def fingerprint() -> dict[str, Any]:
-    result: dict[str, Any] = runner().environment()
+    result: dict[str, Any] = runner("warmup_env").environment()
     return result
 
 
@@ -90,7 +93,7 @@ def record(model_path: Path, fmt: str, inputs_path: Path, out_path: Path,
     if findings:
         raise InvalidInput(f"{model_path}: {findings[0]['message']}: record the golden file "
                            "with the scikit-learn the model was trained with")
-    mod = runner()
+    mod = runner("warmup_golden")
     arrays: dict[str, Any] = {mod.golden_key("input", k): np.asarray(v) for k, v in inputs.items()}
     arrays.update({mod.golden_key("output", k): np.asarray(v) for k, v in outputs.items()})
     meta = {"schema": GOLDEN_SCHEMA, "format": fmt, "signature": signature, "method": method}

@@ -193,7 +193,11 @@ def test_bad_request_is_one_json_line_and_exit_2(
 
 
 def test_runner_is_stdlib_only_at_top_level_and_py39_syntax(tmp_path: Path) -> None:
-    ast.parse(RUNNER.read_text(), feature_version=(3, 9))
+    parts = sorted(RUNNER.parent.glob("warmup*.py"))  # the runner and the modules it imports
+    assert {p.name for p in parts} >= {"warmup.py", "warmup_env.py", "warmup_golden.py",
+                                       "warmup_models.py"}
+    for part in parts:
+        ast.parse(part.read_text(), feature_version=(3, 9))
     model, golden = models.make_raising_model(tmp_path)  # any path: numpy is missing first
     path = tmp_path / "req.json"
     path.write_text(WarmupRequest(str(model), "joblib", str(golden)).to_json())
@@ -301,7 +305,7 @@ def test_golden_comparison_edge_cases(expected: dict[str, Any], got: dict[str, A
                                       message: str) -> None:
     import numpy as np
 
-    runner: Any = importlib.import_module("orchestrator.remote.warmup")
+    runner: Any = importlib.import_module("orchestrator.remote.warmup_golden")
     out = runner.compare_golden({k: np.array(v) for k, v in expected.items()},
                                 {k: np.array(v) for k, v in got.items()}, 1e-5, 1e-6)
     assert out["message"] == message
@@ -316,3 +320,17 @@ def test_missing_golden_file_is_named_and_not_blamed_on_the_model(
     assert proc.returncode == 1 and result.error and result.error["phase"] == "read-golden"
     assert "absent.npz" in got["run"].message and "FileNotFoundError" in got["run"].message
     assert got["load"].message == "model not loaded (runner stopped during read-golden)"
+
+
+def test_request_sys_path_lets_a_pickle_find_its_module(tmp_path: Path) -> None:
+    model_dir, golden = models.make_sleepy_model(tmp_path, ms=0)
+    lib = tmp_path / "lib"  # the estimator's module, apart from the model file
+    lib.mkdir()
+    (model_dir / "sleepy_model.py").rename(lib / "sleepy_model.py")
+    model = model_dir / "model.joblib"  # a file: its directory does not go on sys.path
+    without, _ = run_local(tmp_path, model, "joblib", golden, iterations=5)
+    assert without.error and without.error["type"] == "ModuleNotFoundError", without.error
+    result, proc = run_local(tmp_path, model, "joblib", golden, iterations=5,
+                             sys_path=(str(lib),))
+    assert proc.returncode == 0 and result.error is None, result.error
+    assert passed(gates(result, {})), gates(result, {})

@@ -1,0 +1,135 @@
+"""Warmup runner, where the model runs: the environment fingerprint, NVML facts, GPU use.
+
+`environment()` is the result's `environment` and the golden file's `__fingerprint__`;
+`tensorflow_gpu` is the result's `gpu` verdict for a TensorFlow model; `NvmlSampler` samples the
+`gpu_memory` figure while the model runs. Part of the warmup runner (warmup.py). Top level is
+stdlib-only and Python 3.9+; `pynvml` is the shipped pynvml.py in the tools dir, imported lazily.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import re
+import sys
+import threading
+
+FRAMEWORKS = ("tensorflow", "keras", "scikit-learn", "numpy", "joblib")
+
+
+def environment():
+    """Where the model runs: Python, every installed distribution, GPU/driver as NVML sees them.
+
+    The same structure is the golden file's fingerprint (recorded where the model was trained),
+    so the two can be diffed key by key.
+    """
+    try:
+        from importlib import metadata
+        packages = {}
+        for dist in metadata.distributions():
+            name = re.sub(r"[-_.]+", "-", dist.metadata["Name"] or "").lower()  # PEP 503
+            if name:
+                packages[name] = dist.version
+    except Exception as exc:
+        packages = {"<error>": str(exc)}
+    frameworks = {name: packages.get(name) for name in FRAMEWORKS}
+    if frameworks["tensorflow"] is None:  # tensorflow-cpu, -gpu, -intel, -macos builds
+        frameworks["tensorflow"] = next((v for k, v in sorted(packages.items())
+                                         if k.startswith("tensorflow-") and k.split("-", 1)[1]
+                                         in ("cpu", "gpu", "intel", "macos")), None)
+    env = {"python": platform.python_version(), "implementation": platform.python_implementation(),
+           "executable": sys.executable, "platform": platform.platform(),
+           "machine": platform.machine(), "frameworks": frameworks, "packages": packages,
+           "gpu": nvml_facts()}
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        with contextlib.suppress(Exception):
+            build = dict(tf.sysconfig.get_build_info())
+            env["tensorflow_build"] = {k: str(v) for k, v in build.items()}
+    return env
+
+
+def nvml_facts():
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception as exc:
+        return {"driver": None, "cuda_driver": None, "devices": [],
+                "error": f"{type(exc).__name__}: {exc}"}
+    try:
+        def text(v):
+            return v.decode() if isinstance(v, bytes) else str(v)
+
+        cuda = pynvml.nvmlSystemGetCudaDriverVersion()
+        devices = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
+            devices.append({"name": text(pynvml.nvmlDeviceGetName(h)),
+                            "memory_total_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(h).total),
+                            "compute_capability": f"{major}.{minor}"})
+        return {"driver": text(pynvml.nvmlSystemGetDriverVersion()),
+                "cuda_driver": f"{cuda // 1000}.{(cuda % 1000) // 10}",
+                "devices": devices, "error": None}
+    except Exception as exc:
+        return {"driver": None, "cuda_driver": None, "devices": [],
+                "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
+def tensorflow_gpu(tf, devices, required):
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    info = {k: str(v) for k, v in dict(tf.sysconfig.get_build_info()).items()}
+    on_gpu = bool(devices) and all("GPU" in d.upper() for d in devices)
+    ok = bool(gpus) and on_gpu
+    saw = "TensorFlow {}: built with CUDA {} (cuda {}, cudnn {}), GPUs listed: {}, " \
+        "outputs on {}".format(
+        tf.__version__, tf.test.is_built_with_cuda(), info.get("cuda_version", "none"),
+        info.get("cudnn_version", "none"), ", ".join(gpus) or "none",
+        ", ".join(devices) or "unknown")
+    return {"required": required, "checked": True, "ok": ok, "gpus": gpus,
+            "output_devices": devices, "built_with_cuda": bool(tf.test.is_built_with_cuda()),
+            "build_info": info,
+            "message": ("model runs on the GPU: " if ok else "model does not run on a GPU: ") + saw}
+
+
+class NvmlSampler(threading.Thread):
+    """Peak used GPU memory (bytes, per device) sampled every 20 ms while the model runs."""
+
+    def __init__(self):
+        threading.Thread.__init__(self, daemon=True)
+        self.stop_event = threading.Event()
+        self.error, self.before, self.peak, self.handles, self.nvml = None, [], [], [], None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.nvml = pynvml
+            count = pynvml.nvmlDeviceGetCount()
+            self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+            self.before = self._used()
+            self.peak = list(self.before)
+        except Exception as exc:  # no pynvml, no driver: the figure is null, with the reason
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def _used(self):
+        return [int(self.nvml.nvmlDeviceGetMemoryInfo(h).used) for h in self.handles]
+
+    def run(self):
+        while self.nvml is not None and not self.stop_event.wait(0.02):
+            try:
+                self.peak = [max(a, b) for a, b in zip(self.peak, self._used(), strict=False)]
+            except Exception as exc:
+                self.error = f"{type(exc).__name__}: {exc}"
+                return
+
+    def report(self):
+        self.stop_event.set()
+        if self.nvml is None or not self.handles:
+            return {"peak_used_bytes": None, "before_used_bytes": None, "devices": [],
+                    "error": self.error or "no GPU"}
+        return {"peak_used_bytes": max(self.peak), "before_used_bytes": max(self.before),
+                "devices": self.peak, "error": self.error}
