@@ -121,7 +121,7 @@ class NvmlSampler(threading.Thread):
     def run(self):
         while self.nvml is not None and not self.stop_event.wait(0.02):
             try:
-                self.peak = [max(a, b) for a, b in zip(self.peak, self._used(), strict=False)]
+                self.peak = [max(a, b) for a, b in zip(self.peak, self._used())]
             except Exception as exc:
                 self.error = f"{type(exc).__name__}: {exc}"
                 return

@@ -90,7 +90,7 @@ class KerasModel:
             names = list(getattr(self.model, "output_names", None) or [])
             if len(names) != len(out):
                 names = [str(i) for i in range(len(out))]
-            return dict(zip(names, out, strict=False))
+            return dict(zip(names, out))
         return {"": out}
 
     def run(self, prepared):
