@@ -125,6 +125,13 @@ def load_script() -> ModuleType:
     return module
 
 
+def remote_module(name: str) -> ModuleType:
+    """One of the hostops_* modules shipped beside the script, as the script itself imports it
+    (loading the script puts its directory on sys.path)."""
+    load_script()
+    return importlib.import_module(name)
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     path = tmp_path / "deploy"
@@ -236,14 +243,21 @@ def ok_with(interpreter: str, name: str, root: Path, **args: Any) -> dict[str, A
 
 
 def test_script_is_python39_syntax_and_stdlib_only() -> None:
+    """hostops.py and its hostops_* modules: 3.9 syntax, and nothing but the stdlib and each
+    other (they are shipped flat, side by side, in the tools bundle)."""
     import ast
 
-    tree = ast.parse(SCRIPT.read_text(), feature_version=(3, 9))
-    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
-                for a in n.names}
-    imported |= {n.module.split(".")[0] for n in ast.walk(tree)
-                 if isinstance(n, ast.ImportFrom) and n.module}
-    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+    files = [SCRIPT, *sorted(SCRIPT.parent.glob("hostops_*.py"))]
+    assert len(files) > 1
+    siblings = {path.stem for path in files}
+    for path in files:
+        tree = ast.parse(path.read_text(), feature_version=(3, 9))
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+                    for a in n.names}
+        imported |= {n.module.split(".")[0] for n in ast.walk(tree)
+                     if isinstance(n, ast.ImportFrom) and n.module}
+        allowed = set(sys.stdlib_module_names) | {"__future__"} | siblings
+        assert imported <= allowed, (path.name, imported - allowed)
 
 
 # ---------------------------------------------------------------- stage
@@ -282,7 +296,7 @@ def test_single_file_model_is_verified_by_its_sha256(root: Path) -> None:
 
 
 def test_host_tree_hash_equals_the_controllers(tmp_path: Path) -> None:
-    host = load_script()
+    host = remote_module("hostops_fs")
     tree = tmp_path / "m"
     (tree / "variables" / "deep").mkdir(parents=True)
     (tree / "saved_model.pb").write_bytes(os.urandom(3000))
@@ -479,7 +493,7 @@ print(checks, misses)
 def test_current_always_resolves_during_200_switches(root: Path, tmp_path: Path) -> None:
     for n in (1, 2):
         stage(root, "a", rid(n))
-    host = load_script()
+    host = remote_module("hostops_releases")
     host.op_switch({"root": str(root), "app": "a", "release_id": rid(1), "generation": 1})
     stop = tmp_path / "stop"
     reader = subprocess.Popen([sys.executable, "-c", READER, str(root / "a/current"), str(stop)],
@@ -740,7 +754,8 @@ def test_release_ids_are_utc_sortable_and_validated() -> None:
     assert release_time(rid_) == datetime(2026, 11, 22, 1, 30, tzinfo=UTC)
     later = new_release_id(datetime(2026, 11, 22, 1, 30, 1, tzinfo=UTC), "00000000")
     assert sorted([later, rid_]) == [rid_, later]
-    assert load_script().RELEASE_RE.match(rid_)  # the host accepts what the controller makes
+    # the host accepts what the controller makes
+    assert remote_module("hostops_fs").RELEASE_RE.match(rid_)
     with pytest.raises(ValueError, match="aware"):
         new_release_id(datetime(2026, 11, 22), "9f2c1a7b")
     with pytest.raises(ValueError):
@@ -753,7 +768,7 @@ def test_env_hash_is_keyed_by_python_minor_platform_and_lock() -> None:
     lock = "ab" * 32
     base = env_hash("3.11.2", "manylinux_2_36_x86_64", lock)
     assert base == env_hash("3.11", "manylinux_2_36_x86_64", lock)  # patch level: same ABI
-    assert len(base) == 24 and load_script().ENV_RE.match(base)
+    assert len(base) == 24 and remote_module("hostops_fs").ENV_RE.match(base)
     others = {env_hash("3.12", "manylinux_2_36_x86_64", lock),
               env_hash("3.11", "manylinux_2_36_aarch64", lock),
               env_hash("3.11", "manylinux_2_36_x86_64", "cd" * 32)}
@@ -1021,7 +1036,7 @@ def test_pylock_refuses_a_wheel_the_lock_does_not_name(wheels_root: Path, tmp_pa
 
 
 def test_pylock_derived_requirements_from_data() -> None:
-    script = load_script()
+    script = remote_module("hostops_pylock")
     text = PYLOCK.read_text()
     locked = script.pylock_packages(text)
     assert locked == {"python-dateutil": ("2.9.0.post0", [DATEUTIL]), "six": ("1.16.0", [SIX])}
@@ -1060,7 +1075,7 @@ sha256 = "{tool}"
 
 def test_pylock_readers_agree_with_and_without_tomllib() -> None:
     """tomllib on 3.11+, a line scan on older hosts: same packages, wheel hashes only."""
-    script = load_script()
+    script = remote_module("hostops_pylock")
     tables = PYLOCK_TABLES.format(sdist="1" * 64, wheel=SIX.upper(), tool="2" * 64)
     for text in (PYLOCK.read_text(), (REPO / "tests/fixtures/locks/pylock.sklearn.toml")
                  .read_text(), tables):
