@@ -24,10 +24,11 @@ end = time.monotonic() + budget
 if mode == "url":  # urllib (http, email, ssl) costs more than the interpreter's own start
     import urllib.request
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-attempts, last = 0, "not attempted"
+attempts, last = 0, None
 while True:
     attempts += 1
     left = max(0.5, min(10.0, end - time.monotonic()))
+    cut = None  # this attempt was stopped by what was left of the budget
     try:
         if mode == "url":
             with opener.open(target, timeout=left) as r:
@@ -43,12 +44,16 @@ while True:
                 sys.exit(0)
             tail = p.stdout.decode("utf-8", "replace").strip().splitlines()[-3:]
             last = "exit %d%s" % (p.returncode, (": " + " | ".join(tail)) if tail else "")
+    except subprocess.TimeoutExpired:
+        cut = "timed out after %.1f s" % left
     except Exception as exc:
         last = "%s: %s" % (type(exc).__name__, exc)
     if time.monotonic() + 0.25 >= end:
         break
     time.sleep(0.25)
-print(json.dumps({"ok": False, "attempts": attempts, "error": last}))
+# A last attempt cut short by the budget says less than the whole failure before it.
+error = "%s; the last attempt %s" % (last, cut) if last and cut else (last or cut)
+print(json.dumps({"ok": False, "attempts": attempts, "error": error}))
 sys.exit(1)
 """
 
