@@ -11,7 +11,10 @@ live), against a testbed of four simulated GPU hosts and a daemon in the backgro
    followed by the latency each host measured;
 3. version 2, whose predictions are wrong: the canary's verify step catches it before the switch,
    the rollout stops there and no host stops serving version 1;
-4. a driver upgrade on one host (its NVML now reports a driver/library mismatch), found by
+4. version 3, whose input was renamed: it passes verify, but after the switch the clients' smoke
+   request (the spec's health check) fails, so the canary is switched back to version 1
+   automatically and version 3 is marked bad;
+5. a driver upgrade on one host (its NVML now reports a driver/library mismatch), found by
    re-verification (`orchestrator verify`).
 
 DIR holds everything: the testbed's hosts (DIR/hosts/), the daemon's state and log (DIR/daemon/),
@@ -66,6 +69,16 @@ verify:
   iterations: 50
   latency_ms: {{p99: 200}}
   timeout_s: 300
+{service}"""
+
+# Version 3's health check: the request the clients send (the input named `features`), through
+# the serving release's own venv; version 1 answers it, version 3 (input renamed `x`) cannot.
+SMOKE_REQUEST = """\
+service:
+  health_command: >-
+    current/venv/bin/python -c "import tensorflow as tf;
+    tf.saved_model.load('current/model').signatures['serving_default'](features=tf.zeros([1, 4]))"
+  health_timeout_s: 8
 """
 
 SIMULATED = """\
@@ -142,19 +155,21 @@ class Demo:
     def write_specs(self) -> dict[str, Path]:
         specs = self.dir / "specs"
         gpu = specs / "gpu"  # the example as it is, aimed at the testbed's hosts
-        shutil.copytree(GPU_EXAMPLE, gpu, ignore=shutil.ignore_patterns("model-v2"))
+        shutil.copytree(GPU_EXAMPLE, gpu, ignore=shutil.ignore_patterns("model-v*"))
         text = (gpu / "spec.yaml").read_text().replace("targets: [inference]",
                                                        "targets: [testbed]")
         (gpu / "spec.yaml").write_text(text)
         out = {"gpu": gpu / "spec.yaml"}
-        for version, model in (("v1", "model"), ("v2", "model-v2")):
+        for version, model, service in (("v1", "model", ""), ("v2", "model-v2", ""),
+                                        ("v3", "model-v3", SMOKE_REQUEST)):
             d = specs / version
             d.mkdir()
             shutil.copytree(GPU_EXAMPLE / model, d / "model")
             shutil.copy(GPU_EXAMPLE / "golden.npz", d / "golden.npz")  # v1's answers, for both
             shutil.copy(CPU_LOCK, d / "requirements.lock")
             sha = hash_path(d / "model")
-            (d / "spec.yaml").write_text(CPU_SPEC.format(sha=sha, targets=", ".join(SERVING)))
+            (d / "spec.yaml").write_text(CPU_SPEC.format(sha=sha, targets=", ".join(SERVING),
+                                                         service=service))
             out[version] = d / "spec.yaml"
         return out
 
@@ -206,10 +221,16 @@ class Demo:
         self.run("submit", str(specs["v2"]), "--follow", expect=(3,))
         print("\nThe canary's verify step caught it before the switch: the rollout stopped on "
               "the canary,\nits staged release was removed, and every host still serves "
-              "version 1 (a failure after\nthe switch, e.g. a health check, rolls the host back "
-              "to version 1 automatically).")
+              "version 1.")
+        self.stage("5. Roll out version 3, whose input was renamed from `features` to `x`",
+                   "It passes its golden test, but the spec's health check sends the clients' "
+                   "request\n(`features=...`) to the serving release after the switch.")
+        self.run("submit", str(specs["v3"]), "--follow", expect=(3,))
+        print("\nThe canary switched to version 3, its health check failed: it was switched "
+              "back to\nversion 1 (whose check passes), version 3 was marked bad (never a "
+              "rollback target),\nand the rollout stopped before any other host.")
         self.run("releases", "iris", "--inventory", str(self.dir / "inventory.yaml"))
-        self.stage("5. A driver upgrade under a serving model, found by re-verification",
+        self.stage("6. A driver upgrade under a serving model, found by re-verification",
                    "tb-02's driver is upgraded without a reboot: the kernel module and the "
                    "user-space\nlibrary now differ (NVML: \"Driver/library version mismatch\"), "
                    "and CUDA would fail there.")

@@ -120,14 +120,16 @@ def test_cpu_examples_plan_pass_on_hosts_without_a_usable_gpu(
     assert set(verdicts(result).values()) == {"pass"}
 
 
-def test_demo_specs_validate_and_the_v2_model_differs(tmp_path: Path) -> None:
+def test_demo_specs_validate_and_each_version_is_another_model(tmp_path: Path) -> None:
     specs = demo.Demo(tmp_path).write_specs()
     for spec in specs.values():
         done = cli("validate", str(spec))
         assert done.returncode == 0, done.stdout + done.stderr
-    v1, v2 = (cli("hash", str(specs[v].parent / "model")).stdout.split()[0] for v in ("v1", "v2"))
-    assert v1 != v2, "version 2 must be another model"
+    v1, v2, v3 = (cli("hash", str(specs[v].parent / "model")).stdout.split()[0]
+                  for v in ("v1", "v2", "v3"))
+    assert len({v1, v2, v3}) == 3, "versions 2 and 3 must be other models"
     assert "gpu: {required: false}" in specs["v1"].read_text()
+    assert "features=" in specs["v3"].read_text(), "v3's health check is the clients' request"
 
 
 def test_demo_latency_table_lists_each_verified_host() -> None:

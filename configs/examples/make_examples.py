@@ -113,7 +113,7 @@ def inputs(samples: int = SAMPLES, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(samples, FEATURES)).astype(np.float32)
 
 
-def save_savedmodel(path: Path, changed: bool = False) -> None:
+def save_savedmodel(path: Path, changed: bool = False, input_name: str | None = None) -> None:
     import tensorflow as tf
 
     class Tiny(tf.Module):  # type: ignore[misc]
@@ -122,7 +122,8 @@ def save_savedmodel(path: Path, changed: bool = False) -> None:
             w, b = weights(changed=changed)
             self.w, self.b = tf.Variable(w), tf.Variable(b)
 
-        @tf.function(input_signature=[tf.TensorSpec([None, FEATURES], tf.float32)])
+        @tf.function(input_signature=[tf.TensorSpec([None, FEATURES], tf.float32,
+                                                    name=input_name)])
         def serve(self, features: tf.Tensor) -> dict[str, tf.Tensor]:
             return {"probabilities": tf.nn.softmax(tf.matmul(features, self.w) + self.b)}
 
@@ -195,6 +196,9 @@ def main() -> int:
         make("tensorflow-savedmodel", "model", "tensorflow-savedmodel", save_savedmodel)
         # The demo's version 2: same graph, one weight changed; deployed with version 1's golden.
         save_savedmodel(HERE / "tensorflow-savedmodel" / "model-v2", changed=True)
+        # Its version 3: version 1's weights with the input renamed `x`: it passes version 1's
+        # golden file (one unnamed input) but breaks a client that sends `features`.
+        save_savedmodel(HERE / "tensorflow-savedmodel" / "model-v3", input_name="x")
         make("keras", "model.keras", "keras", save_keras)
         make("sklearn-joblib", "model.joblib", "joblib", save_joblib, method="predict_proba")
     if args.relock:
