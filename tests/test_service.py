@@ -8,6 +8,7 @@ from orchestrator.errors import CommandFailed
 from orchestrator.inventory import Inventory
 from orchestrator.pool import Pool
 from orchestrator.steps import service
+from tests.procs import processes_mentioning
 
 
 def test_a_passing_command_is_one_attempt(pool: Pool, inventory: Inventory) -> None:
@@ -32,3 +33,14 @@ def test_the_failure_is_reported_even_when_the_last_attempt_is_cut_short(
     assert "unhealthy after 1.5 s (2 attempts)" in message
     assert ("exit 1: missing a required argument: x; the last attempt timed out after 0.5 s"
             in message)
+
+
+def test_a_command_cut_off_by_the_budget_leaves_no_child_running(
+        pool: Pool, inventory: Inventory) -> None:
+    # A compound command: sh stays the parent of `sleep`, which would outlive a killed sh.
+    host = inventory.hosts["tb-01"]
+    with pool.session(host) as transport, pytest.raises(CommandFailed) as failed:
+        service.health(transport, url=None, command="sleep 7.319; exit 0", cwd=host.deploy_root,
+                       budget_s=1.0, timeout=60.0)
+    assert "timed out after 1.0 s" in str(failed.value)
+    assert processes_mentioning("sleep 7.319") == []

@@ -18,9 +18,43 @@ from orchestrator.transport import Transport
 #: Polls a URL (2xx) or a shell command (exit 0) until it passes or the budget is spent.
 #: Python 3.9+, stdlib only; prints one JSON object.
 HEALTH_SCRIPT = r"""
-import json, subprocess, sys, time
+import json, os, signal, subprocess, sys, time
 mode, target, budget = sys.argv[1], sys.argv[2], float(sys.argv[3])
 end = time.monotonic() + budget
+
+def descendants(pid):
+    # Every process below pid, from /proc (none where there is no /proc): a command cut off by
+    # the budget must not leave its children running, and they stay in the SSH command's
+    # process group (so a dropped connection still kills them) rather than a group of their own.
+    children = {}
+    for entry in (os.listdir("/proc") if os.path.isdir("/proc") else ()):
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(
+                    int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+def run_command(left):
+    p = subprocess.Popen(["sh", "-c", target], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out = p.communicate(timeout=left)[0]
+    except subprocess.TimeoutExpired:
+        for pid in descendants(p.pid) + [p.pid]:  # the whole tree first: then nothing escapes
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        p.communicate()
+        raise
+    return p.returncode, out
+
 if mode == "url":  # urllib (http, email, ssl) costs more than the interpreter's own start
     import urllib.request
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -37,13 +71,12 @@ while True:
                     sys.exit(0)
                 last = "HTTP %d" % r.status
         else:
-            p = subprocess.run(["sh", "-c", target], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, timeout=left)
-            if p.returncode == 0:
+            code, out = run_command(left)
+            if code == 0:
                 print(json.dumps({"ok": True, "attempts": attempts}))
                 sys.exit(0)
-            tail = p.stdout.decode("utf-8", "replace").strip().splitlines()[-3:]
-            last = "exit %d%s" % (p.returncode, (": " + " | ".join(tail)) if tail else "")
+            tail = out.decode("utf-8", "replace").strip().splitlines()[-3:]
+            last = "exit %d%s" % (code, (": " + " | ".join(tail)) if tail else "")
     except subprocess.TimeoutExpired:
         cut = "timed out after %.1f s" % left
     except Exception as exc:
