@@ -260,6 +260,28 @@ def test_script_is_python39_syntax_and_stdlib_only() -> None:
         assert imported <= allowed, (path.name, imported - allowed)
 
 
+def test_hostops_modules_import_only_each_others_public_names() -> None:
+    """A name one hostops module takes from another is that module's interface: public (no
+    leading underscore), and defined there, so a rename in one module cannot silently break
+    another's import on a host."""
+    import ast
+
+    files = {path.stem: ast.parse(path.read_text())
+             for path in [SCRIPT, *SCRIPT.parent.glob("hostops_*.py")]}
+    defined = {stem: {n.name for n in tree.body
+                      if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+               | {t.id for n in tree.body if isinstance(n, ast.Assign)
+                  for t in n.targets if isinstance(t, ast.Name)}
+               for stem, tree in files.items()}
+    imported = [(stem, node.module, alias.name) for stem, tree in files.items()
+                for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.module in files
+                for alias in node.names]
+    assert len(imported) > 40  # the modules do share names: the check has something to check
+    assert [i for i in imported if i[2].startswith("_")] == []
+    assert [i for i in imported if i[2] not in defined[i[1]]] == []
+
+
 # ---------------------------------------------------------------- stage
 
 

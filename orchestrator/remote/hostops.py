@@ -89,7 +89,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from hostops_fs import OpError, _arg, _root  # noqa: E402
+from hostops_fs import OpError, checked_arg, root_arg  # noqa: E402
 from hostops_prune import op_prune  # noqa: E402
 from hostops_releases import (  # noqa: E402
     op_mark_bad,
@@ -114,7 +114,7 @@ from hostops_venvs import op_venv_ensure, op_wheels_missing, op_wheels_verify  #
 def op_probe(args):
     """The host's facts (`probe.py`, shipped in the same bundle, run in this process): the
     probe step then costs one interpreter start with `state` in the same batch, not two."""
-    root = _root(args)
+    root = root_arg(args)
     import importlib.util
 
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "probe.py")
@@ -137,8 +137,8 @@ def op_batch(args):
     holds each op's reply, as the op alone would give it (with "ok"), up to and including a
     failed one; the batch itself is ok only when all were, and then carries the failed op's
     "error" and "kind" and its name as "failed_op"."""
-    root = _root(args)
-    calls = _arg(args, "ops")
+    root = root_arg(args)
+    calls = checked_arg(args, "ops")
     if not isinstance(calls, list) or not 0 < len(calls) <= MAX_BATCH:
         raise OpError("bad-args", f"ops must be a list of 1 to {MAX_BATCH} calls")
     for call in calls:

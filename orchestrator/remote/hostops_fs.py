@@ -1,6 +1,11 @@
 """hostops' ground floor: its error, argument checks, atomic writes, flocks, the model tree hash
 and the rename-aside delete. Shipped beside hostops.py (stdlib only, Python 3.9+); every other
-hostops_* module builds on these."""
+hostops_* module builds on these.
+
+Offers the others: OpError; the argument checks checked_arg, root_arg, app_dir_arg and the
+patterns NAME_RE, RELEASE_RE, HASH_RE, ENV_RE; orch_path (under .orchestrator/); write_atomic,
+write_json, read_json, replace_symlink, fsync_dir; sha256_file, tree_hash; Flock, app_lock
+(APP_LOCK_WAIT_S); rmtree_atomic, clean_trash."""
 
 from __future__ import annotations
 
@@ -30,7 +35,9 @@ class OpError(Exception):
 # ---------------------------------------------------------------- small helpers
 
 
-def _arg(args, key, pattern=None, default=None, required=True):
+def checked_arg(args, key, pattern=None, default=None, required=True):
+    """args[key] (or default): present unless not required, matching pattern when given;
+    else OpError("bad-args")."""
     value = args.get(key, default)
     if value is None and required:
         raise OpError("bad-args", f"missing argument: {key}")
@@ -41,22 +48,22 @@ def _arg(args, key, pattern=None, default=None, required=True):
     return value
 
 
-def _root(args):
-    root = _arg(args, "root")
+def root_arg(args):
+    root = checked_arg(args, "root")
     if not isinstance(root, str) or not os.path.isabs(root):
         raise OpError("bad-args", f"root must be an absolute path: {root!r}")
     return os.path.normpath(root)
 
 
-def _app_dir(args):
-    return os.path.join(_root(args), _arg(args, "app", NAME_RE))
+def app_dir_arg(args):
+    return os.path.join(root_arg(args), checked_arg(args, "app", NAME_RE))
 
 
-def _orch(root, *parts):
+def orch_path(root, *parts):
     return os.path.join(root, ".orchestrator", *parts)
 
 
-def _fsync_dir(path):
+def fsync_dir(path):
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -64,7 +71,7 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def _write_atomic(path, data):
+def write_atomic(path, data):
     """tmp + fsync + rename + fsync(dir): a reader sees the old file or the new one, whole."""
     directory = os.path.dirname(path)
     tmp = os.path.join(directory, f".tmp-{os.urandom(8).hex()}")
@@ -80,14 +87,26 @@ def _write_atomic(path, data):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
-def _write_json(path, obj):
-    _write_atomic(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+def replace_symlink(directory, name, target):
+    """A new symlink renamed over the old: `name` always resolves, to the old or the new."""
+    tmp = os.path.join(directory, f"{name}.tmp-{os.urandom(6).hex()}")
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, os.path.join(directory, name))
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    fsync_dir(directory)
 
 
-def _read_json(path, default):
+def write_json(path, obj):
+    write_atomic(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def read_json(path, default):
     try:
         with open(path, "rb") as fh:
             return json.loads(fh.read().decode())
@@ -95,7 +114,7 @@ def _read_json(path, default):
         return default
 
 
-def _sha256_file(path):
+def sha256_file(path):
     import hashlib
 
     digest = hashlib.sha256()
@@ -120,7 +139,7 @@ def tree_hash(directory):
             if name in filenames:
                 if not os.path.isfile(full):
                     raise OpError("bad-model", f"not a regular file in the model: {rel}")
-                lines.append(f"{_sha256_file(full)}  {rel}\n")
+                lines.append(f"{sha256_file(full)}  {rel}\n")
     if not lines:
         raise OpError("bad-model", f"the model directory holds no regular file: {directory}")
     import hashlib
@@ -128,7 +147,7 @@ def tree_hash(directory):
     return hashlib.sha256("".join(sorted(lines)).encode("utf-8")).hexdigest()
 
 
-class _Flock:
+class Flock:
     """An fcntl lock on a file (exclusive unless shared), waited for up to wait_s (None:
     forever, 0: try once)."""
 
@@ -155,12 +174,12 @@ class _Flock:
         return False
 
 
-def _app_lock(app_dir):
+def app_lock(app_dir):
     os.makedirs(app_dir, exist_ok=True)
-    return _Flock(os.path.join(app_dir, ".lock"), APP_LOCK_WAIT_S)
+    return Flock(os.path.join(app_dir, ".lock"), APP_LOCK_WAIT_S)
 
 
-def _rmtree_atomic(path):
+def rmtree_atomic(path):
     """Rename aside first, so a crash mid-delete leaves a .trash- dir, never a half release."""
     if not os.path.lexists(path):
         return
@@ -170,11 +189,11 @@ def _rmtree_atomic(path):
     parent = os.path.dirname(path)
     trash = tempfile.mkdtemp(prefix=".trash-", dir=parent)
     os.rename(path, os.path.join(trash, "x"))
-    _fsync_dir(parent)
+    fsync_dir(parent)
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _clean_trash(directory):
+def clean_trash(directory):
     for name in os.listdir(directory) if os.path.isdir(directory) else ():
         if name.startswith(".trash-"):
             import shutil

@@ -1,6 +1,8 @@
 """hostops' `prune`: an app's old releases, then for the whole host the venvs, wheels, build
 dirs and uv cache no release refers to, never what is current, a rollback target, staging or in
-use. Shipped beside hostops.py (stdlib only, Python 3.9+)."""
+use. Shipped beside hostops.py (stdlib only, Python 3.9+).
+
+Offers hostops.py the prune op; nothing to the other modules."""
 
 from __future__ import annotations
 
@@ -12,25 +14,25 @@ from hostops_fs import (
     APP_LOCK_WAIT_S,
     ENV_RE,
     NAME_RE,
+    Flock,
     OpError,
-    _app_dir,
-    _app_lock,
-    _clean_trash,
-    _Flock,
-    _orch,
-    _read_json,
-    _rmtree_atomic,
-    _root,
+    app_dir_arg,
+    app_lock,
+    clean_trash,
+    orch_path,
+    read_json,
+    rmtree_atomic,
+    root_arg,
 )
 from hostops_pylock import PYLOCK_HASH_RE, is_pylock
 from hostops_releases import (
     STAGING,
-    _committed_ids,
-    _current_id,
-    _load_state,
-    _previous_good,
-    _releases_dir,
-    _save_state,
+    committed_ids,
+    current_id,
+    load_state,
+    previous_good,
+    releases_dir,
+    save_state,
 )
 
 LOCK_HASH_RE = re.compile(r"--hash=sha256:([0-9a-f]{64})")
@@ -40,10 +42,10 @@ PART_GRACE_S = 3600.0
 # ---------------------------------------------------------------- prune
 
 
-def _in_use(releases_dir):
+def _in_use(rel_dir):
     """Release ids some process has as its cwd or names on its command line (best effort:
     only the processes this user may inspect)."""
-    found, prefix = set(), releases_dir + "/"
+    found, prefix = set(), rel_dir + "/"
     for pid in os.listdir("/proc") if os.path.isdir("/proc") else ():
         if not pid.isdigit():
             continue
@@ -63,7 +65,7 @@ def _in_use(releases_dir):
 def _all_release_dirs(root):
     for app in sorted(os.listdir(root)):
         if NAME_RE.match(app):
-            rel = _releases_dir(os.path.join(root, app))
+            rel = releases_dir(os.path.join(root, app))
             for name in sorted(os.listdir(rel)) if os.path.isdir(rel) else ():
                 if not name.startswith("."):
                     yield os.path.join(rel, name)
@@ -76,7 +78,7 @@ def _referenced(root):
         venv = os.path.join(path, "venv")
         if os.path.islink(venv):
             envs.add(os.path.basename(os.readlink(venv).rstrip("/")))
-        manifest = _read_json(os.path.join(path, "manifest.json"), {})
+        manifest = read_json(os.path.join(path, "manifest.json"), {})
         if isinstance(manifest, dict) and isinstance(manifest.get("env_hash"), str):
             envs.add(manifest["env_hash"])
         try:
@@ -90,14 +92,14 @@ def _referenced(root):
 
 
 def _gc_venvs(root):
-    venvs, removed = _orch(root, "venvs"), []
+    venvs, removed = orch_path(root, "venvs"), []
     names = os.listdir(venvs) if os.path.isdir(venvs) else []
     for name in sorted(n for n in names if ENV_RE.match(n)):
         try:
-            with _Flock(os.path.join(venvs, name + ".lock"), 0):
+            with Flock(os.path.join(venvs, name + ".lock"), 0):
                 # references re-read under the venv's lock: venv-ensure links before unlocking
                 if name not in _referenced(root)[0]:
-                    _rmtree_atomic(os.path.join(venvs, name))
+                    rmtree_atomic(os.path.join(venvs, name))
                     removed.append(name)
         except OpError:
             continue  # being built right now
@@ -107,7 +109,7 @@ def _gc_venvs(root):
 def _gc_wheels(root, grace_s):
     import shutil
 
-    wheels, removed = _orch(root, "wheels"), []
+    wheels, removed = orch_path(root, "wheels"), []
     names = os.listdir(wheels) if os.path.isdir(wheels) else []
     used, now = _referenced(root)[1], time.time()
     for name in sorted(names):
@@ -120,7 +122,7 @@ def _gc_wheels(root, grace_s):
         if stale_part or unused:
             os.unlink(path)
             removed.append(name)
-    links = _orch(root, "links")
+    links = orch_path(root, "links")
     for sha in os.listdir(links) if os.path.isdir(links) else ():
         if not os.path.isfile(os.path.join(wheels, sha + ".whl")):
             shutil.rmtree(os.path.join(links, sha), ignore_errors=True)
@@ -132,7 +134,7 @@ def _gc_tmp(root):
     the script's own cleanup never ran); older than a day, so no live build is touched."""
     import shutil
 
-    tmp, now = _orch(root, "tmp"), time.time()
+    tmp, now = orch_path(root, "tmp"), time.time()
     for name in os.listdir(tmp) if os.path.isdir(tmp) else ():
         path = os.path.join(tmp, name)
         if now - os.lstat(path).st_mtime > 86400:
@@ -144,12 +146,12 @@ def _gc_uv_cache(root):
     find-links files). Venvs hardlink (or copy) from it and never need it again, so once a
     venv is gone the whole cache is dropped, when no build holds it; the next new venv
     unpacks its wheels again."""
-    cache = _orch(root, "uv-cache")
+    cache = orch_path(root, "uv-cache")
     if not os.path.isdir(cache):
         return False
     try:
-        with _Flock(_orch(root, "uv-cache.lock"), 0):
-            _rmtree_atomic(cache)
+        with Flock(orch_path(root, "uv-cache.lock"), 0):
+            rmtree_atomic(cache)
     except OpError:
         return False  # a build is using it
     return True
@@ -161,29 +163,29 @@ def op_prune(args):
     release of any app links to (or names in its manifest), skipping any being built, and
     wheels no remaining release's requirements.lock lists (either format; older than
     "grace_s", default 600 s, so wheels uploaded for a lock not yet staged survive)."""
-    app_dir, root = _app_dir(args), _root(args)
+    app_dir, root = app_dir_arg(args), root_arg(args)
     keep = args.get("keep", 5)
     if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
         raise OpError("bad-args", f"keep must be an integer >= 1: {keep!r}")
-    with _app_lock(app_dir):
-        state, current = _load_state(app_dir), _current_id(app_dir)
-        protected = {current, _previous_good(app_dir, state, current)}
-        protected |= _in_use(_releases_dir(app_dir))
+    with app_lock(app_dir):
+        state, current = load_state(app_dir), current_id(app_dir)
+        protected = {current, previous_good(app_dir, state, current)}
+        protected |= _in_use(releases_dir(app_dir))
         removed = []
-        for rid in sorted(_committed_ids(app_dir), reverse=True)[keep:]:
+        for rid in sorted(committed_ids(app_dir), reverse=True)[keep:]:
             if rid not in protected:
-                _rmtree_atomic(os.path.join(_releases_dir(app_dir), rid))
+                rmtree_atomic(os.path.join(releases_dir(app_dir), rid))
                 removed.append(rid)
         if removed:
             state["history"] = [h for h in state["history"] if h not in removed]
             state["bad"] = [b for b in state["bad"] if b not in removed]
-            _save_state(app_dir, state)
-    os.makedirs(_orch(root), exist_ok=True)
-    with _Flock(_orch(root, "gc.lock"), APP_LOCK_WAIT_S):
+            save_state(app_dir, state)
+    os.makedirs(orch_path(root), exist_ok=True)
+    with Flock(orch_path(root, "gc.lock"), APP_LOCK_WAIT_S):
         venvs = _gc_venvs(root)
         wheels = _gc_wheels(root, float(args.get("grace_s", 600)))
         _gc_tmp(root)
-        _clean_trash(_orch(root))
+        clean_trash(orch_path(root))
         cleared = _gc_uv_cache(root) if venvs else False
     return {"removed_releases": removed, "removed_venvs": venvs, "removed_wheels": wheels,
-            "uv_cache_cleared": cleared, "kept": _committed_ids(app_dir)}
+            "uv_cache_cleared": cleared, "kept": committed_ids(app_dir)}

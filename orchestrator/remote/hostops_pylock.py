@@ -1,6 +1,9 @@
 """hostops' reading of a PEP 751 pylock.toml: its packages' versions and wheel hashes, and the
 hash-pinned requirements file the installers get for the wheels the controller chose. Shipped
-beside hostops.py (stdlib only, Python 3.9+)."""
+beside hostops.py (stdlib only, Python 3.9+).
+
+Offers hostops_venvs is_pylock, pylock_packages and pinned_requirements; hostops_prune
+is_pylock and PYLOCK_HASH_RE (the wheel hashes a pylock names)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
 """hostops' environments: the host's content-addressed wheel cache (uploads verified into
 place) and the venvs built from it, offline and hash-checked, with uv or pip, at their final
-path, marker last; one builder per env_hash. Shipped beside hostops.py (stdlib only, 3.9+)."""
+path, marker last; one builder per env_hash. Shipped beside hostops.py (stdlib only, 3.9+).
+
+Offers hostops.py the wheels-missing, wheels-verify and venv-ensure ops; nothing to the other
+modules."""
 
 from __future__ import annotations
 
@@ -12,21 +15,22 @@ from hostops_fs import (
     ENV_RE,
     HASH_RE,
     RELEASE_RE,
+    Flock,
     OpError,
-    _app_dir,
-    _arg,
-    _clean_trash,
-    _Flock,
-    _fsync_dir,
-    _orch,
-    _read_json,
-    _rmtree_atomic,
-    _root,
-    _sha256_file,
-    _write_json,
+    app_dir_arg,
+    checked_arg,
+    clean_trash,
+    fsync_dir,
+    orch_path,
+    read_json,
+    replace_symlink,
+    rmtree_atomic,
+    root_arg,
+    sha256_file,
+    write_json,
 )
 from hostops_pylock import is_pylock, pinned_requirements, pylock_packages
-from hostops_releases import _release_path, _replace_symlink
+from hostops_releases import release_path
 
 WHEEL_RE = re.compile(r"^[A-Za-z0-9_.+!-]+\.whl$")
 COMPLETE = ".orchestrator-complete.json"
@@ -36,7 +40,7 @@ COMPLETE = ".orchestrator-complete.json"
 
 
 def _shas(args):
-    shas = _arg(args, "shas")
+    shas = checked_arg(args, "shas")
     if not isinstance(shas, list) or not all(isinstance(s, str) and HASH_RE.match(s) for s in shas):
         raise OpError("bad-args", "shas must be a list of sha256 hex digests")
     return shas
@@ -44,7 +48,7 @@ def _shas(args):
 
 def op_wheels_missing(args):
     """Which of these wheels the host's cache lacks (creates the cache dir for the uploads)."""
-    wheels = _orch(_root(args), "wheels")
+    wheels = orch_path(root_arg(args), "wheels")
     os.makedirs(wheels, exist_ok=True)
     shas = _shas(args)
     missing = [s for s in shas if not os.path.isfile(os.path.join(wheels, s + ".whl"))]
@@ -53,13 +57,13 @@ def op_wheels_missing(args):
 
 def op_wheels_verify(args):
     """After upload to wheels/<sha>.whl.part: hash it, rename into place, or delete it."""
-    wheels = _orch(_root(args), "wheels")
+    wheels = orch_path(root_arg(args), "wheels")
     verified, bad, missing = [], [], []
     for sha in _shas(args):
         final = os.path.join(wheels, sha + ".whl")
         part = final + ".part"
         if os.path.isfile(part):
-            actual = _sha256_file(part)
+            actual = sha256_file(part)
             if actual == sha:
                 os.replace(part, final)
                 verified.append(sha)
@@ -71,14 +75,14 @@ def op_wheels_verify(args):
         else:
             missing.append(sha)
     if bad or missing:
-        _fsync_dir(wheels)
+        fsync_dir(wheels)
         what = ["{} arrived as {}".format(b["expected"], b["actual"]) for b in bad]
         what += [f"{m} never arrived" for m in missing]
         raise OpError("wheel-hash-mismatch" if bad else "missing-wheel",
                       "wheel upload failed verification: " + "; ".join(what),
                       verified=verified, bad=bad, missing=missing)
     if verified:
-        _fsync_dir(wheels)
+        fsync_dir(wheels)
     return {"verified": verified}
 
 
@@ -121,7 +125,7 @@ def _scrubbed_env(root, tmp, python):
         "PATH": os.path.dirname(python) + ":/usr/local/bin:/usr/bin:/bin",
         "HOME": home, "TMPDIR": tmp, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "NO_COLOR": "1",
         "UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never", "UV_OFFLINE": "1",
-        "UV_NO_PROGRESS": "1", "UV_CACHE_DIR": _orch(root, "uv-cache"),
+        "UV_NO_PROGRESS": "1", "UV_CACHE_DIR": orch_path(root, "uv-cache"),
         "PIP_CONFIG_FILE": "/dev/null", "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         "PIP_NO_INPUT": "1", "PYTHONNOUSERSITE": "1",
     }
@@ -138,14 +142,14 @@ def _link_wheels(root, wheel_map):
     for sha, filename in sorted(wheel_map.items()):
         if not HASH_RE.match(sha) or not isinstance(filename, str) or not WHEEL_RE.match(filename):
             raise OpError("bad-args", f"bad wheel entry: {sha!r}: {filename!r}")
-        source = _orch(root, "wheels", sha + ".whl")
+        source = orch_path(root, "wheels", sha + ".whl")
         if not os.path.isfile(source):
             raise OpError("missing-wheel", f"wheel {filename} (sha256 {sha}) is not in the "
                           "host's cache", sha256=sha, filename=filename)
-        directory = _orch(root, "links", sha)
+        directory = orch_path(root, "links", sha)
         os.makedirs(directory, exist_ok=True)
         if not os.path.exists(os.path.join(directory, filename)):
-            _replace_symlink(directory, filename, source)  # atomic: builders may race here
+            replace_symlink(directory, filename, source)  # atomic: builders may race here
         dirs.append(directory)
     return dirs
 
@@ -210,17 +214,17 @@ def _pip_commands(python, path, links, lock, compile_bytecode):
 
 def _build_venv(root, path, args):
     python = _resolve_python(args.get("python") or "python3")
-    lock = _arg(args, "lock")
+    lock = checked_arg(args, "lock")
     if not isinstance(lock, str) or not os.path.isabs(lock) or not os.path.isfile(lock):
         raise OpError("not-found", f"lock file not found on host: {lock!r}")
     timeout = float(args.get("timeout_s", 1800))
     import shutil
     import tempfile
 
-    os.makedirs(_orch(root, "tmp"), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="build-", dir=_orch(root, "tmp"))
+    os.makedirs(orch_path(root, "tmp"), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="build-", dir=orch_path(root, "tmp"))
     # shared: builders run side by side; prune clears uv's cache only when none is running
-    cache_use = _Flock(_orch(root, "uv-cache.lock"), None, shared=True)
+    cache_use = Flock(orch_path(root, "uv-cache.lock"), None, shared=True)
     try:
         cache_use.__enter__()
         links = _link_wheels(root, args.get("wheels") or {})
@@ -248,7 +252,7 @@ def _build_venv(root, path, args):
             durations[step] = round(time.monotonic() - start, 3)
         freeze = _check(_run(cmds["freeze"], env, tmp, 120, "freeze"), "freeze").stdout
         return {"installer": installer, "fallback_reason": fallback, "python": python,
-                "lock_sha256": _sha256_file(lock), "lock_format": lock_format,
+                "lock_sha256": sha256_file(lock), "lock_format": lock_format,
                 "created": time.time(),
                 "freeze": [line for line in freeze.splitlines() if line.strip()],
                 "durations": durations}
@@ -260,7 +264,7 @@ def _build_venv(root, path, args):
 
 def _complete_marker(path):
     """The marker, if the venv is complete and its interpreter still runs from it."""
-    marker = _read_json(os.path.join(path, COMPLETE), None)
+    marker = read_json(os.path.join(path, COMPLETE), None)
     if marker is None or not os.path.exists(os.path.join(path, "bin", "python")):
         return None
     return marker
@@ -269,8 +273,8 @@ def _complete_marker(path):
 def _link_venv(args, path):
     if args.get("app") is None:
         return None
-    release = _release_path(_app_dir(args), _arg(args, "release_id", RELEASE_RE))
-    _replace_symlink(release, "venv", path)
+    release = release_path(app_dir_arg(args), checked_arg(args, "release_id", RELEASE_RE))
+    replace_symlink(release, "venv", path)
     return os.path.join(release, "venv")
 
 
@@ -292,22 +296,22 @@ def op_venv_ensure(args):
     and then reuses what the first one built: two apps may share an environment. With "app"
     and "release_id", the release's `venv` symlink is made under the same lock, so a
     concurrent prune never sees the new venv unreferenced."""
-    root, env_hash = _root(args), _arg(args, "env_hash", ENV_RE)
-    venvs = _orch(root, "venvs")
+    root, env_hash = root_arg(args), checked_arg(args, "env_hash", ENV_RE)
+    venvs = orch_path(root, "venvs")
     os.makedirs(venvs, exist_ok=True)
     path = os.path.join(venvs, env_hash)
-    with _Flock(path + ".lock", float(args.get("wait_s", 1800))) as lock:
-        _clean_trash(venvs)
+    with Flock(path + ".lock", float(args.get("wait_s", 1800))) as lock:
+        clean_trash(venvs)
         marker, reused = _complete_marker(path), True
         if marker is None:
             _need_uv(args)
             reused = False
-            _rmtree_atomic(path)  # an incomplete venv from a crashed build: never reused
+            rmtree_atomic(path)  # an incomplete venv from a crashed build: never reused
             try:
                 marker = _build_venv(root, path, args)
-                _write_json(os.path.join(path, COMPLETE), marker)
+                write_json(os.path.join(path, COMPLETE), marker)
             except BaseException:
-                _rmtree_atomic(path)
+                rmtree_atomic(path)
                 raise
         link = _link_venv(args, path)
         return {"env_hash": env_hash, "path": path, "reused": reused, "link": link,
