@@ -28,9 +28,10 @@ from orchestrator.errors import BadHostOutput, HostError
 from orchestrator.facts import HostFacts, parse_facts
 from orchestrator.hostops import HostOps, parse_reply
 from orchestrator.inventory import Host
-from orchestrator.pipeline import EventSink
+from orchestrator.pipeline import RECOVERY_TIMEOUT_S, EventSink
 from orchestrator.probe import probe_host
-from orchestrator.steps import hostlock
+from orchestrator.steps import hostlock, service
+from orchestrator.steps.host import service_of
 from orchestrator.steps.verify import remote_model_path
 from orchestrator.tools import ensure_tools
 from orchestrator.transport import Transport
@@ -171,7 +172,7 @@ def reverify_app(transport: Transport, host: Host, app: str, facts: HostFacts,
         reverify_cfg = getattr(spec, "reverify", None) if spec is not None else None
         check.action = rv.action_for(check.status, getattr(reverify_cfg, "on_failure", None))
         if check.action == "rollback":
-            _rollback(transport, host, check, sink)
+            _rollback(transport, host, check, spec, sink)
             check = _again(check, check_app(transport, host, app, facts, spec_for))
     finally:
         hostlock.release(transport, host.deploy_root, app, owner)
@@ -192,12 +193,19 @@ def _again(first: AppCheck, second: AppCheck) -> AppCheck:
     return second
 
 
-def _rollback(transport: Transport, host: Host, check: AppCheck, sink: EventSink) -> None:
+def _rollback(transport: Transport, host: Host, check: AppCheck, spec: Any,
+              sink: EventSink) -> None:
+    """Back to the previous good release, and its service restarted as it was deployed."""
     try:
         out = HostOps(transport, host.deploy_root).rollback(
             check.app, from_release=check.release_id, mark_bad=True)
+        svc = service_of(host.name, out.service, getattr(spec, "service", None))
+        restarted = (service.restart(transport, svc.restart,
+                                     service.app_dir(host.deploy_root, check.app),
+                                     RECOVERY_TIMEOUT_S)
+                     if svc is not None and svc.restart else {})
         sink.emit("reverify.rollback", host=host.name, status="ok", app=check.app,
-                  release_id=check.release_id, current=out.current)
+                  release_id=check.release_id, current=out.current, **restarted)
     except HostError as exc:
         sink.emit("reverify.rollback", host=host.name, status="failed", level="error",
                   app=check.app, error=str(exc))

@@ -143,6 +143,8 @@ class SwitchResult:
     generation: int
     previous_good: str | None
     marked_bad: tuple[str, ...] = ()
+    # rollback only: the `service` of the manifest of the release now current (None: unknown)
+    service: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -478,5 +480,7 @@ def app_state(r: Mapping[str, Any]) -> AppState:
 
 
 def _switch_result(r: Mapping[str, Any]) -> SwitchResult:
+    service = r.get("service")
     return SwitchResult(r["current"], r["before"], bool(r["changed"]), int(r["generation"]),
-                        r.get("previous_good"), tuple(r.get("marked_bad", ())))
+                        r.get("previous_good"), tuple(r.get("marked_bad", ())),
+                        service if isinstance(service, Mapping) else None)

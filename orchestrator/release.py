@@ -90,6 +90,10 @@ class Manifest(BaseModel):
     facts: dict[str, Any] = Field(default_factory=dict)
     pip_freeze: list[str] = Field(default_factory=list)
     warmup: dict[str, Any] | None = None
+    # The spec's `service:` this release was deployed with ({} for none): a rollback to it
+    # restarts and checks it with these, as they were when it last passed. None: a manifest
+    # written before this was recorded (the rolling-back deployment's own are used).
+    service: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object written on the host (hostops `write-manifest`)."""

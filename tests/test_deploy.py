@@ -187,6 +187,24 @@ def test_health_check_failing_after_switch_rolls_back_with_reason(
     assert log.read_text().count("restarted") == 3
 
 
+def test_a_rollback_restarts_and_checks_the_previous_release_as_it_was_deployed(
+        inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path) -> None:
+    host = inventory.hosts[HOST]
+    # v2 brings a health check of its own (an endpoint v1 never had) and another restart: v1,
+    # put back, must be restarted and checked as v1 was deployed, not failed by v2's check.
+    v1 = "service: {restart: 'echo v1 >> restarts.log'}\n"
+    v2 = ("service: {restart: 'echo v2 >> restarts.log', "
+          "health_command: 'test -e current/model/v2-endpoint', health_timeout_s: 1}\n")
+    good = deploy_v1(models_dir, tmp_path, "svc-app", inventory, pool, extra=v1)
+    bad, sink = run(v2_spec(models_dir, tmp_path / "bad", "svc-app", extra=v2), inventory, pool)
+    result = bad.hosts[HOST]
+    assert result.status is HostStatus.ROLLED_BACK and result.failed_step == "check"
+    assert sink.find("recheck", "ok")["health"] == "none configured"
+    assert app_state(pool, host, "svc-app").current == good.release_id
+    log = Path(host.deploy_root) / "svc-app" / "restarts.log"
+    assert log.read_text().split() == ["v1", "v2", "v1"]
+
+
 def test_tampered_lock_hash_is_refused_before_the_host_is_touched(
         inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path) -> None:
     wheelhouse = tmp_path / "wheelhouse"

@@ -274,9 +274,10 @@ def test_on_failure_rollback_puts_the_previous_release_back_and_verifies_it(
         inventory: Inventory, pool: Pool, models_dir: Path,
         tmp_path: Path) -> None:
     app, extra = "rv-undo", "reverify: {every: 1m, on_failure: rollback}\n"
-    first, _ = run(v1_spec(models_dir, tmp_path / "v1", app, extra=extra), inventory, pool,
-                   hosts=[RV_HOST])
-    v2 = v2_spec(models_dir, tmp_path / "v2", app, extra=extra)
+    restart = "service: {{restart: 'echo {} >> restarts.log'}}\n"
+    first, _ = run(v1_spec(models_dir, tmp_path / "v1", app, extra=extra + restart.format("v1")),
+                   inventory, pool, hosts=[RV_HOST])
+    v2 = v2_spec(models_dir, tmp_path / "v2", app, extra=extra + restart.format("v2"))
     second, _ = run(v2, inventory, pool, hosts=[RV_HOST])
     assert first.ok and second.ok
     specs = {first.deployment: load_spec(tmp_path / "v1" / app / "spec.yaml"),
@@ -293,6 +294,9 @@ def test_on_failure_rollback_puts_the_previous_release_back_and_verifies_it(
     assert (result.status, check_.release_id) == (rv.HEALTHY, first.release_id), result.reasons
     assert "rollback after: model file model/model-v2.joblib changed" in result.reasons[0]
     assert next(e for e in sink.events if e["event"] == "reverify.rollback")["status"] == "ok"
+    # v1 is back and its service restarted as v1 was deployed (v1's command, not v2's)
+    log = Path(host.deploy_root) / app / "restarts.log"
+    assert log.read_text().split() == ["v1", "v2", "v1"]
 
 
 # -- through the daemon -------------------------------------------------------------------------

@@ -57,7 +57,8 @@ Ops (arguments besides "root"; what a success adds; failure kinds worth branchin
     switch              app, release_id, generation -> current, before, changed, generation,
                         previous_good;  stale-generation, bad-release, not-found
     rollback            app, [to="previous"|id, from, generation, mark_bad] -> as switch, and
-                        marked_bad;  no-rollback-target
+                        marked_bad, service (the `service` of the now current release's
+                        manifest: restart and check it so);  no-rollback-target
     mark-bad            app, release_id -> bad
     releases            app -> releases [{release_id, state, path, created, env_hash,
                         manifest}], current, previous_good

@@ -152,7 +152,8 @@ def op_rollback(args):
         if current != source:
             return {"current": current, "before": current, "changed": False,
                     "generation": state["generation"], "marked_bad": state["bad"],
-                    "previous_good": previous_good(app_dir, state, current)}
+                    "previous_good": previous_good(app_dir, state, current),
+                    "service": _deployed_service(app_dir, current)}
         to = args.get("to", "previous")
         target = previous_good(app_dir, state, current) if to == "previous" else checked_arg(
             args, "to", RELEASE_RE)
@@ -162,7 +163,18 @@ def op_rollback(args):
             raise OpError("bad-release", f"release {target} is marked bad; refused")
         result = _switch_locked(app_dir, state, target, generation)
         result["marked_bad"] = state["bad"]
+        result["service"] = _deployed_service(app_dir, target)
         return result
+
+
+def _deployed_service(app_dir, rid):
+    """The `service` the release's manifest.json records (how to restart and check it), or
+    None: no release, or a manifest from before it was recorded."""
+    if rid is None:
+        return None
+    manifest = read_json(os.path.join(releases_dir(app_dir), rid, "manifest.json"), {})
+    service = manifest.get("service") if isinstance(manifest, dict) else None
+    return service if isinstance(service, dict) else None
 
 
 def op_mark_bad(args):

@@ -110,6 +110,9 @@ class HostDeploy:
         self.rid = inputs.release_id
         self.ops = HostOps(transport, self.root)
         self.state = HostState()
+        # The service of the release `current` points at: the spec's, until a rollback puts back
+        # a release deployed with its own (`service_of`).
+        self.service: Any = inputs.spec.service
 
     # -- the engine's interface -------------------------------------------------------------
 
@@ -133,6 +136,7 @@ class HostDeploy:
     def rollback(self, deadline: Deadline) -> Mapping[str, Any]:
         out = self.ops.rollback(self.app, from_release=self.rid, mark_bad=True,
                                 timeout=deadline.timeout())
+        self.service = service_of(self.host, out.service, self.inputs.spec.service)
         return {"current": out.current, "changed": out.changed, **self.restart_service(deadline)}
 
     def recheck(self, deadline: Deadline) -> Mapping[str, Any]:
@@ -331,14 +335,14 @@ class HostDeploy:
         return self.state.staged
 
     def restart_service(self, deadline: Deadline) -> dict[str, Any]:
-        svc = self.inputs.spec.service
+        svc = self.service
         if svc is None or not svc.restart:
             return {}
         return service.restart(self.transport, svc.restart, service.app_dir(self.root, self.app),
                                deadline.timeout())
 
     def _health(self, deadline: Deadline) -> dict[str, Any]:
-        svc = self.inputs.spec.service
+        svc = self.service
         if svc is None or not (svc.health_url or svc.health_command):
             return {"health": "none configured"}
         return service.health(self.transport, url=svc.health_url, command=svc.health_command,
@@ -365,7 +369,24 @@ class HostDeploy:
             lock_sha256=self.inputs.lock.sha256, env_hash=str(venv.get("env_hash")),
             python_version=facts.python_version, platform=platform_of(facts),
             installer=venv.get("installer"), facts=facts.raw,
-            pip_freeze=list(venv.get("freeze", ())), warmup=self.state.warmup)
+            pip_freeze=list(venv.get("freeze", ())), warmup=self.state.warmup,
+            service=spec.service.model_dump(mode="json") if spec.service else {})
+
+
+def service_of(host: str, recorded: Mapping[str, Any] | None, fallback: Any) -> Any:
+    """The `service:` a release was deployed with, from its manifest: a release put back by a
+    rollback is restarted and checked as it was when it last passed (a new spec's health URL
+    may not exist in the old release). `fallback` when the manifest predates the record."""
+    if recorded is None:
+        return fallback
+    if not recorded:
+        return None
+    from orchestrator.spec import Service
+
+    try:
+        return Service.model_validate(recorded)
+    except ValueError as exc:  # pydantic's ValidationError
+        raise BadHostOutput(host, f"manifest.json: service: {exc}") from exc
 
 
 def _sha256(path: Path) -> str:

@@ -16,7 +16,7 @@ from orchestrator.hostops import HostOps
 from orchestrator.inventory import Host
 from orchestrator.pipeline import RECOVERY_TIMEOUT_S, Deadline, EventSink
 from orchestrator.steps import hostlock
-from orchestrator.steps.host import DeployInputs, HostDeploy
+from orchestrator.steps.host import DeployInputs, HostDeploy, service_of
 from orchestrator.transport import Transport
 
 
@@ -36,8 +36,9 @@ def undo_host(transport: Transport, host: Host, inputs: DeployInputs, sink: Even
               reason="rollout stopped or rollback requested")
     res = HostOps(transport, host.deploy_root).rollback(
         str(inputs.spec.name), from_release=inputs.release_id, mark_bad=mark_bad)
-    details = HostDeploy(transport, host, inputs).restart_service(
-        Deadline(host.name, "rollback", RECOVERY_TIMEOUT_S))
+    steps = HostDeploy(transport, host, inputs)
+    steps.service = service_of(host.name, res.service, inputs.spec.service)
+    details = steps.restart_service(Deadline(host.name, "rollback", RECOVERY_TIMEOUT_S))
     sink.emit("recovery", host=host.name, step="rollback", status="ok", level="warning",
               current=res.current, changed=res.changed, **details)
     return "rolled_back"
