@@ -69,11 +69,9 @@ verify:
   iterations: 50
   latency_ms: {{p99: 200}}
   timeout_s: 300
-{service}"""
-
-# Version 3's health check: the request the clients send (the input named `features`), through
-# the serving release's own venv; version 1 answers it, version 3 (input renamed `x`) cannot.
-SMOKE_REQUEST = """\
+# The health check after each switch: the request the clients send (the input named `features`),
+# through the serving release's own venv. Versions 1 and 2 answer it; version 3 (input renamed
+# `x`) cannot.
 service:
   health_command: >-
     current/venv/bin/python -c "import tensorflow as tf;
@@ -160,16 +158,14 @@ class Demo:
                                                        "targets: [testbed]")
         (gpu / "spec.yaml").write_text(text)
         out = {"gpu": gpu / "spec.yaml"}
-        for version, model, service in (("v1", "model", ""), ("v2", "model-v2", ""),
-                                        ("v3", "model-v3", SMOKE_REQUEST)):
+        for version, model in (("v1", "model"), ("v2", "model-v2"), ("v3", "model-v3")):
             d = specs / version
             d.mkdir()
             shutil.copytree(GPU_EXAMPLE / model, d / "model")
             shutil.copy(GPU_EXAMPLE / "golden.npz", d / "golden.npz")  # v1's answers, for both
             shutil.copy(CPU_LOCK, d / "requirements.lock")
             sha = hash_path(d / "model")
-            (d / "spec.yaml").write_text(CPU_SPEC.format(sha=sha, targets=", ".join(SERVING),
-                                                         service=service))
+            (d / "spec.yaml").write_text(CPU_SPEC.format(sha=sha, targets=", ".join(SERVING)))
             out[version] = d / "spec.yaml"
         return out
 

@@ -12,6 +12,7 @@ stable exit code (DESIGN.md "CLI") and HTTP status.
     │   ├── HostUnreachable              connect/auth/banner failed or connection lost
     │   ├── HostKeyRejected              unknown or changed host key (fingerprint in message)
     │   ├── CommandFailed                non-zero exit; carries command, exit code, output tail
+    │   ├── HealthCheckFailed            a service stayed unhealthy: why first, then the check
     │   ├── CommandTimeout               command exceeded its deadline
     │   ├── OutputTooLarge               command output exceeded the cap
     │   ├── BadHostOutput                output that is not what the script must print
@@ -95,6 +96,15 @@ class CommandFailed(HostError):
         self.stdout, self.stderr = stdout, stderr
         tail = "\n".join((stderr or stdout).strip().splitlines()[-10:])
         super().__init__(host, f"command exited {exit_code}: {command}\n{tail}".rstrip())
+
+
+class HealthCheckFailed(HostError):
+    """A service did not pass its health check within its budget. The reason leads the message
+    (what the check saw last), the check follows: a one-line view shows why, not a long URL."""
+
+    def __init__(self, host: str, check: str, why: str) -> None:
+        self.check = check
+        super().__init__(host, f"{why} (health {check})")
 
 
 class CommandTimeout(HostError):

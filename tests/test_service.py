@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.errors import CommandFailed
+from orchestrator.errors import HealthCheckFailed
 from orchestrator.inventory import Inventory
 from orchestrator.pool import Pool
 from orchestrator.steps import service
@@ -26,7 +26,7 @@ def test_the_failure_is_reported_even_when_the_last_attempt_is_cut_short(
     # attempt ran out of time.
     host = inventory.hosts["tb-01"]
     command = "echo 'missing a required argument: x'; sleep 0.8; exit 1"
-    with pool.session(host) as transport, pytest.raises(CommandFailed) as failed:
+    with pool.session(host) as transport, pytest.raises(HealthCheckFailed) as failed:
         service.health(transport, url=None, command=command, cwd=host.deploy_root,
                        budget_s=1.5, timeout=60.0)
     message = str(failed.value)
@@ -39,7 +39,7 @@ def test_a_command_cut_off_by_the_budget_leaves_no_child_running(
         pool: Pool, inventory: Inventory) -> None:
     # A compound command: sh stays the parent of `sleep`, which would outlive a killed sh.
     host = inventory.hosts["tb-01"]
-    with pool.session(host) as transport, pytest.raises(CommandFailed) as failed:
+    with pool.session(host) as transport, pytest.raises(HealthCheckFailed) as failed:
         service.health(transport, url=None, command="sleep 7.319; exit 0", cwd=host.deploy_root,
                        budget_s=1.0, timeout=60.0)
     assert "timed out after 1.0 s" in str(failed.value)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from orchestrator.errors import BadHostOutput, CommandFailed, CommandTimeout
+from orchestrator.errors import BadHostOutput, CommandTimeout, HealthCheckFailed
 from orchestrator.transport import Transport
 
 #: Polls a URL (2xx) or a shell command (exit 0) until it passes or the budget is spent.
@@ -105,7 +105,7 @@ def restart(transport: Transport, command: str, cwd: str, timeout: float) -> dic
 def health(transport: Transport, *, url: str | None, command: str | None, cwd: str,
            budget_s: float, timeout: float) -> dict[str, Any]:
     """Poll the health URL or command until it passes, at most `budget_s` (and the step's
-    remaining `timeout`). Raises CommandFailed naming what it saw last."""
+    remaining `timeout`). Raises HealthCheckFailed naming what it saw last."""
     mode, target = ("url", url) if url else ("command", command)
     if target is None:
         return {"health": "none configured"}
@@ -115,15 +115,15 @@ def health(transport: Transport, *, url: str | None, command: str | None, cwd: s
     try:
         result = transport.run(argv, timeout=budget + 5.0, check=False)
     except CommandTimeout as exc:
-        raise CommandFailed(transport.host, f"health {mode} {target}", -1, "", str(exc)) from exc
+        raise HealthCheckFailed(transport.host, f"{mode} {target}", str(exc)) from exc
     try:
         data = json.loads(result.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         raise BadHostOutput(transport.host, f"health check printed {result.stdout[:200]!r}, "
                                             f"stderr {result.stderr[-300:]!r}") from None
     if not data.get("ok"):
-        raise CommandFailed(transport.host, f"health {mode} {target}", result.exit_code,
-                            "", f"unhealthy after {budget:g} s ({data.get('attempts')} attempts):"
-                                f" {data.get('error')}")
+        raise HealthCheckFailed(transport.host, f"{mode} {target}",
+                                f"unhealthy after {budget:g} s ({data.get('attempts')} "
+                                f"attempts): {data.get('error')}")
     return {"health": mode, "health_attempts": data.get("attempts"),
             "health_s": round(result.duration_s, 3)}
