@@ -10,9 +10,14 @@ import sys
 from orchestrator import bench
 
 
+def modules() -> list[str]:
+    """The benchmark modules of this package, by name: every module but this runner."""
+    return sorted(m.name for m in pkgutil.iter_modules(bench.__path__)
+                  if not m.name.startswith("_"))
+
+
 def main(names: list[str]) -> int:
-    modules = sorted(m.name for m in pkgutil.iter_modules(bench.__path__))
-    for name in names or modules:
+    for name in names or modules():
         # The figures move with whatever else runs on the machine: say how busy it was.
         load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
         print(f"== {name} == (load average {load} on {os.cpu_count()} cores)", flush=True)
@@ -21,4 +26,5 @@ def main(names: list[str]) -> int:
     return 0
 
 
-raise SystemExit(main(sys.argv[1:]))
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,11 @@
+"""`make bench` finds its modules (the figures themselves are printed, never asserted)."""
+
+from __future__ import annotations
+
+from orchestrator.bench.__main__ import modules
+
+
+def test_make_bench_runs_every_benchmark_module_and_not_itself() -> None:
+    found = modules()
+    assert "__main__" not in found  # it once imported itself and stopped at the first module
+    assert {"deploy", "install", "rollout", "probe", "preflight"} <= set(found)
