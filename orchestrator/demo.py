@@ -38,8 +38,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from orchestrator.core.hashing import hash_path
 from orchestrator.errors import InvalidInput, OrchestratorError
-from orchestrator.treehash import hash_path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "configs" / "examples"

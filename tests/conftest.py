@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.inventory import Inventory, load_inventory
-from orchestrator.pool import Pool
-from orchestrator.ssh import SshOptions
+from orchestrator.core.inventory import Inventory, load_inventory
+from orchestrator.hosts.pool import Pool
+from orchestrator.hosts.ssh import SshOptions
 from orchestrator.testbed import Testbed, TestbedHost
 from tests.daemons import Daemon, start
 
@@ -77,7 +77,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real scikit-learn model in two versions, each with its own golden file: v1
     (model.joblib + golden.npz) and v2 (changed.joblib + golden-v2.npz, one weight changed);
     inputs.npz is their shared input. Read-only: tests copy what they deploy."""
-    from orchestrator import golden
+    from orchestrator.core import golden
     from tests import models  # scikit-learn: imported only by the tests that use it
 
     d = tmp_path_factory.mktemp("models")

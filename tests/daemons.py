@@ -27,10 +27,10 @@ import httpx
 
 ORCHESTRATOR = str(Path(sys.executable).parent / "orchestrator")
 # The runners the daemon tests choose between in their config (`runner = ...`).
-ECHO = 'runner = "orchestrator.runner:EchoRunner"\n'
+ECHO = 'runner = "orchestrator.daemon.runners.base:EchoRunner"\n'
 # Probes and preflights only: for tests about the daemon, not about installs.
-PROBE = 'runner = "orchestrator.probe_runner:ProbeRunner"\n'
-DEPLOY = 'runner = "orchestrator.deploy:DeployRunner"\n'
+PROBE = 'runner = "orchestrator.daemon.runners.probe:ProbeRunner"\n'
+DEPLOY = 'runner = "orchestrator.deploy.rollout:DeployRunner"\n'
 
 
 @dataclass

@@ -5,7 +5,7 @@ Every `make_*` writes into `directory` and returns `(model_path, golden_path)`. 
 framework. `changed_weight=True` exports the same model with one weight changed, next to the
 golden file recorded from the unchanged one: golden must then fail.
 
-Golden files are written by `orchestrator.golden.record`, i.e. through the runner's own code.
+Golden files are written by `orchestrator.core.golden.record`, i.e. through the runner's own code.
 
 - `make_savedmodel`: a tf.Module exported with a `serving_default` signature taking two named
   inputs (`features` [N,4] float32, `scale` [N,1] float32) and returning two named outputs
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator import golden
+from orchestrator.core import golden
 
 FEATURES = 4
 CLASSES = 3

@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from orchestrator.treehash import hash_path
+from orchestrator.core.hashing import hash_path
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LOCK = FIXTURES / "deploy" / "sklearn.lock"  # numpy + scikit-learn + scipy, real wheels

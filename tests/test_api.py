@@ -17,14 +17,14 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from orchestrator.api import create_app
-from orchestrator.bundle import pack_bundle
-from orchestrator.config import DaemonConfig, TcpConfig
-from orchestrator.events import EventHub
-from orchestrator.runner import EchoRunner
-from orchestrator.service import Service
-from orchestrator.states import DeploymentState, HostStepState
-from orchestrator.store import Store
+from orchestrator.core.states import DeploymentState, HostStepState
+from orchestrator.daemon.api import create_app
+from orchestrator.daemon.bundle import pack_bundle
+from orchestrator.daemon.config import DaemonConfig, TcpConfig
+from orchestrator.daemon.events import EventHub
+from orchestrator.daemon.runners.base import EchoRunner
+from orchestrator.daemon.service import Service
+from orchestrator.daemon.store import Store
 from tests.specs import LOCK, stub_spec
 
 with warnings.catch_warnings():
@@ -52,7 +52,7 @@ def bundle_bytes(spec: Path) -> bytes:
 def service(tmp_path: Path) -> Iterator[Service]:
     config = DaemonConfig(state_dir=tmp_path / "state", socket=tmp_path / "o.sock",
                           max_body_bytes=64 * 1024,
-                          runner="orchestrator.runner:EchoRunner",
+                          runner="orchestrator.daemon.runners.base:EchoRunner",
                           tcp=TcpConfig(enabled=True, token_file=tmp_path / "token"))
     store = Store.open(config.store_path)
     hub = EventHub(store, config.logs_dir)
@@ -247,7 +247,7 @@ def test_control_characters_in_a_spec_are_400_not_500(api: TestClient) -> None:
 
 
 def test_pipeline_style_step_events_become_step_records(service: Service) -> None:
-    # orchestrator/pipeline.py reports steps as plain events: started / ok / failed.
+    # orchestrator/deploy/pipeline.py reports steps as plain events: started / ok / failed.
     service.store.create_deployment("p1", "app", {"targets": ["h1"]})
     sink = service.sink("p1")
     sink.emit("step", host="h1", step="stage", status="started", timeout_s=60)
@@ -297,7 +297,7 @@ class _ResumingRunner(EchoRunner):
 
     def reconcile(self, deployment_id: str, bundle_dir: Path, spec: Any, sink: Any,
                   record: Any) -> Any:
-        from orchestrator.runner import DeploymentOutcome
+        from orchestrator.daemon.runners.base import DeploymentOutcome
 
         assert (bundle_dir / "spec.yaml").is_file() and record.id == deployment_id
         sink.step("h1", "switch", HostStepState.FAILED, reason="interrupted")
@@ -306,7 +306,7 @@ class _ResumingRunner(EchoRunner):
 
 
 def test_a_runner_reconcile_decides_the_outcome(service: Service, tmp_path: Path) -> None:
-    from orchestrator.bundle import unpack_bundle
+    from orchestrator.daemon.bundle import unpack_bundle
 
     deployment, path = service.new_bundle()
     (path / "b.tar").write_bytes(bundle_bytes(write_spec(tmp_path / "spec")))
@@ -324,7 +324,7 @@ def test_a_runner_reconcile_decides_the_outcome(service: Service, tmp_path: Path
 
 
 def test_progress_block_rows_then_counts() -> None:
-    from orchestrator.render import LiveProgress, progress_block
+    from orchestrator.cli.render import LiveProgress, progress_block
 
     rows = progress_block({"gpu-02": ("install", "running"), "gpu-01": ("switch", "ok")},
                           colour=False)

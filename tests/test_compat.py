@@ -9,12 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.compat import load_compat, major_minor, parse_version
+from orchestrator.core.compat import load_compat, major_minor, parse_version
 from orchestrator.errors import InvalidInput
 
 
 def test_every_table_and_row_names_its_source() -> None:
-    raw = json.loads(resources.files("orchestrator").joinpath("data", "compat.json").read_text())
+    data = resources.files("orchestrator.core").joinpath("data", "compat.json")
+    raw = json.loads(data.read_text())
     assert raw["cuda"]["source_table3"] and raw["cuda"]["source_table2"] and raw["disk"]["source"]
     assert all(row["source"] for row in raw["tensorflow"]["builds"])
     assert all(p["source"] for p in raw["tensorflow"]["packages"].values())
@@ -103,7 +104,8 @@ def test_malformed_data_is_invalid_input_not_a_crash() -> None:
 
 
 def test_data_is_extensible_by_adding_a_row() -> None:
-    raw = json.loads(resources.files("orchestrator").joinpath("data", "compat.json").read_text())
+    data = resources.files("orchestrator.core").joinpath("data", "compat.json")
+    raw = json.loads(data.read_text())
     row = dict(raw["tensorflow"]["builds"][-1], version="2.22.0", python_max="3.14")
     raw["tensorflow"]["builds"].append(row)
     assert load_compat(json.dumps(raw)).tf_build("2.22.0").python_max == "3.14"  # type: ignore[union-attr]

@@ -228,15 +228,15 @@ def test_a_slow_follower_gets_every_event_and_does_not_slow_the_rollout(
 
 
 def test_example_config_and_defaults(tmp_path: Path) -> None:
-    from orchestrator.config import load_config
+    from orchestrator.daemon.config import load_config
 
     example = load_config(ROOT / "configs/orchestrator.toml", env={})
     assert example.socket == Path("/run/orchestrator/orchestrator.sock")
     assert example.tcp.enabled is False and example.max_parallel_deployments == 2
-    from orchestrator.runner import make_runner
+    from orchestrator.daemon.runners.base import make_runner
 
     runner = make_runner(example)  # the default: the deploy pipeline, with every hook
-    assert example.runner == "orchestrator.deploy:DeployRunner"
+    assert example.runner == "orchestrator.deploy.rollout:DeployRunner"
     assert all(callable(getattr(runner, m)) for m in ("run", "rollback", "verify_hosts",
                                                        "check", "reconcile"))
     plain = load_config(None, env={"HOME": "/home/u", "XDG_RUNTIME_DIR": "/run/user/7"})
@@ -257,7 +257,7 @@ def test_example_config_and_defaults(tmp_path: Path) -> None:
     ('runner = "no-colon"\n', "runner"),
 ])
 def test_bad_config_values_name_their_field(tmp_path: Path, text: str, field: str) -> None:
-    from orchestrator.config import load_config
+    from orchestrator.daemon.config import load_config
     from orchestrator.errors import SpecError
 
     config = tmp_path / "o.toml"
@@ -418,7 +418,7 @@ def test_kill_9_while_one_host_switches_and_another_installs_then_restart_settle
                 break
     daemon.proc.kill()
     daemon.proc.wait(timeout=30)
-    from orchestrator.store import Store
+    from orchestrator.daemon.store import Store
 
     store = Store.open(daemon.state_dir / "state.sqlite3")  # what was durable at the kill
     kept = {d: store.events(d) for d in (dep_a, dep_b)}

@@ -22,16 +22,16 @@ from typing import Any
 
 import pytest
 
-from orchestrator.deploy import DeployResult, deploy, prepare
-from orchestrator.hostops import HostOps
-from orchestrator.inventory import Host, Inventory
-from orchestrator.pipeline import HostStatus
-from orchestrator.pool import Pool
-from orchestrator.spec import load_spec
-from orchestrator.ssh import SshOptions
-from orchestrator.steps import hostlock
+from orchestrator.core.inventory import Host, Inventory
+from orchestrator.core.spec import load_spec
+from orchestrator.deploy.batch import DeployResult, deploy, prepare
+from orchestrator.deploy.pipeline import HostStatus
+from orchestrator.deploy.wheelcache import WheelCache, platform_tags
+from orchestrator.hosts import hostlock
+from orchestrator.hosts.hostops import HostOps
+from orchestrator.hosts.pool import Pool
+from orchestrator.hosts.ssh import SshOptions
 from orchestrator.testbed import Testbed
-from orchestrator.wheelcache import WheelCache, platform_tags
 from tests.daemons import DEPLOY, Daemon, write_config
 from tests.specs import LOCK, WHEEL_CACHE, joblib_spec
 
@@ -365,7 +365,7 @@ def test_two_deployments_of_one_app_at_once_the_second_is_refused(
 def test_cli_deploy_prints_events_and_releases_lists_them(
         inventory: Inventory, testbed: Testbed, models_dir: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from orchestrator.cli import main
+    from orchestrator.cli.app import main
 
     monkeypatch.setenv("ORCHESTRATOR_WHEEL_CACHE", str(WHEEL_CACHE))
     inv = str(testbed.inventory_path)
@@ -402,9 +402,9 @@ class Crash(BaseException):
 
 
 def crash_at(step: str, spec_path: Path, pool: Pool, host: Host) -> Any:
-    from orchestrator.pipeline import Pipeline
-    from orchestrator.playbook import load_playbook
-    from orchestrator.steps.host import HostDeploy
+    from orchestrator.deploy.pipeline import Pipeline
+    from orchestrator.deploy.playbook import load_playbook
+    from orchestrator.deploy.steps.host import HostDeploy
 
     class Dying(HostDeploy):
         def run(self, name: str, deadline: Any) -> Any:
@@ -422,7 +422,7 @@ def crash_at(step: str, spec_path: Path, pool: Pool, host: Host) -> Any:
 
 def test_reconcile_after_a_crash_before_switch_removes_the_staged_release(
         inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path) -> None:
-    from orchestrator.steps.recovery import recover_host
+    from orchestrator.deploy.steps.recovery import recover_host
 
     host = inventory.hosts[HOST]
     good = deploy_v1(models_dir, tmp_path, "crash-app", inventory, pool)
@@ -442,7 +442,7 @@ def test_reconcile_after_a_crash_before_switch_removes_the_staged_release(
 
 def test_reconcile_after_a_crash_after_switch_keeps_a_healthy_release_or_rolls_back(
         inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path) -> None:
-    from orchestrator.steps.recovery import recover_host
+    from orchestrator.deploy.steps.recovery import recover_host
 
     host = inventory.hosts[HOST]
     health = "service: {health_command: 'test ! -e current/model/sick', health_timeout_s: 1}\n"

@@ -4,7 +4,7 @@ The convention (docs/README-style, stated in README.md's "Documentation" section
 
 - ```sh blocks hold commands a user types. Every `orchestrator ...` command in them (also as
   `.venv/bin/orchestrator` or after `$ `) must parse with the real CLI parser
-  (`orchestrator.cli.build_parser`): the subcommand exists and every flag is accepted. Every
+  (`orchestrator.cli.app.build_parser`): the subcommand exists and every flag is accepted. Every
   `make TARGET` names a target of the Makefile.
 - ```sh run blocks are also executed here, one line at a time, by bash from the repository
   root, against a 4-host testbed like the demo's (h100, h100, t4, old-driver) started for this
@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import demo
-from orchestrator.cli import build_parser
+from orchestrator.cli.app import build_parser
 from orchestrator.testbed import Testbed
 
 ROOT = Path(__file__).resolve().parents[1]

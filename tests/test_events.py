@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from orchestrator.events import EventHub, Follower, merge_in_order
+from orchestrator.daemon.events import EventHub, Follower, merge_in_order
 
 CONTRACT = ["seq", "ts", "level", "event", "deployment", "host", "step", "status", "duration_ms"]
 
 
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[EventHub]:
-    from orchestrator.store import Store
+    from orchestrator.daemon.store import Store
 
     store = Store.open(tmp_path / "s.db")
     store.create_deployment("d1", "app", {})

@@ -11,7 +11,8 @@ import joblib
 import numpy as np
 import pytest
 
-from orchestrator import cli, fingerprint
+from orchestrator.cli import main as cli
+from orchestrator.core import fingerprint
 from orchestrator.errors import InvalidInput
 from tests import models
 

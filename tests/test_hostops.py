@@ -23,21 +23,21 @@ from typing import Any
 
 import pytest
 
-from orchestrator.errors import BadHostOutput, CommandFailed, FileTransferFailed, InvalidInput
-from orchestrator.hostops import HostOpFailed, HostOps, OpKind, parse_reply
-from orchestrator.release import (
+from orchestrator.core.hashing import tree_hash
+from orchestrator.core.release import (
     Manifest,
     check_release_id,
     env_hash,
     new_release_id,
     release_time,
 )
-from orchestrator.tools import RemoteTools
-from orchestrator.transport import CommandResult, command_line
-from orchestrator.treehash import tree_hash
+from orchestrator.errors import BadHostOutput, CommandFailed, FileTransferFailed, InvalidInput
+from orchestrator.hosts.hostops import HostOpFailed, HostOps, OpKind, parse_reply
+from orchestrator.hosts.shipping import RemoteTools
+from orchestrator.hosts.transport import CommandResult, command_line
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "orchestrator" / "remote" / "hostops.py"
+SCRIPT = REPO / "orchestrator" / "hosts" / "remote" / "hostops.py"
 SMALL = REPO / "tests" / "fixtures" / "locks" / "small"
 HOST_PYTHON = "/usr/bin/python3"  # what the testbed's hosts run as python3
 SIX = "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254"
@@ -695,7 +695,7 @@ def deploy_release(ops: HostOps, app: str, release_id: str, model: Path, generat
                    lock: Path = SMALL / "requirements.lock", installer: str = "uv",
                    ) -> tuple[Any, tuple[str, ...]]:
     """What the pipeline's stage/install/switch steps do, in their order."""
-    from orchestrator.wheelcache import filenames, from_wheelhouse, paths
+    from orchestrator.deploy.wheelcache import filenames, from_wheelhouse, paths
 
     staged = ops.stage_begin(app, release_id, deployment=f"d-{generation}")
     model_path = ops.upload_model(model, staged)
@@ -753,7 +753,7 @@ def test_hostops_over_a_local_transport(tmp_path: Path) -> None:
 
 
 def test_hostops_over_ssh_on_the_testbed(testbed: Any, tmp_path: Path) -> None:
-    from orchestrator.ssh import SshOptions, connect
+    from orchestrator.hosts.ssh import SshOptions, connect
 
     host = testbed.hosts_with("no-gpu")[0]
     options = SshOptions(known_hosts=testbed.known_hosts_path,
@@ -897,7 +897,7 @@ def test_batch_failure_raises_what_the_op_alone_raises(root: Path) -> None:
 
 
 def test_parse_batch_reply_from_data() -> None:
-    from orchestrator.hostops import parse_batch_reply
+    from orchestrator.hosts.hostops import parse_batch_reply
 
     good = json.dumps({"ok": True, "results": [{"ok": True, "a": 1}, {"ok": True, "b": 2}]})
     assert parse_batch_reply("h", ["x", "y"], 0, good, "") == [{"ok": True, "a": 1},
@@ -1136,7 +1136,7 @@ def test_pylock_release_over_ssh_on_the_testbed(testbed: Any, tmp_path: Path,
                                                 installer: str) -> None:
     """Stage, install, switch a pylock release on a real sshd host; a tampered pylock then fails
     naming the package, and the host keeps serving the first release."""
-    from orchestrator.ssh import SshOptions, connect
+    from orchestrator.hosts.ssh import SshOptions, connect
 
     host = testbed.hosts_with("no-gpu")[0]
     options = SshOptions(known_hosts=testbed.known_hosts_path,
@@ -1172,7 +1172,7 @@ def test_pylock_release_over_ssh_on_the_testbed(testbed: Any, tmp_path: Path,
 def test_controller_wheel_cache_fills_from_a_pylock(tmp_path: Path) -> None:
     """Without a wheelhouse the daemon's cache fetches a pylock's wheels (here from a local
     find-links dir), each checked against the pylock's sha256: what a host then gets."""
-    from orchestrator.wheelcache import WheelCache, filenames, platform_tags
+    from orchestrator.deploy.wheelcache import WheelCache, filenames, platform_tags
 
     cache = WheelCache(tmp_path / "cache", find_links=[SMALL / "wheelhouse"], no_index=True)
     wheels = cache.fill(PYLOCK, "3.11", platform_tags("x86_64", "glibc 2.36"))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.core.inventory import Host, load_inventory
 from orchestrator.errors import SpecError
-from orchestrator.inventory import Host, load_inventory
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,15 +14,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.cli import main
-from orchestrator.errors import SpecError
-from orchestrator.lockfile import (
+from orchestrator.cli.app import main
+from orchestrator.core.lockfile import (
     check_wheelhouse,
     lint_requirements,
     load_lock,
     normalize_name,
     target_environment,
 )
+from orchestrator.errors import SpecError
 
 TESTS = Path(__file__).resolve().parent
 LOCKS = TESTS / "corpus" / "locks"

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from orchestrator.metrics import Metrics
-from orchestrator.states import DeploymentState
-from orchestrator.store import Store
+from orchestrator.core.states import DeploymentState
+from orchestrator.daemon.metrics import Metrics
+from orchestrator.daemon.store import Store
 from tests.daemons import ECHO, Daemon, tcp_config, write_config
 from tests.specs import LOCK, stub_spec
 

@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.errors import CommandFailed, SpecError
-from orchestrator.pipeline import (
+from orchestrator.deploy.pipeline import (
     Action,
     Deadline,
     Decision,
@@ -25,13 +24,14 @@ from orchestrator.pipeline import (
     Situation,
     decide,
 )
-from orchestrator.playbook import (
+from orchestrator.deploy.playbook import (
     DEFAULT_PLAYBOOK,
     STEP_ORDER,
     OnFailure,
     load_playbook,
     parse_playbook,
 )
+from orchestrator.errors import CommandFailed, SpecError
 
 # -- playbook ---------------------------------------------------------------------------------
 
@@ -329,7 +329,7 @@ class H:
 ])
 def test_plan_batches_canary_first_then_batches_in_order(n: int, canary: int, batch: int,
                                                          sizes: list[int]) -> None:
-    from orchestrator.rollout import plan_batches
+    from orchestrator.deploy.rollout import plan_batches
 
     hosts = [H(f"h{i}") for i in range(n)]
     batches = plan_batches(hosts, canary, batch)  # type: ignore[arg-type]
@@ -339,9 +339,9 @@ def test_plan_batches_canary_first_then_batches_in_order(n: int, canary: int, ba
 
 def _rollout(statuses: dict[str, HostStatus], stopped: str | None = None,
              undone: dict[str, str] | None = None) -> Any:
-    from orchestrator.deploy import DeployResult
-    from orchestrator.pipeline import HostResult
-    from orchestrator.rollout import RolloutResult
+    from orchestrator.deploy.batch import DeployResult
+    from orchestrator.deploy.pipeline import HostResult
+    from orchestrator.deploy.rollout import RolloutResult
 
     result = DeployResult("dep", "r")
     result.hosts = {n: HostResult(n, s, reason="why", error="err") for n, s in statuses.items()}
@@ -359,7 +359,7 @@ def _rollout(statuses: dict[str, HostStatus], stopped: str | None = None,
 ], ids=["all-ok", "within-budget", "failed", "host-rolled-back", "fleet-undone", "cancelled"])
 def test_rollout_outcome_for_the_daemon(statuses: dict[str, HostStatus], stopped: str | None,
                                         undone: dict[str, str] | None, state: str) -> None:
-    from orchestrator.rollout import outcome_of
+    from orchestrator.deploy.rollout import outcome_of
 
     out = outcome_of(_rollout(statuses, stopped, undone))
     assert str(out.state) == state

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
+from orchestrator.cli.app import main
 from orchestrator.testbed import Testbed
 
 LOCKS = Path(__file__).parent / "fixtures" / "locks"

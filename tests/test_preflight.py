@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.compat import load_compat
-from orchestrator.facts import HostFacts, Library, parse_facts
-from orchestrator.lockfile import lint_requirements, load_lock
-from orchestrator.preflight import (
+from orchestrator.core.compat import load_compat
+from orchestrator.core.facts import HostFacts, Library, parse_facts
+from orchestrator.core.lockfile import lint_requirements, load_lock
+from orchestrator.core.preflight import (
     Check,
     HostVerdict,
     LockLike,

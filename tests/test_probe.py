@@ -15,17 +15,18 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator import cli, ssh
-from orchestrator.commands.trust import Action, decide
+from orchestrator.cli import main as cli
+from orchestrator.cli.commands.trust import Action, decide
+from orchestrator.core.facts import MAX_FACTS_BYTES, HostFacts, parse_facts
+from orchestrator.core.inventory import Inventory, load_inventory
 from orchestrator.errors import BadHostOutput, HostError
-from orchestrator.facts import MAX_FACTS_BYTES, HostFacts, parse_facts
-from orchestrator.inventory import Inventory, load_inventory
-from orchestrator.pool import Pool
-from orchestrator.probe import probe_host, probe_hosts
-from orchestrator.remote import probe as remote_probe
+from orchestrator.hosts import ssh
+from orchestrator.hosts.pool import Pool
+from orchestrator.hosts.probe import probe_host, probe_hosts
+from orchestrator.hosts.remote import probe as remote_probe
+from orchestrator.hosts.shipping import MARKER, bundle, ensure_tools
 from orchestrator.testbed import Testbed
 from orchestrator.testbed import profiles as gpu_profiles
-from orchestrator.tools import MARKER, bundle, ensure_tools
 
 FIXTURES = Path(__file__).parent / "fixtures" / "probe"
 PROFILES = ("h100", "t4", "old-driver", "no-driver", "no-gpu", "mismatch")

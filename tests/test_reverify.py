@@ -17,16 +17,16 @@ from typing import Any
 
 import pytest
 
-from orchestrator import reverify as rv
-from orchestrator.audit import AppCheck, HostCheckResult, reverify_host
-from orchestrator.facts import HostFacts, parse_facts
-from orchestrator.inventory import Host, Inventory
-from orchestrator.pool import Pool
-from orchestrator.scheduler import next_run
-from orchestrator.spec import load_spec
+from orchestrator.core.facts import HostFacts, parse_facts
+from orchestrator.core.gates import Gate
+from orchestrator.core.hashing import hash_path
+from orchestrator.core.inventory import Host, Inventory
+from orchestrator.core.spec import load_spec
+from orchestrator.hosts.pool import Pool
+from orchestrator.reverify import findings as rv
+from orchestrator.reverify.audit import AppCheck, HostCheckResult, reverify_host
+from orchestrator.reverify.scheduler import next_run
 from orchestrator.testbed import Testbed
-from orchestrator.treehash import hash_path
-from orchestrator.verify import Gate
 from tests.daemons import DEPLOY, Daemon, write_config
 from tests.specs import WHEEL_CACHE
 from tests.test_deploy import Sink, run, v1_spec, v2_spec, write_spec
@@ -252,7 +252,7 @@ def test_a_changed_byte_in_a_venv_file_fails_naming_the_file(
 
 def test_an_app_being_deployed_is_skipped_never_locked_against_its_rollout(
         pool: Pool, deployed: Deployed) -> None:
-    from orchestrator.steps import hostlock
+    from orchestrator.hosts import hostlock
 
     root = deployed.host.deploy_root
     with pool.session(deployed.host) as t:
@@ -354,9 +354,9 @@ def test_daemon_verify_degrades_a_host_which_a_new_rollout_then_leaves_out(
 
 def test_schedule_runs_an_app_when_due_never_while_it_is_being_deployed(
         models_dir: Path, tmp_path: Path) -> None:
-    from orchestrator.scheduler import Reverifier
-    from orchestrator.states import DeploymentState as D
-    from orchestrator.store import Store
+    from orchestrator.core.states import DeploymentState as D
+    from orchestrator.daemon.store import Store
+    from orchestrator.reverify.scheduler import Reverifier
 
     spec_path = v1_spec(models_dir, tmp_path, "rv-sched", extra="reverify: {every: 1h}\n")
     store = Store.open(tmp_path / "state.db")
@@ -401,7 +401,7 @@ def _checked(host: str, apps: dict[str, tuple[str, list[str]]],
 
 
 def _reverifier(store: Any, runner: Any = None) -> Any:
-    from orchestrator.scheduler import Reverifier
+    from orchestrator.reverify.scheduler import Reverifier
 
     return Reverifier(store, runner, lambda d: Sink(), lambda d: Path("/nonexistent"),
                       lambda job: job(), 4)
@@ -409,7 +409,7 @@ def _reverifier(store: Any, runner: Any = None) -> Any:
 
 def test_a_host_degraded_by_one_app_stays_excluded_across_a_restart_until_it_verifies_clean(
         tmp_path: Path) -> None:
-    from orchestrator.store import Store
+    from orchestrator.daemon.store import Store
 
     path, driver = tmp_path / "state.db", ["driver 550.54.15 -> 560.35.03"]
     store = Store.open(path)
@@ -437,7 +437,7 @@ def test_a_host_degraded_by_one_app_stays_excluded_across_a_restart_until_it_ver
 
 def test_verifying_every_app_forgets_apps_gone_from_the_host_keeps_one_being_deployed(
         tmp_path: Path) -> None:
-    from orchestrator.store import Store
+    from orchestrator.daemon.store import Store
 
     store = Store.open(tmp_path / "state.db")
     try:
@@ -462,9 +462,9 @@ def test_verifying_every_app_forgets_apps_gone_from_the_host_keeps_one_being_dep
 def test_after_a_restart_another_app_verifying_healthy_leaves_the_host_failed(
         testbed: Testbed, inventory: Inventory, pool: Pool, models_dir: Path,
         deployed: Deployed, tmp_path: Path) -> None:
-    from orchestrator.config import DaemonConfig
-    from orchestrator.probe_runner import ProbeRunner
-    from orchestrator.store import Store
+    from orchestrator.daemon.config import DaemonConfig
+    from orchestrator.daemon.runners.probe import ProbeRunner
+    from orchestrator.daemon.store import Store
 
     other = "rv-other"
     first, _ = run(v1_spec(models_dir, tmp_path, other, targets=[RV_HOST]), inventory, pool,
@@ -526,11 +526,11 @@ def test_a_scheduled_run_records_the_host_status_and_sends_events_to_the_deploym
         testbed: Testbed, deployed: Deployed, tmp_path: Path) -> None:
     from structlog.testing import capture_logs
 
-    from orchestrator.config import DaemonConfig
-    from orchestrator.probe_runner import ProbeRunner
-    from orchestrator.scheduler import Reverifier
-    from orchestrator.states import DeploymentState as D
-    from orchestrator.store import Store
+    from orchestrator.core.states import DeploymentState as D
+    from orchestrator.daemon.config import DaemonConfig
+    from orchestrator.daemon.runners.probe import ProbeRunner
+    from orchestrator.daemon.store import Store
+    from orchestrator.reverify.scheduler import Reverifier
 
     store = Store.open(tmp_path / "state.db")
     try:
@@ -573,7 +573,7 @@ def _record_line(site: Path, rel: str) -> str:
 
 
 def _audit_script(python: str, root: Path, app: str) -> dict[str, Any]:
-    script = Path(__file__).parent.parent / "orchestrator" / "remote" / "audit.py"
+    script = Path(__file__).parent.parent / "orchestrator" / "hosts" / "remote" / "audit.py"
     out = subprocess.run([python, "-E", str(script), "--json-args", "-"], check=False,
                          input=json.dumps({"root": str(root), "app": app}),
                          capture_output=True, text=True, timeout=60)

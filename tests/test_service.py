@@ -1,13 +1,13 @@
-"""The service health check (orchestrator/steps/service.py), run on a real testbed host."""
+"""The service health check (orchestrator/hosts/serving.py), run on a real testbed host."""
 
 from __future__ import annotations
 
 import pytest
 
+from orchestrator.core.inventory import Inventory
 from orchestrator.errors import HealthCheckFailed
-from orchestrator.inventory import Inventory
-from orchestrator.pool import Pool
-from orchestrator.steps import service
+from orchestrator.hosts import serving as service
+from orchestrator.hosts.pool import Pool
 from tests.procs import processes_mentioning
 
 

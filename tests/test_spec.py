@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
-from orchestrator.commands.schema import schema_field_paths, spec_json_schema
+from orchestrator.cli.commands.schema import schema_field_paths, spec_json_schema
+from orchestrator.cli.app import main
+from orchestrator.core.spec import Spec, load_spec
 from orchestrator.errors import SpecError
-from orchestrator.spec import Spec, load_spec
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE_WHEELS = REPO / "tests" / "fixtures" / "locks" / "small" / "wheelhouse"

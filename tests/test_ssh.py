@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import ssh
+from orchestrator.core.inventory import Host, Inventory
 from orchestrator.errors import (
     CommandFailed,
     CommandTimeout,
@@ -21,10 +21,10 @@ from orchestrator.errors import (
     InvalidInput,
     OutputTooLarge,
 )
-from orchestrator.inventory import Host, Inventory
-from orchestrator.pool import Pool, map_hosts
+from orchestrator.hosts import ssh
+from orchestrator.hosts.pool import Pool, map_hosts
+from orchestrator.hosts.transport import Transport, command_line
 from orchestrator.testbed import Testbed
-from orchestrator.transport import Transport, command_line
 
 INJECTION = "x; touch pwned $(id)"
 # Kills the sshd process serving this session (its nearest sshd ancestor), then lingers: the

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import InvalidTransition
-from orchestrator.events import EventHub
-from orchestrator.states import (
+from orchestrator.core.states import (
     DEPLOYMENT_TERMINAL,
     DEPLOYMENT_TRANSITIONS,
     STEP_TRANSITIONS,
@@ -21,7 +19,9 @@ from orchestrator.states import (
     check_deployment_transition,
     check_step_transition,
 )
-from orchestrator.store import Store
+from orchestrator.daemon.events import EventHub
+from orchestrator.daemon.store import Store
+from orchestrator.errors import InvalidTransition
 
 D, S = DeploymentState, HostStepState
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.core.states import DeploymentState, HostStepState
+from orchestrator.daemon.store import SCHEMA_VERSION, Store, lock_state_dir
 from orchestrator.errors import InvalidTransition, NotFound, StateDirLocked, StoreCorrupt
-from orchestrator.states import DeploymentState, HostStepState
-from orchestrator.store import SCHEMA_VERSION, Store, lock_state_dir
 
 D, S = DeploymentState, HostStepState
 
@@ -59,7 +59,8 @@ def test_garbage_is_not_a_store(tmp_path: Path) -> None:
 
 def test_state_dir_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
     handle = lock_state_dir(tmp_path)
-    code = ("import sys; from pathlib import Path; from orchestrator.store import lock_state_dir\n"
+    code = ("import sys; from pathlib import Path\n"
+            "from orchestrator.daemon.store import lock_state_dir\n"
             "from orchestrator.errors import StateDirLocked\n"
             "try:\n lock_state_dir(Path(sys.argv[1]))\nexcept StateDirLocked as e:\n"
             " print(e); sys.exit(7)\n")
@@ -161,7 +162,7 @@ def test_reads_do_not_wait_for_the_writer(tmp_path: Path) -> None:
 
 
 def test_a_version_1_file_is_migrated_in_place_keeping_its_data(tmp_path: Path) -> None:
-    from orchestrator.store import MIGRATIONS
+    from orchestrator.daemon.store import MIGRATIONS
 
     path = tmp_path / "s.db"
     with sqlite3.connect(path) as conn:  # what the first release of the daemon wrote
@@ -180,7 +181,7 @@ def test_a_version_1_file_is_migrated_in_place_keeping_its_data(tmp_path: Path) 
 
 def test_a_version_2_file_is_migrated_in_place_keeping_its_data(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import orchestrator.store as store_module
+    import orchestrator.daemon.store as store_module
 
     path = tmp_path / "s.db"
     with monkeypatch.context() as m:  # the previous release's code path: migrations 0 -> 2

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from orchestrator.core.inventory import load_inventory
 from orchestrator.errors import InvalidInput, TestbedError
-from orchestrator.inventory import load_inventory
 from orchestrator.testbed import PROFILES, Testbed, TestbedHost, fakelibs, profiles
 from orchestrator.testbed import sshd as sshd_mod
 from orchestrator.testbed.sshd import starttime

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.cli import main
+from orchestrator.cli.app import main
+from orchestrator.core.hashing import hash_file, hash_path, tree_hash
 from orchestrator.errors import SpecError
-from orchestrator.treehash import hash_file, hash_path, tree_hash
 
 
 def make_tree(root: Path, files: dict[str, bytes], order: list[str] | None = None) -> Path:

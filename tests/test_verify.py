@@ -9,12 +9,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator import fingerprint
-from orchestrator.errors import BadHostOutput
-from orchestrator.facts import parse_facts
-from orchestrator.lockfile import load_lock
-from orchestrator.spec import Spec, load_spec
-from orchestrator.verify import (
+from orchestrator.core import fingerprint
+from orchestrator.core.facts import parse_facts
+from orchestrator.core.gates import (
     Gate,
     WarmupRequest,
     failures,
@@ -23,6 +20,9 @@ from orchestrator.verify import (
     passed,
     result_from_raw,
 )
+from orchestrator.core.lockfile import load_lock
+from orchestrator.core.spec import Spec, load_spec
+from orchestrator.errors import BadHostOutput
 
 SPEC = """\
 apiVersion: orchestrator/v1

@@ -17,16 +17,17 @@ from typing import Any
 
 import pytest
 
-from orchestrator import fingerprint, ssh
-from orchestrator.inventory import load_inventory
+from orchestrator.core import fingerprint
+from orchestrator.core.gates import Gate, WarmupRequest, WarmupResult, gates, parse_result, passed
+from orchestrator.core.inventory import load_inventory
+from orchestrator.hosts import ssh
+from orchestrator.hosts.shipping import RemoteTools, ensure_tools
+from orchestrator.hosts.warmup import run_warmup
 from orchestrator.testbed import Testbed
-from orchestrator.tools import RemoteTools, ensure_tools
-from orchestrator.verify import Gate, WarmupRequest, WarmupResult, gates, parse_result, passed
-from orchestrator.warmup import run_warmup
 from tests import models
 from tests.procs import processes_mentioning
 
-RUNNER = Path(__file__).resolve().parent.parent / "orchestrator" / "remote" / "warmup.py"
+RUNNER = Path(__file__).resolve().parent.parent / "orchestrator" / "hosts" / "remote" / "warmup.py"
 VENV_PYTHON = sys.executable  # the dev venv: numpy, TensorFlow, scikit-learn
 SYSTEM_PYTHON = "/usr/bin/python3"  # what the testbed hosts run as python3: stdlib only
 
@@ -210,7 +211,7 @@ def test_runner_is_stdlib_only_at_top_level_and_py39_syntax(tmp_path: Path) -> N
 
 
 def test_dlopen_failures_on_stderr_are_named_in_the_gpu_verdict() -> None:
-    runner: Any = importlib.import_module("orchestrator.remote.warmup")
+    runner: Any = importlib.import_module("orchestrator.hosts.remote.warmup")
     channel = runner.Channel()
     with tempfile.TemporaryFile() as log:
         log.write(b"2026 W dso_loader.cc:64] Could not load dynamic library 'libcudnn.so.9';"
@@ -305,7 +306,7 @@ def test_golden_comparison_edge_cases(expected: dict[str, Any], got: dict[str, A
                                       message: str) -> None:
     import numpy as np
 
-    runner: Any = importlib.import_module("orchestrator.remote.warmup_golden")
+    runner: Any = importlib.import_module("orchestrator.hosts.remote.warmup_golden")
     out = runner.compare_golden({k: np.array(v) for k, v in expected.items()},
                                 {k: np.array(v) for k, v in got.items()}, 1e-5, 1e-6)
     assert out["message"] == message

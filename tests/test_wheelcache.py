@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import InvalidInput
-from orchestrator.wheelcache import (
+from orchestrator.deploy.wheelcache import (
     WheelCache,
     WheelFetchFailed,
     filenames,
@@ -19,6 +18,7 @@ from orchestrator.wheelcache import (
     paths,
     platform_tags,
 )
+from orchestrator.errors import InvalidInput
 
 SMALL = Path(__file__).resolve().parent / "fixtures" / "locks" / "small"
 LOCK = SMALL / "requirements.lock"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from orchestrator.core.yamlio import format_path, load_yaml, parse_yaml, validation_error
 from orchestrator.errors import SpecError
-from orchestrator.yamlio import format_path, load_yaml, parse_yaml, validation_error
 
 DOC = """\
 name: app          # line 1

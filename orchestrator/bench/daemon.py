@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from orchestrator.bundle import pack_bundle
+from orchestrator.daemon.bundle import pack_bundle
 
 ROUNDS = 15
 FOLLOWERS = 50
@@ -61,7 +61,7 @@ def _bundle(spec: Path) -> bytes:
 def _start(tmp: Path, delay_s: float) -> subprocess.Popen[bytes]:
     config = tmp / "orchestrator.toml"
     config.write_text('state_dir = "state"\nsocket = "o.sock"\nmax_parallel_deployments = 4\n'
-                      'runner = "orchestrator.runner:EchoRunner"\n')
+                      'runner = "orchestrator.daemon.runners.base:EchoRunner"\n')
     exe = Path(sys.executable).parent / "orchestrator"
     proc = subprocess.Popen([str(exe), "daemon", "--config", str(config)], cwd=tmp,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

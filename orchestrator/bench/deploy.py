@@ -45,18 +45,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from orchestrator.deploy import DeployResult, deploy, prepare
-from orchestrator.hostops import HostOps
-from orchestrator.inventory import Inventory, load_inventory
-from orchestrator.pool import Pool
-from orchestrator.spec import load_spec
-from orchestrator.ssh import SshOptions, SshTransport
-from orchestrator.steps.host import local_uv
-from orchestrator.steps.wheels import default_cache_dir
+from orchestrator.core.hashing import hash_path
+from orchestrator.core.inventory import Inventory, load_inventory
+from orchestrator.core.spec import load_spec
+from orchestrator.deploy.batch import DeployResult, deploy, prepare
+from orchestrator.deploy.steps.host import local_uv
+from orchestrator.deploy.steps.wheels import default_cache_dir
+from orchestrator.deploy.wheelcache import WheelCache, platform_tags
+from orchestrator.hosts.hostops import HostOps
+from orchestrator.hosts.pool import Pool
+from orchestrator.hosts.ssh import SshOptions, SshTransport
+from orchestrator.hosts.transport import Transport
 from orchestrator.testbed import Testbed
-from orchestrator.transport import Transport
-from orchestrator.treehash import hash_path
-from orchestrator.wheelcache import WheelCache, platform_tags
 
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
 LOCK = FIXTURES / "deploy" / "sklearn.lock"
@@ -87,7 +87,7 @@ def _model(directory: Path, seed: int) -> tuple[Path, Path]:
     import numpy as np
     from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
 
-    from orchestrator import golden
+    from orchestrator.core import golden
 
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -104,7 +104,7 @@ def _keras_model(directory: Path, seed: int) -> tuple[Path, Path]:
     import keras  # type: ignore[import-untyped]
     import numpy as np
 
-    from orchestrator import golden
+    from orchestrator.core import golden
 
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -1,7 +1,7 @@
 """What a deploy really pays for its environment on one host: venv + install + the first import
 of TensorFlow in it, pip and uv side by side (tensorflow-cpu 2.21 lock of tests/fixtures/locks).
 
-Runs the host script (`orchestrator/remote/hostops.py venv-ensure`) as a host runs it, with
+Runs the host script (`orchestrator/hosts/remote/hostops.py venv-ensure`) as a host runs it, with
 /usr/bin/python3, against a temporary deploy root whose wheel cache is already filled (the wheels
 come from the controller's wheel cache, filled once). Targets (issue 4): uv at least 2.5 times
 faster than pip for a cold host; a new venv for an already-cached lock in under 1 s.
@@ -22,13 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrator.release import env_hash
-from orchestrator.steps.wheels import default_cache_dir
-from orchestrator.wheelcache import WheelCache, filenames, platform_tags
+from orchestrator.core.release import env_hash
+from orchestrator.deploy.steps.wheels import default_cache_dir
+from orchestrator.deploy.wheelcache import WheelCache, filenames, platform_tags
 
 REPO = Path(__file__).resolve().parents[2]
 LOCK = REPO / "tests" / "fixtures" / "locks" / "tensorflow-cpu-2.21.lock"
-SCRIPT = REPO / "orchestrator" / "remote" / "hostops.py"
+SCRIPT = REPO / "orchestrator" / "hosts" / "remote" / "hostops.py"
 HOST_PYTHON = "/usr/bin/python3"
 
 

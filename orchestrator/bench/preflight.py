@@ -10,10 +10,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrator.compat import _parse, load_compat
-from orchestrator.facts import parse_facts
-from orchestrator.lockfile import load_lock
-from orchestrator.preflight import Requirements, preflight
+from orchestrator.core.compat import _parse, load_compat
+from orchestrator.core.facts import parse_facts
+from orchestrator.core.lockfile import load_lock
+from orchestrator.core.preflight import Requirements, preflight
 from orchestrator.testbed import Testbed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ def run() -> None:
 
 
 def _pure() -> None:
-    text = (ROOT / "orchestrator" / "data" / "compat.json").read_text()
+    text = (ROOT / "orchestrator" / "core" / "data" / "compat.json").read_text()
     started = time.perf_counter()
     _parse(text, "compat.json")
     print(f"compat data parse: {(time.perf_counter() - started) * 1000:.2f} ms")

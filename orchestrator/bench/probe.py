@@ -7,11 +7,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrator.facts import HostFacts
-from orchestrator.inventory import Host, load_inventory
-from orchestrator.pool import Pool, map_hosts
-from orchestrator.probe import probe_host
-from orchestrator.ssh import SshOptions
+from orchestrator.core.facts import HostFacts
+from orchestrator.core.inventory import Host, load_inventory
+from orchestrator.hosts.pool import Pool, map_hosts
+from orchestrator.hosts.probe import probe_host
+from orchestrator.hosts.ssh import SshOptions
 from orchestrator.testbed import Testbed
 
 HOSTS = 8

@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from orchestrator.treehash import hash_path
+from orchestrator.core.hashing import hash_path
 
 HOSTS = 24
 LOCK = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "deploy" / "numpy-joblib.lock"
@@ -70,7 +70,7 @@ def _model(directory: Path, seed: int) -> tuple[Path, Path]:
     import joblib  # type: ignore[import-untyped]
     import numpy as np
 
-    from orchestrator import golden
+    from orchestrator.core import golden
 
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -96,7 +96,7 @@ class _Daemon:
                           f'inventory = "{testbed.inventory_path}"\n'
                           f'known_hosts = "{testbed.known_hosts_path}"\n'
                           f'identity = "{testbed.identity_path}"\n'
-                          'runner = "orchestrator.deploy:DeployRunner"\n'
+                          'runner = "orchestrator.deploy.rollout:DeployRunner"\n'
                           f"max_ssh_sessions = {HOSTS}\n")
         self.socket = work / "o.sock"
         self.machine_cpu = 0.0  # of the last rollout
@@ -170,12 +170,12 @@ def _met(ok: bool) -> str:
 
 
 def _probe_preflight(testbed: Any, spec_path: Path) -> None:
-    from orchestrator.deploy import prepare
-    from orchestrator.inventory import load_inventory
-    from orchestrator.pool import Pool
-    from orchestrator.rollout import preflight_fleet
-    from orchestrator.spec import load_spec
-    from orchestrator.ssh import SshOptions
+    from orchestrator.core.inventory import load_inventory
+    from orchestrator.core.spec import load_spec
+    from orchestrator.deploy.batch import prepare
+    from orchestrator.deploy.rollout import preflight_fleet
+    from orchestrator.hosts.pool import Pool
+    from orchestrator.hosts.ssh import SshOptions
 
     class Quiet:
         def emit(self, event: str, **kw: Any) -> None:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-RUNNER = Path(__file__).resolve().parents[1] / "remote" / "warmup.py"
+RUNNER = Path(__file__).resolve().parents[1] / "hosts" / "remote" / "warmup.py"
 ITERATIONS = 2000
 
 NOOP_MODULE = '''
@@ -43,7 +43,7 @@ def run() -> None:
     except ImportError as exc:
         print(f"skipped: {exc} (install the `ml` extra)")
         return
-    runner: Any = importlib.import_module("orchestrator.remote.warmup")
+    runner: Any = importlib.import_module("orchestrator.hosts.remote.warmup")
     loop = runner.time_calls(_NoOp(), [None], 100_000)
     print(f"runner timing loop, no-op model (in-process): "
           f"p50 {_pct(loop, 50):.0f} ns/call, mean {sum(loop) / len(loop):.0f} ns/call")

@@ -1,0 +1,226 @@
+"""The CLI's side of the API: httpx over the daemon's Unix socket, errors mapped once here.
+
+Every client command is a thin use of `Client`; the CLI holds no state and never reads the
+store. A daemon that is not running is one clear line (`DaemonUnavailable`); an error response
+becomes the orchestrator error of its status (400/422 `InvalidInput` and 404 `NotFound`: exit 2,
+409 `Conflict`: exit 2, others exit 1), with the daemon's message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any, NoReturn
+from urllib.parse import quote
+
+import httpx
+
+from orchestrator.cli.render import LiveProgress, event_line, use_colour
+from orchestrator.daemon.bundle import pack_bundle
+from orchestrator.daemon.config import default_socket, default_state_dir
+from orchestrator.errors import (
+    EXIT_DEPLOY_FAILED,
+    EXIT_OK,
+    Conflict,
+    DaemonUnavailable,
+    InvalidInput,
+    NotFound,
+    OrchestratorError,
+    PayloadTooLarge,
+)
+
+_STATUS_ERRORS: dict[int, type[OrchestratorError]] = {
+    400: InvalidInput, 404: NotFound, 409: Conflict, 413: PayloadTooLarge, 422: InvalidInput,
+}
+
+
+def socket_path(explicit: str | None, env: Mapping[str, str] | None = None) -> Path:
+    """--socket, else $ORCHESTRATOR_SOCKET, else the daemon's default."""
+    env = os.environ if env is None else env
+    if explicit:
+        return Path(explicit)
+    if env.get("ORCHESTRATOR_SOCKET"):
+        return Path(env["ORCHESTRATOR_SOCKET"])
+    return default_socket(env, Path(env.get("ORCHESTRATOR_STATE_DIR") or default_state_dir(env)))
+
+
+def add_client_args(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
+    parser.add_argument("--socket", help="the daemon's socket (default: $ORCHESTRATOR_SOCKET, "
+                                         "else $XDG_RUNTIME_DIR/orchestrator.sock)")
+    if json_flag:
+        parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+class Client:
+    def __init__(self, socket: Path, *, timeout: float = 30.0) -> None:
+        self.socket = socket
+        self._http = httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)),
+                                  base_url="http://orchestrator", timeout=timeout)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Client:
+        return cls(socket_path(getattr(args, "socket", None)))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _unavailable(self, exc: Exception) -> NoReturn:
+        raise DaemonUnavailable(
+            f"no orchestrator daemon answers on {self.socket} ({type(exc).__name__}); start it "
+            "with `orchestrator daemon` or point --socket / ORCHESTRATOR_SOCKET at it") from None
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError,
+                ConnectionRefusedError) as exc:
+            self._unavailable(exc)
+        except httpx.TimeoutException as exc:
+            raise DaemonUnavailable(f"the daemon on {self.socket} did not answer in time "
+                                    f"({type(exc).__name__})") from None
+        check(response)
+        return response.json()
+
+    # -- the API, one method per endpoint ---------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", "/healthz")
+        return result
+
+    def submit(self, spec: Path) -> dict[str, Any]:
+        """Pack the spec and its files (model, lock, golden, wheelhouse) and upload them."""
+        with tempfile.TemporaryFile() as bundle:
+            pack_bundle(spec, bundle)
+            bundle.seek(0)
+            result: dict[str, Any] = self.request(
+                "POST", "/v1/deployments", content=bundle,
+                headers={"content-type": "application/x-tar"}, timeout=None)
+        return result
+
+    def deployments(self, app: str | None = None) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request(
+            "GET", "/v1/deployments", params={"app": app} if app else None)
+        return result
+
+    def deployment(self, deployment: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/v1/deployments/{_q(deployment)}")
+        return result
+
+    def cancel(self, deployment: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/v1/deployments/{_q(deployment)}/cancel")
+        return result
+
+    def rollback(self, deployment: str | None = None, app: str | None = None) -> dict[str, Any]:
+        path = (f"/v1/deployments/{_q(deployment)}/rollback" if deployment
+                else f"/v1/apps/{_q(app or '')}/rollback")
+        result: dict[str, Any] = self.request("POST", path)
+        return result
+
+    def control(self, deployment: str, action: str) -> dict[str, Any]:
+        """`action` is pause, resume or abort."""
+        result: dict[str, Any] = self.request(
+            "POST", f"/v1/deployments/{_q(deployment)}/{_q(action)}")
+        return result
+
+    def metrics(self) -> str:
+        try:
+            response = self._http.get("/metrics")
+        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as exc:
+            self._unavailable(exc)
+        check(response)
+        return response.text
+
+    def hosts(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", "/v1/hosts")
+        return result
+
+    def verify(self, hosts: list[str]) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("POST", "/v1/hosts/verify",
+                                                    json={"hosts": hosts}, timeout=None)
+        return result
+
+    def events(self, deployment: str, *, after: int = 0, host: str | None = None,
+               follow: bool = False) -> Iterator[dict[str, Any]]:
+        """The deployment's events in seq order; with `follow`, until it finishes."""
+        params: dict[str, Any] = {"after": after, "follow": follow}
+        if host:
+            params["host"] = host
+        try:
+            with self._http.stream("GET", f"/v1/deployments/{_q(deployment)}/events",
+                                   params=params, timeout=None) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    check(response)
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield json.loads(line)
+        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as exc:
+            self._unavailable(exc)
+        except httpx.RemoteProtocolError as exc:
+            raise DaemonUnavailable(f"the daemon closed the event stream ({exc}); "
+                                    f"resume with `orchestrator logs {deployment} --follow`"
+                                    ) from None
+
+
+def _q(segment: str) -> str:
+    """A user-given id as one URL path segment (a `/` in it cannot reach another route)."""
+    return quote(segment, safe="")
+
+
+def check(response: httpx.Response) -> None:
+    """Raise the orchestrator error an error response stands for."""
+    if response.status_code < 400:
+        return
+    try:
+        body = response.json()
+        message = str(body.get("error") or body)
+    except ValueError:
+        message = response.text.strip()[:500] or response.reason_phrase
+    kind = _STATUS_ERRORS.get(response.status_code, OrchestratorError)
+    raise kind(f"{message} (HTTP {response.status_code})")
+
+
+def print_events(client: Client, deployment: str, *, follow: bool, host: str | None = None,
+                 as_json: bool = False, quiet: bool = False, out: IO[str] | None = None) -> None:
+    """Print the events (one JSON line each with `as_json`), following until the end."""
+    out = out or sys.stdout
+    colour = use_colour(out)
+    live = LiveProgress(out, colour) if follow and colour and not as_json else None
+    for event in client.events(deployment, host=host, follow=follow):
+        if quiet:
+            continue
+        if live is not None:
+            live.show(event)  # a terminal: events scroll above a per-host progress block
+            continue
+        line = json.dumps(event, separators=(",", ":")) if as_json else event_line(
+            event, colour=colour)
+        print(line, file=out, flush=True)
+
+
+def wait_for_end(client: Client, deployment: str, *, show: bool, as_json: bool = False) -> int:
+    """Follow the deployment to its end (a dropped stream is resumed); DESIGN.md exit code:
+    0 succeeded, 3 failed / rolled back / cancelled."""
+    print_events(client, deployment, follow=True, as_json=as_json, quiet=not show)
+    record = client.deployment(deployment)
+    if record["state"] not in FINISHED:  # the stream ended early (daemon stopping)
+        raise DaemonUnavailable(f"the daemon stopped while {deployment} was {record['state']}; "
+                                f"follow it again with `orchestrator logs {deployment} --follow`")
+    return exit_code(record["state"])
+
+
+FINISHED = frozenset({"succeeded", "failed", "rolled_back", "cancelled"})
+
+
+def exit_code(state: str) -> int:
+    return EXIT_OK if state == "succeeded" else EXIT_DEPLOY_FAILED

@@ -1,0 +1,115 @@
+"""`orchestrator deploy SPEC --inventory FILE [--host H]...`: run the pipeline directly, no daemon.
+
+Every event is printed as it happens (one readable line each, or JSON lines with --json), then a
+one-line verdict per host. The rendering is pure (`render_event`); the command only wires the
+spec, the inventory, the connection pool and the engine (orchestrator.deploy.batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from orchestrator.errors import EXIT_DEPLOY_FAILED, EXIT_OK, InvalidInput
+
+EPILOG = """\
+exit status:
+  0  every host runs the new release
+  2  invalid input (spec, lock, inventory, unknown host)
+  3  the deployment failed on some host (rolled back where it had switched)
+"""
+
+#: Event keys shown on a readable line, in this order (the rest is in --json).
+SHOWN = ("release_id", "current", "reused", "installer", "env_hash", "wheels_pushed",
+         "verdict", "generation", "removed", "reason", "error", "warnings")
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "deploy", help="deploy a spec to its targets now, without the daemon",
+        description="Run the per-host pipeline (probe, preflight, stage, install, verify, "
+                    "switch, check, prune) on the spec's targets, printing every event.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("spec", type=Path, metavar="SPEC", help="deployment spec YAML")
+    parser.add_argument("--inventory", type=Path, required=True, help="inventory YAML file")
+    parser.add_argument("--host", action="append", default=[], metavar="H",
+                        help="deploy to these hosts/groups instead of the spec's targets")
+    parser.add_argument("--installer", choices=("uv", "pip"), default="uv",
+                        help="venv installer on the hosts (default uv; pip is the fallback)")
+    parser.add_argument("--compile-bytecode", action="store_true",
+                        help="compile every module of a new venv at install time (default: "
+                             "the verify step's first import compiles what the model uses)")
+    parser.add_argument("--max-parallel", type=int, default=None, metavar="N",
+                        help="hosts at once (default: the spec's rollout.max_parallel)")
+    parser.add_argument("--break-lock", action="store_true",
+                        help="take the app's deploy lock even if a dead deployment holds it")
+    parser.add_argument("--json", action="store_true", help="print events as JSON lines")
+    parser.set_defaults(func=run)
+
+
+class PrintSink:
+    """Prints each event as it is emitted; thread-safe (hosts run in parallel)."""
+
+    def __init__(self, out: IO[str], as_json: bool, deployment: str) -> None:
+        self.out, self.as_json, self.deployment = out, as_json, deployment
+        self._lock = threading.Lock()
+
+    def emit(self, event: str, *, host: str | None = None, step: str | None = None,
+             status: str | None = None, duration_ms: float | None = None, level: str = "info",
+             **details: Any) -> None:
+        record = {"ts": time.time(), "level": level, "event": event,
+                  "deployment": self.deployment, "host": host, "step": step, "status": status,
+                  "duration_ms": duration_ms, **details}
+        line = json.dumps(record, default=str) if self.as_json else render_event(record)
+        with self._lock:
+            print(line, file=self.out, flush=True)
+
+
+def render_event(e: dict[str, Any]) -> str:
+    """One readable line: time, host, step, status, duration, then the telling details."""
+    when = time.strftime("%H:%M:%S", time.localtime(float(e["ts"])))
+    parts = [when, str(e.get("host") or "-"), str(e.get("step") or e["event"]),
+             str(e.get("status") or "")]
+    if e.get("duration_ms") is not None:
+        parts.append(f"{float(e['duration_ms']) / 1000:.2f}s")
+    for key in SHOWN:
+        value = e.get(key)
+        if value not in (None, "", [], {}):
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here so `orchestrator --help` does not pay for paramiko.
+    from orchestrator.core.inventory import load_inventory
+    from orchestrator.core.spec import load_spec
+    from orchestrator.deploy.batch import deploy, new_deployment_id, prepare
+    from orchestrator.hosts.pool import Pool
+    from orchestrator.hosts.ssh import SshOptions
+
+    if args.max_parallel is not None and args.max_parallel < 1:
+        raise InvalidInput("--max-parallel must be at least 1")
+    spec = load_spec(args.spec)
+    inventory = load_inventory(args.inventory)
+    hosts = inventory.resolve(args.host or list(spec.targets))
+    if not hosts:
+        raise InvalidInput("no target hosts")
+    deployment = new_deployment_id()
+    inputs = prepare(spec, deployment=deployment, installer=args.installer,
+                     compile_bytecode=args.compile_bytecode)
+    sink = PrintSink(sys.stdout, args.json, deployment)
+    parallel = args.max_parallel or spec.rollout.max_parallel
+    with Pool(SshOptions.for_inventory(inventory), max_connections=parallel) as pool:
+        result = deploy(inputs, hosts, pool=pool, sink=sink, max_parallel=parallel,
+                        break_lock=args.break_lock)
+    if not args.json:
+        for name, r in result.hosts.items():
+            why = f": {r.reason} ({r.failed_step}: {r.error})" if not r.ok else ""
+            print(f"{name}: {r.status.value} {result.release_id}{why}", flush=True)
+    return EXIT_OK if result.ok else EXIT_DEPLOY_FAILED

@@ -1,0 +1,33 @@
+"""`orchestrator hash PATH...`: the value `model.sha256` must hold for a file or directory.
+
+One PATH prints the bare hex digest (so `sha256: $(orchestrator hash models/fraud/3)` works);
+several print `<hex>  <path>` lines like sha256sum. The directory tree hash is defined in
+orchestrator/core/hashing.py and docs/spec.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from orchestrator.core.hashing import hash_path
+from orchestrator.errors import EXIT_OK
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "hash", help="sha256 of a file, or the tree hash of a directory (model.sha256)",
+        description="Print the sha256 of a file, or the tree hash of a directory: the value "
+                    "a spec's model.sha256 must hold.")
+    parser.add_argument("paths", nargs="+", metavar="PATH")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    paths: list[str] = args.paths
+    if len(paths) == 1:
+        print(hash_path(paths[0]))
+        return EXIT_OK
+    for path in paths:
+        print(f"{hash_path(path)}  {path}")
+    return EXIT_OK

@@ -1,0 +1,81 @@
+"""`orchestrator plan SPEC [--inventory FILE] [--json]`: probe the spec's targets and show, per
+host, every preflight check with its verdict and the steps a rollout would take, changing
+nothing of the app on any host.
+
+Phases: load (spec, lock, inventory: any problem exits 2 before a host is touched) -> probe
+(read-only, in the bounded pool; the probe's own tools are shipped to the host's content-addressed
+`.orchestrator/tools/` cache if missing, as every step does) -> pure plan -> print.
+Exit 0 when every target passes (warnings allowed), 3 when any fails or is unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from orchestrator.core.compat import load_compat
+from orchestrator.core.inventory import load_inventory
+from orchestrator.core.lockfile import load_lock
+from orchestrator.core.spec import load_spec
+from orchestrator.deploy.plan import build_plan, render_text
+from orchestrator.errors import InvalidInput
+from orchestrator.hosts import ssh
+from orchestrator.hosts.pool import Pool
+from orchestrator.hosts.probe import probe_hosts
+
+INVENTORY_ENV = "ORCHESTRATOR_INVENTORY"
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "plan", help="show what a rollout would find and do on each target, changing nothing",
+        description="Probe the spec's targets, run the preflight on each, and print every check "
+                    "with its verdict and the rollout steps. Exit 0 if every target passes "
+                    "(warnings allowed), 3 if any fails, 2 for invalid input.",
+    )
+    parser.add_argument("spec", type=Path, metavar="SPEC", help="the deployment spec (YAML)")
+    parser.add_argument("--inventory", type=Path, metavar="FILE",
+                        help=f"inventory YAML (default: ${INVENTORY_ENV})")
+    parser.add_argument("--known-hosts", type=Path, metavar="FILE",
+                        help="known_hosts file (default: the inventory's ssh.known_hosts, else "
+                             "$ORCHESTRATOR_KNOWN_HOSTS, else ~/.config/orchestrator/known_hosts)")
+    parser.add_argument("--identity", type=Path, metavar="FILE",
+                        help="SSH private key (default: the inventory's ssh.identity_file)")
+    parser.add_argument("--max-parallel", type=int, metavar="N",
+                        help="SSH sessions at once (default: the spec's rollout.max_parallel)")
+    parser.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    lock = load_lock(spec.paths.requirements)
+    inventory = load_inventory(_inventory_path(args.inventory))
+    hosts = inventory.resolve(spec.targets)
+    data = load_compat()
+    max_parallel = args.max_parallel or spec.rollout.max_parallel
+    if max_parallel < 1:
+        raise InvalidInput(f"--max-parallel must be at least 1, not {max_parallel}")
+    overrides: dict[str, Any] = {}
+    if args.known_hosts is not None:
+        overrides["known_hosts"] = args.known_hosts
+    if args.identity is not None:
+        overrides["identity_file"] = args.identity
+    options = ssh.SshOptions.for_inventory(inventory, **overrides)
+    with Pool(options, max_connections=max_parallel) as pool:
+        probed = probe_hosts(pool, hosts, max_parallel)
+    plan = build_plan(spec, lock, hosts, probed, data)
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else render_text(plan))
+    return plan.exit_code
+
+
+def _inventory_path(given: Path | None) -> Path:
+    if given is not None:
+        return given
+    env = os.environ.get(INVENTORY_ENV)
+    if env:
+        return Path(env)
+    raise InvalidInput(f"no inventory: give --inventory FILE or set {INVENTORY_ENV}")

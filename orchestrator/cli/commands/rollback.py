@@ -1,0 +1,30 @@
+"""`orchestrator rollback ID|--app APP`: roll a deployment's hosts back to their previous
+release (a running one is stopped first)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from orchestrator.cli.client import Client, add_client_args
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "rollback", help="roll back a deployment",
+        description="Roll back deployment ID, or the running or latest succeeded deployment "
+                    "of --app APP.")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("deployment", metavar="ID", nargs="?")
+    target.add_argument("--app", help="the app whose deployment to roll back")
+    add_client_args(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    with Client.from_args(args) as client:
+        record = client.rollback(deployment=args.deployment, app=args.app)
+    print(json.dumps(record) if args.json else f"{record['id']} ({record['app']}): "
+          f"{record['state']}; follow with `orchestrator logs {record['id']} --follow`")
+    return 0

@@ -1,0 +1,34 @@
+"""`orchestrator status [ID]`: the deployments, or one with its per-host steps."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from orchestrator.cli.client import Client, add_client_args
+from orchestrator.cli.render import deployment_detail, deployments_table, use_colour
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "status", help="list deployments, or show one",
+        description="Without ID: the latest deployments. With ID: its state and per-host steps.")
+    parser.add_argument("deployment", metavar="ID", nargs="?")
+    parser.add_argument("--app", help="only this app's deployments")
+    add_client_args(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    colour = use_colour()
+    with Client.from_args(args) as client:
+        if args.deployment:
+            record = client.deployment(args.deployment)
+            print(json.dumps(record, indent=2) if args.json
+                  else deployment_detail(record, colour=colour))
+        else:
+            records = client.deployments(app=args.app)
+            print(json.dumps(records, indent=2) if args.json
+                  else deployments_table(records, colour=colour))
+    return 0

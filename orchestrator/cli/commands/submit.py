@@ -1,0 +1,38 @@
+"""`orchestrator submit SPEC [--wait] [--follow]`: send a spec and its files to the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from orchestrator.cli.client import Client, add_client_args, wait_for_end
+from orchestrator.errors import InvalidInput
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "submit", help="submit a deployment spec to the daemon",
+        description="Pack SPEC with the files it names (model, lock, golden, wheelhouse) and "
+                    "submit it. Exit codes with --wait/--follow: 0 succeeded, 3 failed or "
+                    "rolled back, 2 invalid spec.")
+    parser.add_argument("spec", type=Path, help="the spec file (YAML)")
+    parser.add_argument("--wait", action="store_true", help="wait for the deployment to finish")
+    parser.add_argument("--follow", action="store_true", help="print its events until it ends")
+    add_client_args(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.spec.is_file():
+        raise InvalidInput(f"{args.spec}: no such spec file")
+    with Client.from_args(args) as client:
+        record = client.submit(args.spec)
+        if args.json and not args.follow:
+            print(json.dumps(record))
+        elif not args.json:
+            print(f"submitted {record['id']} ({record['app']}): {record['state']}", flush=True)
+        if args.follow or args.wait:
+            return wait_for_end(client, record["id"], show=args.follow, as_json=args.json)
+    return 0

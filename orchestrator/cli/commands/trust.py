@@ -1,0 +1,124 @@
+"""`orchestrator trust HOST... --inventory FILE [--yes] [--replace]`: trusting a host is explicit.
+
+For each host: fetch the key it offers (key exchange only), print its SHA256 fingerprint, and
+compare with the orchestrator's own known_hosts. A new key is appended only with --yes or after
+a "y" on a terminal; a key different from the one recorded is refused unless --replace.
+The decision is a pure function (`decide`); the command does the I/O around it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.errors import HostError
+
+if TYPE_CHECKING:
+    from orchestrator.hosts.ssh import HostAddress
+
+EPILOG = """\
+Compare the fingerprint with the host's own (on the host: ssh-keygen -lf /etc/ssh/ssh_host_*.pub)
+before trusting it.
+
+exit status:
+  0  every host is trusted (it already was, or its key was added)
+  1  a key was not added (changed key without --replace, not confirmed) or a host is unreachable
+  2  invalid input (inventory, unknown host or group)
+"""
+
+
+class Action(enum.Enum):
+    ALREADY = "already trusted"
+    ADD = "added"
+    REPLACE = "replaced"
+    ASK = "ask"
+    REFUSE_CHANGED = "refused: the host key CHANGED"
+    NOT_CONFIRMED = "not trusted: re-run with --yes to trust it"
+
+
+def decide(known: Sequence[tuple[str, str]], offered: tuple[str, str], *, yes: bool,
+           replace: bool, interactive: bool) -> Action:
+    """What to do with `offered` (key type, base64) given the keys `known` for that host."""
+    if offered in known:
+        return Action.ALREADY
+    if known:
+        return Action.REPLACE if replace else Action.REFUSE_CHANGED
+    if yes:
+        return Action.ADD
+    return Action.ASK if interactive else Action.NOT_CONFIRMED
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "trust", help="show hosts' SSH key fingerprints and add them to the known_hosts",
+        description="Fetch each host's SSH host key, print its SHA256 fingerprint and add it to\n"
+                    "the orchestrator's own known_hosts (the inventory's ssh.known_hosts).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("hosts", nargs="+", metavar="HOST", help="host or group names")
+    parser.add_argument("--inventory", type=Path, required=True, help="inventory YAML file")
+    parser.add_argument("--yes", action="store_true", help="trust new keys without asking")
+    parser.add_argument("--replace", action="store_true",
+                        help="replace a host's recorded key by the one it offers now")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from orchestrator.core.inventory import load_inventory
+    from orchestrator.hosts.ssh import SshOptions
+
+    inventory = load_inventory(args.inventory)
+    hosts = inventory.resolve(args.hosts)
+    known_hosts = SshOptions.for_inventory(inventory).known_hosts
+    interactive = sys.stdin.isatty() and not args.yes
+    ok = True
+    for host in hosts:
+        try:
+            ok &= trust_host(host, known_hosts, yes=args.yes, replace=args.replace,
+                             interactive=interactive)
+        except HostError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            ok = False
+    return 0 if ok else 1
+
+
+def trust_host(host: HostAddress, known_hosts: Path, *, yes: bool, replace: bool,
+               interactive: bool) -> bool:
+    """Print the host's fingerprint and act on it; True when the host ends up trusted."""
+    from orchestrator.hosts import ssh
+
+    known = ssh.known_host_keys(known_hosts, host.address, host.port)
+    offered = ssh.fetch_host_key(host, prefer=[k.key_type for k in known])
+    where = ssh.known_hosts_name(host.address, host.port)
+    print(f"{host.name} {where} {offered.key_type} {offered.fingerprint}")
+    action = decide([(k.key_type, k.base64) for k in known], (offered.key_type, offered.base64),
+                    yes=yes, replace=replace, interactive=interactive)
+    if action is Action.ASK:
+        action = Action.ADD if _confirm(host.name) else Action.NOT_CONFIRMED
+    if action is Action.REFUSE_CHANGED:
+        recorded = ", ".join(f"{k.key_type} {k.fingerprint}" for k in known)
+        print(f"  {action.value}: {known_hosts} has {recorded}; if the host was really "
+              f"reinstalled, re-run with --replace", file=sys.stderr)
+        return False
+    if action is Action.NOT_CONFIRMED:
+        print(f"  {action.value}", file=sys.stderr)
+        return False
+    if action is Action.REPLACE:
+        ssh.remove_known_host(known_hosts, host.address, host.port)
+    if action in (Action.ADD, Action.REPLACE):
+        ssh.append_known_host(known_hosts, host.address, host.port, offered)
+    where_to = {Action.ADD: f" to {known_hosts}", Action.REPLACE: f" in {known_hosts}"}
+    print(f"  {action.value}{where_to.get(action, '')}")
+    return True
+
+
+def _confirm(name: str) -> bool:
+    try:
+        answer = input(f"Trust this key for {name}? [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+

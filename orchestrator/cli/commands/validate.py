@@ -1,0 +1,160 @@
+"""`orchestrator validate SPEC [--inventory FILE]`: the spec and every file it names, offline.
+
+Checks, reporting every problem found (one line each) and exiting 2 if there is any:
+- the spec itself (`orchestrator.core.spec.load_spec`: strict YAML, models, paths inside its
+  folder);
+- the model exists, has the shape its format needs, and hashes to `model.sha256`;
+- the lock file lints clean (`orchestrator.core.lockfile`);
+- the golden file is a readable .npz (a zip of .npy members; checked without numpy);
+- the wheelhouse, when given, holds exactly the locked wheels for the spec's Python;
+- with `--inventory`, every target names a known host, group or label.
+Valid: one summary line on stdout, exit 0.
+
+`check_references(spec)` is the reusable part (the daemon can run it on submit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from orchestrator.core.hashing import hash_path
+from orchestrator.core.inventory import load_inventory
+from orchestrator.core.lockfile import Lock, check_wheelhouse, lint_lock
+from orchestrator.core.spec import Spec, load_spec
+from orchestrator.errors import EXIT_INVALID, EXIT_OK, SpecError
+
+MAX_GOLDEN_MEMBERS = 10_000
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "validate", help="check a spec and the files it names, without touching any host",
+        description="Check a deployment spec and its model, lock file, golden file and "
+                    "wheelhouse. Exit 0 when valid, 2 with every problem listed otherwise.")
+    parser.add_argument("spec", metavar="SPEC", help="the spec YAML file")
+    parser.add_argument("--inventory", metavar="FILE",
+                        help="also check that every target is in this inventory")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)  # a SpecError here is printed by the CLI, exit 2
+    errors, lock = check_references(spec)
+    if args.inventory:
+        errors.extend(_check_targets(spec, args.inventory))
+    if errors:
+        for err in errors:
+            print(f"error: {err}", file=sys.stderr)
+        print(f"{spec.file}: {len(errors)} problem{'s' if len(errors) > 1 else ''}",
+              file=sys.stderr)
+        return EXIT_INVALID
+    print(_summary(spec, lock))
+    return EXIT_OK
+
+
+def check_references(spec: Spec) -> tuple[list[SpecError], Lock | None]:
+    """Every problem with the files `spec` names, and the lock when it lints clean."""
+    errors = _check_model(spec)
+    lock_path, lock = spec.paths.requirements, None
+    if not lock_path.is_file():
+        errors.append(spec.error(("environment", "requirements"),
+                                 f"{lock_path} does not exist or is not a file"))
+    else:
+        try:
+            result = lint_lock(lock_path)
+            errors.extend(result.errors)
+            lock = result.lock
+        except SpecError as exc:  # unreadable or over the size limit
+            errors.append(exc)
+    errors.extend(_check_golden(spec))
+    wheelhouse = spec.paths.wheelhouse
+    if wheelhouse is not None:
+        if not wheelhouse.is_dir():
+            errors.append(spec.error(("environment", "wheelhouse"),
+                                     f"{wheelhouse} is not a directory"))
+        elif lock is not None:
+            errors.extend(check_wheelhouse(lock, wheelhouse, python=spec.environment.python))
+    return errors, lock
+
+
+def _check_model(spec: Spec) -> list[SpecError]:
+    path, fmt = spec.paths.model, spec.model.format
+    if not path.exists():
+        return [spec.error(("model", "path"), f"{path} does not exist")]
+    shape = _shape_problem(path, fmt)
+    if shape:
+        return [spec.error(("model", "format"), f"{path}: {shape}")]
+    try:
+        actual = hash_path(path)
+    except SpecError as exc:
+        return [exc]
+    if actual != spec.model.sha256:
+        return [spec.error(("model", "sha256"),
+                           f"mismatch: the spec says {spec.model.sha256} but {spec.model.path} "
+                           f"hashes to {actual}")]
+    return []
+
+
+def _shape_problem(path: Path, fmt: str) -> str | None:
+    if fmt == "tensorflow-savedmodel":
+        if not path.is_dir():
+            return "a tensorflow-savedmodel must be a directory"
+        if not (path / "saved_model.pb").is_file():
+            return "no saved_model.pb in this tensorflow-savedmodel directory"
+        return None
+    if not path.is_file():
+        return f"a {fmt} model must be a file"
+    if fmt == "keras" and not (zipfile.is_zipfile(path) or _is_hdf5(path)):
+        return "not a Keras model: neither a .keras archive (zip) nor an HDF5 .h5 file"
+    return None
+
+
+def _is_hdf5(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(8) == b"\x89HDF\r\n\x1a\n"
+
+
+def _check_golden(spec: Spec) -> list[SpecError]:
+    path = spec.paths.golden
+    where = ("verify", "golden")
+    if not path.is_file():
+        return [spec.error(where, f"{path} does not exist or is not a file")]
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if not names:
+                return [spec.error(where, f"{path}: the .npz holds no array")]
+            if len(names) > MAX_GOLDEN_MEMBERS:
+                return [spec.error(where, f"{path}: more than {MAX_GOLDEN_MEMBERS} arrays")]
+            odd = [n for n in names if not n.endswith(".npy")]
+            if odd:
+                return [spec.error(where, f"{path}: not an .npz: member {odd[0]!r} is not .npy")]
+            bad = archive.testzip()  # CRC of every member: truncation and corruption
+            if bad is not None:
+                return [spec.error(where, f"{path}: member {bad!r} is corrupt")]
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        return [spec.error(where, f"{path}: not a readable .npz ({exc})")]
+    return []
+
+
+def _check_targets(spec: Spec, inventory_path: str) -> list[SpecError]:
+    inventory = load_inventory(inventory_path)
+    errors: list[SpecError] = []
+    for i, target in enumerate(spec.targets):
+        try:
+            inventory.resolve([target])
+        except SpecError as exc:
+            errors.append(spec.error(("targets", i), f"{exc.reason} in {inventory_path}"))
+    return errors
+
+
+def _summary(spec: Spec, lock: Lock | None) -> str:
+    packages = len(lock.packages) if lock else 0
+    gpu = f"{spec.gpu.count} GPU(s)" if spec.gpu.required else "CPU"
+    return (f"{spec.file}: valid: {spec.name}, {spec.model.format} model "
+            f"{spec.model.sha256[:12]}, {packages} locked packages, python "
+            f"{spec.environment.python}, {gpu}, {len(spec.targets)} target(s)")

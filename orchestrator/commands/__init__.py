@@ -1,1 +1,0 @@
-"""CLI subcommands, one module each; `orchestrator.cli` registers every module found here."""

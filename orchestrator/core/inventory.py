@@ -1,0 +1,199 @@
+"""The inventory: which hosts exist, how to reach them, and how they are grouped.
+
+```yaml
+hosts:
+  gpu-01: {address: 10.0.0.11, port: 22, user: deploy, deploy_root: /srv/models,
+           labels: {zone: a}}
+groups:
+  inference: [gpu-01, gpu-02]
+ssh:                                   # optional; paths relative to this file
+  known_hosts: known_hosts
+  identity_file: id_ed25519
+```
+
+The YAML is read by `orchestrator.core.yamlio` (strict) and validated by pydantic models here (the
+edge); the rest of the program gets plain frozen dataclasses: `Inventory`, `Host`, `SshConfig`.
+Every value that will reach a shell or the ssh command line is constrained here (no leading `-`,
+no whitespace or metacharacters), on top of the quoting done where commands are built.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from orchestrator.core.yamlio import DEFAULT_MAX_BYTES, YamlDocument, load_yaml, validation_error
+from orchestrator.errors import SpecError
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+_ADDRESS = r"^[A-Za-z0-9_.:][A-Za-z0-9_.:-]{0,252}$"
+_USER = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$"
+_LABEL_KEY = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+_LABEL_VALUE = r"^[A-Za-z0-9_.-]{0,63}$"
+_DEPLOY_ROOT = r"^/[A-Za-z0-9_./+@-]{0,4095}$"
+
+PATTERN_HINTS = {
+    NAME_PATTERN: "1-63 lowercase letters, digits and '-', starting with a letter or digit",
+    _ADDRESS: "a host name or IP address (letters, digits, . : - _; not starting with -)",
+    _USER: "a user name (letters, digits, _ . -; not starting with - or .)",
+    _LABEL_KEY: "a label key (letters, digits, _ . -)",
+    _LABEL_VALUE: "a label value (letters, digits, _ . -, at most 63)",
+    _DEPLOY_ROOT: "an absolute path of letters, digits and _ . + @ / - (no spaces or shell "
+                  "characters)",
+}
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+# A DNS name, IPv4 or IPv6 literal: never starting with "-" (it would become an ssh option).
+Address = Annotated[str, StringConstraints(pattern=_ADDRESS)]
+User = Annotated[str, StringConstraints(pattern=_USER)]
+LabelKey = Annotated[str, StringConstraints(pattern=_LABEL_KEY)]
+LabelValue = Annotated[str, StringConstraints(pattern=_LABEL_VALUE)]
+DeployRoot = Annotated[str, StringConstraints(pattern=_DEPLOY_ROOT)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class HostModel(_Strict):
+    address: Address
+    port: int = Field(default=22, ge=1, le=65535)
+    user: User
+    deploy_root: DeployRoot
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+
+
+class SshModel(_Strict):
+    known_hosts: str | None = Field(default=None, min_length=1)
+    identity_file: str | None = Field(default=None, min_length=1)
+
+
+class InventoryModel(_Strict):
+    hosts: dict[Name, HostModel] = Field(min_length=1)
+    groups: dict[Name, list[Name]] = Field(default_factory=dict)
+    ssh: SshModel = Field(default_factory=SshModel)
+
+
+@dataclass(frozen=True)
+class Host:
+    """One host as the rest of the program sees it."""
+
+    name: str
+    address: str
+    port: int
+    user: str
+    deploy_root: str
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class SshConfig:
+    """Files for the SSH transport, absolute; None means the transport's default."""
+
+    known_hosts: Path | None = None
+    identity_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class Inventory:
+    hosts: dict[str, Host]
+    groups: dict[str, tuple[str, ...]]
+    ssh: SshConfig = field(default_factory=SshConfig)
+    file: str = "<inventory>"
+
+    def resolve(self, targets: Sequence[str]) -> list[Host]:
+        """Hosts named by `targets`: host names, group names or label selectors (`zone=a`,
+        `zone=a,gpu=h100` for both), in the order given, each host once."""
+        if not targets:
+            raise SpecError("no targets given", file=self.file, field="targets")
+        seen: dict[str, Host] = {}
+        for target in targets:
+            for name in self._names(target):
+                seen.setdefault(name, self.hosts[name])
+        return list(seen.values())
+
+    def _names(self, target: str) -> list[str]:
+        if "=" in target:
+            selector = parse_selector(target, self.file)
+            names = [h.name for h in self.hosts.values()
+                     if all(h.labels.get(k) == v for k, v in selector.items())]
+            if not names:
+                raise SpecError(f"selector {target!r} matches no host", file=self.file,
+                                field="targets")
+            return names
+        if target in self.hosts:
+            return [target]
+        if target in self.groups:
+            return list(self.groups[target])
+        raise SpecError(f"unknown host or group {target!r}", file=self.file, field="targets")
+
+
+def parse_selector(text: str, file: str = "<inventory>") -> dict[str, str]:
+    """`zone=a,gpu=h100` -> {"zone": "a", "gpu": "h100"}."""
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", key):
+            raise SpecError(f"bad label selector {text!r}: expected key=value[,key=value]",
+                            file=file, field="targets")
+        out[key] = value
+    return out
+
+
+def load_inventory(path: str | os.PathLike[str], *,
+                   max_bytes: int = DEFAULT_MAX_BYTES) -> Inventory:
+    """Read, validate and resolve an inventory file; any problem is a `SpecError` with a line."""
+    doc = load_yaml(path, max_bytes=max_bytes)
+    return inventory_from_document(doc, Path(path).absolute().parent)
+
+
+def inventory_from_document(doc: YamlDocument, base_dir: Path) -> Inventory:
+    """Validate a loaded document; relative `ssh` paths are resolved against `base_dir`."""
+    if not isinstance(doc.data, dict):
+        raise doc.error((), "an inventory must be a mapping with `hosts:`")
+    try:
+        model = InventoryModel.model_validate(doc.data)
+    except ValidationError as exc:
+        raise validation_error(doc, exc, PATTERN_HINTS) from exc
+    _check_groups(doc, model)
+    hosts = {
+        name: Host(name=name, address=h.address, port=h.port, user=h.user,
+                   deploy_root=_deploy_root(doc, name, h.deploy_root), labels=dict(h.labels))
+        for name, h in model.hosts.items()
+    }
+    ssh = SshConfig(known_hosts=_abs(base_dir, model.ssh.known_hosts),
+                    identity_file=_abs(base_dir, model.ssh.identity_file))
+    groups = {name: tuple(dict.fromkeys(members)) for name, members in model.groups.items()}
+    return Inventory(hosts=hosts, groups=groups, ssh=ssh, file=doc.file)
+
+
+def _check_groups(doc: YamlDocument, model: InventoryModel) -> None:
+    for group, members in model.groups.items():
+        if group in model.hosts:
+            raise doc.error(("groups", group), f"group {group!r} has the name of a host")
+        for i, member in enumerate(members):
+            if member not in model.hosts:
+                raise doc.error(("groups", group, i), f"unknown host {member!r}")
+
+
+def _deploy_root(doc: YamlDocument, host: str, root: str) -> str:
+    parts = PurePosixPath(root).parts
+    if ".." in parts or "." in root.split("/"):
+        raise doc.error(("hosts", host, "deploy_root"), "must not contain '.' or '..'")
+    if root.rstrip("/") == "":
+        raise doc.error(("hosts", host, "deploy_root"), "must not be /")
+    return str(PurePosixPath(root))
+
+
+def _abs(base_dir: Path, value: str | None) -> Path | None:
+    if value is None:
+        return None
+    return (base_dir / Path(value).expanduser()).absolute()

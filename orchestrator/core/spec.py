@@ -1,0 +1,364 @@
+"""The deployment spec (DESIGN.md "Spec"): strict pydantic models and `load_spec`.
+
+Strict means: unknown keys are errors, no type coercion ("22" is not a port, `true` is not a
+count), numbers are finite and bounded, names match `NAME_PATTERN` (they become paths on hosts),
+and every file the spec names is relative, free of `..`, made of characters no shell or path join
+can misread, and still inside the spec's folder once symlinks are resolved.
+
+`load_spec(path)` returns a `Spec`: the validated model (`spec.verify.rtol`, ...) plus what the
+rest of the program needs about the file itself: `spec.file`, `spec.dir`, `spec.digest` (sha256 of
+the file's bytes) and `spec.paths` (absolute, resolved paths of model, requirements, golden,
+wheelhouse). Every error is a `SpecError` naming file, line and field. Whether the referenced
+files exist and match their hashes is checked by `orchestrator validate` (commands/validate.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from orchestrator.core.inventory import NAME_PATTERN
+from orchestrator.core.inventory import PATTERN_HINTS as INVENTORY_HINTS
+from orchestrator.core.yamlio import (
+    DEFAULT_MAX_BYTES,
+    YamlDocument,
+    format_path,
+    parse_yaml,
+    read_limited,
+    validation_error,
+)
+from orchestrator.errors import SpecError
+
+API_VERSION = "orchestrator/v1"
+FORMATS = ("tensorflow-savedmodel", "keras", "joblib")
+
+# Relative, no leading "-" or "/", no spaces or shell metacharacters; ".." is refused below.
+_RELPATH = r"^[A-Za-z0-9_.+@][A-Za-z0-9_.+@/-]{0,1023}$"
+_SHA256 = r"^[0-9a-f]{64}$"
+_SELECTOR = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}=[A-Za-z0-9_.-]{0,63}"
+_TARGET = rf"^(?:[a-z0-9][a-z0-9-]{{0,62}}|{_SELECTOR}(?:,{_SELECTOR})*)$"
+# A command run by the host's shell, on purpose: one line, no control characters.
+_COMMAND = r"^[^\x00-\x1f\x7f]{1,4096}$"
+_DURATION = r"^[0-9]{1,6}[smhd]$"
+_PYTHON = r"^3\.[0-9]{1,2}$"
+_CC = r"^[0-9]{1,2}\.[0-9]$"
+_SIGNATURE = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+#: A public method of the unpickled object, or `__call__` for a model that is a callable.
+METHOD_PATTERN = r"^(__call__|[a-z][a-z0-9_]{0,63})$"
+_URL = r"^https?://[^\s\x00-\x1f]{1,2000}$"
+
+# What each pattern means, in the words error messages use.
+PATTERN_HINTS = {
+    NAME_PATTERN: INVENTORY_HINTS[NAME_PATTERN],
+    _RELPATH: "a relative path of letters, digits and _ . + @ / - (no spaces, no shell "
+              "characters, not starting with / or -)",
+    _SHA256: "64 lowercase hex digits (`orchestrator hash PATH`)",
+    _TARGET: "a host or group name (lowercase letters, digits, '-') or a label selector "
+             "key=value[,key=value]",
+    _COMMAND: "one line without control characters",
+    _DURATION: "a number and a unit s, m, h or d (e.g. 6h)",
+    _PYTHON: 'a Python major.minor such as "3.11"',
+    _CC: 'a compute capability major.minor such as "7.0"',
+    _SIGNATURE: "an identifier (letters, digits, _)",
+    _URL: "an http:// or https:// URL",
+}
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+RelPath = Annotated[str, StringConstraints(pattern=_RELPATH)]
+Sha256 = Annotated[str, StringConstraints(pattern=_SHA256)]
+Target = Annotated[str, StringConstraints(pattern=_TARGET)]
+Command = Annotated[str, StringConstraints(pattern=_COMMAND)]
+Duration = Annotated[str, StringConstraints(pattern=_DURATION)]
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _f(default: float | None, lo: float, hi: float, doc: str, *, gt: bool = False) -> Any:
+    """A finite float field bounded to [lo, hi] (or (lo, hi] with gt)."""
+    if gt:
+        return Field(default, gt=lo, le=hi, allow_inf_nan=False, description=doc)
+    return Field(default, ge=lo, le=hi, allow_inf_nan=False, description=doc)
+
+
+def _d(default: object, doc: str) -> Any:
+    return Field(default, description=doc)
+
+
+def _i(default: int | None, lo: int, hi: int, doc: str) -> Any:
+    return Field(default, ge=lo, le=hi, description=doc)
+
+
+def _no_dotdot(value: str | None) -> str | None:
+    if value is not None and ".." in value.split("/"):
+        raise ValueError("must not contain '..'")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ModelSection(_Strict):
+    """The model to deploy and the hash it must have."""
+
+    path: RelPath = Field(description="Model file or directory, relative to the spec file.")
+    format: Literal["tensorflow-savedmodel", "keras", "joblib"] = Field(
+        description="How the model is loaded: a TensorFlow SavedModel directory, a .keras file, "
+                    "or a joblib (scikit-learn) file.")
+    sha256: Sha256 = Field(description="sha256 of the file, or tree hash of the directory, as "
+                                       "printed by `orchestrator hash PATH` (lowercase hex).")
+    _check_path = field_validator("path")(_no_dotdot)
+
+
+class Environment(_Strict):
+    """The Python environment the model runs in: built on each host from the lock file."""
+
+    python: Annotated[str, StringConstraints(pattern=_PYTHON)] = Field(
+        description='Python major.minor the host must have, quoted: "3.11".')
+    requirements: RelPath = Field(
+        description="Hash-pinned lock file (requirements.lock or pylock.toml), relative to the "
+                    "spec file.")
+    wheelhouse: RelPath | None = _d(None, "Folder of the locked wheels, relative to the spec "
+                                          "file; if absent, the daemon downloads them once.")
+    _check_paths = field_validator("requirements", "wheelhouse")(_no_dotdot)
+
+
+class GpuSection(_Strict):
+    """What the host's GPUs must offer; checked by the preflight and by verify."""
+
+    required: bool = _d(False, "false: CPU deployment, GPU checks skipped.")
+    count: int = _i(1, 1, 64, "GPUs the host must have.")
+    min_memory_gib: float | None = _f(None, 0, 4096, "Free memory each GPU must have, GiB.")
+    min_compute_capability: Annotated[str, StringConstraints(pattern=_CC)] \
+        | None = _d(None, 'Minimum compute capability, quoted: "7.0".')
+
+
+class Rollout(_Strict):
+    """How the fleet is updated: canaries, then batches, with a failure budget."""
+
+    canary: int = _i(1, 0, 10_000, "Hosts deployed first, alone; 0 for no canary.")
+    batch_size: int = _i(1, 1, 10_000, "Hosts per batch after the canaries.")
+    max_parallel: int = _i(16, 1, 256, "At most this many SSH sessions at once.")
+    max_failed_hosts: int = _i(0, 0, 10_000, "More failed hosts than this stop the rollout.")
+    on_failure: Literal["rollback", "pause"] = _d(
+        "rollback", "When the rollout stops: roll back the hosts already switched, or leave "
+                    "them (pause).")
+    pause_s: float = _f(0, 0, 86_400, "Seconds to wait between batches.")
+
+
+class LatencyMs(_Strict):
+    """Latency limits of the benchmark in verify, in milliseconds (each optional)."""
+
+    p50: float | None = _f(None, 0, 3_600_000, "Maximum median latency, ms.", gt=True)
+    p95: float | None = _f(None, 0, 3_600_000, "Maximum 95th percentile latency, ms.", gt=True)
+    p99: float | None = _f(None, 0, 3_600_000, "Maximum 99th percentile latency, ms.", gt=True)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LatencyMs:
+        given = [v for v in (self.p50, self.p95, self.p99) if v is not None]
+        if given != sorted(given):
+            raise ValueError("limits must satisfy p50 <= p95 <= p99")
+        return self
+
+
+class Verify(_Strict):
+    """The warmup run in the new environment before anything is switched."""
+
+    golden: RelPath = Field(description="The .npz of inputs and expected outputs recorded where "
+                                        "the model was trained (`orchestrator golden record`).")
+    rtol: float = _f(1e-5, 0, 1, "Relative tolerance of the golden comparison.")
+    atol: float = _f(1e-6, 0, 1e6, "Absolute tolerance of the golden comparison.")
+    warmup_iterations: int = _i(20, 0, 100_000, "Benchmark iterations run first and discarded.")
+    iterations: int = _i(200, 1, 1_000_000, "Benchmark iterations measured.")
+    batch_size: int = _i(1, 1, 65_536, "Batch size of the benchmark.")
+    latency_ms: LatencyMs | None = _d(None, "Latency limits; absent: none.")
+    timeout_s: float = _f(600, 0, 86_400, "Deadline of the whole verify step, s.", gt=True)
+    signature: Annotated[str, StringConstraints(pattern=_SIGNATURE)] = \
+        _d("serving_default", "SavedModel signature called.")
+    method: Annotated[str, StringConstraints(pattern=METHOD_PATTERN)] = _d(
+        "predict", "joblib models: the method called with the inputs (`predict`, "
+                   "`predict_proba`, `decision_function`, `transform`, ...; `__call__` for a "
+                   "model that is itself callable).")
+    allow_version_mismatch: bool = _d(
+        False, "Accept a golden file recorded with other framework versions than the lock's.")
+    min_throughput: float | None = _f(None, 0, 1e9, "Minimum samples per second.", gt=True)
+    max_regression: float | None = _f(
+        None, 1, 1000, "Re-verification fails when p95 latency exceeds this factor of the "
+                       "baseline recorded at deploy time.")
+    _check_path = field_validator("golden")(_no_dotdot)
+
+
+class Release(_Strict):
+    """Release retention on each host."""
+
+    keep: int = _i(5, 1, 100, "Releases kept per app on each host (current and rollback target "
+                              "always kept).")
+
+
+class Service(_Strict):
+    """The optional service restart after the switch, and its health check."""
+
+    restart: Command | None = _d(None, "Shell command run on the host after the switch, e.g. "
+                                       "`systemctl restart app`.")
+    health_url: Annotated[str, StringConstraints(pattern=_URL)] \
+        | None = _d(None, "HTTP URL that must answer 2xx after the switch.")
+    health_command: Command | None = _d(None, "Shell command that must exit 0 after the switch.")
+    health_timeout_s: float = _f(30, 0, 3600, "How long the health check may take, s.", gt=True)
+
+    @model_validator(mode="after")
+    def _one_health_check(self) -> Service:
+        if self.health_url and self.health_command:
+            raise ValueError("give health_url or health_command, not both")
+        return self
+
+
+class Reverify(_Strict):
+    """Periodic re-verification of deployed hosts (a driver upgrade can break a model)."""
+
+    every: Duration = Field(description="Interval of re-verification: 30m, 6h, 1d (>= 1m).")
+    on_failure: Literal["report", "rollback", "redeploy"] = _d(
+        "report", "What a failed re-verification does.")
+
+    @field_validator("every")
+    @classmethod
+    def _bounded(cls, value: str) -> str:
+        if not 60 <= duration_seconds(value) <= 365 * 86_400:
+            raise ValueError("must be between 1m and 365d")
+        return value
+
+    @property
+    def every_s(self) -> int:
+        return duration_seconds(self.every)
+
+
+@dataclass(frozen=True)
+class SpecPaths:
+    """Absolute, symlink-resolved paths of the files a spec names."""
+
+    dir: Path
+    model: Path
+    requirements: Path
+    golden: Path
+    wheelhouse: Path | None
+
+
+class Spec(_Strict):
+    """A deployment spec. Fields are the YAML's; `file`, `dir`, `paths`, `digest` are set by
+    `load_spec` (they are not part of the YAML)."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, frozen=True, title="Orchestrator deployment spec",
+        json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"})
+
+    apiVersion: Literal["orchestrator/v1"] = Field(description="Always orchestrator/v1.")
+    kind: Literal["Deployment"] = Field(description="Always Deployment.")
+    name: Name = Field(description="App name, ^[a-z0-9][a-z0-9-]{0,62}$; used in host paths.")
+    model: ModelSection
+    environment: Environment
+    gpu: GpuSection = GpuSection()
+    targets: list[Target] = Field(min_length=1, max_length=10_000, description=(
+        "Host names, group names or label selectors (zone=a) from the inventory."))
+    rollout: Rollout = Rollout()
+    verify: Verify
+    release: Release = Release()
+    service: Service | None = None
+    reverify: Reverify | None = None
+
+    _file: str = PrivateAttr(default="<spec>")
+    _paths: SpecPaths | None = PrivateAttr(default=None)
+    _digest: str = PrivateAttr(default="")
+    _doc: YamlDocument | None = PrivateAttr(default=None)
+
+    @property
+    def file(self) -> str:
+        return self._file
+
+    @property
+    def paths(self) -> SpecPaths:
+        if self._paths is None:
+            raise RuntimeError("Spec.paths is only set by load_spec")
+        return self._paths
+
+    @property
+    def dir(self) -> Path:
+        return self.paths.dir
+
+    @property
+    def digest(self) -> str:
+        """sha256 (hex) of the spec file's bytes."""
+        return self._digest
+
+    def error(self, path: tuple[str | int, ...], message: str) -> SpecError:
+        """A `SpecError` at the line where `path` (e.g. ("model", "sha256")) was written."""
+        if self._doc is None:
+            return SpecError(message, file=self._file, field=format_path(path) or None)
+        return self._doc.error(path, message)
+
+
+def duration_seconds(text: str) -> int:
+    """"6h" -> 21600."""
+    match = re.fullmatch(r"([0-9]+)([smhd])", text)
+    if match is None:
+        raise ValueError(f"bad duration {text!r}")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def load_spec(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Spec:
+    """Read and validate a spec file; any problem is a `SpecError` with file, line and field."""
+    p = Path(path)
+    data = read_limited(p, max_bytes)
+    doc = parse_yaml(data, str(p), max_bytes=max_bytes)
+    spec = spec_from_document(doc)
+    spec._file = str(p)
+    spec._doc = doc
+    spec._digest = hashlib.sha256(data).hexdigest()
+    spec._paths = _resolve_paths(doc, spec, p.absolute().parent)
+    return spec
+
+
+def spec_from_document(doc: YamlDocument) -> Spec:
+    if not isinstance(doc.data, dict):
+        raise doc.error((), "a spec must be a mapping (apiVersion, kind, name, ...)")
+    try:
+        return Spec.model_validate(doc.data)
+    except ValidationError as exc:
+        raise validation_error(doc, exc, PATTERN_HINTS) from exc
+
+
+def _resolve_paths(doc: YamlDocument, spec: Spec, spec_dir: Path) -> SpecPaths:
+    root = spec_dir.resolve()
+
+    def inside(field: tuple[str, str], rel: str) -> Path:
+        resolved = (root / rel).resolve()
+        if not resolved.is_relative_to(root):
+            raise doc.error(field, f"{rel!r} resolves to {resolved}, outside the spec's folder "
+                                   f"{root}")
+        return resolved
+
+    wheelhouse = spec.environment.wheelhouse
+    return SpecPaths(
+        dir=root,
+        model=inside(("model", "path"), spec.model.path),
+        requirements=inside(("environment", "requirements"), spec.environment.requirements),
+        golden=inside(("verify", "golden"), spec.verify.golden),
+        wheelhouse=inside(("environment", "wheelhouse"), wheelhouse) if wheelhouse else None,
+    )
+
+
+__all__ = ["API_VERSION", "FORMATS", "Spec", "SpecError", "SpecPaths", "duration_seconds",
+           "load_spec"]

@@ -1,0 +1,325 @@
+"""The daemon's HTTP API (FastAPI), served on a Unix socket and, optionally, loopback TCP.
+
+The OpenAPI schema at /openapi.json is the documentation of record. Errors are JSON
+`{"error": "<one line>", "kind": "<class in orchestrator.errors>", ...where}` with the error's
+`http_status`: 400 bad input, 404 unknown id, 409 refused by the current state, 413 too large,
+422 a body that does not match the schema. Event streams are newline-delimited JSON.
+
+Requests over TCP (never on by default) must carry `Authorization: Bearer <token>` and a `Host`
+header from the allowlist (against DNS rebinding from a browser); the Unix socket's 0660 mode is
+its access control.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from orchestrator import __version__
+from orchestrator.core.states import DEPLOYMENT_TERMINAL
+from orchestrator.daemon import bundle
+from orchestrator.daemon.events import merge_in_order
+from orchestrator.daemon.metrics import CONTENT_TYPE as METRICS_TYPE
+from orchestrator.daemon.service import Service
+from orchestrator.errors import InvalidInput, OrchestratorError, PayloadTooLarge
+
+NDJSON = "application/x-ndjson"
+TAR = "application/x-tar"
+SMALL_BODY = 1 << 20
+FOLLOW_POLL_S = 1.0
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
+                   Awaitable[None]]
+
+
+class SubmitJson(BaseModel):
+    spec: str = Field(max_length=SMALL_BODY, description="the spec's YAML text")
+
+
+class VerifyRequest(BaseModel):
+    hosts: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(
+        default_factory=list, max_length=10_000,
+        description="host names, groups or label selectors; empty: every inventory host")
+
+
+def error_body(exc: OrchestratorError) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": str(exc), "kind": type(exc).__name__}
+    for attr in ("file", "line", "field", "host"):
+        value = getattr(exc, attr, None)
+        if value is not None:
+            body[attr] = value
+    return body
+
+
+def create_app(service: Service, *, token: str | None = None) -> FastAPI:
+    app = FastAPI(title="orchestrator", version=__version__,
+                  description="Deploy ML models to GPU hosts; see docs/operations.md.")
+    _install_errors(app)
+    _deployment_routes(app, service)
+    _host_routes(app, service)
+    _metrics_route(app, service)
+    app.add_middleware(TcpGuard, token=token,
+                       allowed_hosts=service.config.tcp.allowed_hosts)
+    return app
+
+
+def _install_errors(app: FastAPI) -> None:
+    @app.exception_handler(OrchestratorError)
+    async def _orchestrator_error(request: Request, exc: OrchestratorError) -> JSONResponse:
+        return JSONResponse(error_body(exc), status_code=exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse(
+            {"error": f"{where}: {first.get('msg', 'invalid request')}", "kind": "InvalidInput",
+             "detail": json.loads(json.dumps(exc.errors(), default=str))},
+            status_code=422,
+        )
+
+
+def _deployment_routes(app: FastAPI, service: Service) -> None:
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"ok": True, "version": __version__, "stopping": service.stopping.is_set()}
+
+    @app.post("/v1/deployments", status_code=201, openapi_extra={"requestBody": {
+        "required": True, "content": {
+            TAR: {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {"schema": SubmitJson.model_json_schema()},
+        }}})
+    async def submit(request: Request) -> dict[str, Any]:
+        """Submit a spec: a tar bundle (`spec.yaml` plus the files it names, at their relative
+        paths) or JSON `{"spec": "<yaml>"}`. Returns the queued deployment."""
+        deployment, path = service.new_bundle()
+        try:
+            await _receive_bundle(request, path, service.config.max_body_bytes)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        record = await run_in_threadpool(service.submit, deployment)
+        return record.as_json()
+
+    @app.get("/v1/deployments")
+    def list_deployments(app_name: Annotated[str | None, Query(alias="app")] = None,
+                         limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+        return [r.as_json() for r in service.store.list_deployments(app=app_name, limit=limit)]
+
+    @app.get("/v1/deployments/{deployment}")
+    def show(deployment: str) -> dict[str, Any]:
+        return service.describe(deployment)
+
+    @app.get("/v1/deployments/{deployment}/events", response_class=StreamingResponse,
+             responses={200: {"content": {NDJSON: {}}}})
+    def events(deployment: str, after: Annotated[int, Query(ge=0)] = 0,
+               host: str | None = None, follow: bool = False) -> StreamingResponse:
+        """The deployment's events as newline-delimited JSON, after seq `after`; with `follow`
+        the stream stays open until the deployment finishes."""
+        service.store.get_deployment(deployment)  # 404 before the stream starts
+        if follow:
+            stream = _follow(service, deployment, after, host)
+        else:
+            stream = _replay(service, deployment, after, host)
+        return StreamingResponse(stream, media_type=NDJSON)
+
+    @app.post("/v1/deployments/{deployment}/cancel")
+    def cancel(deployment: str) -> dict[str, Any]:
+        return service.cancel(deployment).as_json()
+
+    @app.post("/v1/deployments/{deployment}/rollback")
+    def rollback(deployment: str) -> dict[str, Any]:
+        return service.rollback(deployment).as_json()
+
+    @app.post("/v1/deployments/{deployment}/pause")
+    def pause(deployment: str) -> dict[str, Any]:
+        """Hold a running rollout before its next batch (the batch in flight finishes)."""
+        return service.pause(deployment).as_json()
+
+    @app.post("/v1/deployments/{deployment}/resume")
+    def resume(deployment: str) -> dict[str, Any]:
+        """Let a paused rollout go on (also one held by `rollout.on_failure: pause`)."""
+        return service.resume(deployment).as_json()
+
+    @app.post("/v1/deployments/{deployment}/abort")
+    def abort(deployment: str) -> dict[str, Any]:
+        """Start no more hosts; with `rollout.on_failure: rollback` put back the hosts this
+        deployment switched, with `pause` leave them."""
+        return service.abort(deployment).as_json()
+
+    @app.post("/v1/apps/{app_name}/rollback")
+    def rollback_app(app_name: str) -> dict[str, Any]:
+        """Roll back the app's running or latest succeeded deployment."""
+        return service.rollback_app(app_name).as_json()
+
+
+def _host_routes(app: FastAPI, service: Service) -> None:
+    @app.get("/v1/hosts")
+    def hosts() -> list[dict[str, Any]]:
+        """Every host's last facts and status (healthy/degraded/failed/unreachable) with reasons."""
+        return service.store.hosts()
+
+    @app.post("/v1/hosts/verify")
+    def verify(body: VerifyRequest) -> list[dict[str, Any]]:
+        """Re-verify these hosts now (docs/reverify.md: facts against the release's manifest, the
+        release's files, the warmup against its baseline) and return their new records."""
+        return service.verify_hosts(list(dict.fromkeys(body.hosts)))
+
+
+def _metrics_route(app: FastAPI, service: Service) -> None:
+    @app.get("/metrics", response_class=Response,
+             responses={200: {"content": {METRICS_TYPE: {}}}})
+    def metrics() -> Response:
+        """Prometheus text exposition: deployments by state, step durations, host status,
+        verification results, warmup latency percentiles, rollbacks
+        (orchestrator/daemon/metrics.py).
+        Over TCP it needs the bearer token like every other route."""
+        return Response(service.metrics.render(), media_type=METRICS_TYPE)
+
+
+async def _receive_bundle(request: Request, path: Any, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the bundle is {declared} bytes, over the limit of {limit}")
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == TAR:
+        archive = path / ".upload.tar"
+        received = 0
+        with archive.open("wb") as out:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise PayloadTooLarge(f"the bundle is over the limit of {limit} bytes")
+                out.write(chunk)
+        await run_in_threadpool(bundle.unpack_bundle, archive, path)
+        archive.unlink()
+    elif kind == "application/json":
+        body = await request.body()
+        if len(body) > SMALL_BODY:
+            raise PayloadTooLarge(f"a JSON submission is limited to {SMALL_BODY} bytes")
+        try:
+            parsed = SubmitJson.model_validate_json(body)
+        except ValueError as exc:
+            raise InvalidInput(f"the body is not {{\"spec\": \"<yaml text>\"}}: {exc}") from None
+        bundle.write_spec_only(parsed.spec, path)
+    else:
+        raise InvalidInput(f"send the bundle as {TAR} or JSON, not {kind or 'no content type'}")
+
+
+def _line(event: dict[str, Any]) -> bytes:
+    return (json.dumps(event, separators=(",", ":")) + "\n").encode()
+
+
+def _is_end(event: dict[str, Any]) -> bool:
+    return event.get("event") == "deployment" and event.get("status") in {
+        str(s) for s in DEPLOYMENT_TERMINAL}
+
+
+async def _replay(service: Service, deployment: str, after: int,
+                  host: str | None) -> AsyncIterator[bytes]:
+    while True:
+        rows = await run_in_threadpool(service.store.events, deployment, after=after, limit=1000)
+        for event in rows:
+            if host is None or event["host"] == host:
+                yield _line(event)
+        if len(rows) < 1000:
+            return
+        after = rows[-1]["seq"]
+
+
+async def _follow(service: Service, deployment: str, after: int,
+                  host: str | None) -> AsyncIterator[bytes]:
+    """Registers the follower first, then reads the store, so nothing emitted in between is
+    missed; afterwards takes events from its buffer, and goes back to the store whenever the
+    buffer was dropped (lagged) or shows a gap."""
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()
+    follower = service.hub.follow(deployment, lambda: _wake(loop, wake))
+    last = after
+    try:
+        while True:
+            state = (await run_in_threadpool(service.store.get_deployment, deployment)).state
+            rows = await run_in_threadpool(service.store.events, deployment, after=last)
+            for event in rows:
+                last = event["seq"]
+                if host is None or event["host"] == host:
+                    yield _line(event)
+            if state in DEPLOYMENT_TERMINAL:
+                return  # read before the rows: they hold every event up to the end
+            while not service.stopping.is_set():
+                try:
+                    await asyncio.wait_for(wake.wait(), FOLLOW_POLL_S)
+                except TimeoutError:
+                    break  # look at the store again: the deployment may have ended meanwhile
+                wake.clear()
+                buffered, lagged = follower.take()
+                fresh, gap = merge_in_order(last, buffered)
+                if fresh:
+                    last = fresh[-1]["seq"]
+                    # One write per batch: a burst reaches the socket in one send.
+                    chunk = b"".join(_line(e) for e in fresh if host is None or e["host"] == host)
+                    if chunk:
+                        yield chunk
+                    if any(_is_end(e) for e in fresh):
+                        return
+                if lagged or gap:
+                    break
+            if service.stopping.is_set():
+                return
+    finally:
+        service.hub.unfollow(follower)
+
+
+def _wake(loop: asyncio.AbstractEventLoop, wake: asyncio.Event) -> None:
+    loop.call_soon_threadsafe(wake.set)
+
+
+class TcpGuard:
+    """ASGI middleware: on TCP connections (the Unix socket has no port), require the bearer
+    token and an allowed Host header; on every connection, refuse a declared body over the
+    small limit on routes other than the bundle upload."""
+
+    def __init__(self, app: ASGIApp, token: str | None, allowed_hosts: tuple[str, ...]) -> None:
+        self.app = app
+        self.token = token
+        self.allowed = {h.lower() for h in allowed_hosts}
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        if scope["type"] == "http":
+            problem = self._problem(scope)
+            if problem is not None:
+                status, kind, message = problem
+                response = JSONResponse({"error": message, "kind": kind}, status_code=status)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _problem(self, scope: Scope) -> tuple[int, str, str] | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", [])}
+        length = headers.get("content-length", "")
+        if (scope.get("path") != "/v1/deployments" and length.isdigit()
+                and int(length) > SMALL_BODY):
+            return 413, "PayloadTooLarge", f"request body over {SMALL_BODY} bytes"
+        server = scope.get("server")
+        if self.token is None or not server or server[1] is None:
+            return None  # the Unix socket (without a token, TCP is off: no TCP listener exists)
+        host = headers.get("host", "")
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if name.lower() not in self.allowed:
+            return 403, "Forbidden", f"Host header {host!r} is not in tcp.allowed_hosts"
+        given = headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+            return 401, "Unauthorized", "missing or wrong bearer token"
+        return None

@@ -1,0 +1,151 @@
+"""A submitted bundle: the spec and the files it names, as the daemon receives and keeps them.
+
+The daemon never reads the caller's paths. The client packs a tar archive holding `spec.yaml`
+and, at their paths relative to the spec, the model, lock file, golden file and wheelhouse the
+spec names (`pack_bundle`); the daemon streams the upload to disk under a size limit and unpacks
+it into `<state_dir>/bundles/<id>/` refusing anything but plain files and directories inside the
+bundle (`unpack_bundle`: no absolute paths, no `..`, no links or devices). The spec is then
+validated there, so every relative path in it resolves inside the bundle.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import re
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from orchestrator.core.yamlio import parse_yaml
+from orchestrator.errors import InvalidInput, SpecError
+
+SPEC_NAME = "spec.yaml"
+APP_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# Where a spec names files to ship (DESIGN.md "Spec"); all relative to the spec file.
+FILE_FIELDS: tuple[tuple[str, str], ...] = (
+    ("model", "path"), ("environment", "requirements"), ("environment", "wheelhouse"),
+    ("verify", "golden"),
+)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A validated spec inside its bundle: `data` is the plain YAML, `spec` what `load_spec`
+    returned (the same dict while orchestrator/core/spec.py is not there)."""
+
+    app: str
+    targets: tuple[str, ...]
+    data: dict[str, Any]
+    spec: Any
+    bundle_dir: Path
+
+
+def spec_files(spec_path: Path) -> list[PurePosixPath]:
+    """The files a spec names, relative to its directory; refuses paths that leave it."""
+    doc = parse_yaml(spec_path.read_bytes(), str(spec_path))
+    data = doc.data if isinstance(doc.data, dict) else {}
+    out: list[PurePosixPath] = []
+    for section, key in FILE_FIELDS:
+        value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
+        if isinstance(value, str) and value:
+            rel = PurePosixPath(value)
+            if rel.is_absolute() or ".." in rel.parts:
+                raise SpecError("must be a path inside the spec's directory", file=str(spec_path),
+                                line=doc.line_of((section, key)), field=f"{section}.{key}")
+            out.append(rel)
+    return out
+
+
+def pack_bundle(spec_path: Path, out: io.BufferedIOBase | io.BytesIO) -> None:
+    """Write the tar bundle of a spec and its files (client side)."""
+    base = spec_path.resolve().parent
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        tar.add(spec_path, arcname=SPEC_NAME)
+        for rel in spec_files(spec_path):
+            local = base / rel
+            if not local.exists():
+                raise InvalidInput(f"{spec_path}: {rel}: no such file or directory")
+            tar.add(local, arcname=str(rel), recursive=True, filter=_plain_only)
+
+
+def _plain_only(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    # Refused, not skipped: a model silently missing a linked file would fail far from here.
+    if not (info.isfile() or info.isdir()):
+        raise InvalidInput(f"{info.name}: only plain files and directories can be submitted "
+                           "(a symlink, device or fifo is in the spec's files)")
+    return info
+
+
+def unpack_bundle(archive: Path, dest: Path) -> None:
+    """Unpack an uploaded tar into `dest`, refusing any member that is not a plain file or
+    directory strictly inside it."""
+    try:
+        with tarfile.open(archive, mode="r:") as tar:
+            members = list(_checked_members(tar))
+            tar.extractall(dest, members=members, filter="data")
+    except (tarfile.TarError, EOFError) as exc:
+        raise InvalidInput(f"the bundle is not a valid tar archive: {exc}") from None
+    if not (dest / SPEC_NAME).is_file():
+        raise InvalidInput(f"the bundle has no {SPEC_NAME}")
+
+
+def _checked_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    for info in tar:
+        path = PurePosixPath(info.name)
+        if path.is_absolute() or ".." in path.parts or not (info.isfile() or info.isdir()):
+            raise InvalidInput(f"the bundle member {info.name!r} is not a plain relative file")
+        yield info
+
+
+def write_spec_only(text: str, dest: Path) -> None:
+    """A JSON submission with the spec text alone (a spec whose files are all optional)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / SPEC_NAME).write_text(text, encoding="utf-8")
+
+
+def validate(bundle_dir: Path, display_name: str = SPEC_NAME) -> Submission:
+    """Validate the bundle's spec with `orchestrator.core.spec.load_spec` when it exists, else
+    minimally (strict YAML, a valid `name`, a non-empty `targets` list). Errors name
+    `display_name`, not the daemon's own path."""
+    path = bundle_dir / SPEC_NAME
+    try:
+        spec = _load_spec(path, display_name)  # the full validation first, when it exists
+        doc = parse_yaml(path.read_bytes(), display_name)
+    except yaml.YAMLError as exc:
+        # PyYAML's reader refuses control characters before yamlio's own handler is reached.
+        raise SpecError(f"invalid YAML: {exc}".splitlines()[0], file=display_name) from None
+    data = doc.data
+    if not isinstance(data, dict):
+        raise SpecError("a spec must be a mapping", file=display_name, line=1)
+    name = data.get("name")
+    if not isinstance(name, str) or not APP_NAME.match(name):
+        raise doc.error(("name",), "must match ^[a-z0-9][a-z0-9-]{0,62}$")
+    targets = data.get("targets")
+    if not isinstance(targets, list) or not targets or \
+            not all(isinstance(t, str) and t for t in targets):
+        raise doc.error(("targets",), "must be a non-empty list of host or group names")
+    spec = spec or data
+    return Submission(app=name, targets=tuple(targets), data=data, spec=spec,
+                      bundle_dir=bundle_dir)
+
+
+def _load_spec(path: Path, display_name: str) -> Any:
+    try:
+        module = importlib.import_module("orchestrator.core.spec")
+    except ImportError:
+        return None
+    load_spec = getattr(module, "load_spec", None)
+    if load_spec is None:
+        return None
+    try:
+        return load_spec(path)
+    except SpecError as exc:
+        # Report the caller's file name, not the daemon's bundle path.
+        same = exc.file is not None and Path(exc.file).resolve() == path.resolve()
+        file = display_name if same else exc.file
+        raise SpecError(exc.reason, file=file, line=exc.line, field=exc.field) from None

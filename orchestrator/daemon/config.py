@@ -1,0 +1,206 @@
+"""The daemon's configuration: a TOML file (configs/orchestrator.toml is the example).
+
+Layered like fabric/invoke: built-in defaults < the file < `ORCHESTRATOR_*` environment
+(`ORCHESTRATOR_STATE_DIR`, `ORCHESTRATOR_SOCKET`) < command-line flags. The defaults work for an
+ordinary user with no file at all: the state in `$XDG_STATE_HOME/orchestrator` (else
+`~/.local/state/orchestrator`), the socket at `$XDG_RUNTIME_DIR/orchestrator.sock` (else
+`<state_dir>/orchestrator.sock`). Relative paths in the file are relative to the file.
+
+Unknown keys, wrong types and bad values are `SpecError`s naming the file, the line where tomllib
+can tell it (syntax errors) and the field.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import SpecError
+
+DEFAULT_RUNNER = "orchestrator.deploy.rollout:DeployRunner"
+DEFAULT_MAX_BODY = 2 << 30  # a TensorFlow SavedModel plus a wheelhouse fits; a runaway does not
+
+
+@dataclass(frozen=True)
+class TcpConfig:
+    """Off by default. When on: loopback only, a bearer token, and a Host-header allowlist."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8470
+    token_file: Path | None = None
+    allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]")
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    state_dir: Path
+    socket: Path
+    inventory: Path | None = None
+    known_hosts: Path | None = None
+    identity: Path | None = None
+    specs_dir: Path | None = None
+    max_parallel_deployments: int = 2
+    max_ssh_sessions: int = 16
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    shutdown_grace_s: float = 30.0
+    # A running deployment silent this long is stopped after its current step (the daemon's own
+    # watchdog; a verify step with a long warmup emits nothing meanwhile, hence generous).
+    progress_timeout_s: float = 7200.0
+    runner: str = DEFAULT_RUNNER
+    tcp: TcpConfig = field(default_factory=TcpConfig)
+
+    @property
+    def store_path(self) -> Path:
+        return self.state_dir / "state.sqlite3"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def bundles_dir(self) -> Path:
+        return self.state_dir / "bundles"
+
+    @property
+    def log_file(self) -> Path:
+        return self.logs_dir / "daemon.log"
+
+
+_PATHS = ("state_dir", "socket", "inventory", "known_hosts", "identity", "specs_dir")
+_INTS = {"max_parallel_deployments": (1, 64), "max_ssh_sessions": (1, 1024),
+         "max_body_bytes": (1024, 1 << 40)}
+_FLOATS = {"shutdown_grace_s": (0.0, 3600.0), "progress_timeout_s": (1.0, 7 * 86400.0)}
+_TCP_KEYS = {"enabled", "host", "port", "token_file", "allowed_hosts"}
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def default_state_dir(env: Mapping[str, str]) -> Path:
+    home = Path(env.get("HOME", "~")).expanduser()
+    base = env.get("XDG_STATE_HOME") or str(home / ".local/state")
+    return Path(base) / "orchestrator"
+
+
+def default_socket(env: Mapping[str, str], state_dir: Path) -> Path:
+    runtime = env.get("XDG_RUNTIME_DIR")
+    return Path(runtime) / "orchestrator.sock" if runtime else state_dir / "orchestrator.sock"
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                env: Mapping[str, str] | None = None) -> DaemonConfig:
+    """Read the file (if any) and apply the environment; no file means all defaults."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    file = "<defaults>"
+    base = Path.cwd()
+    if path is not None:
+        file = str(path)
+        base = Path(path).resolve().parent
+        data = _read_toml(Path(path))
+    return config_from_dict(data, file=file, base=base, env=env)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise SpecError("config file not found", file=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"line (\d+)", str(exc))
+        raise SpecError(
+            f"not valid TOML: {exc}", file=str(path), line=int(match.group(1)) if match else None
+        ) from None
+
+
+def config_from_dict(data: dict[str, Any], *, file: str, base: Path,
+                     env: Mapping[str, str]) -> DaemonConfig:
+    known = set(_PATHS) | set(_INTS) | set(_FLOATS) | {"runner", "tcp"}
+    for key in data:
+        if key not in known:
+            raise SpecError(f"unknown key (expected one of: {', '.join(sorted(known))})",
+                            file=file, field=key)
+    values: dict[str, Any] = {}
+    for key in _PATHS:
+        if key in data:
+            values[key] = _path(data[key], base, file, key)
+    for key, (low, high) in _INTS.items():
+        if key in data:
+            values[key] = _number(data[key], int, low, high, file, key)
+    for key, (flow, fhigh) in _FLOATS.items():
+        if key in data:
+            values[key] = float(_number(data[key], (int, float), flow, fhigh, file, key))
+    if "runner" in data:
+        if not isinstance(data["runner"], str) or ":" not in data["runner"]:
+            raise SpecError("must be 'module:attribute'", file=file, field="runner")
+        values["runner"] = data["runner"]
+    if "tcp" in data:
+        values["tcp"] = _tcp(data["tcp"], base, file)
+    if env.get("ORCHESTRATOR_STATE_DIR"):
+        values["state_dir"] = Path(env["ORCHESTRATOR_STATE_DIR"])
+    state_dir = values.setdefault("state_dir", default_state_dir(env))
+    if env.get("ORCHESTRATOR_SOCKET"):
+        values["socket"] = Path(env["ORCHESTRATOR_SOCKET"])
+    values.setdefault("socket", default_socket(env, state_dir))
+    return DaemonConfig(**values)
+
+
+def _path(value: object, base: Path, file: str, key: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise SpecError("must be a non-empty path string", file=file, field=key)
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _number(value: object, kind: type | tuple[type, ...], low: float, high: float,
+            file: str, key: str) -> Any:
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise SpecError("must be a number", file=file, field=key)
+    assert isinstance(value, int | float)
+    if not low <= value <= high:
+        raise SpecError(f"must be between {low} and {high}", file=file, field=key)
+    return value
+
+
+def _tcp(data: object, base: Path, file: str) -> TcpConfig:
+    if not isinstance(data, dict):
+        raise SpecError("must be a table", file=file, field="tcp")
+    for key in data:
+        if key not in _TCP_KEYS:
+            raise SpecError("unknown key", file=file, field=f"tcp.{key}")
+    enabled = data.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise SpecError("must be true or false", file=file, field="tcp.enabled")
+    host = data.get("host", "127.0.0.1")
+    if host not in _LOOPBACK:
+        # The API can deploy to production hosts: it is never exposed beyond this machine.
+        raise SpecError("must be a loopback address (127.0.0.1 or ::1)", file=file,
+                        field="tcp.host")
+    port = _number(data.get("port", 8470), int, 1, 65535, file, "tcp.port")
+    token_file = _path(data["token_file"], base, file, "tcp.token_file") \
+        if "token_file" in data else None
+    if enabled and token_file is None:
+        raise SpecError("required when tcp.enabled is true", file=file, field="tcp.token_file")
+    allowed = data.get("allowed_hosts", list(TcpConfig.allowed_hosts))
+    if not isinstance(allowed, list) or not all(isinstance(h, str) and h for h in allowed):
+        raise SpecError("must be a list of host names", file=file, field="tcp.allowed_hosts")
+    return TcpConfig(enabled, host, port, token_file, tuple(allowed))
+
+
+def read_token(tcp: TcpConfig) -> str:
+    """The bearer token, read at start; an empty or missing file refuses to start."""
+    assert tcp.token_file is not None
+    try:
+        token = tcp.token_file.read_text().strip()
+    except OSError as exc:
+        raise SpecError(f"cannot read token file: {exc.strerror}",
+                        file=str(tcp.token_file), field="tcp.token_file") from None
+    if len(token) < 16:
+        raise SpecError("token must be at least 16 characters", file=str(tcp.token_file),
+                        field="tcp.token_file")
+    return token

@@ -1,0 +1,243 @@
+"""The daemon process: lock, log, store, API sockets, systemd notification, clean stop.
+
+Order at start: take `<state_dir>/daemon.lock` (a second daemon stops here, before touching
+anything), configure structlog once, open the store (integrity check, migrations), reconcile
+what the last process left in flight, bind the sockets, serve, then tell systemd READY=1.
+On SIGTERM/SIGINT: stop accepting (uvicorn closes the sockets; followers' streams end), tell
+in-flight runners to stop after their current step, wait up to `shutdown_grace_s`, remove the
+socket file, release the lock. A deployment still in flight stays `running` in the store and is
+reconciled at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Generator
+from pathlib import Path
+from types import FrameType
+
+import structlog
+import uvicorn
+from starlette.concurrency import run_in_threadpool
+
+from orchestrator.daemon.api import create_app
+from orchestrator.daemon.config import DaemonConfig, read_token
+from orchestrator.daemon.events import EventHub
+from orchestrator.daemon.runners.base import make_runner
+from orchestrator.daemon.service import Service
+from orchestrator.daemon.store import Store, lock_state_dir
+from orchestrator.daemon.watch import SpecWatcher
+from orchestrator.errors import DaemonError
+
+log = structlog.get_logger("orchestrator.daemon.main")
+WATCH_INTERVAL_S = 2.0  # how often `specs_dir` is scanned for new or changed specs
+PROGRESS_CHECK_S = 10.0  # how often in-flight deployments are checked for a dead or stalled worker
+
+
+def configure_logging(log_file: Path, *, stream: object = None) -> None:
+    """structlog, once per process: JSON lines in the daemon's log file; on stderr readable
+    coloured lines when it is a terminal, JSON lines otherwise (journald keeps them as-is)."""
+    stream = stream or sys.stderr
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.processors.StackInfoRenderer(),
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    json_fmt = structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+        foreign_pre_chain=shared)
+    tty = bool(getattr(stream, "isatty", lambda: False)())
+    term_fmt = structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.dev.ConsoleRenderer(colors=tty)],
+        foreign_pre_chain=shared) if tty else json_fmt
+    file_handler = logging.FileHandler(log_file, encoding="utf-8")
+    file_handler.setFormatter(json_fmt)
+    term_handler = logging.StreamHandler(stream)  # type: ignore[arg-type]
+    term_handler.setFormatter(term_fmt)
+    root = logging.getLogger()
+    root.handlers[:] = [file_handler, term_handler]
+    root.setLevel(logging.INFO)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("paramiko").setLevel(logging.WARNING)
+
+
+def sd_notify(message: str) -> bool:
+    """systemd's notify protocol: one datagram to $NOTIFY_SOCKET (no libsystemd needed)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.warning("sd_notify failed", message=message, error=str(exc))
+        return False
+    return True
+
+
+def watchdog_interval() -> float | None:
+    """Half of systemd's WatchdogSec (passed as $WATCHDOG_USEC), or None when not watched."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec.isdigit() or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2e6
+
+
+def bind_unix(path: Path) -> socket.socket:
+    """Bind the API socket with mode 0660; a stale socket file is replaced, a live one refused."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    if path.exists() or path.is_symlink():
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+            except OSError:
+                path.unlink()
+            else:
+                raise DaemonError(f"{path}: another daemon is already listening on this socket")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o117)  # never world-accessible, not even for an instant
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o660)
+    sock.listen(128)
+    return sock
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise DaemonError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(128)
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn with our signal handling (uvicorn's re-raises the signal after serving, which
+    would kill the process before the workers are stopped) and systemd notifications."""
+
+    def __init__(self, config: uvicorn.Config, on_stop: Callable[[], None],
+                 watcher: SpecWatcher | None = None, service: Service | None = None) -> None:
+        super().__init__(config)
+        self._service = service
+        self._on_stop = on_stop
+        self._watcher = watcher
+        self._scan: asyncio.Task[list[str]] | None = None
+        self._last_scan = 0.0
+        self._check: asyncio.Task[list[str]] | None = None
+        self._last_check = time.monotonic()
+        self._watchdog = watchdog_interval()
+        self._last_ping = 0.0
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        def handle(sig: int, frame: FrameType | None) -> None:
+            log.info("stopping", signal=signal.Signals(sig).name)
+            self.should_exit = True
+            self._on_stop()  # followers' streams end now, new submissions are refused
+
+        previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            sd_notify("READY=1\nSTATUS=serving")
+            log.info("ready")
+
+    async def on_tick(self, counter: int) -> bool:
+        now = time.monotonic()
+        if self._watchdog and now - self._last_ping >= self._watchdog:
+            self._last_ping = now
+            sd_notify("WATCHDOG=1")
+        if (self._watcher is not None and not self.should_exit
+                and (self._scan is None or self._scan.done())
+                and now - self._last_scan >= WATCH_INTERVAL_S):
+            self._last_scan = now
+            if self._scan is not None and self._scan.exception() is not None:
+                log.error("specs_dir scan failed", error=repr(self._scan.exception()))
+            # In the API's thread pool: packing a model must not stall the event loop.
+            self._scan = asyncio.create_task(run_in_threadpool(self._watcher.scan))
+        if (self._service is not None and not self.should_exit
+                and (self._check is None or self._check.done())
+                and now - self._last_check >= PROGRESS_CHECK_S):
+            self._last_check = now
+            self._check = asyncio.create_task(
+                run_in_threadpool(self._service.check_progress, time.time()))
+        return await super().on_tick(counter)
+
+
+def run_daemon(config: DaemonConfig) -> int:
+    lock = lock_state_dir(config.state_dir)
+    try:
+        configure_logging(config.log_file)
+        log.info("starting", state_dir=str(config.state_dir), socket=str(config.socket),
+                 pid=os.getpid(), runner=config.runner)
+        store = Store.open(config.store_path)
+        hub = EventHub(store, config.logs_dir)
+        service = Service(config, store, hub, make_runner(config))
+        token = read_token(config.tcp) if config.tcp.enabled else None
+        sockets = [bind_unix(config.socket)]
+        try:
+            if config.tcp.enabled:
+                sockets.append(bind_tcp(config.tcp.host, config.tcp.port))
+            service.start()
+            _serve(service, sockets, token)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                config.socket.unlink()
+            for sock in sockets:
+                sock.close()
+            sd_notify("STOPPING=1")
+            finished = service.stop(config.shutdown_grace_s)
+            log.info("stopped", workers_finished=finished)
+            hub.close()
+            store.close()
+    finally:
+        lock.close()
+    return 0
+
+
+def _serve(service: Service, sockets: list[socket.socket], token: str | None) -> None:
+    app = create_app(service, token=token)
+    specs_dir = service.config.specs_dir
+    watcher = SpecWatcher(service, specs_dir) if specs_dir is not None else None
+    server = _Server(uvicorn.Config(app, log_config=None, lifespan="off", access_log=False,
+                                    timeout_graceful_shutdown=2, timeout_keep_alive=5),
+                     service.stopping.set, watcher, service)
+    server.run(sockets=sockets)

@@ -1,0 +1,482 @@
+"""The daemon's core, without I/O of its own beyond the store: submissions, the bounded worker
+pool, cancel, rollback, host verification, crash recovery and a clean stop.
+
+Every deployment state change goes through `states.change_deployment_state`, every host-step
+change through `states.change_step_state` (via `ServiceSink.step`), so each is checked, persisted
+and emitted in one place. The pool is the one concurrency strategy: `max_parallel_deployments`
+threads, each running one deployment through the `Runner` (which has its own bounded SSH pool).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from orchestrator.core.states import (
+    DEPLOYMENT_ACTIVE,
+    DEPLOYMENT_IN_FLIGHT,
+    DEPLOYMENT_TRANSITIONS,
+    DeploymentState,
+    HostStepState,
+    change_deployment_state,
+    change_step_state,
+)
+from orchestrator.daemon import bundle
+from orchestrator.daemon.config import DaemonConfig
+from orchestrator.daemon.events import DeploymentSink, EventHub
+from orchestrator.daemon.metrics import Metrics
+from orchestrator.daemon.runners.base import DeploymentOutcome, HostCheck, Runner
+from orchestrator.daemon.store import DeploymentRecord, Store
+from orchestrator.deploy.control import RolloutControl
+from orchestrator.errors import Conflict, InvalidTransition, NotFound, OrchestratorError
+
+D, S = DeploymentState, HostStepState
+log = structlog.get_logger("orchestrator.daemon.service")
+
+RECONCILE_REASON = "daemon restarted; reconciliation pending pipeline support"
+
+
+# The pipeline engine (orchestrator/deploy/pipeline.py) reports steps as plain `emit("step", status=
+# "started" | "ok" | "failed")` events; `ServiceSink.emit` records those as step states too, so a
+# runner built on it gets per-host step records without calling `step()` itself.
+EVENT_STEP_STATES = {
+    "started": S.RUNNING, "running": S.RUNNING, "ok": S.OK, "failed": S.FAILED,
+    "skipped": S.SKIPPED, "cancelled": S.CANCELLED, "rolled_back": S.ROLLED_BACK,
+}
+
+
+class ObservedSink(DeploymentSink):
+    """A plain sink whose every published event is also shown to `observe` (the metrics): every
+    event of a deployment passes here, whether from `emit` or from a state change."""
+
+    def __init__(self, hub: EventHub, deployment: str,
+                 observe: Callable[[dict[str, Any]], None] | None = None) -> None:
+        super().__init__(hub, deployment)
+        self._observe = observe
+
+    def emit(
+        self, event: str, *, host: str | None = None, step: str | None = None,
+        status: str | None = None, duration_ms: float | None = None, level: str = "info",
+        **details: Any,
+    ) -> dict[str, Any]:
+        record = super().emit(event, host=host, step=step, status=status,
+                              duration_ms=duration_ms, level=level, **details)
+        if self._observe is not None:
+            self._observe(record)
+        return record
+
+
+class ServiceSink(DeploymentSink):
+    """The `RunSink` a runner gets: events, step states and host facts of one deployment."""
+
+    def __init__(self, hub: EventHub, deployment: str,
+                 observe: Callable[[dict[str, Any]], None] | None = None) -> None:
+        super().__init__(hub, deployment)
+        self.store = hub.store
+        self._plain = ObservedSink(hub, deployment, observe)
+
+    def step(self, host: str, step: str, state: HostStepState, *,
+             duration_ms: float | None = None, reason: str | None = None,
+             detail: dict[str, Any] | None = None) -> None:
+        change_step_state(self.store, self._plain, self.deployment, host, step, state,
+                          duration_ms=duration_ms, reason=reason, detail=detail)
+
+    def emit(
+        self, event: str, *, host: str | None = None, step: str | None = None,
+        status: str | None = None, duration_ms: float | None = None, level: str = "info",
+        **details: Any,
+    ) -> dict[str, Any]:
+        new = EVENT_STEP_STATES.get(status or "") if event == "step" else None
+        if new is not None and host is not None and step is not None:
+            reason = details.get("error") or details.get("reason")
+            try:
+                self.store.transition_step(self.deployment, host, step, new,
+                                           detail={"reason": str(reason)} if reason else None)
+            except InvalidTransition as exc:  # recorded, never fatal to the runner
+                details["state_error"] = str(exc)
+                level = "warning" if level == "info" else level
+            status = str(new)
+        return self._plain.emit(event, host=host, step=step, status=status,
+                                duration_ms=duration_ms, level=level, **details)
+
+    def record_host(self, check: HostCheck) -> None:
+        self.store.record_host(check.host, check.status, check.reasons, check.facts)
+
+
+def reconcile(store: Store, sink: ServiceSink, record: DeploymentRecord) -> None:
+    """Called at start for every deployment the store shows in flight: the last daemon died (or
+    stopped) under it. For now it fails it, with events; the deploy pipeline extends this to read
+    each host's real state (readlink `current`) and resume or roll back."""
+    sink.emit("reconcile", status="started", level="warning", state=str(record.state))
+    for step in store.steps(record.id):
+        if step.state is S.RUNNING:
+            sink.step(step.host, step.step, S.FAILED, reason="interrupted by a daemon restart")
+    sink.emit("reconcile", status="finished", level="warning", outcome="failed")
+    change_deployment_state(store, sink, record.id, D.FAILED, reason=RECONCILE_REASON,
+                            result={"state": "failed", "reason": RECONCILE_REASON})
+
+
+class Service:
+    def __init__(self, config: DaemonConfig, store: Store, hub: EventHub, runner: Runner,
+                 *, reconciler: Callable[[Store, ServiceSink, DeploymentRecord], None] = reconcile):
+        self.config = config
+        self.store = store
+        self.hub = hub
+        self.runner = runner
+        self.reconciler = reconciler
+        self._pool = ThreadPoolExecutor(config.max_parallel_deployments,
+                                        thread_name_prefix="deploy")
+        self._lock = threading.Lock()
+        self._cancels: dict[str, RolloutControl] = {}
+        self._user_cancelled: set[str] = set()
+        self._rollback_requested: set[str] = set()
+        self._working: set[str] = set()
+        self._stall_noted: set[str] = set()
+        self.stopping = threading.Event()
+        self.idle = threading.Condition()
+        self.metrics = Metrics(store)
+        self.reverifier = self._make_reverifier()
+
+    def _make_reverifier(self) -> Any:
+        """Re-verification of hosts (orchestrator/reverify/scheduler.py) for a runner that deploys
+        releases (`reverifies`); its runs are jobs on this service's worker pool."""
+        if not getattr(self.runner, "reverifies", False):
+            return None
+        from orchestrator.daemon.runners.probe import ProbeRunner
+        from orchestrator.reverify.scheduler import Reverifier
+
+        return Reverifier(self.store, ProbeRunner(self.config), self.sink, self.bundle_dir,
+                          self._pool.submit, self.config.max_ssh_sessions)
+
+    def sink(self, deployment: str) -> ServiceSink:
+        return ServiceSink(self.hub, deployment, self.metrics.observe)
+
+    def bundle_dir(self, deployment: str) -> Path:
+        return self.config.bundles_dir / deployment
+
+    # -- start and stop ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Reconcile what the last daemon left in flight, then queue what it left queued."""
+        for record in self.store.list_deployments(states=DEPLOYMENT_IN_FLIGHT, limit=1 << 30):
+            log.warning("reconciling", deployment=record.id, state=str(record.state))
+            self.reconcile(record)
+        queued = self.store.list_deployments(states=frozenset({D.QUEUED}), limit=1 << 30)
+        for record in sorted(queued, key=lambda r: r.created):
+            self._schedule(record.id, "run")
+
+    def reconcile(self, record: DeploymentRecord) -> None:
+        """Settle a deployment the store shows in flight with no worker. A runner that defines
+        `reconcile(deployment_id, bundle_dir, spec, sink, record) -> DeploymentOutcome` (the
+        deploy pipeline: read each host's real state, resume or roll back) decides the outcome;
+        otherwise `self.reconciler` (module-level `reconcile`: fail it) does."""
+        method = getattr(self.runner, "reconcile", None)
+        sink = self.sink(record.id)
+        if method is None:
+            self.reconciler(self.store, sink, record)
+            return
+        sink.emit("reconcile", status="started", level="warning", state=str(record.state))
+        try:
+            submission = bundle.validate(self.bundle_dir(record.id))
+            outcome: DeploymentOutcome = method(record.id, submission.bundle_dir,
+                                                submission.spec, sink, record)
+        except OrchestratorError as exc:
+            outcome = DeploymentOutcome(D.FAILED, f"reconciliation failed: {exc}")
+        except Exception as exc:
+            log.exception("reconcile crashed", deployment=record.id)
+            outcome = DeploymentOutcome(D.FAILED, f"reconciliation crashed ({exc!r}); please "
+                                                  "report (traceback in the daemon log)")
+        if outcome.state not in DEPLOYMENT_TRANSITIONS[record.state]:
+            outcome = DeploymentOutcome(D.FAILED, f"reconciliation returned {outcome.state} "
+                                                  f"for a {record.state} deployment", outcome.hosts)
+        for step in self.store.steps(record.id):  # what the dead worker left half-done
+            if step.state is S.RUNNING:
+                sink.step(step.host, step.step, S.FAILED, reason="interrupted by a daemon restart")
+        sink.emit("reconcile", status="finished", level="warning", outcome=str(outcome.state))
+        change_deployment_state(self.store, sink, record.id, outcome.state,
+                                reason=outcome.reason, result=outcome.as_json())
+
+    def stop(self, grace_s: float) -> bool:
+        """No new work; in-flight runners are told to stop after their current step. Returns
+        whether every worker finished within `grace_s` (those that did not stay `running` in the
+        store and are reconciled at the next start)."""
+        self.stopping.set()
+        with self._lock:
+            for event in self._cancels.values():
+                event.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self.idle:
+            return self.idle.wait_for(lambda: not self._working, timeout=grace_s)
+
+    # -- submissions -------------------------------------------------------------------------
+
+    def new_bundle(self) -> tuple[str, Path]:
+        deployment = uuid.uuid4().hex[:12]
+        path = self.bundle_dir(deployment)
+        path.mkdir(parents=True, mode=0o750)
+        return deployment, path
+
+    def submit(self, deployment: str, spec_name: str = bundle.SPEC_NAME) -> DeploymentRecord:
+        """Validate the bundle already written for `deployment` and queue it. A second active
+        deployment of the same app is refused (it would race the first on the same hosts)."""
+        path = self.bundle_dir(deployment)
+        try:
+            if self.stopping.is_set():
+                raise Conflict("the daemon is stopping; submit again after it restarts")
+            submission = bundle.validate(path, spec_name)
+            check = getattr(self.runner, "check", None)
+            if check is not None:  # e.g. targets that the inventory does not know: 400 now
+                check(submission.spec)
+            with self._lock:
+                active = self.store.list_deployments(states=DEPLOYMENT_ACTIVE,
+                                                     app=submission.app)
+                if active:
+                    raise Conflict(f"app {submission.app!r} is already being deployed by "
+                                   f"{active[0].id} ({active[0].state}); wait for it or cancel it")
+                self.store.create_deployment(deployment, submission.app, submission.data)
+        except OrchestratorError:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        self.sink(deployment).emit("deployment", status=str(D.QUEUED), app=submission.app,
+                                   targets=list(submission.targets))
+        self._schedule(deployment, "run")
+        return self.store.get_deployment(deployment)
+
+    def _schedule(self, deployment: str, kind: str) -> None:
+        with self._lock:
+            if self.stopping.is_set():
+                return
+            if deployment not in self._cancels:
+                control = self._cancels[deployment] = RolloutControl()
+                control.on_hold = self._holder(deployment)
+            self._pool.submit(self._work, deployment, kind)
+
+    def _holder(self, deployment: str) -> Callable[[bool, str], None]:
+        """The rollout reports it waits (paused) or goes on (running): one state change each."""
+
+        def on_hold(holding: bool, reason: str) -> None:
+            try:
+                change_deployment_state(self.store, self.sink(deployment), deployment,
+                                        D.PAUSED if holding else D.RUNNING, reason=reason)
+            except OrchestratorError as exc:  # e.g. a restart raced it: recorded, not fatal
+                log.warning("hold not recorded", deployment=deployment, error=str(exc))
+
+        return on_hold
+
+    # -- the worker --------------------------------------------------------------------------
+
+    def _work(self, deployment: str, kind: str) -> None:
+        sink = self.sink(deployment)
+        log_ = log.bind(deployment=deployment)
+        with self.idle:
+            self._working.add(deployment)
+        try:
+            cancel = self._cancels[deployment]
+            if self.stopping.is_set():
+                return  # still queued in the store: the next start picks it up
+            submission = bundle.validate(self.bundle_dir(deployment))
+            if kind == "run":
+                change_deployment_state(self.store, sink, deployment, D.RUNNING)
+                if self.reverifier is not None:  # a re-verification of the app ends first
+                    self.reverifier.wait_idle(submission.app)
+                outcome = self._call(self.runner.run, deployment, submission, sink, cancel)
+                if deployment in self._rollback_requested and outcome.state is not D.ROLLED_BACK:
+                    outcome = self._call(self.runner.rollback, deployment, submission, sink,
+                                         threading.Event())
+            else:
+                outcome = self._call(self.runner.rollback, deployment, submission, sink, cancel)
+            self._finish(deployment, sink, outcome)
+        except OrchestratorError as exc:  # e.g. cancelled while queued: the transition lost
+            log_.info("deployment not run", reason=str(exc))
+        except Exception:  # a bug must not leave a deployment stuck or kill the pool thread
+            log_.exception("worker crashed")
+        finally:
+            with self._lock:
+                self._cancels.pop(deployment, None)
+                self._user_cancelled.discard(deployment)
+                self._rollback_requested.discard(deployment)
+                self._stall_noted.discard(deployment)
+            self.hub.close_log(deployment)
+            with self.idle:
+                self._working.discard(deployment)
+                self.idle.notify_all()
+
+    def _call(self, method: Callable[..., DeploymentOutcome], deployment: str,
+              submission: bundle.Submission, sink: ServiceSink,
+              cancel: threading.Event) -> DeploymentOutcome:
+        try:
+            return method(deployment, submission.bundle_dir, submission.spec, sink, cancel)
+        except OrchestratorError as exc:
+            return DeploymentOutcome(D.FAILED, str(exc))
+        except Exception as exc:
+            log.exception("runner crashed", deployment=deployment)
+            return DeploymentOutcome(D.FAILED, f"internal error in the runner ({exc!r}); "
+                                               "please report (traceback in the daemon log)")
+
+    def _finish(self, deployment: str, sink: ServiceSink, outcome: DeploymentOutcome) -> None:
+        if (self.stopping.is_set() and outcome.state is D.CANCELLED
+                and deployment not in self._user_cancelled):
+            # Interrupted by SIGTERM, not by a user: leave it in flight for `reconcile`.
+            sink.emit("deployment", status="interrupted", level="warning",
+                      reason="daemon stopping; reconciled at the next start")
+            return
+        if outcome.state is D.CANCELLED and deployment in self._stall_noted:
+            outcome = DeploymentOutcome(D.FAILED, "stopped by the daemon's watchdog: no progress "
+                                                  f"for {self.config.progress_timeout_s:g} s",
+                                        outcome.hosts)
+        change_deployment_state(self.store, sink, deployment, outcome.state,
+                                reason=outcome.reason, result=outcome.as_json())
+
+    # -- user actions ------------------------------------------------------------------------
+
+    def cancel(self, deployment: str) -> DeploymentRecord:
+        with self._lock:
+            record = self.store.get_deployment(deployment)
+            if record.state is D.QUEUED:
+                change_deployment_state(self.store, self.sink(deployment), deployment,
+                                        D.CANCELLED, reason="cancelled by request")
+            elif record.state in DEPLOYMENT_ACTIVE and deployment in self._cancels:
+                self._user_cancelled.add(deployment)
+                self._cancels[deployment].set()
+                self.sink(deployment).emit("cancel", status="requested", level="warning")
+            else:
+                raise Conflict(f"deployment {deployment} is {record.state}: nothing to cancel")
+        return self.store.get_deployment(deployment)
+
+    def pause(self, deployment: str) -> DeploymentRecord:
+        """Hold a running rollout before its next batch (the batch in flight finishes); the
+        deployment shows `paused` once it really waits."""
+        with self._lock:
+            record = self.store.get_deployment(deployment)
+            control = self._cancels.get(deployment)
+            if record.state is not D.RUNNING or control is None:
+                raise Conflict(f"deployment {deployment} is {record.state}: only a running "
+                               "deployment can be paused")
+            control.pause()
+        self.sink(deployment).emit("pause", status="requested", level="warning",
+                                   note="the batch in flight finishes first")
+        return self.store.get_deployment(deployment)
+
+    def resume(self, deployment: str) -> DeploymentRecord:
+        """Let a paused rollout (by request, or held by `rollout.on_failure: pause`) go on."""
+        with self._lock:
+            record = self.store.get_deployment(deployment)
+            control = self._cancels.get(deployment)
+            if control is None or not (record.state is D.PAUSED or control.paused):
+                raise Conflict(f"deployment {deployment} is {record.state}: nothing to resume")
+            control.resume()
+        self.sink(deployment).emit("resume", status="requested")
+        return self.store.get_deployment(deployment)
+
+    def abort(self, deployment: str) -> DeploymentRecord:
+        """Start no more hosts (those in flight stop before their switch) and, with
+        `rollout.on_failure: rollback`, put back the hosts this deployment switched; with
+        `pause`, leave them. A queued deployment is simply cancelled."""
+        with self._lock:
+            record = self.store.get_deployment(deployment)
+            control = self._cancels.get(deployment)
+            if record.state is D.QUEUED:
+                change_deployment_state(self.store, self.sink(deployment), deployment,
+                                        D.CANCELLED, reason="aborted by request")
+                return self.store.get_deployment(deployment)
+            if record.state not in (D.RUNNING, D.PAUSED) or control is None:
+                raise Conflict(f"deployment {deployment} is {record.state}: nothing to abort")
+            self._user_cancelled.add(deployment)
+            control.abort()
+        self.sink(deployment).emit("abort", status="requested", level="warning")
+        return self.store.get_deployment(deployment)
+
+    def rollback(self, deployment: str) -> DeploymentRecord:
+        with self._lock:
+            record = self.store.get_deployment(deployment)
+            if record.state in (D.RUNNING, D.PAUSED) and deployment in self._cancels:
+                self._rollback_requested.add(deployment)
+                self._user_cancelled.add(deployment)
+                self._cancels[deployment].set()
+                self.sink(deployment).emit("rollback", status="requested", level="warning")
+            elif record.state is D.SUCCEEDED:
+                active = [r for r in self.store.list_deployments(states=DEPLOYMENT_ACTIVE,
+                                                                 app=record.app)]
+                if active:
+                    raise Conflict(f"app {record.app!r} has deployment {active[0].id} "
+                                   f"{active[0].state}; wait for it or cancel it first")
+                change_deployment_state(self.store, self.sink(deployment), deployment,
+                                        D.ROLLING_BACK, reason="rollback requested")
+            else:
+                raise Conflict(f"deployment {deployment} is {record.state}: only a running or "
+                               "succeeded deployment can be rolled back")
+        if record.state is D.SUCCEEDED:
+            self._schedule(deployment, "rollback")
+        return self.store.get_deployment(deployment)
+
+    def rollback_app(self, app: str) -> DeploymentRecord:
+        for record in self.store.list_deployments(app=app, limit=1 << 30):
+            if record.state in (D.RUNNING, D.SUCCEEDED):
+                return self.rollback(record.id)
+        raise NotFound(f"app {app!r} has no running or succeeded deployment to roll back")
+
+    def check_progress(self, now: float, *, orphan_after_s: float = 30.0) -> list[str]:
+        """The daemon's own watchdog, run periodically: a deployment in flight in the store that
+        no worker owns (its worker died) is reconciled; one whose worker has emitted nothing
+        for `progress_timeout_s` is told to stop after its current step, with an event. Returns
+        the deployments acted on."""
+        acted = []
+        in_flight = self.store.list_deployments(states=DEPLOYMENT_IN_FLIGHT, limit=1 << 30)
+        for record in in_flight:
+            with self._lock:
+                owned = record.id in self._cancels
+                # A paused rollout waits for a person, not for progress.
+                stalled = (owned and record.id not in self._stall_noted
+                           and record.state is not D.PAUSED)
+            if not owned and not self.stopping.is_set() and now - record.updated > orphan_after_s:
+                self.sink(record.id).emit("watchdog", status="orphaned", level="error",
+                                          reason="no worker owns this deployment")
+                self.reconcile(record)
+                acted.append(record.id)
+            elif stalled:
+                last = self.store.last_event_ts(record.id) or record.updated
+                if now - last > self.config.progress_timeout_s:
+                    with self._lock:
+                        self._stall_noted.add(record.id)
+                        cancel = self._cancels.get(record.id)
+                        if cancel is not None:
+                            cancel.set()
+                    self.sink(record.id).emit(
+                        "watchdog", status="stalled", level="error",
+                        reason=f"no progress for {now - last:.0f} s "
+                               f"(progress_timeout_s {self.config.progress_timeout_s:g}); "
+                               "stopping after the current step")
+                    acted.append(record.id)
+        if self.reverifier is not None and not self.stopping.is_set():
+            try:  # the schedule of `reverify.every` rides on this periodic tick
+                self.reverifier.tick(now)
+            except Exception:  # a bug in scheduling must not stop the watchdog
+                log.exception("re-verification schedule failed")
+        return acted
+
+    def verify_hosts(self, names: list[str]) -> list[dict[str, Any]]:
+        if self.reverifier is not None:  # probe, audit and warm up every app on those hosts
+            wanted = set(self.reverifier.verify_hosts(names))
+            return [h for h in self.store.hosts() if h["host"] in wanted]
+        checks = self.runner.verify_hosts(names)
+        for check in checks:
+            self.store.record_host(check.host, check.status, check.reasons, check.facts)
+        wanted = {c.host for c in checks}
+        return [h for h in self.store.hosts() if h["host"] in wanted]
+
+    def describe(self, deployment: str) -> dict[str, Any]:
+        """A deployment with its per-host steps, as the API returns it."""
+        record = self.store.get_deployment(deployment)
+        hosts: dict[str, dict[str, Any]] = {}
+        for step in self.store.steps(deployment):
+            entry = hosts.setdefault(step.host, {"state": str(S.PENDING), "steps": []})
+            entry["steps"].append(step.as_json())
+            entry["state"] = str(step.state)
+        return {**record.as_json(), "hosts": hosts}

@@ -1,0 +1,195 @@
+"""Deploy one spec to one host or many: the library call the CLI, the daemon and `make demo` use.
+
+    inputs = prepare(spec, deployment="dep-1")             # controller-side, once: lock, wheels
+    result = deploy(inputs, hosts, pool=pool, sink=sink)   # each host's pipeline, bounded pool
+    result.ok, result.hosts["gpu-01"].status, result.exit_code
+
+Per host: open (or reuse) the pool's connection, take the app's deploy lock on the host (a second
+deployment of the same app is refused, not interleaved), run the playbook's pipeline, release the
+lock. Hosts run in parallel through the pool's `map_hosts` (the one concurrency strategy), at
+most `max_parallel` at once. Rollout policy (canary, batches, failure budget) is the caller's:
+it calls `deploy` once per batch.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.core.compat import load_compat
+from orchestrator.core.inventory import Host
+from orchestrator.core.lockfile import Lock, load_lock
+from orchestrator.core.spec import Spec
+from orchestrator.deploy.pipeline import (
+    EventSink,
+    HostResult,
+    HostStatus,
+    Pipeline,
+)
+from orchestrator.deploy.playbook import Playbook, load_playbook
+from orchestrator.deploy.steps.host import DeployInputs, HostDeploy, new_inputs_release_id
+from orchestrator.deploy.steps.recovery import recover_host
+from orchestrator.deploy.steps.wheels import wheel_resolver
+from orchestrator.errors import EXIT_DEPLOY_FAILED, EXIT_OK, HostError
+from orchestrator.hosts import hostlock
+from orchestrator.hosts.pool import Pool, map_hosts
+from orchestrator.hosts.transport import Transport
+
+#: Extra budget of the verify step beyond the spec's own warmup deadline (upload, parse).
+VERIFY_MARGIN_S = 60.0
+
+
+@dataclass
+class DeployResult:
+    deployment: str
+    release_id: str
+    hosts: dict[str, HostResult] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.hosts) and all(r.ok for r in self.hosts.values())
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if self.ok else EXIT_DEPLOY_FAILED
+
+
+def new_deployment_id() -> str:
+    return f"dep-{uuid.uuid4().hex[:12]}"
+
+
+def prepare(spec: Spec, *, deployment: str | None = None, installer: str = "uv",
+            release_id: str | None = None, wheel_cache: Path | None = None,
+            lock: Lock | None = None, compile_bytecode: bool = False) -> DeployInputs:
+    """Everything resolved once on the controller; nothing touches a host here."""
+    lock = lock or load_lock(spec.paths.requirements)
+    return DeployInputs(
+        deployment=deployment or new_deployment_id(),
+        spec=spec,
+        lock=lock,
+        release_id=release_id or new_inputs_release_id(spec, lock.sha256),
+        wheels_for=wheel_resolver(spec, lock, wheel_cache),
+        compat=load_compat(),
+        installer=installer,
+        compile_bytecode=compile_bytecode,
+    )
+
+
+def playbook_for(spec: Spec, playbook: Playbook | None = None) -> Playbook:
+    """The playbook, with verify's budget widened to cover the spec's warmup deadline."""
+    pb = playbook or load_playbook()
+    wanted = float(spec.verify.timeout_s) + VERIFY_MARGIN_S
+    if "verify" in pb.names and pb.step("verify").timeout_s < wanted:
+        pb = pb.with_timeout("verify", wanted)
+    return pb
+
+
+def deploy_host(transport: Transport, host: Host, inputs: DeployInputs, sink: EventSink, *,
+                playbook: Playbook | None = None, cancel: threading.Event | None = None,
+                break_lock: bool = False) -> HostResult:
+    """The pipeline on one host, under the app's deploy lock on that host."""
+    app = str(inputs.spec.name)
+    try:
+        held = hostlock.acquire(transport, host.deploy_root, app, inputs.deployment,
+                                force=break_lock)
+    except HostError as exc:
+        return _refused(host.name, sink, exc)
+    sink.emit("host.lock", host=host.name, status="acquired", **held)
+    try:
+        steps = HostDeploy(transport, host, inputs)
+        return Pipeline(playbook_for(inputs.spec, playbook), steps, sink, cancel=cancel).run()
+    finally:
+        try:
+            hostlock.release(transport, host.deploy_root, app, inputs.deployment)
+            sink.emit("host.lock", host=host.name, status="released")
+        except HostError as exc:  # the connection is gone: the lock stays, and says whose
+            sink.emit("host.lock", host=host.name, status="failed", level="warning",
+                      error=str(exc))
+
+
+def deploy(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: EventSink,
+           max_parallel: int | None = None, playbook: Playbook | None = None,
+           cancel: threading.Event | None = None, break_lock: bool = False) -> DeployResult:
+    """Run the pipeline on every host, at most `max_parallel` (default: the spec's) at once."""
+    parallel = max_parallel or int(inputs.spec.rollout.max_parallel)
+    sink.emit("deployment.started", status="started", release_id=inputs.release_id,
+              hosts=[h.name for h in hosts], app=str(inputs.spec.name))
+
+    def one(host: Host) -> HostResult:
+        try:
+            with pool.session(host) as transport:
+                result = deploy_host(transport, host, inputs, sink, playbook=playbook,
+                                     cancel=cancel, break_lock=break_lock)
+        except HostError as exc:  # could not connect: nothing was done on that host
+            return _refused(host.name, sink, exc)
+        if result.connection_lost:
+            _reconnect_and_settle(pool, host, inputs, sink, result)
+        return result
+
+    outcomes = map_hosts(one, list(hosts), parallel)
+    result = DeployResult(inputs.deployment, inputs.release_id)
+    for name, outcome in outcomes.items():
+        result.hosts[name] = (outcome if isinstance(outcome, HostResult)
+                              else _refused(name, sink, outcome))
+    sink.emit("deployment.finished", status="succeeded" if result.ok else "failed",
+              level="info" if result.ok else "error",
+              hosts={n: r.status.value for n, r in result.hosts.items()})
+    return result
+
+
+def _reconnect_and_settle(pool: Pool, host: Host, inputs: DeployInputs, sink: EventSink,
+                          result: HostResult) -> None:
+    """The connection died under the pipeline, so neither the step nor its recovery could
+    finish: reconnect once and settle the host from its real state (`recover_host`)."""
+    sink.emit("host.reconnect", host=host.name, status="started", level="warning",
+              reason=result.error)
+    try:
+        with pool.session(host) as transport:  # the pool reopens a dead connection
+            outcome = recover_host(transport, host, inputs, sink)
+    except HostError as exc:
+        # The pipeline's verdict stands (before switch: `current` never moved); the deploy
+        # lock stays on the host, naming this deployment, for the next run or reconcile.
+        sink.emit("host.reconnect", host=host.name, status="failed", level="error",
+                  error=str(exc))
+        result.reason = f"{result.reason}; connection lost and reconnecting failed: {exc}"
+        return
+    sink.emit("host.reconnect", host=host.name, status="ok", level="warning", outcome=outcome)
+    if outcome == "serving":
+        result.status = HostStatus.SUCCEEDED
+        result.warnings.append(f"connection lost in {result.failed_step}; reconnected: the "
+                               "release serves and passes its health check")
+    else:
+        result.status = HostStatus.FAILED if outcome == "aborted" else HostStatus.ROLLED_BACK
+        result.reason = (f"connection lost in {result.failed_step}; reconnected and settled the "
+                         f"host from its real state: {outcome}")
+    # The host's final state changed after the pipeline's own host.finished: say so once more.
+    sink.emit("host.finished", host=host.name, status=result.status.value,
+              level="info" if result.ok else "error", reason=result.reason,
+              failed_step=result.failed_step, settled_after_reconnect=True)
+
+
+def _refused(host: str, sink: EventSink, exc: HostError) -> HostResult:
+    """A host that never started its pipeline (unreachable, or its deploy lock is held)."""
+    kind = type(exc).__name__
+    status = "refused" if isinstance(exc, hostlock.DeployLocked) else "failed"
+    sink.emit("host.finished", host=host, status=HostStatus.FAILED.value, level="error",
+              reason=exc.reason, kind=kind, detail_status=status)
+    return HostResult(host, HostStatus.FAILED, reason=exc.reason, failed_step="connect"
+                      if status == "failed" else "lock", error=str(exc))
+
+
+def summary(result: DeployResult) -> dict[str, Any]:
+    """The result as plain data: per host its status, reason, and each step's time."""
+    return {"deployment": result.deployment, "release_id": result.release_id, "ok": result.ok,
+            "hosts": {n: {"status": r.status.value, "reason": r.reason,
+                          "failed_step": r.failed_step, "error": r.error,
+                          "warnings": r.warnings, "timings_ms": r.timings()}
+                      for n, r in result.hosts.items()}}
+
+
+__all__ = ["DeployResult", "deploy", "deploy_host", "new_deployment_id", "prepare", "summary"]
+

@@ -1,0 +1,219 @@
+"""`orchestrator plan`: what a rollout would find and do on each target, changing nothing.
+
+The core here is pure: `build_plan(spec, lock, hosts, probed, data)` takes the facts the probe
+gathered (or the `HostError` that kept it from a host) and returns a `Plan`: per host every
+preflight check with its verdict and the steps a rollout would take there. Rendering as text
+or JSON is pure too; `orchestrator/cli/commands/plan.py` does the I/O (load, probe, print).
+
+Exit codes (DESIGN.md "CLI"): 0 when every target passes (warnings allowed), 3 when any fails
+(an unreachable host fails), 2 for invalid input (raised before any host is touched).
+
+`--json` prints `Plan.to_dict()`:
+    {"app", "spec", "lock", "ok": bool, "exit_code": 0 | 3,
+     "hosts": [{"host", "address", "status": "pass" | "warn" | "fail",
+                "error": null | "unreachable: ..." | "host key rejected: ..." | "probe failed: ...",
+                "checks": [{"name", "status", "message"}], "steps": [str]}]}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.core import release as rel
+from orchestrator.core.compat import CompatData
+from orchestrator.core.facts import HostFacts
+from orchestrator.core.inventory import Host
+from orchestrator.core.preflight import (
+    HostVerdict,
+    LockLike,
+    Status,
+    find_framework,
+    locked_versions,
+    preflight,
+)
+from orchestrator.core.spec import Spec
+from orchestrator.deploy.steps.host import platform_of
+from orchestrator.errors import (
+    EXIT_DEPLOY_FAILED,
+    EXIT_OK,
+    HostError,
+    HostKeyRejected,
+    HostUnreachable,
+)
+
+UNREACHABLE = "unreachable"
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    host: str
+    address: str
+    verdict: HostVerdict | None  # None: the host could not be probed
+    error: str | None  # why it could not be probed
+    steps: tuple[str, ...]
+
+    @property
+    def status(self) -> Status:
+        return Status.FAIL if self.verdict is None else self.verdict.status
+
+    def to_dict(self) -> dict[str, Any]:
+        checks = [] if self.verdict is None else self.verdict.to_dict()["checks"]
+        return {"host": self.host, "address": self.address, "status": str(self.status),
+                "error": self.error, "checks": checks, "steps": list(self.steps)}
+
+
+@dataclass(frozen=True)
+class Plan:
+    app: str
+    spec_file: str
+    lock_summary: str
+    hosts: tuple[HostPlan, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(h.status is not Status.FAIL for h in self.hosts)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if self.ok else EXIT_DEPLOY_FAILED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"app": self.app, "spec": self.spec_file, "lock": self.lock_summary,
+                "ok": self.ok, "exit_code": self.exit_code,
+                "hosts": [h.to_dict() for h in self.hosts]}
+
+
+def build_plan(
+    spec: Spec, lock: LockLike, hosts: Sequence[Host],
+    probed: Mapping[str, HostFacts | HostError], data: CompatData,
+) -> Plan:
+    """One `HostPlan` per target host, in the order of `hosts`."""
+    plans = []
+    for host in hosts:
+        result = probed.get(host.name)
+        if not isinstance(result, HostFacts):
+            error = probe_error(result)
+            plans.append(HostPlan(host.name, host.address, None, error,
+                                  (f"probe: failed: {error}", STOP)))
+            continue
+        verdict = preflight(spec, lock, result, data)
+        plans.append(HostPlan(host.name, host.address, verdict, None,
+                              rollout_steps(spec, lock, host, result, verdict)))
+    return Plan(spec.name, spec.file, lock_summary(lock, data), tuple(plans))
+
+
+STOP = "stop: nothing would change on this host"
+
+
+def probe_error(error: HostError | None) -> str:
+    """One line for a host that could not be probed, led by what kind of failure it was."""
+    if error is None:
+        return "not probed"
+    if isinstance(error, HostKeyRejected):
+        return f"host key rejected: {error.reason}"
+    if isinstance(error, HostUnreachable):
+        return f"{UNREACHABLE}: {error.reason}"
+    return f"probe failed: {error.reason}"
+
+
+def rollout_steps(
+    spec: Spec, lock: LockLike, host: Host, facts: HostFacts, verdict: HostVerdict,
+) -> tuple[str, ...]:
+    """The steps of playbooks/deploy.yaml as they would run on this host, in words."""
+    app_dir = f"{host.deploy_root}/{spec.name}"
+    worst = verdict.status
+    steps = [f"probe: done (python {facts.python_version}, {len(facts.gpus)} GPU(s))",
+             f"preflight: {worst}" + ("" if worst is Status.PASS else
+                                      f" ({_count(verdict, worst)} {worst} check(s))")]
+    if worst is Status.FAIL:
+        return (*steps, STOP)
+    current = facts.releases.get(spec.name)
+    n = len(locked_versions(lock, facts))
+    steps += [
+        f"stage: new release dir {app_dir}/releases/<id>; upload the model "
+        f"({spec.model.format}, sha256 {spec.model.sha256[:12]}... checked on the host) and the "
+        "lock; push the wheels the host's cache lacks",
+        f"install: build or reuse the venv {host.deploy_root}/.orchestrator/venvs/"
+        f"{_env_hash(lock, facts)} "
+        f"(python {spec.environment.python}, {n} locked packages, --require-hashes, offline)",
+        "verify: " + _verify_words(spec),
+        f"switch: {app_dir}/current -> releases/<id> by atomic rename "
+        f"(now: {current or 'no current release'})" + _restart_words(spec),
+        "check: " + _check_words(spec),
+        f"prune: keep the newest {spec.release.keep} releases (never current or the rollback "
+        "target)",
+    ]
+    return tuple(steps)
+
+
+def _env_hash(lock: LockLike, facts: HostFacts) -> str:
+    """The venv's content address, as the install step computes it (when the lock has a hash)."""
+    sha256 = getattr(lock, "sha256", None)
+    if not isinstance(sha256, str):
+        return "<env_hash>"
+    try:
+        return rel.env_hash(facts.python_version, platform_of(facts), sha256)
+    except ValueError:  # an odd python version string: the install step would say so
+        return "<env_hash>"
+
+
+def _count(verdict: HostVerdict, status: Status) -> int:
+    return sum(1 for c in verdict.checks if c.status is status)
+
+
+def _verify_words(spec: Spec) -> str:
+    v = spec.verify
+    words = (f"load the model in the new venv, compare golden outputs (rtol {v.rtol:g}, atol "
+             f"{v.atol:g}), benchmark {v.warmup_iterations} + {v.iterations} iterations")
+    if v.latency_ms is not None:
+        limits = {"p50": v.latency_ms.p50, "p95": v.latency_ms.p95, "p99": v.latency_ms.p99}
+        given = ", ".join(f"{k} <= {x:g} ms" for k, x in limits.items() if x is not None)
+        words += f" ({given})" if given else ""
+    if spec.gpu.required:
+        words += "; the model must run on the GPU"
+    return words
+
+
+def _restart_words(spec: Spec) -> str:
+    if spec.service is not None and spec.service.restart:
+        return f"; then run the service restart command: {spec.service.restart}"
+    return ""
+
+
+def _check_words(spec: Spec) -> str:
+    s = spec.service
+    if s is not None and s.health_url:
+        return f"GET {s.health_url} must answer 2xx within {s.health_timeout_s:g} s"
+    if s is not None and s.health_command:
+        return f"health command must exit 0 within {s.health_timeout_s:g} s"
+    return "skipped: no service health check in the spec"
+
+
+def lock_summary(lock: LockLike, data: CompatData) -> str:
+    versions = locked_versions(lock)
+    fw = find_framework(versions, data)
+    framework = "" if fw.package is None else f", {fw.label}"
+    return f"{len(versions)} packages{framework}"
+
+
+def render_text(plan: Plan) -> str:
+    """Readable lines for a terminal: per host its checks, then its steps, then a summary."""
+    out = [f"plan for {plan.app} ({plan.spec_file}; lock: {plan.lock_summary}); "
+           "nothing is changed on any host", ""]
+    for h in plan.hosts:
+        out.append(f"{h.host} ({h.address}): {str(h.status).upper()}")
+        if h.error is not None:
+            out.append(f"  {h.error}")
+        if h.verdict is not None:
+            width = max(len(c.name) for c in h.verdict.checks)
+            out += [f"  {c.status!s:4}  {c.name:<{width}}  {c.message}"
+                    for c in h.verdict.checks]
+        out.append("  steps:")
+        out += [f"    {i}. {step}" for i, step in enumerate(h.steps, 1)]
+        out.append("")
+    failed = [h.host for h in plan.hosts if h.status is Status.FAIL]
+    summary = f"{len(plan.hosts) - len(failed)} of {len(plan.hosts)} host(s) pass"
+    out.append(summary + (f"; failing: {', '.join(failed)}" if failed else ""))
+    return "\n".join(out)

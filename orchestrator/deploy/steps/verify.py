@@ -1,0 +1,76 @@
+"""The verify step: the warmup runner in the new venv, then the gates (orchestrator.core.gates).
+
+The golden file travels into the staged release (`golden.npz`, so the release carries what it was
+verified against); the runner is shipped with the other tools and run by the venv's python under
+the smaller of the spec's `verify.timeout_s` and what is left of the step's budget. Any failing
+gate fails the step, with every failing gate's message (measured figure and limit) in the error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from orchestrator.core import fingerprint
+from orchestrator.core.gates import WarmupRequest, gates, result_from_raw
+from orchestrator.deploy.pipeline import Deadline
+from orchestrator.deploy.steps import StepFailed
+from orchestrator.errors import InvalidInput
+from orchestrator.hosts.shipping import RemoteTools
+from orchestrator.hosts.transport import Transport
+from orchestrator.hosts.warmup import run_warmup
+
+#: Kept back from the step's budget for the upload before and the manifest after the runner.
+RESERVE_S = 15.0
+
+
+def remote_model_path(release_path: str, model: Path) -> str:
+    """Where the staged model is on the host: model/ for a directory, model/<name> for a file."""
+    return f"{release_path}/model" if model.is_dir() else f"{release_path}/model/{model.name}"
+
+
+def verify_release(transport: Transport, tools: RemoteTools, spec: Any, *, python: str,
+                   release_path: str, baseline: dict[str, Any] | None,
+                   deadline: Deadline) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the warmup and the gates; returns (the raw result for the manifest, event details).
+    Raises StepFailed naming every failing gate."""
+    golden = f"{release_path}/golden.npz"
+    transport.put(spec.paths.golden, golden, 0o644)
+    budget = max(1.0, min(float(spec.verify.timeout_s), deadline.remaining() - RESERVE_S))
+    request = WarmupRequest.from_spec(
+        spec, model_path=remote_model_path(release_path, spec.paths.model), golden_path=golden,
+        deadline_s=budget)
+    result = run_warmup(transport, python, tools, request, timeout=deadline.timeout())
+    base = result_from_raw(transport.host, baseline) if baseline else None
+    verdicts = gates(result, spec.verify, base)
+    failed = [g for g in verdicts if not g.passed]
+    differences = environment_differences(spec.paths.golden, result.environment)
+    if failed:
+        hint = ""
+        if differences and any(g.name == "golden" for g in failed):
+            hint = " (the host differs from where the golden was recorded: " + \
+                "; ".join(differences[:5]) + ")"
+        raise StepFailed(transport.host, "verify failed: " + "; ".join(
+            f"{g.name}: {g.message}" for g in failed) + hint)
+    lat = result.latency
+    details: dict[str, Any] = {"gates": [g.name for g in verdicts]}
+    if lat is not None:
+        details.update(p50_ms=lat.p50_ms, p95_ms=lat.p95_ms, p99_ms=lat.p99_ms,
+                       cold_start_ms=lat.cold_start_ms, throughput_per_s=lat.throughput_per_s)
+    if result.golden:
+        details["golden_samples"] = result.golden.get("samples")
+    details["warmup_s"] = result.duration_s
+    details["environment_differences"] = differences
+    return result.raw, details
+
+
+def environment_differences(golden: Path, host_environment: dict[str, Any]) -> list[str]:
+    """The golden's fingerprint against the host's environment (reported, never a gate); none
+    when either side is missing (a golden recorded without `golden record`, a killed runner)."""
+    try:
+        recorded = fingerprint.read_fingerprint(golden)
+    except InvalidInput as exc:
+        return [f"golden fingerprint unreadable: {exc}"]
+    if not recorded or not host_environment:
+        return []
+    return [d.message for d in fingerprint.diff(recorded, host_environment)]

@@ -1,0 +1,51 @@
+"""Which wheels a host gets: the spec's wheelhouse, or else the controller's wheel cache.
+
+`wheel_resolver(spec, lock, cache_dir)` returns `wheels_for(facts) -> {sha256: Wheel}`, memoised
+per (Python major.minor, machine, libc): every host of a fleet with the same platform shares one
+answer, and the wheelhouse is hashed (or the cache filled, downloading at most once) once per
+platform, not once per host. Thread-safe: the pool's workers call it at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from orchestrator.core.facts import HostFacts
+from orchestrator.core.lockfile import Lock
+from orchestrator.deploy.wheelcache import Wheel, WheelCache, from_wheelhouse, platform_tags
+from orchestrator.xdg import user_dir
+
+WheelResolver = Callable[[HostFacts], Mapping[str, Wheel]]
+
+
+def default_cache_dir() -> Path:
+    """$ORCHESTRATOR_WHEEL_CACHE, else $XDG_CACHE_HOME/orchestrator/wheelcache."""
+    return user_dir("CACHE", "wheelcache", override="ORCHESTRATOR_WHEEL_CACHE")
+
+
+def wheel_resolver(spec: Any, lock: Lock, cache_dir: Path | None = None) -> WheelResolver:
+    wheelhouse: Path | None = spec.paths.wheelhouse
+    requirements: Path = spec.paths.requirements
+    memo: dict[tuple[str, str, str], Mapping[str, Wheel]] = {}
+    guard = threading.Lock()
+
+    def resolve(facts: HostFacts) -> Mapping[str, Wheel]:
+        libc = facts.os.get("libc", "")
+        key = (facts.python_minor, facts.machine, libc)
+        with guard:  # one fill per platform; the others wait for its answer
+            if key not in memo:
+                if wheelhouse is not None:
+                    memo[key] = from_wheelhouse(requirements, wheelhouse,
+                                                python_version=facts.python_minor,
+                                                machine=facts.machine)
+                else:
+                    cache = WheelCache(cache_dir or default_cache_dir())
+                    memo[key] = cache.fill(requirements, facts.python_minor,
+                                           platform_tags(facts.machine, libc),
+                                           machine=facts.machine)
+            return memo[key]
+
+    return resolve

@@ -1,0 +1,96 @@
+"""Shipping the host-side scripts: every `orchestrator/hosts/remote/*.py` plus the pure-Python
+`pynvml.py`
+of the controller's own nvidia-ml-py, as one content-addressed bundle.
+
+On the host the bundle lives in `<deploy_root>/.orchestrator/tools/<sha256-of-bundle>/`; its
+`.complete` marker (holding the digest) is written last, so a directory with the marker is whole
+and is never uploaded again; one without it is simply completed (each file is written atomically).
+Checking costs one SFTP read; nothing else crosses the network when the tools are already there,
+and uploading needs no shell command at all (put creates the directories).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from orchestrator.errors import FileTransferFailed
+from orchestrator.hosts.transport import Transport
+
+REMOTE_DIR = Path(__file__).parent / "remote"
+MARKER = ".complete"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    digest: str
+    files: tuple[tuple[str, bytes], ...]  # (file name, content), sorted by name
+
+
+@dataclass(frozen=True)
+class RemoteTools:
+    """Where the bundle is on one host."""
+
+    root: str
+    digest: str
+
+    def script(self, name: str) -> str:
+        """The remote path of a shipped file, e.g. `script("probe.py")`."""
+        return f"{self.root}/{name}"
+
+    def argv(self, name: str, *args: str, python: str = "python3") -> list[str]:
+        """The command that runs a shipped script (`python` may be a venv's interpreter).
+
+        `-E` ignores the host's PYTHON* variables; the script's own directory stays first on
+        sys.path, which is how it imports the shipped `pynvml`."""
+        return [python, "-E", self.script(name), *args]
+
+
+@lru_cache(maxsize=1)
+def bundle() -> Bundle:
+    """The scripts to ship, read once per process; the digest covers names and contents."""
+    sources = {p.name: p for p in REMOTE_DIR.glob("*.py") if p.name != "__init__.py"}
+    sources["pynvml.py"] = _pynvml_file()
+    files = tuple((name, sources[name].read_bytes()) for name in sorted(sources))
+    digest = hashlib.sha256()
+    for name, content in files:
+        digest.update(f"{name}\0{hashlib.sha256(content).hexdigest()}\n".encode())
+    return Bundle(digest.hexdigest(), files)
+
+
+def _pynvml_file() -> Path:
+    """The controller's nvidia-ml-py module file, located without importing it."""
+    spec = importlib.util.find_spec("pynvml")
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+        raise RuntimeError("nvidia-ml-py (pynvml.py) is not installed on the controller")
+    return Path(spec.origin)
+
+
+def tools_root(deploy_root: str, digest: str) -> str:
+    return f"{deploy_root.rstrip('/')}/.orchestrator/tools/{digest}"
+
+
+def ensure_tools(transport: Transport, deploy_root: str) -> RemoteTools:
+    """The bundle on this host, uploaded first unless it is already there and complete."""
+    wanted = bundle()
+    tools = RemoteTools(tools_root(deploy_root, wanted.digest), wanted.digest)
+    if not _complete(transport, tools):
+        _upload(transport, tools, wanted)
+    return tools
+
+
+def _complete(transport: Transport, tools: RemoteTools) -> bool:
+    try:
+        marker = transport.get(tools.script(MARKER))
+        return marker.decode("ascii", "replace").strip() == tools.digest
+    except FileTransferFailed:
+        return False  # no marker yet: not (completely) uploaded
+
+
+def _upload(transport: Transport, tools: RemoteTools, wanted: Bundle) -> None:
+    for name, content in wanted.files:
+        transport.put(content, tools.script(name), 0o644)
+    transport.put(f"{tools.digest}\n".encode(), tools.script(MARKER), 0o644)

@@ -1,0 +1,78 @@
+"""How commands and files reach a host: the one interface the rest of the code depends on.
+
+`orchestrator.hosts.ssh.SshTransport` implements it over paramiko (the only module that imports
+paramiko); tests of ordering logic may use a fake. Every failure surfaces as a `HostError`
+subclass from `orchestrator.errors`, never as a library exception.
+
+Commands are argument lists, never shell strings: `command_line` quotes each element, so a
+value such as `x; touch pwned $(id)` reaches the host as one argument. When shell syntax is
+really needed, say so explicitly: `["sh", "-c", script]`.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a finished remote command left behind (output decoded as UTF-8, bad bytes replaced)."""
+
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """The shell-safe command line for `argv`: every element quoted, whatever it contains."""
+    if not argv:
+        raise ValueError("empty command")
+    return shlex.join(str(a) for a in argv)
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """One open connection to one host.
+
+    `run` raises `CommandFailed` (when `check` and the exit code is not 0), `CommandTimeout`
+    (the remote process is killed first), `OutputTooLarge` (stdout or stderr beyond the cap;
+    the remote process is killed too), `HostUnreachable` (connection lost).
+    `put` writes atomically (temporary name, then rename), sets `mode` and creates missing
+    parent directories; `get` reads a file. Both raise `FileTransferFailed` when the host
+    refuses (no such file, not a directory, permission, disk full).
+    """
+
+    host: str
+
+    @property
+    def alive(self) -> bool:
+        """False once the connection is known to be lost (the pool then reopens it)."""
+        ...
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        stdin: bytes | None = None,
+        check: bool = True,
+        max_output: int | None = None,
+    ) -> CommandResult: ...
+
+    def put(
+        self, data_or_local_path: bytes | Path, remote_path: str, mode: int = 0o644
+    ) -> None: ...
+
+    def get(self, remote_path: str) -> bytes: ...
+
+    def close(self) -> None: ...

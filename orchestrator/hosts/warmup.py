@@ -1,0 +1,119 @@
+"""Run the warmup runner on a host, over a transport, and make sure it ends by the deadline.
+
+    put REQUEST.json ─> timeout -s KILL <deadline+grace> <venv python> -E <tools>/warmup.py REQ
+                        (then REQ and REQ.pid removed in the same command)
+                     ─> parse the one JSON line ─> WarmupResult (orchestrator.core.gates)
+
+Three layers of deadline, innermost first, so a model that hangs never outlives the step:
+1. the runner's own watchdog at `deadline_s` reports DeadlineExceeded (with what it measured so
+   far) and SIGKILLs its process group (the runner leads its own group; REQ.pid holds its id);
+2. coreutils `timeout -s KILL` a few seconds later, should the watchdog itself be stuck;
+3. the transport's command timeout after that; then, and whenever the runner did not report,
+   `kill -KILL -- -<pgid>` from REQ.pid takes down whatever the model left behind.
+A run that was killed without reporting comes back as a failed WarmupResult (error
+DeadlineExceeded), not as an exception: it is the model's failure, the gates report it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import uuid
+from typing import Any
+
+from orchestrator.core.gates import (
+    SCHEMA,
+    WarmupRequest,
+    WarmupResult,
+    parse_result,
+    result_from_raw,
+)
+from orchestrator.errors import BadHostOutput, CommandTimeout, HostError
+from orchestrator.hosts.shipping import RemoteTools
+from orchestrator.hosts.transport import CommandResult, Transport
+
+SCRIPT = "warmup.py"
+KILL_GRACE_S = 5.0  # watchdog -> `timeout -s KILL`
+TRANSPORT_GRACE_S = 10.0  # `timeout -s KILL` -> the transport gives up on the command
+MIN_DEADLINE_S = 1.0
+MAX_OUTPUT = 8 << 20
+
+KILL_GROUP = 'pid=$(cat "$1" 2>/dev/null) && kill -KILL -- "-$pid" 2>/dev/null; rm -f "$1" "$2"'
+
+
+def _script(tools_dir: RemoteTools | str) -> str:
+    if isinstance(tools_dir, RemoteTools):
+        return tools_dir.script(SCRIPT)
+    return f"{tools_dir.rstrip('/')}/{SCRIPT}"
+
+
+# Runs the runner under coreutils `timeout`, then removes the request and pid files in the same
+# command (a separate clean-up command would cost one more SSH round trip per host), keeping the
+# runner's exit status.
+_RUN_AND_CLEAN = '"$@"; rc=$?; rm -f "$REQ" "$REQ.pid"; exit $rc'
+
+
+def warmup_argv(python: str, script: str, request_path: str, deadline_s: float) -> list[str]:
+    """The remote command (quoted by the transport): coreutils timeout as the second layer."""
+    kill_after = f"{deadline_s + KILL_GRACE_S:.0f}"
+    return ["env", f"REQ={request_path}", "sh", "-c", _RUN_AND_CLEAN, "sh",
+            "timeout", "-s", "KILL", kill_after, python, "-E", script, request_path]
+
+
+def killed_result(host: str, deadline_s: float, how: str) -> WarmupResult:
+    """A result for a runner that never reported: it was killed at the deadline."""
+    raw: dict[str, Any] = {
+        "schema": SCHEMA, "ok": False, "phase": "unknown", "findings": [],
+        "error": {"type": "DeadlineExceeded", "phase": "unknown",
+                  "message": f"deadline of {deadline_s:g}s exceeded; {how}"},
+    }
+    return result_from_raw(host, raw)
+
+
+def run_warmup(transport: Transport, python: str, tools_dir: RemoteTools | str,
+               request: WarmupRequest, timeout: float, workdir: str = "/tmp") -> WarmupResult:
+    """Run `request` with the venv's `python` on the transport's host, within `timeout` seconds.
+
+    The runner's deadline is `request.deadline_s`, capped so that every layer above ends
+    inside `timeout`. Raises HostError subclasses for transport failures and BadHostOutput when
+    the runner printed something that is not its result."""
+    host = transport.host
+    deadline = max(MIN_DEADLINE_S,
+                   min(request.deadline_s, timeout - KILL_GRACE_S - TRANSPORT_GRACE_S))
+    request = dataclasses.replace(request, deadline_s=deadline)
+    req_path = f"{workdir.rstrip('/')}/orchestrator-warmup-{uuid.uuid4().hex}.json"
+    pid_path = f"{req_path}.pid"
+    transport.put(request.to_json().encode(), req_path, 0o600)
+    argv = warmup_argv(python, _script(tools_dir), req_path, deadline)
+    try:
+        out = transport.run(argv, timeout=deadline + KILL_GRACE_S + TRANSPORT_GRACE_S,
+                            check=False, max_output=MAX_OUTPUT)
+    except CommandTimeout:
+        _kill_group(transport, pid_path, req_path)
+        return killed_result(host, deadline, "the transport gave up on the runner")
+    except HostError:
+        _kill_group(transport, pid_path, req_path)
+        raise
+    reported = bool(out.stdout.strip())
+    if not reported or out.exit_code not in (0, 1, 2):
+        _kill_group(transport, pid_path, req_path)
+    if not reported and out.exit_code in (124, 137, -9):
+        return killed_result(host, deadline, "killed by `timeout` before it could report")
+    return _parse(host, out)
+
+
+def _parse(host: str, out: CommandResult) -> WarmupResult:
+    try:
+        return parse_result(host, out.stdout)
+    except BadHostOutput as exc:
+        tail = " | ".join(out.stderr.strip().splitlines()[-5:])
+        raise BadHostOutput(host, f"{exc.reason} (exit {out.exit_code}; stderr: "
+                                  f"{tail or 'empty'})") from exc
+
+
+def _kill_group(transport: Transport, pid_path: str, req_path: str) -> None:
+    """Kill the runner's group (it may have left processes), and remove the request."""
+    # Best effort: the run's outcome matters more than a leftover temp file.
+    with contextlib.suppress(HostError):
+        transport.run(["sh", "-c", KILL_GROUP, "sh", pid_path, req_path], timeout=30,
+                      check=False)

@@ -1,0 +1,239 @@
+"""Re-verify one host over one transport: probe, audit the files, re-run the warmup, decide.
+
+    facts = probe_host(...)                      # the GPU stack now
+    for each app with a current release (or the apps asked for), under the app's deploy lock:
+        audit   remote/audit.py: manifest.json, model hash, venv files vs RECORD
+        warmup  orchestrator/hosts/warmup.py run_warmup in the release's venv, gates vs the baseline
+        decide  orchestrator/reverify/findings.py (pure): findings -> status and reasons
+        act     reverify.on_failure on a failed app: rollback (hostops) or redeploy (pipeline),
+                then check the app once more so the recorded status is the host's real one
+
+The deploy lock (orchestrator/hosts/hostlock.py) is the one a deployment holds for its whole
+pipeline on that host, so a re-verification never overlaps a rollout of the same app there: an
+app being deployed is skipped (and reported as such), never waited for.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.core.facts import HostFacts, parse_facts
+from orchestrator.core.gates import WarmupRequest, gates
+from orchestrator.core.hashing import hash_file
+from orchestrator.core.inventory import Host
+from orchestrator.deploy.pipeline import RECOVERY_TIMEOUT_S, EventSink
+from orchestrator.deploy.steps.host import service_of
+from orchestrator.deploy.steps.verify import remote_model_path
+from orchestrator.errors import BadHostOutput, HostError
+from orchestrator.hosts import hostlock
+from orchestrator.hosts import serving as service
+from orchestrator.hosts.hostops import HostOps, parse_reply
+from orchestrator.hosts.probe import probe_host
+from orchestrator.hosts.shipping import ensure_tools
+from orchestrator.hosts.transport import Transport
+from orchestrator.hosts.warmup import run_warmup
+from orchestrator.reverify import findings as rv
+
+AUDIT_TIMEOUT_S = 900.0  # hashing a TensorFlow venv (~1.6 GB) on a slow disk
+WARMUP_MARGIN_S = 60.0
+
+#: The spec of a deployment id (from the daemon's store/bundles), or None when unknown.
+SpecLookup = Callable[[str | None], Any]
+#: Whether the daemon has a deployment of this app queued or in flight (then: skip the app).
+Deploying = Callable[[str], bool]
+
+
+@dataclass
+class AppCheck:
+    app: str
+    status: str
+    reasons: list[str]
+    release_id: str | None = None
+    deployment: str | None = None  # the deployment that made the current release
+    action: str = "report"
+    skipped: str | None = None  # why the app was not checked (deploy lock held)
+    findings: list[rv.Finding] = field(default_factory=list)
+
+
+@dataclass
+class HostCheckResult:
+    host: str
+    status: str
+    reasons: list[str]
+    facts: dict[str, Any] | None
+    apps: dict[str, AppCheck] = field(default_factory=dict)
+
+
+def run_audit(transport: Transport, deploy_root: str, app: str) -> dict[str, Any] | None:
+    """remote/audit.py's reply for the app's current release; None when it has none."""
+    tools = ensure_tools(transport, deploy_root)
+    payload = json.dumps({"root": deploy_root, "app": app}).encode()
+    out = transport.run(tools.argv("audit.py", "--json-args", "-"), stdin=payload,
+                        timeout=AUDIT_TIMEOUT_S, check=False, max_output=8 << 20)
+    lines = out.stdout.strip().splitlines()
+    try:
+        kind = json.loads(lines[-1]).get("kind") if lines else None
+    except (ValueError, AttributeError):
+        kind = None
+    if kind == "no-current":
+        return None
+    return parse_reply(transport.host, "audit", out.exit_code, out.stdout, out.stderr)
+
+
+def local_model_hashes(spec: Any) -> dict[str, str] | None:
+    """{path relative to the model dir: sha256} of the deployment's own model files."""
+    model = Path(spec.paths.model)
+    if model.is_file():
+        return {model.name: hash_file(model)}
+    if not model.is_dir():
+        return None
+    return {p.relative_to(model).as_posix(): hash_file(p)
+            for p in sorted(model.rglob("*")) if p.is_file()}
+
+
+def warmup_check(transport: Transport, spec: Any, audit: dict[str, Any]) -> list[rv.Finding]:
+    """The warmup again in the release's venv, gated like at deploy against its baseline."""
+    release = str(audit["release_path"])
+    request = WarmupRequest.from_spec(
+        spec, model_path=remote_model_path(release, Path(spec.paths.model)),
+        golden_path=f"{release}/golden.npz")
+    tools = ensure_tools(transport, _root_of(release))
+    result = run_warmup(transport, f"{release}/venv/bin/python", tools, request,
+                        timeout=float(spec.verify.timeout_s) + WARMUP_MARGIN_S)
+    baseline = audit["manifest"].get("warmup")
+    return rv.warmup_findings(gates(result, spec.verify,
+                                    baseline if isinstance(baseline, dict) else None))
+
+
+def _root_of(release_path: str) -> str:
+    # <deploy_root>/<app>/releases/<id>
+    return release_path.rsplit("/", 3)[0]
+
+
+def check_app(transport: Transport, host: Host, app: str, facts: HostFacts,
+              spec_for: SpecLookup) -> AppCheck:
+    """Findings and status of the app's current release (no lock, no action)."""
+    audit = run_audit(transport, host.deploy_root, app)
+    if audit is None:  # e.g. a target the app's rollout left out: nothing to verify
+        return AppCheck(app, rv.HEALTHY, [], skipped="no current release of the app here")
+    manifest = audit["manifest"]
+    deployment = manifest.get("deployment")
+    findings: list[rv.Finding] = []
+    try:
+        findings += rv.diff_facts(parse_facts(host.name, json.dumps(manifest.get("facts"))),
+                                  facts)
+    except BadHostOutput as exc:
+        findings.append(rv.Finding("facts", rv.DEGRADED, f"deploy-time facts unreadable: {exc}"))
+    spec = spec_for(deployment)
+    # The deployment's own model files are hashed only to name what changed.
+    changed = not (audit.get("model") or {}).get("ok")
+    findings += rv.audit_findings(audit, local_model_hashes(spec) if spec and changed else None)
+    if spec is None:
+        findings.append(rv.Finding("warmup", rv.HEALTHY, f"warmup not re-run: deployment "
+                                   f"{deployment} is unknown to this daemon"))
+    elif (audit.get("venv") or {}).get("path"):
+        findings += warmup_check(transport, spec, audit)
+    status, reasons = rv.decide(findings)
+    return AppCheck(app, status, reasons, str(audit["release_id"]), deployment,
+                    findings=findings)
+
+
+def reverify_app(transport: Transport, host: Host, app: str, facts: HostFacts,
+                 spec_for: SpecLookup, sink: EventSink,
+                 deploying: Deploying | None = None) -> AppCheck:
+    """`check_app` under the app's deploy lock, then `reverify.on_failure` on a failed app.
+    An app being deployed (the lock is held, or `deploying(app)`) is skipped: a rollout is
+    never made to wait for, or fail on, a re-verification's lock."""
+    owner = f"reverify-{uuid.uuid4().hex[:8]}"
+    busy = None
+    if deploying is not None and deploying(app):
+        busy = f"app {app} has a deployment queued or in flight"
+    else:
+        try:
+            hostlock.acquire(transport, host.deploy_root, app, owner)
+        except hostlock.DeployLocked as exc:
+            busy = exc.reason
+    if busy is not None:
+        sink.emit("reverify", host=host.name, status="skipped", app=app, reason=busy)
+        return AppCheck(app, rv.HEALTHY, [], skipped=busy)
+    started = time.monotonic()
+    try:
+        check = check_app(transport, host, app, facts, spec_for)
+        if check.skipped is not None:
+            sink.emit("reverify", host=host.name, status="skipped", app=app,
+                      reason=check.skipped)
+            return check
+        spec = spec_for(check.deployment)
+        reverify_cfg = getattr(spec, "reverify", None) if spec is not None else None
+        check.action = rv.action_for(check.status, getattr(reverify_cfg, "on_failure", None))
+        if check.action == "rollback":
+            _rollback(transport, host, check, spec, sink)
+            check = _again(check, check_app(transport, host, app, facts, spec_for))
+    finally:
+        hostlock.release(transport, host.deploy_root, app, owner)
+    if check.action == "redeploy" and spec is not None:
+        _redeploy(transport, host, spec, check, sink)
+        check = _again(check, check_app(transport, host, app, facts, spec_for))
+    sink.emit("reverify", host=host.name, status=check.status, app=app,
+              release_id=check.release_id, reasons=check.reasons, action=check.action,
+              level="info" if check.status == rv.HEALTHY else "warning",
+              duration_ms=(time.monotonic() - started) * 1000)
+    return check
+
+
+def _again(first: AppCheck, second: AppCheck) -> AppCheck:
+    """The check after an action: its status, with why the action was taken."""
+    second.action = first.action
+    second.reasons = [f"{first.action} after: {'; '.join(first.reasons)}", *second.reasons]
+    return second
+
+
+def _rollback(transport: Transport, host: Host, check: AppCheck, spec: Any,
+              sink: EventSink) -> None:
+    """Back to the previous good release, and its service restarted as it was deployed."""
+    try:
+        out = HostOps(transport, host.deploy_root).rollback(
+            check.app, from_release=check.release_id, mark_bad=True)
+        svc = service_of(host.name, out.service, getattr(spec, "service", None))
+        restarted = (service.restart(transport, svc.restart,
+                                     service.app_dir(host.deploy_root, check.app),
+                                     RECOVERY_TIMEOUT_S)
+                     if svc is not None and svc.restart else {})
+        sink.emit("reverify.rollback", host=host.name, status="ok", app=check.app,
+                  release_id=check.release_id, current=out.current, **restarted)
+    except HostError as exc:
+        sink.emit("reverify.rollback", host=host.name, status="failed", level="error",
+                  app=check.app, error=str(exc))
+
+
+def _redeploy(transport: Transport, host: Host, spec: Any, check: AppCheck,
+              sink: EventSink) -> None:
+    from orchestrator.deploy.batch import deploy_host, prepare
+
+    # The same deployment (its bundle, its spec: later runs still find them), a new release.
+    inputs = prepare(spec, deployment=check.deployment or f"reverify-{uuid.uuid4().hex[:8]}")
+    result = deploy_host(transport, host, inputs, sink)
+    sink.emit("reverify.redeploy", host=host.name, status=result.status.value, app=check.app,
+              release_id=inputs.release_id, reason=result.reason)
+
+
+def reverify_host(transport: Transport, host: Host, spec_for: SpecLookup, sink: EventSink,
+                  apps: Sequence[str] | None = None,
+                  deploying: Deploying | None = None) -> HostCheckResult:
+    """Every app with a current release on the host (or `apps`), and the host's status."""
+    facts = probe_host(transport, host)
+    names = list(apps) if apps is not None else sorted(a for a, c in facts.releases.items() if c)
+    checks = {a: reverify_app(transport, host, a, facts, spec_for, sink, deploying)
+              for a in names}
+    checked = {a: (c.status, c.reasons) for a, c in checks.items() if c.skipped is None}
+    if not checked:  # nothing deployed here: the probe alone says how the host is
+        status, reasons = rv.facts_status(facts)
+    else:
+        status, reasons = rv.combine(checked)
+    return HostCheckResult(host.name, status, reasons, facts.raw, checks)
