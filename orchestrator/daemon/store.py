@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,94 +32,17 @@ from orchestrator.core.states import (
     check_deployment_transition,
     check_step_transition,
 )
+from orchestrator.daemon.schema import (
+    HOST_STATUSES,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    DeploymentRecord,
+    StepRecord,
+)
 from orchestrator.errors import NotFound, StateDirLocked, StoreCorrupt
 
-MIGRATIONS: tuple[str, ...] = (
-    # 0 -> 1: the first schema.
-    """
-    CREATE TABLE deployments (
-        id TEXT PRIMARY KEY, app TEXT NOT NULL, spec TEXT NOT NULL, state TEXT NOT NULL,
-        created REAL NOT NULL, updated REAL NOT NULL, result TEXT
-    );
-    CREATE INDEX deployments_app ON deployments(app, state);
-    CREATE TABLE steps (
-        deployment TEXT NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
-        host TEXT NOT NULL, step TEXT NOT NULL, state TEXT NOT NULL,
-        intent REAL, outcome REAL, started REAL, finished REAL, detail TEXT,
-        PRIMARY KEY (deployment, host, step)
-    );
-    CREATE TABLE events (
-        deployment TEXT NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
-        seq INTEGER NOT NULL, ts REAL NOT NULL, level TEXT NOT NULL, event TEXT NOT NULL,
-        host TEXT, step TEXT, status TEXT, duration_ms REAL, details TEXT NOT NULL,
-        PRIMARY KEY (deployment, seq)
-    );
-    CREATE TABLE host_facts (
-        host TEXT NOT NULL, ts REAL NOT NULL, facts TEXT, status TEXT NOT NULL,
-        reasons TEXT NOT NULL,
-        PRIMARY KEY (host, ts)
-    );
-    CREATE TABLE releases (
-        host TEXT NOT NULL, app TEXT NOT NULL, release_id TEXT NOT NULL, state TEXT NOT NULL,
-        deployment TEXT, updated REAL NOT NULL,
-        PRIMARY KEY (host, app, release_id)
-    );
-    """,
-    # 1 -> 2: specs_dir watching remembers what it already rolled out, across restarts; listing
-    # by state (in-flight deployments, at every start and watchdog round) uses an index.
-    """
-    CREATE INDEX deployments_state ON deployments(state, created);
-    CREATE TABLE watched_specs (
-        path TEXT PRIMARY KEY, digest TEXT NOT NULL, deployment TEXT, error TEXT,
-        updated REAL NOT NULL
-    );
-    """,
-    # 2 -> 3: the last re-verification result of each app on each host. A host's status is the
-    # worst over its apps', so after a restart a run of one app must still see the others'.
-    """
-    CREATE TABLE app_results (
-        host TEXT NOT NULL, app TEXT NOT NULL, status TEXT NOT NULL, reasons TEXT NOT NULL,
-        ts REAL NOT NULL,
-        PRIMARY KEY (host, app)
-    );
-    """,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-HOST_STATUSES = ("healthy", "degraded", "failed", "unreachable")
-
-
-@dataclass(frozen=True)
-class DeploymentRecord:
-    id: str
-    app: str
-    spec: dict[str, Any]
-    state: DeploymentState
-    created: float
-    updated: float
-    result: dict[str, Any] | None
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "app": self.app, "state": str(self.state), "created": self.created,
-            "updated": self.updated, "result": self.result,
-            "targets": self.spec.get("targets", []),
-        }
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    host: str
-    step: str
-    state: HostStepState
-    started: float | None
-    finished: float | None
-    detail: dict[str, Any] | None
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "host": self.host, "step": self.step, "state": str(self.state),
-            "started": self.started, "finished": self.finished, "detail": self.detail,
-        }
+__all__ = ["HOST_STATUSES", "MIGRATIONS", "SCHEMA_VERSION", "DeploymentRecord", "StepRecord",
+           "Store", "event_from_row", "lock_state_dir"]
 
 
 def lock_state_dir(state_dir: Path) -> IO[str]:
