@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.cli import main as cli
+from orchestrator.cli import app as cli
 from orchestrator.cli.commands.trust import Action, decide
 from orchestrator.core.facts import MAX_FACTS_BYTES, HostFacts, parse_facts
 from orchestrator.core.inventory import Inventory, load_inventory
