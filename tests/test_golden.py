@@ -11,7 +11,7 @@ import joblib
 import numpy as np
 import pytest
 
-from orchestrator.cli import main as cli
+from orchestrator.cli import app as cli
 from orchestrator.core import fingerprint
 from orchestrator.errors import InvalidInput
 from tests import models
