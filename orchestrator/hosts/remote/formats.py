@@ -3,9 +3,13 @@
 Everything that depends on the format reads it from here: the spec (`model.format`'s allowed
 values and description), `orchestrator validate` (the model's shape), `golden record` (its
 `--format` choices and the loader), the environment fingerprint (which frameworks it records)
-and the warmup runner on the host (request check, loader, GPU verdict). Adding a format is one
-formats_<name>.py module defining a `ModelFormat` (see formats_base.py) and one line in
-`FORMATS` below.
+and the warmup runner on the host (request check, loader, GPU verdict).
+
+Adding a format (PyTorch, say) touches: a new formats_<name>.py defining its `ModelFormat` and
+loader (see formats_base.py; formats_joblib.py is the smallest example), its line in `FORMATS`
+below, the `model.format` row of docs/spec.md, docs/spec.schema.json (regenerated:
+`orchestrator schema > docs/spec.schema.json`), a tiny model in tests/models.py and its tests
+in tests/test_formats.py.
 
 Shipped flat to hosts (Python 3.9+, stdlib-only) and imported by the controller as
 orchestrator.hosts.remote.formats: a leaf, it imports nothing but its formats_* siblings.
