@@ -1,9 +1,10 @@
 """Environment fingerprints: where a golden file was recorded, against where a model now runs.
 
 A fingerprint is the runner's `environment()` structure (orchestrator/hosts/remote/warmup_env.py):
-    {"python", "implementation", "platform", "machine", "frameworks" {tensorflow, keras,
-     scikit-learn, numpy, joblib}, "packages" {name: version}, "gpu" {driver, cuda_driver,
-     devices [{name, memory_total_bytes, compute_capability}], error}, "tensorflow_build" {...}}
+    {"python", "implementation", "platform", "machine", "frameworks" {name: version, for each
+     of FRAMEWORKS: the model formats' (formats.py)}, "packages" {name: version}, "gpu" {driver,
+     cuda_driver, devices [{name, memory_total_bytes, compute_capability}], error},
+     "tensorflow_build" {...}}
 `golden record` stores it in the .npz under `__fingerprint__`; the warmup result carries the
 host's as `environment`. `diff` lists what differs; plan and verify report it (it never gates:
 a different driver is worth knowing, not necessarily wrong; the golden comparison decides).
@@ -24,10 +25,10 @@ from typing import Any
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.lockfile import Lock
 from orchestrator.errors import InvalidInput
+from orchestrator.hosts.remote.formats import FRAMEWORKS
 
 FINGERPRINT_KEY = "__fingerprint__"
 GOLDEN_META_KEY = "__golden__"
-FRAMEWORKS = ("tensorflow", "keras", "scikit-learn", "numpy", "joblib")
 NPY_MAGIC = b"\x93NUMPY"
 
 

@@ -1,14 +1,13 @@
 """Golden files: record a model's predictions where it was trained, to check them on each host.
 
 `record` runs the model through the *same code* the warmup runner uses on the host (it imports
-the runner's modules: orchestrator/hosts/remote/warmup_models.py for loading, input preparation and
-the call, warmup_golden.py for the .npz keys, warmup_env.py for the environment), so a golden
-file can only disagree with a host because the environment differs, never because the two
-sides call the model differently. It writes the .npz layout the runner reads (see the
-docstring of orchestrator/hosts/remote/warmup.py): inputs/outputs or input:<name>/output:<name>,
-plus
-`__fingerprint__` (this environment, see fingerprint.py) and `__golden__` (format, signature,
-method).
+the runner's modules: the format registry orchestrator/hosts/remote/formats.py for loading,
+input preparation and the call, warmup_golden.py for the .npz keys, warmup_env.py for the
+environment), so a golden file can only disagree with a host because the environment differs,
+never because the two sides call the model differently. It writes the .npz layout the runner
+reads (see the docstring of orchestrator/hosts/remote/warmup.py): inputs/outputs or
+input:<name>/output:<name>, plus `__fingerprint__` (this environment, see fingerprint.py) and
+`__golden__` (format, signature, method).
 
 Needs numpy and the model's framework locally (the `ml` extra); imported lazily.
 """
@@ -25,13 +24,14 @@ from typing import Any
 
 from orchestrator.core.fingerprint import FINGERPRINT_KEY, GOLDEN_META_KEY
 from orchestrator.errors import InvalidInput
+from orchestrator.hosts.remote import formats
 
 GOLDEN_SCHEMA = 1
 
 
 def runner(part: str) -> Any:
-    """One module of the warmup runner (untyped, py3.9-compatible, shipped to hosts):
-    "warmup_golden", "warmup_models" or "warmup_env"."""
+    """One untyped module of the warmup runner (py3.9-compatible, shipped to hosts):
+    "warmup_golden" or "warmup_env"."""
     return importlib.import_module(f"orchestrator.hosts.remote.{part}")
 
 
@@ -68,9 +68,8 @@ def read_inputs(path: Path) -> dict[str, Any]:
 def predict(model_path: Path, fmt: str, inputs: dict[str, Any], signature: str,
             method: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The model's outputs for `inputs` and its load findings, exactly as the runner computes."""
-    mod = runner("warmup_models")
     try:
-        model = mod.load_model(fmt, str(model_path), signature, method)
+        model = formats.get(fmt).load(str(model_path), signature, method)
         outputs = model.run(model.prepare(inputs))
     except Exception as exc:  # the model's own failure, reported the way the runner reports it
         raise InvalidInput(f"{model_path}: cannot run the model: "

@@ -19,7 +19,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -43,9 +43,15 @@ from orchestrator.core.yamlio import (
     validation_error,
 )
 from orchestrator.errors import SpecError
+from orchestrator.hosts.remote import formats
 
 API_VERSION = "orchestrator/v1"
-FORMATS = ("tensorflow-savedmodel", "keras", "joblib")
+#: The model formats `model.format` accepts: the registry's (orchestrator/hosts/remote/formats.py).
+FORMATS = formats.NAMES
+if TYPE_CHECKING:
+    FormatName = str
+else:  # a Literal of the registry's names: the schema's enum and pydantic's error list them
+    FormatName = Literal[FORMATS]
 
 # Relative, no leading "-" or "/", no spaces or shell metacharacters; ".." is refused below.
 _RELPATH = r"^[A-Za-z0-9_.+@][A-Za-z0-9_.+@/-]{0,1023}$"
@@ -117,9 +123,7 @@ class ModelSection(_Strict):
     """The model to deploy and the hash it must have."""
 
     path: RelPath = Field(description="Model file or directory, relative to the spec file.")
-    format: Literal["tensorflow-savedmodel", "keras", "joblib"] = Field(
-        description="How the model is loaded: a TensorFlow SavedModel directory, a .keras file, "
-                    "or a joblib (scikit-learn) file.")
+    format: FormatName = Field(description=f"How the model is loaded: {formats.summary()}.")
     sha256: Sha256 = Field(description="sha256 of the file, or tree hash of the directory, as "
                                        "printed by `orchestrator hash PATH` (lowercase hex).")
     _check_path = field_validator("path")(_no_dotdot)

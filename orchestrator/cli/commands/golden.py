@@ -20,8 +20,7 @@ from typing import Any
 from orchestrator.core.fingerprint import GOLDEN_META_KEY, read_fingerprint, read_npz_text
 from orchestrator.core.spec import METHOD_PATTERN
 from orchestrator.errors import EXIT_OK, InvalidInput
-
-FORMATS = ("tensorflow-savedmodel", "keras", "joblib")
+from orchestrator.hosts.remote import formats
 
 
 def register(subparsers: Any) -> None:
@@ -33,7 +32,7 @@ def register(subparsers: Any) -> None:
                          description="Run the model on the inputs, here, and write inputs, "
                                      "outputs and this environment's fingerprint to one .npz.")
     rec.add_argument("--model", required=True, type=Path, help="model file or directory")
-    rec.add_argument("--format", required=True, choices=FORMATS)
+    rec.add_argument("--format", required=True, choices=formats.NAMES)
     rec.add_argument("--inputs", required=True, type=Path,
                      help=".npz with `inputs` or `input:<name>` arrays (or one .npy array)")
     rec.add_argument("--signature", default="serving_default",

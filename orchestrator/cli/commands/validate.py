@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import sys
 import zipfile
-from pathlib import Path
 from typing import Any
 
 from orchestrator.core.hashing import hash_path
@@ -26,6 +25,7 @@ from orchestrator.core.inventory import load_inventory
 from orchestrator.core.lockfile import Lock, check_wheelhouse, lint_lock
 from orchestrator.core.spec import Spec, load_spec
 from orchestrator.errors import EXIT_INVALID, EXIT_OK, SpecError
+from orchestrator.hosts.remote import formats
 
 MAX_GOLDEN_MEMBERS = 10_000
 
@@ -85,7 +85,7 @@ def _check_model(spec: Spec) -> list[SpecError]:
     path, fmt = spec.paths.model, spec.model.format
     if not path.exists():
         return [spec.error(("model", "path"), f"{path} does not exist")]
-    shape = _shape_problem(path, fmt)
+    shape = formats.get(fmt).shape_problem(str(path))  # the format's own check
     if shape:
         return [spec.error(("model", "format"), f"{path}: {shape}")]
     try:
@@ -97,25 +97,6 @@ def _check_model(spec: Spec) -> list[SpecError]:
                            f"mismatch: the spec says {spec.model.sha256} but {spec.model.path} "
                            f"hashes to {actual}")]
     return []
-
-
-def _shape_problem(path: Path, fmt: str) -> str | None:
-    if fmt == "tensorflow-savedmodel":
-        if not path.is_dir():
-            return "a tensorflow-savedmodel must be a directory"
-        if not (path / "saved_model.pb").is_file():
-            return "no saved_model.pb in this tensorflow-savedmodel directory"
-        return None
-    if not path.is_file():
-        return f"a {fmt} model must be a file"
-    if fmt == "keras" and not (zipfile.is_zipfile(path) or _is_hdf5(path)):
-        return "not a Keras model: neither a .keras archive (zip) nor an HDF5 .h5 file"
-    return None
-
-
-def _is_hdf5(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(8) == b"\x89HDF\r\n\x1a\n"
 
 
 def _check_golden(spec: Spec) -> list[SpecError]:

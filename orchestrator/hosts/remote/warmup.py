@@ -17,7 +17,7 @@ SIGKILLs the runner's process group. The runner makes itself a process group lea
 writes its pid (= pgid) to REQUEST.json.pid, so the controller can kill the same group as well.
 
 Request (JSON object):
-    model_path, format ("tensorflow-savedmodel" | "keras" | "joblib"), golden_path,
+    model_path, format (a name in formats.py's registry), golden_path,
     rtol (1e-5), atol (1e-6), warmup_iterations (20), iterations (200), batch_size (1),
     signature ("serving_default"), method ("predict", "predict_proba", ... or "__call__"),
     gpu_required (false),
@@ -61,13 +61,13 @@ import traceback
 # sit beside it in the tools dir (sys.path[0]); on the controller (`golden record`, the tests)
 # it is the module orchestrator.hosts.remote.warmup and they are its package's modules.
 if __package__:
-    from .warmup_env import NvmlSampler, environment, tensorflow_gpu
+    from . import formats
+    from .warmup_env import NvmlSampler, environment
     from .warmup_golden import compare_golden, read_golden
-    from .warmup_models import FORMATS, load_model
 else:
-    from warmup_env import NvmlSampler, environment, tensorflow_gpu
+    import formats
+    from warmup_env import NvmlSampler, environment
     from warmup_golden import compare_golden, read_golden
-    from warmup_models import FORMATS, load_model
 
 SCHEMA = 1
 DYNLIB_MARK = "Could not load dynamic library"
@@ -245,8 +245,8 @@ def read_request(path):
     missing = [k for k in ("model_path", "format", "golden_path") if not raw.get(k)]
     if missing:
         raise BadRequest("request lacks {}".format(", ".join(missing)))
-    if raw["format"] not in FORMATS:
-        known = ", ".join(FORMATS)
+    if raw["format"] not in formats.NAMES:
+        known = ", ".join(formats.NAMES)
         raise BadRequest(f"unknown format {raw['format']!r} (one of {known})")
     request = dict(DEFAULTS)
     request.update(raw)
@@ -282,8 +282,8 @@ def verify(request, state):
     state.set(phase="load")
     t0 = time.perf_counter()
     try:
-        model = load_model(request["format"], request["model_path"], request["signature"],
-                           request["method"])
+        model = formats.get(request["format"]).load(request["model_path"], request["signature"],
+                                                    request["method"])
     except Exception as exc:
         state.set(load={"ok": False, "seconds": time.perf_counter() - t0,
                         "error": error_of(exc, "load"),
@@ -293,7 +293,7 @@ def verify(request, state):
     allowed = bool(request["allow_version_mismatch"])
     findings = [dict(f, allowed=allowed) for f in model.findings]
     state.set(load={"ok": True, "seconds": time.perf_counter() - t0, "error": None},
-              findings=findings, warnings=getattr(model, "warnings", []))
+              findings=findings, warnings=model.warnings)
     sampler = NvmlSampler()
     sampler.start()
     try:
@@ -330,15 +330,11 @@ def measure(model, inputs, expected, request, state):
 
 
 def check_gpu(model, prepared, request, state):
+    """The format's own verdict (formats_*.py); ok None: a CPU-only format, nothing to fail."""
     required = bool(request["gpu_required"])
-    tf = getattr(model, "tf", None)
-    if tf is None:
-        state.set(gpu={"required": required, "checked": True, "ok": None,
-                       "message": "not applicable: {} runs on the CPU".format(request["format"])})
-        return True
-    gpu = tensorflow_gpu(tf, model.devices(prepared), required)
+    gpu = model.gpu(prepared, required)
     state.set(gpu=gpu)
-    return gpu["ok"] or not required
+    return gpu["ok"] is None or bool(gpu["ok"]) or not required
 
 
 def main(argv):

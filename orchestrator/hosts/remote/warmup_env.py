@@ -1,9 +1,10 @@
-"""Warmup runner, where the model runs: the environment fingerprint, NVML facts, GPU use.
+"""Warmup runner, where the model runs: the environment fingerprint, NVML facts, GPU memory.
 
-`environment()` is the result's `environment` and the golden file's `__fingerprint__`;
-`tensorflow_gpu` is the result's `gpu` verdict for a TensorFlow model; `NvmlSampler` samples the
-`gpu_memory` figure while the model runs. Part of the warmup runner (warmup.py). Top level is
-stdlib-only and Python 3.9+; `pynvml` is the shipped pynvml.py in the tools dir, imported lazily.
+`environment()` is the result's `environment` and the golden file's `__fingerprint__` (its
+`frameworks` are the format registry's, formats.py); `NvmlSampler` samples the `gpu_memory`
+figure while the model runs. The `gpu` verdict is each format's own (formats_*.py). Part of the
+warmup runner (warmup.py). Top level is stdlib-only and Python 3.9+; `pynvml` is the shipped
+pynvml.py in the tools dir, imported lazily.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import re
 import sys
 import threading
 
-FRAMEWORKS = ("tensorflow", "keras", "scikit-learn", "numpy", "joblib")
+if __package__:
+    from .formats import FRAMEWORKS
+else:
+    from formats import FRAMEWORKS
 
 
 def environment():
@@ -78,22 +82,6 @@ def nvml_facts():
     finally:
         with contextlib.suppress(Exception):
             pynvml.nvmlShutdown()
-
-
-def tensorflow_gpu(tf, devices, required):
-    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-    info = {k: str(v) for k, v in dict(tf.sysconfig.get_build_info()).items()}
-    on_gpu = bool(devices) and all("GPU" in d.upper() for d in devices)
-    ok = bool(gpus) and on_gpu
-    saw = "TensorFlow {}: built with CUDA {} (cuda {}, cudnn {}), GPUs listed: {}, " \
-        "outputs on {}".format(
-        tf.__version__, tf.test.is_built_with_cuda(), info.get("cuda_version", "none"),
-        info.get("cudnn_version", "none"), ", ".join(gpus) or "none",
-        ", ".join(devices) or "unknown")
-    return {"required": required, "checked": True, "ok": ok, "gpus": gpus,
-            "output_devices": devices, "built_with_cuda": bool(tf.test.is_built_with_cuda()),
-            "build_info": info,
-            "message": ("model runs on the GPU: " if ok else "model does not run on a GPU: ") + saw}
 
 
 class NvmlSampler(threading.Thread):
