@@ -12,9 +12,10 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "orchestrator"
 REMOTE = PACKAGE / "hosts" / "remote"
 
-#: Each layer may import its own modules and those of lower rank, never a higher one.
+#: Each layer may import its own modules and those of lower rank, never a higher one. The
+#: testbed (simulated GPU hosts for tests, the demo and `orchestrator testbed`) stands alone.
 RANK = {"errors": 0, "xdg": 0, "core": 1, "hosts": 2, "deploy": 3, "reverify": 4, "daemon": 5,
-        "cli": 6, "testbed": 7, "demo": 8, "bench": 8, "__main__": 8}
+        "cli": 6, "testbed": 1, "demo": 8, "bench": 8, "__main__": 8}
 MAX_LINES = 400
 
 
@@ -61,6 +62,10 @@ def all_imports(path: Path) -> Iterator[str]:
 
 def layer(module: str) -> str:
     parts = module.split(".")
+    if parts[1:3] == ["hosts", "remote"]:
+        # The host-side modules import nothing of the package (stdlib only: test_hostops);
+        # the controller reads some of them as data (the model-format registry).
+        return "errors"
     return parts[1] if len(parts) > 1 else ""
 
 
