@@ -17,15 +17,15 @@ from typing import Any
 
 import pytest
 
+from orchestrator.core import findings as rv
 from orchestrator.core.facts import HostFacts, parse_facts
 from orchestrator.core.gates import Gate
 from orchestrator.core.hashing import hash_path
 from orchestrator.core.inventory import Host, Inventory
 from orchestrator.core.spec import load_spec
+from orchestrator.daemon.reverifier import next_run
 from orchestrator.hosts.pool import Pool
-from orchestrator.reverify import findings as rv
 from orchestrator.reverify.audit import AppCheck, HostCheckResult, reverify_host
-from orchestrator.reverify.scheduler import next_run
 from orchestrator.testbed import Testbed
 from tests.daemons import DEPLOY, Daemon, write_config
 from tests.specs import WHEEL_CACHE
@@ -355,8 +355,8 @@ def test_daemon_verify_degrades_a_host_which_a_new_rollout_then_leaves_out(
 def test_schedule_runs_an_app_when_due_never_while_it_is_being_deployed(
         models_dir: Path, tmp_path: Path) -> None:
     from orchestrator.core.states import DeploymentState as D
+    from orchestrator.daemon.reverifier import Reverifier
     from orchestrator.daemon.store import Store
-    from orchestrator.reverify.scheduler import Reverifier
 
     spec_path = v1_spec(models_dir, tmp_path, "rv-sched", extra="reverify: {every: 1h}\n")
     store = Store.open(tmp_path / "state.db")
@@ -401,7 +401,7 @@ def _checked(host: str, apps: dict[str, tuple[str, list[str]]],
 
 
 def _reverifier(store: Any, runner: Any = None) -> Any:
-    from orchestrator.reverify.scheduler import Reverifier
+    from orchestrator.daemon.reverifier import Reverifier
 
     return Reverifier(store, runner, lambda d: Sink(), lambda d: Path("/nonexistent"),
                       lambda job: job(), 4)
@@ -528,9 +528,9 @@ def test_a_scheduled_run_records_the_host_status_and_sends_events_to_the_deploym
 
     from orchestrator.core.states import DeploymentState as D
     from orchestrator.daemon.config import DaemonConfig
+    from orchestrator.daemon.reverifier import Reverifier
     from orchestrator.daemon.runners.probe import ProbeRunner
     from orchestrator.daemon.store import Store
-    from orchestrator.reverify.scheduler import Reverifier
 
     store = Store.open(tmp_path / "state.db")
     try:

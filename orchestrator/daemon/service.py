@@ -145,12 +145,12 @@ class Service:
         self.reverifier = self._make_reverifier()
 
     def _make_reverifier(self) -> Any:
-        """Re-verification of hosts (orchestrator/reverify/scheduler.py) for a runner that deploys
+        """Re-verification of hosts (orchestrator/daemon/reverifier.py) for a runner that deploys
         releases (`reverifies`); its runs are jobs on this service's worker pool."""
         if not getattr(self.runner, "reverifies", False):
             return None
+        from orchestrator.daemon.reverifier import Reverifier
         from orchestrator.daemon.runners.probe import ProbeRunner
-        from orchestrator.reverify.scheduler import Reverifier
 
         return Reverifier(self.store, ProbeRunner(self.config), self.sink, self.bundle_dir,
                           self._pool.submit, self.config.max_ssh_sessions)

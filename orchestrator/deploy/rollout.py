@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from orchestrator.core.findings import excluded_hosts
 from orchestrator.core.inventory import Host
 from orchestrator.core.preflight import Status, preflight
 from orchestrator.core.spec import Spec
@@ -35,7 +36,6 @@ from orchestrator.hosts.hostops import HostOps
 from orchestrator.hosts.pool import Pool
 from orchestrator.hosts.probe import probe_host
 from orchestrator.hosts.transport import Transport
-from orchestrator.reverify.findings import excluded_hosts
 
 
 def plan_batches(hosts: Sequence[Host], canary: int, batch_size: int) -> list[list[Host]]:
@@ -69,7 +69,7 @@ def rollout(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: Ev
     `pause` they are left and the rollout waits for `resume` (go on) or `abort` (stop there).
     Given a `RolloutControl` as `cancel`, a pause request holds the rollout before its next
     batch, and `abort` stops it and undoes as `on_failure` says. `excluded` ({host: reason}:
-    degraded or failed at their last re-verification, orchestrator/reverify/findings.py) are
+    degraded or failed at their last re-verification, orchestrator/core/findings.py) are
     reported
     as failed, counted against the budget like a preflight failure, and never touched."""
     ro = inputs.spec.rollout
@@ -202,7 +202,7 @@ class DeployRunner:
     rollback of a deployment's hosts, and the reconciliation of a deployment a dead daemon
     left in flight (read each host's real state; finish it if it serves and is healthy, else
     put the host back). Probing (`verify_hosts`) is the probe runner's; with `reverifies` the
-    daemon re-verifies the releases this runner deploys (orchestrator/reverify/scheduler.py)."""
+    daemon re-verifies the releases this runner deploys (orchestrator/daemon/reverifier.py)."""
 
     reverifies = True
 

@@ -4,7 +4,7 @@
     for each app with a current release (or the apps asked for), under the app's deploy lock:
         audit   remote/audit.py: manifest.json, model hash, venv files vs RECORD
         warmup  orchestrator/hosts/warmup.py run_warmup in the release's venv, gates vs the baseline
-        decide  orchestrator/reverify/findings.py (pure): findings -> status and reasons
+        decide  orchestrator/core/findings.py (pure): findings -> status and reasons
         act     reverify.on_failure on a failed app: rollback (hostops) or redeploy (pipeline),
                 then check the app once more so the recorded status is the host's real one
 
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.core import findings as rv
 from orchestrator.core.facts import HostFacts, parse_facts
 from orchestrator.core.gates import WarmupRequest, gates
 from orchestrator.core.hashing import hash_file
@@ -38,7 +39,6 @@ from orchestrator.hosts.probe import probe_host
 from orchestrator.hosts.shipping import ensure_tools
 from orchestrator.hosts.transport import Transport
 from orchestrator.hosts.warmup import run_warmup
-from orchestrator.reverify import findings as rv
 
 AUDIT_TIMEOUT_S = 900.0  # hashing a TensorFlow venv (~1.6 GB) on a slow disk
 WARMUP_MARGIN_S = 60.0

@@ -2,7 +2,7 @@
 
 With the deploying runner, each app's current release on those hosts is re-verified: probe and
 diff against its manifest, audit of the model and venv files, the warmup again against its
-baseline (orchestrator/reverify/findings.py says which finding gives which status). Exit 0 when
+baseline (orchestrator/core/findings.py says which finding gives which status). Exit 0 when
 every
 host is healthy or degraded, 3 when any is failed or unreachable."""
 

@@ -31,15 +31,15 @@ from typing import Any
 
 import structlog
 
+from orchestrator.core import findings as rv
 from orchestrator.core.inventory import Host
 from orchestrator.core.states import DEPLOYMENT_ACTIVE, DeploymentState
 from orchestrator.daemon import bundle
 from orchestrator.daemon.store import Store
 from orchestrator.errors import HostError, NotFound, OrchestratorError
-from orchestrator.reverify import findings as rv
 from orchestrator.reverify.audit import HostCheckResult, reverify_host
 
-log = structlog.get_logger("orchestrator.reverify.findings")
+log = structlog.get_logger("orchestrator.core.findings")
 JITTER = 0.1
 
 

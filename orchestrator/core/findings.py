@@ -6,8 +6,7 @@
     [Finding] ──decide──> (status, reasons);  per app ──combine──> the host's status
 
 No I/O here (orchestrator/reverify/audit.py runs the checks over SSH). Which finding gives which
-status,
-and why (a status is the worst of its findings; order: healthy < degraded < failed <
+status, and why (a status is the worst of its findings; order: healthy < degraded < failed <
 unreachable):
 
 | finding                                                          | status    |
