@@ -329,10 +329,10 @@ def test_a_connection_lost_mid_command_is_unreachable_and_reopened(
 def test_login_noise_before_the_marker_is_dropped(split: int) -> None:
     # What a chatty ~/.bashrc does to stdout: the wrapper's marker line comes after its noise.
     stream = b"Welcome to gpu-01\norchestrator-pgid:4242\n{\"schema\": 1}\n"
-    capture = ssh._Capture(1000, marked=True)
+    capture = ssh.session._Capture(1000, marked=True)
     for i in range(0, len(stream), split):
         capture.add(stream[i : i + split])
     assert capture.pid == 4242 and capture.text() == '{"schema": 1}\n'
-    plain = ssh._Capture(1000, marked=True)  # a shell that printed no marker: nothing is lost
+    plain = ssh.session._Capture(1000, marked=True)  # a shell that printed no marker: nothing is lost
     plain.add(b"just output\n")
     assert plain.pid is None and plain.text() == "just output\n"

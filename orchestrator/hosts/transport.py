@@ -1,6 +1,6 @@
 """How commands and files reach a host: the one interface the rest of the code depends on.
 
-`orchestrator.hosts.ssh.SshTransport` implements it over paramiko (the only module that imports
+`orchestrator.hosts.ssh.SshTransport` implements it over paramiko (the only package that imports
 paramiko); tests of ordering logic may use a fake. Every failure surfaces as a `HostError`
 subclass from `orchestrator.errors`, never as a library exception.
 

@@ -1,0 +1,37 @@
+"""The SSH edge: the only package that imports paramiko.
+
+`connect(host, options)` opens one authenticated connection and returns an `SshTransport`
+(the `orchestrator.hosts.transport.Transport` interface). Every paramiko and socket exception is
+turned into a `HostError` subclass here, so nothing above this module sees paramiko.
+
+Host keys are checked against the orchestrator's own known_hosts file only: never the user's
+~/.ssh/known_hosts, never auto-added. An unknown key is refused with its SHA256 fingerprint and
+the command that trusts it; a changed key is refused with both fingerprints. `fetch_host_key`
+and `append_known_host` are what `orchestrator trust` uses to make trusting explicit.
+
+Each command runs in the session sshd starts with setsid(), after a first line naming its
+process group: on a timeout or an output overflow that whole group is killed (over a second
+channel) before the channel is closed. If the connection itself drops, a watcher started with
+the command kills the group within a second. Either way nothing is left running on the host.
+"""
+
+from orchestrator.hosts.ssh.known_hosts import (
+    HostKey,
+    append_known_host,
+    fetch_host_key,
+    fingerprint,
+    known_host_keys,
+    known_hosts_name,
+    remove_known_host,
+)
+from orchestrator.hosts.ssh.options import (
+    HostAddress,
+    SshOptions,
+    default_known_hosts,
+    trust_command,
+)
+from orchestrator.hosts.ssh.session import SshTransport, connect
+
+__all__ = ["HostAddress", "HostKey", "SshOptions", "SshTransport", "append_known_host", "connect",
+           "default_known_hosts", "fetch_host_key", "fingerprint", "known_host_keys",
+           "known_hosts_name", "remove_known_host", "trust_command"]
