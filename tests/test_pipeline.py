@@ -357,12 +357,17 @@ def _rollout(statuses: dict[str, HostStatus], stopped: str | None = None,
      {"a": "rolled_back"}, "rolled_back"),
     ({"a": HostStatus.SUCCEEDED}, "cancelled", None, "cancelled"),
 ], ids=["all-ok", "within-budget", "failed", "host-rolled-back", "fleet-undone", "cancelled"])
-def test_rollout_outcome_for_the_daemon(statuses: dict[str, HostStatus], stopped: str | None,
-                                        undone: dict[str, str] | None, state: str) -> None:
-    from orchestrator.deploy.rollout import outcome_of
+def test_rollout_verdict_for_the_daemon_and_the_cli(
+        statuses: dict[str, HostStatus], stopped: str | None, undone: dict[str, str] | None,
+        state: str) -> None:
+    from orchestrator.daemon.runners.deploy import outcome_of
+    from orchestrator.deploy.rollout import verdict
 
-    out = outcome_of(_rollout(statuses, stopped, undone))
+    out = verdict(_rollout(statuses, stopped, undone))
     assert str(out.state) == state
+    assert out.exit_code == (0 if state == "succeeded" else 3)  # `orchestrator deploy`'s
+    assert outcome_of(_rollout(statuses, stopped, undone)).as_json() == {
+        "state": state, "reason": out.reason, "hosts": out.hosts}  # the daemon's, the same
     if state not in ("succeeded", "cancelled") or "b" in statuses:
         assert out.reason is None or "why (err)" in out.reason
     if undone:

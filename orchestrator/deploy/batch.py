@@ -14,13 +14,13 @@ it calls `deploy` once per batch.
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from orchestrator.core.compat import load_compat
+from orchestrator.core.ids import new_deployment_id
 from orchestrator.core.inventory import Host
 from orchestrator.core.lockfile import Lock, load_lock
 from orchestrator.core.spec import Spec
@@ -58,14 +58,11 @@ class DeployResult:
         return EXIT_OK if self.ok else EXIT_DEPLOY_FAILED
 
 
-def new_deployment_id() -> str:
-    return f"dep-{uuid.uuid4().hex[:12]}"
-
-
 def prepare(spec: Spec, *, deployment: str | None = None, installer: str = "uv",
             release_id: str | None = None, wheel_cache: Path | None = None,
             lock: Lock | None = None, compile_bytecode: bool = False) -> DeployInputs:
-    """Everything resolved once on the controller; nothing touches a host here."""
+    """Everything resolved once on the controller; nothing touches a host here. Without a
+    `deployment`, a new id from the one generator (orchestrator/core/ids.py)."""
     lock = lock or load_lock(spec.paths.requirements)
     return DeployInputs(
         deployment=deployment or new_deployment_id(),
@@ -115,7 +112,7 @@ def deploy(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: Eve
            max_parallel: int | None = None, playbook: Playbook | None = None,
            cancel: threading.Event | None = None, break_lock: bool = False) -> DeployResult:
     """Run the pipeline on every host, at most `max_parallel` (default: the spec's) at once."""
-    parallel = max_parallel or int(inputs.spec.rollout.max_parallel)
+    parallel = parallel_of(inputs, max_parallel)
     sink.emit("deployment.started", status="started", release_id=inputs.release_id,
               hosts=[h.name for h in hosts], app=str(inputs.spec.name))
 
@@ -172,14 +169,28 @@ def _reconnect_and_settle(pool: Pool, host: Host, inputs: DeployInputs, sink: Ev
               failed_step=result.failed_step, settled_after_reconnect=True)
 
 
+def parallel_of(inputs: DeployInputs, max_parallel: int | None) -> int:
+    """Hosts at once: the caller's bound, else the spec's `rollout.max_parallel`."""
+    return max_parallel or int(inputs.spec.rollout.max_parallel)
+
+
+def untouched(host: str, sink: EventSink, *, reason: str, failed_step: str,
+              error: str | None = None, **detail: Any) -> HostResult:
+    """The failed result of a host whose pipeline never started, so nothing changed on it
+    (unreachable, deploy lock held, refused by the fleet preflight, excluded as degraded), and
+    its one `host.finished` event. Every such host is reported the same way, whoever stopped it."""
+    sink.emit("host.finished", host=host, status=HostStatus.FAILED.value, level="error",
+              reason=reason, failed_step=failed_step, **detail)
+    return HostResult(host, HostStatus.FAILED, reason=reason, failed_step=failed_step,
+                      error=error if error is not None else reason)
+
+
 def _refused(host: str, sink: EventSink, exc: HostError) -> HostResult:
     """A host that never started its pipeline (unreachable, or its deploy lock is held)."""
-    kind = type(exc).__name__
-    status = "refused" if isinstance(exc, hostlock.DeployLocked) else "failed"
-    sink.emit("host.finished", host=host, status=HostStatus.FAILED.value, level="error",
-              reason=exc.reason, kind=kind, detail_status=status)
-    return HostResult(host, HostStatus.FAILED, reason=exc.reason, failed_step="connect"
-                      if status == "failed" else "lock", error=str(exc))
+    locked = isinstance(exc, hostlock.DeployLocked)
+    return untouched(host, sink, reason=exc.reason, failed_step="lock" if locked else "connect",
+                     error=str(exc), kind=type(exc).__name__,
+                     detail_status="refused" if locked else "failed")
 
 
 def summary(result: DeployResult) -> dict[str, Any]:
@@ -191,5 +202,6 @@ def summary(result: DeployResult) -> dict[str, Any]:
                       for n, r in result.hosts.items()}}
 
 
-__all__ = ["DeployResult", "deploy", "deploy_host", "new_deployment_id", "prepare", "summary"]
+__all__ = ["DeployResult", "deploy", "deploy_host", "parallel_of", "prepare", "summary",
+           "untouched"]
 
