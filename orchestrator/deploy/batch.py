@@ -1,16 +1,17 @@
-"""Deploy one spec to one host or many: the library call the CLI, the daemon and `make demo` use.
+"""Deploy one spec to one batch of hosts: the step under the fleet rollout.
 
-    inputs = prepare(spec, deployment="dep-1")             # controller-side, once: lock, wheels
+    inputs = prepare(spec)                                 # controller-side, once: lock, wheels
     result = deploy(inputs, hosts, pool=pool, sink=sink)   # each host's pipeline, bounded pool
     result.ok, result.hosts["gpu-01"].status, result.exit_code
 
 Per host: open (or reuse) the pool's connection, take the app's deploy lock on the host (a second
 deployment of the same app is refused, not interleaved), run the playbook's pipeline, release the
 lock. Hosts run in parallel through the pool's `map_hosts` (the one concurrency strategy), at
-most `max_parallel` at once. Rollout policy (canary, batches, failure budget) is the caller's:
-it calls `deploy` once per batch.
+most `max_parallel` at once. Rollout policy (fleet preflight, canary, batches, failure budget)
+is orchestrator/deploy/rollout.py's, which calls `deploy` once per batch; the daemon and
+`orchestrator deploy` both deploy through it. Re-verification (orchestrator/reverify/audit.py)
+and the benchmarks call `deploy_host` / `deploy` directly.
 """
-
 from __future__ import annotations
 
 import threading
