@@ -457,6 +457,44 @@ def test_cli_deploy_keeps_out_a_host_the_daemon_found_degraded(
     assert not (root / "excluded-app").exists()
 
 
+def test_cli_deploy_ctrl_c_cancels_like_the_daemon(
+        testbed: Testbed, models_dir: Path, tmp_path: Path) -> None:
+    """Ctrl-C is the daemon's `cancel`: no host starts after it, the switched canary is left
+    serving (cancel never undoes), the verdict is `cancelled` and the exit code 3. The rollout
+    is caught in `rollout.pause_s` between the canary and the next batch."""
+    import signal
+    import subprocess
+    import sys
+
+    spec = v1_spec(models_dir, tmp_path / "c", "cancel-app", targets=["tb-01", "tb-07"],
+                   extra="rollout: {canary: 1, batch_size: 1, pause_s: 600}\n")
+    env = {**os.environ, "ORCHESTRATOR_WHEEL_CACHE": str(WHEEL_CACHE),
+           "ORCHESTRATOR_STATE_DIR": str(tmp_path / "no-daemon")}
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "deploy", str(spec),
+                             "--inventory", str(testbed.inventory_path), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    events: list[dict[str, Any]] = []
+    try:
+        for line in proc.stdout:
+            events.append(json.loads(line))
+            if events[-1]["event"] == "batch" and events[-1]["status"] == "waiting":
+                proc.send_signal(signal.SIGINT)
+                break
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    events += [json.loads(ln) for ln in rest.splitlines()]
+    assert proc.returncode == 3, err
+    assert "interrupted: stopping after the steps in flight" in err
+    assert (events[-1]["event"], events[-1]["status"]) == ("deployment", "cancelled"), events[-1]
+    assert {e["host"] for e in events if e["step"] == "stage"} == {"tb-01"}
+    roots = {h.name: Path(h.deploy_root) for h in testbed.hosts}
+    assert (roots["tb-01"] / "cancel-app" / "current").is_symlink()  # the canary: left as is
+    assert not (roots["tb-07"] / "cancel-app").exists()
+
+
 # -- crash recovery: a pipeline that dies mid-way, then the reconciliation of its host ---------
 
 class Crash(BaseException):

@@ -9,6 +9,7 @@ Without a daemon there is nobody to `resume` or `abort`: where the daemon would 
 that went over budget under `on_failure: pause`, this command stops there and leaves the
 switched hosts as they are (it says which). Hosts a daemon's re-verification recorded as
 degraded or failed are kept out, as the daemon keeps them out, when its state dir is found.
+Ctrl-C is the daemon's `cancel`: the rollout stops after the steps in flight.
 
 Every event is printed as it happens (one readable line each, or JSON lines with --json), then a
 one-line verdict per host. The rendering is pure (`render_event`); the command only wires the
@@ -18,10 +19,13 @@ spec, the inventory, the connection pool and the rollout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -125,9 +129,10 @@ def run(args: argparse.Namespace) -> int:
     sink = PrintSink(sys.stdout, args.json, deployment)
     parallel = args.max_parallel or int(spec.rollout.max_parallel)
     excluded = excluded_by_daemon(args.state_dir, [h.name for h in hosts])
-    with Pool(SshOptions.for_inventory(inventory), max_connections=parallel) as pool:
+    with Pool(SshOptions.for_inventory(inventory), max_connections=parallel) as pool, \
+            cancel_on_interrupt() as cancel:
         out = rollout(inputs, hosts, pool=pool, sink=sink, max_parallel=parallel,
-                      excluded=excluded, break_lock=args.break_lock)
+                      cancel=cancel, excluded=excluded, break_lock=args.break_lock)
     judged = verdict(out)
     # The daemon's last event of a deployment is its state change; so is this command's.
     sink.emit("deployment", status=str(judged.state), release_id=inputs.release_id,
@@ -137,6 +142,30 @@ def run(args: argparse.Namespace) -> int:
             why = f": {r.reason} ({r.failed_step}: {r.error})" if not r.ok else ""
             print(f"{name}: {judged.hosts[name]} {inputs.release_id}{why}", flush=True)
     return judged.exit_code
+
+
+@contextlib.contextmanager
+def cancel_on_interrupt() -> Iterator[threading.Event]:
+    """Ctrl-C (SIGINT) as the daemon's `cancel`: hosts stop after the step in flight (before
+    their switch if they had not reached it), no new host starts, switched hosts are left as
+    they are; the verdict is `cancelled` (exit 3). A second Ctrl-C quits at once."""
+    cancel = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield cancel  # signal handlers belong to the main thread (an embedding caller's)
+        return
+
+    def interrupted(signum: int, frame: object) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        print("interrupted: stopping after the steps in flight (Ctrl-C again to quit now)",
+              file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield cancel
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def excluded_by_daemon(state_dir: Path | None, names: list[str]) -> dict[str, str]:
