@@ -356,7 +356,9 @@ def _rollout(statuses: dict[str, HostStatus], stopped: str | None = None,
     ({"a": HostStatus.SUCCEEDED, "b": HostStatus.FAILED}, "1 failed hosts",
      {"a": "rolled_back"}, "rolled_back"),
     ({"a": HostStatus.SUCCEEDED}, "cancelled", None, "cancelled"),
-], ids=["all-ok", "within-budget", "failed", "host-rolled-back", "fleet-undone", "cancelled"])
+    ({"a": HostStatus.SUCCEEDED, "b": HostStatus.FAILED}, "1 failed hosts", None, "failed"),
+], ids=["all-ok", "within-budget", "failed", "host-rolled-back", "fleet-undone", "cancelled",
+        "over-budget-switched-left"])
 def test_rollout_verdict_for_the_daemon_and_the_cli(
         statuses: dict[str, HostStatus], stopped: str | None, undone: dict[str, str] | None,
         state: str) -> None:
@@ -372,3 +374,6 @@ def test_rollout_verdict_for_the_daemon_and_the_cli(
         assert out.reason is None or "why (err)" in out.reason
     if undone:
         assert out.hosts["a"] == "rolled_back"
+    elif stopped and stopped != "cancelled" and statuses.get("a") is HostStatus.SUCCEEDED:
+        # `on_failure: pause` with nobody to resume (`orchestrator deploy`): a stays, named
+        assert out.reason is not None and out.reason.endswith("left on the new release: a")

@@ -2,7 +2,7 @@
 
     inputs = prepare(spec)                                 # controller-side, once: lock, wheels
     result = deploy(inputs, hosts, pool=pool, sink=sink)   # each host's pipeline, bounded pool
-    result.ok, result.hosts["gpu-01"].status, result.exit_code
+    result.ok, result.hosts["gpu-01"].status
 
 Per host: open (or reuse) the pool's connection, take the app's deploy lock on the host (a second
 deployment of the same app is refused, not interleaved), run the playbook's pipeline, release the
@@ -35,7 +35,7 @@ from orchestrator.deploy.playbook import Playbook, load_playbook
 from orchestrator.deploy.steps.host import DeployInputs, HostDeploy, new_inputs_release_id
 from orchestrator.deploy.steps.recovery import recover_host
 from orchestrator.deploy.steps.wheels import wheel_resolver
-from orchestrator.errors import EXIT_DEPLOY_FAILED, EXIT_OK, HostError
+from orchestrator.errors import HostError
 from orchestrator.hosts import hostlock
 from orchestrator.hosts.pool import Pool, map_hosts
 from orchestrator.hosts.transport import Transport
@@ -53,10 +53,6 @@ class DeployResult:
     @property
     def ok(self) -> bool:
         return bool(self.hosts) and all(r.ok for r in self.hosts.values())
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_OK if self.ok else EXIT_DEPLOY_FAILED
 
 
 def prepare(spec: Spec, *, deployment: str | None = None, installer: str = "uv",
@@ -194,15 +190,5 @@ def _refused(host: str, sink: EventSink, exc: HostError) -> HostResult:
                      detail_status="refused" if locked else "failed")
 
 
-def summary(result: DeployResult) -> dict[str, Any]:
-    """The result as plain data: per host its status, reason, and each step's time."""
-    return {"deployment": result.deployment, "release_id": result.release_id, "ok": result.ok,
-            "hosts": {n: {"status": r.status.value, "reason": r.reason,
-                          "failed_step": r.failed_step, "error": r.error,
-                          "warnings": r.warnings, "timings_ms": r.timings()}
-                      for n, r in result.hosts.items()}}
-
-
-__all__ = ["DeployResult", "deploy", "deploy_host", "parallel_of", "prepare", "summary",
-           "untouched"]
+__all__ = ["DeployResult", "deploy", "deploy_host", "parallel_of", "prepare", "untouched"]
 
