@@ -377,3 +377,17 @@ def test_rollout_verdict_for_the_daemon_and_the_cli(
     elif stopped and stopped != "cancelled" and statuses.get("a") is HostStatus.SUCCEEDED:
         # `on_failure: pause` with nobody to resume (`orchestrator deploy`): a stays, named
         assert out.reason is not None and out.reason.endswith("left on the new release: a")
+
+
+def test_cli_deploy_host_lines_say_how_each_host_ended() -> None:
+    from orchestrator.cli.commands.deploy import host_line
+
+    ok, bad = HostStatus.SUCCEEDED, HostStatus.FAILED
+    out = _rollout({"a": ok, "b": bad, "c": ok, "d": ok}, "1 failed hosts (b)",
+                   {"a": "rolled_back", "d": "rollback failed: connection lost"})
+    assert [host_line(n, out, "r1") for n in "abcd"] == [
+        "a: rolled_back r1: the rollout stopped (1 failed hosts (b))",
+        "b: failed r1: why (None: err)",
+        "c: succeeded r1",
+        "d: succeeded r1: the rollout stopped, and rollback failed: connection lost",
+    ]

@@ -27,9 +27,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from orchestrator.errors import EXIT_OK, InvalidInput
+
+if TYPE_CHECKING:
+    from orchestrator.deploy.rollout import RolloutResult
 
 EPILOG = """\
 exit status:
@@ -138,10 +141,22 @@ def run(args: argparse.Namespace) -> int:
     sink.emit("deployment", status=str(judged.state), release_id=inputs.release_id,
               level="info" if judged.exit_code == EXIT_OK else "error", reason=judged.reason)
     if not args.json:
-        for name, r in out.deploy.hosts.items():
-            why = f": {r.reason} ({r.failed_step}: {r.error})" if not r.ok else ""
-            print(f"{name}: {judged.hosts[name]} {inputs.release_id}{why}", flush=True)
+        for name in out.deploy.hosts:
+            print(host_line(name, out, inputs.release_id), flush=True)
     return judged.exit_code
+
+
+def host_line(name: str, out: RolloutResult, release_id: str) -> str:
+    """`<host>: <outcome> <release id>[: why]`, the host's end of the rollout. Pure."""
+    r = out.deploy.hosts[name]
+    if not r.ok:
+        return f"{name}: {r.status.value} {release_id}: {r.reason} ({r.failed_step}: {r.error})"
+    undone = out.undone.get(name)
+    if undone is None:
+        return f"{name}: {r.status.value} {release_id}"
+    if undone == "rolled_back":  # it had switched; the rollout stopped and put it back
+        return f"{name}: rolled_back {release_id}: the rollout stopped ({out.stopped})"
+    return f"{name}: {r.status.value} {release_id}: the rollout stopped, and {undone}"
 
 
 @contextlib.contextmanager
