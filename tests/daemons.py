@@ -30,7 +30,7 @@ ORCHESTRATOR = str(Path(sys.executable).parent / "orchestrator")
 ECHO = 'runner = "orchestrator.daemon.runners.base:EchoRunner"\n'
 # Probes and preflights only: for tests about the daemon, not about installs.
 PROBE = 'runner = "orchestrator.daemon.runners.probe:ProbeRunner"\n'
-DEPLOY = 'runner = "orchestrator.deploy.rollout:DeployRunner"\n'
+DEPLOY = 'runner = "orchestrator.daemon.runners.deploy:DeployRunner"\n'
 
 
 @dataclass

@@ -17,6 +17,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
+from orchestrator.core.ids import DEPLOYMENT_ID_RE
 from orchestrator.core.states import DeploymentState, HostStepState
 from orchestrator.daemon.api import create_app
 from orchestrator.daemon.bundle import pack_bundle
@@ -89,6 +90,7 @@ def test_submit_a_tar_bundle_and_see_it_finish(api: TestClient, tmp_path: Path,
                         headers={"content-type": "application/x-tar"})
     assert response.status_code == 201, response.text
     deployment = response.json()["id"]
+    assert DEPLOYMENT_ID_RE.fullmatch(deployment)  # the one generator's (core/ids.py)
     bundle = service.bundle_dir(deployment)
     assert (bundle / "model.joblib").read_bytes() == b"model bytes"
     record = wait_state(api, deployment, {"succeeded"})

@@ -236,7 +236,7 @@ def test_example_config_and_defaults(tmp_path: Path) -> None:
     from orchestrator.daemon.runners.base import make_runner
 
     runner = make_runner(example)  # the default: the deploy pipeline, with every hook
-    assert example.runner == "orchestrator.deploy.rollout:DeployRunner"
+    assert example.runner == "orchestrator.daemon.runners.deploy:DeployRunner"
     assert all(callable(getattr(runner, m)) for m in ("run", "rollback", "verify_hosts",
                                                        "check", "reconcile"))
     plain = load_config(None, env={"HOME": "/home/u", "XDG_RUNTIME_DIR": "/run/user/7"})
@@ -247,6 +247,22 @@ def test_example_config_and_defaults(tmp_path: Path) -> None:
     assert (override.state_dir, override.socket) == (Path("/s"), Path("/x.sock"))
     assert load_config(None, env={"HOME": "/h"}).socket == Path(
         "/h/.local/state/orchestrator/orchestrator.sock")
+
+
+@pytest.mark.parametrize("older", ["orchestrator.deploy:DeployRunner",
+                                   "orchestrator.deploy.rollout:DeployRunner"])
+def test_older_names_of_the_deploy_runner_still_load_it(tmp_path: Path, older: str) -> None:
+    """An operator's config from before the runners package keeps working: the runner's older
+    names are read as its new one, and the daemon builds the same runner from them."""
+    from orchestrator.daemon.config import DEFAULT_RUNNER, load_config
+    from orchestrator.daemon.runners.base import make_runner
+    from orchestrator.daemon.runners.deploy import DeployRunner
+
+    config = tmp_path / "o.toml"
+    config.write_text(f'runner = "{older}"\n')
+    loaded = load_config(config, env={"HOME": str(tmp_path)})
+    assert loaded.runner == DEFAULT_RUNNER == "orchestrator.daemon.runners.deploy:DeployRunner"
+    assert isinstance(make_runner(loaded), DeployRunner)
 
 
 @pytest.mark.parametrize("text,field", [

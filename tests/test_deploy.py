@@ -368,6 +368,7 @@ def test_cli_deploy_prints_events_and_releases_lists_them(
     from orchestrator.cli.app import main
 
     monkeypatch.setenv("ORCHESTRATOR_WHEEL_CACHE", str(WHEEL_CACHE))
+    monkeypatch.setenv("ORCHESTRATOR_STATE_DIR", str(tmp_path / "no-daemon"))
     inv = str(testbed.inventory_path)
     spec = v1_spec(models_dir, tmp_path / "cli", "cli-app")
     assert main(["deploy", str(spec), "--inventory", inv]) == 0
@@ -375,6 +376,7 @@ def test_cli_deploy_prints_events_and_releases_lists_them(
     lines = out.splitlines()
     assert any(" tb-01 stage ok " in ln and "release_id=" in ln for ln in lines)
     assert any(" tb-01 install ok " in ln and "env_hash=" in ln for ln in lines)
+    assert " - deployment succeeded " in lines[-2]  # the verdict, as the daemon records it
     assert lines[-1].startswith("tb-01: succeeded ")
     release_id = lines[-1].split()[2]
 
@@ -393,6 +395,104 @@ def test_cli_deploy_prints_events_and_releases_lists_them(
     broken.write_text(broken.read_text().replace("kind: Deployment", "kind: Deploymint"))
     assert main(["deploy", str(broken), "--inventory", inv]) == 2
     assert "spec.yaml:2: kind" in capsys.readouterr().err
+
+
+def test_cli_deploy_stops_on_a_failing_canary_like_the_daemon(
+        testbed: Testbed, models_dir: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`orchestrator deploy` runs the daemon's rollout (tests/test_rollout.py has the daemon's
+    side): every target preflighted first, the canary alone, and a canary that fails its golden
+    check stops the rollout before any other host is touched; exit 3, as `submit --wait`."""
+    from orchestrator.cli.app import main
+
+    monkeypatch.setenv("ORCHESTRATOR_WHEEL_CACHE", str(WHEEL_CACHE))
+    monkeypatch.setenv("ORCHESTRATOR_STATE_DIR", str(tmp_path / "no-daemon"))
+    targets = ["tb-01", "tb-07", "tb-08"]  # h100 hosts: all pass the preflight
+    spec = write_spec(tmp_path / "canary", "canary-app", models_dir / "changed.joblib",
+                      models_dir / "golden.npz", targets=targets,
+                      extra="rollout: {canary: 1, batch_size: 2}\n")
+    assert main(["deploy", str(spec), "--inventory", str(testbed.inventory_path),
+                 "--json"]) == 3
+    events = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    pre = next(e for e in events if e["event"] == "rollout.preflight"
+               and e["status"] == "finished")
+    assert sorted(pre["passed"]) == sorted(targets)
+    assert [e["hosts"] for e in events if e["event"] == "batch"] == [["tb-01"]]
+    assert {e["host"] for e in events if e["step"] == "stage"} == {"tb-01"}
+    assert {e["host"] for e in events if e["event"] == "host.started"} == {"tb-01"}
+    failed = next(e for e in events if e["step"] == "verify" and e["status"] == "failed")
+    assert failed["host"] == "tb-01" and "golden" in failed["error"]
+    end = events[-1]
+    assert (end["event"], end["status"]) == ("deployment", "failed"), end
+    assert "more than rollout.max_failed_hosts=0" in end["reason"] and "golden" in end["reason"]
+    roots = {h.name: Path(h.deploy_root) for h in testbed.hosts}
+    assert not (roots["tb-01"] / "canary-app" / "current").exists()  # failed before switch
+    assert not (roots["tb-07"] / "canary-app").exists()
+    assert not (roots["tb-08"] / "canary-app").exists()
+
+
+def test_cli_deploy_keeps_out_a_host_the_daemon_found_degraded(
+        testbed: Testbed, models_dir: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A host the daemon's re-verification last recorded as degraded (its store in
+    --state-dir) is kept out like the daemon keeps it out: reported failed, counted against
+    max_failed_hosts (0 here), so the rollout stops before any host changes."""
+    from orchestrator.cli.app import main
+    from orchestrator.daemon.store import Store
+
+    state = tmp_path / "state"
+    store = Store.open(state / "state.sqlite3")
+    store.record_host("tb-08", "degraded", ["NVML: Driver/library version mismatch"], None)
+    store.close()
+    spec = v1_spec(models_dir, tmp_path / "ex", "excluded-app", targets=["tb-07", "tb-08"])
+    assert main(["deploy", str(spec), "--inventory", str(testbed.inventory_path), "--json",
+                 "--state-dir", str(state)]) == 3
+    events = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    out = next(e for e in events if e["event"] == "host.finished" and e["host"] == "tb-08")
+    assert out["failed_step"] == "reverify" and "degraded" in out["reason"]
+    assert "version mismatch" in out["reason"]
+    assert not [e for e in events if e["step"] == "stage" or e["event"] == "batch"]
+    assert "before any host changed" in events[-1]["reason"]
+    root = next(Path(h.deploy_root) for h in testbed.hosts if h.name == "tb-07")
+    assert not (root / "excluded-app").exists()
+
+
+def test_cli_deploy_ctrl_c_cancels_like_the_daemon(
+        testbed: Testbed, models_dir: Path, tmp_path: Path) -> None:
+    """Ctrl-C is the daemon's `cancel`: no host starts after it, the switched canary is left
+    serving (cancel never undoes), the verdict is `cancelled` and the exit code 3. The rollout
+    is caught in `rollout.pause_s` between the canary and the next batch."""
+    import signal
+    import subprocess
+    import sys
+
+    spec = v1_spec(models_dir, tmp_path / "c", "cancel-app", targets=["tb-01", "tb-07"],
+                   extra="rollout: {canary: 1, batch_size: 1, pause_s: 600}\n")
+    env = {**os.environ, "ORCHESTRATOR_WHEEL_CACHE": str(WHEEL_CACHE),
+           "ORCHESTRATOR_STATE_DIR": str(tmp_path / "no-daemon")}
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "deploy", str(spec),
+                             "--inventory", str(testbed.inventory_path), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    events: list[dict[str, Any]] = []
+    try:
+        for line in proc.stdout:
+            events.append(json.loads(line))
+            if events[-1]["event"] == "batch" and events[-1]["status"] == "waiting":
+                proc.send_signal(signal.SIGINT)
+                break
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    events += [json.loads(ln) for ln in rest.splitlines()]
+    assert proc.returncode == 3, err
+    assert "interrupted: stopping after the steps in flight" in err
+    assert (events[-1]["event"], events[-1]["status"]) == ("deployment", "cancelled"), events[-1]
+    assert {e["host"] for e in events if e["step"] == "stage"} == {"tb-01"}
+    roots = {h.name: Path(h.deploy_root) for h in testbed.hosts}
+    assert (roots["tb-01"] / "cancel-app" / "current").is_symlink()  # the canary: left as is
+    assert not (roots["tb-07"] / "cancel-app").exists()
 
 
 # -- crash recovery: a pipeline that dies mid-way, then the reconciliation of its host ---------

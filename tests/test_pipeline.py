@@ -356,14 +356,38 @@ def _rollout(statuses: dict[str, HostStatus], stopped: str | None = None,
     ({"a": HostStatus.SUCCEEDED, "b": HostStatus.FAILED}, "1 failed hosts",
      {"a": "rolled_back"}, "rolled_back"),
     ({"a": HostStatus.SUCCEEDED}, "cancelled", None, "cancelled"),
-], ids=["all-ok", "within-budget", "failed", "host-rolled-back", "fleet-undone", "cancelled"])
-def test_rollout_outcome_for_the_daemon(statuses: dict[str, HostStatus], stopped: str | None,
-                                        undone: dict[str, str] | None, state: str) -> None:
-    from orchestrator.deploy.rollout import outcome_of
+    ({"a": HostStatus.SUCCEEDED, "b": HostStatus.FAILED}, "1 failed hosts", None, "failed"),
+], ids=["all-ok", "within-budget", "failed", "host-rolled-back", "fleet-undone", "cancelled",
+        "over-budget-switched-left"])
+def test_rollout_verdict_for_the_daemon_and_the_cli(
+        statuses: dict[str, HostStatus], stopped: str | None, undone: dict[str, str] | None,
+        state: str) -> None:
+    from orchestrator.daemon.runners.deploy import outcome_of
+    from orchestrator.deploy.rollout import verdict
 
-    out = outcome_of(_rollout(statuses, stopped, undone))
+    out = verdict(_rollout(statuses, stopped, undone))
     assert str(out.state) == state
+    assert out.exit_code == (0 if state == "succeeded" else 3)  # `orchestrator deploy`'s
+    assert outcome_of(_rollout(statuses, stopped, undone)).as_json() == {
+        "state": state, "reason": out.reason, "hosts": out.hosts}  # the daemon's, the same
     if state not in ("succeeded", "cancelled") or "b" in statuses:
         assert out.reason is None or "why (err)" in out.reason
     if undone:
         assert out.hosts["a"] == "rolled_back"
+    elif stopped and stopped != "cancelled" and statuses.get("a") is HostStatus.SUCCEEDED:
+        # `on_failure: pause` with nobody to resume (`orchestrator deploy`): a stays, named
+        assert out.reason is not None and out.reason.endswith("left on the new release: a")
+
+
+def test_cli_deploy_host_lines_say_how_each_host_ended() -> None:
+    from orchestrator.cli.commands.deploy import host_line
+
+    ok, bad = HostStatus.SUCCEEDED, HostStatus.FAILED
+    out = _rollout({"a": ok, "b": bad, "c": ok, "d": ok}, "1 failed hosts (b)",
+                   {"a": "rolled_back", "d": "rollback failed: connection lost"})
+    assert [host_line(n, out, "r1") for n in "abcd"] == [
+        "a: rolled_back r1: the rollout stopped (1 failed hosts (b))",
+        "b: failed r1: why (None: err)",
+        "c: succeeded r1",
+        "d: succeeded r1: the rollout stopped, and rollback failed: connection lost",
+    ]

@@ -24,10 +24,11 @@ from typing import Any
 import pytest
 
 from orchestrator.core.inventory import Host
+from orchestrator.daemon.runners.deploy import outcome_of
 from orchestrator.deploy.batch import DeployResult
 from orchestrator.deploy.control import RolloutControl
 from orchestrator.deploy.pipeline import HostResult, HostStatus
-from orchestrator.deploy.rollout import RolloutResult, outcome_of, plan_batches
+from orchestrator.deploy.rollout import RolloutResult, plan_batches
 from orchestrator.testbed import Testbed, TestbedHost
 from tests.daemons import DEPLOY, Daemon, start, stored_events, wait_for, write_config
 from tests.specs import WHEEL_CACHE, joblib_spec

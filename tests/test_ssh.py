@@ -333,6 +333,7 @@ def test_login_noise_before_the_marker_is_dropped(split: int) -> None:
     for i in range(0, len(stream), split):
         capture.add(stream[i : i + split])
     assert capture.pid == 4242 and capture.text() == '{"schema": 1}\n'
-    plain = ssh.session._Capture(1000, marked=True)  # a shell that printed no marker: nothing is lost
+    # a shell that printed no marker: nothing is lost
+    plain = ssh.session._Capture(1000, marked=True)
     plain.add(b"just output\n")
     assert plain.pid is None and plain.text() == "just output\n"

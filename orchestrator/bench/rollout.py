@@ -96,7 +96,7 @@ class _Daemon:
                           f'inventory = "{testbed.inventory_path}"\n'
                           f'known_hosts = "{testbed.known_hosts_path}"\n'
                           f'identity = "{testbed.identity_path}"\n'
-                          'runner = "orchestrator.deploy.rollout:DeployRunner"\n'
+                          'runner = "orchestrator.daemon.runners.deploy:DeployRunner"\n'
                           f"max_ssh_sessions = {HOSTS}\n")
         self.socket = work / "o.sock"
         self.machine_cpu = 0.0  # of the last rollout

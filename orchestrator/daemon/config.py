@@ -22,7 +22,13 @@ from typing import Any
 
 from orchestrator.errors import SpecError
 
-DEFAULT_RUNNER = "orchestrator.deploy.rollout:DeployRunner"
+DEFAULT_RUNNER = "orchestrator.daemon.runners.deploy:DeployRunner"
+#: Where the default runner lived before: an operator's config naming it there keeps working
+#: (read as the new name at load time, so `make_runner` never imports a stale path).
+RUNNER_ALIASES = {
+    "orchestrator.deploy:DeployRunner": DEFAULT_RUNNER,
+    "orchestrator.deploy.rollout:DeployRunner": DEFAULT_RUNNER,
+}
 DEFAULT_MAX_BODY = 2 << 30  # a TensorFlow SavedModel plus a wheelhouse fits; a runaway does not
 
 
@@ -138,7 +144,7 @@ def config_from_dict(data: dict[str, Any], *, file: str, base: Path,
     if "runner" in data:
         if not isinstance(data["runner"], str) or ":" not in data["runner"]:
             raise SpecError("must be 'module:attribute'", file=file, field="runner")
-        values["runner"] = data["runner"]
+        values["runner"] = RUNNER_ALIASES.get(data["runner"], data["runner"])
     if "tcp" in data:
         values["tcp"] = _tcp(data["tcp"], base, file)
     if env.get("ORCHESTRATOR_STATE_DIR"):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from orchestrator.core.ids import new_deployment_id
 from orchestrator.core.states import (
     DEPLOYMENT_ACTIVE,
     DEPLOYMENT_IN_FLIGHT,
@@ -218,7 +218,7 @@ class Service:
     # -- submissions -------------------------------------------------------------------------
 
     def new_bundle(self) -> tuple[str, Path]:
-        deployment = uuid.uuid4().hex[:12]
+        deployment = new_deployment_id()
         path = self.bundle_dir(deployment)
         path.mkdir(parents=True, mode=0o750)
         return deployment, path

@@ -1,26 +1,27 @@
-"""Deploy one spec to one host or many: the library call the CLI, the daemon and `make demo` use.
+"""Deploy one spec to one batch of hosts: the step under the fleet rollout.
 
-    inputs = prepare(spec, deployment="dep-1")             # controller-side, once: lock, wheels
+    inputs = prepare(spec)                                 # controller-side, once: lock, wheels
     result = deploy(inputs, hosts, pool=pool, sink=sink)   # each host's pipeline, bounded pool
-    result.ok, result.hosts["gpu-01"].status, result.exit_code
+    result.ok, result.hosts["gpu-01"].status
 
 Per host: open (or reuse) the pool's connection, take the app's deploy lock on the host (a second
 deployment of the same app is refused, not interleaved), run the playbook's pipeline, release the
 lock. Hosts run in parallel through the pool's `map_hosts` (the one concurrency strategy), at
-most `max_parallel` at once. Rollout policy (canary, batches, failure budget) is the caller's:
-it calls `deploy` once per batch.
+most `max_parallel` at once. Rollout policy (fleet preflight, canary, batches, failure budget)
+is orchestrator/deploy/rollout.py's, which calls `deploy` once per batch; the daemon and
+`orchestrator deploy` both deploy through it. Re-verification (orchestrator/reverify/audit.py)
+and the benchmarks call `deploy_host` / `deploy` directly.
 """
-
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from orchestrator.core.compat import load_compat
+from orchestrator.core.ids import new_deployment_id
 from orchestrator.core.inventory import Host
 from orchestrator.core.lockfile import Lock, load_lock
 from orchestrator.core.spec import Spec
@@ -34,7 +35,7 @@ from orchestrator.deploy.playbook import Playbook, load_playbook
 from orchestrator.deploy.steps.host import DeployInputs, HostDeploy, new_inputs_release_id
 from orchestrator.deploy.steps.recovery import recover_host
 from orchestrator.deploy.steps.wheels import wheel_resolver
-from orchestrator.errors import EXIT_DEPLOY_FAILED, EXIT_OK, HostError
+from orchestrator.errors import HostError
 from orchestrator.hosts import hostlock
 from orchestrator.hosts.pool import Pool, map_hosts
 from orchestrator.hosts.transport import Transport
@@ -53,19 +54,12 @@ class DeployResult:
     def ok(self) -> bool:
         return bool(self.hosts) and all(r.ok for r in self.hosts.values())
 
-    @property
-    def exit_code(self) -> int:
-        return EXIT_OK if self.ok else EXIT_DEPLOY_FAILED
-
-
-def new_deployment_id() -> str:
-    return f"dep-{uuid.uuid4().hex[:12]}"
-
 
 def prepare(spec: Spec, *, deployment: str | None = None, installer: str = "uv",
             release_id: str | None = None, wheel_cache: Path | None = None,
             lock: Lock | None = None, compile_bytecode: bool = False) -> DeployInputs:
-    """Everything resolved once on the controller; nothing touches a host here."""
+    """Everything resolved once on the controller; nothing touches a host here. Without a
+    `deployment`, a new id from the one generator (orchestrator/core/ids.py)."""
     lock = lock or load_lock(spec.paths.requirements)
     return DeployInputs(
         deployment=deployment or new_deployment_id(),
@@ -115,7 +109,7 @@ def deploy(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: Eve
            max_parallel: int | None = None, playbook: Playbook | None = None,
            cancel: threading.Event | None = None, break_lock: bool = False) -> DeployResult:
     """Run the pipeline on every host, at most `max_parallel` (default: the spec's) at once."""
-    parallel = max_parallel or int(inputs.spec.rollout.max_parallel)
+    parallel = parallel_of(inputs, max_parallel)
     sink.emit("deployment.started", status="started", release_id=inputs.release_id,
               hosts=[h.name for h in hosts], app=str(inputs.spec.name))
 
@@ -172,24 +166,29 @@ def _reconnect_and_settle(pool: Pool, host: Host, inputs: DeployInputs, sink: Ev
               failed_step=result.failed_step, settled_after_reconnect=True)
 
 
+def parallel_of(inputs: DeployInputs, max_parallel: int | None) -> int:
+    """Hosts at once: the caller's bound, else the spec's `rollout.max_parallel`."""
+    return max_parallel or int(inputs.spec.rollout.max_parallel)
+
+
+def untouched(host: str, sink: EventSink, *, reason: str, failed_step: str,
+              error: str | None = None, **detail: Any) -> HostResult:
+    """The failed result of a host whose pipeline never started, so nothing changed on it
+    (unreachable, deploy lock held, refused by the fleet preflight, excluded as degraded), and
+    its one `host.finished` event. Every such host is reported the same way, whoever stopped it."""
+    sink.emit("host.finished", host=host, status=HostStatus.FAILED.value, level="error",
+              reason=reason, failed_step=failed_step, **detail)
+    return HostResult(host, HostStatus.FAILED, reason=reason, failed_step=failed_step,
+                      error=error if error is not None else reason)
+
+
 def _refused(host: str, sink: EventSink, exc: HostError) -> HostResult:
     """A host that never started its pipeline (unreachable, or its deploy lock is held)."""
-    kind = type(exc).__name__
-    status = "refused" if isinstance(exc, hostlock.DeployLocked) else "failed"
-    sink.emit("host.finished", host=host, status=HostStatus.FAILED.value, level="error",
-              reason=exc.reason, kind=kind, detail_status=status)
-    return HostResult(host, HostStatus.FAILED, reason=exc.reason, failed_step="connect"
-                      if status == "failed" else "lock", error=str(exc))
+    locked = isinstance(exc, hostlock.DeployLocked)
+    return untouched(host, sink, reason=exc.reason, failed_step="lock" if locked else "connect",
+                     error=str(exc), kind=type(exc).__name__,
+                     detail_status="refused" if locked else "failed")
 
 
-def summary(result: DeployResult) -> dict[str, Any]:
-    """The result as plain data: per host its status, reason, and each step's time."""
-    return {"deployment": result.deployment, "release_id": result.release_id, "ok": result.ok,
-            "hosts": {n: {"status": r.status.value, "reason": r.reason,
-                          "failed_step": r.failed_step, "error": r.error,
-                          "warnings": r.warnings, "timings_ms": r.timings()}
-                      for n, r in result.hosts.items()}}
-
-
-__all__ = ["DeployResult", "deploy", "deploy_host", "new_deployment_id", "prepare", "summary"]
+__all__ = ["DeployResult", "deploy", "deploy_host", "parallel_of", "prepare", "untouched"]
 

@@ -1,16 +1,18 @@
-"""Fleet rollout (DESIGN.md "Fleet rollout"), and the daemon's runner that deploys.
+"""Fleet rollout (DESIGN.md "Fleet rollout"): what every deployment of a spec does, whoever
+starts it (the daemon's runner, `orchestrator deploy`).
 
     out = rollout(inputs, hosts, pool=pool, sink=sink)   # canary, batches, failure budget
-    outcome_of(out)                                      # the daemon's DeploymentOutcome
+    verdict(out)                                         # state, reason, per-host outcome
 
 `rollout.canary` hosts first, alone, then batches of `rollout.batch_size`, each batch through
 `orchestrator.deploy.batch.deploy` (at most `max_parallel` SSH sessions). More than
 `rollout.max_failed_hosts` failed hosts stop the rollout; with `rollout.on_failure: rollback`
 (the default) the hosts this deployment already switched are switched back.
 
-`DeployRunner` plugs this into the daemon (its default `runner`, named
-"orchestrator.deploy.rollout:DeployRunner"): `run`, the manual `rollback` of a deployment, and
-`reconcile` of one a dead daemon left in flight.
+`verdict` is the one judgement of a finished rollout: the daemon stores it as the deployment's
+outcome (orchestrator/daemon/runners/deploy.py, the daemon's `DeployRunner`) and the CLI turns
+it into its exit code, so the same spec ends the same way under both. This module knows no
+daemon: the layers go daemon -> deploy -> hosts -> core.
 """
 
 from __future__ import annotations
@@ -18,21 +20,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
 
-from orchestrator.core.findings import excluded_hosts
 from orchestrator.core.inventory import Host
 from orchestrator.core.preflight import Status, preflight
-from orchestrator.core.spec import Spec
-from orchestrator.deploy.batch import DeployResult, deploy, prepare
+from orchestrator.core.states import DeploymentState
+from orchestrator.deploy.batch import DeployResult, deploy, parallel_of, untouched
 from orchestrator.deploy.control import control_of
 from orchestrator.deploy.pipeline import EventSink, HostResult, HostStatus
 from orchestrator.deploy.playbook import Playbook
 from orchestrator.deploy.steps.host import DeployInputs
-from orchestrator.deploy.steps.recovery import recover_host, release_of, undo_host
-from orchestrator.hosts.hostops import HostOps
+from orchestrator.deploy.steps.recovery import undo_host
+from orchestrator.errors import EXIT_DEPLOY_FAILED, EXIT_OK
 from orchestrator.hosts.pool import Pool
 from orchestrator.hosts.probe import probe_host
 from orchestrator.hosts.transport import Transport
@@ -61,8 +60,8 @@ class RolloutResult:
 
 def rollout(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: EventSink,
             max_parallel: int | None = None, cancel: threading.Event | None = None,
-            playbook: Playbook | None = None,
-            excluded: Mapping[str, str] | None = None) -> RolloutResult:
+            playbook: Playbook | None = None, excluded: Mapping[str, str] | None = None,
+            break_lock: bool = False) -> RolloutResult:
     """Preflight of every target first (nothing changes on a host that fails it), then the
     batches in order. More than `max_failed_hosts` failures stop the rollout: with
     `on_failure: rollback` the hosts this deployment already switched are switched back; with
@@ -70,13 +69,13 @@ def rollout(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: Ev
     Given a `RolloutControl` as `cancel`, a pause request holds the rollout before its next
     batch, and `abort` stops it and undoes as `on_failure` says. `excluded` ({host: reason}:
     degraded or failed at their last re-verification, orchestrator/core/findings.py) are
-    reported
-    as failed, counted against the budget like a preflight failure, and never touched."""
+    reported as failed, counted against the budget like a preflight failure, and never
+    touched. `break_lock` takes each host's deploy lock even if a dead deployment holds it."""
     ro = inputs.spec.rollout
     total = DeployResult(inputs.deployment, inputs.release_id)
     out = RolloutResult(total)
     control = control_of(cancel)
-    parallel = max_parallel or int(ro.max_parallel)
+    parallel = parallel_of(inputs, max_parallel)
     total.hosts.update(exclude(excluded or {}, sink))
     ready, refused = preflight_fleet(inputs, [h for h in hosts if h.name not in total.hosts],
                                      pool=pool, sink=sink, max_parallel=parallel)
@@ -98,7 +97,7 @@ def rollout(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: Ev
             break
         sink.emit("batch", status="started", batch=i, hosts=[h.name for h in batch])
         part = deploy(inputs, batch, pool=pool, sink=sink, max_parallel=max_parallel,
-                      playbook=playbook, cancel=cancel)
+                      playbook=playbook, cancel=cancel, break_lock=break_lock)
         total.hosts.update(part.hosts)
         if cancel is not None and cancel.is_set():
             # Hosts that stopped for it are not failures to weigh against the budget: the
@@ -163,10 +162,7 @@ def preflight_fleet(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool,
         error = kind + ("; ".join(problems) if isinstance(problems, list) else str(problems))
         sink.emit("step", host=host.name, step=step, status="failed", level="error",
                   error=error, phase="rollout.preflight")
-        sink.emit("host.finished", host=host.name, status=HostStatus.FAILED.value,
-                  level="error", reason=error, failed_step=step)
-        refused[host.name] = HostResult(host.name, HostStatus.FAILED, reason=error,
-                                        failed_step=step, error=error)
+        refused[host.name] = untouched(host.name, sink, reason=error, failed_step=step)
     ready = [h for h in hosts if h.name not in refused]
     sink.emit("rollout.preflight", status="finished", level="error" if refused else "info",
               duration_ms=(time.monotonic() - t0) * 1000, passed=[h.name for h in ready],
@@ -176,123 +172,39 @@ def preflight_fleet(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool,
 
 def exclude(excluded: Mapping[str, str], sink: EventSink) -> dict[str, HostResult]:
     """A failed, untouched `HostResult` for each host kept out of the rollout."""
-    out = {}
-    for name, reason in excluded.items():
-        error = f"excluded from the rollout: {reason}"
-        sink.emit("host.finished", host=name, status=HostStatus.FAILED.value, level="error",
-                  reason=error, failed_step="reverify", detail_status="skipped")
-        out[name] = HostResult(name, HostStatus.FAILED, reason=error, failed_step="reverify",
-                               error=error)
-    return out
+    return {name: untouched(name, sink, reason=f"excluded from the rollout: {reason}",
+                            failed_step="reverify", detail_status="skipped")
+            for name, reason in excluded.items()}
 
 
 def undo(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: EventSink,
          max_parallel: int | None = None, mark_bad: bool = True) -> dict[str, str]:
     """`undo_host` on each host through the pool; {host: "rolled_back" | the failure}."""
-    parallel = max_parallel or int(inputs.spec.rollout.max_parallel)
-    results = pool.map_hosts(
-        lambda t, h: undo_host(t, h, inputs, sink, mark_bad=mark_bad), list(hosts), parallel)
+    results = pool.map_hosts(lambda t, h: undo_host(t, h, inputs, sink, mark_bad=mark_bad),
+                             list(hosts), parallel_of(inputs, max_parallel))
     return {n: r if isinstance(r, str) else f"rollback failed: {r}" for n, r in results.items()}
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """How a rollout ended, as the daemon records it and the CLI reports it."""
+
+    state: DeploymentState  # succeeded, failed, rolled_back or cancelled
+    reason: str | None
+    hosts: dict[str, str]  # host -> its HostStatus value, or "rolled_back" by the rollout
+
+    @property
+    def exit_code(self) -> int:
+        """DESIGN.md "CLI": 0 when the deployment succeeded, else 3 (as `submit --wait`)."""
+        return EXIT_OK if self.state is DeploymentState.SUCCEEDED else EXIT_DEPLOY_FAILED
 
 
-class DeployRunner:
-    """Deploys for the daemon: the rollout of `rollout()` through the daemon's sink, the manual
-    rollback of a deployment's hosts, and the reconciliation of a deployment a dead daemon
-    left in flight (read each host's real state; finish it if it serves and is healthy, else
-    put the host back). Probing (`verify_hosts`) is the probe runner's; with `reverifies` the
-    daemon re-verifies the releases this runner deploys (orchestrator/daemon/reverifier.py)."""
-
-    reverifies = True
-
-    def __init__(self, config: Any) -> None:
-        # The daemon's modules are imported only when the daemon builds this runner.
-        from orchestrator.daemon.runners.probe import ProbeRunner
-
-        self.config = config
-        self._probe = ProbeRunner(config)
-
-    def verify_hosts(self, names: list[str]) -> Any:
-        return self._probe.verify_hosts(names)
-
-    def check(self, spec: Any) -> None:
-        """At submission: the targets resolve and the lock is valid (the probe runner's)."""
-        self._probe.check(spec)
-
-    def _inventory(self) -> Any:
-        return self._probe._inventory()
-
-    def _pool(self, inventory: Any) -> Pool:
-        pool: Pool = self._probe._pool(inventory)
-        return pool
-
-    def run(self, deployment_id: str, bundle_dir: Path, spec: Spec, sink: Any,
-            cancel_event: threading.Event) -> Any:
-        inventory = self._inventory()
-        hosts = inventory.resolve(list(spec.targets))
-        inputs = prepare(spec, deployment=deployment_id)
-        parallel = min(int(self.config.max_ssh_sessions), int(spec.rollout.max_parallel))
-        store = getattr(sink, "store", None)  # the daemon's: hosts degraded/failed stay out
-        excluded = excluded_hosts(store.hosts(), [h.name for h in hosts]) if store else {}
-        with self._pool(inventory) as pool:
-            out = rollout(inputs, hosts, pool=pool, sink=sink, max_parallel=parallel,
-                          cancel=cancel_event, excluded=excluded)
-        return outcome_of(out)
-
-    def rollback(self, deployment_id: str, bundle_dir: Path, spec: Spec, sink: Any,
-                 cancel_event: threading.Event) -> Any:
-        from orchestrator.core.states import DeploymentState
-        from orchestrator.daemon.runners.base import DeploymentOutcome
-
-        inventory = self._inventory()
-        hosts = inventory.resolve(list(spec.targets))
-        inputs = prepare(spec, deployment=deployment_id)
-        with self._pool(inventory) as pool:
-            done: dict[str, str] = {}
-            for host in hosts:
-                with pool.session(host) as t:
-                    rid = release_of(HostOps(t, host.deploy_root), str(spec.name), deployment_id)
-                if rid is None:
-                    done[host.name] = "not deployed here"
-                    continue
-                done.update(undo(replace(inputs, release_id=rid), [host], pool=pool, sink=sink,
-                                 mark_bad=True))
-        failed = {h: s for h, s in done.items() if s.startswith("rollback failed")}
-        if failed:
-            return DeploymentOutcome(DeploymentState.FAILED, "; ".join(failed.values()), done)
-        return DeploymentOutcome(DeploymentState.ROLLED_BACK, "rolled back by request", done)
-
-    def reconcile(self, deployment_id: str, bundle_dir: Path, spec: Spec, sink: Any,
-                  record: Any) -> Any:
-        from orchestrator.core.states import DeploymentState
-        from orchestrator.daemon.runners.base import DeploymentOutcome
-
-        inventory = self._inventory()
-        hosts = inventory.resolve(list(spec.targets))
-        inputs = prepare(spec, deployment=deployment_id)
-        with self._pool(inventory) as pool:
-            found = pool.map_hosts(lambda t, h: recover_host(t, h, inputs, sink), hosts,
-                                   int(self.config.max_ssh_sessions))
-        states = {n: (r if isinstance(r, str) else f"unreachable: {r}") for n, r in found.items()}
-        if all(s == "serving" for s in states.values()):
-            return DeploymentOutcome(DeploymentState.SUCCEEDED, "reconciled: every host serves "
-                                     "the release and is healthy", states)
-        if any(s == "rolled_back" for s in states.values()):
-            return DeploymentOutcome(DeploymentState.ROLLED_BACK, "reconciled after a daemon "
-                                     "restart: hosts put back on their previous release", states)
-        return DeploymentOutcome(DeploymentState.FAILED, "reconciled after a daemon restart: "
-                                 "the deployment did not finish", states)
-
-
-def outcome_of(out: RolloutResult) -> Any:
-    """The daemon's DeploymentOutcome of a rollout: its state, and a reason naming the failed
-    hosts (why each failed) and the hosts put back on their previous release (and why). Pure."""
-    from orchestrator.core.states import DeploymentState as D
-    from orchestrator.daemon.runners.base import DeploymentOutcome
-
+def verdict(out: RolloutResult) -> Verdict:
+    """The state of a finished rollout, and a reason naming the failed hosts (why each failed)
+    and the hosts put back on their previous release (and why). Pure."""
+    D = DeploymentState
     hosts = {n: r.status.value for n, r in out.deploy.hosts.items()}
-    hosts.update({n: s for n, s in out.undone.items()})
+    hosts.update(out.undone)
     failed = out.failed
     reasons = "; ".join(f"{n}: {out.deploy.hosts[n].reason} ({out.deploy.hosts[n].error})"
                         for n in failed)
@@ -300,24 +212,26 @@ def outcome_of(out: RolloutResult) -> Any:
     back = (f"; rolled back to their previous release because the rollout "
             f"{'was aborted' if out.stopped == 'aborted' else 'stopped'}: {', '.join(undone)}"
             if undone else "")
+    left = sorted(n for n, r in out.deploy.hosts.items() if r.ok and n not in out.undone)
     if out.stopped == "cancelled":
-        return DeploymentOutcome(D.CANCELLED, "cancelled by request", hosts)
+        return Verdict(D.CANCELLED, "cancelled by request", hosts)
     if out.stopped == "aborted":
-        left = sorted(n for n, r in out.deploy.hosts.items() if r.ok and n not in out.undone)
         note = (f"; left on the new release (rollout.on_failure: pause): {', '.join(left)}"
                 if left else "")
-        return DeploymentOutcome(D.ROLLED_BACK if undone else D.CANCELLED,
-                                 f"aborted by request{back}{note}", hosts)
+        return Verdict(D.ROLLED_BACK if undone else D.CANCELLED,
+                       f"aborted by request{back}{note}", hosts)
     if not failed:
-        return DeploymentOutcome(D.SUCCEEDED, None, hosts)
+        return Verdict(D.SUCCEEDED, None, hosts)
     if out.stopped is None:  # within the failure budget (or accepted by resume): it went on
         how = "accepted by resuming the rollout" if out.accepted else "within the failure budget"
-        return DeploymentOutcome(D.SUCCEEDED, f"{len(failed)} host(s) failed {how}: {reasons}",
-                                 hosts)
+        return Verdict(D.SUCCEEDED, f"{len(failed)} host(s) failed {how}: {reasons}", hosts)
     # Rolled back only when no host is left serving the new release (`on_failure: pause`
     # leaves them: then the deployment failed, and the reason names them).
-    left = sorted(n for n, r in out.deploy.hosts.items() if r.ok and n not in out.undone)
     note = f"; left on the new release: {', '.join(left)}" if left else ""
     rolled = undone or any(out.deploy.hosts[n].status is HostStatus.ROLLED_BACK for n in failed)
-    return DeploymentOutcome(D.ROLLED_BACK if rolled and not left else D.FAILED,
-                             f"{out.stopped}: {reasons}{back}{note}", hosts)
+    return Verdict(D.ROLLED_BACK if rolled and not left else D.FAILED,
+                   f"{out.stopped}: {reasons}{back}{note}", hosts)
+
+
+__all__ = ["RolloutResult", "Verdict", "exclude", "plan_batches", "preflight_fleet", "rollout",
+           "undo", "verdict"]

@@ -217,7 +217,7 @@ def _redeploy(transport: Transport, host: Host, spec: Any, check: AppCheck,
     from orchestrator.deploy.batch import deploy_host, prepare
 
     # The same deployment (its bundle, its spec: later runs still find them), a new release.
-    inputs = prepare(spec, deployment=check.deployment or f"reverify-{uuid.uuid4().hex[:8]}")
+    inputs = prepare(spec, deployment=check.deployment)  # else a new id (core/ids.py)
     result = deploy_host(transport, host, inputs, sink)
     sink.emit("reverify.redeploy", host=host.name, status=result.status.value, app=check.app,
               release_id=inputs.release_id, reason=result.reason)

@@ -1,27 +1,45 @@
-"""`orchestrator deploy SPEC --inventory FILE [--host H]...`: run the pipeline directly, no daemon.
+"""`orchestrator deploy SPEC --inventory FILE [--host H]...`: roll the spec out now, no daemon.
+
+The same fleet rollout the daemon runs (orchestrator/deploy/rollout.py), in this process: the
+preflight of every target first, the canary hosts, then batches, at most `max_parallel` SSH
+sessions, the failure budget, and `rollout.on_failure`. One spec ends the same way whichever
+way it is deployed, and the exit code follows the daemon's verdict (`submit --wait`'s).
+
+Without a daemon there is nobody to `resume` or `abort`: where the daemon would hold a rollout
+that went over budget under `on_failure: pause`, this command stops there and leaves the
+switched hosts as they are (it says which). Hosts a daemon's re-verification recorded as
+degraded or failed are kept out, as the daemon keeps them out, when its state dir is found.
+Ctrl-C is the daemon's `cancel`: the rollout stops after the steps in flight.
 
 Every event is printed as it happens (one readable line each, or JSON lines with --json), then a
 one-line verdict per host. The rendering is pure (`render_event`); the command only wires the
-spec, the inventory, the connection pool and the engine (orchestrator.deploy.batch).
+spec, the inventory, the connection pool and the rollout.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from orchestrator.errors import EXIT_DEPLOY_FAILED, EXIT_OK, InvalidInput
+from orchestrator.errors import EXIT_OK, InvalidInput
+
+if TYPE_CHECKING:
+    from orchestrator.deploy.rollout import RolloutResult
 
 EPILOG = """\
 exit status:
-  0  every host runs the new release
+  0  the deployment succeeded (failed hosts within rollout.max_failed_hosts are named)
   2  invalid input (spec, lock, inventory, unknown host)
-  3  the deployment failed on some host (rolled back where it had switched)
+  3  the deployment failed or was rolled back (the canary failed, or more than
+     rollout.max_failed_hosts hosts did; switched hosts rolled back unless on_failure: pause)
 """
 
 #: Event keys shown on a readable line, in this order (the rest is in --json).
@@ -32,8 +50,10 @@ SHOWN = ("release_id", "current", "reused", "installer", "env_hash", "wheels_pus
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "deploy", help="deploy a spec to its targets now, without the daemon",
-        description="Run the per-host pipeline (probe, preflight, stage, install, verify, "
-                    "switch, check, prune) on the spec's targets, printing every event.",
+        description="Roll the spec out as the daemon does: preflight of every target, the "
+                    "canary, then batches under the failure budget; on each host the pipeline "
+                    "(probe, preflight, stage, install, verify, switch, check, prune). Every "
+                    "event is printed.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec", type=Path, metavar="SPEC", help="deployment spec YAML")
     parser.add_argument("--inventory", type=Path, required=True, help="inventory YAML file")
@@ -48,6 +68,10 @@ def register(subparsers: Any) -> None:
                         help="hosts at once (default: the spec's rollout.max_parallel)")
     parser.add_argument("--break-lock", action="store_true",
                         help="take the app's deploy lock even if a dead deployment holds it")
+    parser.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
+                        help="the daemon's state dir, whose host records keep degraded or "
+                             "failed hosts out (default: $ORCHESTRATOR_STATE_DIR, else the "
+                             "daemon's default; skipped when it holds no store)")
     parser.add_argument("--json", action="store_true", help="print events as JSON lines")
     parser.set_defaults(func=run)
 
@@ -87,9 +111,11 @@ def render_event(e: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so `orchestrator --help` does not pay for paramiko.
+    from orchestrator.core.ids import new_deployment_id
     from orchestrator.core.inventory import load_inventory
     from orchestrator.core.spec import load_spec
-    from orchestrator.deploy.batch import deploy, new_deployment_id, prepare
+    from orchestrator.deploy.batch import prepare
+    from orchestrator.deploy.rollout import rollout, verdict
     from orchestrator.hosts.pool import Pool
     from orchestrator.hosts.ssh import SshOptions
 
@@ -104,12 +130,72 @@ def run(args: argparse.Namespace) -> int:
     inputs = prepare(spec, deployment=deployment, installer=args.installer,
                      compile_bytecode=args.compile_bytecode)
     sink = PrintSink(sys.stdout, args.json, deployment)
-    parallel = args.max_parallel or spec.rollout.max_parallel
-    with Pool(SshOptions.for_inventory(inventory), max_connections=parallel) as pool:
-        result = deploy(inputs, hosts, pool=pool, sink=sink, max_parallel=parallel,
-                        break_lock=args.break_lock)
+    parallel = args.max_parallel or int(spec.rollout.max_parallel)
+    excluded = excluded_by_daemon(args.state_dir, [h.name for h in hosts])
+    with Pool(SshOptions.for_inventory(inventory), max_connections=parallel) as pool, \
+            cancel_on_interrupt() as cancel:
+        out = rollout(inputs, hosts, pool=pool, sink=sink, max_parallel=parallel,
+                      cancel=cancel, excluded=excluded, break_lock=args.break_lock)
+    judged = verdict(out)
+    # The daemon's last event of a deployment is its state change; so is this command's.
+    sink.emit("deployment", status=str(judged.state), release_id=inputs.release_id,
+              level="info" if judged.exit_code == EXIT_OK else "error", reason=judged.reason)
     if not args.json:
-        for name, r in result.hosts.items():
-            why = f": {r.reason} ({r.failed_step}: {r.error})" if not r.ok else ""
-            print(f"{name}: {r.status.value} {result.release_id}{why}", flush=True)
-    return EXIT_OK if result.ok else EXIT_DEPLOY_FAILED
+        for name in out.deploy.hosts:
+            print(host_line(name, out, inputs.release_id), flush=True)
+    return judged.exit_code
+
+
+def host_line(name: str, out: RolloutResult, release_id: str) -> str:
+    """`<host>: <outcome> <release id>[: why]`, the host's end of the rollout. Pure."""
+    r = out.deploy.hosts[name]
+    if not r.ok:
+        return f"{name}: {r.status.value} {release_id}: {r.reason} ({r.failed_step}: {r.error})"
+    undone = out.undone.get(name)
+    if undone is None:
+        return f"{name}: {r.status.value} {release_id}"
+    if undone == "rolled_back":  # it had switched; the rollout stopped and put it back
+        return f"{name}: rolled_back {release_id}: the rollout stopped ({out.stopped})"
+    return f"{name}: {r.status.value} {release_id}: the rollout stopped, and {undone}"
+
+
+@contextlib.contextmanager
+def cancel_on_interrupt() -> Iterator[threading.Event]:
+    """Ctrl-C (SIGINT) as the daemon's `cancel`: hosts stop after the step in flight (before
+    their switch if they had not reached it), no new host starts, switched hosts are left as
+    they are; the verdict is `cancelled` (exit 3). A second Ctrl-C quits at once."""
+    cancel = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield cancel  # signal handlers belong to the main thread (an embedding caller's)
+        return
+
+    def interrupted(signum: int, frame: object) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        print("interrupted: stopping after the steps in flight (Ctrl-C again to quit now)",
+              file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield cancel
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def excluded_by_daemon(state_dir: Path | None, names: list[str]) -> dict[str, str]:
+    """{host: reason} of the named hosts a daemon's re-verification last found degraded or
+    failed (what the daemon's own rollout keeps out), read from its store; {} without one."""
+    from orchestrator.core.findings import excluded_hosts
+    from orchestrator.daemon.config import load_config
+    from orchestrator.daemon.store import Store
+
+    config = load_config(None)  # the daemon's defaults and ORCHESTRATOR_STATE_DIR, as it reads them
+    path = (state_dir or config.state_dir) / config.store_path.name
+    if not path.is_file():
+        return {}
+    store = Store.open(path)
+    try:
+        return excluded_hosts(store.hosts(), names)
+    finally:
+        store.close()

@@ -4,7 +4,7 @@ The daemon (orchestrator/daemon/service.py) owns queueing, states, events and re
 owns the hosts. It is chosen by the config's `runner = "module:factory"`, the factory taking the
 `DaemonConfig`:
 
-- `orchestrator.deploy.rollout.DeployRunner` (the default): the deploy pipeline, with rollout
+- `orchestrator.daemon.runners.deploy.DeployRunner` (the default): the deploy pipeline, with rollout
   policy, manual rollback, and `reconcile` after a crash (reads each host's real state).
 - `orchestrator.daemon.runners.probe.ProbeRunner`: probes each target and runs the preflight,
   one event per step state; changes nothing on any host (a dry run through the daemon).

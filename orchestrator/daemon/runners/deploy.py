@@ -1,0 +1,129 @@
+"""The daemon's default runner: deploys through the fleet rollout (orchestrator/deploy/rollout.py).
+
+Named in the daemon's config as `runner = "orchestrator.daemon.runners.deploy:DeployRunner"`
+(the default). Configs written before the runners package had it as
+"orchestrator.deploy:DeployRunner" or "orchestrator.deploy.rollout:DeployRunner"; the config
+loader reads both as this one (orchestrator/daemon/config.py, RUNNER_ALIASES).
+
+The rollout itself is the same one `orchestrator deploy` runs in-process: what this runner adds is
+the daemon's side of it, the hosts a re-verification found degraded or failed (from the store)
+kept out, the rollout's verdict as the deployment's `DeploymentOutcome`, the manual `rollback`
+of a deployment's hosts, and `reconcile` of a deployment a dead daemon left in flight.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, cast
+
+from orchestrator.core.findings import excluded_hosts
+from orchestrator.core.inventory import Inventory
+from orchestrator.core.spec import Spec
+from orchestrator.core.states import DeploymentState
+from orchestrator.daemon.config import DaemonConfig
+from orchestrator.daemon.runners.base import DeploymentOutcome, HostCheck, RunSink
+from orchestrator.daemon.runners.probe import ProbeRunner
+from orchestrator.deploy.batch import prepare
+from orchestrator.deploy.pipeline import EventSink
+from orchestrator.deploy.rollout import RolloutResult, rollout, undo, verdict
+from orchestrator.deploy.steps.recovery import recover_host, release_of
+from orchestrator.hosts.hostops import HostOps
+from orchestrator.hosts.pool import Pool
+
+D = DeploymentState
+
+
+def _events(sink: RunSink) -> EventSink:
+    """The daemon's sink as the engine's: the same `emit`, but the daemon's also returns the
+    event it stored, which the engine ignores (its protocol says None)."""
+    return cast(EventSink, sink)
+
+
+class DeployRunner:
+    """Deploys for the daemon: the rollout of `rollout()` through the daemon's sink, the manual
+    rollback of a deployment's hosts, and the reconciliation of a deployment a dead daemon
+    left in flight (read each host's real state; finish it if it serves and is healthy, else
+    put the host back). Probing (`verify_hosts`) is the probe runner's; with `reverifies` the
+    daemon re-verifies the releases this runner deploys (orchestrator/daemon/reverifier.py)."""
+
+    reverifies = True
+
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self._probe = ProbeRunner(config)
+
+    def verify_hosts(self, names: list[str]) -> list[HostCheck]:
+        return self._probe.verify_hosts(names)
+
+    def check(self, spec: Any) -> None:
+        """At submission: the targets resolve and the lock is valid (the probe runner's)."""
+        self._probe.check(spec)
+
+    def _inventory(self) -> Inventory:
+        return self._probe._inventory()
+
+    def _pool(self, inventory: Inventory) -> Pool:
+        return self._probe._pool(inventory)
+
+    def run(self, deployment_id: str, bundle_dir: Path, spec: Spec, sink: RunSink,
+            cancel_event: threading.Event) -> DeploymentOutcome:
+        inventory = self._inventory()
+        hosts = inventory.resolve(list(spec.targets))
+        inputs = prepare(spec, deployment=deployment_id)
+        parallel = min(int(self.config.max_ssh_sessions), int(spec.rollout.max_parallel))
+        store = getattr(sink, "store", None)  # the daemon's: hosts degraded/failed stay out
+        excluded = excluded_hosts(store.hosts(), [h.name for h in hosts]) if store else {}
+        with self._pool(inventory) as pool:
+            out = rollout(inputs, hosts, pool=pool, sink=_events(sink), max_parallel=parallel,
+                          cancel=cancel_event, excluded=excluded)
+        return outcome_of(out)
+
+    def rollback(self, deployment_id: str, bundle_dir: Path, spec: Spec, sink: RunSink,
+                 cancel_event: threading.Event) -> DeploymentOutcome:
+        inventory = self._inventory()
+        hosts = inventory.resolve(list(spec.targets))
+        inputs = prepare(spec, deployment=deployment_id)
+        with self._pool(inventory) as pool:
+            done: dict[str, str] = {}
+            for host in hosts:
+                with pool.session(host) as t:
+                    rid = release_of(HostOps(t, host.deploy_root), str(spec.name), deployment_id)
+                if rid is None:
+                    done[host.name] = "not deployed here"
+                    continue
+                done.update(undo(replace(inputs, release_id=rid), [host], pool=pool,
+                                 sink=_events(sink), mark_bad=True))
+        failed = {h: s for h, s in done.items() if s.startswith("rollback failed")}
+        if failed:
+            return DeploymentOutcome(D.FAILED, "; ".join(failed.values()), done)
+        return DeploymentOutcome(D.ROLLED_BACK, "rolled back by request", done)
+
+    def reconcile(self, deployment_id: str, bundle_dir: Path, spec: Spec, sink: RunSink,
+                  record: Any) -> DeploymentOutcome:
+        inventory = self._inventory()
+        hosts = inventory.resolve(list(spec.targets))
+        inputs = prepare(spec, deployment=deployment_id)
+        with self._pool(inventory) as pool:
+            found = pool.map_hosts(lambda t, h: recover_host(t, h, inputs, _events(sink)), hosts,
+                                   int(self.config.max_ssh_sessions))
+        states = {n: (r if isinstance(r, str) else f"unreachable: {r}") for n, r in found.items()}
+        if all(s == "serving" for s in states.values()):
+            return DeploymentOutcome(D.SUCCEEDED, "reconciled: every host serves "
+                                     "the release and is healthy", states)
+        if any(s == "rolled_back" for s in states.values()):
+            return DeploymentOutcome(D.ROLLED_BACK, "reconciled after a daemon "
+                                     "restart: hosts put back on their previous release", states)
+        return DeploymentOutcome(D.FAILED, "reconciled after a daemon restart: "
+                                 "the deployment did not finish", states)
+
+
+def outcome_of(out: RolloutResult) -> DeploymentOutcome:
+    """The daemon's DeploymentOutcome of a rollout: its `verdict` (the same one the CLI's exit
+    code comes from). Pure."""
+    judged = verdict(out)
+    return DeploymentOutcome(judged.state, judged.reason, judged.hosts)
+
+
+__all__ = ["DeployRunner", "outcome_of"]
