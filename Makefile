@@ -30,9 +30,12 @@ deps: system-deps $(STAMP)
 test: deps
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
+# ruff on everything (the host scripts against Python 3.9: orchestrator/hosts/remote/ruff.toml);
+# mypy strict on the package and the tests, the host scripts under their own profile.
 lint: deps
 	$(BIN)/ruff check orchestrator tests
 	$(BIN)/mypy
+	$(BIN)/mypy --config-file orchestrator/hosts/remote/mypy.ini -p orchestrator.hosts.remote
 
 bench: deps
 	$(BIN)/python -m orchestrator.bench

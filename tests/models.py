@@ -55,7 +55,7 @@ def _weights(seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
 
 def _write_inputs(directory: Path, arrays: dict[str, np.ndarray]) -> Path:
     path = directory / "inputs.npz"
-    np.savez(path, **arrays)
+    np.savez(path, allow_pickle=False, **arrays)
     return path
 
 
@@ -68,7 +68,7 @@ def make_savedmodel(directory: Path, changed_weight: bool = False) -> tuple[Path
             w, b = _weights()
             self.w, self.b = tf.Variable(w), tf.Variable(b)
 
-        @tf.function(input_signature=[tf.TensorSpec([None, FEATURES], tf.float32),
+        @tf.function(input_signature=[tf.TensorSpec([None, FEATURES], tf.float32),  # type: ignore[untyped-decorator]
                                       tf.TensorSpec([None, 1], tf.float32)])
         def serve(self, features: Any, scale: Any) -> dict[str, Any]:
             logits = tf.matmul(features, self.w) + self.b

@@ -225,7 +225,8 @@ def test_fuzz_from_the_openapi_schema_never_gives_5xx(service: Service) -> None:
     failures: list[str] = []
 
     for operation in schema.get_all_operations():
-        op = operation.ok()
+        # An operation the schema cannot describe raises here, failing the test: what it wants.
+        op = operation.ok()  # type: ignore[union-attr]
 
         @settings(max_examples=10, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))

@@ -14,13 +14,14 @@ from orchestrator.errors import InvalidInput
 
 
 def test_every_table_and_row_names_its_source() -> None:
-    data = resources.files("orchestrator.core").joinpath("data", "compat.json")
-    raw = json.loads(data.read_text())
+    source = resources.files("orchestrator.core").joinpath("data", "compat.json")
+    raw = json.loads(source.read_text())
     assert raw["cuda"]["source_table3"] and raw["cuda"]["source_table2"] and raw["disk"]["source"]
     assert all(row["source"] for row in raw["tensorflow"]["builds"])
     assert all(p["source"] for p in raw["tensorflow"]["packages"].values())
     data = load_compat()
-    assert all(r.source for r in (*data.toolkit_drivers, *data.minor_compat, *data.tf_builds))
+    assert all(r.source for r in data.toolkit_drivers)
+    assert all(r.source for r in data.minor_compat) and all(r.source for r in data.tf_builds)
 
 
 def test_tensorflow_2_21_build() -> None:
@@ -104,8 +105,8 @@ def test_malformed_data_is_invalid_input_not_a_crash() -> None:
 
 
 def test_data_is_extensible_by_adding_a_row() -> None:
-    data = resources.files("orchestrator.core").joinpath("data", "compat.json")
-    raw = json.loads(data.read_text())
+    source = resources.files("orchestrator.core").joinpath("data", "compat.json")
+    raw = json.loads(source.read_text())
     row = dict(raw["tensorflow"]["builds"][-1], version="2.22.0", python_max="3.14")
     raw["tensorflow"]["builds"].append(row)
     assert load_compat(json.dumps(raw)).tf_build("2.22.0").python_max == "3.14"  # type: ignore[union-attr]

@@ -196,7 +196,7 @@ def test_sd_notify_ready_and_watchdog(tmp_path: Path, daemons: Callable[..., Dae
         sock.settimeout(30)
         daemons(write_config(tmp_path, ECHO),
                 env={"NOTIFY_SOCKET": str(notify), "WATCHDOG_USEC": "200000"})
-        messages = set()
+        messages: set[str] = set()
         while not {"READY=1", "WATCHDOG=1"} <= messages:
             messages |= set(sock.recv(4096).decode().splitlines())
     assert "READY=1" in messages and "WATCHDOG=1" in messages

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from orchestrator import demo
+from orchestrator.errors import InvalidInput
 from orchestrator.testbed import Testbed, TestbedHost
 from tests.procs import processes_mentioning
 
@@ -133,7 +134,7 @@ def test_demo_specs_validate_and_each_version_is_another_model(tmp_path: Path) -
 
 
 def test_demo_latency_table_lists_each_verified_host() -> None:
-    events = [
+    events: list[dict[str, Any]] = [
         {"step": "verify", "status": "ok", "host": "tb-01", "p50_ms": 0.2, "p95_ms": 0.5,
          "p99_ms": 0.7, "cold_start_ms": 40.0, "throughput_per_s": 4000.0},
         {"step": "verify", "status": "failed", "host": "tb-02"},
@@ -149,7 +150,7 @@ def test_demo_down_refuses_nothing_and_wipes_only_a_demo_dir(tmp_path: Path) -> 
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "precious.txt").write_text("keep me")
-    with pytest.raises(demo.InvalidInput):
+    with pytest.raises(InvalidInput):
         demo.Demo(foreign).prepare_dir()
     assert (foreign / "precious.txt").read_text() == "keep me"
     demo.stop(tmp_path / "never-started")  # nothing running: quiet, no error

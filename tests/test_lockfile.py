@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,7 +239,7 @@ def test_valid_locks_round_trip(pkgs: list[Pkg]) -> None:
     assert got == want
 
 
-CORRUPTIONS = {
+CORRUPTIONS: dict[str, Callable[[str], str]] = {
     "drop hashes": lambda line: line.split(" --hash")[0].rstrip(" \\"),
     "loose pin": lambda line: line.replace("==", ">=", 1),
     "wildcard": lambda line: re.sub(r"==\S+", "==1.*", line, count=1),

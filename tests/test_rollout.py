@@ -64,15 +64,17 @@ def test_outcome_names_rolled_back_hosts_and_left_ones() -> None:
                               {"a": "rolled_back", "b": "rolled_back"}))
     assert back.state == "rolled_back" and back.hosts == {
         "a": "rolled_back", "b": "rolled_back", "c": "failed"}
-    assert back.reason.endswith("the rollout stopped: a, b") and "c: verify failed" in back.reason
+    assert back.reason is not None and back.reason.endswith("the rollout stopped: a, b")
+    assert "c: verify failed" in back.reason
     left = outcome_of(_result({"a": ok, "c": HostStatus.ROLLED_BACK}, "aborted after: budget"))
-    assert left.state == "failed" and left.reason.endswith("left on the new release: a")
+    assert left.state == "failed" and str(left.reason).endswith("left on the new release: a")
     aborted = outcome_of(_result({"a": ok}, "aborted", {"a": "rolled_back"}))
-    assert aborted.state == "rolled_back" and aborted.reason.startswith("aborted by request")
+    assert aborted.state == "rolled_back" and aborted.reason is not None
+    assert aborted.reason.startswith("aborted by request")
     assert outcome_of(_result({"a": ok}, "aborted")).state == "cancelled"
     assert outcome_of(_result({"a": ok}, "cancelled")).state == "cancelled"
     accepted = outcome_of(_result({"a": ok, "c": bad}, accepted=1))
-    assert accepted.state == "succeeded" and "accepted by resuming" in accepted.reason
+    assert accepted.state == "succeeded" and "accepted by resuming" in str(accepted.reason)
 
 
 def test_control_holds_until_resume_and_wakes_on_abort() -> None:
@@ -214,7 +216,8 @@ def test_canary_finishes_before_any_batch_host_starts_and_at_most_2_in_flight(
     canary_done = next(s for s, ev, h in order if ev == "host.finished" and h == canary)
     others = [s for s, ev, h in order if ev == "host.started" and h != canary]
     assert len(others) == HOSTS - 1 and min(others) > canary_done, order
-    in_flight, peak = set(), 0
+    in_flight: set[str] = set()
+    peak = 0
     for _, ev, host in order:
         (in_flight.add if ev == "host.started" else in_flight.discard)(host)
         peak = max(peak, len(in_flight))

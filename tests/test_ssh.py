@@ -87,6 +87,7 @@ def test_the_connection_does_not_wait_on_delayed_acks(transport: ssh.SshTranspor
     import socket
 
     sock = transport._client.get_transport().sock  # type: ignore[union-attr]
+    assert isinstance(sock, socket.socket)
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
 
 

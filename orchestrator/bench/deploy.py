@@ -83,9 +83,9 @@ class _Quiet:
 
 
 def _model(directory: Path, seed: int) -> tuple[Path, Path]:
-    import joblib  # type: ignore[import-untyped]
+    import joblib
     import numpy as np
-    from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
+    from sklearn.linear_model import LogisticRegression
 
     from orchestrator.core import golden
 
@@ -101,7 +101,7 @@ def _model(directory: Path, seed: int) -> tuple[Path, Path]:
 
 
 def _keras_model(directory: Path, seed: int) -> tuple[Path, Path]:
-    import keras  # type: ignore[import-untyped]
+    import keras
     import numpy as np
 
     from orchestrator.core import golden

@@ -67,7 +67,7 @@ verify: {{golden: golden.npz, method: __call__, warmup_iterations: 5, iterations
 
 def _model(directory: Path, seed: int) -> tuple[Path, Path]:
     """A cubic fitted to a noisy sine (numpy only), and its golden file recorded here."""
-    import joblib  # type: ignore[import-untyped]
+    import joblib
     import numpy as np
 
     from orchestrator.core import golden

@@ -37,9 +37,9 @@ class _NoOp:
 
 def run() -> None:
     try:
-        import joblib  # type: ignore[import-untyped]  # (no stubs)
+        import joblib
         import numpy as np
-        from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
+        from sklearn.linear_model import LogisticRegression
     except ImportError as exc:
         print(f"skipped: {exc} (install the `ml` extra)")
         return
@@ -80,7 +80,7 @@ def run() -> None:
 def _tensorflow(d: Path, x: Any) -> None:
     try:
         import numpy as np
-        import tensorflow as tf  # type: ignore[import-untyped]  # (no stubs)
+        import tensorflow as tf
     except ImportError:
         print("TensorFlow not installed: SavedModel figures skipped")
         return

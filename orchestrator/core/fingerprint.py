@@ -25,7 +25,7 @@ from typing import Any
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.lockfile import Lock
 from orchestrator.errors import InvalidInput
-from orchestrator.hosts.remote.formats import FRAMEWORKS
+from orchestrator.hosts.remote.formats import FRAMEWORKS as FRAMEWORKS
 
 FINGERPRINT_KEY = "__fingerprint__"
 GOLDEN_META_KEY = "__golden__"
