@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli.commands.schema import schema_field_paths, spec_json_schema
 from orchestrator.cli.app import main
+from orchestrator.cli.commands.schema import schema_field_paths, spec_json_schema
 from orchestrator.core.spec import Spec, load_spec
 from orchestrator.errors import SpecError
 

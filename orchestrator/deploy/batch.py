@@ -24,6 +24,7 @@ from orchestrator.core.compat import load_compat
 from orchestrator.core.inventory import Host
 from orchestrator.core.lockfile import Lock, load_lock
 from orchestrator.core.spec import Spec
+from orchestrator.deploy.inputs import DeployInputs, new_inputs_release_id
 from orchestrator.deploy.pipeline import (
     EventSink,
     HostResult,
@@ -31,7 +32,7 @@ from orchestrator.deploy.pipeline import (
     Pipeline,
 )
 from orchestrator.deploy.playbook import Playbook, load_playbook
-from orchestrator.deploy.steps.host import DeployInputs, HostDeploy, new_inputs_release_id
+from orchestrator.deploy.steps.host import HostDeploy
 from orchestrator.deploy.steps.recovery import recover_host
 from orchestrator.deploy.steps.wheels import wheel_resolver
 from orchestrator.errors import EXIT_DEPLOY_FAILED, EXIT_OK, HostError

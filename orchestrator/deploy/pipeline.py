@@ -1,10 +1,10 @@
 """The per-host pipeline engine: run the playbook's steps in order on one host, and recover.
 
 The engine knows nothing about SSH, models or venvs: it drives a `HostSteps` object (the real one
-is `orchestrator.deploy.steps.HostDeploy`; tests also drive an in-memory fake) and an event sink.
-Before
-each step it emits an intent (`status="started"`), after it an outcome (`"ok"` or `"failed"`, with
-`duration_ms` and the step's details), so a daemon killed at any point knows what was under way.
+is `orchestrator.deploy.steps.host.HostDeploy`; tests also drive an in-memory fake) and an event
+sink. Before each step it emits an intent (`status="started"`), after it an outcome (`"ok"` or
+`"failed"`, with `duration_ms` and the step's details), so a daemon killed at any point knows what
+was under way.
 
 What to do after a failure is a pure function, `decide(Situation) -> Decision`, tested from a
 table: before `switch` the staged release is removed (abort-stage) and `current` never moved; at or
@@ -22,51 +22,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from orchestrator.core.sink import EventSink
+from orchestrator.deploy.deadline import RECOVERY_TIMEOUT_S, Deadline
 from orchestrator.deploy.playbook import OnFailure, Playbook, PlaybookStep
 from orchestrator.errors import CommandTimeout, OrchestratorError
 
 #: Keys of an event that a step's details must not overwrite.
 _RESERVED = frozenset({"event", "host", "step", "status", "duration_ms", "level", "ts",
                        "deployment"})
-#: Budget of the recovery actions (abort-stage, rollback, mark-bad): small, bounded host operations.
-RECOVERY_TIMEOUT_S = 120.0
 
-
-class EventSink(Protocol):
-    """What the engine needs from orchestrator.daemon.events' sinks (structurally the same
-    protocol)."""
-
-    def emit(
-        self, event: str, *, host: str | None = None, step: str | None = None,
-        status: str | None = None, duration_ms: float | None = None, level: str = "info",
-        **details: Any,
-    ) -> None: ...
-
-
-class Deadline:
-    """A step's time budget; remote calls take their timeout from what is left of it."""
-
-    def __init__(self, host: str, step: str, seconds: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.host, self.step, self.seconds, self._clock = host, step, seconds, clock
-        self._end = clock() + seconds
-
-    def remaining(self) -> float:
-        return self._end - self._clock()
-
-    @property
-    def expired(self) -> bool:
-        return self.remaining() <= 0
-
-    def timeout(self, cap: float | None = None) -> float:
-        """Seconds a remote call may take now; raises CommandTimeout when nothing is left."""
-        left = self.remaining()
-        if left <= 0:
-            raise CommandTimeout(self.host, f"step {self.step} exceeded its budget of "
-                                            f"{self.seconds:g} s")
-        return min(left, cap) if cap is not None else left
-
-
+__all__ = ["RECOVERY_TIMEOUT_S", "Deadline", "EventSink", "HostResult", "HostStatus",
+           "HostSteps", "Pipeline", "decide"]
 class HostSteps(Protocol):
     """The host-side actions the engine drives. Each raises OrchestratorError on failure."""
 

@@ -27,9 +27,9 @@ from orchestrator.core.preflight import Status, preflight
 from orchestrator.core.spec import Spec
 from orchestrator.deploy.batch import DeployResult, deploy, prepare
 from orchestrator.deploy.control import control_of
+from orchestrator.deploy.inputs import DeployInputs
 from orchestrator.deploy.pipeline import EventSink, HostResult, HostStatus
 from orchestrator.deploy.playbook import Playbook
-from orchestrator.deploy.steps.host import DeployInputs
 from orchestrator.deploy.steps.recovery import recover_host, release_of, undo_host
 from orchestrator.hosts.hostops import HostOps
 from orchestrator.hosts.pool import Pool

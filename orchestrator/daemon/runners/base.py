@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from orchestrator.core.states import DeploymentState, HostStepState
 from orchestrator.daemon.config import DaemonConfig
 from orchestrator.daemon.events import EventSink
+from orchestrator.deploy.steps.registry import STEP_ORDER
 
 D, S = DeploymentState, HostStepState
 
@@ -88,7 +89,8 @@ def targets_of(spec: Any) -> list[str]:
 class EchoRunner:
     """Touches nothing: each target goes through each step, pending -> running -> ok."""
 
-    STEPS = ("probe", "preflight", "stage", "install", "verify", "switch", "check")
+    #: The registry's steps, so the echo walks exactly what a real deployment would.
+    STEPS: tuple[str, ...] = STEP_ORDER
 
     def __init__(self, config: DaemonConfig) -> None:
         self.delay_s = float(os.environ.get("ORCHESTRATOR_ECHO_DELAY_S", "0"))
