@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from orchestrator.core.sink import StepSink
 from orchestrator.core.states import DeploymentState, HostStepState
 from orchestrator.daemon.config import DaemonConfig
-from orchestrator.daemon.events import EventSink
 from orchestrator.deploy.steps.registry import STEP_ORDER
 
 D, S = DeploymentState, HostStepState
@@ -55,11 +55,8 @@ class HostCheck:
     facts: dict[str, Any] | None
 
 
-class RunSink(EventSink, Protocol):
-    def step(
-        self, host: str, step: str, state: HostStepState, *, duration_ms: float | None = None,
-        reason: str | None = None, detail: dict[str, Any] | None = None,
-    ) -> None: ...
+class RunSink(StepSink, Protocol):
+    """The one event sink with step states (`StepSink`), and host facts."""
 
     def record_host(self, check: HostCheck) -> None: ...
 
