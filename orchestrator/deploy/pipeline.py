@@ -130,7 +130,7 @@ def decide(s: Situation) -> Decision:
 @dataclass
 class StepRecord:
     name: str
-    status: str  # ok | failed | skipped
+    status: HostStepState  # ok | failed
     duration_ms: float
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
@@ -248,14 +248,14 @@ class Pipeline:
         except Exception as exc:  # a bug: recover the host first, then re-raise it
             return self._outcome_failed(step.name, t0, exc), type(exc).__name__, exc
         ms = _ms(self.clock() - t0)
-        self.result.steps.append(StepRecord(step.name, "ok", ms, details))
+        self.result.steps.append(StepRecord(step.name, HostStepState.OK, ms, details))
         self.report.change(step.name, HostStepState.OK, duration_ms=ms, extra=_safe(details))
         return None, "", None
 
     def _outcome_failed(self, name: str, t0: float, exc: BaseException) -> str:
         ms = _ms(self.clock() - t0)
         error = str(exc)
-        self.result.steps.append(StepRecord(name, "failed", ms, error=error,
+        self.result.steps.append(StepRecord(name, HostStepState.FAILED, ms, error=error,
                                             kind=type(exc).__name__,
                                             unreachable=isinstance(exc, HostUnreachable)))
         self.report.change(name, HostStepState.FAILED, duration_ms=ms, reason=error,
@@ -309,7 +309,7 @@ class Pipeline:
             details = dict(action(Deadline(self.host, name, timeout_s, self.clock)))
         except OrchestratorError as exc:
             ms = _ms(self.clock() - t0)
-            self.result.steps.append(StepRecord(name, "failed", ms, error=str(exc),
+            self.result.steps.append(StepRecord(name, HostStepState.FAILED, ms, error=str(exc),
                                                 kind=type(exc).__name__,
                                                 unreachable=isinstance(exc, HostUnreachable)))
             self.report.change(name, HostStepState.FAILED, event="recovery", duration_ms=ms,
@@ -317,7 +317,7 @@ class Pipeline:
                                extra={"error": str(exc), "kind": type(exc).__name__})
             return False
         ms = _ms(self.clock() - t0)
-        self.result.steps.append(StepRecord(name, "ok", ms, details))
+        self.result.steps.append(StepRecord(name, HostStepState.OK, ms, details))
         self.report.change(name, HostStepState.OK, event="recovery", duration_ms=ms,
                            level="warning", extra=_safe(details))
         return True
