@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from orchestrator.deploy.steps.registry import STEP_ORDER
 from orchestrator.testbed import Testbed
 from tests.daemons import (
     DEPLOY,
@@ -205,7 +206,7 @@ def test_sd_notify_ready_and_watchdog(tmp_path: Path, daemons: Callable[..., Dae
 def test_a_slow_follower_gets_every_event_and_does_not_slow_the_rollout(
         tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
     daemon = daemons(write_config(tmp_path, ECHO), env={"ORCHESTRATOR_ECHO_DELAY_S": "0"})
-    hosts = [f"h{i}" for i in range(40)]  # 40 hosts x 7 steps x 2 = 560 step events
+    hosts = [f"h{i}" for i in range(40)]  # 40 hosts x 8 steps x 2 = 640 step events
     deployment = json.loads(daemon.cli("submit", str(stub_spec(tmp_path / "s", hosts)),
                                        "--json").stdout)["id"]
     with daemon.http() as http, http.stream(
@@ -224,7 +225,8 @@ def test_a_slow_follower_gets_every_event_and_does_not_slow_the_rollout(
         rest = [json.loads(line) for line in lines if line]
     got = [first, *rest]
     assert got == stored_events(daemon, deployment)
-    assert [e["seq"] for e in got] == list(range(1, 564))  # queued, running, 560, succeeded
+    step_events = len(hosts) * len(STEP_ORDER) * 2  # the echo runner walks the registry's steps
+    assert [e["seq"] for e in got] == list(range(1, step_events + 4))  # queued, running, succeeded
 
 
 def test_example_config_and_defaults(tmp_path: Path) -> None:

@@ -215,8 +215,9 @@ class FakeHost:
 def _run(host: FakeHost, clock: list[float] | None = None) -> tuple[Any, Sink]:
     sink = Sink()
     pb = load_playbook()
-    kwargs = {"clock": (lambda: clock[0])} if clock is not None else {}
-    return Pipeline(pb, host, sink, **kwargs).run(), sink
+    if clock is None:
+        return Pipeline(pb, host, sink).run(), sink
+    return Pipeline(pb, host, sink, clock=lambda: clock[0]).run(), sink
 
 
 def test_every_step_has_intent_then_outcome_in_order() -> None:
@@ -334,7 +335,7 @@ def test_plan_batches_canary_first_then_batches_in_order(n: int, canary: int, ba
     hosts = [H(f"h{i}") for i in range(n)]
     batches = plan_batches(hosts, canary, batch)  # type: ignore[arg-type]
     assert [len(b) for b in batches] == sizes
-    assert [h for b in batches for h in b] == hosts
+    assert [h for b in batches for h in b] == hosts  # type: ignore[comparison-overlap]
 
 
 def _rollout(statuses: dict[str, HostStatus], stopped: str | None = None,
@@ -391,3 +392,57 @@ def test_cli_deploy_host_lines_say_how_each_host_ended() -> None:
         "c: succeeded r1",
         "d: succeeded r1: the rollout stopped, and rollback failed: connection lost",
     ]
+
+
+# -- one path for state: the pipeline through the daemon's sink ---------------------------------
+
+def test_through_the_daemons_sink_every_step_and_recovery_action_is_a_step_row(
+        tmp_path: Path) -> None:
+    from orchestrator.daemon.events import EventHub
+    from orchestrator.daemon.service import ServiceSink
+    from orchestrator.daemon.store import Store
+
+    store = Store.open(tmp_path / "s.db")
+    hub = EventHub(store, tmp_path / "logs")
+    try:
+        store.create_deployment("d1", "app", {"targets": ["fake-01"]})
+        result = Pipeline(load_playbook(), FakeHost(fail={"check": 1}), ServiceSink(hub, "d1")
+                          ).run()
+        assert result.status is HostStatus.ROLLED_BACK
+        rows = {r.step: str(r.state) for r in store.steps("d1")}
+        assert rows == {"probe": "ok", "preflight": "ok", "stage": "ok", "install": "ok",
+                        "verify": "ok", "switch": "ok", "check": "failed", "mark-bad": "ok",
+                        "rollback": "ok", "recheck": "ok"}
+        events = store.events("d1")
+        assert not any("state_error" in e for e in events)  # nothing inferred, nothing refused
+        trail = [(e["event"], e["step"], e["status"]) for e in events
+                 if e["event"] in {"step", "recovery"}]
+        assert trail[:2] == [("step", "probe", "running"), ("step", "probe", "ok")]
+        assert ("recovery", "rollback", "started") in trail
+        assert [(e["event"], e["status"]) for e in events if e["event"].startswith("host.")] == [
+            ("host.started", "started"), ("host.finished", "rolled_back")]
+    finally:
+        hub.close()
+        store.close()
+
+
+def test_host_outcome_changes_once_through_the_state_machine() -> None:
+    result, sink = _run(FakeHost(fail={"verify": 1}))
+    assert result.status is HostStatus.FAILED
+    finished = [e for e in sink.events if e["event"] == "host.finished"]
+    assert len(finished) == 1 and finished[0]["status"] == "failed"
+    assert finished[0]["reason"] == result.reason and finished[0]["failed_step"] == "verify"
+
+
+def test_connection_lost_is_read_from_the_error_type_not_its_name() -> None:
+    from orchestrator.errors import HostUnreachable
+
+    class Gone(FakeHost):
+        def run(self, name: str, deadline: Deadline) -> Mapping[str, Any]:
+            if name == "install":
+                raise HostUnreachable(self.host, "connection reset")
+            return super().run(name, deadline)
+
+    result, _sink = _run(Gone())
+    assert result.connection_lost
+    assert [r.name for r in result.steps if r.unreachable] == ["install"]

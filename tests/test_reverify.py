@@ -287,7 +287,7 @@ def test_on_failure_rollback_puts_the_previous_release_back_and_verifies_it(
     sink = Sink()
     with (flipped(current.resolve() / "model" / "model-v2.joblib", offset=100),
           pool.session(host) as t):
-        result = reverify_host(t, host, specs.get, sink, apps=[app])
+        result = reverify_host(t, host, lambda d: specs.get(d or ""), sink, apps=[app])
     check_ = result.apps[app]
     assert check_.action == "rollback"
     assert current.resolve().name == first.release_id  # v1 serves again
@@ -475,6 +475,7 @@ def test_after_a_restart_another_app_verifying_healthy_leaves_the_host_failed(
 
     def verify(store: Store, app: str) -> HostCheckResult:
         [res] = _reverifier(store, runner).run(hosts, runner._inventory(), apps=[app])
+        assert isinstance(res, HostCheckResult)
         return res
 
     changed = f"{APP}: model file model/model.joblib changed: sha256"
@@ -515,7 +516,8 @@ def test_on_failure_redeploy_serves_a_fresh_release_of_the_same_deployment(
     current = Path(host.deploy_root) / app / "current"
     with (flipped(current.resolve() / "model" / "model.joblib", offset=100),
           pool.session(host) as t):
-        result = reverify_host(t, host, {first.deployment: spec}.get, Sink(), apps=[app])
+        result = reverify_host(t, host, lambda d: {first.deployment: spec}.get(d or ""), Sink(),
+                               apps=[app])
     assert result.apps[app].action == "redeploy"
     assert current.resolve().name != first.release_id  # a new release serves
     assert (result.status, result.apps[app].release_id) == (rv.HEALTHY, current.resolve().name)

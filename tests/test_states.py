@@ -11,12 +11,17 @@ import pytest
 from orchestrator.core.states import (
     DEPLOYMENT_TERMINAL,
     DEPLOYMENT_TRANSITIONS,
+    HOST_TERMINAL,
+    HOST_TRANSITIONS,
     STEP_TRANSITIONS,
     DeploymentState,
+    HostOutcome,
     HostStepState,
     change_deployment_state,
+    change_host_state,
     change_step_state,
     check_deployment_transition,
+    check_host_transition,
     check_step_transition,
 )
 from orchestrator.daemon.events import EventHub
@@ -98,3 +103,62 @@ def test_a_refused_change_is_neither_persisted_nor_emitted(hub: EventHub) -> Non
         change_deployment_state(store, hub.sink("d1"), "d1", D.SUCCEEDED)
     assert store.get_deployment("d1").state is D.QUEUED
     assert store.events("d1") == []
+
+
+# -- the host outcome ---------------------------------------------------------------------------
+
+H = HostOutcome
+
+
+def test_every_host_outcome_has_a_transition_row() -> None:
+    assert set(HOST_TRANSITIONS) == set(H)
+    assert {H.SUCCEEDED, H.FAILED, H.ROLLED_BACK, H.BROKEN} == HOST_TERMINAL
+
+
+@pytest.mark.parametrize(("old", "new", "allowed"), [
+    (H.PENDING, H.RUNNING, True),
+    (H.PENDING, H.FAILED, True),       # refused before its pipeline (unreachable, locked)
+    (H.PENDING, H.SUCCEEDED, False),   # nothing succeeds without running
+    (H.RUNNING, H.SUCCEEDED, True),
+    (H.RUNNING, H.BROKEN, True),
+    (H.RUNNING, H.PENDING, False),
+    (H.FAILED, H.SUCCEEDED, True),     # settled again after a lost connection
+    (H.BROKEN, H.ROLLED_BACK, True),
+    (H.SUCCEEDED, H.ROLLED_BACK, True),
+    (H.SUCCEEDED, H.RUNNING, False),   # a host's pipeline runs once per deployment
+    (H.ROLLED_BACK, H.BROKEN, False),  # broken is only the pipeline's own verdict
+])
+def test_host_outcome_table(old: HostOutcome, new: HostOutcome, allowed: bool) -> None:
+    if allowed:
+        check_host_transition(old, new)
+    else:
+        with pytest.raises(InvalidTransition):
+            check_host_transition(old, new)
+
+
+def test_change_host_state_emits_started_then_finished(hub: EventHub) -> None:
+    hub.store.create_deployment("d1", "app", {})
+    sink = hub.sink("d1")
+    assert change_host_state(sink, "h", H.PENDING, H.RUNNING, steps=["probe"]) is H.RUNNING
+    change_host_state(sink, "h", H.RUNNING, H.ROLLED_BACK, reason="check failed")
+    with pytest.raises(InvalidTransition):
+        change_host_state(sink, "h", H.ROLLED_BACK, H.RUNNING)
+    events = hub.store.events("d1")
+    assert [(e["event"], e["status"], e["level"]) for e in events] == [
+        ("host.started", "started", "info"), ("host.finished", "rolled_back", "error")]
+    assert events[0]["steps"] == ["probe"] and events[1]["reason"] == "check failed"
+
+
+def test_a_recovery_step_keeps_its_started_word(hub: EventHub) -> None:
+    store = hub.store
+    store.create_deployment("d1", "app", {})
+    sink = hub.sink("d1")
+    change_step_state(store, sink, "d1", "h", "rollback", S.RUNNING, event="recovery",
+                      level="warning", reason="check failed", extra={"reason": "check failed"})
+    change_step_state(store, sink, "d1", "h", "rollback", S.OK, event="recovery",
+                      level="warning", extra={"current": "r1"})
+    [row] = store.steps("d1")
+    assert (row.step, row.state, row.detail) == ("rollback", S.OK, {"reason": "check failed"})
+    assert [(e["event"], e["status"], e["level"]) for e in store.events("d1")] == [
+        ("recovery", "started", "warning"), ("recovery", "ok", "warning")]
+    assert store.events("d1")[1]["current"] == "r1"

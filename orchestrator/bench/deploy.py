@@ -49,7 +49,8 @@ from orchestrator.core.hashing import hash_path
 from orchestrator.core.inventory import Inventory, load_inventory
 from orchestrator.core.spec import load_spec
 from orchestrator.deploy.batch import DeployResult, deploy, prepare
-from orchestrator.deploy.steps.host import local_uv
+from orchestrator.deploy.steps.install import local_uv
+from orchestrator.deploy.steps.registry import STEP_ORDER
 from orchestrator.deploy.steps.wheels import default_cache_dir
 from orchestrator.deploy.wheelcache import WheelCache, platform_tags
 from orchestrator.hosts.hostops import HostOps
@@ -61,7 +62,7 @@ from orchestrator.testbed import Testbed
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
 LOCK = FIXTURES / "deploy" / "sklearn.lock"
 TF_LOCK = FIXTURES / "locks" / "tensorflow-cpu-2.21.lock"
-STEPS = ("probe", "preflight", "stage", "install", "verify", "switch", "check", "prune")
+STEPS = STEP_ORDER  # the registry's steps, in order
 FLEET = [f"tb-{i:02d}" for i in range(2, 10)]
 IMPORT = "import sklearn.linear_model, scipy.sparse, numpy"
 

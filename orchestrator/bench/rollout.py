@@ -37,11 +37,12 @@ from typing import Any
 import httpx
 
 from orchestrator.core.hashing import hash_path
+from orchestrator.deploy.steps.registry import STEP_ORDER
 
 HOSTS = 24
 LOCK = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "deploy" / "numpy-joblib.lock"
 ORCHESTRATOR = str(Path(sys.executable).parent / "orchestrator")
-STEPS = ("probe", "preflight", "stage", "install", "verify", "switch", "check", "prune")
+STEPS = STEP_ORDER  # the registry's steps, in order
 TICK = os.sysconf("SC_CLK_TCK")
 
 

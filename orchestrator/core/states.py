@@ -1,9 +1,11 @@
-"""Deployment and host-step states, the transitions allowed between them, and `change_state`.
+"""Deployment, host-step and host-outcome states, the transitions allowed between them, and the
+one function that changes each.
 
 A leaf module (supervisor's `states.py` in spirit): it imports nothing of the orchestrator but the
-errors. Every state change in the daemon goes through `change_deployment_state` or
-`change_step_state`, which check the transition, persist it (the store re-checks it inside its
-write transaction, so two threads cannot both win a race) and emit exactly one event for it.
+errors and the sink protocol. Every state change goes through `change_deployment_state`,
+`change_step_state` or `change_host_state`, which check the transition, persist it (the store
+re-checks it inside its write transaction, so two threads cannot both win a race; a host's outcome
+is kept by its caller's result) and emit exactly one event for it.
 
     queued ──> running ──> succeeded ──> rolling_back ──> rolled_back
       │           │  └───> failed           ▲   └───────> failed
@@ -12,6 +14,15 @@ write transaction, so two threads cannot both win a race) and emit exactly one e
       └──> cancelled
     running <──> paused (`orchestrator pause`/`resume`, or `rollout.on_failure: pause`); a paused
     deployment ends like a running one (abort, cancel, or reconciliation after a restart).
+
+A host's outcome in one deployment (`HostOutcome`; the `status` of `host.started`/`host.finished`):
+
+    pending ──> running ──> succeeded | failed | rolled_back | broken
+      └───────> failed     (refused before its pipeline: unreachable, locked, excluded, preflight)
+    succeeded | failed | rolled_back | broken ──> succeeded | failed | rolled_back
+        (settled again from the host's real state: after a lost connection, or when the rollout
+         puts a switched host back); nothing goes back to pending or running, and only the
+         pipeline's own verdict is `broken`.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Protocol
 
+from orchestrator.core.sink import EventSink
 from orchestrator.errors import InvalidTransition
 
 
@@ -43,7 +55,18 @@ class HostStepState(StrEnum):
     CANCELLED = "cancelled"
 
 
-D, S = DeploymentState, HostStepState
+class HostOutcome(StrEnum):
+    """Where one host stands in one deployment."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"            # failed before switch: host as it was
+    ROLLED_BACK = "rolled_back"  # failed after switch: previous good release serves again
+    BROKEN = "broken"            # needs a human: no healthy release could be restored
+
+
+D, S, H = DeploymentState, HostStepState, HostOutcome
 
 DEPLOYMENT_TRANSITIONS: dict[DeploymentState, frozenset[DeploymentState]] = {
     D.QUEUED: frozenset({D.RUNNING, D.CANCELLED}),
@@ -83,6 +106,16 @@ STEP_TERMINAL: frozenset[HostStepState] = frozenset(
 )
 
 
+HOST_TRANSITIONS: dict[HostOutcome, frozenset[HostOutcome]] = {
+    H.PENDING: frozenset({H.RUNNING, H.FAILED}),
+    H.RUNNING: frozenset({H.SUCCEEDED, H.FAILED, H.ROLLED_BACK, H.BROKEN}),
+    **{t: frozenset({H.SUCCEEDED, H.FAILED, H.ROLLED_BACK})
+       for t in (H.SUCCEEDED, H.FAILED, H.ROLLED_BACK, H.BROKEN)},
+}
+HOST_TERMINAL: frozenset[HostOutcome] = frozenset(
+    {H.SUCCEEDED, H.FAILED, H.ROLLED_BACK, H.BROKEN})
+
+
 def check_deployment_transition(old: DeploymentState, new: DeploymentState) -> None:
     if new not in DEPLOYMENT_TRANSITIONS[old]:
         raise InvalidTransition(f"deployment cannot go from {old} to {new}")
@@ -98,6 +131,11 @@ def check_step_transition(old: HostStepState | None, new: HostStepState) -> None
         raise InvalidTransition(f"step cannot go from {old} to {new}")
 
 
+def check_host_transition(old: HostOutcome, new: HostOutcome) -> None:
+    if new not in HOST_TRANSITIONS[old]:
+        raise InvalidTransition(f"host cannot go from {old} to {new}")
+
+
 class StateStore(Protocol):
     """What `change_*_state` needs of the store: atomic check-and-set, returning the old state."""
 
@@ -111,12 +149,8 @@ class StateStore(Protocol):
     ) -> HostStepState | None: ...
 
 
-class StateSink(Protocol):
-    def emit(
-        self, event: str, *, host: str | None = None, step: str | None = None,
-        status: str | None = None, duration_ms: float | None = None, level: str = "info",
-        **details: Any,
-    ) -> dict[str, Any]: ...
+#: The sink of state changes is the one event sink (orchestrator.core.sink).
+StateSink = EventSink
 
 
 def change_deployment_state(
@@ -138,16 +172,46 @@ def change_deployment_state(
 def change_step_state(
     store: StateStore, sink: StateSink, deployment: str, host: str, step: str,
     new: HostStepState, *, duration_ms: float | None = None, reason: str | None = None,
-    detail: dict[str, Any] | None = None,
+    detail: dict[str, Any] | None = None, event: str = "step", level: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> HostStepState | None:
-    """Check, persist, then emit `{"event": "step", "host", "step", "status": new, ...}`."""
+    """Check, persist, then emit `{"event": "step", "host", "step", "status": new, ...}`.
+
+    `detail` (and `reason`) are persisted with the step and emitted; `extra` is only emitted (a
+    step's outcome details: what it did, for the log, not the step's record). A recovery action
+    (abort-stage, mark-bad, rollback, recheck) is a step too, emitted as `event="recovery"`."""
     record = dict(detail or {})
     if reason:
         record["reason"] = reason
     old = store.transition_step(deployment, host, step, new, detail=record or None)
-    level = "error" if new is S.FAILED else "info"
+    if level is None:
+        level = "error" if new is S.FAILED else "info"
     sink.emit(
-        "step", host=host, step=step, status=str(new), duration_ms=duration_ms, level=level,
-        **record,
+        event, host=host, step=step, status=event_status(event, new), duration_ms=duration_ms,
+        level=level, **{**(extra or {}), **record},
     )
     return old
+
+
+def event_status(event: str, new: HostStepState) -> str:
+    """The `status` word of a step's state change in the event stream: the state's name, but
+    the intent of a recovery action, which its events have always called "started" (users'
+    scripts read these words: DESIGN.md "Events")."""
+    if event == "recovery" and new is S.RUNNING:
+        return "started"
+    return str(new)
+
+
+def change_host_state(
+    sink: EventSink, host: str, old: HostOutcome, new: HostOutcome, **details: Any,
+) -> HostOutcome:
+    """Check a host's outcome transition, then emit it: `host.started` (status "started") for
+    RUNNING, `host.finished` (status the outcome) for every other state. Returns `new`: the
+    caller's result keeps it (a host's outcome lives in its deployment's result, not a store)."""
+    check_host_transition(old, new)
+    if new is H.RUNNING:
+        sink.emit("host.started", host=host, status="started", **details)
+    else:
+        level = "info" if new is H.SUCCEEDED else "error"
+        sink.emit("host.finished", host=host, status=new.value, level=level, **details)
+    return new

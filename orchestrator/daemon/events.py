@@ -31,27 +31,19 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 import structlog
 
+from orchestrator.core.sink import EventSink
 from orchestrator.daemon.store import Store
 
 LEVELS = ("debug", "info", "warning", "error")
 # Mirrored into the daemon's own log (journald): what an operator scans for, not every step.
 LOGGED_EVENTS = frozenset({"deployment", "reconcile", "watchdog", "rollout", "cancel", "rollback"})
 log = structlog.get_logger("orchestrator.daemon.events")
+__all__ = ["DeploymentSink", "EventHub", "EventSink", "make_event", "merge_in_order"]
 FOLLOWER_BUFFER = 256
-
-
-class EventSink(Protocol):
-    """Bound to one deployment; every pipeline step reports through it."""
-
-    def emit(
-        self, event: str, *, host: str | None = None, step: str | None = None,
-        status: str | None = None, duration_ms: float | None = None, level: str = "info",
-        **details: Any,
-    ) -> dict[str, Any]: ...
 
 
 def make_event(

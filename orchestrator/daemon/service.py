@@ -43,9 +43,12 @@ log = structlog.get_logger("orchestrator.daemon.service")
 RECONCILE_REASON = "daemon restarted; reconciliation pending pipeline support"
 
 
-# The pipeline engine (orchestrator/deploy/pipeline.py) reports steps as plain `emit("step", status=
-# "started" | "ok" | "failed")` events; `ServiceSink.emit` records those as step states too, so a
-# runner built on it gets per-host step records without calling `step()` itself.
+# The pipeline engine reports its steps and recovery actions through `ServiceSink.step` (checked,
+# persisted, emitted by `change_step_state`). Emitters that only know `emit` still send plain
+# `emit("step", status="started" | "ok" | "failed")` events: the rollout's fleet preflight
+# (orchestrator/deploy/rollout.py) and a pipeline run by re-verification through its app sink.
+# `ServiceSink.emit` records those as step states too, a transition the table refuses being noted
+# on the event (`state_error`) rather than failing the emitter; new code calls `step()`.
 EVENT_STEP_STATES = {
     "started": S.RUNNING, "running": S.RUNNING, "ok": S.OK, "failed": S.FAILED,
     "skipped": S.SKIPPED, "cancelled": S.CANCELLED, "rolled_back": S.ROLLED_BACK,
@@ -84,9 +87,11 @@ class ServiceSink(DeploymentSink):
 
     def step(self, host: str, step: str, state: HostStepState, *,
              duration_ms: float | None = None, reason: str | None = None,
-             detail: dict[str, Any] | None = None) -> None:
+             detail: dict[str, Any] | None = None, event: str = "step",
+             level: str | None = None, extra: dict[str, Any] | None = None) -> None:
         change_step_state(self.store, self._plain, self.deployment, host, step, state,
-                          duration_ms=duration_ms, reason=reason, detail=detail)
+                          duration_ms=duration_ms, reason=reason, detail=detail, event=event,
+                          level=level, extra=extra)
 
     def emit(
         self, event: str, *, host: str | None = None, step: str | None = None,

@@ -25,6 +25,7 @@ from orchestrator.core.ids import new_deployment_id
 from orchestrator.core.inventory import Host
 from orchestrator.core.lockfile import Lock, load_lock
 from orchestrator.core.spec import Spec
+from orchestrator.deploy.inputs import DeployInputs, new_inputs_release_id
 from orchestrator.deploy.pipeline import (
     EventSink,
     HostResult,
@@ -32,8 +33,8 @@ from orchestrator.deploy.pipeline import (
     Pipeline,
 )
 from orchestrator.deploy.playbook import Playbook, load_playbook
-from orchestrator.deploy.steps.host import DeployInputs, HostDeploy, new_inputs_release_id
-from orchestrator.deploy.steps.recovery import recover_host
+from orchestrator.deploy.steps.host import HostDeploy
+from orchestrator.deploy.steps.recovery import Settled, recover_host
 from orchestrator.deploy.steps.wheels import wheel_resolver
 from orchestrator.errors import HostError
 from orchestrator.hosts import hostlock
@@ -152,18 +153,17 @@ def _reconnect_and_settle(pool: Pool, host: Host, inputs: DeployInputs, sink: Ev
         result.reason = f"{result.reason}; connection lost and reconnecting failed: {exc}"
         return
     sink.emit("host.reconnect", host=host.name, status="ok", level="warning", outcome=outcome)
-    if outcome == "serving":
-        result.status = HostStatus.SUCCEEDED
+    if outcome is Settled.SERVING:
+        new, reason = HostStatus.SUCCEEDED, result.reason
         result.warnings.append(f"connection lost in {result.failed_step}; reconnected: the "
                                "release serves and passes its health check")
     else:
-        result.status = HostStatus.FAILED if outcome == "aborted" else HostStatus.ROLLED_BACK
-        result.reason = (f"connection lost in {result.failed_step}; reconnected and settled the "
-                         f"host from its real state: {outcome}")
+        new = HostStatus.FAILED if outcome is Settled.ABORTED else HostStatus.ROLLED_BACK
+        reason = (f"connection lost in {result.failed_step}; reconnected and settled the "
+                  f"host from its real state: {outcome}")
     # The host's final state changed after the pipeline's own host.finished: say so once more.
-    sink.emit("host.finished", host=host.name, status=result.status.value,
-              level="info" if result.ok else "error", reason=result.reason,
-              failed_step=result.failed_step, settled_after_reconnect=True)
+    result.settle(sink, new, reason, failed_step=result.failed_step,
+                  settled_after_reconnect=True)
 
 
 def parallel_of(inputs: DeployInputs, max_parallel: int | None) -> int:

@@ -1,10 +1,10 @@
 """The per-host pipeline engine: run the playbook's steps in order on one host, and recover.
 
 The engine knows nothing about SSH, models or venvs: it drives a `HostSteps` object (the real one
-is `orchestrator.deploy.steps.HostDeploy`; tests also drive an in-memory fake) and an event sink.
-Before
-each step it emits an intent (`status="started"`), after it an outcome (`"ok"` or `"failed"`, with
-`duration_ms` and the step's details), so a daemon killed at any point knows what was under way.
+is `orchestrator.deploy.steps.host.HostDeploy`; tests also drive an in-memory fake) and an event
+sink. Before each step it emits an intent (`status="started"`), after it an outcome (`"ok"` or
+`"failed"`, with `duration_ms` and the step's details), so a daemon killed at any point knows what
+was under way.
 
 What to do after a failure is a pure function, `decide(Situation) -> Decision`, tested from a
 table: before `switch` the staged release is removed (abort-stage) and `current` never moved; at or
@@ -22,51 +22,23 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from orchestrator.core.sink import EventSink, StepSink
+from orchestrator.core.states import (
+    HostOutcome,
+    HostStepState,
+    change_host_state,
+    check_step_transition,
+)
+from orchestrator.deploy.deadline import RECOVERY_TIMEOUT_S, Deadline
 from orchestrator.deploy.playbook import OnFailure, Playbook, PlaybookStep
-from orchestrator.errors import CommandTimeout, OrchestratorError
+from orchestrator.errors import CommandTimeout, HostUnreachable, OrchestratorError
 
 #: Keys of an event that a step's details must not overwrite.
 _RESERVED = frozenset({"event", "host", "step", "status", "duration_ms", "level", "ts",
                        "deployment"})
-#: Budget of the recovery actions (abort-stage, rollback, mark-bad): small, bounded host operations.
-RECOVERY_TIMEOUT_S = 120.0
 
-
-class EventSink(Protocol):
-    """What the engine needs from orchestrator.daemon.events' sinks (structurally the same
-    protocol)."""
-
-    def emit(
-        self, event: str, *, host: str | None = None, step: str | None = None,
-        status: str | None = None, duration_ms: float | None = None, level: str = "info",
-        **details: Any,
-    ) -> None: ...
-
-
-class Deadline:
-    """A step's time budget; remote calls take their timeout from what is left of it."""
-
-    def __init__(self, host: str, step: str, seconds: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.host, self.step, self.seconds, self._clock = host, step, seconds, clock
-        self._end = clock() + seconds
-
-    def remaining(self) -> float:
-        return self._end - self._clock()
-
-    @property
-    def expired(self) -> bool:
-        return self.remaining() <= 0
-
-    def timeout(self, cap: float | None = None) -> float:
-        """Seconds a remote call may take now; raises CommandTimeout when nothing is left."""
-        left = self.remaining()
-        if left <= 0:
-            raise CommandTimeout(self.host, f"step {self.step} exceeded its budget of "
-                                            f"{self.seconds:g} s")
-        return min(left, cap) if cap is not None else left
-
-
+__all__ = ["RECOVERY_TIMEOUT_S", "Deadline", "EventSink", "HostResult", "HostStatus",
+           "HostSteps", "Pipeline", "decide"]
 class HostSteps(Protocol):
     """The host-side actions the engine drives. Each raises OrchestratorError on failure."""
 
@@ -109,11 +81,8 @@ class Action(enum.StrEnum):
     STOP = "stop"                # nothing more to do automatically: report
 
 
-class HostStatus(enum.StrEnum):
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"            # failed before switch: host as it was
-    ROLLED_BACK = "rolled_back"  # failed after switch: previous good release serves again
-    BROKEN = "broken"            # needs a human: no healthy release could be restored
+#: A host's outcome: the state machine of orchestrator.core.states (one vocabulary, one table).
+HostStatus = HostOutcome
 
 
 @dataclass(frozen=True)
@@ -161,11 +130,12 @@ def decide(s: Situation) -> Decision:
 @dataclass
 class StepRecord:
     name: str
-    status: str  # ok | failed | skipped
+    status: HostStepState  # ok | failed
     duration_ms: float
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     kind: str | None = None  # the error's class name: "HostUnreachable", "CommandFailed", ...
+    unreachable: bool = False  # the error was a HostUnreachable: the connection is gone
 
 
 @dataclass
@@ -189,7 +159,41 @@ class HostResult:
     def connection_lost(self) -> bool:
         """Whether a step or a recovery action failed because the host could not be reached
         (then nothing after it could be done on that connection)."""
-        return any(r.kind == "HostUnreachable" for r in self.steps)
+        return any(r.unreachable for r in self.steps)
+
+    def settle(self, sink: EventSink, new: HostStatus, reason: str | None = None,
+               **details: Any) -> None:
+        """The one way a host's outcome changes: checked against the host state machine,
+        kept here, emitted (`host.started` / `host.finished`) by `states.change_host_state`."""
+        extra = details if new is HostStatus.RUNNING else {"reason": reason, **details}
+        self.status = change_host_state(sink, self.host, self.status, new, **extra)
+        if new is not HostStatus.RUNNING:
+            self.reason = reason
+
+
+class StepReporter:
+    """How the pipeline reports a step's (or a recovery action's) state change: through the
+    sink's `step` (the daemon's: checked, persisted and emitted by `change_step_state`), or,
+    for a plain event sink, checked here against the same table and emitted with the words the
+    standalone logs have always used ("started" for an intent)."""
+
+    def __init__(self, sink: EventSink, host: str) -> None:
+        self.sink, self.host = sink, host
+        self._states: dict[tuple[str, str], HostStepState] = {}
+
+    def change(self, step: str, new: HostStepState, *, event: str = "step",
+               duration_ms: float | None = None, level: str | None = None,
+               reason: str | None = None, extra: dict[str, Any] | None = None) -> None:
+        if isinstance(self.sink, StepSink):
+            self.sink.step(self.host, step, new, duration_ms=duration_ms, reason=reason,
+                           event=event, level=level, extra=extra)
+            return
+        check_step_transition(self._states.get((event, step)), new)
+        self._states[(event, step)] = new
+        word = "started" if new is HostStepState.RUNNING else str(new)
+        self.sink.emit(event, host=self.host, step=step, status=word, duration_ms=duration_ms,
+                       level=level or ("error" if new is HostStepState.FAILED else "info"),
+                       **(extra or {}))
 
 
 class Pipeline:
@@ -202,12 +206,14 @@ class Pipeline:
         self.cancel = cancel
         self.clock = clock
         self.host = steps.host
-        self.result = HostResult(self.host, HostStatus.SUCCEEDED)
+        self.result = HostResult(self.host, HostStatus.PENDING)
+        self.report = StepReporter(sink, self.host)
         self._rollbacks = 0
+        # The outcome decided so far (the host's state changes once, when the pipeline ends).
+        self._outcome: tuple[HostStatus, str | None] = (HostStatus.SUCCEEDED, None)
 
     def run(self) -> HostResult:
-        self.sink.emit("host.started", host=self.host, status="started",
-                       steps=list(self.playbook.names))
+        self.result.settle(self.sink, HostStatus.RUNNING, steps=list(self.playbook.names))
         for step in self.playbook.steps:
             if step.before_switch and self.cancel is not None and self.cancel.is_set():
                 # Cancellation only takes effect before the switch: after it, finishing (or
@@ -219,15 +225,17 @@ class Pipeline:
                 continue
             if self._fail(step, error, kind, exc):
                 break
-        self.sink.emit("host.finished", host=self.host, status=self.result.status.value,
-                       level="info" if self.result.ok else "error", reason=self.result.reason,
-                       failed_step=self.result.failed_step, timings_ms=self.result.timings())
+        self._finish()
         return self.result
+
+    def _finish(self) -> None:
+        status, reason = self._outcome
+        self.result.settle(self.sink, status, reason, failed_step=self.result.failed_step,
+                           timings_ms=self.result.timings())
 
     def _step(self, step: PlaybookStep) -> tuple[str | None, str, BaseException | None]:
         """Run one step with intent and outcome events; returns (error, kind, bug) on failure."""
-        self.sink.emit("step", host=self.host, step=step.name, status="started",
-                       timeout_s=step.timeout_s)
+        self.report.change(step.name, HostStepState.RUNNING, extra={"timeout_s": step.timeout_s})
         deadline = Deadline(self.host, step.name, step.timeout_s, self.clock)
         t0 = self.clock()
         try:
@@ -240,18 +248,18 @@ class Pipeline:
         except Exception as exc:  # a bug: recover the host first, then re-raise it
             return self._outcome_failed(step.name, t0, exc), type(exc).__name__, exc
         ms = _ms(self.clock() - t0)
-        self.result.steps.append(StepRecord(step.name, "ok", ms, details))
-        self.sink.emit("step", host=self.host, step=step.name, status="ok", duration_ms=ms,
-                       **_safe(details))
+        self.result.steps.append(StepRecord(step.name, HostStepState.OK, ms, details))
+        self.report.change(step.name, HostStepState.OK, duration_ms=ms, extra=_safe(details))
         return None, "", None
 
     def _outcome_failed(self, name: str, t0: float, exc: BaseException) -> str:
         ms = _ms(self.clock() - t0)
         error = str(exc)
-        self.result.steps.append(StepRecord(name, "failed", ms, error=error,
-                                            kind=type(exc).__name__))
-        self.sink.emit("step", host=self.host, step=name, status="failed", duration_ms=ms,
-                       level="error", error=error, kind=type(exc).__name__)
+        self.result.steps.append(StepRecord(name, HostStepState.FAILED, ms, error=error,
+                                            kind=type(exc).__name__,
+                                            unreachable=isinstance(exc, HostUnreachable)))
+        self.report.change(name, HostStepState.FAILED, duration_ms=ms, reason=error,
+                           extra={"error": error, "kind": type(exc).__name__})
         return error
 
     def _fail(self, step: PlaybookStep, error: str, kind: str,
@@ -267,11 +275,12 @@ class Pipeline:
         self.result.failed_step, self.result.error = step.name, error
         self._apply(decision, step)
         if bug is not None:
+            self._finish()  # the host is settled: say so before the bug propagates
             raise bug
         return True
 
     def _apply(self, decision: Decision, step: PlaybookStep) -> None:
-        self.result.status, self.result.reason = decision.status, decision.reason
+        self._settle(decision)
         if decision.action is Action.ABORT_STAGE:
             if not self._recover("abort-stage", self.steps.abort_stage):
                 self._settle(decide(Situation(Failure.ABORT)))
@@ -287,28 +296,30 @@ class Pipeline:
             self._recover("mark-bad", self.steps.mark_bad)
 
     def _settle(self, decision: Decision) -> None:
-        self.result.status, self.result.reason = decision.status, decision.reason
+        self._outcome = (decision.status, decision.reason)
 
     def _recover(self, name: str, action: Callable[[Deadline], Mapping[str, Any]],
                  timeout_s: float = RECOVERY_TIMEOUT_S) -> bool:
-        """Run one recovery action with its own events; never raises OrchestratorError."""
-        self.sink.emit("recovery", host=self.host, step=name, status="started",
-                       level="warning", reason=self.result.error)
+        """Run one recovery action, a step row of its own (`recovery` events); never raises
+        OrchestratorError."""
+        self.report.change(name, HostStepState.RUNNING, event="recovery", level="warning",
+                           reason=self.result.error, extra={"reason": self.result.error})
         t0 = self.clock()
         try:
             details = dict(action(Deadline(self.host, name, timeout_s, self.clock)))
         except OrchestratorError as exc:
             ms = _ms(self.clock() - t0)
-            self.result.steps.append(StepRecord(name, "failed", ms, error=str(exc),
-                                                kind=type(exc).__name__))
-            self.sink.emit("recovery", host=self.host, step=name, status="failed",
-                           duration_ms=ms, level="error", error=str(exc),
-                           kind=type(exc).__name__)
+            self.result.steps.append(StepRecord(name, HostStepState.FAILED, ms, error=str(exc),
+                                                kind=type(exc).__name__,
+                                                unreachable=isinstance(exc, HostUnreachable)))
+            self.report.change(name, HostStepState.FAILED, event="recovery", duration_ms=ms,
+                               level="error", reason=str(exc),
+                               extra={"error": str(exc), "kind": type(exc).__name__})
             return False
         ms = _ms(self.clock() - t0)
-        self.result.steps.append(StepRecord(name, "ok", ms, details))
-        self.sink.emit("recovery", host=self.host, step=name, status="ok", duration_ms=ms,
-                       level="warning", **_safe(details))
+        self.result.steps.append(StepRecord(name, HostStepState.OK, ms, details))
+        self.report.change(name, HostStepState.OK, event="recovery", duration_ms=ms,
+                           level="warning", extra=_safe(details))
         return True
 
     def _has_previous(self) -> bool:

@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.core import release as rel
 from orchestrator.core.compat import CompatData
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.inventory import Host
@@ -34,7 +33,11 @@ from orchestrator.core.preflight import (
     preflight,
 )
 from orchestrator.core.spec import Spec
-from orchestrator.deploy.steps.host import platform_of
+from orchestrator.deploy.playbook import Playbook
+from orchestrator.deploy.steps import preflight as preflight_step
+from orchestrator.deploy.steps import registry
+from orchestrator.deploy.steps.context import Target
+from orchestrator.deploy.steps.registry import STEP_ORDER
 from orchestrator.errors import (
     EXIT_DEPLOY_FAILED,
     EXIT_OK,
@@ -88,8 +91,10 @@ class Plan:
 def build_plan(
     spec: Spec, lock: LockLike, hosts: Sequence[Host],
     probed: Mapping[str, HostFacts | HostError], data: CompatData,
+    playbook: Playbook | None = None,
 ) -> Plan:
-    """One `HostPlan` per target host, in the order of `hosts`."""
+    """One `HostPlan` per target host, in the order of `hosts`; its steps are the playbook's
+    (every registered step when none is given), each described by its own module."""
     plans = []
     for host in hosts:
         result = probed.get(host.name)
@@ -100,7 +105,7 @@ def build_plan(
             continue
         verdict = preflight(spec, lock, result, data)
         plans.append(HostPlan(host.name, host.address, verdict, None,
-                              rollout_steps(spec, lock, host, result, verdict)))
+                              rollout_steps(spec, lock, host, result, verdict, playbook)))
     return Plan(spec.name, spec.file, lock_summary(lock, data), tuple(plans))
 
 
@@ -120,75 +125,18 @@ def probe_error(error: HostError | None) -> str:
 
 def rollout_steps(
     spec: Spec, lock: LockLike, host: Host, facts: HostFacts, verdict: HostVerdict,
+    playbook: Playbook | None = None,
 ) -> tuple[str, ...]:
-    """The steps of playbooks/deploy.yaml as they would run on this host, in words."""
-    app_dir = f"{host.deploy_root}/{spec.name}"
-    worst = verdict.status
-    steps = [f"probe: done (python {facts.python_version}, {len(facts.gpus)} GPU(s))",
-             f"preflight: {worst}" + ("" if worst is Status.PASS else
-                                      f" ({_count(verdict, worst)} {worst} check(s))")]
-    if worst is Status.FAIL:
-        return (*steps, STOP)
-    current = facts.releases.get(spec.name)
-    n = len(locked_versions(lock, facts))
-    steps += [
-        f"stage: new release dir {app_dir}/releases/<id>; upload the model "
-        f"({spec.model.format}, sha256 {spec.model.sha256[:12]}... checked on the host) and the "
-        "lock; push the wheels the host's cache lacks",
-        f"install: build or reuse the venv {host.deploy_root}/.orchestrator/venvs/"
-        f"{_env_hash(lock, facts)} "
-        f"(python {spec.environment.python}, {n} locked packages, --require-hashes, offline)",
-        "verify: " + _verify_words(spec),
-        f"switch: {app_dir}/current -> releases/<id> by atomic rename "
-        f"(now: {current or 'no current release'})" + _restart_words(spec),
-        "check: " + _check_words(spec),
-        f"prune: keep the newest {spec.release.keep} releases (never current or the rollback "
-        "target)",
-    ]
+    """Each step of the playbook (the registry's full list when none is given) as it would run on
+    this host, in its own words (`describe`); nothing after a failing preflight."""
+    names = STEP_ORDER if playbook is None else playbook.names
+    target = Target(host, lock, verdict)
+    steps: list[str] = []
+    for name in names:
+        steps.append(f"{name}: {registry.step(name).describe(spec, facts, target)}")
+        if name == preflight_step.NAME and verdict.status is Status.FAIL:
+            return (*steps, STOP)
     return tuple(steps)
-
-
-def _env_hash(lock: LockLike, facts: HostFacts) -> str:
-    """The venv's content address, as the install step computes it (when the lock has a hash)."""
-    sha256 = getattr(lock, "sha256", None)
-    if not isinstance(sha256, str):
-        return "<env_hash>"
-    try:
-        return rel.env_hash(facts.python_version, platform_of(facts), sha256)
-    except ValueError:  # an odd python version string: the install step would say so
-        return "<env_hash>"
-
-
-def _count(verdict: HostVerdict, status: Status) -> int:
-    return sum(1 for c in verdict.checks if c.status is status)
-
-
-def _verify_words(spec: Spec) -> str:
-    v = spec.verify
-    words = (f"load the model in the new venv, compare golden outputs (rtol {v.rtol:g}, atol "
-             f"{v.atol:g}), benchmark {v.warmup_iterations} + {v.iterations} iterations")
-    if v.latency_ms is not None:
-        limits = {"p50": v.latency_ms.p50, "p95": v.latency_ms.p95, "p99": v.latency_ms.p99}
-        given = ", ".join(f"{k} <= {x:g} ms" for k, x in limits.items() if x is not None)
-        words += f" ({given})" if given else ""
-    if spec.gpu.required:
-        words += "; the model must run on the GPU"
-    return words
-
-
-def _restart_words(spec: Spec) -> str:
-    if spec.service is not None and spec.service.restart:
-        return f"; then run the service restart command: {spec.service.restart}"
-    return ""
-
-
-def _check_words(spec: Spec) -> str:
-    s = spec.service
-    if s is not None and s.health_url:
-        return f"GET {s.health_url} must answer 2xx within {s.health_timeout_s:g} s"
-    if s is not None and s.health_command:
-        return f"health command must exit 0 within {s.health_timeout_s:g} s"
-    return "skipped: no service health check in the spec"
 
 
 def lock_summary(lock: LockLike, data: CompatData) -> str:

@@ -1,8 +1,9 @@
 """The deploy playbook: which steps run on a host, in which order, with which budget.
 
-`playbooks/deploy.yaml` is data, but not free-form: the engine knows each step by name, and the
-order and failure policy follow from the one rule of DESIGN.md: a failure before `switch` leaves
-the host exactly as it was (abort-stage), a failure at or after `switch` rolls it back. The loader
+`playbooks/deploy.yaml` is data, but not free-form: its names and their order are checked against
+the step registry (orchestrator.deploy.steps.registry), and the failure policy follows from the
+one rule of DESIGN.md: a failure before `switch` leaves the host exactly as it was (abort-stage),
+a failure at or after `switch` rolls it back. The loader
 refuses anything else with the file, line and field, so a typo can never silently skip a step or
 turn a rollback into a shrug.
 
@@ -19,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.yamlio import FieldPath, YamlDocument, load_yaml, parse_yaml
+from orchestrator.deploy.steps.registry import OPTIONAL_STEPS, STEP_ORDER, SWITCH, before_switch
 
-#: Every step the engine knows, in the only order they may run.
-STEP_ORDER: tuple[str, ...] = (
-    "probe", "preflight", "stage", "install", "verify", "switch", "check", "prune",
-)
-#: Steps a playbook may leave out; every other one is required.
-OPTIONAL_STEPS = frozenset({"check", "prune"})
-SWITCH = "switch"
+# The step names, their order, which are optional and where the switch is: the registry's
+# (re-exported here for the playbook's readers); this module only validates a file against them.
+__all__ = ["OPTIONAL_STEPS", "STEP_ORDER", "SWITCH", "OnFailure", "Playbook", "PlaybookStep",
+           "load_playbook", "parse_playbook", "playbook_summary"]
+
 MAX_TIMEOUT_S = 24 * 3600.0
 DEFAULT_PLAYBOOK = Path(__file__).resolve().parents[2] / "playbooks" / "deploy.yaml"
 
@@ -45,7 +45,7 @@ class PlaybookStep:
 
     @property
     def before_switch(self) -> bool:
-        return STEP_ORDER.index(self.name) < STEP_ORDER.index(SWITCH)
+        return before_switch(self.name)
 
 
 @dataclass(frozen=True)

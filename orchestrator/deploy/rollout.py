@@ -27,9 +27,9 @@ from orchestrator.core.preflight import Status, preflight
 from orchestrator.core.states import DeploymentState
 from orchestrator.deploy.batch import DeployResult, deploy, parallel_of, untouched
 from orchestrator.deploy.control import control_of
+from orchestrator.deploy.inputs import DeployInputs
 from orchestrator.deploy.pipeline import EventSink, HostResult, HostStatus
 from orchestrator.deploy.playbook import Playbook
-from orchestrator.deploy.steps.host import DeployInputs
 from orchestrator.deploy.steps.recovery import undo_host
 from orchestrator.errors import EXIT_DEPLOY_FAILED, EXIT_OK
 from orchestrator.hosts.pool import Pool

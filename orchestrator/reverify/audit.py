@@ -28,13 +28,13 @@ from orchestrator.core.facts import HostFacts, parse_facts
 from orchestrator.core.gates import WarmupRequest, gates
 from orchestrator.core.hashing import hash_file
 from orchestrator.core.inventory import Host
+from orchestrator.deploy.deadline import Deadline
 from orchestrator.deploy.pipeline import RECOVERY_TIMEOUT_S, EventSink
-from orchestrator.deploy.steps.host import service_of
+from orchestrator.deploy.steps.recovery import roll_back_and_restart
 from orchestrator.deploy.steps.verify import remote_model_path
 from orchestrator.errors import BadHostOutput, HostError
 from orchestrator.hosts import hostlock
-from orchestrator.hosts import serving as service
-from orchestrator.hosts.hostops import HostOps, parse_reply
+from orchestrator.hosts.hostops import parse_reply
 from orchestrator.hosts.probe import probe_host
 from orchestrator.hosts.shipping import ensure_tools
 from orchestrator.hosts.transport import Transport
@@ -196,17 +196,14 @@ def _again(first: AppCheck, second: AppCheck) -> AppCheck:
 
 def _rollback(transport: Transport, host: Host, check: AppCheck, spec: Any,
               sink: EventSink) -> None:
-    """Back to the previous good release, and its service restarted as it was deployed."""
+    """Back to the previous good release, and its service restarted as it was deployed (the
+    one "roll back and restart" every recovery uses)."""
     try:
-        out = HostOps(transport, host.deploy_root).rollback(
-            check.app, from_release=check.release_id, mark_bad=True)
-        svc = service_of(host.name, out.service, getattr(spec, "service", None))
-        restarted = (service.restart(transport, svc.restart,
-                                     service.app_dir(host.deploy_root, check.app),
-                                     RECOVERY_TIMEOUT_S)
-                     if svc is not None and svc.restart else {})
+        out = roll_back_and_restart(
+            transport, host, check.app, check.release_id, getattr(spec, "service", None),
+            Deadline(host.name, "rollback", RECOVERY_TIMEOUT_S))
         sink.emit("reverify.rollback", host=host.name, status="ok", app=check.app,
-                  release_id=check.release_id, current=out.current, **restarted)
+                  release_id=check.release_id, current=out.current, **out.restarted)
     except HostError as exc:
         sink.emit("reverify.rollback", host=host.name, status="failed", level="error",
                   app=check.app, error=str(exc))

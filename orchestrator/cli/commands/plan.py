@@ -1,10 +1,11 @@
 """`orchestrator plan SPEC [--inventory FILE] [--json]`: probe the spec's targets and show, per
-host, every preflight check with its verdict and the steps a rollout would take, changing
-nothing of the app on any host.
+host, every preflight check with its verdict and each step of the playbook as it would run there
+(each step describes itself), changing nothing of the app on any host.
 
-Phases: load (spec, lock, inventory: any problem exits 2 before a host is touched) -> probe
-(read-only, in the bounded pool; the probe's own tools are shipped to the host's content-addressed
-`.orchestrator/tools/` cache if missing, as every step does) -> pure plan -> print.
+Phases: load (spec, lock, inventory, playbook: any problem exits 2 before a host is touched) ->
+probe (read-only, in the bounded pool; the probe's own tools are shipped to the host's
+content-addressed `.orchestrator/tools/` cache if missing, as every step does) -> pure plan ->
+print.
 Exit 0 when every target passes (warnings allowed), 3 when any fails or is unreachable.
 """
 
@@ -21,6 +22,7 @@ from orchestrator.core.inventory import load_inventory
 from orchestrator.core.lockfile import load_lock
 from orchestrator.core.spec import load_spec
 from orchestrator.deploy.plan import build_plan, render_text
+from orchestrator.deploy.playbook import load_playbook
 from orchestrator.errors import InvalidInput
 from orchestrator.hosts import ssh
 from orchestrator.hosts.pool import Pool
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     inventory = load_inventory(_inventory_path(args.inventory))
     hosts = inventory.resolve(spec.targets)
     data = load_compat()
+    playbook = load_playbook()
     max_parallel = args.max_parallel or spec.rollout.max_parallel
     if max_parallel < 1:
         raise InvalidInput(f"--max-parallel must be at least 1, not {max_parallel}")
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     options = ssh.SshOptions.for_inventory(inventory, **overrides)
     with Pool(options, max_connections=max_parallel) as pool:
         probed = probe_hosts(pool, hosts, max_parallel)
-    plan = build_plan(spec, lock, hosts, probed, data)
+    plan = build_plan(spec, lock, hosts, probed, data, playbook)
     print(json.dumps(plan.to_dict(), indent=2) if args.json else render_text(plan))
     return plan.exit_code
 

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from orchestrator.core.sink import StepSink
 from orchestrator.core.states import DeploymentState, HostStepState
 from orchestrator.daemon.config import DaemonConfig
-from orchestrator.daemon.events import EventSink
+from orchestrator.deploy.steps.registry import STEP_ORDER
 
 D, S = DeploymentState, HostStepState
 
@@ -54,11 +55,8 @@ class HostCheck:
     facts: dict[str, Any] | None
 
 
-class RunSink(EventSink, Protocol):
-    def step(
-        self, host: str, step: str, state: HostStepState, *, duration_ms: float | None = None,
-        reason: str | None = None, detail: dict[str, Any] | None = None,
-    ) -> None: ...
+class RunSink(StepSink, Protocol):
+    """The one event sink with step states (`StepSink`), and host facts."""
 
     def record_host(self, check: HostCheck) -> None: ...
 
@@ -88,7 +86,8 @@ def targets_of(spec: Any) -> list[str]:
 class EchoRunner:
     """Touches nothing: each target goes through each step, pending -> running -> ok."""
 
-    STEPS = ("probe", "preflight", "stage", "install", "verify", "switch", "check")
+    #: The registry's steps, so the echo walks exactly what a real deployment would.
+    STEPS: tuple[str, ...] = STEP_ORDER
 
     def __init__(self, config: DaemonConfig) -> None:
         self.delay_s = float(os.environ.get("ORCHESTRATOR_ECHO_DELAY_S", "0"))

@@ -1,24 +1,100 @@
-"""Settling a host after things went wrong outside a step: a rollout that stops, a manual
-rollback, a connection lost mid-pipeline, a controller that died (DESIGN.md: "a daemon killed at
-any point resumes or rolls back on restart by reading the host's real state").
+"""Recovery: putting a host back to a release that serves, for everyone who has to.
+
+One "roll back and restart" (`roll_back_and_restart`): `current` back to the previous good
+release (the one undone marked bad), then that release's own service restarted as it was deployed.
+Its users: the pipeline's `rollback` action (a failure at or after switch), the rollout's undo of
+hosts already switched (`undo_host`), crash reconciliation (`recover_host`), and re-verification
+(orchestrator.reverify.audit). Beside it the pipeline's other recovery actions (abort-stage,
+mark-bad, recheck) as functions of the step context.
 
 Everything here starts from what the host says (hostops `state`, `releases`: readlink `current`
 first), never from what the controller remembers, and is idempotent: run twice, it changes
-nothing the second time.
+nothing the second time (`rollback` names the release it undoes).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import enum
+from dataclasses import dataclass, replace
+from typing import Any
 
 from orchestrator.core.inventory import Host
-from orchestrator.deploy.pipeline import RECOVERY_TIMEOUT_S, Deadline, EventSink
-from orchestrator.deploy.steps.host import DeployInputs, HostDeploy, service_of
+from orchestrator.core.sink import EventSink
+from orchestrator.core.spec import Service
+from orchestrator.deploy.deadline import RECOVERY_TIMEOUT_S, Deadline
+from orchestrator.deploy.inputs import DeployInputs
+from orchestrator.deploy.steps import service
+from orchestrator.deploy.steps.context import HostContext
 from orchestrator.errors import HostError
 from orchestrator.hosts import hostlock
 from orchestrator.hosts.hostops import HostOps
 from orchestrator.hosts.transport import Transport
 
+
+class Settled(enum.StrEnum):
+    """How recovery left a host (its values are the `outcome` field of the recovery events)."""
+
+    SERVING = "serving"          # this deployment's release serves and passes its check
+    ROLLED_BACK = "rolled_back"  # back on the previous good release
+    ABORTED = "aborted"          # staged work removed; `current` never moved
+
+
+@dataclass(frozen=True)
+class RolledBack:
+    """What `roll_back_and_restart` did: where `current` points now, whether it moved, the
+    service that now runs (the restored release's own), and the restart's details."""
+
+    current: str | None
+    changed: bool
+    service: Service | None
+    restarted: dict[str, Any]
+
+
+def roll_back_and_restart(transport: Transport, host: Host, app: str,
+                          from_release: str | None, fallback: Service | None,
+                          deadline: Deadline, *, mark_bad: bool = True) -> RolledBack:
+    """The one "roll back and restart": `current` back to the previous good release if it is
+    still `from_release` (marked bad first with `mark_bad`; None: whatever is current), then the
+    restored release's service (as its manifest recorded it; `fallback` for a manifest that
+    predates the record) restarted."""
+    out = HostOps(transport, host.deploy_root).rollback(
+        app, from_release=from_release, mark_bad=mark_bad, timeout=deadline.timeout())
+    svc = service.service_of(host.name, out.service, fallback)
+    restarted = service.restart(transport, host.deploy_root, app, svc, deadline.timeout())
+    return RolledBack(out.current, out.changed, svc, restarted)
+
+
+# -- the pipeline's recovery actions, on the step context -------------------------------------
+
+def abort_stage(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
+    """Remove the staged release: `current` never moved."""
+    if ctx.staged is None:
+        return {"removed": [], "note": "nothing was staged"}
+    removed = ctx.ops.abort_stage(ctx.app_name, ctx.release_id, timeout=deadline.timeout())
+    return {"removed": list(removed)}
+
+
+def mark_bad(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
+    """Mark the new release bad: it is never a rollback target."""
+    return {"bad": list(ctx.ops.mark_bad(ctx.app_name, ctx.release_id,
+                                         timeout=deadline.timeout()))}
+
+
+def rollback(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
+    """Roll back and restart; later checks use the restored release's service."""
+    out = roll_back_and_restart(ctx.transport, ctx.inv_host, ctx.app_name, ctx.release_id,
+                                ctx.spec.service, deadline)
+    ctx.service = out.service
+    return {"current": out.current, "changed": out.changed, **out.restarted}
+
+
+def recheck(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
+    """The health check again, of whatever serves after a rollback."""
+    return service.health(ctx.transport, ctx.root, ctx.app_name, ctx.service,
+                          deadline.timeout())
+
+
+# -- settling a host outside a pipeline -------------------------------------------------------
 
 def release_of(ops: HostOps, app: str, deployment: str) -> str | None:
     """The release this deployment made on a host (its manifest names the deployment)."""
@@ -29,36 +105,35 @@ def release_of(ops: HostOps, app: str, deployment: str) -> str | None:
 
 
 def undo_host(transport: Transport, host: Host, inputs: DeployInputs, sink: EventSink, *,
-              mark_bad: bool = True) -> str:
+              mark_bad: bool = True) -> Settled:
     """Switch a host that runs this deployment's release back to its previous good release
     (idempotent: a host no longer on it is left alone), restart the service, mark it bad."""
     sink.emit("recovery", host=host.name, step="rollback", status="started", level="warning",
               reason="rollout stopped or rollback requested")
-    res = HostOps(transport, host.deploy_root).rollback(
-        str(inputs.spec.name), from_release=inputs.release_id, mark_bad=mark_bad)
-    steps = HostDeploy(transport, host, inputs)
-    steps.service = service_of(host.name, res.service, inputs.spec.service)
-    details = steps.restart_service(Deadline(host.name, "rollback", RECOVERY_TIMEOUT_S))
+    out = roll_back_and_restart(transport, host, str(inputs.spec.name), inputs.release_id,
+                                inputs.spec.service,
+                                Deadline(host.name, "rollback", RECOVERY_TIMEOUT_S),
+                                mark_bad=mark_bad)
     sink.emit("recovery", host=host.name, step="rollback", status="ok", level="warning",
-              current=res.current, changed=res.changed, **details)
-    return "rolled_back"
+              current=out.current, changed=out.changed, **out.restarted)
+    return Settled.ROLLED_BACK
 
 
 def recover_host(transport: Transport, host: Host, inputs: DeployInputs,
-                 sink: EventSink) -> str:
+                 sink: EventSink) -> Settled:
     """After a crash: read the host's real state and settle it. A host serving this
-    deployment's release that passes its health check is "serving"; one that fails it goes
-    back ("rolled_back"); staged work is removed ("aborted"). The deploy lock is released."""
+    deployment's release that passes its health check is SERVING; one that fails it goes
+    back (ROLLED_BACK); staged work is removed (ABORTED). The deploy lock is released."""
     app, deployment = str(inputs.spec.name), inputs.deployment
     ops = HostOps(transport, host.deploy_root)
     state = ops.state(app)
     rid = release_of(ops, app, deployment)
-    steps = HostDeploy(transport, host, replace(inputs, release_id=rid or inputs.release_id))
-    deadline = Deadline(host.name, "reconcile", RECOVERY_TIMEOUT_S)
+    result: Settled
     if rid is not None and state.current == rid:
         try:
-            steps.recheck(deadline)
-            result = "serving"
+            ctx = HostContext.open(transport, host, replace(inputs, release_id=rid))
+            recheck(ctx, Deadline(host.name, "reconcile", RECOVERY_TIMEOUT_S))
+            result = Settled.SERVING
         except HostError as exc:
             sink.emit("recovery", host=host.name, step="recheck", status="failed",
                       level="error", error=str(exc))
@@ -68,8 +143,8 @@ def recover_host(transport: Transport, host: Host, inputs: DeployInputs,
         # ours that never became current is removed too.
         for staged in [*state.staging, *([rid] if rid else [])]:
             ops.abort_stage(app, staged)
-        result = "aborted"
+        result = Settled.ABORTED
     hostlock.release(transport, host.deploy_root, app, deployment)
     sink.emit("recovery", host=host.name, step="reconcile", status="ok", level="warning",
-              outcome=result, current=state.current)
+              outcome=result.value, current=state.current)
     return result

@@ -1,4 +1,6 @@
-"""The verify step: the warmup runner in the new venv, then the gates (orchestrator.core.gates).
+"""The `verify` step: the warmup runner in the new venv, then the gates (orchestrator.core.gates),
+then the release's manifest.json (with the warmup result: re-verification's baseline) and the
+stage commit, all before anything is switched.
 
 The golden file travels into the staged release (`golden.npz`, so the release carries what it was
 verified against); the runner is shipped with the other tools and run by the venv's python under
@@ -8,20 +10,82 @@ gate fails the step, with every failing gate's message (measured figure and limi
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from orchestrator.core import fingerprint
+from orchestrator.core import release as rel
+from orchestrator.core.facts import HostFacts
 from orchestrator.core.gates import WarmupRequest, gates, result_from_raw
-from orchestrator.deploy.pipeline import Deadline
+from orchestrator.core.spec import Spec
+from orchestrator.deploy.deadline import Deadline
 from orchestrator.deploy.steps import StepFailed
-from orchestrator.errors import InvalidInput
+from orchestrator.deploy.steps.context import HostContext, Target
+from orchestrator.deploy.steps.install import platform_of
+from orchestrator.errors import HostError, InvalidInput
+from orchestrator.hosts import serving
 from orchestrator.hosts.shipping import RemoteTools
 from orchestrator.hosts.transport import Transport
 from orchestrator.hosts.warmup import run_warmup
 
+NAME = "verify"
 #: Kept back from the step's budget for the upload before and the manifest after the runner.
 RESERVE_S = 15.0
+
+
+def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
+    staged = ctx.known_staged()
+    assert ctx.tools is not None  # set by the probe, which always runs first
+    result, details = verify_release(
+        ctx.transport, ctx.tools, ctx.spec, python=f"{ctx.venv['path']}/bin/python",
+        release_path=staged.path, baseline=_baseline(ctx), deadline=deadline)
+    ctx.warmup = result
+    release = {"app": ctx.app_name, "release_id": ctx.release_id}
+    _written, committed = ctx.ops.batch([
+        ("write-manifest", {**release, "manifest": _manifest(ctx).to_json()}),
+        ("stage-commit", release)], timeout=deadline.timeout())
+    ctx.release_path = str(committed["path"])
+    return details
+
+
+def describe(spec: Spec, facts: HostFacts, target: Target) -> str:
+    v = spec.verify
+    words = (f"load the model in the new venv, compare golden outputs (rtol {v.rtol:g}, atol "
+             f"{v.atol:g}), benchmark {v.warmup_iterations} + {v.iterations} iterations")
+    if v.latency_ms is not None:
+        limits = {"p50": v.latency_ms.p50, "p95": v.latency_ms.p95, "p99": v.latency_ms.p99}
+        given = ", ".join(f"{k} <= {x:g} ms" for k, x in limits.items() if x is not None)
+        words += f" ({given})" if given else ""
+    if spec.gpu.required:
+        words += "; the model must run on the GPU"
+    return words
+
+
+def _baseline(ctx: HostContext) -> dict[str, Any] | None:
+    """The serving release's warmup result, for `verify.max_regression` (None if none)."""
+    if not ctx.app.get("current") or ctx.spec.verify.max_regression is None:
+        return None
+    try:
+        raw = ctx.transport.get(f"{serving.app_dir(ctx.root, ctx.app_name)}/current/"
+                                "manifest.json")
+        warm = json.loads(raw).get("warmup")
+    except (HostError, ValueError, AttributeError):
+        return None
+    return warm if isinstance(warm, dict) else None
+
+
+def _manifest(ctx: HostContext) -> rel.Manifest:
+    facts, spec, venv = ctx.known_facts(), ctx.spec, ctx.venv
+    return rel.Manifest(
+        app=ctx.app_name, release_id=ctx.release_id, deployment=ctx.inputs.deployment,
+        created=datetime.now(UTC), spec_digest=spec.digest, model_sha256=spec.model.sha256,
+        lock_sha256=ctx.lock.sha256, env_hash=str(venv.get("env_hash")),
+        python_version=facts.python_version, platform=platform_of(facts),
+        installer=venv.get("installer"), facts=facts.raw,
+        pip_freeze=list(venv.get("freeze", ())), warmup=ctx.warmup,
+        service=spec.service.model_dump(mode="json") if spec.service else {})
 
 
 def remote_model_path(release_path: str, model: Path) -> str:
@@ -29,7 +93,7 @@ def remote_model_path(release_path: str, model: Path) -> str:
     return f"{release_path}/model" if model.is_dir() else f"{release_path}/model/{model.name}"
 
 
-def verify_release(transport: Transport, tools: RemoteTools, spec: Any, *, python: str,
+def verify_release(transport: Transport, tools: RemoteTools, spec: Spec, *, python: str,
                    release_path: str, baseline: dict[str, Any] | None,
                    deadline: Deadline) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run the warmup and the gates; returns (the raw result for the manifest, event details).

@@ -9,16 +9,17 @@ platform, not once per host. Thread-safe: the pool's workers call it at once.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.lockfile import Lock
+from orchestrator.core.spec import Spec
+from orchestrator.deploy.inputs import WheelResolver
 from orchestrator.deploy.wheelcache import Wheel, WheelCache, from_wheelhouse, platform_tags
 from orchestrator.xdg import user_dir
 
-WheelResolver = Callable[[HostFacts], Mapping[str, Wheel]]
+__all__ = ["WheelResolver", "default_cache_dir", "wheel_resolver"]
 
 
 def default_cache_dir() -> Path:
@@ -26,7 +27,7 @@ def default_cache_dir() -> Path:
     return user_dir("CACHE", "wheelcache", override="ORCHESTRATOR_WHEEL_CACHE")
 
 
-def wheel_resolver(spec: Any, lock: Lock, cache_dir: Path | None = None) -> WheelResolver:
+def wheel_resolver(spec: Spec, lock: Lock, cache_dir: Path | None = None) -> WheelResolver:
     wheelhouse: Path | None = spec.paths.wheelhouse
     requirements: Path = spec.paths.requirements
     memo: dict[tuple[str, str, str], Mapping[str, Wheel]] = {}

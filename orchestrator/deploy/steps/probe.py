@@ -1,0 +1,46 @@
+"""The `probe` step: the host's facts and the app's state there, in one hostops batch.
+
+The tools bundle is checked (and shipped when missing) once per host and deployment here, so every
+later step finds it. Driver missing or no GPU is a fact, not a failure; a probe that prints more
+than the facts limit is refused before it is parsed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+from orchestrator.core.facts import MAX_FACTS_BYTES, HostFacts, parse_facts
+from orchestrator.core.spec import Spec
+from orchestrator.deploy.deadline import Deadline
+from orchestrator.deploy.steps.context import HostContext, Target
+from orchestrator.errors import BadHostOutput, OutputTooLarge
+from orchestrator.hosts.hostops import app_state
+from orchestrator.hosts.probe import PROBE_TIMEOUT_S
+
+NAME = "probe"
+#: Room for the `state` reply beside the facts in the probe's batch.
+_STATE_BYTES = 1 << 20
+
+
+def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
+    ctx.tools = ctx.ops.tools()  # ships the tools when missing; once per deployment
+    try:
+        probed, app = ctx.ops.batch([("probe", {}), ("state", {"app": ctx.app_name})],
+                                    timeout=deadline.timeout(PROBE_TIMEOUT_S),
+                                    max_output=MAX_FACTS_BYTES + _STATE_BYTES)
+    except OutputTooLarge as exc:
+        raise BadHostOutput(ctx.host, f"probe printed more than {MAX_FACTS_BYTES} bytes; "
+                                      "refusing to parse it") from exc
+    # The facts as probe.py alone prints them: one parser, one size limit.
+    facts = parse_facts(ctx.host, json.dumps(probed.get("facts"), sort_keys=True))
+    ctx.facts = facts
+    ctx.app = asdict(app_state(app))
+    return {"python": facts.python_version, "driver": facts.driver_version,
+            "gpus": len(facts.gpus), "current": ctx.app["current"],
+            "generation": ctx.app["generation"]}
+
+
+def describe(spec: Spec, facts: HostFacts, target: Target) -> str:
+    return f"done (python {facts.python_version}, {len(facts.gpus)} GPU(s))"

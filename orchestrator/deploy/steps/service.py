@@ -1,0 +1,49 @@
+"""The app's service around a switch: its restart and its health check, as the `switch` and
+`check` steps and every rollback run them, and which `service:` a release is run with.
+
+One place so that a rollback restarts and checks the release it puts back exactly as that release
+was restarted and checked when it was deployed (`service_of`), whoever rolls back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from orchestrator.core.spec import Service
+from orchestrator.errors import BadHostOutput
+from orchestrator.hosts import serving
+from orchestrator.hosts.transport import Transport
+
+
+def restart(transport: Transport, deploy_root: str, app: str, svc: Service | None,
+            timeout: float) -> dict[str, Any]:
+    """Run the service's restart command, if it has one; {} when there is nothing to restart."""
+    if svc is None or not svc.restart:
+        return {}
+    return serving.restart(transport, svc.restart, serving.app_dir(deploy_root, app), timeout)
+
+
+def health(transport: Transport, deploy_root: str, app: str, svc: Service | None,
+           timeout: float) -> dict[str, Any]:
+    """The service's health check (URL or command), if it has one; raises HealthCheckFailed."""
+    if svc is None or not (svc.health_url or svc.health_command):
+        return {"health": "none configured"}
+    return serving.health(transport, url=svc.health_url, command=svc.health_command,
+                          cwd=serving.app_dir(deploy_root, app),
+                          budget_s=float(svc.health_timeout_s), timeout=timeout)
+
+
+def service_of(host: str, recorded: Mapping[str, Any] | None,
+               fallback: Service | None) -> Service | None:
+    """The `service:` a release was deployed with, from its manifest: a release put back by a
+    rollback is restarted and checked as it was when it last passed (a new spec's health URL
+    may not exist in the old release). `fallback` when the manifest predates the record."""
+    if recorded is None:
+        return fallback
+    if not recorded:
+        return None
+    try:
+        return Service.model_validate(recorded)
+    except ValueError as exc:  # pydantic's ValidationError
+        raise BadHostOutput(host, f"manifest.json: service: {exc}") from exc

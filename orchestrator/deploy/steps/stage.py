@@ -1,0 +1,144 @@
+"""The `stage` step: a new release dir on the host with the lock file and the model (its sha256
+checked on the host after transfer), and the wheels the host's cache lacks.
+
+Idempotent: `stage-begin` resumes its own staging dir, a model already verified is not sent twice,
+wheels already cached are not sent. A small model travels inside one hostops batch with
+stage-begin, the lock and the hash check (one host process); a larger one goes by SFTP.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from orchestrator.core.facts import HostFacts
+from orchestrator.core.spec import Spec
+from orchestrator.deploy.deadline import Deadline
+from orchestrator.deploy.steps import StepFailed
+from orchestrator.deploy.steps.context import HostContext, Target
+from orchestrator.errors import HostError, HostUnreachable
+from orchestrator.hosts.hostops import (
+    HostOpFailed,
+    HostOps,
+    SmallModel,
+    StagedRelease,
+    staged_release,
+)
+
+NAME = "stage"
+_FREE_BYTES = "import os, sys; s = os.statvfs(sys.argv[1]); print(s.f_bavail * s.f_frsize)"
+#: Below this, an upload failure is reported as a full disk.
+_LOW_DISK_BYTES = 64 << 20
+
+
+def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
+    spec = ctx.spec
+    # Resolve the wheels first: a wheelhouse missing one fails here, before the host is
+    # touched at all.
+    wheels = ctx.inputs.wheels_for(ctx.known_facts())
+    cleaned = _clean_stale_staging(ctx, deadline)
+    small = HostOps.small_model(spec.paths.model)
+    missing: tuple[str, ...] | None
+    try:
+        if small is not None:
+            details, missing = _stage_in_one_call(ctx, small, sorted(wheels), deadline)
+        else:
+            details, missing = _stage_by_sftp(ctx, sorted(wheels), deadline)
+        pushed = ctx.ops.push_wheels({sha: w.path for sha, w in wheels.items()},
+                                     missing=missing, timeout=deadline.timeout())
+    except HostUnreachable:
+        raise
+    except HostError as exc:
+        raise _explain(ctx, exc, deadline) from exc
+    details = {"release_id": ctx.release_id, "resumed": details.pop("resumed"),
+               "cleaned_staging": cleaned, **details}
+    details.update(wheels_total=len(wheels), wheels_pushed=len(pushed),
+                   wheel_bytes=sum(wheels[s].path.stat().st_size for s in pushed))
+    return details
+
+
+def describe(spec: Spec, facts: HostFacts, target: Target) -> str:
+    app_dir = f"{target.host.deploy_root}/{spec.name}"
+    return (f"new release dir {app_dir}/releases/<id>; upload the model ({spec.model.format}, "
+            f"sha256 {spec.model.sha256[:12]}... checked on the host) and the lock; push the "
+            "wheels the host's cache lacks")
+
+
+def _stage_in_one_call(ctx: HostContext, small: SmallModel, shas: list[str],
+                       deadline: Deadline) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """A small model: stage-begin, the lock and the model's files, the model's hash checked on
+    the host, which wheels the host lacks: one batch, one host process."""
+    spec, app, rid = ctx.spec, ctx.app_name, ctx.release_id
+    release = {"app": app, "release_id": rid}
+    # Set before the call: should it fail after stage-begin, abort-stage removes the dir.
+    ctx.staged = StagedRelease(app, rid, "", "staging", False, None)
+    lock = ("write-file", {**release, "path": "requirements.lock", "data": base64.b64encode(
+        spec.paths.requirements.read_bytes()).decode("ascii")})
+    try:
+        replies = ctx.ops.batch([
+            ("stage-begin", {**release, "deployment": ctx.inputs.deployment, "force": False}),
+            lock, *small.write_calls(app, rid),  # the lock first, as by SFTP
+            ("stage-verify-model", {**release, "sha256": spec.model.sha256,
+                                    "path": small.verify_path}),
+            ("wheels-missing", {"shas": shas})], timeout=deadline.timeout())
+    except HostOpFailed as exc:
+        if exc.op == "stage-begin":  # refused (busy): nothing of ours was staged
+            ctx.staged = None
+        raise
+    staged = staged_release(app, rid, replies[0])
+    ctx.staged, ctx.release_path = staged, staged.path
+    details: dict[str, Any] = {"release_id": rid, "resumed": staged.resumed}
+    if staged.state != "committed":
+        details["model_hash"] = str(replies[-2]["hash_kind"])
+    return details, tuple(replies[-1]["missing"])
+
+
+def _stage_by_sftp(ctx: HostContext, shas: list[str],
+                   deadline: Deadline) -> tuple[dict[str, Any], tuple[str, ...] | None]:
+    spec, app, rid = ctx.spec, ctx.app_name, ctx.release_id
+    staged = ctx.ops.stage_begin(app, rid, deployment=ctx.inputs.deployment,
+                                 lock_sha256=_sha256(spec.paths.requirements),
+                                 timeout=deadline.timeout())
+    ctx.staged, ctx.release_path = staged, staged.path
+    details: dict[str, Any] = {"release_id": rid, "resumed": staged.resumed}
+    if staged.state == "committed":
+        return details, None
+    # The lock first: prune's wheel GC keeps what some release's lock lists.
+    if not staged.lock_present:  # else the host copied it from a release that had it
+        ctx.transport.put(spec.paths.requirements, staged.lock_path, 0o644)
+    rel_model = ctx.ops.upload_model(spec.paths.model, staged, timeout=deadline.timeout())
+    verified, lacking = ctx.ops.batch([
+        ("stage-verify-model", {"app": app, "release_id": rid,
+                                "sha256": spec.model.sha256, "path": rel_model}),
+        ("wheels-missing", {"shas": shas})], timeout=deadline.timeout())
+    details["model_hash"] = str(verified["hash_kind"])
+    return details, tuple(lacking["missing"])
+
+
+def _explain(ctx: HostContext, exc: HostError, deadline: Deadline) -> HostError:
+    """SFTP says only "Failure" when the disk is full: add the host's free space."""
+    try:
+        out = ctx.transport.run(["python3", "-c", _FREE_BYTES, ctx.root],
+                                timeout=deadline.timeout(30), check=False)
+        free = int(out.stdout.strip())
+    except (HostError, ValueError):
+        return exc
+    if free >= _LOW_DISK_BYTES:
+        return exc
+    return StepFailed(ctx.host, f"{exc.reason} (only {free} bytes free under {ctx.root}:"
+                                " the disk is full)")
+
+
+def _clean_stale_staging(ctx: HostContext, deadline: Deadline) -> list[str]:
+    # We hold the app's deploy lock, so any other staging dir is a crashed deployment's.
+    stale = [s for s in ctx.app.get("staging", ()) if s != ctx.release_id]
+    for rid in stale:
+        ctx.ops.abort_stage(ctx.app_name, rid, timeout=deadline.timeout())
+    return stale
+
+
+def _sha256(path: Path) -> str:
+    """sha256 of a (small) lock file, read again each time: it may change between deployments."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
