@@ -25,7 +25,7 @@ from orchestrator.daemon.config import DaemonConfig, TcpConfig
 from orchestrator.daemon.events import EventHub
 from orchestrator.daemon.runners.base import EchoRunner
 from orchestrator.daemon.service import Service
-from orchestrator.daemon.store import Store
+from orchestrator.daemon.store import open_store
 from tests.specs import LOCK, stub_spec
 
 with warnings.catch_warnings():
@@ -55,7 +55,7 @@ def service(tmp_path: Path) -> Iterator[Service]:
                           max_body_bytes=64 * 1024,
                           runner="orchestrator.daemon.runners.base:EchoRunner",
                           tcp=TcpConfig(enabled=True, token_file=tmp_path / "token"))
-    store = Store.open(config.store_path)
+    store = open_store(config.store_path)
     hub = EventHub(store, config.logs_dir)
     svc = Service(config, store, hub, EchoRunner(config))
     svc.start()

@@ -436,9 +436,9 @@ def test_kill_9_while_one_host_switches_and_another_installs_then_restart_settle
                 break
     daemon.proc.kill()
     daemon.proc.wait(timeout=30)
-    from orchestrator.daemon.store import Store
+    from orchestrator.daemon.store import open_store
 
-    store = Store.open(daemon.state_dir / "state.sqlite3")  # what was durable at the kill
+    store = open_store(daemon.state_dir / "state.sqlite3")  # what was durable at the kill
     kept = {d: store.events(d) for d in (dep_a, dep_b)}
     store.close()
     in_flight = {d: [(e["host"], e["step"], e["status"]) for e in kept[d] if e["event"] == "step"]

@@ -438,10 +438,10 @@ def test_cli_deploy_keeps_out_a_host_the_daemon_found_degraded(
     --state-dir) is kept out like the daemon keeps it out: reported failed, counted against
     max_failed_hosts (0 here), so the rollout stops before any host changes."""
     from orchestrator.cli.app import main
-    from orchestrator.daemon.store import Store
+    from orchestrator.daemon.store import open_store
 
     state = tmp_path / "state"
-    store = Store.open(state / "state.sqlite3")
+    store = open_store(state / "state.sqlite3")
     store.record_host("tb-08", "degraded", ["NVML: Driver/library version mismatch"], None)
     store.close()
     spec = v1_spec(models_dir, tmp_path / "ex", "excluded-app", targets=["tb-07", "tb-08"])

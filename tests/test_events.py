@@ -19,9 +19,9 @@ CONTRACT = ["seq", "ts", "level", "event", "deployment", "host", "step", "status
 
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[EventHub]:
-    from orchestrator.daemon.store import Store
+    from orchestrator.daemon.store import open_store
 
-    store = Store.open(tmp_path / "s.db")
+    store = open_store(tmp_path / "s.db")
     store.create_deployment("d1", "app", {})
     hub = EventHub(store, tmp_path / "logs", follower_buffer=8)
     yield hub

@@ -15,14 +15,14 @@ import pytest
 
 from orchestrator.core.states import DeploymentState
 from orchestrator.daemon.metrics import Metrics
-from orchestrator.daemon.store import Store
+from orchestrator.daemon.store import Store, open_store
 from tests.daemons import ECHO, Daemon, tcp_config, write_config
 from tests.specs import LOCK, stub_spec
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(tmp_path / "state.sqlite3")
+    s = open_store(tmp_path / "state.sqlite3")
     yield s
     s.close()
 
@@ -83,7 +83,7 @@ def test_each_figure_comes_from_its_events_and_host_status_from_the_store(store:
 
 
 def test_two_daemons_in_one_process_do_not_share_figures(store: Store, tmp_path: Path) -> None:
-    other = Store.open(tmp_path / "other.sqlite3")
+    other = open_store(tmp_path / "other.sqlite3")
     try:
         a, b = Metrics(store), Metrics(other)
         a.observe(event("x", "recovery", step="rollback", status="ok", app="fraud"))

@@ -400,9 +400,9 @@ def test_through_the_daemons_sink_every_step_and_recovery_action_is_a_step_row(
         tmp_path: Path) -> None:
     from orchestrator.daemon.events import EventHub
     from orchestrator.daemon.service import ServiceSink
-    from orchestrator.daemon.store import Store
+    from orchestrator.daemon.store import open_store
 
-    store = Store.open(tmp_path / "s.db")
+    store = open_store(tmp_path / "s.db")
     hub = EventHub(store, tmp_path / "logs")
     try:
         store.create_deployment("d1", "app", {"targets": ["fake-01"]})

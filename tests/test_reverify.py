@@ -356,10 +356,10 @@ def test_schedule_runs_an_app_when_due_never_while_it_is_being_deployed(
         models_dir: Path, tmp_path: Path) -> None:
     from orchestrator.core.states import DeploymentState as D
     from orchestrator.daemon.reverifier import Reverifier
-    from orchestrator.daemon.store import Store
+    from orchestrator.daemon.store import open_store
 
     spec_path = v1_spec(models_dir, tmp_path, "rv-sched", extra="reverify: {every: 1h}\n")
-    store = Store.open(tmp_path / "state.db")
+    store = open_store(tmp_path / "state.db")
     try:
         store.create_deployment("d1", "rv-sched", {"reverify": {"every": "1h"}})
         store.transition_deployment("d1", D.RUNNING)
@@ -409,15 +409,15 @@ def _reverifier(store: Any, runner: Any = None) -> Any:
 
 def test_a_host_degraded_by_one_app_stays_excluded_across_a_restart_until_it_verifies_clean(
         tmp_path: Path) -> None:
-    from orchestrator.daemon.store import Store
+    from orchestrator.daemon.store import open_store
 
     path, driver = tmp_path / "state.db", ["driver 550.54.15 -> 560.35.03"]
-    store = Store.open(path)
+    store = open_store(path)
     _reverifier(store)._record(_checked("h1", {"a": (rv.DEGRADED, driver),
                                               "b": (rv.HEALTHY, [])}), all_apps=True)
     store.close()
 
-    store = Store.open(path)  # the daemon restarted: a scheduled run of app b comes first
+    store = open_store(path)  # the daemon restarted: a scheduled run of app b comes first
     try:
         r = _reverifier(store)
         res = r._record(_checked("h1", {"b": (rv.HEALTHY, [])}), all_apps=False)
@@ -437,9 +437,9 @@ def test_a_host_degraded_by_one_app_stays_excluded_across_a_restart_until_it_ver
 
 def test_verifying_every_app_forgets_apps_gone_from_the_host_keeps_one_being_deployed(
         tmp_path: Path) -> None:
-    from orchestrator.daemon.store import Store
+    from orchestrator.daemon.store import open_store
 
-    store = Store.open(tmp_path / "state.db")
+    store = open_store(tmp_path / "state.db")
     try:
         r = _reverifier(store)
         r._record(_checked("h1", {"a": (rv.HEALTHY, []), "b": (rv.DEGRADED, ["slow"]),
@@ -464,7 +464,7 @@ def test_after_a_restart_another_app_verifying_healthy_leaves_the_host_failed(
         deployed: Deployed, tmp_path: Path) -> None:
     from orchestrator.daemon.config import DaemonConfig
     from orchestrator.daemon.runners.probe import ProbeRunner
-    from orchestrator.daemon.store import Store
+    from orchestrator.daemon.store import Store, open_store
 
     other = "rv-other"
     first, _ = run(v1_spec(models_dir, tmp_path, other, targets=[RV_HOST]), inventory, pool,
@@ -480,12 +480,12 @@ def test_after_a_restart_another_app_verifying_healthy_leaves_the_host_failed(
 
     changed = f"{APP}: model file model/model.joblib changed: sha256"
     with flipped(deployed.release / "model" / "model.joblib", offset=100):
-        store = Store.open(path)
+        store = open_store(path)
         try:
             assert verify(store, APP).status == rv.FAILED
         finally:
             store.close()
-        store = Store.open(path)  # the daemon restarted
+        store = open_store(path)  # the daemon restarted
         try:
             res = verify(store, other)
             assert res.apps[other].status == rv.HEALTHY and res.apps[other].skipped is None
@@ -493,7 +493,7 @@ def test_after_a_restart_another_app_verifying_healthy_leaves_the_host_failed(
             assert RV_HOST in rv.excluded_hosts(store.hosts(), [RV_HOST])
         finally:
             store.close()
-    store = Store.open(path)
+    store = open_store(path)
     try:  # repaired, but only a run of the failed app itself clears the host
         assert verify(store, other).status == rv.FAILED
         assert verify(store, APP).status == rv.HEALTHY
@@ -532,9 +532,9 @@ def test_a_scheduled_run_records_the_host_status_and_sends_events_to_the_deploym
     from orchestrator.daemon.config import DaemonConfig
     from orchestrator.daemon.reverifier import Reverifier
     from orchestrator.daemon.runners.probe import ProbeRunner
-    from orchestrator.daemon.store import Store
+    from orchestrator.daemon.store import open_store
 
-    store = Store.open(tmp_path / "state.db")
+    store = open_store(tmp_path / "state.db")
     try:
         store.create_deployment(deployed.deployment, APP, {"reverify": {"every": "1m"}})
         store.transition_deployment(deployed.deployment, D.RUNNING)

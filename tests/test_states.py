@@ -25,7 +25,7 @@ from orchestrator.core.states import (
     check_step_transition,
 )
 from orchestrator.daemon.events import EventHub
-from orchestrator.daemon.store import Store
+from orchestrator.daemon.store import open_store
 from orchestrator.errors import InvalidTransition
 
 D, S = DeploymentState, HostStepState
@@ -69,7 +69,7 @@ def test_step_paths() -> None:
 
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[EventHub]:
-    store = Store.open(tmp_path / "s.db")
+    store = open_store(tmp_path / "s.db")
     hub = EventHub(store, tmp_path / "logs")
     yield hub
     hub.close()

@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 
 from orchestrator.core.states import DeploymentState, HostStepState
-from orchestrator.daemon.store import SCHEMA_VERSION, Store, lock_state_dir
+from orchestrator.daemon.sqlite_store import SqliteStore
+from orchestrator.daemon.store import SCHEMA_VERSION, lock_state_dir
 from orchestrator.errors import InvalidTransition, NotFound, StateDirLocked, StoreCorrupt
 
 D, S = DeploymentState, HostStepState
 
 
 def test_pragmas_and_schema_version(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "s.db")
+    store = SqliteStore.open(tmp_path / "s.db")
     conn = store._conn
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
@@ -27,20 +28,20 @@ def test_pragmas_and_schema_version(tmp_path: Path) -> None:
     assert store.schema_version() == SCHEMA_VERSION
     store.close()
     # Reopening does not re-run migrations (they would fail on existing tables).
-    assert Store.open(tmp_path / "s.db").schema_version() == SCHEMA_VERSION
+    assert SqliteStore.open(tmp_path / "s.db").schema_version() == SCHEMA_VERSION
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    Store.open(tmp_path / "s.db").close()
+    SqliteStore.open(tmp_path / "s.db").close()
     with sqlite3.connect(tmp_path / "s.db") as conn:
         conn.execute("UPDATE schema_version SET version = 99")
     with pytest.raises(StoreCorrupt, match="schema version 99 is newer"):
-        Store.open(tmp_path / "s.db")
+        SqliteStore.open(tmp_path / "s.db")
 
 
 def test_a_corrupt_file_is_refused_clearly(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    store = Store.open(path)
+    store = SqliteStore.open(path)
     for i in range(200):
         store.create_deployment(f"d{i}", "app", {"pad": "x" * 500})
     store.close()
@@ -48,13 +49,13 @@ def test_a_corrupt_file_is_refused_clearly(tmp_path: Path) -> None:
     data[4096 * 2: 4096 * 2 + 2000] = b"\xff" * 2000  # trash a b-tree page
     path.write_bytes(bytes(data))
     with pytest.raises(StoreCorrupt, match=r"restore the state dir from a backup|not a usable"):
-        Store.open(path)
+        SqliteStore.open(path)
 
 
 def test_garbage_is_not_a_store(tmp_path: Path) -> None:
     (tmp_path / "s.db").write_bytes(b"hello, this is not sqlite" * 100)
     with pytest.raises(StoreCorrupt, match="not a usable orchestrator store"):
-        Store.open(tmp_path / "s.db")
+        SqliteStore.open(tmp_path / "s.db")
 
 
 def test_state_dir_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
@@ -80,7 +81,7 @@ def test_lock_in_same_process_is_refused(tmp_path: Path) -> None:
 
 
 def test_deployments_and_transitions(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "s.db")
+    store = SqliteStore.open(tmp_path / "s.db")
     store.create_deployment("a", "app1", {"targets": ["h1"]})
     store.create_deployment("b", "app2", {"targets": ["h2"]})
     assert store.transition_deployment("a", D.RUNNING) is D.QUEUED
@@ -96,7 +97,7 @@ def test_deployments_and_transitions(tmp_path: Path) -> None:
 
 
 def test_step_intent_and_outcome(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "s.db")
+    store = SqliteStore.open(tmp_path / "s.db")
     store.create_deployment("a", "app", {})
     store.transition_step("a", "h1", "switch", S.RUNNING)
     [running] = store.steps("a")
@@ -110,13 +111,13 @@ def test_step_intent_and_outcome(tmp_path: Path) -> None:
 
 
 def test_foreign_keys_refuse_orphan_events(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "s.db")
+    store = SqliteStore.open(tmp_path / "s.db")
     with pytest.raises(sqlite3.IntegrityError):
         store.append_event({"deployment": "nope", "ts": 1.0, "level": "info", "event": "x"})
 
 
 def test_event_seq_has_no_gaps_under_concurrent_writers(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "s.db")
+    store = SqliteStore.open(tmp_path / "s.db")
     store.create_deployment("a", "app", {})
 
     def write(worker: int) -> None:
@@ -136,7 +137,7 @@ def test_event_seq_has_no_gaps_under_concurrent_writers(tmp_path: Path) -> None:
 
 
 def test_hosts_keep_the_latest_record(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "s.db")
+    store = SqliteStore.open(tmp_path / "s.db")
     store.record_host("h1", "unreachable", ["no route"], None)
     store.record_host("h1", "healthy", [], {"schema": 1})
     store.record_host("h2", "degraded", ["NVML: driver not loaded"], {"schema": 1})
@@ -149,7 +150,7 @@ def test_hosts_keep_the_latest_record(tmp_path: Path) -> None:
 
 
 def test_reads_do_not_wait_for_the_writer(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "s.db")
+    store = SqliteStore.open(tmp_path / "s.db")
     store.create_deployment("a", "app", {})
     store.append_event({"deployment": "a", "ts": 1.0, "level": "info", "event": "e"})
     seen: list[int] = []
@@ -171,7 +172,7 @@ def test_a_version_1_file_is_migrated_in_place_keeping_its_data(tmp_path: Path) 
         conn.executescript(MIGRATIONS[0])
         conn.execute("INSERT INTO deployments VALUES ('old', 'app', '{}', 'succeeded', 1, 1, NULL)")
     conn.close()
-    store = Store.open(path)
+    store = SqliteStore.open(path)
     assert store.schema_version() == SCHEMA_VERSION == 3
     assert store.get_deployment("old").state is D.SUCCEEDED
     store.record_watched("/specs/a.yaml", "abc", "old", None)
@@ -181,12 +182,12 @@ def test_a_version_1_file_is_migrated_in_place_keeping_its_data(tmp_path: Path) 
 
 def test_a_version_2_file_is_migrated_in_place_keeping_its_data(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import orchestrator.daemon.store as store_module
+    import orchestrator.daemon.sqlite_store as store_module
 
     path = tmp_path / "s.db"
     with monkeypatch.context() as m:  # the previous release's code path: migrations 0 -> 2
         m.setattr(store_module, "SCHEMA_VERSION", 2)
-        old = Store.open(path)
+        old = SqliteStore.open(path)
         assert old.schema_version() == 2
         old.create_deployment("old", "app", {"targets": ["h1"]})
         old.record_host("h1", "degraded", ["app: driver 550 -> 560"], {"schema": 1})
@@ -196,7 +197,7 @@ def test_a_version_2_file_is_migrated_in_place_keeping_its_data(
         assert not conn.execute("SELECT name FROM sqlite_master WHERE name = 'app_results'"
                                 ).fetchall()
     conn.close()
-    store = Store.open(path)
+    store = SqliteStore.open(path)
     assert store.schema_version() == SCHEMA_VERSION == 3
     assert store.get_deployment("old").spec == {"targets": ["h1"]}
     assert [(h["host"], h["status"], h["reasons"]) for h in store.hosts()] == [
@@ -209,7 +210,7 @@ def test_a_version_2_file_is_migrated_in_place_keeping_its_data(
 
 
 def test_app_results_are_kept_per_host_and_app_across_a_reopen(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "s.db")
+    store = SqliteStore.open(tmp_path / "s.db")
     store.record_app_result("h1", "a", "degraded", ["driver 550 -> 560"])
     store.record_app_result("h1", "b", "healthy", [])
     store.record_app_result("h2", "a", "failed", ["model file model/m.joblib changed"])
@@ -218,7 +219,7 @@ def test_app_results_are_kept_per_host_and_app_across_a_reopen(tmp_path: Path) -
         store.record_app_result("h1", "c", "fine", [])
     store.close()
 
-    store = Store.open(tmp_path / "s.db")  # a restarted daemon sees what the last one stored
+    store = SqliteStore.open(tmp_path / "s.db")  # a restarted daemon sees what the last one stored
     assert store.app_results("h1") == {
         "a": ("degraded", ["driver 550 -> 560"]),
         "b": ("failed", ["warmup golden: 3 of 8 outputs differ"]),  # the latest, replaced

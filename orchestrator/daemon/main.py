@@ -32,7 +32,7 @@ from orchestrator.daemon.config import DaemonConfig, read_token
 from orchestrator.daemon.events import EventHub
 from orchestrator.daemon.runners.base import make_runner
 from orchestrator.daemon.service import Service
-from orchestrator.daemon.store import Store, lock_state_dir
+from orchestrator.daemon.store import lock_state_dir, open_store
 from orchestrator.daemon.watch import SpecWatcher
 from orchestrator.errors import DaemonError
 
@@ -208,7 +208,7 @@ def run_daemon(config: DaemonConfig) -> int:
         configure_logging(config.log_file)
         log.info("starting", state_dir=str(config.state_dir), socket=str(config.socket),
                  pid=os.getpid(), runner=config.runner)
-        store = Store.open(config.store_path)
+        store = open_store(config.store_path)
         hub = EventHub(store, config.logs_dir)
         service = Service(config, store, hub, make_runner(config))
         token = read_token(config.tcp) if config.tcp.enabled else None

@@ -188,13 +188,13 @@ def excluded_by_daemon(state_dir: Path | None, names: list[str]) -> dict[str, st
     failed (what the daemon's own rollout keeps out), read from its store; {} without one."""
     from orchestrator.core.findings import excluded_hosts
     from orchestrator.daemon.config import load_config
-    from orchestrator.daemon.store import Store
+    from orchestrator.daemon.store import open_store
 
     config = load_config(None)  # the daemon's defaults and ORCHESTRATOR_STATE_DIR, as it reads them
     path = (state_dir or config.state_dir) / config.store_path.name
     if not path.is_file():
         return {}
-    store = Store.open(path)
+    store = open_store(path)
     try:
         return excluded_hosts(store.hosts(), names)
     finally:
