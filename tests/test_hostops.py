@@ -247,9 +247,10 @@ def test_script_is_python39_syntax_and_stdlib_only() -> None:
     other (they are shipped flat, side by side, in the tools bundle)."""
     import ast
 
-    files = [SCRIPT, *sorted(SCRIPT.parent.glob("hostops_*.py"))]
+    files = [SCRIPT, *sorted(SCRIPT.parent.glob("hostops_*.py")),
+             *sorted(SCRIPT.parent.glob("host_*.py")), SCRIPT.parent / "contenthash.py"]
     assert len(files) > 1
-    siblings = {path.stem for path in files}
+    siblings = {path.stem for path in SCRIPT.parent.glob("*.py")}  # the bundle is flat
     for path in files:
         tree = ast.parse(path.read_text(), feature_version=(3, 9))
         imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
@@ -267,7 +268,8 @@ def test_hostops_modules_import_only_each_others_public_names() -> None:
     import ast
 
     files = {path.stem: ast.parse(path.read_text())
-             for path in [SCRIPT, *SCRIPT.parent.glob("hostops_*.py")]}
+             for path in [SCRIPT, *SCRIPT.parent.glob("hostops_*.py"),
+                          SCRIPT.parent / "contenthash.py"]}
     defined = {stem: {n.name for n in tree.body
                       if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
                | {t.id for n in tree.body if isinstance(n, ast.Assign)

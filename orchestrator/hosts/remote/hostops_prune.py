@@ -10,10 +10,10 @@ import os
 import re
 import time
 
+from contenthash import NAME_RE
 from hostops_fs import (
     APP_LOCK_WAIT_S,
     ENV_RE,
-    NAME_RE,
     Flock,
     OpError,
     app_dir_arg,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 
+from contenthash import sha256_file
 from hostops_fs import (
     HASH_RE,
     RELEASE_RE,
@@ -20,7 +21,6 @@ from hostops_fs import (
     clean_trash,
     fsync_dir,
     rmtree_atomic,
-    sha256_file,
     tree_hash,
     write_atomic,
     write_json,

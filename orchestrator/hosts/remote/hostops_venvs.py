@@ -11,6 +11,7 @@ import os
 import re
 import time
 
+from contenthash import sha256_file
 from hostops_fs import (
     ENV_RE,
     HASH_RE,
@@ -26,7 +27,6 @@ from hostops_fs import (
     replace_symlink,
     rmtree_atomic,
     root_arg,
-    sha256_file,
     write_json,
 )
 from hostops_pylock import is_pylock, pinned_requirements, pylock_packages
