@@ -15,9 +15,10 @@ import time
 from typing import Any
 
 from orchestrator.errors import HostError
+from orchestrator.hosts import layout
 from orchestrator.hosts.transport import Transport
 
-LOCK_DIR = ".deploy-lock"
+LOCK_DIR = layout.DEPLOY_LOCK
 
 # Constant scripts: every value arrives as a positional argument, quoted by the transport.
 _ACQUIRE = (
@@ -43,13 +44,13 @@ class DeployLocked(HostError):
 
 
 def lock_path(deploy_root: str, app: str) -> str:
-    return f"{deploy_root.rstrip('/')}/{app}/{LOCK_DIR}"
+    return layout.deploy_lock(deploy_root, app)
 
 
 def acquire(transport: Transport, deploy_root: str, app: str, deployment: str, *,
             force: bool = False, timeout: float = 30.0) -> dict[str, Any]:
     """Take the app's deploy lock on the host, or raise DeployLocked naming the holder."""
-    app_dir, lock = f"{deploy_root.rstrip('/')}/{app}", lock_path(deploy_root, app)
+    app_dir, lock = layout.app_dir(deploy_root, app), lock_path(deploy_root, app)
     if force:
         transport.run(["sh", "-c", _BREAK, "sh", lock], timeout=timeout)
     owner = {"deployment": deployment, "started": time.time()}

@@ -45,6 +45,7 @@ from typing import Any
 
 from orchestrator.core.release import Manifest
 from orchestrator.errors import BadHostOutput, HostError
+from orchestrator.hosts import layout
 from orchestrator.hosts.shipping import RemoteTools, ensure_tools
 from orchestrator.hosts.transport import Transport
 
@@ -105,11 +106,11 @@ class StagedRelease:
 
     @property
     def model_path(self) -> str:
-        return posixpath.join(self.path, "model")
+        return layout.in_release(self.path, layout.MODEL)
 
     @property
     def lock_path(self) -> str:
-        return posixpath.join(self.path, "requirements.lock")
+        return layout.in_release(self.path, layout.LOCK_FILE)
 
 
 @dataclass(frozen=True)
@@ -239,9 +240,6 @@ class HostOps:
     def host(self) -> str:
         return self.transport.host
 
-    def _orch(self, *parts: str) -> str:
-        return posixpath.join(self.root, ".orchestrator", *parts)
-
     def ensure_file(self, data_or_path: bytes | Path, remote_path: str, *, mode: int,
                     timeout: float = DEFAULT_TIMEOUT_S) -> bool:
         """Upload unless the (content-addressed) remote path exists; True when uploaded."""
@@ -325,11 +323,11 @@ class HostOps:
         release; returns the `path` to give verify_model."""
         if local.is_file():
             self.transport.put(local, posixpath.join(staged.model_path, local.name), 0o644)
-            return f"model/{local.name}"
+            return layout.model_rel(local.name, is_dir=False)
         for f in sorted(p for p in local.rglob("*") if p.is_file()):  # put makes parent dirs
             self.transport.put(f, posixpath.join(staged.model_path,
                                                  f.relative_to(local).as_posix()), 0o644)
-        return "model"
+        return layout.model_rel(local.name, is_dir=True)
 
     @staticmethod
     def small_model(local: Path, *, max_bytes: int = INLINE_MAX_BYTES,
@@ -342,10 +340,11 @@ class HostOps:
                 f.stat().st_size for f in files) > max_bytes:
             return None
         if local.is_file():
-            return SmallModel(f"model/{local.name}",
-                              ((f"model/{local.name}", local.read_bytes()),))
-        return SmallModel("model", tuple((f"model/{f.relative_to(local).as_posix()}",
-                                          f.read_bytes()) for f in files))
+            rel = layout.model_rel(local.name, is_dir=False)
+            return SmallModel(rel, ((rel, local.read_bytes()),))
+        return SmallModel(layout.MODEL, tuple(
+            (posixpath.join(layout.MODEL, f.relative_to(local).as_posix()), f.read_bytes())
+            for f in files))
 
     def abort_stage(self, app: str, release_id: str, *,
                     timeout: float = DEFAULT_TIMEOUT_S) -> tuple[str, ...]:
@@ -371,7 +370,7 @@ class HostOps:
             missing = self.wheels_missing(sorted(wheels), timeout=timeout)
         missing = tuple(missing)
         for sha in missing:
-            self.transport.put(wheels[sha], self._orch("wheels", f"{sha}.whl.part"), 0o644)
+            self.transport.put(wheels[sha], layout.wheel_upload(self.root, sha), 0o644)
         if missing:
             self.wheels_verify(missing, timeout=timeout)
         return missing
@@ -386,7 +385,7 @@ class HostOps:
         """Where this uv binary lives on the host (content-addressed; maybe not there yet)."""
         st = uv_binary.stat()
         digest = _file_digest(str(uv_binary), st.st_size, st.st_mtime_ns)
-        return self._orch("bin", f"uv-{digest[:16]}")
+        return layout.uv_binary(self.root, digest)
 
     def venv_ensure(self, env_hash: str, lock_path: str, wheels: Mapping[str, str], *,
                     installer: str = "uv", uv: str | None = None, python: str | None = None,

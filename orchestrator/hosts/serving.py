@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from orchestrator.errors import BadHostOutput, CommandTimeout, HealthCheckFailed
+from orchestrator.hosts import layout
 from orchestrator.hosts.transport import Transport
 
 #: Polls a URL (2xx) or a shell command (exit 0) until it passes or the budget is spent.
@@ -91,8 +92,8 @@ sys.exit(1)
 """
 
 
-def app_dir(deploy_root: str, app: str) -> str:
-    return f"{deploy_root.rstrip('/')}/{app}"
+#: Kept for the step modules that import it from here (layout.app_dir is the one definition).
+app_dir = layout.app_dir
 
 
 def restart(transport: Transport, command: str, cwd: str, timeout: float) -> dict[str, Any]:

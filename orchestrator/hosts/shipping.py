@@ -18,6 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from orchestrator.errors import FileTransferFailed
+from orchestrator.hosts import layout
 from orchestrator.hosts.transport import Transport
 
 REMOTE_DIR = Path(__file__).parent / "remote"
@@ -39,7 +40,7 @@ class RemoteTools:
 
     def script(self, name: str) -> str:
         """The remote path of a shipped file, e.g. `script("probe.py")`."""
-        return f"{self.root}/{name}"
+        return layout.tool(self.root, name)
 
     def argv(self, name: str, *args: str, python: str = "python3") -> list[str]:
         """The command that runs a shipped script (`python` may be a venv's interpreter).
@@ -70,7 +71,7 @@ def _pynvml_file() -> Path:
 
 
 def tools_root(deploy_root: str, digest: str) -> str:
-    return f"{deploy_root.rstrip('/')}/.orchestrator/tools/{digest}"
+    return layout.tools_dir(deploy_root, digest)
 
 
 def ensure_tools(transport: Transport, deploy_root: str) -> RemoteTools:

@@ -29,6 +29,7 @@ from orchestrator.core.gates import (
     result_from_raw,
 )
 from orchestrator.errors import BadHostOutput, CommandTimeout, HostError
+from orchestrator.hosts import layout
 from orchestrator.hosts.shipping import RemoteTools
 from orchestrator.hosts.transport import CommandResult, Transport
 
@@ -44,7 +45,7 @@ KILL_GROUP = 'pid=$(cat "$1" 2>/dev/null) && kill -KILL -- "-$pid" 2>/dev/null; 
 def _script(tools_dir: RemoteTools | str) -> str:
     if isinstance(tools_dir, RemoteTools):
         return tools_dir.script(SCRIPT)
-    return f"{tools_dir.rstrip('/')}/{SCRIPT}"
+    return layout.tool(tools_dir, SCRIPT)
 
 
 # Runs the runner under coreutils `timeout`, then removes the request and pid files in the same

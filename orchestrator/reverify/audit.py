@@ -31,7 +31,7 @@ from orchestrator.deploy.pipeline import RECOVERY_TIMEOUT_S, EventSink
 from orchestrator.deploy.steps.host import service_of
 from orchestrator.deploy.steps.verify import remote_model_path
 from orchestrator.errors import BadHostOutput, HostError
-from orchestrator.hosts import hostlock
+from orchestrator.hosts import hostlock, layout
 from orchestrator.hosts import serving as service
 from orchestrator.hosts.hostops import HostOps, parse_reply
 from orchestrator.hosts.probe import probe_host
@@ -102,18 +102,13 @@ def warmup_check(transport: Transport, spec: Any, audit: dict[str, Any]) -> list
     release = str(audit["release_path"])
     request = WarmupRequest.from_spec(
         spec, model_path=remote_model_path(release, Path(spec.paths.model)),
-        golden_path=f"{release}/golden.npz")
-    tools = ensure_tools(transport, _root_of(release))
-    result = run_warmup(transport, f"{release}/venv/bin/python", tools, request,
+        golden_path=layout.release_golden(release))
+    tools = ensure_tools(transport, layout.release_of(release)[0])
+    result = run_warmup(transport, layout.release_python(release), tools, request,
                         timeout=float(spec.verify.timeout_s) + WARMUP_MARGIN_S)
     baseline = audit["manifest"].get("warmup")
     return rv.warmup_findings(gates(result, spec.verify,
                                     baseline if isinstance(baseline, dict) else None))
-
-
-def _root_of(release_path: str) -> str:
-    # <deploy_root>/<app>/releases/<id>
-    return release_path.rsplit("/", 3)[0]
 
 
 def check_app(transport: Transport, host: Host, app: str, facts: HostFacts,
@@ -202,7 +197,7 @@ def _rollback(transport: Transport, host: Host, check: AppCheck, spec: Any,
             check.app, from_release=check.release_id, mark_bad=True)
         svc = service_of(host.name, out.service, getattr(spec, "service", None))
         restarted = (service.restart(transport, svc.restart,
-                                     service.app_dir(host.deploy_root, check.app),
+                                     layout.app_dir(host.deploy_root, check.app),
                                      RECOVERY_TIMEOUT_S)
                      if svc is not None and svc.restart else {})
         sink.emit("reverify.rollback", host=host.name, status="ok", app=check.app,
