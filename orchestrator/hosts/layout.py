@@ -90,7 +90,12 @@ def release_golden(release_path: str) -> str:
 
 def release_python(release_path: str) -> str:
     """The interpreter of the release's venv (through the release's `venv` link)."""
-    return in_release(release_path, VENV, "bin", "python")
+    return venv_python(in_release(release_path, VENV))
+
+
+def venv_python(venv_path: str) -> str:
+    """The interpreter of a venv given by its path (e.g. a `venv-ensure` reply's `path`)."""
+    return _join(venv_path, "bin", "python")
 
 
 def model_rel(local_model_name: str, is_dir: bool) -> str:

@@ -31,9 +31,9 @@ from orchestrator.deploy.pipeline import RECOVERY_TIMEOUT_S, EventSink
 from orchestrator.deploy.steps.host import service_of
 from orchestrator.deploy.steps.verify import remote_model_path
 from orchestrator.errors import BadHostOutput, HostError
-from orchestrator.hosts import hostlock, layout
+from orchestrator.hosts import hostlock, layout, ops
 from orchestrator.hosts import serving as service
-from orchestrator.hosts.hostops import HostOps, parse_reply
+from orchestrator.hosts.hostops import HostOpFailed, HostOps, OpKind
 from orchestrator.hosts.probe import probe_host
 from orchestrator.hosts.shipping import ensure_tools
 from orchestrator.hosts.transport import Transport
@@ -72,18 +72,13 @@ class HostCheckResult:
 
 def run_audit(transport: Transport, deploy_root: str, app: str) -> dict[str, Any] | None:
     """remote/audit.py's reply for the app's current release; None when it has none."""
-    tools = ensure_tools(transport, deploy_root)
-    payload = json.dumps({"root": deploy_root, "app": app}).encode()
-    out = transport.run(tools.argv("audit.py", "--json-args", "-"), stdin=payload,
-                        timeout=AUDIT_TIMEOUT_S, check=False, max_output=8 << 20)
-    lines = out.stdout.strip().splitlines()
     try:
-        kind = json.loads(lines[-1]).get("kind") if lines else None
-    except (ValueError, AttributeError):
-        kind = None
-    if kind == "no-current":
-        return None
-    return parse_reply(transport.host, "audit", out.exit_code, out.stdout, out.stderr)
+        return HostOps(transport, deploy_root).run(ops.audit(app), timeout=AUDIT_TIMEOUT_S,
+                                                   max_output=8 << 20)
+    except HostOpFailed as exc:
+        if exc.kind is OpKind.NO_CURRENT:
+            return None
+        raise
 
 
 def local_model_hashes(spec: Any) -> dict[str, str] | None:

@@ -37,6 +37,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
+import hostlayout  # noqa: E402
 from contenthash import NAME_RE, sha256_file, tree_hash_of_lines, tree_line  # noqa: E402
 
 #: Listed by path at most this many each of changed/missing (the counts are always whole).
@@ -70,7 +71,7 @@ def tree_hash_of(files):
 
 
 def audit_model(release, expected):
-    model_dir = os.path.join(release, "model")
+    model_dir = hostlayout.model_dir(release)
     if not os.path.isdir(model_dir):
         return {"ok": False, "expected": expected, "actual": None, "kind": "missing",
                 "files": {}}
@@ -134,7 +135,7 @@ def _note(out, key, rel, package):
 
 
 def audit_venv(release):
-    link = os.path.join(release, "venv")
+    link = hostlayout.release_venv(release)
     out = {"ok": False, "path": None, "packages": 0, "files_checked": 0, "changed": [],
            "missing": [], "changed_count": 0, "missing_count": 0, "truncated": False,
            "error": None}
@@ -162,12 +163,12 @@ def audit(args):
         raise AuditError("bad-args", f"root must be an absolute path: {root!r}")
     if not isinstance(app, str) or not NAME_RE.match(app):
         raise AuditError("bad-args", f"invalid app: {app!r}")
-    current = os.path.join(root, app, "current")
+    current = hostlayout.current_link(hostlayout.app_dir(root, app))
     if not os.path.islink(current) or not os.path.isdir(current):
         raise AuditError("no-current", f"app {app} has no current release on this host")
     release = os.path.realpath(current)
     try:
-        with open(os.path.join(release, "manifest.json"), "rb") as fh:
+        with open(hostlayout.manifest(release), "rb") as fh:
             manifest = json.loads(fh.read().decode("utf-8"))
     except (OSError, ValueError) as exc:
         raise AuditError("bad-manifest", f"{release}/manifest.json unreadable: {exc}") from None

@@ -16,6 +16,7 @@ import os
 import re
 import time
 
+import hostlayout
 from contenthash import NAME_RE, HashError
 from contenthash import tree_hash as _tree_hash
 
@@ -63,7 +64,7 @@ def app_dir_arg(args):
 
 
 def orch_path(root, *parts):
-    return os.path.join(root, ".orchestrator", *parts)
+    return hostlayout.orch_path(root, *parts)
 
 
 def fsync_dir(path):
@@ -155,7 +156,7 @@ class Flock:
 
 def app_lock(app_dir):
     os.makedirs(app_dir, exist_ok=True)
-    return Flock(os.path.join(app_dir, ".lock"), APP_LOCK_WAIT_S)
+    return Flock(hostlayout.app_lock_file(app_dir), APP_LOCK_WAIT_S)
 
 
 def rmtree_atomic(path):
