@@ -1,6 +1,5 @@
-"""Shipping the host-side scripts: every `orchestrator/hosts/remote/*.py` plus the pure-Python
-`pynvml.py`
-of the controller's own nvidia-ml-py, as one content-addressed bundle.
+"""Shipping the host-side scripts: every `orchestrator/hosts/remote/*.py` (and `*.sh`) plus the
+pure-Python `pynvml.py` of the controller's own nvidia-ml-py, as one content-addressed bundle.
 
 On the host the bundle lives in `<deploy_root>/.orchestrator/tools/<sha256-of-bundle>/`; its
 `.complete` marker (holding the digest) is written last, so a directory with the marker is whole
@@ -23,6 +22,8 @@ from orchestrator.hosts.transport import Transport
 
 REMOTE_DIR = Path(__file__).parent / "remote"
 MARKER = ".complete"
+#: What of remote/ is shipped: the host-side Python, and the shell wrappers beside it.
+SHIPPED = ("*.py", "*.sh")
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ class RemoteTools:
 @lru_cache(maxsize=1)
 def bundle() -> Bundle:
     """The scripts to ship, read once per process; the digest covers names and contents."""
-    sources = {p.name: p for p in REMOTE_DIR.glob("*.py") if p.name != "__init__.py"}
+    sources = {p.name: p for pattern in SHIPPED for p in REMOTE_DIR.glob(pattern)
+               if p.name != "__init__.py"}
     sources["pynvml.py"] = _pynvml_file()
     files = tuple((name, sources[name].read_bytes()) for name in sorted(sources))
     digest = hashlib.sha256()

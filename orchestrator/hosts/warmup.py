@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import posixpath
 import uuid
 from typing import Any
 
@@ -47,16 +48,16 @@ def _script(tools_dir: RemoteTools | str, name: str = SCRIPT) -> str:
     return layout.tool(tools_dir, name)
 
 
-# Runs the runner under coreutils `timeout`, then removes the request and pid files in the same
-# command (a separate clean-up command would cost one more SSH round trip per host), keeping the
-# runner's exit status.
-_RUN_AND_CLEAN = '"$@"; rc=$?; rm -f "$REQ" "$REQ.pid"; exit $rc'
+#: Runs the runner under coreutils `timeout`, then removes the request and pid files in the same
+#: command, keeping the runner's exit status (shipped beside warmup.py).
+RUN_AND_CLEAN = "warmup_run.sh"
 
 
 def warmup_argv(python: str, script: str, request_path: str, deadline_s: float) -> list[str]:
     """The remote command (quoted by the transport): coreutils timeout as the second layer."""
     kill_after = f"{deadline_s + KILL_GRACE_S:.0f}"
-    return ["env", f"REQ={request_path}", "sh", "-c", _RUN_AND_CLEAN, "sh",
+    wrapper = posixpath.join(posixpath.dirname(script), RUN_AND_CLEAN)
+    return ["env", f"REQ={request_path}", "sh", wrapper,
             "timeout", "-s", "KILL", kill_after, python, "-E", script, request_path]
 
 
