@@ -1,4 +1,4 @@
-"""The SSH edge: the only module that imports paramiko.
+"""The SSH edge: with known_hosts.py, the only module that imports paramiko.
 
 `connect(host, options)` opens one authenticated connection and returns an `SshTransport`
 (the `orchestrator.hosts.transport.Transport` interface). Every paramiko and socket exception is
@@ -7,7 +7,8 @@ turned into a `HostError` subclass here, so nothing above this module sees param
 Host keys are checked against the orchestrator's own known_hosts file only: never the user's
 ~/.ssh/known_hosts, never auto-added. An unknown key is refused with its SHA256 fingerprint and
 the command that trusts it; a changed key is refused with both fingerprints. `fetch_host_key`
-and `append_known_host` are what `orchestrator trust` uses to make trusting explicit.
+and `append_known_host` (orchestrator.hosts.known_hosts, re-exported here) are what
+`orchestrator trust` uses to make trusting explicit.
 
 Each command runs in the session sshd starts with setsid(), after a first line naming its
 process group: on a timeout or an output overflow that whole group is killed (over a second
@@ -17,9 +18,7 @@ the command kills the group within a second. Either way nothing is left running 
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import io
 import os
 import posixpath
@@ -30,13 +29,10 @@ import stat
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 import paramiko
 
-from orchestrator.core.inventory import Inventory
 from orchestrator.errors import (
     CommandFailed,
     CommandTimeout,
@@ -47,8 +43,18 @@ from orchestrator.errors import (
     InvalidInput,
     OutputTooLarge,
 )
+from orchestrator.hosts.known_hosts import HostKey as HostKey
+from orchestrator.hosts.known_hosts import append_known_host as append_known_host
+from orchestrator.hosts.known_hosts import default_known_hosts as default_known_hosts
+from orchestrator.hosts.known_hosts import describe
+from orchestrator.hosts.known_hosts import fetch_host_key as fetch_host_key
+from orchestrator.hosts.known_hosts import fingerprint as fingerprint
+from orchestrator.hosts.known_hosts import known_host_keys as known_host_keys
+from orchestrator.hosts.known_hosts import known_hosts_name as known_hosts_name
+from orchestrator.hosts.known_hosts import remove_known_host as remove_known_host
+from orchestrator.hosts.sshconfig import HostAddress as HostAddress
+from orchestrator.hosts.sshconfig import SshOptions as SshOptions
 from orchestrator.hosts.transport import CommandResult, command_line
-from orchestrator.xdg import user_dir
 
 # The remote kill is plain python3 (always on a host): `kill -- -PGID` differs between shells.
 _KILL_GROUP = (
@@ -76,72 +82,6 @@ _WRAP_AFTER = '; s=$?; [ -n "$w" ] && kill $w 2>/dev/null; exit $s'
 
 _PGID_LINE = re.compile(rb"(?:^|\n)" + _PGID_MARKER.encode() + rb"(\d+)\n")
 _MAX_HEAD = 1 << 16
-
-
-class HostAddress(Protocol):
-    """What the transport needs of an inventory host."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def address(self) -> str: ...
-    @property
-    def port(self) -> int: ...
-    @property
-    def user(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class SshOptions:
-    known_hosts: Path
-    identity_file: Path | None = None
-    allow_agent: bool = False
-    look_for_keys: bool = False
-    connect_timeout: float = 10.0
-    banner_timeout: float = 10.0
-    auth_timeout: float = 10.0
-    command_timeout: float = 300.0
-    keepalive_s: int = 15
-    max_output_bytes: int = 4 << 20
-    inventory_path: Path | None = None  # only to print the exact `orchestrator trust` command
-
-    @classmethod
-    def for_inventory(cls, inventory: Inventory, **overrides: Any) -> SshOptions:
-        """The inventory's `ssh:` files (else the default known_hosts), plus any overrides."""
-        fields: dict[str, Any] = {
-            "known_hosts": inventory.ssh.known_hosts or default_known_hosts(),
-            "identity_file": inventory.ssh.identity_file,
-            "inventory_path": Path(inventory.file) if inventory.file != "<inventory>" else None,
-        }
-        return cls(**{**fields, **overrides})
-
-
-def default_known_hosts() -> Path:
-    """$ORCHESTRATOR_KNOWN_HOSTS, else ~/.config/orchestrator/known_hosts (never ~/.ssh's)."""
-    return user_dir("CONFIG", "known_hosts", override="ORCHESTRATOR_KNOWN_HOSTS")
-
-
-@dataclass(frozen=True)
-class HostKey:
-    """A host's public key as offered on the wire."""
-
-    key_type: str
-    base64: str
-
-    @property
-    def fingerprint(self) -> str:
-        return fingerprint(base64.b64decode(self.base64))
-
-
-def fingerprint(key_blob: bytes) -> str:
-    """OpenSSH's `SHA256:...` fingerprint: base64 of sha256 of the key blob, without padding."""
-    digest = hashlib.sha256(key_blob).digest()
-    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
-
-
-def known_hosts_name(address: str, port: int) -> str:
-    """The host pattern OpenSSH writes: `addr` on port 22, else `[addr]:port`."""
-    return address if port == 22 else f"[{address}]:{port}"
 
 
 def trust_command(host: str, options: SshOptions) -> str:
@@ -207,7 +147,7 @@ def connect(host: HostAddress, options: SshOptions) -> SshTransport:
         raise HostUnreachable(host.name, f"authentication as {host.user!r} failed: {exc}") from exc
     except (paramiko.SSHException, OSError, EOFError) as exc:
         client.close()
-        raise HostUnreachable(host.name, f"cannot connect to {where}: {_describe(exc)}") from exc
+        raise HostUnreachable(host.name, f"cannot connect to {where}: {describe(exc)}") from exc
     transport = client.get_transport()
     assert transport is not None  # connect() succeeded, so it exists
     transport.set_keepalive(options.keepalive_s)
@@ -221,10 +161,6 @@ def _open_socket(host: HostAddress, timeout: float) -> socket.socket:
     sock = socket.create_connection((host.address, host.port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
 
 
 class _Capture:
@@ -311,7 +247,7 @@ class SshTransport:
         try:
             return transport.open_session(timeout=self.options.connect_timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise HostUnreachable(self.host, f"cannot open a channel: {_describe(exc)}") from exc
+            raise HostUnreachable(self.host, f"cannot open a channel: {describe(exc)}") from exc
 
     def _pump(
         self, chan: paramiko.Channel, command: str, stdin: bytes | None,
@@ -386,7 +322,7 @@ class SshTransport:
             try:
                 self._sftp = self._client.open_sftp()
             except (paramiko.SSHException, paramiko.SFTPError, OSError, EOFError) as exc:
-                raise HostUnreachable(self.host, f"cannot open SFTP: {_describe(exc)}") from exc
+                raise HostUnreachable(self.host, f"cannot open SFTP: {describe(exc)}") from exc
         return self._sftp
 
     def put(self, data_or_local_path: bytes | Path, remote_path: str, mode: int = 0o644) -> None:
@@ -404,7 +340,7 @@ class SshTransport:
             sftp.posix_rename(tmp, remote_path)
         except OSError as exc:  # IOError from the SFTP server: not a dir, permission, disk
             self._discard(sftp, tmp)
-            raise FileTransferFailed(self.host, f"put {remote_path}: {_describe(exc)}") from exc
+            raise FileTransferFailed(self.host, f"put {remote_path}: {describe(exc)}") from exc
         except (paramiko.SSHException, paramiko.SFTPError, EOFError) as exc:
             raise HostUnreachable(self.host, f"SFTP failed writing {remote_path}: {exc}") from exc
 
@@ -446,7 +382,7 @@ class SshTransport:
                 handle.prefetch()
                 return handle.read()
         except OSError as exc:
-            raise FileTransferFailed(self.host, f"get {remote_path}: {_describe(exc)}") from exc
+            raise FileTransferFailed(self.host, f"get {remote_path}: {describe(exc)}") from exc
         except (paramiko.SSHException, paramiko.SFTPError, EOFError) as exc:
             raise HostUnreachable(self.host, f"SFTP failed reading {remote_path}: {exc}") from exc
 
@@ -461,96 +397,3 @@ class SshTransport:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def fetch_host_key(host: HostAddress, timeout: float = 10.0, prefer: Sequence[str] = ()) -> HostKey:
-    """The key a host offers, read from a key exchange only (no authentication is attempted).
-
-    `prefer` restricts the negotiation to these key types (those we already know for the host),
-    so a host with several keys is compared like for like; if it offers none of them any key
-    type is accepted, which then shows up as a changed key."""
-    if prefer:
-        try:
-            return _fetch_key(host, timeout, _key_types(prefer))
-        except HostUnreachable:
-            pass  # none of the known types is offered any more: fall through to any type
-    return _fetch_key(host, timeout, ())
-
-
-def _key_types(known: Sequence[str]) -> list[str]:
-    # An RSA key is listed as ssh-rsa but negotiated with its SHA-2 signature algorithms.
-    rsa = ["rsa-sha2-512", "rsa-sha2-256"] if "ssh-rsa" in known else []
-    return [*rsa, *known]
-
-
-def _fetch_key(host: HostAddress, timeout: float, key_types: Sequence[str]) -> HostKey:
-    where = f"{host.address}:{host.port}"
-    try:
-        sock = socket.create_connection((host.address, host.port), timeout=timeout)
-    except OSError as exc:
-        raise HostUnreachable(host.name, f"cannot connect to {where}: {_describe(exc)}") from exc
-    transport = paramiko.Transport(sock)
-    transport.banner_timeout = timeout
-    if key_types:
-        # Types paramiko does not implement (e.g. FIDO sk- keys) cannot be restricted to.
-        with contextlib.suppress(ValueError):
-            transport.get_security_options().key_types = list(key_types)
-    try:
-        transport.start_client(timeout=timeout)
-        key = transport.get_remote_server_key()
-        return HostKey(key.get_name(), key.get_base64())
-    except (paramiko.SSHException, OSError, EOFError) as exc:
-        raise HostUnreachable(host.name, f"no SSH key exchange with {where}: {exc}") from exc
-    finally:
-        transport.close()
-
-
-def known_host_keys(known_hosts: Path, address: str, port: int) -> list[HostKey]:
-    """The keys our known_hosts file holds for this address and port (hashed entries included)."""
-    if not known_hosts.exists():
-        return []
-    entries = paramiko.HostKeys(str(known_hosts)).lookup(known_hosts_name(address, port))
-    if entries is None:
-        return []
-    return [HostKey(key_type, key.get_base64()) for key_type, key in entries.items()]
-
-
-def append_known_host(known_hosts: Path, address: str, port: int, key: HostKey) -> None:
-    """Append one OpenSSH-format line; the file is created 0600 with its directory if needed."""
-    known_hosts.parent.mkdir(parents=True, exist_ok=True)
-    line = f"{known_hosts_name(address, port)} {key.key_type} {key.base64}\n"
-    fd = os.open(known_hosts, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "rb+") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            line = "\n" + line  # a hand-edited file without a final newline: keep lines apart
-        handle.write(line.encode("ascii"))
-
-
-def remove_known_host(known_hosts: Path, address: str, port: int) -> None:
-    """Drop every line naming this host, plain or hashed (`trust --replace`, before appending)."""
-    if not known_hosts.exists():
-        return
-    name = known_hosts_name(address, port)
-    lines = known_hosts.read_text(encoding="ascii").splitlines(keepends=True)
-    kept = [line for line in lines if not _line_names(line, name)]
-    if len(kept) == len(lines):
-        return
-    tmp = known_hosts.with_name(known_hosts.name + ".tmp")
-    tmp.write_text("".join(kept), encoding="ascii")
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, known_hosts)
-
-
-def _line_names(line: str, name: str) -> bool:
-    fields = line.split()
-    if not fields or fields[0].startswith("#"):
-        return False
-    for pattern in fields[0].split(","):
-        if pattern.startswith("|1|"):
-            salt = pattern.split("|")[2]
-            if paramiko.HostKeys.hash_host(name, salt) == pattern:
-                return True
-        elif pattern == name:
-            return True
-    return False

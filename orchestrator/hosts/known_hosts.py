@@ -1,0 +1,155 @@
+"""The orchestrator's own known_hosts file, and reading the key a host offers.
+
+Split from `orchestrator.hosts.ssh` (the connection) because trusting a host is its own concept:
+`orchestrator trust` fetches the offered key (`fetch_host_key`, a key exchange only, no
+authentication), compares it with what the file holds (`known_host_keys`) and appends it
+(`append_known_host`) or replaces it (`remove_known_host` first). Like ssh.py it is part of the
+SSH edge: paramiko's exceptions become `HostUnreachable` here.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import paramiko
+
+from orchestrator.errors import HostUnreachable
+from orchestrator.xdg import user_dir
+
+if TYPE_CHECKING:
+    from orchestrator.hosts.sshconfig import HostAddress
+
+
+def default_known_hosts() -> Path:
+    """$ORCHESTRATOR_KNOWN_HOSTS, else ~/.config/orchestrator/known_hosts (never ~/.ssh's)."""
+    return user_dir("CONFIG", "known_hosts", override="ORCHESTRATOR_KNOWN_HOSTS")
+
+
+@dataclass(frozen=True)
+class HostKey:
+    """A host's public key as offered on the wire."""
+
+    key_type: str
+    base64: str
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(base64.b64decode(self.base64))
+
+
+def fingerprint(key_blob: bytes) -> str:
+    """OpenSSH's `SHA256:...` fingerprint: base64 of sha256 of the key blob, without padding."""
+    digest = hashlib.sha256(key_blob).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def known_hosts_name(address: str, port: int) -> str:
+    """The host pattern OpenSSH writes: `addr` on port 22, else `[addr]:port`."""
+    return address if port == 22 else f"[{address}]:{port}"
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one line: its message, else its type's name (socket errors may have
+    neither text nor errno)."""
+    return str(exc) or type(exc).__name__
+
+
+def fetch_host_key(host: HostAddress, timeout: float = 10.0, prefer: Sequence[str] = ()) -> HostKey:
+    """The key a host offers, read from a key exchange only (no authentication is attempted).
+
+    `prefer` restricts the negotiation to these key types (those we already know for the host),
+    so a host with several keys is compared like for like; if it offers none of them any key
+    type is accepted, which then shows up as a changed key."""
+    if prefer:
+        try:
+            return _fetch_key(host, timeout, _key_types(prefer))
+        except HostUnreachable:
+            pass  # none of the known types is offered any more: fall through to any type
+    return _fetch_key(host, timeout, ())
+
+
+def _key_types(known: Sequence[str]) -> list[str]:
+    # An RSA key is listed as ssh-rsa but negotiated with its SHA-2 signature algorithms.
+    rsa = ["rsa-sha2-512", "rsa-sha2-256"] if "ssh-rsa" in known else []
+    return [*rsa, *known]
+
+
+def _fetch_key(host: HostAddress, timeout: float, key_types: Sequence[str]) -> HostKey:
+    where = f"{host.address}:{host.port}"
+    try:
+        sock = socket.create_connection((host.address, host.port), timeout=timeout)
+    except OSError as exc:
+        raise HostUnreachable(host.name, f"cannot connect to {where}: {describe(exc)}") from exc
+    transport = paramiko.Transport(sock)
+    transport.banner_timeout = timeout
+    if key_types:
+        # Types paramiko does not implement (e.g. FIDO sk- keys) cannot be restricted to.
+        with contextlib.suppress(ValueError):
+            transport.get_security_options().key_types = list(key_types)
+    try:
+        transport.start_client(timeout=timeout)
+        key = transport.get_remote_server_key()
+        return HostKey(key.get_name(), key.get_base64())
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise HostUnreachable(host.name, f"no SSH key exchange with {where}: {exc}") from exc
+    finally:
+        transport.close()
+
+
+def known_host_keys(known_hosts: Path, address: str, port: int) -> list[HostKey]:
+    """The keys our known_hosts file holds for this address and port (hashed entries included)."""
+    if not known_hosts.exists():
+        return []
+    entries = paramiko.HostKeys(str(known_hosts)).lookup(known_hosts_name(address, port))
+    if entries is None:
+        return []
+    return [HostKey(key_type, key.get_base64()) for key_type, key in entries.items()]
+
+
+def append_known_host(known_hosts: Path, address: str, port: int, key: HostKey) -> None:
+    """Append one OpenSSH-format line; the file is created 0600 with its directory if needed."""
+    known_hosts.parent.mkdir(parents=True, exist_ok=True)
+    line = f"{known_hosts_name(address, port)} {key.key_type} {key.base64}\n"
+    fd = os.open(known_hosts, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "rb+") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = "\n" + line  # a hand-edited file without a final newline: keep lines apart
+        handle.write(line.encode("ascii"))
+
+
+def remove_known_host(known_hosts: Path, address: str, port: int) -> None:
+    """Drop every line naming this host, plain or hashed (`trust --replace`, before appending)."""
+    if not known_hosts.exists():
+        return
+    name = known_hosts_name(address, port)
+    lines = known_hosts.read_text(encoding="ascii").splitlines(keepends=True)
+    kept = [line for line in lines if not _line_names(line, name)]
+    if len(kept) == len(lines):
+        return
+    tmp = known_hosts.with_name(known_hosts.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="ascii")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, known_hosts)
+
+
+def _line_names(line: str, name: str) -> bool:
+    fields = line.split()
+    if not fields or fields[0].startswith("#"):
+        return False
+    for pattern in fields[0].split(","):
+        if pattern.startswith("|1|"):
+            salt = pattern.split("|")[2]
+            if paramiko.HostKeys.hash_host(name, salt) == pattern:
+                return True
+        elif pattern == name:
+            return True
+    return False
