@@ -1237,3 +1237,10 @@ def test_kill_group_op_kills_the_group_and_removes_the_files(root: Path, tmp_pat
 
 def test_audit_op_reports_no_current_as_its_kind(root: Path) -> None:
     fails("audit", root, "no-current", app="a")
+
+
+def test_file_exists_op(root: Path) -> None:
+    (root / "f").write_bytes(b"x")
+    assert ok("file-exists", root, path=str(root / "f"))["exists"] is True
+    assert ok("file-exists", root, path=str(root))["exists"] is False  # a directory
+    fails("file-exists", root, "bad-args", path="f")

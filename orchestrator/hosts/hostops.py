@@ -108,7 +108,7 @@ class HostOps:
     def ensure_file(self, data_or_path: bytes | Path, remote_path: str, *, mode: int,
                     timeout: float = DEFAULT_TIMEOUT_S) -> bool:
         """Upload unless the (content-addressed) remote path exists; True when uploaded."""
-        if self.transport.run(["test", "-f", remote_path], timeout=timeout, check=False).ok:
+        if self.run(ops.file_exists(remote_path), timeout=timeout):
             return False
         self.transport.put(data_or_path, remote_path, mode)
         return True

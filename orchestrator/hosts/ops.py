@@ -67,6 +67,7 @@ class Op(enum.StrEnum):
     PRUNE = "prune"
     PROBE = "probe"
     FREE_BYTES = "free-bytes"
+    FILE_EXISTS = "file-exists"
     DEPLOY_LOCK = "deploy-lock"
     DEPLOY_UNLOCK = "deploy-unlock"
     AUDIT = "audit"
@@ -234,6 +235,11 @@ def free_bytes(path: str | None = None) -> OpCall[int]:
     """Bytes free to an unprivileged user on the filesystem of `path` (default: the root)."""
     return OpCall(Op.FREE_BYTES, {} if path is None else {"path": path},
                   _field("free_bytes", int))
+
+
+def file_exists(path: str) -> OpCall[bool]:
+    """Whether a regular file is at `path` on the host (before a content-addressed upload)."""
+    return OpCall(Op.FILE_EXISTS, {"path": path}, _field("exists", bool))
 
 
 def deploy_lock(app: str, owner: Mapping[str, Any], *, force: bool = False) -> OpCall[LockHeld]:

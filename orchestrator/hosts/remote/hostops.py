@@ -69,6 +69,7 @@ Ops (arguments besides "root"; what a success adds; failure kinds worth branchin
                         removed_wheels, uv_cache_cleared, kept
     probe               -> facts (probe.py's object, from the same bundle)
     free-bytes          [path=root] -> free_bytes (statvfs: what an unprivileged user may use)
+    file-exists         path -> exists (a regular file is there)
     deploy-lock         app, owner {deployment, started}, [force] -> lock, resumed;  busy
                         (with the holder's "owner"): <app>/.deploy-lock/owner.json, by mkdir
     deploy-unlock       app, deployment -> released (only the holder's lock is removed)
@@ -104,6 +105,7 @@ from hostops_host import (  # noqa: E402
     op_audit,
     op_deploy_lock,
     op_deploy_unlock,
+    op_file_exists,
     op_free_bytes,
     op_kill_group,
 )
@@ -181,7 +183,7 @@ OPS = {
     "wheels-verify": op_wheels_verify, "venv-ensure": op_venv_ensure, "switch": op_switch,
     "rollback": op_rollback, "mark-bad": op_mark_bad, "releases": op_releases,
     "state": op_state, "prune": op_prune, "probe": op_probe, "batch": op_batch,
-    "free-bytes": op_free_bytes, "deploy-lock": op_deploy_lock,
+    "free-bytes": op_free_bytes, "file-exists": op_file_exists, "deploy-lock": op_deploy_lock,
     "deploy-unlock": op_deploy_unlock, "audit": op_audit, "kill-group": op_kill_group,
 }
 

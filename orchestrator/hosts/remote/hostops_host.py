@@ -1,5 +1,6 @@
-"""hostops' ops beside the releases: free disk space, the deploy lock, the audit of the current
-release, and killing a runner's process group. Shipped beside hostops.py (stdlib only, 3.9+).
+"""hostops' ops beside the releases: free disk space, whether a file exists, the deploy lock,
+the audit of the current release, and killing a runner's process group. Shipped beside
+hostops.py (stdlib only, 3.9+).
 
 These were shell one-liners and scripts built on the controller; as ops they are spelled once
 (here) with one typed builder each (orchestrator/hosts/ops.py), and run like every other op.
@@ -23,6 +24,14 @@ def op_free_bytes(args):
         raise OpError("bad-args", f"path must be an absolute path: {path!r}")
     st = os.statvfs(path)
     return {"free_bytes": st.f_bavail * st.f_frsize}
+
+
+def op_file_exists(args):
+    """Whether a regular file is at "path" (a content-addressed upload need not be repeated)."""
+    path = checked_arg(args, "path")
+    if not isinstance(path, str) or not os.path.isabs(path):
+        raise OpError("bad-args", f"path must be an absolute path: {path!r}")
+    return {"exists": os.path.isfile(path)}
 
 
 def op_deploy_lock(args):
