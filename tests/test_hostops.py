@@ -32,6 +32,7 @@ from orchestrator.core.release import (
     release_time,
 )
 from orchestrator.errors import BadHostOutput, CommandFailed, FileTransferFailed, InvalidInput
+from orchestrator.hosts import ops as build
 from orchestrator.hosts.hostops import HostOpFailed, HostOps, OpKind, parse_reply
 from orchestrator.hosts.shipping import RemoteTools
 from orchestrator.hosts.transport import CommandResult, command_line
@@ -247,9 +248,10 @@ def test_script_is_python39_syntax_and_stdlib_only() -> None:
     other (they are shipped flat, side by side, in the tools bundle)."""
     import ast
 
-    files = [SCRIPT, *sorted(SCRIPT.parent.glob("hostops_*.py"))]
+    files = [SCRIPT, *sorted(SCRIPT.parent.glob("hostops_*.py")),
+             *(SCRIPT.parent / f"{name}.py" for name in ("contenthash", "hostlayout", "health"))]
     assert len(files) > 1
-    siblings = {path.stem for path in files}
+    siblings = {path.stem for path in SCRIPT.parent.glob("*.py")}  # the bundle is flat
     for path in files:
         tree = ast.parse(path.read_text(), feature_version=(3, 9))
         imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
@@ -267,7 +269,8 @@ def test_hostops_modules_import_only_each_others_public_names() -> None:
     import ast
 
     files = {path.stem: ast.parse(path.read_text())
-             for path in [SCRIPT, *SCRIPT.parent.glob("hostops_*.py")]}
+             for path in [SCRIPT, *SCRIPT.parent.glob("hostops_*.py"),
+                          SCRIPT.parent / "contenthash.py", SCRIPT.parent / "hostlayout.py"]}
     defined = {stem: {n.name for n in tree.body
                       if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
                | {t.id for n in tree.body if isinstance(n, ast.Assign)
@@ -885,15 +888,17 @@ def test_batch_failure_raises_what_the_op_alone_raises(root: Path) -> None:
     with pytest.raises(HostOpFailed) as alone:
         ops.verify_model("a", rid(1), "0" * 64)
     with pytest.raises(HostOpFailed) as batched:
-        ops.batch([("state", {"app": "a"}), ("stage-verify-model", {
-            "app": "a", "release_id": rid(1), "sha256": "0" * 64}), ("stage-commit", {
-                "app": "a", "release_id": rid(1)})])
+        ops.batch([build.state("a"), build.verify_model("a", rid(1), "0" * 64),
+                   build.stage_commit("a", rid(1))])
     assert (batched.value.op, batched.value.kind) == ("stage-verify-model",
                                                       OpKind.HASH_MISMATCH)
     assert str(batched.value) == str(alone.value)
     assert ops.state("a").staging == (rid(1),)  # stage-commit never ran
-    replies = ops.batch([("wheels-missing", {"shas": [SIX]}), ("state", {"app": "a"})])
-    assert replies[0]["missing"] == [SIX] and replies[1]["staging"] == [rid(1)]
+    missing, state = build.wheels_missing([SIX]), build.state("a")
+    replies = ops.batch([missing, state])
+    assert missing.parse(replies[0]) == (SIX,) and state.parse(replies[1]).staging == (rid(1),)
+    # raw (op, args) tuples are still taken, for the step modules not yet on the builders
+    assert ops.batch([("state", {"app": "a"})]) == ops.batch([state])
 
 
 def test_parse_batch_reply_from_data() -> None:
@@ -926,7 +931,8 @@ def test_probe_op_gives_probe_py_facts(root: Path) -> None:
     # As the pipeline runs it: HostOps (python3 -E -S), probe and state in one batch.
     ops = HostOps(LocalTransport(), str(root), python=HOST_PYTHON)
     ops._tools = RemoteTools(str(SCRIPT.parent), "local")
-    facts = ops.batch([("probe", {}), ("state", {"app": "a"})])[0]["facts"]
+    probe = build.probe()
+    facts = probe.parse(ops.batch([probe, build.state("a")])[0])
     volatile = ("disk", "nvml")  # free bytes move; the local run has no shipped pynvml
     assert {k: v for k, v in facts.items() if k not in volatile} == {
         k: v for k, v in alone.items() if k not in volatile}
@@ -992,10 +998,8 @@ def test_a_small_model_is_staged_and_verified_in_one_batch(root: Path, tmp_path:
     model = make_model(tmp_path / "m", 1)
     small = HostOps.small_model(model)
     assert small is not None and small.verify_path == "model"
-    replies = ops.batch([("stage-begin", {"app": "a", "release_id": rid(1)}),
-                         *small.write_calls("a", rid(1)),
-                         ("stage-verify-model", {"app": "a", "release_id": rid(1),
-                                                 "sha256": tree_hash(model), "path": "model"})])
+    replies = ops.batch([build.stage_begin("a", rid(1)), *small.write_calls("a", rid(1)),
+                         build.verify_model("a", rid(1), tree_hash(model), path="model")])
     assert replies[-1]["hash_kind"] == "tree" and replies[0]["state"] == "staging"
     single = HostOps.small_model(model / "saved_model.pb")
     assert single is not None and single.verify_path == "model/saved_model.pb"
@@ -1177,3 +1181,66 @@ def test_controller_wheel_cache_fills_from_a_pylock(tmp_path: Path) -> None:
     cache = WheelCache(tmp_path / "cache", find_links=[SMALL / "wheelhouse"], no_index=True)
     wheels = cache.fill(PYLOCK, "3.11", platform_tags("x86_64", "glibc 2.36"))
     assert filenames(wheels) == WHEELS
+
+
+# ---------------------------------------------------------------- host actions beside releases
+
+
+def test_free_bytes_op(root: Path) -> None:
+    free = ok("free-bytes", root)["free_bytes"]
+    assert isinstance(free, int) and free > 0
+    assert ok("free-bytes", root, path=str(root))["free_bytes"] > 0
+    fails("free-bytes", root, "bad-args", path="relative")
+
+
+def test_deploy_lock_ops_admit_one_deployment_and_its_resume(root: Path) -> None:
+    owner = {"deployment": "d1", "started": 1.5}
+    first = ok("deploy-lock", root, app="a", owner=owner)
+    assert first["resumed"] is False and first["lock"] == str(root / "a" / ".deploy-lock")
+    assert json.loads((root / "a" / ".deploy-lock" / "owner.json").read_text()) == owner
+    assert ok("deploy-lock", root, app="a", owner=owner)["resumed"] is True
+    busy = fails("deploy-lock", root, "busy", app="a", owner={"deployment": "d2"})
+    assert busy["owner"] == owner
+    assert ok("deploy-unlock", root, app="a", deployment="d2")["released"] is False
+    assert ok("deploy-lock", root, app="a", owner={"deployment": "d2"}, force=True)[
+        "resumed"] is False
+    assert ok("deploy-unlock", root, app="a", deployment="d2")["released"] is True
+    assert not (root / "a" / ".deploy-lock").exists()
+    fails("deploy-lock", root, "bad-args", app="../x", owner=owner)
+
+
+def test_hostlock_maps_busy_to_deploy_locked(root: Path) -> None:
+    from orchestrator.hosts import hostlock
+
+    t = LocalTransport()  # the tools are shipped into root/.orchestrator/tools, as on a host
+    assert hostlock.acquire(t, str(root), "a", "d1")["resumed"] is False
+    assert hostlock.acquire(t, str(root), "a", "d1")["resumed"] is True
+    with pytest.raises(hostlock.DeployLocked) as locked:
+        hostlock.acquire(t, str(root), "a", "d2")
+    assert "d1" in str(locked.value) and locked.value.owner["deployment"] == "d1"
+    hostlock.release(t, str(root), "a", "d2")  # not the holder: nothing happens
+    assert (root / "a" / hostlock.LOCK_DIR).is_dir()
+    hostlock.release(t, str(root), "a", "d1")
+    assert not (root / "a" / hostlock.LOCK_DIR).exists()
+
+
+def test_kill_group_op_kills_the_group_and_removes_the_files(root: Path, tmp_path: Path) -> None:
+    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    pid_file, req = tmp_path / "req.json.pid", tmp_path / "req.json"
+    pid_file.write_text(f"{sleeper.pid}\n")
+    req.write_text("{}")
+    assert ok("kill-group", root, pid_file=str(pid_file), remove=[str(req)])["killed"] is True
+    assert sleeper.wait(timeout=10) == -9
+    assert not pid_file.exists() and not req.exists()
+    assert ok("kill-group", root, pid_file=str(pid_file))["killed"] is False
+
+
+def test_audit_op_reports_no_current_as_its_kind(root: Path) -> None:
+    fails("audit", root, "no-current", app="a")
+
+
+def test_file_exists_op(root: Path) -> None:
+    (root / "f").write_bytes(b"x")
+    assert ok("file-exists", root, path=str(root / "f"))["exists"] is True
+    assert ok("file-exists", root, path=str(root))["exists"] is False  # a directory
+    fails("file-exists", root, "bad-args", path="f")

@@ -24,26 +24,26 @@ tools, and so that it depends on exactly the file contents and their relative pa
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from pathlib import Path
 
 from orchestrator.errors import SpecError
+from orchestrator.hosts.remote import contenthash
+from orchestrator.hosts.remote.contenthash import NAME_PATTERN, NAME_RE, tree_hash_of_lines
 
-CHUNK = 1 << 20
+__all__ = ["CHUNK", "NAME_PATTERN", "NAME_RE", "hash_file", "hash_path", "tree_hash",
+           "tree_hash_of_lines", "tree_lines"]
+
+CHUNK = contenthash.CHUNK
 
 
 def hash_file(path: str | os.PathLike[str]) -> str:
-    """sha256 (lowercase hex) of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
+    """sha256 (lowercase hex) of a file's bytes (the one implementation: remote/contenthash)."""
     try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(CHUNK):
-                digest.update(chunk)
+        return contenthash.sha256_file(os.fspath(path))
     except OSError as exc:
         raise SpecError(f"cannot read: {exc.strerror}", file=str(path)) from exc
-    return digest.hexdigest()
 
 
 def hash_path(path: str | os.PathLike[str]) -> str:
@@ -65,44 +65,11 @@ def tree_hash(root: str | os.PathLike[str]) -> str:
     return tree_hash_of_lines(tree_lines(Path(root)))
 
 
-def tree_hash_of_lines(lines: list[str]) -> str:
-    return hashlib.sha256("".join(sorted(lines)).encode("utf-8")).hexdigest()
-
-
 def tree_lines(root: Path) -> list[str]:
-    """One `"<sha256>  <relative path>\\n"` line per regular file under `root`."""
-    files = list(_walk(root, ""))
-    if not files:
-        raise SpecError("cannot hash: the directory holds no regular file", file=str(root))
-    return [f"{hash_file(root / rel)}  {rel}\n" for rel in files]
-
-
-def _walk(root: Path, prefix: str) -> list[str]:
-    out: list[str] = []
+    """One `"<sha256>  <relative path>\\n"` line per regular file under `root`; what has no
+    defined hash is a SpecError naming the entry."""
     try:
-        entries = sorted(os.scandir(root / prefix if prefix else root), key=lambda e: e.name)
-    except OSError as exc:
-        raise SpecError(f"cannot list: {exc.strerror}", file=str(root / prefix)) from exc
-    for entry in entries:
-        rel = f"{prefix}/{entry.name}" if prefix else entry.name
-        _check_name(root, rel)
-        if entry.is_symlink():
-            raise SpecError("cannot hash: symlinks are refused inside a model directory",
-                            file=str(root / rel))
-        if entry.is_dir(follow_symlinks=False):
-            out.extend(_walk(root, rel))
-        elif entry.is_file(follow_symlinks=False):
-            out.append(rel)
-        else:
-            raise SpecError("cannot hash: not a regular file or directory", file=str(root / rel))
-    return out
-
-
-def _check_name(root: Path, rel: str) -> None:
-    try:
-        rel.encode("utf-8")
-    except UnicodeEncodeError as exc:  # undecodable bytes arrive as lone surrogates
-        raise SpecError("cannot hash: file name is not UTF-8", file=repr(str(root / rel))) from exc
-    if "\n" in rel or "\\" in rel:
-        raise SpecError("cannot hash: file name contains a newline or backslash",
-                        file=repr(str(root / rel)))
+        files = contenthash.tree_files(os.fspath(root))
+    except contenthash.HashError as exc:
+        raise SpecError(exc.message, file=exc.file) from exc
+    return [contenthash.tree_line(hash_file(root / rel), rel) for rel in files]

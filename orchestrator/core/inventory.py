@@ -28,10 +28,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from orchestrator.core.hashing import NAME_PATTERN as NAME_PATTERN  # re-exported: spec, cli
 from orchestrator.core.yamlio import DEFAULT_MAX_BYTES, YamlDocument, load_yaml, validation_error
 from orchestrator.errors import SpecError
-
-NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
 _ADDRESS = r"^[A-Za-z0-9_.:][A-Za-z0-9_.:-]{0,252}$"
 _USER = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import io
-import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,11 +20,12 @@ from typing import Any
 
 import yaml
 
+from orchestrator.core.hashing import NAME_PATTERN, NAME_RE
 from orchestrator.core.yamlio import parse_yaml
 from orchestrator.errors import InvalidInput, SpecError
 
 SPEC_NAME = "spec.yaml"
-APP_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+APP_NAME = NAME_RE  # the one name pattern (orchestrator.core.hashing)
 # Where a spec names files to ship (DESIGN.md "Spec"); all relative to the spec file.
 FILE_FIELDS: tuple[tuple[str, str], ...] = (
     ("model", "path"), ("environment", "requirements"), ("environment", "wheelhouse"),
@@ -124,7 +124,7 @@ def validate(bundle_dir: Path, display_name: str = SPEC_NAME) -> Submission:
         raise SpecError("a spec must be a mapping", file=display_name, line=1)
     name = data.get("name")
     if not isinstance(name, str) or not APP_NAME.match(name):
-        raise doc.error(("name",), "must match ^[a-z0-9][a-z0-9-]{0,62}$")
+        raise doc.error(("name",), "must match " + NAME_PATTERN)
     targets = data.get("targets")
     if not isinstance(targets, list) or not targets or \
             not all(isinstance(t, str) and t for t in targets):

@@ -6,27 +6,25 @@ must outlive any one remote process. `mkdir` is atomic on every POSIX filesystem
 deployment is refused with the owner's name and start time, never interleaved. The same
 deployment re-acquiring (a resumed pipeline) is let in. A lock left by a dead controller is broken
 only on purpose (`force=True`, e.g. `orchestrator deploy --break-lock`).
+
+The lock is taken and dropped by the host ops `deploy-lock` and `deploy-unlock`
+(remote/hostops_host.py, built by `orchestrator.hosts.ops`); this module maps a refusal to
+`DeployLocked` naming the holder.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import time
 from typing import Any
 
 from orchestrator.errors import HostError
+from orchestrator.hosts import layout, ops
+from orchestrator.hosts.hostops import HostOps
+from orchestrator.hosts.opresults import HostOpFailed, OpKind
 from orchestrator.hosts.transport import Transport
 
-LOCK_DIR = ".deploy-lock"
-
-# Constant scripts: every value arrives as a positional argument, quoted by the transport.
-_ACQUIRE = (
-    'mkdir -p -- "$1" || exit 4; '
-    'if mkdir -- "$2" 2>/dev/null; then printf "%s" "$3" > "$2/owner.json"; exit 0; fi; '
-    'cat -- "$2/owner.json" 2>/dev/null; exit 3'
-)
-_RELEASE = 'grep -F -q -- "$2" "$1/owner.json" 2>/dev/null && rm -rf -- "$1"; exit 0'
-_BREAK = 'rm -rf -- "$1"'
+LOCK_DIR = layout.DEPLOY_LOCK
 
 
 class DeployLocked(HostError):
@@ -43,38 +41,29 @@ class DeployLocked(HostError):
 
 
 def lock_path(deploy_root: str, app: str) -> str:
-    return f"{deploy_root.rstrip('/')}/{app}/{LOCK_DIR}"
+    return layout.deploy_lock(deploy_root, app)
 
 
 def acquire(transport: Transport, deploy_root: str, app: str, deployment: str, *,
             force: bool = False, timeout: float = 30.0) -> dict[str, Any]:
     """Take the app's deploy lock on the host, or raise DeployLocked naming the holder."""
-    app_dir, lock = f"{deploy_root.rstrip('/')}/{app}", lock_path(deploy_root, app)
-    if force:
-        transport.run(["sh", "-c", _BREAK, "sh", lock], timeout=timeout)
     owner = {"deployment": deployment, "started": time.time()}
-    result = transport.run(["sh", "-c", _ACQUIRE, "sh", app_dir, lock, json.dumps(owner)],
-                           timeout=timeout, check=False)
-    if result.exit_code == 0:
-        return {"lock": lock, "resumed": False}
-    if result.exit_code != 3:
-        raise HostError(transport.host, f"cannot create {app_dir}: {result.stderr.strip()}")
-    holder = _owner(result.stdout)
-    if holder.get("deployment") == deployment:
-        return {"lock": lock, "resumed": True}  # our own lock: a resumed pipeline
-    raise DeployLocked(transport.host, app, holder)
+    try:
+        held = HostOps(transport, deploy_root).run(ops.deploy_lock(app, owner, force=force),
+                                                   timeout=timeout)
+    except HostOpFailed as exc:
+        if exc.kind is not OpKind.BUSY:
+            raise
+        holder = exc.details.get("owner")
+        raise DeployLocked(transport.host, app,
+                           holder if isinstance(holder, dict) else {}) from None
+    return {"lock": held.lock, "resumed": held.resumed}
 
 
 def release(transport: Transport, deploy_root: str, app: str, deployment: str, *,
             timeout: float = 30.0) -> None:
-    """Drop the lock if (and only if) this deployment holds it."""
-    transport.run(["sh", "-c", _RELEASE, "sh", lock_path(deploy_root, app),
-                   json.dumps(deployment)], timeout=timeout, check=False)
-
-
-def _owner(text: str) -> dict[str, Any]:
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
+    """Drop the lock if (and only if) this deployment holds it. A refused op is not an error
+    (a lock that stays behind names its owner and is broken on purpose, `force`); an
+    unreachable host still is."""
+    with contextlib.suppress(HostOpFailed):
+        HostOps(transport, deploy_root).run(ops.deploy_unlock(app, deployment), timeout=timeout)

@@ -1,6 +1,5 @@
-"""Shipping the host-side scripts: every `orchestrator/hosts/remote/*.py` plus the pure-Python
-`pynvml.py`
-of the controller's own nvidia-ml-py, as one content-addressed bundle.
+"""Shipping the host-side scripts: every `orchestrator/hosts/remote/*.py` (and `*.sh`) plus the
+pure-Python `pynvml.py` of the controller's own nvidia-ml-py, as one content-addressed bundle.
 
 On the host the bundle lives in `<deploy_root>/.orchestrator/tools/<sha256-of-bundle>/`; its
 `.complete` marker (holding the digest) is written last, so a directory with the marker is whole
@@ -18,10 +17,13 @@ from functools import lru_cache
 from pathlib import Path
 
 from orchestrator.errors import FileTransferFailed
+from orchestrator.hosts import layout
 from orchestrator.hosts.transport import Transport
 
 REMOTE_DIR = Path(__file__).parent / "remote"
 MARKER = ".complete"
+#: What of remote/ is shipped: the host-side Python, and the shell wrappers beside it.
+SHIPPED = ("*.py", "*.sh")
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class RemoteTools:
 
     def script(self, name: str) -> str:
         """The remote path of a shipped file, e.g. `script("probe.py")`."""
-        return f"{self.root}/{name}"
+        return layout.tool(self.root, name)
 
     def argv(self, name: str, *args: str, python: str = "python3") -> list[str]:
         """The command that runs a shipped script (`python` may be a venv's interpreter).
@@ -52,7 +54,8 @@ class RemoteTools:
 @lru_cache(maxsize=1)
 def bundle() -> Bundle:
     """The scripts to ship, read once per process; the digest covers names and contents."""
-    sources = {p.name: p for p in REMOTE_DIR.glob("*.py") if p.name != "__init__.py"}
+    sources = {p.name: p for pattern in SHIPPED for p in REMOTE_DIR.glob(pattern)
+               if p.name != "__init__.py"}
     sources["pynvml.py"] = _pynvml_file()
     files = tuple((name, sources[name].read_bytes()) for name in sorted(sources))
     digest = hashlib.sha256()
@@ -70,7 +73,7 @@ def _pynvml_file() -> Path:
 
 
 def tools_root(deploy_root: str, digest: str) -> str:
-    return f"{deploy_root.rstrip('/')}/.orchestrator/tools/{digest}"
+    return layout.tools_dir(deploy_root, digest)
 
 
 def ensure_tools(transport: Transport, deploy_root: str) -> RemoteTools:

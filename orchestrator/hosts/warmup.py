@@ -9,7 +9,8 @@ Three layers of deadline, innermost first, so a model that hangs never outlives 
    far) and SIGKILLs its process group (the runner leads its own group; REQ.pid holds its id);
 2. coreutils `timeout -s KILL` a few seconds later, should the watchdog itself be stuck;
 3. the transport's command timeout after that; then, and whenever the runner did not report,
-   `kill -KILL -- -<pgid>` from REQ.pid takes down whatever the model left behind.
+   the host op `kill-group` (SIGKILL to the group in REQ.pid) takes down whatever the model
+   left behind.
 A run that was killed without reporting comes back as a failed WarmupResult (error
 DeadlineExceeded), not as an exception: it is the model's failure, the gates report it.
 """
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import posixpath
 import uuid
 from typing import Any
 
@@ -29,6 +32,7 @@ from orchestrator.core.gates import (
     result_from_raw,
 )
 from orchestrator.errors import BadHostOutput, CommandTimeout, HostError
+from orchestrator.hosts import layout, ops
 from orchestrator.hosts.shipping import RemoteTools
 from orchestrator.hosts.transport import CommandResult, Transport
 
@@ -38,25 +42,22 @@ TRANSPORT_GRACE_S = 10.0  # `timeout -s KILL` -> the transport gives up on the c
 MIN_DEADLINE_S = 1.0
 MAX_OUTPUT = 8 << 20
 
-KILL_GROUP = 'pid=$(cat "$1" 2>/dev/null) && kill -KILL -- "-$pid" 2>/dev/null; rm -f "$1" "$2"'
-
-
-def _script(tools_dir: RemoteTools | str) -> str:
+def _script(tools_dir: RemoteTools | str, name: str = SCRIPT) -> str:
     if isinstance(tools_dir, RemoteTools):
-        return tools_dir.script(SCRIPT)
-    return f"{tools_dir.rstrip('/')}/{SCRIPT}"
+        return tools_dir.script(name)
+    return layout.tool(tools_dir, name)
 
 
-# Runs the runner under coreutils `timeout`, then removes the request and pid files in the same
-# command (a separate clean-up command would cost one more SSH round trip per host), keeping the
-# runner's exit status.
-_RUN_AND_CLEAN = '"$@"; rc=$?; rm -f "$REQ" "$REQ.pid"; exit $rc'
+#: Runs the runner under coreutils `timeout`, then removes the request and pid files in the same
+#: command, keeping the runner's exit status (shipped beside warmup.py).
+RUN_AND_CLEAN = "warmup_run.sh"
 
 
 def warmup_argv(python: str, script: str, request_path: str, deadline_s: float) -> list[str]:
     """The remote command (quoted by the transport): coreutils timeout as the second layer."""
     kill_after = f"{deadline_s + KILL_GRACE_S:.0f}"
-    return ["env", f"REQ={request_path}", "sh", "-c", _RUN_AND_CLEAN, "sh",
+    wrapper = posixpath.join(posixpath.dirname(script), RUN_AND_CLEAN)
+    return ["env", f"REQ={request_path}", "sh", wrapper,
             "timeout", "-s", "KILL", kill_after, python, "-E", script, request_path]
 
 
@@ -89,14 +90,14 @@ def run_warmup(transport: Transport, python: str, tools_dir: RemoteTools | str,
         out = transport.run(argv, timeout=deadline + KILL_GRACE_S + TRANSPORT_GRACE_S,
                             check=False, max_output=MAX_OUTPUT)
     except CommandTimeout:
-        _kill_group(transport, pid_path, req_path)
+        _kill_group(transport, tools_dir, pid_path, req_path)
         return killed_result(host, deadline, "the transport gave up on the runner")
     except HostError:
-        _kill_group(transport, pid_path, req_path)
+        _kill_group(transport, tools_dir, pid_path, req_path)
         raise
     reported = bool(out.stdout.strip())
     if not reported or out.exit_code not in (0, 1, 2):
-        _kill_group(transport, pid_path, req_path)
+        _kill_group(transport, tools_dir, pid_path, req_path)
     if not reported and out.exit_code in (124, 137, -9):
         return killed_result(host, deadline, "killed by `timeout` before it could report")
     return _parse(host, out)
@@ -111,9 +112,13 @@ def _parse(host: str, out: CommandResult) -> WarmupResult:
                                   f"{tail or 'empty'})") from exc
 
 
-def _kill_group(transport: Transport, pid_path: str, req_path: str) -> None:
-    """Kill the runner's group (it may have left processes), and remove the request."""
+def _kill_group(transport: Transport, tools_dir: RemoteTools | str, pid_path: str,
+                req_path: str) -> None:
+    """Kill the runner's group (it may have left processes), and remove the request: the
+    `kill-group` op, which needs no deploy root (the system python3, not the venv's)."""
+    call = ops.kill_group(pid_path, req_path)
+    argv = ["python3", "-E", "-S", _script(tools_dir, "hostops.py"), str(call.op),
+            "--json-args", "-"]
     # Best effort: the run's outcome matters more than a leftover temp file.
     with contextlib.suppress(HostError):
-        transport.run(["sh", "-c", KILL_GROUP, "sh", pid_path, req_path], timeout=30,
-                      check=False)
+        transport.run(argv, timeout=30, check=False, stdin=json.dumps(dict(call.args)).encode())

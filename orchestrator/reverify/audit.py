@@ -33,8 +33,8 @@ from orchestrator.deploy.pipeline import RECOVERY_TIMEOUT_S, EventSink
 from orchestrator.deploy.steps.recovery import roll_back_and_restart
 from orchestrator.deploy.steps.verify import remote_model_path
 from orchestrator.errors import BadHostOutput, HostError
-from orchestrator.hosts import hostlock
-from orchestrator.hosts.hostops import parse_reply
+from orchestrator.hosts import hostlock, layout, ops
+from orchestrator.hosts.hostops import HostOpFailed, HostOps, OpKind
 from orchestrator.hosts.probe import probe_host
 from orchestrator.hosts.shipping import ensure_tools
 from orchestrator.hosts.transport import Transport
@@ -72,18 +72,13 @@ class HostCheckResult:
 
 def run_audit(transport: Transport, deploy_root: str, app: str) -> dict[str, Any] | None:
     """remote/audit.py's reply for the app's current release; None when it has none."""
-    tools = ensure_tools(transport, deploy_root)
-    payload = json.dumps({"root": deploy_root, "app": app}).encode()
-    out = transport.run(tools.argv("audit.py", "--json-args", "-"), stdin=payload,
-                        timeout=AUDIT_TIMEOUT_S, check=False, max_output=8 << 20)
-    lines = out.stdout.strip().splitlines()
     try:
-        kind = json.loads(lines[-1]).get("kind") if lines else None
-    except (ValueError, AttributeError):
-        kind = None
-    if kind == "no-current":
-        return None
-    return parse_reply(transport.host, "audit", out.exit_code, out.stdout, out.stderr)
+        return HostOps(transport, deploy_root).run(ops.audit(app), timeout=AUDIT_TIMEOUT_S,
+                                                   max_output=8 << 20)
+    except HostOpFailed as exc:
+        if exc.kind is OpKind.NO_CURRENT:
+            return None
+        raise
 
 
 def local_model_hashes(spec: Any) -> dict[str, str] | None:
@@ -102,18 +97,13 @@ def warmup_check(transport: Transport, spec: Any, audit: dict[str, Any]) -> list
     release = str(audit["release_path"])
     request = WarmupRequest.from_spec(
         spec, model_path=remote_model_path(release, Path(spec.paths.model)),
-        golden_path=f"{release}/golden.npz")
-    tools = ensure_tools(transport, _root_of(release))
-    result = run_warmup(transport, f"{release}/venv/bin/python", tools, request,
+        golden_path=layout.release_golden(release))
+    tools = ensure_tools(transport, layout.release_of(release)[0])
+    result = run_warmup(transport, layout.release_python(release), tools, request,
                         timeout=float(spec.verify.timeout_s) + WARMUP_MARGIN_S)
     baseline = audit["manifest"].get("warmup")
     return rv.warmup_findings(gates(result, spec.verify,
                                     baseline if isinstance(baseline, dict) else None))
-
-
-def _root_of(release_path: str) -> str:
-    # <deploy_root>/<app>/releases/<id>
-    return release_path.rsplit("/", 3)[0]
 
 
 def check_app(transport: Transport, host: Host, app: str, facts: HostFacts,

@@ -29,10 +29,17 @@ import glob
 import hashlib
 import json
 import os
-import re
 import sys
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# contenthash is shipped beside this file (the tools bundle is flat). Run as a script, this
+# directory is sys.path[0] already; loaded by path (tests) it is not, so it goes first here.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+import hostlayout  # noqa: E402
+from contenthash import NAME_RE, sha256_file, tree_hash_of_lines, tree_line  # noqa: E402
+
 #: Listed by path at most this many each of changed/missing (the counts are always whole).
 MAX_LISTED = 100
 
@@ -43,14 +50,6 @@ class AuditError(Exception):
         self.kind = kind
 
 
-def _sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest
-
-
 def _file_hashes(directory):
     """{relative posix path: sha256 hex} of every regular file under directory."""
     out = {}
@@ -59,20 +58,20 @@ def _file_hashes(directory):
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, directory).replace(os.sep, "/")
             if os.path.isfile(full) and not os.path.islink(full):
-                out[rel] = _sha256_file(full).hexdigest()
+                out[rel] = sha256_file(full)
             else:
                 out[rel] = "not-a-regular-file"
     return out
 
 
 def tree_hash_of(files):
-    """orchestrator/core/hashing.py's definition over already computed per-file hashes."""
-    lines = sorted(f"{sha}  {rel}\n" for rel, sha in files.items())
-    return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
+    """The tree hash (contenthash, shared with the controller) over already computed per-file
+    hashes."""
+    return tree_hash_of_lines([tree_line(sha, rel) for rel, sha in files.items()])
 
 
 def audit_model(release, expected):
-    model_dir = os.path.join(release, "model")
+    model_dir = hostlayout.model_dir(release)
     if not os.path.isdir(model_dir):
         return {"ok": False, "expected": expected, "actual": None, "kind": "missing",
                 "files": {}}
@@ -136,7 +135,7 @@ def _note(out, key, rel, package):
 
 
 def audit_venv(release):
-    link = os.path.join(release, "venv")
+    link = hostlayout.release_venv(release)
     out = {"ok": False, "path": None, "packages": 0, "files_checked": 0, "changed": [],
            "missing": [], "changed_count": 0, "missing_count": 0, "truncated": False,
            "error": None}
@@ -164,12 +163,12 @@ def audit(args):
         raise AuditError("bad-args", f"root must be an absolute path: {root!r}")
     if not isinstance(app, str) or not NAME_RE.match(app):
         raise AuditError("bad-args", f"invalid app: {app!r}")
-    current = os.path.join(root, app, "current")
+    current = hostlayout.current_link(hostlayout.app_dir(root, app))
     if not os.path.islink(current) or not os.path.isdir(current):
         raise AuditError("no-current", f"app {app} has no current release on this host")
     release = os.path.realpath(current)
     try:
-        with open(os.path.join(release, "manifest.json"), "rb") as fh:
+        with open(hostlayout.manifest(release), "rb") as fh:
             manifest = json.loads(fh.read().decode("utf-8"))
     except (OSError, ValueError) as exc:
         raise AuditError("bad-manifest", f"{release}/manifest.json unreadable: {exc}") from None

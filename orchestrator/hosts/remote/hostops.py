@@ -9,11 +9,12 @@ It prints exactly one JSON object on stdout: {"ok": true, ...} and exit 0, or
 Every op is idempotent: re-run after a crash it finds its own half-done work and finishes or
 cleans it. Every op takes "root" (the host's deploy_root); app ops take "app".
 
-This file is the dispatch (and `probe`, `batch`); the ops live in modules shipped beside it in
-the same flat tools bundle, each stdlib only: hostops_fs (OpError, argument checks, atomic
-writes, flocks, tree hash), hostops_releases (app state, switch, rollback, the `releases` and
-`state` views), hostops_stage, hostops_venvs (wheel cache, venvs), hostops_pylock (PEP 751
-reading) and hostops_prune.
+This file is the dispatch (and `probe`, `batch`); the ops live in modules shipped beside it in the
+same flat tools bundle, each stdlib only: hostlayout (the paths), contenthash (file and tree
+hashes, names), hostops_host (free-bytes, the deploy lock, audit, kill-group), hostops_fs (OpError,
+argument checks, atomic writes, flocks, tree hash), hostops_releases (app state, switch, rollback,
+the `releases` and `state` views), hostops_stage, hostops_venvs (wheel cache, venvs),
+hostops_pylock (PEP 751 reading) and hostops_prune.
 
 Layout under root (DESIGN.md "Host layout"):
     <app>/releases/<id>.staging/   being staged: model/, requirements.lock, .owner, .verified
@@ -67,6 +68,15 @@ Ops (arguments besides "root"; what a success adds; failure kinds worth branchin
     prune               app, [keep=5, grace_s=600] -> removed_releases, removed_venvs,
                         removed_wheels, uv_cache_cleared, kept
     probe               -> facts (probe.py's object, from the same bundle)
+    free-bytes          [path=root] -> free_bytes (statvfs: what an unprivileged user may use)
+    file-exists         path -> exists (a regular file is there)
+    deploy-lock         app, owner {deployment, started}, [force] -> lock, resumed;  busy
+                        (with the holder's "owner"): <app>/.deploy-lock/owner.json, by mkdir
+    deploy-unlock       app, deployment -> released (only the holder's lock is removed)
+    audit               app -> audit.py's report of the current release;  no-current,
+                        bad-manifest
+    kill-group          pid_file, [remove] -> killed (SIGKILL to the group in pid_file; the
+                        files are removed; needs no "root")
     batch               ops [{op, args}] -> results (each op's reply), in order, stopping at
                         the first failure (then the batch fails with its kind, error,
                         failed_op and the results so far): one process for a step's calls
@@ -91,6 +101,14 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 from hostops_fs import OpError, checked_arg, root_arg  # noqa: E402
+from hostops_host import (  # noqa: E402
+    op_audit,
+    op_deploy_lock,
+    op_deploy_unlock,
+    op_file_exists,
+    op_free_bytes,
+    op_kill_group,
+)
 from hostops_prune import op_prune  # noqa: E402
 from hostops_releases import (  # noqa: E402
     op_mark_bad,
@@ -165,6 +183,8 @@ OPS = {
     "wheels-verify": op_wheels_verify, "venv-ensure": op_venv_ensure, "switch": op_switch,
     "rollback": op_rollback, "mark-bad": op_mark_bad, "releases": op_releases,
     "state": op_state, "prune": op_prune, "probe": op_probe, "batch": op_batch,
+    "free-bytes": op_free_bytes, "file-exists": op_file_exists, "deploy-lock": op_deploy_lock,
+    "deploy-unlock": op_deploy_unlock, "audit": op_audit, "kill-group": op_kill_group,
 }
 
 

@@ -3,9 +3,10 @@ and the rename-aside delete. Shipped beside hostops.py (stdlib only, Python 3.9+
 hostops_* module builds on these.
 
 Offers the others: OpError; the argument checks checked_arg, root_arg, app_dir_arg and the
-patterns NAME_RE, RELEASE_RE, HASH_RE, ENV_RE; orch_path (under .orchestrator/); write_atomic,
-write_json, read_json, replace_symlink, fsync_dir; sha256_file, tree_hash; Flock, app_lock
-(APP_LOCK_WAIT_S); rmtree_atomic, clean_trash."""
+patterns RELEASE_RE, HASH_RE, ENV_RE; orch_path (under .orchestrator/); write_atomic,
+write_json, read_json, replace_symlink, fsync_dir; tree_hash (contenthash's, failing as an
+OpError); Flock, app_lock (APP_LOCK_WAIT_S); rmtree_atomic, clean_trash. NAME_RE and sha256_file
+come from contenthash (shared with the controller)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ import os
 import re
 import time
 
+import hostlayout
+from contenthash import NAME_RE, HashError
+from contenthash import tree_hash as _tree_hash
+
 # hashlib, shutil and tempfile are imported where they are used (see hostops.py: start-up time).
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 RELEASE_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
 HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 ENV_RE = re.compile(r"^[0-9a-f]{16,64}$")
@@ -60,7 +64,7 @@ def app_dir_arg(args):
 
 
 def orch_path(root, *parts):
-    return os.path.join(root, ".orchestrator", *parts)
+    return hostlayout.orch_path(root, *parts)
 
 
 def fsync_dir(path):
@@ -114,37 +118,13 @@ def read_json(path, default):
         return default
 
 
-def sha256_file(path):
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def tree_hash(directory):
-    """sha256 over the sorted lines "<sha256 of file>  <relative posix path>\n" of every
-    regular file under directory. Identical to orchestrator/core/hashing.py on the controller
-    (keep them in step; tests compare both): symlinks, special files and a directory without
-    any regular file are refused, not skipped."""
-    lines = []
-    for dirpath, dirnames, filenames in os.walk(directory):
-        for name in dirnames + filenames:
-            full = os.path.join(dirpath, name)
-            rel = os.path.relpath(full, directory).replace(os.sep, "/")
-            if os.path.islink(full):
-                raise OpError("bad-model", f"symlink inside the model directory: {rel}")
-            if name in filenames:
-                if not os.path.isfile(full):
-                    raise OpError("bad-model", f"not a regular file in the model: {rel}")
-                lines.append(f"{sha256_file(full)}  {rel}\n")
-    if not lines:
-        raise OpError("bad-model", f"the model directory holds no regular file: {directory}")
-    import hashlib
-
-    return hashlib.sha256("".join(sorted(lines)).encode("utf-8")).hexdigest()
+    """The model tree hash (contenthash: the one definition, shared with the controller); what
+    has no defined hash is refused as bad-model, not skipped."""
+    try:
+        return _tree_hash(directory)
+    except HashError as exc:
+        raise OpError("bad-model", f"{exc.message}: {exc.rel or directory}") from None
 
 
 class Flock:
@@ -176,7 +156,7 @@ class Flock:
 
 def app_lock(app_dir):
     os.makedirs(app_dir, exist_ok=True)
-    return Flock(os.path.join(app_dir, ".lock"), APP_LOCK_WAIT_S)
+    return Flock(hostlayout.app_lock_file(app_dir), APP_LOCK_WAIT_S)
 
 
 def rmtree_atomic(path):

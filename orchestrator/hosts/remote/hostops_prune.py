@@ -10,10 +10,11 @@ import os
 import re
 import time
 
+import hostlayout
+from contenthash import NAME_RE
 from hostops_fs import (
     APP_LOCK_WAIT_S,
     ENV_RE,
-    NAME_RE,
     Flock,
     OpError,
     app_dir_arg,
@@ -75,14 +76,14 @@ def _referenced(root):
     """Env hashes and wheel hashes used by any release of any app, staging ones included."""
     envs, wheels = set(), set()
     for path in _all_release_dirs(root):
-        venv = os.path.join(path, "venv")
+        venv = hostlayout.release_venv(path)
         if os.path.islink(venv):
             envs.add(os.path.basename(os.readlink(venv).rstrip("/")))
-        manifest = read_json(os.path.join(path, "manifest.json"), {})
+        manifest = read_json(hostlayout.manifest(path), {})
         if isinstance(manifest, dict) and isinstance(manifest.get("env_hash"), str):
             envs.add(manifest["env_hash"])
         try:
-            with open(os.path.join(path, "requirements.lock")) as fh:
+            with open(hostlayout.lock_file(path)) as fh:
                 text = fh.read()
         except OSError:
             continue

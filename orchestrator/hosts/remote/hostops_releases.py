@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+import hostlayout
 from hostops_fs import (
     RELEASE_RE,
     OpError,
@@ -28,19 +29,19 @@ STAGING = ".staging"
 
 
 def releases_dir(app_dir):
-    return os.path.join(app_dir, "releases")
+    return hostlayout.releases_dir(app_dir)
 
 
 def current_id(app_dir):
     try:
-        target = os.readlink(os.path.join(app_dir, "current"))
+        target = os.readlink(hostlayout.current_link(app_dir))
     except OSError:
         return None
     return os.path.basename(target.rstrip("/"))
 
 
 def load_state(app_dir):
-    state = read_json(os.path.join(app_dir, "state.json"), {})
+    state = read_json(hostlayout.state_file(app_dir), {})
     state.setdefault("generation", 0)
     state.setdefault("history", [])
     state.setdefault("bad", [])
@@ -49,7 +50,7 @@ def load_state(app_dir):
 
 
 def save_state(app_dir, state):
-    write_json(os.path.join(app_dir, "state.json"), state)
+    write_json(hostlayout.state_file(app_dir), state)
 
 
 def previous_good(app_dir, state, current):
@@ -116,7 +117,7 @@ def _switch_locked(app_dir, state, rid, generation):
     state["generation_release"] = rid
     save_state(app_dir, state)  # intent first: `state` shows a switch cut short by a crash
     if before != rid:
-        replace_symlink(app_dir, "current", "releases/" + rid)
+        replace_symlink(app_dir, hostlayout.CURRENT, hostlayout.RELEASES + "/" + rid)
     history = [h for h in state["history"] if h not in (rid, before)]
     history += [before] if before else []
     state["history"], state["switching"] = [*history, rid], None
@@ -172,7 +173,7 @@ def _deployed_service(app_dir, rid):
     None: no release, or a manifest from before it was recorded."""
     if rid is None:
         return None
-    manifest = read_json(os.path.join(releases_dir(app_dir), rid, "manifest.json"), {})
+    manifest = read_json(hostlayout.manifest(os.path.join(releases_dir(app_dir), rid)), {})
     service = manifest.get("service") if isinstance(manifest, dict) else None
     return service if isinstance(service, dict) else None
 
@@ -204,7 +205,7 @@ def _release_state(rid, current, previous, state, staging):
 
 def _manifest_summary(path):
     try:
-        manifest = read_json(os.path.join(path, "manifest.json"), {})
+        manifest = read_json(hostlayout.manifest(path), {})
     except ValueError:
         return {"error": "manifest.json is not JSON"}
     keys = ("spec_digest", "model_sha256", "lock_sha256", "env_hash", "deployment", "created")
@@ -220,7 +221,7 @@ def op_releases(args):
         (r, True) for r in staging_ids(app_dir)
     ]:
         path = os.path.join(releases_dir(app_dir), rid + (STAGING if staging else ""))
-        venv = os.path.join(path, "venv")
+        venv = hostlayout.release_venv(path)
         rows.append({"release_id": rid, "path": path,
                      "state": _release_state(rid, current, previous, state, staging),
                      "created": os.stat(path).st_mtime,
@@ -234,7 +235,7 @@ def op_state(args):
     """What is really on the host, for crash recovery: `current` is read, not remembered."""
     app_dir = app_dir_arg(args)
     state, current = load_state(app_dir), current_id(app_dir)
-    current_path = os.path.join(app_dir, "current")
+    current_path = hostlayout.current_link(app_dir)
     return {"current": current, "current_resolves": os.path.isdir(current_path),
             "generation": state["generation"], "previous_good": previous_good(
                 app_dir, state, current), "bad": state["bad"], "history": state["history"],

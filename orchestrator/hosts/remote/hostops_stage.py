@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import time
 
+import hostlayout
+from contenthash import sha256_file
 from hostops_fs import (
     HASH_RE,
     RELEASE_RE,
@@ -20,7 +22,6 @@ from hostops_fs import (
     clean_trash,
     fsync_dir,
     rmtree_atomic,
-    sha256_file,
     tree_hash,
     write_atomic,
     write_json,
@@ -59,7 +60,7 @@ def op_stage_begin(args):
         clean_trash(rel)
         final = os.path.join(rel, rid)
         if os.path.isdir(final):
-            return {"path": final, "model_path": os.path.join(final, "model"), "state": "committed",
+            return {"path": final, "model_path": hostlayout.model_dir(final), "state": "committed",
                     "resumed": True, "lock_present": True}
         others = [s for s in staging_ids(app_dir) if s != rid]
         if others and not args.get("force"):
@@ -68,14 +69,14 @@ def op_stage_begin(args):
                           "abort it first", staging=others)
         staging = final + STAGING
         resumed = os.path.isdir(staging)
-        os.makedirs(os.path.join(staging, "model"), exist_ok=True)
+        os.makedirs(hostlayout.model_dir(staging), exist_ok=True)
         if not resumed:
             write_json(os.path.join(staging, ".owner"),
                         {"deployment": args.get("deployment"), "started": time.time()})
         lock_sha = checked_arg(args, "lock_sha256", HASH_RE, required=False)
         present = lock_sha is not None and _place_lock(app_dir, staging, lock_sha)
         st = os.statvfs(staging)
-        return {"path": staging, "model_path": os.path.join(staging, "model"), "state": "staging",
+        return {"path": staging, "model_path": hostlayout.model_dir(staging), "state": "staging",
                 "resumed": resumed, "free_bytes": st.f_bavail * st.f_frsize,
                 "lock_present": present}
 
@@ -84,10 +85,10 @@ def _place_lock(app_dir, staging, sha):
     """Put the lock file with this sha256 into the staging dir from a committed release of the
     app that has it (the current one first: a redeploy with the same lock), so it need not be
     uploaded again. Every candidate's bytes are hashed: the name proves nothing."""
-    target = os.path.join(staging, "requirements.lock")
+    target = hostlayout.lock_file(staging)
     current = current_id(app_dir)
     others = sorted(committed_ids(app_dir), reverse=True)
-    for source in [target] + [os.path.join(releases_dir(app_dir), r, "requirements.lock")
+    for source in [target] + [hostlayout.lock_file(os.path.join(releases_dir(app_dir), r))
                               for r in ([current] if current else []) + others]:
         try:
             with open(source, "rb") as fh:
@@ -173,7 +174,7 @@ def op_write_manifest(args):
     manifest = checked_arg(args, "manifest")
     if not isinstance(manifest, dict):
         raise OpError("bad-args", "manifest must be a JSON object")
-    path = os.path.join(release_path(app_dir, rid), "manifest.json")
+    path = hostlayout.manifest(release_path(app_dir, rid))
     write_json(path, manifest)
     return {"path": path}
 

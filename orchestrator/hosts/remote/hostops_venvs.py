@@ -11,6 +11,8 @@ import os
 import re
 import time
 
+import hostlayout
+from contenthash import sha256_file
 from hostops_fs import (
     ENV_RE,
     HASH_RE,
@@ -26,7 +28,6 @@ from hostops_fs import (
     replace_symlink,
     rmtree_atomic,
     root_arg,
-    sha256_file,
     write_json,
 )
 from hostops_pylock import is_pylock, pinned_requirements, pylock_packages
@@ -275,7 +276,7 @@ def _link_venv(args, path):
         return None
     release = release_path(app_dir_arg(args), checked_arg(args, "release_id", RELEASE_RE))
     replace_symlink(release, "venv", path)
-    return os.path.join(release, "venv")
+    return hostlayout.release_venv(release)
 
 
 def _need_uv(args):

@@ -27,6 +27,15 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+# hostlayout is shipped beside this file (the tools bundle is flat). Run as a script, this
+# directory is sys.path[0] already; imported otherwise (hostops' probe op loads it by path, tests
+# import it as a package module) it may not be, so it goes first here.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+import hostlayout  # noqa: E402
+
 SCHEMA = 1
 # Exact library names only: cuDNN 9 also ships libcudnn_ops.so.9 etc., which are not the version.
 LIBRARY_NAMES = {"cudnn": re.compile(r"^libcudnn\.so(\.\d+)*$"),
@@ -211,13 +220,13 @@ def release_facts(deploy_root: str) -> dict[str, dict[str, str | None]]:
     except OSError:
         return releases
     for app in apps:
-        app_dir = os.path.join(deploy_root, app)
-        current = os.path.join(app_dir, "current")
+        app_dir = hostlayout.app_dir(deploy_root, app)
+        current = hostlayout.current_link(app_dir)
         if app.startswith(".") or not os.path.isdir(app_dir):
             continue
         if os.path.islink(current):
             releases[app] = {"current": os.path.basename(os.readlink(current).rstrip("/"))}
-        elif os.path.isdir(os.path.join(app_dir, "releases")):
+        elif os.path.isdir(hostlayout.releases_dir(app_dir)):
             releases[app] = {"current": None}
     return releases
 

@@ -1,0 +1,227 @@
+"""What host ops answer: their stable failure kinds (`OpKind`), the failure (`HostOpFailed`),
+the reply envelope's parsing, and each reply's dataclass with the pure function that builds it.
+
+Why apart from `orchestrator.hosts.ops` (the builders) and `hostops` (running them): replies are
+pure data, tested from recorded JSON without a host, and both of the others read them.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.errors import BadHostOutput, HostError
+from orchestrator.hosts import layout
+
+
+class OpKind(enum.StrEnum):
+    """The script's stable failure kinds (its "kind" field): branch on these, never on text."""
+
+    BAD_ARGS = "bad-args"
+    NOT_FOUND = "not-found"
+    BAD_MODEL = "bad-model"
+    BAD_LOCK = "bad-lock"
+    HASH_MISMATCH = "hash-mismatch"
+    NOT_VERIFIED = "not-verified"
+    WHEEL_HASH_MISMATCH = "wheel-hash-mismatch"
+    MISSING_WHEEL = "missing-wheel"
+    VENV_FAILED = "venv-failed"
+    INSTALL_FAILED = "install-failed"
+    CHECK_FAILED = "check-failed"
+    TIMEOUT = "timeout"
+    BUSY = "busy"
+    STALE_GENERATION = "stale-generation"
+    UV_MISSING = "uv-missing"
+    BAD_RELEASE = "bad-release"
+    IS_CURRENT = "is-current"
+    IS_ROLLBACK_TARGET = "is-rollback-target"
+    NO_ROLLBACK_TARGET = "no-rollback-target"
+    NO_CURRENT = "no-current"        # audit: the app has no current release
+    BAD_MANIFEST = "bad-manifest"    # audit: the current release's manifest is unreadable
+    OS_ERROR = "os-error"
+    INTERNAL = "internal"
+    UNKNOWN = "unknown"
+
+
+class HostOpFailed(HostError):
+    """The host-side script refused or failed an operation: `kind` says which way, `details`
+    holds the rest of its JSON (e.g. `output` for an installer's full message)."""
+
+    def __init__(self, host: str, op: str, kind: OpKind, message: str,
+                 details: Mapping[str, Any]) -> None:
+        self.op, self.kind, self.details = op, kind, dict(details)
+        super().__init__(host, f"{op}: {message}")
+
+
+@dataclass(frozen=True)
+class StagedRelease:
+    app: str
+    release_id: str
+    path: str            # releases/<id>.staging (or releases/<id> once committed)
+    state: str           # "staging" | "committed"
+    resumed: bool
+    free_bytes: int | None
+    lock_present: bool = False  # the host already put the lock file (same sha256) in place
+
+    @property
+    def model_path(self) -> str:
+        return layout.in_release(self.path, layout.MODEL)
+
+    @property
+    def lock_path(self) -> str:
+        return layout.in_release(self.path, layout.LOCK_FILE)
+
+
+@dataclass(frozen=True)
+class VenvResult:
+    env_hash: str
+    path: str
+    reused: bool
+    installer: str           # "uv" or "pip" (what really built it)
+    fallback_reason: str | None
+    freeze: tuple[str, ...]
+    durations: Mapping[str, float]  # venv/install/check seconds; empty when reused
+    waited_s: float              # time spent waiting for another builder of the same env
+
+
+@dataclass(frozen=True)
+class SwitchResult:
+    current: str | None
+    before: str | None
+    changed: bool
+    generation: int
+    previous_good: str | None
+    marked_bad: tuple[str, ...] = ()
+    # rollback only: the `service` of the manifest of the release now current (None: unknown)
+    service: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ReleaseInfo:
+    release_id: str
+    state: str   # current | previous-good | bad | staging | staged | old
+    path: str
+    created: float
+    env_hash: str | None
+    manifest: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class AppState:
+    current: str | None
+    current_resolves: bool
+    generation: int
+    previous_good: str | None
+    bad: tuple[str, ...]
+    history: tuple[str, ...]
+    switching: Mapping[str, Any] | None  # set: a switch was cut short (intent without outcome)
+    staging: tuple[str, ...]
+    committed: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    removed_releases: tuple[str, ...]
+    removed_venvs: tuple[str, ...]
+    removed_wheels: tuple[str, ...]
+    kept: tuple[str, ...]
+    uv_cache_cleared: bool = False  # dropped with the last venv using it (re-filled on demand)
+
+
+def parse_reply(host: str, op: str, exit_code: int, stdout: str, stderr: str) -> dict[str, Any]:
+    """The script's one JSON object, or the error it reports (pure: tested from data)."""
+    reply = _json_reply(host, op, exit_code, stdout, stderr)
+    if reply["ok"] is not True or exit_code != 0:
+        raise _failed(host, op, reply)
+    return reply
+
+
+def parse_batch_reply(host: str, ops: Sequence[str], exit_code: int, stdout: str,
+                      stderr: str) -> list[dict[str, Any]]:
+    """Each op's reply of a `batch`, or the HostOpFailed of the first op that failed, named
+    and shaped as if it had been called alone (pure: tested from data)."""
+    reply = _json_reply(host, "batch", exit_code, stdout, stderr)
+    results = reply.get("results")
+    if not isinstance(results, list):  # the batch itself was refused (bad arguments, a bug)
+        return [parse_reply(host, "batch", exit_code, stdout, stderr)]
+    for name, result in zip(ops, results, strict=False):
+        if not isinstance(result, dict) or result.get("ok") is not True:
+            raise _failed(host, name, result if isinstance(result, dict) else {})
+    if reply["ok"] is not True or exit_code != 0 or len(results) != len(ops):
+        raise BadHostOutput(host, f"hostops batch exited {exit_code} with {len(results)} of "
+                                  f"{len(ops)} results and no failure")
+    return results
+
+
+def _json_reply(host: str, op: str, exit_code: int, stdout: str, stderr: str) -> dict[str, Any]:
+    lines = stdout.strip().splitlines()
+    try:
+        reply = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        reply = None
+    if not isinstance(reply, dict) or "ok" not in reply:
+        tail = " | ".join((stderr or stdout).strip().splitlines()[-5:])
+        raise BadHostOutput(host, f"hostops {op} exited {exit_code} without a JSON reply: {tail}")
+    return reply
+
+
+def _failed(host: str, op: str, reply: Mapping[str, Any]) -> HostOpFailed:
+    try:
+        kind = OpKind(str(reply.get("kind")))
+    except ValueError:
+        kind = OpKind.UNKNOWN
+    details = {k: v for k, v in reply.items() if k not in ("ok", "error", "kind")}
+    return HostOpFailed(host, op, kind, str(reply.get("error", "failed")), details)
+
+
+@dataclass(frozen=True)
+class LockHeld:
+    """The `deploy-lock` op's reply: the lock's path, and whether this deployment already held
+    it (a resumed pipeline)."""
+
+    lock: str
+    resumed: bool
+
+
+def staged_release(app: str, release_id: str, r: Mapping[str, Any]) -> StagedRelease:
+    """The `stage-begin` op's reply as a StagedRelease (also a `batch` result)."""
+    return StagedRelease(app, release_id, r["path"], r["state"], bool(r["resumed"]),
+                         r.get("free_bytes"), bool(r.get("lock_present", False)))
+
+
+def app_state(r: Mapping[str, Any]) -> AppState:
+    """The `state` op's reply as an AppState (also a `batch` result)."""
+    return AppState(r["current"], bool(r["current_resolves"]), int(r["generation"]),
+                    r["previous_good"], tuple(r["bad"]), tuple(r["history"]),
+                    r["switching"], tuple(r["staging"]), tuple(r["committed"]))
+
+
+def switch_result(r: Mapping[str, Any]) -> SwitchResult:
+    service = r.get("service")
+    return SwitchResult(r["current"], r["before"], bool(r["changed"]), int(r["generation"]),
+                        r.get("previous_good"), tuple(r.get("marked_bad", ())),
+                        service if isinstance(service, Mapping) else None)
+
+
+def venv_result(r: Mapping[str, Any]) -> VenvResult:
+    return VenvResult(r["env_hash"], r["path"], bool(r["reused"]), str(r["installer"]),
+                      r.get("fallback_reason"), tuple(r["freeze"]), dict(r["durations"]),
+                      float(r["waited_s"]))
+
+
+def release_infos(r: Mapping[str, Any]) -> list[ReleaseInfo]:
+    return [ReleaseInfo(x["release_id"], x["state"], x["path"], float(x["created"]),
+                        x.get("env_hash"), x.get("manifest") or {}) for x in r["releases"]]
+
+
+def prune_result(r: Mapping[str, Any]) -> PruneResult:
+    return PruneResult(tuple(r["removed_releases"]), tuple(r["removed_venvs"]),
+                       tuple(r["removed_wheels"]), tuple(r["kept"]),
+                       bool(r.get("uv_cache_cleared", False)))
+
+
+def lock_held(r: Mapping[str, Any]) -> LockHeld:
+    return LockHeld(str(r["lock"]), bool(r["resumed"]))

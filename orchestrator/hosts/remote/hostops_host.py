@@ -1,0 +1,120 @@
+"""hostops' ops beside the releases: free disk space, whether a file exists, the deploy lock,
+the audit of the current release, and killing a runner's process group. Shipped beside
+hostops.py (stdlib only, 3.9+).
+
+These were shell one-liners and scripts built on the controller; as ops they are spelled once
+(here) with one typed builder each (orchestrator/hosts/ops.py), and run like every other op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+
+from hostlayout import deploy_lock, deploy_lock_owner
+from hostops_fs import OpError, app_dir_arg, checked_arg, root_arg
+
+
+def op_free_bytes(args):
+    """Bytes free to an unprivileged user on the filesystem of "path" (default: root): what
+    tells a failed upload on a full disk from any other."""
+    path = checked_arg(args, "path", required=False) or root_arg(args)
+    if not isinstance(path, str) or not os.path.isabs(path):
+        raise OpError("bad-args", f"path must be an absolute path: {path!r}")
+    st = os.statvfs(path)
+    return {"free_bytes": st.f_bavail * st.f_frsize}
+
+
+def op_file_exists(args):
+    """Whether a regular file is at "path" (a content-addressed upload need not be repeated)."""
+    path = checked_arg(args, "path")
+    if not isinstance(path, str) or not os.path.isabs(path):
+        raise OpError("bad-args", f"path must be an absolute path: {path!r}")
+    return {"exists": os.path.isfile(path)}
+
+
+def op_deploy_lock(args):
+    """Take the app's deploy lock: `mkdir` is atomic on every POSIX filesystem, and the lock
+    outlives any one process (a deployment spans many SSH commands). The same deployment again
+    is let in (resumed); another one is refused (busy) with the holder's owner.json. "force"
+    breaks a lock left by a dead controller first."""
+    app_dir = app_dir_arg(args)
+    owner = checked_arg(args, "owner")
+    if not isinstance(owner, dict) or not isinstance(owner.get("deployment"), str):
+        raise OpError("bad-args", f"owner must be an object with a deployment: {owner!r}")
+    lock = deploy_lock(app_dir)
+    if args.get("force"):
+        _remove(lock)
+    os.makedirs(app_dir, exist_ok=True)
+    try:
+        os.mkdir(lock)
+    except FileExistsError:
+        holder = _owner(app_dir)
+        if holder.get("deployment") == owner["deployment"]:
+            return {"lock": lock, "resumed": True}
+        raise OpError("busy", f"the deploy lock {lock} is held", owner=holder) from None
+    with open(deploy_lock_owner(app_dir), "w") as fh:
+        fh.write(json.dumps(owner))
+    return {"lock": lock, "resumed": False}
+
+
+def op_deploy_unlock(args):
+    """Drop the app's deploy lock if (and only if) this deployment holds it."""
+    app_dir = app_dir_arg(args)
+    deployment = checked_arg(args, "deployment")
+    if _owner(app_dir).get("deployment") != deployment:
+        return {"released": False}
+    _remove(deploy_lock(app_dir))
+    return {"released": True}
+
+
+def op_audit(args):
+    """audit.py's report of the app's current release (shipped beside this file)."""
+    import audit
+
+    try:
+        return audit.audit(args)
+    except audit.AuditError as exc:
+        raise OpError(exc.kind, str(exc)) from None
+
+
+def op_kill_group(args):
+    """SIGKILL the process group led by the pid in "pid_file" (a runner cut off at its deadline
+    leaves its model's processes behind), then remove it and the "remove" files. Best effort:
+    a group already gone is not an error."""
+    import signal
+
+    pid_file = checked_arg(args, "pid_file")
+    remove = checked_arg(args, "remove", default=[])
+    paths = [pid_file, *remove] if isinstance(remove, list) else None
+    if paths is None or not all(isinstance(p, str) and os.path.isabs(p) for p in paths):
+        raise OpError("bad-args", "pid_file and remove must be absolute paths")
+    killed = False
+    try:
+        with open(pid_file) as fh:
+            pgid = int(fh.read().strip())
+        if pgid > 1:
+            os.killpg(pgid, signal.SIGKILL)
+            killed = True
+    except (OSError, ValueError):
+        pass
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    return {"killed": killed}
+
+
+def _owner(app_dir):
+    try:
+        with open(deploy_lock_owner(app_dir)) as fh:
+            data = json.loads(fh.read())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _remove(lock):
+    import shutil
+
+    shutil.rmtree(lock, ignore_errors=True)
