@@ -16,7 +16,7 @@ from orchestrator.core.spec import Spec
 from orchestrator.deploy.deadline import Deadline
 from orchestrator.deploy.steps.context import HostContext, Target
 from orchestrator.errors import BadHostOutput, OutputTooLarge
-from orchestrator.hosts.hostops import app_state
+from orchestrator.hosts import ops
 from orchestrator.hosts.probe import PROBE_TIMEOUT_S
 
 NAME = "probe"
@@ -26,17 +26,17 @@ _STATE_BYTES = 1 << 20
 
 def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
     ctx.tools = ctx.ops.tools()  # ships the tools when missing; once per deployment
+    probe, state = ops.probe(), ops.state(ctx.app_name)
     try:
-        probed, app = ctx.ops.batch([("probe", {}), ("state", {"app": ctx.app_name})],
-                                    timeout=deadline.timeout(PROBE_TIMEOUT_S),
-                                    max_output=MAX_FACTS_BYTES + _STATE_BYTES)
+        replies = ctx.ops.batch([probe, state], timeout=deadline.timeout(PROBE_TIMEOUT_S),
+                                max_output=MAX_FACTS_BYTES + _STATE_BYTES)
     except OutputTooLarge as exc:
         raise BadHostOutput(ctx.host, f"probe printed more than {MAX_FACTS_BYTES} bytes; "
                                       "refusing to parse it") from exc
     # The facts as probe.py alone prints them: one parser, one size limit.
-    facts = parse_facts(ctx.host, json.dumps(probed.get("facts"), sort_keys=True))
+    facts = parse_facts(ctx.host, json.dumps(replies[0].get("facts"), sort_keys=True))
     ctx.facts = facts
-    ctx.app = asdict(app_state(app))
+    ctx.app = asdict(state.parse(replies[1]))
     return {"python": facts.python_version, "driver": facts.driver_version,
             "gpus": len(facts.gpus), "current": ctx.app["current"],
             "generation": ctx.app["generation"]}

@@ -8,27 +8,19 @@ stage-begin, the lock and the hash check (one host process); a larger one goes b
 
 from __future__ import annotations
 
-import base64
-import hashlib
-from pathlib import Path
 from typing import Any
 
 from orchestrator.core.facts import HostFacts
+from orchestrator.core.hashing import hash_file
 from orchestrator.core.spec import Spec
 from orchestrator.deploy.deadline import Deadline
 from orchestrator.deploy.steps import StepFailed
 from orchestrator.deploy.steps.context import HostContext, Target
 from orchestrator.errors import HostError, HostUnreachable
-from orchestrator.hosts.hostops import (
-    HostOpFailed,
-    HostOps,
-    SmallModel,
-    StagedRelease,
-    staged_release,
-)
+from orchestrator.hosts import layout, ops
+from orchestrator.hosts.hostops import HostOpFailed, HostOps, SmallModel, StagedRelease
 
 NAME = "stage"
-_FREE_BYTES = "import os, sys; s = os.statvfs(sys.argv[1]); print(s.f_bavail * s.f_frsize)"
 #: Below this, an upload failure is reported as a full disk.
 _LOW_DISK_BYTES = 64 << 20
 
@@ -60,8 +52,8 @@ def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
 
 
 def describe(spec: Spec, facts: HostFacts, target: Target) -> str:
-    app_dir = f"{target.host.deploy_root}/{spec.name}"
-    return (f"new release dir {app_dir}/releases/<id>; upload the model ({spec.model.format}, "
+    releases = layout.releases_dir(target.host.deploy_root, spec.name)
+    return (f"new release dir {releases}/<id>; upload the model ({spec.model.format}, "
             f"sha256 {spec.model.sha256[:12]}... checked on the host) and the lock; push the "
             "wheels the host's cache lacks")
 
@@ -71,35 +63,33 @@ def _stage_in_one_call(ctx: HostContext, small: SmallModel, shas: list[str],
     """A small model: stage-begin, the lock and the model's files, the model's hash checked on
     the host, which wheels the host lacks: one batch, one host process."""
     spec, app, rid = ctx.spec, ctx.app_name, ctx.release_id
-    release = {"app": app, "release_id": rid}
     # Set before the call: should it fail after stage-begin, abort-stage removes the dir.
     ctx.staged = StagedRelease(app, rid, "", "staging", False, None)
-    lock = ("write-file", {**release, "path": "requirements.lock", "data": base64.b64encode(
-        spec.paths.requirements.read_bytes()).decode("ascii")})
+    begin = ops.stage_begin(app, rid, deployment=ctx.inputs.deployment)
+    verify = ops.verify_model(app, rid, spec.model.sha256, path=small.verify_path)
+    missing = ops.wheels_missing(shas)
+    lock = ops.write_file(app, rid, layout.LOCK_FILE, spec.paths.requirements.read_bytes())
     try:
-        replies = ctx.ops.batch([
-            ("stage-begin", {**release, "deployment": ctx.inputs.deployment, "force": False}),
-            lock, *small.write_calls(app, rid),  # the lock first, as by SFTP
-            ("stage-verify-model", {**release, "sha256": spec.model.sha256,
-                                    "path": small.verify_path}),
-            ("wheels-missing", {"shas": shas})], timeout=deadline.timeout())
+        replies = ctx.ops.batch([begin, lock, *small.write_calls(app, rid),  # the lock first,
+                                 verify, missing],                            # as by SFTP
+                                timeout=deadline.timeout())
     except HostOpFailed as exc:
-        if exc.op == "stage-begin":  # refused (busy): nothing of ours was staged
+        if exc.op == ops.Op.STAGE_BEGIN:  # refused (busy): nothing of ours was staged
             ctx.staged = None
         raise
-    staged = staged_release(app, rid, replies[0])
+    staged = begin.parse(replies[0])
     ctx.staged, ctx.release_path = staged, staged.path
     details: dict[str, Any] = {"release_id": rid, "resumed": staged.resumed}
     if staged.state != "committed":
-        details["model_hash"] = str(replies[-2]["hash_kind"])
-    return details, tuple(replies[-1]["missing"])
+        details["model_hash"] = verify.parse(replies[-2])
+    return details, missing.parse(replies[-1])
 
 
 def _stage_by_sftp(ctx: HostContext, shas: list[str],
                    deadline: Deadline) -> tuple[dict[str, Any], tuple[str, ...] | None]:
     spec, app, rid = ctx.spec, ctx.app_name, ctx.release_id
     staged = ctx.ops.stage_begin(app, rid, deployment=ctx.inputs.deployment,
-                                 lock_sha256=_sha256(spec.paths.requirements),
+                                 lock_sha256=hash_file(spec.paths.requirements),
                                  timeout=deadline.timeout())
     ctx.staged, ctx.release_path = staged, staged.path
     details: dict[str, Any] = {"release_id": rid, "resumed": staged.resumed}
@@ -109,21 +99,18 @@ def _stage_by_sftp(ctx: HostContext, shas: list[str],
     if not staged.lock_present:  # else the host copied it from a release that had it
         ctx.transport.put(spec.paths.requirements, staged.lock_path, 0o644)
     rel_model = ctx.ops.upload_model(spec.paths.model, staged, timeout=deadline.timeout())
-    verified, lacking = ctx.ops.batch([
-        ("stage-verify-model", {"app": app, "release_id": rid,
-                                "sha256": spec.model.sha256, "path": rel_model}),
-        ("wheels-missing", {"shas": shas})], timeout=deadline.timeout())
-    details["model_hash"] = str(verified["hash_kind"])
-    return details, tuple(lacking["missing"])
+    verify = ops.verify_model(app, rid, spec.model.sha256, path=rel_model)
+    missing = ops.wheels_missing(shas)
+    replies = ctx.ops.batch([verify, missing], timeout=deadline.timeout())
+    details["model_hash"] = verify.parse(replies[0])
+    return details, missing.parse(replies[1])
 
 
 def _explain(ctx: HostContext, exc: HostError, deadline: Deadline) -> HostError:
     """SFTP says only "Failure" when the disk is full: add the host's free space."""
     try:
-        out = ctx.transport.run(["python3", "-c", _FREE_BYTES, ctx.root],
-                                timeout=deadline.timeout(30), check=False)
-        free = int(out.stdout.strip())
-    except (HostError, ValueError):
+        free = ctx.ops.run(ops.free_bytes(ctx.root), timeout=deadline.timeout(30))
+    except HostError:
         return exc
     if free >= _LOW_DISK_BYTES:
         return exc
@@ -138,7 +125,3 @@ def _clean_stale_staging(ctx: HostContext, deadline: Deadline) -> list[str]:
         ctx.ops.abort_stage(ctx.app_name, rid, timeout=deadline.timeout())
     return stale
 
-
-def _sha256(path: Path) -> str:
-    """sha256 of a (small) lock file, read again each time: it may change between deployments."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()

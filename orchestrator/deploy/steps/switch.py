@@ -9,6 +9,7 @@ from orchestrator.core.facts import HostFacts
 from orchestrator.core.spec import Spec
 from orchestrator.deploy.deadline import Deadline
 from orchestrator.deploy.steps.context import HostContext, Target
+from orchestrator.hosts import layout
 
 NAME = "switch"
 
@@ -23,7 +24,8 @@ def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
 
 def describe(spec: Spec, facts: HostFacts, target: Target) -> str:
     current = facts.releases.get(spec.name)
-    words = (f"{target.host.deploy_root}/{spec.name}/current -> releases/<id> by atomic rename "
+    current_link = layout.current_link(target.host.deploy_root, spec.name)
+    words = (f"{current_link} -> {layout.RELEASES}/<id> by atomic rename "
              f"(now: {current or 'no current release'})")
     if spec.service is not None and spec.service.restart:
         words += f"; then run the service restart command: {spec.service.restart}"
