@@ -265,7 +265,7 @@ def test_trust_asks_on_a_terminal(testbed: Testbed, tmp_path: Path, answer: str,
 
 
 def test_cuda_version_falls_back_when_the_v2_call_is_missing() -> None:
-    import pynvml  # type: ignore[import-untyped]
+    import pynvml
 
     def missing() -> int:
         raise pynvml.NVMLError(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)

@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import sys
+from typing import Any
 
 # contenthash is shipped beside this file (the tools bundle is flat). Run as a script, this
 # directory is sys.path[0] already; loaded by path (tests) it is not, so it goes first here.
@@ -136,9 +137,9 @@ def _note(out, key, rel, package):
 
 def audit_venv(release):
     link = hostlayout.release_venv(release)
-    out = {"ok": False, "path": None, "packages": 0, "files_checked": 0, "changed": [],
-           "missing": [], "changed_count": 0, "missing_count": 0, "truncated": False,
-           "error": None}
+    out: dict[str, Any] = {
+        "ok": False, "path": None, "packages": 0, "files_checked": 0, "changed": [],
+        "missing": [], "changed_count": 0, "missing_count": 0, "truncated": False, "error": None}
     if not os.path.isdir(link):
         out["error"] = f"the release has no venv: {link} is missing"
         return out

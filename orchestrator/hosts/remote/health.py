@@ -23,7 +23,7 @@ def descendants(pid):
     """Every process below pid, from /proc (none where there is no /proc): a command cut off by
     the budget must not leave its children running, and they stay in the SSH command's process
     group (so a dropped connection still kills them) rather than a group of their own."""
-    children = {}
+    children: dict[int, list[int]] = {}
     for entry in (os.listdir("/proc") if os.path.isdir("/proc") else ()):
         try:
             with open(f"/proc/{entry}/stat") as f:

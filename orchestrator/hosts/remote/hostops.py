@@ -140,6 +140,7 @@ def op_probe(args):
     if not os.path.isfile(path):
         raise OpError("not-found", f"probe.py is not beside hostops.py: {path}")
     spec = importlib.util.spec_from_file_location("orchestrator_probe", path)
+    assert spec is not None and spec.loader is not None  # a .py file that exists
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)  # its own directory is sys.path[0]: it finds pynvml there
     return {"facts": probe.collect(root)}

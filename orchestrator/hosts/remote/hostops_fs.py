@@ -150,6 +150,7 @@ class Flock:
                 time.sleep(0.05)
 
     def __exit__(self, *exc):
+        assert self.fd is not None  # set by __enter__
         os.close(self.fd)  # closing releases the lock
         return False
 

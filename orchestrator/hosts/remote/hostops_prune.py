@@ -74,7 +74,8 @@ def _all_release_dirs(root):
 
 def _referenced(root):
     """Env hashes and wheel hashes used by any release of any app, staging ones included."""
-    envs, wheels = set(), set()
+    envs: set[str] = set()
+    wheels: set[str] = set()
     for path in _all_release_dirs(root):
         venv = hostlayout.release_venv(path)
         if os.path.islink(venv):

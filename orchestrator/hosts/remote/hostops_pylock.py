@@ -8,6 +8,7 @@ is_pylock and PYLOCK_HASH_RE (the wheel hashes a pylock names)."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from hostops_fs import OpError
 
@@ -48,7 +49,7 @@ def pylock_packages(text):
         doc = tomllib.loads(text)
     except ValueError as exc:  # TOMLDecodeError
         raise OpError("bad-lock", f"the pylock is not valid TOML: {exc}") from None
-    found = {}
+    found: dict[str, Any] = {}
     for entry in doc.get("packages") or []:
         if not isinstance(entry, dict):
             raise OpError("bad-lock", "a [[packages]] entry of the pylock is not a table")
@@ -62,7 +63,7 @@ def pylock_packages(text):
 
 def pylock_packages_scanned(text):
     """pylock_packages without a TOML parser (see PYLOCK_RE)."""
-    found = {}
+    found: dict[str, Any] = {}
     for block in PYLOCK_PACKAGE_RE.split(text)[1:]:
         other = PYLOCK_OTHER_TABLE_RE.search(block)
         block = block[: other.start()] if other else block
@@ -96,7 +97,7 @@ def pinned_requirements(wheel_map, locked):
     """The requirements file an installer gets for a pylock: one `name==version --hash` line
     per package, hashed with exactly the wheels the controller chose for this host, each of
     which must be one the lock names (same name, version and sha256)."""
-    lines = {}
+    lines: dict[str, list[str]] = {}
     for sha, filename in sorted(wheel_map.items(), key=lambda item: item[1]):
         name, version = _wheel_name_version(filename)
         if name not in locked:

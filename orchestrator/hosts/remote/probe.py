@@ -90,7 +90,7 @@ def nvml_facts() -> tuple[dict[str, Any], list[dict[str, Any]]]:
     section: dict[str, Any] = {"error": None, "driver_version": None, "cuda_driver_version": None}
     gpus: list[dict[str, Any]] = []
     try:
-        import pynvml  # type: ignore[import-untyped]  # the shipped module file
+        import pynvml  # the shipped module file
     except Exception as exc:  # the shipped module itself failed: still a fact about this host
         section["error"] = nvml_error(exc)
         return section, gpus

@@ -56,6 +56,7 @@ import tempfile
 import threading
 import time
 import traceback
+from typing import Any
 
 # The runner's parts, one concept each. On a host this file runs as a script and its siblings
 # sit beside it in the tools dir (sys.path[0]); on the controller (`golden record`, the tests)
@@ -65,14 +66,14 @@ if __package__:
     from .warmup_env import NvmlSampler, environment
     from .warmup_golden import compare_golden, read_golden
 else:
-    import formats
-    from warmup_env import NvmlSampler, environment
-    from warmup_golden import compare_golden, read_golden
+    import formats  # type: ignore[no-redef]
+    from warmup_env import NvmlSampler, environment  # type: ignore[no-redef]
+    from warmup_golden import compare_golden, read_golden  # type: ignore[no-redef]
 
 SCHEMA = 1
 DYNLIB_MARK = "Could not load dynamic library"
 LOG_TAIL_BYTES = 64 * 1024
-DEFAULTS = {
+DEFAULTS: dict[str, Any] = {
     "golden_path": None, "rtol": 1e-5, "atol": 1e-6, "warmup_iterations": 20,
     "iterations": 200, "batch_size": 1, "signature": "serving_default", "method": "predict",
     "gpu_required": False, "allow_version_mismatch": False, "deadline_s": 600.0, "sys_path": [],
@@ -195,7 +196,7 @@ class State:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.data = {"schema": SCHEMA, "ok": False, "error": None, "phase": "start",
+        self.data: dict[str, Any] = {"schema": SCHEMA, "ok": False, "error": None, "phase": "start",
                      "findings": [], "warnings": [], "load": None, "golden": None, "gpu": None,
                      "latency": None, "gpu_memory": None, "environment": None}
         self.started = time.monotonic()

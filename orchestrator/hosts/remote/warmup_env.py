@@ -18,7 +18,7 @@ import threading
 if __package__:
     from .formats import FRAMEWORKS
 else:
-    from formats import FRAMEWORKS
+    from formats import FRAMEWORKS  # type: ignore[no-redef]
 
 
 def environment():
@@ -104,7 +104,9 @@ class NvmlSampler(threading.Thread):
             self.error = f"{type(exc).__name__}: {exc}"
 
     def _used(self):
-        return [int(self.nvml.nvmlDeviceGetMemoryInfo(h).used) for h in self.handles]
+        nvml = self.nvml
+        assert nvml is not None  # only called once NVML answered
+        return [int(nvml.nvmlDeviceGetMemoryInfo(h).used) for h in self.handles]
 
     def run(self):
         while self.nvml is not None and not self.stop_event.wait(0.02):

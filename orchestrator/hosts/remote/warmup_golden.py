@@ -8,6 +8,7 @@ numpy is imported lazily, from the release's venv.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 WORST = 5
 
@@ -19,7 +20,8 @@ def golden_key(kind, name):
 
 def split_golden(arrays):
     """{npz key: array} -> (inputs, outputs), each {name: array} ("" for unnamed)."""
-    inputs, outputs = {}, {}
+    inputs: dict[str, Any] = {}
+    outputs: dict[str, Any] = {}
     for key, value in arrays.items():
         if key in ("inputs", "outputs"):
             (inputs if key == "inputs" else outputs)[""] = value
@@ -85,7 +87,8 @@ def compare_output(expected, got, rtol, atol):
 
 
 def compare_golden(expected, got, rtol, atol):
-    outputs, problems = {}, []
+    outputs: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
     for name, exp, act in _match_outputs(expected, got):
         label = name or "outputs"
         if act is None:
