@@ -4,6 +4,7 @@ modules small enough to read in one pass (docs/architecture.md draws the layers)
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,3 +110,14 @@ def test_module_is_readable_in_one_pass(module: str) -> None:
     path = dict(modules())[module]
     lines = len(path.read_text("utf-8").splitlines())
     assert lines <= MAX_LINES, f"{path.relative_to(PACKAGE.parent)}: {lines} lines"
+
+
+def test_every_package_path_the_docs_name_exists() -> None:
+    """A module that moved takes its mentions in README.md and docs/ with it."""
+    root = PACKAGE.parent
+    texts = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    named = {m for path in texts
+             for m in re.findall(r"orchestrator/[A-Za-z0-9_/]+\.(?:py|sh|json|c)\b",
+                                 path.read_text("utf-8"))}
+    assert named, "the docs name no module at all: the pattern is wrong"
+    assert sorted(m for m in named if not (root / m).exists()) == []
