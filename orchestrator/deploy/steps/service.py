@@ -12,7 +12,7 @@ from typing import Any
 
 from orchestrator.core.spec import Service
 from orchestrator.errors import BadHostOutput
-from orchestrator.hosts import serving
+from orchestrator.hosts import layout, serving
 from orchestrator.hosts.transport import Transport
 
 
@@ -21,7 +21,7 @@ def restart(transport: Transport, deploy_root: str, app: str, svc: Service | Non
     """Run the service's restart command, if it has one; {} when there is nothing to restart."""
     if svc is None or not svc.restart:
         return {}
-    return serving.restart(transport, svc.restart, serving.app_dir(deploy_root, app), timeout)
+    return serving.restart(transport, svc.restart, layout.app_dir(deploy_root, app), timeout)
 
 
 def health(transport: Transport, deploy_root: str, app: str, svc: Service | None,
@@ -30,7 +30,7 @@ def health(transport: Transport, deploy_root: str, app: str, svc: Service | None
     if svc is None or not (svc.health_url or svc.health_command):
         return {"health": "none configured"}
     return serving.health(transport, url=svc.health_url, command=svc.health_command,
-                          cwd=serving.app_dir(deploy_root, app),
+                          cwd=layout.app_dir(deploy_root, app),
                           budget_s=float(svc.health_timeout_s), timeout=timeout)
 
 
