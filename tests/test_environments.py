@@ -28,6 +28,7 @@ from orchestrator.deploy.environments.venv import VenvKind, platform_of
 from orchestrator.deploy.inputs import DeployInputs
 from orchestrator.deploy.steps import install, verify
 from orchestrator.deploy.steps.context import HostContext, Target
+from orchestrator.errors import InvalidInput
 from orchestrator.hosts.hostops import HostOps
 from orchestrator.hosts.transport import Transport
 from tests.specs import LOCKS, stub_spec
@@ -59,18 +60,15 @@ def test_the_registry_knows_the_venv_and_picks_it_for_a_lock(spec: Spec) -> None
     assert list(registry.ENVIRONMENTS) == ["venv"]
     assert isinstance(registry.KINDS[-1], VenvKind)  # the default: more specific kinds first
     kind = registry.environment_for(spec)
-    assert kind is registry.ENVIRONMENTS["venv"] is registry.kind_named("venv")
+    assert kind is registry.ENVIRONMENTS["venv"]
     assert kind.name == "venv"
 
 
-def test_an_unknown_kind_is_refused_naming_the_known_ones() -> None:
-    with pytest.raises(KeyError, match=r"unknown environment kind 'oci' \(known: venv\)"):
-        registry.kind_named("oci")
-
-
-def test_a_spec_no_kind_selects_is_refused(spec: Spec, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_spec_no_kind_selects_is_invalid_input(spec: Spec,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry, "KINDS", (FakeKind(takes=False),))
-    with pytest.raises(ValueError, match="no environment kind for spec 'fraud-detector'"):
+    with pytest.raises(InvalidInput, match=r"fraud-detector: environment: no environment kind "
+                                           r"takes it \(known: fake\)"):
         registry.environment_for(spec)
 
 
@@ -132,7 +130,7 @@ class FakeKind:
         key = self.key(ctx.spec, ctx.known_facts(), ctx.lock.sha256)
         return BuiltEnvironment(
             kind=self.name, key=key, path=f"/images/{key}", interpreter="/usr/bin/fake-python",
-            reused=True, details={"image": key, "reused": True},
+            details={"image": key, "reused": True},
             manifest={"env_hash": key, "python_version": "3.11.9", "platform": "oci-amd64",
                       "installer": None, "pip_freeze": ["numpy==2.0.0"]})
 

@@ -34,8 +34,9 @@ class BuiltEnvironment:
     kind: str             # the registered kind's name: "venv"
     key: str              # its content address on the host (the manifest's env_hash)
     path: str             # where it is on the host
-    interpreter: str      # the program that runs Python in it, argv-compatible with `python`
-    reused: bool          # found complete on the host rather than built
+    # The program that runs Python in it, argv-compatible with `python` (`-E script args`):
+    # verify's warmup runs with it, before the release is committed.
+    interpreter: str
     details: Mapping[str, Any] = field(default_factory=dict)
     manifest: Mapping[str, Any] = field(default_factory=dict)
 

@@ -14,29 +14,22 @@ from types import MappingProxyType
 from orchestrator.core.spec import Spec
 from orchestrator.deploy.environments.base import EnvironmentKind
 from orchestrator.deploy.environments.venv import VenvKind
+from orchestrator.errors import InvalidInput
 
 #: In the order `environment_for` asks them; spelled out so mypy checks each against the
 #: protocol.
 KINDS: tuple[EnvironmentKind, ...] = (
     VenvKind(),
 )
-#: name -> kind, for what a release recorded (`BuiltEnvironment.kind`).
+#: name -> kind (`BuiltEnvironment.kind` names one).
 ENVIRONMENTS: Mapping[str, EnvironmentKind] = MappingProxyType({k.name: k for k in KINDS})
 
 
 def environment_for(spec: Spec) -> EnvironmentKind:
-    """The kind of environment the spec asks for; ValueError if no kind takes it."""
+    """The kind of environment the spec asks for: the one place a spec chooses its kind.
+    InvalidInput (nothing was touched) when no known kind takes the spec."""
     for kind in KINDS:
         if kind.selects(spec):
             return kind
-    raise ValueError(f"no environment kind for spec {spec.name!r} (known: "
-                     f"{', '.join(ENVIRONMENTS)})")
-
-
-def kind_named(name: str) -> EnvironmentKind:
-    """The registered kind `name`; KeyError names the known ones."""
-    try:
-        return ENVIRONMENTS[name]
-    except KeyError:
-        raise KeyError(f"unknown environment kind {name!r} (known: "
-                       f"{', '.join(ENVIRONMENTS)})") from None
+    raise InvalidInput(f"{spec.name}: environment: no environment kind takes it (known: "
+                       f"{', '.join(k.name for k in KINDS)})")

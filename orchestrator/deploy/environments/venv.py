@@ -70,7 +70,7 @@ class VenvKind:
             out = venv_ensure()
         return BuiltEnvironment(
             kind=self.name, key=out.env_hash, path=out.path,
-            interpreter=f"{out.path}/{PYTHON}", reused=out.reused,
+            interpreter=f"{out.path}/{PYTHON}",
             details={"env_hash": env, "reused": out.reused, "installer": out.installer,
                      "fallback_reason": out.fallback_reason,
                      "install_durations": dict(out.durations), "waited_s": out.waited_s},
