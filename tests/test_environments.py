@@ -28,6 +28,7 @@ from orchestrator.deploy.environments.venv import VenvKind, platform_of
 from orchestrator.deploy.inputs import DeployInputs
 from orchestrator.deploy.steps import install, verify
 from orchestrator.deploy.steps.context import HostContext, Target
+from orchestrator.deploy.steps.wheels import wheel_resolver
 from orchestrator.errors import InvalidInput
 from orchestrator.hosts.hostops import HostOps
 from orchestrator.hosts.transport import Transport
@@ -116,6 +117,7 @@ class FakeKind:
     """A second kind that touches no host: what the steps must be able to drive unchanged."""
 
     name = "fake"
+    ships_wheels = False
 
     def __init__(self, takes: bool = True) -> None:
         self.takes = takes
@@ -174,6 +176,15 @@ def test_install_verify_and_the_manifest_take_what_the_kind_reports(
     target = Target(HOST, lock, preflight(spec, lock, facts, load_compat()))
     assert install.describe(spec, facts, target) == "load the image"
     assert verify.describe(spec, facts, target).startswith("load the model in the new fake, ")
+
+
+def test_a_kind_that_ships_no_wheels_gets_none_resolved(
+        spec: Spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing resolved, downloaded (the cache dir is never made) or pushed by `stage`."""
+    monkeypatch.setattr(registry, "KINDS", (FakeKind(), VenvKind()))
+    cache = tmp_path / "no-cache"
+    resolve = wheel_resolver(spec, load_lock(spec.paths.requirements), cache)
+    assert resolve(_facts()) == {} and not cache.exists()
 
 
 def test_verify_refuses_a_context_install_never_filled(spec: Spec) -> None:

@@ -49,6 +49,14 @@ class EnvironmentKind(Protocol):
         """The kind's registered name (`BuiltEnvironment.kind`)."""
         ...
 
+    @property
+    def ships_wheels(self) -> bool:
+        """Whether building it installs the lock's wheels on the host, so that `stage` pushes
+        the ones the host's wheel cache lacks (`steps.wheels.wheel_resolver`). A kind that
+        brings its packages otherwise (an image archive, shipped by its own `ensure`) says no,
+        and no wheel is resolved, downloaded or pushed for it."""
+        ...
+
     def selects(self, spec: Spec) -> bool:
         """Whether the spec's `environment:` asks for this kind (`registry.environment_for`
         asks each kind in order; the first that says yes builds the environment)."""

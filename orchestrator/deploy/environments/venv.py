@@ -36,6 +36,7 @@ class VenvKind:
     """The venv of a lock file: today's only environment kind."""
 
     name = "venv"
+    ships_wheels = True  # built offline from the wheels `stage` pushed into the host's cache
 
     def selects(self, spec: Spec) -> bool:
         # Every spec has `environment.requirements` today: this kind is the registry's last,
