@@ -69,8 +69,9 @@ class EnvironmentKind(Protocol):
 
     def ensure(self, ctx: HostContext, deadline: Deadline) -> BuiltEnvironment:
         """Reuse the environment on the host when it is there and complete, else build it at
-        its final place (offline, from what `stage` shipped), and tie it to the staged release
-        so that prune sees it in use. Raises HostError subclasses as host ops do."""
+        its final place (offline: from the wheels `stage` pushed, or from what it ships
+        itself), and tie it to the staged release so that prune sees it in use. Raises
+        HostError subclasses as host ops do."""
         ...
 
     def describe(self, spec: Spec, facts: HostFacts, target: Target) -> str:
