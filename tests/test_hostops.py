@@ -897,8 +897,6 @@ def test_batch_failure_raises_what_the_op_alone_raises(root: Path) -> None:
     missing, state = build.wheels_missing([SIX]), build.state("a")
     replies = ops.batch([missing, state])
     assert missing.parse(replies[0]) == (SIX,) and state.parse(replies[1]).staging == (rid(1),)
-    # raw (op, args) tuples are still taken, for the step modules not yet on the builders
-    assert ops.batch([("state", {"app": "a"})]) == ops.batch([state])
 
 
 def test_parse_batch_reply_from_data() -> None:

@@ -113,7 +113,8 @@ def test_inputs_and_context_are_typed_with_the_models() -> None:
     spec_, lock_ = vars(HostContext)["spec"], vars(HostContext)["lock"]  # the properties
     assert typing.get_type_hints(spec_.fget)["return"] is Spec
     assert typing.get_type_hints(lock_.fget)["return"] is Lock
-    learned = {"tools", "facts", "app", "staged", "release_path", "venv", "warmup", "switched"}
+    learned = {"tools", "facts", "app", "staged", "release_path", "environment", "warmup",
+               "switched"}
     assert learned <= set(typing.get_type_hints(HostContext))
 
 

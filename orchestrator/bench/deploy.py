@@ -49,7 +49,7 @@ from orchestrator.core.hashing import hash_path
 from orchestrator.core.inventory import Inventory, load_inventory
 from orchestrator.core.spec import load_spec
 from orchestrator.deploy.batch import DeployResult, deploy, prepare
-from orchestrator.deploy.steps.install import local_uv
+from orchestrator.deploy.environments.venv import local_uv
 from orchestrator.deploy.steps.registry import STEP_ORDER
 from orchestrator.deploy.steps.wheels import default_cache_dir
 from orchestrator.deploy.wheelcache import WheelCache, platform_tags

@@ -4,8 +4,9 @@ A release id is `<UTC timestamp>-<first 8 hex of a content hash>`, e.g. `2026112
 sortable by time as plain strings (prune keeps the newest by sorting ids), and telling two
 deployments in the same second apart by what they deploy.
 
-An environment is keyed by what determines its contents: the host's Python (major.minor), its
-platform and the lock file's sha256. Two apps whose locks are byte-identical share one venv.
+A venv environment is keyed by what determines its contents: the host's Python (major.minor),
+its platform and the lock file's sha256 (`env_hash`, the venv kind's key in
+orchestrator/deploy/environments/venv.py). Two apps whose locks are byte-identical share one venv.
 
 `Manifest` is what `<release>/manifest.json` records (DESIGN.md "Host layout"); it is read back from
 hosts, so it is validated at that edge (pydantic) and kept strict about its own keys while
@@ -71,7 +72,9 @@ def env_hash(python_version: str, platform: str, lock_sha256: str) -> str:
 
 
 class Manifest(BaseModel):
-    """`manifest.json`: what a release is, and the baseline re-verification compares against."""
+    """`manifest.json`: what a release is, and the baseline re-verification compares against.
+    The environment's fields (env_hash, python_version, platform, installer, pip_freeze) are
+    filled by the release's environment kind (`BuiltEnvironment.manifest`); their keys stay."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -137,23 +137,16 @@ class HostOps:
         return call.parse(parse_reply(self.host, op, result.exit_code, result.stdout,
                                       result.stderr))
 
-    def call(self, op: str, args: Mapping[str, Any], *,
-             timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
-        """One op's raw reply, by name (kept for callers not yet on the builders: `run`)."""
-        return self.run(ops.raw_call(op, args), timeout=timeout)
-
-    def batch(self, calls: Sequence[OpCall[Any] | tuple[str, Mapping[str, Any]]], *,
+    def batch(self, calls: Sequence[OpCall[Any]], *,
               timeout: float = DEFAULT_TIMEOUT_S,
               max_output: int | None = None) -> list[dict[str, Any]]:
         """Run calls in order in one host process; each op's raw reply (`call.parse(reply)`
-        types it), or the HostOpFailed of the first that failed (the later ones did not run).
-        Raw `(op, args)` tuples are still taken, for the step modules not yet converted."""
-        built = [ops.as_call(c) for c in calls]
-        payload = json.dumps({"root": self.root, "ops": [c.wire() for c in built]})
+        types it), or the HostOpFailed of the first that failed (the later ones did not run)."""
+        payload = json.dumps({"root": self.root, "ops": [c.wire() for c in calls]})
         result = self.transport.run(self._argv(str(ops.Op.BATCH)), timeout=timeout,
                                     stdin=payload.encode("utf-8"), check=False,
                                     max_output=max_output)
-        return parse_batch_reply(self.host, [str(c.op) for c in built], result.exit_code,
+        return parse_batch_reply(self.host, [str(c.op) for c in calls], result.exit_code,
                                  result.stdout, result.stderr)
 
     # -- stage ---------------------------------------------------------------------------------

@@ -97,16 +97,6 @@ class OpCall(Generic[T]):
         return {"op": str(self.op), "args": dict(self.args)}
 
 
-def raw_call(op: str, args: Mapping[str, Any]) -> OpCall[dict[str, Any]]:
-    """A raw `("op", {...})` tuple's call: kept only for callers not yet converted to the
-    builders (deploy/steps); a name no builder has is refused here, not on the host."""
-    return OpCall(Op(op), dict(args))
-
-
-def as_call(call: OpCall[Any] | tuple[str, Mapping[str, Any]]) -> OpCall[Any]:
-    return call if isinstance(call, OpCall) else raw_call(*call)
-
-
 def _release(app: str, release_id: str) -> dict[str, Any]:
     return {"app": app, "release_id": release_id}
 

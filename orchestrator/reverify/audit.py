@@ -3,7 +3,8 @@
     facts = probe_host(...)                      # the GPU stack now
     for each app with a current release (or the apps asked for), under the app's deploy lock:
         audit   remote/audit.py: manifest.json, model hash, venv files vs RECORD
-        warmup  orchestrator/hosts/warmup.py run_warmup in the release's venv, gates vs the baseline
+        warmup  orchestrator/hosts/warmup.py run_warmup in the release's environment (its kind's
+                interpreter, orchestrator/deploy/environments/), gates vs the baseline
         decide  orchestrator/core/findings.py (pure): findings -> status and reasons
         act     reverify.on_failure on a failed app: rollback (hostops) or redeploy (pipeline),
                 then check the app once more so the recorded status is the host's real one
@@ -29,6 +30,7 @@ from orchestrator.core.gates import WarmupRequest, gates
 from orchestrator.core.hashing import hash_file
 from orchestrator.core.inventory import Host
 from orchestrator.deploy.deadline import Deadline
+from orchestrator.deploy.environments.registry import environment_for
 from orchestrator.deploy.pipeline import RECOVERY_TIMEOUT_S, EventSink
 from orchestrator.deploy.steps.recovery import roll_back_and_restart
 from orchestrator.deploy.steps.verify import remote_model_path
@@ -93,13 +95,15 @@ def local_model_hashes(spec: Any) -> dict[str, str] | None:
 
 
 def warmup_check(transport: Transport, spec: Any, audit: dict[str, Any]) -> list[rv.Finding]:
-    """The warmup again in the release's venv, gated like at deploy against its baseline."""
+    """The warmup again in the release's environment, gated like at deploy against its
+    baseline."""
     release = str(audit["release_path"])
     request = WarmupRequest.from_spec(
         spec, model_path=remote_model_path(release, Path(spec.paths.model)),
         golden_path=layout.release_golden(release))
     tools = ensure_tools(transport, layout.release_of(release)[0])
-    result = run_warmup(transport, layout.release_python(release), tools, request,
+    python = environment_for(spec).interpreter(release)
+    result = run_warmup(transport, python, tools, request,
                         timeout=float(spec.verify.timeout_s) + WARMUP_MARGIN_S)
     baseline = audit["manifest"].get("warmup")
     return rv.warmup_findings(gates(result, spec.verify,
@@ -127,7 +131,7 @@ def check_app(transport: Transport, host: Host, app: str, facts: HostFacts,
     if spec is None:
         findings.append(rv.Finding("warmup", rv.HEALTHY, f"warmup not re-run: deployment "
                                    f"{deployment} is unknown to this daemon"))
-    elif (audit.get("venv") or {}).get("path"):
+    elif environment_for(spec).audited(audit):
         findings += warmup_check(transport, spec, audit)
     status, reasons = rv.decide(findings)
     return AppCheck(app, status, reasons, str(audit["release_id"]), deployment,

@@ -1,9 +1,10 @@
 """`HostContext`: one host, one deployment, and what the steps learned there so far.
 
 Every step is a function of (context, deadline): it reads what the steps before it learned (the
-facts, the app's state on the host, the staged release, the venv, the warmup result) and records
-what it learns for the steps after it and for the release's manifest.json. Typed, so a step that
-reads a field no earlier step sets is a type error or a precise `StepFailed`, not an AttributeError.
+facts, the app's state on the host, the staged release, the environment, the warmup result) and
+records what it learns for the steps after it and for the release's manifest.json. Typed, so a
+step that reads a field no earlier step sets is a type error or a precise `StepFailed`, not an
+AttributeError.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from orchestrator.core.inventory import Host
 from orchestrator.core.lockfile import Lock
 from orchestrator.core.preflight import HostVerdict, LockLike
 from orchestrator.core.spec import Service, Spec
+from orchestrator.deploy.environments.base import BuiltEnvironment
 from orchestrator.deploy.inputs import DeployInputs
 from orchestrator.deploy.steps import StepFailed
 from orchestrator.hosts.hostops import HostOps, StagedRelease
@@ -40,7 +42,7 @@ class HostContext:
     app: dict[str, Any] = field(default_factory=dict)    # probe: the app's state before us
     staged: StagedRelease | None = None                  # stage
     release_path: str | None = None                      # stage, then verify (committed)
-    venv: dict[str, Any] = field(default_factory=dict)   # install
+    environment: BuiltEnvironment | None = None          # install
     warmup: dict[str, Any] | None = None                 # verify: the manifest's baseline
     switched: bool = False                               # switch
 
@@ -82,6 +84,11 @@ class HostContext:
         if self.facts is None:
             raise StepFailed(self.host, "no host facts: the probe step did not run")
         return self.facts
+
+    def known_environment(self) -> BuiltEnvironment:
+        if self.environment is None:
+            raise StepFailed(self.host, "no environment: the install step did not run")
+        return self.environment
 
     def known_staged(self) -> StagedRelease:
         if self.staged is None:

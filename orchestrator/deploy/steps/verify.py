@@ -1,10 +1,11 @@
-"""The `verify` step: the warmup runner in the new venv, then the gates (orchestrator.core.gates),
-then the release's manifest.json (with the warmup result: re-verification's baseline) and the
-stage commit, all before anything is switched.
+"""The `verify` step: the warmup runner in the new environment, then the gates
+(orchestrator.core.gates), then the release's manifest.json (with the warmup result:
+re-verification's baseline) and the stage commit, all before anything is switched.
 
 The golden file travels into the staged release (`golden.npz`, so the release carries what it was
-verified against); the runner is shipped with the other tools and run by the venv's python under
-the smaller of the spec's `verify.timeout_s` and what is left of the step's budget. Any failing
+verified against); the runner is shipped with the other tools and run by the environment's
+interpreter (`BuiltEnvironment.interpreter`: the steps know no environment kind) under the
+smaller of the spec's `verify.timeout_s` and what is left of the step's budget. Any failing
 gate fails the step, with every failing gate's message (measured figure and limit) in the error.
 """
 
@@ -21,11 +22,11 @@ from orchestrator.core.facts import HostFacts
 from orchestrator.core.gates import WarmupRequest, gates, result_from_raw
 from orchestrator.core.spec import Spec
 from orchestrator.deploy.deadline import Deadline
+from orchestrator.deploy.environments.registry import environment_for
 from orchestrator.deploy.steps import StepFailed
 from orchestrator.deploy.steps.context import HostContext, Target
-from orchestrator.deploy.steps.install import platform_of
 from orchestrator.errors import HostError, InvalidInput
-from orchestrator.hosts import serving
+from orchestrator.hosts import layout, ops
 from orchestrator.hosts.shipping import RemoteTools
 from orchestrator.hosts.transport import Transport
 from orchestrator.hosts.warmup import run_warmup
@@ -39,21 +40,21 @@ def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
     staged = ctx.known_staged()
     assert ctx.tools is not None  # set by the probe, which always runs first
     result, details = verify_release(
-        ctx.transport, ctx.tools, ctx.spec, python=f"{ctx.venv['path']}/bin/python",
+        ctx.transport, ctx.tools, ctx.spec, python=ctx.known_environment().interpreter,
         release_path=staged.path, baseline=_baseline(ctx), deadline=deadline)
     ctx.warmup = result
-    release = {"app": ctx.app_name, "release_id": ctx.release_id}
-    _written, committed = ctx.ops.batch([
-        ("write-manifest", {**release, "manifest": _manifest(ctx).to_json()}),
-        ("stage-commit", release)], timeout=deadline.timeout())
-    ctx.release_path = str(committed["path"])
+    commit = ops.stage_commit(ctx.app_name, ctx.release_id)
+    replies = ctx.ops.batch([ops.write_manifest(ctx.app_name, ctx.release_id, _manifest(ctx)),
+                             commit], timeout=deadline.timeout())
+    ctx.release_path = commit.parse(replies[1])
     return details
 
 
 def describe(spec: Spec, facts: HostFacts, target: Target) -> str:
     v = spec.verify
-    words = (f"load the model in the new venv, compare golden outputs (rtol {v.rtol:g}, atol "
-             f"{v.atol:g}), benchmark {v.warmup_iterations} + {v.iterations} iterations")
+    kind = environment_for(spec).name
+    words = (f"load the model in the new {kind}, compare golden outputs (rtol {v.rtol:g}, "
+             f"atol {v.atol:g}), benchmark {v.warmup_iterations} + {v.iterations} iterations")
     if v.latency_ms is not None:
         limits = {"p50": v.latency_ms.p50, "p95": v.latency_ms.p95, "p99": v.latency_ms.p99}
         given = ", ".join(f"{k} <= {x:g} ms" for k, x in limits.items() if x is not None)
@@ -68,8 +69,7 @@ def _baseline(ctx: HostContext) -> dict[str, Any] | None:
     if not ctx.app.get("current") or ctx.spec.verify.max_regression is None:
         return None
     try:
-        raw = ctx.transport.get(f"{serving.app_dir(ctx.root, ctx.app_name)}/current/"
-                                "manifest.json")
+        raw = ctx.transport.get(layout.current_manifest(ctx.root, ctx.app_name))
         warm = json.loads(raw).get("warmup")
     except (HostError, ValueError, AttributeError):
         return None
@@ -77,20 +77,21 @@ def _baseline(ctx: HostContext) -> dict[str, Any] | None:
 
 
 def _manifest(ctx: HostContext) -> rel.Manifest:
-    facts, spec, venv = ctx.known_facts(), ctx.spec, ctx.venv
-    return rel.Manifest(
-        app=ctx.app_name, release_id=ctx.release_id, deployment=ctx.inputs.deployment,
-        created=datetime.now(UTC), spec_digest=spec.digest, model_sha256=spec.model.sha256,
-        lock_sha256=ctx.lock.sha256, env_hash=str(venv.get("env_hash")),
-        python_version=facts.python_version, platform=platform_of(facts),
-        installer=venv.get("installer"), facts=facts.raw,
-        pip_freeze=list(venv.get("freeze", ())), warmup=ctx.warmup,
-        service=spec.service.model_dump(mode="json") if spec.service else {})
+    """What the release is; the environment's own fields (env_hash, python_version, platform,
+    installer, pip_freeze for a venv) are its kind's (`BuiltEnvironment.manifest`)."""
+    spec = ctx.spec
+    return rel.Manifest.model_validate({
+        "app": ctx.app_name, "release_id": ctx.release_id, "deployment": ctx.inputs.deployment,
+        "created": datetime.now(UTC), "spec_digest": spec.digest,
+        "model_sha256": spec.model.sha256, "lock_sha256": ctx.lock.sha256,
+        **ctx.known_environment().manifest, "facts": ctx.known_facts().raw,
+        "warmup": ctx.warmup,
+        "service": spec.service.model_dump(mode="json") if spec.service else {}})
 
 
 def remote_model_path(release_path: str, model: Path) -> str:
     """Where the staged model is on the host: model/ for a directory, model/<name> for a file."""
-    return f"{release_path}/model" if model.is_dir() else f"{release_path}/model/{model.name}"
+    return layout.in_release(release_path, layout.model_rel(model.name, is_dir=model.is_dir()))
 
 
 def verify_release(transport: Transport, tools: RemoteTools, spec: Spec, *, python: str,
@@ -98,7 +99,7 @@ def verify_release(transport: Transport, tools: RemoteTools, spec: Spec, *, pyth
                    deadline: Deadline) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run the warmup and the gates; returns (the raw result for the manifest, event details).
     Raises StepFailed naming every failing gate."""
-    golden = f"{release_path}/golden.npz"
+    golden = layout.release_golden(release_path)
     transport.put(spec.paths.golden, golden, 0o644)
     budget = max(1.0, min(float(spec.verify.timeout_s), deadline.remaining() - RESERVE_S))
     request = WarmupRequest.from_spec(

@@ -3,7 +3,8 @@
 `wheel_resolver(spec, lock, cache_dir)` returns `wheels_for(facts) -> {sha256: Wheel}`, memoised
 per (Python major.minor, machine, libc): every host of a fleet with the same platform shares one
 answer, and the wheelhouse is hashed (or the cache filled, downloading at most once) once per
-platform, not once per host. Thread-safe: the pool's workers call it at once.
+platform, not once per host. Thread-safe: the pool's workers call it at once. A spec whose
+environment kind installs no wheels on the host (`EnvironmentKind.ships_wheels`) gets none.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.lockfile import Lock
 from orchestrator.core.spec import Spec
+from orchestrator.deploy.environments.registry import environment_for
 from orchestrator.deploy.inputs import WheelResolver
 from orchestrator.deploy.wheelcache import Wheel, WheelCache, from_wheelhouse, platform_tags
 from orchestrator.xdg import user_dir
@@ -32,6 +34,8 @@ def wheel_resolver(spec: Spec, lock: Lock, cache_dir: Path | None = None) -> Whe
     requirements: Path = spec.paths.requirements
     memo: dict[tuple[str, str, str], Mapping[str, Wheel]] = {}
     guard = threading.Lock()
+    if not environment_for(spec).ships_wheels:
+        return lambda facts: {}
 
     def resolve(facts: HostFacts) -> Mapping[str, Wheel]:
         libc = facts.os.get("libc", "")
