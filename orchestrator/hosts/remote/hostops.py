@@ -14,7 +14,8 @@ same flat tools bundle, each stdlib only: hostlayout (the paths), contenthash (f
 hashes, names), hostops_host (free-bytes, the deploy lock, audit, kill-group), hostops_fs (OpError,
 argument checks, atomic writes, flocks, tree hash), hostops_releases (app state, switch, rollback,
 the `releases` and `state` views), hostops_stage, hostops_venvs (wheel cache, venvs),
-hostops_pylock (PEP 751 reading) and hostops_prune.
+hostops_pylock (PEP 751 reading) and hostops_prune. Each hostops_* module lists its ops in
+its own `OPS`; this file gathers them (a new module's ops need no edit here).
 
 Layout under root (DESIGN.md "Host layout"):
     <app>/releases/<id>.staging/   being staged: model/, requirements.lock, .owner, .verified
@@ -100,32 +101,9 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
+import importlib  # noqa: E402
+
 from hostops_fs import OpError, checked_arg, root_arg  # noqa: E402
-from hostops_host import (  # noqa: E402
-    op_audit,
-    op_deploy_lock,
-    op_deploy_unlock,
-    op_file_exists,
-    op_free_bytes,
-    op_kill_group,
-)
-from hostops_prune import op_prune  # noqa: E402
-from hostops_releases import (  # noqa: E402
-    op_mark_bad,
-    op_releases,
-    op_rollback,
-    op_state,
-    op_switch,
-)
-from hostops_stage import (  # noqa: E402
-    op_abort_stage,
-    op_stage_begin,
-    op_stage_commit,
-    op_stage_verify_model,
-    op_write_file,
-    op_write_manifest,
-)
-from hostops_venvs import op_venv_ensure, op_wheels_missing, op_wheels_verify  # noqa: E402
 
 # ---------------------------------------------------------------- probe and batch
 
@@ -176,17 +154,22 @@ def op_batch(args):
 
 # ---------------------------------------------------------------- main
 
-OPS = {
-    "stage-begin": op_stage_begin, "stage-verify-model": op_stage_verify_model,
-    "stage-commit": op_stage_commit, "write-manifest": op_write_manifest,
-    "write-file": op_write_file,
-    "abort-stage": op_abort_stage, "wheels-missing": op_wheels_missing,
-    "wheels-verify": op_wheels_verify, "venv-ensure": op_venv_ensure, "switch": op_switch,
-    "rollback": op_rollback, "mark-bad": op_mark_bad, "releases": op_releases,
-    "state": op_state, "prune": op_prune, "probe": op_probe, "batch": op_batch,
-    "free-bytes": op_free_bytes, "file-exists": op_file_exists, "deploy-lock": op_deploy_lock,
-    "deploy-unlock": op_deploy_unlock, "audit": op_audit, "kill-group": op_kill_group,
-}
+def _gather_ops():
+    """probe and batch (here), and every op of the hostops_* modules beside this file, each of
+    which lists its own in `OPS`: a new kind of host work is a new module, no edit here. A name
+    offered twice is a packaging bug, refused at once rather than one silently winning."""
+    found = {"probe": op_probe, "batch": op_batch}
+    for name in sorted(os.listdir(_HERE)):
+        if not (name.startswith("hostops_") and name.endswith(".py")):
+            continue
+        for op, fn in getattr(importlib.import_module(name[:-3]), "OPS", {}).items():
+            if op in found:
+                raise RuntimeError(f"host op {op!r} is offered twice ({name})")
+            found[op] = fn
+    return found
+
+
+OPS = _gather_ops()
 
 
 def _parse(argv):

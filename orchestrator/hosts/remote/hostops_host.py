@@ -118,3 +118,8 @@ def _remove(lock):
     import shutil
 
     shutil.rmtree(lock, ignore_errors=True)
+
+
+#: The ops this module offers, by wire name: hostops.py gathers every hostops_* module's.
+OPS = {"free-bytes": op_free_bytes, "file-exists": op_file_exists, "deploy-lock": op_deploy_lock,
+       "deploy-unlock": op_deploy_unlock, "audit": op_audit, "kill-group": op_kill_group}

@@ -191,3 +191,7 @@ def op_prune(args):
         cleared = _gc_uv_cache(root) if venvs else False
     return {"removed_releases": removed, "removed_venvs": venvs, "removed_wheels": wheels,
             "uv_cache_cleared": cleared, "kept": committed_ids(app_dir)}
+
+
+#: The ops this module offers, by wire name: hostops.py gathers every hostops_* module's.
+OPS = {"prune": op_prune}

@@ -241,3 +241,8 @@ def op_state(args):
                 app_dir, state, current), "bad": state["bad"], "history": state["history"],
             "switching": state["switching"], "staging": staging_ids(app_dir),
             "committed": committed_ids(app_dir)}
+
+
+#: The ops this module offers, by wire name: hostops.py gathers every hostops_* module's.
+OPS = {"switch": op_switch, "rollback": op_rollback, "mark-bad": op_mark_bad,
+       "releases": op_releases, "state": op_state}

@@ -197,3 +197,9 @@ def op_abort_stage(args):
             state["history"].remove(rid)
             save_state(app_dir, state)
         return {"removed": removed}
+
+
+#: The ops this module offers, by wire name: hostops.py gathers every hostops_* module's.
+OPS = {"stage-begin": op_stage_begin, "stage-verify-model": op_stage_verify_model,
+       "stage-commit": op_stage_commit, "write-file": op_write_file,
+       "write-manifest": op_write_manifest, "abort-stage": op_abort_stage}

@@ -320,3 +320,8 @@ def op_venv_ensure(args):
                 "fallback_reason": marker.get("fallback_reason"),
                 "freeze": marker.get("freeze", []),
                 "durations": {} if reused else marker.get("durations", {})}
+
+
+#: The ops this module offers, by wire name: hostops.py gathers every hostops_* module's.
+OPS = {"wheels-missing": op_wheels_missing, "wheels-verify": op_wheels_verify,
+       "venv-ensure": op_venv_ensure}
