@@ -53,6 +53,7 @@ from orchestrator.deploy.environments.venv import local_uv
 from orchestrator.deploy.steps.registry import STEP_ORDER
 from orchestrator.deploy.steps.wheels import default_cache_dir
 from orchestrator.deploy.wheelcache import WheelCache, platform_tags
+from orchestrator.hosts import layout
 from orchestrator.hosts.hostops import HostOps
 from orchestrator.hosts.pool import Pool
 from orchestrator.hosts.ssh import SshOptions, SshTransport
@@ -245,8 +246,8 @@ def _installers(inv: Inventory, work: Path) -> None:
                 ("uv, cold cache", "uv", True, True), ("uv, warm cache", "uv", True, False),
                 ("uv no .pyc, cold", "uv", False, True), ("uv no .pyc, warm", "uv", False, False)):
             if cold:  # uv's cache on the host gone: it unpacks every wheel again
-                t.run(["rm", "-rf", f"{host.deploy_root}/.orchestrator/uv-cache"], timeout=60)
-            lock = f"{host.deploy_root}/bench-{installer}-{len(rows)}.lock"
+                t.run(["rm", "-rf", layout.uv_cache(host.deploy_root)], timeout=60)
+            lock = layout.orchestrator_dir(host.deploy_root, f"bench-{installer}-{len(rows)}.lock")
             # Each run gets its own lock bytes, hence its own env hash: a real new venv.
             t.put(LOCK.read_bytes() + f"# {label}\n".encode(), lock, 0o644)
             env = f"{len(rows):02d}" + "b" * 22
@@ -254,7 +255,7 @@ def _installers(inv: Inventory, work: Path) -> None:
             out = ops.venv_ensure(env, lock, names, installer=installer, uv=uv,
                                   compile_bytecode=compile_bc)
             build = time.perf_counter() - t0
-            imp = _first_import(t, f"{out.path}/bin/python")
+            imp = _first_import(t, layout.venv_python(out.path))
             rows.append((label, build, imp, out.durations))
     print("installers on one host (venv + install of the lock, then the first import; "
           "the pipeline uses uv without .pyc):")

@@ -13,7 +13,6 @@ machine's 2 cores are shared: expect the figures to move by tens of percent betw
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,10 +20,13 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+from orchestrator.core.hashing import hash_file
 from orchestrator.core.release import env_hash
 from orchestrator.deploy.steps.wheels import default_cache_dir
 from orchestrator.deploy.wheelcache import WheelCache, filenames, platform_tags
+from orchestrator.hosts import layout, ops
 
 REPO = Path(__file__).resolve().parents[2]
 LOCK = REPO / "tests" / "fixtures" / "locks" / "tensorflow-cpu-2.21.lock"
@@ -32,18 +34,20 @@ SCRIPT = REPO / "orchestrator" / "hosts" / "remote" / "hostops.py"
 HOST_PYTHON = "/usr/bin/python3"
 
 
-def _op(name: str, args: dict[str, object]) -> dict[str, object]:
-    proc = subprocess.run([HOST_PYTHON, str(SCRIPT), name, "--json-args", json.dumps(args)],
+def _op(root: Path, call: ops.OpCall[Any]) -> dict[str, Any]:
+    """Run one host op on this machine as a host runs it (the script, its JSON arguments)."""
+    args = json.dumps({"root": str(root), **call.args})
+    proc = subprocess.run([HOST_PYTHON, str(SCRIPT), str(call.op), "--json-args", args],
                           capture_output=True, text=True, check=False)
-    reply: dict[str, object] = json.loads(proc.stdout)
+    reply: dict[str, Any] = json.loads(proc.stdout)
     if not reply.get("ok"):
-        raise RuntimeError(f"{name} failed: {reply.get('error')}")
+        raise RuntimeError(f"{call.op} failed: {reply.get('error')}")
     return reply
 
 
 def _first_import(venv: str) -> float:
     started = time.monotonic()
-    subprocess.run([f"{venv}/bin/python", "-c", "import tensorflow"], check=True,
+    subprocess.run([layout.venv_python(venv), "-c", "import tensorflow"], check=True,
                    capture_output=True, env={"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"})
     return time.monotonic() - started
 
@@ -51,21 +55,22 @@ def _first_import(venv: str) -> float:
 def _ensure(root: Path, env: str, installer: str, lock: Path, wheels: dict[str, str],
             uv: str, compile_bytecode: bool = True) -> tuple[float, dict[str, object]]:
     started = time.monotonic()
-    reply = _op("venv-ensure", {"root": str(root), "env_hash": env, "lock": str(lock),
-                                "wheels": wheels, "installer": installer, "uv": uv,
-                                "python": HOST_PYTHON, "compile_bytecode": compile_bytecode})
+    reply = _op(root, ops.venv_ensure(env, str(lock), wheels, python=HOST_PYTHON,
+                                      installer=installer, uv=uv,
+                                      compile_bytecode=compile_bytecode, wait_s=600.0,
+                                      timeout_s=3600.0))
     return time.monotonic() - started, reply
 
 
 def _host_with_wheels(base: Path, wheel_paths: dict[str, Path]) -> Path:
     root = Path(tempfile.mkdtemp(prefix="host-", dir=base))
-    wheels = root / ".orchestrator" / "wheels"
-    wheels.mkdir(parents=True)
+    Path(layout.wheels_dir(str(root))).mkdir(parents=True)
     for sha, path in wheel_paths.items():
+        target = layout.wheel(str(root), sha)
         try:
-            os.link(path, wheels / f"{sha}.whl")  # what push_wheels leaves, without a copy
+            os.link(path, target)  # what push_wheels leaves, without a copy
         except OSError:
-            shutil.copyfile(path, wheels / f"{sha}.whl")
+            shutil.copyfile(path, target)
     return root
 
 
@@ -81,7 +86,7 @@ def run() -> None:
     wheels = WheelCache(cache_dir).fill(LOCK, "3.11", platform_tags("x86_64", "glibc 2.36"))
     fill_s = time.monotonic() - started
     names = filenames(wheels)
-    lock_sha = hashlib.sha256(LOCK.read_bytes()).hexdigest()
+    lock_sha = hash_file(LOCK)
     size = sum(w.path.stat().st_size for w in wheels.values()) / 1e6
     print(f"install: tensorflow-cpu 2.21 lock, {len(wheels)} wheels, {size:.0f} MB; "
           f"controller wheel cache fill {fill_s:.1f} s")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import tempfile
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from orchestrator.core.compat import _parse, load_compat
 from orchestrator.core.facts import parse_facts
+from orchestrator.core.hashing import hash_file
 from orchestrator.core.lockfile import load_lock
 from orchestrator.core.preflight import Requirements, preflight
 from orchestrator.testbed import Testbed
@@ -76,7 +76,7 @@ def _spec(directory: Path, targets: list[str]) -> Path:
     spec.write_text(
         "apiVersion: orchestrator/v1\nkind: Deployment\nname: bench\n"
         f"model: {{path: model.joblib, format: joblib, "
-        f"sha256: {hashlib.sha256(model.read_bytes()).hexdigest()}}}\n"
+        f"sha256: {hash_file(model)}}}\n"
         'environment: {python: "3.11", requirements: requirements.lock}\n'
         "gpu: {required: true, count: 1, min_memory_gib: 8}\n"
         f"targets: [{', '.join(targets)}]\n"
