@@ -35,24 +35,12 @@ from orchestrator.daemon.metrics import Metrics
 from orchestrator.daemon.runners.base import DeploymentOutcome, HostCheck, Runner
 from orchestrator.daemon.store import DeploymentRecord, Store
 from orchestrator.deploy.control import RolloutControl
-from orchestrator.errors import Conflict, InvalidTransition, NotFound, OrchestratorError
+from orchestrator.errors import Conflict, NotFound, OrchestratorError
 
 D, S = DeploymentState, HostStepState
 log = structlog.get_logger("orchestrator.daemon.service")
 
 RECONCILE_REASON = "daemon restarted; reconciliation pending pipeline support"
-
-
-# The pipeline engine reports its steps and recovery actions through `ServiceSink.step` (checked,
-# persisted, emitted by `change_step_state`). Emitters that only know `emit` still send plain
-# `emit("step", status="started" | "ok" | "failed")` events: the rollout's fleet preflight
-# (orchestrator/deploy/rollout.py) and a pipeline run by re-verification through its app sink.
-# `ServiceSink.emit` records those as step states too, a transition the table refuses being noted
-# on the event (`state_error`) rather than failing the emitter; new code calls `step()`.
-EVENT_STEP_STATES = {
-    "started": S.RUNNING, "running": S.RUNNING, "ok": S.OK, "failed": S.FAILED,
-    "skipped": S.SKIPPED, "cancelled": S.CANCELLED, "rolled_back": S.ROLLED_BACK,
-}
 
 
 class ObservedSink(DeploymentSink):
@@ -77,7 +65,11 @@ class ObservedSink(DeploymentSink):
 
 
 class ServiceSink(DeploymentSink):
-    """The `RunSink` a runner gets: events, step states and host facts of one deployment."""
+    """The `RunSink` a runner gets: events, step states and host facts of one deployment.
+
+    A step's state changes only through `step` (`change_step_state`: checked, persisted,
+    emitted); `emit` records an event and nothing else, whatever its name, so no state is ever
+    guessed from an event's words."""
 
     def __init__(self, hub: EventHub, deployment: str,
                  observe: Callable[[dict[str, Any]], None] | None = None) -> None:
@@ -98,16 +90,6 @@ class ServiceSink(DeploymentSink):
         status: str | None = None, duration_ms: float | None = None, level: str = "info",
         **details: Any,
     ) -> dict[str, Any]:
-        new = EVENT_STEP_STATES.get(status or "") if event == "step" else None
-        if new is not None and host is not None and step is not None:
-            reason = details.get("error") or details.get("reason")
-            try:
-                self.store.transition_step(self.deployment, host, step, new,
-                                           detail={"reason": str(reason)} if reason else None)
-            except InvalidTransition as exc:  # recorded, never fatal to the runner
-                details["state_error"] = str(exc)
-                level = "warning" if level == "info" else level
-            status = str(new)
         return self._plain.emit(event, host=host, step=step, status=status,
                                 duration_ms=duration_ms, level=level, **details)
 

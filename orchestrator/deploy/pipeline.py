@@ -38,7 +38,7 @@ _RESERVED = frozenset({"event", "host", "step", "status", "duration_ms", "level"
                        "deployment"})
 
 __all__ = ["RECOVERY_TIMEOUT_S", "Deadline", "EventSink", "HostResult", "HostStatus",
-           "HostSteps", "Pipeline", "decide"]
+           "HostSteps", "Pipeline", "StepReporter", "decide"]
 class HostSteps(Protocol):
     """The host-side actions the engine drives. Each raises OrchestratorError on failure."""
 

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 
 from orchestrator.core.inventory import Host
 from orchestrator.core.preflight import Status, preflight
-from orchestrator.core.states import DeploymentState
+from orchestrator.core.states import DeploymentState, HostStepState
 from orchestrator.deploy.batch import DeployResult, deploy, parallel_of, untouched
 from orchestrator.deploy.control import control_of
 from orchestrator.deploy.inputs import DeployInputs
-from orchestrator.deploy.pipeline import EventSink, HostResult, HostStatus
+from orchestrator.deploy.pipeline import EventSink, HostResult, HostStatus, StepReporter
 from orchestrator.deploy.playbook import Playbook
 from orchestrator.deploy.steps.recovery import undo_host
 from orchestrator.errors import EXIT_DEPLOY_FAILED, EXIT_OK
@@ -160,8 +160,10 @@ def preflight_fleet(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool,
         step, kind = ("preflight", "preflight failed: ") if isinstance(problems, list) else (
             "probe", "unreachable or probe failed: ")
         error = kind + ("; ".join(problems) if isinstance(problems, list) else str(problems))
-        sink.emit("step", host=host.name, step=step, status="failed", level="error",
-                  error=error, phase="rollout.preflight")
+        # A step row of the host's (in the daemon), checked like the pipeline's own steps.
+        StepReporter(sink, host.name).change(step, HostStepState.FAILED, level="error",
+                                             reason=error,
+                                             extra={"error": error, "phase": "rollout.preflight"})
         refused[host.name] = untouched(host.name, sink, reason=error, failed_step=step)
     ready = [h for h in hosts if h.name not in refused]
     sink.emit("rollout.preflight", status="finished", level="error" if refused else "info",

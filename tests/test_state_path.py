@@ -1,0 +1,189 @@
+"""One path for state (issue 12, item 3): step states change only through `change_step_state`
+(a sink's `step`), host outcomes only through `change_host_state` (`HostResult.settle`), and no
+code decides on an outcome by matching its words.
+
+Fast: the daemon's sink over a real store, fake pools and hosts; the source scans read the package.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from orchestrator.core.inventory import Host
+from orchestrator.daemon.events import EventHub
+from orchestrator.daemon.service import ServiceSink
+from orchestrator.daemon.store import Store
+from orchestrator.deploy.pipeline import HostStatus, Pipeline
+from orchestrator.deploy.playbook import load_playbook
+from orchestrator.errors import HostUnreachable
+from tests.test_pipeline import FakeHost, Sink
+
+PACKAGE = Path(__file__).resolve().parent.parent / "orchestrator"
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[EventHub]:
+    store = Store.open(tmp_path / "s.db")
+    hub = EventHub(store, tmp_path / "logs")
+    store.create_deployment("d1", "app", {"targets": ["h1", "h2"]})
+    yield hub
+    hub.close()
+    store.close()
+
+
+def _core(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    drop = {"ts", "seq", "deployment"}
+    return [{k: v for k, v in e.items() if k not in drop} for e in events]
+
+
+# -- item 1: no step state guessed from an event's name -----------------------------------------
+
+def test_an_event_named_like_a_step_changes_no_stored_state(hub: EventHub) -> None:
+    sink = ServiceSink(hub, "d1")
+    sink.emit("step", host="h1", step="stage", status="started", timeout_s=60)
+    sink.emit("step", host="h1", step="install", status="failed", error="uv exited 2")
+    sink.emit("step", host="h1", step="install", status="ok")  # was refused and noted
+    assert hub.store.steps("d1") == []
+    events = hub.store.events("d1")
+    # Recorded as sent: the words are the emitter's, nothing is translated or noted.
+    assert [e["status"] for e in events] == ["started", "failed", "ok"]
+    assert not any("state_error" in e for e in events)
+    assert [e["level"] for e in events] == ["info", "info", "info"]
+
+
+class _Pool:
+    """What `preflight_fleet` needs of a pool: `map_hosts`, answering from a table."""
+
+    def __init__(self, found: dict[str, Any]) -> None:
+        self.found = found
+
+    def map_hosts(self, fn: Any, hosts: list[Host], parallel: int) -> dict[str, Any]:
+        return {h.name: self.found[h.name] for h in hosts}
+
+
+def _preflight(sink: Any) -> tuple[list[Host], dict[str, Any]]:
+    from orchestrator.deploy.rollout import preflight_fleet
+
+    hosts = [Host(n, "127.0.0.1", 22, "deploy", "/srv") for n in ("h1", "h2", "h3")]
+    pool = _Pool({"h1": [], "h2": ["driver too old"], "h3": HostUnreachable("h3", "refused")})
+    return preflight_fleet(None, hosts, pool=pool, sink=sink,  # type: ignore[arg-type]
+                           max_parallel=2)
+
+
+def test_fleet_preflight_refusals_are_step_rows_through_the_step_path(hub: EventHub) -> None:
+    ready, refused = _preflight(ServiceSink(hub, "d1"))
+    assert [h.name for h in ready] == ["h1"]
+    assert {n: r.status for n, r in refused.items()} == {"h2": HostStatus.FAILED,
+                                                          "h3": HostStatus.FAILED}
+    why2 = "preflight failed: driver too old"
+    why3 = refused["h3"].reason
+    assert why3 is not None and why3.startswith("unreachable or probe failed: ")
+    # The rows the daemon stored before (then guessed from the events): the same.
+    assert {(s.host, s.step, str(s.state), tuple(sorted((s.detail or {}).items())))
+            for s in hub.store.steps("d1")} == {
+        ("h2", "preflight", "failed", (("reason", why2),)),
+        ("h3", "probe", "failed", (("reason", why3),))}
+    steps = [e for e in _core(hub.store.events("d1")) if e["event"] == "step"]
+    assert steps == [
+        {"event": "step", "host": "h2", "step": "preflight", "status": "failed",
+         "duration_ms": None, "level": "error", "error": why2, "phase": "rollout.preflight",
+         "reason": why2},  # `reason`: as every failed step's event from the daemon's sink
+        {"event": "step", "host": "h3", "step": "probe", "status": "failed",
+         "duration_ms": None, "level": "error", "error": why3, "phase": "rollout.preflight",
+         "reason": why3}]
+    finished = [e for e in _core(hub.store.events("d1")) if e["event"] == "host.finished"]
+    assert finished == [
+        {"event": "host.finished", "host": "h2", "step": None, "status": "failed",
+         "duration_ms": None, "level": "error", "reason": why2, "failed_step": "preflight"},
+        {"event": "host.finished", "host": "h3", "step": None, "status": "failed",
+         "duration_ms": None, "level": "error", "reason": why3, "failed_step": "probe"}]
+
+
+def test_fleet_preflight_events_to_a_plain_sink_are_unchanged() -> None:
+    sink = Sink()
+    _preflight(sink)
+    why2 = "preflight failed: driver too old"
+    step = next(e for e in sink.events if e["event"] == "step" and e["host"] == "h2")
+    assert step == {"event": "step", "host": "h2", "step": "preflight", "status": "failed",
+                    "duration_ms": None, "level": "error", "error": why2,
+                    "phase": "rollout.preflight"}
+    assert [(e["event"], e["host"]) for e in sink.events] == [
+        ("rollout.preflight", None), ("step", "h2"), ("host.finished", "h2"), ("step", "h3"),
+        ("host.finished", "h3"), ("rollout.preflight", None)]
+
+
+def test_a_redeploys_pipeline_through_the_app_sink_writes_no_rows(hub: EventHub) -> None:
+    """`reverify.on_failure: redeploy` runs a pipeline through the reverifier's app sink: its
+    events carry no app, so they go to the daemon's log and no deployment's rows change (as
+    before: the guessing never saw them)."""
+    from orchestrator.daemon.reverifier import Reverifier, _AppSink
+
+    reverifier = Reverifier.__new__(Reverifier)
+    reverifier.store = hub.store
+    reverifier.sink_of = lambda deployment: ServiceSink(hub, deployment)
+    with capture_logs() as logs:
+        result = Pipeline(load_playbook(), FakeHost(fail={"check": 1}), _AppSink(reverifier)
+                          ).run()
+    assert result.status is HostStatus.ROLLED_BACK
+    assert hub.store.steps("d1") == [] and hub.store.events("d1") == []
+    trail = [(e["event"], e.get("step"), e["status"]) for e in logs]
+    assert trail[:3] == [("host.started", None, "started"), ("step", "probe", "started"),
+                         ("step", "probe", "ok")]
+    assert ("recovery", "rollback", "ok") in trail and trail[-1][0] == "host.finished"
+
+
+# -- item 2: a host's outcome is set in one place -----------------------------------------------
+
+def test_an_untouched_host_is_settled_through_the_host_state_machine() -> None:
+    from orchestrator.deploy.batch import untouched
+    from orchestrator.deploy.rollout import exclude
+
+    sink = Sink()
+    result = untouched("h1", sink, reason="locked", failed_step="lock", error="held by d0",
+                       kind="DeployLocked")
+    assert (result.status, result.reason, result.failed_step, result.error) == (
+        HostStatus.FAILED, "locked", "lock", "held by d0")
+    excluded = exclude({"h2": "degraded"}, sink)["h2"]
+    assert excluded.status is HostStatus.FAILED and excluded.error == excluded.reason
+    assert sink.events == [
+        {"event": "host.finished", "host": "h1", "step": None, "status": "failed",
+         "duration_ms": None, "level": "error", "reason": "locked", "failed_step": "lock",
+         "kind": "DeployLocked"},
+        {"event": "host.finished", "host": "h2", "step": None, "status": "failed",
+         "duration_ms": None, "level": "error",
+         "reason": "excluded from the rollout: degraded", "failed_step": "reverify",
+         "detail_status": "skipped"}]
+
+
+def _string_constants(path: Path) -> Iterator[tuple[int, str]]:
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            yield node.lineno, node.value
+
+
+def test_host_events_are_emitted_only_by_the_host_state_machine() -> None:
+    """`host.started` / `host.finished` are spelled (so emitted) only in core/states.py."""
+    found = [f"{p.relative_to(PACKAGE)}:{line}" for p in sorted(PACKAGE.rglob("*.py"))
+             if p.relative_to(PACKAGE).as_posix() != "core/states.py"
+             for line, value in _string_constants(p)
+             if value in ("host.started", "host.finished")]
+    assert found == []
+
+
+def test_step_events_are_emitted_only_through_the_step_path() -> None:
+    """No `emit("step", ...)` outside the step path (`change_step_state`, `StepReporter`)."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "emit" and node.args
+                    and isinstance(node.args[0], ast.Constant)
+                    and node.args[0].value == "step"):
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert found == []
