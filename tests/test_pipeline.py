@@ -399,7 +399,7 @@ def test_cli_deploy_host_lines_say_how_each_host_ended() -> None:
 def test_through_the_daemons_sink_every_step_and_recovery_action_is_a_step_row(
         tmp_path: Path) -> None:
     from orchestrator.daemon.events import EventHub
-    from orchestrator.daemon.service import ServiceSink
+    from orchestrator.daemon.sinks import ServiceSink
     from orchestrator.daemon.store import Store
 
     store = Store.open(tmp_path / "s.db")

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from orchestrator.core.inventory import Host
 from orchestrator.daemon.events import EventHub
-from orchestrator.daemon.service import ServiceSink
+from orchestrator.daemon.sinks import ServiceSink
 from orchestrator.daemon.store import Store
 from orchestrator.deploy.pipeline import HostStatus, Pipeline
 from orchestrator.deploy.playbook import load_playbook

@@ -2,7 +2,7 @@
 
 One registry per daemon (never prometheus-client's global one: two services in one process, as in
 the tests, must not share figures). Everything is derived in one place: `Metrics.observe(event)`
-sees every event the service's sinks publish (`service.ObservedSink`), so no step or runner calls
+sees every event the service's sinks publish (`sinks.ObservedSink`), so no step or runner calls
 a metric itself. Host status is read from the store at scrape time, since re-verification and
 `orchestrator verify` record it there.
 
