@@ -339,14 +339,15 @@ def test_plan_batches_canary_first_then_batches_in_order(n: int, canary: int, ba
 
 
 def _rollout(statuses: dict[str, HostStatus], stopped: str | None = None,
-             undone: dict[str, str] | None = None) -> Any:
+             undone: dict[str, str | None] | None = None) -> Any:
+    """`undone`: {host: None when put back, else why its rollback failed}."""
     from orchestrator.deploy.batch import DeployResult
     from orchestrator.deploy.pipeline import HostResult
-    from orchestrator.deploy.rollout import RolloutResult
+    from orchestrator.deploy.rollout import RolloutResult, Undone
 
     result = DeployResult("dep", "r")
     result.hosts = {n: HostResult(n, s, reason="why", error="err") for n, s in statuses.items()}
-    return RolloutResult(result, stopped, undone or {})
+    return RolloutResult(result, stopped, {n: Undone(e) for n, e in (undone or {}).items()})
 
 
 @pytest.mark.parametrize(("statuses", "stopped", "undone", "state"), [
@@ -355,13 +356,14 @@ def _rollout(statuses: dict[str, HostStatus], stopped: str | None = None,
     ({"a": HostStatus.FAILED}, "1 failed hosts", None, "failed"),
     ({"a": HostStatus.ROLLED_BACK}, "1 failed hosts", None, "rolled_back"),
     ({"a": HostStatus.SUCCEEDED, "b": HostStatus.FAILED}, "1 failed hosts",
-     {"a": "rolled_back"}, "rolled_back"),
+     {"a": None}, "rolled_back"),
     ({"a": HostStatus.SUCCEEDED}, "cancelled", None, "cancelled"),
     ({"a": HostStatus.SUCCEEDED, "b": HostStatus.FAILED}, "1 failed hosts", None, "failed"),
 ], ids=["all-ok", "within-budget", "failed", "host-rolled-back", "fleet-undone", "cancelled",
         "over-budget-switched-left"])
 def test_rollout_verdict_for_the_daemon_and_the_cli(
-        statuses: dict[str, HostStatus], stopped: str | None, undone: dict[str, str] | None,
+        statuses: dict[str, HostStatus], stopped: str | None,
+        undone: dict[str, str | None] | None,
         state: str) -> None:
     from orchestrator.daemon.runners.deploy import outcome_of
     from orchestrator.deploy.rollout import verdict
@@ -385,7 +387,7 @@ def test_cli_deploy_host_lines_say_how_each_host_ended() -> None:
 
     ok, bad = HostStatus.SUCCEEDED, HostStatus.FAILED
     out = _rollout({"a": ok, "b": bad, "c": ok, "d": ok}, "1 failed hosts (b)",
-                   {"a": "rolled_back", "d": "rollback failed: connection lost"})
+                   {"a": None, "d": "connection lost"})
     assert [host_line(n, out, "r1") for n in "abcd"] == [
         "a: rolled_back r1: the rollout stopped (1 failed hosts (b))",
         "b: failed r1: why (None: err)",

@@ -187,3 +187,46 @@ def test_step_events_are_emitted_only_through_the_step_path() -> None:
                     and node.args[0].value == "step"):
                 found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     assert found == []
+
+
+# -- outcome words are values of enums, never matched -------------------------------------------
+
+#: Outcome words that code once matched as strings (`== "serving"`, `startswith("rollback
+#: failed")`): they are compared as enums now (`Settled`, `HostOutcome`, `Undone`). Not yet
+#: here: "aborted" / "cancelled", still the words of `RolloutResult.stopped`.
+OUTCOME_WORDS = frozenset({"serving", "rolled_back", "HostUnreachable"})
+
+
+def test_no_outcome_is_matched_as_a_string() -> None:
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "remote" in path.relative_to(PACKAGE).parts:
+            continue  # the shipped host scripts speak JSON to the controller
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Compare):
+                words = [c.value for c in [node.left, *node.comparators]
+                         if isinstance(c, ast.Constant) and isinstance(c.value, str)]
+                if OUTCOME_WORDS & set(words):
+                    found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                  and node.func.attr in ("startswith", "endswith") and node.args
+                  and isinstance(node.args[0], ast.Constant)
+                  and str(node.args[0].value).startswith(("rollback", "rolled_back"))):
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert found == []
+
+
+def test_an_undo_keeps_its_why_in_a_field_and_its_words_for_users() -> None:
+    from orchestrator.deploy.rollout import Undone
+
+    back, failed = Undone(), Undone("connection lost")
+    assert (back.rolled_back, back.value) == (True, "rolled_back")
+    assert (failed.rolled_back, failed.error) == (False, "connection lost")
+    assert failed.value == "rollback failed: connection lost"  # as the result JSON said
+
+
+def test_the_clients_finished_states_are_the_terminal_deployment_states() -> None:
+    from orchestrator.cli.client import FINISHED, exit_code
+
+    assert sorted(FINISHED) == ["cancelled", "failed", "rolled_back", "succeeded"]
+    assert [exit_code(s) for s in ("succeeded", "failed", "rolled_back")] == [0, 3, 3]

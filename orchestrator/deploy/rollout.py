@@ -30,7 +30,7 @@ from orchestrator.deploy.control import control_of
 from orchestrator.deploy.inputs import DeployInputs
 from orchestrator.deploy.pipeline import EventSink, HostResult, HostStatus, StepReporter
 from orchestrator.deploy.playbook import Playbook
-from orchestrator.deploy.steps.recovery import undo_host
+from orchestrator.deploy.steps.recovery import Settled, undo_host
 from orchestrator.errors import EXIT_DEPLOY_FAILED, EXIT_OK
 from orchestrator.hosts.pool import Pool
 from orchestrator.hosts.probe import probe_host
@@ -46,11 +46,31 @@ def plan_batches(hosts: Sequence[Host], canary: int, batch_size: int) -> list[li
     return batches
 
 
+@dataclass(frozen=True)
+class Undone:
+    """What the rollout's undo did on one host: put it back on its previous good release
+    (`error` is None), or why it could not. Callers ask `rolled_back`; `value` is the word users
+    see (a deployment's result `hosts`, `orchestrator deploy`'s host line), as it always was:
+    "rolled_back", or "rollback failed: <why>"."""
+
+    error: str | None = None
+
+    @property
+    def rolled_back(self) -> bool:
+        return self.error is None
+
+    @property
+    def value(self) -> str:
+        if self.error is None:
+            return Settled.ROLLED_BACK.value
+        return f"rollback failed: {self.error}"
+
+
 @dataclass
 class RolloutResult:
     deploy: DeployResult
     stopped: str | None = None  # why the rollout stopped early ("cancelled", "aborted", ...)
-    undone: dict[str, str] = field(default_factory=dict)  # host -> "rolled_back" | error
+    undone: dict[str, Undone] = field(default_factory=dict)  # the hosts the rollout put back
     accepted: int = 0  # failures an operator accepted by resuming a rollout they held
 
     @property
@@ -180,11 +200,12 @@ def exclude(excluded: Mapping[str, str], sink: EventSink) -> dict[str, HostResul
 
 
 def undo(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: EventSink,
-         max_parallel: int | None = None, mark_bad: bool = True) -> dict[str, str]:
-    """`undo_host` on each host through the pool; {host: "rolled_back" | the failure}."""
+         max_parallel: int | None = None, mark_bad: bool = True) -> dict[str, Undone]:
+    """`undo_host` on each host through the pool; {host: rolled back, or why not}."""
     results = pool.map_hosts(lambda t, h: undo_host(t, h, inputs, sink, mark_bad=mark_bad),
                              list(hosts), parallel_of(inputs, max_parallel))
-    return {n: r if isinstance(r, str) else f"rollback failed: {r}" for n, r in results.items()}
+    return {n: Undone() if isinstance(r, Settled) else Undone(str(r))
+            for n, r in results.items()}
 
 
 @dataclass(frozen=True)
@@ -193,7 +214,7 @@ class Verdict:
 
     state: DeploymentState  # succeeded, failed, rolled_back or cancelled
     reason: str | None
-    hosts: dict[str, str]  # host -> its HostStatus value, or "rolled_back" by the rollout
+    hosts: dict[str, str]  # host -> its HostStatus value, or its `Undone.value` if put back
 
     @property
     def exit_code(self) -> int:
@@ -206,11 +227,11 @@ def verdict(out: RolloutResult) -> Verdict:
     and the hosts put back on their previous release (and why). Pure."""
     D = DeploymentState
     hosts = {n: r.status.value for n, r in out.deploy.hosts.items()}
-    hosts.update(out.undone)
+    hosts.update({n: u.value for n, u in out.undone.items()})
     failed = out.failed
     reasons = "; ".join(f"{n}: {out.deploy.hosts[n].reason} ({out.deploy.hosts[n].error})"
                         for n in failed)
-    undone = sorted(n for n, s in out.undone.items() if s == "rolled_back")
+    undone = sorted(n for n, u in out.undone.items() if u.rolled_back)
     back = (f"; rolled back to their previous release because the rollout "
             f"{'was aborted' if out.stopped == 'aborted' else 'stopped'}: {', '.join(undone)}"
             if undone else "")
@@ -235,5 +256,5 @@ def verdict(out: RolloutResult) -> Verdict:
                    f"{out.stopped}: {reasons}{back}{note}", hosts)
 
 
-__all__ = ["RolloutResult", "Verdict", "exclude", "plan_batches", "preflight_fleet", "rollout",
-           "undo", "verdict"]
+__all__ = ["RolloutResult", "Undone", "Verdict", "exclude", "plan_batches", "preflight_fleet",
+           "rollout", "undo", "verdict"]
