@@ -375,8 +375,8 @@ def test_metrics_agree_with_the_deployments_and_their_events(
         expected = sum(1 for d in listing if d["state"] == state)
         assert value(rf'orchestrator_deployments\{{state="{state}"\}}') == expected, state
     events = [e for d in listing for e in stored_events(daemon, d["id"])]
-    rollbacks = sum(1 for e in events if e["event"] == "recovery" and e["step"] == "rollback"
-                    and e["status"] == "ok")
+    rollbacks = sum(1 for e in events if e["event"] == "recovery"
+                    and e["step"] in ("rollback", "undo") and e["status"] == "ok")
     if rollbacks:  # a series appears with the app's first rollback
         assert value(r'orchestrator_rollbacks_total\{app="fleet"\}') == rollbacks
     verify = [e for e in events if e["event"] == "step" and e["step"] == "verify"]

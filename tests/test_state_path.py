@@ -16,6 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from orchestrator.core.inventory import Host
+from orchestrator.core.states import HostStepState
 from orchestrator.daemon.events import EventHub
 from orchestrator.daemon.sinks import ServiceSink
 from orchestrator.daemon.store import Store
@@ -230,3 +231,120 @@ def test_the_clients_finished_states_are_the_terminal_deployment_states() -> Non
 
     assert sorted(FINISHED) == ["cancelled", "failed", "rolled_back", "succeeded"]
     assert [exit_code(s) for s in ("succeeded", "failed", "rolled_back")] == [0, 3, 3]
+
+
+# -- item 4: the undo and the reconciliation of a host are step rows -----------------------------
+
+def test_undo_and_reconcile_rows_may_start_again_but_no_pipeline_row_may() -> None:
+    from orchestrator.core.states import RERUNNABLE_STEPS, check_step_transition
+    from orchestrator.deploy.steps.registry import STEPS
+    from orchestrator.errors import InvalidTransition
+
+    S = HostStepState
+
+    for step in sorted(RERUNNABLE_STEPS):
+        for old in (None, S.RUNNING, S.OK, S.FAILED):
+            check_step_transition(old, S.RUNNING, step)
+        with pytest.raises(InvalidTransition):
+            check_step_transition(S.OK, S.FAILED, step)  # the rest of the table holds
+    for step in [*STEPS, "abort-stage", "mark-bad", "rollback", "recheck"]:
+        with pytest.raises(InvalidTransition):
+            check_step_transition(S.OK, S.RUNNING, step)
+    # Their own names: never a row of the pipeline's (a playbook step or a recovery action).
+    assert RERUNNABLE_STEPS.isdisjoint([*STEPS, "abort-stage", "mark-bad", "rollback",
+                                        "recheck"])
+
+
+#: The host actions are replaced below, so nothing reaches a host: no transport is needed.
+NO_TRANSPORT: Any = None
+
+
+def _host() -> Host:
+    return Host("h1", "127.0.0.1", 22, "deploy", "/srv")
+
+
+def _inputs() -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(spec=SimpleNamespace(name="app", service=None), release_id="r2",
+                           deployment="d1")
+
+
+def test_an_undo_is_an_undo_row_that_may_run_twice(
+        hub: EventHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.deploy.steps import recovery
+
+    calls: list[str | None] = []
+
+    def rolled(transport: Any, host: Host, app: str, from_release: str | None,
+               fallback: Any, deadline: Any, *, mark_bad: bool = True) -> recovery.RolledBack:
+        calls.append(from_release)
+        return recovery.RolledBack("r1", True, None, {"restarted": False})
+
+    monkeypatch.setattr(recovery, "roll_back_and_restart", rolled)
+    sink = ServiceSink(hub, "d1")
+    hub.store.transition_step("d1", "h1", "rollback", HostStepState.RUNNING)  # the pipeline's
+    hub.store.transition_step("d1", "h1", "rollback", HostStepState.OK)
+    for _ in range(2):  # the rollout's undo, then a manual rollback: idempotent on the host
+        settled = recovery.undo_host(NO_TRANSPORT, _host(), _inputs(), sink)
+        assert settled is recovery.Settled.ROLLED_BACK
+    assert calls == ["r2", "r2"]
+    assert {s.step: str(s.state) for s in hub.store.steps("d1")} == {"rollback": "ok",
+                                                                     "undo": "ok"}
+    trail = [(e["event"], e["step"], e["status"], e["level"]) for e in hub.store.events("d1")]
+    assert trail == [("recovery", "undo", "started", "warning"),
+                     ("recovery", "undo", "ok", "warning")] * 2
+    ok = hub.store.events("d1")[1]
+    assert (ok["current"], ok["changed"], ok["restarted"]) == ("r1", True, False)
+
+
+def test_a_failed_undo_is_a_failed_row_and_still_raises(
+        hub: EventHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.deploy.steps import recovery
+
+    def gone(*args: Any, **kwargs: Any) -> recovery.RolledBack:
+        raise HostUnreachable("h1", "connection lost")
+
+    monkeypatch.setattr(recovery, "roll_back_and_restart", gone)
+    with pytest.raises(HostUnreachable):
+        recovery.undo_host(NO_TRANSPORT, _host(), _inputs(), ServiceSink(hub, "d1"))
+    (row,) = hub.store.steps("d1")
+    assert (row.step, str(row.state)) == ("undo", "failed")
+    last = hub.store.events("d1")[-1]
+    assert (last["status"], last["kind"], last["level"]) == ("failed", "HostUnreachable", "error")
+
+
+def test_a_reconciliation_is_a_reconcile_row_and_keeps_its_ok_event(
+        hub: EventHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.deploy.steps import recovery
+
+    monkeypatch.setattr(recovery, "_recover",
+                        lambda t, h, i, s: (recovery.Settled.ABORTED, "r1"))
+    sink = ServiceSink(hub, "d1")
+    for _ in range(2):  # a reconciliation again, after another restart
+        settled = recovery.recover_host(NO_TRANSPORT, _host(), _inputs(), sink)
+        assert settled is recovery.Settled.ABORTED
+    assert [(s.step, str(s.state)) for s in hub.store.steps("d1")] == [("reconcile", "ok")]
+    events = hub.store.events("d1")
+    assert [(e["step"], e["status"]) for e in events] == [("reconcile", "started"),
+                                                          ("reconcile", "ok")] * 2
+    assert (events[1]["outcome"], events[1]["current"]) == ("aborted", "r1")  # as before
+    plain = Sink()
+    recovery.recover_host(NO_TRANSPORT, _host(), _inputs(), plain)
+    assert plain.events[-1] == {"event": "recovery", "host": "h1", "step": "reconcile",
+                                "status": "ok", "duration_ms": None, "level": "warning",
+                                "outcome": "aborted", "current": "r1"}
+
+
+def test_the_rollback_metric_counts_an_undo_too(tmp_path: Path) -> None:
+    from orchestrator.daemon.metrics import Metrics
+
+    store = Store.open(tmp_path / "m.db")
+    try:
+        metrics = Metrics(store)
+        for step in ("rollback", "undo", "recheck"):
+            metrics.observe({"event": "recovery", "deployment": "x", "step": step,
+                             "status": "ok", "app": "fraud"})
+        assert b'orchestrator_rollbacks_total{app="fraud"} 2.0' in metrics.render()
+    finally:
+        store.close()

@@ -222,7 +222,7 @@ class Store:
                 (deployment, host, step),
             ).fetchone()
             old = None if row is None else HostStepState(row[0])
-            check_step_transition(old, new)
+            check_step_transition(old, new, step)
             running = new is HostStepState.RUNNING
             conn.execute(
                 "INSERT INTO steps (deployment, host, step, state, intent, outcome, started, "
