@@ -31,6 +31,7 @@ from orchestrator.deploy.playbook import (
     load_playbook,
     parse_playbook,
 )
+from orchestrator.deploy.rollout import Stop
 from orchestrator.errors import CommandFailed, SpecError
 
 # -- playbook ---------------------------------------------------------------------------------
@@ -338,7 +339,7 @@ def test_plan_batches_canary_first_then_batches_in_order(n: int, canary: int, ba
     assert [h for b in batches for h in b] == hosts  # type: ignore[comparison-overlap]
 
 
-def _rollout(statuses: dict[str, HostStatus], stopped: str | None = None,
+def _rollout(statuses: dict[str, HostStatus], stopped: Stop | str | None = None,
              undone: dict[str, str | None] | None = None) -> Any:
     """`undone`: {host: None when put back, else why its rollback failed}."""
     from orchestrator.deploy.batch import DeployResult
@@ -357,12 +358,12 @@ def _rollout(statuses: dict[str, HostStatus], stopped: str | None = None,
     ({"a": HostStatus.ROLLED_BACK}, "1 failed hosts", None, "rolled_back"),
     ({"a": HostStatus.SUCCEEDED, "b": HostStatus.FAILED}, "1 failed hosts",
      {"a": None}, "rolled_back"),
-    ({"a": HostStatus.SUCCEEDED}, "cancelled", None, "cancelled"),
+    ({"a": HostStatus.SUCCEEDED}, Stop.CANCELLED, None, "cancelled"),
     ({"a": HostStatus.SUCCEEDED, "b": HostStatus.FAILED}, "1 failed hosts", None, "failed"),
 ], ids=["all-ok", "within-budget", "failed", "host-rolled-back", "fleet-undone", "cancelled",
         "over-budget-switched-left"])
 def test_rollout_verdict_for_the_daemon_and_the_cli(
-        statuses: dict[str, HostStatus], stopped: str | None,
+        statuses: dict[str, HostStatus], stopped: Stop | str | None,
         undone: dict[str, str | None] | None,
         state: str) -> None:
     from orchestrator.daemon.runners.deploy import outcome_of

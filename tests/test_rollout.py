@@ -28,7 +28,7 @@ from orchestrator.daemon.runners.deploy import outcome_of
 from orchestrator.deploy.batch import DeployResult
 from orchestrator.deploy.control import RolloutControl
 from orchestrator.deploy.pipeline import HostResult, HostStatus
-from orchestrator.deploy.rollout import RolloutResult, Undone, plan_batches
+from orchestrator.deploy.rollout import RolloutResult, Stop, Undone, plan_batches
 from orchestrator.testbed import Testbed, TestbedHost
 from tests.daemons import DEPLOY, Daemon, start, stored_events, wait_for, write_config
 from tests.specs import WHEEL_CACHE, joblib_spec
@@ -49,7 +49,7 @@ def test_plan_batches_canary_alone_then_batches() -> None:
     assert [len(b) for b in plan_batches(hosts, canary=0, batch_size=4)] == [4, 2]
 
 
-def _result(statuses: dict[str, HostStatus], stopped: str | None = None,
+def _result(statuses: dict[str, HostStatus], stopped: Stop | str | None = None,
             undone: dict[str, str | None] | None = None, accepted: int = 0) -> RolloutResult:
     """`undone`: {host: None when put back, else why its rollback failed}."""
     out = DeployResult("d", "r")
@@ -70,11 +70,13 @@ def test_outcome_names_rolled_back_hosts_and_left_ones() -> None:
     assert "c: verify failed" in back.reason
     left = outcome_of(_result({"a": ok, "c": HostStatus.ROLLED_BACK}, "aborted after: budget"))
     assert left.state == "failed" and str(left.reason).endswith("left on the new release: a")
-    aborted = outcome_of(_result({"a": ok}, "aborted", {"a": None}))
+    aborted = outcome_of(_result({"a": ok}, Stop.ABORTED, {"a": None}))
     assert aborted.state == "rolled_back" and aborted.reason is not None
     assert aborted.reason.startswith("aborted by request")
-    assert outcome_of(_result({"a": ok}, "aborted")).state == "cancelled"
-    assert outcome_of(_result({"a": ok}, "cancelled")).state == "cancelled"
+    assert outcome_of(_result({"a": ok}, Stop.ABORTED)).state == "cancelled"
+    assert outcome_of(_result({"a": ok}, Stop.CANCELLED)).state == "cancelled"
+    # A reason that reads like a request is a reason: only the enum is a request.
+    assert outcome_of(_result({"a": ok, "c": bad}, "cancelled")).state == "failed"
     accepted = outcome_of(_result({"a": ok, "c": bad}, accepted=1))
     assert accepted.state == "succeeded" and "accepted by resuming" in str(accepted.reason)
 

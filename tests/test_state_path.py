@@ -193,9 +193,9 @@ def test_step_events_are_emitted_only_through_the_step_path() -> None:
 # -- outcome words are values of enums, never matched -------------------------------------------
 
 #: Outcome words that code once matched as strings (`== "serving"`, `startswith("rollback
-#: failed")`): they are compared as enums now (`Settled`, `HostOutcome`, `Undone`). Not yet
-#: here: "aborted" / "cancelled", still the words of `RolloutResult.stopped`.
-OUTCOME_WORDS = frozenset({"serving", "rolled_back", "HostUnreachable"})
+#: failed")`, `stopped == "aborted"`): they are compared as enums now (`Settled`,
+#: `HostOutcome`, `Undone`, the rollout's `Stop`).
+OUTCOME_WORDS = frozenset({"serving", "rolled_back", "aborted", "cancelled", "HostUnreachable"})
 
 
 def test_no_outcome_is_matched_as_a_string() -> None:

@@ -17,6 +17,7 @@ daemon: the layers go daemon -> deploy -> hosts -> core.
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -46,6 +47,14 @@ def plan_batches(hosts: Sequence[Host], canary: int, batch_size: int) -> list[li
     return batches
 
 
+class Stop(enum.StrEnum):
+    """A request that stopped a rollout early (`RolloutResult.stopped`); any other early stop is
+    a reason, the text of an exceeded failure budget. Its value is the word users see."""
+
+    CANCELLED = "cancelled"  # a user's cancel, the daemon stopping, Ctrl-C: nothing is undone
+    ABORTED = "aborted"      # a user's abort: switched hosts go back as `on_failure` says
+
+
 @dataclass(frozen=True)
 class Undone:
     """What the rollout's undo did on one host: put it back on its previous good release
@@ -69,7 +78,7 @@ class Undone:
 @dataclass
 class RolloutResult:
     deploy: DeployResult
-    stopped: str | None = None  # why the rollout stopped early ("cancelled", "aborted", ...)
+    stopped: Stop | str | None = None  # stopped early: by a request, or for a reason (text)
     undone: dict[str, Undone] = field(default_factory=dict)  # the hosts the rollout put back
     accepted: int = 0  # failures an operator accepted by resuming a rollout they held
 
@@ -113,7 +122,8 @@ def rollout(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: Ev
         if control is not None:
             control.hold(f"paused by request before batch {i}")
         if cancel is not None and cancel.is_set():
-            out.stopped = "aborted" if control is not None and control.aborted else "cancelled"
+            out.stopped = Stop.ABORTED if control is not None and control.aborted \
+                else Stop.CANCELLED
             break
         sink.emit("batch", status="started", batch=i, hosts=[h.name for h in batch])
         part = deploy(inputs, batch, pool=pool, sink=sink, max_parallel=max_parallel,
@@ -122,7 +132,8 @@ def rollout(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: Ev
         if cancel is not None and cancel.is_set():
             # Hosts that stopped for it are not failures to weigh against the budget: the
             # request decides what happens to the switched ones (abort: on_failure; cancel: none).
-            out.stopped = "aborted" if control is not None and control.aborted else "cancelled"
+            out.stopped = Stop.ABORTED if control is not None and control.aborted \
+                else Stop.CANCELLED
             break
         if len(out.failed) <= budget:
             continue
@@ -153,7 +164,8 @@ def _over_budget(out: RolloutResult, budget: int, when: str = "") -> str:
 def _must_undo(out: RolloutResult, on_failure: str) -> bool:
     """Switched hosts go back when the rollout stopped over budget or was aborted, and the
     spec says `on_failure: rollback`. A plain cancel leaves them (it stops, it does not undo)."""
-    return out.stopped not in (None, "cancelled") and on_failure == "rollback"
+    return (out.stopped is not None and out.stopped is not Stop.CANCELLED
+            and on_failure == "rollback")
 
 
 def preflight_fleet(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool,
@@ -233,12 +245,12 @@ def verdict(out: RolloutResult) -> Verdict:
                         for n in failed)
     undone = sorted(n for n, u in out.undone.items() if u.rolled_back)
     back = (f"; rolled back to their previous release because the rollout "
-            f"{'was aborted' if out.stopped == 'aborted' else 'stopped'}: {', '.join(undone)}"
+            f"{'was aborted' if out.stopped is Stop.ABORTED else 'stopped'}: {', '.join(undone)}"
             if undone else "")
     left = sorted(n for n, r in out.deploy.hosts.items() if r.ok and n not in out.undone)
-    if out.stopped == "cancelled":
+    if out.stopped is Stop.CANCELLED:
         return Verdict(D.CANCELLED, "cancelled by request", hosts)
-    if out.stopped == "aborted":
+    if out.stopped is Stop.ABORTED:
         note = (f"; left on the new release (rollout.on_failure: pause): {', '.join(left)}"
                 if left else "")
         return Verdict(D.ROLLED_BACK if undone else D.CANCELLED,
@@ -256,5 +268,5 @@ def verdict(out: RolloutResult) -> Verdict:
                    f"{out.stopped}: {reasons}{back}{note}", hosts)
 
 
-__all__ = ["RolloutResult", "Undone", "Verdict", "exclude", "plan_batches", "preflight_fleet",
-           "rollout", "undo", "verdict"]
+__all__ = ["RolloutResult", "Stop", "Undone", "Verdict", "exclude", "plan_batches",
+           "preflight_fleet", "rollout", "undo", "verdict"]
