@@ -249,25 +249,6 @@ def test_control_characters_in_a_spec_are_400_not_500(api: TestClient) -> None:
     assert response.status_code == 400 and response.json()["kind"] == "SpecError"
 
 
-def test_pipeline_style_step_events_become_step_records(service: Service) -> None:
-    # orchestrator/deploy/pipeline.py reports steps as plain events: started / ok / failed.
-    service.store.create_deployment("p1", "app", {"targets": ["h1"]})
-    sink = service.sink("p1")
-    sink.emit("step", host="h1", step="stage", status="started", timeout_s=60)
-    sink.emit("step", host="h1", step="stage", status="ok", duration_ms=5)
-    sink.emit("step", host="h1", step="install", status="started")
-    sink.emit("step", host="h1", step="install", status="failed", error="uv exited 2")
-    sink.emit("step", host="h1", step="install", status="ok")  # impossible: noted, not fatal
-    steps = {s.step: s for s in service.store.steps("p1")}
-    assert steps["stage"].state == "ok"
-    assert steps["install"].state == "failed"
-    assert steps["install"].detail == {"reason": "uv exited 2"}
-    events = service.store.events("p1")
-    assert [e["status"] for e in events] == ["running", "ok", "running", "failed", "ok"]
-    assert "state_error" in events[-1] and events[-1]["level"] == "warning"
-    assert events[0]["timeout_s"] == 60
-
-
 def test_watchdog_reconciles_a_deployment_no_worker_owns(service: Service) -> None:
     service.store.create_deployment("orphan", "app", {"targets": ["h1"]})
     service.store.transition_deployment("orphan", DeploymentState.RUNNING)

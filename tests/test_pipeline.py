@@ -31,6 +31,7 @@ from orchestrator.deploy.playbook import (
     load_playbook,
     parse_playbook,
 )
+from orchestrator.deploy.rollout import Stop
 from orchestrator.errors import CommandFailed, SpecError
 
 # -- playbook ---------------------------------------------------------------------------------
@@ -338,15 +339,16 @@ def test_plan_batches_canary_first_then_batches_in_order(n: int, canary: int, ba
     assert [h for b in batches for h in b] == hosts  # type: ignore[comparison-overlap]
 
 
-def _rollout(statuses: dict[str, HostStatus], stopped: str | None = None,
-             undone: dict[str, str] | None = None) -> Any:
+def _rollout(statuses: dict[str, HostStatus], stopped: Stop | str | None = None,
+             undone: dict[str, str | None] | None = None) -> Any:
+    """`undone`: {host: None when put back, else why its rollback failed}."""
     from orchestrator.deploy.batch import DeployResult
     from orchestrator.deploy.pipeline import HostResult
-    from orchestrator.deploy.rollout import RolloutResult
+    from orchestrator.deploy.rollout import RolloutResult, Undone
 
     result = DeployResult("dep", "r")
     result.hosts = {n: HostResult(n, s, reason="why", error="err") for n, s in statuses.items()}
-    return RolloutResult(result, stopped, undone or {})
+    return RolloutResult(result, stopped, {n: Undone(e) for n, e in (undone or {}).items()})
 
 
 @pytest.mark.parametrize(("statuses", "stopped", "undone", "state"), [
@@ -355,13 +357,14 @@ def _rollout(statuses: dict[str, HostStatus], stopped: str | None = None,
     ({"a": HostStatus.FAILED}, "1 failed hosts", None, "failed"),
     ({"a": HostStatus.ROLLED_BACK}, "1 failed hosts", None, "rolled_back"),
     ({"a": HostStatus.SUCCEEDED, "b": HostStatus.FAILED}, "1 failed hosts",
-     {"a": "rolled_back"}, "rolled_back"),
-    ({"a": HostStatus.SUCCEEDED}, "cancelled", None, "cancelled"),
+     {"a": None}, "rolled_back"),
+    ({"a": HostStatus.SUCCEEDED}, Stop.CANCELLED, None, "cancelled"),
     ({"a": HostStatus.SUCCEEDED, "b": HostStatus.FAILED}, "1 failed hosts", None, "failed"),
 ], ids=["all-ok", "within-budget", "failed", "host-rolled-back", "fleet-undone", "cancelled",
         "over-budget-switched-left"])
 def test_rollout_verdict_for_the_daemon_and_the_cli(
-        statuses: dict[str, HostStatus], stopped: str | None, undone: dict[str, str] | None,
+        statuses: dict[str, HostStatus], stopped: Stop | str | None,
+        undone: dict[str, str | None] | None,
         state: str) -> None:
     from orchestrator.daemon.runners.deploy import outcome_of
     from orchestrator.deploy.rollout import verdict
@@ -385,7 +388,7 @@ def test_cli_deploy_host_lines_say_how_each_host_ended() -> None:
 
     ok, bad = HostStatus.SUCCEEDED, HostStatus.FAILED
     out = _rollout({"a": ok, "b": bad, "c": ok, "d": ok}, "1 failed hosts (b)",
-                   {"a": "rolled_back", "d": "rollback failed: connection lost"})
+                   {"a": None, "d": "connection lost"})
     assert [host_line(n, out, "r1") for n in "abcd"] == [
         "a: rolled_back r1: the rollout stopped (1 failed hosts (b))",
         "b: failed r1: why (None: err)",
@@ -399,7 +402,7 @@ def test_cli_deploy_host_lines_say_how_each_host_ended() -> None:
 def test_through_the_daemons_sink_every_step_and_recovery_action_is_a_step_row(
         tmp_path: Path) -> None:
     from orchestrator.daemon.events import EventHub
-    from orchestrator.daemon.service import ServiceSink
+    from orchestrator.daemon.sinks import ServiceSink
     from orchestrator.daemon.store import open_store
 
     store = open_store(tmp_path / "s.db")

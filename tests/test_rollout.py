@@ -28,7 +28,7 @@ from orchestrator.daemon.runners.deploy import outcome_of
 from orchestrator.deploy.batch import DeployResult
 from orchestrator.deploy.control import RolloutControl
 from orchestrator.deploy.pipeline import HostResult, HostStatus
-from orchestrator.deploy.rollout import RolloutResult, plan_batches
+from orchestrator.deploy.rollout import RolloutResult, Stop, Undone, plan_batches
 from orchestrator.testbed import Testbed, TestbedHost
 from tests.daemons import DEPLOY, Daemon, start, stored_events, wait_for, write_config
 from tests.specs import WHEEL_CACHE, joblib_spec
@@ -49,30 +49,34 @@ def test_plan_batches_canary_alone_then_batches() -> None:
     assert [len(b) for b in plan_batches(hosts, canary=0, batch_size=4)] == [4, 2]
 
 
-def _result(statuses: dict[str, HostStatus], stopped: str | None = None,
-            undone: dict[str, str] | None = None, accepted: int = 0) -> RolloutResult:
+def _result(statuses: dict[str, HostStatus], stopped: Stop | str | None = None,
+            undone: dict[str, str | None] | None = None, accepted: int = 0) -> RolloutResult:
+    """`undone`: {host: None when put back, else why its rollback failed}."""
     out = DeployResult("d", "r")
     for name, status in statuses.items():
         out.hosts[name] = HostResult(name, status, reason=None if status is HostStatus.SUCCEEDED
                                      else "verify failed", error="golden: differs")
-    return RolloutResult(out, stopped, undone or {}, accepted)
+    return RolloutResult(out, stopped, {n: Undone(e) for n, e in (undone or {}).items()},
+                         accepted)
 
 
 def test_outcome_names_rolled_back_hosts_and_left_ones() -> None:
     ok, bad = HostStatus.SUCCEEDED, HostStatus.FAILED
     back = outcome_of(_result({"a": ok, "b": ok, "c": bad}, "1 failed hosts (c), more than 0",
-                              {"a": "rolled_back", "b": "rolled_back"}))
+                              {"a": None, "b": None}))
     assert back.state == "rolled_back" and back.hosts == {
         "a": "rolled_back", "b": "rolled_back", "c": "failed"}
     assert back.reason is not None and back.reason.endswith("the rollout stopped: a, b")
     assert "c: verify failed" in back.reason
     left = outcome_of(_result({"a": ok, "c": HostStatus.ROLLED_BACK}, "aborted after: budget"))
     assert left.state == "failed" and str(left.reason).endswith("left on the new release: a")
-    aborted = outcome_of(_result({"a": ok}, "aborted", {"a": "rolled_back"}))
+    aborted = outcome_of(_result({"a": ok}, Stop.ABORTED, {"a": None}))
     assert aborted.state == "rolled_back" and aborted.reason is not None
     assert aborted.reason.startswith("aborted by request")
-    assert outcome_of(_result({"a": ok}, "aborted")).state == "cancelled"
-    assert outcome_of(_result({"a": ok}, "cancelled")).state == "cancelled"
+    assert outcome_of(_result({"a": ok}, Stop.ABORTED)).state == "cancelled"
+    assert outcome_of(_result({"a": ok}, Stop.CANCELLED)).state == "cancelled"
+    # A reason that reads like a request is a reason: only the enum is a request.
+    assert outcome_of(_result({"a": ok, "c": bad}, "cancelled")).state == "failed"
     accepted = outcome_of(_result({"a": ok, "c": bad}, accepted=1))
     assert accepted.state == "succeeded" and "accepted by resuming" in str(accepted.reason)
 
@@ -373,8 +377,8 @@ def test_metrics_agree_with_the_deployments_and_their_events(
         expected = sum(1 for d in listing if d["state"] == state)
         assert value(rf'orchestrator_deployments\{{state="{state}"\}}') == expected, state
     events = [e for d in listing for e in stored_events(daemon, d["id"])]
-    rollbacks = sum(1 for e in events if e["event"] == "recovery" and e["step"] == "rollback"
-                    and e["status"] == "ok")
+    rollbacks = sum(1 for e in events if e["event"] == "recovery"
+                    and e["step"] in ("rollback", "undo") and e["status"] == "ok")
     if rollbacks:  # a series appears with the app's first rollback
         assert value(r'orchestrator_rollbacks_total\{app="fleet"\}') == rollbacks
     verify = [e for e in events if e["event"] == "step" and e["step"] == "verify"]

@@ -21,6 +21,7 @@ from urllib.parse import quote
 import httpx
 
 from orchestrator.cli.render import LiveProgress, event_line, use_colour
+from orchestrator.core.states import DEPLOYMENT_TERMINAL, DeploymentState
 from orchestrator.daemon.bundle import pack_bundle
 from orchestrator.daemon.config import default_socket, default_state_dir
 from orchestrator.errors import (
@@ -219,8 +220,9 @@ def wait_for_end(client: Client, deployment: str, *, show: bool, as_json: bool =
     return exit_code(record["state"])
 
 
-FINISHED = frozenset({"succeeded", "failed", "rolled_back", "cancelled"})
+#: The API's words for a deployment that is over (the states' own values).
+FINISHED = frozenset(str(s) for s in DEPLOYMENT_TERMINAL)
 
 
 def exit_code(state: str) -> int:
-    return EXIT_OK if state == "succeeded" else EXIT_DEPLOY_FAILED
+    return EXIT_OK if state == DeploymentState.SUCCEEDED else EXIT_DEPLOY_FAILED

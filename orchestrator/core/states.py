@@ -105,6 +105,16 @@ STEP_TERMINAL: frozenset[HostStepState] = frozenset(
     {S.OK, S.FAILED, S.SKIPPED, S.ROLLED_BACK, S.CANCELLED}
 )
 
+#: The step rows of the host actions outside the pipeline (orchestrator/deploy/steps/recovery.py):
+#: the rollout's (or a manual rollback's) undo of a switched host, and the reconciliation of a
+#: host from its real state. Their names are never the pipeline's own (its `rollback` and
+#: `recheck` rows stay as they were), and, idempotent on the host by design, each may start
+#: again in the same deployment from any state: a manual rollback after the rollout's own undo,
+#: a reconciliation (or an undo in it) interrupted by another restart.
+UNDO_STEP = "undo"
+RECONCILE_STEP = "reconcile"
+RERUNNABLE_STEPS: frozenset[str] = frozenset({UNDO_STEP, RECONCILE_STEP})
+
 
 HOST_TRANSITIONS: dict[HostOutcome, frozenset[HostOutcome]] = {
     H.PENDING: frozenset({H.RUNNING, H.FAILED}),
@@ -121,8 +131,12 @@ def check_deployment_transition(old: DeploymentState, new: DeploymentState) -> N
         raise InvalidTransition(f"deployment cannot go from {old} to {new}")
 
 
-def check_step_transition(old: HostStepState | None, new: HostStepState) -> None:
-    """`old` is None for a step never recorded: it may start in any state but a terminal undo."""
+def check_step_transition(old: HostStepState | None, new: HostStepState,
+                          step: str | None = None) -> None:
+    """`old` is None for a step never recorded: it may start in any state but a terminal undo.
+    A step of `RERUNNABLE_STEPS` may also start again (`running`) whatever its state."""
+    if step in RERUNNABLE_STEPS and new is S.RUNNING:
+        return
     if old is None:
         if new in (S.ROLLED_BACK,):
             raise InvalidTransition(f"a step cannot start as {new}")

@@ -2,7 +2,7 @@
 
 One registry per daemon (never prometheus-client's global one: two services in one process, as in
 the tests, must not share figures). Everything is derived in one place: `Metrics.observe(event)`
-sees every event the service's sinks publish (`service.ObservedSink`), so no step or runner calls
+sees every event the service's sinks publish (`sinks.ObservedSink`), so no step or runner calls
 a metric itself. Host status is read from the store at scrape time, since re-verification and
 `orchestrator verify` record it there.
 
@@ -12,8 +12,9 @@ a metric itself. Host status is read from the store at scrape time, since re-ver
   `deploy`, result passed/failed), `reverify` events of a host (kind `reverify`, its status);
 - `orchestrator_warmup_latency_seconds{app, host, quantile}` gauge: the last passing `verify`
   step's p50/p95/p99;
-- `orchestrator_rollbacks_total{app}` counter: `recovery` events of step `rollback` that worked,
-  and `reverify.rollback` events that did (`reverify.on_failure: rollback`);
+- `orchestrator_rollbacks_total{app}` counter: `recovery` events of step `rollback` (the
+  pipeline's) or `undo` (a switched host put back) that worked, and `reverify.rollback` events
+  that did (`reverify.on_failure: rollback`);
 - `orchestrator_host_status{host, status}` gauge: 1 for each host's last recorded status.
 """
 
@@ -28,7 +29,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from orchestrator.core.states import DeploymentState
+from orchestrator.core.states import UNDO_STEP, DeploymentState
 from orchestrator.daemon.store import Store
 from orchestrator.errors import NotFound
 
@@ -99,7 +100,9 @@ class Metrics:
         elif kind == "step":
             self._step(event)
         elif kind == "recovery":
-            if event.get("step") == "rollback" and event.get("status") == "ok":
+            # The pipeline's own rollback, or the undo of a switched host: either puts a host
+            # back on its previous release.
+            if event.get("step") in ("rollback", UNDO_STEP) and event.get("status") == "ok":
                 self.rollbacks.labels(self._app(event)).inc()
         elif kind == "reverify.rollback" and event.get("status") == "ok":
             self.rollbacks.labels(self._app(event)).inc()  # `reverify.on_failure: rollback`

@@ -59,7 +59,14 @@ class _LogSink:
 
 
 class _AppSink:
-    """Routes each event to the log of the app's latest deployment (`logs ID` shows it)."""
+    """Routes each event to the log of the app's latest deployment (`logs ID` shows it).
+
+    A plain event sink on purpose, with no `step`: the pipeline of a redeploy
+    (`reverify.on_failure: redeploy`) then checks its step transitions itself (the pipeline's
+    `StepReporter`) and writes no step rows. Its rows would be the deployment's own, already
+    finished (`probe` ok cannot run again), and its events carry no `app`, so they go to the
+    daemon's log, as they always have; the `reverify*` events (with `app`) go to the deployment's.
+    """
 
     def __init__(self, reverifier: Reverifier) -> None:
         self.r = reverifier

@@ -5,6 +5,8 @@ Every deployment state change goes through `states.change_deployment_state`, eve
 change through `states.change_step_state` (via `ServiceSink.step`), so each is checked, persisted
 and emitted in one place. The pool is the one concurrency strategy: `max_parallel_deployments`
 threads, each running one deployment through the `Runner` (which has its own bounded SSH pool).
+The sinks it hands out are orchestrator/daemon/sinks.py's; settling what a dead worker left in
+flight is orchestrator/daemon/reconcile.py's.
 """
 
 from __future__ import annotations
@@ -22,110 +24,23 @@ from orchestrator.core.ids import new_deployment_id
 from orchestrator.core.states import (
     DEPLOYMENT_ACTIVE,
     DEPLOYMENT_IN_FLIGHT,
-    DEPLOYMENT_TRANSITIONS,
     DeploymentState,
     HostStepState,
     change_deployment_state,
-    change_step_state,
 )
 from orchestrator.daemon import bundle
 from orchestrator.daemon.config import DaemonConfig
-from orchestrator.daemon.events import DeploymentSink, EventHub
+from orchestrator.daemon.events import EventHub
 from orchestrator.daemon.metrics import Metrics
-from orchestrator.daemon.runners.base import DeploymentOutcome, HostCheck, Runner
+from orchestrator.daemon.reconcile import reconcile, reconcile_with_runner
+from orchestrator.daemon.runners.base import DeploymentOutcome, Runner
+from orchestrator.daemon.sinks import ServiceSink
 from orchestrator.daemon.store import DeploymentRecord, Store
 from orchestrator.deploy.control import RolloutControl
-from orchestrator.errors import Conflict, InvalidTransition, NotFound, OrchestratorError
+from orchestrator.errors import Conflict, NotFound, OrchestratorError
 
 D, S = DeploymentState, HostStepState
 log = structlog.get_logger("orchestrator.daemon.service")
-
-RECONCILE_REASON = "daemon restarted; reconciliation pending pipeline support"
-
-
-# The pipeline engine reports its steps and recovery actions through `ServiceSink.step` (checked,
-# persisted, emitted by `change_step_state`). Emitters that only know `emit` still send plain
-# `emit("step", status="started" | "ok" | "failed")` events: the rollout's fleet preflight
-# (orchestrator/deploy/rollout.py) and a pipeline run by re-verification through its app sink.
-# `ServiceSink.emit` records those as step states too, a transition the table refuses being noted
-# on the event (`state_error`) rather than failing the emitter; new code calls `step()`.
-EVENT_STEP_STATES = {
-    "started": S.RUNNING, "running": S.RUNNING, "ok": S.OK, "failed": S.FAILED,
-    "skipped": S.SKIPPED, "cancelled": S.CANCELLED, "rolled_back": S.ROLLED_BACK,
-}
-
-
-class ObservedSink(DeploymentSink):
-    """A plain sink whose every published event is also shown to `observe` (the metrics): every
-    event of a deployment passes here, whether from `emit` or from a state change."""
-
-    def __init__(self, hub: EventHub, deployment: str,
-                 observe: Callable[[dict[str, Any]], None] | None = None) -> None:
-        super().__init__(hub, deployment)
-        self._observe = observe
-
-    def emit(
-        self, event: str, *, host: str | None = None, step: str | None = None,
-        status: str | None = None, duration_ms: float | None = None, level: str = "info",
-        **details: Any,
-    ) -> dict[str, Any]:
-        record = super().emit(event, host=host, step=step, status=status,
-                              duration_ms=duration_ms, level=level, **details)
-        if self._observe is not None:
-            self._observe(record)
-        return record
-
-
-class ServiceSink(DeploymentSink):
-    """The `RunSink` a runner gets: events, step states and host facts of one deployment."""
-
-    def __init__(self, hub: EventHub, deployment: str,
-                 observe: Callable[[dict[str, Any]], None] | None = None) -> None:
-        super().__init__(hub, deployment)
-        self.store = hub.store
-        self._plain = ObservedSink(hub, deployment, observe)
-
-    def step(self, host: str, step: str, state: HostStepState, *,
-             duration_ms: float | None = None, reason: str | None = None,
-             detail: dict[str, Any] | None = None, event: str = "step",
-             level: str | None = None, extra: dict[str, Any] | None = None) -> None:
-        change_step_state(self.store, self._plain, self.deployment, host, step, state,
-                          duration_ms=duration_ms, reason=reason, detail=detail, event=event,
-                          level=level, extra=extra)
-
-    def emit(
-        self, event: str, *, host: str | None = None, step: str | None = None,
-        status: str | None = None, duration_ms: float | None = None, level: str = "info",
-        **details: Any,
-    ) -> dict[str, Any]:
-        new = EVENT_STEP_STATES.get(status or "") if event == "step" else None
-        if new is not None and host is not None and step is not None:
-            reason = details.get("error") or details.get("reason")
-            try:
-                self.store.transition_step(self.deployment, host, step, new,
-                                           detail={"reason": str(reason)} if reason else None)
-            except InvalidTransition as exc:  # recorded, never fatal to the runner
-                details["state_error"] = str(exc)
-                level = "warning" if level == "info" else level
-            status = str(new)
-        return self._plain.emit(event, host=host, step=step, status=status,
-                                duration_ms=duration_ms, level=level, **details)
-
-    def record_host(self, check: HostCheck) -> None:
-        self.store.record_host(check.host, check.status, check.reasons, check.facts)
-
-
-def reconcile(store: Store, sink: ServiceSink, record: DeploymentRecord) -> None:
-    """Called at start for every deployment the store shows in flight: the last daemon died (or
-    stopped) under it. For now it fails it, with events; the deploy pipeline extends this to read
-    each host's real state (readlink `current`) and resume or roll back."""
-    sink.emit("reconcile", status="started", level="warning", state=str(record.state))
-    for step in store.steps(record.id):
-        if step.state is S.RUNNING:
-            sink.step(step.host, step.step, S.FAILED, reason="interrupted by a daemon restart")
-    sink.emit("reconcile", status="finished", level="warning", outcome="failed")
-    change_deployment_state(store, sink, record.id, D.FAILED, reason=RECONCILE_REASON,
-                            result={"state": "failed", "reason": RECONCILE_REASON})
 
 
 class Service:
@@ -178,35 +93,14 @@ class Service:
             self._schedule(record.id, "run")
 
     def reconcile(self, record: DeploymentRecord) -> None:
-        """Settle a deployment the store shows in flight with no worker. A runner that defines
-        `reconcile(deployment_id, bundle_dir, spec, sink, record) -> DeploymentOutcome` (the
-        deploy pipeline: read each host's real state, resume or roll back) decides the outcome;
-        otherwise `self.reconciler` (module-level `reconcile`: fail it) does."""
+        """Settle a deployment the store shows in flight with no worker: the runner's own
+        `reconcile` if it has one, else `self.reconciler` (orchestrator/daemon/reconcile.py)."""
         method = getattr(self.runner, "reconcile", None)
         sink = self.sink(record.id)
         if method is None:
             self.reconciler(self.store, sink, record)
             return
-        sink.emit("reconcile", status="started", level="warning", state=str(record.state))
-        try:
-            submission = bundle.validate(self.bundle_dir(record.id))
-            outcome: DeploymentOutcome = method(record.id, submission.bundle_dir,
-                                                submission.spec, sink, record)
-        except OrchestratorError as exc:
-            outcome = DeploymentOutcome(D.FAILED, f"reconciliation failed: {exc}")
-        except Exception as exc:
-            log.exception("reconcile crashed", deployment=record.id)
-            outcome = DeploymentOutcome(D.FAILED, f"reconciliation crashed ({exc!r}); please "
-                                                  "report (traceback in the daemon log)")
-        if outcome.state not in DEPLOYMENT_TRANSITIONS[record.state]:
-            outcome = DeploymentOutcome(D.FAILED, f"reconciliation returned {outcome.state} "
-                                                  f"for a {record.state} deployment", outcome.hosts)
-        for step in self.store.steps(record.id):  # what the dead worker left half-done
-            if step.state is S.RUNNING:
-                sink.step(step.host, step.step, S.FAILED, reason="interrupted by a daemon restart")
-        sink.emit("reconcile", status="finished", level="warning", outcome=str(outcome.state))
-        change_deployment_state(self.store, sink, record.id, outcome.state,
-                                reason=outcome.reason, result=outcome.as_json())
+        reconcile_with_runner(self.store, sink, record, method, self.bundle_dir(record.id))
 
     def stop(self, grace_s: float) -> bool:
         """No new work; in-flight runners are told to stop after their current step. Returns

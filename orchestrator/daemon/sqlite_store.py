@@ -196,7 +196,7 @@ class SqliteStore:
                 (deployment, host, step),
             ).fetchone()
             old = None if row is None else HostStepState(row[0])
-            check_step_transition(old, new)
+            check_step_transition(old, new, step)
             running = new is HostStepState.RUNNING
             conn.execute(
                 "INSERT INTO steps (deployment, host, step, state, intent, outcome, started, "

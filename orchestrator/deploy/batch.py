@@ -175,11 +175,12 @@ def untouched(host: str, sink: EventSink, *, reason: str, failed_step: str,
               error: str | None = None, **detail: Any) -> HostResult:
     """The failed result of a host whose pipeline never started, so nothing changed on it
     (unreachable, deploy lock held, refused by the fleet preflight, excluded as degraded), and
-    its one `host.finished` event. Every such host is reported the same way, whoever stopped it."""
-    sink.emit("host.finished", host=host, status=HostStatus.FAILED.value, level="error",
-              reason=reason, failed_step=failed_step, **detail)
-    return HostResult(host, HostStatus.FAILED, reason=reason, failed_step=failed_step,
-                      error=error if error is not None else reason)
+    its one `host.finished` event. Every such host is reported the same way, whoever stopped it:
+    pending, then failed through `HostResult.settle` (the host state machine's one path)."""
+    result = HostResult(host, HostStatus.PENDING, failed_step=failed_step,
+                        error=error if error is not None else reason)
+    result.settle(sink, HostStatus.FAILED, reason, failed_step=failed_step, **detail)
+    return result
 
 
 def _refused(host: str, sink: EventSink, exc: HostError) -> HostResult:

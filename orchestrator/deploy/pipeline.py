@@ -38,7 +38,7 @@ _RESERVED = frozenset({"event", "host", "step", "status", "duration_ms", "level"
                        "deployment"})
 
 __all__ = ["RECOVERY_TIMEOUT_S", "Deadline", "EventSink", "HostResult", "HostStatus",
-           "HostSteps", "Pipeline", "decide"]
+           "HostSteps", "Pipeline", "StepReporter", "decide"]
 class HostSteps(Protocol):
     """The host-side actions the engine drives. Each raises OrchestratorError on failure."""
 
@@ -188,7 +188,7 @@ class StepReporter:
             self.sink.step(self.host, step, new, duration_ms=duration_ms, reason=reason,
                            event=event, level=level, extra=extra)
             return
-        check_step_transition(self._states.get((event, step)), new)
+        check_step_transition(self._states.get((event, step)), new, step)
         self._states[(event, step)] = new
         word = "started" if new is HostStepState.RUNNING else str(new)
         self.sink.emit(event, host=self.host, step=step, status=word, duration_ms=duration_ms,

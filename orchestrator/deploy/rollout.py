@@ -17,6 +17,7 @@ daemon: the layers go daemon -> deploy -> hosts -> core.
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -24,13 +25,13 @@ from dataclasses import dataclass, field
 
 from orchestrator.core.inventory import Host
 from orchestrator.core.preflight import Status, preflight
-from orchestrator.core.states import DeploymentState
+from orchestrator.core.states import DeploymentState, HostStepState
 from orchestrator.deploy.batch import DeployResult, deploy, parallel_of, untouched
 from orchestrator.deploy.control import control_of
 from orchestrator.deploy.inputs import DeployInputs
-from orchestrator.deploy.pipeline import EventSink, HostResult, HostStatus
+from orchestrator.deploy.pipeline import EventSink, HostResult, HostStatus, StepReporter
 from orchestrator.deploy.playbook import Playbook
-from orchestrator.deploy.steps.recovery import undo_host
+from orchestrator.deploy.steps.recovery import Settled, undo_host
 from orchestrator.errors import EXIT_DEPLOY_FAILED, EXIT_OK
 from orchestrator.hosts.pool import Pool
 from orchestrator.hosts.probe import probe_host
@@ -46,11 +47,39 @@ def plan_batches(hosts: Sequence[Host], canary: int, batch_size: int) -> list[li
     return batches
 
 
+class Stop(enum.StrEnum):
+    """A request that stopped a rollout early (`RolloutResult.stopped`); any other early stop is
+    a reason, the text of an exceeded failure budget. Its value is the word users see."""
+
+    CANCELLED = "cancelled"  # a user's cancel, the daemon stopping, Ctrl-C: nothing is undone
+    ABORTED = "aborted"      # a user's abort: switched hosts go back as `on_failure` says
+
+
+@dataclass(frozen=True)
+class Undone:
+    """What the rollout's undo did on one host: put it back on its previous good release
+    (`error` is None), or why it could not. Callers ask `rolled_back`; `value` is the word users
+    see (a deployment's result `hosts`, `orchestrator deploy`'s host line), as it always was:
+    "rolled_back", or "rollback failed: <why>"."""
+
+    error: str | None = None
+
+    @property
+    def rolled_back(self) -> bool:
+        return self.error is None
+
+    @property
+    def value(self) -> str:
+        if self.error is None:
+            return Settled.ROLLED_BACK.value
+        return f"rollback failed: {self.error}"
+
+
 @dataclass
 class RolloutResult:
     deploy: DeployResult
-    stopped: str | None = None  # why the rollout stopped early ("cancelled", "aborted", ...)
-    undone: dict[str, str] = field(default_factory=dict)  # host -> "rolled_back" | error
+    stopped: Stop | str | None = None  # stopped early: by a request, or for a reason (text)
+    undone: dict[str, Undone] = field(default_factory=dict)  # the hosts the rollout put back
     accepted: int = 0  # failures an operator accepted by resuming a rollout they held
 
     @property
@@ -93,7 +122,8 @@ def rollout(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: Ev
         if control is not None:
             control.hold(f"paused by request before batch {i}")
         if cancel is not None and cancel.is_set():
-            out.stopped = "aborted" if control is not None and control.aborted else "cancelled"
+            out.stopped = Stop.ABORTED if control is not None and control.aborted \
+                else Stop.CANCELLED
             break
         sink.emit("batch", status="started", batch=i, hosts=[h.name for h in batch])
         part = deploy(inputs, batch, pool=pool, sink=sink, max_parallel=max_parallel,
@@ -102,7 +132,8 @@ def rollout(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: Ev
         if cancel is not None and cancel.is_set():
             # Hosts that stopped for it are not failures to weigh against the budget: the
             # request decides what happens to the switched ones (abort: on_failure; cancel: none).
-            out.stopped = "aborted" if control is not None and control.aborted else "cancelled"
+            out.stopped = Stop.ABORTED if control is not None and control.aborted \
+                else Stop.CANCELLED
             break
         if len(out.failed) <= budget:
             continue
@@ -133,7 +164,8 @@ def _over_budget(out: RolloutResult, budget: int, when: str = "") -> str:
 def _must_undo(out: RolloutResult, on_failure: str) -> bool:
     """Switched hosts go back when the rollout stopped over budget or was aborted, and the
     spec says `on_failure: rollback`. A plain cancel leaves them (it stops, it does not undo)."""
-    return out.stopped not in (None, "cancelled") and on_failure == "rollback"
+    return (out.stopped is not None and out.stopped is not Stop.CANCELLED
+            and on_failure == "rollback")
 
 
 def preflight_fleet(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool,
@@ -160,8 +192,10 @@ def preflight_fleet(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool,
         step, kind = ("preflight", "preflight failed: ") if isinstance(problems, list) else (
             "probe", "unreachable or probe failed: ")
         error = kind + ("; ".join(problems) if isinstance(problems, list) else str(problems))
-        sink.emit("step", host=host.name, step=step, status="failed", level="error",
-                  error=error, phase="rollout.preflight")
+        # A step row of the host's (in the daemon), checked like the pipeline's own steps.
+        StepReporter(sink, host.name).change(step, HostStepState.FAILED, level="error",
+                                             reason=error,
+                                             extra={"error": error, "phase": "rollout.preflight"})
         refused[host.name] = untouched(host.name, sink, reason=error, failed_step=step)
     ready = [h for h in hosts if h.name not in refused]
     sink.emit("rollout.preflight", status="finished", level="error" if refused else "info",
@@ -178,11 +212,12 @@ def exclude(excluded: Mapping[str, str], sink: EventSink) -> dict[str, HostResul
 
 
 def undo(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: EventSink,
-         max_parallel: int | None = None, mark_bad: bool = True) -> dict[str, str]:
-    """`undo_host` on each host through the pool; {host: "rolled_back" | the failure}."""
+         max_parallel: int | None = None, mark_bad: bool = True) -> dict[str, Undone]:
+    """`undo_host` on each host through the pool; {host: rolled back, or why not}."""
     results = pool.map_hosts(lambda t, h: undo_host(t, h, inputs, sink, mark_bad=mark_bad),
                              list(hosts), parallel_of(inputs, max_parallel))
-    return {n: r if isinstance(r, str) else f"rollback failed: {r}" for n, r in results.items()}
+    return {n: Undone() if isinstance(r, Settled) else Undone(str(r))
+            for n, r in results.items()}
 
 
 @dataclass(frozen=True)
@@ -191,7 +226,7 @@ class Verdict:
 
     state: DeploymentState  # succeeded, failed, rolled_back or cancelled
     reason: str | None
-    hosts: dict[str, str]  # host -> its HostStatus value, or "rolled_back" by the rollout
+    hosts: dict[str, str]  # host -> its HostStatus value, or its `Undone.value` if put back
 
     @property
     def exit_code(self) -> int:
@@ -204,18 +239,18 @@ def verdict(out: RolloutResult) -> Verdict:
     and the hosts put back on their previous release (and why). Pure."""
     D = DeploymentState
     hosts = {n: r.status.value for n, r in out.deploy.hosts.items()}
-    hosts.update(out.undone)
+    hosts.update({n: u.value for n, u in out.undone.items()})
     failed = out.failed
     reasons = "; ".join(f"{n}: {out.deploy.hosts[n].reason} ({out.deploy.hosts[n].error})"
                         for n in failed)
-    undone = sorted(n for n, s in out.undone.items() if s == "rolled_back")
+    undone = sorted(n for n, u in out.undone.items() if u.rolled_back)
     back = (f"; rolled back to their previous release because the rollout "
-            f"{'was aborted' if out.stopped == 'aborted' else 'stopped'}: {', '.join(undone)}"
+            f"{'was aborted' if out.stopped is Stop.ABORTED else 'stopped'}: {', '.join(undone)}"
             if undone else "")
     left = sorted(n for n, r in out.deploy.hosts.items() if r.ok and n not in out.undone)
-    if out.stopped == "cancelled":
+    if out.stopped is Stop.CANCELLED:
         return Verdict(D.CANCELLED, "cancelled by request", hosts)
-    if out.stopped == "aborted":
+    if out.stopped is Stop.ABORTED:
         note = (f"; left on the new release (rollout.on_failure: pause): {', '.join(left)}"
                 if left else "")
         return Verdict(D.ROLLED_BACK if undone else D.CANCELLED,
@@ -233,5 +268,5 @@ def verdict(out: RolloutResult) -> Verdict:
                    f"{out.stopped}: {reasons}{back}{note}", hosts)
 
 
-__all__ = ["RolloutResult", "Verdict", "exclude", "plan_batches", "preflight_fleet", "rollout",
-           "undo", "verdict"]
+__all__ = ["RolloutResult", "Stop", "Undone", "Verdict", "exclude", "plan_batches",
+           "preflight_fleet", "rollout", "undo", "verdict"]

@@ -154,9 +154,9 @@ def host_line(name: str, out: RolloutResult, release_id: str) -> str:
     undone = out.undone.get(name)
     if undone is None:
         return f"{name}: {r.status.value} {release_id}"
-    if undone == "rolled_back":  # it had switched; the rollout stopped and put it back
-        return f"{name}: rolled_back {release_id}: the rollout stopped ({out.stopped})"
-    return f"{name}: {r.status.value} {release_id}: the rollout stopped, and {undone}"
+    if undone.rolled_back:  # it had switched; the rollout stopped and put it back
+        return f"{name}: {undone.value} {release_id}: the rollout stopped ({out.stopped})"
+    return f"{name}: {r.status.value} {release_id}: the rollout stopped, and {undone.value}"
 
 
 @contextlib.contextmanager

@@ -27,12 +27,14 @@ from orchestrator.daemon.runners.base import DeploymentOutcome, HostCheck, RunSi
 from orchestrator.daemon.runners.probe import ProbeRunner
 from orchestrator.deploy.batch import prepare
 from orchestrator.deploy.pipeline import EventSink
-from orchestrator.deploy.rollout import RolloutResult, rollout, undo, verdict
-from orchestrator.deploy.steps.recovery import recover_host, release_of
+from orchestrator.deploy.rollout import RolloutResult, Undone, rollout, undo, verdict
+from orchestrator.deploy.steps.recovery import Settled, recover_host, release_of
 from orchestrator.hosts.hostops import HostOps
 from orchestrator.hosts.pool import Pool
 
 D = DeploymentState
+#: A manual rollback's word for a host that has no release of the deployment (nothing to undo).
+NOT_DEPLOYED = "not deployed here"
 
 
 def _events(sink: RunSink) -> EventSink:
@@ -86,19 +88,20 @@ class DeployRunner:
         hosts = inventory.resolve(list(spec.targets))
         inputs = prepare(spec, deployment=deployment_id)
         with self._pool(inventory) as pool:
-            done: dict[str, str] = {}
+            done: dict[str, Undone | None] = {}  # None: no release of this deployment there
             for host in hosts:
                 with pool.session(host) as t:
                     rid = release_of(HostOps(t, host.deploy_root), str(spec.name), deployment_id)
                 if rid is None:
-                    done[host.name] = "not deployed here"
+                    done[host.name] = None
                     continue
                 done.update(undo(replace(inputs, release_id=rid), [host], pool=pool,
                                  sink=_events(sink), mark_bad=True))
-        failed = {h: s for h, s in done.items() if s.startswith("rollback failed")}
+        states = {h: NOT_DEPLOYED if u is None else u.value for h, u in done.items()}
+        failed = [u.value for u in done.values() if u is not None and not u.rolled_back]
         if failed:
-            return DeploymentOutcome(D.FAILED, "; ".join(failed.values()), done)
-        return DeploymentOutcome(D.ROLLED_BACK, "rolled back by request", done)
+            return DeploymentOutcome(D.FAILED, "; ".join(failed), states)
+        return DeploymentOutcome(D.ROLLED_BACK, "rolled back by request", states)
 
     def reconcile(self, deployment_id: str, bundle_dir: Path, spec: Spec, sink: RunSink,
                   record: Any) -> DeploymentOutcome:
@@ -108,11 +111,12 @@ class DeployRunner:
         with self._pool(inventory) as pool:
             found = pool.map_hosts(lambda t, h: recover_host(t, h, inputs, _events(sink)), hosts,
                                    int(self.config.max_ssh_sessions))
-        states = {n: (r if isinstance(r, str) else f"unreachable: {r}") for n, r in found.items()}
-        if all(s == "serving" for s in states.values()):
+        states = {n: (r.value if isinstance(r, Settled) else f"unreachable: {r}")
+                  for n, r in found.items()}
+        if all(r is Settled.SERVING for r in found.values()):
             return DeploymentOutcome(D.SUCCEEDED, "reconciled: every host serves "
                                      "the release and is healthy", states)
-        if any(s == "rolled_back" for s in states.values()):
+        if any(r is Settled.ROLLED_BACK for r in found.values()):
             return DeploymentOutcome(D.ROLLED_BACK, "reconciled after a daemon "
                                      "restart: hosts put back on their previous release", states)
         return DeploymentOutcome(D.FAILED, "reconciled after a daemon restart: "

@@ -79,18 +79,19 @@ class ProbeRunner:
         parallel = min(self.config.max_ssh_sessions, int(spec.rollout.max_parallel))
         pool = self._pool(inventory)
 
-        def one(host: Host) -> str:
+        def one(host: Host) -> HostStepState:
             if cancel_event.is_set():
                 sink.step(host.name, "probe", S.CANCELLED, reason="cancelled before it started")
-                return "cancelled"
+                return S.CANCELLED
             facts = self._probe_step(pool, host, sink)
             if facts is None:
-                return "failed"
+                return S.FAILED
             return self._preflight_step(host, spec, lock, facts, compat, sink)
 
         with pool:
             results = map_hosts(one, hosts, parallel)
-        statuses = {name: r if isinstance(r, str) else "failed" for name, r in results.items()}
+        statuses = {name: r if isinstance(r, HostStepState) else S.FAILED
+                    for name, r in results.items()}
         return _outcome(statuses, cancel_event)
 
     def _probe_step(self, pool: Pool, host: Host, sink: RunSink) -> HostFacts | None:
@@ -114,7 +115,7 @@ class ProbeRunner:
         return facts
 
     def _preflight_step(self, host: Host, spec: Any, lock: Any, facts: HostFacts,
-                        compat: CompatData, sink: RunSink) -> str:
+                        compat: CompatData, sink: RunSink) -> HostStepState:
         started = time.monotonic()
         sink.step(host.name, "preflight", S.RUNNING)
         verdict = preflight(spec, lock, facts, compat)
@@ -122,10 +123,10 @@ class ProbeRunner:
         checks = verdict.to_dict()["checks"]
         if verdict.ok:
             sink.step(host.name, "preflight", S.OK, duration_ms=elapsed, detail={"checks": checks})
-            return "ok"
+            return S.OK
         sink.step(host.name, "preflight", S.FAILED, duration_ms=elapsed,
                   reason="; ".join(verdict.reasons()), detail={"checks": checks})
-        return "failed"
+        return S.FAILED
 
     def rollback(self, deployment_id: str, bundle_dir: Path, spec: Any, sink: RunSink,
                  cancel_event: threading.Event) -> DeploymentOutcome:
@@ -144,11 +145,14 @@ class ProbeRunner:
         return checks
 
 
-def _outcome(statuses: dict[str, str], cancel_event: threading.Event) -> DeploymentOutcome:
-    failed = sorted(h for h, s in statuses.items() if s == "failed")
+def _outcome(states: dict[str, HostStepState],
+             cancel_event: threading.Event) -> DeploymentOutcome:
+    """Each host's last step state (its value is what the deployment's result shows)."""
+    statuses = {h: str(s) for h, s in states.items()}
+    failed = sorted(h for h, s in states.items() if s is S.FAILED)
     if failed:
         return DeploymentOutcome(D.FAILED, f"preflight failed on {len(failed)} of "
                                            f"{len(statuses)} hosts: {', '.join(failed)}", statuses)
-    if cancel_event.is_set() and any(s == "cancelled" for s in statuses.values()):
+    if cancel_event.is_set() and any(s is S.CANCELLED for s in states.values()):
         return DeploymentOutcome(D.CANCELLED, "cancelled by request", statuses)
     return DeploymentOutcome(D.SUCCEEDED, None, statuses)

@@ -21,11 +21,13 @@ from typing import Any
 from orchestrator.core.inventory import Host
 from orchestrator.core.sink import EventSink
 from orchestrator.core.spec import Service
+from orchestrator.core.states import RECONCILE_STEP, UNDO_STEP, HostStepState
 from orchestrator.deploy.deadline import RECOVERY_TIMEOUT_S, Deadline
 from orchestrator.deploy.inputs import DeployInputs
+from orchestrator.deploy.pipeline import StepReporter
 from orchestrator.deploy.steps import service
 from orchestrator.deploy.steps.context import HostContext
-from orchestrator.errors import HostError
+from orchestrator.errors import HostError, OrchestratorError
 from orchestrator.hosts import hostlock
 from orchestrator.hosts.hostops import HostOps
 from orchestrator.hosts.transport import Transport
@@ -107,23 +109,53 @@ def release_of(ops: HostOps, app: str, deployment: str) -> str | None:
 def undo_host(transport: Transport, host: Host, inputs: DeployInputs, sink: EventSink, *,
               mark_bad: bool = True) -> Settled:
     """Switch a host that runs this deployment's release back to its previous good release
-    (idempotent: a host no longer on it is left alone), restart the service, mark it bad."""
-    sink.emit("recovery", host=host.name, step="rollback", status="started", level="warning",
-              reason="rollout stopped or rollback requested")
-    out = roll_back_and_restart(transport, host, str(inputs.spec.name), inputs.release_id,
-                                inputs.spec.service,
-                                Deadline(host.name, "rollback", RECOVERY_TIMEOUT_S),
-                                mark_bad=mark_bad)
-    sink.emit("recovery", host=host.name, step="rollback", status="ok", level="warning",
-              current=out.current, changed=out.changed, **out.restarted)
+    (idempotent: a host no longer on it is left alone), restart the service, mark it bad.
+    Reported as the host's `undo` step (`recovery` events; a row in the daemon), apart from
+    the pipeline's own `rollback` row."""
+    report = StepReporter(sink, host.name)
+    why = "rollout stopped or rollback requested"
+    report.change(UNDO_STEP, HostStepState.RUNNING, event="recovery", level="warning",
+                  reason=why, extra={"reason": why})
+    try:
+        out = roll_back_and_restart(transport, host, str(inputs.spec.name), inputs.release_id,
+                                    inputs.spec.service,
+                                    Deadline(host.name, "rollback", RECOVERY_TIMEOUT_S),
+                                    mark_bad=mark_bad)
+    except OrchestratorError as exc:
+        _failed(report, UNDO_STEP, exc)
+        raise
+    report.change(UNDO_STEP, HostStepState.OK, event="recovery", level="warning",
+                  extra={"current": out.current, "changed": out.changed, **out.restarted})
     return Settled.ROLLED_BACK
+
+
+def _failed(report: StepReporter, step: str, exc: OrchestratorError) -> None:
+    """The row of an action that raised: failed, with the error (the caller re-raises it)."""
+    report.change(step, HostStepState.FAILED, event="recovery", level="error", reason=str(exc),
+                  extra={"error": str(exc), "kind": type(exc).__name__})
 
 
 def recover_host(transport: Transport, host: Host, inputs: DeployInputs,
                  sink: EventSink) -> Settled:
     """After a crash: read the host's real state and settle it. A host serving this
     deployment's release that passes its health check is SERVING; one that fails it goes
-    back (ROLLED_BACK); staged work is removed (ABORTED). The deploy lock is released."""
+    back (ROLLED_BACK); staged work is removed (ABORTED). The deploy lock is released.
+    Reported as the host's `reconcile` step (`recovery` events; a row in the daemon)."""
+    report = StepReporter(sink, host.name)
+    report.change(RECONCILE_STEP, HostStepState.RUNNING, event="recovery", level="warning")
+    try:
+        result, current = _recover(transport, host, inputs, sink)
+    except OrchestratorError as exc:
+        _failed(report, RECONCILE_STEP, exc)
+        raise
+    report.change(RECONCILE_STEP, HostStepState.OK, event="recovery", level="warning",
+                  extra={"outcome": result.value, "current": current})
+    return result
+
+
+def _recover(transport: Transport, host: Host, inputs: DeployInputs,
+             sink: EventSink) -> tuple[Settled, str | None]:
+    """`recover_host`'s work: how it left the host, and what `current` was found to be."""
     app, deployment = str(inputs.spec.name), inputs.deployment
     ops = HostOps(transport, host.deploy_root)
     state = ops.state(app)
@@ -145,6 +177,4 @@ def recover_host(transport: Transport, host: Host, inputs: DeployInputs,
             ops.abort_stage(app, staged)
         result = Settled.ABORTED
     hostlock.release(transport, host.deploy_root, app, deployment)
-    sink.emit("recovery", host=host.name, step="reconcile", status="ok", level="warning",
-              outcome=result.value, current=state.current)
-    return result
+    return result, state.current
