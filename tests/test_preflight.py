@@ -233,8 +233,10 @@ def test_requirements_from_spec_reads_the_spec_shape() -> None:
         environment: Env
         gpu: Gpu
 
-    assert requirements_from_spec(Spec(Env(), Gpu())) == Requirements("3.11", True, 2, 0.0, "8.0")
-    assert requirements_from_spec(Spec(Env(), Gpu(required=False))) == Requirements("3.11")
+    # Any object of the Spec's shape (requirements_from_spec reads environment and gpu only).
+    gpu, cpu = Spec(Env(), Gpu()), Spec(Env(), Gpu(required=False))
+    assert requirements_from_spec(gpu) == Requirements("3.11", True, 2, 0.0, "8.0")  # type: ignore[arg-type]
+    assert requirements_from_spec(cpu) == Requirements("3.11")  # type: ignore[arg-type]
 
 
 def test_verdict_to_dict_is_json_ready() -> None:

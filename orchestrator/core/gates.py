@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from orchestrator.core.spec import Spec
 from orchestrator.errors import BadHostOutput
 
 SCHEMA = 1
@@ -63,7 +64,7 @@ class WarmupRequest:
     sys_path: tuple[str, ...] = ()
 
     @classmethod
-    def from_spec(cls, spec: Any, *, model_path: str, golden_path: str,
+    def from_spec(cls, spec: Spec, *, model_path: str, golden_path: str,
                   deadline_s: float | None = None) -> WarmupRequest:
         """The request for `spec` with the model and golden file at these host paths.
         `deadline_s` defaults to verify.timeout_s (pass what is left of the step's budget)."""

@@ -19,7 +19,7 @@ No I/O here: the spec, the lock and the facts come in as values (see `Requiremen
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from packaging.markers import InvalidMarker, Marker
 
@@ -27,6 +27,7 @@ from orchestrator.core.compat import CompatData
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.gpuchecks import GPU_CHECKS, nvml_reason
 from orchestrator.core.lockfile import normalize_name, target_environment
+from orchestrator.core.spec import Spec
 from orchestrator.core.verdict import (
     Check,
     Context,
@@ -58,7 +59,7 @@ class LockLike(Protocol):
     def packages(self) -> Sequence[LockedLike]: ...
 
 
-def requirements_from_spec(spec: Any) -> Requirements:
+def requirements_from_spec(spec: Spec) -> Requirements:
     """The one place that knows the Spec's shape (DESIGN.md): environment.python, gpu.*."""
     gpu = getattr(spec, "gpu", None)
     if gpu is None or not gpu.required:
@@ -96,7 +97,7 @@ def _marker_holds(marker: str, env: dict[str, str]) -> bool:
 
 
 def preflight(
-    spec: Any, lock: LockLike, facts: HostFacts, data: CompatData,
+    spec: Spec | Requirements, lock: LockLike, facts: HostFacts, data: CompatData,
 ) -> HostVerdict:
     """Every check for one host; `spec` is a Spec or already `Requirements`."""
     req = spec if isinstance(spec, Requirements) else requirements_from_spec(spec)

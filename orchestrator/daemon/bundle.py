@@ -10,7 +10,6 @@ validated there, so every relative path in it resolves inside the bundle.
 
 from __future__ import annotations
 
-import importlib
 import io
 import tarfile
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from typing import Any
 import yaml
 
 from orchestrator.core.hashing import NAME_PATTERN, NAME_RE
+from orchestrator.core.spec import Spec, load_spec
 from orchestrator.core.yamlio import parse_yaml
 from orchestrator.errors import InvalidInput, SpecError
 
@@ -36,12 +36,12 @@ FILE_FIELDS: tuple[tuple[str, str], ...] = (
 @dataclass(frozen=True)
 class Submission:
     """A validated spec inside its bundle: `data` is the plain YAML, `spec` what `load_spec`
-    returned (the same dict while orchestrator/core/spec.py is not there)."""
+    returned."""
 
     app: str
     targets: tuple[str, ...]
     data: dict[str, Any]
-    spec: Any
+    spec: Spec
     bundle_dir: Path
 
 
@@ -109,8 +109,8 @@ def write_spec_only(text: str, dest: Path) -> None:
 
 
 def validate(bundle_dir: Path, display_name: str = SPEC_NAME) -> Submission:
-    """Validate the bundle's spec with `orchestrator.core.spec.load_spec` when it exists, else
-    minimally (strict YAML, a valid `name`, a non-empty `targets` list). Errors name
+    """Validate the bundle's spec with `orchestrator.core.spec.load_spec` (strict YAML, the
+    models, the files it names), then read its `name` and `targets`. Errors name
     `display_name`, not the daemon's own path."""
     path = bundle_dir / SPEC_NAME
     try:
@@ -129,19 +129,11 @@ def validate(bundle_dir: Path, display_name: str = SPEC_NAME) -> Submission:
     if not isinstance(targets, list) or not targets or \
             not all(isinstance(t, str) and t for t in targets):
         raise doc.error(("targets",), "must be a non-empty list of host or group names")
-    spec = spec or data
     return Submission(app=name, targets=tuple(targets), data=data, spec=spec,
                       bundle_dir=bundle_dir)
 
 
-def _load_spec(path: Path, display_name: str) -> Any:
-    try:
-        module = importlib.import_module("orchestrator.core.spec")
-    except ImportError:
-        return None
-    load_spec = getattr(module, "load_spec", None)
-    if load_spec is None:
-        return None
+def _load_spec(path: Path, display_name: str) -> Spec:
     try:
         return load_spec(path)
     except SpecError as exc:

@@ -33,6 +33,7 @@ import structlog
 
 from orchestrator.core import findings as rv
 from orchestrator.core.inventory import Host
+from orchestrator.core.spec import Spec
 from orchestrator.core.states import DEPLOYMENT_ACTIVE, DeploymentState
 from orchestrator.daemon import bundle
 from orchestrator.daemon.store import Store
@@ -172,7 +173,7 @@ class Reverifier:
         """The store shows a deployment of `app` queued or in flight."""
         return bool(self.store.list_deployments(states=DEPLOYMENT_ACTIVE, app=app))
 
-    def _run_app(self, app: str, spec: Any) -> None:
+    def _run_app(self, app: str, spec: Spec) -> None:
         try:
             inventory = self.runner._inventory()
             self.run(inventory.resolve(list(spec.targets)), inventory, apps=[app])

@@ -29,6 +29,7 @@ from orchestrator.core.facts import HostFacts, parse_facts
 from orchestrator.core.gates import WarmupRequest, gates
 from orchestrator.core.hashing import hash_file
 from orchestrator.core.inventory import Host
+from orchestrator.core.spec import Spec
 from orchestrator.deploy.deadline import Deadline
 from orchestrator.deploy.environments.registry import environment_for
 from orchestrator.deploy.pipeline import RECOVERY_TIMEOUT_S, EventSink
@@ -83,7 +84,7 @@ def run_audit(transport: Transport, deploy_root: str, app: str) -> dict[str, Any
         raise
 
 
-def local_model_hashes(spec: Any) -> dict[str, str] | None:
+def local_model_hashes(spec: Spec) -> dict[str, str] | None:
     """{path relative to the model dir: sha256} of the deployment's own model files."""
     model = Path(spec.paths.model)
     if model.is_file():
@@ -94,7 +95,7 @@ def local_model_hashes(spec: Any) -> dict[str, str] | None:
             for p in sorted(model.rglob("*")) if p.is_file()}
 
 
-def warmup_check(transport: Transport, spec: Any, audit: dict[str, Any]) -> list[rv.Finding]:
+def warmup_check(transport: Transport, spec: Spec, audit: dict[str, Any]) -> list[rv.Finding]:
     """The warmup again in the release's environment, gated like at deploy against its
     baseline."""
     release = str(audit["release_path"])
@@ -188,7 +189,7 @@ def _again(first: AppCheck, second: AppCheck) -> AppCheck:
     return second
 
 
-def _rollback(transport: Transport, host: Host, check: AppCheck, spec: Any,
+def _rollback(transport: Transport, host: Host, check: AppCheck, spec: Spec,
               sink: EventSink) -> None:
     """Back to the previous good release, and its service restarted as it was deployed (the
     one "roll back and restart" every recovery uses)."""
@@ -203,7 +204,7 @@ def _rollback(transport: Transport, host: Host, check: AppCheck, spec: Any,
                   app=check.app, error=str(exc))
 
 
-def _redeploy(transport: Transport, host: Host, spec: Any, check: AppCheck,
+def _redeploy(transport: Transport, host: Host, spec: Spec, check: AppCheck,
               sink: EventSink) -> None:
     from orchestrator.deploy.batch import deploy_host, prepare
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from orchestrator.core.sink import StepSink
+from orchestrator.core.spec import Spec
 from orchestrator.core.states import DeploymentState, HostStepState
 from orchestrator.daemon.config import DaemonConfig
 from orchestrator.deploy.steps.registry import STEP_ORDER
@@ -62,10 +63,10 @@ class RunSink(StepSink, Protocol):
 
 
 class Runner(Protocol):
-    def run(self, deployment_id: str, bundle_dir: Path, spec: Any, sink: RunSink,
+    def run(self, deployment_id: str, bundle_dir: Path, spec: Spec, sink: RunSink,
             cancel_event: threading.Event) -> DeploymentOutcome: ...
 
-    def rollback(self, deployment_id: str, bundle_dir: Path, spec: Any, sink: RunSink,
+    def rollback(self, deployment_id: str, bundle_dir: Path, spec: Spec, sink: RunSink,
                  cancel_event: threading.Event) -> DeploymentOutcome: ...
 
     def verify_hosts(self, names: list[str]) -> list[HostCheck]: ...
@@ -77,7 +78,7 @@ class Runner(Protocol):
     # `Service.reconcile`. Without it the deployment is failed.
 
 
-def targets_of(spec: Any) -> list[str]:
+def targets_of(spec: Spec) -> list[str]:
     """The spec's `targets`, whether `spec` is the plain dict or `load_spec`'s object."""
     targets = spec.get("targets") if isinstance(spec, dict) else getattr(spec, "targets", None)
     return [str(t) for t in targets or []]
@@ -92,7 +93,7 @@ class EchoRunner:
     def __init__(self, config: DaemonConfig) -> None:
         self.delay_s = float(os.environ.get("ORCHESTRATOR_ECHO_DELAY_S", "0"))
 
-    def run(self, deployment_id: str, bundle_dir: Path, spec: Any, sink: RunSink,
+    def run(self, deployment_id: str, bundle_dir: Path, spec: Spec, sink: RunSink,
             cancel_event: threading.Event) -> DeploymentOutcome:
         hosts = targets_of(spec)
         for host in hosts:
@@ -106,7 +107,7 @@ class EchoRunner:
                 sink.step(host, step, S.OK, duration_ms=(time.monotonic() - started) * 1000)
         return DeploymentOutcome(D.SUCCEEDED, None, {h: "ok" for h in hosts})
 
-    def rollback(self, deployment_id: str, bundle_dir: Path, spec: Any, sink: RunSink,
+    def rollback(self, deployment_id: str, bundle_dir: Path, spec: Spec, sink: RunSink,
                  cancel_event: threading.Event) -> DeploymentOutcome:
         return DeploymentOutcome(D.ROLLED_BACK, "nothing was switched")
 

@@ -59,7 +59,7 @@ class DeployRunner:
     def verify_hosts(self, names: list[str]) -> list[HostCheck]:
         return self._probe.verify_hosts(names)
 
-    def check(self, spec: Any) -> None:
+    def check(self, spec: Spec) -> None:
         """At submission: the targets resolve and the lock is valid (the probe runner's)."""
         self._probe.check(spec)
 

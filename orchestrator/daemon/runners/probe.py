@@ -21,6 +21,7 @@ from orchestrator.core.facts import HostFacts
 from orchestrator.core.inventory import Host, Inventory, load_inventory
 from orchestrator.core.lockfile import load_lock
 from orchestrator.core.preflight import preflight
+from orchestrator.core.spec import Spec
 from orchestrator.core.states import DeploymentState, HostStepState
 from orchestrator.daemon.config import DaemonConfig
 from orchestrator.daemon.runners.base import DeploymentOutcome, HostCheck, RunSink, targets_of
@@ -65,12 +66,12 @@ class ProbeRunner:
             options = dataclasses.replace(options, **overrides)
         return Pool(options, max_connections=self.config.max_ssh_sessions)
 
-    def check(self, spec: Any) -> None:
+    def check(self, spec: Spec) -> None:
         """At submission: every target resolves in the inventory and the lock file is valid."""
         self._inventory().resolve(targets_of(spec))
         load_lock(spec.paths.requirements)
 
-    def run(self, deployment_id: str, bundle_dir: Path, spec: Any, sink: RunSink,
+    def run(self, deployment_id: str, bundle_dir: Path, spec: Spec, sink: RunSink,
             cancel_event: threading.Event) -> DeploymentOutcome:
         inventory = self._inventory()
         hosts = inventory.resolve(targets_of(spec))
@@ -114,7 +115,7 @@ class ProbeRunner:
             "python": facts.python_version})
         return facts
 
-    def _preflight_step(self, host: Host, spec: Any, lock: Any, facts: HostFacts,
+    def _preflight_step(self, host: Host, spec: Spec, lock: Any, facts: HostFacts,
                         compat: CompatData, sink: RunSink) -> HostStepState:
         started = time.monotonic()
         sink.step(host.name, "preflight", S.RUNNING)
@@ -128,7 +129,7 @@ class ProbeRunner:
                   reason="; ".join(verdict.reasons()), detail={"checks": checks})
         return S.FAILED
 
-    def rollback(self, deployment_id: str, bundle_dir: Path, spec: Any, sink: RunSink,
+    def rollback(self, deployment_id: str, bundle_dir: Path, spec: Spec, sink: RunSink,
                  cancel_event: threading.Event) -> DeploymentOutcome:
         return DeploymentOutcome(D.ROLLED_BACK, "nothing to undo: the probe runner changes no host")
 
