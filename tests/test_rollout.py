@@ -270,6 +270,43 @@ def test_failure_on_the_third_batch_host_puts_every_switched_host_back(
     assert serving(fleet) == before
 
 
+@contextlib.contextmanager
+def switch_reply_without_generation(host: TestbedHost) -> Iterator[None]:
+    """Within: `host`'s shipped switch op does its work but replies without `generation` (a
+    broken or hostile host); the shipped tools are put back as they were afterwards."""
+    tools = sorted((Path(host.deploy_root) / ".orchestrator" / "tools").glob(
+        "*/hostops_releases.py"))
+    assert tools, "the tools were shipped by v1"
+    saved = {path: path.read_bytes() for path in tools}
+    broken = ("\n_switch = op_switch\n\n\ndef op_switch(args):\n"
+              "    reply = _switch(args)\n    reply.pop('generation', None)\n    return reply\n"
+              "\n\nOPS['switch'] = op_switch\n")
+    try:
+        for path, text in saved.items():
+            path.write_bytes(text + broken.encode())
+        yield
+    finally:
+        for path, text in saved.items():
+            path.write_bytes(text)
+
+
+def test_a_malformed_switch_reply_fails_that_host_and_every_host_goes_back(
+        daemon: Daemon, fleet: Testbed, models_dir: Path, v1: V1,
+        tmp_path: Path) -> None:
+    before = serving(fleet)
+    bad = fleet.hosts[2]  # in the first batch after the canary
+    with switch_reply_without_generation(bad):
+        spec = v2_spec(tmp_path, models_dir, fleet,
+                       "{canary: 1, batch_size: 2, max_failed_hosts: 0}")
+        end = wait_end(daemon, submit(daemon, spec))
+    assert end["state"] == "rolled_back", end["result"]
+    reason = end["result"]["reason"]
+    assert "internal error" not in reason, reason
+    assert "host sent an invalid reply to switch: missing field 'generation'" in reason, reason
+    assert end["result"]["hosts"][bad.name] == "rolled_back"  # by its own pipeline
+    assert serving(fleet) == before  # the canary and the other batch host were put back too
+
+
 def test_pause_holds_between_batches_resume_goes_on_abort_puts_hosts_back(
         daemon: Daemon, fleet: Testbed, models_dir: Path, v1: V1,
         tmp_path: Path) -> None:

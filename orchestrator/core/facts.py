@@ -20,10 +20,10 @@ Probe JSON, schema 1:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.core import hostjson
 from orchestrator.errors import BadHostOutput
 
 SCHEMA = 1
@@ -92,7 +92,7 @@ def parse_facts(host: str, text: str) -> HostFacts:
     if len(text) > MAX_FACTS_BYTES:
         raise BadHostOutput(host, f"probe printed {len(text)} bytes, more than {MAX_FACTS_BYTES}")
     try:
-        data = json.loads(text)
+        data = hostjson.loads(text)
     except ValueError as exc:
         raise BadHostOutput(host, f"probe output is not JSON ({exc}): {text[:200]!r}") from exc
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:

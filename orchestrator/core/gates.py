@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from orchestrator.core import hostjson
 from orchestrator.core.spec import Spec
 from orchestrator.errors import BadHostOutput
 
@@ -138,9 +139,10 @@ def _last_json_line(host: str, text: str) -> dict[str, Any]:
     if not lines:
         raise BadHostOutput(host, "warmup printed nothing (killed before it could report?)")
     try:
-        data = json.loads(lines[-1])
-    except ValueError:
-        raise BadHostOutput(host, f"warmup output is not JSON: {lines[-1][:200]!r}") from None
+        data = hostjson.loads(lines[-1])
+    except ValueError as exc:
+        raise BadHostOutput(host, f"warmup output is not JSON within bounds ({exc}): "
+                                  f"{lines[-1][:200]!r}") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise BadHostOutput(host, f"warmup output is not a schema-{SCHEMA} result object")
     return data

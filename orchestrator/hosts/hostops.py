@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 
 from orchestrator.core.hashing import hash_file
 from orchestrator.core.release import Manifest
+from orchestrator.errors import BadHostOutput
 from orchestrator.hosts import layout, ops
 from orchestrator.hosts.opresults import (
     AppState,
@@ -134,20 +135,38 @@ class HostOps:
         payload = json.dumps({"root": self.root, **call.args}).encode("utf-8")
         result = self.transport.run(self._argv(op), timeout=timeout, stdin=payload,
                                     check=False, max_output=max_output)
-        return call.parse(parse_reply(self.host, op, result.exit_code, result.stdout,
-                                      result.stderr))
+        return self.parsed(call, parse_reply(self.host, op, result.exit_code, result.stdout,
+                                             result.stderr))
 
     def batch(self, calls: Sequence[OpCall[Any]], *,
               timeout: float = DEFAULT_TIMEOUT_S,
               max_output: int | None = None) -> list[dict[str, Any]]:
         """Run calls in order in one host process; each op's raw reply (`call.parse(reply)`
-        types it), or the HostOpFailed of the first that failed (the later ones did not run)."""
+        types it), or the HostOpFailed of the first that failed (the later ones did not run).
+        Every reply is checked against its call's parser here, so a reply missing what its op
+        promises is a BadHostOutput now, never a KeyError in the step that reads it."""
         payload = json.dumps({"root": self.root, "ops": [c.wire() for c in calls]})
         result = self.transport.run(self._argv(str(ops.Op.BATCH)), timeout=timeout,
                                     stdin=payload.encode("utf-8"), check=False,
                                     max_output=max_output)
-        return parse_batch_reply(self.host, [str(c.op) for c in calls], result.exit_code,
-                                 result.stdout, result.stderr)
+        replies = parse_batch_reply(self.host, [str(c.op) for c in calls], result.exit_code,
+                                    result.stdout, result.stderr)
+        if len(replies) != len(calls):
+            raise BadHostOutput(self.host, f"host sent {len(replies)} replies to a batch of "
+                                           f"{len(calls)} ops")
+        for call, reply in zip(calls, replies, strict=True):
+            self.parsed(call, reply)
+        return replies
+
+    def parsed(self, call: OpCall[T], reply: Mapping[str, Any]) -> T:
+        """The reply as its call's value. A host is untrusted input: a reply without the fields
+        its op promises, or of the wrong types, is the host's error, attributed to it."""
+        try:
+            return call.parse(reply)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            what = f"missing field {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
+            raise BadHostOutput(self.host, f"host sent an invalid reply to {call.op}: "
+                                           f"{what}") from None
 
     # -- stage ---------------------------------------------------------------------------------
 

@@ -8,11 +8,11 @@ pure data, tested from recorded JSON without a host, and both of the others read
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.core import hostjson
 from orchestrator.errors import BadHostOutput, HostError
 from orchestrator.hosts import layout
 
@@ -159,7 +159,9 @@ def parse_batch_reply(host: str, ops: Sequence[str], exit_code: int, stdout: str
 def _json_reply(host: str, op: str, exit_code: int, stdout: str, stderr: str) -> dict[str, Any]:
     lines = stdout.strip().splitlines()
     try:
-        reply = json.loads(lines[-1]) if lines else None
+        reply = hostjson.loads(lines[-1]) if lines else None
+    except hostjson.HostJsonError as exc:
+        raise BadHostOutput(host, f"host sent an invalid reply to {op}: {exc}") from None
     except ValueError:
         reply = None
     if not isinstance(reply, dict) or "ok" not in reply:
@@ -188,40 +190,99 @@ class LockHeld:
 
 def staged_release(app: str, release_id: str, r: Mapping[str, Any]) -> StagedRelease:
     """The `stage-begin` op's reply as a StagedRelease (also a `batch` result)."""
-    return StagedRelease(app, release_id, r["path"], r["state"], bool(r["resumed"]),
-                         r.get("free_bytes"), bool(r.get("lock_present", False)))
+    free = r.get("free_bytes")
+    return StagedRelease(app, release_id, text(r, "path"), text(r, "state"), flag(r, "resumed"),
+                         None if free is None else count(r, "free_bytes"),
+                         bool(r.get("lock_present", False)))
 
 
 def app_state(r: Mapping[str, Any]) -> AppState:
     """The `state` op's reply as an AppState (also a `batch` result)."""
-    return AppState(r["current"], bool(r["current_resolves"]), int(r["generation"]),
-                    r["previous_good"], tuple(r["bad"]), tuple(r["history"]),
-                    r["switching"], tuple(r["staging"]), tuple(r["committed"]))
+    switching = r["switching"]
+    if switching is not None and not isinstance(switching, Mapping):
+        raise ValueError("field 'switching' is not an object")
+    return AppState(opt_text(r, "current"), flag(r, "current_resolves"), count(r, "generation"),
+                    opt_text(r, "previous_good"), texts(r, "bad"), texts(r, "history"),
+                    switching, texts(r, "staging"), texts(r, "committed"))
 
 
 def switch_result(r: Mapping[str, Any]) -> SwitchResult:
     service = r.get("service")
-    return SwitchResult(r["current"], r["before"], bool(r["changed"]), int(r["generation"]),
-                        r.get("previous_good"), tuple(r.get("marked_bad", ())),
+    return SwitchResult(text(r, "current"), opt_text(r, "before"), flag(r, "changed"),
+                        count(r, "generation"), opt_text(r, "previous_good"),
+                        texts(r, "marked_bad") if "marked_bad" in r else (),
                         service if isinstance(service, Mapping) else None)
 
 
 def venv_result(r: Mapping[str, Any]) -> VenvResult:
-    return VenvResult(r["env_hash"], r["path"], bool(r["reused"]), str(r["installer"]),
-                      r.get("fallback_reason"), tuple(r["freeze"]), dict(r["durations"]),
-                      float(r["waited_s"]))
+    durations = r["durations"]
+    if not isinstance(durations, Mapping):
+        raise ValueError("field 'durations' is not an object")
+    return VenvResult(text(r, "env_hash"), text(r, "path"), flag(r, "reused"),
+                      text(r, "installer"), opt_text(r, "fallback_reason"), texts(r, "freeze"),
+                      dict(durations), number(r, "waited_s"))
 
 
 def release_infos(r: Mapping[str, Any]) -> list[ReleaseInfo]:
-    return [ReleaseInfo(x["release_id"], x["state"], x["path"], float(x["created"]),
-                        x.get("env_hash"), x.get("manifest") or {}) for x in r["releases"]]
+    releases = r["releases"]
+    if not isinstance(releases, list) or not all(isinstance(x, Mapping) for x in releases):
+        raise ValueError("field 'releases' is not a list of objects")
+    out = []
+    for x in releases:
+        manifest = x.get("manifest") or {}
+        if not isinstance(manifest, Mapping):
+            raise ValueError("a release's 'manifest' is not an object")
+        out.append(ReleaseInfo(text(x, "release_id"), text(x, "state"), text(x, "path"),
+                               number(x, "created"), opt_text(x, "env_hash"), manifest))
+    return out
 
 
 def prune_result(r: Mapping[str, Any]) -> PruneResult:
-    return PruneResult(tuple(r["removed_releases"]), tuple(r["removed_venvs"]),
-                       tuple(r["removed_wheels"]), tuple(r["kept"]),
+    return PruneResult(texts(r, "removed_releases"), texts(r, "removed_venvs"),
+                       texts(r, "removed_wheels"), texts(r, "kept"),
                        bool(r.get("uv_cache_cleared", False)))
 
 
 def lock_held(r: Mapping[str, Any]) -> LockHeld:
-    return LockHeld(str(r["lock"]), bool(r["resumed"]))
+    return LockHeld(text(r, "lock"), flag(r, "resumed"))
+
+
+# -- typed fields of a host's reply: a wrong type is the host's fault, said as ValueError -------
+
+def text(r: Mapping[str, Any], key: str) -> str:
+    value = r[key]
+    if not isinstance(value, str):
+        raise ValueError(f"field {key!r} is not a string")
+    return value
+
+
+def opt_text(r: Mapping[str, Any], key: str) -> str | None:
+    return None if r.get(key) is None else text(r, key)
+
+
+def texts(r: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = r[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"field {key!r} is not a list of strings")
+    return tuple(value)
+
+
+def flag(r: Mapping[str, Any], key: str) -> bool:
+    value = r[key]
+    if not isinstance(value, bool):
+        raise ValueError(f"field {key!r} is not true or false")
+    return value
+
+
+def count(r: Mapping[str, Any], key: str) -> int:
+    value = r[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"field {key!r} is not a whole number >= 0")
+    return value
+
+
+def number(r: Mapping[str, Any], key: str) -> float:
+    value = r[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"field {key!r} is not a number")
+    return float(value)  # finite: hostjson refused the rest

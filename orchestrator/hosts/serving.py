@@ -9,11 +9,11 @@ says); everything else reaches the host as quoted arguments of constant scripts.
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from orchestrator.core import hostjson
 from orchestrator.errors import BadHostOutput, CommandTimeout, HealthCheckFailed
 from orchestrator.hosts import layout
 from orchestrator.hosts.transport import Transport
@@ -56,7 +56,9 @@ def health(transport: Transport, *, url: str | None, command: str | None, cwd: s
     except CommandTimeout as exc:
         raise HealthCheckFailed(transport.host, f"{mode} {target}", str(exc)) from exc
     try:
-        data = json.loads(result.stdout.strip().splitlines()[-1])
+        data = hostjson.loads(result.stdout.strip().splitlines()[-1])
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
     except (ValueError, IndexError):
         raise BadHostOutput(transport.host, f"health check printed {result.stdout[:200]!r}, "
                                             f"stderr {result.stderr[-300:]!r}") from None

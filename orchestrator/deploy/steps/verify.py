@@ -11,12 +11,11 @@ gate fails the step, with every failing gate's message (measured figure and limi
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from orchestrator.core import fingerprint
+from orchestrator.core import fingerprint, hostjson
 from orchestrator.core import release as rel
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.gates import WarmupRequest, gates, result_from_raw
@@ -70,7 +69,7 @@ def _baseline(ctx: HostContext) -> dict[str, Any] | None:
         return None
     try:
         raw = ctx.transport.get(layout.current_manifest(ctx.root, ctx.app_name))
-        warm = json.loads(raw).get("warmup")
+        warm = hostjson.loads(raw).get("warmup")
     except (HostError, ValueError, AttributeError):
         return None
     return warm if isinstance(warm, dict) else None
