@@ -245,6 +245,9 @@ class Service:
                 self._user_cancelled.add(deployment)
                 self._cancels[deployment].set()
                 self.sink(deployment).emit("cancel", status="requested", level="warning")
+                # As it was when the request was taken: the worker may have stopped it by the
+                # time the store is read again, and "cancel requested" must not depend on that.
+                return record
             else:
                 raise Conflict(f"deployment {deployment} is {record.state}: nothing to cancel")
         return self.store.get_deployment(deployment)
