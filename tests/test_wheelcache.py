@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -63,9 +65,88 @@ def test_a_lock_whose_hash_no_file_has_fails_naming_both(tmp_path: Path) -> None
     cache = offline_cache(tmp_path / "cache")
     with pytest.raises(WheelFetchFailed) as failed:
         cache.fill(SMALL / "tampered.lock", "3.11", TAGS)
-    assert "six==1.16.0" in str(failed.value) and SIX in str(failed.value)
-    assert "0" * 64 in str(failed.value) and failed.value.exit_code == 3
+    assert str(failed.value).startswith(
+        f"six==1.16.0: six-1.16.0-py2.py3-none-any.whl has sha256 {SIX}, the lock allows "
+        f"{'0' * 64} (from file://")
+    assert failed.value.exit_code == 3
     assert not cache.path(SIX).exists()
+
+
+def make_wheel(directory: Path, name: str, version: str,
+               tag: str = "cp311-cp311-manylinux_2_17_x86_64") -> Path:
+    """A minimal real wheel (METADATA, WHEEL, RECORD) that pip downloads like an index's."""
+    dist = f"{name.replace('-', '_')}-{version}"
+    files = {f"{dist}.dist-info/METADATA":
+             f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{dist}.dist-info/WHEEL":
+             f"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: false\nTag: {tag}\n"}
+    record = "".join(f"{n},,\n" for n in [*files, f"{dist}.dist-info/RECORD"])
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{dist}-{tag}.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, text in files.items():
+            zf.writestr(member, text)
+        zf.writestr(f"{dist}.dist-info/RECORD", record)
+    return path
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def a_lock(path: Path, hashes: dict[str, list[str]]) -> Path:
+    """{"name==version": [sha256, ...]} written as a hashed requirements lock."""
+    path.write_text("".join(f"{pin} " + " ".join(f"--hash=sha256:{d}" for d in digests) + "\n"
+                            for pin, digests in hashes.items()))
+    return path
+
+
+def test_a_tampered_platform_wheel_names_package_file_hash_and_every_allowed_hash(
+        tmp_path: Path) -> None:
+    """Issue 13: pip's own refusal lists the expected hashes one per line, and its tail was
+    cut; the message is rebuilt from the lock and the file pip hashed. Nothing is cached."""
+    index = tmp_path / "index"
+    wheel = make_wheel(index, "demo-gpu", "1.5.2")
+    shutil.copy(SMALL / "wheelhouse" / "six-1.16.0-py2.py3-none-any.whl", index)
+    good = a_lock(tmp_path / "good.lock",
+                  {"demo-gpu==1.5.2": [sha256(wheel)], "six==1.16.0": [SIX]})
+    assert sorted(WheelCache(tmp_path / "ok", find_links=[index], no_index=True)
+                  .fill(good, "3.11", TAGS)) == sorted([sha256(wheel), SIX])  # a real wheel
+    allowed = [f"{i:x}" * 64 for i in range(10)]
+    lock = a_lock(tmp_path / "tampered.lock",
+                  {"demo-gpu==1.5.2": allowed, "six==1.16.0": [SIX]})
+    cache = WheelCache(tmp_path / "cache", find_links=[index], no_index=True)
+    with pytest.raises(WheelFetchFailed) as failed:
+        cache.fill(lock, "3.11", TAGS)
+    assert str(failed.value) == (
+        f"demo-gpu==1.5.2: {wheel.name} has sha256 {sha256(wheel)}, the lock allows "
+        f"{', '.join(allowed)} (from {wheel.as_uri()})")
+    assert failed.value.exit_code == 3
+    assert list((tmp_path / "cache" / "wheels").iterdir()) == []  # six neither: all or none
+    assert cache.get(SIX) is None and cache.get(sha256(wheel)) is None
+
+
+def test_a_downloader_that_skips_the_hash_check_is_still_refused(tmp_path: Path) -> None:
+    """The cache hashes what it is given itself: a pip that does not enforce hashes (a wrapper,
+    another installer) cannot put a wheel the lock does not allow into the cache."""
+    index = tmp_path / "index"
+    bad = make_wheel(index, "python-dateutil", "2.9.0.post0", "py2.py3-none-any")
+    shutil.copy(SMALL / "wheelhouse" / "six-1.16.0-py2.py3-none-any.whl", index)
+    fake_pip = tmp_path / "fake_pip.py"
+    fake_pip.write_text(
+        "import os, shutil, sys\n"
+        "dest = sys.argv[sys.argv.index('-d') + 1]\n"
+        "os.makedirs(dest)\n"
+        f"for name in os.listdir({str(index)!r}):\n"
+        f"    shutil.copy(os.path.join({str(index)!r}, name), dest)\n")
+    cache = WheelCache(tmp_path / "cache", find_links=[index], no_index=True,
+                       pip=[sys.executable, str(fake_pip)])
+    with pytest.raises(WheelFetchFailed) as failed:
+        cache.fill(LOCK, "3.11", TAGS)
+    assert str(failed.value) == (
+        f"python-dateutil==2.9.0.post0: {bad.name} has sha256 {sha256(bad)}, the lock allows "
+        f"{DATEUTIL} (downloaded from {index})")
+    assert list((tmp_path / "cache" / "wheels").iterdir()) == []  # the good six neither
 
 
 def test_a_wheel_the_index_lacks_fails_the_fill(tmp_path: Path) -> None:
@@ -86,6 +167,25 @@ def test_from_wheelhouse_maps_hashes_and_refuses_gaps(tmp_path: Path) -> None:
     shutil.copy(SMALL / "wheelhouse" / "six-1.16.0-py2.py3-none-any.whl", house)
     with pytest.raises(InvalidInput, match=re.escape("python-dateutil==2.9.0.post0")):
         from_wheelhouse(LOCK, house)
+
+
+def test_a_wheelhouse_wheel_the_lock_does_not_allow_is_named_with_its_hash(
+        tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        from_wheelhouse(SMALL / "tampered.lock", SMALL / "wheelhouse")
+    assert str(refused.value) == (
+        f"six==1.16.0: six-1.16.0-py2.py3-none-any.whl has sha256 {SIX}, the lock allows "
+        f"{'0' * 64} (in the wheelhouse {SMALL / 'wheelhouse'})")
+    assert refused.value.exit_code == 2
+    house = tmp_path / "house"  # a platform wheel, several allowed hashes, another problem
+    wheel = make_wheel(house, "demo-gpu", "1.5.2")
+    allowed = ["a" * 64, "b" * 64]
+    lock = a_lock(tmp_path / "l.lock", {"demo-gpu==1.5.2": allowed, "six==1.16.0": [SIX]})
+    with pytest.raises(InvalidInput) as refused:
+        from_wheelhouse(lock, house, python_version="3.11")
+    assert str(refused.value) == (
+        f"demo-gpu==1.5.2: {wheel.name} has sha256 {sha256(wheel)}, the lock allows "
+        f"{', '.join(allowed)} (in the wheelhouse {house}) (and 1 more problems)")
 
 
 def test_platform_tags_from_probe_facts() -> None:

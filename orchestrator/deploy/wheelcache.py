@@ -13,6 +13,13 @@ configured index, for the host's Python and platform, and checks each file's sha
 lock before storing it by hash. A (lock, python, platforms) filled once is answered from the index
 without running pip. `from_wheelhouse(lock, dir)` gives the same answer from a spec's wheelhouse.
 
+A wheel whose bytes the lock does not allow (a tampered index or wheelhouse, or a stale lock) is
+refused with one message shape, whichever way it came (`hash_mismatch`):
+`scikit-learn==1.5.2: scikit_learn-1.5.2-cp311-...whl has sha256 f8b0..., the lock allows ...`.
+pip keeps its own hash enforcement (with hashes it prefers the file the index advertises with a
+locked hash, so the file it picks is the locked one); its refusal is parsed into that message,
+and what it does download is hashed again here before anything enters the cache.
+
 Both return `{sha256: Wheel}`: `Wheel.path` is the local file to upload and `Wheel.filename` the
 real wheel filename the host's installer needs (`HostOps.venv_ensure(wheels=filenames(ws))`).
 """
@@ -23,6 +30,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -31,6 +39,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
+from urllib.parse import unquote, urlsplit
+
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+from packaging.version import InvalidVersion, Version
 
 from orchestrator.core.hashing import hash_file
 from orchestrator.core.lockfile import (
@@ -45,6 +57,11 @@ from orchestrator.errors import DeploymentFailed, InvalidInput
 
 PURE_TAGS = ("py3-none-any", "py2.py3-none-any")
 OLDEST_MANYLINUX = 17  # manylinux2014: what current binary wheels (TensorFlow, numpy) target
+# pip's hash refusal (HashMismatch.body, stable since pip 8): "    <name>==<version> from <url>
+# (from -r ...):", then "Expected sha256 ..." lines, then "Got <hex>".
+_PIP_REQUIREMENT = re.compile(r"^ {4}(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==\S+ "
+                              r"from (?P<url>\S+)")
+_PIP_GOT = re.compile(r"^\s+Got\s+(?P<digest>[0-9a-f]{64})\s*$")
 
 
 class _Index(TypedDict):
@@ -61,6 +78,15 @@ class Wheel:
     sha256: str
     filename: str  # the real wheel filename: name-version-tags.whl
     path: Path     # the local file (cache entry or wheelhouse file)
+
+
+def hash_mismatch(pkg: LockedPackage, filename: str, digest: str, where: str = "") -> str:
+    """The one message for a wheel the lock does not allow, from the cache fill or a wheelhouse:
+    package and version, the file, what it hashes to and every hash the lock allows, so that an
+    operator can tell a stale lock from a tampered index without re-running pip by hand."""
+    suffix = f" ({where})" if where else ""
+    return (f"{pkg.name}=={pkg.version}: {filename} has sha256 {digest}, the lock allows "
+            f"{', '.join(pkg.hashes)}{suffix}")
 
 
 def filenames(wheels: Mapping[str, Wheel]) -> dict[str, str]:
@@ -91,12 +117,19 @@ def applying(lock: Lock, python_version: str, machine: str) -> list[LockedPackag
 
 def from_wheelhouse(lock_path: Path, directory: Path, *, python_version: str | None = None,
                     machine: str = "x86_64") -> dict[str, Wheel]:
-    """The lock's wheels from a spec's wheelhouse; refuses (InvalidInput, every problem in the
-    message) a wheelhouse missing a locked wheel or holding a file the lock does not name."""
+    """The lock's wheels from a spec's wheelhouse; refuses (InvalidInput, the first problem and a
+    count of the others) a wheelhouse missing a locked wheel or holding a file the lock does not
+    name. A wheel of a locked package and version with other bytes leads (`hash_mismatch`)."""
     lock = load_lock(lock_path)
     env = target_environment(python_version, machine)
     errors = check_wheelhouse(lock, directory, environment=env)
     if errors:
+        tampered = _wheelhouse_mismatches(lock, directory, env)
+        if tampered:  # the same file also reads as "not named" and its package as lacking
+            names = set(tampered)
+            others = [e for e in errors if e.field not in names]
+            more = f" (and {len(others)} more problems)" if others else ""
+            raise InvalidInput("; ".join(tampered.values()) + more)
         more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
         raise InvalidInput(f"{errors[0]}{more}")
     by_hash = {h: p for p in applying(lock, python_version or _here(), machine) for h in p.hashes}
@@ -106,6 +139,38 @@ def from_wheelhouse(lock_path: Path, directory: Path, *, python_version: str | N
         if digest in by_hash:
             found[digest] = Wheel(digest, path.name, path)
     return found
+
+
+def _wheelhouse_mismatches(lock: Lock, directory: Path,
+                           env: Mapping[str, str]) -> dict[str, str]:
+    """{package: message} for each wheel file named like a locked package and version whose
+    sha256 the lock does not list for it. Only regular files: a symlink is never followed
+    (check_wheelhouse refuses it on its own)."""
+    found: dict[str, str] = {}
+    for path in sorted(directory.glob("*.whl")):
+        try:
+            if path.is_symlink() or not path.is_file():
+                continue
+            name, version, _, _ = parse_wheel_filename(path.name)
+        except (InvalidWheelFilename, OSError):
+            continue
+        same = [p for p in lock.packages if p.name == name and _same_version(p.version, version)]
+        if not same:
+            continue
+        digest = hash_file(path)
+        if any(digest in p.hashes for p in same):
+            continue
+        pkg = next((p for p in same if p.applies(env)), same[0])
+        found.setdefault(pkg.name, hash_mismatch(pkg, path.name, digest,
+                                                 f"in the wheelhouse {directory}"))
+    return found
+
+
+def _same_version(locked: str, version: Version) -> bool:
+    try:
+        return Version(locked) == version
+    except InvalidVersion:
+        return False
 
 
 def _here() -> str:
@@ -189,6 +254,9 @@ class WheelCache:
                 env=_pip_env(Path(tmp)),
             )
             if proc.returncode != 0:
+                tampered = _pip_mismatches(proc.stderr, pending)
+                if tampered:
+                    raise WheelFetchFailed("; ".join(tampered))
                 tail = " ".join(proc.stderr.strip().splitlines()[-8:])
                 raise WheelFetchFailed(f"pip download for Python {python_version} "
                                        f"({platforms[0] if platforms else 'any'}) failed: {tail}")
@@ -211,17 +279,29 @@ class WheelCache:
         return argv
 
     def _store_downloads(self, pending: list[LockedPackage], dest: Path) -> dict[str, str]:
-        """Check every file against the lock (pip did too: never trust one check) and store
-        it by hash; every pending package must have got its wheel."""
+        """Check every file against the lock (pip did too: never trust one check), all of them
+        before any enters the cache, and store them by hash; every pending package must have
+        got its wheel."""
         by_hash = {h: p for p in pending for h in p.hashes}
+        by_name = {p.name: p for p in pending}
+        checked: list[tuple[Path, str, LockedPackage]] = []
+        refused: list[str] = []
+        for path in sorted(dest.glob("*.whl")) if dest.is_dir() else []:
+            digest, name = hash_file(path), normalize_name(path.name.split("-")[0])
+            pkg = by_hash.get(digest)
+            if pkg is not None and name == pkg.name:
+                checked.append((path, digest, pkg))
+            elif name in by_name:
+                refused.append(hash_mismatch(by_name[name], path.name, digest,
+                                             f"downloaded from {self._source()}"))
+            else:
+                refused.append(f"downloaded {path.name} (sha256 {digest}) is not in the lock: "
+                               "refused")
+        if refused:
+            raise WheelFetchFailed("; ".join(refused))
         got: dict[str, str] = {}
         names: dict[str, str] = {}
-        for path in sorted(dest.glob("*.whl")) if dest.is_dir() else []:
-            digest = hash_file(path)
-            pkg = by_hash.get(digest)
-            if pkg is None or normalize_name(path.name.split("-")[0]) != pkg.name:
-                raise WheelFetchFailed(f"downloaded {path.name} (sha256 {digest}) is not in the "
-                                       "lock: refused")
+        for path, digest, pkg in checked:
             target = self.path(digest)
             if not target.is_file():
                 os.replace(path, target)  # same filesystem: the temp dir is inside the cache
@@ -232,6 +312,11 @@ class WheelCache:
         with self._locked() as index:
             index["wheels"].update(names)
         return got
+
+    def _source(self) -> str:
+        """Where pip was told to look, for a refusal that has no URL from pip to show."""
+        links = ", ".join(str(link) for link in self.find_links)
+        return " and ".join(filter(None, (self.index_url, links))) or "pip's default index"
 
     def _load_index(self) -> _Index:
         try:
@@ -251,6 +336,26 @@ class WheelCache:
             with os.fdopen(fd, "w") as fh:
                 json.dump(index, fh, indent=1, sort_keys=True)
             os.replace(tmp, self.root / "index.json")
+
+
+def _pip_mismatches(stderr: str, pending: list[LockedPackage]) -> list[str]:
+    """pip's hash refusal as `hash_mismatch` messages, one per wheel pip named; [] when stderr
+    is not that refusal (then the caller shows pip's own tail). The version and the allowed
+    hashes come from the lock, the file and its sha256 from what pip hashed."""
+    by_name = {p.name: p for p in pending}
+    found: list[str] = []
+    current: tuple[LockedPackage, str] | None = None
+    for line in stderr.splitlines():
+        if match := _PIP_REQUIREMENT.match(line):
+            pkg = by_name.get(normalize_name(match["name"]))
+            current = (pkg, match["url"]) if pkg is not None else None
+        elif (match := _PIP_GOT.match(line)) and current is not None:
+            pkg, url = current
+            source = url.partition("#")[0]
+            filename = unquote(urlsplit(source).path).rpartition("/")[2]
+            found.append(hash_mismatch(pkg, filename, match["digest"], f"from {source}"))
+            current = None
+    return found
 
 
 def _pip_env(home: Path) -> dict[str, str]:
