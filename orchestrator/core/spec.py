@@ -8,7 +8,10 @@ can misread, and still inside the spec's folder once symlinks are resolved.
 `load_spec(path)` returns a `Spec`: the validated model (`spec.verify.rtol`, ...) plus what the
 rest of the program needs about the file itself: `spec.file`, `spec.dir`, `spec.digest` (sha256 of
 the file's bytes) and `spec.paths` (absolute, resolved paths of model, requirements, golden,
-wheelhouse). Every error is a `SpecError` naming file, line and field. Whether the referenced
+wheelhouse; relative to the directory of the file the spec path resolves to, so a symlinked spec
+reads the same files as its target). Only a regular file is read as a spec (yamlio.read_limited:
+a FIFO or device is refused, never waited on). Every error is a `SpecError` naming file, line and
+field. Whether the referenced
 files exist and match their hashes is checked by `orchestrator validate` (commands/validate.py).
 """
 
@@ -331,7 +334,8 @@ def load_spec(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTE
     spec._file = str(p)
     spec._doc = doc
     spec._digest = hashlib.sha256(data).hexdigest()
-    spec._paths = _resolve_paths(doc, spec, p.absolute().parent)
+    # A symlinked spec resolves its files like the file it points to: next to the target.
+    spec._paths = _resolve_paths(doc, spec, p.resolve().parent)
     return spec
 
 
