@@ -35,6 +35,7 @@ from pydantic import (
     model_validator,
 )
 
+from orchestrator.core.hashing import hash_path
 from orchestrator.core.inventory import NAME_PATTERN
 from orchestrator.core.inventory import PATTERN_HINTS as INVENTORY_HINTS
 from orchestrator.core.yamlio import (
@@ -339,6 +340,18 @@ def load_spec(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTE
     return spec
 
 
+def check_model_hash(spec: Spec) -> None:
+    """The model must hash to `model.sha256` (else a SpecError at that line) and hold nothing
+    without a defined tree hash (a symlink, FIFO, device or socket inside: a SpecError naming
+    it). What the controller checks before it sends anything to a host: at submission to the
+    daemon (daemon/bundle.py) and in `orchestrator deploy` (deploy/batch.py `prepare`)."""
+    actual = hash_path(spec.paths.model)
+    if actual != spec.model.sha256:
+        raise spec.error(("model", "sha256"),
+                         f"mismatch: the spec says {spec.model.sha256} but {spec.model.path} "
+                         f"hashes to {actual}")
+
+
 def spec_from_document(doc: YamlDocument) -> Spec:
     if not isinstance(doc.data, dict):
         raise doc.error((), "a spec must be a mapping (apiVersion, kind, name, ...)")
@@ -368,5 +381,5 @@ def _resolve_paths(doc: YamlDocument, spec: Spec, spec_dir: Path) -> SpecPaths:
     )
 
 
-__all__ = ["API_VERSION", "FORMATS", "Spec", "SpecError", "SpecPaths", "duration_seconds",
-           "load_spec"]
+__all__ = ["API_VERSION", "FORMATS", "Spec", "SpecError", "SpecPaths", "check_model_hash",
+           "duration_seconds", "load_spec"]
