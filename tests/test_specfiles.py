@@ -4,8 +4,10 @@ a raw control character is a located error, through the real CLI."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
+import tarfile
 import time
 from pathlib import Path
 
@@ -13,6 +15,8 @@ import pytest
 
 from orchestrator.cli.app import main
 from orchestrator.core.spec import load_spec
+from orchestrator.daemon.bundle import pack_bundle
+from orchestrator.errors import SpecError
 
 CORPUS = Path(__file__).resolve().parent / "corpus" / "specs"
 
@@ -65,3 +69,32 @@ def test_a_control_character_in_a_comment_exits_2_with_file_and_line(
     assert code == 2, err
     assert err.startswith(f"error: {spec}:3: control character U+001B at column 18"), err
     assert "internal error" not in err
+
+
+def test_submit_packs_a_symlinked_specs_target_not_the_link(tmp_path: Path) -> None:
+    target = copy_good(tmp_path / "app")
+    (tmp_path / "elsewhere").mkdir()
+    link = tmp_path / "elsewhere" / "spec.yaml"
+    os.symlink(target, link)
+    out = io.BytesIO()
+    pack_bundle(link, out)
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
+        members = {m.name: m for m in tar}
+        assert all(m.isfile() or m.isdir() for m in members.values())
+        spec = tar.extractfile(members["spec.yaml"])
+        assert spec is not None and spec.read() == target.read_bytes()
+        model = tar.extractfile(members["model.joblib"])
+        expected = (tmp_path / "app" / "model.joblib").read_bytes()
+        assert model is not None and model.read() == expected
+
+
+def test_submit_refuses_a_fifo_spec_before_connecting(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fifo = tmp_path / "spec.yaml"
+    os.mkfifo(fifo)
+    code = main(["submit", str(fifo), "--socket", str(tmp_path / "no-daemon.sock")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "is a FIFO (named pipe), not a regular file" in err
+    with pytest.raises(SpecError, match="FIFO"):
+        pack_bundle(fifo, io.BytesIO())
