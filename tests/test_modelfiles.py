@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import tarfile
 import warnings
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from orchestrator.cli.app import main
 from orchestrator.core.hashing import hash_path
 from orchestrator.core.spec import load_spec
 from orchestrator.daemon.api import create_app
-from orchestrator.daemon.bundle import pack_bundle
+from orchestrator.daemon.bundle import pack_bundle, unpack_bundle
 from orchestrator.daemon.config import DaemonConfig
 from orchestrator.daemon.events import EventHub
 from orchestrator.daemon.runners.base import EchoRunner
@@ -148,3 +149,19 @@ def test_submission_checks_model_sha256(api: TestClient, tmp_path: Path) -> None
     response = api.post("/v1/deployments", content=good,
                         headers={"content-type": "application/x-tar"})
     assert response.status_code == 201, response.text
+
+
+def test_a_sparse_bundle_is_refused_before_it_is_unpacked(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    stub_spec(src, ["tb-01"], name="fraud", lock=LOCK, gpu=None)
+    with open(src / "model.joblib", "r+b") as fh:
+        fh.truncate(1 << 30)  # 1 GiB of holes
+    archive = tmp_path / "sparse.tar"
+    subprocess.run(["tar", "--sparse", "--format=gnu", "-cf", str(archive), "-C", str(src),
+                    "spec.yaml", "model.joblib"], check=True)
+    assert archive.stat().st_size < 1 << 20
+    dest = tmp_path / "bundle"
+    dest.mkdir()
+    with pytest.raises(InvalidInput, match=r"model\.joblib' unpacks to more than"):
+        unpack_bundle(archive, dest)
+    assert sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) < 1 << 20

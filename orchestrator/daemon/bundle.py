@@ -96,10 +96,12 @@ def _plain_only(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 def unpack_bundle(archive: Path, dest: Path) -> None:
     """Unpack an uploaded tar into `dest`, refusing any member that is not a plain file or
-    directory strictly inside it."""
+    directory strictly inside it, and an archive whose members add up to more bytes than the
+    archive itself: only a sparse member can, and `pack_bundle` never writes one, while a 40 KB
+    sparse tar would otherwise unpack to 50 GB past the upload's `max_body_bytes`."""
     try:
         with tarfile.open(archive, mode="r:") as tar:
-            members = list(_checked_members(tar))
+            members = list(_checked_members(tar, archive.stat().st_size))
             tar.extractall(dest, members=members, filter="data")
     except (tarfile.TarError, EOFError) as exc:
         raise InvalidInput(f"the bundle is not a valid tar archive: {exc}") from None
@@ -107,11 +109,16 @@ def unpack_bundle(archive: Path, dest: Path) -> None:
         raise InvalidInput(f"the bundle has no {SPEC_NAME}")
 
 
-def _checked_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+def _checked_members(tar: tarfile.TarFile, limit: int) -> Iterator[tarfile.TarInfo]:
+    total = 0
     for info in tar:
         path = PurePosixPath(info.name)
         if path.is_absolute() or ".." in path.parts or not (info.isfile() or info.isdir()):
             raise InvalidInput(f"the bundle member {info.name!r} is not a plain relative file")
+        total += info.size  # a sparse member's size is what it unpacks to
+        if total > limit or info.issparse():
+            raise InvalidInput(f"the bundle member {info.name!r} unpacks to more than the "
+                               f"archive's own {limit} bytes (a sparse file): refused")
         yield info
 
 
