@@ -125,13 +125,15 @@ class _StrictLoader(yaml.SafeLoader):
 def read_limited(path: Path, max_bytes: int) -> bytes:
     """The bytes of `path`, refusing a file over `max_bytes` before reading it.
 
-    Only a regular file is read (a symlink to one is followed): the file is opened with
-    O_NONBLOCK and checked with fstat on that same descriptor, so a FIFO or a device named as a
-    spec is refused with a message instead of blocking `validate`, `plan` or the daemon's
-    specs_dir watcher forever, and nothing can swap the file between the check and the read."""
+    Only a regular file is read (a symlink to one is followed), so a FIFO or a device named as
+    a spec is refused with a message instead of blocking `validate`, `plan` or the daemon's
+    specs_dir watcher forever: it is checked with stat (a device is never opened), then opened
+    O_NONBLOCK and checked again with fstat on that descriptor (a file swapped for a FIFO in
+    between is refused too, not waited on)."""
     name = str(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        _check_regular(os.stat(path).st_mode, name)  # a device is not even opened
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError as exc:
         raise SpecError("file not found", file=name) from exc
     except IsADirectoryError as exc:
@@ -140,11 +142,7 @@ def read_limited(path: Path, max_bytes: int) -> bytes:
         raise SpecError(f"cannot read: {exc.strerror}", file=name) from exc
     try:
         st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise SpecError("is a directory, not a file", file=name)
-        if not stat.S_ISREG(st.st_mode):
-            raise SpecError(f"is a {_kind(st.st_mode)}, not a regular file: only regular files "
-                            "are read", file=name)
+        _check_regular(st.st_mode, name)  # again on what was opened: it may have been swapped
         if st.st_size > max_bytes:
             raise SpecError(f"file is {st.st_size} bytes, more than the limit of {max_bytes}",
                             file=name)
@@ -157,6 +155,14 @@ def read_limited(path: Path, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise SpecError(f"file is more than the limit of {max_bytes} bytes", file=name)
     return data
+
+
+def _check_regular(mode: int, name: str) -> None:
+    if stat.S_ISDIR(mode):
+        raise SpecError("is a directory, not a file", file=name)
+    if not stat.S_ISREG(mode):
+        raise SpecError(f"is a {_kind(mode)}, not a regular file: only regular files are read",
+                        file=name)
 
 
 def _kind(mode: int) -> str:
