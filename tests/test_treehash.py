@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -101,6 +102,26 @@ def test_hash_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
                                        f"{hashlib.sha256(b'x').hexdigest()}  {tmp_path / 'f'}\n")
     assert main(["hash", str(tmp_path / "missing")]) == 2
     assert "missing: cannot hash" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "socket"])
+def test_hash_cli_refuses_special_entries_naming_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
+    root = make_tree(tmp_path / "model", SAVEDMODEL)
+    entry = root / "variables" / "notes.txt"
+    if kind == "symlink":
+        (tmp_path / "secret").write_text("x")
+        os.symlink(tmp_path / "secret", entry)
+    elif kind == "fifo":
+        os.mkfifo(entry)
+    else:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(entry))
+    assert main(["hash", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert f"{entry}: cannot hash" in err
+    assert main(["hash", str(entry)]) == 2 or kind == "symlink"  # a link given as PATH: followed
+    capsys.readouterr()
 
 
 # --- properties ----------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import tracemalloc
 from pathlib import Path
@@ -166,3 +167,29 @@ def test_unreadable_paths(tmp_path: Path) -> None:
         load_yaml(tmp_path / "nope.yaml")
     with pytest.raises(SpecError, match="is a directory"):
         load_yaml(tmp_path)
+
+
+@pytest.mark.parametrize("text, line", [
+    ("a: 1\n# a bell \x07 in a comment\n", 2),
+    ("a: 1\nb: x\x1b[2J\n", 2),
+    ("\x00", 1),
+])
+def test_a_raw_control_character_is_a_located_spec_error(text: str, line: int) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_yaml(text.encode(), "spec.yaml")
+    assert (info.value.file, info.value.line) == ("spec.yaml", line)
+    assert "control character U+" in info.value.reason
+
+
+def test_only_regular_files_are_read(tmp_path: Path) -> None:
+    fifo = tmp_path / "spec.yaml"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    with pytest.raises(SpecError, match=r"is a FIFO \(named pipe\), not a regular file"):
+        load_yaml(fifo)  # opened non-blocking: no writer needed to get the refusal
+    with pytest.raises(SpecError, match="is a character device, not a regular file"):
+        load_yaml("/dev/zero")
+    assert time.monotonic() - started < 5
+    os.symlink("real.yaml", tmp_path / "link.yaml")
+    (tmp_path / "real.yaml").write_text("a: 1\n")
+    assert load_yaml(tmp_path / "link.yaml").data == {"a": 1}

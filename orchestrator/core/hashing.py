@@ -32,8 +32,8 @@ from orchestrator.errors import SpecError
 from orchestrator.hosts.remote import contenthash
 from orchestrator.hosts.remote.contenthash import NAME_PATTERN, NAME_RE, tree_hash_of_lines
 
-__all__ = ["CHUNK", "NAME_PATTERN", "NAME_RE", "hash_file", "hash_path", "tree_hash",
-           "tree_hash_of_lines", "tree_lines"]
+__all__ = ["CHUNK", "NAME_PATTERN", "NAME_RE", "hash_file", "hash_path", "tree_files",
+           "tree_hash", "tree_hash_of_lines", "tree_lines"]
 
 CHUNK = contenthash.CHUNK
 
@@ -68,8 +68,15 @@ def tree_hash(root: str | os.PathLike[str]) -> str:
 def tree_lines(root: Path) -> list[str]:
     """One `"<sha256>  <relative path>\\n"` line per regular file under `root`; what has no
     defined hash is a SpecError naming the entry."""
+    return [contenthash.tree_line(hash_file(root / rel), rel) for rel in tree_files(root)]
+
+
+def tree_files(root: str | os.PathLike[str]) -> list[str]:
+    """The '/'-separated relative paths of the regular files under `root`, exactly those the
+    tree hash covers: a symlink, FIFO, device or socket inside is a SpecError naming it. The
+    model upload lists a directory with this, so it can never ship a file the hash did not
+    cover (a `notes.txt -> ~/secret` link) nor block reading a FIFO."""
     try:
-        files = contenthash.tree_files(os.fspath(root))
+        return contenthash.tree_files(os.fspath(root))
     except contenthash.HashError as exc:
         raise SpecError(exc.message, file=exc.file) from exc
-    return [contenthash.tree_line(hash_file(root / rel), rel) for rel in files]

@@ -8,7 +8,10 @@ can misread, and still inside the spec's folder once symlinks are resolved.
 `load_spec(path)` returns a `Spec`: the validated model (`spec.verify.rtol`, ...) plus what the
 rest of the program needs about the file itself: `spec.file`, `spec.dir`, `spec.digest` (sha256 of
 the file's bytes) and `spec.paths` (absolute, resolved paths of model, requirements, golden,
-wheelhouse). Every error is a `SpecError` naming file, line and field. Whether the referenced
+wheelhouse; relative to the directory of the file the spec path resolves to, so a symlinked spec
+reads the same files as its target). Only a regular file is read as a spec (yamlio.read_limited:
+a FIFO or device is refused, never waited on). Every error is a `SpecError` naming file, line and
+field. Whether the referenced
 files exist and match their hashes is checked by `orchestrator validate` (commands/validate.py).
 """
 
@@ -32,6 +35,7 @@ from pydantic import (
     model_validator,
 )
 
+from orchestrator.core.hashing import hash_path
 from orchestrator.core.inventory import NAME_PATTERN
 from orchestrator.core.inventory import PATTERN_HINTS as INVENTORY_HINTS
 from orchestrator.core.yamlio import (
@@ -331,8 +335,21 @@ def load_spec(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTE
     spec._file = str(p)
     spec._doc = doc
     spec._digest = hashlib.sha256(data).hexdigest()
-    spec._paths = _resolve_paths(doc, spec, p.absolute().parent)
+    # A symlinked spec resolves its files like the file it points to: next to the target.
+    spec._paths = _resolve_paths(doc, spec, p.resolve().parent)
     return spec
+
+
+def check_model_hash(spec: Spec) -> None:
+    """The model must hash to `model.sha256` (else a SpecError at that line) and hold nothing
+    without a defined tree hash (a symlink, FIFO, device or socket inside: a SpecError naming
+    it). What the controller checks before it sends anything to a host: at submission to the
+    daemon (daemon/bundle.py) and in `orchestrator deploy` (deploy/batch.py `prepare`)."""
+    actual = hash_path(spec.paths.model)
+    if actual != spec.model.sha256:
+        raise spec.error(("model", "sha256"),
+                         f"mismatch: the spec says {spec.model.sha256} but {spec.model.path} "
+                         f"hashes to {actual}")
 
 
 def spec_from_document(doc: YamlDocument) -> Spec:
@@ -364,5 +381,5 @@ def _resolve_paths(doc: YamlDocument, spec: Spec, spec_dir: Path) -> SpecPaths:
     )
 
 
-__all__ = ["API_VERSION", "FORMATS", "Spec", "SpecError", "SpecPaths", "duration_seconds",
-           "load_spec"]
+__all__ = ["API_VERSION", "FORMATS", "Spec", "SpecError", "SpecPaths", "check_model_hash",
+           "duration_seconds", "load_spec"]

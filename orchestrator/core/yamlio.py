@@ -20,6 +20,7 @@ pydantic errors as `spec.yaml:14: verify.rtol: <message>`.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,23 +123,55 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def read_limited(path: Path, max_bytes: int) -> bytes:
-    """The bytes of `path`, refusing a file over `max_bytes` before reading it."""
+    """The bytes of `path`, refusing a file over `max_bytes` before reading it.
+
+    Only a regular file is read (a symlink to one is followed), so a FIFO or a device named as
+    a spec is refused with a message instead of blocking `validate`, `plan` or the daemon's
+    specs_dir watcher forever: it is checked with stat (a device is never opened), then opened
+    O_NONBLOCK and checked again with fstat on that descriptor (a file swapped for a FIFO in
+    between is refused too, not waited on)."""
     name = str(path)
     try:
-        size = os.stat(path).st_size
-        if size > max_bytes:
-            raise SpecError(f"file is {size} bytes, more than the limit of {max_bytes}", file=name)
-        with open(path, "rb") as fh:
-            data = fh.read(max_bytes + 1)  # a file that grows (or a FIFO) is still bounded
+        _check_regular(os.stat(path).st_mode, name)  # a device is not even opened
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError as exc:
         raise SpecError("file not found", file=name) from exc
     except IsADirectoryError as exc:
         raise SpecError("is a directory, not a file", file=name) from exc
     except OSError as exc:
         raise SpecError(f"cannot read: {exc.strerror}", file=name) from exc
+    try:
+        st = os.fstat(fd)
+        _check_regular(st.st_mode, name)  # again on what was opened: it may have been swapped
+        if st.st_size > max_bytes:
+            raise SpecError(f"file is {st.st_size} bytes, more than the limit of {max_bytes}",
+                            file=name)
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(max_bytes + 1)  # a file that grows while read is still bounded
+    except OSError as exc:
+        raise SpecError(f"cannot read: {exc.strerror}", file=name) from exc
+    finally:
+        os.close(fd)
     if len(data) > max_bytes:
         raise SpecError(f"file is more than the limit of {max_bytes} bytes", file=name)
     return data
+
+
+def _check_regular(mode: int, name: str) -> None:
+    if stat.S_ISDIR(mode):
+        raise SpecError("is a directory, not a file", file=name)
+    if not stat.S_ISREG(mode):
+        raise SpecError(f"is a {_kind(mode)}, not a regular file: only regular files are read",
+                        file=name)
+
+
+def _kind(mode: int) -> str:
+    """What a non-regular file is, in the words of a message."""
+    for test, word in ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return word
+    return "special file"
 
 
 def load_yaml(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES,
@@ -160,6 +193,7 @@ def parse_yaml(data: bytes | str, file: str = "<string>", *,
             data = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise SpecError(f"not UTF-8 (byte {exc.start})", file=file) from exc
+    _check_printable(data, file)
     loader = _StrictLoader(data, file, max_depth)
     try:
         root = loader.get_single_node()
@@ -228,6 +262,20 @@ class _Builder:
 
     def _err(self, message: str, line: int, path: FieldPath) -> SpecError:
         return SpecError(message, file=self.file, line=line, field=format_path(path) or None)
+
+
+def _check_printable(text: str, file: str) -> None:
+    """Refuse what PyYAML's reader refuses (control characters, even in a comment) as a located
+    SpecError: the reader raises from the loader's constructor, with an offset and no line, which
+    would otherwise reach the user as an internal error."""
+    match = yaml.reader.Reader.NON_PRINTABLE.search(text)
+    if match is None:
+        return
+    pos = match.start()
+    line = text.count("\n", 0, pos) + 1
+    column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    raise SpecError(f"control character U+{ord(match.group()):04X} at column {column} is not "
+                    "allowed in YAML (not even in a comment)", file=file, line=line)
 
 
 def _snippet(node: Node) -> str:

@@ -17,11 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
-
 from orchestrator.core.hashing import NAME_PATTERN, NAME_RE
-from orchestrator.core.spec import Spec, load_spec
-from orchestrator.core.yamlio import parse_yaml
+from orchestrator.core.spec import Spec, check_model_hash, load_spec
+from orchestrator.core.yamlio import DEFAULT_MAX_BYTES, parse_yaml, read_limited
 from orchestrator.errors import InvalidInput, SpecError
 
 SPEC_NAME = "spec.yaml"
@@ -45,13 +43,17 @@ class Submission:
     bundle_dir: Path
 
 
-def spec_files(spec_path: Path) -> list[PurePosixPath]:
-    """The files a spec names, relative to its directory; refuses paths that leave it."""
-    doc = parse_yaml(spec_path.read_bytes(), str(spec_path))
-    data = doc.data if isinstance(doc.data, dict) else {}
+def spec_files(spec_path: Path, data: bytes | None = None) -> list[PurePosixPath]:
+    """The files a spec names, relative to its directory; refuses paths that leave it. `data`:
+    the spec's bytes when the caller already read them (else read here, regular files only)."""
+    if data is None:
+        data = read_limited(spec_path, DEFAULT_MAX_BYTES)
+    doc = parse_yaml(data, str(spec_path))
+    data_ = doc.data if isinstance(doc.data, dict) else {}
     out: list[PurePosixPath] = []
     for section, key in FILE_FIELDS:
-        value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
+        value = data_.get(section, {}).get(key) if isinstance(data_.get(section), dict) \
+            else None
         if isinstance(value, str) and value:
             rel = PurePosixPath(value)
             if rel.is_absolute() or ".." in rel.parts:
@@ -62,12 +64,23 @@ def spec_files(spec_path: Path) -> list[PurePosixPath]:
 
 
 def pack_bundle(spec_path: Path, out: io.BufferedIOBase | io.BytesIO) -> None:
-    """Write the tar bundle of a spec and its files (client side)."""
+    """Write the tar bundle of a spec and its files (client side).
+
+    A symlinked spec is packed as the file it points to, with the files next to that target
+    (as `load_spec` resolves them); a path the spec names may itself be a symlink to something
+    inside the spec's folder (packed as its target, as `load_spec` and `hash` follow it), but
+    inside a named directory only plain files and directories are packed (`_plain_only`)."""
+    data = read_limited(spec_path, DEFAULT_MAX_BYTES)  # regular files only: a FIFO is refused
     base = spec_path.resolve().parent
+    info = tarfile.TarInfo(SPEC_NAME)
+    info.size, info.mode = len(data), 0o644
     with tarfile.open(fileobj=out, mode="w") as tar:
-        tar.add(spec_path, arcname=SPEC_NAME)
-        for rel in spec_files(spec_path):
-            local = base / rel
+        tar.addfile(info, io.BytesIO(data))
+        for rel in spec_files(spec_path, data):
+            local = (base / rel).resolve()
+            if not local.is_relative_to(base):
+                raise InvalidInput(f"{spec_path}: {rel} resolves to {local}, outside the spec's "
+                                   f"folder {base}")
             if not local.exists():
                 raise InvalidInput(f"{spec_path}: {rel}: no such file or directory")
             tar.add(local, arcname=str(rel), recursive=True, filter=_plain_only)
@@ -83,10 +96,12 @@ def _plain_only(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 def unpack_bundle(archive: Path, dest: Path) -> None:
     """Unpack an uploaded tar into `dest`, refusing any member that is not a plain file or
-    directory strictly inside it."""
+    directory strictly inside it, and an archive whose members add up to more bytes than the
+    archive itself: only a sparse member can, and `pack_bundle` never writes one, while a 40 KB
+    sparse tar would otherwise unpack to 50 GB past the upload's `max_body_bytes`."""
     try:
         with tarfile.open(archive, mode="r:") as tar:
-            members = list(_checked_members(tar))
+            members = list(_checked_members(tar, archive.stat().st_size))
             tar.extractall(dest, members=members, filter="data")
     except (tarfile.TarError, EOFError) as exc:
         raise InvalidInput(f"the bundle is not a valid tar archive: {exc}") from None
@@ -94,11 +109,16 @@ def unpack_bundle(archive: Path, dest: Path) -> None:
         raise InvalidInput(f"the bundle has no {SPEC_NAME}")
 
 
-def _checked_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+def _checked_members(tar: tarfile.TarFile, limit: int) -> Iterator[tarfile.TarInfo]:
+    total = 0
     for info in tar:
         path = PurePosixPath(info.name)
         if path.is_absolute() or ".." in path.parts or not (info.isfile() or info.isdir()):
             raise InvalidInput(f"the bundle member {info.name!r} is not a plain relative file")
+        total += info.size  # a sparse member's size is what it unpacks to
+        if total > limit or info.issparse():
+            raise InvalidInput(f"the bundle member {info.name!r} unpacks to more than the "
+                               f"archive's own {limit} bytes (a sparse file): refused")
         yield info
 
 
@@ -108,17 +128,16 @@ def write_spec_only(text: str, dest: Path) -> None:
     (dest / SPEC_NAME).write_text(text, encoding="utf-8")
 
 
-def validate(bundle_dir: Path, display_name: str = SPEC_NAME) -> Submission:
+def validate(bundle_dir: Path, display_name: str = SPEC_NAME, *,
+             check_model: bool = False) -> Submission:
     """Validate the bundle's spec with `orchestrator.core.spec.load_spec` (strict YAML, the
-    models, the files it names), then read its `name` and `targets`. Errors name
-    `display_name`, not the daemon's own path."""
+    models, the files it names), then read its `name` and `targets`. With `check_model` (at
+    submission: before anything is queued, let alone sent to a host) the model must also hash
+    to `model.sha256` (`check_model_hash`). Errors name `display_name`, not the daemon's own
+    path."""
     path = bundle_dir / SPEC_NAME
-    try:
-        spec = _load_spec(path, display_name)  # the full validation first, when it exists
-        doc = parse_yaml(path.read_bytes(), display_name)
-    except yaml.YAMLError as exc:
-        # PyYAML's reader refuses control characters before yamlio's own handler is reached.
-        raise SpecError(f"invalid YAML: {exc}".splitlines()[0], file=display_name) from None
+    spec = _load_spec(path, display_name)  # the full validation first, when it exists
+    doc = parse_yaml(read_limited(path, DEFAULT_MAX_BYTES), display_name)
     data = doc.data
     if not isinstance(data, dict):
         raise SpecError("a spec must be a mapping", file=display_name, line=1)
@@ -129,15 +148,30 @@ def validate(bundle_dir: Path, display_name: str = SPEC_NAME) -> Submission:
     if not isinstance(targets, list) or not targets or \
             not all(isinstance(t, str) and t for t in targets):
         raise doc.error(("targets",), "must be a non-empty list of host or group names")
+    if check_model:
+        try:
+            check_model_hash(spec)
+        except SpecError as exc:
+            raise _renamed(exc, bundle_dir, display_name) from None
     return Submission(app=name, targets=tuple(targets), data=data, spec=spec,
                       bundle_dir=bundle_dir)
+
+
+def _renamed(exc: SpecError, bundle_dir: Path, display_name: str) -> SpecError:
+    """`exc` naming the caller's spec, or a path relative to it, instead of the bundle dir."""
+    file = exc.file
+    if file is not None:
+        try:
+            rel = Path(file).resolve().relative_to(bundle_dir.resolve())
+        except ValueError:
+            rel = None
+        if rel is not None:
+            file = display_name if str(rel) == SPEC_NAME else str(rel)
+    return SpecError(exc.reason, file=file, line=exc.line, field=exc.field)
 
 
 def _load_spec(path: Path, display_name: str) -> Spec:
     try:
         return load_spec(path)
     except SpecError as exc:
-        # Report the caller's file name, not the daemon's bundle path.
-        same = exc.file is not None and Path(exc.file).resolve() == path.resolve()
-        file = display_name if same else exc.file
-        raise SpecError(exc.reason, file=file, line=exc.line, field=exc.field) from None
+        raise _renamed(exc, path.parent, display_name) from None

@@ -129,7 +129,7 @@ class Service:
         try:
             if self.stopping.is_set():
                 raise Conflict("the daemon is stopping; submit again after it restarts")
-            submission = bundle.validate(path, spec_name)
+            submission = bundle.validate(path, spec_name, check_model=True)
             check = getattr(self.runner, "check", None)
             if check is not None:  # e.g. targets that the inventory does not know: 400 now
                 check(submission.spec)

@@ -24,7 +24,7 @@ from orchestrator.core.compat import load_compat
 from orchestrator.core.ids import new_deployment_id
 from orchestrator.core.inventory import Host
 from orchestrator.core.lockfile import Lock, load_lock
-from orchestrator.core.spec import Spec
+from orchestrator.core.spec import Spec, check_model_hash
 from orchestrator.deploy.inputs import DeployInputs, new_inputs_release_id
 from orchestrator.deploy.pipeline import (
     EventSink,
@@ -58,9 +58,19 @@ class DeployResult:
 
 def prepare(spec: Spec, *, deployment: str | None = None, installer: str = "uv",
             release_id: str | None = None, wheel_cache: Path | None = None,
-            lock: Lock | None = None, compile_bytecode: bool = False) -> DeployInputs:
+            lock: Lock | None = None, compile_bytecode: bool = False,
+            check_model: bool = False) -> DeployInputs:
     """Everything resolved once on the controller; nothing touches a host here. Without a
-    `deployment`, a new id from the one generator (orchestrator/core/ids.py)."""
+    `deployment`, a new id from the one generator (orchestrator/core/ids.py).
+
+    With `check_model` (a rollout about to send the model: `orchestrator deploy`) the model must
+    hash to `model.sha256` first, so a wrong model, or one holding a symlink or special file, is
+    refused (SpecError, exit 2) before a byte leaves the controller, not found out by the
+    host's own check after the upload. Off for the callers that only read what is deployed
+    (rollback, reconcile, re-verification) and for the daemon, whose bundles are checked once
+    at submission (daemon/bundle.py `validate`)."""
+    if check_model:
+        check_model_hash(spec)
     lock = lock or load_lock(spec.paths.requirements)
     return DeployInputs(
         deployment=deployment or new_deployment_id(),

@@ -45,7 +45,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-from orchestrator.core.hashing import hash_file
+from orchestrator.core.hashing import hash_file, tree_files
 from orchestrator.core.release import Manifest
 from orchestrator.errors import BadHostOutput
 from orchestrator.hosts import layout, ops
@@ -197,13 +197,14 @@ class HostOps:
     def upload_model(self, local: Path, staged: StagedRelease, *,
                      timeout: float = DEFAULT_TIMEOUT_S) -> str:
         """Put a model file (as model/<name>) or directory (as model/...) into the staged
-        release; returns the `path` to give verify_model."""
+        release; returns the `path` to give verify_model. A directory ships exactly the files
+        its tree hash covers (`core.hashing.tree_files`): a symlink or special file inside is
+        a SpecError naming it, raised before anything is sent."""
         if local.is_file():
             self.transport.put(local, posixpath.join(staged.model_path, local.name), 0o644)
             return layout.model_rel(local.name, is_dir=False)
-        for f in sorted(p for p in local.rglob("*") if p.is_file()):  # put makes parent dirs
-            self.transport.put(f, posixpath.join(staged.model_path,
-                                                 f.relative_to(local).as_posix()), 0o644)
+        for rel in tree_files(local):  # put makes parent dirs
+            self.transport.put(local / rel, posixpath.join(staged.model_path, rel), 0o644)
         return layout.model_rel(local.name, is_dir=True)
 
     @staticmethod
@@ -211,8 +212,7 @@ class HostOps:
                     max_files: int = INLINE_MAX_FILES) -> SmallModel | None:
         """A small model's files, placed as `upload_model` places them, for `write-file`
         calls in a batch; None when it is too big for that and goes by SFTP."""
-        files = [local] if local.is_file() else sorted(
-            p for p in local.rglob("*") if p.is_file())
+        files = [local] if local.is_file() else [local / rel for rel in tree_files(local)]
         if not files or len(files) > max_files or sum(
                 f.stat().st_size for f in files) > max_bytes:
             return None

@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInput("no target hosts")
     deployment = new_deployment_id()
     inputs = prepare(spec, deployment=deployment, installer=args.installer,
-                     compile_bytecode=args.compile_bytecode)
+                     compile_bytecode=args.compile_bytecode, check_model=True)
     sink = PrintSink(sys.stdout, args.json, deployment)
     parallel = args.max_parallel or int(spec.rollout.max_parallel)
     excluded = excluded_by_daemon(args.state_dir, [h.name for h in hosts])

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.cli.client import Client, add_client_args, wait_for_end
-from orchestrator.errors import InvalidInput
+from orchestrator.core.yamlio import DEFAULT_MAX_BYTES, read_limited
 
 
 def register(subparsers: Any) -> None:
@@ -25,8 +25,9 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.spec.is_file():
-        raise InvalidInput(f"{args.spec}: no such spec file")
+    # Before connecting: a missing spec, a directory, a FIFO or a device is refused with what it
+    # is (yamlio.read_limited reads regular files only, never waits on a pipe).
+    read_limited(args.spec, DEFAULT_MAX_BYTES)
     with Client.from_args(args) as client:
         record = client.submit(args.spec)
         if args.json and not args.follow:

@@ -20,10 +20,9 @@ import sys
 import zipfile
 from typing import Any
 
-from orchestrator.core.hashing import hash_path
 from orchestrator.core.inventory import load_inventory
 from orchestrator.core.lockfile import Lock, check_wheelhouse, lint_lock
-from orchestrator.core.spec import Spec, load_spec
+from orchestrator.core.spec import Spec, check_model_hash, load_spec
 from orchestrator.errors import EXIT_INVALID, EXIT_OK, SpecError
 from orchestrator.hosts.remote import formats
 
@@ -89,13 +88,9 @@ def _check_model(spec: Spec) -> list[SpecError]:
     if shape:
         return [spec.error(("model", "format"), f"{path}: {shape}")]
     try:
-        actual = hash_path(path)
+        check_model_hash(spec)
     except SpecError as exc:
         return [exc]
-    if actual != spec.model.sha256:
-        return [spec.error(("model", "sha256"),
-                           f"mismatch: the spec says {spec.model.sha256} but {spec.model.path} "
-                           f"hashes to {actual}")]
     return []
 
 
