@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from orchestrator import __version__
 from orchestrator.cli import commands
+from orchestrator.cli.terminal import safe
 from orchestrator.errors import EXIT_INTERNAL, OrchestratorError
 
 
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except OrchestratorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(safe(f"error: {exc}"), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return 0
     except Exception:  # the one place that turns a bug into a report instead of a crash
-        traceback.print_exc()
+        print(safe(traceback.format_exc()), file=sys.stderr, end="")  # a message may quote a host
         print("error: internal error; please report this with the traceback above", file=sys.stderr)
         return EXIT_INTERNAL
     return code

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from orchestrator.cli.terminal import safe
 from orchestrator.core.compat import load_compat
 from orchestrator.core.inventory import load_inventory
 from orchestrator.core.lockfile import load_lock
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     with Pool(options, max_connections=max_parallel) as pool:
         probed = probe_hosts(pool, hosts, max_parallel)
     plan = build_plan(spec, lock, hosts, probed, data, playbook)
-    print(json.dumps(plan.to_dict(), indent=2) if args.json else render_text(plan))
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else safe(render_text(plan)))
     return plan.exit_code
 
 
