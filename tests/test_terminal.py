@@ -216,6 +216,17 @@ def test_an_error_message_quoting_a_host_is_shown_escaped(
     assert not RAW_CONTROL.search(err) and "\\x1b]0;pwned\\x07" in err
 
 
+def test_a_usage_error_quoting_an_argument_is_shown_escaped(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator.cli.app import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["testbed", "profile", "--dir", "/nonexistent", "tb-01", HOSTILE])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert not RAW_CONTROL.search(err) and "invalid choice" in err and "\\x1b[2J" in err
+
+
 # -- the real daemon: stored raw, shown safe ----------------------------------------------------
 
 
@@ -303,9 +314,9 @@ def test_the_cli_prints_only_safe_text_json_or_a_tested_renderer() -> None:
     bad = []
     for where, line, call, _ in cli_calls():
         func = call.func
-        if isinstance(func, ast.Name) and func.id == "print" and \
+        if isinstance(func, ast.Name) and func.id in ("print", "input") and \
                 not all(_shown_safe(arg) for arg in call.args):
-            bad.append(f"{where}:{line}: print({ast.unparse(call.args[0])[:60]})")
+            bad.append(f"{where}:{line}: {func.id}({ast.unparse(call.args[0])[:60]})")
     assert not bad, "print host or user text through terminal.safe:\n" + "\n".join(bad)
 
 

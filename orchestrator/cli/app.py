@@ -16,6 +16,7 @@ import pkgutil
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from orchestrator import __version__
 from orchestrator.cli import commands
@@ -29,8 +30,17 @@ def _command_modules(argv: Sequence[str]) -> list[str]:
     return [first] if first in names else names
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors quote the arguments given (`invalid choice:
+    '...'`) through `safe`: a pasted argument cannot drive the terminal either. Subcommand
+    parsers are made of the same class (argparse's default for `add_subparsers`)."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(safe(message))
+
+
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="orchestrator",
         description="Deploy ML models to GPU hosts over SSH, and refuse to let a broken one serve.",
     )

@@ -118,7 +118,7 @@ def trust_host(host: HostAddress, known_hosts: Path, *, yes: bool, replace: bool
 
 def _confirm(name: str) -> bool:
     try:
-        answer = input(f"Trust this key for {name}? [y/N] ")
+        answer = input(safe(f"Trust this key for {name}? [y/N] "))
     except EOFError:
         return False
     return answer.strip().lower() in ("y", "yes")
