@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from orchestrator.cli.terminal import safe
+from orchestrator.testbed import Testbed
 from tests.daemons import Daemon, write_config
 
 PACKAGE = Path(__file__).resolve().parents[1] / "orchestrator"
@@ -270,6 +271,26 @@ def test_the_cli_shows_stored_host_text_escaped_and_json_exact(
               if line]
     assert [e["error"] for e in events if "error" in e] == [HOSTILE]
     assert json.loads(daemon.cli("status", "d-1", "--json").stdout)["result"]["reason"] == HOSTILE
+
+
+def test_probe_shows_a_hostile_hosts_gpu_name_escaped_and_json_exact(
+        testbed: Testbed, capsys: pytest.CaptureFixture[str]) -> None:
+    """A testbed host whose NVML names its GPU with escapes (the fake library reads the
+    profile's raw bytes): the real probe over SSH, then the table and `--json`."""
+    from orchestrator.cli.app import main
+
+    host = testbed.hosts_with("h100")[0]
+    with testbed.profile(host.name, "h100"):
+        profile = json.loads(host.profile_path.read_text())
+        profile["gpus"][0]["name"] = "@NAME@"
+        host.profile_path.write_text(json.dumps(profile).replace("@NAME@", HOSTILE))
+        args = ["probe", "--inventory", str(testbed.inventory_path), host.name]
+        assert main(args) == 0
+        table = capsys.readouterr().out
+        assert main([*args, "--json"]) == 0
+        facts = json.loads(capsys.readouterr().out)["facts"][host.name]
+    assert_shown_safe(table)
+    assert facts["gpus"][0]["name"] == HOSTILE
 
 
 # -- the source rule: the CLI prints only what went through `safe` ------------------------------
