@@ -1,5 +1,5 @@
 """Issue 13, terminal escapes: text a host (or a user) wrote reaches the terminal through one
-sanitiser, `orchestrator.cli.terminal.safe`: stored raw, shown escaped, `--json` exact.
+sanitiser, `orchestrator.core.terminal.safe`: stored raw, shown escaped, `--json` exact.
 
 Three layers: the sanitiser itself; every renderer of the CLI fed hostile text (recorded probe
 facts, events and host records with escapes in them); the real daemon serving a store that
@@ -10,6 +10,7 @@ nothing that did not come through `safe`, JSON, or one of the renderers tested h
 from __future__ import annotations
 
 import ast
+import io
 import json
 import re
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.cli.terminal import safe
+from orchestrator.core.terminal import safe
 from orchestrator.testbed import Testbed
 from tests.daemons import Daemon, write_config
 
@@ -173,8 +174,6 @@ def test_each_renderer_shows_host_text_escaped(name: str) -> None:
 
 
 def test_the_live_progress_block_shows_host_text_escaped() -> None:
-    import io
-
     from orchestrator.cli.render import LiveProgress, progress_block
 
     out = io.StringIO()
@@ -199,8 +198,6 @@ def test_json_output_keeps_host_text_exact() -> None:
 
     assert json.loads(render_json({"gpu-01": hostile_facts()}))["facts"]["gpu-01"]["gpus"][0][
         "name"] == HOSTILE
-    import io
-
     out = io.StringIO()
     PrintSink(out, True, "d-1").emit("step", host="gpu-01", step="check", status="failed",
                                      error=HOSTILE)
@@ -291,6 +288,43 @@ def test_probe_shows_a_hostile_hosts_gpu_name_escaped_and_json_exact(
         facts = json.loads(capsys.readouterr().out)["facts"][host.name]
     assert_shown_safe(table)
     assert facts["gpus"][0]["name"] == HOSTILE
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_daemons_readable_log_shows_host_text_escaped_and_its_file_keeps_it_raw(
+        tmp_path: Path) -> None:
+    import logging
+
+    import structlog
+
+    from orchestrator.daemon.main import configure_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    terminal = _Terminal()
+    try:
+        configure_logging(tmp_path / "daemon.log", stream=terminal)
+        structlog.get_logger("t").warning("step failed", host="gpu-01", reason=HOSTILE)
+        logging.getLogger("uvicorn.error").warning("from %s", HOSTILE)
+        try:
+            raise ValueError(HOSTILE)
+        except ValueError:
+            structlog.get_logger("t").exception("crashed")
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+        structlog.reset_defaults()
+    shown = terminal.getvalue()
+    assert not RAW_CONTROL.search(OURS.sub("", shown)), shown
+    assert shown.count(SHOWN) == 3, shown
+    logged = [json.loads(line) for line in (tmp_path / "daemon.log").read_text().splitlines()]
+    assert logged[0]["reason"] == HOSTILE and logged[1]["event"] == f"from {HOSTILE}"
 
 
 # -- the source rule: the CLI prints only what went through `safe` ------------------------------

@@ -20,7 +20,7 @@ from typing import NoReturn
 
 from orchestrator import __version__
 from orchestrator.cli import commands
-from orchestrator.cli.terminal import safe
+from orchestrator.core.terminal import safe
 from orchestrator.errors import EXIT_INTERNAL, OrchestratorError
 
 

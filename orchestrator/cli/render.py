@@ -2,7 +2,7 @@
 
 Colour only when the output is a terminal and NO_COLOR is unset; plain text when piped, so
 `orchestrator status | grep failed` works. `--json` output never comes through here.
-Every piece of text from a host, the daemon or a user is passed through `terminal.safe` here,
+Every piece of text from a host, the daemon or a user is passed through `core.terminal.safe` here,
 before our own colour codes are added, so it cannot move the cursor, clear the screen or set
 the window title (issue 13); the store and `--json` keep it raw.
 """
@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import IO, Any
 
-from orchestrator.cli.terminal import safe
+from orchestrator.core.terminal import safe
 
 _COLOURS = {
     "succeeded": "32", "ok": "32", "healthy": "32", "pass": "32",

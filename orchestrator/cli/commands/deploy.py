@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from orchestrator.cli.terminal import safe
+from orchestrator.core.terminal import safe
 from orchestrator.errors import EXIT_OK, InvalidInput
 
 if TYPE_CHECKING:

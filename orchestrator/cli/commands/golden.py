@@ -17,9 +17,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cli.terminal import safe
 from orchestrator.core.fingerprint import GOLDEN_META_KEY, read_fingerprint, read_npz_text
 from orchestrator.core.spec import METHOD_PATTERN
+from orchestrator.core.terminal import safe
 from orchestrator.errors import EXIT_OK, InvalidInput
 from orchestrator.hosts.remote import formats
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from orchestrator.cli.terminal import safe
 from orchestrator.core.hashing import hash_path
+from orchestrator.core.terminal import safe
 from orchestrator.errors import EXIT_OK
 
 

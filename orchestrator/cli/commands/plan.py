@@ -17,11 +17,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cli.terminal import safe
 from orchestrator.core.compat import load_compat
 from orchestrator.core.inventory import load_inventory
 from orchestrator.core.lockfile import load_lock
 from orchestrator.core.spec import load_spec
+from orchestrator.core.terminal import safe
 from orchestrator.deploy.plan import build_plan, render_text
 from orchestrator.deploy.playbook import load_playbook
 from orchestrator.errors import InvalidInput

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.cli.render import table
-from orchestrator.cli.terminal import safe
 from orchestrator.core.facts import HostFacts
+from orchestrator.core.terminal import safe
 from orchestrator.errors import HostError, InvalidInput
 
 EPILOG = """\

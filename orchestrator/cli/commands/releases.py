@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.cli import render
-from orchestrator.cli.terminal import safe
+from orchestrator.core.terminal import safe
 from orchestrator.errors import HostError, InvalidInput
 
 EPILOG = """\

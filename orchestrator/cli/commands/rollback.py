@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from orchestrator.cli.client import Client, add_client_args
-from orchestrator.cli.terminal import safe
+from orchestrator.core.terminal import safe
 
 
 def register(subparsers: Any) -> None:

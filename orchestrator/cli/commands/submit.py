@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.cli.client import Client, add_client_args, wait_for_end
-from orchestrator.cli.terminal import safe
+from orchestrator.core.terminal import safe
 from orchestrator.errors import InvalidInput
 
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cli.terminal import safe
+from orchestrator.core.terminal import safe
 from orchestrator.testbed import PROFILES, Testbed
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.cli.terminal import safe
+from orchestrator.core.terminal import safe
 from orchestrator.errors import HostError
 
 if TYPE_CHECKING:

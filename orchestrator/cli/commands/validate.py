@@ -20,11 +20,11 @@ import sys
 import zipfile
 from typing import Any
 
-from orchestrator.cli.terminal import safe
 from orchestrator.core.hashing import hash_path
 from orchestrator.core.inventory import load_inventory
 from orchestrator.core.lockfile import Lock, check_wheelhouse, lint_lock
 from orchestrator.core.spec import Spec, load_spec
+from orchestrator.core.terminal import safe
 from orchestrator.errors import EXIT_INVALID, EXIT_OK, SpecError
 from orchestrator.hosts.remote import formats
 

@@ -9,7 +9,9 @@ is evidence) and `--json` prints it exact (JSON escapes controls itself); every 
 line the CLI prints goes through `safe`, which shows each C0/C1 control character, DEL included,
 as a visible `\\xNN` escape. Newline and tab are kept in free text (tracebacks, multi-line
 reasons) and escaped too in a one-line field (`line=True`: a table cell, an event line's field),
-where a newline would forge a row.
+where a newline would forge a row. It lives in `core` (pure, a leaf) because two layers show
+host text on a terminal: the CLI, and the daemon's readable log lines when its stderr is one
+(orchestrator/daemon/main.py).
 
 The rule, checked from the source by tests/test_terminal.py: in `orchestrator/cli`, `print` is
 given only a constant, `safe(...)`, JSON (`json.dumps`, `--json`'s exact output), or one of the
