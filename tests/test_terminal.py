@@ -10,18 +10,22 @@ nothing that did not come through `safe`, JSON, or one of the renderers tested h
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from orchestrator.cli import render
+from orchestrator.cli.commands import deploy, probe, releases
 from orchestrator.core.terminal import safe
-from orchestrator.testbed import Testbed
+from orchestrator.errors import HostError
+from orchestrator.testbed import Testbed, TestbedHost
 from tests.daemons import Daemon, write_config
 
 PACKAGE = Path(__file__).resolve().parents[1] / "orchestrator"
@@ -100,54 +104,13 @@ def deployment_record() -> dict[str, Any]:
                                             "detail": {"reason": HOSTILE}}]}}}
 
 
-def _deployments_table() -> str:
-    from orchestrator.cli.render import deployments_table
-
-    return deployments_table([{**deployment_record(), "app": HOSTILE}], colour=True)
-
-
-def _deployment_detail() -> str:
-    from orchestrator.cli.render import deployment_detail
-
-    return deployment_detail(deployment_record(), colour=True)
-
-
-def _hosts_table() -> str:
-    from orchestrator.cli.render import hosts_table
-
-    return hosts_table([host_record()], colour=True)
-
-
-def _event_line() -> str:
-    from orchestrator.cli.render import event_line
-
-    return event_line(hostile_event(), colour=True)
-
-
-def _probe_table() -> str:
-    from orchestrator.cli.commands.probe import render_table
-    from orchestrator.errors import HostUnreachable
-
-    return render_table({"gpu-01": hostile_facts(), "gpu-02": HostUnreachable("gpu-02", HOSTILE)})
-
-
 def _releases_table() -> str:
-    from orchestrator.cli.commands.releases import render_table
-    from orchestrator.errors import HostError
-
     release = {"release_id": HOSTILE, "state": "current", "created": 1.0, "env_hash": "e",
                "model_sha256": "m"}
-    return render_table({"gpu-01": [release], "gpu-02": HostError("gpu-02", HOSTILE)})
-
-
-def _render_event() -> str:
-    from orchestrator.cli.commands.deploy import render_event
-
-    return render_event(hostile_event())
+    return releases.render_table({"gpu-01": [release], "gpu-02": HostError("gpu-02", HOSTILE)})
 
 
 def _host_line() -> str:
-    from orchestrator.cli.commands.deploy import host_line
     from orchestrator.deploy.batch import DeployResult
     from orchestrator.deploy.pipeline import HostResult, HostStatus
     from orchestrator.deploy.rollout import RolloutResult
@@ -155,15 +118,21 @@ def _host_line() -> str:
     result = DeployResult("d-1", "r1")
     result.hosts = {"gpu-01": HostResult("gpu-01", HostStatus.FAILED, reason=HOSTILE,
                                          error=HOSTILE)}
-    return host_line("gpu-01", RolloutResult(result, None, {}), "r1")
+    return deploy.host_line("gpu-01", RolloutResult(result, None, {}), "r1")
 
 
 #: Every function the CLI prints without wrapping it in `safe` (its result is display-safe by
 #: construction), each with a hostile case. The source rule below allows exactly these names.
 RENDERERS: dict[str, Callable[[], str]] = {
-    "deployments_table": _deployments_table, "deployment_detail": _deployment_detail,
-    "hosts_table": _hosts_table, "event_line": _event_line, "render_table": _probe_table,
-    "render_table (releases)": _releases_table, "render_event": _render_event,
+    "deployments_table": lambda: render.deployments_table(
+        [{**deployment_record(), "app": HOSTILE}], colour=True),
+    "deployment_detail": lambda: render.deployment_detail(deployment_record(), colour=True),
+    "hosts_table": lambda: render.hosts_table([host_record()], colour=True),
+    "event_line": lambda: render.event_line(hostile_event(), colour=True),
+    "render_table": lambda: probe.render_table(
+        {"gpu-01": hostile_facts(), "gpu-02": HostError("gpu-02", HOSTILE)}),
+    "render_table (releases)": _releases_table,
+    "render_event": lambda: deploy.render_event(hostile_event()),
     "host_line": _host_line,
 }
 
@@ -174,32 +143,25 @@ def test_each_renderer_shows_host_text_escaped(name: str) -> None:
 
 
 def test_the_live_progress_block_shows_host_text_escaped() -> None:
-    from orchestrator.cli.render import LiveProgress, progress_block
-
     out = io.StringIO()
-    live = LiveProgress(out, colour=True)
+    live = render.LiveProgress(out, colour=True)
     for event in (hostile_event(), {**hostile_event(), "host": HOSTILE, "status": HOSTILE}):
         live.show(event)
     assert_shown_safe(out.getvalue())
     many = {f"h{i}{HOSTILE}": ("check", "failed") for i in range(30)}
-    assert_shown_safe("\n".join(progress_block(many, colour=True, max_rows=20)))
+    assert_shown_safe("\n".join(render.progress_block(many, colour=True, max_rows=20)))
 
 
 def test_a_table_cell_cannot_forge_a_row() -> None:
-    from orchestrator.cli.render import table
-
-    text = table(["host", "status"], [["gpu-01", "failed\ngpu-01  healthy"]])
+    text = render.table(["host", "status"], [["gpu-01", "failed\ngpu-01  healthy"]])
     assert text.count("\n") == 1 and "failed\\x0agpu-01  healthy" in text
 
 
 def test_json_output_keeps_host_text_exact() -> None:
-    from orchestrator.cli.commands.deploy import PrintSink
-    from orchestrator.cli.commands.probe import render_json
-
-    assert json.loads(render_json({"gpu-01": hostile_facts()}))["facts"]["gpu-01"]["gpus"][0][
+    assert json.loads(probe.render_json({"gpu-01": hostile_facts()}))["facts"]["gpu-01"]["gpus"][0][
         "name"] == HOSTILE
     out = io.StringIO()
-    PrintSink(out, True, "d-1").emit("step", host="gpu-01", step="check", status="failed",
+    deploy.PrintSink(out, True, "d-1").emit("step", host="gpu-01", step="check", status="failed",
                                      error=HOSTILE)
     assert json.loads(out.getvalue())["error"] == HOSTILE
 
@@ -270,17 +232,24 @@ def test_the_cli_shows_stored_host_text_escaped_and_json_exact(
     assert json.loads(daemon.cli("status", "d-1", "--json").stdout)["result"]["reason"] == HOSTILE
 
 
-def test_probe_shows_a_hostile_hosts_gpu_name_escaped_and_json_exact(
-        testbed: Testbed, capsys: pytest.CaptureFixture[str]) -> None:
-    """A testbed host whose NVML names its GPU with escapes (the fake library reads the
-    profile's raw bytes): the real probe over SSH, then the table and `--json`."""
-    from orchestrator.cli.app import main
-
+@contextlib.contextmanager
+def hostile_gpu(testbed: Testbed) -> Iterator[TestbedHost]:
+    """A testbed h100 host whose NVML names its GPU with escapes (the fake library reads the
+    profile's raw bytes), for the duration of a `with` block."""
     host = testbed.hosts_with("h100")[0]
     with testbed.profile(host.name, "h100"):
         profile = json.loads(host.profile_path.read_text())
         profile["gpus"][0]["name"] = "@NAME@"
         host.profile_path.write_text(json.dumps(profile).replace("@NAME@", HOSTILE))
+        yield host
+
+
+def test_probe_shows_a_hostile_hosts_gpu_name_escaped_and_json_exact(
+        testbed: Testbed, capsys: pytest.CaptureFixture[str]) -> None:
+    """The real probe over SSH, then the table and `--json`."""
+    from orchestrator.cli.app import main
+
+    with hostile_gpu(testbed) as host:
         args = ["probe", "--inventory", str(testbed.inventory_path), host.name]
         assert main(args) == 0
         table = capsys.readouterr().out
@@ -288,6 +257,23 @@ def test_probe_shows_a_hostile_hosts_gpu_name_escaped_and_json_exact(
         facts = json.loads(capsys.readouterr().out)["facts"][host.name]
     assert_shown_safe(table)
     assert facts["gpus"][0]["name"] == HOSTILE
+
+
+def test_plan_shows_a_hostile_hosts_text_escaped_and_json_exact(
+        testbed: Testbed, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator.cli.app import main
+    from tests.test_plan import write_spec
+
+    with hostile_gpu(testbed) as host:
+        args = ["plan", str(write_spec(tmp_path, [host.name])), "--inventory",
+                str(testbed.inventory_path)]
+        main(args)
+        text = capsys.readouterr().out
+        main([*args, "--json"])
+        plan = capsys.readouterr().out
+    assert_shown_safe(text)
+    messages = [c["message"] for h in json.loads(plan)["hosts"] for c in h["checks"]]
+    assert any(HOSTILE in m for m in messages), messages
 
 
 class _Terminal(io.StringIO):
