@@ -16,9 +16,11 @@ import pkgutil
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from orchestrator import __version__
 from orchestrator.cli import commands
+from orchestrator.core.terminal import safe
 from orchestrator.errors import EXIT_INTERNAL, OrchestratorError
 
 
@@ -28,8 +30,17 @@ def _command_modules(argv: Sequence[str]) -> list[str]:
     return [first] if first in names else names
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors quote the arguments given (`invalid choice:
+    '...'`) through `safe`: a pasted argument cannot drive the terminal either. Subcommand
+    parsers are made of the same class (argparse's default for `add_subparsers`)."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(safe(message))
+
+
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="orchestrator",
         description="Deploy ML models to GPU hosts over SSH, and refuse to let a broken one serve.",
     )
@@ -47,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except OrchestratorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(safe(f"error: {exc}"), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -56,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return 0
     except Exception:  # the one place that turns a bug into a report instead of a crash
-        traceback.print_exc()
+        print(safe(traceback.format_exc()), file=sys.stderr, end="")  # a message may quote a host
         print("error: internal error; please report this with the traceback above", file=sys.stderr)
         return EXIT_INTERNAL
     return code

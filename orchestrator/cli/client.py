@@ -204,9 +204,8 @@ def print_events(client: Client, deployment: str, *, follow: bool, host: str | N
         if live is not None:
             live.show(event)  # a terminal: events scroll above a per-host progress block
             continue
-        line = json.dumps(event, separators=(",", ":")) if as_json else event_line(
-            event, colour=colour)
-        print(line, file=out, flush=True)
+        print(json.dumps(event, separators=(",", ":")) if as_json
+              else event_line(event, colour=colour), file=out, flush=True)
 
 
 def wait_for_end(client: Client, deployment: str, *, show: bool, as_json: bool = False) -> int:

@@ -2,6 +2,9 @@
 
 Colour only when the output is a terminal and NO_COLOR is unset; plain text when piped, so
 `orchestrator status | grep failed` works. `--json` output never comes through here.
+Every piece of text from a host, the daemon or a user is passed through `core.terminal.safe` here,
+before our own colour codes are added, so it cannot move the cursor, clear the screen or set
+the window title (issue 13); the store and `--json` keep it raw.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import sys
 import time
 from collections.abc import Sequence
 from typing import IO, Any
+
+from orchestrator.core.terminal import safe
 
 _COLOURS = {
     "succeeded": "32", "ok": "32", "healthy": "32", "pass": "32",
@@ -33,13 +38,16 @@ def paint(text: str, state: str | None, colour: bool) -> str:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, colour: bool = False,
           state_column: int | None = None) -> str:
-    """Left-aligned columns; the state column painted (widths computed on the plain text)."""
+    """Left-aligned columns; the state column painted (widths computed on the plain text).
+    Every cell is shown through `safe` on one line: a cell cannot forge a row or a colour."""
+    headers = [safe(h, line=True) for h in headers]
+    shown = [[safe(cell, line=True) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
-    for row in rows:
+    for row in shown:
         for i, cell in enumerate(row):
             widths[i] = max(widths[i], len(cell))
     lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    for row in rows:
+    for row in shown:
         cells = []
         for i, (cell, width) in enumerate(zip(row, widths, strict=True)):
             padded = cell.ljust(width)
@@ -53,16 +61,19 @@ def clock(ts: float | None) -> str:
 
 
 def event_line(event: dict[str, Any], *, colour: bool = False) -> str:
-    """`12:00:01 #7 gpu-01 probe ok 812 ms driver=550.54.15` (details after the core)."""
+    """`12:00:01 #7 gpu-01 probe ok 812 ms driver=550.54.15` (details after the core); each
+    field shown through `safe` on one line (an event is one line, whatever a host sent)."""
     core = {"seq", "ts", "level", "event", "deployment", "host", "step", "status", "duration_ms"}
     when = time.strftime("%H:%M:%S", time.localtime(float(event.get("ts") or 0)))
     what = event.get("step") or event.get("event") or "?"
     status = str(event.get("status") or "")
-    parts = [when, f"#{event.get('seq', '?')}", event.get("host") or "-", what,
-             paint(status, status, colour)]
+    parts = [when, safe(f"#{event.get('seq', '?')}", line=True),
+             safe(event.get("host") or "-", line=True), safe(what, line=True),
+             paint(safe(status, line=True), status, colour)]
     if event.get("duration_ms") is not None:
         parts.append(f"{float(event['duration_ms']):.0f} ms")
-    extras = [f"{k}={_short(v)}" for k, v in event.items() if k not in core and k != "checks"]
+    extras = [safe(f"{k}={_short(v)}", line=True) for k, v in event.items()
+              if k not in core and k != "checks"]
     return " ".join([*parts, *extras])
 
 
@@ -79,12 +90,12 @@ def deployments_table(records: Sequence[dict[str, Any]], *, colour: bool) -> str
 
 
 def deployment_detail(record: dict[str, Any], *, colour: bool) -> str:
-    lines = [f"deployment {record['id']}  app {record['app']}  "
-             f"{paint(record['state'], record['state'], colour)}",
+    lines = [f"deployment {safe(record['id'], line=True)}  app {safe(record['app'], line=True)}  "
+             f"{paint(safe(record['state'], line=True), record['state'], colour)}",
              f"created {clock(record.get('created'))}  updated {clock(record.get('updated'))}"]
     result = record.get("result") or {}
     if result.get("reason"):
-        lines.append(f"reason: {result['reason']}")
+        lines.append(f"reason: {safe(result['reason'])}")
     rows = []
     for host, entry in sorted((record.get("hosts") or {}).items()):
         for step in entry["steps"]:
@@ -121,14 +132,16 @@ def progress_block(hosts: dict[str, tuple[str, str]], *, colour: bool,
     if not hosts:
         return []
     if len(hosts) <= max_rows:
-        width = max(len(h) for h in hosts)
-        return [f"  {host.ljust(width)}  {step.ljust(10)} {paint(status, status, colour)}"
+        width = max(len(safe(h, line=True)) for h in hosts)
+        return [f"  {safe(host, line=True).ljust(width)}  {safe(step, line=True).ljust(10)} "
+                f"{paint(safe(status, line=True), status, colour)}"
                 for host, (step, status) in sorted(hosts.items())]
     counts: dict[str, int] = {}
     for _, status in hosts.values():
         counts[status] = counts.get(status, 0) + 1
-    summary = ", ".join(f"{paint(str(n) + ' ' + s, s, colour)}" for s, n in sorted(counts.items()))
-    failed = sorted(h for h, (_, s) in hosts.items() if s == "failed")
+    summary = ", ".join(f"{paint(str(n) + ' ' + safe(s, line=True), s, colour)}"
+                        for s, n in sorted(counts.items()))
+    failed = sorted(safe(h, line=True) for h, (_, s) in hosts.items() if s == "failed")
     lines = [f"  {len(hosts)} hosts: {summary}"]
     if failed:
         lines.append(f"  failed: {', '.join(failed[:max_rows])}"

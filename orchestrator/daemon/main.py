@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import signal
@@ -22,11 +23,13 @@ import time
 from collections.abc import Callable, Generator
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 import structlog
 import uvicorn
 from starlette.concurrency import run_in_threadpool
 
+from orchestrator.core.terminal import safe
 from orchestrator.daemon.api import create_app
 from orchestrator.daemon.config import DaemonConfig, read_token
 from orchestrator.daemon.events import EventHub
@@ -39,6 +42,23 @@ from orchestrator.errors import DaemonError
 log = structlog.get_logger("orchestrator.daemon.main")
 WATCH_INTERVAL_S = 2.0  # how often `specs_dir` is scanned for new or changed specs
 PROGRESS_CHECK_S = 10.0  # how often in-flight deployments are checked for a dead or stalled worker
+
+
+def _shown_safe(logger: object, name: str,
+                event_dict: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    """The readable lines' text values (a host's error tail, a message) through the one
+    terminal sanitiser (issue 13): a host cannot drive the operator's terminal through the
+    daemon's log. Other values are shown by repr, which escapes controls itself; the log file
+    keeps everything raw (JSON)."""
+    return {key: safe(value) if isinstance(value, str) else value
+            for key, value in event_dict.items()}
+
+
+def _safe_traceback(out: TextIO, exc_info: structlog.typing.ExcInfo) -> None:
+    """A traceback on the terminal, its text (an exception may quote a host) through `safe`."""
+    text = io.StringIO()
+    structlog.dev.plain_traceback(text, exc_info)
+    out.write(safe(text.getvalue()))
 
 
 def configure_logging(log_file: Path, *, stream: object = None) -> None:
@@ -66,7 +86,9 @@ def configure_logging(log_file: Path, *, stream: object = None) -> None:
     tty = bool(getattr(stream, "isatty", lambda: False)())
     term_fmt = structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.dev.ConsoleRenderer(colors=tty)],
+                    _shown_safe,
+                    structlog.dev.ConsoleRenderer(colors=tty,
+                                                  exception_formatter=_safe_traceback)],
         foreign_pre_chain=shared) if tty else json_fmt
     file_handler = logging.FileHandler(log_file, encoding="utf-8")
     file_handler.setFormatter(json_fmt)

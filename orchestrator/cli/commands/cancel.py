@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from orchestrator.cli.client import Client, add_client_args
+from orchestrator.core.terminal import safe
 
 
 def register(subparsers: Any) -> None:
@@ -21,6 +22,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     with Client.from_args(args) as client:
         record = client.cancel(args.deployment)
-    print(json.dumps(record) if args.json else f"{record['id']}: {record['state']}"
-          + (" (cancel requested)" if record["state"] == "running" else ""))
+    print(json.dumps(record) if args.json else safe(
+        f"{record['id']}: {record['state']}"
+        + (" (cancel requested)" if record["state"] == "running" else "")))
     return 0

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from orchestrator.core.terminal import safe
 from orchestrator.errors import EXIT_OK, InvalidInput
 
 if TYPE_CHECKING:
@@ -89,23 +90,24 @@ class PrintSink:
         record = {"ts": time.time(), "level": level, "event": event,
                   "deployment": self.deployment, "host": host, "step": step, "status": status,
                   "duration_ms": duration_ms, **details}
-        line = json.dumps(record, default=str) if self.as_json else render_event(record)
         with self._lock:
-            print(line, file=self.out, flush=True)
+            print(json.dumps(record, default=str) if self.as_json else render_event(record),
+                  file=self.out, flush=True)
 
 
 def render_event(e: dict[str, Any]) -> str:
-    """One readable line: time, host, step, status, duration, then the telling details."""
+    """One readable line: time, host, step, status, duration, then the telling details; every
+    field shown through `safe` on one line (hosts write the details)."""
     when = time.strftime("%H:%M:%S", time.localtime(float(e["ts"])))
-    parts = [when, str(e.get("host") or "-"), str(e.get("step") or e["event"]),
-             str(e.get("status") or "")]
+    parts = [when, *(safe(field, line=True) for field in (
+        e.get("host") or "-", e.get("step") or e["event"], e.get("status") or ""))]
     if e.get("duration_ms") is not None:
         parts.append(f"{float(e['duration_ms']) / 1000:.2f}s")
     for key in SHOWN:
         value = e.get(key)
         if value not in (None, "", [], {}):
             text = value if isinstance(value, str) else json.dumps(value, default=str)
-            parts.append(f"{key}={text}")
+            parts.append(safe(f"{key}={text}", line=True))
     return " ".join(parts)
 
 
@@ -147,7 +149,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def host_line(name: str, out: RolloutResult, release_id: str) -> str:
-    """`<host>: <outcome> <release id>[: why]`, the host's end of the rollout. Pure."""
+    """`<host>: <outcome> <release id>[: why]`, the host's end of the rollout, shown through
+    `safe` (the reason and error quote the host). Pure."""
+    return safe(_host_outcome(name, out, release_id))
+
+
+def _host_outcome(name: str, out: RolloutResult, release_id: str) -> str:
     r = out.deploy.hosts[name]
     if not r.ok:
         return f"{name}: {r.status.value} {release_id}: {r.reason} ({r.failed_step}: {r.error})"

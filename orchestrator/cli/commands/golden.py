@@ -19,6 +19,7 @@ from typing import Any
 
 from orchestrator.core.fingerprint import GOLDEN_META_KEY, read_fingerprint, read_npz_text
 from orchestrator.core.spec import METHOD_PATTERN
+from orchestrator.core.terminal import safe
 from orchestrator.errors import EXIT_OK, InvalidInput
 from orchestrator.hosts.remote import formats
 
@@ -63,7 +64,7 @@ def run_record(args: argparse.Namespace) -> int:
     summary = golden.record(args.model, args.format, args.inputs, args.output,
                             signature=args.signature, method=args.method)
     arrays = ", ".join(f"{k} {list(v)}" for k, v in {**summary.inputs, **summary.outputs}.items())
-    print(f"wrote {summary.path}: {summary.samples} samples; {arrays}")
+    print(safe(f"wrote {summary.path}: {summary.samples} samples; {arrays}"))
     return EXIT_OK
 
 
@@ -77,16 +78,17 @@ def run_show(args: argparse.Namespace) -> int:
         print(json.dumps({"golden": json.loads(meta) if meta else None, "fingerprint": fp},
                          indent=2, sort_keys=True))
         return EXIT_OK
-    print(f"golden: {meta or 'no metadata'}")
+    print(safe(f"golden: {meta or 'no metadata'}"))
     if fp is None:
         print("fingerprint: none")
         return EXIT_OK
     frameworks = ", ".join(f"{k} {v}" for k, v in (fp.get("frameworks") or {}).items() if v)
     gpu = fp.get("gpu") or {}
-    print(f"python {fp.get('python')} on {fp.get('platform')}")
-    print(f"frameworks: {frameworks or 'none'}")
-    print(f"gpu: driver {gpu.get('driver') or 'none'}, cuda {gpu.get('cuda_driver') or 'none'}, "
-          f"devices {len(gpu.get('devices') or [])}"
-          + (f" ({gpu['error']})" if gpu.get("error") else ""))
-    print(f"packages: {len(fp.get('packages') or {})}")
+    print(safe(f"python {fp.get('python')} on {fp.get('platform')}"))
+    print(safe(f"frameworks: {frameworks or 'none'}"))
+    print(safe(f"gpu: driver {gpu.get('driver') or 'none'}, "
+               f"cuda {gpu.get('cuda_driver') or 'none'}, "
+               f"devices {len(gpu.get('devices') or [])}"
+               + (f" ({gpu['error']})" if gpu.get("error") else "")))
+    print(safe(f"packages: {len(fp.get('packages') or {})}"))
     return EXIT_OK

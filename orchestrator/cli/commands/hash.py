@@ -11,6 +11,7 @@ import argparse
 from typing import Any
 
 from orchestrator.core.hashing import hash_path
+from orchestrator.core.terminal import safe
 from orchestrator.errors import EXIT_OK
 
 
@@ -26,8 +27,8 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     paths: list[str] = args.paths
     if len(paths) == 1:
-        print(hash_path(paths[0]))
+        print(safe(hash_path(paths[0])))
         return EXIT_OK
     for path in paths:
-        print(f"{hash_path(path)}  {path}")
+        print(safe(f"{hash_path(path)}  {path}"))
     return EXIT_OK

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from orchestrator.cli.client import Client, add_client_args
+from orchestrator.core.terminal import safe
 
 
 def register(subparsers: Any) -> None:
@@ -26,5 +27,5 @@ def run(args: argparse.Namespace) -> int:
     with Client.from_args(args) as client:
         record = client.control(args.deployment, "pause")
     print(json.dumps(record) if args.json
-          else f"{record['id']}: {record['state']} (pause requested)")
+          else safe(f"{record['id']}: {record['state']} (pause requested)"))
     return 0

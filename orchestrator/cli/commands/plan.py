@@ -21,6 +21,7 @@ from orchestrator.core.compat import load_compat
 from orchestrator.core.inventory import load_inventory
 from orchestrator.core.lockfile import load_lock
 from orchestrator.core.spec import load_spec
+from orchestrator.core.terminal import safe
 from orchestrator.deploy.plan import build_plan, render_text
 from orchestrator.deploy.playbook import load_playbook
 from orchestrator.errors import InvalidInput
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     with Pool(options, max_connections=max_parallel) as pool:
         probed = probe_hosts(pool, hosts, max_parallel)
     plan = build_plan(spec, lock, hosts, probed, data, playbook)
-    print(json.dumps(plan.to_dict(), indent=2) if args.json else render_text(plan))
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else safe(render_text(plan)))
     return plan.exit_code
 
 

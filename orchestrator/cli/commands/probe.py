@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from orchestrator.cli.render import table
 from orchestrator.core.facts import HostFacts
+from orchestrator.core.terminal import safe
 from orchestrator.errors import HostError, InvalidInput
 
 EPILOG = """\
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     failed = [r for r in results.values() if isinstance(r, HostError)]
     if failed and not args.json:
         for err in failed:
-            print(f"error: {err}", file=sys.stderr)
+            print(safe(f"error: {err}"), file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -83,18 +85,14 @@ COLUMNS = ("HOST", "PYTHON", "DRIVER", "CUDA", "GPUS", "CUDNN", "CUDART", "NVML 
 
 
 def render_table(results: Mapping[str, HostFacts | HostError]) -> str:
-    rows = [list(COLUMNS)]
+    rows: list[list[str]] = []
     for name, result in results.items():
         if isinstance(result, HostError):
             failed = f"{type(result).__name__} (see below)"
             rows.append([name, "-", "-", "-", failed, "-", "-", "-"])
         else:
             rows.append(facts_row(result))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
+    return table(COLUMNS, rows)  # every cell (host text) shown through `safe`
 
 
 def facts_row(facts: HostFacts) -> list[str]:

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from orchestrator.cli import render
+from orchestrator.core.terminal import safe
 from orchestrator.errors import HostError, InvalidInput
 
 EPILOG = """\
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     print(render_json(rows) if args.json else render_table(rows))
     failed = [r for r in results.values() if isinstance(r, HostError)]
     for err in failed:
-        print(f"error: {err}", file=sys.stderr)
+        print(safe(f"error: {err}"), file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -80,7 +82,7 @@ def render_json(rows: Mapping[str, Sequence[dict[str, Any]] | HostError]) -> str
 
 
 def render_table(rows: Mapping[str, Sequence[dict[str, Any]] | HostError]) -> str:
-    table = [list(COLUMNS)]
+    table: list[list[str]] = []
     for name, r in rows.items():
         if isinstance(r, HostError):
             table.append([name, "-", f"error: {r.reason}", "-", "-", "-"])
@@ -91,6 +93,4 @@ def render_table(rows: Mapping[str, Sequence[dict[str, Any]] | HostError]) -> st
             created = datetime.fromtimestamp(float(rel["created"]), UTC)
             table.append([name, rel["release_id"], rel["state"], f"{created:%Y-%m-%d %H:%M:%S}",
                           (rel["env_hash"] or "-")[:12], (rel["model_sha256"] or "-")[:12]])
-    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in table)
+    return render.table(COLUMNS, table)  # every cell (host text) shown through `safe`

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from orchestrator.cli.client import Client, add_client_args
+from orchestrator.core.terminal import safe
 
 
 def register(subparsers: Any) -> None:
@@ -25,6 +26,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     with Client.from_args(args) as client:
         record = client.rollback(deployment=args.deployment, app=args.app)
-    print(json.dumps(record) if args.json else f"{record['id']} ({record['app']}): "
-          f"{record['state']}; follow with `orchestrator logs {record['id']} --follow`")
+    print(json.dumps(record) if args.json else safe(
+        f"{record['id']} ({record['app']}): {record['state']}; "
+        f"follow with `orchestrator logs {record['id']} --follow`"))
     return 0

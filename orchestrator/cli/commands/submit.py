@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.cli.client import Client, add_client_args, wait_for_end
+from orchestrator.core.terminal import safe
 from orchestrator.core.yamlio import DEFAULT_MAX_BYTES, read_limited
 
 
@@ -33,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
         if args.json and not args.follow:
             print(json.dumps(record))
         elif not args.json:
-            print(f"submitted {record['id']} ({record['app']}): {record['state']}", flush=True)
+            print(safe(f"submitted {record['id']} ({record['app']}): {record['state']}"),
+                  flush=True)
         if args.follow or args.wait:
             return wait_for_end(client, record["id"], show=args.follow, as_json=args.json)
     return 0

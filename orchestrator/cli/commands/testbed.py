@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.core.terminal import safe
 from orchestrator.testbed import PROFILES, Testbed
 
 
@@ -44,23 +45,25 @@ def _up(args: argparse.Namespace) -> int:
     started = time.monotonic()
     tb = Testbed.up(args.dir, args.hosts, args.profile)
     elapsed = time.monotonic() - started
-    print(f"testbed up in {elapsed:.2f}s: {len(tb.hosts)} hosts, port {tb.port}, dir {tb.dir}")
+    print(safe(f"testbed up in {elapsed:.2f}s: {len(tb.hosts)} hosts, port {tb.port}, "
+               f"dir {tb.dir}"))
     for h in tb.hosts:
-        print(f"  {h.name:<8} {h.user}@{h.address}:{h.port}  profile {h.profile:<11} "
-              f"deploy_root {h.deploy_root}")
-    print(f"inventory: {tb.inventory_path}")
-    print(f"ssh:       {shlex.join(tb.ssh_argv(tb.hosts[0]))}")
+        print(safe(f"  {h.name:<8} {h.user}@{h.address}:{h.port}  profile {h.profile:<11} "
+                   f"deploy_root {h.deploy_root}"))
+    print(safe(f"inventory: {tb.inventory_path}"))
+    print(safe(f"ssh:       {shlex.join(tb.ssh_argv(tb.hosts[0]))}"))
     return 0
 
 
 def _down(args: argparse.Namespace) -> int:
     stopped = Testbed.down(args.dir)
-    print(f"testbed down: stopped {stopped} sshd server(s) in {Path(args.dir).resolve()}")
+    print(safe(f"testbed down: stopped {stopped} sshd server(s) in {Path(args.dir).resolve()}"))
     return 0
 
 
 def _profile(args: argparse.Namespace) -> int:
     tb = Testbed.load(args.dir)
     tb.set_profile(args.host, args.profile)
-    print(f"{args.host}: profile {args.profile} (seen by the next process that initialises NVML)")
+    print(safe(f"{args.host}: profile {args.profile} "
+               "(seen by the next process that initialises NVML)"))
     return 0

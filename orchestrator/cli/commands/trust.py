@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.core.terminal import safe
 from orchestrator.errors import HostError
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             ok &= trust_host(host, known_hosts, yes=args.yes, replace=args.replace,
                              interactive=interactive)
         except HostError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(safe(f"error: {exc}"), file=sys.stderr)
             ok = False
     return 0 if ok else 1
 
@@ -93,31 +94,31 @@ def trust_host(host: HostAddress, known_hosts: Path, *, yes: bool, replace: bool
     known = ssh.known_host_keys(known_hosts, host.address, host.port)
     offered = ssh.fetch_host_key(host, prefer=[k.key_type for k in known])
     where = ssh.known_hosts_name(host.address, host.port)
-    print(f"{host.name} {where} {offered.key_type} {offered.fingerprint}")
+    print(safe(f"{host.name} {where} {offered.key_type} {offered.fingerprint}"))
     action = decide([(k.key_type, k.base64) for k in known], (offered.key_type, offered.base64),
                     yes=yes, replace=replace, interactive=interactive)
     if action is Action.ASK:
         action = Action.ADD if _confirm(host.name) else Action.NOT_CONFIRMED
     if action is Action.REFUSE_CHANGED:
         recorded = ", ".join(f"{k.key_type} {k.fingerprint}" for k in known)
-        print(f"  {action.value}: {known_hosts} has {recorded}; if the host was really "
-              f"reinstalled, re-run with --replace", file=sys.stderr)
+        print(safe(f"  {action.value}: {known_hosts} has {recorded}; if the host was really "
+                   f"reinstalled, re-run with --replace"), file=sys.stderr)
         return False
     if action is Action.NOT_CONFIRMED:
-        print(f"  {action.value}", file=sys.stderr)
+        print(safe(f"  {action.value}"), file=sys.stderr)
         return False
     if action is Action.REPLACE:
         ssh.remove_known_host(known_hosts, host.address, host.port)
     if action in (Action.ADD, Action.REPLACE):
         ssh.append_known_host(known_hosts, host.address, host.port, offered)
     where_to = {Action.ADD: f" to {known_hosts}", Action.REPLACE: f" in {known_hosts}"}
-    print(f"  {action.value}{where_to.get(action, '')}")
+    print(safe(f"  {action.value}{where_to.get(action, '')}"))
     return True
 
 
 def _confirm(name: str) -> bool:
     try:
-        answer = input(f"Trust this key for {name}? [y/N] ")
+        answer = input(safe(f"Trust this key for {name}? [y/N] "))
     except EOFError:
         return False
     return answer.strip().lower() in ("y", "yes")

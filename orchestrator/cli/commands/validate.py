@@ -23,6 +23,7 @@ from typing import Any
 from orchestrator.core.inventory import load_inventory
 from orchestrator.core.lockfile import Lock, check_wheelhouse, lint_lock
 from orchestrator.core.spec import Spec, check_model_hash, load_spec
+from orchestrator.core.terminal import safe
 from orchestrator.errors import EXIT_INVALID, EXIT_OK, SpecError
 from orchestrator.hosts.remote import formats
 
@@ -47,11 +48,11 @@ def run(args: argparse.Namespace) -> int:
         errors.extend(_check_targets(spec, args.inventory))
     if errors:
         for err in errors:
-            print(f"error: {err}", file=sys.stderr)
-        print(f"{spec.file}: {len(errors)} problem{'s' if len(errors) > 1 else ''}",
+            print(safe(f"error: {err}"), file=sys.stderr)
+        print(safe(f"{spec.file}: {len(errors)} problem{'s' if len(errors) > 1 else ''}"),
               file=sys.stderr)
         return EXIT_INVALID
-    print(_summary(spec, lock))
+    print(safe(_summary(spec, lock)))
     return EXIT_OK
 
 
