@@ -35,6 +35,7 @@ class SshOptions:
     command_timeout: float = 300.0
     keepalive_s: int = 15
     max_output_bytes: int = 4 << 20
+    max_file_bytes: int = 4 << 20  # a file read back (`get`) when its caller names no cap
     inventory_path: Path | None = None  # only to print the exact `orchestrator trust` command
 
     @classmethod
