@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import paramiko
+from paramiko.ssh_exception import IncompatiblePeer
 
 from orchestrator.errors import (
     CommandFailed,
@@ -21,11 +22,15 @@ from orchestrator.errors import (
     HostError,
     HostKeyRejected,
     HostUnreachable,
-    InvalidInput,
     OutputTooLarge,
 )
 from orchestrator.hosts.ssh.known_hosts import fingerprint
-from orchestrator.hosts.ssh.options import HostAddress, SshOptions, trust_command
+from orchestrator.hosts.ssh.options import (
+    HostAddress,
+    SshOptions,
+    check_identity_file,
+    trust_command,
+)
 from orchestrator.hosts.ssh.options import describe as _describe
 from orchestrator.hosts.ssh.sftp import get_file, put_file
 from orchestrator.hosts.transport import CommandResult, command_line
@@ -76,8 +81,8 @@ class _RejectUnknown(paramiko.MissingHostKeyPolicy):
 
 
 def connect(host: HostAddress, options: SshOptions) -> SshTransport:
-    if options.identity_file is not None and not options.identity_file.is_file():
-        raise InvalidInput(f"SSH identity file {options.identity_file} does not exist")
+    if options.identity_file is not None:
+        check_identity_file(options.identity_file)
     client = paramiko.SSHClient()
     if options.known_hosts.exists():
         client.load_host_keys(str(options.known_hosts))
@@ -96,6 +101,7 @@ def connect(host: HostAddress, options: SshOptions) -> SshTransport:
             channel_timeout=options.connect_timeout,
             allow_agent=options.allow_agent,
             look_for_keys=options.look_for_keys,
+            disabled_algorithms=options.disabled_algorithms(),
         )
     except _UnknownHostKey as exc:
         client.close()
@@ -113,6 +119,14 @@ def connect(host: HostAddress, options: SshOptions) -> SshTransport:
             f" offered {exc.key.get_name()} {fingerprint(exc.key.asbytes())}; refusing to connect"
             f" (if the host was really reinstalled: {trust_command(host.name, options)} --replace)",
         ) from None
+    except IncompatiblePeer as exc:
+        client.close()
+        raise HostUnreachable(
+            host.name,
+            f"no SSH algorithms in common with {where} ({exc}): if it offers only weak ones (CBC"
+            " ciphers, 3DES, SHA-1 or MD5 MACs, SHA-1 signatures or key exchanges), upgrade its"
+            " sshd, or allow them by name in the inventory's `ssh: legacy_algorithms:`",
+        ) from exc
     except paramiko.AuthenticationException as exc:
         client.close()
         raise HostUnreachable(host.name, f"authentication as {host.user!r} failed: {exc}") from exc
