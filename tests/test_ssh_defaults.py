@@ -5,6 +5,7 @@ readable by others is refused as OpenSSH refuses it."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -35,23 +36,38 @@ def options(inventory: Inventory) -> ssh.SshOptions:
     return ssh.SshOptions.for_inventory(inventory)
 
 
+Restricted = Callable[..., tuple[Host, ssh.SshOptions]]
+
+
+def keygen(path: Path, key_type: str) -> Path:
+    bits = ["-b", "2048"] if key_type == "rsa" else []  # the smallest OpenSSH takes: fast
+    subprocess.run(["ssh-keygen", "-q", "-t", key_type, *bits, "-N", "", "-f", str(path)],
+                   check=True)
+    return path
+
+
 @pytest.fixture
-def restricted(testbed: Testbed, tmp_path: Path
-               ) -> Iterator[Callable[[str], tuple[Host, ssh.SshOptions]]]:
-    """`restricted(extra_config)` starts an sshd of its own, the testbed's but for the extra
-    lines, and returns a host and options (its known_hosts) that reach it; stopped after."""
+def restricted(testbed: Testbed, tmp_path: Path) -> Iterator[Restricted]:
+    """`restricted(extra_config, identity=None, host_key_type="ed25519")` starts an sshd of its
+    own, the testbed's but for the extra lines (and a user key of its own when `identity` is
+    given), and returns a host and options (its known_hosts) that reach it; stopped after."""
     started: list[int] = []
 
-    def start(extra: str) -> tuple[Host, ssh.SshOptions]:
+    def start(extra: str, identity: Path | None = None,
+              host_key_type: str = "ed25519") -> tuple[Host, ssh.SshOptions]:
         where = tmp_path / f"sshd-{len(started)}"
         where.mkdir()
         address = "127.0.0.1"
+        authorized = testbed.dir / "authorized_keys"
+        if identity is not None:
+            authorized = where / "authorized_keys"
+            authorized.write_text(Path(f"{identity}.pub").read_text())
         spec = sshd.SshdSpec(
             address=address, port=sshd.free_port([address]), user=testbed.hosts[0].user,
-            host_key=where / "host_key", config=where / "sshd_config", log=where / "sshd.log",
-            pid_file=where / "sshd.pid", authorized_keys=testbed.dir / "authorized_keys", env=(),
+            host_key=keygen(where / "host_key", host_key_type), config=where / "sshd_config",
+            log=where / "sshd.log", pid_file=where / "sshd.pid", authorized_keys=authorized,
+            env=(),
         )
-        sshd.keygen([spec.host_key], comment="restricted")
         spec.config.write_text(sshd.render_config(spec) + extra + "\n")
         run = sshd.start(testbed.sshd_path, spec)
         started.append(run.pid)
@@ -61,7 +77,7 @@ def restricted(testbed: Testbed, tmp_path: Path
         ssh.append_known_host(known, address, spec.port, ssh.HostKey(key_type, key))
         host = Host(name="legacy", address=address, port=spec.port, user=spec.user,
                     deploy_root=str(where))
-        options = ssh.SshOptions(known_hosts=known, identity_file=testbed.identity_path,
+        options = ssh.SshOptions(known_hosts=known, identity_file=identity or testbed.identity_path,
                                  connect_timeout=5)
         return host, options
 
@@ -101,7 +117,7 @@ def test_the_testbed_still_connects_with_the_defaults(
 
 @pytest.mark.parametrize("case", sorted(ONLY_WEAK))
 def test_a_host_offering_only_weak_algorithms_is_refused(
-    restricted: Callable[[str], tuple[Host, ssh.SshOptions]], case: str
+    restricted: Restricted, case: str
 ) -> None:
     extra, reason = ONLY_WEAK[case]
     host, options = restricted(extra)
@@ -115,7 +131,7 @@ def test_a_host_offering_only_weak_algorithms_is_refused(
 
 
 def test_legacy_algorithms_are_allowed_back_by_name(
-    restricted: Callable[[str], tuple[Host, ssh.SshOptions]]
+    restricted: Restricted
 ) -> None:
     host, options = restricted("Ciphers aes256-cbc\nMACs hmac-sha1")
     legacy = replace(options, legacy_algorithms=frozenset({"aes256-cbc", "hmac-sha1"}))
@@ -125,6 +141,26 @@ def test_legacy_algorithms_are_allowed_back_by_name(
     # One of the two is not enough.
     with pytest.raises(HostUnreachable, match="no acceptable macs"):
         ssh.connect(host, replace(options, legacy_algorithms=frozenset({"aes256-cbc"})))
+
+
+def test_an_rsa_host_key_and_user_key_are_used_with_sha2_only(
+    restricted: Restricted, tmp_path: Path
+) -> None:
+    user_key = keygen(tmp_path / "id_rsa", "rsa")
+    host, options = restricted("PubkeyAcceptedAlgorithms rsa-sha2-512,rsa-sha2-256",
+                               identity=user_key, host_key_type="rsa")
+    with ssh.connect(host, options) as transport:
+        assert transport.run(["echo", "rsa"]).stdout == "rsa\n"
+        assert "ssh-rsa" not in negotiated(transport)
+    # A host that signs its key only with SHA-1, or takes only SHA-1 user signatures: refused.
+    host, options = restricted("HostKeyAlgorithms ssh-rsa", host_key_type="rsa")
+    with pytest.raises(HostUnreachable, match="no acceptable host key"):
+        ssh.connect(host, options)
+    host, options = restricted("PubkeyAcceptedAlgorithms ssh-rsa", identity=user_key)
+    # (paramiko reports the failed RSA attempt as "Invalid key": after it, it tries to read
+    # the file as each other key type, and the last of those errors is the one it raises)
+    with pytest.raises(HostUnreachable, match=f"legacy: cannot connect to 127.0.0.1:{host.port}"):
+        ssh.connect(host, options)
 
 
 def test_the_inventory_names_legacy_algorithms(testbed: Testbed, tmp_path: Path) -> None:
