@@ -15,6 +15,7 @@ import paramiko
 import pytest
 import yaml
 
+from orchestrator.cli import app as cli
 from orchestrator.core.inventory import WEAK_SSH_ALGORITHMS, Host, Inventory, load_inventory
 from orchestrator.errors import EXIT_INVALID, HostUnreachable, InvalidInput, SpecError
 from orchestrator.hosts import ssh
@@ -199,3 +200,18 @@ def test_a_private_key_open_to_others_is_refused(
     key.chmod(0o600)  # as OpenSSH: 0600 (or 0400) is fine
     with ssh.connect(inventory.hosts["tb-01"], replace(options, identity_file=key)) as t:
         assert t.alive
+
+
+def test_the_probe_command_exits_2_naming_the_open_key(
+    testbed: Testbed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "id_ed25519"
+    shutil.copy(testbed.identity_path, key)
+    key.chmod(0o644)
+    data = yaml.safe_load(testbed.inventory_path.read_text())
+    data["ssh"] = {"known_hosts": str(testbed.known_hosts_path), "identity_file": str(key)}
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(yaml.safe_dump(data))
+    assert cli.main(["probe", "--inventory", str(inventory), "tb-01"]) == 2
+    err = capsys.readouterr().err
+    assert f"SSH identity file {key} has mode 0644" in err and "chmod 600" in err

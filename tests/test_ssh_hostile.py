@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.cli import app as cli
 from orchestrator.core.inventory import Host, Inventory
 from orchestrator.errors import BadHostOutput, CommandTimeout, OutputTooLarge
 from orchestrator.hosts import ssh
 from orchestrator.hosts.shipping import MARKER, ensure_tools
+from orchestrator.testbed import Testbed
 
 # Prints the pid of the sshd process serving this connection: the parent of the login shell
 # that runs the command.
@@ -93,6 +95,24 @@ def test_the_tools_marker_replaced_by_dev_zero(
     finally:
         transport.put(f"{tools.digest}\n".encode(), marker)  # rename replaces the link
     assert ensure_tools(transport, host.deploy_root) == tools
+
+
+def test_probe_names_the_host_whose_marker_is_dev_zero(
+    transport: ssh.SshTransport, host: Host, testbed: Testbed,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The same through the command: one host's error (exit 1), in seconds, no MemoryError.
+    tools = ensure_tools(transport, host.deploy_root)
+    marker = tools.script(MARKER)
+    transport.run(["ln", "-sf", "/dev/zero", marker])
+    try:
+        started = time.monotonic()
+        assert cli.main(["probe", "--inventory", str(testbed.inventory_path), "tb-03"]) == 1
+        assert time.monotonic() - started < 10
+    finally:
+        transport.put(f"{tools.digest}\n".encode(), marker)
+    err = capsys.readouterr().err
+    assert f"tb-03: {marker} is a character device, not a regular file" in err
 
 
 def test_a_file_over_the_cap_is_refused_by_its_size(
