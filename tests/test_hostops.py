@@ -178,7 +178,9 @@ class LocalTransport:
         os.chmod(tmp, mode)
         os.replace(tmp, remote_path)
 
-    def get(self, remote_path: str) -> bytes:
+    def get(
+        self, remote_path: str, *, max_bytes: int | None = None, timeout: float | None = None
+    ) -> bytes:
         try:
             return Path(remote_path).read_bytes()
         except OSError as exc:

@@ -9,7 +9,12 @@ groups:
 ssh:                                   # optional; paths relative to this file
   known_hosts: known_hosts
   identity_file: id_ed25519
+  legacy_algorithms: [aes256-cbc, hmac-sha1]   # only for hosts that cannot be upgraded
 ```
+
+`WEAK_SSH_ALGORITHMS` is what the SSH transport refuses by default (CBC ciphers, 3DES, SHA-1 and
+MD5 MACs, SHA-1 signatures and key exchanges); `legacy_algorithms` names those to allow again,
+each checked here against that table so a typo is an error at its line, not a silent no-op.
 
 The YAML is read by `orchestrator.core.yamlio` (strict) and validated by pydantic models here (the
 edge); the rest of the program gets plain frozen dataclasses: `Inventory`, `Host`, `SshConfig`.
@@ -48,6 +53,19 @@ PATTERN_HINTS = {
                   "characters)",
 }
 
+#: By paramiko's `disabled_algorithms` category: refused unless `ssh.legacy_algorithms` names
+#: them. CBC (padding-oracle and plaintext-recovery attacks), 3DES (64-bit blocks: Sweet32),
+#: SHA-1/MD5 MACs, SHA-1 signatures (`ssh-rsa`, DSA) and SHA-1 key exchanges; OpenSSH's client
+#: no longer offers any of them by default either.
+WEAK_SSH_ALGORITHMS: Mapping[str, tuple[str, ...]] = {
+    "ciphers": ("aes128-cbc", "aes192-cbc", "aes256-cbc", "3des-cbc"),
+    "macs": ("hmac-sha1", "hmac-sha1-96", "hmac-md5", "hmac-md5-96"),
+    "keys": ("ssh-rsa", "ssh-rsa-cert-v01@openssh.com", "ssh-dss"),
+    "pubkeys": ("ssh-rsa", "ssh-rsa-cert-v01@openssh.com", "ssh-dss"),
+    "kex": ("diffie-hellman-group1-sha1", "diffie-hellman-group14-sha1",
+            "diffie-hellman-group-exchange-sha1"),
+}
+
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 # A DNS name, IPv4 or IPv6 literal: never starting with "-" (it would become an ssh option).
 Address = Annotated[str, StringConstraints(pattern=_ADDRESS)]
@@ -72,6 +90,7 @@ class HostModel(_Strict):
 class SshModel(_Strict):
     known_hosts: str | None = Field(default=None, min_length=1)
     identity_file: str | None = Field(default=None, min_length=1)
+    legacy_algorithms: list[str] = Field(default_factory=list)
 
 
 class InventoryModel(_Strict):
@@ -98,6 +117,7 @@ class SshConfig:
 
     known_hosts: Path | None = None
     identity_file: Path | None = None
+    legacy_algorithms: frozenset[str] = frozenset()  # names from WEAK_SSH_ALGORITHMS
 
 
 @dataclass(frozen=True)
@@ -163,13 +183,15 @@ def inventory_from_document(doc: YamlDocument, base_dir: Path) -> Inventory:
     except ValidationError as exc:
         raise validation_error(doc, exc, PATTERN_HINTS) from exc
     _check_groups(doc, model)
+    _check_legacy(doc, model.ssh.legacy_algorithms)
     hosts = {
         name: Host(name=name, address=h.address, port=h.port, user=h.user,
                    deploy_root=_deploy_root(doc, name, h.deploy_root), labels=dict(h.labels))
         for name, h in model.hosts.items()
     }
     ssh = SshConfig(known_hosts=_abs(base_dir, model.ssh.known_hosts),
-                    identity_file=_abs(base_dir, model.ssh.identity_file))
+                    identity_file=_abs(base_dir, model.ssh.identity_file),
+                    legacy_algorithms=frozenset(model.ssh.legacy_algorithms))
     groups = {name: tuple(dict.fromkeys(members)) for name, members in model.groups.items()}
     return Inventory(hosts=hosts, groups=groups, ssh=ssh, file=doc.file)
 
@@ -181,6 +203,15 @@ def _check_groups(doc: YamlDocument, model: InventoryModel) -> None:
         for i, member in enumerate(members):
             if member not in model.hosts:
                 raise doc.error(("groups", group, i), f"unknown host {member!r}")
+
+
+def _check_legacy(doc: YamlDocument, names: list[str]) -> None:
+    weak = {n for group in WEAK_SSH_ALGORITHMS.values() for n in group}
+    for i, name in enumerate(names):
+        if name not in weak:
+            raise doc.error(("ssh", "legacy_algorithms", i),
+                            f"{name!r} is not an algorithm disabled by default; only these can"
+                            f" be allowed again: {', '.join(sorted(weak))}")
 
 
 def _deploy_root(doc: YamlDocument, host: str, root: str) -> str:

@@ -36,7 +36,7 @@ from typing import IO, Any
 import structlog
 
 from orchestrator.core.sink import EventSink
-from orchestrator.daemon.store import Store
+from orchestrator.daemon.store import Store, open_private, private_dir
 
 LEVELS = ("debug", "info", "warning", "error")
 # Mirrored into the daemon's own log (journald): what an operator scans for, not every step.
@@ -110,7 +110,7 @@ class EventHub:
     def __init__(self, store: Store, logs_dir: Path, *, follower_buffer: int = FOLLOWER_BUFFER):
         self.store = store
         self.logs_dir = logs_dir
-        logs_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(logs_dir)
         self._lock = threading.Lock()
         self._followers: dict[str, set[Follower]] = {}
         self._files: dict[str, IO[str]] = {}
@@ -136,7 +136,7 @@ class EventHub:
     def _append_line(self, deployment: str, event: dict[str, Any]) -> None:
         handle = self._files.get(deployment)
         if handle is None:
-            handle = (self.logs_dir / f"{deployment}.jsonl").open("a", encoding="utf-8")
+            handle = open_private(self.logs_dir / f"{deployment}.jsonl", "a")
             self._files[deployment] = handle
         handle.write(json.dumps(event, separators=(",", ":")) + "\n")
         handle.flush()

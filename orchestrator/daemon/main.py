@@ -35,7 +35,7 @@ from orchestrator.daemon.config import DaemonConfig, read_token
 from orchestrator.daemon.events import EventHub
 from orchestrator.daemon.runners.base import make_runner
 from orchestrator.daemon.service import Service
-from orchestrator.daemon.store import lock_state_dir, open_store
+from orchestrator.daemon.store import lock_state_dir, open_private, open_store, private_dir
 from orchestrator.daemon.watch import SpecWatcher
 from orchestrator.errors import DaemonError
 
@@ -65,7 +65,8 @@ def configure_logging(log_file: Path, *, stream: object = None) -> None:
     """structlog, once per process: JSON lines in the daemon's log file; on stderr readable
     coloured lines when it is a terminal, JSON lines otherwise (journald keeps them as-is)."""
     stream = stream or sys.stderr
-    log_file.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(log_file.parent)
+    open_private(log_file, "a").close()  # 0600 before FileHandler appends to it
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,

@@ -37,6 +37,7 @@ from orchestrator.daemon.schema import (
     DeploymentRecord,
     StepRecord,
 )
+from orchestrator.daemon.store import open_private, private_dir, tighten
 from orchestrator.errors import NotFound, StoreCorrupt
 
 __all__ = ["SqliteStore", "event_from_row"]
@@ -57,7 +58,12 @@ class SqliteStore:
 
     @classmethod
     def open(cls, path: Path) -> SqliteStore:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
+        # Created 0600 before SQLite opens it (an empty file is an empty database): SQLite gives
+        # the -wal and -shm files it creates the database file's mode, whatever the umask.
+        open_private(path, "ab").close()
+        for companion in ("-wal", "-shm"):  # left wider by an older daemon: tightened
+            tighten(path.with_name(path.name + companion))
         try:
             conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
             _check_integrity(conn, path)

@@ -22,6 +22,7 @@ from orchestrator.hosts.transport import Transport
 
 REMOTE_DIR = Path(__file__).parent / "remote"
 MARKER = ".complete"
+_MARKER_BYTES = 4096  # the marker holds one digest: anything bigger is not ours
 #: What of remote/ is shipped: the host-side Python, and the shell wrappers beside it.
 SHIPPED = ("*.py", "*.sh")
 
@@ -87,7 +88,7 @@ def ensure_tools(transport: Transport, deploy_root: str) -> RemoteTools:
 
 def _complete(transport: Transport, tools: RemoteTools) -> bool:
     try:
-        marker = transport.get(tools.script(MARKER))
+        marker = transport.get(tools.script(MARKER), max_bytes=_MARKER_BYTES)
         return marker.decode("ascii", "replace").strip() == tools.digest
     except FileTransferFailed:
         return False  # no marker yet: not (completely) uploaded

@@ -50,6 +50,10 @@ class Transport(Protocol):
     `put` writes atomically (temporary name, then rename), sets `mode` and creates missing
     parent directories; `get` reads a file. Both raise `FileTransferFailed` when the host
     refuses (no such file, not a directory, permission, disk full).
+    A host is untrusted: `get` reads only a regular file (else `BadHostOutput`: a symlink to
+    /dev/zero, a FIFO), at most `max_bytes` of it (else `OutputTooLarge`; None: the transport's
+    default, a few MiB), within `timeout` seconds (else `CommandTimeout`). A caller that knows
+    its file is small (a marker) passes a smaller cap.
     """
 
     host: str
@@ -73,6 +77,8 @@ class Transport(Protocol):
         self, data_or_local_path: bytes | Path, remote_path: str, mode: int = 0o644
     ) -> None: ...
 
-    def get(self, remote_path: str) -> bytes: ...
+    def get(
+        self, remote_path: str, *, max_bytes: int | None = None, timeout: float | None = None
+    ) -> bytes: ...
 
     def close(self) -> None: ...

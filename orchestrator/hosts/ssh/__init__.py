@@ -13,6 +13,11 @@ Each command runs in the session sshd starts with setsid(), after a first line n
 process group: on a timeout or an output overflow that whole group is killed (over a second
 channel) before the channel is closed. If the connection itself drops, a watcher started with
 the command kills the group within a second. Either way nothing is left running on the host.
+
+A host is untrusted: files read back are bounded (regular files only, a size cap, a deadline:
+sftp.py), and weak algorithms are never offered (`SshOptions.disabled_algorithms`, from
+`WEAK_SSH_ALGORITHMS` less the inventory's `ssh.legacy_algorithms`). A private key readable by
+group or others is refused as OpenSSH refuses it (`check_identity_file`).
 """
 
 from orchestrator.hosts.ssh.known_hosts import (

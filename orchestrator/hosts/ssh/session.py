@@ -5,19 +5,15 @@ overflow or a dropped connection; files over SFTP)."""
 from __future__ import annotations
 
 import contextlib
-import io
-import os
-import posixpath
 import re
 import select
 import socket
-import stat
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import paramiko
+from paramiko.ssh_exception import IncompatiblePeer
 
 from orchestrator.errors import (
     CommandFailed,
@@ -26,12 +22,17 @@ from orchestrator.errors import (
     HostError,
     HostKeyRejected,
     HostUnreachable,
-    InvalidInput,
     OutputTooLarge,
 )
 from orchestrator.hosts.ssh.known_hosts import fingerprint
-from orchestrator.hosts.ssh.options import HostAddress, SshOptions, trust_command
+from orchestrator.hosts.ssh.options import (
+    HostAddress,
+    SshOptions,
+    check_identity_file,
+    trust_command,
+)
 from orchestrator.hosts.ssh.options import describe as _describe
+from orchestrator.hosts.ssh.sftp import get_file, put_file
 from orchestrator.hosts.transport import CommandResult, command_line
 
 # The remote kill is plain python3 (always on a host): `kill -- -PGID` differs between shells.
@@ -80,8 +81,8 @@ class _RejectUnknown(paramiko.MissingHostKeyPolicy):
 
 
 def connect(host: HostAddress, options: SshOptions) -> SshTransport:
-    if options.identity_file is not None and not options.identity_file.is_file():
-        raise InvalidInput(f"SSH identity file {options.identity_file} does not exist")
+    if options.identity_file is not None:
+        check_identity_file(options.identity_file)
     client = paramiko.SSHClient()
     if options.known_hosts.exists():
         client.load_host_keys(str(options.known_hosts))
@@ -100,6 +101,7 @@ def connect(host: HostAddress, options: SshOptions) -> SshTransport:
             channel_timeout=options.connect_timeout,
             allow_agent=options.allow_agent,
             look_for_keys=options.look_for_keys,
+            disabled_algorithms=options.disabled_algorithms(),
         )
     except _UnknownHostKey as exc:
         client.close()
@@ -117,6 +119,14 @@ def connect(host: HostAddress, options: SshOptions) -> SshTransport:
             f" offered {exc.key.get_name()} {fingerprint(exc.key.asbytes())}; refusing to connect"
             f" (if the host was really reinstalled: {trust_command(host.name, options)} --replace)",
         ) from None
+    except IncompatiblePeer as exc:
+        client.close()
+        raise HostUnreachable(
+            host.name,
+            f"no SSH algorithms in common with {where} ({exc}): if it offers only weak ones (CBC"
+            " ciphers, 3DES, SHA-1 or MD5 MACs, SHA-1 signatures or key exchanges), upgrade its"
+            " sshd, or allow them by name in the inventory's `ssh: legacy_algorithms:`",
+        ) from exc
     except paramiko.AuthenticationException as exc:
         client.close()
         raise HostUnreachable(host.name, f"authentication as {host.user!r} failed: {exc}") from exc
@@ -301,70 +311,43 @@ class SshTransport:
         return self._sftp
 
     def put(self, data_or_local_path: bytes | Path, remote_path: str, mode: int = 0o644) -> None:
-        """Upload to a temporary name, chmod, then rename: readers never see a partial file.
-        Missing parent directories are created (over SFTP: no shell, no extra command)."""
+        """Atomic (temporary name, chmod, rename); missing parents created (sftp.py)."""
         sftp = self._sftp_client()
-        tmp = f"{remote_path}.part-{uuid.uuid4().hex[:8]}"
         try:
-            try:
-                self._write(sftp, data_or_local_path, tmp)
-            except FileNotFoundError:
-                self._makedirs(sftp, posixpath.dirname(remote_path))
-                self._write(sftp, data_or_local_path, tmp)
-            sftp.chmod(tmp, mode)
-            sftp.posix_rename(tmp, remote_path)
+            put_file(sftp, data_or_local_path, remote_path, mode)
         except OSError as exc:  # IOError from the SFTP server: not a dir, permission, disk
-            self._discard(sftp, tmp)
             raise FileTransferFailed(self.host, f"put {remote_path}: {_describe(exc)}") from exc
         except (paramiko.SSHException, paramiko.SFTPError, EOFError) as exc:
             raise HostUnreachable(self.host, f"SFTP failed writing {remote_path}: {exc}") from exc
 
-    @staticmethod
-    def _write(sftp: paramiko.SFTPClient, data_or_local_path: bytes | Path, path: str) -> None:
-        if isinstance(data_or_local_path, bytes):
-            sftp.putfo(io.BytesIO(data_or_local_path), path, confirm=True)
-        else:
-            sftp.put(os.fspath(data_or_local_path), path, confirm=True)
-
-    @staticmethod
-    def _makedirs(sftp: paramiko.SFTPClient, path: str) -> None:
-        missing: list[str] = []
-        while path not in ("", "/"):
-            try:
-                sftp.stat(path)
-                break
-            except FileNotFoundError:
-                missing.append(path)
-                path = posixpath.dirname(path)
-        for directory in reversed(missing):
-            try:
-                sftp.mkdir(directory)
-            except OSError:
-                # Created meanwhile by a concurrent upload is fine; anything else is not.
-                if not stat.S_ISDIR(sftp.stat(directory).st_mode or 0):
-                    raise
-
-    @staticmethod
-    def _discard(sftp: paramiko.SFTPClient, path: str) -> None:
-        # nothing was written, or the connection is gone: either way nothing to clean
-        with contextlib.suppress(OSError, paramiko.SSHException):
-            sftp.remove(path)
-
-    def get(self, remote_path: str) -> bytes:
+    def get(
+        self, remote_path: str, *, max_bytes: int | None = None, timeout: float | None = None
+    ) -> bytes:
+        """A regular file of at most `max_bytes` (default `options.max_file_bytes`), read
+        within `timeout` seconds (default `options.command_timeout`): see sftp.py's
+        `get_file` for what a hostile host meets."""
         sftp = self._sftp_client()
+        limit = self.options.max_file_bytes if max_bytes is None else max_bytes
+        budget = self.options.command_timeout if timeout is None else timeout
         try:
-            with sftp.open(remote_path, "rb") as handle:
-                handle.prefetch()
-                return handle.read()
+            return get_file(sftp, self.host, remote_path, max_bytes=limit, timeout=budget)
+        except CommandTimeout:
+            self._drop_sftp()  # a request is still unanswered: the next call opens a new one
+            raise
         except OSError as exc:
             raise FileTransferFailed(self.host, f"get {remote_path}: {_describe(exc)}") from exc
         except (paramiko.SSHException, paramiko.SFTPError, EOFError) as exc:
+            self._drop_sftp()
             raise HostUnreachable(self.host, f"SFTP failed reading {remote_path}: {exc}") from exc
 
+    def _drop_sftp(self) -> None:
+        sftp, self._sftp = self._sftp, None
+        if sftp is not None:
+            with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
+                sftp.close()
+
     def close(self) -> None:
-        if self._sftp is not None:
-            self._sftp.close()
-            self._sftp = None
+        self._drop_sftp()
         self._client.close()
 
     def __enter__(self) -> SshTransport:
