@@ -80,7 +80,8 @@ class Replying:
     def put(self, data_or_local_path: bytes | Path, remote_path: str, mode: int = 0o644) -> None:
         raise AssertionError("nothing is uploaded here")
 
-    def get(self, remote_path: str) -> bytes:
+    def get(self, remote_path: str, *, max_bytes: int | None = None,
+            timeout: float | None = None) -> bytes:
         raise AssertionError("nothing is read here")
 
     @property
