@@ -35,7 +35,7 @@ from orchestrator.daemon.metrics import Metrics
 from orchestrator.daemon.reconcile import reconcile, reconcile_with_runner
 from orchestrator.daemon.runners.base import DeploymentOutcome, Runner
 from orchestrator.daemon.sinks import ServiceSink
-from orchestrator.daemon.store import DeploymentRecord, Store
+from orchestrator.daemon.store import DeploymentRecord, Store, private_dir
 from orchestrator.deploy.control import RolloutControl
 from orchestrator.errors import Conflict, NotFound, OrchestratorError
 
@@ -119,7 +119,8 @@ class Service:
     def new_bundle(self) -> tuple[str, Path]:
         deployment = new_deployment_id()
         path = self.bundle_dir(deployment)
-        path.mkdir(parents=True, mode=0o750)
+        private_dir(path.parent)  # bundles/ holds what users submitted: the daemon's alone
+        path.mkdir(mode=0o700)    # a new id: an existing dir is an error, not a reuse
         return deployment, path
 
     def submit(self, deployment: str, spec_name: str = bundle.SPEC_NAME) -> DeploymentRecord:
