@@ -270,41 +270,63 @@ def test_failure_on_the_third_batch_host_puts_every_switched_host_back(
     assert serving(fleet) == before
 
 
+def _drop_from_reply(op: str, field: str) -> str:
+    """Appended to the shipped module that offers `op`: it still does its work, and replies
+    without `field` (a broken or hostile host)."""
+    return (f"\n_real = OPS[{op!r}]\n\n\ndef _broken(args):\n    reply = _real(args)\n"
+            f"    reply.pop({field!r}, None)\n    return reply\n\n\nOPS[{op!r}] = _broken\n")
+
+
+#: step -> (the shipped module patched, what is appended to it, what the failure must say)
+BAD_REPLIES = {
+    "probe": ("probe.py", "\n_collect = collect\n\n\ndef collect(deploy_root):\n"
+              "    facts = _collect(deploy_root)\n    facts['disk']['free_bytes'] = float('inf')\n"
+              "    return facts\n", "non-finite number Infinity"),
+    "stage": ("hostops_stage.py", _drop_from_reply("stage-begin", "path"),
+              "host sent an invalid reply to stage-begin: missing field 'path'"),
+    "install": ("hostops_venvs.py", _drop_from_reply("venv-ensure", "env_hash"),
+                "host sent an invalid reply to venv-ensure: missing field 'env_hash'"),
+    "verify": ("hostops_stage.py", _drop_from_reply("stage-commit", "path"),
+               "host sent an invalid reply to stage-commit: missing field 'path'"),
+    "switch": ("hostops_releases.py", _drop_from_reply("switch", "generation"),
+               "host sent an invalid reply to switch: missing field 'generation'"),
+}
+
+
 @contextlib.contextmanager
-def switch_reply_without_generation(host: TestbedHost) -> Iterator[None]:
-    """Within: `host`'s shipped switch op does its work but replies without `generation` (a
-    broken or hostile host); the shipped tools are put back as they were afterwards."""
-    tools = sorted((Path(host.deploy_root) / ".orchestrator" / "tools").glob(
-        "*/hostops_releases.py"))
+def shipped_module_patched(host: TestbedHost, module: str, code: str) -> Iterator[None]:
+    """Within: `code` appended to `module` in `host`'s shipped tools; put back afterwards."""
+    tools = sorted((Path(host.deploy_root) / ".orchestrator" / "tools").glob(f"*/{module}"))
     assert tools, "the tools were shipped by v1"
     saved = {path: path.read_bytes() for path in tools}
-    broken = ("\n_switch = op_switch\n\n\ndef op_switch(args):\n"
-              "    reply = _switch(args)\n    reply.pop('generation', None)\n    return reply\n"
-              "\n\nOPS['switch'] = op_switch\n")
     try:
         for path, text in saved.items():
-            path.write_bytes(text + broken.encode())
+            path.write_bytes(text + code.encode())
         yield
     finally:
         for path, text in saved.items():
             path.write_bytes(text)
 
 
-def test_a_malformed_switch_reply_fails_that_host_and_every_host_goes_back(
-        daemon: Daemon, fleet: Testbed, models_dir: Path, v1: V1,
-        tmp_path: Path) -> None:
+@pytest.mark.parametrize("step", list(BAD_REPLIES))
+def test_a_malformed_reply_fails_that_host_and_every_host_goes_back(
+        daemon: Daemon, fleet: Testbed, models_dir: Path, v1: V1, tmp_path: Path,
+        step: str) -> None:
+    module, code, says = BAD_REPLIES[step]
     before = serving(fleet)
     bad = fleet.hosts[2]  # in the first batch after the canary
-    with switch_reply_without_generation(bad):
+    with shipped_module_patched(bad, module, code):
         spec = v2_spec(tmp_path, models_dir, fleet,
                        "{canary: 1, batch_size: 2, max_failed_hosts: 0}")
-        end = wait_end(daemon, submit(daemon, spec))
+        deployment = submit(daemon, spec)
+        end = wait_end(daemon, deployment)
     assert end["state"] == "rolled_back", end["result"]
     reason = end["result"]["reason"]
-    assert "internal error" not in reason, reason
-    assert "host sent an invalid reply to switch: missing field 'generation'" in reason, reason
-    assert end["result"]["hosts"][bad.name] == "rolled_back"  # by its own pipeline
-    assert serving(fleet) == before  # the canary and the other batch host were put back too
+    assert "internal error" not in reason and f"1 failed hosts ({bad.name})" in reason, reason
+    failed = [e for e in stored_events(daemon, deployment) if e["host"] == bad.name
+              and e["event"] == "step" and e["status"] == "failed"]
+    assert [e["step"] for e in failed] == [step] and says in failed[0]["error"], failed
+    assert serving(fleet) == before  # the canary, the bad host and its batch mate: all back
 
 
 def test_pause_holds_between_batches_resume_goes_on_abort_puts_hosts_back(
