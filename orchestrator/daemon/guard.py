@@ -80,7 +80,11 @@ class TcpGuard:
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, kind: str,
                   message: str) -> None:
-    response = JSONResponse({"error": message, "kind": kind}, status_code=status)
+    # A refused body is never read: `Connection: close` makes uvicorn close the connection after
+    # the answer instead of reading (and discarding) the rest to reuse it.
+    headers = {"connection": "close"} if status == 413 else None
+    response = JSONResponse({"error": message, "kind": kind}, status_code=status,
+                            headers=headers)
     await response(scope, receive, send)
 
 
@@ -113,6 +117,5 @@ async def _limited(app: ASGIApp, scope: Scope, receive: Receive, send: Send,
     with contextlib.suppress(_BodyTooLarge):  # answered below
         await app(scope, limited_receive, guarded_send)
     if over and not started:
-        # The rest of the body is never read: uvicorn closes the connection after this answer.
         await _refuse(scope, receive, send, 413, "PayloadTooLarge",
                       f"request body over {limit} bytes")
