@@ -112,14 +112,23 @@ async def _follower(tmp: Path, deployment: str, reads: bool, attached: list[int]
         after = int(lagged.group(1))
 
 
-def _watch(tmp: Path, pid: int, stop: threading.Event, health_ms: list[float],
-           rss: list[float]) -> None:
-    with _client(tmp) as http:
+def _watch(sock: str, pid: int, out: str) -> None:
+    """In its own process (the bench's followers would otherwise hold this one's GIL and show
+    their own delays as the daemon's): GET /healthz every 50 ms and the daemon's RSS, one
+    "latency_ms rss_mb" line each, until stdin closes."""
+    stop = threading.Event()
+
+    def until_stdin_closes() -> None:
+        sys.stdin.read()
+        stop.set()
+
+    threading.Thread(target=until_stdin_closes, daemon=True).start()
+    with httpx.Client(transport=httpx.HTTPTransport(uds=sock), base_url="http://o",
+                      timeout=60) as http, open(out, "w") as sink:
         while not stop.is_set():
             started = time.perf_counter()
             http.get("/healthz")
-            health_ms.append((time.perf_counter() - started) * 1000)
-            rss.append(_rss_mb(pid))
+            sink.write(f"{(time.perf_counter() - started) * 1000} {_rss_mb(pid)}\n")
             stop.wait(HEALTH_EVERY_S)
 
 
@@ -132,14 +141,16 @@ async def _followed(tmp: Path, pid: int) -> tuple[float, list[float], list[float
     while attached[0] < FOLLOWERS:
         await asyncio.sleep(0.05)
     await asyncio.to_thread(_rollout_s, tmp, gate)
-    stop = threading.Event()
-    health_ms: list[float] = []
-    rss: list[float] = []
-    watcher = threading.Thread(target=_watch, args=(tmp, pid, stop, health_ms, rss))
-    watcher.start()
+    out = tmp / "watch.txt"
+    watcher = subprocess.Popen([sys.executable, "-m", __name__, str(tmp / "o.sock"), str(pid),
+                                str(out)], stdin=subprocess.PIPE)
     seconds = await asyncio.to_thread(_rollout_s, tmp, followed)
-    stop.set()
-    watcher.join()
+    assert watcher.stdin is not None
+    watcher.stdin.close()
+    watcher.wait(60)
+    pairs = [line.split() for line in out.read_text().splitlines()]
+    health_ms = [float(a) for a, _ in pairs]
+    rss = [float(b) for _, b in pairs]
     readers = [t for i, t in enumerate(tasks) if i % 2 == 0]
     await asyncio.wait_for(asyncio.gather(*readers), 300)
     for task in tasks:
@@ -169,3 +180,7 @@ def run() -> None:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    _watch(sys.argv[1], int(sys.argv[2]), sys.argv[3])

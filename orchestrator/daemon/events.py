@@ -51,6 +51,8 @@ log = structlog.get_logger("orchestrator.daemon.events")
 __all__ = ["DeploymentSink", "EventHub", "EventSink", "Follower", "make_event"]
 FOLLOWER_BUFFER = 1024
 MAX_FOLLOWERS = 2048
+#: An event and its JSON line (newline-terminated UTF-8), as the feed keeps and the API sends it.
+Entry = tuple[dict[str, Any], bytes]
 
 
 def make_event(
@@ -90,6 +92,11 @@ class Follower:
     def take(self) -> tuple[list[dict[str, Any]], bool]:
         """(the feed's events after the cursor, whether some were dropped before them: the
         reader then reads the store after its cursor). The cursor moves past what is given."""
+        entries, lagged = self.hub._take(self)
+        return [event for event, _ in entries], lagged
+
+    def take_lines(self) -> tuple[list[Entry], bool]:
+        """`take`, each event with its JSON line: serialised once for all followers."""
         return self.hub._take(self)
 
 
@@ -98,7 +105,7 @@ class _Feed:
     deployment, not per follower, and an emit that costs the same for 1 or 1,000 readers."""
 
     def __init__(self, capacity: int) -> None:
-        self.ring: deque[dict[str, Any]] = deque(maxlen=capacity)
+        self.ring: deque[Entry] = deque(maxlen=capacity)
         self.followers: set[Follower] = set()
         self.waiting: set[Follower] = set()
 
@@ -126,7 +133,7 @@ class EventHub:
             waiting: set[Follower] = set()
             feed = self._feeds.get(deployment)
             if feed is not None:  # appended under the lock: the ring is in seq order
-                feed.ring.append(event)
+                feed.ring.append((event, _line(event)))
                 waiting, feed.waiting = feed.waiting, set()
         for follower in waiting:  # outside the lock; a wake only schedules, never blocks
             # A RuntimeError means the reader's event loop is gone: the follower has vanished.
@@ -193,13 +200,13 @@ class EventHub:
         with self._lock:
             return sum(len(f.followers) for f in self._feeds.values())
 
-    def _take(self, follower: Follower) -> tuple[list[dict[str, Any]], bool]:
+    def _take(self, follower: Follower) -> tuple[list[Entry], bool]:
         with self._lock:
             feed = self._feeds.get(follower.deployment)
             if feed is None or follower not in feed.followers:
                 return [], True  # unfollowed: only the store can answer
             ring = feed.ring
-            first = int(ring[0]["seq"]) if ring else follower.cursor + 1
+            first = int(ring[0][0]["seq"]) if ring else follower.cursor + 1
             if follower.cursor + 1 < first:
                 # Events between the cursor and the ring's tail are gone from memory.
                 follower.dropped += first - follower.cursor - 1
@@ -207,7 +214,7 @@ class EventHub:
             skip = follower.cursor + 1 - first
             events = list(itertools.islice(ring, skip, None)) if skip < len(ring) else []
             if events:
-                follower.cursor = int(events[-1]["seq"])
+                follower.cursor = int(events[-1][0]["seq"])
             else:
                 # Checked and registered under the one lock: no emit can slip in between.
                 feed.waiting.add(follower)
@@ -231,3 +238,7 @@ class DeploymentSink:
             duration_ms=duration_ms, level=level, details=details,
         )
         return self.hub.publish(record)
+
+
+def _line(event: dict[str, Any]) -> bytes:
+    return (json.dumps(event, separators=(",", ":")) + "\n").encode()

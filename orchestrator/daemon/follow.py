@@ -38,6 +38,8 @@ PAGE = 500
 FOLLOW_POLL_S = 5.0
 #: Threads at once for followers' store reads (anyio's default pool has 40 for everything).
 READ_THREADS = 4
+#: How long a woken follower lets events gather before it takes them: latency for fewer sends.
+GATHER_S = 0.05
 LAGGED = "lagged"
 T = TypeVar("T")
 
@@ -118,7 +120,7 @@ class Followers:
                     return
                 live = False  # whether this reader has kept up with the feed since the store
                 while not stopping.is_set():
-                    events, lagged = follower.take()
+                    entries, lagged = follower.take_lines()
                     if lagged and not live:
                         break  # a burst passed while the store was read: read it again
                     if lagged:
@@ -126,11 +128,12 @@ class Followers:
                                      "after": follower.cursor})
                         return
                     live = True
-                    if events:
-                        chunk = _lines(events, host)
+                    if entries:
+                        chunk = b"".join(line for e, line in entries
+                                         if host is None or e["host"] == host)
                         if chunk:
-                            yield chunk  # one write per burst
-                        if any(_is_end(e) for e in events):
+                            yield chunk  # one write per burst, of lines serialised once
+                        if any(_is_end(e) for e, _ in entries):
                             return
                         continue
                     try:
@@ -138,6 +141,9 @@ class Followers:
                     except TimeoutError:
                         break  # to the store: the deployment may have ended meanwhile
                     wake.clear()
+                    # Let the burst gather: a fast rollout emits every few ms, and a send per
+                    # event per follower would keep the loop (and the GIL) from the emitter.
+                    await asyncio.sleep(GATHER_S)
         finally:
             hub.unfollow(follower)
 
