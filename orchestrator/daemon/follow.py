@@ -46,10 +46,14 @@ T = TypeVar("T")
 
 class LoopWaker:
     """Sets followers' `asyncio.Event`s from the emitting thread: the first wake of a burst
-    schedules one loop callback, later ones only join its list (no syscall, no blocking)."""
+    schedules one loop callback, later ones only join its list (no syscall, no blocking). The
+    callback sets them all after `gather()` seconds, one timer for every follower: a fast
+    rollout emits every few ms, and a send per event per follower would keep the loop (and the
+    GIL) from the emitter."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, gather: Callable[[], float]) -> None:
         self._loop = loop
+        self._gather = gather
         self._lock = threading.Lock()
         self._pending: list[asyncio.Event] = []
 
@@ -58,7 +62,10 @@ class LoopWaker:
             self._pending.append(event)
             if len(self._pending) > 1:
                 return  # a callback is already scheduled and will take this one too
-        self._loop.call_soon_threadsafe(self._run)
+        self._loop.call_soon_threadsafe(self._later)
+
+    def _later(self) -> None:
+        self._loop.call_later(self._gather(), self._run)
 
     def _run(self) -> None:
         with self._lock:
@@ -79,7 +86,7 @@ class Followers:
     def _bind(self) -> tuple[LoopWaker, CapacityLimiter]:
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._waker is None or self._limiter is None:
-            self._loop, self._waker = loop, LoopWaker(loop)
+            self._loop, self._waker = loop, LoopWaker(loop, self._gather_s)
             self._limiter = CapacityLimiter(READ_THREADS)
         return self._waker, self._limiter
 
@@ -142,13 +149,11 @@ class Followers:
                             return
                         continue
                     try:
-                        await asyncio.wait_for(wake.wait(), FOLLOW_POLL_S)
+                        async with asyncio.timeout(FOLLOW_POLL_S):  # no task, unlike wait_for
+                            await wake.wait()
                     except TimeoutError:
                         break  # to the store: the deployment may have ended meanwhile
                     wake.clear()
-                    # Let the burst gather: a fast rollout emits every few ms, and a send per
-                    # event per follower would keep the loop (and the GIL) from the emitter.
-                    await asyncio.sleep(self._gather_s())
         finally:
             hub.unfollow(follower)
 
