@@ -166,6 +166,8 @@ def _lines(events: list[dict[str, Any]], host: str | None) -> bytes:
     return b"".join(_line(e) for e in events if host is None or e["host"] == host)
 
 
+_END = frozenset(str(s) for s in DEPLOYMENT_TERMINAL)  # built once: checked per event per reader
+
+
 def _is_end(event: dict[str, Any]) -> bool:
-    return event.get("event") == "deployment" and event.get("status") in {
-        str(s) for s in DEPLOYMENT_TERMINAL}
+    return event.get("event") == "deployment" and event.get("status") in _END
