@@ -2,8 +2,10 @@
 
 The OpenAPI schema at /openapi.json is the documentation of record. Errors are JSON
 `{"error": "<one line>", "kind": "<class in orchestrator.errors>", ...where}` with the error's
-`http_status`: 400 bad input, 404 unknown id, 409 refused by the current state, 413 too large,
-422 a body that does not match the schema. Event streams are newline-delimited JSON.
+`http_status`: 400 bad input, 404 unknown id, 409 refused by the current state, 413 too large
+(every body is held to its limit while it is read: daemon/guard.py), 422 a body that does not
+match the schema, 503 past `max_followers` log followers. Event streams are newline-delimited
+JSON; live followers are daemon/follow.py.
 
 Requests over TCP (never on by default) must carry `Authorization: Bearer <token>` and a `Host`
 header from the allowlist (against DNS rebinding from a browser); the Unix socket's 0660 mode is
