@@ -153,7 +153,22 @@ class Client:
 
     def events(self, deployment: str, *, after: int = 0, host: str | None = None,
                follow: bool = False) -> Iterator[dict[str, Any]]:
-        """The deployment's events in seq order; with `follow`, until it finishes."""
+        """The deployment's events in seq order; with `follow`, until it finishes. When the
+        daemon drops a follower that fell behind (a `lagged` marker line, not an event), the
+        stream is reopened after the marker's seq: the caller sees each event once."""
+        while True:
+            marker = None
+            for event in self._event_stream(deployment, after, host, follow):
+                if event.get("event") == "lagged" and "seq" not in event:
+                    marker = event  # the daemon dropped this slow reader: resume by seq
+                    break
+                yield event
+            if marker is None:
+                return
+            after = int(marker["after"])
+
+    def _event_stream(self, deployment: str, after: int, host: str | None,
+                      follow: bool) -> Iterator[dict[str, Any]]:
         params: dict[str, Any] = {"after": after, "follow": follow}
         if host:
             params["host"] = host

@@ -2,8 +2,10 @@
 
 The OpenAPI schema at /openapi.json is the documentation of record. Errors are JSON
 `{"error": "<one line>", "kind": "<class in orchestrator.errors>", ...where}` with the error's
-`http_status`: 400 bad input, 404 unknown id, 409 refused by the current state, 413 too large,
-422 a body that does not match the schema. Event streams are newline-delimited JSON.
+`http_status`: 400 bad input, 404 unknown id, 409 refused by the current state, 413 too large
+(every body is held to its limit while it is read: daemon/guard.py), 422 a body that does not
+match the schema, 503 past `max_followers` log followers. Event streams are newline-delimited
+JSON; live followers are daemon/follow.py.
 
 Requests over TCP (never on by default) must carry `Authorization: Bearer <token>` and a `Host`
 header from the allowlist (against DNS rebinding from a browser); the Unix socket's 0660 mode is
@@ -12,34 +14,27 @@ its access control.
 
 from __future__ import annotations
 
-import asyncio
-import hmac
 import json
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from orchestrator import __version__
-from orchestrator.core.states import DEPLOYMENT_TERMINAL
 from orchestrator.daemon import bundle
-from orchestrator.daemon.events import merge_in_order
+from orchestrator.daemon.follow import Followers
+from orchestrator.daemon.guard import SMALL_BODY, TAR, TcpGuard
 from orchestrator.daemon.metrics import CONTENT_TYPE as METRICS_TYPE
 from orchestrator.daemon.service import Service
 from orchestrator.errors import InvalidInput, OrchestratorError, PayloadTooLarge
 
 NDJSON = "application/x-ndjson"
-TAR = "application/x-tar"
-SMALL_BODY = 1 << 20
-FOLLOW_POLL_S = 1.0
-Scope = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
-                   Awaitable[None]]
 
 
 class SubmitJson(BaseModel):
@@ -68,8 +63,8 @@ def create_app(service: Service, *, token: str | None = None) -> FastAPI:
     _deployment_routes(app, service)
     _host_routes(app, service)
     _metrics_route(app, service)
-    app.add_middleware(TcpGuard, token=token,
-                       allowed_hosts=service.config.tcp.allowed_hosts)
+    app.add_middleware(TcpGuard, token=token, allowed_hosts=service.config.tcp.allowed_hosts,
+                       max_body_bytes=service.config.max_body_bytes)
     return app
 
 
@@ -90,8 +85,11 @@ def _install_errors(app: FastAPI) -> None:
 
 
 def _deployment_routes(app: FastAPI, service: Service) -> None:
+    followers = Followers(service)
+
     @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
+    async def healthz() -> dict[str, Any]:
+        # On the event loop, not in the thread pool: it answers while every thread is busy.
         return {"ok": True, "version": __version__, "stopping": service.stopping.is_set()}
 
     @app.post("/v1/deployments", status_code=201, openapi_extra={"requestBody": {
@@ -122,16 +120,19 @@ def _deployment_routes(app: FastAPI, service: Service) -> None:
 
     @app.get("/v1/deployments/{deployment}/events", response_class=StreamingResponse,
              responses={200: {"content": {NDJSON: {}}}})
-    def events(deployment: str, after: Annotated[int, Query(ge=0)] = 0,
-               host: str | None = None, follow: bool = False) -> StreamingResponse:
+    async def events(deployment: str, after: Annotated[int, Query(ge=0)] = 0,
+                     host: str | None = None, follow: bool = False) -> StreamingResponse:
         """The deployment's events as newline-delimited JSON, after seq `after`; with `follow`
-        the stream stays open until the deployment finishes."""
-        service.store.get_deployment(deployment)  # 404 before the stream starts
+        the stream stays open until the deployment finishes. A follower that falls too far
+        behind gets `{"event": "lagged", "after": SEQ}` and the stream ends: reconnect with
+        `after=SEQ` (daemon/follow.py). Past `max_followers` followers: 503."""
         if follow:
-            stream = _follow(service, deployment, after, host)
-        else:
-            stream = _replay(service, deployment, after, host)
-        return StreamingResponse(stream, media_type=NDJSON)
+            follower, wake = await followers.open(deployment, after)
+            # The unfollow also runs when the client leaves before the stream starts.
+            return StreamingResponse(followers.stream(follower, wake, host), media_type=NDJSON,
+                                     background=BackgroundTask(service.hub.unfollow, follower))
+        await run_in_threadpool(service.store.get_deployment, deployment)  # 404 first
+        return StreamingResponse(_replay(service, deployment, after, host), media_type=NDJSON)
 
     @app.post("/v1/deployments/{deployment}/cancel")
     def cancel(deployment: str) -> dict[str, Any]:
@@ -220,11 +221,6 @@ def _line(event: dict[str, Any]) -> bytes:
     return (json.dumps(event, separators=(",", ":")) + "\n").encode()
 
 
-def _is_end(event: dict[str, Any]) -> bool:
-    return event.get("event") == "deployment" and event.get("status") in {
-        str(s) for s in DEPLOYMENT_TERMINAL}
-
-
 async def _replay(service: Service, deployment: str, after: int,
                   host: str | None) -> AsyncIterator[bytes]:
     while True:
@@ -235,91 +231,3 @@ async def _replay(service: Service, deployment: str, after: int,
         if len(rows) < 1000:
             return
         after = rows[-1]["seq"]
-
-
-async def _follow(service: Service, deployment: str, after: int,
-                  host: str | None) -> AsyncIterator[bytes]:
-    """Registers the follower first, then reads the store, so nothing emitted in between is
-    missed; afterwards takes events from its buffer, and goes back to the store whenever the
-    buffer was dropped (lagged) or shows a gap."""
-    loop = asyncio.get_running_loop()
-    wake = asyncio.Event()
-    follower = service.hub.follow(deployment, lambda: _wake(loop, wake))
-    last = after
-    try:
-        while True:
-            state = (await run_in_threadpool(service.store.get_deployment, deployment)).state
-            rows = await run_in_threadpool(service.store.events, deployment, after=last)
-            for event in rows:
-                last = event["seq"]
-                if host is None or event["host"] == host:
-                    yield _line(event)
-            if state in DEPLOYMENT_TERMINAL:
-                return  # read before the rows: they hold every event up to the end
-            while not service.stopping.is_set():
-                try:
-                    await asyncio.wait_for(wake.wait(), FOLLOW_POLL_S)
-                except TimeoutError:
-                    break  # look at the store again: the deployment may have ended meanwhile
-                wake.clear()
-                buffered, lagged = follower.take()
-                fresh, gap = merge_in_order(last, buffered)
-                if fresh:
-                    last = fresh[-1]["seq"]
-                    # One write per batch: a burst reaches the socket in one send.
-                    chunk = b"".join(_line(e) for e in fresh if host is None or e["host"] == host)
-                    if chunk:
-                        yield chunk
-                    if any(_is_end(e) for e in fresh):
-                        return
-                if lagged or gap:
-                    break
-            if service.stopping.is_set():
-                return
-    finally:
-        service.hub.unfollow(follower)
-
-
-def _wake(loop: asyncio.AbstractEventLoop, wake: asyncio.Event) -> None:
-    loop.call_soon_threadsafe(wake.set)
-
-
-class TcpGuard:
-    """ASGI middleware: on TCP connections (the Unix socket has no port), require the bearer
-    token and an allowed Host header; on every connection, refuse a declared body over the
-    small limit on routes other than the bundle upload."""
-
-    def __init__(self, app: ASGIApp, token: str | None, allowed_hosts: tuple[str, ...]) -> None:
-        self.app = app
-        self.token = token
-        self.allowed = {h.lower() for h in allowed_hosts}
-
-    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
-                       send: Callable[[Any], Awaitable[None]]) -> None:
-        if scope["type"] == "http":
-            problem = self._problem(scope)
-            if problem is not None:
-                status, kind, message = problem
-                response = JSONResponse({"error": message, "kind": kind}, status_code=status)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-    def _problem(self, scope: Scope) -> tuple[int, str, str] | None:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                   for k, v in scope.get("headers", [])}
-        length = headers.get("content-length", "")
-        if (scope.get("path") != "/v1/deployments" and length.isdigit()
-                and int(length) > SMALL_BODY):
-            return 413, "PayloadTooLarge", f"request body over {SMALL_BODY} bytes"
-        server = scope.get("server")
-        if self.token is None or not server or server[1] is None:
-            return None  # the Unix socket (without a token, TCP is off: no TCP listener exists)
-        host = headers.get("host", "")
-        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        if name.lower() not in self.allowed:
-            return 403, "Forbidden", f"Host header {host!r} is not in tcp.allowed_hosts"
-        given = headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
-            return 401, "Unauthorized", "missing or wrong bearer token"
-        return None

@@ -54,6 +54,8 @@ class DaemonConfig:
     max_parallel_deployments: int = 2
     max_ssh_sessions: int = 16
     max_body_bytes: int = DEFAULT_MAX_BODY
+    # Live log followers at once (each holds a connection and a task); past it, HTTP 503.
+    max_followers: int = 2048
     shutdown_grace_s: float = 30.0
     # A running deployment silent this long is stopped after its current step (the daemon's own
     # watchdog; a verify step with a long warmup emits nothing meanwhile, hence generous).
@@ -80,7 +82,7 @@ class DaemonConfig:
 
 _PATHS = ("state_dir", "socket", "inventory", "known_hosts", "identity", "specs_dir")
 _INTS = {"max_parallel_deployments": (1, 64), "max_ssh_sessions": (1, 1024),
-         "max_body_bytes": (1024, 1 << 40)}
+         "max_body_bytes": (1024, 1 << 40), "max_followers": (1, 100_000)}
 _FLOATS = {"shutdown_grace_s": (0.0, 3600.0), "progress_timeout_s": (1.0, 7 * 86400.0)}
 _TCP_KEYS = {"enabled", "host", "port", "token_file", "allowed_hosts"}
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}

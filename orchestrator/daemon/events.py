@@ -15,15 +15,20 @@ hub (so the three copies agree on the order):
      the copy too would double the cost of every step event under the hub lock, for a file a
      power cut can only shorten (the store has every event: `orchestrator logs ID --json`
      prints the same lines);
-  3. an offer to every follower of that deployment.
-Followers have bounded buffers and never block the emitter: a full buffer is dropped and the
-follower marked lagged; it then re-reads from the store after the last seq it delivered, so a
-follower sees every event, in order, without gaps, however slow it is.
+  3. the deployment's feed, when someone follows it: a ring of its last `follower_buffer`
+     events shared by its followers, each holding only a cursor (the last seq it delivered).
+Followers never block the emitter and cost it nothing while they do not read: the emitter
+appends to the ring (O(1)) and wakes only the followers waiting for a new event, outside the
+hub lock. Each follower's backlog is bounded by the ring: one whose cursor fell off the ring's
+tail is lagged, and goes back to the store after its cursor (the API drops a live follower that
+lagged with a `lagged` marker; its client resumes by seq), so a follower sees every event, in
+order, exactly once, however slow it is. The hub refuses followers past the daemon's cap.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import threading
@@ -37,13 +42,17 @@ import structlog
 
 from orchestrator.core.sink import EventSink
 from orchestrator.daemon.store import Store, open_private, private_dir
+from orchestrator.errors import DaemonError
 
 LEVELS = ("debug", "info", "warning", "error")
 # Mirrored into the daemon's own log (journald): what an operator scans for, not every step.
 LOGGED_EVENTS = frozenset({"deployment", "reconcile", "watchdog", "rollout", "cancel", "rollback"})
 log = structlog.get_logger("orchestrator.daemon.events")
-__all__ = ["DeploymentSink", "EventHub", "EventSink", "make_event", "merge_in_order"]
-FOLLOWER_BUFFER = 256
+__all__ = ["DeploymentSink", "EventHub", "EventSink", "Follower", "make_event"]
+FOLLOWER_BUFFER = 1024
+MAX_FOLLOWERS = 2048
+#: An event and its JSON line (newline-terminated UTF-8), as the feed keeps and the API sends it.
+Entry = tuple[dict[str, Any], bytes]
 
 
 def make_event(
@@ -66,42 +75,39 @@ def make_event(
 
 
 class Follower:
-    """One live reader of a deployment's events. `offer` is called by the emitting thread and
-    never blocks; `wake` (thread-safe) tells the reader to look at its buffer."""
+    """One live reader of a deployment's events: a cursor into the deployment's feed.
 
-    def __init__(self, deployment: str, wake: Callable[[], None], capacity: int) -> None:
+    `cursor` is the last seq the reader delivered (the API moves it as it reads the store);
+    `take` gives what the feed holds after it. `wake` is called from the emitting thread, at
+    most once per `take` that found nothing new, and must not block."""
+
+    def __init__(self, hub: EventHub, deployment: str, wake: Callable[[], None],
+                 cursor: int) -> None:
+        self.hub = hub
         self.deployment = deployment
-        self._wake = wake
-        self._capacity = capacity
-        self._buf: deque[dict[str, Any]] = deque()
-        self._lock = threading.Lock()
-        self.lagged = False
-        self.dropped = 0
-
-    def offer(self, event: dict[str, Any]) -> None:
-        with self._lock:
-            # Wake the reader only when it has nothing pending: one wake-up per batch, not per
-            # event, so a burst of events costs the reader's event loop one callback.
-            wake = not self._buf and not self.lagged
-            if self.lagged or len(self._buf) >= self._capacity:
-                # Drop rather than wait: the reader will catch up from the store by seq.
-                self.lagged = True
-                self.dropped += len(self._buf) + 1
-                self._buf.clear()
-            else:
-                self._buf.append(event)
-        if wake:
-            # A RuntimeError means the reader's event loop is gone: the follower has vanished.
-            with contextlib.suppress(RuntimeError):
-                self._wake()
+        self.wake = wake
+        self.cursor = cursor
+        self.dropped = 0  # events this reader missed live and had to read from the store
 
     def take(self) -> tuple[list[dict[str, Any]], bool]:
-        """(buffered events, whether some were dropped since the last take)."""
-        with self._lock:
-            events, lagged = list(self._buf), self.lagged
-            self._buf.clear()
-            self.lagged = False
-        return events, lagged
+        """(the feed's events after the cursor, whether some were dropped before them: the
+        reader then reads the store after its cursor). The cursor moves past what is given."""
+        entries, lagged = self.hub._take(self)
+        return [event for event, _ in entries], lagged
+
+    def take_lines(self) -> tuple[list[Entry], bool]:
+        """`take`, each event with its JSON line: serialised once for all followers."""
+        return self.hub._take(self)
+
+
+class _Feed:
+    """The recent events of one followed deployment, shared by its followers: memory per
+    deployment, not per follower, and an emit that costs the same for 1 or 1,000 readers."""
+
+    def __init__(self, capacity: int) -> None:
+        self.ring: deque[Entry] = deque(maxlen=capacity)
+        self.followers: set[Follower] = set()
+        self.waiting: set[Follower] = set()
 
 
 class EventHub:
@@ -112,7 +118,7 @@ class EventHub:
         self.logs_dir = logs_dir
         private_dir(logs_dir)
         self._lock = threading.Lock()
-        self._followers: dict[str, set[Follower]] = {}
+        self._feeds: dict[str, _Feed] = {}
         self._files: dict[str, IO[str]] = {}
         self._follower_buffer = follower_buffer
 
@@ -124,9 +130,15 @@ class EventHub:
         with self._lock:
             event = {"seq": self.store.append_event(event), **event}
             self._append_line(deployment, event)
-            # Offered under the lock so followers see seq order; `offer` never blocks.
-            for follower in self._followers.get(deployment, ()):
-                follower.offer(event)
+            waiting: set[Follower] = set()
+            feed = self._feeds.get(deployment)
+            if feed is not None:  # appended under the lock: the ring is in seq order
+                feed.ring.append((event, _line(event)))
+                waiting, feed.waiting = feed.waiting, set()
+        for follower in waiting:  # outside the lock; a wake only schedules, never blocks
+            # A RuntimeError means the reader's event loop is gone: the follower has vanished.
+            with contextlib.suppress(RuntimeError):
+                follower.wake()
         if event["event"] in LOGGED_EVENTS or event["level"] == "error":
             getattr(log, event["level"])(
                 event["event"], deployment=deployment, seq=event["seq"], host=event["host"],
@@ -158,23 +170,55 @@ class EventHub:
                 handle.close()
             self._files.clear()
 
-    def follow(self, deployment: str, wake: Callable[[], None]) -> Follower:
-        follower = Follower(deployment, wake, self._follower_buffer)
+    def follow(self, deployment: str, wake: Callable[[], None], *, after: int = 0,
+               limit: int = MAX_FOLLOWERS) -> Follower:
+        """A follower of `deployment` whose cursor is `after`; past `limit` followers in all,
+        `DaemonError` (HTTP 503): each follower holds a connection and a task."""
+        follower = Follower(self, deployment, wake, after)
         with self._lock:
-            self._followers.setdefault(deployment, set()).add(follower)
+            count = sum(len(f.followers) for f in self._feeds.values())
+            if count >= limit:
+                raise DaemonError(f"too many log followers ({count}, the limit is {limit}: "
+                                  "max_followers); retry later")
+            feed = self._feeds.get(deployment)
+            if feed is None:
+                feed = self._feeds[deployment] = _Feed(self._follower_buffer)
+            feed.followers.add(follower)
         return follower
 
     def unfollow(self, follower: Follower) -> None:
+        """Idempotent. The feed goes with its last follower (the store keeps every event)."""
         with self._lock:
-            group = self._followers.get(follower.deployment)
-            if group is not None:
-                group.discard(follower)
-                if not group:
-                    del self._followers[follower.deployment]
+            feed = self._feeds.get(follower.deployment)
+            if feed is not None and follower in feed.followers:
+                feed.followers.discard(follower)
+                feed.waiting.discard(follower)
+                if not feed.followers:
+                    del self._feeds[follower.deployment]
 
     def follower_count(self) -> int:
         with self._lock:
-            return sum(len(g) for g in self._followers.values())
+            return sum(len(f.followers) for f in self._feeds.values())
+
+    def _take(self, follower: Follower) -> tuple[list[Entry], bool]:
+        with self._lock:
+            feed = self._feeds.get(follower.deployment)
+            if feed is None or follower not in feed.followers:
+                return [], True  # unfollowed: only the store can answer
+            ring = feed.ring
+            first = int(ring[0][0]["seq"]) if ring else follower.cursor + 1
+            if follower.cursor + 1 < first:
+                # Events between the cursor and the ring's tail are gone from memory.
+                follower.dropped += first - follower.cursor - 1
+                return [], True
+            skip = follower.cursor + 1 - first
+            events = list(itertools.islice(ring, skip, None)) if skip < len(ring) else []
+            if events:
+                follower.cursor = int(events[-1][0]["seq"])
+            else:
+                # Checked and registered under the one lock: no emit can slip in between.
+                feed.waiting.add(follower)
+        return events, False
 
 
 class DeploymentSink:
@@ -196,19 +240,5 @@ class DeploymentSink:
         return self.hub.publish(record)
 
 
-def merge_in_order(
-    last_seq: int, buffered: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], bool]:
-    """Pure: the buffered events that continue exactly after `last_seq`, and whether a gap was
-    found (the caller then re-reads from the store)."""
-    out: list[dict[str, Any]] = []
-    expected = last_seq + 1
-    for event in buffered:
-        seq = int(event["seq"])
-        if seq < expected:
-            continue  # already delivered from the store
-        if seq > expected:
-            return out, True
-        out.append(event)
-        expected += 1
-    return out, False
+def _line(event: dict[str, Any]) -> bytes:
+    return (json.dumps(event, separators=(",", ":")) + "\n").encode()
