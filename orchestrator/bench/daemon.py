@@ -66,6 +66,11 @@ def _start(tmp: Path, delay_s: float) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([str(exe), "daemon", "--config", str(config)], cwd=tmp,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "ORCHESTRATOR_ECHO_DELAY_S": str(delay_s)})
+    return _until_healthy(tmp, proc)
+
+
+def _until_healthy(tmp: Path, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    """`proc` once the daemon in `tmp` answers /healthz (killed if it does not within 60 s)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:

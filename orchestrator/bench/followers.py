@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from orchestrator.bench.daemon import _bundle, _client, _rss_mb, _spec
+from orchestrator.bench.daemon import _bundle, _client, _rss_mb, _spec, _until_healthy
 
 FOLLOWERS = int(os.environ.get("ORCHESTRATOR_BENCH_FOLLOWERS", "1000"))
 HOSTS = int(os.environ.get("ORCHESTRATOR_BENCH_HOSTS", "400"))
@@ -53,16 +53,7 @@ def _start(tmp: Path) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([str(exe), "daemon", "--config", str(config)], cwd=tmp,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "ORCHESTRATOR_ECHO_DELAY_S": "0"})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with _client(tmp) as http:
-                http.get("/healthz")
-            return proc
-        except (httpx.TransportError, OSError):
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("the daemon did not start within 60 s")
+    return _until_healthy(tmp, proc)
 
 
 def _submit(tmp: Path, name: str) -> str:
