@@ -19,7 +19,7 @@ stable exit code (DESIGN.md "CLI") and HTTP status.
     │   ├── FileTransferFailed           SFTP put/get refused (no such file, permission, disk)
     │   ├── HostOpFailed                 (hostops.py) a host-side op refused; `.kind`, `.details`
     │   ├── StepFailed                   (steps/__init__.py) a step's own check refused the host
-    │   └── DeployLocked                 (steps/hostlock.py) the app is being deployed there
+    │   └── DeployLocked                 (hosts/hostlock.py) the app is being deployed there
     ├── TestbedError                     exit 1: the local testbed could not start or stop
     ├── Conflict                         exit 2, HTTP 409: refused by the current state
     │   └── InvalidTransition            a state change the state machine forbids

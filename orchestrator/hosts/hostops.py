@@ -17,7 +17,7 @@ finishes or cleans its own half-done work. The order a deploy uses:
     -> switch -> [check] -> prune
     failure before switch: abort_stage;  at/after switch: rollback(from_release=new, mark_bad=True)
 
-(The pipeline, steps/host.py, sends the same ops in fewer calls: probe + state in one batch;
+(The pipeline's steps, deploy/steps/, send the same ops in fewer calls: probe + state in one batch;
 stage-begin, the lock and a small model as `write-file`s, verify-model and wheels-missing in
 one; venv-ensure with `need_uv`, uv pushed only when a venv must be built; after the warmup,
 write-manifest + stage-commit in one.)
