@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.daemon.events import EventHub
-from orchestrator.daemon.store import lock_state_dir, open_store
+from orchestrator.daemon.statedir import lock_state_dir
+from orchestrator.daemon.store import open_store
 from tests.daemons import ECHO, Daemon, wait_for, write_config
 from tests.specs import stub_spec
 

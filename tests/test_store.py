@@ -13,7 +13,8 @@ import pytest
 
 from orchestrator.core.states import DeploymentState, HostStepState
 from orchestrator.daemon.sqlite_store import SqliteStore
-from orchestrator.daemon.store import SCHEMA_VERSION, lock_state_dir
+from orchestrator.daemon.statedir import lock_state_dir
+from orchestrator.daemon.store import SCHEMA_VERSION
 from orchestrator.errors import InvalidTransition, NotFound, StateDirLocked, StoreCorrupt
 
 D, S = DeploymentState, HostStepState
@@ -61,7 +62,7 @@ def test_garbage_is_not_a_store(tmp_path: Path) -> None:
 def test_state_dir_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
     handle = lock_state_dir(tmp_path)
     code = ("import sys; from pathlib import Path\n"
-            "from orchestrator.daemon.store import lock_state_dir\n"
+            "from orchestrator.daemon.statedir import lock_state_dir\n"
             "from orchestrator.errors import StateDirLocked\n"
             "try:\n lock_state_dir(Path(sys.argv[1]))\nexcept StateDirLocked as e:\n"
             " print(e); sys.exit(7)\n")

@@ -41,7 +41,8 @@ from typing import IO, Any
 import structlog
 
 from orchestrator.core.sink import EventSink
-from orchestrator.daemon.store import Store, open_private, private_dir
+from orchestrator.daemon.statedir import open_private, private_dir
+from orchestrator.daemon.store import Store
 from orchestrator.errors import DaemonError
 
 LEVELS = ("debug", "info", "warning", "error")

@@ -35,7 +35,8 @@ from orchestrator.daemon.config import DaemonConfig, read_token
 from orchestrator.daemon.events import EventHub
 from orchestrator.daemon.runners.base import make_runner
 from orchestrator.daemon.service import Service
-from orchestrator.daemon.store import lock_state_dir, open_private, open_store, private_dir
+from orchestrator.daemon.statedir import lock_state_dir, open_private, private_dir
+from orchestrator.daemon.store import open_store
 from orchestrator.daemon.watch import SpecWatcher
 from orchestrator.errors import DaemonError
 

@@ -35,7 +35,8 @@ from orchestrator.daemon.metrics import Metrics
 from orchestrator.daemon.reconcile import reconcile, reconcile_with_runner
 from orchestrator.daemon.runners.base import DeploymentOutcome, Runner
 from orchestrator.daemon.sinks import ServiceSink
-from orchestrator.daemon.store import DeploymentRecord, Store, private_dir
+from orchestrator.daemon.statedir import private_dir
+from orchestrator.daemon.store import DeploymentRecord, Store
 from orchestrator.deploy.control import RolloutControl
 from orchestrator.errors import Conflict, NotFound, OrchestratorError
 

@@ -37,7 +37,7 @@ from orchestrator.daemon.schema import (
     DeploymentRecord,
     StepRecord,
 )
-from orchestrator.daemon.store import open_private, private_dir, tighten
+from orchestrator.daemon.statedir import open_private, private_dir, tighten
 from orchestrator.errors import NotFound, StoreCorrupt
 
 __all__ = ["SqliteStore", "event_from_row"]
