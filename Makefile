@@ -8,11 +8,19 @@ DEMO_DIR ?= $(CURDIR)/.demo
 
 .PHONY: test demo demo-down bench lint deps system-deps clean
 
-# System packages the suite needs: sshd for the testbed, a C compiler for the fake NVML library.
+# System packages the suite needs: sshd for the testbed, a C compiler for the fake NVML library,
+# PostgreSQL for the second store backend (a private cluster per test session), Podman with runc
+# and debootstrap for image releases (the base image is built from Debian's packages), Chromium
+# for the web UI's browser tests.
 system-deps:
 	@missing=""; \
 	command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
 	command -v cc >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v podman >/dev/null 2>&1 || missing="$$missing podman"; \
+	command -v runc >/dev/null 2>&1 || missing="$$missing runc"; \
+	command -v debootstrap >/dev/null 2>&1 || missing="$$missing debootstrap"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
