@@ -14,7 +14,17 @@
  *    "cuda_driver_version": 12040,         nvmlSystemGetCudaDriverVersion(_v2), 1000*major+10*minor
  *    "gpus": [{"name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-...",
  *              "memory_total": 85899345920, "memory_used": 0, "memory_reserved": 0,
- *              "cc_major": 9, "cc_minor": 0, "architecture": 9}]}
+ *              "cc_major": 9, "cc_minor": 0, "architecture": 9,
+ *              health (each optional; the default is a healthy GPU, see HEALTH below):
+ *              "ecc_mode", "ecc_{volatile,aggregate}_{corrected,uncorrected}",
+ *              "retired_{sbe,dbe,pending}" (pre-Ampere only: from compute capability 8.0 on
+ *              NVML answers Not Supported, as real A100/H100 do), "remap_{correctable,
+ *              uncorrectable,pending,failure}" (Ampere on; Not Supported before),
+ *              "throttle_reasons" (nvmlClocksEventReasons bits), "temperature", "slowdown_temp",
+ *              "power_mw", "power_limit_mw", "persistence", "mig_mode", "mig_devices",
+ *              "pcie_gen", "pcie_max_gen", "pcie_width", "pcie_max_width", "pci_bus" (default
+ *              0x3b + index),
+ *              "processes": [{"pid": 4242, "used_memory": bytes}] (at most 8)}]}
  *
  * $FAKE_NVML_PROFILE unset: nvmlInit returns 9 (no driver configured). Unreadable or malformed
  * profile: nvmlInit returns 999 (Unknown Error). At most 16 GPUs.
@@ -39,11 +49,38 @@ enum {
 #define MAX_DEPTH 32
 #define NVML_MEMORY_V2 0x02000028u
 
+/* The health counters of one GPU: profile key -> default (a healthy data-center GPU). */
+enum {
+    H_ECC_MODE, H_ECC_VOL_CORR, H_ECC_VOL_UNCORR, H_ECC_AGG_CORR, H_ECC_AGG_UNCORR,
+    H_RETIRED_SBE, H_RETIRED_DBE, H_RETIRED_PENDING,
+    H_REMAP_CORR, H_REMAP_UNCORR, H_REMAP_PENDING, H_REMAP_FAILURE,
+    H_THROTTLE, H_TEMPERATURE, H_SLOWDOWN_TEMP, H_POWER_MW, H_POWER_LIMIT_MW, H_PERSISTENCE,
+    H_MIG_MODE, H_MIG_DEVICES, H_PCIE_GEN, H_PCIE_MAX_GEN, H_PCIE_WIDTH, H_PCIE_MAX_WIDTH,
+    H_PCI_BUS, H_COUNT
+};
+static const struct { const char *key; long long fallback; } HEALTH[H_COUNT] = {
+    {"ecc_mode", 1}, {"ecc_volatile_corrected", 0}, {"ecc_volatile_uncorrected", 0},
+    {"ecc_aggregate_corrected", 0}, {"ecc_aggregate_uncorrected", 0},
+    {"retired_sbe", 0}, {"retired_dbe", 0}, {"retired_pending", 0},
+    {"remap_correctable", 0}, {"remap_uncorrectable", 0}, {"remap_pending", 0},
+    {"remap_failure", 0},
+    {"throttle_reasons", 0}, {"temperature", 34}, {"slowdown_temp", 90}, {"power_mw", 61000},
+    {"power_limit_mw", 350000}, {"persistence", 1}, {"mig_mode", 0}, {"mig_devices", 0},
+    {"pcie_gen", 4}, {"pcie_max_gen", 4}, {"pcie_width", 16}, {"pcie_max_width", 16},
+    {"pci_bus", -1},
+};
+
+#define MAX_PROCESSES 8
+typedef struct { long long pid; unsigned long long used_memory; } fake_process;
+
 typedef struct fake_gpu {
     char name[96];
     char uuid[96];
     unsigned long long memory_total, memory_used, memory_reserved;
     long long cc_major, cc_minor, architecture;
+    long long health[H_COUNT];
+    unsigned int process_count;
+    fake_process processes[MAX_PROCESSES];
 } fake_gpu;
 typedef fake_gpu *nvmlDevice_t;
 
@@ -177,6 +214,22 @@ static int skip_value(reader *r, int depth) {
     }
 }
 
+static int process_member(reader *r, void *ctx, const char *key) {
+    fake_process *p = ctx;
+    if (!strcmp(key, "pid")) return read_int(r, &p->pid);
+    if (!strcmp(key, "used_memory")) return read_uint64(r, &p->used_memory);
+    return skip_value(r, 3);
+}
+
+static int process_element(reader *r, void *ctx, const char *key) {
+    fake_gpu *g = ctx;
+    (void)key;
+    if (g->process_count >= MAX_PROCESSES) return r->ok = 0;
+    fake_process *p = &g->processes[g->process_count++];
+    memset(p, 0, sizeof *p);
+    return read_container(r, '{', '}', process_member, p);
+}
+
 static int gpu_member(reader *r, void *ctx, const char *key) {
     fake_gpu *g = ctx;
     if (!strcmp(key, "name")) return read_string(r, g->name, sizeof g->name);
@@ -187,6 +240,9 @@ static int gpu_member(reader *r, void *ctx, const char *key) {
     if (!strcmp(key, "cc_major")) return read_int(r, &g->cc_major);
     if (!strcmp(key, "cc_minor")) return read_int(r, &g->cc_minor);
     if (!strcmp(key, "architecture")) return read_int(r, &g->architecture);
+    if (!strcmp(key, "processes")) return read_container(r, '[', ']', process_element, g);
+    for (int i = 0; i < H_COUNT; i++)
+        if (!strcmp(key, HEALTH[i].key)) return read_int(r, &g->health[i]);
     return skip_value(r, 2);
 }
 
@@ -197,6 +253,8 @@ static int gpu_element(reader *r, void *ctx, const char *key) {
     fake_gpu *g = &p->gpus[p->gpu_count++];
     memset(g, 0, sizeof *g);
     g->architecture = 0xffffffffLL; /* NVML_DEVICE_ARCH_UNKNOWN */
+    for (int i = 0; i < H_COUNT; i++) g->health[i] = HEALTH[i].fallback;
+    if (g->health[H_PCI_BUS] < 0) g->health[H_PCI_BUS] = 0x3b + (long long)(p->gpu_count - 1);
     return read_container(r, '{', '}', gpu_member, g);
 }
 
@@ -400,21 +458,37 @@ API nvmlReturn_t nvmlDeviceGetArchitecture(nvmlDevice_t d, unsigned int *arch) {
     return rc;
 }
 
-/* No process ever runs on a fake GPU: an empty list, as NVML reports it. */
-static nvmlReturn_t no_processes(nvmlDevice_t d, unsigned int *count, void *infos) {
-    (void)infos;
+/* The profile's processes, with NVML's two-call protocol: a too-small buffer gets the count and
+ * NVML_ERROR_INSUFFICIENT_SIZE; none running is success with count 0. */
+typedef struct { unsigned int pid; unsigned long long used; unsigned int gi, ci; } nvml_process;
+static nvmlReturn_t processes(nvmlDevice_t d, unsigned int *count, nvml_process *infos) {
     nvmlReturn_t rc = check(d, count);
-    if (rc == NVML_SUCCESS) *count = 0;
-    return rc;
+    if (rc) return rc;
+    unsigned int have = d->process_count, room = *count;
+    *count = have;
+    if (have == 0) return NVML_SUCCESS;
+    if (!infos || room < have) return NVML_ERROR_INSUFFICIENT_SIZE;
+    for (unsigned int i = 0; i < have; i++) {
+        infos[i].pid = (unsigned int)d->processes[i].pid;
+        infos[i].used = d->processes[i].used_memory;
+        infos[i].gi = infos[i].ci = 0xffffffffu;
+    }
+    return NVML_SUCCESS;
 }
-API nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsigned int *c, void *i) {
-    return no_processes(d, c, i);
+API nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsigned int *c,
+                                                         nvml_process *i) {
+    return processes(d, c, i);
 }
-API nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t d, unsigned int *c, void *i) {
-    return no_processes(d, c, i);
+API nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t d, unsigned int *c,
+                                                         nvml_process *i) {
+    return processes(d, c, i);
 }
+/* A compute-only fake: no graphics processes. */
 API nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v3(nvmlDevice_t d, unsigned int *c, void *i) {
-    return no_processes(d, c, i);
+    (void)i;
+    nvmlReturn_t rc = check(d, c);
+    if (rc == NVML_SUCCESS) *c = 0;
+    return rc;
 }
 
 API nvmlReturn_t nvmlDeviceGetComputeMode(nvmlDevice_t d, int *mode) {
@@ -425,7 +499,7 @@ API nvmlReturn_t nvmlDeviceGetComputeMode(nvmlDevice_t d, int *mode) {
 
 API nvmlReturn_t nvmlDeviceGetPersistenceMode(nvmlDevice_t d, int *mode) {
     nvmlReturn_t rc = check(d, mode);
-    if (rc == NVML_SUCCESS) *mode = 1; /* NVML_FEATURE_ENABLED, as on a datacenter host */
+    if (rc == NVML_SUCCESS) *mode = (int)d->health[H_PERSISTENCE];
     return rc;
 }
 
@@ -434,19 +508,19 @@ API nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t d, unsigned int *current, uns
     if (rc || !pending) return rc ? rc : NVML_ERROR_INVALID_ARGUMENT;
     /* MIG exists from Ampere (compute capability 8.0) on; older GPUs answer Not Supported. */
     if (d->cc_major < 8) return NVML_ERROR_NOT_SUPPORTED;
-    *current = *pending = 0;
+    *current = *pending = (unsigned int)d->health[H_MIG_MODE];
     return NVML_SUCCESS;
 }
 
 API nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t d, int sensor, unsigned int *temp) {
     nvmlReturn_t rc = check(d, temp);
-    if (rc == NVML_SUCCESS) *temp = sensor == 0 ? 34 : 0;
+    if (rc == NVML_SUCCESS) *temp = sensor == 0 ? (unsigned int)d->health[H_TEMPERATURE] : 0;
     return rc;
 }
 
 API nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t d, unsigned int *milliwatts) {
     nvmlReturn_t rc = check(d, milliwatts);
-    if (rc == NVML_SUCCESS) *milliwatts = 61000;
+    if (rc == NVML_SUCCESS) *milliwatts = (unsigned int)d->health[H_POWER_MW];
     return rc;
 }
 
@@ -459,6 +533,147 @@ API nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t d, nvmlUtilization_t
 API nvmlReturn_t nvmlDeviceGetEccMode(nvmlDevice_t d, int *current, int *pending) {
     nvmlReturn_t rc = check(d, current);
     if (rc || !pending) return rc ? rc : NVML_ERROR_INVALID_ARGUMENT;
-    *current = *pending = 1;
+    *current = *pending = (int)d->health[H_ECC_MODE];
+    return NVML_SUCCESS;
+}
+
+/* ---- health: ECC, retirement and remapping, throttling, power, PCIe, MIG ---- */
+
+static nvmlReturn_t health_value(nvmlDevice_t d, const void *out, int field,
+                                 unsigned long long *value) {
+    nvmlReturn_t rc = check(d, out);
+    if (rc == NVML_SUCCESS) *value = (unsigned long long)d->health[field];
+    return rc;
+}
+
+static nvmlReturn_t put_uint(nvmlDevice_t d, unsigned int *out, int field) {
+    unsigned long long v = 0;
+    nvmlReturn_t rc = health_value(d, out, field, &v);
+    if (rc == NVML_SUCCESS) *out = (unsigned int)v;
+    return rc;
+}
+
+/* errorType 0 corrected, 1 uncorrected; counterType 0 volatile (since reset), 1 aggregate. */
+API nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t d, int error_type, int counter_type,
+                                             unsigned long long *count) {
+    if (error_type < 0 || error_type > 1 || counter_type < 0 || counter_type > 1)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    if (check(d, count) == NVML_SUCCESS && !d->health[H_ECC_MODE]) return NVML_ERROR_NOT_SUPPORTED;
+    static const int FIELD[2][2] = {{H_ECC_VOL_CORR, H_ECC_AGG_CORR},
+                                    {H_ECC_VOL_UNCORR, H_ECC_AGG_UNCORR}};
+    return health_value(d, count, FIELD[error_type][counter_type], count);
+}
+
+/* Page retirement exists before Ampere; from compute capability 8.0 on it is row remapping. */
+API nvmlReturn_t nvmlDeviceGetRetiredPages(nvmlDevice_t d, int cause, unsigned int *count,
+                                           unsigned long long *addresses) {
+    nvmlReturn_t rc = check(d, count);
+    if (rc) return rc;
+    if (d->cc_major >= 8) return NVML_ERROR_NOT_SUPPORTED;
+    if (cause < 0 || cause > 1) return NVML_ERROR_INVALID_ARGUMENT;
+    unsigned int have = (unsigned int)d->health[cause ? H_RETIRED_DBE : H_RETIRED_SBE];
+    unsigned int room = *count;
+    *count = have;
+    if (have == 0) return NVML_SUCCESS;
+    if (!addresses || room < have) return NVML_ERROR_INSUFFICIENT_SIZE;
+    for (unsigned int i = 0; i < have; i++) addresses[i] = 0x1000ull * (i + 1);
+    return NVML_SUCCESS;
+}
+
+API nvmlReturn_t nvmlDeviceGetRetiredPagesPendingStatus(nvmlDevice_t d, int *pending) {
+    nvmlReturn_t rc = check(d, pending);
+    if (rc) return rc;
+    if (d->cc_major >= 8) return NVML_ERROR_NOT_SUPPORTED;
+    *pending = (int)d->health[H_RETIRED_PENDING];
+    return NVML_SUCCESS;
+}
+
+API nvmlReturn_t nvmlDeviceGetRemappedRows(nvmlDevice_t d, unsigned int *corr, unsigned int *unc,
+                                           unsigned int *pending, unsigned int *failure) {
+    nvmlReturn_t rc = check(d, corr);
+    if (rc || !unc || !pending || !failure) return rc ? rc : NVML_ERROR_INVALID_ARGUMENT;
+    if (d->cc_major < 8) return NVML_ERROR_NOT_SUPPORTED;
+    *corr = (unsigned int)d->health[H_REMAP_CORR];
+    *unc = (unsigned int)d->health[H_REMAP_UNCORR];
+    *pending = (unsigned int)d->health[H_REMAP_PENDING];
+    *failure = (unsigned int)d->health[H_REMAP_FAILURE];
+    return NVML_SUCCESS;
+}
+
+API nvmlReturn_t nvmlDeviceGetCurrentClocksEventReasons(nvmlDevice_t d,
+                                                        unsigned long long *reasons) {
+    return health_value(d, reasons, H_THROTTLE, reasons);
+}
+API nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(nvmlDevice_t d,
+                                                           unsigned long long *reasons) {
+    return health_value(d, reasons, H_THROTTLE, reasons);
+}
+
+/* threshold 1 = NVML_TEMPERATURE_THRESHOLD_SLOWDOWN; the others are not faked. */
+API nvmlReturn_t nvmlDeviceGetTemperatureThreshold(nvmlDevice_t d, int threshold,
+                                                   unsigned int *temp) {
+    nvmlReturn_t rc = check(d, temp);
+    if (rc) return rc;
+    if (threshold != 1) return NVML_ERROR_NOT_SUPPORTED;
+    return put_uint(d, temp, H_SLOWDOWN_TEMP);
+}
+
+API nvmlReturn_t nvmlDeviceGetEnforcedPowerLimit(nvmlDevice_t d, unsigned int *milliwatts) {
+    return put_uint(d, milliwatts, H_POWER_LIMIT_MW);
+}
+API nvmlReturn_t nvmlDeviceGetPowerManagementLimit(nvmlDevice_t d, unsigned int *milliwatts) {
+    return put_uint(d, milliwatts, H_POWER_LIMIT_MW);
+}
+
+API nvmlReturn_t nvmlDeviceGetCurrPcieLinkGeneration(nvmlDevice_t d, unsigned int *gen) {
+    return put_uint(d, gen, H_PCIE_GEN);
+}
+API nvmlReturn_t nvmlDeviceGetMaxPcieLinkGeneration(nvmlDevice_t d, unsigned int *gen) {
+    return put_uint(d, gen, H_PCIE_MAX_GEN);
+}
+API nvmlReturn_t nvmlDeviceGetCurrPcieLinkWidth(nvmlDevice_t d, unsigned int *width) {
+    return put_uint(d, width, H_PCIE_WIDTH);
+}
+API nvmlReturn_t nvmlDeviceGetMaxPcieLinkWidth(nvmlDevice_t d, unsigned int *width) {
+    return put_uint(d, width, H_PCIE_MAX_WIDTH);
+}
+
+/* nvmlPciInfo_t: busIdLegacy[16], domain, bus, device, pciDeviceId, pciSubSystemId, busId[32]. */
+typedef struct {
+    char bus_id_legacy[16];
+    unsigned int domain, bus, device, pci_device_id, pci_subsystem_id;
+    char bus_id[32];
+} nvml_pci_info;
+API nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t d, nvml_pci_info *pci) {
+    nvmlReturn_t rc = check(d, pci);
+    if (rc) return rc;
+    memset(pci, 0, sizeof *pci);
+    pci->bus = (unsigned int)d->health[H_PCI_BUS] & 0xffu;
+    snprintf(pci->bus_id, sizeof pci->bus_id, "00000000:%02X:00.0", pci->bus);
+    snprintf(pci->bus_id_legacy, sizeof pci->bus_id_legacy, "0000:%02X:00.0", pci->bus);
+    pci->pci_device_id = 0x233010deu;
+    return NVML_SUCCESS;
+}
+API nvmlReturn_t nvmlDeviceGetPciInfo_v2(nvmlDevice_t d, nvml_pci_info *pci) {
+    return nvmlDeviceGetPciInfo_v3(d, pci);
+}
+
+API nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t d, unsigned int *count) {
+    nvmlReturn_t rc = check(d, count);
+    if (rc) return rc;
+    if (d->cc_major < 8) return NVML_ERROR_NOT_SUPPORTED;
+    *count = 7;
+    return NVML_SUCCESS;
+}
+
+/* MIG devices exist only as a count here: a found slot hands back its parent's handle, which is
+ * all the probe needs to count them. */
+API nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t d, unsigned int index,
+                                                     nvmlDevice_t *mig) {
+    nvmlReturn_t rc = check(d, mig);
+    if (rc) return rc;
+    if (d->cc_major < 8 || !d->health[H_MIG_MODE]) return NVML_ERROR_NOT_SUPPORTED;
+    if (index >= (unsigned int)d->health[H_MIG_DEVICES]) return NVML_ERROR_NOT_FOUND;
+    *mig = d;
     return NVML_SUCCESS;
 }

@@ -56,6 +56,12 @@ class TestbedHost:
         return self.host_dir / "profile.json"
 
     @property
+    def kernel_log_path(self) -> Path:
+        """The host's simulated kernel log (NVRM Xid lines), read by the probe through
+        $ORCHESTRATOR_KERNEL_LOG instead of journalctl -k or /dev/kmsg."""
+        return self.host_dir / "kernel.log"
+
+    @property
     def sshd_config(self) -> Path:
         return self.host_dir / "sshd_config"
 

@@ -14,7 +14,14 @@ which the fake `libnvidia-ml.so.1` reads at every `nvmlInit` (schema in `fake_nv
      "cuda_driver_version": 12040,       1000*major + 10*minor
      "gpus": [{"name", "uuid" (added per host), "memory_total", "memory_used", "memory_reserved"
                (bytes), "cc_major", "cc_minor", "architecture" (NVML_DEVICE_ARCH_*)}],
-     "libraries": [{"name": "cudart" | "cudnn", "soname": "libcudnn.so.9", "version": "9.3.0"}]}
+     "libraries": [{"name": "cudart" | "cudnn", "soname": "libcudnn.so.9", "version": "9.3.0"}],
+     "kernel_log": ["NVRM: Xid (PCI:0000:3b:00): 79, ..."]}   optional, see `kernel_log`
+
+Each GPU may also carry health values (ECC counts, retired pages, remapped rows, throttle reasons,
+temperature, power, persistence, MIG, PCIe link, processes), all defaulting to a healthy GPU; the
+keys are listed in `fake_nvml.c`. The health profiles: `ecc-uncorrectable`, `row-remap-pending`,
+`xid-79`, `thermal-throttle`, `mig`, `busy` (foreign processes hold the memory) and `multi-gpu`
+(8 GPUs, 2 of them sick).
 
 `libraries` are fake CUDA runtime / cuDNN shared objects put in the host's lib dir with the version
 compiled in (`fake_cuda.c`), so a probe reads them through ctypes as on a real host.
@@ -116,3 +123,10 @@ def _ints(version: str, n: int) -> list[int]:
     if len(parts) != n or not all(p.isdigit() for p in parts):
         raise InvalidInput(f"library version {version!r}: expected {n} dot-separated numbers")
     return [int(p) for p in parts]
+
+
+def kernel_log(profile: dict[str, Any], now: float) -> str:
+    """The host's simulated kernel log: the profile's `kernel_log` lines in `journalctl -k -o
+    short-unix` form ("<unix time> <host> kernel: <message>"), stamped `now`."""
+    host = str(profile.get("host", "localhost"))
+    return "".join(f"{now:.6f} {host} kernel: {line}\n" for line in profile.get("kernel_log", []))

@@ -209,6 +209,9 @@ def _prepare_host(root: Path, host: TestbedHost) -> sshd.SshdSpec:
         env=(
             ("LD_LIBRARY_PATH", str(host.lib_dir)),
             ("FAKE_NVML_PROFILE", str(host.profile_path)),
+            # Xid events cannot come from the fake NVML (NVML events need the kernel): the probe
+            # reads this file in place of journalctl -k / /dev/kmsg (docs/troubleshooting.md).
+            ("ORCHESTRATOR_KERNEL_LOG", str(host.kernel_log_path)),
             # A home of its own, as a separate machine has: the controller user's ~/.bashrc (here
             # pyenv's shims, ~0.5 s per command) never runs, so `python3` is the system's
             # /usr/bin/python3, and caches under ~ are per host.
@@ -224,6 +227,8 @@ def _write_profile(host: TestbedHost) -> None:
     # Library first: the profile file then never describes a library that is not there yet.
     fakelibs.install(host.lib_dir, rendered)
     layout.write_atomic(host.profile_path, json.dumps(rendered, indent=2) + "\n")
+    # Stamped now, as the kernel would: a profile applied after a deploy is a new event then.
+    layout.write_atomic(host.kernel_log_path, gpu_profiles.kernel_log(rendered, time.time()))
 
 
 def _with_run(host: TestbedHost, run: sshd.Running) -> TestbedHost:
