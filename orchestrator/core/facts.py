@@ -13,9 +13,10 @@ Probe JSON, schema 1:
      "nvml": {"error": null | {"code": int, "name": "NVMLError_DriverNotLoaded", "message": str},
               "driver_version": "550.54.15" | null, "cuda_driver_version": "12.4" | null},
      "gpus": [{"index", "name", "uuid", "memory_total_bytes", "memory_free_bytes",
-               "compute_capability": "9.0"}],
+               "compute_capability": "9.0", "health": {...} (orchestrator/core/gpufacts.py)}],
      "libraries": [{"name": "cudnn" | "cudart" | ..., "path": str, "version": str | null}],
-     "releases": {"<app>": {"current": "<release_id>" | null}}}
+     "releases": {"<app>": {"current": "<release_id>" | null}},
+     "xid": {"source", "error", "events": [...]} (Xid lines of the kernel log, gpufacts.py)}
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.core import hostjson
+from orchestrator.core.gpufacts import GpuHealth, XidFacts, parse_health, parse_xid
 from orchestrator.errors import BadHostOutput
 
 SCHEMA = 1
@@ -45,6 +47,7 @@ class Gpu:
     memory_total_bytes: int
     memory_free_bytes: int
     compute_capability: str  # "major.minor"
+    health: GpuHealth = field(default_factory=GpuHealth)
 
     @property
     def cc(self) -> tuple[int, int]:
@@ -75,6 +78,7 @@ class HostFacts:
     gpus: tuple[Gpu, ...] = ()
     libraries: tuple[Library, ...] = ()
     releases: dict[str, str | None] = field(default_factory=dict)
+    xid: XidFacts = field(default_factory=XidFacts)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -128,6 +132,7 @@ def _facts_from(host: str, data: dict[str, Any]) -> HostFacts:
                 memory_total_bytes=int(g["memory_total_bytes"]),
                 memory_free_bytes=int(g["memory_free_bytes"]),
                 compute_capability=_cc(g["compute_capability"]),
+                health=parse_health(g.get("health")),
             )
             for g in data.get("gpus", [])
         ),
@@ -138,6 +143,7 @@ def _facts_from(host: str, data: dict[str, Any]) -> HostFacts:
         releases={
             str(app): _opt_str(rel.get("current")) for app, rel in data.get("releases", {}).items()
         },
+        xid=parse_xid(data.get("xid")),
         raw=data,
     )
 

@@ -35,8 +35,11 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 import hostlayout  # noqa: E402
+import probe_gpu  # noqa: E402
 
 SCHEMA = 1
+# How far back the kernel log is searched for Xid events; the preflight judges their age.
+XID_WINDOW_S = 7 * 86400
 # Exact library names only: cuDNN 9 also ships libcudnn_ops.so.9 etc., which are not the version.
 LIBRARY_NAMES = {"cudnn": re.compile(r"^libcudnn\.so(\.\d+)*$"),
                  "cudart": re.compile(r"^libcudart\.so(\.\d+)*$")}
@@ -132,6 +135,7 @@ def gpu_facts(pynvml: Any, index: int) -> dict[str, Any]:
         "memory_total_bytes": int(memory.total),
         "memory_free_bytes": int(memory.free),
         "compute_capability": f"{major}.{minor}",
+        "health": probe_gpu.health(pynvml, handle),
     }
 
 
@@ -243,6 +247,7 @@ def collect(deploy_root: str) -> dict[str, Any]:
         "gpus": gpus,
         "libraries": library_facts(),
         "releases": release_facts(deploy_root),
+        "xid": probe_gpu.xid_facts(XID_WINDOW_S),
     }
 
 
