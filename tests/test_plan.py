@@ -14,6 +14,7 @@ import pytest
 
 from orchestrator.cli.app import main
 from orchestrator.testbed import Testbed
+from orchestrator.testbed import profiles as gpu_profiles
 
 LOCKS = Path(__file__).parent / "fixtures" / "locks"
 GPU_LOCK = "tensorflow-2.21-gpu.lock"
@@ -21,7 +22,7 @@ CPU_LOCK = "tensorflow-cpu-2.21.lock"
 
 
 def write_spec(directory: Path, targets: list[str], *, lock: str = GPU_LOCK,
-               gpu_required: bool = True, python: str = "3.11") -> Path:
+               gpu_required: bool = True, python: str = "3.11", count: int = 1) -> Path:
     """A spec that validates: a small model file with its sha256, a golden file, a real lock."""
     directory.mkdir(parents=True, exist_ok=True)
     model = directory / "model.joblib"
@@ -42,7 +43,7 @@ environment:
   requirements: requirements.lock
 gpu:
   required: {str(gpu_required).lower()}
-  count: 1
+  count: {count}
   min_memory_gib: 8
   min_compute_capability: "7.0"
 targets: [{", ".join(targets)}]
@@ -180,3 +181,56 @@ def test_unknown_host_key_is_a_failed_host_naming_the_fingerprint(
     assert code == 3
     (only,) = json.loads(out)["hosts"]
     assert only["error"].startswith("host key rejected: ") and "SHA256:" in only["error"]
+
+
+# (profile, check, status, what the message says besides the GPU's index and UUID)
+HEALTH = [
+    ("ecc-uncorrectable", "gpu-health", "fail", "uncorrectable ECC error(s) since the last reset "
+                                                "(ecc_volatile_uncorrected"),
+    ("row-remap-pending", "gpu-health", "fail", "a row remap is pending (remap_pending"),
+    ("xid-79", "gpu-health", "fail", "Xid 79 0 min ago (kernel log: NVRM: Xid (PCI:0000:3b:00)"),
+    ("mig", "gpu-health", "fail", "MIG mode is enabled (2 MIG device(s))"),
+    ("busy", "gpu-conditions", "warn", "2 process(es) already use it: pid 31337 (60.0 GiB)"),
+    ("thermal-throttle", "gpu-conditions", "warn", "(throttle_reasons 0x60, 91 C (slowdown at "
+                                                   "87 C))"),
+]
+
+
+@pytest.mark.parametrize("profile, name, status, needle", HEALTH)
+def test_plan_on_each_health_profile_names_gpu_uuid_and_counter(
+    testbed: Testbed, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    profile: str, name: str, status: str, needle: str,
+) -> None:
+    tb_host = testbed.hosts_with("h100")[0]
+    with testbed.profile(tb_host.name, profile):
+        code, out = plan(testbed, write_spec(tmp_path, [tb_host.name]), capsys, "--json")
+    result = json.loads(out)["hosts"][0]
+    checks = {c["name"]: c for c in result["checks"]}
+    uuid = gpu_profiles.gpu_uuid(tb_host.name, 0, gpu_profiles.render(profile, "x")["gpus"][0][
+        "name"])
+    assert checks[name]["status"] == status, checks[name]
+    assert f"GPU 0 ({uuid})" in checks[name]["message"] and needle in checks[name]["message"]
+    assert code == (3 if "fail" in (status, result["status"]) else 0), out
+    if status == "fail":
+        assert result["steps"][-1].startswith("stop: nothing would change")
+
+
+def test_plan_places_two_healthy_gpus_of_eight_and_refuses_two_on_one(
+    testbed: Testbed, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    tb_host = testbed.hosts_with("h100")[0]
+    with testbed.profile(tb_host.name, "multi-gpu"):
+        code, out = plan(testbed, write_spec(tmp_path / "a", [tb_host.name], count=2), capsys,
+                         "--json")
+    assert code == 0, out
+    health = next(c for c in json.loads(out)["hosts"][0]["checks"] if c["name"] == "gpu-health")
+    uuids = [gpu_profiles.gpu_uuid(tb_host.name, i, "NVIDIA H100 80GB HBM3") for i in range(8)]
+    assert health["status"] == "warn"
+    assert health["message"].startswith(
+        f"2 of 2 GPU(s) (gpu.count) placed: GPU 0 ({uuids[0]}), GPU 1 ({uuids[1]}); passed over: "
+        f"GPU 2 ({uuids[2]}): 1 uncorrectable ECC error(s)")
+    assert f"GPU 5 ({uuids[5]}): a row remap is pending" in health["message"]
+    code, out = plan(testbed, write_spec(tmp_path / "b", [tb_host.name], count=2), capsys)
+    assert code == 3
+    assert f"2 GPU(s) needed (gpu.count), 1 healthy with enough free memory: GPU 0 ({uuids[0]})" \
+        in out

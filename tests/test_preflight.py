@@ -60,8 +60,9 @@ def check(verdict: HostVerdict, name: str) -> Check:
 
 TF_GPU = "tensorflow-2.21-gpu.lock"
 TF_CPU = "tensorflow-cpu-2.21.lock"
-NAMES = ["python", "framework", "driver", "gpu-present", "gpu-count", "gpu-memory", "cpu-build",
-         "cuda-driver", "compute-capability", "kernels", "cuda-libraries", "disk"]
+NAMES = ["python", "framework", "driver", "gpu-present", "gpu-count", "gpu-memory", "gpu-health",
+         "gpu-conditions", "cpu-build", "cuda-driver", "compute-capability", "kernels",
+         "cuda-libraries", "disk"]
 
 
 def test_h100_passes_for_the_tensorflow_2_21_gpu_lock() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from orchestrator.core import gpuhealth
 from orchestrator.core.compat import RequiredLibrary, TfBuild, cc_tuple, parse_version
 from orchestrator.core.facts import Gpu, HostFacts
 from orchestrator.core.verdict import RANK as _RANK
@@ -123,6 +124,34 @@ def _gpu_memory(ctx: Context) -> Check:
         return Check("gpu-memory", Status.PASS, f"{detail} (gpu.min_memory_gib {want:g})")
     return Check("gpu-memory", Status.FAIL, f"{len(enough)} GPU(s) with >= {want:g} GiB free "
                  f"(gpu.min_memory_gib), {ctx.req.gpu_count} needed: {detail}")
+
+
+def _gpu_health(ctx: Context) -> Check:
+    """Placement on healthy GPUs (orchestrator/core/gpuhealth.py): fail when fewer than gpu.count
+    GPUs are healthy with enough free memory, warn when sick ones were passed over."""
+    unknown = _gpu_unknown(ctx)
+    if unknown is not None:
+        return Check("gpu-health", Status.FAIL, unknown)
+    req = ctx.req
+    placed = gpuhealth.place(ctx.facts, req.gpu_count, req.min_memory_gib, req.health)
+    sick = [g for g, _ in placed.passed_over if gpuhealth.sick(ctx.facts, g, req.health)]
+    status = Status.FAIL if not placed.ok else Status.WARN if sick else Status.PASS
+    xid = ctx.facts.xid
+    note = "" if not xid.reported or xid.source else f" (Xid events unknown: {xid.error})"
+    return Check("gpu-health", status, placed.describe() + note)
+
+
+def _gpu_conditions(ctx: Context) -> Check:
+    """What slows a GPU down without making it sick: warn, or what gpu.health says."""
+    unknown = _gpu_unknown(ctx)
+    if unknown is not None:
+        return Check("gpu-conditions", Status.FAIL, unknown)
+    found = [a for g in ctx.facts.gpus for a in gpuhealth.advisories(g, ctx.req.health)]
+    if not found:
+        return Check("gpu-conditions", Status.PASS, "no throttling, ECC, persistence, PCIe or "
+                     "foreign-process condition reported")
+    status = Status.FAIL if any(a.advice == "fail" for a in found) else Status.WARN
+    return Check("gpu-conditions", status, "; ".join(a.message for a in found))
 
 
 def _cpu_build(ctx: Context) -> Check:
@@ -287,6 +316,8 @@ GPU_CHECKS: tuple[tuple[str, Callable[[Context], Check]], ...] = (
     ("gpu-present", _gpu_present),
     ("gpu-count", _gpu_count),
     ("gpu-memory", _gpu_memory),
+    ("gpu-health", _gpu_health),
+    ("gpu-conditions", _gpu_conditions),
     ("cpu-build", _cpu_build),
     ("cuda-driver", _cuda_driver),
     ("compute-capability", _compute_capability),

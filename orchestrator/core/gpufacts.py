@@ -14,7 +14,8 @@ driver, or the NVML call failed, then `errors[field]` names the NVML error):
      "pcie_gen", "pcie_max_gen", "pcie_width", "pcie_max_width": int, "pci_bus_id": str,
      "errors": {field: "NVMLError_..."}}
 Per host, `"xid"`: {"source": "journalctl" | "kmsg" | "file" | null, "error": str | null,
-    "events": [{"time": unix seconds, "pci": "0000:3b:00", "code": int, "text": str}]}
+    "events": [{"time": unix seconds, "age_s": seconds before the probe (host clock),
+                "pci": "0000:3b:00", "code": int, "text": str}]}
 Older probes sent neither: every field is then None ("not reported"), never a failure.
 """
 
@@ -89,6 +90,7 @@ class GpuHealth:
 @dataclass(frozen=True)
 class XidEvent:
     time: float
+    age_s: int  # by the host's clock, at probe time
     pci: str
     code: int
     text: str
@@ -143,7 +145,9 @@ def parse_xid(data: object) -> XidFacts:
     obj = _dict(data, "xid")
     source, error = obj.get("source"), obj.get("error")
     events = tuple(
-        XidEvent(time=_float(e.get("time"), "xid.time"), pci=pci_key(_text(e.get("pci"), "pci")),
+        XidEvent(time=_float(e.get("time"), "xid.time"),
+                 age_s=_int(e.get("age_s"), "xid.age_s", 0, MAX_COUNT),
+                 pci=pci_key(_text(e.get("pci"), "pci")),
                  code=_int(e.get("code"), "xid.code", 0, 1 << 16),
                  text=_text(e.get("text", ""), "xid.text"))
         for e in (_dict(x, "xid event") for x in _list(obj.get("events") or [], "xid.events")))

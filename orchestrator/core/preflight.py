@@ -4,8 +4,9 @@
     verdict.status          # Status.PASS | WARN | FAIL: the worst of its checks
     verdict.checks          # every check, in a fixed order, each with a precise message
 
-Checks, by name: python, framework, driver, gpu-present, gpu-count, gpu-memory, cpu-build,
-cuda-driver, compute-capability, kernels, cuda-libraries, disk. Every check is always reported:
+Checks, by name: python, framework, driver, gpu-present, gpu-count, gpu-memory, gpu-health,
+gpu-conditions, cpu-build, cuda-driver, compute-capability, kernels, cuda-libraries, disk.
+Every check is always reported:
 - with `gpu.required: false` the GPU checks pass with "skipped: gpu.required is false";
 - a check that needs a fact the host could not give (no driver, no GPU) fails with
   "not checked: ..." so no host passes on facts nobody saw.
@@ -28,6 +29,7 @@ from orchestrator.core.facts import HostFacts
 from orchestrator.core.gpuchecks import GPU_CHECKS, nvml_reason
 from orchestrator.core.lockfile import normalize_name, target_environment
 from orchestrator.core.spec import Spec
+from orchestrator.core.spec_gpu import GpuHealth
 from orchestrator.core.verdict import (
     Check,
     Context,
@@ -71,6 +73,8 @@ def requirements_from_spec(spec: Spec) -> Requirements:
         gpu_count=int(gpu.count),
         min_memory_gib=float(gpu.min_memory_gib or 0),
         min_cc=None if min_cc is None else str(min_cc),
+        # A duck-typed spec without the section gets the safe defaults.
+        health=getattr(gpu, "health", None) or GpuHealth(),
     )
 
 

@@ -38,6 +38,7 @@ from pydantic import (
 from orchestrator.core.hashing import hash_path
 from orchestrator.core.inventory import NAME_PATTERN
 from orchestrator.core.inventory import PATTERN_HINTS as INVENTORY_HINTS
+from orchestrator.core.spec_gpu import GpuHealth
 from orchestrator.core.yamlio import (
     DEFAULT_MAX_BYTES,
     YamlDocument,
@@ -150,10 +151,11 @@ class GpuSection(_Strict):
     """What the host's GPUs must offer; checked by the preflight and by verify."""
 
     required: bool = _d(False, "false: CPU deployment, GPU checks skipped.")
-    count: int = _i(1, 1, 64, "GPUs the host must have.")
+    count: int = _i(1, 1, 64, "Healthy GPUs the model gets (by UUID, CUDA_VISIBLE_DEVICES).")
     min_memory_gib: float | None = _f(None, 0, 4096, "Free memory each GPU must have, GiB.")
     min_compute_capability: Annotated[str, StringConstraints(pattern=_CC)] \
         | None = _d(None, 'Minimum compute capability, quoted: "7.0".')
+    health: GpuHealth = GpuHealth()
 
 
 class Rollout(_Strict):

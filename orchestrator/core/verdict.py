@@ -5,12 +5,13 @@ checks; orchestrator/core/gpuchecks.py holds the GPU ones)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from orchestrator.core.compat import CompatData, TfBuild, TfPackage
 from orchestrator.core.facts import HostFacts
+from orchestrator.core.spec_gpu import GpuHealth
 
 
 class Status(StrEnum):
@@ -65,6 +66,7 @@ class Requirements:
     gpu_count: int = 1
     min_memory_gib: float = 0.0
     min_cc: str | None = None  # "7.0"
+    health: GpuHealth = field(default_factory=GpuHealth)  # gpu.health
 
 
 @dataclass(frozen=True)

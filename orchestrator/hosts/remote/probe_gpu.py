@@ -132,25 +132,29 @@ def xid_facts(window_s: int) -> dict[str, Any]:
             with open(fake, "rb") as handle:
                 text = handle.read(MAX_LOG_BYTES).decode("utf-8", "replace")
         except OSError as exc:
-            return _xids(None, [], f"{fake}: {exc.strerror or exc}")
-        return _xids("file", _unix_lines(text, since), None)
+            return _xids(None, [], f"{fake}: {exc.strerror or exc}", now)
+        return _xids("file", _unix_lines(text, since), None, now)
     problems: list[str] = []
     lines = _journal(since, problems)
     if lines is not None:
-        return _xids("journalctl", lines, None)
+        return _xids("journalctl", lines, None, now)
     lines = _kmsg(now, since, problems)
     if lines is not None:
-        return _xids("kmsg", lines, None)
-    return _xids(None, [], "; ".join(problems))
+        return _xids("kmsg", lines, None, now)
+    return _xids(None, [], "; ".join(problems), now)
 
 
-def _xids(source: str | None, lines: list[tuple], error: str | None) -> dict[str, Any]:
+def _xids(source: str | None, lines: list[tuple], error: str | None,
+          now: float) -> dict[str, Any]:
+    """`age_s` is measured by the host's own clock, so a skewed controller clock cannot make an
+    old Xid recent or a new one old."""
     events = []
     for stamp, message in lines:
         match = XID.search(message)
         if match:
-            events.append({"time": round(stamp, 3), "pci": match.group(1).lower()[-10:],
-                           "code": int(match.group(2)), "text": message[:MAX_TEXT]})
+            events.append({"time": round(stamp, 3), "age_s": max(0, int(now - stamp)),
+                           "pci": match.group(1).lower()[-10:], "code": int(match.group(2)),
+                           "text": message[:MAX_TEXT]})
     return {"source": source, "error": None if error is None else error[:MAX_TEXT],
             "events": events[-MAX_XID_EVENTS:]}
 

@@ -1,0 +1,194 @@
+"""GPU health: the probe's recorded outputs of the health profiles -> facts -> preflight checks
+and placement; the spec's gpu.health knobs; hostile health values."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.core import gpuhealth
+from orchestrator.core.compat import load_compat
+from orchestrator.core.facts import HostFacts, parse_facts
+from orchestrator.core.gpufacts import GpuHealth as HealthFacts
+from orchestrator.core.lockfile import load_lock
+from orchestrator.core.preflight import Check, HostVerdict, Requirements, Status, preflight
+from orchestrator.core.spec import load_spec
+from orchestrator.core.spec_gpu import GpuHealth
+from orchestrator.errors import BadHostOutput, SpecError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+LOCK = load_lock(FIXTURES / "locks" / "tensorflow-2.21-gpu.lock")
+
+
+def text(profile: str) -> str:
+    return (FIXTURES / "probe" / f"{profile}.json").read_text()
+
+
+def facts(profile: str) -> HostFacts:
+    return parse_facts(f"gpu-{profile}", text(profile))
+
+
+def req(count: int = 1, **health: Any) -> Requirements:
+    return Requirements(python="3.11", gpu_required=True, gpu_count=count, min_memory_gib=8,
+                        min_cc="7.0", health=GpuHealth(**health))
+
+
+def verdict(profile: str, r: Requirements | None = None,
+            f: HostFacts | None = None) -> HostVerdict:
+    return preflight(r or req(), LOCK, f or facts(profile), load_compat())
+
+
+def check(v: HostVerdict, name: str) -> Check:
+    return next(c for c in v.checks if c.name == name)
+
+
+# (profile, check, status, fragments the message must hold besides "GPU 0 (<uuid>)")
+CASES = [
+    ("ecc-uncorrectable", "gpu-health", Status.FAIL,
+     ["2 uncorrectable ECC error(s) since the last reset", "ecc_volatile_uncorrected"]),
+    ("row-remap-pending", "gpu-health", Status.FAIL, ["row remap is pending", "remap_pending"]),
+    ("xid-79", "gpu-health", Status.FAIL,
+     ["Xid 79 10 min ago", "NVRM: Xid (PCI:0000:3b:00): 79"]),
+    ("mig", "gpu-health", Status.FAIL, ["MIG mode is enabled (2 MIG device(s))"]),
+    ("thermal-throttle", "gpu-conditions", Status.WARN,
+     ["software thermal slowdown, hardware thermal slowdown", "throttle_reasons 0x60",
+      "91 C (slowdown at 87 C)"]),
+    ("busy", "gpu-conditions", Status.WARN,
+     ["2 process(es) already use it: pid 31337 (60.0 GiB), pid 31338 (18.0 GiB)"]),
+    ("busy", "gpu-health", Status.FAIL, ["2.0 GiB free, gpu.min_memory_gib is 8"]),
+]
+
+
+@pytest.mark.parametrize("profile, name, status, needles", CASES)
+def test_each_health_profile_gives_its_verdict_naming_gpu_uuid_and_counter(
+        profile: str, name: str, status: Status, needles: list[str]) -> None:
+    f = facts(profile)
+    v = verdict(profile, f=f)
+    c = check(v, name)
+    assert c.status is status, c
+    assert f"GPU 0 ({f.gpus[0].uuid})" in c.message
+    for needle in needles:
+        assert needle in c.message, c.message
+    assert v.status is status or v.status is Status.FAIL
+
+
+def test_healthy_profile_passes_both_health_checks() -> None:
+    v = verdict("h100")
+    assert [check(v, n).status for n in ("gpu-health", "gpu-conditions")] == [Status.PASS] * 2
+    assert check(v, "gpu-health").message.startswith("1 of 1 GPU(s) (gpu.count) placed: GPU 0")
+
+
+def test_two_of_eight_with_two_sick_places_two_healthy_uuids() -> None:
+    f = facts("multi-gpu")
+    placed = gpuhealth.place(f, 2, 8, GpuHealth())
+    assert placed.ok and placed.uuids == (f.gpus[0].uuid, f.gpus[1].uuid)
+    c = check(verdict("multi-gpu", req(2), f), "gpu-health")
+    assert c.status is Status.WARN  # sick GPUs passed over: the host still serves
+    assert f"GPU 2 ({f.gpus[2].uuid}): 1 uncorrectable ECC error(s)" in c.message
+    assert f"GPU 5 ({f.gpus[5].uuid}): a row remap is pending" in c.message
+    assert verdict("multi-gpu", req(2), f).ok
+
+
+def test_count_short_after_excluding_sick_gpus_fails_naming_why() -> None:
+    c = check(verdict("multi-gpu", req(7)), "gpu-health")
+    assert c.status is Status.FAIL
+    assert c.message.startswith("7 GPU(s) needed (gpu.count), 6 healthy with enough free memory")
+    one = check(verdict("h100", req(2)), "gpu-health")
+    assert one.status is Status.FAIL
+    assert one.message.startswith("2 GPU(s) needed (gpu.count), 1 healthy with enough free "
+                                  "memory: GPU 0 (")
+
+
+def test_gpu_health_knobs_tune_the_verdicts() -> None:
+    assert check(verdict("ecc-uncorrectable", req(max_uncorrectable_ecc=2)),
+                 "gpu-health").status is Status.PASS
+    assert check(verdict("xid-79", req(fail_xids=[48])), "gpu-health").status is Status.PASS
+    assert check(verdict("mig", req(allow_mig=True)), "gpu-health").status is Status.PASS
+    assert check(verdict("thermal-throttle", req(throttling="fail")),
+                 "gpu-conditions").status is Status.FAIL
+    assert check(verdict("thermal-throttle", req(throttling="ignore")),
+                 "gpu-conditions").status is Status.PASS
+    f = facts("xid-79")
+    old = replace(f, xid=replace(f.xid, events=tuple(
+        replace(e, age_s=25 * 3600) for e in f.xid.events)))
+    assert check(verdict("xid-79", f=old), "gpu-health").status is Status.PASS
+    assert check(verdict("xid-79", req(xid_window_h=48), old), "gpu-health").status \
+        is Status.FAIL
+
+
+def test_not_supported_counters_are_unknown_not_failures() -> None:
+    h100, a100 = facts("xid-79").gpus[0].health, facts("row-remap-pending").gpus[0].health
+    assert h100.ecc_mode is True and h100.errors == {}
+    assert h100.retired_pending is None  # Hopper: no page retirement, Not Supported
+    assert a100.remap_pending is True and a100.pci == "0000:3b:00"
+
+
+def _with(profile: str, path: tuple[Any, ...], value: object) -> str:
+    data = json.loads(text(profile))
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize("path, value, needle", [
+    (("gpus", 0, "health", "ecc_volatile_uncorrected"), -1, "ecc_volatile_uncorrected"),
+    (("gpus", 0, "health", "ecc_volatile_uncorrected"), 1 << 70, "ecc_volatile_uncorrected"),
+    (("gpus", 0, "health", "remap_pending"), "yes", "remap_pending is not a boolean"),
+    (("gpus", 0, "health", "temperature_c"), 1e300, "temperature_c"),
+    (("gpus", 0, "health", "processes"), [{"pid": 1}] * 65, "more than 64"),
+    (("gpus", 0, "health", "pci_bus_id"), "x" * 300, "pci_bus_id"),
+    (("xid", "events"), [{"time": 1, "age_s": 0, "pci": "0000:3b:00", "code": "79",
+                          "text": ""}], "xid.code"),
+    (("xid", "events", 0, "pci"), "not-a-bus-id", "PCI bus id"),
+    (("xid",), [], "xid is not an object"),
+])
+def test_hostile_health_values_are_bad_host_output(
+        path: tuple[Any, ...], value: object, needle: str) -> None:
+    with pytest.raises(BadHostOutput) as info:
+        parse_facts("gpu-x", _with("xid-79" if path[0] == "xid" else "ecc-uncorrectable",
+                                   path, value))
+    assert "gpu-x" in str(info.value) and needle in str(info.value)
+
+
+def test_older_probe_output_has_no_health_and_no_xid() -> None:
+    # tests/fixtures/probe/h100.json was recorded before the health facts existed.
+    old = facts("h100")
+    assert old.xid.reported is False and old.gpus[0].health == HealthFacts()
+    assert facts("xid-79").xid.reported is True and facts("xid-79").xid.source == "file"
+
+
+SPEC = """\
+apiVersion: orchestrator/v1
+kind: Deployment
+name: fraud-detector
+model: {path: m.joblib, format: joblib, sha256: %s}
+environment: {python: "3.11", requirements: r.lock}
+gpu:
+  required: true
+  count: 2
+  health: %s
+targets: [gpu-01]
+verify: {golden: g.npz, latency_ms: {p50: 5, p95: 10, p99: 20}}
+"""
+
+
+def test_spec_gpu_health_defaults_and_strictness(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC % ("a" * 64, "{}"))
+    health = load_spec(path).gpu.health
+    assert health == GpuHealth() and health.fail_xids == [48, 79, 94, 95]
+    path.write_text(SPEC % ("a" * 64, "{throttling: fail, xid_window_h: 6}"))
+    assert load_spec(path).gpu.health.throttling == "fail"
+    for bad, field in (("{colour: red}", "gpu.health.colour"),
+                       ("{throttling: loud}", "gpu.health.throttling"),
+                       ("{xid_window_h: 0}", "gpu.health.xid_window_h")):
+        path.write_text(SPEC % ("a" * 64, bad))
+        with pytest.raises(SpecError) as info:
+            load_spec(path)
+        assert info.value.field == field, str(info.value)
