@@ -16,8 +16,11 @@ from orchestrator.core.facts import HostFacts, parse_facts
 from orchestrator.core.gpufacts import GpuHealth as HealthFacts
 from orchestrator.core.lockfile import load_lock
 from orchestrator.core.preflight import Check, HostVerdict, Requirements, Status, preflight
+from orchestrator.core.release import Manifest
 from orchestrator.core.spec import load_spec
 from orchestrator.core.spec_gpu import GpuHealth
+from orchestrator.deploy.steps import StepFailed
+from orchestrator.deploy.steps import verify as verify_step
 from orchestrator.errors import BadHostOutput, SpecError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -192,3 +195,25 @@ def test_spec_gpu_health_defaults_and_strictness(tmp_path: Path) -> None:
         with pytest.raises(SpecError) as info:
             load_spec(path)
         assert info.value.field == field, str(info.value)
+
+
+def test_verify_places_and_the_manifest_records_the_uuids() -> None:
+    f = facts("multi-gpu")
+    spec = load_spec_text(count=2)
+    assert verify_step.place(spec, f) == (f.gpus[0].uuid, f.gpus[1].uuid)
+    with pytest.raises(StepFailed, match=r"GPU placement failed: 7 GPU\(s\) needed"):
+        verify_step.place(load_spec_text(count=7), f)
+    manifest = Manifest.model_validate({
+        "app": "a", "release_id": "20260101T000000Z-abcdef01", "created": "2026-01-01T00:00:00Z",
+        "spec_digest": "d", "model_sha256": "a" * 64, "lock_sha256": "b" * 64,
+        "env_hash": "c" * 16, "python_version": "3.11.2", "platform": "x",
+        "gpus": [f.gpus[0].uuid, f.gpus[1].uuid]})
+    assert manifest.to_json()["gpus"] == [f.gpus[0].uuid, f.gpus[1].uuid]
+
+
+def load_spec_text(count: int) -> Any:
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "spec.yaml"
+        path.write_text(SPEC.replace("count: 2", f"count: {count}") % ("a" * 64, "{}"))
+        return load_spec(path)

@@ -223,13 +223,16 @@ def test_plan_places_two_healthy_gpus_of_eight_and_refuses_two_on_one(
         code, out = plan(testbed, write_spec(tmp_path / "a", [tb_host.name], count=2), capsys,
                          "--json")
     assert code == 0, out
-    health = next(c for c in json.loads(out)["hosts"][0]["checks"] if c["name"] == "gpu-health")
+    result = json.loads(out)["hosts"][0]
+    health = next(c for c in result["checks"] if c["name"] == "gpu-health")
     uuids = [gpu_profiles.gpu_uuid(tb_host.name, i, "NVIDIA H100 80GB HBM3") for i in range(8)]
     assert health["status"] == "warn"
     assert health["message"].startswith(
         f"2 of 2 GPU(s) (gpu.count) placed: GPU 0 ({uuids[0]}), GPU 1 ({uuids[1]}); passed over: "
         f"GPU 2 ({uuids[2]}): 1 uncorrectable ECC error(s)")
     assert f"GPU 5 ({uuids[5]}): a row remap is pending" in health["message"]
+    verify = next(s for s in result["steps"] if s.startswith("verify:"))
+    assert f"CUDA_VISIBLE_DEVICES={uuids[0]},{uuids[1]}" in verify
     code, out = plan(testbed, write_spec(tmp_path / "b", [tb_host.name], count=2), capsys)
     assert code == 3
     assert f"2 GPU(s) needed (gpu.count), 1 healthy with enough free memory: GPU 0 ({uuids[0]})" \

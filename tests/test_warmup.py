@@ -24,6 +24,7 @@ from orchestrator.hosts import ssh
 from orchestrator.hosts.shipping import RemoteTools, ensure_tools
 from orchestrator.hosts.warmup import run_warmup
 from orchestrator.testbed import Testbed
+from orchestrator.testbed import profiles as gpu_profiles
 from tests import models
 from tests.procs import processes_mentioning
 
@@ -289,6 +290,24 @@ def test_over_ssh_gpu_required_fails_naming_what_tensorflow_saw(
     message = got["gpu"].message
     assert "built with CUDA False" in message and "GPUs listed: none" in message
     assert "device:CPU:0" in message
+
+
+def test_over_ssh_the_runner_sees_exactly_the_placed_gpus(
+        testbed: Testbed, h100: tuple[ssh.SshTransport, RemoteTools], built: Path,
+        tmp_path: Path) -> None:
+    """Placement's CUDA_VISIBLE_DEVICES (by UUID) reaches the runner: NVML, which ignores the
+    variable, is asked for exactly those GPUs, in that order."""
+    transport, tools = h100
+    host = transport.host
+    uuids = [gpu_profiles.gpu_uuid(host, i, "NVIDIA H100 80GB HBM3") for i in (4, 1)]
+    model, golden = models.make_joblib(built / "jl-gpus")
+    request = WarmupRequest(str(model), "joblib", str(golden), method="predict_proba",
+                            iterations=10)
+    with testbed.profile(host, "multi-gpu"):
+        result = run_warmup(transport, VENV_PYTHON, tools, request, timeout=120,
+                            workdir=str(tmp_path), visible_devices=",".join(uuids))
+    assert result.raw["gpu_memory"]["uuids"] == uuids, result.raw["gpu_memory"]
+    assert len(result.raw["gpu_memory"]["devices"]) == 2
 
 
 @pytest.mark.parametrize(("expected", "got", "message"), [

@@ -93,6 +93,9 @@ class Manifest(BaseModel):
     facts: dict[str, Any] = Field(default_factory=dict)
     pip_freeze: list[str] = Field(default_factory=list)
     warmup: dict[str, Any] | None = None
+    # The UUIDs of the GPUs placement gave the release (gpu.count; its CUDA_VISIBLE_DEVICES).
+    # None: a CPU deployment, or a manifest written before placement existed.
+    gpus: list[str] | None = None
     # The spec's `service:` this release was deployed with ({} for none): a rollback to it
     # restarts and checks it with these, as they were when it last passed. None: a manifest
     # written before this was recorded (the rolling-back deployment's own are used).

@@ -34,10 +34,13 @@ def health_script() -> str:
 app_dir = layout.app_dir
 
 
-def restart(transport: Transport, command: str, cwd: str, timeout: float) -> dict[str, Any]:
-    """Run the spec's service.restart; a non-zero exit is a CommandFailed (with its output)."""
-    result = transport.run(["sh", "-c", 'cd -- "$1" && exec sh -c "$2"', "sh", cwd, command],
-                           timeout=timeout)
+def restart(transport: Transport, command: str, cwd: str, timeout: float,
+            visible_devices: str | None = None) -> dict[str, Any]:
+    """Run the spec's service.restart; a non-zero exit is a CommandFailed (with its output).
+    `visible_devices` (the placed GPUs' UUIDs) is the command's CUDA_VISIBLE_DEVICES."""
+    gpus = [] if visible_devices is None else ["env", f"CUDA_VISIBLE_DEVICES={visible_devices}"]
+    result = transport.run([*gpus, "sh", "-c", 'cd -- "$1" && exec sh -c "$2"', "sh", cwd,
+                            command], timeout=timeout)
     return {"restart_s": round(result.duration_s, 3)}
 
 

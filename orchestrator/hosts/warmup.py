@@ -53,11 +53,14 @@ def _script(tools_dir: RemoteTools | str, name: str = SCRIPT) -> str:
 RUN_AND_CLEAN = "warmup_run.sh"
 
 
-def warmup_argv(python: str, script: str, request_path: str, deadline_s: float) -> list[str]:
-    """The remote command (quoted by the transport): coreutils timeout as the second layer."""
+def warmup_argv(python: str, script: str, request_path: str, deadline_s: float,
+                visible_devices: str | None = None) -> list[str]:
+    """The remote command (quoted by the transport): coreutils timeout as the second layer;
+    `visible_devices` (GPU UUIDs, placement's) becomes the runner's CUDA_VISIBLE_DEVICES."""
     kill_after = f"{deadline_s + KILL_GRACE_S:.0f}"
     wrapper = posixpath.join(posixpath.dirname(script), RUN_AND_CLEAN)
-    return ["env", f"REQ={request_path}", "sh", wrapper,
+    gpus = [] if visible_devices is None else [f"CUDA_VISIBLE_DEVICES={visible_devices}"]
+    return ["env", f"REQ={request_path}", *gpus, "sh", wrapper,
             "timeout", "-s", "KILL", kill_after, python, "-E", script, request_path]
 
 
@@ -72,7 +75,8 @@ def killed_result(host: str, deadline_s: float, how: str) -> WarmupResult:
 
 
 def run_warmup(transport: Transport, python: str, tools_dir: RemoteTools | str,
-               request: WarmupRequest, timeout: float, workdir: str = "/tmp") -> WarmupResult:
+               request: WarmupRequest, timeout: float, workdir: str = "/tmp",
+               visible_devices: str | None = None) -> WarmupResult:
     """Run `request` with the venv's `python` on the transport's host, within `timeout` seconds.
 
     The runner's deadline is `request.deadline_s`, capped so that every layer above ends
@@ -85,7 +89,7 @@ def run_warmup(transport: Transport, python: str, tools_dir: RemoteTools | str,
     req_path = f"{workdir.rstrip('/')}/orchestrator-warmup-{uuid.uuid4().hex}.json"
     pid_path = f"{req_path}.pid"
     transport.put(request.to_json().encode(), req_path, 0o600)
-    argv = warmup_argv(python, _script(tools_dir), req_path, deadline)
+    argv = warmup_argv(python, _script(tools_dir), req_path, deadline, visible_devices)
     try:
         out = transport.run(argv, timeout=deadline + KILL_GRACE_S + TRANSPORT_GRACE_S,
                             check=False, max_output=MAX_OUTPUT)

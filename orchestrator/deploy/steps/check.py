@@ -16,7 +16,7 @@ NAME = "check"
 
 def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
     restarted = service.restart(ctx.transport, ctx.root, ctx.app_name, ctx.service,
-                                deadline.timeout())
+                                deadline.timeout(), ctx.gpus)
     return {**restarted, **service.health(ctx.transport, ctx.root, ctx.app_name, ctx.service,
                                           deadline.timeout())}
 

@@ -44,6 +44,7 @@ class HostContext:
     release_path: str | None = None                      # stage, then verify (committed)
     environment: BuiltEnvironment | None = None          # install
     warmup: dict[str, Any] | None = None                 # verify: the manifest's baseline
+    gpus: tuple[str, ...] = ()                           # verify: the placed GPUs' UUIDs
     switched: bool = False                               # switch
 
     @classmethod

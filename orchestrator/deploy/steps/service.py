@@ -17,11 +17,13 @@ from orchestrator.hosts.transport import Transport
 
 
 def restart(transport: Transport, deploy_root: str, app: str, svc: Service | None,
-            timeout: float) -> dict[str, Any]:
-    """Run the service's restart command, if it has one; {} when there is nothing to restart."""
+            timeout: float, gpus: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run the service's restart command, if it has one; {} when there is nothing to restart.
+    `gpus` (placement's UUIDs) reach it as CUDA_VISIBLE_DEVICES."""
     if svc is None or not svc.restart:
         return {}
-    return serving.restart(transport, svc.restart, layout.app_dir(deploy_root, app), timeout)
+    return serving.restart(transport, svc.restart, layout.app_dir(deploy_root, app), timeout,
+                           ",".join(gpus) if gpus else None)
 
 
 def health(transport: Transport, deploy_root: str, app: str, svc: Service | None,

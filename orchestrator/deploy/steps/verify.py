@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from orchestrator.core import fingerprint, hostjson
+from orchestrator.core import fingerprint, gpuhealth, hostjson
 from orchestrator.core import release as rel
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.gates import WarmupRequest, gates, result_from_raw
@@ -38,10 +38,14 @@ RESERVE_S = 15.0
 def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
     staged = ctx.known_staged()
     assert ctx.tools is not None  # set by the probe, which always runs first
+    ctx.gpus = place(ctx.spec, ctx.known_facts())
     result, details = verify_release(
         ctx.transport, ctx.tools, ctx.spec, python=ctx.known_environment().interpreter,
-        release_path=staged.path, baseline=_baseline(ctx), deadline=deadline)
+        release_path=staged.path, baseline=_baseline(ctx), deadline=deadline,
+        gpus=ctx.gpus)
     ctx.warmup = result
+    if ctx.gpus:
+        details["gpus"] = list(ctx.gpus)
     commit = ops.stage_commit(ctx.app_name, ctx.release_id)
     replies = ctx.ops.batch([ops.write_manifest(ctx.app_name, ctx.release_id, _manifest(ctx)),
                              commit], timeout=deadline.timeout())
@@ -59,8 +63,25 @@ def describe(spec: Spec, facts: HostFacts, target: Target) -> str:
         given = ", ".join(f"{k} <= {x:g} ms" for k, x in limits.items() if x is not None)
         words += f" ({given})" if given else ""
     if spec.gpu.required:
+        placed = gpuhealth.place(facts, spec.gpu.count, spec.gpu.min_memory_gib or 0.0,
+                                 spec.gpu.health)
         words += "; the model must run on the GPU"
+        if placed.ok:
+            words += f", with CUDA_VISIBLE_DEVICES={placed.visible_devices}"
     return words
+
+
+def place(spec: Spec, facts: HostFacts) -> tuple[str, ...]:
+    """The UUIDs of the GPUs the model gets (`gpu.count` healthy ones with enough free memory;
+    orchestrator/core/gpuhealth.py); () for a CPU deployment. The preflight already failed a
+    host without enough of them; this is the same pure function on the same facts."""
+    if not spec.gpu.required:
+        return ()
+    placed = gpuhealth.place(facts, spec.gpu.count, spec.gpu.min_memory_gib or 0.0,
+                             spec.gpu.health)
+    if not placed.ok:
+        raise StepFailed(facts.host, f"GPU placement failed: {placed.describe()}")
+    return placed.uuids
 
 
 def _baseline(ctx: HostContext) -> dict[str, Any] | None:
@@ -84,7 +105,7 @@ def _manifest(ctx: HostContext) -> rel.Manifest:
         "created": datetime.now(UTC), "spec_digest": spec.digest,
         "model_sha256": spec.model.sha256, "lock_sha256": ctx.lock.sha256,
         **ctx.known_environment().manifest, "facts": ctx.known_facts().raw,
-        "warmup": ctx.warmup,
+        "warmup": ctx.warmup, "gpus": list(ctx.gpus) if ctx.gpus else None,
         "service": spec.service.model_dump(mode="json") if spec.service else {}})
 
 
@@ -95,7 +116,8 @@ def remote_model_path(release_path: str, model: Path) -> str:
 
 def verify_release(transport: Transport, tools: RemoteTools, spec: Spec, *, python: str,
                    release_path: str, baseline: dict[str, Any] | None,
-                   deadline: Deadline) -> tuple[dict[str, Any], dict[str, Any]]:
+                   deadline: Deadline,
+                   gpus: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run the warmup and the gates; returns (the raw result for the manifest, event details).
     Raises StepFailed naming every failing gate."""
     golden = layout.release_golden(release_path)
@@ -104,7 +126,8 @@ def verify_release(transport: Transport, tools: RemoteTools, spec: Spec, *, pyth
     request = WarmupRequest.from_spec(
         spec, model_path=remote_model_path(release_path, spec.paths.model), golden_path=golden,
         deadline_s=budget)
-    result = run_warmup(transport, python, tools, request, timeout=deadline.timeout())
+    result = run_warmup(transport, python, tools, request, timeout=deadline.timeout(),
+                        visible_devices=",".join(gpus) if gpus else None)
     base = result_from_raw(transport.host, baseline) if baseline else None
     verdicts = gates(result, spec.verify, base)
     failed = [g for g in verdicts if not g.passed]

@@ -10,6 +10,7 @@ pynvml.py in the tools dir, imported lazily.
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import re
 import sys
@@ -91,13 +92,14 @@ class NvmlSampler(threading.Thread):
         threading.Thread.__init__(self, daemon=True)
         self.stop_event = threading.Event()
         self.error, self.before, self.peak, self.handles, self.nvml = None, [], [], [], None
+        self.uuids = []
         try:
             import pynvml
 
             pynvml.nvmlInit()
             self.nvml = pynvml
-            count = pynvml.nvmlDeviceGetCount()
-            self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+            self.handles = _visible_handles(pynvml)
+            self.uuids = [_text(pynvml.nvmlDeviceGetUUID(h)) for h in self.handles]
             self.before = self._used()
             self.peak = list(self.before)
         except Exception as exc:  # no pynvml, no driver: the figure is null, with the reason
@@ -122,4 +124,19 @@ class NvmlSampler(threading.Thread):
             return {"peak_used_bytes": None, "before_used_bytes": None, "devices": [],
                     "error": self.error or "no GPU"}
         return {"peak_used_bytes": max(self.peak), "before_used_bytes": max(self.before),
-                "devices": self.peak, "error": self.error}
+                "devices": self.peak, "uuids": self.uuids, "error": self.error}
+
+
+def _text(v):
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _visible_handles(pynvml):
+    """The GPUs this process may use: those CUDA_VISIBLE_DEVICES names by UUID (placement sets
+    it, orchestrator/core/gpuhealth.py), else all. NVML itself ignores the variable, so without
+    this the peak memory would count GPUs the model never touched."""
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+               if v.strip()]
+    if visible and all(v.startswith(("GPU-", "MIG-")) for v in visible):
+        return [pynvml.nvmlDeviceGetHandleByUUID(v) for v in visible]
+    return [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
