@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.core import findings as rv
 from orchestrator.core import gpuhealth
 from orchestrator.core.compat import load_compat
 from orchestrator.core.facts import HostFacts, parse_facts
@@ -217,3 +218,53 @@ def load_spec_text(count: int) -> Any:
         path = Path(tmp) / "spec.yaml"
         path.write_text(SPEC.replace("count: 2", f"count: {count}") % ("a" * 64, "{}"))
         return load_spec(path)
+
+
+# -- re-verification: health now against the deploy baseline ------------------------------------
+
+def _health(f: HostFacts, index: int, **changes: Any) -> HostFacts:
+    gpus = tuple(replace(g, health=replace(g.health, **changes)) if g.index == index else g
+                 for g in f.gpus)
+    return replace(f, gpus=gpus)
+
+
+def test_reverify_a_new_xid_fails_a_gpu_the_release_uses_and_degrades_another() -> None:
+    now = facts("xid-79")
+    before = replace(now, xid=replace(now.xid, events=()))
+    uuid = now.gpus[0].uuid
+    found = rv.diff_facts(before, now)
+    assert [(f.kind, f.status) for f in found] == [("gpu", rv.FAILED)]
+    assert found[0].message.startswith(f"GPU 0 ({uuid}): new Xid 79: NVRM: Xid (PCI:0000:3b:00)")
+    assert [f.status for f in rv.diff_facts(before, now, placed=["GPU-other"])] == [rv.DEGRADED]
+    assert rv.diff_facts(now, now) == []  # the same event is not new
+    not_listed = rv.diff_facts(before, now, GpuHealth(fail_xids=[48]))
+    assert [f.status for f in not_listed] == [rv.DEGRADED]
+    assert "(not in gpu.health.fail_xids)" in not_listed[0].message
+
+
+def test_reverify_ecc_and_remap_since_deploy_and_placement_decides_the_severity() -> None:
+    now = facts("multi-gpu")
+    before = _health(_health(now, 2, ecc_volatile_uncorrected=0), 5, remap_pending=False)
+    found = {f.message.split(":")[0]: f for f in rv.diff_facts(before, now)}
+    u2, u5 = now.gpus[2].uuid, now.gpus[5].uuid
+    assert found[f"GPU 2 ({u2})"].status == rv.FAILED
+    assert "uncorrectable ECC errors 0 -> 1 (ecc_volatile_uncorrected)" in \
+        found[f"GPU 2 ({u2})"].message
+    assert "a row remap is pending (remap_pending)" in found[f"GPU 5 ({u5})"].message
+    placed = [now.gpus[0].uuid, now.gpus[1].uuid]  # the release runs on 0 and 1 only
+    assert {f.status for f in rv.diff_facts(before, now, placed=placed)} == {rv.DEGRADED}
+
+
+def test_reverify_throttling_began_is_degraded_and_a_placed_gpu_gone_is_failed() -> None:
+    now = facts("thermal-throttle")
+    before = _health(now, 0, throttle_reasons=0)
+    [found] = rv.diff_facts(before, now)
+    assert found.status == rv.DEGRADED
+    assert found.message == (f"GPU 0 ({now.gpus[0].uuid}): throttling began: software thermal "
+                             "slowdown, hardware thermal slowdown (throttle_reasons 0x60)")
+    eight = facts("multi-gpu")
+    gone = replace(eight, gpus=eight.gpus[1:])
+    status = {f.message: f.status for f in rv.diff_facts(eight, gone, placed=[
+        eight.gpus[0].uuid])}
+    assert status == {f"GPU 0 NVIDIA H100 80GB HBM3 ({eight.gpus[0].uuid}) is gone": rv.FAILED}
+    assert [f.status for f in rv.diff_facts(eight, gone)] == [rv.DEGRADED]

@@ -27,6 +27,7 @@ from orchestrator.daemon.reverifier import next_run
 from orchestrator.hosts.pool import Pool
 from orchestrator.reverify.audit import AppCheck, HostCheckResult, reverify_host
 from orchestrator.testbed import Testbed
+from orchestrator.testbed import profiles as gpu_profiles
 from tests.daemons import DEPLOY, Daemon, write_config
 from tests.specs import WHEEL_CACHE
 from tests.test_deploy import Sink, run, v1_spec, v2_spec, write_spec
@@ -225,6 +226,25 @@ def test_a_driver_upgrade_degrades_the_host_naming_it_and_restored_it_is_healthy
                             "Driver/library version mismatch") for r in result.reasons)
     assert next(e for e in sink.events if e["event"] == "reverify")["level"] == "warning"
     assert check(pool, deployed)[0].status == rv.HEALTHY
+
+
+def test_an_xid_79_after_the_deploy_fails_the_host_naming_it_and_restored_it_is_healthy(
+        testbed: Testbed, pool: Pool, deployed: Deployed) -> None:
+    """The kernel logs Xid 79 for the GPU after the deploy: failed (the release may use every
+    GPU: it recorded no placement), named, kept out of rollouts; clean again once it is gone."""
+    with testbed.profile(RV_HOST, "xid-79"):
+        result, _ = check(pool, deployed)
+    assert result.status == rv.FAILED, result.reasons
+    uuid = gpu_profiles.gpu_uuid(RV_HOST, 0, "NVIDIA H100 80GB HBM3")
+    assert any(r.startswith(f"{APP}: GPU 0 ({uuid}): new Xid 79: NVRM: Xid (PCI:0000:3b:00): 79")
+               for r in result.reasons), result.reasons
+    record = {"host": RV_HOST, "status": result.status, "reasons": result.reasons}
+    assert rv.excluded_hosts([record], [RV_HOST])[RV_HOST].startswith(
+        f"host failed at its last verification: {APP}: GPU 0 ({uuid}): new Xid 79")
+    clean, _ = check(pool, deployed)
+    assert (clean.status, clean.reasons) == (rv.HEALTHY, [])
+    assert rv.excluded_hosts([{"host": RV_HOST, "status": clean.status, "reasons": []}],
+                             [RV_HOST]) == {}
 
 
 def test_a_changed_byte_in_the_model_fails_naming_the_file(

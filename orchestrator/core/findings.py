@@ -14,6 +14,12 @@ unreachable):
 | driver / CUDA driver version changed, GPU gone/renamed/resized,  | degraded  |
 | Python version changed: the stack moved under the release, but   |           |
 | the warmup (run in the same pass) is what says whether it works  |           |
+| GPU health since deploy (gpu.health of the spec): a new Xid of    | failed on a |
+| `fail_xids`, uncorrectable ECC errors grew, a page retirement or  | GPU the     |
+| row remap pending, a remap failure, a placed GPU gone             | release uses, |
+|                                                                  | else degraded |
+| throttling began, corrected ECC errors grew past the warning     | degraded  |
+| limit, any other new Xid                                         |           |
 | NVML error that was not there at deploy (e.g. LibRmVersionMismatch| degraded |
 | after a driver upgrade without a reboot): the GPU stack is broken |           |
 | but a CPU model may still serve; a GPU model fails its warmup's  |           |
@@ -38,8 +44,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.core.facts import HostFacts
+from orchestrator.core.facts import Gpu, HostFacts
 from orchestrator.core.gates import Gate
+from orchestrator.core.gpufacts import POWER_BITS, THERMAL_BITS
+from orchestrator.core.gpuhealth import label, xids_of
+from orchestrator.core.spec_gpu import GpuHealth
 
 HEALTHY, DEGRADED, FAILED, UNREACHABLE = "healthy", "degraded", "failed", "unreachable"
 RANK = {HEALTHY: 0, DEGRADED: 1, FAILED: 2, UNREACHABLE: 3}
@@ -81,8 +90,11 @@ def _gib(n: int) -> str:
     return f"{n / (1 << 30):.1f} GiB"
 
 
-def diff_facts(before: HostFacts, now: HostFacts) -> list[Finding]:
-    """What changed in the GPU stack since the release was deployed (manifest facts vs now)."""
+def diff_facts(before: HostFacts, now: HostFacts, policy: GpuHealth | None = None,
+               placed: Sequence[str] | None = None) -> list[Finding]:
+    """What changed in the GPU stack since the release was deployed (manifest facts vs now).
+    `policy`: the spec's gpu.health (defaults without one); `placed`: the UUIDs the release was
+    placed on (None: it may use every GPU)."""
     out: list[Finding] = []
     was = f"driver {before.driver_version or 'none'}"
     if now.nvml_error is not None and (before.nvml_error is None
@@ -104,16 +116,69 @@ def diff_facts(before: HostFacts, now: HostFacts) -> list[Finding]:
         out.append(Finding("facts", DEGRADED, f"python3 {before.python_version} -> "
                                               f"{now.python_version}"))
     if now.nvml_error is None:
-        out.extend(_diff_gpus(before, now))
+        out.extend(_diff_gpus(before, now, placed))
+        out.extend(diff_health(before, now, policy or GpuHealth(), placed))
     return out
 
 
-def _diff_gpus(before: HostFacts, now: HostFacts) -> list[Finding]:
+def diff_health(before: HostFacts, now: HostFacts, policy: GpuHealth,
+                placed: Sequence[str] | None = None) -> list[Finding]:
+    """GPU health that got worse since the baseline, per GPU present in both. What would make
+    a GPU sick fails the host if the release uses that GPU (degraded otherwise: the release
+    does not run there, but the next placement will avoid it)."""
+    old = {g.uuid: g for g in before.gpus}
+    out: list[Finding] = []
+    for n in now.gpus:
+        b = old.get(n.uuid)
+        if b is None:
+            continue
+        severe = FAILED if placed is None or n.uuid in placed else DEGRADED
+        out += [Finding("gpu", status, f"{label(n)}: {text}")
+                for status, text in _worse(before, b, now, n, policy, severe)]
+        began = n.health.throttle_names(THERMAL_BITS | POWER_BITS)
+        if began and not b.health.throttle_names(THERMAL_BITS | POWER_BITS):
+            out.append(Finding("gpu", DEGRADED, f"{label(n)}: throttling began: "
+                               f"{', '.join(began)} (throttle_reasons "
+                               f"0x{n.health.throttle_reasons or 0:x})"))
+        was, now_c = b.health.ecc_volatile_corrected, n.health.ecc_volatile_corrected
+        if was is not None and now_c is not None and now_c > max(was, policy.warn_corrected_ecc):
+            out.append(Finding("gpu", DEGRADED, f"{label(n)}: corrected ECC errors {was} -> "
+                               f"{now_c} (ecc_volatile_corrected)"))
+    return out
+
+
+def _worse(before: HostFacts, b: Gpu, now: HostFacts, n: Gpu, policy: GpuHealth,
+           severe: str) -> list[tuple[str, str]]:
+    """(status, text) of each sickness that appeared since the baseline."""
+    h, was, texts = n.health, b.health, []
+    if (h.ecc_volatile_uncorrected or 0) > (was.ecc_volatile_uncorrected or 0):
+        texts.append((severe, f"uncorrectable ECC errors {was.ecc_volatile_uncorrected or 0} -> "
+                     f"{h.ecc_volatile_uncorrected} (ecc_volatile_uncorrected)"))
+    for flag, words in (("retired_pending", "a page retirement is pending"),
+                        ("remap_pending", "a row remap is pending"),
+                        ("remap_failure", "row remapping failed")):
+        if getattr(h, flag) and not getattr(was, flag):
+            texts.append((severe, f"{words} ({flag})"))
+    seen = {(e.time, e.code) for e in xids_of(before, b)}
+    for e in xids_of(now, n):
+        if (e.time, e.code) not in seen:
+            listed = e.code in policy.fail_xids
+            texts.append((severe if listed else DEGRADED, f"new Xid {e.code}"
+                          + ("" if listed else " (not in gpu.health.fail_xids)")
+                          + f": {e.text[:120]}"))
+    return texts
+
+
+def _diff_gpus(before: HostFacts, now: HostFacts,
+               placed: Sequence[str] | None = None) -> list[Finding]:
     old, new = {g.uuid: g for g in before.gpus}, {g.uuid: g for g in now.gpus}
     out = []
     for uuid, g in old.items():
         if uuid not in new:
-            out.append(Finding("facts", DEGRADED, f"GPU {g.index} {g.name} ({uuid}) is gone"))
+            # A GPU the release was placed on (by UUID) is gone: its CUDA_VISIBLE_DEVICES
+            # names a device that is not there, so the service cannot run as deployed.
+            status = FAILED if placed and uuid in placed else DEGRADED
+            out.append(Finding("facts", status, f"GPU {g.index} {g.name} ({uuid}) is gone"))
             continue
         n = new[uuid]
         if n.name != g.name:

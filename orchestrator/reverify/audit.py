@@ -120,12 +120,15 @@ def check_app(transport: Transport, host: Host, app: str, facts: HostFacts,
     manifest = audit["manifest"]
     deployment = manifest.get("deployment")
     findings: list[rv.Finding] = []
+    spec = spec_for(deployment)
+    placed = manifest.get("gpus")  # the UUIDs placement gave the release (None: all, or CPU)
     try:
-        findings += rv.diff_facts(parse_facts(host.name, json.dumps(manifest.get("facts"))),
-                                  facts)
+        findings += rv.diff_facts(
+            parse_facts(host.name, json.dumps(manifest.get("facts"))), facts,
+            spec.gpu.health if spec is not None else None,
+            [str(u) for u in placed] if isinstance(placed, list) else None)
     except BadHostOutput as exc:
         findings.append(rv.Finding("facts", rv.DEGRADED, f"deploy-time facts unreadable: {exc}"))
-    spec = spec_for(deployment)
     # The deployment's own model files are hashed only to name what changed.
     changed = not (audit.get("model") or {}).get("ok")
     findings += rv.audit_findings(audit, local_model_hashes(spec) if spec and changed else None)
