@@ -4,6 +4,7 @@ and placement; the spec's gpu.health knobs; hostile health values."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from orchestrator.core.preflight import Check, HostVerdict, Requirements, Status
 from orchestrator.core.release import Manifest
 from orchestrator.core.spec import load_spec
 from orchestrator.core.spec_gpu import GpuHealth
+from orchestrator.daemon.metrics import Metrics
+from orchestrator.daemon.store import open_store
 from orchestrator.deploy.steps import StepFailed
 from orchestrator.deploy.steps import verify as verify_step
 from orchestrator.errors import BadHostOutput, SpecError
@@ -268,3 +271,38 @@ def test_reverify_throttling_began_is_degraded_and_a_placed_gpu_gone_is_failed()
         eight.gpus[0].uuid])}
     assert status == {f"GPU 0 NVIDIA H100 80GB HBM3 ({eight.gpus[0].uuid}) is gone": rv.FAILED}
     assert [f.status for f in rv.diff_facts(eight, gone)] == [rv.DEGRADED]
+
+
+# -- /metrics ------------------------------------------------------------------------------------
+
+def test_metrics_export_per_gpu_health_from_the_recorded_facts(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "state.sqlite3")
+    try:
+        store.record_host("h8", "healthy", [], json.loads(text("multi-gpu")))
+        store.record_host("hx", "healthy", [], json.loads(text("xid-79")))
+        store.record_host("ht", "healthy", [], json.loads(text("thermal-throttle")))
+        store.record_host("old", "healthy", [], json.loads(text("h100")))  # no health facts
+        out = Metrics(store).render().decode()
+    finally:
+        store.close()
+
+    def value(series: str) -> float:
+        found = re.search("^" + re.escape(series) + r" ([0-9.e+-]+)$", out, re.M)
+        assert found, f"{series} not in:\n{out}"
+        return float(found.group(1))
+
+    eight, xid, hot = facts("multi-gpu"), facts("xid-79"), facts("thermal-throttle")
+
+    def labels(host: str, f: HostFacts, i: int) -> str:
+        return f'gpu="{i}",host="{host}",uuid="{f.gpus[i].uuid}"'
+
+    assert [value(f"orchestrator_gpu_sick{{{labels('h8', eight, i)}}}") for i in range(8)] == [
+        0, 0, 1, 0, 0, 1, 0, 0]
+    assert value(f'orchestrator_gpu_ecc_errors{{counter="uncorrected",{labels("h8", eight, 2)}}}'
+                 ) == 1
+    assert value(f"orchestrator_gpu_reset_pending{{{labels('h8', eight, 5)}}}") == 1
+    assert value(f"orchestrator_gpu_xid_events{{{labels('hx', xid, 0)}}}") == 1
+    assert value(f"orchestrator_gpu_sick{{{labels('hx', xid, 0)}}}") == 1
+    assert value(f"orchestrator_gpu_throttled{{{labels('ht', hot, 0)}}}") == 1
+    assert value(f"orchestrator_gpu_temperature_celsius{{{labels('ht', hot, 0)}}}") == 91
+    assert 'host="old"' not in out.split("orchestrator_gpu_ecc_errors", 1)[1]

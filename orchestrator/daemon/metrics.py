@@ -15,7 +15,8 @@ a metric itself. Host status is read from the store at scrape time, since re-ver
 - `orchestrator_rollbacks_total{app}` counter: `recovery` events of step `rollback` (the
   pipeline's) or `undo` (a switched host put back) that worked, and `reverify.rollback` events
   that did (`reverify.on_failure: rollback`);
-- `orchestrator_host_status{host, status}` gauge: 1 for each host's last recorded status.
+- `orchestrator_host_status{host, status}` gauge: 1 for each host's last recorded status;
+- `orchestrator_gpu_*{host, gpu, uuid}` per-GPU health gauges (orchestrator/daemon/gpumetrics.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from orchestrator.core.states import UNDO_STEP, DeploymentState
+from orchestrator.daemon.gpumetrics import GpuHealthCollector
 from orchestrator.daemon.store import Store
 from orchestrator.errors import NotFound
 
@@ -80,6 +82,7 @@ class Metrics:
                                  "previous release (automatic, rollout stop, or by request)",
                                  ["app"], registry=r)
         r.register(HostStatusCollector(store))
+        r.register(GpuHealthCollector(store))
         self._seed()
 
     def _seed(self) -> None:
