@@ -16,7 +16,8 @@ from orchestrator.testbed import Testbed
 
 HOSTS = 8
 TARGET_S = 3.0
-PROFILES = ("h100", "t4", "old-driver", "no-driver", "no-gpu", "mismatch", "h100", "h100")
+# The last two carry the health facts: 8 GPUs with their counters, and a kernel log to read.
+PROFILES = ("h100", "t4", "old-driver", "no-driver", "no-gpu", "mismatch", "multi-gpu", "xid-79")
 
 
 def _timed_probe(pool: Pool, host: Host) -> tuple[float, float, HostFacts]:
