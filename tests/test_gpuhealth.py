@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from orchestrator.core import gpuhealth
 from orchestrator.core.compat import load_compat
 from orchestrator.core.facts import HostFacts, parse_facts
 from orchestrator.core.gpufacts import GpuHealth as HealthFacts
+from orchestrator.core.gpufacts import parse_health, parse_xid
 from orchestrator.core.lockfile import load_lock
 from orchestrator.core.preflight import Check, HostVerdict, Requirements, Status, preflight
 from orchestrator.core.release import Manifest
@@ -26,6 +28,7 @@ from orchestrator.daemon.store import open_store
 from orchestrator.deploy.steps import StepFailed
 from orchestrator.deploy.steps import verify as verify_step
 from orchestrator.errors import BadHostOutput, SpecError
+from orchestrator.hosts.remote import probe_gpu
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LOCK = load_lock(FIXTURES / "locks" / "tensorflow-2.21-gpu.lock")
@@ -306,3 +309,56 @@ def test_metrics_export_per_gpu_health_from_the_recorded_facts(tmp_path: Path) -
     assert value(f"orchestrator_gpu_throttled{{{labels('ht', hot, 0)}}}") == 1
     assert value(f"orchestrator_gpu_temperature_celsius{{{labels('ht', hot, 0)}}}") == 91
     assert 'host="old"' not in out.split("orchestrator_gpu_ecc_errors", 1)[1]
+
+
+# -- the host side: every NVML call guarded, the kernel log read within bounds ------------------
+
+class _Nvml:
+    """pynvml's exceptions, with each device call failing as `failures` says (else Not
+    Supported), as an old driver or a consumer GPU answers."""
+
+    def __init__(self, failures: dict[str, int]) -> None:
+        import pynvml
+        self._real, self._failures = pynvml, failures
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("NVMLError"):
+            return getattr(self._real, name)
+        code = self._failures.get(name, self._real.NVML_ERROR_NOT_SUPPORTED)
+
+        def call(*args: object) -> Any:
+            raise self._real.NVMLError(code)
+        return call
+
+
+def test_probe_health_turns_every_nvml_failure_into_a_fact() -> None:
+    import pynvml
+    health = probe_gpu.health(_Nvml({
+        "nvmlDeviceGetTemperature": pynvml.NVML_ERROR_GPU_IS_LOST,
+        "nvmlDeviceGetPowerUsage": pynvml.NVML_ERROR_NO_PERMISSION}), object())
+    assert health["ecc_mode"] is None and health["remap_pending"] is None
+    assert health["processes"] is None and health["process_count"] is None
+    assert health["errors"] == {"temperature_c": "NVMLError_GpuIsLost",
+                                "power_mw": "NVMLError_NoPermission"}
+    parsed = parse_health(health)  # and the controller takes it as it is
+    assert parsed.temperature_c is None and parsed.errors["temperature_c"] == "NVMLError_GpuIsLost"
+
+
+def test_probe_reads_xids_of_the_window_from_the_kernel_log_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "kernel.log"
+    now = time.time()
+    log.write_text(
+        f"{now - 3 * 86400:.6f} h kernel: NVRM: Xid (PCI:0000:3b:00): 48, old and outside\n"
+        f"{now - 60:.6f} h kernel: NVRM: Xid (PCI:0000:3c:00): 79, pid=1, GPU has fallen off\n"
+        f"{now - 30:.6f} h kernel: usb 1-1: new device, not an Xid\n"
+        "garbage line without a time\n")
+    monkeypatch.setenv("ORCHESTRATOR_KERNEL_LOG", str(log))
+    xid = probe_gpu.xid_facts(86400)
+    assert xid["source"] == "file" and xid["error"] is None
+    [event] = xid["events"]
+    assert (event["code"], event["pci"]) == (79, "0000:3c:00") and 59 <= event["age_s"] <= 70
+    monkeypatch.setenv("ORCHESTRATOR_KERNEL_LOG", str(tmp_path / "missing.log"))
+    gone = probe_gpu.xid_facts(86400)
+    assert gone["source"] is None and "No such file" in gone["error"]
+    assert parse_xid(gone).error == gone["error"]
