@@ -33,6 +33,7 @@ from orchestrator.core.release import (
 from orchestrator.errors import BadHostOutput, CommandFailed, FileTransferFailed, InvalidInput
 from orchestrator.hosts import ops as build
 from orchestrator.hosts.hostops import HostOpFailed, HostOps, OpKind, parse_reply
+from orchestrator.hosts.opresults import switch_result
 from orchestrator.hosts.shipping import RemoteTools
 from orchestrator.hosts.transport import CommandResult, command_line
 
@@ -587,10 +588,25 @@ def test_rollback_marks_bad_is_idempotent_and_bad_is_never_a_target(root: Path) 
     ok("switch", root, app="a", release_id=rid(3), generation=3)
     manual = ok("rollback", root, app="a")  # the CLI's one call: previous good, generation bumped
     assert (manual["current"], manual["generation"]) == (rid(1), 4)
+    assert manual["gpus"] is None  # a manifest without placement
     fails("switch", root, "stale-generation", app="a", release_id=rid(3), generation=3)
     state = ok("state", root, app="a")
     assert (state["current"], state["previous_good"], state["bad"]) == (rid(1), rid(3), [rid(2)])
     assert state["switching"] is None and state["current_resolves"] is True
+
+
+def test_rollback_returns_the_gpus_the_restored_release_was_placed_on(root: Path) -> None:
+    gpus = ["GPU-00000000-0000-0000-0000-000000000001", "GPU-00000000-0000-0000-0000-000000000002"]
+    for n in (1, 2):
+        stage(root, "a", rid(n))
+    ok("write-manifest", root, app="a", release_id=rid(1), manifest={"gpus": gpus})
+    ok("switch", root, app="a", release_id=rid(1), generation=1)
+    ok("switch", root, app="a", release_id=rid(2), generation=2)
+    back = ok("rollback", root, app="a", generation=2, **{"from": rid(2)})
+    assert back["current"] == rid(1) and back["gpus"] == gpus
+    assert switch_result(back).gpus == tuple(gpus)
+    with pytest.raises(ValueError, match="not a GPU UUID"):
+        switch_result({**back, "gpus": ["GPU-1,GPU-2"]})
 
 
 def test_releases_view_and_state_for_recovery(root: Path) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.core import hostjson
+from orchestrator.core.gpuhealth import UUID as GPU_UUID
 from orchestrator.errors import BadHostOutput, HostError
 from orchestrator.hosts import layout
 
@@ -97,6 +98,8 @@ class SwitchResult:
     marked_bad: tuple[str, ...] = ()
     # rollback only: the `service` of the manifest of the release now current (None: unknown)
     service: Mapping[str, Any] | None = None
+    # rollback only: the GPU UUIDs that release was placed on (its CUDA_VISIBLE_DEVICES)
+    gpus: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -208,10 +211,13 @@ def app_state(r: Mapping[str, Any]) -> AppState:
 
 def switch_result(r: Mapping[str, Any]) -> SwitchResult:
     service = r.get("service")
+    gpus = texts(r, "gpus") if r.get("gpus") is not None else ()
+    if not all(GPU_UUID.match(g) for g in gpus):  # they become an environment variable
+        raise ValueError("field 'gpus' holds a value that is not a GPU UUID")
     return SwitchResult(text(r, "current"), opt_text(r, "before"), flag(r, "changed"),
                         count(r, "generation"), opt_text(r, "previous_good"),
                         texts(r, "marked_bad") if "marked_bad" in r else (),
-                        service if isinstance(service, Mapping) else None)
+                        service if isinstance(service, Mapping) else None, gpus)
 
 
 def venv_result(r: Mapping[str, Any]) -> VenvResult:

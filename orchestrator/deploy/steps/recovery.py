@@ -62,7 +62,9 @@ def roll_back_and_restart(transport: Transport, host: Host, app: str,
     out = HostOps(transport, host.deploy_root).rollback(
         app, from_release=from_release, mark_bad=mark_bad, timeout=deadline.timeout())
     svc = service.service_of(host.name, out.service, fallback)
-    restarted = service.restart(transport, host.deploy_root, app, svc, deadline.timeout())
+    # Restarted on the GPUs that release was placed on, as when it was deployed.
+    restarted = service.restart(transport, host.deploy_root, app, svc, deadline.timeout(),
+                                out.gpus)
     return RolledBack(out.current, out.changed, svc, restarted)
 
 

@@ -154,7 +154,8 @@ def op_rollback(args):
             return {"current": current, "before": current, "changed": False,
                     "generation": state["generation"], "marked_bad": state["bad"],
                     "previous_good": previous_good(app_dir, state, current),
-                    "service": _deployed_service(app_dir, current)}
+                    "service": _deployed_service(app_dir, current),
+                    "gpus": _deployed_gpus(app_dir, current)}
         to = args.get("to", "previous")
         target = previous_good(app_dir, state, current) if to == "previous" else checked_arg(
             args, "to", RELEASE_RE)
@@ -165,6 +166,7 @@ def op_rollback(args):
         result = _switch_locked(app_dir, state, target, generation)
         result["marked_bad"] = state["bad"]
         result["service"] = _deployed_service(app_dir, target)
+        result["gpus"] = _deployed_gpus(app_dir, target)
         return result
 
 
@@ -176,6 +178,15 @@ def _deployed_service(app_dir, rid):
     manifest = read_json(hostlayout.manifest(os.path.join(releases_dir(app_dir), rid)), {})
     service = manifest.get("service") if isinstance(manifest, dict) else None
     return service if isinstance(service, dict) else None
+
+
+def _deployed_gpus(app_dir, rid):
+    """The GPU UUIDs the release's manifest.json records (placement), or None: none recorded."""
+    if rid is None:
+        return None
+    manifest = read_json(hostlayout.manifest(os.path.join(releases_dir(app_dir), rid)), {})
+    gpus = manifest.get("gpus") if isinstance(manifest, dict) else None
+    return gpus if isinstance(gpus, list) else None
 
 
 def op_mark_bad(args):

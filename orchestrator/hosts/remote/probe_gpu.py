@@ -144,7 +144,7 @@ def xid_facts(window_s: int) -> dict[str, Any]:
     return _xids(None, [], "; ".join(problems), now)
 
 
-def _xids(source: str | None, lines: list[tuple], error: str | None,
+def _xids(source: str | None, lines: list[tuple[float, str]], error: str | None,
           now: float) -> dict[str, Any]:
     """`age_s` is measured by the host's own clock, so a skewed controller clock cannot make an
     old Xid recent or a new one old."""
@@ -159,7 +159,7 @@ def _xids(source: str | None, lines: list[tuple], error: str | None,
             "events": events[-MAX_XID_EVENTS:]}
 
 
-def _unix_lines(text: str, since: float) -> list[tuple]:
+def _unix_lines(text: str, since: float) -> list[tuple[float, str]]:
     """`<unix time> <host> kernel: <message>` lines at or after `since`."""
     out = []
     for line in text.splitlines():
@@ -173,7 +173,7 @@ def _unix_lines(text: str, since: float) -> list[tuple]:
     return out
 
 
-def _journal(since: float, problems: list[str]) -> list[tuple] | None:
+def _journal(since: float, problems: list[str]) -> list[tuple[float, str]] | None:
     argv = ["journalctl", "-k", "-q", "--no-pager", "-o", "short-unix", "--since",
             f"@{int(since)}"]
     try:
@@ -188,7 +188,7 @@ def _journal(since: float, problems: list[str]) -> list[tuple] | None:
     return _unix_lines(proc.stdout[-MAX_LOG_BYTES:].decode("utf-8", "replace"), since)
 
 
-def _kmsg(now: float, since: float, problems: list[str]) -> list[tuple] | None:
+def _kmsg(now: float, since: float, problems: list[str]) -> list[tuple[float, str]] | None:
     """/dev/kmsg records `prio,seq,usec,flags;message`, usec on the monotonic clock."""
     try:
         fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
