@@ -18,6 +18,7 @@ from orchestrator.core.compat import load_compat
 from orchestrator.core.facts import HostFacts, parse_facts
 from orchestrator.core.gpufacts import GpuHealth as HealthFacts
 from orchestrator.core.gpufacts import parse_health, parse_xid
+from orchestrator.core.inventory import Inventory
 from orchestrator.core.lockfile import load_lock
 from orchestrator.core.preflight import Check, HostVerdict, Requirements, Status, preflight
 from orchestrator.core.release import Manifest
@@ -28,6 +29,8 @@ from orchestrator.daemon.store import open_store
 from orchestrator.deploy.steps import StepFailed
 from orchestrator.deploy.steps import verify as verify_step
 from orchestrator.errors import BadHostOutput, SpecError
+from orchestrator.hosts import serving
+from orchestrator.hosts.pool import Pool
 from orchestrator.hosts.remote import probe_gpu
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -362,3 +365,17 @@ def test_probe_reads_xids_of_the_window_from_the_kernel_log_file(
     gone = probe_gpu.xid_facts(86400)
     assert gone["source"] is None and "No such file" in gone["error"]
     assert parse_xid(gone).error == gone["error"]
+
+
+def test_the_service_restart_command_sees_the_placed_gpus(
+        inventory: Inventory, pool: Pool, tmp_path: Path) -> None:
+    """Over SSH on a testbed host (the host's directories are this machine's)."""
+    host = inventory.hosts["tb-01"]
+    gpus = "GPU-00000000-0000-0000-0000-000000000001,GPU-00000000-0000-0000-0000-000000000002"
+    with pool.session(host) as transport:
+        serving.restart(transport, 'printf %s "$CUDA_VISIBLE_DEVICES" > seen', str(tmp_path),
+                        60, gpus)
+        assert (tmp_path / "seen").read_text() == gpus
+        serving.restart(transport, 'printf %s "${CUDA_VISIBLE_DEVICES-unset}" > seen',
+                        str(tmp_path), 60)
+    assert (tmp_path / "seen").read_text() == "unset"  # a CPU deployment sets nothing

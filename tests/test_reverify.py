@@ -370,6 +370,47 @@ def test_daemon_verify_degrades_a_host_which_a_new_rollout_then_leaves_out(
     assert again.returncode == 0 and json.loads(again.stdout)[0]["status"] == "healthy"
 
 
+def test_daemon_verify_fails_a_host_with_a_new_xid_79_keeps_it_out_and_restores_it_clean(
+        testbed: Testbed, inventory: Inventory, models_dir: Path, tmp_path: Path,
+        daemons: Callable[..., Daemon]) -> None:
+    app, hosts = "rv-xid", ["tb-07", "tb-08"]
+    extra = "reverify: {every: 1h}\nrollout: {max_failed_hosts: 1}\n"
+
+    def spec(name: str, model: str, golden: str, model_name: str = "model.joblib") -> Path:
+        return write_spec(tmp_path / name, app, models_dir / model, models_dir / golden,
+                          model_name=model_name, extra=extra, targets=hosts)
+
+    config = write_config(tmp_path, f'inventory = "{testbed.inventory_path}"\n' + DEPLOY)
+    daemon = daemons(config, env={"ORCHESTRATOR_WHEEL_CACHE": str(WHEEL_CACHE)})
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return daemon.cli(*args, timeout=300)
+
+    first = cli("submit", str(spec("v1", "model.joblib", "golden.npz")), "--wait")
+    assert first.returncode == 0, first.stdout + first.stderr
+    uuid = gpu_profiles.gpu_uuid("tb-08", 0, "NVIDIA H100 80GB HBM3")
+    with testbed.profile("tb-08", "xid-79"):
+        verified = cli("verify", "tb-08", "--json")
+        [record] = json.loads(verified.stdout)
+        assert record["status"] == "failed", record
+        assert any(r.startswith(f"{app}: GPU 0 ({uuid}): new Xid 79: NVRM: Xid "
+                                "(PCI:0000:3b:00): 79") for r in record["reasons"]), record
+        before = (Path(inventory.hosts["tb-08"].deploy_root) / app / "current").resolve().name
+        second = cli("submit", str(spec("v2", "changed.joblib", "golden-v2.npz",
+                                        "model-v2.joblib")), "--wait")
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert (Path(inventory.hosts["tb-08"].deploy_root) / app / "current"
+                ).resolve().name == before  # left out: never touched
+    events = [json.loads(line) for f in (daemon.state_dir / "logs").glob("*.jsonl")
+              for line in f.read_text().splitlines()]
+    assert any(e["event"] == "host.finished" and e["host"] == "tb-08"
+               and "excluded from the rollout: host failed at its last verification: "
+               f"{app}: GPU 0 ({uuid}): new Xid 79" in str(e.get("reason")) for e in events)
+    again = cli("verify", "tb-08", "--json")  # the Xid is gone with the profile
+    assert again.returncode == 0 and json.loads(again.stdout)[0]["status"] == "healthy", \
+        again.stdout
+
+
 # -- the schedule, against a real store ---------------------------------------------------------
 
 def test_schedule_runs_an_app_when_due_never_while_it_is_being_deployed(
