@@ -40,7 +40,8 @@ def test_invalid_policy_is_refused() -> None:
 
 
 def test_transient_errors_are_retried_until_success() -> None:
-    calls, waits = [], []
+    calls: list[int] = []
+    waits: list[float] = []
 
     def call() -> str:
         calls.append(1)

@@ -40,7 +40,7 @@ class RetryPolicy:
 
     def bound(self, attempt: int) -> float:
         """Upper bound of the delay after failed call number `attempt` (1-based)."""
-        return min(self.cap_s, self.base_s * 2 ** max(attempt - 1, 0))
+        return min(self.cap_s, self.base_s * 2.0 ** max(attempt - 1, 0))
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """The delay after failed call number `attempt`: uniform in [0, bound(attempt)]."""
