@@ -32,6 +32,7 @@ from orchestrator.deploy.pipeline import (
     HostStatus,
     Pipeline,
 )
+from orchestrator.deploy.pkgindex import PackageIndex
 from orchestrator.deploy.playbook import Playbook, load_playbook
 from orchestrator.deploy.steps.host import HostDeploy
 from orchestrator.deploy.steps.recovery import Settled, recover_host
@@ -59,7 +60,7 @@ class DeployResult:
 def prepare(spec: Spec, *, deployment: str | None = None, installer: str = "uv",
             release_id: str | None = None, wheel_cache: Path | None = None,
             lock: Lock | None = None, compile_bytecode: bool = False,
-            check_model: bool = False) -> DeployInputs:
+            check_model: bool = False, index: PackageIndex | None = None) -> DeployInputs:
     """Everything resolved once on the controller; nothing touches a host here. Without a
     `deployment`, a new id from the one generator (orchestrator/core/ids.py).
 
@@ -77,7 +78,7 @@ def prepare(spec: Spec, *, deployment: str | None = None, installer: str = "uv",
         spec=spec,
         lock=lock,
         release_id=release_id or new_inputs_release_id(spec, lock.sha256),
-        wheels_for=wheel_resolver(spec, lock, wheel_cache),
+        wheels_for=wheel_resolver(spec, lock, wheel_cache, index),
         compat=load_compat(),
         installer=installer,
         compile_bytecode=compile_bytecode,
