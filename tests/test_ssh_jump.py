@@ -212,3 +212,15 @@ def counting(calls: list[float]) -> Callable[[], float]:
 
 def bastions_host(address: str, port: int, user: str) -> ssh.Hop:
     return ssh.Hop(name="knock", address=address, port=port, user=user)
+
+
+def test_an_alias_without_an_ssh_config_says_where_to_name_one(testbed: Testbed) -> None:
+    """The issue's symptom (`cannot connect to tb-alias:22`) now says what to do, at once:
+    a name that does not resolve is not retried."""
+    options = ssh.SshOptions(known_hosts=testbed.known_hosts_path,
+                             connect_retry=RetryPolicy(attempts=5, base_s=2.0, cap_s=2.0))
+    asked: list[float] = []
+    with pytest.raises(HostUnreachable, match=r"cannot connect to tb-alias:22: .*name that file"
+                                              r" in the inventory's `ssh: config:`"):
+        ssh.connect(bastions_host("tb-alias", 22, "deploy"), options, remaining=counting(asked))
+    assert asked == []
