@@ -25,6 +25,7 @@ from orchestrator.core.ids import new_deployment_id
 from orchestrator.core.inventory import Host
 from orchestrator.core.lockfile import Lock, load_lock
 from orchestrator.core.spec import Spec, check_model_hash
+from orchestrator.deploy.deadline import RECOVERY_TIMEOUT_S, Deadline
 from orchestrator.deploy.inputs import DeployInputs, new_inputs_release_id
 from orchestrator.deploy.pipeline import (
     EventSink,
@@ -154,7 +155,9 @@ def _reconnect_and_settle(pool: Pool, host: Host, inputs: DeployInputs, sink: Ev
     sink.emit("host.reconnect", host=host.name, status="started", level="warning",
               reason=result.error)
     try:
-        with pool.session(host) as transport:  # the pool reopens a dead connection
+        # The pool reopens the dead connection, retrying within the recovery's own budget.
+        budget = Deadline(host.name, "reconnect", RECOVERY_TIMEOUT_S)
+        with pool.session(host, remaining=budget.remaining) as transport:
             outcome = recover_host(transport, host, inputs, sink)
     except HostError as exc:
         # The pipeline's verdict stands (before switch: `current` never moved); the deploy
