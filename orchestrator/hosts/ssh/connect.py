@@ -14,7 +14,7 @@ import contextlib
 import random
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 
 import paramiko
 from paramiko.ssh_exception import IncompatiblePeer
@@ -212,7 +212,3 @@ def _unreachable(name: str, message: str, *, transient: bool) -> HostUnreachable
 def _where(hop: Hop) -> str:
     return f"{hop.address}:{hop.port}"
 
-
-def hop_labels(route: Route, name: str) -> Sequence[str]:
-    """What each hop is called in output: the jump spec, then the inventory host name."""
-    return [*(h.name for h in route.jumps), name]
