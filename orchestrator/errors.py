@@ -81,7 +81,9 @@ class HostError(OrchestratorError):
 
 
 class HostUnreachable(HostError):
-    pass
+    #: Set where the cause may pass (a refused, reset or timed-out connect) and another attempt
+    #: is worth it (core/retry.py); never for an authentication failure or a host-key refusal.
+    transient = False
 
 
 class HostKeyRejected(HostError):

@@ -154,7 +154,7 @@ def test_a_fake_kind_satisfies_the_protocol() -> None:
 def _context(spec: Spec) -> HostContext:
     lock = load_lock(spec.paths.requirements)
     inputs = DeployInputs("d-1", spec, lock, "20261122T013000Z-9f2c1a7b",
-                          wheels_for=lambda facts: {}, compat=load_compat())
+                          wheels_for=lambda facts, remaining: {}, compat=load_compat())
     nowhere = cast(Transport, object())  # the fake kind never reaches the host
     ctx = HostContext(nowhere, HOST, inputs, HostOps(nowhere, HOST.deploy_root), None)
     ctx.facts = _facts()
@@ -184,7 +184,7 @@ def test_a_kind_that_ships_no_wheels_gets_none_resolved(
     monkeypatch.setattr(registry, "KINDS", (FakeKind(), VenvKind()))
     cache = tmp_path / "no-cache"
     resolve = wheel_resolver(spec, load_lock(spec.paths.requirements), cache)
-    assert resolve(_facts()) == {} and not cache.exists()
+    assert resolve(_facts(), lambda: 60.0) == {} and not cache.exists()
 
 
 def test_verify_refuses_a_context_install_never_filled(spec: Spec) -> None:

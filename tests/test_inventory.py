@@ -32,7 +32,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_example_inventory_loads() -> None:
     inv = load_inventory(REPO / "configs" / "inventory.yaml")
     assert set(inv.hosts) == {"gpu-01", "gpu-02", "gpu-03"}
-    assert inv.hosts["gpu-03"].port == 22
+    assert inv.hosts["gpu-03"].port is None  # unset: ssh.config's Port, else 22 (route.py)
     assert inv.ssh.known_hosts == REPO / "configs" / "known_hosts"
     assert inv.ssh.identity_file is not None and inv.ssh.identity_file.is_absolute()
 
@@ -42,7 +42,7 @@ def test_fields_defaults_and_ssh_paths(tmp_path: Path) -> None:
     h1 = inv.hosts["gpu-01"]
     assert h1 == Host("gpu-01", "127.0.0.2", 2201, "deploy", "/srv/models",
                       {"zone": "a", "gpu": "h100"})
-    assert inv.hosts["gpu-02"].port == 22
+    assert inv.hosts["gpu-02"].port is None  # unset: ssh.config's Port, else 22 (route.py)
     assert inv.hosts["gpu-02"].deploy_root == "/srv/models"  # normalised
     assert inv.groups == {"inference": ("gpu-02", "gpu-01")}
     assert inv.ssh.known_hosts == tmp_path / "state" / "known_hosts"
@@ -87,7 +87,7 @@ BAD = [
      6, "hosts.gpu-01.port", "less than or equal"),
     ("hosts:\n  gpu-01:\n    address: a\n    user: u\n    deploy_root: /d\n    port: '22'\n",
      6, "hosts.gpu-01.port", "valid integer"),
-    ("hosts:\n  gpu-01: {address: a, deploy_root: /d}\n", 2, "hosts.gpu-01.user", "required"),
+    ("hosts:\n  gpu-01: {address: a, user: u}\n", 2, "hosts.gpu-01.deploy_root", "required"),
     ("hosts:\n  gpu-01: {address: a, user: u, deploy_root: /d}\ngroups:\n  g: [gpu-01, gpu-02]\n",
      4, "groups.g[1]", "unknown host 'gpu-02'"),
     ("hosts:\n  gpu-01: {address: a, user: u, deploy_root: /d}\ngroups:\n  gpu-01: [gpu-01]\n",

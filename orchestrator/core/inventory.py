@@ -10,7 +10,12 @@ ssh:                                   # optional; paths relative to this file
   known_hosts: known_hosts
   identity_file: id_ed25519
   legacy_algorithms: [aes256-cbc, hmac-sha1]   # only for hosts that cannot be upgraded
+  config: ~/.ssh/config                # opt-in: HostName, Port, User, IdentityFile, ProxyJump
+  agent: true                          # opt-in: offer the ssh-agent's keys ($SSH_AUTH_SOCK)
 ```
+
+A host's `port` and `user` may be left out when `ssh.config` gives them (else 22 and the local
+user); where both set one, the inventory wins (orchestrator/hosts/ssh/route.py).
 
 `WEAK_SSH_ALGORITHMS` is what the SSH transport refuses by default (CBC ciphers, 3DES, SHA-1 and
 MD5 MACs, SHA-1 signatures and key exchanges); `legacy_algorithms` names those to allow again,
@@ -81,8 +86,8 @@ class _Strict(BaseModel):
 
 class HostModel(_Strict):
     address: Address
-    port: int = Field(default=22, ge=1, le=65535)
-    user: User
+    port: int | None = Field(default=None, ge=1, le=65535)
+    user: User | None = None
     deploy_root: DeployRoot
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
 
@@ -91,6 +96,8 @@ class SshModel(_Strict):
     known_hosts: str | None = Field(default=None, min_length=1)
     identity_file: str | None = Field(default=None, min_length=1)
     legacy_algorithms: list[str] = Field(default_factory=list)
+    config: str | None = Field(default=None, min_length=1)
+    agent: bool = False
 
 
 class InventoryModel(_Strict):
@@ -104,9 +111,9 @@ class Host:
     """One host as the rest of the program sees it."""
 
     name: str
-    address: str
-    port: int
-    user: str
+    address: str      # an ssh_config alias when `ssh.config` maps it (HostName)
+    port: int | None  # None: from ssh_config, else 22
+    user: str | None  # None: from ssh_config, else the local user
     deploy_root: str
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
 
@@ -118,6 +125,8 @@ class SshConfig:
     known_hosts: Path | None = None
     identity_file: Path | None = None
     legacy_algorithms: frozenset[str] = frozenset()  # names from WEAK_SSH_ALGORITHMS
+    config: Path | None = None  # an ssh_config file to read (opt-in)
+    agent: bool = False         # offer the ssh-agent's keys
 
 
 @dataclass(frozen=True)
@@ -191,7 +200,8 @@ def inventory_from_document(doc: YamlDocument, base_dir: Path) -> Inventory:
     }
     ssh = SshConfig(known_hosts=_abs(base_dir, model.ssh.known_hosts),
                     identity_file=_abs(base_dir, model.ssh.identity_file),
-                    legacy_algorithms=frozenset(model.ssh.legacy_algorithms))
+                    legacy_algorithms=frozenset(model.ssh.legacy_algorithms),
+                    config=_abs(base_dir, model.ssh.config), agent=model.ssh.agent)
     groups = {name: tuple(dict.fromkeys(members)) for name, members in model.groups.items()}
     return Inventory(hosts=hosts, groups=groups, ssh=ssh, file=doc.file)
 

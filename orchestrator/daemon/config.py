@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import SpecError
+from orchestrator.deploy.pkgindex import PackageIndex
+from orchestrator.errors import InvalidInput, SpecError
 
 DEFAULT_RUNNER = "orchestrator.daemon.runners.deploy:DeployRunner"
 #: Where the default runner lived before: an operator's config naming it there keeps working
@@ -62,6 +63,7 @@ class DaemonConfig:
     progress_timeout_s: float = 7200.0
     runner: str = DEFAULT_RUNNER
     tcp: TcpConfig = field(default_factory=TcpConfig)
+    index: PackageIndex | None = None  # `[index]`: where the wheel cache downloads from
 
     @property
     def store_path(self) -> Path:
@@ -85,6 +87,7 @@ _INTS = {"max_parallel_deployments": (1, 64), "max_ssh_sessions": (1, 1024),
          "max_body_bytes": (1024, 1 << 40), "max_followers": (1, 100_000)}
 _FLOATS = {"shutdown_grace_s": (0.0, 3600.0), "progress_timeout_s": (1.0, 7 * 86400.0)}
 _TCP_KEYS = {"enabled", "host", "port", "token_file", "allowed_hosts"}
+_INDEX_KEYS = {"url", "extra_urls", "ca_bundle", "credentials_file"}
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
@@ -128,7 +131,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def config_from_dict(data: dict[str, Any], *, file: str, base: Path,
                      env: Mapping[str, str]) -> DaemonConfig:
-    known = set(_PATHS) | set(_INTS) | set(_FLOATS) | {"runner", "tcp"}
+    known = set(_PATHS) | set(_INTS) | set(_FLOATS) | {"runner", "tcp", "index"}
     for key in data:
         if key not in known:
             raise SpecError(f"unknown key (expected one of: {', '.join(sorted(known))})",
@@ -149,6 +152,8 @@ def config_from_dict(data: dict[str, Any], *, file: str, base: Path,
         values["runner"] = RUNNER_ALIASES.get(data["runner"], data["runner"])
     if "tcp" in data:
         values["tcp"] = _tcp(data["tcp"], base, file)
+    if "index" in data:
+        values["index"] = _index(data["index"], base, file)
     if env.get("ORCHESTRATOR_STATE_DIR"):
         values["state_dir"] = Path(env["ORCHESTRATOR_STATE_DIR"])
     state_dir = values.setdefault("state_dir", default_state_dir(env))
@@ -198,6 +203,30 @@ def _tcp(data: object, base: Path, file: str) -> TcpConfig:
     if not isinstance(allowed, list) or not all(isinstance(h, str) and h for h in allowed):
         raise SpecError("must be a list of host names", file=file, field="tcp.allowed_hosts")
     return TcpConfig(enabled, host, port, token_file, tuple(allowed))
+
+
+def _index(data: object, base: Path, file: str) -> PackageIndex:
+    """`[index]`; the credentials file is checked (mode, netrc) here, at start, not at the
+    first deployment; what it holds never appears in an error."""
+    if not isinstance(data, dict):
+        raise SpecError("must be a table", file=file, field="index")
+    for key in data:
+        if key not in _INDEX_KEYS:
+            raise SpecError(f"unknown key (expected one of: {', '.join(sorted(_INDEX_KEYS))})",
+                            file=file, field=f"index.{key}")
+    url = data.get("url")
+    if url is not None and not isinstance(url, str):
+        raise SpecError("must be a URL string", file=file, field="index.url")
+    extra = data.get("extra_urls", [])
+    if not isinstance(extra, list) or not all(isinstance(u, str) for u in extra):
+        raise SpecError("must be a list of URL strings", file=file, field="index.extra_urls")
+    paths = {key: _path(data[key], base, file, f"index.{key}")
+             for key in ("ca_bundle", "credentials_file") if key in data}
+    try:
+        return PackageIndex(url=url, extra_urls=tuple(extra), ca_bundle=paths.get("ca_bundle"),
+                            credentials_file=paths.get("credentials_file"))
+    except InvalidInput as exc:
+        raise SpecError(str(exc), file=file, field="index") from None
 
 
 def read_token(tcp: TcpConfig) -> str:

@@ -25,6 +25,7 @@ from orchestrator.core.ids import new_deployment_id
 from orchestrator.core.inventory import Host
 from orchestrator.core.lockfile import Lock, load_lock
 from orchestrator.core.spec import Spec, check_model_hash
+from orchestrator.deploy.deadline import RECOVERY_TIMEOUT_S, Deadline
 from orchestrator.deploy.inputs import DeployInputs, new_inputs_release_id
 from orchestrator.deploy.pipeline import (
     EventSink,
@@ -32,6 +33,7 @@ from orchestrator.deploy.pipeline import (
     HostStatus,
     Pipeline,
 )
+from orchestrator.deploy.pkgindex import PackageIndex
 from orchestrator.deploy.playbook import Playbook, load_playbook
 from orchestrator.deploy.steps.host import HostDeploy
 from orchestrator.deploy.steps.recovery import Settled, recover_host
@@ -59,7 +61,7 @@ class DeployResult:
 def prepare(spec: Spec, *, deployment: str | None = None, installer: str = "uv",
             release_id: str | None = None, wheel_cache: Path | None = None,
             lock: Lock | None = None, compile_bytecode: bool = False,
-            check_model: bool = False) -> DeployInputs:
+            check_model: bool = False, index: PackageIndex | None = None) -> DeployInputs:
     """Everything resolved once on the controller; nothing touches a host here. Without a
     `deployment`, a new id from the one generator (orchestrator/core/ids.py).
 
@@ -77,7 +79,7 @@ def prepare(spec: Spec, *, deployment: str | None = None, installer: str = "uv",
         spec=spec,
         lock=lock,
         release_id=release_id or new_inputs_release_id(spec, lock.sha256),
-        wheels_for=wheel_resolver(spec, lock, wheel_cache),
+        wheels_for=wheel_resolver(spec, lock, wheel_cache, index),
         compat=load_compat(),
         installer=installer,
         compile_bytecode=compile_bytecode,
@@ -153,7 +155,9 @@ def _reconnect_and_settle(pool: Pool, host: Host, inputs: DeployInputs, sink: Ev
     sink.emit("host.reconnect", host=host.name, status="started", level="warning",
               reason=result.error)
     try:
-        with pool.session(host) as transport:  # the pool reopens a dead connection
+        # The pool reopens the dead connection, retrying within the recovery's own budget.
+        budget = Deadline(host.name, "reconnect", RECOVERY_TIMEOUT_S)
+        with pool.session(host, remaining=budget.remaining) as transport:
             outcome = recover_host(transport, host, inputs, sink)
     except HostError as exc:
         # The pipeline's verdict stands (before switch: `current` never moved); the deploy

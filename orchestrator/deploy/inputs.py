@@ -17,8 +17,9 @@ from orchestrator.core.lockfile import Lock
 from orchestrator.core.spec import Spec
 from orchestrator.deploy.wheelcache import Wheel
 
-#: Which wheels a host gets, by its facts (`orchestrator.deploy.steps.wheels.wheel_resolver`).
-WheelResolver = Callable[[HostFacts], Mapping[str, Wheel]]
+#: Which wheels a host gets, by its facts (`orchestrator.deploy.steps.wheels.wheel_resolver`),
+#: within what the asking step has left (`Deadline.remaining`: bounds a cache fill's retries).
+WheelResolver = Callable[[HostFacts, Callable[[], float]], Mapping[str, Wheel]]
 
 
 @dataclass(frozen=True)

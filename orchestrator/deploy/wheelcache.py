@@ -9,9 +9,11 @@
 applies to the host (markers evaluated for its Python and machine) has one wheel in the cache,
 downloading only what is not there yet with `pip download --only-binary=:all: --no-deps
 --require-hashes --python-version X.Y --implementation cp --platform ...` from the daemon's
-configured index, for the host's Python and platform, and checks each file's sha256 against the
-lock before storing it by hash. A (lock, python, platforms) filled once is answered from the index
-without running pip. `from_wheelhouse(lock, dir)` gives the same answer from a spec's wheelhouse.
+configured index (pkgindex.py: a private mirror, its CA and netrc credentials; a failure
+other than a hash refusal retried with backoff), for the host's Python and platform, and checks
+each file's sha256 against the lock before storing it by hash. A (lock, python, platforms)
+filled once is answered from the index without running pip. `from_wheelhouse(lock, dir)` gives
+the same answer from a spec's wheelhouse.
 
 A wheel whose bytes the lock does not allow (a tampered index or wheelhouse, or a stale lock) is
 refused with one message shape, whichever way it came (`hash_mismatch`):
@@ -34,7 +36,8 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +56,8 @@ from orchestrator.core.lockfile import (
     normalize_name,
     target_environment,
 )
+from orchestrator.core.retry import RetryPolicy, retry
+from orchestrator.deploy.pkgindex import PackageIndex
 from orchestrator.errors import DeploymentFailed, InvalidInput
 
 PURE_TAGS = ("py3-none-any", "py2.py3-none-any")
@@ -61,6 +66,9 @@ OLDEST_MANYLINUX = 17  # manylinux2014: what current binary wheels (TensorFlow, 
 # (from -r ...):", then "Expected sha256 ..." lines, then "Got <hex>".
 _PIP_REQUIREMENT = re.compile(r"^ {4}(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==\S+ "
                               r"from (?P<url>\S+)")
+#: A flaky index: pip already retries each request (`--retries`, 5 by default); this retries
+#: the whole download, after a longer pause, within the fill's and the step's time.
+INDEX_RETRY = RetryPolicy(attempts=3, base_s=2.0, cap_s=30.0)
 _PIP_GOT = re.compile(r"^\s+Got\s+(?P<digest>[0-9a-f]{64})\s*$")
 
 
@@ -71,6 +79,8 @@ class _Index(TypedDict):
 
 class WheelFetchFailed(DeploymentFailed):
     """The locked wheels could not be had for a host's Python and platform."""
+
+    transient = False  # pip failed otherwise than on a hash: the index may answer next time
 
 
 @dataclass(frozen=True)
@@ -183,9 +193,12 @@ class WheelCache:
     def __init__(self, root: Path, *, index_url: str | None = None,
                  find_links: Sequence[Path] = (), no_index: bool = False,
                  pip: Sequence[str] = (sys.executable, "-m", "pip"),
-                 timeout_s: float = 1800.0) -> None:
-        self.root, self.index_url, self.find_links = root, index_url, tuple(find_links)
+                 timeout_s: float = 1800.0, index: PackageIndex | None = None,
+                 retry_policy: RetryPolicy = INDEX_RETRY) -> None:
+        self.index = index or PackageIndex(url=index_url)
+        self.root, self.find_links = root, tuple(find_links)
         self.no_index, self.pip, self.timeout_s = no_index, tuple(pip), timeout_s
+        self.retry_policy = retry_policy
         (root / "wheels").mkdir(parents=True, exist_ok=True)
 
     def path(self, sha256: str) -> Path:
@@ -198,10 +211,12 @@ class WheelCache:
         return Wheel(sha256, filename, self.path(sha256))
 
     def fill(self, lock_path: Path, python_version: str, platforms: Sequence[str], *,
-             machine: str = "x86_64") -> dict[str, Wheel]:
+             machine: str = "x86_64",
+             remaining: Callable[[], float] | None = None) -> dict[str, Wheel]:
         """One wheel per applying locked package, for that Python and those platform tags,
         downloaded at most once (module docstring). Raises WheelFetchFailed naming what pip
-        could not get."""
+        could not get. A pip failure other than a hash refusal is retried with backoff
+        (core/retry.py) within `timeout_s` and the caller's `remaining()` (the step's)."""
         lock = load_lock(lock_path)
         packages = applying(lock, python_version, machine)
         tags = hashlib.sha256(",".join(platforms).encode()).hexdigest()[:16]
@@ -209,7 +224,17 @@ class WheelCache:
         chosen = self._known(key, packages)
         pending = [p for p in packages if p.name not in chosen]
         if pending:
-            chosen.update(self._download(pending, python_version, platforms))
+            end = time.monotonic() + self.timeout_s
+
+            def left() -> float:
+                budget = end - time.monotonic()
+                return min(budget, remaining()) if remaining is not None else budget
+
+            chosen.update(retry(lambda: self._download(pending, python_version, platforms,
+                                                       left()),
+                                self.retry_policy, remaining=left,
+                                transient=lambda e: isinstance(e, WheelFetchFailed)
+                                and e.transient))
         with self._locked() as index:
             index["fills"][key] = chosen
         return {sha: self._wheel(sha) for sha in chosen.values()}
@@ -241,25 +266,33 @@ class WheelCache:
         return known
 
     def _download(self, pending: list[LockedPackage], python_version: str,
-                  platforms: Sequence[str]) -> dict[str, str]:
+                  platforms: Sequence[str], budget: float) -> dict[str, str]:
         with tempfile.TemporaryDirectory(prefix="fill-", dir=self.root) as tmp:
             sublock = Path(tmp) / "pending.lock"
             sublock.write_text("".join(
                 f"{p.name}=={p.version} " + " ".join(f"--hash=sha256:{h}" for h in p.hashes) + "\n"
                 for p in pending))
             dest = Path(tmp) / "dl"
-            proc = subprocess.run(
-                self._pip_argv(sublock, dest, python_version, platforms),
-                capture_output=True, text=True, timeout=self.timeout_s, check=False,
-                env=_pip_env(Path(tmp)),
-            )
+            try:
+                proc = subprocess.run(
+                    self._pip_argv(sublock, dest, python_version, platforms),
+                    capture_output=True, text=True, timeout=max(budget, 1.0), check=False,
+                    env=self.index.pip_env(Path(tmp)),
+                )
+            except subprocess.TimeoutExpired:
+                raise WheelFetchFailed(f"pip download from {self._source()} did not finish "
+                                       f"within {max(budget, 1.0):.0f} s") from None
             if proc.returncode != 0:
-                tampered = _pip_mismatches(proc.stderr, pending)
+                stderr = self.index.redact(proc.stderr)
+                tampered = _pip_mismatches(stderr, pending)
                 if tampered:
                     raise WheelFetchFailed("; ".join(tampered))
-                tail = " ".join(proc.stderr.strip().splitlines()[-8:])
-                raise WheelFetchFailed(f"pip download for Python {python_version} "
-                                       f"({platforms[0] if platforms else 'any'}) failed: {tail}")
+                tail = " ".join(stderr.strip().splitlines()[-8:])
+                error = WheelFetchFailed(f"pip download for Python {python_version} ("
+                                         f"{platforms[0] if platforms else 'any'}) from "
+                                         f"{self._source()} failed: {tail}")
+                error.transient = True
+                raise error
             return self._store_downloads(pending, dest)
 
     def _pip_argv(self, sublock: Path, dest: Path, python_version: str,
@@ -272,8 +305,7 @@ class WheelCache:
             argv += ["--platform", tag]
         if self.no_index:
             argv.append("--no-index")
-        if self.index_url:
-            argv += ["--index-url", self.index_url]
+        argv += self.index.pip_args()
         for link in self.find_links:
             argv += ["--find-links", str(link)]
         return argv
@@ -316,7 +348,9 @@ class WheelCache:
     def _source(self) -> str:
         """Where pip was told to look, for a refusal that has no URL from pip to show."""
         links = ", ".join(str(link) for link in self.find_links)
-        return " and ".join(filter(None, (self.index_url, links))) or "pip's default index"
+        if not self.index.configured and (links or self.no_index):
+            return links or "no index"
+        return " and ".join(filter(None, (self.index.describe(), links)))
 
     def _load_index(self) -> _Index:
         try:
@@ -356,13 +390,3 @@ def _pip_mismatches(stderr: str, pending: list[LockedPackage]) -> list[str]:
             found.append(hash_mismatch(pkg, filename, match["digest"], f"from {source}"))
             current = None
     return found
-
-
-def _pip_env(home: Path) -> dict[str, str]:
-    """No user or site config may change what is fetched (--isolated covers pip's own)."""
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
-            "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
-            "XDG_CACHE_HOME")
-    env = {k: v for k, v in os.environ.items() if k in keep}
-    env.setdefault("HOME", str(home))
-    return env

@@ -82,7 +82,7 @@ class Pool:
             raise ValueError("max_connections must be at least 1")
         self.options = options
         self.max_connections = max_connections
-        self._connect: Connector = connector or (lambda host: ssh.connect(host, options))
+        self._connector = connector  # None: SSH, whose connect retries within `remaining`
         self._slots: dict[str, _Slot] = {}
         self._cond = threading.Condition()
         self._clock = 0
@@ -90,8 +90,10 @@ class Pool:
         self._closed = False
 
     @contextmanager
-    def session(self, host: ssh.HostAddress) -> Iterator[Transport]:
-        """Exclusive use of the host's connection for the duration of the block."""
+    def session(self, host: ssh.HostAddress,
+                remaining: Callable[[], float] | None = None) -> Iterator[Transport]:
+        """Exclusive use of the host's connection for the duration of the block. A connection
+        opened here retries a transient failure within `remaining()` (a step's deadline)."""
         slot, evicted = self._acquire(host.name)
         for old in evicted:
             old.close()
@@ -100,15 +102,17 @@ class Pool:
                 slot.transport.close()  # found dead: reopen it, once
                 slot.transport = None
             if slot.transport is None:
-                slot.transport = self._open(host)
+                slot.transport = self._open(host, remaining)
             yield slot.transport
         except BaseException:
             self._release(host.name, slot)
             raise
         self._release(host.name, slot)
 
-    def _open(self, host: ssh.HostAddress) -> Transport:
-        transport = self._connect(host)
+    def _open(self, host: ssh.HostAddress,
+              remaining: Callable[[], float] | None = None) -> Transport:
+        transport = (self._connector(host) if self._connector is not None
+                     else ssh.connect(host, self.options, remaining=remaining))
         with self._cond:
             self.connects += 1
         return transport

@@ -74,6 +74,17 @@ def register(subparsers: Any) -> None:
                              "failed hosts out (default: $ORCHESTRATOR_STATE_DIR, else the "
                              "daemon's default; skipped when it holds no store)")
     parser.add_argument("--json", action="store_true", help="print events as JSON lines")
+    index = parser.add_argument_group(
+        "package index", "where the controller's wheel cache downloads the locked wheels from "
+        "(a spec without a wheelhouse); the daemon takes the same from its config's [index]")
+    index.add_argument("--index-url", metavar="URL", help="simple index (PEP 503) base URL")
+    index.add_argument("--extra-index-url", action="append", default=[], metavar="URL",
+                       help="another index, looked up too (repeatable)")
+    index.add_argument("--index-cert", type=Path, metavar="PEM",
+                       help="CA bundle to verify the index's TLS certificate with")
+    index.add_argument("--index-credentials", type=Path, metavar="NETRC",
+                       help="netrc file (mode 0600) with the index's login and password; "
+                            "never put them in a URL")
     parser.set_defaults(func=run)
 
 
@@ -117,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from orchestrator.core.inventory import load_inventory
     from orchestrator.core.spec import load_spec
     from orchestrator.deploy.batch import prepare
+    from orchestrator.deploy.pkgindex import PackageIndex
     from orchestrator.deploy.rollout import rollout, verdict
     from orchestrator.hosts.pool import Pool
     from orchestrator.hosts.ssh import SshOptions
@@ -129,8 +141,10 @@ def run(args: argparse.Namespace) -> int:
     if not hosts:
         raise InvalidInput("no target hosts")
     deployment = new_deployment_id()
+    index = PackageIndex(url=args.index_url, extra_urls=tuple(args.extra_index_url),
+                         ca_bundle=args.index_cert, credentials_file=args.index_credentials)
     inputs = prepare(spec, deployment=deployment, installer=args.installer,
-                     compile_bytecode=args.compile_bytecode, check_model=True)
+                     compile_bytecode=args.compile_bytecode, check_model=True, index=index)
     sink = PrintSink(sys.stdout, args.json, deployment)
     parallel = args.max_parallel or int(spec.rollout.max_parallel)
     excluded = excluded_by_daemon(args.state_dir, [h.name for h in hosts])

@@ -1,6 +1,7 @@
 """`orchestrator trust HOST... --inventory FILE [--yes] [--replace]`: trusting a host is explicit.
 
-For each host: fetch the key it offers (key exchange only), print its SHA256 fingerprint, and
+For each host, and first for each ProxyJump bastion on the way to it (the inventory's
+ssh.config): fetch the key it offers (key exchange only), print its SHA256 fingerprint, and
 compare with the orchestrator's own known_hosts. A new key is appended only with --yes or after
 a "y" on a terminal; a key different from the one recorded is refused unless --replace.
 The decision is a pure function (`decide`); the command does the I/O around it.
@@ -19,7 +20,8 @@ from orchestrator.core.terminal import safe
 from orchestrator.errors import HostError
 
 if TYPE_CHECKING:
-    from orchestrator.hosts.ssh import HostAddress
+    from orchestrator.hosts.ssh import HostAddress, SshOptions
+    from orchestrator.hosts.ssh.known_hosts import Opener
 
 EPILOG = """\
 Compare the fingerprint with the host's own (on the host: ssh-keygen -lf /etc/ssh/ssh_host_*.pub)
@@ -73,32 +75,50 @@ def run(args: argparse.Namespace) -> int:
 
     inventory = load_inventory(args.inventory)
     hosts = inventory.resolve(args.hosts)
-    known_hosts = SshOptions.for_inventory(inventory).known_hosts
+    options = SshOptions.for_inventory(inventory)
     interactive = sys.stdin.isatty() and not args.yes
     ok = True
     for host in hosts:
         try:
-            ok &= trust_host(host, known_hosts, yes=args.yes, replace=args.replace,
-                             interactive=interactive)
+            ok &= trust_route(host, options, yes=args.yes, replace=args.replace,
+                              interactive=interactive)
         except HostError as exc:
             print(safe(f"error: {exc}"), file=sys.stderr)
             ok = False
     return 0 if ok else 1
 
 
+def trust_route(host: HostAddress, options: SshOptions, *, yes: bool, replace: bool,
+                interactive: bool) -> bool:
+    """Each hop to the host in turn, its ProxyJump bastions first (a hop's key is read through
+    the hops before it, which must be trusted by then); True when every hop ends up trusted."""
+    from orchestrator.hosts import ssh
+
+    route = ssh.resolve(host, options)
+    for index, hop in enumerate(route.hops):
+        label = host.name if hop is route.target else f"{host.name} via bastion {hop.name}"
+        with ssh.path_to(host.name, route, index, options) as opener:
+            if not trust_host(hop, options.known_hosts, yes=yes, replace=replace,
+                              interactive=interactive, label=label, opener=opener):
+                return False
+    return True
+
+
 def trust_host(host: HostAddress, known_hosts: Path, *, yes: bool, replace: bool,
-               interactive: bool) -> bool:
+               interactive: bool, label: str | None = None, opener: Opener | None = None
+               ) -> bool:
     """Print the host's fingerprint and act on it; True when the host ends up trusted."""
     from orchestrator.hosts import ssh
 
+    name = label or host.name
     known = ssh.known_host_keys(known_hosts, host.address, host.port)
-    offered = ssh.fetch_host_key(host, prefer=[k.key_type for k in known])
+    offered = ssh.fetch_host_key(host, prefer=[k.key_type for k in known], opener=opener)
     where = ssh.known_hosts_name(host.address, host.port)
-    print(safe(f"{host.name} {where} {offered.key_type} {offered.fingerprint}"))
+    print(safe(f"{name} {where} {offered.key_type} {offered.fingerprint}"))
     action = decide([(k.key_type, k.base64) for k in known], (offered.key_type, offered.base64),
                     yes=yes, replace=replace, interactive=interactive)
     if action is Action.ASK:
-        action = Action.ADD if _confirm(host.name) else Action.NOT_CONFIRMED
+        action = Action.ADD if _confirm(name) else Action.NOT_CONFIRMED
     if action is Action.REFUSE_CHANGED:
         recorded = ", ".join(f"{k.key_type} {k.fingerprint}" for k in known)
         print(safe(f"  {action.value}: {known_hosts} has {recorded}; if the host was really "

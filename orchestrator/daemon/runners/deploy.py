@@ -73,7 +73,7 @@ class DeployRunner:
             cancel_event: threading.Event) -> DeploymentOutcome:
         inventory = self._inventory()
         hosts = inventory.resolve(list(spec.targets))
-        inputs = prepare(spec, deployment=deployment_id)
+        inputs = prepare(spec, deployment=deployment_id, index=self.config.index)
         parallel = min(int(self.config.max_ssh_sessions), int(spec.rollout.max_parallel))
         store = getattr(sink, "store", None)  # the daemon's: hosts degraded/failed stay out
         excluded = excluded_hosts(store.hosts(), [h.name for h in hosts]) if store else {}
@@ -86,7 +86,7 @@ class DeployRunner:
                  cancel_event: threading.Event) -> DeploymentOutcome:
         inventory = self._inventory()
         hosts = inventory.resolve(list(spec.targets))
-        inputs = prepare(spec, deployment=deployment_id)
+        inputs = prepare(spec, deployment=deployment_id, index=self.config.index)
         with self._pool(inventory) as pool:
             done: dict[str, Undone | None] = {}  # None: no release of this deployment there
             for host in hosts:
@@ -107,7 +107,7 @@ class DeployRunner:
                   record: Any) -> DeploymentOutcome:
         inventory = self._inventory()
         hosts = inventory.resolve(list(spec.targets))
-        inputs = prepare(spec, deployment=deployment_id)
+        inputs = prepare(spec, deployment=deployment_id, index=self.config.index)
         with self._pool(inventory) as pool:
             found = pool.map_hosts(lambda t, h: recover_host(t, h, inputs, _events(sink)), hosts,
                                    int(self.config.max_ssh_sessions))

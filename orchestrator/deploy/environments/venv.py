@@ -44,7 +44,7 @@ class VenvKind:
 
     def ensure(self, ctx: HostContext, deadline: Deadline) -> BuiltEnvironment:
         facts, staged, inputs = ctx.known_facts(), ctx.known_staged(), ctx.inputs
-        wheels = inputs.wheels_for(facts)
+        wheels = inputs.wheels_for(facts, deadline.remaining)
         uv = ctx.ops.uv_path(local_uv()) if inputs.installer == "uv" else None
         env = self.key(ctx.spec, facts, inputs.lock.sha256)
 

@@ -29,7 +29,7 @@ def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
     spec = ctx.spec
     # Resolve the wheels first: a wheelhouse missing one fails here, before the host is
     # touched at all.
-    wheels = ctx.inputs.wheels_for(ctx.known_facts())
+    wheels = ctx.inputs.wheels_for(ctx.known_facts(), deadline.remaining)
     cleaned = _clean_stale_staging(ctx, deadline)
     small = HostOps.small_model(spec.paths.model)
     missing: tuple[str, ...] | None

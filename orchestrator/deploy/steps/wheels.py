@@ -1,6 +1,7 @@
 """Which wheels a host gets: the spec's wheelhouse, or else the controller's wheel cache.
 
-`wheel_resolver(spec, lock, cache_dir)` returns `wheels_for(facts) -> {sha256: Wheel}`, memoised
+`wheel_resolver(spec, lock, cache_dir, index)` returns `wheels_for(facts, remaining) -> {sha256:
+Wheel}` (a cache fill from `index` retried within the step's `remaining()`), memoised
 per (Python major.minor, machine, libc): every host of a fleet with the same platform shares one
 answer, and the wheelhouse is hashed (or the cache filled, downloading at most once) once per
 platform, not once per host. Thread-safe: the pool's workers call it at once. A spec whose
@@ -10,7 +11,7 @@ environment kind installs no wheels on the host (`EnvironmentKind.ships_wheels`)
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from orchestrator.core.facts import HostFacts
@@ -18,6 +19,7 @@ from orchestrator.core.lockfile import Lock
 from orchestrator.core.spec import Spec
 from orchestrator.deploy.environments.registry import environment_for
 from orchestrator.deploy.inputs import WheelResolver
+from orchestrator.deploy.pkgindex import PackageIndex
 from orchestrator.deploy.wheelcache import Wheel, WheelCache, from_wheelhouse, platform_tags
 from orchestrator.xdg import user_dir
 
@@ -29,15 +31,16 @@ def default_cache_dir() -> Path:
     return user_dir("CACHE", "wheelcache", override="ORCHESTRATOR_WHEEL_CACHE")
 
 
-def wheel_resolver(spec: Spec, lock: Lock, cache_dir: Path | None = None) -> WheelResolver:
+def wheel_resolver(spec: Spec, lock: Lock, cache_dir: Path | None = None,
+                   index: PackageIndex | None = None) -> WheelResolver:
     wheelhouse: Path | None = spec.paths.wheelhouse
     requirements: Path = spec.paths.requirements
     memo: dict[tuple[str, str, str], Mapping[str, Wheel]] = {}
     guard = threading.Lock()
     if not environment_for(spec).ships_wheels:
-        return lambda facts: {}
+        return lambda facts, remaining: {}
 
-    def resolve(facts: HostFacts) -> Mapping[str, Wheel]:
+    def resolve(facts: HostFacts, remaining: Callable[[], float]) -> Mapping[str, Wheel]:
         libc = facts.os.get("libc", "")
         key = (facts.python_minor, facts.machine, libc)
         with guard:  # one fill per platform; the others wait for its answer
@@ -47,10 +50,10 @@ def wheel_resolver(spec: Spec, lock: Lock, cache_dir: Path | None = None) -> Whe
                                                 python_version=facts.python_minor,
                                                 machine=facts.machine)
                 else:
-                    cache = WheelCache(cache_dir or default_cache_dir())
+                    cache = WheelCache(cache_dir or default_cache_dir(), index=index)
                     memo[key] = cache.fill(requirements, facts.python_minor,
                                            platform_tags(facts.machine, libc),
-                                           machine=facts.machine)
+                                           machine=facts.machine, remaining=remaining)
             return memo[key]
 
     return resolve

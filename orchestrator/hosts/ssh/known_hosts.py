@@ -8,7 +8,7 @@ import contextlib
 import hashlib
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,9 @@ import paramiko
 from orchestrator.errors import HostUnreachable
 from orchestrator.hosts.ssh.options import HostAddress
 from orchestrator.hosts.ssh.options import describe as _describe
+
+#: Opens the byte stream to a hop: a TCP socket, or a channel through the previous hop.
+Opener = Callable[[], "socket.socket | paramiko.Channel"]
 
 
 @dataclass(frozen=True)
@@ -37,24 +40,27 @@ def fingerprint(key_blob: bytes) -> str:
     return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
 
 
-def known_hosts_name(address: str, port: int) -> str:
-    """The host pattern OpenSSH writes: `addr` on port 22, else `[addr]:port`."""
-    return address if port == 22 else f"[{address}]:{port}"
+def known_hosts_name(address: str, port: int | None) -> str:
+    """The host pattern OpenSSH writes: `addr` on port 22 (None: the default), else
+    `[addr]:port`."""
+    return address if port in (None, 22) else f"[{address}]:{port}"
 
 
 
-def fetch_host_key(host: HostAddress, timeout: float = 10.0, prefer: Sequence[str] = ()) -> HostKey:
-    """The key a host offers, read from a key exchange only (no authentication is attempted).
+def fetch_host_key(host: HostAddress, timeout: float = 10.0, prefer: Sequence[str] = (),
+                   opener: Opener | None = None) -> HostKey:
+    """The key a host offers, read from a key exchange only (no authentication is attempted),
+    over a TCP connection or over what `opener` opens (a bastion's channel: connect.path_to).
 
     `prefer` restricts the negotiation to these key types (those we already know for the host),
     so a host with several keys is compared like for like; if it offers none of them any key
     type is accepted, which then shows up as a changed key."""
     if prefer:
         try:
-            return _fetch_key(host, timeout, _key_types(prefer))
+            return _fetch_key(host, timeout, _key_types(prefer), opener)
         except HostUnreachable:
             pass  # none of the known types is offered any more: fall through to any type
-    return _fetch_key(host, timeout, ())
+    return _fetch_key(host, timeout, (), opener)
 
 
 def _key_types(known: Sequence[str]) -> list[str]:
@@ -63,10 +69,13 @@ def _key_types(known: Sequence[str]) -> list[str]:
     return [*rsa, *known]
 
 
-def _fetch_key(host: HostAddress, timeout: float, key_types: Sequence[str]) -> HostKey:
-    where = f"{host.address}:{host.port}"
+def _fetch_key(host: HostAddress, timeout: float, key_types: Sequence[str],
+               opener: Opener | None) -> HostKey:
+    port = host.port or 22
+    where = f"{host.address}:{port}"
+    sock: socket.socket | paramiko.Channel
     try:
-        sock = socket.create_connection((host.address, host.port), timeout=timeout)
+        sock = opener() if opener else socket.create_connection((host.address, port), timeout)
     except OSError as exc:
         raise HostUnreachable(host.name, f"cannot connect to {where}: {_describe(exc)}") from exc
     transport = paramiko.Transport(sock)
@@ -85,7 +94,7 @@ def _fetch_key(host: HostAddress, timeout: float, key_types: Sequence[str]) -> H
         transport.close()
 
 
-def known_host_keys(known_hosts: Path, address: str, port: int) -> list[HostKey]:
+def known_host_keys(known_hosts: Path, address: str, port: int | None) -> list[HostKey]:
     """The keys our known_hosts file holds for this address and port (hashed entries included)."""
     if not known_hosts.exists():
         return []
@@ -95,7 +104,7 @@ def known_host_keys(known_hosts: Path, address: str, port: int) -> list[HostKey]
     return [HostKey(key_type, key.get_base64()) for key_type, key in entries.items()]
 
 
-def append_known_host(known_hosts: Path, address: str, port: int, key: HostKey) -> None:
+def append_known_host(known_hosts: Path, address: str, port: int | None, key: HostKey) -> None:
     """Append one OpenSSH-format line; the file is created 0600 with its directory if needed."""
     known_hosts.parent.mkdir(parents=True, exist_ok=True)
     line = f"{known_hosts_name(address, port)} {key.key_type} {key.base64}\n"
@@ -107,7 +116,7 @@ def append_known_host(known_hosts: Path, address: str, port: int, key: HostKey) 
         handle.write(line.encode("ascii"))
 
 
-def remove_known_host(known_hosts: Path, address: str, port: int) -> None:
+def remove_known_host(known_hosts: Path, address: str, port: int | None) -> None:
     """Drop every line naming this host, plain or hashed (`trust --replace`, before appending)."""
     if not known_hosts.exists():
         return

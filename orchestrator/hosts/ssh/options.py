@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from orchestrator.core.inventory import WEAK_SSH_ALGORITHMS, Inventory
+from orchestrator.core.retry import RetryPolicy
 from orchestrator.errors import InvalidInput
 from orchestrator.xdg import user_dir
 
@@ -21,9 +22,9 @@ class HostAddress(Protocol):
     @property
     def address(self) -> str: ...
     @property
-    def port(self) -> int: ...
+    def port(self) -> int | None: ...  # None: ssh_config's Port, else 22
     @property
-    def user(self) -> str: ...
+    def user(self) -> str | None: ...  # None: ssh_config's User, else the local user
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,12 @@ class SshOptions:
     inventory_path: Path | None = None  # only to print the exact `orchestrator trust` command
     # Names from WEAK_SSH_ALGORITHMS to allow again (the inventory's `ssh.legacy_algorithms`).
     legacy_algorithms: frozenset[str] = frozenset()
+    ssh_config: Path | None = None  # the inventory's `ssh.config` (route.py); None: none read
+    # A refused, reset or timed-out connect is tried again (never an auth or host-key refusal),
+    # within `connect_budget_s` or the caller's step deadline, whichever ends first.
+    connect_retry: RetryPolicy = field(
+        default_factory=lambda: RetryPolicy(attempts=4, base_s=0.5, cap_s=4.0))
+    connect_budget_s: float = 60.0
 
     def disabled_algorithms(self) -> dict[str, list[str]]:
         """paramiko's `disabled_algorithms`: every weak algorithm but those allowed again. Our
@@ -58,6 +65,8 @@ class SshOptions:
             "identity_file": inventory.ssh.identity_file,
             "inventory_path": Path(inventory.file) if inventory.file != "<inventory>" else None,
             "legacy_algorithms": inventory.ssh.legacy_algorithms,
+            "ssh_config": inventory.ssh.config,
+            "allow_agent": inventory.ssh.agent,
         }
         return cls(**{**fields, **overrides})
 

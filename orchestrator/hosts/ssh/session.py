@@ -1,35 +1,28 @@
-"""One SSH connection: `connect` (host keys checked, paramiko's errors mapped to ours) and the
-`SshTransport` it returns (commands in their own process group, killed on a timeout, an output
-overflow or a dropped connection; files over SFTP)."""
+"""One SSH connection, as `connect` (connect.py) returns it: `SshTransport` runs commands in their
+own process group, killed on a timeout, an output overflow or a dropped connection, and moves
+files over SFTP."""
 
 from __future__ import annotations
 
 import contextlib
 import re
 import select
-import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import paramiko
-from paramiko.ssh_exception import IncompatiblePeer
 
 from orchestrator.errors import (
     CommandFailed,
     CommandTimeout,
     FileTransferFailed,
     HostError,
-    HostKeyRejected,
     HostUnreachable,
     OutputTooLarge,
 )
-from orchestrator.hosts.ssh.known_hosts import fingerprint
 from orchestrator.hosts.ssh.options import (
-    HostAddress,
     SshOptions,
-    check_identity_file,
-    trust_command,
 )
 from orchestrator.hosts.ssh.options import describe as _describe
 from orchestrator.hosts.ssh.sftp import get_file, put_file
@@ -62,90 +55,6 @@ _WRAP_AFTER = '; s=$?; [ -n "$w" ] && kill $w 2>/dev/null; exit $s'
 _PGID_LINE = re.compile(rb"(?:^|\n)" + _PGID_MARKER.encode() + rb"(\d+)\n")
 _MAX_HEAD = 1 << 16
 
-
-
-class _UnknownHostKey(Exception):
-    def __init__(self, key: paramiko.PKey) -> None:
-        super().__init__("unknown host key")
-        self.key = key
-
-
-class _RejectUnknown(paramiko.MissingHostKeyPolicy):
-    """Refuse every key not already in our known_hosts (paramiko's AutoAdd must never apply)."""
-
-    def missing_host_key(
-        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
-    ) -> None:
-        raise _UnknownHostKey(key)
-
-
-
-def connect(host: HostAddress, options: SshOptions) -> SshTransport:
-    if options.identity_file is not None:
-        check_identity_file(options.identity_file)
-    client = paramiko.SSHClient()
-    if options.known_hosts.exists():
-        client.load_host_keys(str(options.known_hosts))
-    client.set_missing_host_key_policy(_RejectUnknown())
-    where = f"{host.address}:{host.port}"
-    try:
-        client.connect(
-            host.address,
-            port=host.port,
-            sock=_open_socket(host, options.connect_timeout),
-            username=host.user,
-            key_filename=str(options.identity_file) if options.identity_file else None,
-            timeout=options.connect_timeout,
-            banner_timeout=options.banner_timeout,
-            auth_timeout=options.auth_timeout,
-            channel_timeout=options.connect_timeout,
-            allow_agent=options.allow_agent,
-            look_for_keys=options.look_for_keys,
-            disabled_algorithms=options.disabled_algorithms(),
-        )
-    except _UnknownHostKey as exc:
-        client.close()
-        raise HostKeyRejected(
-            host.name,
-            f"unknown host key for {where} ({exc.key.get_name()} {fingerprint(exc.key.asbytes())}),"
-            f" not in {options.known_hosts}; if this fingerprint is right, trust it with:"
-            f" {trust_command(host.name, options)}",
-        ) from None
-    except paramiko.BadHostKeyException as exc:
-        client.close()
-        raise HostKeyRejected(
-            host.name,
-            f"HOST KEY CHANGED for {where}: expected {fingerprint(exc.expected_key.asbytes())},"
-            f" offered {exc.key.get_name()} {fingerprint(exc.key.asbytes())}; refusing to connect"
-            f" (if the host was really reinstalled: {trust_command(host.name, options)} --replace)",
-        ) from None
-    except IncompatiblePeer as exc:
-        client.close()
-        raise HostUnreachable(
-            host.name,
-            f"no SSH algorithms in common with {where} ({exc}): if it offers only weak ones (CBC"
-            " ciphers, 3DES, SHA-1 or MD5 MACs, SHA-1 signatures or key exchanges), upgrade its"
-            " sshd, or allow them by name in the inventory's `ssh: legacy_algorithms:`",
-        ) from exc
-    except paramiko.AuthenticationException as exc:
-        client.close()
-        raise HostUnreachable(host.name, f"authentication as {host.user!r} failed: {exc}") from exc
-    except (paramiko.SSHException, OSError, EOFError) as exc:
-        client.close()
-        raise HostUnreachable(host.name, f"cannot connect to {where}: {_describe(exc)}") from exc
-    transport = client.get_transport()
-    assert transport is not None  # connect() succeeded, so it exists
-    transport.set_keepalive(options.keepalive_s)
-    return SshTransport(host.name, client, options)
-
-
-def _open_socket(host: HostAddress, timeout: float) -> socket.socket:
-    """A TCP connection with Nagle's algorithm off, as OpenSSH's own client sets it: each
-    command is a few small packets each way, and with Nagle on they wait out the peer's delayed
-    ACK, about 40 ms per command (measured on the testbed: 47 ms for `true`, 4 ms without)."""
-    sock = socket.create_connection((host.address, host.port), timeout=timeout)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
 
 
 class _Capture:
@@ -186,10 +95,12 @@ class _Capture:
 class SshTransport:
     """One paramiko connection to one host; one SFTP channel opened lazily and reused."""
 
-    def __init__(self, host: str, client: paramiko.SSHClient, options: SshOptions) -> None:
+    def __init__(self, host: str, client: paramiko.SSHClient, options: SshOptions,
+                 jumps: Sequence[paramiko.SSHClient] = ()) -> None:
         self.host = host
         self.options = options
         self._client = client
+        self._jumps = tuple(jumps)  # the bastions' connections the target's runs through
         self._sftp: paramiko.SFTPClient | None = None
 
     @property
@@ -349,6 +260,8 @@ class SshTransport:
     def close(self) -> None:
         self._drop_sftp()
         self._client.close()
+        for jump in reversed(self._jumps):
+            jump.close()
 
     def __enter__(self) -> SshTransport:
         return self
