@@ -1,0 +1,67 @@
+// Fleet: every host with its status, GPU stack, releases and last verification; filtered by
+// label (key=value) and group, in the page (the daemon sends the fleet once).
+import { get } from "./api.js";
+import { el, link, replace, text, when } from "./dom.js";
+
+function gib(bytes) { return typeof bytes === "number" ? `${(bytes / 2 ** 30).toFixed(0)} GiB` : ""; }
+
+function gpus(host) {
+  if (!host.gpus.length) return el("span", { class: "muted" }, host.nvml_error || "no GPU");
+  return el("ul", { class: "gpus" }, host.gpus.map((g) => el("li", {},
+    `${text(g.name)} ${gib(g.memory_total_bytes)} cc ${text(g.compute_capability)}`,
+    Object.entries(g.extra || {}).map(([k, v]) => el("span", { class: "tag" }, `${k}: ${text(v)}`)))));
+}
+
+function releases(host) {
+  const apps = Object.entries(host.releases);
+  if (!apps.length) return el("span", { class: "muted" }, "none");
+  return el("ul", {}, apps.map(([app, release]) => {
+    const result = host.apps[app];
+    return el("li", {}, link(["apps", app], app), " ", text(release),
+      result ? el("span", { class: `status ${result.status}` }, ` ${result.status}`) : "");
+  }));
+}
+
+function row(host) {
+  const reasons = host.reasons.length ? el("ul", { class: "reasons" },
+    host.reasons.map((r) => el("li", {}, r))) : el("span", { class: "muted" }, "—");
+  return el("tr", { "data-host": host.host },
+    el("td", {}, host.host,
+      el("div", {}, Object.entries(host.labels).map(([k, v]) => el("span", { class: "tag" }, `${k}=${v}`)),
+        host.groups.map((g) => el("span", { class: "tag" }, `group ${g}`)))),
+    el("td", { class: `status ${host.status}` }, host.status),
+    el("td", {}, text(host.driver)), el("td", {}, text(host.cuda)),
+    el("td", {}, gpus(host)), el("td", {}, releases(host)),
+    el("td", {}, when(host.verified)), el("td", {}, reasons));
+}
+
+export function matches(host, label, group) {
+  if (group && !host.groups.includes(group)) return false;
+  if (!label) return true;
+  return label.split(",").every((part) => {
+    const [key, value] = part.split("=").map((s) => s.trim());
+    return value === undefined ? key in host.labels : host.labels[key] === value;
+  });
+}
+
+export async function render(main, _args, _signal) {
+  const data = await get("/ui/api/fleet");
+  const body = el("tbody");
+  const label = el("input", { id: "filter-label", placeholder: "zone=a" });
+  const group = el("select", { id: "filter-group" }, el("option", { value: "" }, "every group"),
+    data.groups.map((g) => el("option", { value: g }, g)));
+  const count = el("span", { class: "muted", id: "host-count" });
+  const fill = () => {
+    const shown = data.hosts.filter((h) => matches(h, label.value.trim(), group.value));
+    body.replaceChildren(...shown.map(row));
+    count.textContent = `${shown.length} of ${data.hosts.length} hosts`;
+  };
+  label.addEventListener("input", fill);
+  group.addEventListener("change", fill);
+  fill();
+  replace(main, el("h1", {}, "Fleet"),
+    el("div", { class: "filters" }, el("label", {}, "Label ", label),
+      el("label", {}, "Group ", group), count),
+    el("table", { id: "fleet" }, el("thead", {}, el("tr", {}, ["Host", "Status", "Driver", "CUDA",
+      "GPUs", "Releases", "Last verification", "Reasons"].map((h) => el("th", {}, h)))), body));
+}

@@ -1,0 +1,133 @@
+"""What the UI's pages show, read from the store and the inventory: the fleet (each host's
+status, GPU stack, releases, labels and groups) and latency over time per app and host.
+
+These are read models only: nothing here changes a state. Values are passed on as the store
+has them (facts come from hosts): the pages render every one of them as text.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from orchestrator.core.inventory import Inventory, load_inventory
+from orchestrator.daemon.store import Store
+from orchestrator.errors import OrchestratorError
+
+#: The latency points of an app come from its newest deployments' events (each re-verification's
+#: `reverify` event goes to the app's latest deployment): a bound on what one chart reads.
+LATENCY_DEPLOYMENTS = 50
+QUANTILES = ("p50_ms", "p95_ms", "p99_ms")
+
+
+class InventoryCache:
+    """The daemon's inventory file, parsed again only when it changed (the fleet page is read
+    far more often than the file is edited)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._key: tuple[int, int] | None = None
+        self._inventory: Inventory | None = None
+
+    def get(self) -> Inventory | None:
+        if self.path is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        key = (st.st_mtime_ns, st.st_size)
+        with self._lock:
+            if key != self._key:
+                try:
+                    self._inventory = load_inventory(self.path)
+                except OrchestratorError:
+                    self._inventory = None  # the daemon itself reports a bad inventory
+                self._key = key
+            return self._inventory
+
+
+def fleet(store: Store, inventory: Inventory | None) -> dict[str, Any]:
+    """Every host the store knows or the inventory lists: status, reasons, facts summary,
+    per-app releases (from the last probe) and re-verification results, labels and groups."""
+    records = {h["host"]: h for h in store.hosts()}
+    names = sorted(set(records) | set(inventory.hosts if inventory else ()))
+    groups_of: dict[str, list[str]] = {}
+    for group, members in (inventory.groups if inventory else {}).items():
+        for member in members:
+            groups_of.setdefault(member, []).append(group)
+    hosts = []
+    for name in names:
+        record = records.get(name)
+        inv = inventory.hosts.get(name) if inventory else None
+        facts = (record or {}).get("facts") or {}
+        hosts.append({
+            "host": name,
+            "status": record["status"] if record else "unknown",
+            "reasons": record["reasons"] if record else [],
+            "verified": record["ts"] if record else None,
+            "labels": dict(inv.labels) if inv else {},
+            "groups": sorted(groups_of.get(name, [])),
+            "driver": _get(facts, "nvml", "driver_version"),
+            "cuda": _get(facts, "nvml", "cuda_driver_version"),
+            "nvml_error": _get(facts, "nvml", "error", "message"),
+            "gpus": [_gpu(g) for g in facts.get("gpus") or [] if isinstance(g, dict)],
+            "releases": {str(app): _get(rel, "current")
+                         for app, rel in (facts.get("releases") or {}).items()},
+            "apps": {app: {"status": s, "reasons": r}
+                     for app, (s, r) in store.app_results(name).items()} if record else {},
+        })
+    return {"hosts": hosts, "groups": sorted(inventory.groups) if inventory else []}
+
+
+def latency(store: Store, app: str) -> dict[str, Any]:
+    """{host: [point]} for `app`: each passing deploy-time `verify` step (kind "deploy", the
+    baseline of the release it made) and each re-verification that ran the warmup (kind
+    "reverify"), oldest first, with its release and p50/p95/p99 in ms."""
+    series: dict[str, list[dict[str, Any]]] = {}
+    records = store.list_deployments(app=app, limit=LATENCY_DEPLOYMENTS)
+    for record in reversed(records):  # oldest first
+        release = None
+        for event in store.events(record.id):
+            if event["event"] == "deployment.started":
+                release = event.get("release_id")
+            point = _point(event, release)
+            if point is not None:
+                series.setdefault(str(event["host"]), []).append(point)
+    for points in series.values():
+        points.sort(key=lambda p: p["ts"])
+    return {"app": app, "hosts": series}
+
+
+def _point(event: dict[str, Any], release: Any) -> dict[str, Any] | None:
+    if not event.get("host") or not all(isinstance(event.get(q), (int, float))
+                                        for q in QUANTILES):
+        return None
+    if event["event"] == "step" and event.get("step") == "verify" and event["status"] == "ok":
+        kind, release_id = "deploy", release
+    elif event["event"] == "reverify":
+        kind, release_id = "reverify", event.get("release_id")
+    else:
+        return None
+    return {"ts": event["ts"], "kind": kind, "release": release_id, "deployment":
+            event["deployment"], "status": event["status"], **{q: event[q] for q in QUANTILES}}
+
+
+def _gpu(gpu: dict[str, Any]) -> dict[str, Any]:
+    return {k: gpu.get(k) for k in ("index", "name", "uuid", "memory_total_bytes",
+                                    "compute_capability")} | {
+        # Whatever else a newer probe reports per GPU (health facts): shown as generic text.
+        "extra": {str(k): v for k, v in gpu.items()
+                  if k not in ("index", "name", "uuid", "memory_total_bytes",
+                               "memory_free_bytes", "compute_capability")}}
+
+
+def _get(data: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
