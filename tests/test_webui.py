@@ -37,7 +37,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
 
 
 @pytest.fixture(scope="module")
-def daemon(fleet: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, str]]:
+def daemon(fleet: Testbed,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, str]]:
     base = tmp_path_factory.mktemp("uidaemon")
     tcp, port = tcp_config(base, TOKEN)
     config = write_config(base, f'inventory = "{fleet.inventory_path}"\n'
@@ -150,7 +151,8 @@ def test_a_rollout_fills_the_grid_live_and_latency_is_charted(
         chart = page.locator(f'#charts figure[data-host="{h.name}"]')
         expect(chart.locator("svg polyline")).to_have_count(3)  # p50, p95, p99
         expect(chart.locator("svg line.baseline")).to_have_count(3)
-        expect(page.locator(f'#releases tr[data-host="{h.name}"]')).to_be_visible()
+        current = page.locator(f'#releases tr[data-host="{h.name}"][data-state="current"]')
+        expect(current).to_have_count(1)
     screenshot(page, "app")
     assert stray == []
 
@@ -194,6 +196,8 @@ def test_abort_stops_a_paused_rollout(
     assert end["state"] == "rolled_back" and end["result"]["reason"].startswith("aborted"), end
     expect(page.locator('#grid td.batch:text-is("batch 1")')).to_have_count(0)
     expect(page.locator("#recoveries li")).not_to_have_count(0)  # the canary put back
+    page.goto(f"{origin}/ui/#/apps/{APP}")  # the canary's new release: undone, v1 current
+    expect(page.locator('#releases tr[data-state="undone"]')).to_have_count(1)
     assert stray == []
 
 

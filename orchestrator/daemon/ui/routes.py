@@ -5,7 +5,8 @@
     GET /ui/api/meta               the version, the pipeline's steps (the grid's columns)
     GET /ui/api/deployments/ID     the API's record of a deployment, with its rollout section
     GET /ui/api/fleet              hosts with status, GPU stack, releases, labels, groups
-    GET /ui/api/apps/APP/latency   p50/p95/p99 per host at deploy and each re-verification
+    GET /ui/api/apps/APP           per host: p50/p95/p99 at deploy and each re-verification,
+                                   the releases deployments made and their state
     GET /ui/api/deployments/ID/stream?after=SEQ   the live events as server-sent events
 
 The page and its static files hold no data and are served without the token (a browser
@@ -100,9 +101,9 @@ def router(service: Service) -> APIRouter:
     def fleet() -> Response:
         return _json(views.fleet(service.store, inventory.get()))
 
-    @r.get("/api/apps/{app_name}/latency")
-    def latency(app_name: str) -> Response:
-        return _json(views.latency(service.store, app_name))
+    @r.get("/api/apps/{app_name}")
+    def app_history(app_name: str) -> Response:
+        return _json(views.app_history(service.store, app_name))
 
     @r.get("/api/deployments/{deployment}/stream")
     async def stream(deployment: str,

@@ -83,23 +83,56 @@ def fleet(store: Store, inventory: Inventory | None) -> dict[str, Any]:
     return {"hosts": hosts, "groups": sorted(inventory.groups) if inventory else []}
 
 
-def latency(store: Store, app: str) -> dict[str, Any]:
-    """{host: [point]} for `app`: each passing deploy-time `verify` step (kind "deploy", the
-    baseline of the release it made) and each re-verification that ran the warmup (kind
-    "reverify"), oldest first, with its release and p50/p95/p99 in ms."""
+def app_history(store: Store, app: str) -> dict[str, Any]:
+    """What the app's newest deployments' events say, per host:
+    - `latency`: [point], each passing deploy-time `verify` step (kind "deploy": the baseline of
+      the release it made) and each re-verification that ran the warmup (kind "reverify"),
+      oldest first, with its release and p50/p95/p99 in ms;
+    - `releases`: [{release, state, deployment, ts}], newest first: the release a deployment
+      put on the host and what became of it ("current", then "rollback target" when a newer
+      one succeeded, "previous" after that; "bad" when the host ended failed after its switch
+      or rolled back; "undone" when the rollout put the host back)."""
     series: dict[str, list[dict[str, Any]]] = {}
+    releases: dict[str, list[dict[str, Any]]] = {}
     records = store.list_deployments(app=app, limit=LATENCY_DEPLOYMENTS)
     for record in reversed(records):  # oldest first
         release = None
         for event in store.events(record.id):
-            if event["event"] == "deployment.started":
+            kind, host = event["event"], event.get("host")
+            if kind == "deployment.started":
                 release = event.get("release_id")
             point = _point(event, release)
             if point is not None:
-                series.setdefault(str(event["host"]), []).append(point)
+                series.setdefault(str(host), []).append(point)
+            if host and release:
+                _release_event(releases.setdefault(str(host), []), event, release)
     for points in series.values():
         points.sort(key=lambda p: p["ts"])
-    return {"app": app, "hosts": series}
+    return {"app": app, "latency": series,
+            "releases": {h: list(reversed(r)) for h, r in releases.items()}}
+
+
+_DEMOTED = {"current": "rollback target", "rollback target": "previous"}
+
+
+def _release_event(history: list[dict[str, Any]], event: dict[str, Any], release: Any) -> None:
+    kind, status = event["event"], event.get("status")
+    entry = {"release": release, "deployment": event["deployment"], "ts": event["ts"]}
+    if kind == "host.finished" and status == "succeeded":
+        for old in history:
+            old["state"] = _DEMOTED.get(old["state"], old["state"])
+        history.append({**entry, "state": "current"})
+    elif kind == "host.finished" and status in ("rolled_back", "broken"):
+        history.append({**entry, "state": "bad"})
+    elif kind == "recovery" and event.get("step") == "undo" and status == "ok":
+        mine = [h for h in history if h["release"] == release and h["state"] == "current"]
+        for h in mine:
+            h["state"] = "undone"
+        if mine:
+            for old in history:
+                if old["state"] == "rollback target":
+                    old["state"] = "current"
+                    break
 
 
 def _point(event: dict[str, Any], release: Any) -> dict[str, Any] | None:

@@ -6,31 +6,34 @@ import { latencyChart } from "./chart.js";
 
 export async function render(main, [app], _signal) {
   const name = encodeURIComponent(app);
-  const [latency, fleet, deployments] = await Promise.all([
-    get(`/ui/api/apps/${name}/latency`), get("/ui/api/fleet"),
+  const [history, fleet, deployments] = await Promise.all([
+    get(`/ui/api/apps/${name}`), get("/ui/api/fleet"),
     get(`/v1/deployments?app=${name}&limit=100`)]);
-  const charts = Object.entries(latency.hosts).map(([host, points]) =>
+  const charts = Object.entries(history.latency).map(([host, points]) =>
     el("figure", { "data-host": host }, el("figcaption", {}, host), latencyChart(points),
       el("table", {}, el("thead", {}, el("tr", {}, ["When", "Kind", "Release", "p50 ms",
         "p95 ms", "p99 ms"].map((h) => el("th", {}, h)))),
       el("tbody", {}, points.map((p) => el("tr", {}, el("td", {}, when(p.ts)),
         el("td", {}, p.kind), el("td", {}, text(p.release)),
         ["p50_ms", "p95_ms", "p99_ms"].map((q) => el("td", {}, p[q].toFixed(3)))))))));
-  const serving = fleet.hosts.filter((h) => app in h.releases);
+  const byHost = new Map(fleet.hosts.map((h) => [h.host, h]));
+  const releaseRows = Object.entries(history.releases).flatMap(([host, list]) => list.map((r) => {
+    const h = byHost.get(host) || { status: "unknown", apps: {}, releases: {} };
+    const result = r.state === "current" ? h.apps[app] || {} : {};
+    return el("tr", { "data-host": host, "data-state": r.state }, el("td", {}, host),
+      el("td", {}, text(r.release)), el("td", { class: `status ${r.state.replace(" ", "_")}` }, r.state),
+      el("td", {}, link(["deployments", r.deployment], r.deployment)), el("td", {}, when(r.ts)),
+      el("td", { class: `status ${h.status}` }, h.status),
+      el("td", {}, result.status ? `${result.status} ${(result.reasons || []).join("; ")}` : "—"));
+  }));
   replace(main, el("h1", {}, "App ", app),
     el("h2", {}, "Latency"),
     charts.length ? el("div", { class: "charts", id: "charts" }, charts)
       : el("p", { class: "muted" }, "no verified latency yet"),
     el("h2", {}, "Releases"),
-    el("table", { id: "releases" }, el("thead", {}, el("tr", {}, ["Host", "Current release",
-      "Host status", "App status", "Reasons"].map((h) => el("th", {}, h)))),
-    el("tbody", {}, serving.map((h) => {
-      const result = h.apps[app] || {};
-      return el("tr", { "data-host": h.host }, el("td", {}, h.host),
-        el("td", {}, text(h.releases[app])), el("td", { class: `status ${h.status}` }, h.status),
-        el("td", { class: `status ${result.status || "unknown"}` }, text(result.status)),
-        el("td", {}, (result.reasons || []).join("; ")));
-    }))),
+    el("table", { id: "releases" }, el("thead", {}, el("tr", {}, ["Host", "Release", "State",
+      "Deployment", "When", "Host status", "Last re-verification"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, releaseRows)),
     el("h2", {}, "Deployments"),
     el("ul", {}, deployments.map((d) => el("li", {}, link(["deployments", d.id], d.id), " ",
       el("span", { class: `status ${d.state}` }, d.state), " ", when(d.created),
