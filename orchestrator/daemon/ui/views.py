@@ -113,6 +113,7 @@ def app_history(store: Store, app: str) -> dict[str, Any]:
 
 
 _DEMOTED = {"current": "rollback target", "rollback target": "previous"}
+_PROMOTED = (("rollback target", "current"), ("previous", "rollback target"))
 
 
 def _release_event(history: list[dict[str, Any]], event: dict[str, Any], release: Any) -> None:
@@ -128,11 +129,11 @@ def _release_event(history: list[dict[str, Any]], event: dict[str, Any], release
         mine = [h for h in history if h["release"] == release and h["state"] == "current"]
         for h in mine:
             h["state"] = "undone"
-        if mine:
-            for old in history:
-                if old["state"] == "rollback target":
-                    old["state"] = "current"
-                    break
+        if mine:  # the host is back on its rollback target; the one before becomes that
+            for state, promoted in _PROMOTED:
+                older = [h for h in history if h["state"] == state]
+                if older:
+                    older[-1]["state"] = promoted
 
 
 def _point(event: dict[str, Any], release: Any) -> dict[str, Any] | None:

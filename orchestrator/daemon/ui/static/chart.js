@@ -1,5 +1,7 @@
 // A small latency chart as inline SVG: p50/p95/p99 per point (deploy: circle, re-verification:
 // square), the baseline (the last deploy's values) as dashed lines. Labels are text nodes.
+import { when } from "./dom.js";
+
 const NS = "http://www.w3.org/2000/svg";
 const Q = ["p50_ms", "p95_ms", "p99_ms"];
 
@@ -39,7 +41,7 @@ export function latencyChart(points, { width = 420, height = 180 } = {}) {
         ? svg("circle", { cx: x(i), cy: y(p[q]), r: 3, class: cls })
         : svg("rect", { x: x(i) - 3, y: y(p[q]) - 3, width: 6, height: 6, class: cls });
       mark.setAttribute("fill", "currentColor");
-      mark.append(svg("title", {}, `${p.kind} ${new Date(p.ts * 1000).toLocaleString()} `
+      mark.append(svg("title", {}, `${p.kind} ${when(p.ts)} `
         + `release ${p.release ?? "?"}: ${cls} ${p[q].toFixed(3)} ms`));
       root.append(mark);
     });

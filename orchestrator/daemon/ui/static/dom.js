@@ -25,8 +25,12 @@ export function text(value) {
     typeof value === "object" ? JSON.stringify(value) : String(value);
 }
 
+// One formatter for the page: Date.toLocaleString() builds one per call (a thousand hosts'
+// timestamps took seconds).
+const TIME = new Intl.DateTimeFormat(undefined, { dateStyle: "short", timeStyle: "medium" });
+
 export function when(ts) {
-  return ts ? new Date(ts * 1000).toLocaleString() : "—";
+  return ts ? TIME.format(new Date(ts * 1000)) : "—";
 }
 
 export function duration(seconds) {
