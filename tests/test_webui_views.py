@@ -18,7 +18,7 @@ from orchestrator.daemon.guard import _cross_site, _public
 from orchestrator.daemon.store import Store, open_store
 from orchestrator.daemon.ui import sse, views
 
-LATENCY = {"p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0}
+LATENCY: dict[str, Any] = {"p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0}
 
 
 @pytest.fixture
@@ -57,7 +57,6 @@ def test_fleet_joins_store_and_inventory_and_passes_unknown_gpu_facts_as_data(
              "gpus": [{"index": 0, "name": "<b>x</b>", "uuid": "GPU-1", "ecc_errors": 3}],
              "releases": {"app": {"current": "r1"}}}
     store.record_host("h1", "degraded", ["driver changed"], facts)
-    store.record_app_result("h1", "app", "degraded", ["driver changed"])
     data = views.fleet(store, load_inventory(inv))
     h1, h2 = data["hosts"]
     assert data["groups"] == ["web"]
@@ -66,7 +65,6 @@ def test_fleet_joins_store_and_inventory_and_passes_unknown_gpu_facts_as_data(
         "550.54.15", "12.4", {"zone": "a"}, ["web"])
     assert h1["gpus"][0]["name"] == "<b>x</b>" and h1["gpus"][0]["extra"] == {"ecc_errors": 3}
     assert h1["releases"] == {"app": "r1"}
-    assert h1["apps"] == {"app": {"status": "degraded", "reasons": ["driver changed"]}}
     assert h2["status"] == "unknown" and h2["gpus"] == [] and h2["verified"] is None
 
 
@@ -84,6 +82,10 @@ def test_app_history_latency_points_and_release_states(store: Store) -> None:
         ("deploy", "r1"), ("deploy", "r2"), ("reverify", "r2"), ("deploy", "r3"),
         ("deploy", "r4")]
     assert points[2]["p99_ms"] == 6.0
+    assert history["results"] == {}
+    store.record_app_result("h1", "app", "degraded", ["driver changed"])
+    assert views.app_history(store, "app")["results"] == {
+        "h1": {"status": "degraded", "reasons": ["driver changed"]}}
     states = [(r["release"], r["state"]) for r in history["releases"]["h1"]]
     assert states == [("r4", "undone"), ("r3", "bad"), ("r2", "current"),
                       ("r1", "rollback target")]

@@ -2,10 +2,11 @@
 `EchoRunner`) whose store holds 1,000 hosts (facts with a GPU and a release each) and 5,000
 finished deployments, driven by headless Chromium (Debian's, through Playwright):
 
-- first render of the fleet page: from the page's (re)load to its first screenful of rows
-  (FIRST_ROWS: the page adds the rest in chunks after that is painted) (target < 300 ms), and to
-  its table holding every host; median and worst of ROUNDS reloads; with the share of the
-  fleet request (the daemon's answer and its transfer);
+- first render of the fleet page, timed by the page itself from the start of its (re)load
+  (`performance` marks of orchestrator/daemon/ui/static/fleet.js): to the frame that shows its
+  first screenful of rows (FIRST_ROWS: the rest is added in chunks after that frame) (target
+  < 300 ms), and to every host's row built; median and worst of ROUNDS reloads; with the
+  fleet request's end (the daemon's answer, transferred);
 - a live update: a deployment (echo runner, STEP_DELAY_S per step) watched on its page; each
   grid cell's change is timed in the page (a MutationObserver, `Date.now()`) against its
   event's `ts` (stamped by the daemon as it emits; same machine, same clock)
@@ -98,10 +99,15 @@ OBSERVE = """() => {
 }"""
 
 
-# The fleet request's share of a render: the daemon's answer and its transfer, the rest being
-# the page's own work (parse, build the rows, lay out).
-FETCH_MS = """() => performance.getEntriesByType("resource")
-  .filter((e) => e.name.endsWith("/ui/api/fleet")).map((e) => e.duration).pop() || 0"""
+# Milliseconds from the start of the page's load: the frame with its first rows, every row
+# built, the fleet request answered.
+MARKS = """() => {
+  const at = (name) => Math.max(...performance.getEntriesByName(name)
+    .map((e) => e.startTime + e.duration));
+  const fleet = performance.getEntriesByType("resource")
+    .filter((e) => e.name.endsWith("/ui/api/fleet")).pop();
+  return {first: at("fleet-first-paint"), all: at("fleet-rows"), fetched: fleet.responseEnd};
+}"""
 
 
 def measure(tmp: Path, port: int) -> tuple[list[float], list[float], list[float], list[float]]:
@@ -121,14 +127,12 @@ def measure(tmp: Path, port: int) -> tuple[list[float], list[float], list[float]
         rows = f"#fleet tbody tr:nth-child({HOSTS})"
         page.wait_for_selector(rows)
         for _ in range(ROUNDS):
-            started = time.perf_counter()
             page.reload()
-            page.wait_for_selector(f"#fleet tbody tr:nth-child({min(HOSTS, FIRST_ROWS)})",
-                                   timeout=60_000)
-            firsts.append((time.perf_counter() - started) * 1000)
             page.wait_for_selector(rows, timeout=60_000)
-            renders.append((time.perf_counter() - started) * 1000)
-            fetches.append(page.evaluate(FETCH_MS))
+            marks = page.evaluate(MARKS)
+            firsts.append(marks["first"])
+            renders.append(marks["all"])
+            fetches.append(marks["fetched"])
 
         spec = _spec(tmp / "live", "live", 3)
         with _client(tmp) as http:
@@ -171,11 +175,11 @@ def run() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=60)
-    print(f"fleet page first render ({ROUNDS} reloads): first {FIRST_ROWS} rows median "
-          f"{statistics.median(firsts):.0f} ms, worst {max(firsts):.0f} ms (target < 300 ms); "
-          f"all {HOSTS} rows median {statistics.median(renders):.0f} ms, worst "
-          f"{max(renders):.0f} ms; the fleet request alone: median "
-          f"{statistics.median(fetches):.0f} ms")
+    print(f"fleet page first render ({ROUNDS} reloads, from the start of the load): first "
+          f"{FIRST_ROWS} rows painted median {statistics.median(firsts):.0f} ms, worst "
+          f"{max(firsts):.0f} ms (target < 300 ms); all {HOSTS} rows built median "
+          f"{statistics.median(renders):.0f} ms, worst {max(renders):.0f} ms; the fleet "
+          f"request answered at median {statistics.median(fetches):.0f} ms")
     if lags:
         lags.sort()
         p95 = lags[min(len(lags) - 1, int(len(lags) * 0.95))]

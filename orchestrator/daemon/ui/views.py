@@ -51,8 +51,10 @@ class InventoryCache:
 
 
 def fleet(store: Store, inventory: Inventory | None) -> dict[str, Any]:
-    """Every host the store knows or the inventory lists: status, reasons, facts summary,
-    per-app releases (from the last probe) and re-verification results, labels and groups."""
+    """Every host the store knows or the inventory lists: status and reasons (the worst over its
+    apps' last re-verifications, with all their reasons), facts summary, per-app releases (from
+    the last probe), labels and groups. One store read for the whole fleet: each app's own
+    result is on the app's page (`app_history`), not read here for a thousand hosts."""
     records = {h["host"]: h for h in store.hosts()}
     names = sorted(set(records) | set(inventory.hosts if inventory else ()))
     groups_of: dict[str, list[str]] = {}
@@ -77,8 +79,6 @@ def fleet(store: Store, inventory: Inventory | None) -> dict[str, Any]:
             "gpus": [_gpu(g) for g in facts.get("gpus") or [] if isinstance(g, dict)],
             "releases": {str(app): _get(rel, "current")
                          for app, rel in (facts.get("releases") or {}).items()},
-            "apps": {app: {"status": s, "reasons": r}
-                     for app, (s, r) in store.app_results(name).items()} if record else {},
         })
     return {"hosts": hosts, "groups": sorted(inventory.groups) if inventory else []}
 
@@ -91,7 +91,8 @@ def app_history(store: Store, app: str) -> dict[str, Any]:
     - `releases`: [{release, state, deployment, ts}], newest first: the release a deployment
       put on the host and what became of it ("current", then "rollback target" when a newer
       one succeeded, "previous" after that; "bad" when the host ended failed after its switch
-      or rolled back; "undone" when the rollout put the host back)."""
+      or rolled back; "undone" when the rollout put the host back);
+    - `results`: the app's last re-verification result on the host, where there is one."""
     series: dict[str, list[dict[str, Any]]] = {}
     releases: dict[str, list[dict[str, Any]]] = {}
     records = store.list_deployments(app=app, limit=LATENCY_DEPLOYMENTS)
@@ -108,7 +109,12 @@ def app_history(store: Store, app: str) -> dict[str, Any]:
                 _release_event(releases.setdefault(str(host), []), event, release)
     for points in series.values():
         points.sort(key=lambda p: p["ts"])
-    return {"app": app, "latency": series,
+    results = {}
+    for host in sorted(set(series) | set(releases)):
+        result = store.app_results(host).get(app)
+        if result is not None:
+            results[host] = {"status": result[0], "reasons": result[1]}
+    return {"app": app, "latency": series, "results": results,
             "releases": {h: list(reversed(r)) for h, r in releases.items()}}
 
 

@@ -18,8 +18,8 @@ export async function render(main, [app], _signal) {
         ["p50_ms", "p95_ms", "p99_ms"].map((q) => el("td", {}, p[q].toFixed(3)))))))));
   const byHost = new Map(fleet.hosts.map((h) => [h.host, h]));
   const releaseRows = Object.entries(history.releases).flatMap(([host, list]) => list.map((r) => {
-    const h = byHost.get(host) || { status: "unknown", apps: {}, releases: {} };
-    const result = r.state === "current" ? h.apps[app] || {} : {};
+    const h = byHost.get(host) || { status: "unknown" };
+    const result = r.state === "current" ? history.results[host] || {} : {};
     return el("tr", { "data-host": host, "data-state": r.state }, el("td", {}, host),
       el("td", {}, text(r.release)), el("td", { class: `status ${r.state.replace(" ", "_")}` }, r.state),
       el("td", {}, link(["deployments", r.deployment], r.deployment)), el("td", {}, when(r.ts)),
