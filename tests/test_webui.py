@@ -111,7 +111,6 @@ def test_fleet_page_needs_the_token_and_shows_each_host(
     page.select_option("#filter-group", index=1)
     expect(rows).to_have_count(3)
     expect(page.locator("#host-count")).to_have_text("3 of 3 hosts")
-    screenshot(page, "fleet")
     assert stray == []
 
 
@@ -144,6 +143,8 @@ def test_a_rollout_fills_the_grid_live_and_latency_is_charted(
            ).to_have_text("succeeded")
     screenshot(page, "deployments")
 
+    with d.http() as http:  # a re-verification runs the warmup again: a second point
+        http.post("/v1/hosts/verify", json={"hosts": []}, timeout=600).raise_for_status()
     page.goto(f"{origin}/ui/#/apps/{APP}")
     charts = page.locator("#charts figure")
     expect(charts).to_have_count(3)
@@ -151,9 +152,18 @@ def test_a_rollout_fills_the_grid_live_and_latency_is_charted(
         chart = page.locator(f'#charts figure[data-host="{h.name}"]')
         expect(chart.locator("svg polyline")).to_have_count(3)  # p50, p95, p99
         expect(chart.locator("svg line.baseline")).to_have_count(3)
+        expect(chart.locator("svg circle")).to_have_count(3)  # the deploy's point
+        expect(chart.locator("svg rect")).to_have_count(3)  # the re-verification's
+        expect(chart.locator("tbody tr")).to_have_count(2)
+    release = page.locator('#releases tr[data-state="current"] td').nth(1).inner_text()
+    screenshot(page, "app")
+    page.click("#nav-fleet")  # the re-verification's probe saw the new release on each host
+    for h in fleet.hosts:
+        expect(page.locator(f'#fleet tr[data-host="{h.name}"]')).to_contain_text(
+            f"{APP} {release}")
+    screenshot(page, "fleet")
         current = page.locator(f'#releases tr[data-host="{h.name}"][data-state="current"]')
         expect(current).to_have_count(1)
-    screenshot(page, "app")
     assert stray == []
 
 
@@ -171,6 +181,8 @@ def test_a_failing_canary_shows_its_message_and_stops_the_rollout(
     expect(failures).to_have_count(1)
     expect(failures.first).to_contain_text("verify failed: golden")
     canary = failures.first.get_attribute("data-host")
+    expect(page.locator("#grid tbody tr")).to_have_count(3)  # the others: never started
+    expect(page.locator('#grid td.cell.ok[data-step="stage"]')).to_have_count(1)
     expect(page.locator(f'#grid tr[data-host="{canary}"] td.batch')).to_have_text("canary")
     expect(page.locator('#grid td.batch:text-is("batch 1")')).to_have_count(0)
     screenshot(page, "failed-canary")

@@ -71,17 +71,19 @@ def router(service: Service) -> APIRouter:
     followers = Followers(service)
     r = APIRouter(prefix=PREFIX, include_in_schema=False)
 
+    # The page and its files are bytes in memory: answered on the event loop, with no hop to
+    # the thread pool (which a busy daemon's store reads may be holding).
     @r.get("")
-    def root() -> Response:
+    async def root() -> Response:
         return RedirectResponse(f"{PREFIX}/", status_code=308, headers=HEADERS)
 
     @r.get("/")
-    def index() -> Response:
+    async def index() -> Response:
         body, kind = files["index.html"]
         return Response(body, media_type=kind, headers=HEADERS)
 
     @r.get("/static/{name}")
-    def static(name: str) -> Response:
+    async def static(name: str) -> Response:
         if name not in files:
             raise NotFound(f"no UI file {name!r}")
         body, kind = files[name]

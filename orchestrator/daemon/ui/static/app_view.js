@@ -9,7 +9,7 @@ export async function render(main, [app], _signal) {
   const [history, fleet, deployments] = await Promise.all([
     get(`/ui/api/apps/${name}`), get("/ui/api/fleet"),
     get(`/v1/deployments?app=${name}&limit=100`)]);
-  const charts = Object.entries(history.latency).map(([host, points]) =>
+  const charts = Object.entries(history.latency).sort().map(([host, points]) =>
     el("figure", { "data-host": host }, el("figcaption", {}, host), latencyChart(points),
       el("table", {}, el("thead", {}, el("tr", {}, ["When", "Kind", "Release", "p50 ms",
         "p95 ms", "p99 ms"].map((h) => el("th", {}, h)))),

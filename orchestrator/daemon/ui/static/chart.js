@@ -40,12 +40,13 @@ export function latencyChart(points, { width = 420, height = 180 } = {}) {
       const mark = p.kind === "deploy"
         ? svg("circle", { cx: x(i), cy: y(p[q]), r: 3, class: cls })
         : svg("rect", { x: x(i) - 3, y: y(p[q]) - 3, width: 6, height: 6, class: cls });
-      mark.setAttribute("fill", "currentColor");
       mark.append(svg("title", {}, `${p.kind} ${when(p.ts)} `
         + `release ${p.release ?? "?"}: ${cls} ${p[q].toFixed(3)} ms`));
       root.append(mark);
     });
   }
+  Q.forEach((q, i) => root.append(svg("text", { x: width - pad.r - 120 + i * 40, y: pad.t + 8,
+    class: `legend ${q.slice(0, 3)}` }, q.slice(0, 3))));
   root.append(svg("text", { x: pad.l, y: height - 6 },
     `${points.length} points · ● deploy ■ re-verification · dashed: baseline`));
   return root;

@@ -38,7 +38,7 @@ export async function render(main, [id], signal) {
     buttons.pause.disabled = !running;
     buttons.resume.disabled = !paused;
     buttons.abort.disabled = !(running || paused || value === "queued");
-    buttons.rollback.disabled = value !== "succeeded" && value !== "failed";
+    buttons.rollback.disabled = !(running || paused || value === "succeeded");
   }
 
   async function act(action) {
@@ -92,6 +92,8 @@ export async function render(main, [id], signal) {
         + `${e.step} ${e.status}`, e.error || e.reason ? `: ${e.error || e.reason}` : ""));
       if (e.status === "failed") failures.append(el("li", { "data-host": e.host },
         el("strong", {}, `${text(e.host)} ${e.step}: `), text(e.error || e.reason || e.message)));
+    } else if (kind === "rollout.preflight" && e.status === "started") {
+      for (const name of e.hosts || []) host(name); // every target, before any starts
     } else if (kind === "batch" && e.status === "started") {
       for (const name of e.hosts || []) {
         host(name).batch.textContent = e.batch === 0 && canary > 0 ? "canary" : `batch ${e.batch}`;
