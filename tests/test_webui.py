@@ -155,6 +155,7 @@ def test_a_rollout_fills_the_grid_live_and_latency_is_charted(
         expect(chart.locator("svg circle")).to_have_count(3)  # the deploy's point
         expect(chart.locator("svg rect")).to_have_count(3)  # the re-verification's
         expect(chart.locator("tbody tr")).to_have_count(2)
+        expect(chart.locator("tbody tr").first).to_contain_text("32 samples match")
         current = page.locator(f'#releases tr[data-host="{h.name}"][data-state="current"]')
         expect(current).to_have_count(1)
     release = page.locator('#releases tr[data-state="current"] td').nth(1).inner_text()

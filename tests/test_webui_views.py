@@ -38,7 +38,8 @@ def deploy(store: Store, deployment: str, release: str, outcome: str, *,
            undone: bool = False) -> None:
     store.create_deployment(deployment, "app", {"targets": ["h1"]})
     emit(store, deployment, "deployment.started", status="started", release_id=release)
-    emit(store, deployment, "step", host="h1", step="verify", status="ok", **LATENCY)
+    emit(store, deployment, "step", host="h1", step="verify", status="ok", golden_samples=32,
+         **LATENCY)
     emit(store, deployment, "host.finished", host="h1", status=outcome)
     if undone:
         emit(store, deployment, "recovery", host="h1", step="undo", status="ok")
@@ -82,6 +83,7 @@ def test_app_history_latency_points_and_release_states(store: Store) -> None:
         ("deploy", "r1"), ("deploy", "r2"), ("reverify", "r2"), ("deploy", "r3"),
         ("deploy", "r4")]
     assert points[2]["p99_ms"] == 6.0
+    assert (points[0]["golden"], points[2]["golden"]) == ("32 samples match", "healthy")
     assert history["results"] == {}
     store.record_app_result("h1", "app", "degraded", ["driver changed"])
     assert views.app_history(store, "app")["results"] == {

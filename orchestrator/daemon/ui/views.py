@@ -152,8 +152,13 @@ def _point(event: dict[str, Any], release: Any) -> dict[str, Any] | None:
         kind, release_id = "reverify", event.get("release_id")
     else:
         return None
+    # The golden check of that run: at deploy, the samples that matched (a failing golden fails
+    # the step, so a point exists only for a pass); at re-verification, its status and reasons.
+    golden = (f"{event.get('golden_samples')} samples match" if kind == "deploy"
+              else "; ".join(str(r) for r in event.get("reasons") or []) or event["status"])
     return {"ts": event["ts"], "kind": kind, "release": release_id, "deployment":
-            event["deployment"], "status": event["status"], **{q: event[q] for q in QUANTILES}}
+            event["deployment"], "status": event["status"], "golden": golden,
+            **{q: event[q] for q in QUANTILES}}
 
 
 def _gpu(gpu: dict[str, Any]) -> dict[str, Any]:

@@ -12,10 +12,11 @@ export async function render(main, [app], _signal) {
   const charts = Object.entries(history.latency).sort().map(([host, points]) =>
     el("figure", { "data-host": host }, el("figcaption", {}, host), latencyChart(points),
       el("table", {}, el("thead", {}, el("tr", {}, ["When", "Kind", "Release", "p50 ms",
-        "p95 ms", "p99 ms"].map((h) => el("th", {}, h)))),
+        "p95 ms", "p99 ms", "Golden"].map((h) => el("th", {}, h)))),
       el("tbody", {}, points.map((p) => el("tr", {}, el("td", {}, when(p.ts)),
         el("td", {}, p.kind), el("td", {}, text(p.release)),
-        ["p50_ms", "p95_ms", "p99_ms"].map((q) => el("td", {}, p[q].toFixed(3)))))))));
+        ["p50_ms", "p95_ms", "p99_ms"].map((q) => el("td", {}, p[q].toFixed(3))),
+        el("td", {}, text(p.golden))))))));
   const byHost = new Map(fleet.hosts.map((h) => [h.host, h]));
   const releaseRows = Object.entries(history.releases).flatMap(([host, list]) => list.map((r) => {
     const h = byHost.get(host) || { status: "unknown" };
