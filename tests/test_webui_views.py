@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator.core.inventory import load_inventory
 from orchestrator.daemon.events import make_event
-from orchestrator.daemon.guard import _cross_site, _public
+from orchestrator.daemon.guard import TcpGuard, _cross_site, _public
 from orchestrator.daemon.store import Store, open_store
 from orchestrator.daemon.ui import sse, views
 
@@ -123,3 +123,21 @@ def test_cross_site_requests_are_named(headers: dict[str, str], refused: bool) -
 ])
 def test_only_the_page_and_its_files_are_public(method: str, path: str, public: bool) -> None:
     assert _public({"method": method, "path": path}) is public
+
+
+@pytest.mark.parametrize(("headers", "status"), [
+    ({"host": "orchestrator"}, None),  # the CLI: no browser header, any Host
+    ({"host": "localhost:8470", "sec-fetch-site": "same-origin"}, None),  # through a tunnel
+    ({"host": "rebound.example:8470", "sec-fetch-site": "same-origin"}, 403),  # DNS rebinding
+    ({"host": "localhost:8470", "origin": "http://evil.example"}, 403),
+])
+def test_on_the_unix_socket_a_browser_must_name_an_allowed_host(
+        headers: dict[str, str], status: int | None) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("not called")
+
+    guard = TcpGuard(app, token=None, allowed_hosts=("localhost", "127.0.0.1"),
+                     max_body_bytes=1 << 20)
+    scope = {"type": "http", "method": "GET", "path": "/v1/hosts", "server": ("/run/o.sock", None)}
+    problem = guard._problem(scope, headers, 1 << 20)
+    assert (problem and problem[0]) == status, problem
