@@ -32,6 +32,7 @@ from orchestrator.daemon.follow import Followers
 from orchestrator.daemon.guard import SMALL_BODY, TAR, TcpGuard
 from orchestrator.daemon.metrics import CONTENT_TYPE as METRICS_TYPE
 from orchestrator.daemon.service import Service
+from orchestrator.daemon.ui import routes as ui
 from orchestrator.errors import InvalidInput, OrchestratorError, PayloadTooLarge
 
 NDJSON = "application/x-ndjson"
@@ -63,6 +64,7 @@ def create_app(service: Service, *, token: str | None = None) -> FastAPI:
     _deployment_routes(app, service)
     _host_routes(app, service)
     _metrics_route(app, service)
+    ui.mount(app, service)
     app.add_middleware(TcpGuard, token=token, allowed_hosts=service.config.tcp.allowed_hosts,
                        max_body_bytes=service.config.max_body_bytes)
     return app

@@ -6,6 +6,14 @@ Body limits are enforced on the ASGI messages themselves, below any route: a dec
 one (chunked) is cut as soon as the bytes received pass the limit, whatever the route does with
 it. The limit is `max_body_bytes` for a tar bundle to `POST /v1/deployments`, and 1 MiB
 (`SMALL_BODY`) for everything else, a JSON submission included. Both answer 413 PayloadTooLarge.
+
+Browsers (the web UI, daemon/ui/): a request whose `Origin` is not the daemon's own (the Host
+it was sent to), or that the browser marks `Sec-Fetch-Site: cross-site`, is refused (403) on
+every listener: another site's page cannot drive the API, even through an SSH tunnel to the
+Unix socket. A browser's request on the Unix socket (it has `Sec-Fetch-Site`: it came through a
+tunnel) must also name an allowed Host, against DNS rebinding to the tunnel's local port. The
+UI's page and static files (`PUBLIC`: no data in them) are the only routes served over TCP
+without the token, as a browser cannot send one when it navigates; they still need the Host.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from fastapi.responses import JSONResponse
 SMALL_BODY = 1 << 20
 BUNDLE_PATH = "/v1/deployments"
 TAR = "application/x-tar"
+UI_PAGE, UI_STATIC = "/ui/", "/ui/static/"
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Any]]
 Send = Callable[[Any], Awaitable[None]]
@@ -65,17 +74,47 @@ class TcpGuard:
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
             return 413, "PayloadTooLarge", f"request body of {length} bytes, over {limit}"
-        server = scope.get("server")
-        if self.token is None or not server or server[1] is None:
-            return None  # the Unix socket (without a token, TCP is off: no TCP listener exists)
         host = headers.get("host", "")
+        cross = _cross_site(headers, host)
+        if cross is not None:
+            return 403, "Forbidden", cross
+        server = scope.get("server")
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        if name.lower() not in self.allowed:
+        allowed = name.lower() in self.allowed
+        if self.token is None or not server or server[1] is None:
+            # The Unix socket (without a token, TCP is off: no TCP listener exists).
+            if "sec-fetch-site" in headers and not allowed:
+                return 403, "Forbidden", f"Host header {host!r} is not in tcp.allowed_hosts"
+            return None
+        if not allowed:
             return 403, "Forbidden", f"Host header {host!r} is not in tcp.allowed_hosts"
+        if _public(scope):
+            return None
         given = headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
             return 401, "Unauthorized", "missing or wrong bearer token"
         return None
+
+
+def _public(scope: Scope) -> bool:
+    """The UI's page and its static files: package files, no data, served without the token."""
+    path = str(scope.get("path", ""))
+    return scope.get("method") in ("GET", "HEAD") and (
+        path in ("/ui", UI_PAGE) or (path.startswith(UI_STATIC) and "/" not in
+                                     path[len(UI_STATIC):]))
+
+
+def _cross_site(headers: dict[str, str], host: str) -> str | None:
+    """Why a browser's request comes from another site, or None."""
+    if headers.get("sec-fetch-site", "").lower() == "cross-site":
+        return "cross-site request refused (Sec-Fetch-Site: cross-site)"
+    origin = headers.get("origin")
+    if origin is None:
+        return None
+    scheme, _, rest = origin.partition("://")
+    if origin == "null" or scheme not in ("http", "https") or rest.lower() != host.lower():
+        return f"cross-site request refused: Origin {origin!r} is not this daemon ({host!r})"
+    return None
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, kind: str,

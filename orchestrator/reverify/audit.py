@@ -62,6 +62,9 @@ class AppCheck:
     action: str = "report"
     skipped: str | None = None  # why the app was not checked (deploy lock held)
     findings: list[rv.Finding] = field(default_factory=list)
+    # p50_ms/p95_ms/p99_ms of this run's warmup: in the `reverify` event, so latency over time
+    # (the web UI's charts) has a point per re-verification beside the deploy baseline.
+    latency: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -95,9 +98,10 @@ def local_model_hashes(spec: Spec) -> dict[str, str] | None:
             for p in sorted(model.rglob("*")) if p.is_file()}
 
 
-def warmup_check(transport: Transport, spec: Spec, audit: dict[str, Any]) -> list[rv.Finding]:
+def warmup_check(transport: Transport, spec: Spec, audit: dict[str, Any],
+                 latency: dict[str, Any] | None = None) -> list[rv.Finding]:
     """The warmup again in the release's environment, gated like at deploy against its
-    baseline."""
+    baseline; its percentiles go into `latency` when given."""
     release = str(audit["release_path"])
     request = WarmupRequest.from_spec(
         spec, model_path=remote_model_path(release, Path(spec.paths.model)),
@@ -106,6 +110,10 @@ def warmup_check(transport: Transport, spec: Spec, audit: dict[str, Any]) -> lis
     python = environment_for(spec).interpreter(release)
     result = run_warmup(transport, python, tools, request,
                         timeout=float(spec.verify.timeout_s) + WARMUP_MARGIN_S)
+    if latency is not None and result.latency is not None:
+        latency.update({k: v for k, v in (("p50_ms", result.latency.p50_ms),
+                                          ("p95_ms", result.latency.p95_ms),
+                                          ("p99_ms", result.latency.p99_ms)) if v is not None})
     baseline = audit["manifest"].get("warmup")
     return rv.warmup_findings(gates(result, spec.verify,
                                     baseline if isinstance(baseline, dict) else None))
@@ -122,6 +130,7 @@ def check_app(transport: Transport, host: Host, app: str, facts: HostFacts,
     findings: list[rv.Finding] = []
     spec = spec_for(deployment)
     placed = manifest.get("gpus")  # the UUIDs placement gave the release (None: all, or CPU)
+    latency: dict[str, Any] = {}
     try:
         findings += rv.diff_facts(
             parse_facts(host.name, json.dumps(manifest.get("facts"))), facts,
@@ -136,10 +145,10 @@ def check_app(transport: Transport, host: Host, app: str, facts: HostFacts,
         findings.append(rv.Finding("warmup", rv.HEALTHY, f"warmup not re-run: deployment "
                                    f"{deployment} is unknown to this daemon"))
     elif environment_for(spec).audited(audit):
-        findings += warmup_check(transport, spec, audit)
+        findings += warmup_check(transport, spec, audit, latency)
     status, reasons = rv.decide(findings)
     return AppCheck(app, status, reasons, str(audit["release_id"]), deployment,
-                    findings=findings)
+                    findings=findings, latency=latency)
 
 
 def reverify_app(transport: Transport, host: Host, app: str, facts: HostFacts,
@@ -180,7 +189,7 @@ def reverify_app(transport: Transport, host: Host, app: str, facts: HostFacts,
         check = _again(check, check_app(transport, host, app, facts, spec_for))
     sink.emit("reverify", host=host.name, status=check.status, app=app,
               release_id=check.release_id, reasons=check.reasons, action=check.action,
-              level="info" if check.status == rv.HEALTHY else "warning",
+              **check.latency, level="info" if check.status == rv.HEALTHY else "warning",
               duration_ms=(time.monotonic() - started) * 1000)
     return check
 
