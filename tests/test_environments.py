@@ -20,7 +20,7 @@ from orchestrator.core.facts import HostFacts, parse_facts
 from orchestrator.core.inventory import Host
 from orchestrator.core.lockfile import load_lock
 from orchestrator.core.preflight import preflight
-from orchestrator.core.spec import Spec, load_spec
+from orchestrator.core.spec import Spec, load_spec, lock_path
 from orchestrator.deploy.deadline import Deadline
 from orchestrator.deploy.environments import registry
 from orchestrator.deploy.environments.base import BuiltEnvironment, EnvironmentKind
@@ -85,7 +85,7 @@ def test_the_first_kind_that_selects_the_spec_wins(spec: Spec,
 # -- the venv kind: today's behaviour, now in one module -----------------------------------------
 
 def test_the_venv_key_is_todays_env_hash(spec: Spec) -> None:
-    facts, lock = _facts(), load_lock(spec.paths.requirements)
+    facts, lock = _facts(), load_lock(lock_path(spec))
     key = VenvKind().key(spec, facts, lock.sha256)
     assert platform_of(facts) == "linux-x86_64-glibc 2.36"
     assert key == rel.env_hash(facts.python_version, platform_of(facts), lock.sha256)
@@ -94,7 +94,7 @@ def test_the_venv_key_is_todays_env_hash(spec: Spec) -> None:
 
 
 def test_the_venv_describes_its_content_addressed_path(spec: Spec) -> None:
-    facts, lock = _facts(), load_lock(spec.paths.requirements)
+    facts, lock = _facts(), load_lock(lock_path(spec))
     target = Target(HOST, lock, preflight(spec, lock, facts, load_compat()))
     words = install.describe(spec, facts, target)
     assert words.startswith("build or reuse the venv /srv/models/.orchestrator/venvs/"
@@ -152,7 +152,7 @@ def test_a_fake_kind_satisfies_the_protocol() -> None:
 
 
 def _context(spec: Spec) -> HostContext:
-    lock = load_lock(spec.paths.requirements)
+    lock = load_lock(lock_path(spec))
     inputs = DeployInputs("d-1", spec, lock, "20261122T013000Z-9f2c1a7b",
                           wheels_for=lambda facts: {}, compat=load_compat())
     nowhere = cast(Transport, object())  # the fake kind never reaches the host
@@ -172,7 +172,7 @@ def test_install_verify_and_the_manifest_take_what_the_kind_reports(
     manifest = verify._manifest(ctx).to_json()
     assert (manifest["env_hash"], manifest["platform"], manifest["pip_freeze"]) == (
         key, "oci-amd64", ["numpy==2.0.0"])
-    facts, lock = _facts(), load_lock(spec.paths.requirements)
+    facts, lock = _facts(), load_lock(lock_path(spec))
     target = Target(HOST, lock, preflight(spec, lock, facts, load_compat()))
     assert install.describe(spec, facts, target) == "load the image"
     assert verify.describe(spec, facts, target).startswith("load the model in the new fake, ")
@@ -183,7 +183,7 @@ def test_a_kind_that_ships_no_wheels_gets_none_resolved(
     """Nothing resolved, downloaded (the cache dir is never made) or pushed by `stage`."""
     monkeypatch.setattr(registry, "KINDS", (FakeKind(), VenvKind()))
     cache = tmp_path / "no-cache"
-    resolve = wheel_resolver(spec, load_lock(spec.paths.requirements), cache)
+    resolve = wheel_resolver(spec, load_lock(lock_path(spec)), cache)
     assert resolve(_facts()) == {} and not cache.exists()
 
 

@@ -133,17 +133,44 @@ class ModelSection(_Strict):
     _check_path = field_validator("path")(_no_dotdot)
 
 
-class Environment(_Strict):
-    """The Python environment the model runs in: built on each host from the lock file."""
+class ImageArchive(_Strict):
+    """An OCI image shipped as an archive file and named by its sha256."""
 
-    python: Annotated[str, StringConstraints(pattern=_PYTHON)] = Field(
-        description='Python major.minor the host must have, quoted: "3.11".')
-    requirements: RelPath = Field(
-        description="Hash-pinned lock file (requirements.lock or pylock.toml), relative to the "
-                    "spec file.")
+    archive: RelPath = Field(
+        description="`docker save` / `podman save` output (docker-archive or oci-archive: an "
+                    "OCI layout in a tar), relative to the spec file.")
+    sha256: Sha256 = Field(description="sha256 of the archive file (`orchestrator hash PATH`).")
+    _check_path = field_validator("archive")(_no_dotdot)
+
+
+class Environment(_Strict):
+    """What the model runs in: a venv built on each host from the lock file
+    (`requirements`), or an OCI image run by the host's Docker or Podman (`image`)."""
+
+    python: Annotated[str, StringConstraints(pattern=_PYTHON)] | None = Field(
+        None, description='Python major.minor, quoted: "3.11". With `requirements`: required, '
+                          'the host must have it. With `image`: optional, the image must hold '
+                          'it.')
+    requirements: RelPath | None = Field(
+        None, description="Hash-pinned lock file (requirements.lock or pylock.toml), relative "
+                          "to the spec file. Exactly one of requirements and image.")
     wheelhouse: RelPath | None = _d(None, "Folder of the locked wheels, relative to the spec "
                                           "file; if absent, the daemon downloads them once.")
+    image: ImageArchive | None = _d(None, "An OCI image archive the model runs in, with the "
+                                          "model mounted read-only. Exactly one of "
+                                          "requirements and image.")
     _check_paths = field_validator("requirements", "wheelhouse")(_no_dotdot)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Environment:
+        if (self.requirements is None) == (self.image is None):
+            raise ValueError("give exactly one of requirements (a venv) and image (an OCI "
+                             "image archive)")
+        if self.image is not None and self.wheelhouse is not None:
+            raise ValueError("wheelhouse goes with requirements, not with image")
+        if self.requirements is not None and self.python is None:
+            raise ValueError("python is required with requirements")
+        return self
 
 
 class GpuSection(_Strict):
@@ -260,9 +287,10 @@ class SpecPaths:
 
     dir: Path
     model: Path
-    requirements: Path
+    requirements: Path | None  # None for an image environment
     golden: Path
     wheelhouse: Path | None
+    image: Path | None = None  # the image archive, for an image environment
 
 
 class Spec(_Strict):
@@ -352,6 +380,15 @@ def check_model_hash(spec: Spec) -> None:
                          f"hashes to {actual}")
 
 
+def lock_path(spec: Spec) -> Path:
+    """The lock file of a venv spec; an image spec has none (InvalidInput, exit 2, naming the
+    field), for the callers that only deploy venvs."""
+    if spec.paths.requirements is None:
+        raise spec.error(("environment",), "this command needs environment.requirements (a "
+                                           "venv); the spec gives environment.image")
+    return spec.paths.requirements
+
+
 def spec_from_document(doc: YamlDocument) -> Spec:
     if not isinstance(doc.data, dict):
         raise doc.error((), "a spec must be a mapping (apiVersion, kind, name, ...)")
@@ -371,15 +408,18 @@ def _resolve_paths(doc: YamlDocument, spec: Spec, spec_dir: Path) -> SpecPaths:
                                    f"{root}")
         return resolved
 
-    wheelhouse = spec.environment.wheelhouse
+    env = spec.environment
     return SpecPaths(
         dir=root,
         model=inside(("model", "path"), spec.model.path),
-        requirements=inside(("environment", "requirements"), spec.environment.requirements),
+        requirements=(inside(("environment", "requirements"), env.requirements)
+                      if env.requirements else None),
         golden=inside(("verify", "golden"), spec.verify.golden),
-        wheelhouse=inside(("environment", "wheelhouse"), wheelhouse) if wheelhouse else None,
+        wheelhouse=inside(("environment", "wheelhouse"), env.wheelhouse) if env.wheelhouse
+        else None,
+        image=(inside(("environment", "image"), env.image.archive) if env.image else None),
     )
 
 
 __all__ = ["API_VERSION", "FORMATS", "Spec", "SpecError", "SpecPaths", "check_model_hash",
-           "duration_seconds", "load_spec"]
+           "duration_seconds", "load_spec", "lock_path"]

@@ -24,7 +24,7 @@ from orchestrator.core.compat import load_compat
 from orchestrator.core.ids import new_deployment_id
 from orchestrator.core.inventory import Host
 from orchestrator.core.lockfile import Lock, load_lock
-from orchestrator.core.spec import Spec, check_model_hash
+from orchestrator.core.spec import Spec, check_model_hash, lock_path
 from orchestrator.deploy.inputs import DeployInputs, new_inputs_release_id
 from orchestrator.deploy.pipeline import (
     EventSink,
@@ -71,7 +71,7 @@ def prepare(spec: Spec, *, deployment: str | None = None, installer: str = "uv",
     at submission (daemon/bundle.py `validate`)."""
     if check_model:
         check_model_hash(spec)
-    lock = lock or load_lock(spec.paths.requirements)
+    lock = lock or load_lock(lock_path(spec))
     return DeployInputs(
         deployment=deployment or new_deployment_id(),
         spec=spec,

@@ -12,7 +12,7 @@ from typing import Any
 
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.hashing import hash_file
-from orchestrator.core.spec import Spec
+from orchestrator.core.spec import Spec, lock_path
 from orchestrator.deploy.deadline import Deadline
 from orchestrator.deploy.steps import StepFailed
 from orchestrator.deploy.steps.context import HostContext, Target
@@ -68,7 +68,7 @@ def _stage_in_one_call(ctx: HostContext, small: SmallModel, shas: list[str],
     begin = ops.stage_begin(app, rid, deployment=ctx.inputs.deployment)
     verify = ops.verify_model(app, rid, spec.model.sha256, path=small.verify_path)
     missing = ops.wheels_missing(shas)
-    lock = ops.write_file(app, rid, layout.LOCK_FILE, spec.paths.requirements.read_bytes())
+    lock = ops.write_file(app, rid, layout.LOCK_FILE, lock_path(spec).read_bytes())
     try:
         replies = ctx.ops.batch([begin, lock, *small.write_calls(app, rid),  # the lock first,
                                  verify, missing],                            # as by SFTP
@@ -89,7 +89,7 @@ def _stage_by_sftp(ctx: HostContext, shas: list[str],
                    deadline: Deadline) -> tuple[dict[str, Any], tuple[str, ...] | None]:
     spec, app, rid = ctx.spec, ctx.app_name, ctx.release_id
     staged = ctx.ops.stage_begin(app, rid, deployment=ctx.inputs.deployment,
-                                 lock_sha256=hash_file(spec.paths.requirements),
+                                 lock_sha256=hash_file(lock_path(spec)),
                                  timeout=deadline.timeout())
     ctx.staged, ctx.release_path = staged, staged.path
     details: dict[str, Any] = {"release_id": rid, "resumed": staged.resumed}
@@ -97,7 +97,7 @@ def _stage_by_sftp(ctx: HostContext, shas: list[str],
         return details, None
     # The lock first: prune's wheel GC keeps what some release's lock lists.
     if not staged.lock_present:  # else the host copied it from a release that had it
-        ctx.transport.put(spec.paths.requirements, staged.lock_path, 0o644)
+        ctx.transport.put(lock_path(spec), staged.lock_path, 0o644)
     rel_model = ctx.ops.upload_model(spec.paths.model, staged, timeout=deadline.timeout())
     verify = ops.verify_model(app, rid, spec.model.sha256, path=rel_model)
     missing = ops.wheels_missing(shas)

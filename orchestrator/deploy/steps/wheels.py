@@ -15,7 +15,7 @@ from pathlib import Path
 
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.lockfile import Lock
-from orchestrator.core.spec import Spec
+from orchestrator.core.spec import Spec, lock_path
 from orchestrator.deploy.environments.registry import environment_for
 from orchestrator.deploy.inputs import WheelResolver
 from orchestrator.deploy.wheelcache import Wheel, WheelCache, from_wheelhouse, platform_tags
@@ -31,11 +31,11 @@ def default_cache_dir() -> Path:
 
 def wheel_resolver(spec: Spec, lock: Lock, cache_dir: Path | None = None) -> WheelResolver:
     wheelhouse: Path | None = spec.paths.wheelhouse
-    requirements: Path = spec.paths.requirements
     memo: dict[tuple[str, str, str], Mapping[str, Wheel]] = {}
     guard = threading.Lock()
     if not environment_for(spec).ships_wheels:
         return lambda facts: {}
+    requirements: Path = lock_path(spec)
 
     def resolve(facts: HostFacts) -> Mapping[str, Wheel]:
         libc = facts.os.get("libc", "")
