@@ -1,6 +1,8 @@
 """The preflight's checks of an OCI image environment (pure: `ImageInfo` and host facts in, a
 `Check` out), called by orchestrator/core/preflight.py when the spec's environment is an image.
 
+- `engine`: docker or podman answers on the host (the probe's `engines`), and with
+  `gpu.required` it has the NVIDIA runtime or CDI nvidia.com/gpu devices.
 - `python`: the image brings its own Python; the spec's `environment.python`, when given,
   must be the image's (from its config's PYTHON_VERSION or its lib/python3.N directory).
 - `image-cuda`: an image declaring `NVIDIA_REQUIRE_CUDA` (CUDA base images do) is started by
@@ -68,6 +70,23 @@ def python_check(req: Requirements, image: ImageInfo) -> Check:
                                             "(environment.python) among others")
     return Check("python", Status.FAIL if have else Status.WARN,
                  f"{found}; the spec's environment.python is {req.python}")
+
+
+def engine_check(req: Requirements, facts: HostFacts) -> Check:
+    """`engine`: a container engine answers on the host and, for a GPU deployment, can give
+    the container the host's GPUs (an NVIDIA runtime, or CDI nvidia.com/gpu devices)."""
+    engine = facts.engine
+    if engine is None:
+        seen = "; ".join(f"{e.name}: {e.error}" for e in facts.engines)
+        return Check("engine", Status.FAIL, "no container engine answers on the host (docker "
+                     f"or podman is needed to run an image){': ' + seen if seen else ''}")
+    gpu = (f"NVIDIA runtime {'configured' if engine.nvidia_runtime else 'not configured'}, "
+           f"CDI devices: {', '.join(engine.cdi_devices) or 'none'}")
+    if req.gpu_required and not engine.gpu_ready:
+        return Check("engine", Status.FAIL, f"{engine.label}: {gpu}: the container would get "
+                     "no GPU (install the NVIDIA Container Toolkit and run `nvidia-ctk cdi "
+                     "generate`, or configure its runtime)")
+    return Check("engine", Status.PASS, f"{engine.label} at {engine.path}; {gpu}")
 
 
 def cuda_check(req: Requirements, image: ImageInfo, facts: HostFacts,
@@ -156,5 +175,5 @@ def _needed_cuda(constraint: str) -> str | None:
     return min(found, key=parse_version) if found else None
 
 
-__all__ = ["cuda_check", "cuda_need", "disk_check", "python_check", "require_cuda",
+__all__ = ["cuda_check", "cuda_need", "disk_check", "engine_check", "python_check", "require_cuda",
            "satisfied"]

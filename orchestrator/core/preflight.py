@@ -7,7 +7,7 @@
 Checks, by name: python, framework, driver, gpu-present, gpu-count, gpu-memory, cpu-build,
 cuda-driver, compute-capability, kernels, cuda-libraries, disk; and for an image environment
 (the "lock" is then the image's `ImageInfo`, its installed distributions judged like a lock's)
-image-cuda after cuda-driver, with python and disk judged on the image
+engine after python and image-cuda after cuda-driver, with python and disk judged on the image
 (orchestrator/core/imagechecks.py). Every check is always reported:
 - with `gpu.required: false` the GPU checks pass with "skipped: gpu.required is false";
 - a check that needs a fact the host could not give (no driver, no GPU) fails with
@@ -115,6 +115,7 @@ def preflight(
                   declared_cuda=(declared,) if declared else ())
     checks: list[Check] = [
         imagechecks.python_check(req, image) if image else _python(req, facts),
+        *([imagechecks.engine_check(req, facts)] if image else []),
         _framework(ctx.framework, facts, image),
     ]
     for name, fn in GPU_CHECKS:

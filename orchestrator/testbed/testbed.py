@@ -200,8 +200,31 @@ def default_sshd() -> Path:
     return Path(os.environ.get("ORCHESTRATOR_SSHD") or sshd.DEFAULT_SSHD)
 
 
+# Podman as it runs on this kind of machine: runc with the cgroupfs manager and no default
+# ulimits (crun and the default ulimits fail in a container-in-container test machine).
+CONTAINERS_CONF = """[containers]
+default_ulimits = []
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+"""
+
+
+def _write_containers(host: TestbedHost) -> tuple[tuple[str, str], ...]:
+    """The host's own Podman configuration and storage; the sshd environment naming them."""
+    d = host.containers_dir
+    d.mkdir(parents=True, exist_ok=True)
+    conf, storage = d / "containers.conf", d / "storage.conf"
+    layout.write_atomic(conf, CONTAINERS_CONF)
+    layout.write_atomic(storage, f'[storage]\ndriver = "overlay"\ngraphroot = "{d / "storage"}"'
+                                 f'\nrunroot = "{d / "run"}"\n')
+    return (("CONTAINERS_CONF", str(conf)), ("CONTAINERS_STORAGE_CONF", str(storage)))
+
+
 def _prepare_host(root: Path, host: TestbedHost) -> sshd.SshdSpec:
     _write_profile(host)
+    containers = _write_containers(host)
     spec = sshd.SshdSpec(
         address=host.address, port=host.port, user=host.user, host_key=host.host_key,
         config=host.sshd_config, log=host.sshd_log, pid_file=host.host_dir / "sshd.pid",
@@ -213,6 +236,7 @@ def _prepare_host(root: Path, host: TestbedHost) -> sshd.SshdSpec:
             # pyenv's shims, ~0.5 s per command) never runs, so `python3` is the system's
             # /usr/bin/python3, and caches under ~ are per host.
             ("HOME", str(host.home)),
+            *containers,
         ),
     )
     layout.write_atomic(host.sshd_config, sshd.render_config(spec))

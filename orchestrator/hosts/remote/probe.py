@@ -35,6 +35,7 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 import hostlayout  # noqa: E402
+import probe_engine  # noqa: E402
 
 SCHEMA = 1
 # Exact library names only: cuDNN 9 also ships libcudnn_ops.so.9 etc., which are not the version.
@@ -243,6 +244,7 @@ def collect(deploy_root: str) -> dict[str, Any]:
         "gpus": gpus,
         "libraries": library_facts(),
         "releases": release_facts(deploy_root),
+        "engines": probe_engine.engines(),
     }
 
 
