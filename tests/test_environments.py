@@ -16,11 +16,12 @@ import pytest
 
 from orchestrator.core import release as rel
 from orchestrator.core.compat import load_compat
+from orchestrator.core.envinputs import lock_path
 from orchestrator.core.facts import HostFacts, parse_facts
 from orchestrator.core.inventory import Host
 from orchestrator.core.lockfile import load_lock
 from orchestrator.core.preflight import preflight
-from orchestrator.core.spec import Spec, load_spec, lock_path
+from orchestrator.core.spec import Spec, load_spec
 from orchestrator.deploy.deadline import Deadline
 from orchestrator.deploy.environments import registry
 from orchestrator.deploy.environments.base import BuiltEnvironment, EnvironmentKind

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 
 from orchestrator.core.compat import load_compat
+from orchestrator.core.envinputs import lock_path
 from orchestrator.core.facts import HostFacts, parse_facts
 from orchestrator.core.inventory import Host
 from orchestrator.core.lockfile import Lock, load_lock
 from orchestrator.core.preflight import preflight
-from orchestrator.core.spec import Spec, load_spec, lock_path
+from orchestrator.core.spec import Spec, load_spec
 from orchestrator.daemon.runners.base import EchoRunner
 from orchestrator.deploy import playbook
 from orchestrator.deploy.inputs import DeployInputs

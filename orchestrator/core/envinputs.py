@@ -5,10 +5,21 @@ version, and a `sha256` that release ids are made of)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from orchestrator.core.hashing import hash_file
 from orchestrator.core.lockfile import Lock, load_lock
 from orchestrator.core.ociimage import ImageInfo, read_image
-from orchestrator.core.spec import Spec, lock_path
+from orchestrator.core.spec import Spec
+
+
+def lock_path(spec: Spec) -> Path:
+    """The lock file of a venv spec; an image spec has none (InvalidInput, exit 2, naming the
+    field), for the callers that only deploy venvs."""
+    if spec.paths.requirements is None:
+        raise spec.error(("environment",), "this command needs environment.requirements (a "
+                                           "venv); the spec gives environment.image")
+    return spec.paths.requirements
 
 
 def load_environment(spec: Spec) -> Lock | ImageInfo:
@@ -36,4 +47,4 @@ def load_image(spec: Spec) -> ImageInfo:
     return read_image(path, actual)
 
 
-__all__ = ["load_environment", "load_image"]
+__all__ = ["load_environment", "load_image", "lock_path"]

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.compat import load_compat
+from orchestrator.core.envinputs import lock_path
 from orchestrator.core.ids import new_deployment_id
 from orchestrator.core.inventory import Host
 from orchestrator.core.lockfile import Lock, load_lock
-from orchestrator.core.spec import Spec, check_model_hash, lock_path
+from orchestrator.core.spec import Spec, check_model_hash
 from orchestrator.deploy.inputs import DeployInputs, new_inputs_release_id
 from orchestrator.deploy.pipeline import (
     EventSink,

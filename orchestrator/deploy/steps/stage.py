@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.core.envinputs import lock_path
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.hashing import hash_file
-from orchestrator.core.spec import Spec, lock_path
+from orchestrator.core.spec import Spec
 from orchestrator.deploy.deadline import Deadline
 from orchestrator.deploy.steps import StepFailed
 from orchestrator.deploy.steps.context import HostContext, Target

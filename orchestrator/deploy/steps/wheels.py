@@ -13,9 +13,10 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
+from orchestrator.core.envinputs import lock_path
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.lockfile import Lock
-from orchestrator.core.spec import Spec, lock_path
+from orchestrator.core.spec import Spec
 from orchestrator.deploy.environments.registry import environment_for
 from orchestrator.deploy.inputs import WheelResolver
 from orchestrator.deploy.wheelcache import Wheel, WheelCache, from_wheelhouse, platform_tags
