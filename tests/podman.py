@@ -9,6 +9,7 @@ images. No registry is reachable: images are made with `podman import` from a di
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 from pathlib import Path
@@ -31,6 +32,11 @@ def available() -> str | None:
     return None
 
 
+def short_runroot(home: Path) -> str:
+    """Podman refuses a runroot longer than 50 characters: one under /tmp per storage."""
+    return f"/tmp/orch-test-{hashlib.sha256(str(home).encode()).hexdigest()[:12]}"
+
+
 class Podman:
     def __init__(self, home: Path) -> None:
         self.home = home
@@ -38,10 +44,10 @@ class Podman:
         self.conf = home / "containers.conf"
         self.conf.write_text(CONF)
         self.env = {"CONTAINERS_CONF": str(self.conf), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        self.runroot = short_runroot(home)
 
     def run(self, *args: str, stdin: bytes | None = None) -> str:
-        cmd = ["podman", "--root", str(self.home / "root"), "--runroot", str(self.home / "run"),
-               *args]
+        cmd = ["podman", "--root", str(self.home / "root"), "--runroot", self.runroot, *args]
         done = subprocess.run(cmd, input=stdin, capture_output=True, env=self.env, timeout=300,
                               check=False)
         if done.returncode != 0:

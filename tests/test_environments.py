@@ -58,8 +58,8 @@ def spec(tmp_path: Path) -> Spec:
 
 # -- the registry --------------------------------------------------------------------------------
 
-def test_the_registry_knows_the_venv_and_picks_it_for_a_lock(spec: Spec) -> None:
-    assert list(registry.ENVIRONMENTS) == ["venv"]
+def test_the_registry_knows_image_and_venv_and_picks_the_venv_for_a_lock(spec: Spec) -> None:
+    assert list(registry.ENVIRONMENTS) == ["image", "venv"]
     assert isinstance(registry.KINDS[-1], VenvKind)  # the default: more specific kinds first
     kind = registry.environment_for(spec)
     assert kind is registry.ENVIRONMENTS["venv"]

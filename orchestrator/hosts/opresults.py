@@ -88,6 +88,19 @@ class VenvResult:
 
 
 @dataclass(frozen=True)
+class ImagePresence:
+    present: bool       # the host's engine has the image (by id)
+    upload_path: str    # where the archive goes when it has not
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    image_id: str       # sha256:<config digest>, as the engine names it
+    reused: bool        # the engine had it: nothing was shipped or loaded
+    launcher: str       # the staged release's `python`: python3 inside the image
+
+
+@dataclass(frozen=True)
 class SwitchResult:
     current: str | None
     before: str | None
@@ -221,6 +234,14 @@ def venv_result(r: Mapping[str, Any]) -> VenvResult:
     return VenvResult(text(r, "env_hash"), text(r, "path"), flag(r, "reused"),
                       text(r, "installer"), opt_text(r, "fallback_reason"), texts(r, "freeze"),
                       dict(durations), number(r, "waited_s"))
+
+
+def image_presence(r: Mapping[str, Any]) -> ImagePresence:
+    return ImagePresence(flag(r, "present"), text(r, "upload_path"))
+
+
+def image_result(r: Mapping[str, Any]) -> ImageResult:
+    return ImageResult(text(r, "image_id"), flag(r, "reused"), text(r, "launcher"))
 
 
 def release_infos(r: Mapping[str, Any]) -> list[ReleaseInfo]:

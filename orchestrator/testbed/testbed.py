@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import pwd
@@ -217,8 +218,10 @@ def _write_containers(host: TestbedHost) -> tuple[tuple[str, str], ...]:
     d.mkdir(parents=True, exist_ok=True)
     conf, storage = d / "containers.conf", d / "storage.conf"
     layout.write_atomic(conf, CONTAINERS_CONF)
+    # Podman refuses a runroot longer than 50 characters: a short one per host under /tmp.
+    runroot = f"/tmp/orch-tb-{hashlib.sha256(str(d).encode()).hexdigest()[:12]}"
     layout.write_atomic(storage, f'[storage]\ndriver = "overlay"\ngraphroot = "{d / "storage"}"'
-                                 f'\nrunroot = "{d / "run"}"\n')
+                                 f'\nrunroot = "{runroot}"\n')
     return (("CONTAINERS_CONF", str(conf)), ("CONTAINERS_STORAGE_CONF", str(storage)))
 
 

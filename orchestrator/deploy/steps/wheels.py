@@ -16,6 +16,7 @@ from pathlib import Path
 from orchestrator.core.envinputs import lock_path
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.lockfile import Lock
+from orchestrator.core.ociimage import ImageInfo
 from orchestrator.core.spec import Spec
 from orchestrator.deploy.environments.registry import environment_for
 from orchestrator.deploy.inputs import WheelResolver
@@ -30,7 +31,8 @@ def default_cache_dir() -> Path:
     return user_dir("CACHE", "wheelcache", override="ORCHESTRATOR_WHEEL_CACHE")
 
 
-def wheel_resolver(spec: Spec, lock: Lock, cache_dir: Path | None = None) -> WheelResolver:
+def wheel_resolver(spec: Spec, lock: Lock | ImageInfo,
+                   cache_dir: Path | None = None) -> WheelResolver:
     wheelhouse: Path | None = spec.paths.wheelhouse
     memo: dict[tuple[str, str, str], Mapping[str, Wheel]] = {}
     guard = threading.Lock()
