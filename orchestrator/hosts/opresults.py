@@ -41,6 +41,9 @@ class OpKind(enum.StrEnum):
     NO_ROLLBACK_TARGET = "no-rollback-target"
     NO_CURRENT = "no-current"        # audit: the app has no current release
     BAD_MANIFEST = "bad-manifest"    # audit: the current release's manifest is unreadable
+    ENGINE_FAILED = "engine-failed"  # image ops: docker/podman refused or failed
+    IMAGE_MISMATCH = "image-mismatch"  # the loaded archive is not the image the spec names
+    NOT_UPLOADED = "not-uploaded"    # image-ensure: the archive to load is not on the host
     OS_ERROR = "os-error"
     INTERNAL = "internal"
     UNKNOWN = "unknown"

@@ -89,7 +89,7 @@ def op_image_ensure(args):
         raise OpError("bad-args", f"gpu must be one of {sorted(GPU_FLAGS)} or null: {gpu!r}")
     staging = os.path.join(releases_dir(app_dir), rid + STAGING)
     if not os.path.isdir(staging):
-        raise OpError("not-staged", f"no staged release {rid}")
+        raise OpError("not-found", f"no staged release {rid}")
     part = os.path.join(_images_dir(root), f"{sha}.tar.part")
     with Flock(part + ".lock", float(args.get("wait_s", 1800))):
         reused = _image_id(engine, image_id) == image_id
