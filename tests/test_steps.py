@@ -20,6 +20,7 @@ from orchestrator.core.envinputs import lock_path
 from orchestrator.core.facts import HostFacts, parse_facts
 from orchestrator.core.inventory import Host
 from orchestrator.core.lockfile import Lock, load_lock
+from orchestrator.core.ociimage import ImageInfo
 from orchestrator.core.preflight import preflight
 from orchestrator.core.spec import Spec, load_spec
 from orchestrator.daemon.runners.base import EchoRunner
@@ -110,10 +111,11 @@ def test_no_getattr_dispatch_on_built_names() -> None:
 
 def test_inputs_and_context_are_typed_with_the_models() -> None:
     hints = typing.get_type_hints(DeployInputs)
-    assert hints["spec"] is Spec and hints["lock"] is Lock
+    # the lock of a venv, or the metadata of an image archive (the image environment)
+    assert hints["spec"] is Spec and hints["lock"] == Lock | ImageInfo
     spec_, lock_ = vars(HostContext)["spec"], vars(HostContext)["lock"]  # the properties
     assert typing.get_type_hints(spec_.fget)["return"] is Spec
-    assert typing.get_type_hints(lock_.fget)["return"] is Lock
+    assert typing.get_type_hints(lock_.fget)["return"] == Lock | ImageInfo
     learned = {"tools", "facts", "app", "staged", "release_path", "environment", "warmup",
                "switched"}
     assert learned <= set(typing.get_type_hints(HostContext))

@@ -74,6 +74,7 @@ class ImageInfo:
     packages: tuple[ImagePackage, ...] = ()  # sorted by name
     layers: int = 0
     size_bytes: int = 0          # the layers' sizes in the archive
+    platform: str = ""           # "linux-amd64": the config's os and architecture
 
     @property
     def python(self) -> str | None:
@@ -110,7 +111,8 @@ def read_image(path: Path, sha256: str) -> ImageInfo:
         archive=str(path), sha256=sha256, format=fmt, image_id=image_id,
         env=_env(inner.get("Env"), path), labels=_labels(inner.get("Labels"), path),
         pythons=pythons, packages=packages, layers=len(layers),
-        size_bytes=sum(m.size for m in layers))
+        size_bytes=sum(m.size for m in layers),
+        platform="-".join(str(cfg.get(k) or "") for k in ("os", "architecture")).strip("-"))
 
 
 def _members(tar: tarfile.TarFile, path: Path) -> dict[str, tarfile.TarInfo]:

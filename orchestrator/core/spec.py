@@ -340,7 +340,7 @@ def spec_from_document(doc: YamlDocument) -> Spec:
 def _resolve_paths(doc: YamlDocument, spec: Spec, spec_dir: Path) -> SpecPaths:
     root = spec_dir.resolve()
 
-    def inside(field: tuple[str, str], rel: str) -> Path:
+    def inside(field: tuple[str, ...], rel: str) -> Path:
         resolved = (root / rel).resolve()
         if not resolved.is_relative_to(root):
             raise doc.error(field, f"{rel!r} resolves to {resolved}, outside the spec's folder "
@@ -356,7 +356,8 @@ def _resolve_paths(doc: YamlDocument, spec: Spec, spec_dir: Path) -> SpecPaths:
         golden=inside(("verify", "golden"), spec.verify.golden),
         wheelhouse=inside(("environment", "wheelhouse"), env.wheelhouse) if env.wheelhouse
         else None,
-        image=(inside(("environment", "image"), env.image.archive) if env.image else None),
+        image=inside(("environment", "image", "archive"), env.image.archive) if env.image
+        else None,
     )
 
 

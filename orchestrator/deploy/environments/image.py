@@ -62,10 +62,11 @@ class ImageKind:
             details={"image_id": out.image_id, "reused": out.reused,
                      "shipped_bytes": 0 if presence.present else image_bytes(archive),
                      "engine": engine.label},
-            manifest={"env_hash": image.sha256, "image_id": out.image_id,
-                      "archive_sha256": image.sha256, "engine": engine.name,
-                      "engine_version": engine.version, "python_version": image.python,
-                      "pip_freeze": [f"{p.name}=={p.version}" for p in image.packages]})
+            manifest={"env_hash": image.sha256, "python_version": image.python or "unknown",
+                      "platform": image.platform or "unknown",
+                      "pip_freeze": [f"{p.name}=={p.version}" for p in image.packages],
+                      "image": {"image_id": out.image_id, "archive_sha256": image.sha256,
+                                "engine": engine.name, "engine_version": engine.version}})
 
     def describe(self, spec: Spec, facts: HostFacts, target: Target) -> str:
         lock = target.lock
