@@ -63,7 +63,8 @@ def sklearn_image(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) ->
     return out
 
 
-def image_spec(folder: Path, app: str, model: Path, golden: Path, archive: Path) -> Path:
+def image_spec(folder: Path, app: str, model: Path, golden: Path, archive: Path, *,
+               hosts: list[str] = HOSTS, extra: str = "") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(model, folder / "model.joblib")
     shutil.copy(golden, folder / "golden.npz")
@@ -75,7 +76,8 @@ def image_spec(folder: Path, app: str, model: Path, golden: Path, archive: Path)
         f"{hash_path(folder / 'model.joblib')}}}\n"
         f'environment: {{python: "3.11", image: {{archive: image.tar, sha256: '
         f"{hashlib.sha256(archive.read_bytes()).hexdigest()}}}}}\n"
-        f"targets: [{', '.join(HOSTS)}]\nrollout: {{canary: 1, batch_size: 1}}\n" + VERIFY)
+        f"targets: [{', '.join(hosts)}]\nrollout: {{canary: 1, batch_size: 2}}\n" + VERIFY
+        + extra)
     return spec
 
 
@@ -120,6 +122,31 @@ def test_wrong_predictions_stop_the_rollout_on_the_canary(
     assert canary.status is HostStatus.FAILED and canary.failed_step == "verify"
     assert "golden" in (canary.error or "")
     assert result.hosts[HOSTS[1]].status is not HostStatus.SUCCEEDED  # never started
+
+
+def test_three_hosts_health_failure_after_the_switch_rolls_back_to_the_previous_image(
+        sklearn_image: Path, models_dir: Path, tmp_path: Path, inventory: Inventory,
+        pool: Pool) -> None:
+    hosts = ["tb-01", *HOSTS]  # a canary, then a batch of two
+    v1 = load_spec(image_spec(tmp_path / "v1", "img-health", models_dir / "model.joblib",
+                              models_dir / "golden.npz", sklearn_image, hosts=hosts))
+    good = deploy(prepare(v1, wheel_cache=WHEEL_CACHE), inventory.resolve(hosts), pool=pool,
+                  sink=Sink())
+    assert good.ok, {n: r.error for n, r in good.hosts.items()}
+    # v2 passes verify in the image but its service never becomes healthy after the switch
+    unhealthy = "service: {health_command: 'test -e current/never', health_timeout_s: 2}\n"
+    v2 = load_spec(image_spec(tmp_path / "v2", "img-health", models_dir / "changed.joblib",
+                              models_dir / "golden-v2.npz", sklearn_image, hosts=hosts,
+                              extra=unhealthy))
+    bad = deploy(prepare(v2, wheel_cache=WHEEL_CACHE), inventory.resolve(hosts), pool=pool,
+                 sink=Sink())
+    canary = bad.hosts["tb-01"]
+    assert canary.status is HostStatus.ROLLED_BACK and canary.failed_step == "check"
+    assert all(bad.hosts[h].status is not HostStatus.SUCCEEDED for h in HOSTS)
+    for host in hosts:  # every host serves v1's release, in v1's image
+        root = Path(inventory.hosts[host].deploy_root) / "img-health"
+        assert (root / "current").resolve().name == good.release_id
+        assert manifest(inventory, host, "img-health")["image"]["image_id"].startswith("sha256:")
 
 
 def test_a_tampered_upload_is_deleted_and_never_loaded(

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import pwd
+import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -156,6 +157,7 @@ class Testbed:
             (root / "state.json").unlink()
             for h in tb.hosts:
                 (h.host_dir / "sshd.pid").unlink(missing_ok=True)
+                _release_containers(h)
             return len(ours)
 
     def _running(self) -> list[TestbedHost]:
@@ -223,6 +225,20 @@ def _write_containers(host: TestbedHost) -> tuple[tuple[str, str], ...]:
     layout.write_atomic(storage, f'[storage]\ndriver = "overlay"\ngraphroot = "{d / "storage"}"'
                                  f'\nrunroot = "{runroot}"\n')
     return (("CONTAINERS_CONF", str(conf)), ("CONTAINERS_STORAGE_CONF", str(storage)))
+
+
+def _release_containers(host: TestbedHost) -> None:
+    """Unmount what the host's Podman left mounted in its storage (the overlay driver keeps a
+    bind mount of storage/overlay), deepest first, so the testbed's directory can be removed.
+    Best effort: a mount that will not go is left, and the directory's removal says so."""
+    d = str(host.containers_dir) + "/"
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as fh:
+            points = [line.split()[1] for line in fh if len(line.split()) > 1]
+    except OSError:
+        return
+    for point in sorted({p for p in points if p.startswith(d)}, key=len, reverse=True):
+        subprocess.run(["umount", point], capture_output=True, timeout=30, check=False)
 
 
 def _prepare_host(root: Path, host: TestbedHost) -> sshd.SshdSpec:
