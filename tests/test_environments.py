@@ -16,6 +16,7 @@ import pytest
 
 from orchestrator.core import release as rel
 from orchestrator.core.compat import load_compat
+from orchestrator.core.envinputs import lock_path
 from orchestrator.core.facts import HostFacts, parse_facts
 from orchestrator.core.inventory import Host
 from orchestrator.core.lockfile import load_lock
@@ -57,8 +58,8 @@ def spec(tmp_path: Path) -> Spec:
 
 # -- the registry --------------------------------------------------------------------------------
 
-def test_the_registry_knows_the_venv_and_picks_it_for_a_lock(spec: Spec) -> None:
-    assert list(registry.ENVIRONMENTS) == ["venv"]
+def test_the_registry_knows_image_and_venv_and_picks_the_venv_for_a_lock(spec: Spec) -> None:
+    assert list(registry.ENVIRONMENTS) == ["image", "venv"]
     assert isinstance(registry.KINDS[-1], VenvKind)  # the default: more specific kinds first
     kind = registry.environment_for(spec)
     assert kind is registry.ENVIRONMENTS["venv"]
@@ -85,7 +86,7 @@ def test_the_first_kind_that_selects_the_spec_wins(spec: Spec,
 # -- the venv kind: today's behaviour, now in one module -----------------------------------------
 
 def test_the_venv_key_is_todays_env_hash(spec: Spec) -> None:
-    facts, lock = _facts(), load_lock(spec.paths.requirements)
+    facts, lock = _facts(), load_lock(lock_path(spec))
     key = VenvKind().key(spec, facts, lock.sha256)
     assert platform_of(facts) == "linux-x86_64-glibc 2.36"
     assert key == rel.env_hash(facts.python_version, platform_of(facts), lock.sha256)
@@ -94,7 +95,7 @@ def test_the_venv_key_is_todays_env_hash(spec: Spec) -> None:
 
 
 def test_the_venv_describes_its_content_addressed_path(spec: Spec) -> None:
-    facts, lock = _facts(), load_lock(spec.paths.requirements)
+    facts, lock = _facts(), load_lock(lock_path(spec))
     target = Target(HOST, lock, preflight(spec, lock, facts, load_compat()))
     words = install.describe(spec, facts, target)
     assert words.startswith("build or reuse the venv /srv/models/.orchestrator/venvs/"
@@ -152,7 +153,7 @@ def test_a_fake_kind_satisfies_the_protocol() -> None:
 
 
 def _context(spec: Spec) -> HostContext:
-    lock = load_lock(spec.paths.requirements)
+    lock = load_lock(lock_path(spec))
     inputs = DeployInputs("d-1", spec, lock, "20261122T013000Z-9f2c1a7b",
                           wheels_for=lambda facts, remaining: {}, compat=load_compat())
     nowhere = cast(Transport, object())  # the fake kind never reaches the host
@@ -172,7 +173,7 @@ def test_install_verify_and_the_manifest_take_what_the_kind_reports(
     manifest = verify._manifest(ctx).to_json()
     assert (manifest["env_hash"], manifest["platform"], manifest["pip_freeze"]) == (
         key, "oci-amd64", ["numpy==2.0.0"])
-    facts, lock = _facts(), load_lock(spec.paths.requirements)
+    facts, lock = _facts(), load_lock(lock_path(spec))
     target = Target(HOST, lock, preflight(spec, lock, facts, load_compat()))
     assert install.describe(spec, facts, target) == "load the image"
     assert verify.describe(spec, facts, target).startswith("load the model in the new fake, ")
@@ -183,7 +184,7 @@ def test_a_kind_that_ships_no_wheels_gets_none_resolved(
     """Nothing resolved, downloaded (the cache dir is never made) or pushed by `stage`."""
     monkeypatch.setattr(registry, "KINDS", (FakeKind(), VenvKind()))
     cache = tmp_path / "no-cache"
-    resolve = wheel_resolver(spec, load_lock(spec.paths.requirements), cache)
+    resolve = wheel_resolver(spec, load_lock(lock_path(spec)), cache)
     assert resolve(_facts(), lambda: 60.0) == {} and not cache.exists()
 
 

@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 
 from orchestrator.core.compat import load_compat
+from orchestrator.core.envinputs import lock_path
 from orchestrator.core.facts import HostFacts, parse_facts
 from orchestrator.core.inventory import Host
 from orchestrator.core.lockfile import Lock, load_lock
+from orchestrator.core.ociimage import ImageInfo
 from orchestrator.core.preflight import preflight
 from orchestrator.core.spec import Spec, load_spec
 from orchestrator.daemon.runners.base import EchoRunner
@@ -109,10 +111,11 @@ def test_no_getattr_dispatch_on_built_names() -> None:
 
 def test_inputs_and_context_are_typed_with_the_models() -> None:
     hints = typing.get_type_hints(DeployInputs)
-    assert hints["spec"] is Spec and hints["lock"] is Lock
+    # the lock of a venv, or the metadata of an image archive (the image environment)
+    assert hints["spec"] is Spec and hints["lock"] == Lock | ImageInfo
     spec_, lock_ = vars(HostContext)["spec"], vars(HostContext)["lock"]  # the properties
     assert typing.get_type_hints(spec_.fget)["return"] is Spec
-    assert typing.get_type_hints(lock_.fget)["return"] is Lock
+    assert typing.get_type_hints(lock_.fget)["return"] == Lock | ImageInfo
     learned = {"tools", "facts", "app", "staged", "release_path", "environment", "warmup",
                "switched"}
     assert learned <= set(typing.get_type_hints(HostContext))
@@ -152,7 +155,7 @@ HOST = Host("gpu-01", "127.0.0.2", 22, "deploy", "/srv/models")
 
 
 def test_plan_describes_each_registered_step_in_order(cpu_spec: Spec) -> None:
-    lock, facts = load_lock(cpu_spec.paths.requirements), _facts("h100")
+    lock, facts = load_lock(lock_path(cpu_spec)), _facts("h100")
     verdict = preflight(cpu_spec, lock, facts, load_compat())
     steps = rollout_steps(cpu_spec, lock, HOST, facts, verdict)
     assert [s.split(":", 1)[0] for s in steps] == list(registry.STEP_ORDER)
@@ -172,7 +175,7 @@ def test_plan_follows_the_loaded_playbook(cpu_spec: Spec) -> None:
         f"{'abort-stage' if registry.before_switch(n) else 'rollback'}}}\n"
         for n in registry.STEP_ORDER if n not in registry.OPTIONAL_STEPS))
     pb = parse_playbook(text)
-    lock, facts = load_lock(cpu_spec.paths.requirements), _facts("h100")
+    lock, facts = load_lock(lock_path(cpu_spec)), _facts("h100")
     plan = build_plan(cpu_spec, lock, [HOST], {HOST.name: facts}, load_compat(), pb)
     assert [s.split(":", 1)[0] for s in plan.hosts[0].steps] == list(pb.names)
     assert not any(s.startswith(("check:", "prune:")) for s in plan.hosts[0].steps)
@@ -180,7 +183,7 @@ def test_plan_follows_the_loaded_playbook(cpu_spec: Spec) -> None:
 
 def test_plan_stops_after_a_failing_preflight(tmp_path: Path) -> None:
     spec = load_spec(stub_spec(tmp_path, ["gpu-01"]))  # tensorflow GPU on an old driver
-    lock, facts = load_lock(spec.paths.requirements), _facts("old-driver")
+    lock, facts = load_lock(lock_path(spec)), _facts("old-driver")
     plan = build_plan(spec, lock, [HOST], {HOST.name: facts}, load_compat())
     steps = plan.hosts[0].steps
     assert [s.split(":", 1)[0] for s in steps[:2]] == ["probe", "preflight"]

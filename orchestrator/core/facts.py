@@ -16,7 +16,10 @@ Probe JSON, schema 1:
                "compute_capability": "9.0", "health": {...} (orchestrator/core/gpufacts.py)}],
      "libraries": [{"name": "cudnn" | "cudart" | ..., "path": str, "version": str | null}],
      "releases": {"<app>": {"current": "<release_id>" | null}},
-     "xid": {"source", "error", "events": [...]} (Xid lines of the kernel log, gpufacts.py)}
+     "xid": {"source", "error", "events": [...]} (Xid lines of the kernel log, gpufacts.py),
+     "engines": [{"name": "docker" | "podman", "path", "version": str | null,
+                  "nvidia_runtime": bool, "cdi_devices": ["nvidia.com/gpu=0"],
+                  "error": str | null}]}     (absent from older probes: no engine known)
 """
 
 from __future__ import annotations
@@ -63,6 +66,27 @@ class Library:
 
 
 @dataclass(frozen=True)
+class Engine:
+    """A container engine on the host (hosts/remote/probe_engine.py)."""
+
+    name: str                 # "docker" | "podman"
+    path: str
+    version: str | None
+    nvidia_runtime: bool      # an `nvidia` runtime or the NVIDIA OCI hook is configured
+    cdi_devices: tuple[str, ...]  # nvidia.com/gpu=... devices of the host's CDI specs
+    error: str | None         # why it did not answer; None when it works
+
+    @property
+    def gpu_ready(self) -> bool:
+        """Whether a container it starts can be given the host's GPUs."""
+        return self.error is None and (self.nvidia_runtime or bool(self.cdi_devices))
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.version or '(version unknown)'}"
+
+
+@dataclass(frozen=True)
 class HostFacts:
     host: str
     hostname: str
@@ -79,6 +103,7 @@ class HostFacts:
     libraries: tuple[Library, ...] = ()
     releases: dict[str, str | None] = field(default_factory=dict)
     xid: XidFacts = field(default_factory=XidFacts)
+    engines: tuple[Engine, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -89,6 +114,12 @@ class HostFacts:
     @property
     def machine(self) -> str:
         return self.os.get("machine", "")
+
+    @property
+    def engine(self) -> Engine | None:
+        """The engine image environments run with: the first that answers (docker, then
+        podman, the probe's order)."""
+        return next((e for e in self.engines if e.error is None), None)
 
 
 def parse_facts(host: str, text: str) -> HostFacts:
@@ -144,6 +175,14 @@ def _facts_from(host: str, data: dict[str, Any]) -> HostFacts:
             str(app): _opt_str(rel.get("current")) for app, rel in data.get("releases", {}).items()
         },
         xid=parse_xid(data.get("xid")),
+        engines=tuple(
+            Engine(name=str(e["name"]), path=str(e["path"]),
+                   version=_opt_str(e.get("version")),
+                   nvidia_runtime=e.get("nvidia_runtime") is True,
+                   cdi_devices=tuple(str(d) for d in e.get("cdi_devices") or ()),
+                   error=_opt_str(e.get("error")))
+            for e in data.get("engines") or ()
+        ),
         raw=data,
     )
 

@@ -38,6 +38,7 @@ def cuda_needs(ctx: Context) -> list[CudaNeed]:
         if major not in wheels or key[:2] > wheels[major][:2]:
             wheels[major] = key
     needs.extend(entry[2] for _, entry in sorted(wheels.items()))
+    needs.extend(ctx.declared_cuda)
     return needs
 
 

@@ -5,8 +5,11 @@
     verdict.checks          # every check, in a fixed order, each with a precise message
 
 Checks, by name: python, framework, driver, gpu-present, gpu-count, gpu-memory, gpu-health,
-gpu-conditions, cpu-build, cuda-driver, compute-capability, kernels, cuda-libraries, disk.
-Every check is always reported:
+gpu-conditions, cpu-build, cuda-driver, compute-capability, kernels, cuda-libraries, disk; and
+for an image environment (the "lock" is then the image's `ImageInfo`, its installed
+distributions judged like a lock's) engine after python and image-cuda after cuda-driver,
+with python and disk judged on the image (orchestrator/core/imagechecks.py). Every check is
+always reported:
 - with `gpu.required: false` the GPU checks pass with "skipped: gpu.required is false";
 - a check that needs a fact the host could not give (no driver, no GPU) fails with
   "not checked: ..." so no host passes on facts nobody saw.
@@ -24,10 +27,12 @@ from typing import Protocol
 
 from packaging.markers import InvalidMarker, Marker
 
+from orchestrator.core import imagechecks
 from orchestrator.core.compat import CompatData
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.gpuchecks import GPU_CHECKS, nvml_reason
 from orchestrator.core.lockfile import normalize_name, target_environment
+from orchestrator.core.ociimage import ImageInfo
 from orchestrator.core.spec import Spec
 from orchestrator.core.spec_gpu import GpuHealth
 from orchestrator.core.verdict import (
@@ -64,11 +69,12 @@ class LockLike(Protocol):
 def requirements_from_spec(spec: Spec) -> Requirements:
     """The one place that knows the Spec's shape (DESIGN.md): environment.python, gpu.*."""
     gpu = getattr(spec, "gpu", None)
+    python = spec.environment.python
     if gpu is None or not gpu.required:
-        return Requirements(python=str(spec.environment.python))
+        return Requirements(python=python)
     min_cc = gpu.min_compute_capability
     return Requirements(
-        python=str(spec.environment.python),
+        python=python,
         gpu_required=True,
         gpu_count=int(gpu.count),
         min_memory_gib=float(gpu.min_memory_gib or 0),
@@ -103,20 +109,28 @@ def _marker_holds(marker: str, env: dict[str, str]) -> bool:
 def preflight(
     spec: Spec | Requirements, lock: LockLike, facts: HostFacts, data: CompatData,
 ) -> HostVerdict:
-    """Every check for one host; `spec` is a Spec or already `Requirements`."""
+    """Every check for one host; `spec` is a Spec or already `Requirements`; `lock` is the
+    lock, or the `ImageInfo` of an image environment."""
     req = spec if isinstance(spec, Requirements) else requirements_from_spec(spec)
+    image = lock if isinstance(lock, ImageInfo) else None
     versions = locked_versions(lock, facts)
-    ctx = Context(req, versions, facts, data, find_framework(versions, data))
+    declared = imagechecks.cuda_need(image) if image is not None else None
+    ctx = Context(req, versions, facts, data, find_framework(versions, data),
+                  declared_cuda=(declared,) if declared else ())
     checks: list[Check] = [
-        _python(req, facts),
-        _framework(ctx.framework, facts),
+        imagechecks.python_check(req, image) if image else _python(req, facts),
+        *([imagechecks.engine_check(req, facts)] if image else []),
+        _framework(ctx.framework, facts, image),
     ]
     for name, fn in GPU_CHECKS:
         if not req.gpu_required:
             checks.append(Check(name, Status.PASS, "skipped: gpu.required is false"))
-            continue
-        checks.append(fn(ctx))
-    checks.append(_disk(versions, facts, data))
+        else:
+            checks.append(fn(ctx))
+        if name == "cuda-driver" and image is not None:
+            checks.append(imagechecks.cuda_check(req, image, facts, data))
+    checks.append(imagechecks.disk_check(image, facts) if image else
+                  _disk(versions, facts, data))
     return HostVerdict(facts.host, tuple(checks))
 
 
@@ -128,18 +142,21 @@ def _python(req: Requirements, facts: HostFacts) -> Check:
                  f"({facts.python_executable}); the spec's environment.python is {req.python}")
 
 
-def _framework(fw: Framework, facts: HostFacts) -> Check:
+def _framework(fw: Framework, facts: HostFacts, image: ImageInfo | None = None) -> Check:
     if fw.package is None:
-        return Check("framework", Status.PASS, "no TensorFlow in the lock")
+        return Check("framework", Status.PASS,
+                     "no TensorFlow in the image" if image else "no TensorFlow in the lock")
     label = f"{fw.package} {fw.version}"
+    python = facts.python_version if image is None else (image.python or "")
     if fw.build is None:
         return Check("framework", Status.WARN, f"{label} is not in the compatibility data "
                      "(orchestrator/data/compat.json): its Python, CUDA and compute capability "
                      "needs cannot be checked")
     b = fw.build
-    if not b.supports_python(facts.python_version):
+    if python and not b.supports_python(python):
+        where = "host python3" if image is None else "the image's Python"
         return Check("framework", Status.FAIL, f"{label} supports Python {b.python_min}-"
-                     f"{b.python_max}; host python3 is {facts.python_version}")
+                     f"{b.python_max}; {where} is {python}")
     row = "" if b.version == fw.version else f" (data of {b.version})"
     return Check("framework", Status.PASS, f"{label}{row}: Python {b.python_min}-{b.python_max}, "
                  f"built with CUDA {b.cuda}, cuDNN {b.cudnn}, kernels for compute capability "

@@ -100,6 +100,9 @@ class Manifest(BaseModel):
     # restarts and checks it with these, as they were when it last passed. None: a manifest
     # written before this was recorded (the rolling-back deployment's own are used).
     service: dict[str, Any] | None = None
+    # An image release's image (image_id, archive_sha256, engine, engine_version): what
+    # re-verification and a rollback start again. None for a venv release.
+    image: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object written on the host (hostops `write-manifest`)."""

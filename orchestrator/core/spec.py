@@ -22,10 +22,9 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -36,9 +35,27 @@ from pydantic import (
 )
 
 from orchestrator.core.hashing import hash_path
-from orchestrator.core.inventory import NAME_PATTERN
-from orchestrator.core.inventory import PATTERN_HINTS as INVENTORY_HINTS
 from orchestrator.core.spec_gpu import GpuHealth
+from orchestrator.core.specfields import (
+    _CC,
+    _PYTHON,
+    _SIGNATURE,
+    _UNITS,
+    _URL,
+    METHOD_PATTERN,
+    PATTERN_HINTS,
+    Command,
+    Duration,
+    Name,
+    RelPath,
+    Sha256,
+    Target,
+    _d,
+    _f,
+    _i,
+    _no_dotdot,
+    _Strict,
+)
 from orchestrator.core.yamlio import (
     DEFAULT_MAX_BYTES,
     YamlDocument,
@@ -58,71 +75,6 @@ if TYPE_CHECKING:
 else:  # a Literal of the registry's names: the schema's enum and pydantic's error list them
     FormatName = Literal[FORMATS]
 
-# Relative, no leading "-" or "/", no spaces or shell metacharacters; ".." is refused below.
-_RELPATH = r"^[A-Za-z0-9_.+@][A-Za-z0-9_.+@/-]{0,1023}$"
-_SHA256 = r"^[0-9a-f]{64}$"
-_SELECTOR = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}=[A-Za-z0-9_.-]{0,63}"
-_TARGET = rf"^(?:[a-z0-9][a-z0-9-]{{0,62}}|{_SELECTOR}(?:,{_SELECTOR})*)$"
-# A command run by the host's shell, on purpose: one line, no control characters.
-_COMMAND = r"^[^\x00-\x1f\x7f]{1,4096}$"
-_DURATION = r"^[0-9]{1,6}[smhd]$"
-_PYTHON = r"^3\.[0-9]{1,2}$"
-_CC = r"^[0-9]{1,2}\.[0-9]$"
-_SIGNATURE = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
-#: A public method of the unpickled object, or `__call__` for a model that is a callable.
-METHOD_PATTERN = r"^(__call__|[a-z][a-z0-9_]{0,63})$"
-_URL = r"^https?://[^\s\x00-\x1f]{1,2000}$"
-
-# What each pattern means, in the words error messages use.
-PATTERN_HINTS = {
-    NAME_PATTERN: INVENTORY_HINTS[NAME_PATTERN],
-    _RELPATH: "a relative path of letters, digits and _ . + @ / - (no spaces, no shell "
-              "characters, not starting with / or -)",
-    _SHA256: "64 lowercase hex digits (`orchestrator hash PATH`)",
-    _TARGET: "a host or group name (lowercase letters, digits, '-') or a label selector "
-             "key=value[,key=value]",
-    _COMMAND: "one line without control characters",
-    _DURATION: "a number and a unit s, m, h or d (e.g. 6h)",
-    _PYTHON: 'a Python major.minor such as "3.11"',
-    _CC: 'a compute capability major.minor such as "7.0"',
-    _SIGNATURE: "an identifier (letters, digits, _)",
-    _URL: "an http:// or https:// URL",
-}
-
-Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
-RelPath = Annotated[str, StringConstraints(pattern=_RELPATH)]
-Sha256 = Annotated[str, StringConstraints(pattern=_SHA256)]
-Target = Annotated[str, StringConstraints(pattern=_TARGET)]
-Command = Annotated[str, StringConstraints(pattern=_COMMAND)]
-Duration = Annotated[str, StringConstraints(pattern=_DURATION)]
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _f(default: float | None, lo: float, hi: float, doc: str, *, gt: bool = False) -> Any:
-    """A finite float field bounded to [lo, hi] (or (lo, hi] with gt)."""
-    if gt:
-        return Field(default, gt=lo, le=hi, allow_inf_nan=False, description=doc)
-    return Field(default, ge=lo, le=hi, allow_inf_nan=False, description=doc)
-
-
-def _d(default: object, doc: str) -> Any:
-    return Field(default, description=doc)
-
-
-def _i(default: int | None, lo: int, hi: int, doc: str) -> Any:
-    return Field(default, ge=lo, le=hi, description=doc)
-
-
-def _no_dotdot(value: str | None) -> str | None:
-    if value is not None and ".." in value.split("/"):
-        raise ValueError("must not contain '..'")
-    return value
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
 
 class ModelSection(_Strict):
     """The model to deploy and the hash it must have."""
@@ -134,17 +86,40 @@ class ModelSection(_Strict):
     _check_path = field_validator("path")(_no_dotdot)
 
 
-class Environment(_Strict):
-    """The Python environment the model runs in: built on each host from the lock file."""
+class ImageArchive(_Strict):
+    """An OCI image shipped as an archive file and named by its sha256."""
 
-    python: Annotated[str, StringConstraints(pattern=_PYTHON)] = Field(
-        description='Python major.minor the host must have, quoted: "3.11".')
-    requirements: RelPath = Field(
-        description="Hash-pinned lock file (requirements.lock or pylock.toml), relative to the "
-                    "spec file.")
+    archive: RelPath = _d(..., "`docker save` / `podman save` output (docker-archive or "
+                               "oci-archive), relative to the spec file.")
+    sha256: Sha256 = _d(..., "sha256 of the archive file (`orchestrator hash PATH`).")
+    _check_path = field_validator("archive")(_no_dotdot)
+
+
+class Environment(_Strict):
+    """What the model runs in: a venv built on each host from the lock file (`requirements`),
+    or an OCI image run by the host's Docker or Podman (`image`); exactly one of the two."""
+
+    python: Annotated[str, StringConstraints(pattern=_PYTHON)] | None = _d(
+        None, 'Python major.minor, quoted: "3.11"; with requirements (required) the host\'s, '
+              'with image (optional) the image\'s.')
+    requirements: RelPath | None = _d(None, "Hash-pinned lock file (requirements.lock or "
+                                            "pylock.toml), relative to the spec file.")
     wheelhouse: RelPath | None = _d(None, "Folder of the locked wheels, relative to the spec "
                                           "file; if absent, the daemon downloads them once.")
+    image: ImageArchive | None = _d(None, "OCI image archive the model runs in (mounted "
+                                          "read-only).")
     _check_paths = field_validator("requirements", "wheelhouse")(_no_dotdot)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Environment:
+        if (self.requirements is None) == (self.image is None):
+            raise ValueError("give exactly one of requirements (a venv) and image (an OCI "
+                             "image archive)")
+        if self.image is not None and self.wheelhouse is not None:
+            raise ValueError("wheelhouse goes with requirements, not with image")
+        if self.requirements is not None and self.python is None:
+            raise ValueError("python is required with requirements")
+        return self
 
 
 class GpuSection(_Strict):
@@ -262,9 +237,10 @@ class SpecPaths:
 
     dir: Path
     model: Path
-    requirements: Path
+    requirements: Path | None  # None for an image environment
     golden: Path
     wheelhouse: Path | None
+    image: Path | None = None  # the image archive, for an image environment
 
 
 class Spec(_Strict):
@@ -366,22 +342,26 @@ def spec_from_document(doc: YamlDocument) -> Spec:
 def _resolve_paths(doc: YamlDocument, spec: Spec, spec_dir: Path) -> SpecPaths:
     root = spec_dir.resolve()
 
-    def inside(field: tuple[str, str], rel: str) -> Path:
+    def inside(field: tuple[str, ...], rel: str) -> Path:
         resolved = (root / rel).resolve()
         if not resolved.is_relative_to(root):
             raise doc.error(field, f"{rel!r} resolves to {resolved}, outside the spec's folder "
                                    f"{root}")
         return resolved
 
-    wheelhouse = spec.environment.wheelhouse
+    env = spec.environment
     return SpecPaths(
         dir=root,
         model=inside(("model", "path"), spec.model.path),
-        requirements=inside(("environment", "requirements"), spec.environment.requirements),
+        requirements=(inside(("environment", "requirements"), env.requirements)
+                      if env.requirements else None),
         golden=inside(("verify", "golden"), spec.verify.golden),
-        wheelhouse=inside(("environment", "wheelhouse"), wheelhouse) if wheelhouse else None,
+        wheelhouse=inside(("environment", "wheelhouse"), env.wheelhouse) if env.wheelhouse
+        else None,
+        image=inside(("environment", "image", "archive"), env.image.archive) if env.image
+        else None,
     )
 
 
-__all__ = ["API_VERSION", "FORMATS", "Spec", "SpecError", "SpecPaths", "check_model_hash",
-           "duration_seconds", "load_spec"]
+__all__ = ["API_VERSION", "FORMATS", "METHOD_PATTERN", "Spec", "SpecError", "SpecPaths",
+           "check_model_hash", "duration_seconds", "load_spec"]

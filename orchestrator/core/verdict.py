@@ -61,7 +61,7 @@ class HostVerdict:
 class Requirements:
     """What a spec asks of a host, as plain values; `requirements_from_spec` builds it."""
 
-    python: str  # "3.11"
+    python: str | None  # "3.11"; None: an image spec that names none
     gpu_required: bool = False
     gpu_count: int = 1
     min_memory_gib: float = 0.0
@@ -101,6 +101,8 @@ class Context:
     facts: HostFacts
     data: CompatData
     framework: Framework
+    # CUDA the environment declares beside its packages (an image's CUDA_VERSION)
+    declared_cuda: tuple[CudaNeed, ...] = ()
 
 
 def find_framework(versions: dict[str, str], data: CompatData) -> Framework:

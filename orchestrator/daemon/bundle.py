@@ -25,9 +25,9 @@ from orchestrator.errors import InvalidInput, SpecError
 SPEC_NAME = "spec.yaml"
 APP_NAME = NAME_RE  # the one name pattern (orchestrator.core.hashing)
 # Where a spec names files to ship (DESIGN.md "Spec"); all relative to the spec file.
-FILE_FIELDS: tuple[tuple[str, str], ...] = (
+FILE_FIELDS: tuple[tuple[str, ...], ...] = (
     ("model", "path"), ("environment", "requirements"), ("environment", "wheelhouse"),
-    ("verify", "golden"),
+    ("environment", "image", "archive"), ("verify", "golden"),
 )
 
 
@@ -51,14 +51,15 @@ def spec_files(spec_path: Path, data: bytes | None = None) -> list[PurePosixPath
     doc = parse_yaml(data, str(spec_path))
     data_ = doc.data if isinstance(doc.data, dict) else {}
     out: list[PurePosixPath] = []
-    for section, key in FILE_FIELDS:
-        value = data_.get(section, {}).get(key) if isinstance(data_.get(section), dict) \
-            else None
+    for field in FILE_FIELDS:
+        value: object = data_
+        for key in field:
+            value = value.get(key) if isinstance(value, dict) else None
         if isinstance(value, str) and value:
             rel = PurePosixPath(value)
             if rel.is_absolute() or ".." in rel.parts:
                 raise SpecError("must be a path inside the spec's directory", file=str(spec_path),
-                                line=doc.line_of((section, key)), field=f"{section}.{key}")
+                                line=doc.line_of(field), field=".".join(field))
             out.append(rel)
     return out
 

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.compat import load_compat
+from orchestrator.core.envinputs import load_environment
 from orchestrator.core.ids import new_deployment_id
 from orchestrator.core.inventory import Host
-from orchestrator.core.lockfile import Lock, load_lock
+from orchestrator.core.lockfile import Lock
+from orchestrator.core.ociimage import ImageInfo
 from orchestrator.core.spec import Spec, check_model_hash
 from orchestrator.deploy.deadline import RECOVERY_TIMEOUT_S, Deadline
 from orchestrator.deploy.inputs import DeployInputs, new_inputs_release_id
@@ -60,7 +62,7 @@ class DeployResult:
 
 def prepare(spec: Spec, *, deployment: str | None = None, installer: str = "uv",
             release_id: str | None = None, wheel_cache: Path | None = None,
-            lock: Lock | None = None, compile_bytecode: bool = False,
+            lock: Lock | ImageInfo | None = None, compile_bytecode: bool = False,
             check_model: bool = False, index: PackageIndex | None = None) -> DeployInputs:
     """Everything resolved once on the controller; nothing touches a host here. Without a
     `deployment`, a new id from the one generator (orchestrator/core/ids.py).
@@ -73,7 +75,7 @@ def prepare(spec: Spec, *, deployment: str | None = None, installer: str = "uv",
     at submission (daemon/bundle.py `validate`)."""
     if check_model:
         check_model_hash(spec)
-    lock = lock or load_lock(spec.paths.requirements)
+    lock = lock or load_environment(spec)
     return DeployInputs(
         deployment=deployment or new_deployment_id(),
         spec=spec,

@@ -14,6 +14,7 @@ from orchestrator.core import release as rel
 from orchestrator.core.compat import CompatData
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.lockfile import Lock
+from orchestrator.core.ociimage import ImageInfo
 from orchestrator.core.spec import Spec
 from orchestrator.deploy.wheelcache import Wheel
 
@@ -28,7 +29,7 @@ class DeployInputs:
 
     deployment: str
     spec: Spec
-    lock: Lock
+    lock: Lock | ImageInfo  # the lock of a venv, or what the image archive says (envinputs)
     release_id: str
     wheels_for: WheelResolver
     compat: CompatData

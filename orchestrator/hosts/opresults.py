@@ -42,6 +42,9 @@ class OpKind(enum.StrEnum):
     NO_ROLLBACK_TARGET = "no-rollback-target"
     NO_CURRENT = "no-current"        # audit: the app has no current release
     BAD_MANIFEST = "bad-manifest"    # audit: the current release's manifest is unreadable
+    ENGINE_FAILED = "engine-failed"  # image ops: docker/podman refused or failed
+    IMAGE_MISMATCH = "image-mismatch"  # the loaded archive is not the image the spec names
+    NOT_UPLOADED = "not-uploaded"    # image-ensure: the archive to load is not on the host
     OS_ERROR = "os-error"
     INTERNAL = "internal"
     UNKNOWN = "unknown"
@@ -86,6 +89,19 @@ class VenvResult:
     freeze: tuple[str, ...]
     durations: Mapping[str, float]  # venv/install/check seconds; empty when reused
     waited_s: float              # time spent waiting for another builder of the same env
+
+
+@dataclass(frozen=True)
+class ImagePresence:
+    present: bool       # the host's engine has the image (by id)
+    upload_path: str    # where the archive goes when it has not
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    image_id: str       # sha256:<config digest>, as the engine names it
+    reused: bool        # the engine had it: nothing was shipped or loaded
+    launcher: str       # the staged release's `python`: python3 inside the image
 
 
 @dataclass(frozen=True)
@@ -227,6 +243,14 @@ def venv_result(r: Mapping[str, Any]) -> VenvResult:
     return VenvResult(text(r, "env_hash"), text(r, "path"), flag(r, "reused"),
                       text(r, "installer"), opt_text(r, "fallback_reason"), texts(r, "freeze"),
                       dict(durations), number(r, "waited_s"))
+
+
+def image_presence(r: Mapping[str, Any]) -> ImagePresence:
+    return ImagePresence(flag(r, "present"), text(r, "upload_path"))
+
+
+def image_result(r: Mapping[str, Any]) -> ImageResult:
+    return ImageResult(text(r, "image_id"), flag(r, "reused"), text(r, "launcher"))
 
 
 def release_infos(r: Mapping[str, Any]) -> list[ReleaseInfo]:

@@ -29,6 +29,8 @@ from orchestrator.core.release import Manifest
 from orchestrator.hosts import layout
 from orchestrator.hosts.opresults import (
     AppState,
+    ImagePresence,
+    ImageResult,
     LockHeld,
     PruneResult,
     ReleaseInfo,
@@ -36,6 +38,8 @@ from orchestrator.hosts.opresults import (
     SwitchResult,
     VenvResult,
     app_state,
+    image_presence,
+    image_result,
     lock_held,
     prune_result,
     release_infos,
@@ -59,6 +63,8 @@ class Op(enum.StrEnum):
     WHEELS_MISSING = "wheels-missing"
     WHEELS_VERIFY = "wheels-verify"
     VENV_ENSURE = "venv-ensure"
+    IMAGE_PRESENT = "image-present"
+    IMAGE_ENSURE = "image-ensure"
     SWITCH = "switch"
     ROLLBACK = "rollback"
     MARK_BAD = "mark-bad"
@@ -178,6 +184,22 @@ def venv_ensure(env_hash: str, lock_path: str, wheels: Mapping[str, str], *,
     if app is not None:
         args.update(app=app, release_id=release_id)
     return OpCall(Op.VENV_ENSURE, args, venv_result)
+
+
+def image_present(image_id: str, archive_sha256: str, *,
+                  engine: str) -> OpCall[ImagePresence]:
+    """Whether the host's engine has the image, and where its archive would be uploaded."""
+    return OpCall(Op.IMAGE_PRESENT, {"image_id": image_id, "archive_sha256": archive_sha256,
+                                     "engine": engine}, image_presence)
+
+
+def image_ensure(app: str, release_id: str, image_id: str, archive_sha256: str, *,
+                 engine: str, gpu: str | None, wait_s: float) -> OpCall[ImageResult]:
+    """Load the uploaded archive unless the engine has the image (sha256 checked first), and
+    write the staged release's launcher (remote/hostops_image.py)."""
+    return OpCall(Op.IMAGE_ENSURE, {**_release(app, release_id), "image_id": image_id,
+                                    "archive_sha256": archive_sha256, "engine": engine,
+                                    "gpu": gpu, "wait_s": wait_s}, image_result)
 
 
 # -- switch, rollback, views ------------------------------------------------------------------

@@ -7,7 +7,8 @@ the inventory (DESIGN.md format plus the `ssh:` block), known_hosts, and state.j
     DIR/id_ed25519(.pub)     the client key (no passphrase, 0600); DIR/authorized_keys
     DIR/hosts/<name>/        sshd_config, sshd.log, sshd.pid, ssh_host_ed25519_key(.pub),
                              profile.json, lib/ (LD_LIBRARY_PATH), root/ (deploy_root),
-                             home/ ($HOME of sessions there)
+                             home/ ($HOME of sessions there), containers/ (the host's own
+                             Podman configuration and image storage)
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ class TestbedHost:
     def home(self) -> Path:
         """$HOME of sessions on this host (sshd SetEnv), not the real user's home."""
         return self.host_dir / "home"
+
+    @property
+    def containers_dir(self) -> Path:
+        """This host's Podman: containers.conf, storage.conf (sshd SetEnv) and the storage
+        they name, so that hosts sharing this machine's podman do not see each other's
+        images."""
+        return self.host_dir / "containers"
 
     @property
     def profile_path(self) -> Path:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.compat import load_compat
+from orchestrator.core.envinputs import load_environment
 from orchestrator.core.inventory import load_inventory
-from orchestrator.core.lockfile import load_lock
 from orchestrator.core.spec import load_spec
 from orchestrator.core.terminal import safe
 from orchestrator.deploy.plan import build_plan, render_text
@@ -55,7 +55,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
-    lock = load_lock(spec.paths.requirements)
+    lock = load_environment(spec)
     inventory = load_inventory(_inventory_path(args.inventory))
     hosts = inventory.resolve(spec.targets)
     data = load_compat()

@@ -20,11 +20,12 @@ import sys
 import zipfile
 from typing import Any
 
+from orchestrator.core.envinputs import load_image
 from orchestrator.core.inventory import load_inventory
 from orchestrator.core.lockfile import Lock, check_wheelhouse, lint_lock
 from orchestrator.core.spec import Spec, check_model_hash, load_spec
 from orchestrator.core.terminal import safe
-from orchestrator.errors import EXIT_INVALID, EXIT_OK, SpecError
+from orchestrator.errors import EXIT_INVALID, EXIT_OK, InvalidInput, SpecError
 from orchestrator.hosts.remote import formats
 
 MAX_GOLDEN_MEMBERS = 10_000
@@ -60,7 +61,13 @@ def check_references(spec: Spec) -> tuple[list[SpecError], Lock | None]:
     """Every problem with the files `spec` names, and the lock when it lints clean."""
     errors = _check_model(spec)
     lock_path, lock = spec.paths.requirements, None
-    if not lock_path.is_file():
+    if lock_path is None:  # an image environment: its archive, hashed then read
+        try:
+            load_image(spec)
+        except InvalidInput as exc:  # a SpecError at the sha256, or an unreadable archive
+            errors.append(exc if isinstance(exc, SpecError) else spec.error(
+                ("environment", "image", "archive"), str(exc)))
+    elif not lock_path.is_file():
         errors.append(spec.error(("environment", "requirements"),
                                  f"{lock_path} does not exist or is not a file"))
     else:
@@ -132,6 +139,8 @@ def _check_targets(spec: Spec, inventory_path: str) -> list[SpecError]:
 def _summary(spec: Spec, lock: Lock | None) -> str:
     packages = len(lock.packages) if lock else 0
     gpu = f"{spec.gpu.count} GPU(s)" if spec.gpu.required else "CPU"
+    image = spec.environment.image
+    env = (f"image {image.archive} {image.sha256[:12]}" if image else
+           f"{packages} locked packages, python {spec.environment.python}")
     return (f"{spec.file}: valid: {spec.name}, {spec.model.format} model "
-            f"{spec.model.sha256[:12]}, {packages} locked packages, python "
-            f"{spec.environment.python}, {gpu}, {len(spec.targets)} target(s)")
+            f"{spec.model.sha256[:12]}, {env}, {gpu}, {len(spec.targets)} target(s)")

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.compat import CompatData, load_compat
+from orchestrator.core.envinputs import load_environment
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.inventory import Host, Inventory, load_inventory
-from orchestrator.core.lockfile import load_lock
 from orchestrator.core.preflight import preflight
 from orchestrator.core.spec import Spec
 from orchestrator.core.states import DeploymentState, HostStepState
@@ -69,13 +69,13 @@ class ProbeRunner:
     def check(self, spec: Spec) -> None:
         """At submission: every target resolves in the inventory and the lock file is valid."""
         self._inventory().resolve(targets_of(spec))
-        load_lock(spec.paths.requirements)
+        load_environment(spec)
 
     def run(self, deployment_id: str, bundle_dir: Path, spec: Spec, sink: RunSink,
             cancel_event: threading.Event) -> DeploymentOutcome:
         inventory = self._inventory()
         hosts = inventory.resolve(targets_of(spec))
-        lock = load_lock(spec.paths.requirements)
+        lock = load_environment(spec)
         compat = self._compat = self._compat or load_compat()
         parallel = min(self.config.max_ssh_sessions, int(spec.rollout.max_parallel))
         pool = self._pool(inventory)

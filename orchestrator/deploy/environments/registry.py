@@ -13,12 +13,14 @@ from types import MappingProxyType
 
 from orchestrator.core.spec import Spec
 from orchestrator.deploy.environments.base import EnvironmentKind
+from orchestrator.deploy.environments.image import ImageKind
 from orchestrator.deploy.environments.venv import VenvKind
 from orchestrator.errors import InvalidInput
 
 #: In the order `environment_for` asks them; spelled out so mypy checks each against the
 #: protocol.
 KINDS: tuple[EnvironmentKind, ...] = (
+    ImageKind(),
     VenvKind(),
 )
 #: name -> kind (`BuiltEnvironment.kind` names one).

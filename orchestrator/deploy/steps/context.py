@@ -15,6 +15,7 @@ from typing import Any
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.inventory import Host
 from orchestrator.core.lockfile import Lock
+from orchestrator.core.ociimage import ImageInfo
 from orchestrator.core.preflight import HostVerdict, LockLike
 from orchestrator.core.spec import Service, Spec
 from orchestrator.deploy.environments.base import BuiltEnvironment
@@ -58,7 +59,7 @@ class HostContext:
         return self.inputs.spec
 
     @property
-    def lock(self) -> Lock:
+    def lock(self) -> Lock | ImageInfo:
         return self.inputs.lock
 
     @property

@@ -68,10 +68,11 @@ def _stage_in_one_call(ctx: HostContext, small: SmallModel, shas: list[str],
     begin = ops.stage_begin(app, rid, deployment=ctx.inputs.deployment)
     verify = ops.verify_model(app, rid, spec.model.sha256, path=small.verify_path)
     missing = ops.wheels_missing(shas)
-    lock = ops.write_file(app, rid, layout.LOCK_FILE, spec.paths.requirements.read_bytes())
+    # The lock first, as by SFTP (an image release has none: the image brings its packages).
+    lock = [] if spec.paths.requirements is None else \
+        [ops.write_file(app, rid, layout.LOCK_FILE, spec.paths.requirements.read_bytes())]
     try:
-        replies = ctx.ops.batch([begin, lock, *small.write_calls(app, rid),  # the lock first,
-                                 verify, missing],                            # as by SFTP
+        replies = ctx.ops.batch([begin, *lock, *small.write_calls(app, rid), verify, missing],
                                 timeout=deadline.timeout())
     except HostOpFailed as exc:
         if exc.op == ops.Op.STAGE_BEGIN:  # refused (busy): nothing of ours was staged
@@ -89,14 +90,16 @@ def _stage_by_sftp(ctx: HostContext, shas: list[str],
                    deadline: Deadline) -> tuple[dict[str, Any], tuple[str, ...] | None]:
     spec, app, rid = ctx.spec, ctx.app_name, ctx.release_id
     staged = ctx.ops.stage_begin(app, rid, deployment=ctx.inputs.deployment,
-                                 lock_sha256=hash_file(spec.paths.requirements),
+                                 lock_sha256=None if spec.paths.requirements is None
+                                 else hash_file(spec.paths.requirements),
                                  timeout=deadline.timeout())
     ctx.staged, ctx.release_path = staged, staged.path
     details: dict[str, Any] = {"release_id": rid, "resumed": staged.resumed}
     if staged.state == "committed":
         return details, None
     # The lock first: prune's wheel GC keeps what some release's lock lists.
-    if not staged.lock_present:  # else the host copied it from a release that had it
+    if not staged.lock_present and spec.paths.requirements is not None:
+        # else the host copied it from a release that had it (or an image release has none)
         ctx.transport.put(spec.paths.requirements, staged.lock_path, 0o644)
     rel_model = ctx.ops.upload_model(spec.paths.model, staged, timeout=deadline.timeout())
     verify = ops.verify_model(app, rid, spec.model.sha256, path=rel_model)

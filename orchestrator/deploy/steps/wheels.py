@@ -14,8 +14,10 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from orchestrator.core.envinputs import lock_path
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.lockfile import Lock
+from orchestrator.core.ociimage import ImageInfo
 from orchestrator.core.spec import Spec
 from orchestrator.deploy.environments.registry import environment_for
 from orchestrator.deploy.inputs import WheelResolver
@@ -31,14 +33,14 @@ def default_cache_dir() -> Path:
     return user_dir("CACHE", "wheelcache", override="ORCHESTRATOR_WHEEL_CACHE")
 
 
-def wheel_resolver(spec: Spec, lock: Lock, cache_dir: Path | None = None,
+def wheel_resolver(spec: Spec, lock: Lock | ImageInfo, cache_dir: Path | None = None,
                    index: PackageIndex | None = None) -> WheelResolver:
     wheelhouse: Path | None = spec.paths.wheelhouse
-    requirements: Path = spec.paths.requirements
     memo: dict[tuple[str, str, str], Mapping[str, Wheel]] = {}
     guard = threading.Lock()
     if not environment_for(spec).ships_wheels:
         return lambda facts, remaining: {}
+    requirements: Path = lock_path(spec)
 
     def resolve(facts: HostFacts, remaining: Callable[[], float]) -> Mapping[str, Wheel]:
         libc = facts.os.get("libc", "")

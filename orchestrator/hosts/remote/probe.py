@@ -35,6 +35,7 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 import hostlayout  # noqa: E402
+import probe_engine  # noqa: E402
 import probe_gpu  # noqa: E402
 
 SCHEMA = 1
@@ -248,6 +249,7 @@ def collect(deploy_root: str) -> dict[str, Any]:
         "libraries": library_facts(),
         "releases": release_facts(deploy_root),
         "xid": probe_gpu.xid_facts(XID_WINDOW_S),
+        "engines": probe_engine.engines(),
     }
 
 

@@ -1,0 +1,119 @@
+"""`orchestrator image build`: the image a venv spec's lock makes on an operator's base image,
+as an archive the image environment (`environment.image`) deploys.
+
+    build_image(spec, base_archive, out, engine=["podman"])
+
+The base image archive (Debian/Ubuntu with python3 and python3-venv: the spec's
+`environment.python`) is loaded into the engine; a container of it, without network, gets the
+lock's wheels (from the spec's wheelhouse, or the daemon's wheel cache, hashes checked) and the
+lock mounted read-only, makes the venv /opt/venv and installs the lock into it with pip
+`--require-hashes --no-index`; the container is committed with /opt/venv/bin first on PATH
+(so `python3` is the venv's) and saved as a docker-archive at `out`, whose sha256 is
+returned for the spec. The model stays outside the image: the image environment mounts it.
+Nothing is pulled from a registry.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from orchestrator.core.envinputs import lock_path
+from orchestrator.core.hashing import hash_file
+from orchestrator.core.spec import Spec
+from orchestrator.deploy.wheelcache import Wheel, WheelCache, from_wheelhouse, platform_tags
+from orchestrator.errors import InvalidInput
+
+VENV = "/opt/venv"
+PATH = f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+TIMEOUT_S = 1800
+
+
+class ImageBuildFailed(InvalidInput):
+    """The engine refused a step of the build (exit 2: the inputs or the engine's setup)."""
+
+
+def build_image(spec: Spec, base_archive: Path, out: Path, *, engine: Sequence[str],
+                wheel_cache: Path | None = None, env: Mapping[str, str] | None = None,
+                libc: str = "glibc 2.36", machine: str = "x86_64") -> str:
+    """Build, save to `out`, return the archive's sha256 (module docstring)."""
+    lock = lock_path(spec)
+    python = spec.environment.python
+    if python is None:
+        raise InvalidInput(f"{spec.file}: environment.python is needed to pick the wheels")
+    if spec.paths.wheelhouse is not None:
+        wheels = from_wheelhouse(lock, spec.paths.wheelhouse, python_version=python,
+                                 machine=machine)
+    else:
+        from orchestrator.deploy.steps.wheels import default_cache_dir
+
+        wheels = WheelCache(wheel_cache or default_cache_dir()).fill(
+            lock, python, platform_tags(machine, libc), machine=machine)
+    tag = f"localhost/orchestrator-build:{uuid.uuid4().hex[:12]}"
+    name = f"orchestrator-build-{uuid.uuid4().hex[:12]}"
+    run = _Runner(engine, env)
+    with tempfile.TemporaryDirectory(prefix="orchestrator-image-") as tmp:
+        wheel_dir = _named_wheels(Path(tmp) / "wheels", wheels)
+        base_id = _loaded_id(run.out("load", "-i", str(base_archive)))
+        try:
+            run.out("run", "--name", name, "--network=none",
+                    "-v", f"{wheel_dir}:/wheels:ro", "-v", f"{lock.resolve()}:/lock.txt:ro",
+                    base_id, "sh", "-c",
+                    f"python3 -m venv {VENV} && {VENV}/bin/pip install --no-index "
+                    "--no-cache-dir --disable-pip-version-check --require-hashes "
+                    "--find-links /wheels -r /lock.txt")
+            run.out("commit", "--change", f"ENV PATH={PATH}", "--change",
+                    f"LABEL org.orchestrator.lock-sha256={hash_file(lock)}", name, tag)
+            part = out.with_name(out.name + ".part")
+            run.out("save", "-o", str(part), tag)
+            part.replace(out)
+        finally:
+            run.quiet("rm", "-f", name)
+            run.quiet("rmi", "-f", tag)
+    return hash_file(out)
+
+
+def _named_wheels(directory: Path, wheels: Mapping[str, Wheel]) -> Path:
+    """pip finds wheels by file name: the cache keeps them by sha256, so link them by name."""
+    directory.mkdir(parents=True)
+    for wheel in wheels.values():
+        shutil.copyfile(wheel.path, directory / wheel.filename)
+    return directory
+
+
+def _loaded_id(output: str) -> str:
+    """The image `load` printed ("Loaded image: NAME" or "Loaded image(s): sha256:ID")."""
+    for line in reversed(output.strip().splitlines()):
+        if line.startswith("Loaded image"):
+            return line.split(":", 1)[1].strip().split(",")[0]
+    raise ImageBuildFailed(f"the engine loaded the base image but did not name it: {output!r}")
+
+
+class _Runner:
+    def __init__(self, engine: Sequence[str], env: Mapping[str, str] | None) -> None:
+        if not engine:
+            raise InvalidInput("no container engine command given")
+        self.engine, self.env = list(engine), None if env is None else dict(env)
+
+    def out(self, *args: str) -> str:
+        try:
+            done = subprocess.run([*self.engine, *args], capture_output=True, text=True,
+                                  env=self.env, timeout=TIMEOUT_S, check=False)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise ImageBuildFailed(f"{self.engine[0]} {args[0]}: {exc}") from exc
+        if done.returncode != 0:
+            tail = " | ".join(done.stderr.strip().splitlines()[-5:])
+            raise ImageBuildFailed(f"{self.engine[0]} {args[0]} exited {done.returncode}: "
+                                   f"{tail}")
+        return done.stdout
+
+    def quiet(self, *args: str) -> None:
+        subprocess.run([*self.engine, *args], capture_output=True, env=self.env,
+                       timeout=120, check=False)
+
+
+__all__ = ["ImageBuildFailed", "build_image"]

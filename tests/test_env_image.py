@@ -1,0 +1,170 @@
+"""The image environment on testbed hosts, with real Podman: a scikit-learn model deployed as
+an image built by `build_image` from the spec's hashed lock onto a debootstrap base image
+(tests/baseimage.py), verified by the same warmup runner inside the image; the archive
+shipped only to hosts whose engine lacks the image; a wrong-prediction image stopped on the
+canary; a tampered upload never loaded."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.core.hashing import hash_path
+from orchestrator.core.inventory import Inventory
+from orchestrator.core.spec import load_spec
+from orchestrator.deploy.batch import deploy, prepare
+from orchestrator.deploy.imagebuild import build_image
+from orchestrator.deploy.pipeline import HostStatus
+from orchestrator.hosts import ops
+from orchestrator.hosts.hostops import HostOpFailed, HostOps, OpKind
+from orchestrator.hosts.pool import Pool
+from orchestrator.hosts.ssh import SshOptions
+from orchestrator.testbed import Testbed
+from tests import baseimage
+from tests.podman import Podman
+from tests.specs import LOCK, VERIFY, WHEEL_CACHE, joblib_spec
+from tests.test_deploy import Sink
+
+HOSTS = ["tb-07", "tb-08"]  # h100 profiles; gpu.required false (the testbed has no toolkit)
+
+
+@pytest.fixture(scope="module")
+def pool(inventory: Inventory) -> Any:
+    with Pool(SshOptions.for_inventory(inventory)) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def sklearn_image(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Path:
+    why = baseimage.why_not()
+    if why:
+        pytest.skip(why)
+    base = baseimage.base_archive()
+    # Built once per (base image, lock) and kept: the build takes minutes on a busy machine.
+    key = hashlib.sha256(f"{base.name} {hash_path(LOCK)}".encode()).hexdigest()[:16]
+    out = baseimage.cache_dir() / f"sklearn-{key}.tar"
+    if out.is_file():
+        return out
+    tmp = tmp_path_factory.mktemp("build")
+    venv_spec = joblib_spec(tmp / "spec", "builder", models_dir / "model.joblib",
+                            models_dir / "golden.npz", ["tb-01"])
+    engine = Podman(tmp / "podman")
+    build_image(load_spec(venv_spec), base, tmp / "image.tar", wheel_cache=WHEEL_CACHE,
+                engine=["podman", "--root", str(engine.home / "root"), "--runroot",
+                        engine.runroot], env=engine.env)
+    engine.run("rmi", "-a", "-f")
+    os.replace(tmp / "image.tar", out)
+    return out
+
+
+def image_spec(folder: Path, app: str, model: Path, golden: Path, archive: Path, *,
+               hosts: list[str] = HOSTS, extra: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(model, folder / "model.joblib")
+    shutil.copy(golden, folder / "golden.npz")
+    os.link(archive, folder / "image.tar")  # inside the spec's folder, without a copy
+    spec = folder / "spec.yaml"
+    spec.write_text(
+        f"apiVersion: orchestrator/v1\nkind: Deployment\nname: {app}\n"
+        f"model: {{path: model.joblib, format: joblib, sha256: "
+        f"{hash_path(folder / 'model.joblib')}}}\n"
+        f'environment: {{python: "3.11", image: {{archive: image.tar, sha256: '
+        f"{hashlib.sha256(archive.read_bytes()).hexdigest()}}}}}\n"
+        f"targets: [{', '.join(hosts)}]\nrollout: {{canary: 1, batch_size: 2}}\n" + VERIFY
+        + extra)
+    return spec
+
+
+def manifest(inventory: Inventory, host: str, app: str) -> dict[str, Any]:
+    root = Path(inventory.hosts[host].deploy_root)
+    return dict(json.loads((root / app / "current" / "manifest.json").read_text()))
+
+
+def test_image_release_deploys_then_reuses_the_loaded_image(
+        sklearn_image: Path, models_dir: Path, tmp_path: Path, inventory: Inventory,
+        pool: Pool, testbed: Testbed) -> None:
+    spec = load_spec(image_spec(tmp_path / "v1", "img-app", models_dir / "model.joblib",
+                                models_dir / "golden.npz", sklearn_image))
+    result = deploy(prepare(spec, wheel_cache=WHEEL_CACHE), inventory.resolve(HOSTS),
+                    pool=pool, sink=Sink())
+    assert result.ok, {n: r.error for n, r in result.hosts.items()}
+    for host in HOSTS:
+        m = manifest(inventory, host, "img-app")
+        assert m["image"]["image_id"].startswith("sha256:") and m["image"]["engine"] == "podman"
+        assert m["platform"] == "linux-amd64" and m["python_version"] == "3.11"
+        assert "scikit_learn==1.9.1" in m["pip_freeze"], m["pip_freeze"]  # from its layers
+        assert (Path(inventory.hosts[host].deploy_root) / "img-app" / "current"
+                / "python").is_file()
+    # v2 of the model in the same image: the engines have it, nothing is shipped again
+    v2 = load_spec(image_spec(tmp_path / "v2", "img-app", models_dir / "changed.joblib",
+                              models_dir / "golden-v2.npz", sklearn_image))
+    again = deploy(prepare(v2, wheel_cache=WHEEL_CACHE), inventory.resolve(HOSTS),
+                   pool=pool, sink=Sink())
+    assert again.ok, {n: r.error for n, r in again.hosts.items()}
+    uploads = Path(inventory.hosts[HOSTS[0]].deploy_root) / ".orchestrator" / "images"
+    assert not any(p.suffix == ".part" for p in uploads.iterdir())  # deleted once loaded
+
+
+def test_wrong_predictions_stop_the_rollout_on_the_canary(
+        sklearn_image: Path, models_dir: Path, tmp_path: Path, inventory: Inventory,
+        pool: Pool) -> None:
+    spec = load_spec(image_spec(tmp_path / "bad", "img-bad", models_dir / "changed.joblib",
+                                models_dir / "golden.npz", sklearn_image))
+    result = deploy(prepare(spec, wheel_cache=WHEEL_CACHE), inventory.resolve(HOSTS),
+                    pool=pool, sink=Sink())
+    canary = result.hosts[HOSTS[0]]
+    assert canary.status is HostStatus.FAILED and canary.failed_step == "verify"
+    assert "golden" in (canary.error or "")
+    assert result.hosts[HOSTS[1]].status is not HostStatus.SUCCEEDED  # never started
+
+
+def test_three_hosts_health_failure_after_the_switch_rolls_back_to_the_previous_image(
+        sklearn_image: Path, models_dir: Path, tmp_path: Path, inventory: Inventory,
+        pool: Pool) -> None:
+    hosts = ["tb-01", *HOSTS]  # a canary, then a batch of two
+    v1 = load_spec(image_spec(tmp_path / "v1", "img-health", models_dir / "model.joblib",
+                              models_dir / "golden.npz", sklearn_image, hosts=hosts))
+    good = deploy(prepare(v1, wheel_cache=WHEEL_CACHE), inventory.resolve(hosts), pool=pool,
+                  sink=Sink())
+    assert good.ok, {n: r.error for n, r in good.hosts.items()}
+    # v2 passes verify in the image but its service never becomes healthy after the switch
+    unhealthy = "service: {health_command: 'test -e current/never', health_timeout_s: 2}\n"
+    v2 = load_spec(image_spec(tmp_path / "v2", "img-health", models_dir / "changed.joblib",
+                              models_dir / "golden-v2.npz", sklearn_image, hosts=hosts,
+                              extra=unhealthy))
+    bad = deploy(prepare(v2, wheel_cache=WHEEL_CACHE), inventory.resolve(hosts), pool=pool,
+                 sink=Sink())
+    canary = bad.hosts["tb-01"]
+    assert canary.status is HostStatus.ROLLED_BACK and canary.failed_step == "check"
+    assert all(bad.hosts[h].status is not HostStatus.SUCCEEDED for h in HOSTS)
+    for host in hosts:  # every host serves v1's release, in v1's image
+        root = Path(inventory.hosts[host].deploy_root) / "img-health"
+        assert (root / "current").resolve().name == good.release_id
+        assert manifest(inventory, host, "img-health")["image"]["image_id"].startswith("sha256:")
+
+
+def test_a_tampered_upload_is_deleted_and_never_loaded(
+        sklearn_image: Path, inventory: Inventory, pool: Pool) -> None:
+    host = inventory.hosts[HOSTS[1]]
+    sha = "0" * 64
+    with pool.session(host) as t:
+        hostops = HostOps(t, host.deploy_root)
+        presence = hostops.run(ops.image_present("sha256:" + "1" * 64, sha,
+                                                 engine="/usr/bin/podman"))
+        assert not presence.present
+        t.put(b"not the archive the spec names", presence.upload_path, 0o600)
+        hostops.run(ops.stage_begin("img-tamper", "20260101T000000Z-0000abcd",
+                                    deployment="d"))
+        with pytest.raises(HostOpFailed) as info:
+            hostops.run(ops.image_ensure("img-tamper", "20260101T000000Z-0000abcd",
+                                         "sha256:" + "1" * 64, sha, engine="/usr/bin/podman",
+                                         gpu=None, wait_s=10))
+        assert info.value.kind is OpKind.HASH_MISMATCH
+        assert not Path(presence.upload_path).exists()
+
