@@ -122,10 +122,24 @@ class Client:
         result: dict[str, Any] = self.request("POST", f"/v1/deployments/{_q(deployment)}/cancel")
         return result
 
-    def rollback(self, deployment: str | None = None, app: str | None = None) -> dict[str, Any]:
+    def rollback(self, deployment: str | None = None, app: str | None = None,
+                 to: str | None = None) -> dict[str, Any]:
         path = (f"/v1/deployments/{_q(deployment)}/rollback" if deployment
                 else f"/v1/apps/{_q(app or '')}/rollback")
-        result: dict[str, Any] = self.request("POST", path)
+        # Asks every host first (over SSH): longer than a plain request.
+        result: dict[str, Any] = self.request("POST", path, json={"to": to} if to else None,
+                                              timeout=300)
+        return result
+
+    def releases(self, app: str, hosts: list[str]) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/v1/apps/{_q(app)}/releases",
+                                              params={"host": hosts}, timeout=300)
+        return result
+
+    def unmark_bad(self, app: str, release_id: str, hosts: list[str]) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "POST", f"/v1/apps/{_q(app)}/releases/{_q(release_id)}/unmark-bad",
+            json={"hosts": hosts}, timeout=300)
         return result
 
     def control(self, deployment: str, action: str) -> dict[str, Any]:

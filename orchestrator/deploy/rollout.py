@@ -152,7 +152,12 @@ def rollout(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: Ev
         break
     if _must_undo(out, ro.on_failure):
         switched = [h for h in hosts if h.name in total.hosts and total.hosts[h.name].ok]
-        out.undone = undo(inputs, switched, pool=pool, sink=sink, max_parallel=max_parallel)
+        # An abort is a person's decision, not a verdict on the release: it is put back but
+        # not marked bad (a later deployment of it is not refused), only dropped from the
+        # rollback targets, since it never finished its rollout.
+        aborted = out.stopped is Stop.ABORTED
+        out.undone = undo(inputs, switched, pool=pool, sink=sink, max_parallel=max_parallel,
+                          mark_bad=not aborted, forget=aborted)
     return out
 
 
@@ -212,10 +217,12 @@ def exclude(excluded: Mapping[str, str], sink: EventSink) -> dict[str, HostResul
 
 
 def undo(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: EventSink,
-         max_parallel: int | None = None, mark_bad: bool = True) -> dict[str, Undone]:
+         max_parallel: int | None = None, mark_bad: bool = True, forget: bool = False,
+         to: str = "previous") -> dict[str, Undone]:
     """`undo_host` on each host through the pool; {host: rolled back, or why not}."""
-    results = pool.map_hosts(lambda t, h: undo_host(t, h, inputs, sink, mark_bad=mark_bad),
-                             list(hosts), parallel_of(inputs, max_parallel))
+    results = pool.map_hosts(
+        lambda t, h: undo_host(t, h, inputs, sink, mark_bad=mark_bad, forget=forget, to=to),
+        list(hosts), parallel_of(inputs, max_parallel))
     return {n: Undone() if isinstance(r, Settled) else Undone(str(r))
             for n, r in results.items()}
 

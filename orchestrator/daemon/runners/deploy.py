@@ -27,9 +27,11 @@ from orchestrator.daemon.runners.base import DeploymentOutcome, HostCheck, RunSi
 from orchestrator.daemon.runners.probe import ProbeRunner
 from orchestrator.deploy.batch import prepare
 from orchestrator.deploy.pipeline import EventSink
+from orchestrator.deploy.releases import app_releases, plan_rollback, unmark_bad
 from orchestrator.deploy.rollout import RolloutResult, Undone, rollout, undo, verdict
 from orchestrator.deploy.steps.recovery import Settled, recover_host, release_of
-from orchestrator.hosts.hostops import HostOps
+from orchestrator.errors import Conflict, HostError
+from orchestrator.hosts.hostops import HostOps, ReleaseInfo
 from orchestrator.hosts.pool import Pool
 
 D = DeploymentState
@@ -82,8 +84,35 @@ class DeployRunner:
                           cancel=cancel_event, excluded=excluded)
         return outcome_of(out)
 
+    def check_rollback(self, deployment_id: str, spec: Spec, to: str | None) -> None:
+        """Before a manual rollback changes anything: every host that serves the deployment's
+        release must have somewhere to go (its previous good release, or `to`). Conflict
+        (exit 2) naming each host that has not; nothing is changed or marked."""
+        inventory = self._inventory()
+        hosts = inventory.resolve(list(spec.targets))
+        with self._pool(inventory) as pool:
+            plan = plan_rollback(pool, hosts, str(spec.name), deployment_id, to)
+        if plan.problems:
+            raise Conflict(f"rollback of {deployment_id} refused, nothing changed: "
+                           + "; ".join(plan.problems))
+
+    def releases(self, app: str, names: list[str]) -> dict[str, list[ReleaseInfo] | HostError]:
+        """The app's releases on these hosts (names, groups or selectors; none: every host)."""
+        inventory = self._inventory()
+        hosts = inventory.resolve(names) if names else list(inventory.hosts.values())
+        with self._pool(inventory) as pool:
+            return app_releases(pool, hosts, app)
+
+    def unmark_bad(self, app: str, release_id: str,
+                   names: list[str]) -> dict[str, bool | HostError]:
+        """Clear the release's bad mark on these hosts (none: every host)."""
+        inventory = self._inventory()
+        hosts = inventory.resolve(names) if names else list(inventory.hosts.values())
+        with self._pool(inventory) as pool:
+            return unmark_bad(pool, hosts, app, release_id)
+
     def rollback(self, deployment_id: str, bundle_dir: Path, spec: Spec, sink: RunSink,
-                 cancel_event: threading.Event) -> DeploymentOutcome:
+                 cancel_event: threading.Event, to: str | None = None) -> DeploymentOutcome:
         inventory = self._inventory()
         hosts = inventory.resolve(list(spec.targets))
         inputs = prepare(spec, deployment=deployment_id)
@@ -96,12 +125,13 @@ class DeployRunner:
                     done[host.name] = None
                     continue
                 done.update(undo(replace(inputs, release_id=rid), [host], pool=pool,
-                                 sink=_events(sink), mark_bad=True))
+                                 sink=_events(sink), mark_bad=True, to=to or "previous"))
         states = {h: NOT_DEPLOYED if u is None else u.value for h, u in done.items()}
         failed = [u.value for u in done.values() if u is not None and not u.rolled_back]
         if failed:
             return DeploymentOutcome(D.FAILED, "; ".join(failed), states)
-        return DeploymentOutcome(D.ROLLED_BACK, "rolled back by request", states)
+        return DeploymentOutcome(D.ROLLED_BACK, "rolled back by request"
+                                 + (f" to {to}" if to else ""), states)
 
     def reconcile(self, deployment_id: str, bundle_dir: Path, spec: Spec, sink: RunSink,
                   record: Any) -> DeploymentOutcome:
