@@ -99,14 +99,15 @@ class Client:
         result: dict[str, Any] = self.request("GET", "/healthz")
         return result
 
-    def submit(self, spec: Path) -> dict[str, Any]:
-        """Pack the spec and its files (model, lock, golden, wheelhouse) and upload them."""
+    def submit(self, spec: Path, *, force: bool = False) -> dict[str, Any]:
+        """Pack the spec and its files (model, lock, golden, wheelhouse) and upload them. The
+        answer has `noop` when the daemon queued nothing (already serving; `force` skips that)."""
         with tempfile.TemporaryFile() as bundle:
             pack_bundle(spec, bundle)
             bundle.seek(0)
             result: dict[str, Any] = self.request(
-                "POST", "/v1/deployments", content=bundle,
-                headers={"content-type": "application/x-tar"}, timeout=None)
+                "POST", "/v1/deployments", content=bundle, params={"force": "true"} if force
+                else None, headers={"content-type": "application/x-tar"}, timeout=None)
         return result
 
     def deployments(self, app: str | None = None) -> list[dict[str, Any]]:

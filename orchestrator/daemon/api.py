@@ -107,17 +107,23 @@ def _deployment_routes(app: FastAPI, service: Service) -> None:
             TAR: {"schema": {"type": "string", "format": "binary"}},
             "application/json": {"schema": SubmitJson.model_json_schema()},
         }}})
-    async def submit(request: Request) -> dict[str, Any]:
+    async def submit(request: Request, response: Response, force: bool = False
+                     ) -> dict[str, Any]:
         """Submit a spec: a tar bundle (`spec.yaml` plus the files it names, at their relative
-        paths) or JSON `{"spec": "<yaml>"}`. Returns the queued deployment."""
+        paths) or JSON `{"spec": "<yaml>"}`. Returns the queued deployment (201), or, when every
+        target already serves a verified release of exactly this spec and `force` is not set,
+        200 with `noop` (why) and `serving` ({host: release}): nothing queued."""
         deployment, path = service.new_bundle()
         try:
             await _receive_bundle(request, path, service.config.max_body_bytes)
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
-        record = await run_in_threadpool(service.submit, deployment)
-        return record.as_json()
+        queued, body = await run_in_threadpool(
+            lambda: apps.submit(service, deployment, force=force))
+        if not queued:
+            response.status_code = 200
+        return body
 
     @app.get("/v1/deployments")
     def list_deployments(app_name: Annotated[str | None, Query(alias="app")] = None,

@@ -103,3 +103,20 @@ def releases_json(found: Mapping[str, list[ReleaseInfo] | HostError]) -> dict[st
     """{host: {"releases": [row, ...]} or {"error": why}}: the one shape of both modes."""
     return {name: ({"error": r.reason} if isinstance(r, HostError)
                    else {"releases": [release_row(i) for i in r]}) for name, r in found.items()}
+
+
+def serving_identical(pool: Pool, hosts: Sequence[Host], app: str, digests: Mapping[str, str],
+                      parallel: int = PARALLEL) -> dict[str, str | None]:
+    """{host: the current release if it was made from exactly these inputs (its manifest's
+    `spec_digest`, `model_sha256`, `lock_sha256`, written once `verify` passed), else None}.
+    An unreachable host is None: it cannot be said to serve it."""
+
+    def one(transport: Transport, host: Host) -> str | None:
+        for info in HostOps(transport, host.deploy_root).releases(app):
+            if info.state == "current" and all(
+                    info.manifest.get(k) == v for k, v in digests.items()):
+                return info.release_id
+        return None
+
+    found = pool.map_hosts(one, list(hosts), parallel)
+    return {n: None if isinstance(r, HostError) else r for n, r in found.items()}
