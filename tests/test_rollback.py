@@ -102,8 +102,19 @@ def releases(daemon: Daemon) -> dict[str, dict[str, str]]:
 def test_refused_rollback_changes_nothing_then_rollback_abort_unmark_and_rollback_to(
         daemon: Daemon, fleet: Testbed, models_dir: Path, tmp_path: Path) -> None:
     # 1. The first deployment: a rollback has nowhere to go. Refused before anything changes.
+    assert json.loads(daemon.cli("hosts", "--json").stdout) == []  # nothing probed yet
     d1 = deploy(daemon, fleet, tmp_path / "v1", "model.joblib", "golden.npz", models_dir)
     v1 = serving(fleet)
+    # The deployment's own probe filled `hosts` (no `verify` was run).
+    probed = {h["host"]: h for h in json.loads(daemon.cli("hosts", "--json").stdout)}
+    assert sorted(probed) == sorted(v1), probed
+    assert all(h["status"] == "healthy" and h["facts"] for h in probed.values()), probed
+    # The same spec again: already serving, verified, everywhere: nothing queued, exit 0.
+    same = daemon.cli("submit", str(tmp_path / "v1" / "spec.yaml"), "--wait")
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "already serving" in same.stdout and "--force" in same.stdout, same.stdout
+    with daemon.http() as http:
+        assert [d["id"] for d in http.get("/v1/deployments").json()] == [d1]
     state_before = host_state(fleet)
     refused = daemon.cli("rollback", "--app", APP)
     assert refused.returncode == 2, refused.stdout + refused.stderr
@@ -168,3 +179,10 @@ def test_refused_rollback_changes_nothing_then_rollback_abort_unmark_and_rollbac
     assert finished["state"] == "rolled_back", finished
     assert finished["result"]["reason"] == f"rolled back by request to {release2}"
     assert serving(fleet) == v2
+
+    # 6. --force deploys the same spec again: a new release, although v2 already serves.
+    forced = daemon.cli("submit", str(tmp_path / "v2" / "spec.yaml"), "--force", "--json")
+    assert forced.returncode == 0, forced.stderr
+    d4 = json.loads(forced.stdout)["id"]
+    assert d4 not in (d1, d2, d3) and end(daemon, d4)["state"] == "succeeded"
+    assert all(serving(fleet)[h] not in (v1[h], v2[h]) for h in v1)
