@@ -139,7 +139,7 @@ class Client:
 
     def unmark_bad(self, app: str, release_id: str, hosts: list[str]) -> dict[str, Any]:
         result: dict[str, Any] = self.request(
-            "POST", f"/v1/apps/{_q(app)}/releases/{_q(release_id)}/unmark-bad",
+            "POST", f"/v1/apps/{_q(app)}/releases" + f"/{_q(release_id)}/unmark-bad",
             json={"hosts": hosts}, timeout=300)
         return result
 

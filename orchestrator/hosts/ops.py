@@ -191,7 +191,9 @@ def switch(app: str, release_id: str, generation: int) -> OpCall[SwitchResult]:
 def rollback(app: str, *, to: str = "previous", from_release: str | None = None,
              generation: int | None = None, mark_bad: bool = False,
              forget: bool = False) -> OpCall[SwitchResult]:
-    args: dict[str, Any] = {"app": app, "to": to, "mark_bad": mark_bad, "forget": forget}
+    args: dict[str, Any] = {"app": app, "to": to, "mark_bad": mark_bad}
+    if forget:
+        args["forget"] = True
     if from_release is not None:
         args["from"] = from_release
     if generation is not None:
