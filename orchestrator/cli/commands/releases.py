@@ -22,7 +22,7 @@ from typing import Any
 from orchestrator.cli import render
 from orchestrator.cli.client import Client, add_client_args
 from orchestrator.core.terminal import safe
-from orchestrator.errors import InvalidInput
+from orchestrator.errors import DaemonUnavailable, InvalidInput
 
 EPILOG = """\
 exit status:
@@ -68,8 +68,12 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInput(f"expected APP, or {UNMARK} APP RELEASE: {' '.join(words)!r}")
     app = _check_app(words[0])
     if args.inventory is None:
-        with Client.from_args(args) as client:
-            rows: dict[str, Any] = client.releases(app, args.host)
+        try:
+            with Client.from_args(args) as client:
+                rows: dict[str, Any] = client.releases(app, args.host)
+        except DaemonUnavailable as exc:
+            raise DaemonUnavailable(f"{exc}; or read the hosts directly with --inventory "
+                                    "FILE") from None
     else:
         rows = direct(args.inventory, app, args.host)
     print(json.dumps(rows, indent=2, sort_keys=True) if args.json else render_table(rows))
