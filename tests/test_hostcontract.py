@@ -69,6 +69,9 @@ def test_builders_spell_the_wire_format_the_host_takes() -> None:
         "lock_sha256": "f" * 64}}
     assert ops.rollback("a", from_release="r1", mark_bad=True).args == {
         "app": "a", "to": "previous", "mark_bad": True, "from": "r1"}
+    assert ops.rollback("a", from_release="r1", forget=True).args["forget"] is True
+    assert ops.unmark_bad("a", "r1").wire() == {"op": "unmark-bad",
+                                                "args": {"app": "a", "release_id": "r1"}}
     assert ops.write_file("a", "r1", "model/m", b"\x00\xff").args["data"] == "AP8="
     with pytest.raises(ValueError):  # a name no builder has is refused here, not on the host
         ops.Op("no-such-op")

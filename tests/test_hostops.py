@@ -609,6 +609,42 @@ def test_rollback_returns_the_gpus_the_restored_release_was_placed_on(root: Path
         switch_result({**back, "gpus": ["GPU-1,GPU-2"]})
 
 
+def test_a_refused_rollback_changes_nothing_and_abort_forgets_without_marking(
+        root: Path) -> None:
+    """Issue 14: the first release has nowhere to go back to; the refusal marks nothing and
+    writes nothing (the next rollback still works); a chosen release is checked first too."""
+    for n in (1, 2, 3):
+        stage(root, "a", rid(n))
+    ok("switch", root, app="a", release_id=rid(1), generation=1)
+    before = (root / "a" / "state.json").read_bytes()
+    refused = fails("rollback", root, "no-rollback-target", app="a", mark_bad=True)
+    assert rid(1) in refused["error"], refused
+    fails("rollback", root, "no-rollback-target", app="a", generation=1,
+          mark_bad=True, **{"from": rid(1)})
+    fails("rollback", root, "not-found", app="a", to=rid(9), mark_bad=True)
+    fails("rollback", root, "bad-args", app="a", to=rid(1), mark_bad=True)
+    assert (root / "a" / "state.json").read_bytes() == before
+    assert ok("state", root, app="a")["bad"] == []
+    ok("switch", root, app="a", release_id=rid(2), generation=2)
+    back = ok("rollback", root, app="a", mark_bad=True)  # the next rollback works
+    assert (back["current"], back["marked_bad"]) == (rid(1), [rid(2)])
+    fails("rollback", root, "bad-release", app="a", to=rid(2))
+    unmarked = ok("unmark-bad", root, app="a", release_id=rid(2))
+    assert (unmarked["bad"], unmarked["changed"]) == ([], True)
+    assert ok("unmark-bad", root, app="a", release_id=rid(2))["changed"] is False
+    assert ok("rollback", root, app="a", to=rid(2))["current"] == rid(2)  # a chosen release
+    # An abort's undo: back, not marked bad, and not a rollback target either.
+    ok("switch", root, app="a", release_id=rid(3), generation=9)
+    undone = ok("rollback", root, app="a", generation=9, forget=True, **{"from": rid(3)})
+    assert (undone["current"], undone["marked_bad"]) == (rid(2), [])
+    state = ok("state", root, app="a")
+    assert rid(3) not in state["history"] and state["previous_good"] == rid(1)
+    assert ok("switch", root, app="a", release_id=rid(3), generation=10)["changed"] is True
+    # A host without the app is not given one by an unmark.
+    assert ok("unmark-bad", root, app="b", release_id=rid(1))["changed"] is False
+    assert not (root / "b").exists()
+
+
 def test_releases_view_and_state_for_recovery(root: Path) -> None:
     for n in (1, 2, 3):
         stage(root, "a", rid(n))

@@ -107,7 +107,7 @@ def deployment_record() -> dict[str, Any]:
 def _releases_table() -> str:
     release = {"release_id": HOSTILE, "state": "current", "created": 1.0, "env_hash": "e",
                "model_sha256": "m"}
-    return releases.render_table({"gpu-01": [release], "gpu-02": HostError("gpu-02", HOSTILE)})
+    return releases.render_table({"gpu-01": {"releases": [release]}, "gpu-02": {"error": HOSTILE}})
 
 
 def _host_line() -> str:

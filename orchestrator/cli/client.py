@@ -99,14 +99,15 @@ class Client:
         result: dict[str, Any] = self.request("GET", "/healthz")
         return result
 
-    def submit(self, spec: Path) -> dict[str, Any]:
-        """Pack the spec and its files (model, lock, golden, wheelhouse) and upload them."""
+    def submit(self, spec: Path, *, force: bool = False) -> dict[str, Any]:
+        """Pack the spec and its files (model, lock, golden, wheelhouse) and upload them. The
+        answer has `noop` when the daemon queued nothing (already serving; `force` skips that)."""
         with tempfile.TemporaryFile() as bundle:
             pack_bundle(spec, bundle)
             bundle.seek(0)
             result: dict[str, Any] = self.request(
-                "POST", "/v1/deployments", content=bundle,
-                headers={"content-type": "application/x-tar"}, timeout=None)
+                "POST", "/v1/deployments", content=bundle, params={"force": "true"} if force
+                else None, headers={"content-type": "application/x-tar"}, timeout=None)
         return result
 
     def deployments(self, app: str | None = None) -> list[dict[str, Any]]:
@@ -122,10 +123,24 @@ class Client:
         result: dict[str, Any] = self.request("POST", f"/v1/deployments/{_q(deployment)}/cancel")
         return result
 
-    def rollback(self, deployment: str | None = None, app: str | None = None) -> dict[str, Any]:
+    def rollback(self, deployment: str | None = None, app: str | None = None,
+                 to: str | None = None) -> dict[str, Any]:
         path = (f"/v1/deployments/{_q(deployment)}/rollback" if deployment
                 else f"/v1/apps/{_q(app or '')}/rollback")
-        result: dict[str, Any] = self.request("POST", path)
+        # Asks every host first (over SSH): longer than a plain request.
+        result: dict[str, Any] = self.request("POST", path, json={"to": to} if to else None,
+                                              timeout=300)
+        return result
+
+    def releases(self, app: str, hosts: list[str]) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/v1/apps/{_q(app)}/releases",
+                                              params={"host": hosts}, timeout=300)
+        return result
+
+    def unmark_bad(self, app: str, release_id: str, hosts: list[str]) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "POST", f"/v1/apps/{_q(app)}/releases" + f"/{_q(release_id)}/unmark-bad",
+            json={"hosts": hosts}, timeout=300)
         return result
 
     def control(self, deployment: str, action: str) -> dict[str, Any]:

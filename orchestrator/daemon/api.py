@@ -27,7 +27,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from orchestrator import __version__
-from orchestrator.daemon import bundle
+from orchestrator.daemon import apps, bundle
 from orchestrator.daemon.follow import Followers
 from orchestrator.daemon.guard import SMALL_BODY, TAR, TcpGuard
 from orchestrator.daemon.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -46,6 +46,16 @@ class VerifyRequest(BaseModel):
     hosts: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(
         default_factory=list, max_length=10_000,
         description="host names, groups or label selectors; empty: every inventory host")
+
+
+class RollbackRequest(BaseModel):
+    to: str | None = Field(default=None, pattern=r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$",
+                           description="a release id; none: the previous good release")
+
+
+class HostsRequest(BaseModel):
+    hosts: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(
+        default_factory=list, max_length=10_000, description="hosts; empty: every host")
 
 
 def error_body(exc: OrchestratorError) -> dict[str, Any]:
@@ -99,17 +109,23 @@ def _deployment_routes(app: FastAPI, service: Service) -> None:
             TAR: {"schema": {"type": "string", "format": "binary"}},
             "application/json": {"schema": SubmitJson.model_json_schema()},
         }}})
-    async def submit(request: Request) -> dict[str, Any]:
+    async def submit(request: Request, response: Response, force: bool = False
+                     ) -> dict[str, Any]:
         """Submit a spec: a tar bundle (`spec.yaml` plus the files it names, at their relative
-        paths) or JSON `{"spec": "<yaml>"}`. Returns the queued deployment."""
+        paths) or JSON `{"spec": "<yaml>"}`. Returns the queued deployment (201), or, when every
+        target already serves a verified release of exactly this spec and `force` is not set,
+        200 with `noop` (why) and `serving` ({host: release}): nothing queued."""
         deployment, path = service.new_bundle()
         try:
             await _receive_bundle(request, path, service.config.max_body_bytes)
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
-        record = await run_in_threadpool(service.submit, deployment)
-        return record.as_json()
+        queued, body = await run_in_threadpool(
+            lambda: apps.submit(service, deployment, force=force))
+        if not queued:
+            response.status_code = 200
+        return body
 
     @app.get("/v1/deployments")
     def list_deployments(app_name: Annotated[str | None, Query(alias="app")] = None,
@@ -141,8 +157,10 @@ def _deployment_routes(app: FastAPI, service: Service) -> None:
         return service.cancel(deployment).as_json()
 
     @app.post("/v1/deployments/{deployment}/rollback")
-    def rollback(deployment: str) -> dict[str, Any]:
-        return service.rollback(deployment).as_json()
+    def rollback(deployment: str, body: RollbackRequest | None = None) -> dict[str, Any]:
+        """Roll back a running or succeeded deployment (to `to`, or the previous good
+        release); every host is asked first: 409 and nothing changed if one cannot."""
+        return service.rollback(deployment, body.to if body else None).as_json()
 
     @app.post("/v1/deployments/{deployment}/pause")
     def pause(deployment: str) -> dict[str, Any]:
@@ -161,9 +179,21 @@ def _deployment_routes(app: FastAPI, service: Service) -> None:
         return service.abort(deployment).as_json()
 
     @app.post("/v1/apps/{app_name}/rollback")
-    def rollback_app(app_name: str) -> dict[str, Any]:
-        """Roll back the app's running or latest succeeded deployment."""
-        return service.rollback_app(app_name).as_json()
+    def rollback_app(app_name: str, body: RollbackRequest | None = None) -> dict[str, Any]:
+        """Roll back the app's running or latest succeeded deployment (see above)."""
+        return service.rollback_app(app_name, body.to if body else None).as_json()
+
+    @app.get("/v1/apps/{app_name}/releases")
+    def releases(app_name: str, host: Annotated[list[str] | None, Query()] = None
+                 ) -> dict[str, Any]:
+        """The app's releases on its hosts (`host`: names, groups, selectors; none: all)."""
+        return apps.releases(service, app_name, host or [])
+
+    @app.post("/v1/apps/{app_name}/releases/{release_id}/unmark-bad")
+    def unmark_bad(app_name: str, release_id: str, body: HostsRequest | None = None
+                   ) -> dict[str, Any]:
+        """Clear a release's bad mark on the hosts (none: all); audited (daemon/apps.py)."""
+        return apps.unmark_bad(service, app_name, release_id, body.hosts if body else [])
 
 
 def _host_routes(app: FastAPI, service: Service) -> None:

@@ -5,8 +5,8 @@ Every deployment state change goes through `states.change_deployment_state`, eve
 change through `states.change_step_state` (via `ServiceSink.step`), so each is checked, persisted
 and emitted in one place. The pool is the one concurrency strategy: `max_parallel_deployments`
 threads, each running one deployment through the `Runner` (which has its own bounded SSH pool).
-The sinks it hands out are orchestrator/daemon/sinks.py's; settling what a dead worker left in
-flight is orchestrator/daemon/reconcile.py's.
+Its sinks are daemon/sinks.py's; settling what a dead worker left is daemon/reconcile.py's;
+an app's releases on its hosts (and unmark-bad) are daemon/apps.py's.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import shutil
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -58,6 +59,7 @@ class Service:
         self._cancels: dict[str, RolloutControl] = {}
         self._user_cancelled: set[str] = set()
         self._rollback_requested: set[str] = set()
+        self._rollback_to: dict[str, str] = {}  # a manual rollback to a chosen release
         self._working: set[str] = set()
         self._stall_noted: set[str] = set()
         self.stopping = threading.Event()
@@ -66,8 +68,7 @@ class Service:
         self.reverifier = self._make_reverifier()
 
     def _make_reverifier(self) -> Any:
-        """Re-verification of hosts (orchestrator/daemon/reverifier.py) for a runner that deploys
-        releases (`reverifies`); its runs are jobs on this service's worker pool."""
+        """Re-verification (daemon/reverifier.py) for a runner that deploys (`reverifies`)."""
         if not getattr(self.runner, "reverifies", False):
             return None
         from orchestrator.daemon.reverifier import Reverifier
@@ -104,9 +105,8 @@ class Service:
         reconcile_with_runner(self.store, sink, record, method, self.bundle_dir(record.id))
 
     def stop(self, grace_s: float) -> bool:
-        """No new work; in-flight runners are told to stop after their current step. Returns
-        whether every worker finished within `grace_s` (those that did not stay `running` in the
-        store and are reconciled at the next start)."""
+        """No new work; runners stop after their current step. Whether every worker finished
+        within `grace_s` (the others stay `running`, reconciled at the next start)."""
         self.stopping.set()
         with self._lock:
             for event in self._cancels.values():
@@ -160,7 +160,7 @@ class Service:
             self._pool.submit(self._work, deployment, kind)
 
     def _holder(self, deployment: str) -> Callable[[bool, str], None]:
-        """The rollout reports it waits (paused) or goes on (running): one state change each."""
+        # The rollout reports it waits (paused) or goes on (running): one state change each.
 
         def on_hold(holding: bool, reason: str) -> None:
             try:
@@ -192,7 +192,9 @@ class Service:
                     outcome = self._call(self.runner.rollback, deployment, submission, sink,
                                          threading.Event())
             else:
-                outcome = self._call(self.runner.rollback, deployment, submission, sink, cancel)
+                to, method = self._rollback_to.get(deployment), self.runner.rollback
+                method = partial(cast(Any, self.runner).rollback, to=to) if to else method
+                outcome = self._call(method, deployment, submission, sink, cancel)
             self._finish(deployment, sink, outcome)
         except OrchestratorError as exc:  # e.g. cancelled while queued: the transition lost
             log_.info("deployment not run", reason=str(exc))
@@ -203,6 +205,7 @@ class Service:
                 self._cancels.pop(deployment, None)
                 self._user_cancelled.discard(deployment)
                 self._rollback_requested.discard(deployment)
+                self._rollback_to.pop(deployment, None)
                 self._stall_noted.discard(deployment)
             self.hub.close_log(deployment)
             with self.idle:
@@ -255,8 +258,7 @@ class Service:
         return self.store.get_deployment(deployment)
 
     def pause(self, deployment: str) -> DeploymentRecord:
-        """Hold a running rollout before its next batch (the batch in flight finishes); the
-        deployment shows `paused` once it really waits."""
+        """Hold a running rollout before its next batch (shown `paused` once it waits)."""
         with self._lock:
             record = self.store.get_deployment(deployment)
             control = self._cancels.get(deployment)
@@ -297,22 +299,34 @@ class Service:
         self.sink(deployment).emit("abort", status="requested", level="warning")
         return self.store.get_deployment(deployment)
 
-    def rollback(self, deployment: str) -> DeploymentRecord:
+    def rollback(self, deployment: str, to: str | None = None) -> DeploymentRecord:
+        """A running deployment is stopped and its switched hosts go back; a succeeded one's
+        go to their previous good release, or `to`, once every host said it can (the runner's
+        `check_rollback`: else 409 and nothing changed)."""
+        record, check = self.store.get_deployment(deployment), getattr(
+            self.runner, "check_rollback", None)
+        if to is not None and (check is None or record.state is not D.SUCCEEDED):
+            raise Conflict(f"deployment {deployment} is {record.state}: only a succeeded "
+                           "deployment of the deploy runner can be rolled back to a chosen "
+                           "release")
+        if record.state is D.SUCCEEDED and check is not None:
+            check(deployment, bundle.validate(self.bundle_dir(deployment)).spec, to)
         with self._lock:
-            record = self.store.get_deployment(deployment)
+            record = self.store.get_deployment(deployment)  # again: it may have moved since
             if record.state in (D.RUNNING, D.PAUSED) and deployment in self._cancels:
                 self._rollback_requested.add(deployment)
                 self._user_cancelled.add(deployment)
                 self._cancels[deployment].set()
                 self.sink(deployment).emit("rollback", status="requested", level="warning")
             elif record.state is D.SUCCEEDED:
-                active = [r for r in self.store.list_deployments(states=DEPLOYMENT_ACTIVE,
-                                                                 app=record.app)]
-                if active:
+                if active := self.store.list_deployments(states=DEPLOYMENT_ACTIVE,
+                                                         app=record.app):
                     raise Conflict(f"app {record.app!r} has deployment {active[0].id} "
                                    f"{active[0].state}; wait for it or cancel it first")
+                self._rollback_to.update({deployment: to} if to else {})
                 change_deployment_state(self.store, self.sink(deployment), deployment,
-                                        D.ROLLING_BACK, reason="rollback requested")
+                                        D.ROLLING_BACK, reason="rollback requested"
+                                        + (f" to {to}" if to else ""))
             else:
                 raise Conflict(f"deployment {deployment} is {record.state}: only a running or "
                                "succeeded deployment can be rolled back")
@@ -320,10 +334,10 @@ class Service:
             self._schedule(deployment, "rollback")
         return self.store.get_deployment(deployment)
 
-    def rollback_app(self, app: str) -> DeploymentRecord:
+    def rollback_app(self, app: str, to: str | None = None) -> DeploymentRecord:
         for record in self.store.list_deployments(app=app, limit=1 << 30):
             if record.state in (D.RUNNING, D.SUCCEEDED):
-                return self.rollback(record.id)
+                return self.rollback(record.id, to)
         raise NotFound(f"app {app!r} has no running or succeeded deployment to roll back")
 
     def check_progress(self, now: float, *, orphan_after_s: float = 30.0) -> list[str]:

@@ -1,11 +1,11 @@
 """The deploy playbook: which steps run on a host, in which order, with which budget.
 
-`playbooks/deploy.yaml` is data, but not free-form: its names and their order are checked against
-the step registry (orchestrator.deploy.steps.registry), and the failure policy follows from the
-one rule of DESIGN.md: a failure before `switch` leaves the host exactly as it was (abort-stage),
-a failure at or after `switch` rolls it back. The loader
-refuses anything else with the file, line and field, so a typo can never silently skip a step or
-turn a rollback into a shrug.
+orchestrator/deploy/playbooks/deploy.yaml (package data: a wheel install carries it) is data,
+but not free-form: its names and their order are checked against the step registry
+(orchestrator.deploy.steps.registry), and the failure policy follows from the one rule of
+DESIGN.md: a failure before `switch` leaves the host exactly as it was (abort-stage), a failure
+at or after `switch` rolls it back. The loader refuses anything else with the file, line and
+field, so a typo can never silently skip a step or turn a rollback into a shrug.
 
     steps:
       - {name: probe, timeout_s: 60, on_failure: abort-stage}
@@ -28,7 +28,8 @@ __all__ = ["OPTIONAL_STEPS", "STEP_ORDER", "SWITCH", "OnFailure", "Playbook", "P
            "load_playbook", "parse_playbook", "playbook_summary"]
 
 MAX_TIMEOUT_S = 24 * 3600.0
-DEFAULT_PLAYBOOK = Path(__file__).resolve().parents[2] / "playbooks" / "deploy.yaml"
+# Package data (pyproject's package-data), so a wheel install deploys as an editable one does.
+DEFAULT_PLAYBOOK = Path(__file__).resolve().parent / "playbooks" / "deploy.yaml"
 
 
 class OnFailure(enum.StrEnum):

@@ -20,9 +20,10 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from orchestrator.core.facts import HostFacts
 from orchestrator.core.inventory import Host
 from orchestrator.core.preflight import Status, preflight
 from orchestrator.core.states import DeploymentState, HostStepState
@@ -32,10 +33,13 @@ from orchestrator.deploy.inputs import DeployInputs
 from orchestrator.deploy.pipeline import EventSink, HostResult, HostStatus, StepReporter
 from orchestrator.deploy.playbook import Playbook
 from orchestrator.deploy.steps.recovery import Settled, undo_host
-from orchestrator.errors import EXIT_DEPLOY_FAILED, EXIT_OK
+from orchestrator.errors import EXIT_DEPLOY_FAILED, EXIT_OK, HostError
 from orchestrator.hosts.pool import Pool
 from orchestrator.hosts.probe import probe_host
 from orchestrator.hosts.transport import Transport
+
+#: Told each target's preflight probe: its facts, or why it could not be probed.
+OnProbe = Callable[[Host, HostFacts | HostError], None]
 
 
 def plan_batches(hosts: Sequence[Host], canary: int, batch_size: int) -> list[list[Host]]:
@@ -90,7 +94,7 @@ class RolloutResult:
 def rollout(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: EventSink,
             max_parallel: int | None = None, cancel: threading.Event | None = None,
             playbook: Playbook | None = None, excluded: Mapping[str, str] | None = None,
-            break_lock: bool = False) -> RolloutResult:
+            break_lock: bool = False, on_probe: OnProbe | None = None) -> RolloutResult:
     """Preflight of every target first (nothing changes on a host that fails it), then the
     batches in order. More than `max_failed_hosts` failures stop the rollout: with
     `on_failure: rollback` the hosts this deployment already switched are switched back; with
@@ -99,7 +103,9 @@ def rollout(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: Ev
     batch, and `abort` stops it and undoes as `on_failure` says. `excluded` ({host: reason}:
     degraded or failed at their last re-verification, orchestrator/core/findings.py) are
     reported as failed, counted against the budget like a preflight failure, and never
-    touched. `break_lock` takes each host's deploy lock even if a dead deployment holds it."""
+    touched. `break_lock` takes each host's deploy lock even if a dead deployment holds it.
+    `on_probe(host, facts or the error)` sees each target's preflight probe (the daemon records
+    it as the host's latest facts)."""
     ro = inputs.spec.rollout
     total = DeployResult(inputs.deployment, inputs.release_id)
     out = RolloutResult(total)
@@ -107,7 +113,8 @@ def rollout(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: Ev
     parallel = parallel_of(inputs, max_parallel)
     total.hosts.update(exclude(excluded or {}, sink))
     ready, refused = preflight_fleet(inputs, [h for h in hosts if h.name not in total.hosts],
-                                     pool=pool, sink=sink, max_parallel=parallel)
+                                     pool=pool, sink=sink, max_parallel=parallel,
+                                     on_probe=on_probe)
     total.hosts.update(refused)
     budget = int(ro.max_failed_hosts)
     batches = plan_batches(ready, int(ro.canary), int(ro.batch_size))
@@ -152,7 +159,12 @@ def rollout(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: Ev
         break
     if _must_undo(out, ro.on_failure):
         switched = [h for h in hosts if h.name in total.hosts and total.hosts[h.name].ok]
-        out.undone = undo(inputs, switched, pool=pool, sink=sink, max_parallel=max_parallel)
+        # An abort is a person's decision, not a verdict on the release: it is put back but
+        # not marked bad (a later deployment of it is not refused), only dropped from the
+        # rollback targets, since it never finished its rollout.
+        aborted = out.stopped is Stop.ABORTED
+        out.undone = undo(inputs, switched, pool=pool, sink=sink, max_parallel=max_parallel,
+                          mark_bad=not aborted, forget=aborted)
     return out
 
 
@@ -169,7 +181,8 @@ def _must_undo(out: RolloutResult, on_failure: str) -> bool:
 
 
 def preflight_fleet(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool,
-                    sink: EventSink, max_parallel: int) -> tuple[list[Host], dict[str, HostResult]]:
+                    sink: EventSink, max_parallel: int, on_probe: OnProbe | None = None
+                    ) -> tuple[list[Host], dict[str, HostResult]]:
     """Probe and preflight every target before any host changes. Returns the hosts that pass,
     and a failed `HostResult` for each that does not (unreachable within the probe's deadline,
     or refused by the preflight): those are reported, counted against the failure budget by
@@ -178,7 +191,14 @@ def preflight_fleet(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool,
     sink.emit("rollout.preflight", status="started", hosts=[h.name for h in hosts])
 
     def check(transport: Transport, host: Host) -> list[str]:
-        facts = probe_host(transport, host)
+        try:
+            facts = probe_host(transport, host)
+        except HostError as exc:
+            if on_probe is not None:
+                on_probe(host, exc)
+            raise
+        if on_probe is not None:
+            on_probe(host, facts)
         verdict = preflight(inputs.spec, inputs.lock, facts, inputs.compat)
         return [c.message for c in verdict.checks if c.status is Status.FAIL]
 
@@ -212,10 +232,12 @@ def exclude(excluded: Mapping[str, str], sink: EventSink) -> dict[str, HostResul
 
 
 def undo(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: EventSink,
-         max_parallel: int | None = None, mark_bad: bool = True) -> dict[str, Undone]:
+         max_parallel: int | None = None, mark_bad: bool = True, forget: bool = False,
+         to: str = "previous") -> dict[str, Undone]:
     """`undo_host` on each host through the pool; {host: rolled back, or why not}."""
-    results = pool.map_hosts(lambda t, h: undo_host(t, h, inputs, sink, mark_bad=mark_bad),
-                             list(hosts), parallel_of(inputs, max_parallel))
+    results = pool.map_hosts(
+        lambda t, h: undo_host(t, h, inputs, sink, mark_bad=mark_bad, forget=forget, to=to),
+        list(hosts), parallel_of(inputs, max_parallel))
     return {n: Undone() if isinstance(r, Settled) else Undone(str(r))
             for n, r in results.items()}
 

@@ -293,18 +293,25 @@ class HostOps:
         return self.run(ops.switch(app, release_id, generation), timeout=timeout)
 
     def rollback(self, app: str, *, to: str = "previous", from_release: str | None = None,
-                 generation: int | None = None, mark_bad: bool = False,
+                 generation: int | None = None, mark_bad: bool = False, forget: bool = False,
                  timeout: float = DEFAULT_TIMEOUT_S) -> SwitchResult:
-        """Back to `to` (a release id or the previous good one). With `from_release` it is
-        idempotent (nothing moves once `current` is not that release); `mark_bad` marks it
-        bad first. Without a generation the host's is bumped (a manual rollback outranks any
-        deployment in flight)."""
+        """Back to `to` (a release id or the previous good one), checked before anything
+        changes (HostOpFailed NO_ROLLBACK_TARGET, BAD_RELEASE, NOT_FOUND). With `from_release`
+        it is idempotent (nothing moves once `current` is not that release); `mark_bad` marks
+        it bad, `forget` only drops it from the rollback targets. Without a generation the
+        host's is bumped (a manual rollback outranks any deployment in flight)."""
         return self.run(ops.rollback(app, to=to, from_release=from_release,
-                                     generation=generation, mark_bad=mark_bad), timeout=timeout)
+                                     generation=generation, mark_bad=mark_bad, forget=forget),
+                        timeout=timeout)
 
     def mark_bad(self, app: str, release_id: str, *,
                  timeout: float = DEFAULT_TIMEOUT_S) -> tuple[str, ...]:
         return self.run(ops.mark_bad(app, release_id), timeout=timeout)
+
+    def unmark_bad(self, app: str, release_id: str, *,
+                   timeout: float = DEFAULT_TIMEOUT_S) -> bool:
+        """Clear the release's bad mark; whether it was marked."""
+        return self.run(ops.unmark_bad(app, release_id), timeout=timeout)
 
     def releases(self, app: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> list[ReleaseInfo]:
         return self.run(ops.releases(app), timeout=timeout)

@@ -68,6 +68,7 @@ class Op(enum.StrEnum):
     SWITCH = "switch"
     ROLLBACK = "rollback"
     MARK_BAD = "mark-bad"
+    UNMARK_BAD = "unmark-bad"
     RELEASES = "releases"
     STATE = "state"
     PRUNE = "prune"
@@ -210,8 +211,11 @@ def switch(app: str, release_id: str, generation: int) -> OpCall[SwitchResult]:
 
 
 def rollback(app: str, *, to: str = "previous", from_release: str | None = None,
-             generation: int | None = None, mark_bad: bool = False) -> OpCall[SwitchResult]:
+             generation: int | None = None, mark_bad: bool = False,
+             forget: bool = False) -> OpCall[SwitchResult]:
     args: dict[str, Any] = {"app": app, "to": to, "mark_bad": mark_bad}
+    if forget:
+        args["forget"] = True
     if from_release is not None:
         args["from"] = from_release
     if generation is not None:
@@ -221,6 +225,11 @@ def rollback(app: str, *, to: str = "previous", from_release: str | None = None,
 
 def mark_bad(app: str, release_id: str) -> OpCall[tuple[str, ...]]:
     return OpCall(Op.MARK_BAD, _release(app, release_id), _tuple("bad"))
+
+
+def unmark_bad(app: str, release_id: str) -> OpCall[bool]:
+    """Clear the release's bad mark; the reply says whether it was marked."""
+    return OpCall(Op.UNMARK_BAD, _release(app, release_id), _field("changed", bool))
 
 
 def releases(app: str) -> OpCall[list[ReleaseInfo]]:

@@ -1,5 +1,9 @@
-"""`orchestrator rollback ID|--app APP`: roll a deployment's hosts back to their previous
-release (a running one is stopped first)."""
+"""`orchestrator rollback ID|--app APP [--to RELEASE]`: roll a deployment's hosts back to their
+previous good release, or to a chosen one (a running one is stopped first).
+
+The daemon asks every host before anything changes: a host with nowhere to go (the app's first
+release, a chosen release missing or marked bad) refuses the whole rollback, exit 2 with the
+reason, nothing marked and the deployment's state untouched."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import json
 from typing import Any
 
 from orchestrator.cli.client import Client, add_client_args
+from orchestrator.core.release import check_release_id
 from orchestrator.core.terminal import safe
 
 
@@ -19,13 +24,18 @@ def register(subparsers: Any) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("deployment", metavar="ID", nargs="?")
     target.add_argument("--app", help="the app whose deployment to roll back")
+    parser.add_argument("--to", metavar="RELEASE",
+                        help="a release id (see `orchestrator releases APP`) instead of the "
+                             "previous good release; a succeeded deployment only")
     add_client_args(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.to is not None:
+        check_release_id(args.to)
     with Client.from_args(args) as client:
-        record = client.rollback(deployment=args.deployment, app=args.app)
+        record = client.rollback(deployment=args.deployment, app=args.app, to=args.to)
     print(json.dumps(record) if args.json else safe(
         f"{record['id']} ({record['app']}): {record['state']}; "
         f"follow with `orchestrator logs {record['id']} --follow`"))

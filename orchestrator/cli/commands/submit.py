@@ -1,4 +1,6 @@
-"""`orchestrator submit SPEC [--wait] [--follow]`: send a spec and its files to the daemon."""
+"""`orchestrator submit SPEC [--wait] [--follow] [--force]`: send a spec and its files to the
+daemon. A spec whose exact release (spec, model, lock) already serves, verified, on every target
+is a no-op with a message and exit 0, unless `--force`."""
 
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("spec", type=Path, help="the spec file (YAML)")
     parser.add_argument("--wait", action="store_true", help="wait for the deployment to finish")
     parser.add_argument("--follow", action="store_true", help="print its events until it ends")
+    parser.add_argument("--force", action="store_true",
+                        help="deploy even if every target already serves this exact release "
+                             "(by default that is a no-op, exit 0)")
     add_client_args(parser)
     parser.set_defaults(func=run)
 
@@ -30,7 +35,10 @@ def run(args: argparse.Namespace) -> int:
     # is (yamlio.read_limited reads regular files only, never waits on a pipe).
     read_limited(args.spec, DEFAULT_MAX_BYTES)
     with Client.from_args(args) as client:
-        record = client.submit(args.spec)
+        record = client.submit(args.spec, force=args.force)
+        if record.get("noop"):  # nothing queued: the release already serves everywhere
+            print(json.dumps(record) if args.json else safe(record["noop"]))
+            return 0
         if args.json and not args.follow:
             print(json.dumps(record))
         elif not args.json:

@@ -76,6 +76,10 @@ class Runner(Protocol):
     # Optional: `reconcile(deployment_id, bundle_dir, spec, sink, record) -> DeploymentOutcome`,
     # called at start (and by the daemon's watchdog) for a deployment left in flight; see
     # `Service.reconcile`. Without it the deployment is failed.
+    # Optional (the deploy runner's): `check_rollback(deployment_id, spec, to)`, asked before a
+    # manual rollback changes anything (a Conflict refuses it); `rollback(..., to=RELEASE)`;
+    # `releases(app, names)` and `unmark_bad(app, release_id, names)`, the app's releases on
+    # its hosts. Without them the daemon answers `releases` and `--to` with 409.
 
 
 def targets_of(spec: Spec) -> list[str]:

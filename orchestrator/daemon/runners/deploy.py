@@ -18,18 +18,27 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
+from orchestrator.core.envinputs import load_environment
+from orchestrator.core.facts import HostFacts
 from orchestrator.core.findings import excluded_hosts
-from orchestrator.core.inventory import Inventory
+from orchestrator.core.inventory import Host, Inventory
 from orchestrator.core.spec import Spec
 from orchestrator.core.states import DeploymentState
 from orchestrator.daemon.config import DaemonConfig
 from orchestrator.daemon.runners.base import DeploymentOutcome, HostCheck, RunSink
-from orchestrator.daemon.runners.probe import ProbeRunner
+from orchestrator.daemon.runners.probe import ProbeRunner, host_status
 from orchestrator.deploy.batch import prepare
 from orchestrator.deploy.pipeline import EventSink
+from orchestrator.deploy.releases import (
+    app_releases,
+    plan_rollback,
+    serving_identical,
+    unmark_bad,
+)
 from orchestrator.deploy.rollout import RolloutResult, Undone, rollout, undo, verdict
 from orchestrator.deploy.steps.recovery import Settled, recover_host, release_of
-from orchestrator.hosts.hostops import HostOps
+from orchestrator.errors import Conflict, HostError
+from orchestrator.hosts.hostops import HostOps, ReleaseInfo
 from orchestrator.hosts.pool import Pool
 
 D = DeploymentState
@@ -77,13 +86,58 @@ class DeployRunner:
         parallel = min(int(self.config.max_ssh_sessions), int(spec.rollout.max_parallel))
         store = getattr(sink, "store", None)  # the daemon's: hosts degraded/failed stay out
         excluded = excluded_hosts(store.hosts(), [h.name for h in hosts]) if store else {}
+        def record(host: Host, found: HostFacts | HostError) -> None:
+            # Every probe fills `GET /v1/hosts`, the rollout's as the probe runner's.
+            status, reasons = host_status(found)
+            sink.record_host(HostCheck(host.name, status, reasons,
+                                       None if isinstance(found, HostError) else found.raw))
+
         with self._pool(inventory) as pool:
             out = rollout(inputs, hosts, pool=pool, sink=_events(sink), max_parallel=parallel,
-                          cancel=cancel_event, excluded=excluded)
+                          cancel=cancel_event, excluded=excluded, on_probe=record)
         return outcome_of(out)
 
+    def check_rollback(self, deployment_id: str, spec: Spec, to: str | None) -> None:
+        """Before a manual rollback changes anything: every host that serves the deployment's
+        release must have somewhere to go (its previous good release, or `to`). Conflict
+        (exit 2) naming each host that has not; nothing is changed or marked."""
+        inventory = self._inventory()
+        hosts = inventory.resolve(list(spec.targets))
+        with self._pool(inventory) as pool:
+            plan = plan_rollback(pool, hosts, str(spec.name), deployment_id, to)
+        if plan.problems:
+            raise Conflict(f"rollback of {deployment_id} refused, nothing changed: "
+                           + "; ".join(plan.problems))
+
+    def already_serving(self, spec: Spec) -> dict[str, str] | None:
+        """{host: release} when every target already serves a verified release made from
+        exactly this spec, model and lock (a re-submission would change nothing), else None."""
+        inventory = self._inventory()
+        hosts = inventory.resolve(list(spec.targets))
+        digests = {"spec_digest": spec.digest, "model_sha256": spec.model.sha256,
+                   "lock_sha256": load_environment(spec).sha256}  # an image: its archive's
+        with self._pool(inventory) as pool:
+            found = serving_identical(pool, hosts, str(spec.name), digests)
+        serving = {h: r for h, r in found.items() if r is not None}
+        return serving if hosts and len(serving) == len(hosts) else None
+
+    def releases(self, app: str, names: list[str]) -> dict[str, list[ReleaseInfo] | HostError]:
+        """The app's releases on these hosts (names, groups or selectors; none: every host)."""
+        inventory = self._inventory()
+        hosts = inventory.resolve(names) if names else list(inventory.hosts.values())
+        with self._pool(inventory) as pool:
+            return app_releases(pool, hosts, app)
+
+    def unmark_bad(self, app: str, release_id: str,
+                   names: list[str]) -> dict[str, bool | HostError]:
+        """Clear the release's bad mark on these hosts (none: every host)."""
+        inventory = self._inventory()
+        hosts = inventory.resolve(names) if names else list(inventory.hosts.values())
+        with self._pool(inventory) as pool:
+            return unmark_bad(pool, hosts, app, release_id)
+
     def rollback(self, deployment_id: str, bundle_dir: Path, spec: Spec, sink: RunSink,
-                 cancel_event: threading.Event) -> DeploymentOutcome:
+                 cancel_event: threading.Event, to: str | None = None) -> DeploymentOutcome:
         inventory = self._inventory()
         hosts = inventory.resolve(list(spec.targets))
         inputs = prepare(spec, deployment=deployment_id, index=self.config.index)
@@ -96,12 +150,13 @@ class DeployRunner:
                     done[host.name] = None
                     continue
                 done.update(undo(replace(inputs, release_id=rid), [host], pool=pool,
-                                 sink=_events(sink), mark_bad=True))
+                                 sink=_events(sink), mark_bad=True, to=to or "previous"))
         states = {h: NOT_DEPLOYED if u is None else u.value for h, u in done.items()}
         failed = [u.value for u in done.values() if u is not None and not u.rolled_back]
         if failed:
             return DeploymentOutcome(D.FAILED, "; ".join(failed), states)
-        return DeploymentOutcome(D.ROLLED_BACK, "rolled back by request", states)
+        return DeploymentOutcome(D.ROLLED_BACK, "rolled back by request"
+                                 + (f" to {to}" if to else ""), states)
 
     def reconcile(self, deployment_id: str, bundle_dir: Path, spec: Spec, sink: RunSink,
                   record: Any) -> DeploymentOutcome:

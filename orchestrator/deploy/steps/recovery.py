@@ -54,13 +54,16 @@ class RolledBack:
 
 def roll_back_and_restart(transport: Transport, host: Host, app: str,
                           from_release: str | None, fallback: Service | None,
-                          deadline: Deadline, *, mark_bad: bool = True) -> RolledBack:
-    """The one "roll back and restart": `current` back to the previous good release if it is
-    still `from_release` (marked bad first with `mark_bad`; None: whatever is current), then the
-    restored release's service (as its manifest recorded it; `fallback` for a manifest that
-    predates the record) restarted."""
+                          deadline: Deadline, *, mark_bad: bool = True, forget: bool = False,
+                          to: str = "previous") -> RolledBack:
+    """The one "roll back and restart": `current` back to `to` (the previous good release, or
+    a chosen one) if it is still `from_release` (None: whatever is current; marked bad with
+    `mark_bad`, dropped from the rollback targets with `forget`), then the restored release's
+    service (as its manifest recorded it; `fallback` for a manifest that predates the record)
+    restarted. The host checks the target before it changes anything."""
     out = HostOps(transport, host.deploy_root).rollback(
-        app, from_release=from_release, mark_bad=mark_bad, timeout=deadline.timeout())
+        app, to=to, from_release=from_release, mark_bad=mark_bad, forget=forget,
+        timeout=deadline.timeout())
     svc = service.service_of(host.name, out.service, fallback)
     # Restarted on the GPUs that release was placed on, as when it was deployed.
     restarted = service.restart(transport, host.deploy_root, app, svc, deadline.timeout(),
@@ -109,20 +112,22 @@ def release_of(ops: HostOps, app: str, deployment: str) -> str | None:
 
 
 def undo_host(transport: Transport, host: Host, inputs: DeployInputs, sink: EventSink, *,
-              mark_bad: bool = True) -> Settled:
+              mark_bad: bool = True, forget: bool = False, to: str = "previous") -> Settled:
     """Switch a host that runs this deployment's release back to its previous good release
-    (idempotent: a host no longer on it is left alone), restart the service, mark it bad.
+    (or `to`; idempotent: a host no longer on it is left alone), restart the service, mark it
+    bad (`mark_bad`) or only drop it from the rollback targets (`forget`: a user's abort).
     Reported as the host's `undo` step (`recovery` events; a row in the daemon), apart from
     the pipeline's own `rollback` row."""
     report = StepReporter(sink, host.name)
-    why = "rollout stopped or rollback requested"
+    why = ("aborted by request" if forget else "rollout stopped or rollback requested") + (
+        f" (to {to})" if to != "previous" else "")
     report.change(UNDO_STEP, HostStepState.RUNNING, event="recovery", level="warning",
                   reason=why, extra={"reason": why})
     try:
         out = roll_back_and_restart(transport, host, str(inputs.spec.name), inputs.release_id,
                                     inputs.spec.service,
                                     Deadline(host.name, "rollback", RECOVERY_TIMEOUT_S),
-                                    mark_bad=mark_bad)
+                                    mark_bad=mark_bad, forget=forget, to=to)
     except OrchestratorError as exc:
         _failed(report, UNDO_STEP, exc)
         raise

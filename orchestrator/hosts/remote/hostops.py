@@ -58,10 +58,12 @@ Ops (arguments besides "root"; what a success adds; failure kinds worth branchin
                         and the "uv" file is not there: upload it and call again)
     switch              app, release_id, generation -> current, before, changed, generation,
                         previous_good;  stale-generation, bad-release, not-found
-    rollback            app, [to="previous"|id, from, generation, mark_bad] -> as switch, and
-                        marked_bad, service (the `service` of the now current release's
-                        manifest: restart and check it so);  no-rollback-target
+    rollback            app, [to="previous"|id, from, generation, mark_bad, forget] -> as
+                        switch, and marked_bad, service (the `service` of the now current
+                        release's manifest: restart and check it so); every check before any
+                        write;  no-rollback-target, bad-release, not-found, bad-args
     mark-bad            app, release_id -> bad
+    unmark-bad          app, release_id -> bad, changed (false: it was not marked)
     releases            app -> releases [{release_id, state, path, created, env_hash,
                         manifest}], current, previous_good
     state               app -> current, current_resolves, generation, previous_good, bad,

@@ -4,7 +4,7 @@
 
 Offers the others: STAGING, releases_dir, release_path, staging_ids, committed_ids, current_id,
 load_state, save_state and previous_good (the rollback target); hostops.py: the switch,
-rollback, mark-bad, releases and state ops."""
+rollback, mark-bad, unmark-bad, releases and state ops."""
 
 from __future__ import annotations
 
@@ -141,33 +141,68 @@ def op_rollback(args):
     """Switch back to "to" (a release id, or "previous": the newest good one that was current).
 
     With "from" (the release being rolled back), it is idempotent: when `current` is no longer
-    "from", nothing moves. "mark_bad" marks "from" (or the current release) bad first."""
+    "from", nothing moves. Every check comes first: a rollback with no target, or to a bad or
+    missing release, is refused before anything is written. Then "mark_bad" marks "from" (or
+    the current release) bad, or "forget" drops it from the history (a user's abort: not a
+    verdict on the release, but not a rollback target either, since it never finished its
+    rollout)."""
     app_dir = app_dir_arg(args)
     with app_lock(app_dir):
         state, current = load_state(app_dir), current_id(app_dir)
         generation = _generation(args, state, required=False)
         source = checked_arg(args, "from", RELEASE_RE, required=False) or current
-        if args.get("mark_bad") and source and source not in state["bad"]:
-            state["bad"].append(source)
-            save_state(app_dir, state)
         if current != source:
+            # Already rolled back (a retry), or the switch never happened: nothing moves; the
+            # release undone is still marked as asked, since it is not current.
+            _settle_source(app_dir, state, source, args)
             return {"current": current, "before": current, "changed": False,
                     "generation": state["generation"], "marked_bad": state["bad"],
                     "previous_good": previous_good(app_dir, state, current),
                     "service": _deployed_service(app_dir, current),
                     "gpus": _deployed_gpus(app_dir, current)}
-        to = args.get("to", "previous")
-        target = previous_good(app_dir, state, current) if to == "previous" else checked_arg(
-            args, "to", RELEASE_RE)
-        if target is None:
-            raise OpError("no-rollback-target", "no previous good release to roll back to")
-        if target in state["bad"]:
-            raise OpError("bad-release", f"release {target} is marked bad; refused")
+        target = _rollback_target(app_dir, state, current, args.get("to", "previous"))
         result = _switch_locked(app_dir, state, target, generation)
+        # After the switch: a crash in between leaves `current` moved, and the retry (with
+        # "from") settles the mark.
+        _settle_source(app_dir, state, source, args)
+        result["previous_good"] = previous_good(app_dir, state, target)
         result["marked_bad"] = state["bad"]
         result["service"] = _deployed_service(app_dir, target)
         result["gpus"] = _deployed_gpus(app_dir, target)
         return result
+
+
+def _rollback_target(app_dir, state, current, to):
+    """Where a rollback goes, checked before anything changes: OpError if nowhere."""
+    if to == "previous":
+        target = previous_good(app_dir, state, current)
+        if target is None:
+            raise OpError("no-rollback-target", "no previous good release to roll back to"
+                          + (f" ({current} is the only release that served)" if current else ""),
+                          current=current)
+        return target
+    target = checked_arg({"to": to}, "to", RELEASE_RE)
+    if target == current:
+        raise OpError("bad-args", f"release {target} is already current", current=current)
+    if target in state["bad"]:
+        raise OpError("bad-release", f"release {target} is marked bad; refused (clear it "
+                      "with `orchestrator releases unmark-bad` first)")
+    if not os.path.isdir(os.path.join(releases_dir(app_dir), target)):
+        raise OpError("not-found", f"release {target} is not committed on this host",
+                      release_id=target)
+    return target
+
+
+def _settle_source(app_dir, state, source, args):
+    """Mark the release rolled back from bad ("mark_bad"), or forget it ("forget")."""
+    if not source:
+        return
+    if args.get("mark_bad") and source not in state["bad"]:
+        state["bad"].append(source)
+        save_state(app_dir, state)
+    elif args.get("forget") and not args.get("mark_bad") and source in state["history"]:
+        state["history"].remove(source)
+        save_state(app_dir, state)
 
 
 def _deployed_service(app_dir, rid):
@@ -197,6 +232,22 @@ def op_mark_bad(args):
             state["bad"].append(rid)
             save_state(app_dir, state)
         return {"bad": state["bad"]}
+
+
+def op_unmark_bad(args):
+    """Clear a release's `bad` mark: it may be switched to and be a rollback target again.
+    A release that is not marked changes nothing (and writes nothing: hosts without the app
+    stay without it)."""
+    app_dir, rid = app_dir_arg(args), checked_arg(args, "release_id", RELEASE_RE)
+    if not os.path.isdir(app_dir):
+        return {"bad": [], "changed": False}
+    with app_lock(app_dir):
+        state = load_state(app_dir)
+        was = rid in state["bad"]
+        if was:
+            state["bad"].remove(rid)
+            save_state(app_dir, state)
+        return {"bad": state["bad"], "changed": was}
 
 
 # ---------------------------------------------------------------- views
@@ -256,4 +307,4 @@ def op_state(args):
 
 #: The ops this module offers, by wire name: hostops.py gathers every hostops_* module's.
 OPS = {"switch": op_switch, "rollback": op_rollback, "mark-bad": op_mark_bad,
-       "releases": op_releases, "state": op_state}
+       "unmark-bad": op_unmark_bad, "releases": op_releases, "state": op_state}
