@@ -15,16 +15,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cli import render
+from orchestrator.cli import exits, render
 from orchestrator.core.terminal import safe
-from orchestrator.errors import HostError, InvalidInput
+from orchestrator.errors import (
+    EXIT_DEPLOY_FAILED,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    HostError,
+    InvalidInput,
+    worst,
+)
 
-EPILOG = """\
-exit status:
-  0  every host answered
-  1  at least one host could not be read
-  2  invalid input (inventory, unknown host, bad app name)
-"""
+EXITS = exits.table(
+    {EXIT_OK: "every host answered",
+     EXIT_INVALID: "invalid input (inventory, unknown host, bad app name)",
+     EXIT_DEPLOY_FAILED: "a host could not be read (its answer was refused)",
+     EXIT_UNREACHABLE: "none was refused, but a host is unreachable"})
 
 COLUMNS = ("HOST", "RELEASE", "STATE", "CREATED", "ENV", "MODEL")
 
@@ -33,7 +40,7 @@ def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "releases", help="list an app's releases on hosts",
         description="List the releases of APP on each host, with their state.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        **exits.help_args(EXITS))
     parser.add_argument("app", metavar="APP", help="the app (the spec's name)")
     parser.add_argument("--inventory", type=Path, required=True, help="inventory YAML file")
     parser.add_argument("--host", action="append", default=[], metavar="H",
@@ -65,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     failed = [r for r in results.values() if isinstance(r, HostError)]
     for err in failed:
         print(safe(f"error: {err}"), file=sys.stderr)
-    return 1 if failed else 0
+    return worst(err.exit_code for err in failed)
 
 
 def _row(info: Any) -> dict[str, Any]:
