@@ -17,8 +17,9 @@ from orchestrator.testbed import PROFILES, Testbed
 
 EXITS = exits.table(
     {EXIT_OK: "done",
-     EXIT_INTERNAL: "the testbed could not start or stop (sshd missing, no free address)",
-     EXIT_INVALID: "invalid input (an unknown host or profile, a DIR with no testbed)"})
+     EXIT_INTERNAL: "the testbed could not start or stop (sshd missing, no free address), or "
+                    "DIR holds no readable testbed",
+     EXIT_INVALID: "invalid input (an unknown host or profile, a bad --hosts)"})
 
 JSON_HELP = ('print {"dir", "port", "inventory", "known_hosts", "elapsed_s", "hosts": [{"name", '
              '"address", "port", "user", "profile", "deploy_root"}]} (down: {"dir", "stopped"})')
