@@ -21,7 +21,8 @@ from urllib.parse import quote
 import httpx
 
 from orchestrator.cli.context import Endpoint, resolve
-from orchestrator.cli.render import LiveProgress, event_line, use_colour
+from orchestrator.cli.follow import FollowView, LiveFollow, ending
+from orchestrator.cli.render import event_line, use_colour
 from orchestrator.core.states import DEPLOYMENT_TERMINAL, DeploymentState
 from orchestrator.daemon.bundle import pack_bundle
 from orchestrator.errors import (
@@ -94,7 +95,15 @@ class Client:
             "start it with `orchestrator daemon` or point --socket / ORCHESTRATOR_SOCKET or the "
             "context file at it") from None
 
+    def _no_socket_file(self) -> None:
+        """A socket path with nothing there: no daemon, said before httpcore opens a socket it
+        would leave unclosed on the failed connect."""
+        sock = self.endpoint.socket
+        if self.endpoint.url is None and sock is not None and not sock.exists():
+            self._unavailable(FileNotFoundError(sock))
+
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        self._no_socket_file()
         try:
             response = self._http.request(method, path, **kwargs)
         except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError,
@@ -148,6 +157,7 @@ class Client:
         return result
 
     def metrics(self) -> str:
+        self._no_socket_file()
         try:
             response = self._http.get("/metrics")
         except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as exc:
@@ -182,6 +192,7 @@ class Client:
 
     def _event_stream(self, deployment: str, after: int, host: str | None,
                       follow: bool) -> Iterator[dict[str, Any]]:
+        self._no_socket_file()
         params: dict[str, Any] = {"after": after, "follow": follow}
         if host:
             params["host"] = host
@@ -221,31 +232,45 @@ def check(response: httpx.Response) -> None:
 
 
 def print_events(client: Client, deployment: str, *, follow: bool, host: str | None = None,
-                 as_json: bool = False, quiet: bool = False, out: IO[str] | None = None) -> None:
-    """Print the events (one JSON line each with `as_json`), following until the end."""
+                 as_json: bool = False, quiet: bool = False,
+                 out: IO[str] | None = None) -> FollowView | None:
+    """Print the events (one JSON line each with `as_json`), following until the end. Following
+    on a terminal, the live view (orchestrator/cli/follow.py) instead, returned for the caller
+    to print its `ending` with the outcome (None otherwise)."""
     out = out or sys.stdout
     colour = use_colour(out)
-    live = LiveProgress(out, colour) if follow and colour and not as_json else None
-    for event in client.events(deployment, host=host, follow=follow):
-        if quiet:
-            continue
-        if live is not None:
-            live.show(event)  # a terminal: events scroll above a per-host progress block
-            continue
-        print(json.dumps(event, separators=(",", ":")) if as_json
-              else event_line(event, colour=colour), file=out, flush=True)
+    terminal = bool(getattr(out, "isatty", lambda: False)())
+    live = LiveFollow(out, colour) if follow and terminal and not as_json and not quiet else None
+    try:
+        for event in client.events(deployment, host=host, follow=follow):
+            if quiet:
+                continue
+            if live is not None:
+                live.show(event)
+                continue
+            print(json.dumps(event, separators=(",", ":")) if as_json
+                  else event_line(event, colour=colour), file=out, flush=True)
+    finally:
+        view = live.close() if live is not None else None
+    return view
 
 
 def wait_for_end(client: Client, deployment: str, *, show: bool, as_json: bool = False,
                  host: str | None = None) -> int:
     """Follow the deployment to its end (a dropped stream is resumed); the outcome's exit code
-    (orchestrator/errors.py): 0 succeeded, 3 failed / rolled back / cancelled."""
-    print_events(client, deployment, follow=True, as_json=as_json, quiet=not show, host=host)
+    (orchestrator/errors.py): 0 succeeded, 3 failed / rolled back / cancelled. On a terminal
+    the live view ends with a summary per host and the exit code."""
+    view = print_events(client, deployment, follow=True, as_json=as_json, quiet=not show,
+                           host=host)
     record = client.deployment(deployment)
     if record["state"] not in FINISHED:  # the stream ended early (daemon stopping)
         raise DaemonUnavailable(f"the daemon stopped while {deployment} was {record['state']}; "
                                 f"follow it again with `orchestrator logs {deployment} --follow`")
-    return exit_code(record["state"])
+    code = exit_code(record["state"])
+    if view is not None:
+        print(ending(view, deployment, record["state"],
+                     (record.get("result") or {}).get("reason"), code), flush=True)
+    return code
 
 
 #: The API's words for a deployment that is over (the states' own values).

@@ -13,6 +13,7 @@ from typing import Any
 
 from orchestrator.cli import exits
 from orchestrator.cli.completion import SHELLS, tree
+from orchestrator.core.terminal import safe
 from orchestrator.errors import EXIT_INVALID, EXIT_OK
 
 EXITS = exits.table({EXIT_OK: "printed", EXIT_INVALID: "an unknown shell"})
@@ -31,5 +32,6 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from orchestrator.cli.app import build_parser  # every command's parser, not only this one
 
-    print(SHELLS[args.shell](tree(build_parser(()))), end="")
+    # Our own parser's words only; `safe` all the same, as for everything the CLI prints.
+    print(safe(SHELLS[args.shell](tree(build_parser(())))), end="")
     return EXIT_OK
