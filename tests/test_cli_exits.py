@@ -103,9 +103,11 @@ def world(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                                   "--json").stdout)["id"]
         failed = json.loads(probe.cli("submit", partial.spec(
             "failed", [partial.host("no-driver")], name="other-app"), "--json").stdout)["id"]
-        for deployment in (ok, failed):
-            wait_for(lambda d=deployment: json.loads(probe.cli("status", d, "--json").stdout)
-                     ["state"] in ("succeeded", "failed"), what=f"{deployment} to end")
+        with probe.http() as http:
+            for deployment in (ok, failed):
+                def ended(url: str = f"/v1/deployments/{deployment}") -> bool:
+                    return http.get(url).json()["state"] in ("succeeded", "failed")
+                wait_for(ended, what=f"{deployment} to end")
         yield World(testbed, tmp, inventory, untrusted, probe, slow, ok, failed)
     finally:
         probe.stop()
