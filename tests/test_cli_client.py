@@ -153,7 +153,8 @@ def test_the_cli_prints_the_scripts(capsys: pytest.CaptureFixture[str]) -> None:
 def _events() -> list[dict[str, object]]:
     t = 1_700_000_000.0
     return [
-        {"event": "deployment", "status": "running", "ts": t, "seq": 1},
+        {"event": "deployment", "status": "running", "ts": t, "seq": 1, "targets": ["a"],
+         "from": None},
         {"event": "deployment.started", "status": "started", "release_id": "r-1", "ts": t},
         {"event": "host.started", "host": "gpu-01", "status": "started", "ts": t + 1},
         {"event": "step", "host": "gpu-01", "step": "install", "status": "running", "ts": t + 1},
@@ -179,7 +180,7 @@ def test_one_line_per_finished_step_and_a_block_with_elapsed_time() -> None:
     events = _events()
     for event in events[:5]:
         printed += view.apply(event)
-    assert [p.split(" ", 1)[1] for p in printed] == ["#1 - deployment running"]
+    assert [p.split(" ", 1)[1] for p in printed] == ['deployment running targets=["a"]']
     assert view.block(now=1_700_000_013.0) == ["  gpu-01  install      running 12.0 s",
                                                 "  gpu-02  install      running 11.0 s"]
     for event in events[5:]:
@@ -187,7 +188,7 @@ def test_one_line_per_finished_step_and_a_block_with_elapsed_time() -> None:
     steps = [p.split(" ", 1)[1] for p in printed[1:]]
     assert steps == ["gpu-01 install ok 30.0 s", "gpu-01 verify ok 10.0 s",
                      "gpu-02 install failed 43.0 s pip: no matching distribution",
-                     "#9 - deployment failed reason=1 of 2 hosts failed"]
+                     "deployment failed reason=1 of 2 hosts failed"]
     assert view.block(now=1_700_000_100.0) == ["  gpu-01  succeeded", "  gpu-02  failed"]
 
 

@@ -17,17 +17,20 @@ clock moving. Every piece of host or daemon text goes through `core.terminal.saf
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from orchestrator.cli.render import event_line, paint, table
+from orchestrator.cli.render import paint, table
 from orchestrator.core.terminal import safe
 
 #: Events about the whole deployment not worth a line on a terminal: per-batch bookkeeping.
 QUIET = frozenset({"deployment.finished", "host.lock", "deployment.started"})
 RUNNING = frozenset({"started", "running"})
+_CORE = frozenset({"seq", "ts", "level", "event", "deployment", "host", "step", "status",
+                   "duration_ms"})
 TICK_S = 0.5
 
 
@@ -73,7 +76,7 @@ class FollowView:
                 self.reason = event.get("reason") or self.reason
             if event.get("event") in QUIET:
                 return []
-            return [event_line(event, colour=self.colour)]
+            return [self._deployment_line(event)]
         view = self.hosts.setdefault(str(host), HostView())
         view.first = ts if view.first is None else min(view.first, ts)
         view.last = ts if view.last is None else max(view.last, ts)
@@ -96,6 +99,21 @@ class FollowView:
         if status == "failed":
             view.why = _why(event) or view.why
         return [self._step_line(event)]
+
+    def _deployment_line(self, event: dict[str, Any]) -> str:
+        """`12:00:01 deployment running from=queued`: the details as JSON values, not Python's
+        reprs, each cut at 200 characters."""
+        when = time.strftime("%H:%M:%S", time.localtime(float(event.get("ts") or 0)))
+        status = str(event.get("status") or "")
+        parts = [when, safe(event.get("event") or "?", line=True),
+                 paint(safe(status, line=True), status, self.colour)]
+        for key, value in event.items():
+            if key in _CORE or value in (None, "", [], {}):
+                continue
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            parts.append(safe(f"{key}={text if len(text) <= 200 else text[:197] + '...'}",
+                              line=True))
+        return " ".join(parts)
 
     def _step_line(self, event: dict[str, Any]) -> str:
         when = time.strftime("%H:%M:%S", time.localtime(float(event.get("ts") or 0)))
