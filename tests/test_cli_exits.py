@@ -36,9 +36,8 @@ ELSEWHERE = {
     ("deploy", 3): "tests/test_deploy.py::"
                    "test_cli_deploy_stops_on_a_failing_canary_like_the_daemon",
     ("daemon", 0): "test_daemon_exits_0_on_sigterm below",
-    ("verify", 3): "tests/test_reverify.py::test_a_changed_byte_in_the_model_fails_naming_the_file "
-                   "(a deployed release to tamper with); the status -> code map is "
-                   "test_verify_status_codes below",
+    ("verify", 3): "test_verify_exits_3_for_a_host_whose_probe_fails below (a host's tools "
+                   "sabotaged, then restored)",
 }
 
 
@@ -299,6 +298,29 @@ def test_every_listed_code_is_run() -> None:
 def test_daemon_exits_0_on_sigterm(tmp_path: Path) -> None:
     daemon = start(daemon_config(tmp_path))
     assert daemon.stop(signal.SIGTERM) == 0
+
+
+def test_verify_exits_3_for_a_host_whose_probe_fails(
+        world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    """The probe's marker file turned into /dev/zero (tests/test_ssh_hostile.py does the same):
+    the host answers, wrongly; the probe daemon records it failed."""
+    from orchestrator.core.inventory import load_inventory
+    from orchestrator.hosts import ssh
+    from orchestrator.hosts.shipping import MARKER, ensure_tools
+
+    inventory = load_inventory(world.testbed.inventory_path)
+    host = inventory.hosts["tb-03"]
+    with ssh.connect(host, ssh.SshOptions.for_inventory(inventory)) as transport:
+        tools = ensure_tools(transport, host.deploy_root)
+        marker = tools.script(MARKER)
+        transport.run(["ln", "-sf", "/dev/zero", marker])
+        try:
+            code, out, _ = _main(["verify", "tb-03", "tb-01", "--json", "--socket",
+                                  str(world.probe.socket)], capsys)
+        finally:
+            transport.put(f"{tools.digest}\n".encode(), marker)
+    statuses = {h["host"]: h["status"] for h in json.loads(out)}
+    assert code == 3 and statuses == {"tb-03": "failed", "tb-01": "healthy"}
 
 
 def test_verify_status_codes() -> None:
