@@ -243,7 +243,7 @@ def test_trust_decision() -> None:
     assert decide([other], key, yes=False, replace=True, interactive=False) is Action.REPLACE
 
 
-@pytest.mark.parametrize("answer, code", [("y", 0), ("n", 1)])
+@pytest.mark.parametrize("answer, code", [("y", 0), ("n", 3)])
 def test_trust_asks_on_a_terminal(testbed: Testbed, tmp_path: Path, answer: str,
                                   code: int) -> None:
     known = tmp_path / "known_hosts"
