@@ -52,7 +52,11 @@ def command_tables() -> dict[str, dict[int, str]]:
     out: dict[str, dict[int, str]] = {}
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
-        out[info.name] = dict(module.EXITS)
+        codes = getattr(module, "EXITS", None)
+        if codes is None:  # a new command: its table is part of it (docs/architecture.md)
+            raise LookupError(f"orchestrator/cli/commands/{info.name}.py declares no EXITS "
+                              "table (see orchestrator/cli/exits.py)")
+        out[info.name] = dict(codes)
     return out
 
 
