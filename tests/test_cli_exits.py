@@ -323,6 +323,12 @@ def test_verify_exits_3_for_a_host_whose_probe_fails(
     assert code == 3 and statuses == {"tb-03": "failed", "tb-01": "healthy"}
 
 
+def test_validate_names_both_methods(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _main(["validate", _valid_joblib(world, "predict")], capsys)
+    assert code == 2 and "verify.method" in err
+    assert "is 'predict' but" in err and "was recorded with method 'predict_proba'" in err
+
+
 def test_verify_status_codes() -> None:
     from orchestrator.cli.commands.verify import STATUS_CODES
     from orchestrator.errors import worst
