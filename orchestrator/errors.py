@@ -1,15 +1,26 @@
 """The orchestrator's exceptions: one root, a few well-named branches.
 
 Every error carries what the user needs to act (host, step, file, line, field) and maps to a
-stable exit code (DESIGN.md "CLI") and HTTP status.
+stable exit code and HTTP status. The exit codes are the CLI's contract with scripts, the same
+for every command (docs/operations.md "Exit codes" has the table per command):
+
+    0  ok
+    1  internal error (a bug: please report)
+    2  invalid input, or a request the current state refuses; nothing was changed
+    3  a deployment or a host failed (rolled back where it had switched)
+    4  unreachable or degraded: a host or the daemon did not answer, a host verified degraded,
+       `wait --timeout` passed first; a script may retry later
+
+When one command meets several outcomes (one host failed, another unreachable), `worst()` picks
+the code, in the order of `SEVERITY`.
 
     OrchestratorError                    exit 1, HTTP 500: a bug; please report
     ├── InvalidInput                     exit 2, HTTP 400: bad spec, inventory, lock, path, flag
     │   ├── SpecError                    names file, line and field
     │   ├── NotFound                     exit 2, HTTP 404: unknown deployment or host
     │   └── PayloadTooLarge              exit 2, HTTP 413: a submitted bundle over the limit
-    ├── HostError                        exit 1, HTTP 502: something about one host
-    │   ├── HostUnreachable              connect/auth/banner failed or connection lost
+    ├── HostError                        exit 3, HTTP 502: something about one host
+    │   ├── HostUnreachable              exit 4: connect/auth/banner failed or connection lost
     │   ├── HostKeyRejected              unknown or changed host key (fingerprint in message)
     │   ├── CommandFailed                non-zero exit; carries command, exit code, output tail
     │   ├── HealthCheckFailed            a service stayed unhealthy: why first, then the check
@@ -24,7 +35,7 @@ stable exit code (DESIGN.md "CLI") and HTTP status.
     ├── Conflict                         exit 2, HTTP 409: refused by the current state
     │   └── InvalidTransition            a state change the state machine forbids
     ├── DaemonError                      exit 1: the daemon could not start, or is not running
-    │   ├── DaemonUnavailable            nothing answers on the socket
+    │   ├── DaemonUnavailable            exit 4: nothing answers on the socket
     │   ├── StateDirLocked               another daemon owns the state dir
     │   └── StoreCorrupt                 the SQLite store failed its integrity check
     └── DeploymentFailed                 exit 3: a deployment failed (rolled back where it switched)
@@ -36,10 +47,24 @@ that module's types; they are part of this tree all the same.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_INVALID = 2
 EXIT_DEPLOY_FAILED = 3
+EXIT_UNREACHABLE = 4
+
+#: Most severe first: a bug hides everything, a refusal comes before any host was touched, a
+#: failure needs a person where an unreachable host may only need a retry.
+SEVERITY = (EXIT_INTERNAL, EXIT_INVALID, EXIT_DEPLOY_FAILED, EXIT_UNREACHABLE, EXIT_OK)
+
+
+def worst(codes: Iterable[int]) -> int:
+    """The exit code of a command with several outcomes: the most severe (`SEVERITY`); 0 for
+    none. An unknown code counts as internal."""
+    rank = {code: i for i, code in enumerate(SEVERITY)}
+    return min(codes, key=lambda c: rank.get(c, 0), default=EXIT_OK)
 
 
 class OrchestratorError(Exception):
@@ -72,6 +97,7 @@ class SpecError(InvalidInput):
 class HostError(OrchestratorError):
     """Something went wrong on, or on the way to, one host."""
 
+    exit_code = EXIT_DEPLOY_FAILED
     http_status = 502
 
     def __init__(self, host: str, message: str) -> None:
@@ -81,6 +107,7 @@ class HostError(OrchestratorError):
 
 
 class HostUnreachable(HostError):
+    exit_code = EXIT_UNREACHABLE
     #: Set where the cause may pass (a refused, reset or timed-out connect) and another attempt
     #: is worth it (core/retry.py); never for an authentication failure or a host-key refusal.
     transient = False
@@ -158,7 +185,7 @@ class DaemonError(OrchestratorError):
 
 
 class DaemonUnavailable(DaemonError):
-    pass
+    exit_code = EXIT_UNREACHABLE
 
 
 class StateDirLocked(DaemonError):

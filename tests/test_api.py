@@ -308,24 +308,6 @@ def test_a_runner_reconcile_decides_the_outcome(service: Service, tmp_path: Path
                       ("reconcile", "finished"), ("deployment", "rolled_back")]
 
 
-def test_progress_block_rows_then_counts() -> None:
-    from orchestrator.cli.render import LiveProgress, progress_block
-
-    rows = progress_block({"gpu-02": ("install", "running"), "gpu-01": ("switch", "ok")},
-                          colour=False)
-    assert rows == ["  gpu-01  switch     ok", "  gpu-02  install    running"]
-    many = {f"h{i:02}": ("probe", "failed" if i < 3 else "ok") for i in range(30)}
-    assert progress_block(many, colour=False) == [
-        "  30 hosts: 3 failed, 27 ok", "  failed: h00, h01, h02"]
-    out = io.StringIO()
-    live = LiveProgress(out, colour=False)
-    live.show({"seq": 1, "ts": 0, "event": "step", "host": "a", "step": "probe",
-               "status": "running"})
-    live.show({"seq": 2, "ts": 0, "event": "step", "host": "a", "step": "probe", "status": "ok"})
-    text = out.getvalue()
-    assert text.count("\x1b[1F\x1b[J") == 1 and text.endswith("  a  probe      ok\n")
-
-
 def test_pack_refuses_a_symlink_among_the_spec_files(tmp_path: Path) -> None:
     from orchestrator.errors import InvalidInput
 

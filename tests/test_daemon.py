@@ -130,7 +130,7 @@ def test_second_daemon_on_the_state_dir_refuses(tmp_path: Path,
 def test_client_without_daemon_is_one_clear_line(tmp_path: Path) -> None:
     result = subprocess.run([ORCHESTRATOR, "status", "--socket", str(tmp_path / "none.sock")],
                             capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 1
+    assert result.returncode == 4  # unreachable (orchestrator/errors.py)
     assert result.stderr.startswith("error: no orchestrator daemon answers on")
     assert len(result.stderr.splitlines()) == 1
 

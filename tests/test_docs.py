@@ -80,7 +80,7 @@ ALL = [c for doc in DOCS for c in commands(doc)]
 def orchestrator_argv(text: str) -> list[str] | None:
     """The argv after `orchestrator` if the line runs it (first command of the line)."""
     code = EXITS.sub("", text).split(" #", 1)[0].strip().rstrip("&").strip()
-    words = shlex.split(code.split("|", 1)[0].split("&&", 1)[0])
+    words = shlex.split(code.split("|", 1)[0].split("&&", 1)[0].split(" > ", 1)[0])
     while words and ("=" in words[0] and not words[0].startswith("-")):
         words = words[1:]  # VAR=value prefixes
     if words and words[0] == "sudo":

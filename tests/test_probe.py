@@ -204,7 +204,7 @@ def test_probe_cli_exit_codes(testbed: Testbed, tmp_path: Path,
     down = {"gone": {"address": "127.0.0.254", "port": 1, "user": "root",
                      "deploy_root": "/tmp/gone"}}
     inventory = write_inventory(testbed, tmp_path, testbed.known_hosts_path, down)
-    assert cli.main(["probe", "--inventory", str(inventory), "gone", "tb-01"]) == 1
+    assert cli.main(["probe", "--inventory", str(inventory), "gone", "tb-01"]) == 4
     captured = capsys.readouterr()
     assert "tb-01" in captured.out and "error: gone: cannot connect" in captured.err
     assert cli.main(["probe", "--inventory", str(inventory), "nosuchhost"]) == 2
@@ -216,7 +216,7 @@ def test_trust_cli(testbed: Testbed, tmp_path: Path, capsys: pytest.CaptureFixtu
     inventory = str(write_inventory(testbed, tmp_path, known))
     fingerprint = ssh.HostKey(*Path(f"{testbed.host('tb-01').host_key}.pub")
                               .read_text().split()[:2]).fingerprint
-    assert cli.main(["trust", "tb-01", "--inventory", inventory]) == 1  # no --yes, no terminal
+    assert cli.main(["trust", "tb-01", "--inventory", inventory]) == 3  # no --yes, no terminal
     assert fingerprint in capsys.readouterr().out and not known.exists()
     assert cli.main(["trust", "tb-01", "--inventory", inventory, "--yes"]) == 0
     assert cli.main(["probe", "tb-01", "--inventory", inventory]) == 0
@@ -227,7 +227,7 @@ def test_trust_cli(testbed: Testbed, tmp_path: Path, capsys: pytest.CaptureFixtu
     known.write_text(known.read_text().replace(
         ssh.known_hosts_name(tb01.address, tb01.port), "placeholder"))
     ssh.append_known_host(known, tb01.address, tb01.port, ssh.fetch_host_key(tb02))
-    assert cli.main(["trust", "tb-01", "--inventory", inventory, "--yes"]) == 1
+    assert cli.main(["trust", "tb-01", "--inventory", inventory, "--yes"]) == 3
     assert "CHANGED" in capsys.readouterr().err
     assert cli.main(["trust", "tb-01", "--inventory", inventory, "--replace"]) == 0
     assert ssh.known_host_keys(known, tb01.address, tb01.port) == [ssh.fetch_host_key(tb01)]
@@ -243,7 +243,7 @@ def test_trust_decision() -> None:
     assert decide([other], key, yes=False, replace=True, interactive=False) is Action.REPLACE
 
 
-@pytest.mark.parametrize("answer, code", [("y", 0), ("n", 1)])
+@pytest.mark.parametrize("answer, code", [("y", 0), ("n", 3)])
 def test_trust_asks_on_a_terminal(testbed: Testbed, tmp_path: Path, answer: str,
                                   code: int) -> None:
     known = tmp_path / "known_hosts"

@@ -341,7 +341,7 @@ def test_daemon_verify_degrades_a_host_which_a_new_rollout_then_leaves_out(
     assert first.returncode == 0, first.stdout + first.stderr
     with testbed.profile("tb-08", "mismatch"):
         verified = cli("verify", "tb-08", "--json")
-    assert verified.returncode == 0, verified.stdout + verified.stderr  # degraded: exit 0
+    assert verified.returncode == 4, verified.stdout + verified.stderr  # degraded: exit 4
     [record] = json.loads(verified.stdout)
     assert record["status"] == "degraded"
     assert any(r.startswith(f"{app}: driver 550.54.15 -> NVML error LibRmVersionMismatch")

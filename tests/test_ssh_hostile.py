@@ -101,13 +101,13 @@ def test_probe_names_the_host_whose_marker_is_dev_zero(
     transport: ssh.SshTransport, host: Host, testbed: Testbed,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # The same through the command: one host's error (exit 1), in seconds, no MemoryError.
+    # The same through the command: one host's error (exit 3), in seconds, no MemoryError.
     tools = ensure_tools(transport, host.deploy_root)
     marker = tools.script(MARKER)
     transport.run(["ln", "-sf", "/dev/zero", marker])
     try:
         started = time.monotonic()
-        assert cli.main(["probe", "--inventory", str(testbed.inventory_path), "tb-03"]) == 1
+        assert cli.main(["probe", "--inventory", str(testbed.inventory_path), "tb-03"]) == 3
         assert time.monotonic() - started < 10
     finally:
         transport.put(f"{tools.digest}\n".encode(), marker)

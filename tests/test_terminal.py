@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.cli import render
+from orchestrator.cli import follow, render
 from orchestrator.cli.commands import deploy, probe, releases
 from orchestrator.core.terminal import safe
 from orchestrator.errors import HostError
@@ -39,7 +39,7 @@ SHOWN = "x\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m\\x0dok"
 
 #: Control characters a terminal obeys: C0 but newline and tab, DEL, C1.
 RAW_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-#: Our own escapes: the state colours (SGR) and LiveProgress's cursor-up-and-clear.
+#: Our own escapes: the state colours (SGR) and LiveFollow's cursor-up-and-clear.
 OURS = re.compile(r"\x1b\[(?:\d+m|\d+F\x1b\[J)")
 
 
@@ -110,6 +110,13 @@ def _releases_table() -> str:
     return releases.render_table({"gpu-01": {"releases": [release]}, "gpu-02": {"error": HOSTILE}})
 
 
+def _hostile_view() -> follow.FollowView:
+    view = follow.FollowView(colour=True)
+    view.apply({**hostile_event(), "event": "host.finished", "step": None, "release_id": HOSTILE,
+                "p50_ms": 1.0})
+    return view
+
+
 def _host_line() -> str:
     from orchestrator.deploy.batch import DeployResult
     from orchestrator.deploy.pipeline import HostResult, HostStatus
@@ -134,6 +141,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "render_table (releases)": _releases_table,
     "render_event": lambda: deploy.render_event(hostile_event()),
     "host_line": _host_line,
+    "ending": lambda: follow.ending(_hostile_view(), "d-1", "failed", HOSTILE, 3),
 }
 
 
@@ -142,14 +150,20 @@ def test_each_renderer_shows_host_text_escaped(name: str) -> None:
     assert_shown_safe(RENDERERS[name]())
 
 
-def test_the_live_progress_block_shows_host_text_escaped() -> None:
+def test_the_live_follow_view_shows_host_text_escaped() -> None:
     out = io.StringIO()
-    live = render.LiveProgress(out, colour=True)
-    for event in (hostile_event(), {**hostile_event(), "host": HOSTILE, "status": HOSTILE}):
+    live = follow.LiveFollow(out, colour=True, tick=60)
+    for event in (hostile_event(), {**hostile_event(), "host": HOSTILE, "status": "running"},
+                  {**hostile_event(), "event": "deployment", "host": None, "step": None,
+                   "status": HOSTILE, "reason": HOSTILE}):
         live.show(event)
+    view = live.close()
     assert_shown_safe(out.getvalue())
-    many = {f"h{i}{HOSTILE}": ("check", "failed") for i in range(30)}
-    assert_shown_safe("\n".join(render.progress_block(many, colour=True, max_rows=20)))
+    assert_shown_safe(follow.ending(view, "d-1", HOSTILE, HOSTILE, 3))
+    many = follow.FollowView(colour=True, max_rows=20)
+    for i in range(30):
+        many.apply({**hostile_event(), "host": f"h{i}{HOSTILE}", "status": "running"})
+    assert_shown_safe("\n".join(many.block(now=1_700_000_010.0)))
 
 
 def test_a_table_cell_cannot_forge_a_row() -> None:
@@ -361,10 +375,10 @@ def test_the_cli_prints_only_safe_text_json_or_a_tested_renderer() -> None:
     assert not bad, "print host or user text through terminal.safe:\n" + "\n".join(bad)
 
 
-def test_only_the_live_progress_block_writes_to_a_stream_directly() -> None:
-    """Streams are written by `print` (checked above), except LiveProgress, whose text is
-    `event_line` and `progress_block` (tested above) and its own cursor codes."""
+def test_only_the_live_follow_view_writes_to_a_stream_directly() -> None:
+    """Streams are written by `print` (checked above), except LiveFollow, whose text is
+    `FollowView`'s (tested above) and its own cursor codes."""
     writers = {(where, owner) for where, _, call, owner in cli_calls()
                if isinstance(call.func, ast.Attribute)
                and call.func.attr in ("write", "writelines", "print_exc", "print_exception")}
-    assert writers == {("cli/render.py", "show")}
+    assert writers == {("cli/follow.py", "_clear"), ("cli/follow.py", "_redraw")}

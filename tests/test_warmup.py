@@ -113,6 +113,18 @@ def test_joblib_changed_weight_fails_golden(built: Path, tmp_path: Path) -> None
     assert result.golden and not result.golden["ok"] and result.golden["mismatched"] > 0
 
 
+def test_a_golden_recorded_with_another_method_fails_naming_both(built: Path,
+                                                                tmp_path: Path) -> None:
+    """issue 14: the canary's failure names the cause, not only the shapes that differ."""
+    model, golden = models.make_joblib(built / "jl-method", method="predict_proba")
+    result, _ = run_local(tmp_path, model, "joblib", golden, method="predict", iterations=5)
+    assert result.golden and not result.golden["ok"]
+    assert ("the golden file was recorded with method 'predict_proba' but verify.method is "
+            "'predict'") in result.golden["message"]
+    same, _ = run_local(tmp_path, model, "joblib", golden, method="predict_proba", iterations=5)
+    assert same.golden and same.golden["ok"]
+
+
 @pytest.fixture(scope="module")
 def old_sklearn(tmp_path_factory: pytest.TempPathFactory) -> Path:
     uv = Path(sys.executable).parent / "uv"

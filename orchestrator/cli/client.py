@@ -2,28 +2,29 @@
 
 Every client command is a thin use of `Client`; the CLI holds no state and never reads the
 store. A daemon that is not running is one clear line (`DaemonUnavailable`); an error response
-becomes the orchestrator error of its status (400/422 `InvalidInput` and 404 `NotFound`: exit 2,
-409 `Conflict`: exit 2, others exit 1), with the daemon's message.
+becomes the orchestrator error of its status (400/401/403/422 `InvalidInput` and 404 `NotFound`:
+exit 2, 409 `Conflict`: exit 2, others exit 1), with the daemon's message. The daemon is found
+through orchestrator/cli/context.py (flags > environment > context file > default socket).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, NoReturn
 from urllib.parse import quote
 
 import httpx
 
-from orchestrator.cli.render import LiveProgress, event_line, use_colour
+from orchestrator.cli.context import Endpoint, resolve
+from orchestrator.cli.follow import FollowView, LiveFollow, ending
+from orchestrator.cli.render import event_line, use_colour
 from orchestrator.core.states import DEPLOYMENT_TERMINAL, DeploymentState
 from orchestrator.daemon.bundle import pack_bundle
-from orchestrator.daemon.config import default_socket, default_state_dir
 from orchestrator.errors import (
     EXIT_DEPLOY_FAILED,
     EXIT_OK,
@@ -36,36 +37,47 @@ from orchestrator.errors import (
 )
 
 _STATUS_ERRORS: dict[int, type[OrchestratorError]] = {
-    400: InvalidInput, 404: NotFound, 409: Conflict, 413: PayloadTooLarge, 422: InvalidInput,
+    400: InvalidInput, 401: InvalidInput, 403: InvalidInput, 404: NotFound, 409: Conflict,
+    413: PayloadTooLarge, 422: InvalidInput,
 }
 
 
-def socket_path(explicit: str | None, env: Mapping[str, str] | None = None) -> Path:
-    """--socket, else $ORCHESTRATOR_SOCKET, else the daemon's default."""
-    env = os.environ if env is None else env
-    if explicit:
-        return Path(explicit)
-    if env.get("ORCHESTRATOR_SOCKET"):
-        return Path(env["ORCHESTRATOR_SOCKET"])
-    return default_socket(env, Path(env.get("ORCHESTRATOR_STATE_DIR") or default_state_dir(env)))
-
-
 def add_client_args(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
-    parser.add_argument("--socket", help="the daemon's socket (default: $ORCHESTRATOR_SOCKET, "
-                                         "else $XDG_RUNTIME_DIR/orchestrator.sock)")
+    parser.add_argument("--socket", metavar="PATH",
+                        help="the daemon's Unix socket (default: $ORCHESTRATOR_SOCKET, else the "
+                             "context file, else $XDG_RUNTIME_DIR/orchestrator.sock)")
+    parser.add_argument("--url", help="the daemon's TCP listener instead, e.g. "
+                                      "http://127.0.0.1:8470 (default: $ORCHESTRATOR_URL, else "
+                                      "the context file)")
+    parser.add_argument("--token-file", metavar="FILE",
+                        help="the bearer token for --url (default: $ORCHESTRATOR_TOKEN_FILE, "
+                             "else the context file's token_file)")
     if json_flag:
         parser.add_argument("--json", action="store_true", help="print JSON")
 
 
 class Client:
-    def __init__(self, socket: Path, *, timeout: float = 30.0) -> None:
-        self.socket = socket
-        self._http = httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)),
-                                  base_url="http://orchestrator", timeout=timeout)
+    def __init__(self, endpoint: Endpoint | Path, *, timeout: float = 30.0) -> None:
+        self.endpoint = endpoint if isinstance(endpoint, Endpoint) else Endpoint(socket=endpoint)
+        token = self.endpoint.token()
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        if self.endpoint.url is not None:
+            self._http = httpx.Client(base_url=self.endpoint.url, headers=headers,
+                                      timeout=timeout)
+        else:
+            self._http = httpx.Client(
+                transport=httpx.HTTPTransport(uds=str(self.endpoint.socket)),
+                base_url="http://orchestrator", timeout=timeout)
+
+    @property
+    def socket(self) -> str:
+        """Where the daemon was looked for (a socket path or a URL), for messages."""
+        return self.endpoint.where()
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Client:
-        return cls(socket_path(getattr(args, "socket", None)))
+        return cls(resolve(socket=getattr(args, "socket", None), url=getattr(args, "url", None),
+                           token_file=getattr(args, "token_file", None)))
 
     def close(self) -> None:
         self._http.close()
@@ -77,11 +89,21 @@ class Client:
         self.close()
 
     def _unavailable(self, exc: Exception) -> NoReturn:
+        source = "" if self.endpoint.source == "default" else f" (from the {self.endpoint.source})"
         raise DaemonUnavailable(
-            f"no orchestrator daemon answers on {self.socket} ({type(exc).__name__}); start it "
-            "with `orchestrator daemon` or point --socket / ORCHESTRATOR_SOCKET at it") from None
+            f"no orchestrator daemon answers on {self.socket}{source} ({type(exc).__name__}); "
+            "start it with `orchestrator daemon` or point --socket / ORCHESTRATOR_SOCKET or the "
+            "context file at it") from None
+
+    def _no_socket_file(self) -> None:
+        """A socket path with nothing there: no daemon, said before httpcore opens a socket it
+        would leave unclosed on the failed connect."""
+        sock = self.endpoint.socket
+        if self.endpoint.url is None and sock is not None and not sock.exists():
+            self._unavailable(FileNotFoundError(sock))
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        self._no_socket_file()
         try:
             response = self._http.request(method, path, **kwargs)
         except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError,
@@ -150,6 +172,7 @@ class Client:
         return result
 
     def metrics(self) -> str:
+        self._no_socket_file()
         try:
             response = self._http.get("/metrics")
         except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as exc:
@@ -184,6 +207,7 @@ class Client:
 
     def _event_stream(self, deployment: str, after: int, host: str | None,
                       follow: bool) -> Iterator[dict[str, Any]]:
+        self._no_socket_file()
         params: dict[str, Any] = {"after": after, "follow": follow}
         if host:
             params["host"] = host
@@ -223,30 +247,45 @@ def check(response: httpx.Response) -> None:
 
 
 def print_events(client: Client, deployment: str, *, follow: bool, host: str | None = None,
-                 as_json: bool = False, quiet: bool = False, out: IO[str] | None = None) -> None:
-    """Print the events (one JSON line each with `as_json`), following until the end."""
+                 as_json: bool = False, quiet: bool = False,
+                 out: IO[str] | None = None) -> FollowView | None:
+    """Print the events (one JSON line each with `as_json`), following until the end. Following
+    on a terminal, the live view (orchestrator/cli/follow.py) instead, returned for the caller
+    to print its `ending` with the outcome (None otherwise)."""
     out = out or sys.stdout
     colour = use_colour(out)
-    live = LiveProgress(out, colour) if follow and colour and not as_json else None
-    for event in client.events(deployment, host=host, follow=follow):
-        if quiet:
-            continue
-        if live is not None:
-            live.show(event)  # a terminal: events scroll above a per-host progress block
-            continue
-        print(json.dumps(event, separators=(",", ":")) if as_json
-              else event_line(event, colour=colour), file=out, flush=True)
+    terminal = bool(getattr(out, "isatty", lambda: False)())
+    live = LiveFollow(out, colour) if follow and terminal and not as_json and not quiet else None
+    try:
+        for event in client.events(deployment, host=host, follow=follow):
+            if quiet:
+                continue
+            if live is not None:
+                live.show(event)
+                continue
+            print(json.dumps(event, separators=(",", ":")) if as_json
+                  else event_line(event, colour=colour), file=out, flush=True)
+    finally:
+        view = live.close() if live is not None else None
+    return view
 
 
-def wait_for_end(client: Client, deployment: str, *, show: bool, as_json: bool = False) -> int:
-    """Follow the deployment to its end (a dropped stream is resumed); DESIGN.md exit code:
-    0 succeeded, 3 failed / rolled back / cancelled."""
-    print_events(client, deployment, follow=True, as_json=as_json, quiet=not show)
+def wait_for_end(client: Client, deployment: str, *, show: bool, as_json: bool = False,
+                 host: str | None = None) -> int:
+    """Follow the deployment to its end (a dropped stream is resumed); the outcome's exit code
+    (orchestrator/errors.py): 0 succeeded, 3 failed / rolled back / cancelled. On a terminal
+    the live view ends with a summary per host and the exit code."""
+    view = print_events(client, deployment, follow=True, as_json=as_json, quiet=not show,
+                           host=host)
     record = client.deployment(deployment)
     if record["state"] not in FINISHED:  # the stream ended early (daemon stopping)
         raise DaemonUnavailable(f"the daemon stopped while {deployment} was {record['state']}; "
                                 f"follow it again with `orchestrator logs {deployment} --follow`")
-    return exit_code(record["state"])
+    code = exit_code(record["state"])
+    if view is not None:
+        print(ending(view, deployment, record["state"],
+                     (record.get("result") or {}).get("reason"), code), flush=True)
+    return code
 
 
 #: The API's words for a deployment that is over (the states' own values).

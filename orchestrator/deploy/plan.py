@@ -5,11 +5,11 @@ gathered (or the `HostError` that kept it from a host) and returns a `Plan`: per
 preflight check with its verdict and the steps a rollout would take there. Rendering as text
 or JSON is pure too; `orchestrator/cli/commands/plan.py` does the I/O (load, probe, print).
 
-Exit codes (DESIGN.md "CLI"): 0 when every target passes (warnings allowed), 3 when any fails
-(an unreachable host fails), 2 for invalid input (raised before any host is touched).
+Exit codes (orchestrator/errors.py): 0 when every target passes (warnings allowed), 3 when any
+fails, else 4 when any was unreachable, 2 for invalid input (raised before any host is touched).
 
 `--json` prints `Plan.to_dict()`:
-    {"app", "spec", "lock", "ok": bool, "exit_code": 0 | 3,
+    {"app", "spec", "lock", "ok": bool, "exit_code": 0 | 3 | 4,
      "hosts": [{"host", "address", "status": "pass" | "warn" | "fail",
                 "error": null | "unreachable: ..." | "host key rejected: ..." | "probe failed: ...",
                 "checks": [{"name", "status", "message"}], "steps": [str]}]}
@@ -41,9 +41,11 @@ from orchestrator.deploy.steps.registry import STEP_ORDER
 from orchestrator.errors import (
     EXIT_DEPLOY_FAILED,
     EXIT_OK,
+    EXIT_UNREACHABLE,
     HostError,
     HostKeyRejected,
     HostUnreachable,
+    worst,
 )
 
 UNREACHABLE = "unreachable"
@@ -56,10 +58,17 @@ class HostPlan:
     verdict: HostVerdict | None  # None: the host could not be probed
     error: str | None  # why it could not be probed
     steps: tuple[str, ...]
+    unreachable: bool = False  # the probe could not connect (exit 4 rather than 3)
 
     @property
     def status(self) -> Status:
         return Status.FAIL if self.verdict is None else self.verdict.status
+
+    @property
+    def exit_code(self) -> int:
+        if self.status is not Status.FAIL:
+            return EXIT_OK
+        return EXIT_UNREACHABLE if self.unreachable else EXIT_DEPLOY_FAILED
 
     def to_dict(self) -> dict[str, Any]:
         checks = [] if self.verdict is None else self.verdict.to_dict()["checks"]
@@ -80,7 +89,8 @@ class Plan:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_OK if self.ok else EXIT_DEPLOY_FAILED
+        """0 every host passes, 3 one fails its preflight, else 4 one was unreachable."""
+        return worst(h.exit_code for h in self.hosts)
 
     def to_dict(self) -> dict[str, Any]:
         return {"app": self.app, "spec": self.spec_file, "lock": self.lock_summary,
@@ -101,7 +111,8 @@ def build_plan(
         if not isinstance(result, HostFacts):
             error = probe_error(result)
             plans.append(HostPlan(host.name, host.address, None, error,
-                                  (f"probe: failed: {error}", STOP)))
+                                  (f"probe: failed: {error}", STOP),
+                                  unreachable=isinstance(result, HostUnreachable)))
             continue
         verdict = preflight(spec, lock, result, data)
         plans.append(HostPlan(host.name, host.address, verdict, None,

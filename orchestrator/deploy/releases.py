@@ -100,8 +100,9 @@ def release_row(info: ReleaseInfo) -> dict[str, Any]:
 
 
 def releases_json(found: Mapping[str, list[ReleaseInfo] | HostError]) -> dict[str, Any]:
-    """{host: {"releases": [row, ...]} or {"error": why}}: the one shape of both modes."""
-    return {name: ({"error": r.reason} if isinstance(r, HostError)
+    """{host: {"releases": [row, ...]} or {"error": why, "exit_code": n}}: the one shape of
+    both modes (the code tells an unreachable host from a refused answer, errors.py)."""
+    return {name: ({"error": r.reason, "exit_code": r.exit_code} if isinstance(r, HostError)
                    else {"releases": [release_row(i) for i in r]}) for name, r in found.items()}
 
 

@@ -8,8 +8,13 @@ import argparse
 import json
 from typing import Any
 
+from orchestrator.cli import exits
 from orchestrator.cli.client import Client, add_client_args
 from orchestrator.core.terminal import safe
+from orchestrator.errors import EXIT_OK
+
+EXITS = exits.table({EXIT_OK: "the abort was requested"},
+                    exits.BY_ID, exits.CLIENT)
 
 
 def register(subparsers: Any) -> None:
@@ -23,6 +28,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("deployment", metavar="ID")
     add_client_args(parser)
     parser.set_defaults(func=run)
+    parser.epilog = exits.epilog(EXITS)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,4 +37,4 @@ def run(args: argparse.Namespace) -> int:
         record = client.control(args.deployment, "abort")
     print(json.dumps(record) if args.json
           else safe(f"{record['id']}: {record['state']} (abort requested)"))
-    return 0
+    return EXIT_OK

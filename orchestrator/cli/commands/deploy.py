@@ -29,19 +29,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from orchestrator.cli import exits
 from orchestrator.core.terminal import safe
-from orchestrator.errors import EXIT_OK, InvalidInput
+from orchestrator.errors import EXIT_DEPLOY_FAILED, EXIT_INVALID, EXIT_OK, InvalidInput
 
 if TYPE_CHECKING:
     from orchestrator.deploy.rollout import RolloutResult
 
-EPILOG = """\
-exit status:
-  0  the deployment succeeded (failed hosts within rollout.max_failed_hosts are named)
-  2  invalid input (spec, lock, inventory, unknown host)
-  3  the deployment failed or was rolled back (the canary failed, or more than
-     rollout.max_failed_hosts hosts did; switched hosts rolled back unless on_failure: pause)
-"""
+EXITS = exits.table({
+    EXIT_OK: "the deployment succeeded (failed hosts within rollout.max_failed_hosts are named)",
+    EXIT_INVALID: "invalid input (spec, lock, inventory, unknown host)",
+    EXIT_DEPLOY_FAILED: "the deployment failed or was rolled back (the canary failed, or more "
+                        "than rollout.max_failed_hosts hosts did, unreachable ones included; "
+                        "switched hosts rolled back unless on_failure: pause)"})
 
 #: Event keys shown on a readable line, in this order (the rest is in --json).
 SHOWN = ("release_id", "current", "reused", "installer", "env_hash", "wheels_pushed",
@@ -55,7 +55,7 @@ def register(subparsers: Any) -> None:
                     "canary, then batches under the failure budget; on each host the pipeline "
                     "(probe, preflight, stage, install, verify, switch, check, prune). Every "
                     "event is printed.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        **exits.help_args(EXITS))
     parser.add_argument("spec", type=Path, metavar="SPEC", help="deployment spec YAML")
     parser.add_argument("--inventory", type=Path, required=True, help="inventory YAML file")
     parser.add_argument("--host", action="append", default=[], metavar="H",

@@ -17,17 +17,24 @@ import re
 from pathlib import Path
 from typing import Any
 
+from orchestrator.cli import exits
 from orchestrator.core.fingerprint import GOLDEN_META_KEY, read_fingerprint, read_npz_text
 from orchestrator.core.spec import METHOD_PATTERN
 from orchestrator.core.terminal import safe
-from orchestrator.errors import EXIT_OK, InvalidInput
+from orchestrator.errors import EXIT_INVALID, EXIT_OK, InvalidInput
 from orchestrator.hosts.remote import formats
+
+EXITS = exits.table(
+    {EXIT_OK: "recorded, or shown",
+     EXIT_INVALID: "a missing or unreadable model, inputs or golden file; a model the format "
+                   "cannot load or call"})
 
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "golden", help="record or show a golden file (inputs, expected outputs, fingerprint)",
-        description="Golden predictions: what verify compares each host's predictions with.")
+        description="Golden predictions: what verify compares each host's predictions with.",
+        **exits.help_args(EXITS))
     sub = parser.add_subparsers(dest="golden_command", required=True, metavar="ACTION")
     rec = sub.add_parser("record", help="run the model here and write its golden file",
                          description="Run the model on the inputs, here, and write inputs, "
@@ -42,6 +49,9 @@ def register(subparsers: Any) -> None:
                      help="joblib model method: predict (default), predict_proba, ..., or "
                           "__call__")
     rec.add_argument("-o", "--output", required=True, type=Path, help="golden .npz to write")
+    rec.add_argument("--json", action="store_true",
+                     help='print {"path", "samples", "inputs": {name: shape}, "outputs": '
+                          '{name: shape}, "format", "signature", "method"}')
     rec.set_defaults(func=run_record)
     show = sub.add_parser("show", help="print a golden file's arrays and fingerprint")
     show.add_argument("path", type=Path)
@@ -63,6 +73,13 @@ def run_record(args: argparse.Namespace) -> int:
         raise InvalidInput(f"{args.inputs}: no such inputs file")
     summary = golden.record(args.model, args.format, args.inputs, args.output,
                             signature=args.signature, method=args.method)
+    if args.json:
+        print(json.dumps({"path": str(summary.path), "samples": summary.samples,
+                          "inputs": {k: list(v) for k, v in summary.inputs.items()},
+                          "outputs": {k: list(v) for k, v in summary.outputs.items()},
+                          "format": args.format, "signature": args.signature,
+                          "method": args.method}, indent=2))
+        return EXIT_OK
     arrays = ", ".join(f"{k} {list(v)}" for k, v in {**summary.inputs, **summary.outputs}.items())
     print(safe(f"wrote {summary.path}: {summary.samples} samples; {arrays}"))
     return EXIT_OK

@@ -8,24 +8,37 @@ orchestrator/core/hashing.py and docs/spec.md.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 from typing import Any
 
+from orchestrator.cli import exits
 from orchestrator.core.hashing import hash_path
 from orchestrator.core.terminal import safe
-from orchestrator.errors import EXIT_OK
+from orchestrator.errors import EXIT_INVALID, EXIT_OK
+
+EXITS = exits.table({EXIT_OK: "every PATH hashed",
+                     EXIT_INVALID: "a PATH is missing, unreadable, or not a file or directory"})
 
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "hash", help="sha256 of a file, or the tree hash of a directory (model.sha256)",
         description="Print the sha256 of a file, or the tree hash of a directory: the value "
-                    "a spec's model.sha256 must hold.")
+                    "a spec's model.sha256 must hold.", **exits.help_args(EXITS))
     parser.add_argument("paths", nargs="+", metavar="PATH")
+    parser.add_argument("--json", action="store_true",
+                        help='print [{"path", "sha256", "kind": "file" | "directory"}]')
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     paths: list[str] = args.paths
+    if args.json:
+        print(json.dumps([{"path": p, "sha256": hash_path(p),
+                           "kind": "directory" if os.path.isdir(p) else "file"} for p in paths],
+                         indent=2))
+        return EXIT_OK
     if len(paths) == 1:
         print(safe(hash_path(paths[0])))
         return EXIT_OK

@@ -13,22 +13,29 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from orchestrator.cli import exits
 from orchestrator.core.spec import load_spec
 from orchestrator.core.terminal import safe
 from orchestrator.deploy.imagebuild import build_image
-from orchestrator.errors import EXIT_OK, InvalidInput
+from orchestrator.errors import EXIT_INVALID, EXIT_OK, InvalidInput
+
+EXITS = exits.table(
+    {EXIT_OK: "the image was built and saved (its path and sha256 printed)",
+     EXIT_INVALID: "invalid input (spec, base archive), or the engine refused a build step"})
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "image", help="build an image archive from a spec's lock (image build)",
-        description="Container images for image releases (environment.image).")
+        description="Container images for image releases (environment.image).",
+        **exits.help_args(EXITS))
     sub = parser.add_subparsers(dest="image_command", required=True, metavar="COMMAND")
     build = sub.add_parser(
         "build", help="build the image a venv spec's lock makes on a base image archive",
         description="Load BASE (an image archive with python3 and python3-venv), install the "
                     "spec's hashed lock into /opt/venv offline in a container without network, "
-                    "and save the result to OUT; prints OUT's sha256 for environment.image.")
+                    "and save the result to OUT; prints OUT's sha256 for environment.image.",
+        **exits.help_args(EXITS))
     build.add_argument("spec", type=Path, metavar="SPEC", help="a spec with "
                        "environment.requirements (and python)")
     build.add_argument("--base", type=Path, required=True, metavar="ARCHIVE",

@@ -6,7 +6,7 @@ Phases: load (spec, lock, inventory, playbook: any problem exits 2 before a host
 probe (read-only, in the bounded pool; the probe's own tools are shipped to the host's
 content-addressed `.orchestrator/tools/` cache if missing, as every step does) -> pure plan ->
 print.
-Exit 0 when every target passes (warnings allowed), 3 when any fails or is unreachable.
+Exit codes: `EXITS`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from orchestrator.cli import exits
 from orchestrator.core.compat import load_compat
 from orchestrator.core.envinputs import load_environment
 from orchestrator.core.inventory import load_inventory
@@ -24,20 +25,32 @@ from orchestrator.core.spec import load_spec
 from orchestrator.core.terminal import safe
 from orchestrator.deploy.plan import build_plan, render_text
 from orchestrator.deploy.playbook import load_playbook
-from orchestrator.errors import InvalidInput
+from orchestrator.errors import (
+    EXIT_DEPLOY_FAILED,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    InvalidInput,
+)
 from orchestrator.hosts import ssh
 from orchestrator.hosts.pool import Pool
 from orchestrator.hosts.probe import probe_hosts
 
 INVENTORY_ENV = "ORCHESTRATOR_INVENTORY"
 
+EXITS = exits.table(
+    {EXIT_OK: "every target passes its preflight (warnings allowed)",
+     EXIT_INVALID: "invalid input (spec, lock, inventory, unknown target); no host touched",
+     EXIT_DEPLOY_FAILED: "a target fails its preflight (or answered the probe wrongly)",
+     EXIT_UNREACHABLE: "none fails, but a target is unreachable"})
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "plan", help="show what a rollout would find and do on each target, changing nothing",
         description="Probe the spec's targets, run the preflight on each, and print every check "
-                    "with its verdict and the rollout steps. Exit 0 if every target passes "
-                    "(warnings allowed), 3 if any fails, 2 for invalid input.",
+                    "with its verdict and the rollout steps.",
+        **exits.help_args(EXITS),
     )
     parser.add_argument("spec", type=Path, metavar="SPEC", help="the deployment spec (YAML)")
     parser.add_argument("--inventory", type=Path, metavar="FILE",

@@ -14,17 +14,25 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from orchestrator.cli import exits
 from orchestrator.cli.render import table
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.terminal import safe
-from orchestrator.errors import HostError, InvalidInput
+from orchestrator.errors import (
+    EXIT_DEPLOY_FAILED,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    HostError,
+    InvalidInput,
+    worst,
+)
 
-EPILOG = """\
-exit status:
-  0  every host answered (a missing driver or GPU is a fact, not a failure)
-  1  at least one host could not be probed (unreachable, host key refused, bad output)
-  2  invalid input (inventory, unknown host or group, no host named)
-"""
+EXITS = exits.table(
+    {EXIT_OK: "every host answered (a missing driver or GPU is a fact, not a failure)",
+     EXIT_INVALID: "invalid input (inventory, unknown host or group, no host named)",
+     EXIT_DEPLOY_FAILED: "a host answered wrongly (host key refused, bad output)",
+     EXIT_UNREACHABLE: "no host answered wrongly, but one is unreachable"})
 
 GIB = 1 << 30
 
@@ -34,7 +42,7 @@ def register(subparsers: Any) -> None:
         "probe", help="show hosts' OS, Python, NVIDIA driver, CUDA, GPUs and CUDA libraries",
         description="Probe hosts over SSH (nothing but python3 needed there) and print their\n"
                     "facts: a table by default, the facts JSON with --json.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        **exits.help_args(EXITS))
     parser.add_argument("hosts", nargs="*", metavar="HOST",
                         help="host names, group names or label selectors (key=value)")
     parser.add_argument("--inventory", type=Path, required=True, help="inventory YAML file")
@@ -68,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if failed and not args.json:
         for err in failed:
             print(safe(f"error: {err}"), file=sys.stderr)
-    return 1 if failed else 0
+    return worst(err.exit_code for err in failed)
 
 
 def render_json(results: Mapping[str, HostFacts | HostError]) -> str:

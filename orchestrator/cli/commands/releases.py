@@ -19,17 +19,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cli import render
+from orchestrator.cli import exits, render
 from orchestrator.cli.client import Client, add_client_args
 from orchestrator.core.terminal import safe
-from orchestrator.errors import DaemonUnavailable, InvalidInput
+from orchestrator.errors import (
+    EXIT_DEPLOY_FAILED,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    DaemonUnavailable,
+    InvalidInput,
+    worst,
+)
 
-EPILOG = """\
-exit status:
-  0  every host answered
-  1  at least one host could not be read
-  2  invalid input (inventory, unknown host, bad app name or release id)
-"""
+EXITS = exits.table(
+    {EXIT_OK: "every host answered (unmark-bad: cleared wherever it was marked)",
+     EXIT_INVALID: "invalid input (inventory, unknown host, bad app name or release id)",
+     EXIT_DEPLOY_FAILED: "a host could not be read (its answer was refused)",
+     EXIT_UNREACHABLE: "none was refused, but a host (or the daemon) is unreachable"})
 
 COLUMNS = ("HOST", "RELEASE", "STATE", "CREATED", "ENV", "MODEL")
 UNMARK = "unmark-bad"
@@ -42,7 +49,7 @@ def register(subparsers: Any) -> None:
               "       orchestrator releases unmark-bad APP RELEASE [options]",
         description="List the releases of APP on each host, with their state; or clear "
                     "RELEASE's bad mark (it may be switched to and rolled back to again).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        **exits.help_args(EXITS))
     parser.add_argument("words", nargs="+", metavar="APP", help=argparse.SUPPRESS)
     parser.add_argument("--inventory", type=Path,
                         help="inventory YAML file: read the hosts directly (default: the daemon)")
@@ -80,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     failed = {name: r["error"] for name, r in rows.items() if "error" in r}
     for name, why in failed.items():
         print(safe(f"error: {name}: {why}"), file=sys.stderr)
-    return 1 if failed else 0
+    return worst(int(rows[name].get("exit_code", EXIT_DEPLOY_FAILED)) for name in failed)
 
 
 def direct(inventory_path: Path, app: str, names: list[str]) -> dict[str, Any]:
@@ -112,7 +119,7 @@ def unmark(args: argparse.Namespace, app: str, release_id: str) -> int:
         print(safe(f"{release_id} ({app}): bad mark cleared on {where}"))
     for name, why in out["errors"].items():
         print(safe(f"error: {name}: {why}"), file=sys.stderr)
-    return 1 if out["errors"] else 0
+    return EXIT_UNREACHABLE if out["errors"] else EXIT_OK
 
 
 def render_table(rows: Mapping[str, Mapping[str, Any]]) -> str:

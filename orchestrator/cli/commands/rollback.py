@@ -11,9 +11,14 @@ import argparse
 import json
 from typing import Any
 
+from orchestrator.cli import exits
 from orchestrator.cli.client import Client, add_client_args
 from orchestrator.core.release import check_release_id
 from orchestrator.core.terminal import safe
+from orchestrator.errors import EXIT_OK
+
+EXITS = exits.table({EXIT_OK: "the rollback started (follow it: `logs ID -f`, `wait ID`)"},
+                    exits.BY_ID, exits.CLIENT)
 
 
 def register(subparsers: Any) -> None:
@@ -29,6 +34,8 @@ def register(subparsers: Any) -> None:
                              "previous good release; a succeeded deployment only")
     add_client_args(parser)
     parser.set_defaults(func=run)
+    parser.epilog = exits.epilog(EXITS)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,4 +46,4 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(record) if args.json else safe(
         f"{record['id']} ({record['app']}): {record['state']}; "
         f"follow with `orchestrator logs {record['id']} --follow`"))
-    return 0
+    return EXIT_OK

@@ -13,14 +13,18 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from orchestrator.cli import exits
 from orchestrator.core.spec import Spec
 from orchestrator.errors import EXIT_OK
+
+EXITS = exits.table({EXIT_OK: "printed"})
 
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "schema", help="print the JSON Schema of the deployment spec",
-        description="Print the JSON Schema of the deployment spec (docs/spec.schema.json).")
+        description="Print the JSON Schema of the deployment spec (docs/spec.schema.json).",
+        **exits.help_args(EXITS))
     parser.set_defaults(func=run)
 
 

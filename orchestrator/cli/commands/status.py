@@ -6,14 +6,21 @@ import argparse
 import json
 from typing import Any
 
+from orchestrator.cli import exits
 from orchestrator.cli.client import Client, add_client_args
 from orchestrator.cli.render import deployment_detail, deployments_table, use_colour
+from orchestrator.errors import EXIT_OK
+
+EXITS = exits.table(
+    {EXIT_OK: "listed, whatever the deployments' states (`wait ID` exits with an outcome)"},
+    exits.UNKNOWN_ID, exits.CLIENT)
 
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "status", help="list deployments, or show one",
-        description="Without ID: the latest deployments. With ID: its state and per-host steps.")
+        description="Without ID: the latest deployments. With ID: its state and per-host steps.",
+        **exits.help_args(EXITS))
     parser.add_argument("deployment", metavar="ID", nargs="?")
     parser.add_argument("--app", help="only this app's deployments")
     add_client_args(parser)
@@ -31,4 +38,4 @@ def run(args: argparse.Namespace) -> int:
             records = client.deployments(app=args.app)
             print(json.dumps(records, indent=2) if args.json
                   else deployments_table(records, colour=colour))
-    return 0
+    return EXIT_OK

@@ -9,17 +9,25 @@ import json
 from pathlib import Path
 from typing import Any
 
+from orchestrator.cli import exits
 from orchestrator.cli.client import Client, add_client_args, wait_for_end
 from orchestrator.core.terminal import safe
 from orchestrator.core.yamlio import DEFAULT_MAX_BYTES, read_limited
+from orchestrator.errors import EXIT_DEPLOY_FAILED, EXIT_INVALID, EXIT_OK
+
+EXITS = exits.table(
+    {EXIT_OK: "submitted; with --wait or --follow: the deployment succeeded",
+     EXIT_INVALID: "invalid spec or files, unknown target, or the app is being deployed (409)",
+     EXIT_DEPLOY_FAILED: "with --wait or --follow: it failed, was rolled back or cancelled"},
+    exits.CLIENT)
 
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "submit", help="submit a deployment spec to the daemon",
         description="Pack SPEC with the files it names (model, lock, golden, wheelhouse) and "
-                    "submit it. Exit codes with --wait/--follow: 0 succeeded, 3 failed or "
-                    "rolled back, 2 invalid spec.")
+                    "submit it; with --wait or --follow, exit with the deployment's outcome.",
+        **exits.help_args(EXITS))
     parser.add_argument("spec", type=Path, help="the spec file (YAML)")
     parser.add_argument("--wait", action="store_true", help="wait for the deployment to finish")
     parser.add_argument("--follow", action="store_true", help="print its events until it ends")
@@ -46,4 +54,4 @@ def run(args: argparse.Namespace) -> int:
                   flush=True)
         if args.follow or args.wait:
             return wait_for_end(client, record["id"], show=args.follow, as_json=args.json)
-    return 0
+    return EXIT_OK

@@ -11,26 +11,37 @@ from __future__ import annotations
 
 import argparse
 import enum
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.cli import exits
 from orchestrator.core.terminal import safe
-from orchestrator.errors import HostError
+from orchestrator.errors import (
+    EXIT_DEPLOY_FAILED,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    HostError,
+    worst,
+)
 
 if TYPE_CHECKING:
     from orchestrator.hosts.ssh import HostAddress, SshOptions
     from orchestrator.hosts.ssh.known_hosts import Opener
 
-EPILOG = """\
+EXITS = exits.table(
+    {EXIT_OK: "every host is trusted (it already was, or its key was added)",
+     EXIT_INVALID: "invalid input (inventory, unknown host or group)",
+     EXIT_DEPLOY_FAILED: "a key was not added (changed key without --replace, not confirmed)",
+     EXIT_UNREACHABLE: "every key offered was handled, but a host is unreachable"})
+
+HINT = """\
 Compare the fingerprint with the host's own (on the host: ssh-keygen -lf /etc/ssh/ssh_host_*.pub)
 before trusting it.
 
-exit status:
-  0  every host is trusted (it already was, or its key was added)
-  1  a key was not added (changed key without --replace, not confirmed) or a host is unreachable
-  2  invalid input (inventory, unknown host or group)
 """
 
 
@@ -60,12 +71,15 @@ def register(subparsers: Any) -> None:
         "trust", help="show hosts' SSH key fingerprints and add them to the known_hosts",
         description="Fetch each host's SSH host key, print its SHA256 fingerprint and add it to\n"
                     "the orchestrator's own known_hosts (the inventory's ssh.known_hosts).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=HINT + exits.epilog(EXITS), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("hosts", nargs="+", metavar="HOST", help="host or group names")
     parser.add_argument("--inventory", type=Path, required=True, help="inventory YAML file")
     parser.add_argument("--yes", action="store_true", help="trust new keys without asking")
     parser.add_argument("--replace", action="store_true",
                         help="replace a host's recorded key by the one it offers now")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object: {host: {address, key_type, fingerprint, "
+                             "action, trusted[, via: bastions]} or {error, kind}}")
     parser.set_defaults(func=run)
 
 
@@ -76,64 +90,87 @@ def run(args: argparse.Namespace) -> int:
     inventory = load_inventory(args.inventory)
     hosts = inventory.resolve(args.hosts)
     options = SshOptions.for_inventory(inventory)
-    interactive = sys.stdin.isatty() and not args.yes
-    ok = True
+    interactive = sys.stdin.isatty() and not args.yes and not args.json
+    codes: list[int] = []
+    report: dict[str, dict[str, Any]] = {}
     for host in hosts:
         try:
-            ok &= trust_route(host, options, yes=args.yes, replace=args.replace,
-                              interactive=interactive)
+            result = trust_route(host, options, yes=args.yes, replace=args.replace,
+                                 interactive=interactive, quiet=args.json)
         except HostError as exc:
-            print(safe(f"error: {exc}"), file=sys.stderr)
-            ok = False
-    return 0 if ok else 1
+            if not args.json:
+                print(safe(f"error: {exc}"), file=sys.stderr)
+            report[host.name] = {"error": exc.reason, "kind": type(exc).__name__}
+            codes.append(exc.exit_code)
+            continue
+        report[host.name] = result
+        codes.append(EXIT_OK if result["trusted"] else EXIT_DEPLOY_FAILED)
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    return worst(codes)
 
 
 def trust_route(host: HostAddress, options: SshOptions, *, yes: bool, replace: bool,
-                interactive: bool) -> bool:
+                interactive: bool, quiet: bool = False) -> dict[str, Any]:
     """Each hop to the host in turn, its ProxyJump bastions first (a hop's key is read through
-    the hops before it, which must be trusted by then); True when every hop ends up trusted."""
+    the hops before it, which must be trusted by then). The target's `trust_host` result, with
+    `via`: the bastions' results, when there are any; stops at the first untrusted hop (then
+    `trusted` is false and the target was not contacted)."""
     from orchestrator.hosts import ssh
 
     route = ssh.resolve(host, options)
+    bastions: list[dict[str, Any]] = []
     for index, hop in enumerate(route.hops):
         label = host.name if hop is route.target else f"{host.name} via bastion {hop.name}"
         with ssh.path_to(host.name, route, index, options) as opener:
-            if not trust_host(hop, options.known_hosts, yes=yes, replace=replace,
-                              interactive=interactive, label=label, opener=opener):
-                return False
-    return True
+            result = trust_host(hop, options.known_hosts, yes=yes, replace=replace,
+                                interactive=interactive, quiet=quiet, label=label, opener=opener)
+        if hop is not route.target:
+            bastions.append({"bastion": hop.name, **result})
+            if not result["trusted"]:
+                return {"trusted": False, "via": bastions}
+    return {**result, "via": bastions} if bastions else result
 
 
 def trust_host(host: HostAddress, known_hosts: Path, *, yes: bool, replace: bool,
-               interactive: bool, label: str | None = None, opener: Opener | None = None
-               ) -> bool:
-    """Print the host's fingerprint and act on it; True when the host ends up trusted."""
+               interactive: bool, quiet: bool = False, label: str | None = None,
+               opener: Opener | None = None) -> dict[str, Any]:
+    """Print the host's fingerprint and act on it (nothing printed with `quiet`); what was
+    done, `trusted` true when the host ends up trusted."""
     from orchestrator.hosts import ssh
 
     name = label or host.name
+
+    def say(text: str, err: bool = False) -> None:
+        if not quiet:
+            print(safe(text), file=sys.stderr if err else sys.stdout)
+
     known = ssh.known_host_keys(known_hosts, host.address, host.port)
     offered = ssh.fetch_host_key(host, prefer=[k.key_type for k in known], opener=opener)
     where = ssh.known_hosts_name(host.address, host.port)
-    print(safe(f"{name} {where} {offered.key_type} {offered.fingerprint}"))
+    say(f"{name} {where} {offered.key_type} {offered.fingerprint}")
     action = decide([(k.key_type, k.base64) for k in known], (offered.key_type, offered.base64),
                     yes=yes, replace=replace, interactive=interactive)
     if action is Action.ASK:
         action = Action.ADD if _confirm(name) else Action.NOT_CONFIRMED
+    result = {"address": where, "key_type": offered.key_type,
+              "fingerprint": offered.fingerprint, "action": action.name.lower(),
+              "trusted": action in (Action.ALREADY, Action.ADD, Action.REPLACE)}
     if action is Action.REFUSE_CHANGED:
         recorded = ", ".join(f"{k.key_type} {k.fingerprint}" for k in known)
-        print(safe(f"  {action.value}: {known_hosts} has {recorded}; if the host was really "
-                   f"reinstalled, re-run with --replace"), file=sys.stderr)
-        return False
+        say(f"  {action.value}: {known_hosts} has {recorded}; if the host was really "
+            f"reinstalled, re-run with --replace", err=True)
+        return result
     if action is Action.NOT_CONFIRMED:
-        print(safe(f"  {action.value}"), file=sys.stderr)
-        return False
+        say(f"  {action.value}", err=True)
+        return result
     if action is Action.REPLACE:
         ssh.remove_known_host(known_hosts, host.address, host.port)
     if action in (Action.ADD, Action.REPLACE):
         ssh.append_known_host(known_hosts, host.address, host.port, offered)
     where_to = {Action.ADD: f" to {known_hosts}", Action.REPLACE: f" in {known_hosts}"}
-    print(safe(f"  {action.value}{where_to.get(action, '')}"))
-    return True
+    say(f"  {action.value}{where_to.get(action, '')}")
+    return result
 
 
 def _confirm(name: str) -> bool:

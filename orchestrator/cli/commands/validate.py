@@ -5,10 +5,12 @@ Checks, reporting every problem found (one line each) and exiting 2 if there is 
   folder);
 - the model exists, has the shape its format needs, and hashes to `model.sha256`;
 - the lock file lints clean (`orchestrator.core.lockfile`);
-- the golden file is a readable .npz (a zip of .npy members; checked without numpy);
+- the golden file is a readable .npz (a zip of .npy members; checked without numpy) and, for
+  a joblib model, was recorded calling `verify.method` (its `__golden__` metadata);
 - the wheelhouse, when given, holds exactly the locked wheels for the spec's Python;
 - with `--inventory`, every target names a known host, group or label.
-Valid: one summary line on stdout, exit 0.
+Valid: one summary line on stdout, exit 0. With --json, one object either way (a spec that
+does not load is its one error).
 
 `check_references(spec)` is the reusable part (the daemon can run it on submit).
 """
@@ -16,11 +18,14 @@ Valid: one summary line on stdout, exit 0.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import zipfile
 from typing import Any
 
+from orchestrator.cli import exits
 from orchestrator.core.envinputs import load_image
+from orchestrator.core.fingerprint import GOLDEN_META_KEY, read_npz_text
 from orchestrator.core.inventory import load_inventory
 from orchestrator.core.lockfile import Lock, check_wheelhouse, lint_lock
 from orchestrator.core.spec import Spec, check_model_hash, load_spec
@@ -30,23 +35,42 @@ from orchestrator.hosts.remote import formats
 
 MAX_GOLDEN_MEMBERS = 10_000
 
+EXITS = exits.table({EXIT_OK: "the spec and every file it names are valid",
+                     EXIT_INVALID: "a problem (every one is listed, each naming file and field)"})
+
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "validate", help="check a spec and the files it names, without touching any host",
         description="Check a deployment spec and its model, lock file, golden file and "
-                    "wheelhouse. Exit 0 when valid, 2 with every problem listed otherwise.")
+                    "wheelhouse. Exit 0 when valid, 2 with every problem listed otherwise.",
+        **exits.help_args(EXITS))
     parser.add_argument("spec", metavar="SPEC", help="the spec YAML file")
     parser.add_argument("--inventory", metavar="FILE",
                         help="also check that every target is in this inventory")
+    parser.add_argument("--json", action="store_true",
+                        help='print {"spec", "valid", "errors": [{"message", "file", "line", '
+                             '"field"}], "summary"}')
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec)  # a SpecError here is printed by the CLI, exit 2
+    try:
+        spec = load_spec(args.spec)  # a SpecError here is printed by the CLI, exit 2
+    except SpecError as exc:
+        if not args.json:
+            raise
+        print(json.dumps({"spec": str(args.spec), "valid": False,
+                          "errors": [_error_json(exc)], "summary": None}, indent=2))
+        return EXIT_INVALID
     errors, lock = check_references(spec)
     if args.inventory:
         errors.extend(_check_targets(spec, args.inventory))
+    if args.json:
+        print(json.dumps({"spec": spec.file, "valid": not errors,
+                          "errors": [_error_json(e) for e in errors],
+                          "summary": None if errors else _summary(spec, lock)}, indent=2))
+        return EXIT_INVALID if errors else EXIT_OK
     if errors:
         for err in errors:
             print(safe(f"error: {err}"), file=sys.stderr)
@@ -55,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     print(safe(_summary(spec, lock)))
     return EXIT_OK
+
+
+def _error_json(err: SpecError) -> dict[str, Any]:
+    return {"message": err.reason, "file": err.file, "line": err.line, "field": err.field}
 
 
 def check_references(spec: Spec) -> tuple[list[SpecError], Lock | None]:
@@ -122,6 +150,26 @@ def _check_golden(spec: Spec) -> list[SpecError]:
                 return [spec.error(where, f"{path}: member {bad!r} is corrupt")]
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         return [spec.error(where, f"{path}: not a readable .npz ({exc})")]
+    return _check_golden_method(spec)
+
+
+def _check_golden_method(spec: Spec) -> list[SpecError]:
+    """A joblib golden file records the method it called (orchestrator/core/golden.py); another
+    method than verify.method gives other outputs, and the canary would fail on it."""
+    path = spec.paths.golden
+    try:
+        text = read_npz_text(path, GOLDEN_META_KEY)
+        meta = json.loads(text) if text else None
+    except (InvalidInput, ValueError) as exc:
+        return [spec.error(("verify", "golden"), f"{path}: unreadable metadata ({exc})")]
+    recorded = meta.get("method") if isinstance(meta, dict) else None
+    if spec.model.format != "joblib" or not isinstance(recorded, str):
+        return []
+    if recorded != spec.verify.method:
+        return [spec.error(("verify", "method"),
+                           f"is {spec.verify.method!r} but {path} was recorded with method "
+                           f"{recorded!r}: record it again with `orchestrator golden record "
+                           f"--method {spec.verify.method}`, or set verify.method: {recorded}")]
     return []
 
 

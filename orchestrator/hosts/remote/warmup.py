@@ -64,11 +64,11 @@ from typing import Any
 if __package__:
     from . import formats
     from .warmup_env import NvmlSampler, environment
-    from .warmup_golden import compare_golden, read_golden
+    from .warmup_golden import compare_golden, method_cause, read_golden
 else:
     import formats  # type: ignore[no-redef]
     from warmup_env import NvmlSampler, environment  # type: ignore[no-redef]
-    from warmup_golden import compare_golden, read_golden  # type: ignore[no-redef]
+    from warmup_golden import compare_golden, method_cause, read_golden  # type: ignore[no-redef]
 
 SCHEMA = 1
 DYNLIB_MARK = "Could not load dynamic library"
@@ -316,6 +316,10 @@ def measure(model, inputs, expected, request, state):
         state.set(phase="golden", latency={"cold_start_ms": cold_ms, "samples": 0})
         got = model.run(model.prepare(inputs))
         golden = compare_golden(expected, got, float(request["rtol"]), float(request["atol"]))
+        cause = None if golden["ok"] else method_cause(
+            request["golden_path"], request["method"], request["format"])
+        if cause:
+            golden["message"] = f"{cause}: {golden['message']}"
         state.set(golden=golden, phase="gpu")
         gpu_ok = check_gpu(model, prepared[0], request, state)
         state.set(phase="warmup")

@@ -45,6 +45,28 @@ def read_golden(path):
     return inputs, outputs
 
 
+def method_cause(path, method, fmt):
+    """Why a failed comparison failed, when the golden file says so: a joblib golden recorded
+    calling another method than the one the spec calls (predict vs predict_proba give other
+    shapes and values). None when its metadata is absent or agrees."""
+    import json
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "__golden__" not in npz.files:
+                return None
+            meta = json.loads(str(npz["__golden__"][()]))
+    except (OSError, ValueError, KeyError):
+        return None
+    recorded = meta.get("method") if isinstance(meta, dict) else None
+    if fmt != "joblib" or not isinstance(recorded, str) or recorded == method:
+        return None
+    return (f"the golden file was recorded with method {recorded!r} but verify.method is "
+            f"{method!r} (record it again with --method {method}, or set verify.method)")
+
+
 def _match_outputs(expected, got):
     """Pairs (name, expected, got|None); an unnamed golden output matches a single model output."""
     if set(expected) == {""} and len(got) == 1:
