@@ -36,7 +36,8 @@ ELSEWHERE = {
     ("deploy", 3): "tests/test_deploy.py::"
                    "test_cli_deploy_stops_on_a_failing_canary_like_the_daemon",
     ("daemon", 0): "test_daemon_exits_0_on_sigterm below",
-    ("image", 0): "tests/test_env_image.py (its fixture runs the same build_image from a lock: slow)",
+    ("image", 0): "tests/test_env_image.py (its fixture runs the same build_image from a lock: "
+                  "slow)",
     ("verify", 3): "test_verify_exits_3_for_a_host_whose_probe_fails below (a host's tools "
                    "sabotaged, then restored)",
 }
