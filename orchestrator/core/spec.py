@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -38,6 +39,7 @@ from pydantic import (
 from orchestrator.core.hashing import hash_path
 from orchestrator.core.inventory import NAME_PATTERN
 from orchestrator.core.inventory import PATTERN_HINTS as INVENTORY_HINTS
+from orchestrator.core.selectors import is_selector, parse_selector
 from orchestrator.core.yamlio import (
     DEFAULT_MAX_BYTES,
     YamlDocument,
@@ -60,8 +62,9 @@ else:  # a Literal of the registry's names: the schema's enum and pydantic's err
 # Relative, no leading "-" or "/", no spaces or shell metacharacters; ".." is refused below.
 _RELPATH = r"^[A-Za-z0-9_.+@][A-Za-z0-9_.+@/-]{0,1023}$"
 _SHA256 = r"^[0-9a-f]{64}$"
-_SELECTOR = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}=[A-Za-z0-9_.-]{0,63}"
-_TARGET = rf"^(?:[a-z0-9][a-z0-9-]{{0,62}}|{_SELECTOR}(?:,{_SELECTOR})*)$"
+# A name, or a label selector in its alphabet; the selector's grammar is checked by
+# `_selectors` below (core/selectors.py), with the column where it breaks.
+_TARGET = r"^(?:[a-z0-9][a-z0-9-]{0,62}|[A-Za-z0-9_.=!(), -]{1,1000})$"
 # A command run by the host's shell, on purpose: one line, no control characters.
 _COMMAND = r"^[^\x00-\x1f\x7f]{1,4096}$"
 _DURATION = r"^[0-9]{1,6}[smhd]$"
@@ -79,7 +82,7 @@ PATTERN_HINTS = {
               "characters, not starting with / or -)",
     _SHA256: "64 lowercase hex digits (`orchestrator hash PATH`)",
     _TARGET: "a host or group name (lowercase letters, digits, '-') or a label selector "
-             "key=value[,key=value]",
+             "(key=value, key!=value, key in (a,b), key notin (a,b), key, !key; joined by ',')",
     _COMMAND: "one line without control characters",
     _DURATION: "a number and a unit s, m, h or d (e.g. 6h)",
     _PYTHON: 'a Python major.minor such as "3.11"',
@@ -91,7 +94,22 @@ PATTERN_HINTS = {
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 RelPath = Annotated[str, StringConstraints(pattern=_RELPATH)]
 Sha256 = Annotated[str, StringConstraints(pattern=_SHA256)]
-Target = Annotated[str, StringConstraints(pattern=_TARGET)]
+
+
+def _target(target: str) -> str:
+    """A host or group name, or a selector that parses (its error names the column)."""
+    if is_selector(target):
+        try:
+            parse_selector(target, field=None)
+        except SpecError as exc:
+            raise ValueError(exc.reason) from None
+    elif not re.fullmatch(NAME_PATTERN, target):
+        raise ValueError(f"{target!r} is not a host or group name "
+                         f"({INVENTORY_HINTS[NAME_PATTERN]}) nor a label selector")
+    return target
+
+
+Target = Annotated[str, StringConstraints(pattern=_TARGET), AfterValidator(_target)]
 Command = Annotated[str, StringConstraints(pattern=_COMMAND)]
 Duration = Annotated[str, StringConstraints(pattern=_DURATION)]
 
@@ -280,7 +298,8 @@ class Spec(_Strict):
     environment: Environment
     gpu: GpuSection = GpuSection()
     targets: list[Target] = Field(min_length=1, max_length=10_000, description=(
-        "Host names, group names or label selectors (zone=a) from the inventory."))
+        "Host names, group names or label selectors (zone=a, gpu in (a100,h100), !draining) "
+        "from the inventory."))
     rollout: Rollout = Rollout()
     verify: Verify
     release: Release = Release()
