@@ -79,7 +79,7 @@ class Metrics:
     def __init__(self, store: Store) -> None:
         self.store = store
         # Every series' `_created` twin doubles the exposition and no dashboard reads it.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
         self.registry = CollectorRegistry(auto_describe=True)
         self._apps: dict[str, str] = {}
         self._lock = threading.Lock()
