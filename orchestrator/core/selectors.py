@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
+from orchestrator.core.hashing import NAME_PATTERN
 from orchestrator.errors import SpecError
 
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -79,6 +80,20 @@ def is_selector(target: str) -> bool:
     """A target with an operator, a `!` or a `,` is a selector; a bare word is a host or group
     name (so `gpu` alone never silently means "every host with a gpu label")."""
     return any(c in target for c in "=!,(") or _WORD_OP.search(target) is not None
+
+
+def target_value(target: str) -> str:
+    """A spec's target as pydantic checks it: a host or group name, or a selector that parses
+    (a ValueError carries the column, which the spec loader places at the target's line)."""
+    if is_selector(target):
+        try:
+            parse_selector(target, field=None)
+        except SelectorError as exc:
+            raise ValueError(exc.reason) from None
+    elif not re.fullmatch(NAME_PATTERN, target):
+        raise ValueError(f"{target!r} is not a host or group name (1-63 lowercase letters, "
+                         "digits and '-') nor a label selector")
+    return target
 
 
 def parse_selector(text: str, *, file: str | None = None,

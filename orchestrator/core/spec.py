@@ -39,7 +39,7 @@ from pydantic import (
 from orchestrator.core.hashing import hash_path
 from orchestrator.core.inventory import NAME_PATTERN
 from orchestrator.core.inventory import PATTERN_HINTS as INVENTORY_HINTS
-from orchestrator.core.selectors import is_selector, parse_selector
+from orchestrator.core.selectors import target_value
 from orchestrator.core.yamlio import (
     DEFAULT_MAX_BYTES,
     YamlDocument,
@@ -94,22 +94,7 @@ PATTERN_HINTS = {
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 RelPath = Annotated[str, StringConstraints(pattern=_RELPATH)]
 Sha256 = Annotated[str, StringConstraints(pattern=_SHA256)]
-
-
-def _target(target: str) -> str:
-    """A host or group name, or a selector that parses (its error names the column)."""
-    if is_selector(target):
-        try:
-            parse_selector(target, field=None)
-        except SpecError as exc:
-            raise ValueError(exc.reason) from None
-    elif not re.fullmatch(NAME_PATTERN, target):
-        raise ValueError(f"{target!r} is not a host or group name "
-                         f"({INVENTORY_HINTS[NAME_PATTERN]}) nor a label selector")
-    return target
-
-
-Target = Annotated[str, StringConstraints(pattern=_TARGET), AfterValidator(_target)]
+Target = Annotated[str, StringConstraints(pattern=_TARGET), AfterValidator(target_value)]
 Command = Annotated[str, StringConstraints(pattern=_COMMAND)]
 Duration = Annotated[str, StringConstraints(pattern=_DURATION)]
 

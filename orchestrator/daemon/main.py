@@ -43,6 +43,7 @@ from orchestrator.errors import DaemonError
 
 log = structlog.get_logger("orchestrator.daemon.main")
 WATCH_INTERVAL_S = 2.0  # how often `specs_dir` is scanned for new or changed specs
+WEBHOOK_GRACE_S = 5.0  # at stop, for notifications still queued (a dead receiver is not waited)
 PROGRESS_CHECK_S = 10.0  # how often in-flight deployments are checked for a dead or stalled worker
 
 
@@ -254,6 +255,7 @@ def run_daemon(config: DaemonConfig) -> int:
                 sock.close()
             sd_notify("STOPPING=1")
             finished = service.stop(config.shutdown_grace_s)
+            service.webhooks.stop(WEBHOOK_GRACE_S)  # what the last events queued, if it can
             log.info("stopped", workers_finished=finished)
             hub.close()
             store.close()

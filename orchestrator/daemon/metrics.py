@@ -128,11 +128,11 @@ class Metrics:
             # The pipeline's own rollback, or the undo of a switched host: either puts a host
             # back on its previous release.
             if event.get("step") in ("rollback", UNDO_STEP) and event.get("status") == "ok":
-                self.rollbacks.labels(self._app(event)).inc()
+                self.rollbacks.labels(self.app_of(event)).inc()
         elif kind == "reverify.rollback" and event.get("status") == "ok":
-            self.rollbacks.labels(self._app(event)).inc()  # `reverify.on_failure: rollback`
+            self.rollbacks.labels(self.app_of(event)).inc()  # `reverify.on_failure: rollback`
         elif kind == "reverify" and event.get("host") and event.get("status") in HOST_STATUSES:
-            self.verifications.labels(self._app(event), "reverify", event["status"]).inc()
+            self.verifications.labels(self.app_of(event), "reverify", event["status"]).inc()
 
     def _deployment(self, event: dict[str, Any]) -> None:
         status, old = event.get("status"), event.get("from")
@@ -150,14 +150,14 @@ class Metrics:
             self.step_seconds.labels(step, status).observe(float(event["duration_ms"]) / 1000.0)
         if step != "verify":
             return
-        app = self._app(event)
+        app = self.app_of(event)
         self.verifications.labels(app, "deploy", "passed" if status == "ok" else "failed").inc()
         if status == "ok" and event.get("host"):
             for key, percentile in PERCENTILES.items():
                 if isinstance(event.get(key), (int, float)):
                     self.latency.labels(app, event["host"], percentile).set(event[key] / 1000.0)
 
-    def _app(self, event: dict[str, Any]) -> str:
+    def app_of(self, event: dict[str, Any]) -> str:
         """The app of the event's deployment, remembered (one store read per deployment)."""
         deployment = str(event.get("deployment") or "")
         with self._lock:
