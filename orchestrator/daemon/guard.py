@@ -17,6 +17,8 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from orchestrator.daemon.apidocs import public_path
+
 SMALL_BODY = 1 << 20
 BUNDLE_PATH = "/v1/deployments"
 TAR = "application/x-tar"
@@ -72,6 +74,8 @@ class TcpGuard:
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         if name.lower() not in self.allowed:
             return 403, "Forbidden", f"Host header {host!r} is not in tcp.allowed_hosts"
+        if scope.get("method") in ("GET", "HEAD") and public_path(scope.get("path", "")):
+            return None  # the /docs page's static files: it asks for the token itself
         given = headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
             return 401, "Unauthorized", "missing or wrong bearer token"
