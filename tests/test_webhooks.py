@@ -154,7 +154,8 @@ def test_a_slow_receiver_never_blocks_the_caller(tmp_path: Path, receiver: Recei
     # One in flight at the receiver, three queued: the rest dropped, each logged.
     wait_for(lambda: len(receiver.requests) == 1, timeout=10, what="the first request")
     assert n.dropped >= 20 - 1 - 3
-    assert sum(e["event"] == "webhook queue full: notification dropped" for e in logs) == n.dropped
+    drops = [e["dropped"] for e in logs if e["event"] == "webhook queue full: notification dropped"]
+    assert drops == [1, 2, 4, 8, 16][:len(drops)] and drops[-1] * 2 > n.dropped  # not one each
     receiver.release.set()
     receiver.delay_s = 0
     wait_for(lambda: n.delivered == 20 - n.dropped, timeout=30, what="the queued ones")

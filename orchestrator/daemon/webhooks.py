@@ -16,9 +16,10 @@ id, the same on every retry of one delivery (receivers deduplicate on it).
 
 `Notifier.observe` is called on the deployment's own thread for every event (next to the
 metrics): it only puts the event in a bounded queue and never waits; a full queue drops the
-notification with a warning. One sender thread takes them in order and POSTs them: a 2xx is
-done; a connection error, timeout, 429 or 5xx is retried `max_attempts` times in all, after
-`backoff_s`, doubling, with full jitter, capped at `MAX_BACKOFF_S`; any other status is final.
+notification with a warning (at the 1st, 2nd, 4th, 8th... drop, with the count). One sender
+thread takes them in order and POSTs them: a 2xx is done; a connection error, timeout, 429
+or 5xx is retried `max_attempts` times in all, after `backoff_s`, doubling, with full jitter,
+capped at `MAX_BACKOFF_S`; any other status is final.
 This thread is the daemon's one exception to "threads only in the pools": a delivery must
 outlive the runner that caused it and must not hold a deployment worker while a receiver is
 slow. The secret is never logged; a delivery's log lines name its URL, kind and id.
@@ -134,8 +135,11 @@ class Notifier:
             self._queue.put_nowait((kind, event))
         except queue.Full:
             self.dropped += 1
-            log.warning("webhook queue full: notification dropped", kind=kind,
-                        deployment=event.get("deployment"), queue_size=self.config.queue_size)
+            if self.dropped & (self.dropped - 1) == 0:  # the 1st, 2nd, 4th, ...: a flood of
+                # drops must not cost a log line each on the deployment's own thread
+                log.warning("webhook queue full: notification dropped", kind=kind,
+                            deployment=event.get("deployment"), dropped=self.dropped,
+                            queue_size=self.config.queue_size)
 
     # -- the sender thread -------------------------------------------------------------------
 
