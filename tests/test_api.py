@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 import time
 import warnings
@@ -319,3 +320,86 @@ def test_pack_refuses_a_symlink_among_the_spec_files(tmp_path: Path) -> None:
     spec.write_text(text)
     with pytest.raises(InvalidInput, match="model/link: only plain files"):
         bundle_bytes(spec)
+
+
+# -- /docs from the package, typed responses, the bearer scheme (issue 14) ---------------------
+
+ASSET_REF = re.compile(r'(?:src|href)="([^"]+)"')
+
+
+def test_docs_page_and_every_asset_it_references_come_from_the_daemon(api: TestClient) -> None:
+    page = api.get("/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp
+    refs = ASSET_REF.findall(page.text)
+    assert "/docs/assets/apidocs.js" in refs and "/docs/assets/apidocs.css" in refs
+    script = api.get("/docs/assets/apidocs.js").text
+    # What the script fetches at run time is a reference too.
+    refs += re.findall(r'fetch\("([^"]+)"', script)
+    assert "/openapi.json" in refs
+    for ref in refs:
+        assert ref.startswith("/") and not ref.startswith("//"), ref  # this origin only
+        got = api.get(ref)
+        assert got.status_code == 200, ref
+        assert got.content, ref
+    for name in ("apidocs.js", "apidocs.css", "index.html"):
+        text = api.get(f"/docs/assets/{name}").text
+        assert not re.search(r"https?://|//cdn|unpkg|jsdelivr", text), name
+    assert api.get("/docs/assets/../api.py").status_code == 404
+    assert api.get("/docs/assets/secrets.txt").status_code == 404
+    assert api.get("/redoc").status_code == 404  # FastAPI's CDN pages are off
+
+
+def test_docs_over_tcp_without_the_token_but_not_the_schema_nor_a_foreign_host(
+        service: Service) -> None:
+    with TestClient(create_app(service, token=TOKEN), base_url="http://localhost") as anon:
+        assert anon.get("/docs").status_code == 200
+        assert anon.get("/docs/assets/apidocs.js").status_code == 200
+        assert anon.get("/openapi.json").status_code == 401
+        assert anon.get("/docs/assets/nope.js").status_code == 401  # not a page file
+        assert anon.post("/docs").status_code == 401
+        assert anon.get("/docs", headers={"host": "evil.example"}).status_code == 403
+
+
+def test_openapi_types_every_response_and_describes_the_bearer_scheme(api: TestClient) -> None:
+    schema = api.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    assert {"bearerAuth": []} in schema["security"] and {} in schema["security"]
+    schemas = schema["components"]["schemas"]
+    assert {"Deployment", "DeploymentDetail", "HostRecord", "ErrorBody",
+            "ValidationErrorBody", "Health"} <= set(schemas)
+    for path, item in schema["paths"].items():
+        for method, op in item.items():
+            where = f"{method.upper()} {path}"
+            ok = op["responses"].get("200") or op["responses"].get("201")
+            assert ok, where
+            media = ok["content"]
+            if "application/json" in media:
+                assert media["application/json"]["schema"] not in ({}, {"type": "object"}), where
+            for status in ("401", "403"):
+                ref = op["responses"][status]["content"]["application/json"]["schema"]["$ref"]
+                assert ref.endswith("/ErrorBody"), where
+    show = schema["paths"]["/v1/deployments/{deployment}"]["get"]["responses"]
+    assert show["404"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    submit = schema["paths"]["/v1/deployments"]["post"]["responses"]
+    assert submit["422"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/ValidationErrorBody")
+    states = schemas["DeploymentState"]["enum"]
+    assert set(states) == {str(s) for s in DeploymentState}
+
+
+def test_error_bodies_match_their_documented_models(api: TestClient) -> None:
+    from orchestrator.daemon.apimodels import ErrorBody, HostStatus, ValidationErrorBody
+    from orchestrator.daemon.schema import HOST_STATUSES
+
+    assert set(HostStatus.__args__) == set(HOST_STATUSES)  # type: ignore[attr-defined]
+    missing = api.get("/v1/deployments/nope")
+    assert missing.status_code == 404
+    assert ErrorBody.model_validate(missing.json()).kind == "NotFound"
+    invalid = api.get("/v1/deployments", params={"limit": 0})
+    assert invalid.status_code == 422
+    assert ValidationErrorBody.model_validate(invalid.json()).detail
+    bad = api.post("/v1/deployments", json={"spec": "apiVersion: nope\n"})
+    assert bad.status_code == 400
+    assert ErrorBody.model_validate(bad.json()).kind == "SpecError"

@@ -131,6 +131,12 @@ def local(*argv: str | Callable[[World], str]) -> Callable[[World], list[str]]:
     return lambda w: [a(w) if callable(a) else a for a in argv]
 
 
+def _ansible(w: World, text: str) -> str:
+    path = w.tmp / f"ansible-{abs(hash(text))}.ini"
+    path.write_text(text)
+    return str(path)
+
+
 def _valid_joblib(w: World, method: str) -> str:
     from tests import models
 
@@ -153,6 +159,10 @@ CASES: list[tuple[str, int, str, Run]] = [
     ("schema", 0, "prints", local("schema")),
     ("hash", 0, "a file", local("hash", str(ROOT / "README.md"))),
     ("hash", 2, "a missing path", local("hash", "/nonexistent/model")),
+    ("inventory", 0, "an Ansible INI inventory", lambda w: ["inventory", "import", _ansible(w, (
+        "[gpu]\ngpu-01 ansible_host=10.0.0.11 ansible_user=deploy\n"))]),
+    ("inventory", 2, "a line that is not INI", lambda w: ["inventory", "import", _ansible(w, (
+        "[gpu\n"))]),
     ("image", 2, "a base archive that is not a file",
      lambda w: ["image", "build", _valid_joblib(w, "predict_proba"), "--base", "/nonexistent.tar",
                 "-o", str(w.tmp / "image.tar")]),

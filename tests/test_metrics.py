@@ -5,6 +5,7 @@ on TCP. The figures of real rollouts on the testbed are checked in tests/test_ro
 from __future__ import annotations
 
 import json
+import platform
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from orchestrator import __version__
 from orchestrator.core.states import DeploymentState
 from orchestrator.daemon.metrics import Metrics
 from orchestrator.daemon.store import Store, open_store
@@ -72,14 +74,38 @@ def test_each_figure_comes_from_its_events_and_host_status_from_the_store(store:
     assert value(text, 'orchestrator_verifications_total{app="fraud",kind="deploy",'
                        'result="failed"}') == 1
     assert value(text, 'orchestrator_warmup_latency_seconds{app="fraud",host="h1",'
-                       'quantile="0.99"}') == 0.009
-    assert 'host="h2",quantile' not in text  # a failed verify leaves no latency figure
+                       'percentile="p99"}') == 0.009
+    assert 'host="h2",percentile' not in text  # a failed verify leaves no latency figure
     assert value(text, 'orchestrator_rollbacks_total{app="fraud"}') == 2
     assert value(text, 'orchestrator_verifications_total{app="fraud",kind="reverify",'
                        'result="degraded"}') == 1
     assert value(text, 'orchestrator_host_status{host="h1",status="degraded"}') == 1
     assert value(text, 'orchestrator_host_status{host="h1",status="healthy"}') == 0
     assert value(text, 'orchestrator_host_status{host="h2",status="healthy"}') == 1
+
+
+def test_exposition_is_clean_and_carries_build_and_process_figures(store: Store) -> None:
+    """No `_created` twins, no `quantile` label outside a Summary, the version as build info,
+    and the process's own figures (issue 14)."""
+    metrics = Metrics(store)
+    for e in (event("d1", "step", host="h1", step="verify", status="ok", duration_ms=800,
+                    p50_ms=2.0, p95_ms=4.0, p99_ms=9.0, app="fraud"),
+              event("d1", "recovery", host="h1", step="rollback", status="ok", app="fraud")):
+        metrics.observe(e)
+    text = metrics.render().decode()
+    assert "_created" not in text
+    assert "quantile=" not in text
+    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
+    assert "summary" not in types.values()
+    assert value(text, f'orchestrator_build_info{{python="{platform.python_version()}",'
+                       f'version="{__version__}"}}') == 1
+    assert value(text, "process_resident_memory_bytes") > 1 << 20
+    assert value(text, "process_open_fds") > 0
+    assert abs(value(text, "process_start_time_seconds") - time.time()) < 24 * 3600
+    assert 'python_info{' in text
+    assert set(types) >= {"orchestrator_deployments", "orchestrator_step_duration_seconds",
+                          "orchestrator_warmup_latency_seconds", "orchestrator_rollbacks_total",
+                          "orchestrator_build_info", "process_cpu_seconds_total"}
 
 
 def test_two_daemons_in_one_process_do_not_share_figures(store: Store, tmp_path: Path) -> None:

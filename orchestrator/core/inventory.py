@@ -30,7 +30,6 @@ no whitespace or metacharacters), on top of the quoting done where commands are 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -39,6 +38,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from orchestrator.core.hashing import NAME_PATTERN as NAME_PATTERN  # re-exported: spec, cli
+from orchestrator.core.selectors import is_selector, parse_selector
 from orchestrator.core.yamlio import DEFAULT_MAX_BYTES, YamlDocument, load_yaml, validation_error
 from orchestrator.errors import SpecError
 
@@ -138,7 +138,8 @@ class Inventory:
 
     def resolve(self, targets: Sequence[str]) -> list[Host]:
         """Hosts named by `targets`: host names, group names or label selectors (`zone=a`,
-        `zone=a,gpu=h100` for both), in the order given, each host once."""
+        `zone=a,gpu=h100` for both, `zone in (a,b)`, `gpu!=t4`, `!draining`: core/selectors.py),
+        in the order given, each host once."""
         if not targets:
             raise SpecError("no targets given", file=self.file, field="targets")
         seen: dict[str, Host] = {}
@@ -148,10 +149,9 @@ class Inventory:
         return list(seen.values())
 
     def _names(self, target: str) -> list[str]:
-        if "=" in target:
-            selector = parse_selector(target, self.file)
-            names = [h.name for h in self.hosts.values()
-                     if all(h.labels.get(k) == v for k, v in selector.items())]
+        if is_selector(target):
+            selector = parse_selector(target, file=self.file)
+            names = [h.name for h in self.hosts.values() if selector.matches(h.labels)]
             if not names:
                 raise SpecError(f"selector {target!r} matches no host", file=self.file,
                                 field="targets")
@@ -161,19 +161,6 @@ class Inventory:
         if target in self.groups:
             return list(self.groups[target])
         raise SpecError(f"unknown host or group {target!r}", file=self.file, field="targets")
-
-
-def parse_selector(text: str, file: str = "<inventory>") -> dict[str, str]:
-    """`zone=a,gpu=h100` -> {"zone": "a", "gpu": "h100"}."""
-    out: dict[str, str] = {}
-    for part in text.split(","):
-        key, sep, value = part.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", key):
-            raise SpecError(f"bad label selector {text!r}: expected key=value[,key=value]",
-                            file=file, field="targets")
-        out[key] = value
-    return out
 
 
 def load_inventory(path: str | os.PathLike[str], *,

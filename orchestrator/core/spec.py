@@ -258,7 +258,8 @@ class Spec(_Strict):
     environment: Environment
     gpu: GpuSection = GpuSection()
     targets: list[Target] = Field(min_length=1, max_length=10_000, description=(
-        "Host names, group names or label selectors (zone=a) from the inventory."))
+        "Host names, group names or label selectors (zone=a, gpu in (a100,h100), !draining) "
+        "from the inventory."))
     rollout: Rollout = Rollout()
     verify: Verify
     release: Release = Release()

@@ -7,16 +7,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from orchestrator.core.inventory import NAME_PATTERN
 from orchestrator.core.inventory import PATTERN_HINTS as INVENTORY_HINTS
+from orchestrator.core.selectors import target_value
 
 # Relative, no leading "-" or "/", no spaces or shell metacharacters; ".." is refused below.
 _RELPATH = r"^[A-Za-z0-9_.+@][A-Za-z0-9_.+@/-]{0,1023}$"
 _SHA256 = r"^[0-9a-f]{64}$"
-_SELECTOR = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}=[A-Za-z0-9_.-]{0,63}"
-_TARGET = rf"^(?:[a-z0-9][a-z0-9-]{{0,62}}|{_SELECTOR}(?:,{_SELECTOR})*)$"
+# A name, or a label selector in its alphabet; the selector's grammar is checked by
+# `target_value` (core/selectors.py), with the column where it breaks.
+_TARGET = r"^(?:[a-z0-9][a-z0-9-]{0,62}|[A-Za-z0-9_.=!(), -]{1,1000})$"
 # A command run by the host's shell, on purpose: one line, no control characters.
 _COMMAND = r"^[^\x00-\x1f\x7f]{1,4096}$"
 _DURATION = r"^[0-9]{1,6}[smhd]$"
@@ -34,7 +36,7 @@ PATTERN_HINTS = {
               "characters, not starting with / or -)",
     _SHA256: "64 lowercase hex digits (`orchestrator hash PATH`)",
     _TARGET: "a host or group name (lowercase letters, digits, '-') or a label selector "
-             "key=value[,key=value]",
+             "(key=value, key!=value, key in (a,b), key notin (a,b), key, !key; joined by ',')",
     _COMMAND: "one line without control characters",
     _DURATION: "a number and a unit s, m, h or d (e.g. 6h)",
     _PYTHON: 'a Python major.minor such as "3.11"',
@@ -46,7 +48,7 @@ PATTERN_HINTS = {
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 RelPath = Annotated[str, StringConstraints(pattern=_RELPATH)]
 Sha256 = Annotated[str, StringConstraints(pattern=_SHA256)]
-Target = Annotated[str, StringConstraints(pattern=_TARGET)]
+Target = Annotated[str, StringConstraints(pattern=_TARGET), AfterValidator(target_value)]
 Command = Annotated[str, StringConstraints(pattern=_COMMAND)]
 Duration = Annotated[str, StringConstraints(pattern=_DURATION)]
 

@@ -28,6 +28,15 @@ from starlette.concurrency import run_in_threadpool
 
 from orchestrator import __version__
 from orchestrator.daemon import apps, bundle
+from orchestrator.daemon.apidocs import install_docs
+from orchestrator.daemon.apimodels import (
+    Deployment,
+    DeploymentDetail,
+    Health,
+    HostRecord,
+    Noop,
+    error_responses,
+)
 from orchestrator.daemon.follow import Followers
 from orchestrator.daemon.guard import SMALL_BODY, TAR, TcpGuard
 from orchestrator.daemon.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -68,9 +77,10 @@ def error_body(exc: OrchestratorError) -> dict[str, Any]:
 
 
 def create_app(service: Service, *, token: str | None = None) -> FastAPI:
-    app = FastAPI(title="orchestrator", version=__version__,
+    app = FastAPI(title="orchestrator", version=__version__, docs_url=None, redoc_url=None,
                   description="Deploy ML models to GPU hosts; see docs/operations.md.")
     _install_errors(app)
+    install_docs(app)
     _deployment_routes(app, service)
     _host_routes(app, service)
     _metrics_route(app, service)
@@ -99,12 +109,13 @@ def _install_errors(app: FastAPI) -> None:
 def _deployment_routes(app: FastAPI, service: Service) -> None:
     followers = Followers(service)
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=Health, responses=error_responses())
     async def healthz() -> dict[str, Any]:
         # On the event loop, not in the thread pool: it answers while every thread is busy.
         return {"ok": True, "version": __version__, "stopping": service.stopping.is_set()}
 
-    @app.post("/v1/deployments", status_code=201, openapi_extra={"requestBody": {
+    @app.post("/v1/deployments", status_code=201, response_model=Deployment | Noop,
+              responses=error_responses(400, 413, 422), openapi_extra={"requestBody": {
         "required": True, "content": {
             TAR: {"schema": {"type": "string", "format": "binary"}},
             "application/json": {"schema": SubmitJson.model_json_schema()},
@@ -127,17 +138,18 @@ def _deployment_routes(app: FastAPI, service: Service) -> None:
             response.status_code = 200
         return body
 
-    @app.get("/v1/deployments")
+    @app.get("/v1/deployments", response_model=list[Deployment], responses=error_responses(422))
     def list_deployments(app_name: Annotated[str | None, Query(alias="app")] = None,
                          limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
         return [r.as_json() for r in service.store.list_deployments(app=app_name, limit=limit)]
 
-    @app.get("/v1/deployments/{deployment}")
+    @app.get("/v1/deployments/{deployment}", response_model=DeploymentDetail,
+             responses=error_responses(404))
     def show(deployment: str) -> dict[str, Any]:
         return service.describe(deployment)
 
     @app.get("/v1/deployments/{deployment}/events", response_class=StreamingResponse,
-             responses={200: {"content": {NDJSON: {}}}})
+             responses={200: {"content": {NDJSON: {}}}, **error_responses(404, 422, 503)})
     async def events(deployment: str, after: Annotated[int, Query(ge=0)] = 0,
                      host: str | None = None, follow: bool = False) -> StreamingResponse:
         """The deployment's events as newline-delimited JSON, after seq `after`; with `follow`
@@ -152,44 +164,51 @@ def _deployment_routes(app: FastAPI, service: Service) -> None:
         await run_in_threadpool(service.store.get_deployment, deployment)  # 404 first
         return StreamingResponse(_replay(service, deployment, after, host), media_type=NDJSON)
 
-    @app.post("/v1/deployments/{deployment}/cancel")
+    @app.post("/v1/deployments/{deployment}/cancel", response_model=Deployment,
+              responses=error_responses(404, 409))
     def cancel(deployment: str) -> dict[str, Any]:
         return service.cancel(deployment).as_json()
 
-    @app.post("/v1/deployments/{deployment}/rollback")
+    @app.post("/v1/deployments/{deployment}/rollback", response_model=Deployment,
+              responses=error_responses(404, 409))
     def rollback(deployment: str, body: RollbackRequest | None = None) -> dict[str, Any]:
         """Roll back a running or succeeded deployment (to `to`, or the previous good
         release); every host is asked first: 409 and nothing changed if one cannot."""
         return service.rollback(deployment, body.to if body else None).as_json()
 
-    @app.post("/v1/deployments/{deployment}/pause")
+    @app.post("/v1/deployments/{deployment}/pause", response_model=Deployment,
+              responses=error_responses(404, 409))
     def pause(deployment: str) -> dict[str, Any]:
         """Hold a running rollout before its next batch (the batch in flight finishes)."""
         return service.pause(deployment).as_json()
 
-    @app.post("/v1/deployments/{deployment}/resume")
+    @app.post("/v1/deployments/{deployment}/resume", response_model=Deployment,
+              responses=error_responses(404, 409))
     def resume(deployment: str) -> dict[str, Any]:
         """Let a paused rollout go on (also one held by `rollout.on_failure: pause`)."""
         return service.resume(deployment).as_json()
 
-    @app.post("/v1/deployments/{deployment}/abort")
+    @app.post("/v1/deployments/{deployment}/abort", response_model=Deployment,
+              responses=error_responses(404, 409))
     def abort(deployment: str) -> dict[str, Any]:
         """Start no more hosts; with `rollout.on_failure: rollback` put back the hosts this
         deployment switched, with `pause` leave them."""
         return service.abort(deployment).as_json()
 
-    @app.post("/v1/apps/{app_name}/rollback")
+    @app.post("/v1/apps/{app_name}/rollback", response_model=Deployment,
+              responses=error_responses(404, 409))
     def rollback_app(app_name: str, body: RollbackRequest | None = None) -> dict[str, Any]:
         """Roll back the app's running or latest succeeded deployment (see above)."""
         return service.rollback_app(app_name, body.to if body else None).as_json()
 
-    @app.get("/v1/apps/{app_name}/releases")
+    @app.get("/v1/apps/{app_name}/releases", responses=error_responses(404))
     def releases(app_name: str, host: Annotated[list[str] | None, Query()] = None
                  ) -> dict[str, Any]:
         """The app's releases on its hosts (`host`: names, groups, selectors; none: all)."""
         return apps.releases(service, app_name, host or [])
 
-    @app.post("/v1/apps/{app_name}/releases/{release_id}/unmark-bad")
+    @app.post("/v1/apps/{app_name}/releases/{release_id}/unmark-bad",
+              responses=error_responses(404, 409))
     def unmark_bad(app_name: str, release_id: str, body: HostsRequest | None = None
                    ) -> dict[str, Any]:
         """Clear a release's bad mark on the hosts (none: all); audited (daemon/apps.py)."""
@@ -197,12 +216,13 @@ def _deployment_routes(app: FastAPI, service: Service) -> None:
 
 
 def _host_routes(app: FastAPI, service: Service) -> None:
-    @app.get("/v1/hosts")
+    @app.get("/v1/hosts", response_model=list[HostRecord], responses=error_responses())
     def hosts() -> list[dict[str, Any]]:
         """Every host's last facts and status (healthy/degraded/failed/unreachable) with reasons."""
         return service.store.hosts()
 
-    @app.post("/v1/hosts/verify")
+    @app.post("/v1/hosts/verify", response_model=list[HostRecord],
+              responses=error_responses(400, 422))
     def verify(body: VerifyRequest) -> list[dict[str, Any]]:
         """Re-verify these hosts now (docs/reverify.md: facts against the release's manifest, the
         release's files, the warmup against its baseline) and return their new records."""
@@ -211,7 +231,7 @@ def _host_routes(app: FastAPI, service: Service) -> None:
 
 def _metrics_route(app: FastAPI, service: Service) -> None:
     @app.get("/metrics", response_class=Response,
-             responses={200: {"content": {METRICS_TYPE: {}}}})
+             responses={200: {"content": {METRICS_TYPE: {}}}, **error_responses()})
     def metrics() -> Response:
         """Prometheus text exposition: deployments by state, step durations, host status,
         verification results, warmup latency percentiles, rollbacks

@@ -44,6 +44,85 @@ class TcpConfig:
     allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]")
 
 
+# -- webhooks (daemon/webhooks.py): one block -------------------------------------------------
+
+WEBHOOK_EVENTS = ("rollout.started", "rollout.finished", "rollout.rolled_back", "host.degraded")
+_WEBHOOK_KEYS = {"urls", "secret_file", "events", "timeout_s", "max_attempts", "backoff_s",
+                 "queue_size"}
+_URL = re.compile(r"^https?://[^\s\x00-\x1f/?#]+(?:[/?#][^\s\x00-\x1f]*)?$")
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """`[webhooks]`: where rollout outcomes are POSTed, signed with the secret in `secret_file`
+    (required with any URL; read at start, never logged)."""
+
+    urls: tuple[str, ...] = ()
+    secret_file: Path | None = None
+    events: tuple[str, ...] = WEBHOOK_EVENTS
+    timeout_s: float = 10.0
+    max_attempts: int = 5  # the first try and 4 retries
+    backoff_s: float = 1.0  # before the first retry; doubled each time, jittered, capped
+    queue_size: int = 1000  # past it a notification is dropped (and logged), never waited for
+
+
+def _webhooks(data: object, base: Path, file: str) -> WebhookConfig:
+    if not isinstance(data, dict):
+        raise SpecError("must be a table", file=file, field="webhooks")
+    for key in data:
+        if key not in _WEBHOOK_KEYS:
+            raise SpecError(f"unknown key (expected one of: {', '.join(sorted(_WEBHOOK_KEYS))})",
+                            file=file, field=f"webhooks.{key}")
+    urls = data.get("urls", [])
+    if not isinstance(urls, list):
+        raise SpecError("must be a list of URLs", file=file, field="webhooks.urls")
+    for i, url in enumerate(urls):
+        if not isinstance(url, str) or not _URL.match(url):
+            raise SpecError("must be an http:// or https:// URL", file=file,
+                            field=f"webhooks.urls[{i}]")
+    secret = _path(data["secret_file"], base, file, "webhooks.secret_file") \
+        if "secret_file" in data else None
+    if urls and secret is None:
+        raise SpecError("required when webhooks.urls is set (every body is signed)", file=file,
+                        field="webhooks.secret_file")
+    events = data.get("events", list(WEBHOOK_EVENTS))
+    if not isinstance(events, list) or not events:
+        raise SpecError("must be a non-empty list", file=file, field="webhooks.events")
+    for i, name in enumerate(events):
+        if name not in WEBHOOK_EVENTS:
+            raise SpecError(f"must be one of: {', '.join(WEBHOOK_EVENTS)}", file=file,
+                            field=f"webhooks.events[{i}]")
+    return WebhookConfig(
+        urls=tuple(urls), secret_file=secret, events=tuple(dict.fromkeys(events)),
+        timeout_s=float(_number(data.get("timeout_s", 10.0), (int, float), 0.1, 300.0, file,
+                                "webhooks.timeout_s")),
+        max_attempts=_number(data.get("max_attempts", 5), int, 1, 20, file,
+                             "webhooks.max_attempts"),
+        backoff_s=float(_number(data.get("backoff_s", 1.0), (int, float), 0.0, 600.0, file,
+                                "webhooks.backoff_s")),
+        queue_size=_number(data.get("queue_size", 1000), int, 1, 1_000_000, file,
+                           "webhooks.queue_size"))
+
+
+def read_webhook_secret(config: WebhookConfig) -> bytes | None:
+    """The signing secret, read at start; a missing, unreadable or short one refuses to
+    start. The error names the file, never its content."""
+    if config.secret_file is None:
+        return None
+    try:
+        secret = config.secret_file.read_bytes().strip()
+    except OSError as exc:
+        raise SpecError(f"cannot read webhook secret: {exc.strerror}",
+                        file=str(config.secret_file), field="webhooks.secret_file") from None
+    if len(secret) < 16:
+        raise SpecError("the webhook secret must be at least 16 bytes",
+                        file=str(config.secret_file), field="webhooks.secret_file")
+    return secret
+
+
+# -- the whole file ------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class DaemonConfig:
     state_dir: Path
@@ -64,6 +143,7 @@ class DaemonConfig:
     runner: str = DEFAULT_RUNNER
     tcp: TcpConfig = field(default_factory=TcpConfig)
     index: PackageIndex | None = None  # `[index]`: where the wheel cache downloads from
+    webhooks: WebhookConfig = field(default_factory=WebhookConfig)
 
     @property
     def store_path(self) -> Path:
@@ -131,7 +211,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def config_from_dict(data: dict[str, Any], *, file: str, base: Path,
                      env: Mapping[str, str]) -> DaemonConfig:
-    known = set(_PATHS) | set(_INTS) | set(_FLOATS) | {"runner", "tcp", "index"}
+    known = set(_PATHS) | set(_INTS) | set(_FLOATS) | {"runner", "tcp", "index", "webhooks"}
     for key in data:
         if key not in known:
             raise SpecError(f"unknown key (expected one of: {', '.join(sorted(known))})",
@@ -154,6 +234,8 @@ def config_from_dict(data: dict[str, Any], *, file: str, base: Path,
         values["tcp"] = _tcp(data["tcp"], base, file)
     if "index" in data:
         values["index"] = _index(data["index"], base, file)
+    if "webhooks" in data:
+        values["webhooks"] = _webhooks(data["webhooks"], base, file)
     if env.get("ORCHESTRATOR_STATE_DIR"):
         values["state_dir"] = Path(env["ORCHESTRATOR_STATE_DIR"])
     state_dir = values.setdefault("state_dir", default_state_dir(env))

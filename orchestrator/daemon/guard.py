@@ -25,6 +25,8 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from orchestrator.daemon.apidocs import public_path
+
 SMALL_BODY = 1 << 20
 BUNDLE_PATH = "/v1/deployments"
 TAR = "application/x-tar"
@@ -97,11 +99,12 @@ class TcpGuard:
 
 
 def _public(scope: Scope) -> bool:
-    """The UI's page and its static files: package files, no data, served without the token."""
+    """Package files with no data, served without the token (each page asks for the token
+    itself): the UI's page and its static files, and the /docs page's files."""
     path = str(scope.get("path", ""))
     return scope.get("method") in ("GET", "HEAD") and (
-        path in ("/ui", UI_PAGE) or (path.startswith(UI_STATIC) and "/" not in
-                                     path[len(UI_STATIC):]))
+        path in ("/ui", UI_PAGE) or public_path(path)
+        or (path.startswith(UI_STATIC) and "/" not in path[len(UI_STATIC):]))
 
 
 def _cross_site(headers: dict[str, str], host: str) -> str | None:

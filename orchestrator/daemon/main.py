@@ -20,7 +20,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import TextIO
@@ -33,6 +33,7 @@ from orchestrator.core.terminal import safe
 from orchestrator.daemon.api import create_app
 from orchestrator.daemon.config import DaemonConfig, read_token
 from orchestrator.daemon.events import EventHub
+from orchestrator.daemon.journal import PriorityFormatter, is_journal_stream
 from orchestrator.daemon.runners.base import make_runner
 from orchestrator.daemon.service import Service
 from orchestrator.daemon.statedir import lock_state_dir, open_private, private_dir
@@ -42,6 +43,7 @@ from orchestrator.errors import DaemonError
 
 log = structlog.get_logger("orchestrator.daemon.main")
 WATCH_INTERVAL_S = 2.0  # how often `specs_dir` is scanned for new or changed specs
+WEBHOOK_GRACE_S = 5.0  # at stop, for notifications still queued (a dead receiver is not waited)
 PROGRESS_CHECK_S = 10.0  # how often in-flight deployments are checked for a dead or stalled worker
 
 
@@ -62,10 +64,13 @@ def _safe_traceback(out: TextIO, exc_info: structlog.typing.ExcInfo) -> None:
     out.write(safe(text.getvalue()))
 
 
-def configure_logging(log_file: Path, *, stream: object = None) -> None:
+def configure_logging(log_file: Path, *, stream: object = None,
+                      env: Mapping[str, str] | None = None) -> None:
     """structlog, once per process: JSON lines in the daemon's log file; on stderr readable
-    coloured lines when it is a terminal, JSON lines otherwise (journald keeps them as-is)."""
+    coloured lines when it is a terminal, JSON lines otherwise; when stderr is systemd's
+    journald stream, each line starts with its priority (`<3>` for errors: daemon/journal.py)."""
     stream = stream or sys.stderr
+    env = os.environ if env is None else env
     private_dir(log_file.parent)
     open_private(log_file, "a").close()  # 0600 before FileHandler appends to it
     shared: list[structlog.typing.Processor] = [
@@ -95,7 +100,8 @@ def configure_logging(log_file: Path, *, stream: object = None) -> None:
     file_handler = logging.FileHandler(log_file, encoding="utf-8")
     file_handler.setFormatter(json_fmt)
     term_handler = logging.StreamHandler(stream)  # type: ignore[arg-type]
-    term_handler.setFormatter(term_fmt)
+    term_handler.setFormatter(PriorityFormatter(term_fmt) if is_journal_stream(stream, env)
+                              else term_fmt)
     root = logging.getLogger()
     root.handlers[:] = [file_handler, term_handler]
     root.setLevel(logging.INFO)
@@ -249,6 +255,7 @@ def run_daemon(config: DaemonConfig) -> int:
                 sock.close()
             sd_notify("STOPPING=1")
             finished = service.stop(config.shutdown_grace_s)
+            service.webhooks.stop(WEBHOOK_GRACE_S)  # what the last events queued, if it can
             log.info("stopped", workers_finished=finished)
             hub.close()
             store.close()

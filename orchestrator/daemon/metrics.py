@@ -10,26 +10,44 @@ a metric itself. Host status is read from the store at scrape time, since re-ver
 - `orchestrator_step_duration_seconds{step, status}` histogram: `step` events with a duration;
 - `orchestrator_verifications_total{app, kind, result}` counter: `verify` step outcomes (kind
   `deploy`, result passed/failed), `reverify` events of a host (kind `reverify`, its status);
-- `orchestrator_warmup_latency_seconds{app, host, quantile}` gauge: the last passing `verify`
-  step's p50/p95/p99;
+- `orchestrator_warmup_latency_seconds{app, host, percentile}` gauge: the last passing `verify`
+  step's p50/p95/p99 (`percentile` is `p50`, `p95` or `p99`: a `quantile` label belongs to a
+  Summary, and Prometheus tooling treats it as one);
 - `orchestrator_rollbacks_total{app}` counter: `recovery` events of step `rollback` (the
   pipeline's) or `undo` (a switched host put back) that worked, and `reverify.rollback` events
   that did (`reverify.on_failure: rollback`);
 - `orchestrator_host_status{host, status}` gauge: 1 for each host's last recorded status;
 - `orchestrator_gpu_*{host, gpu, uuid}` per-GPU health gauges (orchestrator/daemon/gpumetrics.py).
+- `orchestrator_build_info{version, python}` gauge, always 1 (join on it to see which version
+  produced a figure);
+- `process_*` (CPU seconds, resident memory, open fds, start time) and `python_info`: the
+  client's own process and platform collectors, registered on this registry.
+
+No `_created` series: prometheus-client's `disable_created_metrics()` is a process-wide switch,
+turned off here once; the daemon's counters start at its start (`process_start_time_seconds`).
 """
 
 from __future__ import annotations
 
+import platform
 import threading
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from orchestrator import __version__
 from orchestrator.core.states import UNDO_STEP, DeploymentState
 from orchestrator.daemon.gpumetrics import GpuHealthCollector
 from orchestrator.daemon.store import Store
@@ -39,7 +57,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 #: From a cached redeploy's switch (tens of ms) to a cold TensorFlow install (minutes).
 STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 HOST_STATUSES = ("healthy", "degraded", "failed", "unreachable")
-QUANTILES = {"p50_ms": "0.5", "p95_ms": "0.95", "p99_ms": "0.99"}
+PERCENTILES = {"p50_ms": "p50", "p95_ms": "p95", "p99_ms": "p99"}
 
 
 class HostStatusCollector(Collector):
@@ -62,6 +80,8 @@ class HostStatusCollector(Collector):
 class Metrics:
     def __init__(self, store: Store) -> None:
         self.store = store
+        # Every series' `_created` twin doubles the exposition and no dashboard reads it.
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
         self.registry = CollectorRegistry(auto_describe=True)
         self._apps: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -76,13 +96,18 @@ class Metrics:
                                      "re-verification of hosts", ["app", "kind", "result"],
                                      registry=r)
         self.latency = Gauge("orchestrator_warmup_latency_seconds", "Warmup latency percentiles "
-                             "of the last passing verify step", ["app", "host", "quantile"],
+                             "of the last passing verify step", ["app", "host", "percentile"],
                              registry=r)
         self.rollbacks = Counter("orchestrator_rollbacks", "Hosts switched back to their "
                                  "previous release (automatic, rollout stop, or by request)",
                                  ["app"], registry=r)
         r.register(HostStatusCollector(store))
         r.register(GpuHealthCollector(store))
+        build = Gauge("orchestrator_build_info", "The orchestrator's version (always 1)",
+                      ["version", "python"], registry=r)
+        build.labels(__version__, platform.python_version()).set(1)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         self._seed()
 
     def _seed(self) -> None:
@@ -106,11 +131,11 @@ class Metrics:
             # The pipeline's own rollback, or the undo of a switched host: either puts a host
             # back on its previous release.
             if event.get("step") in ("rollback", UNDO_STEP) and event.get("status") == "ok":
-                self.rollbacks.labels(self._app(event)).inc()
+                self.rollbacks.labels(self.app_of(event)).inc()
         elif kind == "reverify.rollback" and event.get("status") == "ok":
-            self.rollbacks.labels(self._app(event)).inc()  # `reverify.on_failure: rollback`
+            self.rollbacks.labels(self.app_of(event)).inc()  # `reverify.on_failure: rollback`
         elif kind == "reverify" and event.get("host") and event.get("status") in HOST_STATUSES:
-            self.verifications.labels(self._app(event), "reverify", event["status"]).inc()
+            self.verifications.labels(self.app_of(event), "reverify", event["status"]).inc()
 
     def _deployment(self, event: dict[str, Any]) -> None:
         status, old = event.get("status"), event.get("from")
@@ -128,14 +153,14 @@ class Metrics:
             self.step_seconds.labels(step, status).observe(float(event["duration_ms"]) / 1000.0)
         if step != "verify":
             return
-        app = self._app(event)
+        app = self.app_of(event)
         self.verifications.labels(app, "deploy", "passed" if status == "ok" else "failed").inc()
         if status == "ok" and event.get("host"):
-            for key, quantile in QUANTILES.items():
+            for key, percentile in PERCENTILES.items():
                 if isinstance(event.get(key), (int, float)):
-                    self.latency.labels(app, event["host"], quantile).set(event[key] / 1000.0)
+                    self.latency.labels(app, event["host"], percentile).set(event[key] / 1000.0)
 
-    def _app(self, event: dict[str, Any]) -> str:
+    def app_of(self, event: dict[str, Any]) -> str:
         """The app of the event's deployment, remembered (one store read per deployment)."""
         deployment = str(event.get("deployment") or "")
         with self._lock:

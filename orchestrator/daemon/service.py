@@ -38,6 +38,7 @@ from orchestrator.daemon.runners.base import DeploymentOutcome, Runner
 from orchestrator.daemon.sinks import ServiceSink
 from orchestrator.daemon.statedir import private_dir
 from orchestrator.daemon.store import DeploymentRecord, Store
+from orchestrator.daemon.webhooks import Notifier
 from orchestrator.deploy.control import RolloutControl
 from orchestrator.errors import Conflict, NotFound, OrchestratorError
 
@@ -65,6 +66,7 @@ class Service:
         self.stopping = threading.Event()
         self.idle = threading.Condition()
         self.metrics = Metrics(store)
+        self.webhooks = Notifier(config.webhooks, self.metrics.app_of)  # stopped by main.py
         self.reverifier = self._make_reverifier()
 
     def _make_reverifier(self) -> Any:
@@ -78,7 +80,11 @@ class Service:
                           self._pool.submit, self.config.max_ssh_sessions)
 
     def sink(self, deployment: str) -> ServiceSink:
-        return ServiceSink(self.hub, deployment, self.metrics.observe)
+        return ServiceSink(self.hub, deployment, self._observe)
+
+    def _observe(self, event: dict[str, Any]) -> None:  # webhooks only queue: never wait
+        self.metrics.observe(event)
+        self.webhooks.observe(event)
 
     def bundle_dir(self, deployment: str) -> Path:
         return self.config.bundles_dir / deployment
@@ -87,6 +93,7 @@ class Service:
 
     def start(self) -> None:
         """Reconcile what the last daemon left in flight, then queue what it left queued."""
+        self.webhooks.start()
         for record in self.store.list_deployments(states=DEPLOYMENT_IN_FLIGHT, limit=1 << 30):
             log.warning("reconciling", deployment=record.id, state=str(record.state))
             self.reconcile(record)
