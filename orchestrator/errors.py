@@ -26,7 +26,8 @@ stable exit code (DESIGN.md "CLI") and HTTP status.
     ├── DaemonError                      exit 1: the daemon could not start, or is not running
     │   ├── DaemonUnavailable            nothing answers on the socket
     │   ├── StateDirLocked               another daemon owns the state dir
-    │   └── StoreCorrupt                 the SQLite store failed its integrity check
+    │   ├── StoreCorrupt                 the SQLite store failed its integrity check
+    │   └── StoreUnavailable             the PostgreSQL store does not answer (down, partition)
     └── DeploymentFailed                 exit 3: a deployment failed (rolled back where it switched)
         └── WheelFetchFailed             (wheelcache.py) the locked wheels could not be had
 
@@ -165,3 +166,7 @@ class StateDirLocked(DaemonError):
 
 class StoreCorrupt(DaemonError):
     pass
+
+
+class StoreUnavailable(DaemonError):
+    """The database does not answer: a daemon stops acting on hosts until it does."""

@@ -25,6 +25,7 @@ from orchestrator.hosts.pool import Pool
 from orchestrator.hosts.ssh import SshOptions
 from orchestrator.testbed import Testbed, TestbedHost
 from tests.daemons import Daemon, start
+from tests.pg import Cluster
 
 TESTBED_PROFILES = (
     "h100", "t4", "old-driver", "no-driver", "no-gpu", "mismatch", "h100", "h100",
@@ -98,3 +99,23 @@ def pool(inventory: Inventory) -> Iterator[Pool]:
     """SSH connections to the testbed's hosts, shared by one module's tests."""
     with Pool(SshOptions.for_inventory(inventory), max_connections=8) as p:
         yield p
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Cluster]:
+    """A private PostgreSQL cluster for the whole run (tests/pg.py), started on first use."""
+    cluster = Cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """What `open_store` opens, once per backend: a SQLite file, then a fresh PostgreSQL
+    database of the session's cluster."""
+    if request.param == "sqlite":
+        return tmp_path / "s.db"
+    cluster: Cluster = request.getfixturevalue("postgres")
+    return cluster.database()

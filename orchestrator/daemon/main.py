@@ -232,7 +232,8 @@ def run_daemon(config: DaemonConfig) -> int:
         configure_logging(config.log_file)
         log.info("starting", state_dir=str(config.state_dir), socket=str(config.socket),
                  pid=os.getpid(), runner=config.runner)
-        store = open_store(config.store_path)
+        store = open_store(config.store_target)
+        log.info("store open", store=store.location)  # never the password: `describe`
         hub = EventHub(store, config.logs_dir)
         service = Service(config, store, hub, make_runner(config))
         token = read_token(config.tcp) if config.tcp.enabled else None

@@ -55,6 +55,7 @@ class Service:
         self._pool = ThreadPoolExecutor(config.max_parallel_deployments,
                                         thread_name_prefix="deploy")
         self._lock = threading.Lock()
+        self._fetch_lock = threading.Lock()
         self._cancels: dict[str, RolloutControl] = {}
         self._user_cancelled: set[str] = set()
         self._rollback_requested: set[str] = set()
@@ -80,7 +81,15 @@ class Service:
         return ServiceSink(self.hub, deployment, self.metrics.observe)
 
     def bundle_dir(self, deployment: str) -> Path:
-        return self.config.bundles_dir / deployment
+        """The deployment's bundle on this daemon's disk; with a shared store, fetched from it
+        first when another daemon received the submission."""
+        path = self.config.bundles_dir / deployment
+        if self.store.shared and not path.is_dir():
+            with self._fetch_lock:
+                if not path.is_dir():
+                    private_dir(path.parent)
+                    bundle.fetch_from_store(self.store, deployment, path)
+        return path
 
     # -- start and stop ----------------------------------------------------------------------
 
@@ -119,7 +128,7 @@ class Service:
 
     def new_bundle(self) -> tuple[str, Path]:
         deployment = new_deployment_id()
-        path = self.bundle_dir(deployment)
+        path = self.config.bundles_dir / deployment
         private_dir(path.parent)  # bundles/ holds what users submitted: the daemon's alone
         path.mkdir(mode=0o700)    # a new id: an existing dir is an error, not a reuse
         return deployment, path
@@ -127,7 +136,7 @@ class Service:
     def submit(self, deployment: str, spec_name: str = bundle.SPEC_NAME) -> DeploymentRecord:
         """Validate the bundle already written for `deployment` and queue it. A second active
         deployment of the same app is refused (it would race the first on the same hosts)."""
-        path = self.bundle_dir(deployment)
+        path = self.config.bundles_dir / deployment
         try:
             if self.stopping.is_set():
                 raise Conflict("the daemon is stopping; submit again after it restarts")
@@ -135,6 +144,8 @@ class Service:
             check = getattr(self.runner, "check", None)
             if check is not None:  # e.g. targets that the inventory does not know: 400 now
                 check(submission.spec)
+            if self.store.shared:  # before the row: whichever daemon runs it finds the bundle
+                bundle.keep_in_store(self.store, deployment, path)
             with self._lock:
                 active = self.store.list_deployments(states=DEPLOYMENT_ACTIVE,
                                                      app=submission.app)
@@ -144,6 +155,8 @@ class Service:
                 self.store.create_deployment(deployment, submission.app, submission.data)
         except OrchestratorError:
             shutil.rmtree(path, ignore_errors=True)
+            if self.store.shared:
+                self.store.drop_bundle(deployment)
             raise
         self.sink(deployment).emit("deployment", status=str(D.QUEUED), app=submission.app,
                                    targets=list(submission.targets))
