@@ -20,6 +20,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -28,6 +29,7 @@ from typing import Any
 from orchestrator.core.hashing import NAME_PATTERN, NAME_RE
 from orchestrator.core.spec import Spec, check_model_hash, load_spec
 from orchestrator.core.yamlio import DEFAULT_MAX_BYTES, parse_yaml, read_limited
+from orchestrator.daemon.statedir import private_dir
 from orchestrator.daemon.store import Store
 from orchestrator.errors import InvalidInput, NotFound, SpecError
 
@@ -200,7 +202,9 @@ def keep_in_store(store: Store, deployment: str, bundle_dir: Path) -> str:
 def fetch_from_store(store: Store, deployment: str, dest: Path) -> None:
     """Unpack the bundle another daemon stored into `dest` (made whole, then renamed into
     place, so a reader never sees half of it). NotFound when the store has none."""
-    dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if dest.is_dir():
+        return  # fetched already (by another thread, or an earlier run)
+    private_dir(dest.parent)
     work = Path(tempfile.mkdtemp(prefix=f".{deployment}.", dir=dest.parent))
     try:
         archive = work / "bundle.tar"
@@ -216,3 +220,12 @@ def fetch_from_store(store: Store, deployment: str, dest: Path) -> None:
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def local_copy(store: Store, path: Path, lock: threading.Lock) -> Path:
+    """`path`, the deployment's bundle on this daemon's disk; with a shared store, fetched from
+    it first when another daemon received the submission (one fetch at a time)."""
+    if store.shared and not path.is_dir():
+        with lock:
+            fetch_from_store(store, path.name, path)
+    return path

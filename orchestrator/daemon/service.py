@@ -81,23 +81,20 @@ class Service:
         return ServiceSink(self.hub, deployment, self.metrics.observe)
 
     def bundle_dir(self, deployment: str) -> Path:
-        """The deployment's bundle on this daemon's disk; with a shared store, fetched from it
-        first when another daemon received the submission."""
-        path = self.config.bundles_dir / deployment
-        if self.store.shared and not path.is_dir():
-            with self._fetch_lock:
-                if not path.is_dir():
-                    private_dir(path.parent)
-                    bundle.fetch_from_store(self.store, deployment, path)
-        return path
+        """The deployment's bundle on this daemon's disk (`bundle.local_copy`)."""
+        return bundle.local_copy(self.store, self.config.bundles_dir / deployment,
+                                 self._fetch_lock)
 
     # -- start and stop ----------------------------------------------------------------------
 
     def start(self) -> None:
         """Reconcile what the last daemon left in flight, then queue what it left queued."""
+        resumes = getattr(self.runner, "resume", None) is not None
         for record in self.store.list_deployments(states=DEPLOYMENT_IN_FLIGHT, limit=1 << 30):
-            log.warning("reconciling", deployment=record.id, state=str(record.state))
-            self.reconcile(record)
+            resume = resumes and record.state is D.RUNNING  # go on from the hosts' real state
+            log.warning("reconciling", deployment=record.id, state=str(record.state),
+                        resume=resume)
+            self._schedule(record.id, "resume") if resume else self.reconcile(record)
         queued = self.store.list_deployments(states=frozenset({D.QUEUED}), limit=1 << 30)
         for record in sorted(queued, key=lambda r: r.created):
             self._schedule(record.id, "run")
@@ -196,7 +193,10 @@ class Service:
             if self.stopping.is_set():
                 return  # still queued in the store: the next start picks it up
             submission = bundle.validate(self.bundle_dir(deployment))
-            if kind == "run":
+            if kind == "resume":  # left `running` by a dead daemon; scheduled if it has one
+                resume = getattr(self.runner, "resume")  # noqa: B009 (not in the Protocol)
+                outcome = self._call(resume, deployment, submission, sink, cancel)
+            elif kind == "run":
                 change_deployment_state(self.store, sink, deployment, D.RUNNING)
                 if self.reverifier is not None:  # a re-verification of the app ends first
                     self.reverifier.wait_idle(submission.app)

@@ -16,11 +16,12 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import IO, Any
 
 from orchestrator.core.states import (
+    RERUNNABLE_STEPS,
     DeploymentState,
     HostStepState,
     check_deployment_transition,
@@ -34,16 +35,14 @@ from orchestrator.daemon.schema import (
     StepRecord,
     for_dialect,
 )
+from orchestrator.daemon.sql_leases import Exec, LeaseRows, Row
 from orchestrator.errors import NotFound, StoreCorrupt
 
-Row = Mapping[str, Any]
-#: Runs one statement in the open transaction and returns its rows.
-Exec = Callable[[str, Sequence[Any]], list[Row]]
 CHUNK_BYTES = 1 << 20  # a bundle's rows: large enough to stream fast, small enough to buffer
 EVENT_CORE = ("ts", "level", "event", "deployment", "host", "step", "status", "duration_ms")
 
 
-class SqlStore:
+class SqlStore(LeaseRows):
     """The queries; subclasses (SqliteStore, PostgresStore) own the connections."""
 
     dialect = "sqlite"
@@ -166,6 +165,16 @@ class SqlStore:
                None if running else now, now if running else None, None if running else now,
                None if detail is None else json.dumps(detail)))
         return old
+
+    def restart_steps(self, deployment: str, host: str) -> int:
+        """A host a resumed deployment deploys again starts a fresh attempt: the pipeline rows
+        of the one a dead daemon left (all terminal by then) go; their events stay. The
+        reconcile and undo rows are kept (they may run again anyway). Returns how many went."""
+        keep = sorted(RERUNNABLE_STEPS)
+        with self._tx() as q:
+            gone = q(f"DELETE FROM steps WHERE deployment = ? AND host = ? AND step NOT IN "
+                     f"({', '.join('?' * len(keep))}) RETURNING step", (deployment, host, *keep))
+        return len(gone)
 
     def steps(self, deployment: str) -> list[StepRecord]:
         rows = self._rows(
@@ -329,48 +338,6 @@ class SqlStore:
         with self._bulk() as q:
             q("DELETE FROM bundle_chunks WHERE deployment = ?", (deployment,))
             q("DELETE FROM bundles WHERE deployment = ?", (deployment,))
-
-    # -- leases ------------------------------------------------------------------------------
-
-    def claim(self, kind: str, key: str, owner: str, ttl_s: float) -> int | None:
-        """Take the lease on (kind, key) if it is free, expired or already `owner`'s; returns
-        its fencing token (one more than the last holder's), or None when another daemon holds
-        it or is claiming it right now."""
-        now = time.time()
-        with self._tx() as q:
-            rows = q("SELECT owner, token, expiry FROM leases WHERE kind = ? AND key = ?"
-                     f"{self._for_update}{self._skip_locked}", (kind, key))
-            if not rows:
-                if q("SELECT 1 AS held FROM leases WHERE kind = ? AND key = ?", (kind, key)):
-                    return None  # locked by a claim in flight (skipped), not absent
-                # Two daemons may both find no row: the second insert does nothing.
-                made = q("INSERT INTO leases VALUES (?, ?, ?, 1, ?) ON CONFLICT (kind, key) "
-                         "DO NOTHING RETURNING token", (kind, key, owner, now + ttl_s))
-                return 1 if made else None
-            row = rows[0]
-            if row["owner"] != owner and float(row["expiry"]) > now:
-                return None
-            token = int(row["token"]) + 1
-            q("UPDATE leases SET owner = ?, token = ?, expiry = ? WHERE kind = ? AND key = ?",
-              (owner, token, now + ttl_s, kind, key))
-            return token
-
-    def renew(self, kind: str, key: str, owner: str, token: int, ttl_s: float) -> bool:
-        """Extend a held lease; False when it was lost (expired and taken, or released)."""
-        now = time.time()
-        with self._tx() as q:
-            return bool(q("UPDATE leases SET expiry = ? WHERE kind = ? AND key = ? AND owner = ? "
-                          "AND token = ? AND expiry > ? RETURNING token",
-                          (now + ttl_s, kind, key, owner, token, now)))
-
-    def release(self, kind: str, key: str, owner: str, token: int) -> None:
-        with self._tx() as q:
-            q("UPDATE leases SET expiry = 0 WHERE kind = ? AND key = ? AND owner = ? AND "
-              "token = ?", (kind, key, owner, token))
-
-    def lease(self, kind: str, key: str) -> dict[str, Any] | None:
-        rows = self._rows("SELECT * FROM leases WHERE kind = ? AND key = ?", (kind, key))
-        return dict(rows[0]) if rows else None
 
 
 def event_from_row(row: Row) -> dict[str, Any]:

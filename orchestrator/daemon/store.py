@@ -66,6 +66,10 @@ class Store(Protocol):
     def steps(self, deployment: str) -> list[StepRecord]:
         ...
 
+    def restart_steps(self, deployment: str, host: str) -> int:
+        """Clear a host's pipeline rows before a resumed deployment deploys it again."""
+        ...
+
     def append_event(self, event: dict[str, Any]) -> int:
         """Insert the event with the next seq of its deployment; returns that seq."""
         ...

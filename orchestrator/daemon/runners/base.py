@@ -76,6 +76,9 @@ class Runner(Protocol):
     # Optional: `reconcile(deployment_id, bundle_dir, spec, sink, record) -> DeploymentOutcome`,
     # called at start (and by the daemon's watchdog) for a deployment left in flight; see
     # `Service.reconcile`. Without it the deployment is failed.
+    # Optional: `resume(deployment_id, bundle_dir, spec, sink, cancel_event)`, as `run`, for a
+    # deployment a dead daemon left `running`: settle each host from its real state, then go
+    # on (the deploy runner's). With it, such a deployment is resumed instead of reconciled.
 
 
 def targets_of(spec: Spec) -> list[str]:
