@@ -446,14 +446,17 @@ def test_kill_9_while_one_host_switches_and_another_installs_then_restart_settle
 
     restarted = time.monotonic()
     again = daemons(config, env=env)
+    # Reconciled at once (each host settled from its real state); a deployment left running
+    # is then resumed (issue 16), which may deploy hosts again: it finishes later.
+    wait_for(lambda: all(any(e["event"] == "reconcile" for e in stored_events(again, d)[
+        len(kept[d]):]) for d in (dep_a, dep_b)), 30, "both deployments to be reconciled")
+    settled_s = time.monotonic() - restarted  # from the new process's spawn
     with again.http() as http:
         records = wait_for(lambda: [http.get(f"/v1/deployments/{d}").json()
                                      for d in (dep_a, dep_b)]
                             if all(http.get(f"/v1/deployments/{d}").json()["state"] in
                                    {"succeeded", "failed", "rolled_back", "cancelled"}
-                                   for d in (dep_a, dep_b)) else None, 120)
-    settled_s = time.monotonic() - restarted  # from the new process's spawn
-    assert settled_s < 30, f"settled {settled_s:.1f} s after the restart"
+                                   for d in (dep_a, dep_b)) else None, 600)
     for record in records:
         events = stored_events(again, record["id"])
         assert events[:len(kept[record["id"]])] == kept[record["id"]], "an event was lost"

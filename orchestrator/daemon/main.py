@@ -234,6 +234,11 @@ def run_daemon(config: DaemonConfig) -> int:
                  pid=os.getpid(), runner=config.runner)
         store = open_store(config.store_target)
         log.info("store open", store=store.location)  # never the password: `describe`
+        try:
+            store.hold_exclusive()
+        except DaemonError:
+            store.close()
+            raise
         hub = EventHub(store, config.logs_dir)
         service = Service(config, store, hub, make_runner(config))
         token = read_token(config.tcp) if config.tcp.enabled else None

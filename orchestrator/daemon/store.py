@@ -37,6 +37,10 @@ class Store(Protocol):
     def close(self) -> None:
         ...
 
+    def hold_exclusive(self) -> None:
+        """Refuse (StateDirLocked) if another daemon drives this store; else keep them off."""
+        ...
+
     def schema_version(self) -> int:
         ...
 
