@@ -181,6 +181,8 @@ class _Server(uvicorn.Server):
         self._last_scan = 0.0
         self._check: asyncio.Task[list[str]] | None = None
         self._last_check = time.monotonic()
+        self._beat: asyncio.Task[list[str]] | None = None
+        self._last_beat = 0.0
         self._watchdog = watchdog_interval()
         self._last_ping = 0.0
 
@@ -223,6 +225,13 @@ class _Server(uvicorn.Server):
             self._last_check = now
             self._check = asyncio.create_task(
                 run_in_threadpool(self._service.check_progress, time.time()))
+        if (self._service is not None and not self.should_exit
+                and (self._beat is None or self._beat.done())
+                and now - self._last_beat >= self._service.config.lease_ttl_s / 3):
+            self._last_beat = now  # leases renewed, lost ones stopped, expired ones taken over
+            if self._beat is not None and self._beat.exception() is not None:
+                log.error("lease heartbeat failed", error=repr(self._beat.exception()))
+            self._beat = asyncio.create_task(run_in_threadpool(self._service.heartbeat))
         return await super().on_tick(counter)
 
 
@@ -234,11 +243,6 @@ def run_daemon(config: DaemonConfig) -> int:
                  pid=os.getpid(), runner=config.runner)
         store = open_store(config.store_target)
         log.info("store open", store=store.location)  # never the password: `describe`
-        try:
-            store.hold_exclusive()
-        except DaemonError:
-            store.close()
-            raise
         hub = EventHub(store, config.logs_dir)
         service = Service(config, store, hub, make_runner(config))
         token = read_token(config.tcp) if config.tcp.enabled else None

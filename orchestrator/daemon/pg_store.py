@@ -25,11 +25,10 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from orchestrator.daemon.sql_store import Exec, Row, SqlStore, as_dicts
-from orchestrator.errors import StateDirLocked, StoreCorrupt, StoreUnavailable
+from orchestrator.errors import StoreCorrupt, StoreUnavailable
 
 NOTIFY_CHANNEL = "orchestrator_events"
 _MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(7161616161)"
-_EXCLUSIVE_LOCK = "SELECT pg_try_advisory_lock(7161616162)"
 CONNECT_TIMEOUT_S = 5
 
 
@@ -64,7 +63,6 @@ class PostgresStore(SqlStore):
         self._readers: list[psycopg.Connection[Any]] = []
         self._readers_lock = threading.Lock()
         self._closed = False
-        self._exclusive: psycopg.Connection[Any] | None = None
 
     @classmethod
     def open(cls, url: str) -> PostgresStore:
@@ -84,22 +82,9 @@ class PostgresStore(SqlStore):
             raise StoreUnavailable(f"{self.location}: cannot connect: "
                                    f"{str(exc).strip().splitlines()[0]}") from None
 
-    def hold_exclusive(self) -> None:
-        """Until leases share the work between daemons, one daemon drives a database at a
-        time: a session advisory lock on a connection of its own, held for the daemon's life
-        (released by PostgreSQL when the daemon dies, so a standby can start then)."""
-        conn = self._connect()
-        if not conn.execute(_EXCLUSIVE_LOCK).fetchone()[0]:  # type: ignore[index]
-            conn.close()
-            raise StateDirLocked(f"another orchestrator daemon is using the database "
-                                 f"{self.location}; one daemon per database for now")
-        self._exclusive = conn
-
     def close(self) -> None:
         with self._lock, self._readers_lock:
             self._closed = True
-            if self._exclusive is not None:
-                self._exclusive.close()
             for conn in [*self._readers, *([self._writer] if self._writer else [])]:
                 conn.close()
             self._readers.clear()

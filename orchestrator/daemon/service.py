@@ -23,14 +23,14 @@ import structlog
 from orchestrator.core.ids import new_deployment_id
 from orchestrator.core.states import (
     DEPLOYMENT_ACTIVE,
-    DEPLOYMENT_IN_FLIGHT,
     DeploymentState,
     HostStepState,
     change_deployment_state,
 )
-from orchestrator.daemon import bundle
+from orchestrator.daemon import bundle, watchdog
 from orchestrator.daemon.config import DaemonConfig
 from orchestrator.daemon.events import EventHub
+from orchestrator.daemon.leases import DEPLOYMENT, Leases
 from orchestrator.daemon.metrics import Metrics
 from orchestrator.daemon.reconcile import reconcile, reconcile_with_runner
 from orchestrator.daemon.runners.base import DeploymentOutcome, Runner
@@ -61,6 +61,8 @@ class Service:
         self._rollback_requested: set[str] = set()
         self._working: set[str] = set()
         self._stall_noted: set[str] = set()
+        self._lease_lost: set[str] = set()
+        self.leases = Leases(store, config.lease_ttl_s)
         self.stopping = threading.Event()
         self.idle = threading.Condition()
         self.metrics = Metrics(store)
@@ -89,15 +91,24 @@ class Service:
 
     def start(self) -> None:
         """Reconcile what the last daemon left in flight, then queue what it left queued."""
-        resumes = getattr(self.runner, "resume", None) is not None
-        for record in self.store.list_deployments(states=DEPLOYMENT_IN_FLIGHT, limit=1 << 30):
-            resume = resumes and record.state is D.RUNNING  # go on from the hosts' real state
-            log.warning("reconciling", deployment=record.id, state=str(record.state),
-                        resume=resume)
-            self._schedule(record.id, "resume") if resume else self.reconcile(record)
-        queued = self.store.list_deployments(states=frozenset({D.QUEUED}), limit=1 << 30)
-        for record in sorted(queued, key=lambda r: r.created):
+        watchdog.take_over(self)
+
+    def take_over(self, record: DeploymentRecord) -> None:
+        """Work a deployment no live daemon holds (its lease just claimed by this one): a
+        queued one is run; one left running is resumed from the hosts' real state if the
+        runner can, else reconciled (settled)."""
+        if record.state is D.QUEUED:
             self._schedule(record.id, "run")
+            return
+        resume = getattr(self.runner, "resume", None) is not None and record.state is D.RUNNING
+        log.warning("reconciling", deployment=record.id, state=str(record.state), resume=resume)
+        if resume:
+            self._schedule(record.id, "resume")
+            return
+        try:
+            self.reconcile(record)
+        finally:
+            self.leases.release(DEPLOYMENT, record.id)
 
     def reconcile(self, record: DeploymentRecord) -> None:
         """Settle a deployment the store shows in flight with no worker: the runner's own
@@ -164,6 +175,9 @@ class Service:
         with self._lock:
             if self.stopping.is_set():
                 return
+            if self.leases.claim(DEPLOYMENT, deployment) is None:
+                log.info("held by another daemon", deployment=deployment, kind=kind)
+                return
             if deployment not in self._cancels:
                 control = self._cancels[deployment] = RolloutControl()
                 control.on_hold = self._holder(deployment)
@@ -217,6 +231,8 @@ class Service:
                 self._user_cancelled.discard(deployment)
                 self._rollback_requested.discard(deployment)
                 self._stall_noted.discard(deployment)
+                self._lease_lost.discard(deployment)
+            self.leases.release(DEPLOYMENT, deployment)
             self.hub.close_log(deployment)
             with self.idle:
                 self._working.discard(deployment)
@@ -235,6 +251,10 @@ class Service:
                                                "please report (traceback in the daemon log)")
 
     def _finish(self, deployment: str, sink: ServiceSink, outcome: DeploymentOutcome) -> None:
+        if deployment in self._lease_lost:  # another daemon holds it now, or will
+            sink.emit("deployment", status="interrupted", level="warning",
+                      reason="lease lost; the daemon that holds it next resumes it")
+            return
         if (self.stopping.is_set() and outcome.state is D.CANCELLED
                 and deployment not in self._user_cancelled):
             # Interrupted by SIGTERM, not by a user: leave it in flight for `reconcile`.
@@ -340,43 +360,12 @@ class Service:
         raise NotFound(f"app {app!r} has no running or succeeded deployment to roll back")
 
     def check_progress(self, now: float, *, orphan_after_s: float = 30.0) -> list[str]:
-        """The daemon's own watchdog, run periodically: a deployment in flight in the store that
-        no worker owns (its worker died) is reconciled; one whose worker has emitted nothing
-        for `progress_timeout_s` is told to stop after its current step, with an event. Returns
-        the deployments acted on."""
-        acted = []
-        in_flight = self.store.list_deployments(states=DEPLOYMENT_IN_FLIGHT, limit=1 << 30)
-        for record in in_flight:
-            with self._lock:
-                owned = record.id in self._cancels
-                # A paused rollout waits for a person, not for progress.
-                stalled = (owned and record.id not in self._stall_noted
-                           and record.state is not D.PAUSED)
-            if not owned and not self.stopping.is_set() and now - record.updated > orphan_after_s:
-                self.sink(record.id).emit("watchdog", status="orphaned", level="error",
-                                          reason="no worker owns this deployment")
-                self.reconcile(record)
-                acted.append(record.id)
-            elif stalled:
-                last = self.store.last_event_ts(record.id) or record.updated
-                if now - last > self.config.progress_timeout_s:
-                    with self._lock:
-                        self._stall_noted.add(record.id)
-                        cancel = self._cancels.get(record.id)
-                        if cancel is not None:
-                            cancel.set()
-                    self.sink(record.id).emit(
-                        "watchdog", status="stalled", level="error",
-                        reason=f"no progress for {now - last:.0f} s "
-                               f"(progress_timeout_s {self.config.progress_timeout_s:g}); "
-                               "stopping after the current step")
-                    acted.append(record.id)
-        if self.reverifier is not None and not self.stopping.is_set():
-            try:  # the schedule of `reverify.every` rides on this periodic tick
-                self.reverifier.tick(now)
-            except Exception:  # a bug in scheduling must not stop the watchdog
-                log.exception("re-verification schedule failed")
-        return acted
+        """The daemon's own watchdog (orchestrator/daemon/watchdog.py)."""
+        return watchdog.check_progress(self, now, orphan_after_s=orphan_after_s)
+
+    def heartbeat(self) -> list[str]:
+        """Leases renewed, lost ones given up, expired ones taken over (watchdog.py)."""
+        return watchdog.heartbeat(self)
 
     def verify_hosts(self, names: list[str]) -> list[dict[str, Any]]:
         if self.reverifier is not None:  # probe, audit and warm up every app on those hosts

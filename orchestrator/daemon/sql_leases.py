@@ -78,5 +78,10 @@ class LeaseRows:
         rows = self._rows("SELECT * FROM leases WHERE kind = ? AND key = ?", (kind, key))
         return dict(rows[0]) if rows else None
 
+    def expire_leases(self) -> int:
+        """Expire every lease (a store only this daemon can use: whatever holds one is dead)."""
+        with self._tx() as q:
+            return len(q("UPDATE leases SET expiry = 0 WHERE expiry > 0 RETURNING token", ()))
+
 
 __all__ = ["Exec", "LeaseRows", "Row"]

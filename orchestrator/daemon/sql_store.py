@@ -67,10 +67,6 @@ class SqlStore(LeaseRows):
     def close(self) -> None:
         raise NotImplementedError
 
-    def hold_exclusive(self) -> None:
-        """Keep other daemons off this store for this one's life (SQLite: the state dir's
-        lock already does)."""
-
     # -- schema ------------------------------------------------------------------------------
 
     def _migrate(self, serialise: str = "") -> None:

@@ -37,10 +37,6 @@ class Store(Protocol):
     def close(self) -> None:
         ...
 
-    def hold_exclusive(self) -> None:
-        """Refuse (StateDirLocked) if another daemon drives this store; else keep them off."""
-        ...
-
     def schema_version(self) -> int:
         ...
 
@@ -145,6 +141,11 @@ class Store(Protocol):
         ...
 
     def lease(self, kind: str, key: str) -> dict[str, Any] | None:
+        ...
+
+    def expire_leases(self) -> int:
+        """Every lease expired now: for a store no other daemon can use (SQLite, under the
+        state dir's lock), whatever holds it is a dead process of this daemon."""
         ...
 
 
