@@ -6,15 +6,17 @@ what the first received (its bundle from the store: nothing of the first's disk 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.daemons import ECHO, Daemon, wait_for, write_config
+from orchestrator.testbed import Testbed
+from tests.daemons import DEPLOY, ECHO, Daemon, stored_events, wait_for, write_config
 from tests.pg import Cluster
-from tests.specs import stub_spec
+from tests.specs import WHEEL_CACHE, joblib_spec, stub_spec
 
 TTL_S = 3.0
 
@@ -54,3 +56,59 @@ def test_a_killed_daemons_work_is_taken_over_by_another_after_its_lease_expires(
     logs = others[1].cli("logs", queued, "--json")  # from any daemon: the store's events
     seqs = [json.loads(line)["seq"] for line in logs.stdout.splitlines()]
     assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 3
+
+
+def test_three_daemons_one_database_the_owner_killed_during_install_another_finishes(
+        postgres: Cluster, testbed: Testbed, tmp_path: Path, daemons: Callable[..., Daemon],
+        models_dir: Path) -> None:
+    """Issue 16's first "must hold": a 6-host rollout submitted to one of three daemons, that
+    daemon killed with SIGKILL while a host installs; another resumes it within the lease's
+    expiry + 5 s and every host ends on the deployment's verified release; the events are
+    gapless; the host's deploy lock names the later holder's fencing token."""
+    ttl = 5.0
+    hosts = [h for h in testbed.hosts if h.profile != "mismatch"][:6]
+    extra = (f'inventory = "{testbed.inventory_path}"\n' + DEPLOY
+             + f'store = "{postgres.database()}"\nlease_ttl_s = {ttl}\n')
+    env = {"ORCHESTRATOR_WHEEL_CACHE": str(WHEEL_CACHE)}
+    for name in "abc":
+        (tmp_path / name).mkdir()
+    owner, *others = [daemons(write_config(tmp_path / n, extra), env=env) for n in "abc"]
+    app = "fleet-6"
+    spec = joblib_spec(tmp_path / "v1", app, models_dir / "model.joblib",
+                       models_dir / "golden.npz", [h.name for h in hosts],
+                       extra="rollout: {canary: 1, batch_size: 2}\n")
+    deployment = json.loads(owner.cli("submit", str(spec), "--json").stdout)["id"]
+    installs = 0
+    with owner.http() as http, http.stream(
+            "GET", f"/v1/deployments/{deployment}/events", params={"follow": True},
+            timeout=600) as stream:
+        for line in stream.iter_lines():
+            event = json.loads(line)
+            if event["step"] == "install" and event["status"] == "running":
+                installs += 1
+                if installs == 2:  # past the canary: a batch is installing
+                    owner.proc.kill()
+                    break
+    killed = time.monotonic()
+    owner.proc.wait(timeout=30)
+    seen = len(stored_events(others[0], deployment))
+    wait_for(lambda: len(stored_events(others[0], deployment)) > seen, ttl + 30,
+             "another daemon to take the deployment over")
+    taken_s = time.monotonic() - killed
+    with others[1].http() as http:
+        record = wait_for(lambda: (r := http.get(f"/v1/deployments/{deployment}").json())
+                          ["state"] in {"succeeded", "failed", "rolled_back"} and r, 900,
+                          "the deployment to finish")
+    assert record["state"] == "succeeded", record["result"]
+    assert taken_s < ttl + 5, f"taken over {taken_s:.1f} s after the kill"
+    events = stored_events(others[1], deployment)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    steps = [s for h in record["hosts"].values() for s in h["steps"]]
+    assert all(s["state"] != "running" for s in steps), steps
+    releases = set()
+    for h in hosts:
+        current = h.deploy_root / app / "current"
+        manifest = json.loads((current / "manifest.json").read_text())
+        assert manifest["deployment"] == deployment and manifest.get("warmup"), h.name
+        releases.add(os.readlink(current))
+    assert len(releases) == 1, releases

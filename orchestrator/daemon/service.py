@@ -80,7 +80,9 @@ class Service:
                           self._pool.submit, self.config.max_ssh_sessions)
 
     def sink(self, deployment: str) -> ServiceSink:
-        return ServiceSink(self.hub, deployment, self.metrics.observe)
+        sink = ServiceSink(self.hub, deployment, self.metrics.observe)
+        sink.fence = self.leases.token(DEPLOYMENT, deployment)
+        return sink
 
     def bundle_dir(self, deployment: str) -> Path:
         """The deployment's bundle on this daemon's disk (`bundle.local_copy`)."""

@@ -73,7 +73,8 @@ class DeployRunner:
             cancel_event: threading.Event) -> DeploymentOutcome:
         inventory = self._inventory()
         hosts = inventory.resolve(list(spec.targets))
-        inputs = prepare(spec, deployment=deployment_id)
+        inputs = replace(prepare(spec, deployment=deployment_id),
+                         fence=getattr(sink, "fence", None))  # the daemon's lease token
         parallel = min(int(self.config.max_ssh_sessions), int(spec.rollout.max_parallel))
         store = getattr(sink, "store", None)  # the daemon's: hosts degraded/failed stay out
         excluded = excluded_hosts(store.hosts(), [h.name for h in hosts]) if store else {}
@@ -114,8 +115,9 @@ class DeployRunner:
         inventory = self._inventory()
         hosts = inventory.resolve(list(spec.targets))
         store = getattr(sink, "store", None)
-        inputs = prepare(spec, deployment=deployment_id,
-                         release_id=_release_id(store, deployment_id))
+        inputs = replace(prepare(spec, deployment=deployment_id,
+                                 release_id=_release_id(store, deployment_id)),
+                         fence=getattr(sink, "fence", None))
         parallel = min(int(self.config.max_ssh_sessions), int(spec.rollout.max_parallel))
         sink.emit("reconcile", status="started", level="warning", state=str(D.RUNNING),
                   action="resume")
