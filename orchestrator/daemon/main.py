@@ -183,6 +183,7 @@ class _Server(uvicorn.Server):
         self._last_check = time.monotonic()
         self._beat: asyncio.Task[list[str]] | None = None
         self._last_beat = 0.0
+        self._catch_up: asyncio.Task[int] | None = None
         self._watchdog = watchdog_interval()
         self._last_ping = 0.0
 
@@ -232,6 +233,13 @@ class _Server(uvicorn.Server):
             if self._beat is not None and self._beat.exception() is not None:
                 log.error("lease heartbeat failed", error=repr(self._beat.exception()))
             self._beat = asyncio.create_task(run_in_threadpool(self._service.heartbeat))
+        if (self._service is not None and self._service.store.shared and not self.should_exit
+                and (self._catch_up is None or self._catch_up.done())):
+            # Every tick (0.1 s): other daemons' events to this daemon's followers (NOTIFY).
+            if self._catch_up is not None and self._catch_up.exception() is not None:
+                log.warning("events of other daemons not read",
+                            error=repr(self._catch_up.exception()))
+            self._catch_up = asyncio.create_task(run_in_threadpool(self._service.hub.catch_up))
         return await super().on_tick(counter)
 
 

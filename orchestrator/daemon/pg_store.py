@@ -63,6 +63,8 @@ class PostgresStore(SqlStore):
         self._readers: list[psycopg.Connection[Any]] = []
         self._readers_lock = threading.Lock()
         self._closed = False
+        self._listener: psycopg.Connection[Any] | None = None
+        self._listen_lock = threading.Lock()
 
     @classmethod
     def open(cls, url: str) -> PostgresStore:
@@ -85,7 +87,8 @@ class PostgresStore(SqlStore):
     def close(self) -> None:
         with self._lock, self._readers_lock:
             self._closed = True
-            for conn in [*self._readers, *([self._writer] if self._writer else [])]:
+            for conn in [*self._readers, *([self._writer] if self._writer else []),
+                         *([self._listener] if self._listener else [])]:
                 conn.close()
             self._readers.clear()
             self._writer = None
@@ -146,6 +149,25 @@ class PostgresStore(SqlStore):
 
     def _notify(self, q: Exec, deployment: str, seq: int) -> None:
         q(f"SELECT pg_notify('{NOTIFY_CHANNEL}', ?)", (f"{deployment} {seq}",))
+
+    def notifications(self) -> list[tuple[str, int]]:
+        """(deployment, seq) of every event committed since the last call, by any daemon
+        (LISTEN on a connection of its own, opened at the first call; never blocks)."""
+        with self._listen_lock:
+            try:
+                if self._listener is None or self._listener.closed or self._listener.broken:
+                    self._listener = self._connect()
+                    self._listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                found = []
+                for note in self._listener.notifies(timeout=0.0):
+                    deployment, _, seq = note.payload.partition(" ")
+                    if seq.isdigit():
+                        found.append((deployment, int(seq)))
+                return found
+            except psycopg.OperationalError as exc:
+                if self._listener is not None:
+                    self._listener.close()
+                raise StoreUnavailable(f"{self.location}: {str(exc).strip()}") from None
 
 
 __all__ = ["NOTIFY_CHANNEL", "PostgresStore", "describe"]

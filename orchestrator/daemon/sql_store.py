@@ -209,6 +209,11 @@ class SqlStore(LeaseRows):
     def _notify(self, q: Exec, deployment: str, seq: int) -> None:
         """Tell other daemons' followers (PostgreSQL: NOTIFY, sent at commit)."""
 
+    def notifications(self) -> list[tuple[str, int]]:
+        """(deployment, seq) of events other daemons committed since the last call; a store
+        no other daemon writes has none."""
+        return []
+
     def events(
         self, deployment: str, *, after: int = 0, host: str | None = None, limit: int = 10_000
     ) -> list[dict[str, Any]]:

@@ -82,6 +82,10 @@ class Store(Protocol):
     def last_event_ts(self, deployment: str) -> float | None:
         ...
 
+    def notifications(self) -> list[tuple[str, int]]:
+        """(deployment, seq) of the events committed since the last call, by any daemon."""
+        ...
+
     def record_host(
         self, host: str, status: str, reasons: list[str], facts: dict[str, Any] | None
     ) -> None:

@@ -33,9 +33,17 @@ def take_over(service: Service) -> list[str]:
         with service._lock:
             if record.id in service._cancels:
                 continue  # this daemon's worker has it
-        if service.stopping.is_set() or service.leases.claim(DEPLOYMENT, record.id) is None:
+        if service.stopping.is_set():
             continue
-        service.take_over(service.store.get_deployment(record.id))  # as of the claim
+        token = service.leases.claim(DEPLOYMENT, record.id)
+        if token is None:
+            continue
+        record = service.store.get_deployment(record.id)  # as of the claim
+        if record.state is not D.QUEUED:  # another daemon's (or this one's last process's)
+            service.sink(record.id).emit("lease", status="taken", level="warning",
+                                         owner=service.leases.owner, token=token,
+                                         state=str(record.state))
+        service.take_over(record)
         taken.append(record.id)
     return taken
 
