@@ -24,8 +24,8 @@ from orchestrator.core.inventory import Inventory, load_inventory
 from orchestrator.hosts.pool import Pool
 from orchestrator.hosts.ssh import SshOptions
 from orchestrator.testbed import Testbed, TestbedHost
+from orchestrator.testbed.postgres import Cluster
 from tests.daemons import Daemon, start
-from tests.pg import Cluster
 
 TESTBED_PROFILES = (
     "h100", "t4", "old-driver", "no-driver", "no-gpu", "mismatch", "h100", "h100",
@@ -103,7 +103,8 @@ def pool(inventory: Inventory) -> Iterator[Pool]:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Cluster]:
-    """A private PostgreSQL cluster for the whole run (tests/pg.py), started on first use."""
+    """A private PostgreSQL cluster for the whole run (orchestrator/testbed/postgres.py),
+    started on first use."""
     cluster = Cluster.start()
     try:
         yield cluster

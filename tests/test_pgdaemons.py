@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.testbed import Testbed
+from orchestrator.testbed.postgres import Cluster
 from tests.daemons import DEPLOY, ECHO, Daemon, stored_events, wait_for, write_config
-from tests.pg import Cluster
 from tests.specs import WHEEL_CACHE, joblib_spec, stub_spec
 
 TTL_S = 3.0

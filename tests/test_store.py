@@ -292,7 +292,7 @@ def test_several_daemons_connections_number_events_without_gaps_and_claim_once(
         postgres: object) -> None:
     """On PostgreSQL: three stores (three daemons) on one database write one deployment's
     events and claim one lease at once."""
-    from tests.pg import Cluster
+    from orchestrator.testbed.postgres import Cluster
 
     assert isinstance(postgres, Cluster)
     url = postgres.database()

@@ -10,8 +10,8 @@ from pathlib import Path
 from orchestrator.core.states import DeploymentState, HostStepState
 from orchestrator.daemon.schema import SCHEMA_VERSION
 from orchestrator.daemon.store import open_store
+from orchestrator.testbed.postgres import Cluster
 from tests.daemons import ORCHESTRATOR
-from tests.pg import Cluster
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

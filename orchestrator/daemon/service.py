@@ -162,6 +162,8 @@ class Service:
                 if active:
                     raise Conflict(f"app {submission.app!r} is already being deployed by "
                                    f"{active[0].id} ({active[0].state}); wait for it or cancel it")
+                # Held by this daemon before any other can see the row: it has the bundle.
+                self.leases.claim(DEPLOYMENT, deployment)
                 self.store.create_deployment(deployment, submission.app, submission.data)
         except OrchestratorError:
             shutil.rmtree(path, ignore_errors=True)

@@ -1,9 +1,11 @@
-"""A private PostgreSQL cluster for the test session: Debian's postgresql package, in a temporary
-directory on a free port, run as the `postgres` user when the tests run as root (PostgreSQL
-refuses root), else as the current user. Each test gets its own database (`Cluster.database`).
+"""A private PostgreSQL cluster for tests and benchmarks: Debian's postgresql package, in a
+temporary directory on a free port, run as the `postgres` user when started as root (PostgreSQL
+refuses root), else as the current user; reached over its Unix socket only. Each user gets its
+own database (`Cluster.database`).
 
-    def test_x(store_target):   # tests/conftest.py: a SQLite path, then a PostgreSQL URL
-        store = open_store(store_target)
+    cluster = Cluster.start()      # tests/conftest.py's `postgres` fixture, orchestrator/bench
+    url = cluster.database()       # postgresql://...: `store = url` in a daemon's config
+    cluster.stop()
 """
 
 from __future__ import annotations
