@@ -21,7 +21,7 @@ from typing import Any, cast
 from orchestrator.core.findings import excluded_hosts
 from orchestrator.core.inventory import Inventory
 from orchestrator.core.spec import Spec
-from orchestrator.core.states import DeploymentState
+from orchestrator.core.states import RECONCILE_STEP, DeploymentState, HostStepState
 from orchestrator.daemon.config import DaemonConfig
 from orchestrator.daemon.runners.base import DeploymentOutcome, HostCheck, RunSink
 from orchestrator.daemon.runners.probe import ProbeRunner
@@ -133,6 +133,10 @@ class DeployRunner:
                 for name in found:
                     if name not in done and name not in lost:
                         store.restart_steps(deployment_id, name)
+                for row in store.steps(deployment_id):  # half-done on the hosts kept as found
+                    if row.state is HostStepState.RUNNING and row.step != RECONCILE_STEP:
+                        sink.step(row.host, row.step, HostStepState.FAILED,
+                                  reason="interrupted by a daemon restart")
                 excluded = excluded_hosts(store.hosts(), [h.name for h in hosts])
                 lost = {**excluded, **lost}
             sink.emit("reconcile", status="finished", level="warning", outcome="resumed",
