@@ -37,7 +37,8 @@ the code, in the order of `SEVERITY`.
     ├── DaemonError                      exit 1: the daemon could not start, or is not running
     │   ├── DaemonUnavailable            exit 4: nothing answers on the socket
     │   ├── StateDirLocked               another daemon owns the state dir
-    │   └── StoreCorrupt                 the SQLite store failed its integrity check
+    │   ├── StoreCorrupt                 the SQLite store failed its integrity check
+    │   └── StoreUnavailable             the PostgreSQL store does not answer (down, partition)
     └── DeploymentFailed                 exit 3: a deployment failed (rolled back where it switched)
         └── WheelFetchFailed             (wheelcache.py) the locked wheels could not be had
 
@@ -194,3 +195,9 @@ class StateDirLocked(DaemonError):
 
 class StoreCorrupt(DaemonError):
     pass
+
+
+class StoreUnavailable(DaemonError):
+    """The database does not answer: a daemon stops acting on hosts until it does."""
+
+    exit_code = EXIT_UNREACHABLE

@@ -24,6 +24,7 @@ from orchestrator.core.inventory import Inventory, load_inventory
 from orchestrator.hosts.pool import Pool
 from orchestrator.hosts.ssh import SshOptions
 from orchestrator.testbed import Testbed, TestbedHost
+from orchestrator.testbed.postgres import Cluster
 from tests.daemons import Daemon, start
 
 TESTBED_PROFILES = (
@@ -98,3 +99,24 @@ def pool(inventory: Inventory) -> Iterator[Pool]:
     """SSH connections to the testbed's hosts, shared by one module's tests."""
     with Pool(SshOptions.for_inventory(inventory), max_connections=8) as p:
         yield p
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Cluster]:
+    """A private PostgreSQL cluster for the whole run (orchestrator/testbed/postgres.py),
+    started on first use."""
+    cluster = Cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """What `open_store` opens, once per backend: a SQLite file, then a fresh PostgreSQL
+    database of the session's cluster."""
+    if request.param == "sqlite":
+        return tmp_path / "s.db"
+    cluster: Cluster = request.getfixturevalue("postgres")
+    return cluster.database()

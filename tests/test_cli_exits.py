@@ -36,6 +36,7 @@ ELSEWHERE = {
     ("deploy", 3): "tests/test_deploy.py::"
                    "test_cli_deploy_stops_on_a_failing_canary_like_the_daemon",
     ("daemon", 0): "test_daemon_exits_0_on_sigterm below",
+    ("store", 0): "tests/test_storecopy.py (a real PostgreSQL cluster)",
     ("image", 0): "tests/test_env_image.py (its fixture runs the same build_image from a lock: "
                   "slow)",
     ("verify", 3): "test_verify_exits_3_for_a_host_whose_probe_fails below (a host's tools "
@@ -131,6 +132,12 @@ def local(*argv: str | Callable[[World], str]) -> Callable[[World], list[str]]:
     return lambda w: [a(w) if callable(a) else a for a in argv]
 
 
+def _config(w: World, text: str) -> str:
+    path = w.tmp / f"daemon-{abs(hash(text))}.toml"
+    path.write_text(text)
+    return str(path)
+
+
 def _ansible(w: World, text: str) -> str:
     path = w.tmp / f"ansible-{abs(hash(text))}.ini"
     path.write_text(text)
@@ -163,6 +170,11 @@ CASES: list[tuple[str, int, str, Run]] = [
         "[gpu]\ngpu-01 ansible_host=10.0.0.11 ansible_user=deploy\n"))]),
     ("inventory", 2, "a line that is not INI", lambda w: ["inventory", "import", _ansible(w, (
         "[gpu\n"))]),
+    ("store", 2, "copy without a PostgreSQL store in the config", lambda w: [
+        "store", "copy", "--config", _config(w, 'state_dir = "s"\n'), "--from", str(w.tmp)]),
+    ("store", 4, "a PostgreSQL store that does not answer", lambda w: [
+        "store", "migrate", "--config",
+        _config(w, 'state_dir = "s"\nstore = "postgresql://127.0.0.1:1/none"\n')]),
     ("image", 2, "a base archive that is not a file",
      lambda w: ["image", "build", _valid_joblib(w, "predict_proba"), "--base", "/nonexistent.tar",
                 "-o", str(w.tmp / "image.tar")]),

@@ -440,25 +440,34 @@ def test_kill_9_while_one_host_switches_and_another_installs_then_restart_settle
 
     store = open_store(daemon.state_dir / "state.sqlite3")  # what was durable at the kill
     kept = {d: store.events(d) for d in (dep_a, dep_b)}
+    # On a loaded machine the follower may see the switch after b has already finished: only
+    # what was still in flight at the kill has anything to settle.
+    flying = [d for d in (dep_a, dep_b) if store.get_deployment(d).state not in
+              {"succeeded", "failed", "rolled_back", "cancelled"}]
+    assert flying, "both deployments finished before the kill"
     store.close()
     in_flight = {d: [(e["host"], e["step"], e["status"]) for e in kept[d] if e["event"] == "step"]
                  for d in (dep_a, dep_b)}
 
     restarted = time.monotonic()
     again = daemons(config, env=env)
+    # Reconciled at once (each host settled from its real state); a deployment left running
+    # is then resumed (issue 16), which may deploy hosts again: it finishes later.
+    wait_for(lambda: all(any(e["event"] == "reconcile" for e in stored_events(again, d)[
+        len(kept[d]):]) for d in flying), 30, "the deployments in flight to be reconciled")
+    settled_s = time.monotonic() - restarted  # from the new process's spawn
     with again.http() as http:
         records = wait_for(lambda: [http.get(f"/v1/deployments/{d}").json()
                                      for d in (dep_a, dep_b)]
                             if all(http.get(f"/v1/deployments/{d}").json()["state"] in
                                    {"succeeded", "failed", "rolled_back", "cancelled"}
-                                   for d in (dep_a, dep_b)) else None, 120)
-    settled_s = time.monotonic() - restarted  # from the new process's spawn
-    assert settled_s < 30, f"settled {settled_s:.1f} s after the restart"
+                                   for d in (dep_a, dep_b)) else None, 600)
     for record in records:
         events = stored_events(again, record["id"])
         assert events[:len(kept[record["id"]])] == kept[record["id"]], "an event was lost"
         assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
-        assert any(e["event"] == "reconcile" for e in events[len(kept[record["id"]]):]), \
+        assert record["id"] not in flying or any(
+            e["event"] == "reconcile" for e in events[len(kept[record["id"]]):]), \
             in_flight[record["id"]]
         steps = [s for h in record["hosts"].values() for s in h["steps"]]
         assert all(s["state"] != "running" for s in steps), steps  # none left half-done

@@ -20,10 +20,10 @@ CONTRACT = ["seq", "ts", "level", "event", "deployment", "host", "step", "status
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[EventHub]:
+def hub(tmp_path: Path, store_target: Path | str) -> Iterator[EventHub]:
     from orchestrator.daemon.store import open_store
 
-    store = open_store(tmp_path / "s.db")
+    store = open_store(store_target)
     store.create_deployment("d1", "app", {})
     hub = EventHub(store, tmp_path / "logs", follower_buffer=8)
     yield hub

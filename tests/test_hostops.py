@@ -1280,6 +1280,20 @@ def test_deploy_lock_ops_admit_one_deployment_and_its_resume(root: Path) -> None
     fails("deploy-lock", root, "bad-args", app="../x", owner=owner)
 
 
+def test_deploy_lock_fences_a_holder_whose_token_a_later_one_passed(root: Path) -> None:
+    """Issue 16: the daemon that lost a deployment to another (a lower lease token) is refused
+    at the host's lock; the later holder records its token; no token changes nothing."""
+    stale, later = {"deployment": "d1", "token": 3}, {"deployment": "d1", "token": 4}
+    assert ok("deploy-lock", root, app="a", owner=stale)["resumed"] is False
+    assert ok("deploy-lock", root, app="a", owner=later)["resumed"] is True  # took it over
+    owner_file = root / "a" / ".deploy-lock" / "owner.json"
+    assert json.loads(owner_file.read_text()) == later
+    fenced = fails("deploy-lock", root, "busy", app="a", owner=stale)
+    assert "fenced" in fenced["error"] and fenced["owner"] == later
+    assert ok("deploy-lock", root, app="a", owner={"deployment": "d1"})["resumed"] is True
+    assert json.loads(owner_file.read_text()) == later  # an owner without a token: kept
+
+
 def test_hostlock_maps_busy_to_deploy_locked(root: Path) -> None:
     from orchestrator.hosts import hostlock
 

@@ -29,8 +29,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "orchestrator"
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[EventHub]:
-    store = open_store(tmp_path / "s.db")
+def hub(tmp_path: Path, store_target: Path | str) -> Iterator[EventHub]:
+    store = open_store(store_target)
     hub = EventHub(store, tmp_path / "logs")
     store.create_deployment("d1", "app", {"targets": ["h1", "h2"]})
     yield hub

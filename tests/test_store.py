@@ -1,5 +1,7 @@
-"""The SQLite store against real files: pragmas, migrations, integrity check, the state-dir
-lock (across processes), event numbering under concurrent writers."""
+"""The store against both backends (`store_target`: a real SQLite file, a real PostgreSQL
+database): transitions, event numbering under concurrent writers (and, on PostgreSQL, from
+several daemons' connections), bundles, leases; and SQLite's own pragmas, migrations of old
+files, integrity check and the state-dir lock (across processes)."""
 
 from __future__ import annotations
 
@@ -9,12 +11,14 @@ import sys
 import threading
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from orchestrator.core.states import DeploymentState, HostStepState
+from orchestrator.daemon.sql_store import SqlStore
 from orchestrator.daemon.sqlite_store import SqliteStore
 from orchestrator.daemon.statedir import lock_state_dir
-from orchestrator.daemon.store import SCHEMA_VERSION
+from orchestrator.daemon.store import SCHEMA_VERSION, open_store
 from orchestrator.errors import InvalidTransition, NotFound, StateDirLocked, StoreCorrupt
 
 D, S = DeploymentState, HostStepState
@@ -81,8 +85,8 @@ def test_lock_in_same_process_is_refused(tmp_path: Path) -> None:
     handle.close()
 
 
-def test_deployments_and_transitions(tmp_path: Path) -> None:
-    store = SqliteStore.open(tmp_path / "s.db")
+def test_deployments_and_transitions(store_target: Path | str) -> None:
+    store = open_store(store_target)
     store.create_deployment("a", "app1", {"targets": ["h1"]})
     store.create_deployment("b", "app2", {"targets": ["h2"]})
     assert store.transition_deployment("a", D.RUNNING) is D.QUEUED
@@ -95,10 +99,11 @@ def test_deployments_and_transitions(tmp_path: Path) -> None:
     assert record.state is D.FAILED and record.result == {"reason": "x"}
     assert [r.id for r in store.list_deployments(app="app2")] == ["b"]
     assert [r.id for r in store.list_deployments(states=frozenset({D.QUEUED}))] == ["b"]
+    store.close()
 
 
-def test_step_intent_and_outcome(tmp_path: Path) -> None:
-    store = SqliteStore.open(tmp_path / "s.db")
+def test_step_intent_and_outcome(store_target: Path | str) -> None:
+    store = open_store(store_target)
     store.create_deployment("a", "app", {})
     store.transition_step("a", "h1", "switch", S.RUNNING)
     [running] = store.steps("a")
@@ -109,16 +114,18 @@ def test_step_intent_and_outcome(tmp_path: Path) -> None:
     assert done.detail == {"release": "r1"}
     with pytest.raises(InvalidTransition):
         store.transition_step("a", "h1", "switch", S.RUNNING)
+    store.close()
 
 
-def test_foreign_keys_refuse_orphan_events(tmp_path: Path) -> None:
-    store = SqliteStore.open(tmp_path / "s.db")
-    with pytest.raises(sqlite3.IntegrityError):
+def test_foreign_keys_refuse_orphan_events(store_target: Path | str) -> None:
+    store = open_store(store_target)
+    with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError)):
         store.append_event({"deployment": "nope", "ts": 1.0, "level": "info", "event": "x"})
+    store.close()
 
 
-def test_event_seq_has_no_gaps_under_concurrent_writers(tmp_path: Path) -> None:
-    store = SqliteStore.open(tmp_path / "s.db")
+def test_event_seq_has_no_gaps_under_concurrent_writers(store_target: Path | str) -> None:
+    store = open_store(store_target)
     store.create_deployment("a", "app", {})
 
     def write(worker: int) -> None:
@@ -135,10 +142,11 @@ def test_event_seq_has_no_gaps_under_concurrent_writers(tmp_path: Path) -> None:
     assert [e["seq"] for e in events] == list(range(1, 201))
     for worker in range(4):  # each writer's own events stay in its order
         assert [e["n"] for e in events if e["host"] == f"h{worker}"] == list(range(50))
+    store.close()
 
 
-def test_hosts_keep_the_latest_record(tmp_path: Path) -> None:
-    store = SqliteStore.open(tmp_path / "s.db")
+def test_hosts_keep_the_latest_record(store_target: Path | str) -> None:
+    store = open_store(store_target)
     store.record_host("h1", "unreachable", ["no route"], None)
     store.record_host("h1", "healthy", [], {"schema": 1})
     store.record_host("h2", "degraded", ["NVML: driver not loaded"], {"schema": 1})
@@ -148,13 +156,15 @@ def test_hosts_keep_the_latest_record(tmp_path: Path) -> None:
         store.record_host("h3", "fine", [], None)
     store.record_release("h1", "app", "r1", "current", "a")
     assert store.releases("app")[0]["release_id"] == "r1"
+    store.close()
 
 
-def test_reads_do_not_wait_for_the_writer(tmp_path: Path) -> None:
-    store = SqliteStore.open(tmp_path / "s.db")
+def test_reads_do_not_wait_for_the_writer(store_target: Path | str) -> None:
+    store = open_store(store_target)
     store.create_deployment("a", "app", {})
     store.append_event({"deployment": "a", "ts": 1.0, "level": "info", "event": "e"})
     seen: list[int] = []
+    assert isinstance(store, SqlStore)
     with store._lock:  # the writer is busy (in a commit's fsync, say)
         reader = threading.Thread(target=lambda: seen.append(len(store.events("a"))))
         reader.start()
@@ -174,7 +184,7 @@ def test_a_version_1_file_is_migrated_in_place_keeping_its_data(tmp_path: Path) 
         conn.execute("INSERT INTO deployments VALUES ('old', 'app', '{}', 'succeeded', 1, 1, NULL)")
     conn.close()
     store = SqliteStore.open(path)
-    assert store.schema_version() == SCHEMA_VERSION == 3
+    assert store.schema_version() == SCHEMA_VERSION == 4
     assert store.get_deployment("old").state is D.SUCCEEDED
     store.record_watched("/specs/a.yaml", "abc", "old", None)
     assert store.watched() == {"/specs/a.yaml": "abc"}
@@ -183,7 +193,7 @@ def test_a_version_1_file_is_migrated_in_place_keeping_its_data(tmp_path: Path) 
 
 def test_a_version_2_file_is_migrated_in_place_keeping_its_data(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import orchestrator.daemon.sqlite_store as store_module
+    import orchestrator.daemon.sql_store as store_module
 
     path = tmp_path / "s.db"
     with monkeypatch.context() as m:  # the previous release's code path: migrations 0 -> 2
@@ -199,7 +209,7 @@ def test_a_version_2_file_is_migrated_in_place_keeping_its_data(
                                 ).fetchall()
     conn.close()
     store = SqliteStore.open(path)
-    assert store.schema_version() == SCHEMA_VERSION == 3
+    assert store.schema_version() == SCHEMA_VERSION == 4
     assert store.get_deployment("old").spec == {"targets": ["h1"]}
     assert [(h["host"], h["status"], h["reasons"]) for h in store.hosts()] == [
         ("h1", "degraded", ["app: driver 550 -> 560"])]
@@ -210,8 +220,8 @@ def test_a_version_2_file_is_migrated_in_place_keeping_its_data(
     store.close()
 
 
-def test_app_results_are_kept_per_host_and_app_across_a_reopen(tmp_path: Path) -> None:
-    store = SqliteStore.open(tmp_path / "s.db")
+def test_app_results_are_kept_per_host_and_app_across_a_reopen(store_target: Path | str) -> None:
+    store = open_store(store_target)
     store.record_app_result("h1", "a", "degraded", ["driver 550 -> 560"])
     store.record_app_result("h1", "b", "healthy", [])
     store.record_app_result("h2", "a", "failed", ["model file model/m.joblib changed"])
@@ -220,7 +230,7 @@ def test_app_results_are_kept_per_host_and_app_across_a_reopen(tmp_path: Path) -
         store.record_app_result("h1", "c", "fine", [])
     store.close()
 
-    store = SqliteStore.open(tmp_path / "s.db")  # a restarted daemon sees what the last one stored
+    store = open_store(store_target)  # a restarted daemon sees what the last one stored
     assert store.app_results("h1") == {
         "a": ("degraded", ["driver 550 -> 560"]),
         "b": ("failed", ["warmup golden: 3 of 8 outputs differ"]),  # the latest, replaced
@@ -231,3 +241,79 @@ def test_app_results_are_kept_per_host_and_app_across_a_reopen(tmp_path: Path) -
     assert store.forget_app_results("h1", keep=set()) == ["b"]
     assert store.app_results("h1") == {}
     store.close()
+
+
+def test_a_bundle_round_trips_in_chunks_and_a_damaged_one_is_refused(
+        store_target: Path | str, tmp_path: Path) -> None:
+    import io
+
+    from orchestrator.daemon import sql_store
+
+    store = open_store(store_target)
+    data = bytes(range(256)) * ((3 * sql_store.CHUNK_BYTES) // 256 + 7)  # 4 chunks, last short
+    digest = store.put_bundle("d1", io.BytesIO(data))
+    out = io.BytesIO()
+    assert store.get_bundle("d1", out) and out.getvalue() == data
+    assert digest == __import__("hashlib").sha256(data).hexdigest()
+    assert store.get_bundle("nope", io.BytesIO()) is False
+    assert isinstance(store, SqlStore)
+    with store._tx() as q:  # one byte of one chunk changed behind the store's back
+        q("UPDATE bundle_chunks SET data = ? WHERE deployment = ? AND n = 2",
+          (b"x" + data[2 * sql_store.CHUNK_BYTES + 1: 3 * sql_store.CHUNK_BYTES], "d1"))
+    with pytest.raises(StoreCorrupt, match="does not match its sha256"):
+        store.get_bundle("d1", io.BytesIO())
+    store.drop_bundle("d1")
+    assert store.get_bundle("d1", io.BytesIO()) is False
+    store.close()
+
+
+def test_a_lease_is_held_by_one_owner_until_it_expires_and_its_token_grows(
+        store_target: Path | str) -> None:
+    import time
+
+    store = open_store(store_target)
+    assert store.claim("deployment", "d1", "a", 0.5) == 1
+    assert store.claim("deployment", "d1", "b", 0.5) is None  # held
+    assert store.renew("deployment", "d1", "a", 1, 0.5)
+    assert store.claim("deployment", "d1", "a", 0.5) == 2  # the owner re-claims: a new token
+    assert not store.renew("deployment", "d1", "a", 1, 0.5)  # the old token is fenced off
+    time.sleep(0.7)
+    assert not store.renew("deployment", "d1", "a", 2, 0.5)  # expired: not renewed
+    assert store.claim("deployment", "d1", "b", 5) == 3  # taken over
+    assert store.lease("deployment", "d1") is not None
+    store.release("deployment", "d1", "a", 2)  # a stale holder cannot release it
+    assert store.claim("deployment", "d1", "a", 5) is None
+    store.release("deployment", "d1", "b", 3)
+    assert store.claim("deployment", "d1", "a", 5) == 4
+    store.close()
+
+
+def test_several_daemons_connections_number_events_without_gaps_and_claim_once(
+        postgres: object) -> None:
+    """On PostgreSQL: three stores (three daemons) on one database write one deployment's
+    events and claim one lease at once."""
+    from orchestrator.testbed.postgres import Cluster
+
+    assert isinstance(postgres, Cluster)
+    url = postgres.database()
+    stores = [open_store(url) for _ in range(3)]  # migrations once, whoever comes first
+    stores[0].create_deployment("a", "app", {})
+    claims: list[int | None] = []
+
+    def write(store: object, worker: int) -> None:
+        assert hasattr(store, "append_event") and hasattr(store, "claim")
+        claims.append(store.claim("deployment", "a", f"d{worker}", 30))
+        for i in range(40):
+            store.append_event({"deployment": "a", "ts": 1.0, "level": "info", "event": "e",
+                                "host": f"h{worker}", "n": i})
+
+    threads = [threading.Thread(target=write, args=(s, w)) for w, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    events = stores[1].events("a")
+    assert [e["seq"] for e in events] == list(range(1, 121))
+    assert sorted(claims, key=lambda c: c or 0) == [None, None, 1]
+    for store in stores:
+        store.close()

@@ -41,6 +41,7 @@ from orchestrator.daemon.follow import Followers
 from orchestrator.daemon.guard import SMALL_BODY, TAR, TcpGuard
 from orchestrator.daemon.metrics import CONTENT_TYPE as METRICS_TYPE
 from orchestrator.daemon.service import Service
+from orchestrator.daemon.store import describe
 from orchestrator.daemon.ui import routes as ui
 from orchestrator.errors import InvalidInput, OrchestratorError, PayloadTooLarge
 
@@ -146,7 +147,7 @@ def _deployment_routes(app: FastAPI, service: Service) -> None:
     @app.get("/v1/deployments/{deployment}", response_model=DeploymentDetail,
              responses=error_responses(404))
     def show(deployment: str) -> dict[str, Any]:
-        return service.describe(deployment)
+        return describe(service.store, deployment)
 
     @app.get("/v1/deployments/{deployment}/events", response_class=StreamingResponse,
              responses={200: {"content": {NDJSON: {}}}, **error_responses(404, 422, 503)})

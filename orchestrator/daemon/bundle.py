@@ -6,12 +6,21 @@ spec names (`pack_bundle`); the daemon streams the upload to disk under a size l
 it into `<state_dir>/bundles/<id>/` refusing anything but plain files and directories inside the
 bundle (`unpack_bundle`: no absolute paths, no `..`, no links or devices). The spec is then
 validated there, so every relative path in it resolves inside the bundle.
+
+With a shared store (PostgreSQL, several daemons) the validated bundle also goes into the store
+(`keep_in_store`: a tar, in chunks, its sha256 checked on the way out), and a daemon that runs a
+deployment another one received unpacks it from there (`fetch_from_store`), through the same
+`unpack_bundle` checks as an upload.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import tarfile
+import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -20,7 +29,9 @@ from typing import Any
 from orchestrator.core.hashing import NAME_PATTERN, NAME_RE
 from orchestrator.core.spec import Spec, check_model_hash, load_spec
 from orchestrator.core.yamlio import DEFAULT_MAX_BYTES, parse_yaml, read_limited
-from orchestrator.errors import InvalidInput, SpecError
+from orchestrator.daemon.statedir import private_dir
+from orchestrator.daemon.store import Store
+from orchestrator.errors import InvalidInput, NotFound, SpecError
 
 SPEC_NAME = "spec.yaml"
 APP_NAME = NAME_RE  # the one name pattern (orchestrator.core.hashing)
@@ -176,3 +187,46 @@ def _load_spec(path: Path, display_name: str) -> Spec:
         return load_spec(path)
     except SpecError as exc:
         raise _renamed(exc, path.parent, display_name) from None
+
+
+def keep_in_store(store: Store, deployment: str, bundle_dir: Path) -> str:
+    """Put the unpacked bundle into the store as one tar (streamed through a temporary file
+    beside it, never whole in memory); returns its sha256."""
+    with tempfile.TemporaryFile(dir=bundle_dir.parent) as archive:
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            for entry in sorted(bundle_dir.iterdir()):
+                tar.add(entry, arcname=entry.name, recursive=True, filter=_plain_only)
+        archive.seek(0)
+        return store.put_bundle(deployment, archive)
+
+
+def fetch_from_store(store: Store, deployment: str, dest: Path) -> None:
+    """Unpack the bundle another daemon stored into `dest` (made whole, then renamed into
+    place, so a reader never sees half of it). NotFound when the store has none."""
+    if dest.is_dir():
+        return  # fetched already (by another thread, or an earlier run)
+    private_dir(dest.parent)
+    work = Path(tempfile.mkdtemp(prefix=f".{deployment}.", dir=dest.parent))
+    try:
+        archive = work / "bundle.tar"
+        with archive.open("wb") as out:
+            if not store.get_bundle(deployment, out):
+                raise NotFound(f"deployment {deployment}: its bundle is neither on this daemon "
+                               "nor in the store")
+        unpack_bundle(archive, work / "bundle")
+        try:
+            os.rename(work / "bundle", dest)
+        except OSError:
+            if not dest.is_dir():  # else another thread fetched it first: theirs is the same
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def local_copy(store: Store, path: Path, lock: threading.Lock) -> Path:
+    """`path`, the deployment's bundle on this daemon's disk; with a shared store, fetched from
+    it first when another daemon received the submission (one fetch at a time)."""
+    if store.shared and not path.is_dir():
+        with lock:
+            fetch_from_store(store, path.name, path)
+    return path

@@ -144,10 +144,21 @@ class DaemonConfig:
     tcp: TcpConfig = field(default_factory=TcpConfig)
     index: PackageIndex | None = None  # `[index]`: where the wheel cache downloads from
     webhooks: WebhookConfig = field(default_factory=WebhookConfig)
+    # -- the store (issue 16) ---------------------------------------------------------------
+    # None: SQLite in the state dir. "postgresql://...": one database several daemons share.
+    store: str | None = None
+    # How long a daemon's hold on a deployment or a re-verification lasts without a renewal
+    # (renewed every third of it); another daemon takes the work over after it expires.
+    lease_ttl_s: float = 15.0
 
     @property
     def store_path(self) -> Path:
         return self.state_dir / "state.sqlite3"
+
+    @property
+    def store_target(self) -> Path | str:
+        """What `open_store` opens: the PostgreSQL URL if configured, else the SQLite file."""
+        return self.store if self.store is not None else self.store_path
 
     @property
     def logs_dir(self) -> Path:
@@ -165,7 +176,9 @@ class DaemonConfig:
 _PATHS = ("state_dir", "socket", "inventory", "known_hosts", "identity", "specs_dir")
 _INTS = {"max_parallel_deployments": (1, 64), "max_ssh_sessions": (1, 1024),
          "max_body_bytes": (1024, 1 << 40), "max_followers": (1, 100_000)}
-_FLOATS = {"shutdown_grace_s": (0.0, 3600.0), "progress_timeout_s": (1.0, 7 * 86400.0)}
+_FLOATS = {"shutdown_grace_s": (0.0, 3600.0), "progress_timeout_s": (1.0, 7 * 86400.0),
+           "lease_ttl_s": (1.0, 3600.0)}
+_STORE_SCHEMES = ("postgresql://", "postgres://")
 _TCP_KEYS = {"enabled", "host", "port", "token_file", "allowed_hosts"}
 _INDEX_KEYS = {"url", "extra_urls", "ca_bundle", "credentials_file"}
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
@@ -211,7 +224,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def config_from_dict(data: dict[str, Any], *, file: str, base: Path,
                      env: Mapping[str, str]) -> DaemonConfig:
-    known = set(_PATHS) | set(_INTS) | set(_FLOATS) | {"runner", "tcp", "index", "webhooks"}
+    known = set(_PATHS) | set(_INTS) | set(_FLOATS) | {"runner", "tcp", "index", "webhooks",
+                                                        "store"}
     for key in data:
         if key not in known:
             raise SpecError(f"unknown key (expected one of: {', '.join(sorted(known))})",
@@ -236,6 +250,8 @@ def config_from_dict(data: dict[str, Any], *, file: str, base: Path,
         values["index"] = _index(data["index"], base, file)
     if "webhooks" in data:
         values["webhooks"] = _webhooks(data["webhooks"], base, file)
+    if "store" in data:
+        values["store"] = _store(data["store"], file)
     if env.get("ORCHESTRATOR_STATE_DIR"):
         values["state_dir"] = Path(env["ORCHESTRATOR_STATE_DIR"])
     state_dir = values.setdefault("state_dir", default_state_dir(env))
@@ -259,6 +275,14 @@ def _number(value: object, kind: type | tuple[type, ...], low: float, high: floa
     assert isinstance(value, int | float)
     if not low <= value <= high:
         raise SpecError(f"must be between {low} and {high}", file=file, field=key)
+    return value
+
+
+def _store(value: object, file: str) -> str:
+    # A password belongs in ~/.pgpass or PGPASSFILE, not here: the config is often world-read.
+    if not isinstance(value, str) or not value.startswith(_STORE_SCHEMES):
+        raise SpecError("must be a postgresql:// URL (leave it out for SQLite in state_dir)",
+                        file=file, field="store")
     return value
 
 

@@ -146,6 +146,30 @@ class EventHub:
                 step=event["step"], status=event["status"], reason=event.get("reason"))
         return event
 
+    def catch_up(self) -> int:
+        """Events other daemons wrote (the store's notifications) into the feeds of the
+        deployments followed here, in seq order after each feed's last, then their waiting
+        followers woken: a follower on any daemon sees every event live. Returns how many."""
+        notes = self.store.notifications()
+        wanted = {d for d, _ in notes}
+        added = 0
+        for deployment in wanted:
+            with self._lock:
+                feed = self._feeds.get(deployment)
+                if feed is None:
+                    continue
+                last = int(feed.ring[-1][0]["seq"]) if feed.ring else min(
+                    (f.cursor for f in feed.followers), default=0)
+                fresh = [e for e in self.store.events(deployment, after=last)]
+                for event in fresh:  # contiguous after `last`: the store has no gaps
+                    feed.ring.append((event, _line(event)))
+                added += len(fresh)
+                waiting, feed.waiting = (feed.waiting, set()) if fresh else (set(), feed.waiting)
+            for follower in waiting:
+                with contextlib.suppress(RuntimeError):
+                    follower.wake()
+        return added
+
     def _append_line(self, deployment: str, event: dict[str, Any]) -> None:
         handle = self._files.get(deployment)
         if handle is None:

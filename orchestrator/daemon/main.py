@@ -30,6 +30,7 @@ import uvicorn
 from starlette.concurrency import run_in_threadpool
 
 from orchestrator.core.terminal import safe
+from orchestrator.daemon import watchdog
 from orchestrator.daemon.api import create_app
 from orchestrator.daemon.config import DaemonConfig, read_token
 from orchestrator.daemon.events import EventHub
@@ -187,6 +188,9 @@ class _Server(uvicorn.Server):
         self._last_scan = 0.0
         self._check: asyncio.Task[list[str]] | None = None
         self._last_check = time.monotonic()
+        self._beat: asyncio.Task[list[str]] | None = None
+        self._last_beat = 0.0
+        self._catch_up: asyncio.Task[int] | None = None
         self._watchdog = watchdog_interval()
         self._last_ping = 0.0
 
@@ -229,6 +233,20 @@ class _Server(uvicorn.Server):
             self._last_check = now
             self._check = asyncio.create_task(
                 run_in_threadpool(self._service.check_progress, time.time()))
+        if (self._service is not None and not self.should_exit
+                and (self._beat is None or self._beat.done())
+                and now - self._last_beat >= self._service.config.lease_ttl_s / 3):
+            self._last_beat = now  # leases renewed, lost ones stopped, expired ones taken over
+            if self._beat is not None and self._beat.exception() is not None:
+                log.error("lease heartbeat failed", error=repr(self._beat.exception()))
+            self._beat = asyncio.create_task(run_in_threadpool(watchdog.heartbeat, self._service))
+        if (self._service is not None and self._service.store.shared and not self.should_exit
+                and (self._catch_up is None or self._catch_up.done())):
+            # Every tick (0.1 s): other daemons' events to this daemon's followers (NOTIFY).
+            if self._catch_up is not None and self._catch_up.exception() is not None:
+                log.warning("events of other daemons not read",
+                            error=repr(self._catch_up.exception()))
+            self._catch_up = asyncio.create_task(run_in_threadpool(self._service.hub.catch_up))
         return await super().on_tick(counter)
 
 
@@ -238,7 +256,8 @@ def run_daemon(config: DaemonConfig) -> int:
         configure_logging(config.log_file)
         log.info("starting", state_dir=str(config.state_dir), socket=str(config.socket),
                  pid=os.getpid(), runner=config.runner)
-        store = open_store(config.store_path)
+        store = open_store(config.store_target)
+        log.info("store open", store=store.location)  # never the password: `describe`
         hub = EventHub(store, config.logs_dir)
         service = Service(config, store, hub, make_runner(config))
         token = read_token(config.tcp) if config.tcp.enabled else None

@@ -6,6 +6,7 @@ end, never an edit of an old one (an existing state dir is upgraded in place at 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,9 +61,39 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (host, app)
     );
     """,
+    # 3 -> 4: several daemons on one store (issue 16). A submitted bundle in the store (a tar in
+    # chunked rows, its sha256 checked on the way out), so any daemon can run what another
+    # received; written before its deployment row, hence no foreign key. Leases: which daemon
+    # holds a deployment or a scheduled re-verification, until when, under which fencing token
+    # (it only grows, per work item, so a host can tell a stale holder from the current one).
+    """
+    CREATE TABLE bundles (
+        deployment TEXT PRIMARY KEY, sha256 TEXT NOT NULL, size BIGINT NOT NULL,
+        chunks INTEGER NOT NULL, created REAL NOT NULL
+    );
+    CREATE TABLE bundle_chunks (
+        deployment TEXT NOT NULL, n INTEGER NOT NULL, data BLOB NOT NULL,
+        PRIMARY KEY (deployment, n)
+    );
+    CREATE TABLE leases (
+        kind TEXT NOT NULL, key TEXT NOT NULL, owner TEXT NOT NULL, token BIGINT NOT NULL,
+        expiry REAL NOT NULL,
+        PRIMARY KEY (kind, key)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+# The migrations are written in SQLite's words; PostgreSQL's differ only in these types (REAL
+# is 4 bytes there: a timestamp would lose its seconds). Applied by `for_dialect`.
+POSTGRES_TYPES = {"REAL": "DOUBLE PRECISION", "BLOB": "BYTEA"}
 HOST_STATUSES = ("healthy", "degraded", "failed", "unreachable")
+
+
+def for_dialect(migration: str, dialect: str) -> list[str]:
+    """The statements of one migration for `dialect` ("sqlite" or "postgresql")."""
+    if dialect == "postgresql":
+        migration = re.sub(r"\b(REAL|BLOB)\b", lambda m: POSTGRES_TYPES[m.group(1)], migration)
+    return [s for s in migration.split(";") if s.strip()]
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,14 @@ import structlog
 from orchestrator.core.ids import new_deployment_id
 from orchestrator.core.states import (
     DEPLOYMENT_ACTIVE,
-    DEPLOYMENT_IN_FLIGHT,
     DeploymentState,
     HostStepState,
     change_deployment_state,
 )
-from orchestrator.daemon import bundle
+from orchestrator.daemon import bundle, watchdog
 from orchestrator.daemon.config import DaemonConfig
 from orchestrator.daemon.events import EventHub
+from orchestrator.daemon.leases import DEPLOYMENT, Leases
 from orchestrator.daemon.metrics import Metrics
 from orchestrator.daemon.reconcile import reconcile, reconcile_with_runner
 from orchestrator.daemon.runners.base import DeploymentOutcome, Runner
@@ -57,12 +57,15 @@ class Service:
         self._pool = ThreadPoolExecutor(config.max_parallel_deployments,
                                         thread_name_prefix="deploy")
         self._lock = threading.Lock()
+        self._fetch_lock = threading.Lock()
         self._cancels: dict[str, RolloutControl] = {}
         self._user_cancelled: set[str] = set()
         self._rollback_requested: set[str] = set()
         self._rollback_to: dict[str, str] = {}  # a manual rollback to a chosen release
         self._working: set[str] = set()
         self._stall_noted: set[str] = set()
+        self._lease_lost: set[str] = set()
+        self.leases = Leases(store, config.lease_ttl_s)
         self.stopping = threading.Event()
         self.idle = threading.Condition()
         self.metrics = Metrics(store)
@@ -80,26 +83,42 @@ class Service:
                           self._pool.submit, self.config.max_ssh_sessions)
 
     def sink(self, deployment: str) -> ServiceSink:
-        return ServiceSink(self.hub, deployment, self._observe)
+        sink = ServiceSink(self.hub, deployment, self._observe)
+        sink.fence = self.leases.token(DEPLOYMENT, deployment)
+        return sink
 
     def _observe(self, event: dict[str, Any]) -> None:  # webhooks only queue: never wait
         self.metrics.observe(event)
         self.webhooks.observe(event)
 
     def bundle_dir(self, deployment: str) -> Path:
-        return self.config.bundles_dir / deployment
+        """The deployment's bundle on this daemon's disk (`bundle.local_copy`)."""
+        return bundle.local_copy(self.store, self.config.bundles_dir / deployment,
+                                 self._fetch_lock)
 
     # -- start and stop ----------------------------------------------------------------------
 
     def start(self) -> None:
         """Reconcile what the last daemon left in flight, then queue what it left queued."""
         self.webhooks.start()
-        for record in self.store.list_deployments(states=DEPLOYMENT_IN_FLIGHT, limit=1 << 30):
-            log.warning("reconciling", deployment=record.id, state=str(record.state))
-            self.reconcile(record)
-        queued = self.store.list_deployments(states=frozenset({D.QUEUED}), limit=1 << 30)
-        for record in sorted(queued, key=lambda r: r.created):
+        watchdog.take_over(self)
+
+    def take_over(self, record: DeploymentRecord) -> None:
+        """Work a deployment no live daemon holds (its lease just claimed by this one): a
+        queued one is run; one left running is resumed from the hosts' real state if the
+        runner can, else reconciled (settled)."""
+        if record.state is D.QUEUED:
             self._schedule(record.id, "run")
+            return
+        resume = getattr(self.runner, "resume", None) is not None and record.state is D.RUNNING
+        log.warning("reconciling", deployment=record.id, state=str(record.state), resume=resume)
+        if resume:
+            self._schedule(record.id, "resume")
+            return
+        try:
+            self.reconcile(record)
+        finally:
+            self.leases.release(DEPLOYMENT, record.id)
 
     def reconcile(self, record: DeploymentRecord) -> None:
         """Settle a deployment the store shows in flight with no worker: the runner's own
@@ -126,7 +145,7 @@ class Service:
 
     def new_bundle(self) -> tuple[str, Path]:
         deployment = new_deployment_id()
-        path = self.bundle_dir(deployment)
+        path = self.config.bundles_dir / deployment
         private_dir(path.parent)  # bundles/ holds what users submitted: the daemon's alone
         path.mkdir(mode=0o700)    # a new id: an existing dir is an error, not a reuse
         return deployment, path
@@ -134,7 +153,7 @@ class Service:
     def submit(self, deployment: str, spec_name: str = bundle.SPEC_NAME) -> DeploymentRecord:
         """Validate the bundle already written for `deployment` and queue it. A second active
         deployment of the same app is refused (it would race the first on the same hosts)."""
-        path = self.bundle_dir(deployment)
+        path = self.config.bundles_dir / deployment
         try:
             if self.stopping.is_set():
                 raise Conflict("the daemon is stopping; submit again after it restarts")
@@ -142,15 +161,21 @@ class Service:
             check = getattr(self.runner, "check", None)
             if check is not None:  # e.g. targets that the inventory does not know: 400 now
                 check(submission.spec)
+            if self.store.shared:  # before the row: whichever daemon runs it finds the bundle
+                bundle.keep_in_store(self.store, deployment, path)
             with self._lock:
                 active = self.store.list_deployments(states=DEPLOYMENT_ACTIVE,
                                                      app=submission.app)
                 if active:
                     raise Conflict(f"app {submission.app!r} is already being deployed by "
                                    f"{active[0].id} ({active[0].state}); wait for it or cancel it")
+                # Held by this daemon before any other can see the row: it has the bundle.
+                self.leases.claim(DEPLOYMENT, deployment)
                 self.store.create_deployment(deployment, submission.app, submission.data)
         except OrchestratorError:
             shutil.rmtree(path, ignore_errors=True)
+            if self.store.shared:
+                self.store.drop_bundle(deployment)
             raise
         self.sink(deployment).emit("deployment", status=str(D.QUEUED), app=submission.app,
                                    targets=list(submission.targets))
@@ -160,6 +185,9 @@ class Service:
     def _schedule(self, deployment: str, kind: str) -> None:
         with self._lock:
             if self.stopping.is_set():
+                return
+            if self.leases.claim(DEPLOYMENT, deployment) is None:
+                log.info("held by another daemon", deployment=deployment, kind=kind)
                 return
             if deployment not in self._cancels:
                 control = self._cancels[deployment] = RolloutControl()
@@ -190,7 +218,10 @@ class Service:
             if self.stopping.is_set():
                 return  # still queued in the store: the next start picks it up
             submission = bundle.validate(self.bundle_dir(deployment))
-            if kind == "run":
+            if kind == "resume":  # left `running` by a dead daemon; scheduled if it has one
+                resume = getattr(self.runner, "resume")  # noqa: B009 (not in the Protocol)
+                outcome = self._call(resume, deployment, submission, sink, cancel)
+            elif kind == "run":
                 change_deployment_state(self.store, sink, deployment, D.RUNNING)
                 if self.reverifier is not None:  # a re-verification of the app ends first
                     self.reverifier.wait_idle(submission.app)
@@ -214,6 +245,8 @@ class Service:
                 self._rollback_requested.discard(deployment)
                 self._rollback_to.pop(deployment, None)
                 self._stall_noted.discard(deployment)
+                self._lease_lost.discard(deployment)
+            self.leases.release(DEPLOYMENT, deployment)
             self.hub.close_log(deployment)
             with self.idle:
                 self._working.discard(deployment)
@@ -232,6 +265,10 @@ class Service:
                                                "please report (traceback in the daemon log)")
 
     def _finish(self, deployment: str, sink: ServiceSink, outcome: DeploymentOutcome) -> None:
+        if deployment in self._lease_lost:  # another daemon holds it now, or will
+            sink.emit("deployment", status="interrupted", level="warning",
+                      reason="lease lost; the daemon that holds it next resumes it")
+            return
         if (self.stopping.is_set() and outcome.state is D.CANCELLED
                 and deployment not in self._user_cancelled):
             # Interrupted by SIGTERM, not by a user: leave it in flight for `reconcile`.
@@ -348,43 +385,8 @@ class Service:
         raise NotFound(f"app {app!r} has no running or succeeded deployment to roll back")
 
     def check_progress(self, now: float, *, orphan_after_s: float = 30.0) -> list[str]:
-        """The daemon's own watchdog, run periodically: a deployment in flight in the store that
-        no worker owns (its worker died) is reconciled; one whose worker has emitted nothing
-        for `progress_timeout_s` is told to stop after its current step, with an event. Returns
-        the deployments acted on."""
-        acted = []
-        in_flight = self.store.list_deployments(states=DEPLOYMENT_IN_FLIGHT, limit=1 << 30)
-        for record in in_flight:
-            with self._lock:
-                owned = record.id in self._cancels
-                # A paused rollout waits for a person, not for progress.
-                stalled = (owned and record.id not in self._stall_noted
-                           and record.state is not D.PAUSED)
-            if not owned and not self.stopping.is_set() and now - record.updated > orphan_after_s:
-                self.sink(record.id).emit("watchdog", status="orphaned", level="error",
-                                          reason="no worker owns this deployment")
-                self.reconcile(record)
-                acted.append(record.id)
-            elif stalled:
-                last = self.store.last_event_ts(record.id) or record.updated
-                if now - last > self.config.progress_timeout_s:
-                    with self._lock:
-                        self._stall_noted.add(record.id)
-                        cancel = self._cancels.get(record.id)
-                        if cancel is not None:
-                            cancel.set()
-                    self.sink(record.id).emit(
-                        "watchdog", status="stalled", level="error",
-                        reason=f"no progress for {now - last:.0f} s "
-                               f"(progress_timeout_s {self.config.progress_timeout_s:g}); "
-                               "stopping after the current step")
-                    acted.append(record.id)
-        if self.reverifier is not None and not self.stopping.is_set():
-            try:  # the schedule of `reverify.every` rides on this periodic tick
-                self.reverifier.tick(now)
-            except Exception:  # a bug in scheduling must not stop the watchdog
-                log.exception("re-verification schedule failed")
-        return acted
+        """The daemon's own watchdog (orchestrator/daemon/watchdog.py)."""
+        return watchdog.check_progress(self, now, orphan_after_s=orphan_after_s)
 
     def verify_hosts(self, names: list[str]) -> list[dict[str, Any]]:
         if self.reverifier is not None:  # probe, audit and warm up every app on those hosts
@@ -395,13 +397,3 @@ class Service:
             self.store.record_host(check.host, check.status, check.reasons, check.facts)
         wanted = {c.host for c in checks}
         return [h for h in self.store.hosts() if h["host"] in wanted]
-
-    def describe(self, deployment: str) -> dict[str, Any]:
-        """A deployment with its per-host steps, as the API returns it."""
-        record = self.store.get_deployment(deployment)
-        hosts: dict[str, dict[str, Any]] = {}
-        for step in self.store.steps(deployment):
-            entry = hosts.setdefault(step.host, {"state": str(S.PENDING), "steps": []})
-            entry["steps"].append(step.as_json())
-            entry["state"] = str(step.state)
-        return {**record.as_json(), "hosts": hosts}

@@ -50,6 +50,7 @@ class ServiceSink(DeploymentSink):
                  observe: Callable[[dict[str, Any]], None] | None = None) -> None:
         super().__init__(hub, deployment)
         self.store = hub.store
+        self.fence: int | None = None  # the lease's fencing token, sent to hosts (runners)
         self._plain = ObservedSink(hub, deployment, observe)
 
     def step(self, host: str, step: str, state: HostStepState, *,

@@ -1,16 +1,17 @@
 """The daemon's durable state, as an interface: what every part of the daemon may ask of it.
 
-`Store` is the protocol the daemon's modules are typed against; `open_store` picks the backend. The
-one backend today is SQLite in the state dir (orchestrator/daemon/sqlite_store.py, the embedded
-default); a second one (PostgreSQL, for several daemons) is a new module implementing `Store`, and a
-branch in `open_store`. The schema both share is orchestrator/daemon/schema.py's migrations.
+`Store` is the protocol the daemon's modules are typed against; `open_store` picks the backend:
+SQLite in the state dir (orchestrator/daemon/sqlite_store.py, the embedded default) or, for a
+`postgresql://` URL, PostgreSQL shared by several daemons (orchestrator/daemon/pg_store.py). Both
+run the queries of orchestrator/daemon/sql_store.py on the migrations of
+orchestrator/daemon/schema.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from orchestrator.core.states import DeploymentState, HostStepState
 from orchestrator.daemon.schema import (
@@ -23,14 +24,15 @@ from orchestrator.daemon.schema import (
 from orchestrator.daemon.sqlite_store import SqliteStore
 
 __all__ = ["HOST_STATUSES", "MIGRATIONS", "SCHEMA_VERSION", "DeploymentRecord", "StepRecord",
-           "Store", "open_store"]
+           "Store", "is_postgres", "open_store"]
 
 
 class Store(Protocol):
     """Deployments, their steps and events, hosts, re-verification results, watched specs.
     Thread-safe; state changes are re-checked against core/states.py inside the write."""
 
-    path: Path
+    location: str  # the file, or the database without its password: for messages
+    shared: bool   # other daemons may use it too: bundles live in it, leases are contended
 
     def close(self) -> None:
         ...
@@ -64,6 +66,10 @@ class Store(Protocol):
     def steps(self, deployment: str) -> list[StepRecord]:
         ...
 
+    def restart_steps(self, deployment: str, host: str) -> int:
+        """Clear a host's pipeline rows before a resumed deployment deploys it again."""
+        ...
+
     def append_event(self, event: dict[str, Any]) -> int:
         """Insert the event with the next seq of its deployment; returns that seq."""
         ...
@@ -74,6 +80,10 @@ class Store(Protocol):
         ...
 
     def last_event_ts(self, deployment: str) -> float | None:
+        ...
+
+    def notifications(self) -> list[tuple[str, int]]:
+        """(deployment, seq) of the events committed since the last call, by any daemon."""
         ...
 
     def record_host(
@@ -113,7 +123,59 @@ class Store(Protocol):
     def releases(self, app: str) -> list[dict[str, Any]]:
         ...
 
+    def put_bundle(self, deployment: str, archive: IO[bytes]) -> str:
+        """Store a submitted bundle's archive, streamed in chunks; returns its sha256."""
+        ...
 
-def open_store(path: Path) -> Store:
-    """The daemon's store at `path` (created, migrated and integrity-checked at open)."""
-    return SqliteStore.open(path)
+    def get_bundle(self, deployment: str, out: IO[bytes]) -> bool:
+        """Stream the stored archive to `out`, hash-checked; False when there is none."""
+        ...
+
+    def drop_bundle(self, deployment: str) -> None:
+        ...
+
+    def claim(self, kind: str, key: str, owner: str, ttl_s: float) -> int | None:
+        """The lease on (kind, key) for `owner`: its fencing token, or None if held."""
+        ...
+
+    def renew(self, kind: str, key: str, owner: str, token: int, ttl_s: float) -> bool:
+        ...
+
+    def release(self, kind: str, key: str, owner: str, token: int) -> None:
+        ...
+
+    def lease(self, kind: str, key: str) -> dict[str, Any] | None:
+        ...
+
+    def expire_leases(self) -> int:
+        """Every lease expired now: for a store no other daemon can use (SQLite, under the
+        state dir's lock), whatever holds it is a dead process of this daemon."""
+        ...
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres(target: str | Path) -> bool:
+    return isinstance(target, str) and target.startswith(POSTGRES_SCHEMES)
+
+
+def open_store(target: Path | str) -> Store:
+    """The daemon's store: a `postgresql://` URL (migrated at open; psycopg imported only
+    then), else the SQLite file at that path (created, migrated and integrity-checked)."""
+    if is_postgres(target):
+        from orchestrator.daemon.pg_store import PostgresStore
+
+        return PostgresStore.open(str(target))
+    return SqliteStore.open(Path(target))
+
+
+def describe(store: Store, deployment: str) -> dict[str, Any]:
+    """A deployment with its per-host steps, as the API returns it."""
+    record = store.get_deployment(deployment)
+    hosts: dict[str, dict[str, Any]] = {}
+    for step in store.steps(deployment):
+        entry = hosts.setdefault(step.host, {"state": str(HostStepState.PENDING), "steps": []})
+        entry["steps"].append(step.as_json())
+        entry["state"] = str(step.state)
+    return {**record.as_json(), "hosts": hosts}

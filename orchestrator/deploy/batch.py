@@ -104,7 +104,7 @@ def deploy_host(transport: Transport, host: Host, inputs: DeployInputs, sink: Ev
     app = str(inputs.spec.name)
     try:
         held = hostlock.acquire(transport, host.deploy_root, app, inputs.deployment,
-                                force=break_lock)
+                                force=break_lock, token=inputs.fence)
     except HostError as exc:
         return _refused(host.name, sink, exc)
     sink.emit("host.lock", host=host.name, status="acquired", **held)

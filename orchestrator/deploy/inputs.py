@@ -38,6 +38,10 @@ class DeployInputs:
     # compiling only what the model uses, and that import happens in `verify`, before the
     # switch, writing the .pyc files the service then finds (measured in bench/deploy.py).
     compile_bytecode: bool = False
+    # The daemon's lease fencing token for this deployment (issue 16), recorded in each host's
+    # deploy lock: a daemon that lost the deployment to another is refused there. None: no
+    # lease (`orchestrator deploy`).
+    fence: int | None = None
 
 
 def new_inputs_release_id(spec: Spec, lock_sha256: str, now: datetime | None = None) -> str:

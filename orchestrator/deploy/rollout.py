@@ -94,7 +94,8 @@ class RolloutResult:
 def rollout(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: EventSink,
             max_parallel: int | None = None, cancel: threading.Event | None = None,
             playbook: Playbook | None = None, excluded: Mapping[str, str] | None = None,
-            break_lock: bool = False, on_probe: OnProbe | None = None) -> RolloutResult:
+            break_lock: bool = False, on_probe: OnProbe | None = None,
+            done: Mapping[str, HostResult] | None = None) -> RolloutResult:
     """Preflight of every target first (nothing changes on a host that fails it), then the
     batches in order. More than `max_failed_hosts` failures stop the rollout: with
     `on_failure: rollback` the hosts this deployment already switched are switched back; with
@@ -105,12 +106,15 @@ def rollout(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: Ev
     reported as failed, counted against the budget like a preflight failure, and never
     touched. `break_lock` takes each host's deploy lock even if a dead deployment holds it.
     `on_probe(host, facts or the error)` sees each target's preflight probe (the daemon records
-    it as the host's latest facts)."""
+    it as the host's latest facts). `done` ({host: result}): hosts a resumed deployment
+    already finished before a restart (serving this release, reconciled); not deployed
+    again, but undone with the others."""
     ro = inputs.spec.rollout
     total = DeployResult(inputs.deployment, inputs.release_id)
     out = RolloutResult(total)
     control = control_of(cancel)
     parallel = parallel_of(inputs, max_parallel)
+    total.hosts.update(done or {})
     total.hosts.update(exclude(excluded or {}, sink))
     ready, refused = preflight_fleet(inputs, [h for h in hosts if h.name not in total.hosts],
                                      pool=pool, sink=sink, max_parallel=parallel,

@@ -45,9 +45,13 @@ def lock_path(deploy_root: str, app: str) -> str:
 
 
 def acquire(transport: Transport, deploy_root: str, app: str, deployment: str, *,
-            force: bool = False, timeout: float = 30.0) -> dict[str, Any]:
-    """Take the app's deploy lock on the host, or raise DeployLocked naming the holder."""
-    owner = {"deployment": deployment, "started": time.time()}
+            force: bool = False, timeout: float = 30.0, token: int | None = None) -> dict[str, Any]:
+    """Take the app's deploy lock on the host, or raise DeployLocked naming the holder.
+    `token`: the daemon's lease fencing token; the host refuses it if a later one holds the
+    deployment's lock (a daemon that lost the deployment to another)."""
+    owner: dict[str, Any] = {"deployment": deployment, "started": time.time()}
+    if token is not None:
+        owner["token"] = token
     try:
         held = HostOps(transport, deploy_root).run(ops.deploy_lock(app, owner, force=force),
                                                    timeout=timeout)

@@ -80,6 +80,9 @@ class Runner(Protocol):
     # manual rollback changes anything (a Conflict refuses it); `rollback(..., to=RELEASE)`;
     # `releases(app, names)` and `unmark_bad(app, release_id, names)`, the app's releases on
     # its hosts. Without them the daemon answers `releases` and `--to` with 409.
+    # Optional: `resume(deployment_id, bundle_dir, spec, sink, cancel_event)`, as `run`, for a
+    # deployment a dead daemon left `running`: settle each host from its real state, then go
+    # on (the deploy runner's). With it, such a deployment is resumed instead of reconciled.
 
 
 def targets_of(spec: Spec) -> list[str]:

@@ -23,12 +23,12 @@ from orchestrator.core.facts import HostFacts
 from orchestrator.core.findings import excluded_hosts
 from orchestrator.core.inventory import Host, Inventory
 from orchestrator.core.spec import Spec
-from orchestrator.core.states import DeploymentState
+from orchestrator.core.states import RECONCILE_STEP, DeploymentState, HostStepState
 from orchestrator.daemon.config import DaemonConfig
 from orchestrator.daemon.runners.base import DeploymentOutcome, HostCheck, RunSink
 from orchestrator.daemon.runners.probe import ProbeRunner, host_status
 from orchestrator.deploy.batch import prepare
-from orchestrator.deploy.pipeline import EventSink
+from orchestrator.deploy.pipeline import EventSink, HostResult, HostStatus
 from orchestrator.deploy.releases import (
     app_releases,
     plan_rollback,
@@ -82,7 +82,8 @@ class DeployRunner:
             cancel_event: threading.Event) -> DeploymentOutcome:
         inventory = self._inventory()
         hosts = inventory.resolve(list(spec.targets))
-        inputs = prepare(spec, deployment=deployment_id, index=self.config.index)
+        inputs = replace(prepare(spec, deployment=deployment_id, index=self.config.index),
+                         fence=getattr(sink, "fence", None))  # the daemon's lease token
         parallel = min(int(self.config.max_ssh_sessions), int(spec.rollout.max_parallel))
         store = getattr(sink, "store", None)  # the daemon's: hosts degraded/failed stay out
         excluded = excluded_hosts(store.hosts(), [h.name for h in hosts]) if store else {}
@@ -158,6 +159,47 @@ class DeployRunner:
         return DeploymentOutcome(D.ROLLED_BACK, "rolled back by request"
                                  + (f" to {to}" if to else ""), states)
 
+    def resume(self, deployment_id: str, bundle_dir: Path, spec: Spec, sink: RunSink,
+               cancel_event: threading.Event) -> DeploymentOutcome:
+        """Go on with a deployment a dead daemon left running, from the hosts' real state:
+        each host reconciled first (`recover_host`: serving and healthy, or put back, or its
+        staged work removed); then the rollout again over the same release id, the serving
+        hosts counted as done, the ones reconciliation put back (or could not reach) as
+        failed against the budget, the rest deployed afresh (their previous attempt's step
+        rows cleared; the events keep it)."""
+        inventory = self._inventory()
+        hosts = inventory.resolve(list(spec.targets))
+        store = getattr(sink, "store", None)
+        inputs = replace(prepare(spec, deployment=deployment_id,
+                                 release_id=_release_id(store, deployment_id)),
+                         fence=getattr(sink, "fence", None))
+        parallel = min(int(self.config.max_ssh_sessions), int(spec.rollout.max_parallel))
+        sink.emit("reconcile", status="started", level="warning", state=str(D.RUNNING),
+                  action="resume")
+        with self._pool(inventory) as pool:
+            found = pool.map_hosts(lambda t, h: recover_host(t, h, inputs, _events(sink)), hosts,
+                                   parallel)
+            done = {n: HostResult(n, HostStatus.SUCCEEDED, reason="serving (reconciled)")
+                    for n, r in found.items() if r is Settled.SERVING}
+            lost = {n: ("put back by reconciliation after a restart" if isinstance(r, Settled)
+                        else f"unreachable at reconciliation: {r}")
+                    for n, r in found.items() if n not in done and r is not Settled.ABORTED}
+            if store is not None:
+                for name in found:
+                    if name not in done and name not in lost:
+                        store.restart_steps(deployment_id, name)
+                for row in store.steps(deployment_id):  # half-done on the hosts kept as found
+                    if row.state is HostStepState.RUNNING and row.step != RECONCILE_STEP:
+                        sink.step(row.host, row.step, HostStepState.FAILED,
+                                  reason="interrupted by a daemon restart")
+                excluded = excluded_hosts(store.hosts(), [h.name for h in hosts])
+                lost = {**excluded, **lost}
+            sink.emit("reconcile", status="finished", level="warning", outcome="resumed",
+                      serving=sorted(done), failed=lost, release_id=inputs.release_id)
+            out = rollout(inputs, hosts, pool=pool, sink=_events(sink), max_parallel=parallel,
+                          cancel=cancel_event, excluded=lost, done=done)
+        return outcome_of(out)
+
     def reconcile(self, deployment_id: str, bundle_dir: Path, spec: Spec, sink: RunSink,
                   record: Any) -> DeploymentOutcome:
         inventory = self._inventory()
@@ -176,6 +218,17 @@ class DeployRunner:
                                      "restart: hosts put back on their previous release", states)
         return DeploymentOutcome(D.FAILED, "reconciled after a daemon restart: "
                                  "the deployment did not finish", states)
+
+
+def _release_id(store: Any, deployment_id: str) -> str | None:
+    """The release id the deployment's first attempt used (its `deployment.started` events
+    name it), so hosts it already switched and hosts deployed now share one release."""
+    if store is None:
+        return None
+    for event in store.events(deployment_id):
+        if event.get("event") == "deployment.started" and event.get("release_id"):
+            return str(event["release_id"])
+    return None
 
 
 def outcome_of(out: RolloutResult) -> DeploymentOutcome:

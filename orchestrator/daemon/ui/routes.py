@@ -30,6 +30,7 @@ from starlette.background import BackgroundTask
 from orchestrator import __version__
 from orchestrator.daemon.follow import Followers
 from orchestrator.daemon.service import Service
+from orchestrator.daemon.store import describe
 from orchestrator.daemon.ui import sse, views
 from orchestrator.deploy.steps.registry import STEP_ORDER
 from orchestrator.errors import NotFound
@@ -97,7 +98,7 @@ def router(service: Service) -> APIRouter:
     def deployment(deployment: str) -> Response:
         """The API's record with the spec's rollout section (the grid marks the canary)."""
         record = service.store.get_deployment(deployment)
-        return _json({**service.describe(deployment), "rollout": record.spec.get("rollout")})
+        return _json({**describe(service.store, deployment), "rollout": record.spec.get("rollout")})
 
     @r.get("/api/fleet")
     def fleet() -> Response:

@@ -38,7 +38,10 @@ def op_deploy_lock(args):
     """Take the app's deploy lock: `mkdir` is atomic on every POSIX filesystem, and the lock
     outlives any one process (a deployment spans many SSH commands). The same deployment again
     is let in (resumed); another one is refused (busy) with the holder's owner.json. "force"
-    breaks a lock left by a dead controller first."""
+    breaks a lock left by a dead controller first. An owner with a "token" (the daemon's lease
+    fencing token, issue 16) is let into its deployment's lock only if no later holder's token
+    is recorded there, and records its own: a daemon that lost the deployment to another is
+    refused (busy), whatever it still believes."""
     app_dir = app_dir_arg(args)
     owner = checked_arg(args, "owner")
     if not isinstance(owner, dict) or not isinstance(owner.get("deployment"), str):
@@ -51,11 +54,16 @@ def op_deploy_lock(args):
         os.mkdir(lock)
     except FileExistsError:
         holder = _owner(app_dir)
-        if holder.get("deployment") == owner["deployment"]:
-            return {"lock": lock, "resumed": True}
-        raise OpError("busy", f"the deploy lock {lock} is held", owner=holder) from None
-    with open(deploy_lock_owner(app_dir), "w") as fh:
-        fh.write(json.dumps(owner))
+        if holder.get("deployment") != owner["deployment"]:
+            raise OpError("busy", f"the deploy lock {lock} is held", owner=holder) from None
+        mine, theirs = owner.get("token"), holder.get("token")
+        if isinstance(mine, int) and isinstance(theirs, int) and mine < theirs:
+            raise OpError("busy", f"the deploy lock {lock} is held under a later token "
+                                  f"({theirs} > {mine}): fenced", owner=holder) from None
+        if isinstance(mine, int):
+            _write_owner(app_dir, owner)
+        return {"lock": lock, "resumed": True}
+    _write_owner(app_dir, owner)
     return {"lock": lock, "resumed": False}
 
 
@@ -103,6 +111,14 @@ def op_kill_group(args):
         with contextlib.suppress(OSError):
             os.unlink(path)
     return {"killed": killed}
+
+
+def _write_owner(app_dir, owner):
+    # Whole or not at all: a reader never sees half a token.
+    path = deploy_lock_owner(app_dir)
+    with open(path + ".tmp", "w") as fh:
+        fh.write(json.dumps(owner))
+    os.replace(path + ".tmp", path)
 
 
 def _owner(app_dir):
