@@ -167,7 +167,7 @@ CASES: list[tuple[str, int, str, Run]] = [
     ("hash", 0, "a file", local("hash", str(ROOT / "README.md"))),
     ("hash", 2, "a missing path", local("hash", "/nonexistent/model")),
     ("inventory", 0, "an Ansible INI inventory", lambda w: ["inventory", "import", _ansible(w, (
-        "[gpu]\ngpu-01 ansible_host=10.0.0.11 ansible_user=deploy\n"))]),
+        "[gpu]\ngpu-01 ansible_host=10.0.0.11 ansible_user=deploy\n")), "--deploy-root", "/srv"]),
     ("inventory", 2, "a line that is not INI", lambda w: ["inventory", "import", _ansible(w, (
         "[gpu\n"))]),
     ("store", 2, "copy without a PostgreSQL store in the config", lambda w: [
