@@ -377,8 +377,10 @@ def test_the_cli_prints_only_safe_text_json_or_a_tested_renderer() -> None:
 
 def test_only_the_live_follow_view_writes_to_a_stream_directly() -> None:
     """Streams are written by `print` (checked above), except LiveFollow, whose text is
-    `FollowView`'s (tested above) and its own cursor codes."""
+    `FollowView`'s (tested above) and its own cursor codes; `inventory import -o` writes its
+    file (not a terminal)."""
     writers = {(where, owner) for where, _, call, owner in cli_calls()
                if isinstance(call.func, ast.Attribute)
                and call.func.attr in ("write", "writelines", "print_exc", "print_exception")}
-    assert writers == {("cli/follow.py", "_clear"), ("cli/follow.py", "_redraw")}
+    assert writers == {("cli/follow.py", "_clear"), ("cli/follow.py", "_redraw"),
+                       ("cli/commands/inventory.py", "_write")}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.cli import exits
+from orchestrator.core.terminal import safe
 from orchestrator.daemon.config import load_config
 from orchestrator.errors import EXIT_INVALID, EXIT_OK, EXIT_UNREACHABLE, InvalidInput
 
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.action == "migrate":
         store = open_store(config.store_target)
-        print(f"{store.location}: schema version {store.schema_version()}")
+        print(safe(f"{store.location}: schema version {store.schema_version()}"))
         store.close()
         return EXIT_OK
     if config.store is None:
@@ -66,5 +67,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         src.close()
         dst.close()
-    print(f"copied into {dst.location}: " + ", ".join(f"{n} {t}" for t, n in counts.items()))
+    print(safe(f"copied into {dst.location}: "
+               + ", ".join(f"{n} {t}" for t, n in counts.items())))
     return EXIT_OK
