@@ -277,7 +277,8 @@ def test_an_undo_is_an_undo_row_that_may_run_twice(
     calls: list[str | None] = []
 
     def rolled(transport: Any, host: Host, app: str, from_release: str | None,
-               fallback: Any, deadline: Any, *, mark_bad: bool = True) -> recovery.RolledBack:
+               fallback: Any, deadline: Any, *, mark_bad: bool = True, forget: bool = False,
+               to: str = "previous") -> recovery.RolledBack:
         calls.append(from_release)
         return recovery.RolledBack("r1", True, None, {"restarted": False})
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from orchestrator.cli.render import paint, table
+from orchestrator.core.states import HOST_FINISHED, HOST_STARTED
 from orchestrator.core.terminal import safe
 
 #: Events about the whole deployment not worth a line on a terminal: per-batch bookkeeping.
@@ -86,11 +87,11 @@ class FollowView:
             if isinstance(event.get(key), (int, float)):
                 view.latency[key] = float(event[key])
         status = str(event.get("status") or "")
-        if event.get("event") == "host.finished":
+        if event.get("event") == HOST_FINISHED:
             view.outcome, view.step, view.status = status, None, None
             view.why = _why(event) or view.why
             return []
-        if event.get("event") == "host.started" or not event.get("step"):
+        if event.get("event") == HOST_STARTED or not event.get("step"):
             return []
         view.step, view.status = str(event["step"]), status
         if status in RUNNING:

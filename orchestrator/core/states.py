@@ -216,6 +216,10 @@ def event_status(event: str, new: HostStepState) -> str:
     return str(new)
 
 
+#: The events `change_host_state` emits: readers (the web UI) match these names, never spell them.
+HOST_STARTED, HOST_FINISHED = "host.started", "host.finished"
+
+
 def change_host_state(
     sink: EventSink, host: str, old: HostOutcome, new: HostOutcome, **details: Any,
 ) -> HostOutcome:
@@ -224,8 +228,8 @@ def change_host_state(
     caller's result keeps it (a host's outcome lives in its deployment's result, not a store)."""
     check_host_transition(old, new)
     if new is H.RUNNING:
-        sink.emit("host.started", host=host, status="started", **details)
+        sink.emit(HOST_STARTED, host=host, status="started", **details)
     else:
         level = "info" if new is H.SUCCEEDED else "error"
-        sink.emit("host.finished", host=host, status=new.value, level=level, **details)
+        sink.emit(HOST_FINISHED, host=host, status=new.value, level=level, **details)
     return new

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.inventory import Inventory, load_inventory
+from orchestrator.core.states import HOST_FINISHED
 from orchestrator.daemon.store import Store
 from orchestrator.errors import OrchestratorError
 
@@ -125,11 +126,11 @@ _PROMOTED = (("rollback target", "current"), ("previous", "rollback target"))
 def _release_event(history: list[dict[str, Any]], event: dict[str, Any], release: Any) -> None:
     kind, status = event["event"], event.get("status")
     entry = {"release": release, "deployment": event["deployment"], "ts": event["ts"]}
-    if kind == "host.finished" and status == "succeeded":
+    if kind == HOST_FINISHED and status == "succeeded":
         for old in history:
             old["state"] = _DEMOTED.get(old["state"], old["state"])
         history.append({**entry, "state": "current"})
-    elif kind == "host.finished" and status in ("rolled_back", "broken"):
+    elif kind == HOST_FINISHED and status in ("rolled_back", "broken"):
         history.append({**entry, "state": "bad"})
     elif kind == "recovery" and event.get("step") == "undo" and status == "ok":
         mine = [h for h in history if h["release"] == release and h["state"] == "current"]
