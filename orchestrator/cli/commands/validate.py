@@ -163,7 +163,7 @@ def _check_golden_method(spec: Spec) -> list[SpecError]:
     except (InvalidInput, ValueError) as exc:
         return [spec.error(("verify", "golden"), f"{path}: unreadable metadata ({exc})")]
     recorded = meta.get("method") if isinstance(meta, dict) else None
-    if spec.model.format != "joblib" or not isinstance(recorded, str):
+    if not formats.get(spec.model.format).calls_method or not isinstance(recorded, str):
         return []
     if recorded != spec.verify.method:
         return [spec.error(("verify", "method"),

@@ -10,7 +10,9 @@ A format is everything the rest of the program needs to know about one way of sa
   this format (None: it can), checked on the controller without the framework;
 - `load(path, signature, method)`: the loaded model (`LoadedModel`), in the release's venv on the
   host or where `golden record` runs. Each loader takes the options it needs (`signature` for
-  a SavedModel, `method` for a joblib object) and ignores the others.
+  a SavedModel, `method` for a joblib object) and ignores the others;
+- `calls_method`: whether the model is called through `verify.method` (its golden file records
+  the method, and `validate` and the warmup name a mismatch).
 
 This module and the formats_* modules are shipped flat to hosts (Python 3.9+) and imported by
 the controller too (orchestrator.hosts.remote.formats): the top level is stdlib-only and typed
@@ -55,6 +57,7 @@ class ModelFormat:
     frameworks: tuple[str, ...]
     shape_problem: Callable[[str], str | None]
     load: Callable[[str, str, str], LoadedModel]
+    calls_method: bool = False
 
 
 def framework(name: str) -> Any:

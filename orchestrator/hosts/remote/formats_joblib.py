@@ -84,4 +84,4 @@ def load(path: str, signature: str, method: str) -> JoblibModel:
 JOBLIB = ModelFormat(
     name=NAME, summary="a joblib (scikit-learn) file",
     frameworks=("scikit-learn", "numpy", "joblib"),
-    shape_problem=lambda path: file_problem(path, NAME), load=load)
+    shape_problem=lambda path: file_problem(path, NAME), load=load, calls_method=True)

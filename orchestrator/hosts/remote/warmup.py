@@ -317,7 +317,8 @@ def measure(model, inputs, expected, request, state):
         got = model.run(model.prepare(inputs))
         golden = compare_golden(expected, got, float(request["rtol"]), float(request["atol"]))
         cause = None if golden["ok"] else method_cause(
-            request["golden_path"], request["method"], request["format"])
+            request["golden_path"], request["method"],
+            formats.get(request["format"]).calls_method)
         if cause:
             golden["message"] = f"{cause}: {golden['message']}"
         state.set(golden=golden, phase="gpu")

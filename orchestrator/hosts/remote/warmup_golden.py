@@ -45,10 +45,11 @@ def read_golden(path):
     return inputs, outputs
 
 
-def method_cause(path, method, fmt):
-    """Why a failed comparison failed, when the golden file says so: a joblib golden recorded
-    calling another method than the one the spec calls (predict vs predict_proba give other
-    shapes and values). None when its metadata is absent or agrees."""
+def method_cause(path, method, calls_method):
+    """Why a failed comparison failed, when the golden file says so: a golden file of a format
+    that `calls_method` (joblib), recorded calling another method than the one the spec calls
+    (predict vs predict_proba give other shapes and values). None when its metadata is absent
+    or agrees."""
     import json
 
     import numpy as np
@@ -61,7 +62,7 @@ def method_cause(path, method, fmt):
     except (OSError, ValueError, KeyError):
         return None
     recorded = meta.get("method") if isinstance(meta, dict) else None
-    if fmt != "joblib" or not isinstance(recorded, str) or recorded == method:
+    if not calls_method or not isinstance(recorded, str) or recorded == method:
         return None
     return (f"the golden file was recorded with method {recorded!r} but verify.method is "
             f"{method!r} (record it again with --method {method}, or set verify.method)")
