@@ -152,7 +152,7 @@ hosts:
     spec = write_spec(tmp_path / "spec", [good.name, "gone"])
     code = main(["plan", str(spec), "--inventory", str(inventory), "--json"])
     result = json.loads(capsys.readouterr().out)
-    assert code == 3
+    assert code == 4  # a host unreachable, no preflight failed: the exit table's 4
     gone = next(h for h in result["hosts"] if h["host"] == "gone")
     assert gone["status"] == "fail" and gone["error"].startswith("unreachable: "), gone
     assert gone["checks"] == []
