@@ -20,7 +20,7 @@ from typing import Any, cast
 
 from orchestrator.core.envinputs import load_environment
 from orchestrator.core.facts import HostFacts
-from orchestrator.core.findings import excluded_hosts
+from orchestrator.core.findings import EXCLUDED, excluded_hosts
 from orchestrator.core.inventory import Host, Inventory
 from orchestrator.core.spec import Spec
 from orchestrator.core.states import RECONCILE_STEP, DeploymentState, HostStepState
@@ -88,10 +88,14 @@ class DeployRunner:
         store = getattr(sink, "store", None)  # the daemon's: hosts degraded/failed stay out
         excluded = excluded_hosts(store.hosts(), [h.name for h in hosts]) if store else {}
         def record(host: Host, found: HostFacts | HostError) -> None:
-            # Every probe fills `GET /v1/hosts`, the rollout's as the probe runner's.
+            # The rollout's probe fills `GET /v1/hosts` too, but never with a verdict that
+            # keeps the host out of later rollouts (degraded, failed): that is re-verification's
+            # call, per app, while this probe was judged by the preflight of this spec only (a
+            # host without a driver is fine for a CPU deployment).
             status, reasons = host_status(found)
-            sink.record_host(HostCheck(host.name, status, reasons,
-                                       None if isinstance(found, HostError) else found.raw))
+            if status not in EXCLUDED:
+                sink.record_host(HostCheck(host.name, status, reasons,
+                                           None if isinstance(found, HostError) else found.raw))
 
         with self._pool(inventory) as pool:
             out = rollout(inputs, hosts, pool=pool, sink=_events(sink), max_parallel=parallel,
