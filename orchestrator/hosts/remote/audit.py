@@ -9,7 +9,8 @@ It prints exactly one JSON object on stdout and changes nothing on the host:
     {"ok": true, "app", "release_id", "release_path", "manifest": {...manifest.json...},
      "model": {"ok", "expected", "actual", "kind": "file"|"tree"|"missing", "files": {rel: sha}},
      "venv": {"ok", "path", "packages", "files_checked", "changed": [{"path", "package"}],
-              "missing": [{"path", "package"}], "truncated": bool, "error": str | null}}
+              "missing": [{"path", "package"}], "truncated": bool, "error": str | null}
+              | null (an image release)}
     {"ok": false, "error": "<one line>", "kind": "no-current" | "bad-manifest" | "bad-args" | ...}
 
 The model is checked against the manifest's `model_sha256`: sha256 of the file when the release's
@@ -177,7 +178,9 @@ def audit(args):
         raise AuditError("bad-manifest", f"{release}/manifest.json has no model_sha256")
     return {"app": app, "release_id": os.path.basename(release), "release_path": release,
             "manifest": manifest, "model": audit_model(release, manifest["model_sha256"]),
-            "venv": audit_venv(release)}
+            # An image release has no venv: its environment is the image, which its re-run
+            # warmup exercises through the release's launcher (deploy/environments/image.py).
+            "venv": None if isinstance(manifest.get("image"), dict) else audit_venv(release)}
 
 
 def main(argv=None):
