@@ -86,6 +86,9 @@ class Manifest(BaseModel):
     spec_digest: str
     model_sha256: str = Field(pattern=HEX64_RE.pattern)
     lock_sha256: str = Field(pattern=HEX64_RE.pattern)
+    # The golden file's sha256: with the spec, model and lock, what makes a release the same
+    # (a re-submission with another golden file is not a no-op). None: an older manifest.
+    golden_sha256: str | None = Field(default=None, pattern=HEX64_RE.pattern)
     env_hash: str = Field(pattern=r"^[0-9a-f]{16,64}$")
     python_version: str
     platform: str

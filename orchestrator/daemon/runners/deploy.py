@@ -21,6 +21,7 @@ from typing import Any, cast
 from orchestrator.core.envinputs import load_environment
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.findings import EXCLUDED, excluded_hosts
+from orchestrator.core.hashing import hash_file
 from orchestrator.core.inventory import Host, Inventory
 from orchestrator.core.spec import Spec
 from orchestrator.core.states import RECONCILE_STEP, DeploymentState, HostStepState
@@ -120,7 +121,8 @@ class DeployRunner:
         inventory = self._inventory()
         hosts = inventory.resolve(list(spec.targets))
         digests = {"spec_digest": spec.digest, "model_sha256": spec.model.sha256,
-                   "lock_sha256": load_environment(spec).sha256}  # an image: its archive's
+                   "lock_sha256": load_environment(spec).sha256,  # an image: its archive's
+                   "golden_sha256": hash_file(spec.paths.golden)}
         with self._pool(inventory) as pool:
             found = serving_identical(pool, hosts, str(spec.name), digests)
         serving = {h: r for h, r in found.items() if r is not None}

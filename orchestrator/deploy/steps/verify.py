@@ -19,6 +19,7 @@ from orchestrator.core import fingerprint, gpuhealth, hostjson
 from orchestrator.core import release as rel
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.gates import WarmupRequest, gates, result_from_raw
+from orchestrator.core.hashing import hash_file
 from orchestrator.core.spec import Spec
 from orchestrator.deploy.deadline import Deadline
 from orchestrator.deploy.environments.registry import environment_for
@@ -104,6 +105,7 @@ def _manifest(ctx: HostContext) -> rel.Manifest:
         "app": ctx.app_name, "release_id": ctx.release_id, "deployment": ctx.inputs.deployment,
         "created": datetime.now(UTC), "spec_digest": spec.digest,
         "model_sha256": spec.model.sha256, "lock_sha256": ctx.lock.sha256,
+        "golden_sha256": hash_file(spec.paths.golden),
         **ctx.known_environment().manifest, "facts": ctx.known_facts().raw,
         "warmup": ctx.warmup, "gpus": list(ctx.gpus) if ctx.gpus else None,
         "service": spec.service.model_dump(mode="json") if spec.service else {}})
