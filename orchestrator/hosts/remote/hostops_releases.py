@@ -270,7 +270,8 @@ def _manifest_summary(path):
         manifest = read_json(hostlayout.manifest(path), {})
     except ValueError:
         return {"error": "manifest.json is not JSON"}
-    keys = ("spec_digest", "model_sha256", "lock_sha256", "env_hash", "deployment", "created")
+    keys = ("spec_digest", "model_sha256", "lock_sha256", "golden_sha256", "env_hash", "deployment",
+            "created")
     return {k: manifest[k] for k in keys if isinstance(manifest, dict) and k in manifest}
 
 
