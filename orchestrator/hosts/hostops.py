@@ -238,10 +238,13 @@ class HostOps:
         return self.run(ops.wheels_verify(shas), timeout=timeout)
 
     def push_wheels(self, wheels: Mapping[str, Path], *, missing: Sequence[str] | None = None,
+                    method: str = "sftp",
                     timeout: float = VENV_TIMEOUT_S) -> tuple[str, ...]:
         """Upload the wheels ({sha256: local file}) the host's cache lacks, each verified by
         sha256 on arrival; returns the shas uploaded. `missing`: what a `wheels-missing` in
         an earlier batch said the host lacks (else it is asked here)."""
+        if method != "sftp":
+            raise ValueError(f"unknown wheel shipping method {method!r}")
         if missing is None:
             missing = self.wheels_missing(sorted(wheels), timeout=timeout)
         missing = tuple(missing)

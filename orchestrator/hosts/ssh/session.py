@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import re
 import select
+import socket
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,6 +56,10 @@ _WRAP_AFTER = '; s=$?; [ -n "$w" ] && kill $w 2>/dev/null; exit $s'
 
 _PGID_LINE = re.compile(rb"(?:^|\n)" + _PGID_MARKER.encode() + rb"(\d+)\n")
 _MAX_HEAD = 1 << 16
+# struct tcp_info (linux/tcp.h): 8 one-byte fields, 24 u32s, then u64 pacing_rate,
+# max_pacing_rate, bytes_acked (Linux >= 4.1).
+_BYTES_ACKED = 8 + 24 * 4 + 2 * 8
+_TCP_INFO_LEN = 232
 
 
 
@@ -256,6 +262,19 @@ class SshTransport:
         if sftp is not None:
             with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
                 sftp.close()
+
+    def bytes_sent(self) -> int:
+        """Bytes the host has acknowledged on this connection's TCP socket (TCP_INFO's
+        bytes_acked: encryption and SSH framing included), 0 through a bastion's channel. For
+        the ship bench's "controller bytes per host"."""
+        transport = self._client.get_transport()
+        sock = getattr(transport, "sock", None)
+        if not isinstance(sock, socket.socket):
+            return 0
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+        if len(info) < _BYTES_ACKED + 8:
+            return 0
+        return int.from_bytes(info[_BYTES_ACKED:_BYTES_ACKED + 8], sys.byteorder)
 
     def close(self) -> None:
         self._drop_sftp()
