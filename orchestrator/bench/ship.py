@@ -44,7 +44,7 @@ from orchestrator.testbed import Testbed
 TOTAL_MB = int(os.environ.get("ORCHESTRATOR_BENCH_SHIP_MB", "256"))
 WHEEL_MB = 64  # each synthetic wheel; the last one takes the remainder
 HOST_COUNTS = (1, 4)
-METHODS = ("sftp",)
+METHODS = ("sftp", "stream")
 
 
 def synthetic_wheel(directory: Path, name: str, size: int) -> Path:

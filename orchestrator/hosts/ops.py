@@ -62,6 +62,7 @@ class Op(enum.StrEnum):
     ABORT_STAGE = "abort-stage"
     WHEELS_MISSING = "wheels-missing"
     WHEELS_VERIFY = "wheels-verify"
+    WHEELS_RECEIVE = "wheels-receive"
     VENV_ENSURE = "venv-ensure"
     IMAGE_PRESENT = "image-present"
     IMAGE_ENSURE = "image-ensure"
@@ -167,6 +168,14 @@ def wheels_missing(shas: Sequence[str]) -> OpCall[tuple[str, ...]]:
 
 def wheels_verify(shas: Sequence[str]) -> OpCall[tuple[str, ...]]:
     return OpCall(Op.WHEELS_VERIFY, {"shas": list(shas)}, _tuple("verified"))
+
+
+def wheels_receive(sizes: Mapping[str, int]) -> OpCall[tuple[str, ...]]:
+    """The header of a stream of wheels ({sha256: size}, sent in this order): the host hashes
+    each as it writes it (hostops_receive.py). Not for `batch`: its data follows on stdin."""
+    return OpCall(Op.WHEELS_RECEIVE,
+                  {"files": [{"sha": sha, "size": size} for sha, size in sizes.items()]},
+                  _tuple("verified"))
 
 
 def venv_ensure(env_hash: str, lock_path: str, wheels: Mapping[str, str], *,

@@ -45,6 +45,8 @@ Ops (arguments besides "root"; what a success adds; failure kinds worth branchin
     abort-stage         app, release_id -> removed;  is-current, is-rollback-target
     wheels-missing      shas -> missing, present
     wheels-verify       shas -> verified;  wheel-hash-mismatch (bad), missing-wheel
+    wheels-receive      files [{sha, size}] on its stdin's first line, then their bytes
+                        (hostops_receive) -> verified;  wheel-hash-mismatch, missing-wheel
     venv-ensure         env_hash, lock (abs path: a requirements lock, or a PEP 751 pylock
                         the installers get as a hash-pinned requirements file derived from
                         the wheels, each checked against it), wheels {sha: filename},
@@ -143,6 +145,7 @@ def op_batch(args):
         raise OpError("bad-args", f"ops must be a list of 1 to {MAX_BATCH} calls")
     for call in calls:
         if not (isinstance(call, dict) and call.get("op") in OPS and call["op"] != "batch"
+                and call["op"] not in STREAMING
                 and isinstance(call.get("args", {}), dict)):
             raise OpError("bad-args", f"bad batch entry: {call!r}")
     results = []
@@ -164,13 +167,17 @@ def _gather_ops():
     for name in sorted(os.listdir(_HERE)):
         if not (name.startswith("hostops_") and name.endswith(".py")):
             continue
-        for op, fn in getattr(importlib.import_module(name[:-3]), "OPS", {}).items():
+        module = importlib.import_module(name[:-3])
+        for op, fn in getattr(module, "OPS", {}).items():
             if op in found:
                 raise RuntimeError(f"host op {op!r} is offered twice ({name})")
             found[op] = fn
+        STREAMING.update(getattr(module, "STREAMING", ()))
     return found
 
 
+#: Ops whose stdin is one line of JSON arguments followed by data they read themselves.
+STREAMING: set[str] = set()
 OPS = _gather_ops()
 
 
@@ -187,7 +194,12 @@ def _parse(argv):
     elif rest:
         raise OpError("bad-args", f"unrecognized arguments: {' '.join(rest)}")
     try:
-        args = json.loads(sys.stdin.read() if raw == "-" else raw)
+        if raw != "-":
+            args = json.loads(raw)
+        elif argv[0] in STREAMING:  # its data follows the line: leave it unread
+            args = json.loads(sys.stdin.buffer.readline())
+        else:
+            args = json.loads(sys.stdin.read())
     except ValueError as exc:
         raise OpError("bad-args", f"--json-args is not JSON: {exc}") from None
     if not isinstance(args, dict):
