@@ -25,13 +25,17 @@ compresses). Everything the bench creates is deleted at the end.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import resource
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from orchestrator.core.inventory import Host, load_inventory
@@ -44,7 +48,7 @@ from orchestrator.testbed import Testbed
 TOTAL_MB = int(os.environ.get("ORCHESTRATOR_BENCH_SHIP_MB", "256"))
 WHEEL_MB = 64  # each synthetic wheel; the last one takes the remainder
 HOST_COUNTS = (1, 4)
-METHODS = ("sftp", "stream")
+METHODS = ("sftp", "stream", "mirror")
 
 
 def synthetic_wheel(directory: Path, name: str, size: int) -> Path:
@@ -109,10 +113,35 @@ def peak_rss_mb() -> float:
 Shipper = Callable[[HostOps, dict[str, Path]], tuple[str, ...]]
 
 
-def _shipper(method: str) -> Shipper:
+def _shipper(method: str, mirror: str) -> Shipper:
     def ship(hops: HostOps, wheels: dict[str, Path]) -> tuple[str, ...]:
+        if method == "mirror":
+            return hops.fetch_wheels(mirror, "directory", {
+                sha: (path.name, path.stat().st_size) for sha, path in wheels.items()})
         return hops.push_wheels(wheels, method=method)
     return ship
+
+
+@contextlib.contextmanager
+def http_directory(directory: Path) -> Iterator[str]:
+    """`python -m http.server` over `directory` on a free loopback port, in a child process
+    (its CPU is not this process's: a real mirror is another machine); its base URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                               "127.0.0.1", "--directory", str(directory)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        for _ in range(100):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            time.sleep(0.05)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 def _round(pool: Pool, hosts: list[Host], wheels: dict[str, Path], ship: Shipper,
@@ -155,9 +184,11 @@ def run() -> None:
               f"bytes (made in {time.monotonic() - started:.1f} s); controller RSS before: "
               f"{peak_rss_mb():.0f} MB")
         tb = Testbed.up(work / "testbed", max(HOST_COUNTS))
+        exit_stack = contextlib.ExitStack()
         try:
             inv = load_inventory(tb.inventory_path)
             all_hosts = list(inv.hosts.values())
+            mirror = exit_stack.enter_context(http_directory(work / "lock" / "wheelhouse"))
             with Pool(SshOptions.for_inventory(inv), max_connections=16) as pool:
                 print(f"  {'method':8} {'hosts':>5} {'CPU s/GB':>9} {'wall s':>7} "
                       f"{'MB/s':>7} {'bytes/host':>11} {'peak RSS':>9}")
@@ -165,14 +196,15 @@ def run() -> None:
                     for count in HOST_COUNTS:
                         hosts = all_hosts[:count]
                         per_gb, wall, per_host = _round(pool, hosts, wheels,
-                                                        _shipper(method), total)
+                                                        _shipper(method, mirror), total)
                         print(f"  {method:8} {count:5d} {per_gb:9.2f} {wall:7.1f} "
-                              f"{total * count / wall / 1e6:7.0f} {per_host / 1e6:9.1f}MB "
+                              f"{total * count / wall / 1e6:7.0f} {per_host / 1e6:9.3f}MB "
                               f"{peak_rss_mb():7.0f}MB", flush=True)
                 for host in all_hosts:
                     with pool.session(host) as t:
                         t.run(["rm", "-rf", layout.wheels_dir(host.deploy_root)])
         finally:
+            exit_stack.close()
             Testbed.down(work / "testbed")
         print("  (CPU s/GB: this process's user+system time per GB delivered to all hosts; "
               "target <= 0.5;\n   bytes/host: what the controller's SSH connection to a "

@@ -262,6 +262,20 @@ class HostOps:
         self.wheels_verify(missing, timeout=timeout)
         return missing
 
+    def fetch_wheels(self, url: str, layout: str, wheels: Mapping[str, tuple[str, int]], *,
+                     missing: Sequence[str] | None = None,
+                     timeout: float = VENV_TIMEOUT_S) -> tuple[str, ...]:
+        """The host downloads the wheels ({sha256: (filename, size)}) its cache lacks from the
+        operator's mirror, each kept only if it hashes right (`wheels-fetch`); returns the
+        shas it fetched. HostOpFailed MIRROR_UNREACHABLE names the URL and the status."""
+        if missing is None:
+            missing = self.wheels_missing(sorted(wheels), timeout=timeout)
+        missing = tuple(missing)
+        if missing:
+            self.run(ops.wheels_fetch(url, layout, {sha: wheels[sha] for sha in missing},
+                                      timeout_s=min(60.0, timeout)), timeout=timeout)
+        return missing
+
     def stream_wheels(self, wheels: Mapping[str, Path], *,
                       timeout: float = VENV_TIMEOUT_S) -> tuple[str, ...]:
         """Send these wheels ({sha256: local file}) on one channel to `wheels-receive`, which

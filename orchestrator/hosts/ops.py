@@ -63,6 +63,7 @@ class Op(enum.StrEnum):
     WHEELS_MISSING = "wheels-missing"
     WHEELS_VERIFY = "wheels-verify"
     WHEELS_RECEIVE = "wheels-receive"
+    WHEELS_FETCH = "wheels-fetch"
     VENV_ENSURE = "venv-ensure"
     IMAGE_PRESENT = "image-present"
     IMAGE_ENSURE = "image-ensure"
@@ -175,6 +176,18 @@ def wheels_receive(sizes: Mapping[str, int]) -> OpCall[tuple[str, ...]]:
     each as it writes it (hostops_receive.py). Not for `batch`: its data follows on stdin."""
     return OpCall(Op.WHEELS_RECEIVE,
                   {"files": [{"sha": sha, "size": size} for sha, size in sizes.items()]},
+                  _tuple("verified"))
+
+
+def wheels_fetch(url: str, layout: str, wheels: Mapping[str, tuple[str, int]], *,
+                 timeout_s: float = 60.0) -> OpCall[tuple[str, ...]]:
+    """The host downloads these wheels ({sha256: (real filename, size)}) from the operator's
+    mirror (`layout` "index": PEP 503/691, or "directory") and keeps only what hashes right
+    (hostops_fetch.py)."""
+    return OpCall(Op.WHEELS_FETCH,
+                  {"url": url, "layout": layout, "timeout_s": timeout_s,
+                   "wheels": [{"sha": sha, "filename": name, "size": size}
+                              for sha, (name, size) in wheels.items()]},
                   _tuple("verified"))
 
 
