@@ -31,6 +31,7 @@ from orchestrator.hosts import hostlock
 from orchestrator.hosts.hostops import HostOps
 from orchestrator.hosts.pool import Pool
 from orchestrator.hosts.ssh import SshOptions
+from orchestrator.hosts.ssh.stream import FilesFeed
 from orchestrator.testbed import Testbed
 from tests.daemons import DEPLOY, Daemon, write_config
 from tests.specs import LOCK, WHEEL_CACHE, joblib_spec
@@ -223,14 +224,35 @@ def test_tampered_lock_hash_is_refused_before_the_host_is_touched(
 
 
 def test_tampered_wheel_on_host_fails_install_naming_package_and_leaves_no_venv(
-        inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path) -> None:
+        inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     host = inventory.hosts[HOST]
-    good = deploy_v1(models_dir, tmp_path, "wheel-app", inventory, pool)
+    sha = wheel_of("threadpoolctl").sha256
+    cached = Path(host.deploy_root) / ".orchestrator" / "wheels" / f"{sha}.whl"
+    # Altered on the way (issue 15): the host lacks the wheel, the controller streams it, one
+    # byte flips in flight; the host's hash check on arrival refuses it and keeps nothing.
+    cached.unlink(missing_ok=True)
+    read = FilesFeed._read
+
+    def flip_first_byte(feed: FilesFeed, size: int) -> bytes:
+        piece = read(feed, size)
+        return bytes([piece[0] ^ 1]) + piece[1:] if piece else piece
+    with monkeypatch.context() as patched:
+        patched.setattr(FilesFeed, "_read", flip_first_byte)
+        altered, _ = run(v1_spec(models_dir, tmp_path / "flip", "wheel-app"), inventory, pool)
+    r = altered.hosts[HOST]
+    assert r.status is HostStatus.FAILED and r.failed_step == "stage", r.error
+    assert f"wheels-receive: wheel upload failed verification: {sha} arrived as" in (
+        r.error or "")
+    assert not cached.exists()
+    assert not list(cached.parent.glob(f"{sha}.whl.part*"))  # nothing half-kept
+    assert app_state(pool, host, "wheel-app").current is None
+
+    good = deploy_v1(models_dir, tmp_path, "wheel-app", inventory, pool)  # streamed whole
+    assert cached.is_file()
     # A lock with the same packages but other bytes: a new environment must be built.
     other_lock = tmp_path / "other.lock"
     other_lock.write_text(LOCK.read_text() + "# rebuilt\n")
-    sha = wheel_of("threadpoolctl").sha256
-    cached = Path(host.deploy_root) / ".orchestrator" / "wheels" / f"{sha}.whl"
     original = cached.read_bytes()
     before = venv_dirs(host)
     # uv trusts its own cache of a local wheel it has unpacked before (keyed by path), so the
