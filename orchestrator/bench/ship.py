@@ -29,13 +29,9 @@ import contextlib
 import hashlib
 import os
 import resource
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from orchestrator.core.inventory import Host, load_inventory
@@ -44,32 +40,12 @@ from orchestrator.hosts.hostops import HostOps
 from orchestrator.hosts.pool import Pool, map_hosts
 from orchestrator.hosts.ssh import SshOptions
 from orchestrator.testbed import Testbed
+from orchestrator.testbed.mirror import serve_directory, synthetic_wheel
 
 TOTAL_MB = int(os.environ.get("ORCHESTRATOR_BENCH_SHIP_MB", "256"))
 WHEEL_MB = 64  # each synthetic wheel; the last one takes the remainder
 HOST_COUNTS = (1, 4)
 METHODS = ("sftp", "stream", "mirror")
-
-
-def synthetic_wheel(directory: Path, name: str, size: int) -> Path:
-    """A valid wheel of about `size` bytes: metadata plus one stored (uncompressed) data file
-    of random bytes, written in 1 MiB pieces (never the whole file in memory)."""
-    dist = f"{name}-1.0"
-    path = directory / f"{dist}-py3-none-any.whl"
-    meta = {f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
-            f"{dist}.dist-info/WHEEL":
-            "Wheel-Version: 1.0\nGenerator: bench\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
-        with zf.open(f"{name}/data.bin", "w", force_zip64=True) as out:
-            left = size
-            while left > 0:
-                piece = min(left, 1 << 20)
-                out.write(os.urandom(piece))
-                left -= piece
-        for member, text in meta.items():
-            zf.writestr(member, text)
-        zf.writestr(f"{dist}.dist-info/RECORD", "".join(f"{m},,\n" for m in [*meta, "x"]))
-    return path
 
 
 def synthetic_lock(directory: Path, total_mb: int) -> tuple[Path, dict[str, Path]]:
@@ -122,28 +98,6 @@ def _shipper(method: str, mirror: str) -> Shipper:
     return ship
 
 
-@contextlib.contextmanager
-def http_directory(directory: Path) -> Iterator[str]:
-    """`python -m http.server` over `directory` on a free loopback port, in a child process
-    (its CPU is not this process's: a real mirror is another machine); its base URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
-                               "127.0.0.1", "--directory", str(directory)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        for _ in range(100):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            time.sleep(0.05)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(10)
-
-
 def _round(pool: Pool, hosts: list[Host], wheels: dict[str, Path], ship: Shipper,
            total: int) -> tuple[float, float, float]:
     """(controller CPU s per GB shipped, wall s, bytes written per host)."""
@@ -188,7 +142,7 @@ def run() -> None:
         try:
             inv = load_inventory(tb.inventory_path)
             all_hosts = list(inv.hosts.values())
-            mirror = exit_stack.enter_context(http_directory(work / "lock" / "wheelhouse"))
+            mirror = exit_stack.enter_context(serve_directory(work / "lock" / "wheelhouse"))
             with Pool(SshOptions.for_inventory(inv), max_connections=16) as pool:
                 print(f"  {'method':8} {'hosts':>5} {'CPU s/GB':>9} {'wall s':>7} "
                       f"{'MB/s':>7} {'bytes/host':>11} {'peak RSS':>9}")
