@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import threading
 import zipfile
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ from orchestrator.hosts.pool import Pool
 from orchestrator.hosts.ssh import SshOptions
 from orchestrator.hosts.ssh.stream import FilesFeed
 from orchestrator.testbed import Testbed
+from orchestrator.testbed.mirror import serve_directory, write_simple_index
 from tests.daemons import DEPLOY, Daemon, write_config
 from tests.specs import LOCK, WHEEL_CACHE, joblib_spec
 
@@ -273,6 +275,42 @@ def test_tampered_wheel_on_host_fails_install_naming_package_and_leaves_no_venv(
     assert venv_dirs(host) == before  # no half-built venv left behind
     state = app_state(pool, host, "wheel-app")
     assert state.current == good.release_id and state.staging == ()
+
+
+def test_hosts_pull_the_wheels_from_a_mirror_by_hash_and_a_mirror_down_fails_stage(
+        inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path) -> None:
+    """Issue 15: with `environment.wheel_source` the host fetches what its cache lacks from
+    the operator's mirror (a PEP 503 tree served by http.server); the controller ships none."""
+    host = inventory.hosts[HOST]
+    wheels = cached_wheels()
+    host_cache = Path(host.deploy_root) / ".orchestrator" / "wheels"
+    for w in wheels.values():
+        (host_cache / f"{w.sha256}.whl").unlink(missing_ok=True)
+
+    def spec_with(url: str, folder: str) -> Path:
+        spec = v1_spec(models_dir, tmp_path / folder, "mirror-app")
+        spec.write_text(spec.read_text().replace(
+            "requirements: requirements.lock}",
+            f"requirements: requirements.lock, wheel_source: {{url: '{url}'}}}}"))
+        return spec
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{closed.getsockname()[1]}/simple/"
+    failed, _ = run(spec_with(down, "down"), inventory, pool)
+    r = failed.hosts[HOST]
+    assert r.status is HostStatus.FAILED and r.failed_step == "stage"
+    assert f"wheels-fetch: cannot reach the wheel mirror at {down}" in (r.error or "")
+    assert app_state(pool, host, "mirror-app").current is None
+
+    tree = write_simple_index({name: w.path for name, w in wheels.items()}, tmp_path / "mirror")
+    with serve_directory(tree) as base:
+        result, sink = run(spec_with(base + "simple/", "up"), inventory, pool)
+    assert result.hosts[HOST].status is HostStatus.SUCCEEDED, result.hosts[HOST].error
+    staged = sink.find("stage", "ok")
+    assert staged["wheels_fetched"] == len(wheels) and staged["wheels_pushed"] == 0
+    assert staged["wheel_bytes"] == 0
+    assert all((host_cache / f"{w.sha256}.whl").is_file() for w in wheels.values())
 
 
 def test_wheelhouse_missing_a_wheel_fails_before_current_moves(

@@ -53,7 +53,8 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def mirror(wheels: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    directory = write_simple_index(wheels.values(), tmp_path_factory.mktemp("mirror"))
+    directory = write_simple_index({p.name: p for p in wheels.values()},
+                                   tmp_path_factory.mktemp("mirror"))
     (directory / "files" / "demo_0-1.0-py3-none-any.whl.bak").write_bytes(b"x")
     with serve_directory(directory) as base:
         yield base

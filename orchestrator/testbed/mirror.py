@@ -22,24 +22,25 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import quote
 
 
-def write_simple_index(wheels: Iterable[Path], directory: Path) -> Path:
+def write_simple_index(wheels: Mapping[str, Path], directory: Path) -> Path:
     """`directory/files/<wheel>` and `directory/simple/<project>/index.html` (PEP 503: one
-    anchor per file, its sha256 in the URL fragment); returns `directory`."""
+    anchor per file, its sha256 in the URL fragment) from {real wheel filename: local file}
+    (a wheel cache stores by hash); returns `directory`."""
     files, simple = directory / "files", directory / "simple"
     files.mkdir(parents=True, exist_ok=True)
     projects: dict[str, list[str]] = {}
-    for wheel in wheels:
-        shutil.copyfile(wheel, files / wheel.name)
+    for name, wheel in wheels.items():
+        shutil.copyfile(wheel, files / name)
         digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-        project = re.sub(r"[-_.]+", "-", wheel.name.split("-")[0]).lower()
-        href = f"../../files/{quote(wheel.name)}#sha256={digest}"
+        project = re.sub(r"[-_.]+", "-", name.split("-")[0]).lower()
+        href = f"../../files/{quote(name)}#sha256={digest}"
         projects.setdefault(project, []).append(
-            f'<a href="{html.escape(href)}">{html.escape(wheel.name)}</a><br>')
+            f'<a href="{html.escape(href)}">{html.escape(name)}</a><br>')
     for project, anchors in projects.items():
         (simple / project).mkdir(parents=True, exist_ok=True)
         (simple / project / "index.html").write_text(
