@@ -128,3 +128,24 @@ def test_an_unreachable_mirror_names_the_url_and_the_status(
     assert down["kind"] == "mirror-unreachable" and down["status"] is None
     assert f"cannot reach the wheel mirror at http://127.0.0.1:{port}/simple/demo-0/" in \
         down["error"] and "refused" in down["error"]
+
+
+def test_a_model_streamed_into_a_staged_release_lands_whole_and_stays_inside_it(
+        tmp_path: Path) -> None:
+    rid = "20261204T220000Z-abcdef12"
+    assert host_op(tmp_path, "stage-begin", {"app": "m", "release_id": rid})["ok"]
+    call = build.model_receive("m", rid, {"model/a.bin": 3, "model/sub/b.bin": 2})
+    op = "model-receive"
+    payload = json.dumps({"root": str(tmp_path), **call.args}).encode() + b"\n"
+    proc = subprocess.run([HOST_PYTHON, "-E", "-S", str(SCRIPT), op, "--json-args", "-"],
+                          input=payload + b"abcde", capture_output=True, check=False)
+    assert json.loads(proc.stdout) == {"ok": True, "files": 2, "bytes": 5}
+    staged = tmp_path / "m" / "releases" / f"{rid}.staging" / "model"
+    assert (staged / "a.bin").read_bytes() == b"abc"
+    assert (staged / "sub/b.bin").read_bytes() == b"de"
+    escape = build.model_receive("m", rid, {"../../../evil": 1})
+    proc = subprocess.run([HOST_PYTHON, "-E", "-S", str(SCRIPT), op, "--json-args", "-"],
+                          input=json.dumps({"root": str(tmp_path), **escape.args}).encode()
+                          + b"\nx", capture_output=True, check=False)
+    assert json.loads(proc.stdout)["kind"] == "bad-args" and proc.returncode == 2
+    assert not (tmp_path / "evil").exists()

@@ -26,7 +26,6 @@ compresses). Everything the bench creates is deleted at the end.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import resource
 import tempfile
@@ -34,6 +33,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from orchestrator.core.hashing import hash_file
 from orchestrator.core.inventory import Host, load_inventory
 from orchestrator.hosts import layout
 from orchestrator.hosts.hostops import HostOps
@@ -58,21 +58,13 @@ def synthetic_lock(directory: Path, total_mb: int) -> tuple[Path, dict[str, Path
     while left > 0:
         mb = min(left, WHEEL_MB)
         path = synthetic_wheel(wheelhouse, f"bench-blob-{i:02d}", mb << 20)
-        digest = _sha256(path)
+        digest = hash_file(path)
         wheels[digest] = path
         lines.append(f"bench-blob-{i:02d}==1.0 --hash=sha256:{digest}\n")
         left, i = left - mb, i + 1
     lock = directory / "requirements.lock"
     lock.write_text("".join(lines))
     return lock, wheels
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def controller_cpu() -> float:

@@ -205,11 +205,18 @@ class HostOps:
         its tree hash covers (`core.hashing.tree_files`): a symlink or special file inside is
         a SpecError naming it, raised before anything is sent."""
         if local.is_file():
-            self.transport.put(local, posixpath.join(staged.model_path, local.name), 0o644)
-            return layout.model_rel(local.name, is_dir=False)
-        for rel in tree_files(local):  # put makes parent dirs
-            self.transport.put(local / rel, posixpath.join(staged.model_path, rel), 0o644)
-        return layout.model_rel(local.name, is_dir=True)
+            files = {layout.model_rel(local.name, is_dir=False): local}
+        else:
+            files = {posixpath.join(layout.MODEL, rel): local / rel
+                     for rel in tree_files(local)}
+        if isinstance(self.transport, FileStreamer):  # one channel for every file
+            sizes = {rel: path.stat().st_size for rel, path in files.items()}
+            call = ops.model_receive(staged.app, staged.release_id, sizes)
+            self._stream(call, [(files[rel], size) for rel, size in sizes.items()], timeout)
+        else:
+            for rel, path in files.items():  # put makes parent dirs
+                self.transport.put(path, layout.in_release(staged.path, rel), 0o644)
+        return layout.model_rel(local.name, is_dir=local.is_dir())
 
     @staticmethod
     def small_model(local: Path, *, max_bytes: int = INLINE_MAX_BYTES,
@@ -281,10 +288,14 @@ class HostOps:
         """Send these wheels ({sha256: local file}) on one channel to `wheels-receive`, which
         hashes each as it writes it and renames only a match into the cache (else
         HostOpFailed WHEEL_HASH_MISMATCH naming both hashes, nothing of that file kept)."""
-        assert isinstance(self.transport, FileStreamer)
         files = [(path, path.stat().st_size) for path in wheels.values()]
         call = ops.wheels_receive({sha: size for sha, (_, size) in zip(wheels, files,
                                                                       strict=True)})
+        return self._stream(call, files, timeout)
+
+    def _stream(self, call: OpCall[T], files: Sequence[tuple[Path, int]], timeout: float) -> T:
+        """Run a streaming op: its arguments as one JSON line, then the files' bytes."""
+        assert isinstance(self.transport, FileStreamer)
         header = json.dumps({"root": self.root, **call.args}).encode("utf-8") + b"\n"
         result = self.transport.run_with_files(self._argv(str(call.op)), header, files,
                                                timeout=timeout, check=False)

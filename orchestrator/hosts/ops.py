@@ -64,6 +64,7 @@ class Op(enum.StrEnum):
     WHEELS_VERIFY = "wheels-verify"
     WHEELS_RECEIVE = "wheels-receive"
     WHEELS_FETCH = "wheels-fetch"
+    MODEL_RECEIVE = "model-receive"
     VENV_ENSURE = "venv-ensure"
     IMAGE_PRESENT = "image-present"
     IMAGE_ENSURE = "image-ensure"
@@ -177,6 +178,16 @@ def wheels_receive(sizes: Mapping[str, int]) -> OpCall[tuple[str, ...]]:
     return OpCall(Op.WHEELS_RECEIVE,
                   {"files": [{"sha": sha, "size": size} for sha, size in sizes.items()]},
                   _tuple("verified"))
+
+
+def model_receive(app: str, release_id: str,
+                  sizes: Mapping[str, int]) -> OpCall[int]:
+    """The header of a stream of a model's files ({path relative to the release: size}, sent in
+    this order) into the release being staged (hostops_receive.py). Not for `batch`."""
+    return OpCall(Op.MODEL_RECEIVE,
+                  {**_release(app, release_id),
+                   "files": [{"path": path, "size": size} for path, size in sizes.items()]},
+                  _field("bytes", int))
 
 
 def wheels_fetch(url: str, layout: str, wheels: Mapping[str, tuple[str, int]], *,

@@ -12,7 +12,6 @@ ones, or `synthetic_wheel`s of random bytes as large as a benchmark wants), as
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import html
 import os
 import re
@@ -26,6 +25,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import quote
 
+from orchestrator.core.hashing import hash_file
+
 
 def write_simple_index(wheels: Mapping[str, Path], directory: Path) -> Path:
     """`directory/files/<wheel>` and `directory/simple/<project>/index.html` (PEP 503: one
@@ -36,7 +37,7 @@ def write_simple_index(wheels: Mapping[str, Path], directory: Path) -> Path:
     projects: dict[str, list[str]] = {}
     for name, wheel in wheels.items():
         shutil.copyfile(wheel, files / name)
-        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        digest = hash_file(wheel)
         project = re.sub(r"[-_.]+", "-", name.split("-")[0]).lower()
         href = f"../../files/{quote(name)}#sha256={digest}"
         projects.setdefault(project, []).append(

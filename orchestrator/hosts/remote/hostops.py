@@ -47,6 +47,11 @@ Ops (arguments besides "root"; what a success adds; failure kinds worth branchin
     wheels-verify       shas -> verified;  wheel-hash-mismatch (bad), missing-wheel
     wheels-receive      files [{sha, size}] on its stdin's first line, then their bytes
                         (hostops_receive) -> verified;  wheel-hash-mismatch, missing-wheel
+    model-receive       app, release_id, files [{path, size}] likewise, into the staged
+                        release -> files, bytes;  not-found, missing-file
+    wheels-fetch        url, layout, wheels [{sha, filename, size}] (hostops_fetch: the host
+                        downloads from the mirror) -> verified, bytes;  mirror-unreachable,
+                        wheel-hash-mismatch
     venv-ensure         env_hash, lock (abs path: a requirements lock, or a PEP 751 pylock
                         the installers get as a hash-pinned requirements file derived from
                         the wheels, each checked against it), wheels {sha: filename},

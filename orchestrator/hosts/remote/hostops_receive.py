@@ -1,6 +1,8 @@
-"""hostops' wheel arrivals by stream: `wheels-receive` reads every wheel the controller sends on
+"""hostops' arrivals by stream: `wheels-receive` reads every wheel the controller sends on
 one exec channel, hashing each as it writes it, and renames into the wheel cache only the files
-whose sha256 is the one announced. Shipped beside hostops.py (stdlib only, 3.9+).
+whose sha256 is the one announced; `model-receive` does the same for a large model's files into
+the release being staged (whose tree hash stage-verify-model then checks). Shipped beside
+hostops.py (stdlib only, 3.9+).
 
 Its stdin: one JSON line (the arguments: root, files [{sha, size}, ...]), then each file's
 `size` bytes back to back, in that order. A file whose bytes hash otherwise is deleted and
@@ -15,7 +17,18 @@ import hashlib
 import os
 import sys
 
-from hostops_fs import HASH_RE, OpError, checked_arg, fsync_dir, orch_path, root_arg
+from hostops_fs import (
+    HASH_RE,
+    RELEASE_RE,
+    OpError,
+    app_dir_arg,
+    checked_arg,
+    fsync_dir,
+    orch_path,
+    root_arg,
+)
+from hostops_releases import STAGING, releases_dir
+from hostops_stage import safe_relpath
 
 #: Wheels larger than this are refused before a byte is written (a wheel of cuDNN is ~700 MB).
 MAX_WHEEL_BYTES = 8 << 30
@@ -95,6 +108,38 @@ def op_wheels_receive(args, stream=None):
     return {"verified": verified}
 
 
-OPS = {"wheels-receive": op_wheels_receive}
+def op_model_receive(args, stream=None):
+    """app, release_id, files [{path, size}] (relative to the release being staged), then their
+    bytes: what the model's SFTP puts did, on one channel. Each file lands under a temporary
+    name and is renamed whole; the model's hash is checked next by stage-verify-model, over
+    the whole tree, as after SFTP."""
+    app_dir, rid = app_dir_arg(args), checked_arg(args, "release_id", RELEASE_RE)
+    entries = checked_arg(args, "files")
+    if not isinstance(entries, list) or len(entries) > MAX_FILES:
+        raise OpError("bad-args", f"files must be a list of at most {MAX_FILES} entries")
+    files = []
+    for entry in entries:
+        if not (isinstance(entry, dict) and isinstance(entry.get("size"), int)
+                and not isinstance(entry["size"], bool) and entry["size"] >= 0):
+            raise OpError("bad-args", f"bad file entry {entry!r}: want {{path, size}}")
+        files.append((safe_relpath(entry.get("path"), "path"), entry["size"]))
+    staging = os.path.join(releases_dir(app_dir), rid) + STAGING
+    if not os.path.isdir(staging):
+        raise OpError("not-found", f"release {rid} is not being staged", release_id=rid)
+    stream = sys.stdin.buffer if stream is None else stream
+    written = 0
+    for rel, size in files:
+        target = os.path.join(staging, rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        part = f"{target}.part-{os.getpid()}"
+        if _receive_one(stream, part, size) is None:
+            raise OpError("missing-file", f"{rel} never arrived whole ({size} bytes announced)",
+                          path=rel)
+        os.replace(part, target)
+        written += size
+    return {"files": len(files), "bytes": written}
+
+
+OPS = {"wheels-receive": op_wheels_receive, "model-receive": op_model_receive}
 #: Ops whose stdin is their arguments' JSON line followed by data (hostops.py reads one line).
 STREAMING = frozenset(OPS)
