@@ -14,8 +14,10 @@ same flat tools bundle, each stdlib only: hostlayout (the paths), contenthash (f
 hashes, names), hostops_host (free-bytes, the deploy lock, audit, kill-group), hostops_fs (OpError,
 argument checks, atomic writes, flocks, tree hash), hostops_releases (app state, switch, rollback,
 the `releases` and `state` views), hostops_stage, hostops_venvs (wheel cache, venvs),
-hostops_pylock (PEP 751 reading) and hostops_prune. Each hostops_* module lists its ops in
-its own `OPS`; this file gathers them (a new module's ops need no edit here).
+hostops_receive (wheels and model files streamed on stdin, hashed on arrival), hostops_fetch
+(wheels pulled from an operator's mirror), hostops_pylock (PEP 751 reading) and hostops_prune.
+Each hostops_* module lists its ops in its own `OPS` (and in `STREAMING` those whose stdin
+carries data after the JSON line); this file gathers them (a new module's ops need no edit).
 
 Layout under root (DESIGN.md "Host layout"):
     <app>/releases/<id>.staging/   being staged: model/, requirements.lock, .owner, .verified
