@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import threading
 import zipfile
 from collections.abc import Callable, Sequence
@@ -31,7 +32,9 @@ from orchestrator.hosts import hostlock
 from orchestrator.hosts.hostops import HostOps
 from orchestrator.hosts.pool import Pool
 from orchestrator.hosts.ssh import SshOptions
+from orchestrator.hosts.ssh.stream import FilesFeed
 from orchestrator.testbed import Testbed
+from orchestrator.testbed.mirror import serve_directory, write_simple_index
 from tests.daemons import DEPLOY, Daemon, write_config
 from tests.specs import LOCK, WHEEL_CACHE, joblib_spec
 
@@ -223,14 +226,35 @@ def test_tampered_lock_hash_is_refused_before_the_host_is_touched(
 
 
 def test_tampered_wheel_on_host_fails_install_naming_package_and_leaves_no_venv(
-        inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path) -> None:
+        inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     host = inventory.hosts[HOST]
-    good = deploy_v1(models_dir, tmp_path, "wheel-app", inventory, pool)
+    sha = wheel_of("threadpoolctl").sha256
+    cached = Path(host.deploy_root) / ".orchestrator" / "wheels" / f"{sha}.whl"
+    # Altered on the way (issue 15): the host lacks the wheel, the controller streams it, one
+    # byte flips in flight; the host's hash check on arrival refuses it and keeps nothing.
+    cached.unlink(missing_ok=True)
+    read = FilesFeed._read
+
+    def flip_first_byte(feed: FilesFeed, size: int) -> bytes:
+        piece = read(feed, size)
+        return bytes([piece[0] ^ 1]) + piece[1:] if piece else piece
+    with monkeypatch.context() as patched:
+        patched.setattr(FilesFeed, "_read", flip_first_byte)
+        altered, _ = run(v1_spec(models_dir, tmp_path / "flip", "wheel-app"), inventory, pool)
+    r = altered.hosts[HOST]
+    assert r.status is HostStatus.FAILED and r.failed_step == "stage", r.error
+    assert f"wheels-receive: wheel upload failed verification: {sha} arrived as" in (
+        r.error or "")
+    assert not cached.exists()
+    assert not list(cached.parent.glob(f"{sha}.whl.part*"))  # nothing half-kept
+    assert app_state(pool, host, "wheel-app").current is None
+
+    good = deploy_v1(models_dir, tmp_path, "wheel-app", inventory, pool)  # streamed whole
+    assert cached.is_file()
     # A lock with the same packages but other bytes: a new environment must be built.
     other_lock = tmp_path / "other.lock"
     other_lock.write_text(LOCK.read_text() + "# rebuilt\n")
-    sha = wheel_of("threadpoolctl").sha256
-    cached = Path(host.deploy_root) / ".orchestrator" / "wheels" / f"{sha}.whl"
     original = cached.read_bytes()
     before = venv_dirs(host)
     # uv trusts its own cache of a local wheel it has unpacked before (keyed by path), so the
@@ -251,6 +275,42 @@ def test_tampered_wheel_on_host_fails_install_naming_package_and_leaves_no_venv(
     assert venv_dirs(host) == before  # no half-built venv left behind
     state = app_state(pool, host, "wheel-app")
     assert state.current == good.release_id and state.staging == ()
+
+
+def test_hosts_pull_the_wheels_from_a_mirror_by_hash_and_a_mirror_down_fails_stage(
+        inventory: Inventory, pool: Pool, models_dir: Path, tmp_path: Path) -> None:
+    """Issue 15: with `environment.wheel_source` the host fetches what its cache lacks from
+    the operator's mirror (a PEP 503 tree served by http.server); the controller ships none."""
+    host = inventory.hosts[HOST]
+    wheels = cached_wheels()
+    host_cache = Path(host.deploy_root) / ".orchestrator" / "wheels"
+    for w in wheels.values():
+        (host_cache / f"{w.sha256}.whl").unlink(missing_ok=True)
+
+    def spec_with(url: str, folder: str) -> Path:
+        spec = v1_spec(models_dir, tmp_path / folder, "mirror-app")
+        spec.write_text(spec.read_text().replace(
+            "requirements: requirements.lock}",
+            f"requirements: requirements.lock, wheel_source: {{url: '{url}'}}}}"))
+        return spec
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{closed.getsockname()[1]}/simple/"
+    failed, _ = run(spec_with(down, "down"), inventory, pool)
+    r = failed.hosts[HOST]
+    assert r.status is HostStatus.FAILED and r.failed_step == "stage"
+    assert f"wheels-fetch: cannot reach the wheel mirror at {down}" in (r.error or "")
+    assert app_state(pool, host, "mirror-app").current is None
+
+    tree = write_simple_index({name: w.path for name, w in wheels.items()}, tmp_path / "mirror")
+    with serve_directory(tree) as base:
+        result, sink = run(spec_with(base + "simple/", "up"), inventory, pool)
+    assert result.hosts[HOST].status is HostStatus.SUCCEEDED, result.hosts[HOST].error
+    staged = sink.find("stage", "ok")
+    assert staged["wheels_fetched"] == len(wheels) and staged["wheels_pushed"] == 0
+    assert staged["wheel_bytes"] == 0
+    assert all((host_cache / f"{w.sha256}.whl").is_file() for w in wheels.values())
 
 
 def test_wheelhouse_missing_a_wheel_fails_before_current_moves(

@@ -96,6 +96,13 @@ def test_minimal_spec_gets_defaults(tmp_path: Path) -> None:
     assert spec.paths.wheelhouse is None
 
 
+def test_a_wheel_source_is_an_index_unless_it_says_directory(tmp_path: Path) -> None:
+    text = replace("wheels/", "wheels/\n  wheel_source: {url: 'https://pypi.corp/simple/'}")
+    source = load_spec(write(tmp_path, text)).environment.wheel_source
+    assert source is not None and source.layout == "index"
+    assert source.url == "https://pypi.corp/simple/"
+
+
 def replace(old: str, new: str) -> str:
     assert old in GOOD
     return GOOD.replace(old, new)
@@ -139,6 +146,15 @@ BAD = [
     (replace("timeout_s: 600", "timeout_s: 600\n  method: 'predict; reboot'"), 21,
      "verify.method", "should match"),
     (replace("kind: Deployment", "kind: Deployment\nkind: Job"), 3, "kind", "duplicate key"),
+    # issue 15: the hosts' wheel mirror
+    (replace("wheels/", "wheels/\n  wheel_source: {url: 'http://u:pw@mirror/simple/'}"), 12,
+     "environment.wheel_source.url", "carries credentials"),
+    (replace("wheels/", "wheels/\n  wheel_source: {url: 'ftp://mirror/simple/'}"), 12,
+     "environment.wheel_source.url", "http:// or https://"),
+    (replace("wheels/", "wheels/\n  wheel_source: {url: 'http://m/', layout: flat}"), 12,
+     "environment.wheel_source.layout", "'index' or 'directory'"),
+    (replace("wheels/", "wheels/\n  wheel_source: {layout: index}"), 12,
+     "environment.wheel_source.url", "required"),
 ]
 
 

@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     ConfigDict,
@@ -95,6 +96,29 @@ class ImageArchive(_Strict):
     _check_path = field_validator("archive")(_no_dotdot)
 
 
+class WheelSource(_Strict):
+    """An operator's mirror the hosts pull the locked wheels from, each kept only if its sha256
+    is the lock's: the controller sends names and hashes, not bytes."""
+
+    url: Annotated[str, StringConstraints(pattern=_URL)] = _d(
+        ..., "Base URL the hosts can reach: a PEP 503/691 simple index (pypiserver, devpi, "
+             "Artifactory...) or a plain HTTP directory of the wheel files; no credentials in it.")
+    layout: Literal["index", "directory"] = _d(
+        "index", "index: <url>/<project>/ lists the files (PEP 503 or 691); directory: "
+                 "<url>/<wheel filename>.")
+
+    @field_validator("url")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if not parts.hostname:
+            raise ValueError("the URL names no host")
+        if parts.username or parts.password:
+            raise ValueError("the URL carries credentials; the hosts' mirror must be readable "
+                             "without them (every wheel is checked against the lock's sha256)")
+        return value
+
+
 class Environment(_Strict):
     """What the model runs in: a venv built on each host from the lock file (`requirements`),
     or an OCI image run by the host's Docker or Podman (`image`); exactly one of the two."""
@@ -108,6 +132,9 @@ class Environment(_Strict):
                                           "file; if absent, the daemon downloads them once.")
     image: ImageArchive | None = _d(None, "OCI image archive the model runs in (mounted "
                                           "read-only).")
+    wheel_source: WheelSource | None = _d(
+        None, "Mirror the hosts download the wheels they lack from (by hash), instead of "
+              "the controller shipping them; with requirements.")
     _check_paths = field_validator("requirements", "wheelhouse")(_no_dotdot)
 
     @model_validator(mode="after")
@@ -117,6 +144,8 @@ class Environment(_Strict):
                              "image archive)")
         if self.image is not None and self.wheelhouse is not None:
             raise ValueError("wheelhouse goes with requirements, not with image")
+        if self.image is not None and self.wheel_source is not None:
+            raise ValueError("wheel_source goes with requirements, not with image")
         if self.requirements is not None and self.python is None:
             raise ValueError("python is required with requirements")
         return self

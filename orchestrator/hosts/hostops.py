@@ -65,7 +65,7 @@ from orchestrator.hosts.opresults import (
 )
 from orchestrator.hosts.ops import OpCall
 from orchestrator.hosts.shipping import RemoteTools, ensure_tools
-from orchestrator.hosts.transport import Transport
+from orchestrator.hosts.transport import FileStreamer, Transport
 
 # Re-exported: the step modules and tests import these names from here.
 __all__ = ["DEFAULT_TIMEOUT_S", "INLINE_MAX_BYTES", "INLINE_MAX_FILES", "VENV_TIMEOUT_S",
@@ -81,6 +81,10 @@ VENV_TIMEOUT_S = 1800.0
 #: (base64 in its JSON arguments) instead of one SFTP upload per file.
 INLINE_MAX_BYTES = 4 << 20
 INLINE_MAX_FILES = 16
+#: How `push_wheels` moves a wheel: `stream` (one exec channel for all, hashed on arrival by
+#: `wheels-receive`) or `sftp` (a put each, then `wheels-verify`). A transport that cannot
+#: stream (a test's fake) gets the puts.
+SHIP_METHODS = ("stream", "sftp")
 
 
 @dataclass(frozen=True)
@@ -201,11 +205,18 @@ class HostOps:
         its tree hash covers (`core.hashing.tree_files`): a symlink or special file inside is
         a SpecError naming it, raised before anything is sent."""
         if local.is_file():
-            self.transport.put(local, posixpath.join(staged.model_path, local.name), 0o644)
-            return layout.model_rel(local.name, is_dir=False)
-        for rel in tree_files(local):  # put makes parent dirs
-            self.transport.put(local / rel, posixpath.join(staged.model_path, rel), 0o644)
-        return layout.model_rel(local.name, is_dir=True)
+            files = {layout.model_rel(local.name, is_dir=False): local}
+        else:
+            files = {posixpath.join(layout.MODEL, rel): local / rel
+                     for rel in tree_files(local)}
+        if isinstance(self.transport, FileStreamer):  # one channel for every file
+            sizes = {rel: path.stat().st_size for rel, path in files.items()}
+            call = ops.model_receive(staged.app, staged.release_id, sizes)
+            self._stream(call, [(files[rel], size) for rel, size in sizes.items()], timeout)
+        else:
+            for rel, path in files.items():  # put makes parent dirs
+                self.transport.put(path, layout.in_release(staged.path, rel), 0o644)
+        return layout.model_rel(local.name, is_dir=local.is_dir())
 
     @staticmethod
     def small_model(local: Path, *, max_bytes: int = INLINE_MAX_BYTES,
@@ -238,18 +249,58 @@ class HostOps:
         return self.run(ops.wheels_verify(shas), timeout=timeout)
 
     def push_wheels(self, wheels: Mapping[str, Path], *, missing: Sequence[str] | None = None,
+                    method: str = "stream",
                     timeout: float = VENV_TIMEOUT_S) -> tuple[str, ...]:
         """Upload the wheels ({sha256: local file}) the host's cache lacks, each verified by
         sha256 on arrival; returns the shas uploaded. `missing`: what a `wheels-missing` in
         an earlier batch said the host lacks (else it is asked here)."""
+        if method not in SHIP_METHODS:
+            raise ValueError(f"unknown wheel shipping method {method!r}")
         if missing is None:
             missing = self.wheels_missing(sorted(wheels), timeout=timeout)
         missing = tuple(missing)
+        if not missing:
+            return missing
+        if method == "stream" and isinstance(self.transport, FileStreamer):
+            self.stream_wheels({sha: wheels[sha] for sha in missing}, timeout=timeout)
+            return missing
         for sha in missing:
             self.transport.put(wheels[sha], layout.wheel_upload(self.root, sha), 0o644)
-        if missing:
-            self.wheels_verify(missing, timeout=timeout)
+        self.wheels_verify(missing, timeout=timeout)
         return missing
+
+    def fetch_wheels(self, url: str, layout: str, wheels: Mapping[str, tuple[str, int]], *,
+                     missing: Sequence[str] | None = None,
+                     timeout: float = VENV_TIMEOUT_S) -> tuple[str, ...]:
+        """The host downloads the wheels ({sha256: (filename, size)}) its cache lacks from the
+        operator's mirror, each kept only if it hashes right (`wheels-fetch`); returns the
+        shas it fetched. HostOpFailed MIRROR_UNREACHABLE names the URL and the status."""
+        if missing is None:
+            missing = self.wheels_missing(sorted(wheels), timeout=timeout)
+        missing = tuple(missing)
+        if missing:
+            self.run(ops.wheels_fetch(url, layout, {sha: wheels[sha] for sha in missing},
+                                      timeout_s=min(60.0, timeout)), timeout=timeout)
+        return missing
+
+    def stream_wheels(self, wheels: Mapping[str, Path], *,
+                      timeout: float = VENV_TIMEOUT_S) -> tuple[str, ...]:
+        """Send these wheels ({sha256: local file}) on one channel to `wheels-receive`, which
+        hashes each as it writes it and renames only a match into the cache (else
+        HostOpFailed WHEEL_HASH_MISMATCH naming both hashes, nothing of that file kept)."""
+        files = [(path, path.stat().st_size) for path in wheels.values()]
+        call = ops.wheels_receive({sha: size for sha, (_, size) in zip(wheels, files,
+                                                                      strict=True)})
+        return self._stream(call, files, timeout)
+
+    def _stream(self, call: OpCall[T], files: Sequence[tuple[Path, int]], timeout: float) -> T:
+        """Run a streaming op: its arguments as one JSON line, then the files' bytes."""
+        assert isinstance(self.transport, FileStreamer)
+        header = json.dumps({"root": self.root, **call.args}).encode("utf-8") + b"\n"
+        result = self.transport.run_with_files(self._argv(str(call.op)), header, files,
+                                               timeout=timeout, check=False)
+        return self.parsed(call, parse_reply(self.host, str(call.op), result.exit_code,
+                                             result.stdout, result.stderr))
 
     def push_uv(self, uv_binary: Path, *, timeout: float = DEFAULT_TIMEOUT_S) -> str:
         """Ship the controller's own uv binary once per host, content-addressed; its path."""

@@ -29,6 +29,8 @@ class OpKind(enum.StrEnum):
     NOT_VERIFIED = "not-verified"
     WHEEL_HASH_MISMATCH = "wheel-hash-mismatch"
     MISSING_WHEEL = "missing-wheel"
+    MISSING_FILE = "missing-file"    # model-receive: the stream ended inside a file
+    MIRROR_UNREACHABLE = "mirror-unreachable"  # wheels-fetch: the host cannot get the mirror's
     VENV_FAILED = "venv-failed"
     INSTALL_FAILED = "install-failed"
     CHECK_FAILED = "check-failed"

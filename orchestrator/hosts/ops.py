@@ -62,6 +62,9 @@ class Op(enum.StrEnum):
     ABORT_STAGE = "abort-stage"
     WHEELS_MISSING = "wheels-missing"
     WHEELS_VERIFY = "wheels-verify"
+    WHEELS_RECEIVE = "wheels-receive"
+    WHEELS_FETCH = "wheels-fetch"
+    MODEL_RECEIVE = "model-receive"
     VENV_ENSURE = "venv-ensure"
     IMAGE_PRESENT = "image-present"
     IMAGE_ENSURE = "image-ensure"
@@ -167,6 +170,36 @@ def wheels_missing(shas: Sequence[str]) -> OpCall[tuple[str, ...]]:
 
 def wheels_verify(shas: Sequence[str]) -> OpCall[tuple[str, ...]]:
     return OpCall(Op.WHEELS_VERIFY, {"shas": list(shas)}, _tuple("verified"))
+
+
+def wheels_receive(sizes: Mapping[str, int]) -> OpCall[tuple[str, ...]]:
+    """The header of a stream of wheels ({sha256: size}, sent in this order): the host hashes
+    each as it writes it (hostops_receive.py). Not for `batch`: its data follows on stdin."""
+    return OpCall(Op.WHEELS_RECEIVE,
+                  {"files": [{"sha": sha, "size": size} for sha, size in sizes.items()]},
+                  _tuple("verified"))
+
+
+def model_receive(app: str, release_id: str,
+                  sizes: Mapping[str, int]) -> OpCall[int]:
+    """The header of a stream of a model's files ({path relative to the release: size}, sent in
+    this order) into the release being staged (hostops_receive.py). Not for `batch`."""
+    return OpCall(Op.MODEL_RECEIVE,
+                  {**_release(app, release_id),
+                   "files": [{"path": path, "size": size} for path, size in sizes.items()]},
+                  _field("bytes", int))
+
+
+def wheels_fetch(url: str, layout: str, wheels: Mapping[str, tuple[str, int]], *,
+                 timeout_s: float = 60.0) -> OpCall[tuple[str, ...]]:
+    """The host downloads these wheels ({sha256: (real filename, size)}) from the operator's
+    mirror (`layout` "index": PEP 503/691, or "directory") and keeps only what hashes right
+    (hostops_fetch.py)."""
+    return OpCall(Op.WHEELS_FETCH,
+                  {"url": url, "layout": layout, "timeout_s": timeout_s,
+                   "wheels": [{"sha": sha, "filename": name, "size": size}
+                              for sha, (name, size) in wheels.items()]},
+                  _tuple("verified"))
 
 
 def venv_ensure(env_hash: str, lock_path: str, wheels: Mapping[str, str], *,

@@ -82,3 +82,21 @@ class Transport(Protocol):
     ) -> bytes: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class FileStreamer(Protocol):
+    """A transport that can send files on a command's stdin as it reads them (SshTransport):
+    `header`, then each (file, size) back to back, one bounded buffer in memory. Raises what
+    `run` raises, and `FileTransferFailed` when a local file changed while being sent."""
+
+    def run_with_files(
+        self,
+        argv: Sequence[str],
+        header: bytes,
+        files: Sequence[tuple[Path, int]],
+        *,
+        timeout: float | None = None,
+        check: bool = True,
+        max_output: int | None = None,
+    ) -> CommandResult: ...

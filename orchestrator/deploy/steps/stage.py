@@ -38,24 +38,37 @@ def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
             details, missing = _stage_in_one_call(ctx, small, sorted(wheels), deadline)
         else:
             details, missing = _stage_by_sftp(ctx, sorted(wheels), deadline)
-        pushed = ctx.ops.push_wheels({sha: w.path for sha, w in wheels.items()},
-                                     missing=missing, timeout=deadline.timeout())
+        source = spec.environment.wheel_source
+        if source is not None:  # the hosts pull from the operator's mirror, by hash
+            pushed = ctx.ops.fetch_wheels(
+                source.url, source.layout,
+                {sha: (w.filename, w.path.stat().st_size) for sha, w in wheels.items()},
+                missing=missing, timeout=deadline.timeout())
+        else:
+            pushed = ctx.ops.push_wheels({sha: w.path for sha, w in wheels.items()},
+                                         missing=missing, timeout=deadline.timeout())
     except HostUnreachable:
         raise
     except HostError as exc:
         raise _explain(ctx, exc, deadline) from exc
     details = {"release_id": ctx.release_id, "resumed": details.pop("resumed"),
                "cleaned_staging": cleaned, **details}
-    details.update(wheels_total=len(wheels), wheels_pushed=len(pushed),
-                   wheel_bytes=sum(wheels[s].path.stat().st_size for s in pushed))
+    moved = sum(wheels[s].path.stat().st_size for s in pushed)
+    if spec.environment.wheel_source is not None:  # the controller sent none of these bytes
+        details.update(wheels_total=len(wheels), wheels_pushed=0, wheels_fetched=len(pushed),
+                       wheel_bytes=0, wheel_bytes_fetched=moved)
+    else:
+        details.update(wheels_total=len(wheels), wheels_pushed=len(pushed), wheel_bytes=moved)
     return details
 
 
 def describe(spec: Spec, facts: HostFacts, target: Target) -> str:
     releases = layout.releases_dir(target.host.deploy_root, spec.name)
     return (f"new release dir {releases}/<id>; upload the model ({spec.model.format}, "
-            f"sha256 {spec.model.sha256[:12]}... checked on the host) and the lock; push the "
-            "wheels the host's cache lacks")
+            f"sha256 {spec.model.sha256[:12]}... checked on the host) and the lock; "
+            + (f"the host fetches the wheels its cache lacks from {source.url} (each checked "
+               "against the lock's sha256)" if (source := spec.environment.wheel_source)
+               else "stream the wheels the host's cache lacks (each hashed on arrival)"))
 
 
 def _stage_in_one_call(ctx: HostContext, small: SmallModel, shas: list[str],

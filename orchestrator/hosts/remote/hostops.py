@@ -14,8 +14,10 @@ same flat tools bundle, each stdlib only: hostlayout (the paths), contenthash (f
 hashes, names), hostops_host (free-bytes, the deploy lock, audit, kill-group), hostops_fs (OpError,
 argument checks, atomic writes, flocks, tree hash), hostops_releases (app state, switch, rollback,
 the `releases` and `state` views), hostops_stage, hostops_venvs (wheel cache, venvs),
-hostops_pylock (PEP 751 reading) and hostops_prune. Each hostops_* module lists its ops in
-its own `OPS`; this file gathers them (a new module's ops need no edit here).
+hostops_receive (wheels and model files streamed on stdin, hashed on arrival), hostops_fetch
+(wheels pulled from an operator's mirror), hostops_pylock (PEP 751 reading) and hostops_prune.
+Each hostops_* module lists its ops in its own `OPS` (and in `STREAMING` those whose stdin
+carries data after the JSON line); this file gathers them (a new module's ops need no edit).
 
 Layout under root (DESIGN.md "Host layout"):
     <app>/releases/<id>.staging/   being staged: model/, requirements.lock, .owner, .verified
@@ -45,6 +47,13 @@ Ops (arguments besides "root"; what a success adds; failure kinds worth branchin
     abort-stage         app, release_id -> removed;  is-current, is-rollback-target
     wheels-missing      shas -> missing, present
     wheels-verify       shas -> verified;  wheel-hash-mismatch (bad), missing-wheel
+    wheels-receive      files [{sha, size}] on its stdin's first line, then their bytes
+                        (hostops_receive) -> verified;  wheel-hash-mismatch, missing-wheel
+    model-receive       app, release_id, files [{path, size}] likewise, into the staged
+                        release -> files, bytes;  not-found, missing-file
+    wheels-fetch        url, layout, wheels [{sha, filename, size}] (hostops_fetch: the host
+                        downloads from the mirror) -> verified, bytes;  mirror-unreachable,
+                        wheel-hash-mismatch
     venv-ensure         env_hash, lock (abs path: a requirements lock, or a PEP 751 pylock
                         the installers get as a hash-pinned requirements file derived from
                         the wheels, each checked against it), wheels {sha: filename},
@@ -143,6 +152,7 @@ def op_batch(args):
         raise OpError("bad-args", f"ops must be a list of 1 to {MAX_BATCH} calls")
     for call in calls:
         if not (isinstance(call, dict) and call.get("op") in OPS and call["op"] != "batch"
+                and call["op"] not in STREAMING
                 and isinstance(call.get("args", {}), dict)):
             raise OpError("bad-args", f"bad batch entry: {call!r}")
     results = []
@@ -164,13 +174,17 @@ def _gather_ops():
     for name in sorted(os.listdir(_HERE)):
         if not (name.startswith("hostops_") and name.endswith(".py")):
             continue
-        for op, fn in getattr(importlib.import_module(name[:-3]), "OPS", {}).items():
+        module = importlib.import_module(name[:-3])
+        for op, fn in getattr(module, "OPS", {}).items():
             if op in found:
                 raise RuntimeError(f"host op {op!r} is offered twice ({name})")
             found[op] = fn
+        STREAMING.update(getattr(module, "STREAMING", ()))
     return found
 
 
+#: Ops whose stdin is one line of JSON arguments followed by data they read themselves.
+STREAMING: set[str] = set()
 OPS = _gather_ops()
 
 
@@ -187,7 +201,12 @@ def _parse(argv):
     elif rest:
         raise OpError("bad-args", f"unrecognized arguments: {' '.join(rest)}")
     try:
-        args = json.loads(sys.stdin.read() if raw == "-" else raw)
+        if raw != "-":
+            args = json.loads(raw)
+        elif argv[0] in STREAMING:  # its data follows the line: leave it unread
+            args = json.loads(sys.stdin.buffer.readline())
+        else:
+            args = json.loads(sys.stdin.read())
     except ValueError as exc:
         raise OpError("bad-args", f"--json-args is not JSON: {exc}") from None
     if not isinstance(args, dict):

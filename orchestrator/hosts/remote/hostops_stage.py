@@ -41,7 +41,7 @@ from hostops_releases import (
 # ---------------------------------------------------------------- stage
 
 
-def _safe_relpath(value, key):
+def safe_relpath(value, key):
     """A path argument that stays inside the release (no absolute path, no "..")."""
     if not isinstance(value, str) or not value or os.path.isabs(value):
         raise OpError("bad-args", f"{key} must be a relative path: {value!r}")
@@ -110,7 +110,7 @@ def op_stage_verify_model(args):
     app_dir, rid = app_dir_arg(args), checked_arg(args, "release_id", RELEASE_RE)
     expected = checked_arg(args, "sha256", HASH_RE)
     release = release_path(app_dir, rid)
-    target = os.path.join(release, _safe_relpath(args.get("path", "model"), "path"))
+    target = os.path.join(release, safe_relpath(args.get("path", "model"), "path"))
     if os.path.isdir(target):
         kind, actual = "tree", tree_hash(target)
     elif os.path.isfile(target):
@@ -149,7 +149,7 @@ def op_write_file(args):
     model in one call). A committed release is never written to (a resumed deployment's,
     verified already): "written" is false."""
     app_dir, rid = app_dir_arg(args), checked_arg(args, "release_id", RELEASE_RE)
-    rel = _safe_relpath(args.get("path"), "path")
+    rel = safe_relpath(args.get("path"), "path")
     data = checked_arg(args, "data")
     import base64
     import binascii

@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import re
 import select
+import socket
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +28,7 @@ from orchestrator.hosts.ssh.options import (
 )
 from orchestrator.hosts.ssh.options import describe as _describe
 from orchestrator.hosts.ssh.sftp import get_file, put_file
+from orchestrator.hosts.ssh.stream import BytesFeed, Feed, FilesFeed, LocalFileError
 from orchestrator.hosts.transport import CommandResult, command_line
 
 # The remote kill is plain python3 (always on a host): `kill -- -PGID` differs between shells.
@@ -54,6 +57,10 @@ _WRAP_AFTER = '; s=$?; [ -n "$w" ] && kill $w 2>/dev/null; exit $s'
 
 _PGID_LINE = re.compile(rb"(?:^|\n)" + _PGID_MARKER.encode() + rb"(\d+)\n")
 _MAX_HEAD = 1 << 16
+# struct tcp_info (linux/tcp.h): 8 one-byte fields, 24 u32s, then u64 pacing_rate,
+# max_pacing_rate, bytes_acked (Linux >= 4.1).
+_BYTES_ACKED = 8 + 24 * 4 + 2 * 8
+_TCP_INFO_LEN = 232
 
 
 
@@ -117,6 +124,31 @@ class SshTransport:
         check: bool = True,
         max_output: int | None = None,
     ) -> CommandResult:
+        return self._run(argv, BytesFeed(stdin or b""), timeout=timeout, check=check,
+                         max_output=max_output)
+
+    def run_with_files(
+        self,
+        argv: Sequence[str],
+        header: bytes,
+        files: Sequence[tuple[Path, int]],
+        *,
+        timeout: float | None = None,
+        check: bool = True,
+        max_output: int | None = None,
+    ) -> CommandResult:
+        """`run`, its stdin `header` then each (file, size) back to back, read as it is sent
+        (stream.py): one exec channel carries them all, one packet of one file in memory."""
+        feed = FilesFeed(header, files)
+        try:
+            return self._run(argv, feed, timeout=timeout, check=check, max_output=max_output)
+        except LocalFileError as exc:
+            raise FileTransferFailed(self.host, f"cannot send a local file: {exc}") from exc
+        finally:
+            feed.close()
+
+    def _run(self, argv: Sequence[str], feed: Feed, *, timeout: float | None, check: bool,
+             max_output: int | None) -> CommandResult:
         command = command_line(argv)
         limit = self.options.max_output_bytes if max_output is None else max_output
         budget = self.options.command_timeout if timeout is None else timeout
@@ -125,7 +157,7 @@ class SshTransport:
         try:
             chan.exec_command(f"{_WRAP_BEFORE}{command}{_WRAP_AFTER}")
             out, err = _Capture(limit, marked=True), _Capture(limit, marked=False)
-            exit_code = self._pump(chan, command, stdin, out, err, started + budget, budget)
+            exit_code = self._pump(chan, command, feed, out, err, started + budget, budget)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise HostUnreachable(self.host, f"connection lost running {command}: {exc}") from exc
         finally:
@@ -146,17 +178,16 @@ class SshTransport:
             raise HostUnreachable(self.host, f"cannot open a channel: {_describe(exc)}") from exc
 
     def _pump(
-        self, chan: paramiko.Channel, command: str, stdin: bytes | None,
+        self, chan: paramiko.Channel, command: str, feed: Feed,
         out: _Capture, err: _Capture, deadline: float, budget: float,
     ) -> int:
         """Feed stdin and drain stdout/stderr together (no deadlock on full windows)."""
-        data, offset = stdin or b"", 0
-        if not data:
+        if not feed.pending:
             chan.shutdown_write()
         while True:
-            pending = offset < len(data)
+            pending = feed.pending
             if pending and chan.send_ready():
-                offset = self._feed(chan, data, offset)
+                self._feed(chan, feed)
             while chan.recv_ready():
                 out.add(chan.recv(_READ_CHUNK))
             while chan.recv_stderr_ready():
@@ -173,7 +204,10 @@ class SshTransport:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._timed_out(out.pid, command, budget)
-            select.select([chan], [], [], min(remaining, 0.01 if pending else 0.5))
+            if feed.pending and chan.send_ready():
+                continue  # the window has room: keep sending, do not sleep
+            # A full send window has no file descriptor to wait on: poll briefly for it.
+            select.select([chan], [], [], min(remaining, 0.005 if pending else 0.5))
         received = chan.status_event.wait(max(deadline - time.monotonic(), 0.0))
         if not self.alive and (not received or chan.exit_status == -1):
             raise HostUnreachable(self.host, f"connection lost running {command}")
@@ -181,17 +215,16 @@ class SshTransport:
             self._timed_out(out.pid, command, budget)
         return chan.recv_exit_status()
 
-    def _feed(self, chan: paramiko.Channel, data: bytes, offset: int) -> int:
-        """Send the next chunk of stdin; EOF after the last. Returns the new offset."""
+    def _feed(self, chan: paramiko.Channel, feed: Feed) -> None:
+        """Send the next piece of stdin; EOF after the last."""
         try:
-            offset += chan.send(data[offset : offset + _READ_CHUNK])
+            feed.feed(chan)
         except OSError:
             if not self.alive:
                 raise
-            return len(data)  # the command exited without reading all its stdin: drop the rest
-        if offset >= len(data):
+            feed.close()  # the command exited without reading all its stdin: drop the rest
+        if not feed.pending:
             chan.shutdown_write()
-        return offset
 
     def _timed_out(self, pid: int | None, command: str, budget: float) -> None:
         self._kill(pid)
@@ -256,6 +289,19 @@ class SshTransport:
         if sftp is not None:
             with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
                 sftp.close()
+
+    def bytes_sent(self) -> int:
+        """Bytes the host has acknowledged on this connection's TCP socket (TCP_INFO's
+        bytes_acked: encryption and SSH framing included), 0 through a bastion's channel. For
+        the ship bench's "controller bytes per host"."""
+        transport = self._client.get_transport()
+        sock = getattr(transport, "sock", None)
+        if not isinstance(sock, socket.socket):
+            return 0
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+        if len(info) < _BYTES_ACKED + 8:
+            return 0
+        return int.from_bytes(info[_BYTES_ACKED:_BYTES_ACKED + 8], sys.byteorder)
 
     def close(self) -> None:
         self._drop_sftp()

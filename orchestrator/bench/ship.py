@@ -1,0 +1,158 @@
+"""What shipping wheels costs the controller: CPU seconds per GB shipped, bytes sent per host,
+peak RSS, for a synthetic lock of large random-content wheels (valid wheels: METADATA, WHEEL,
+RECORD and one big stored data file, hashed in a lock), to 1 and to 4 testbed hosts at once.
+
+    python -m orchestrator.bench ship
+    ORCHESTRATOR_BENCH_SHIP_MB=1024 python -m orchestrator.bench ship   (the figures of record)
+
+Each row ships the whole lock to hosts whose wheel cache is empty (emptied between rows) through
+`HostOps.push_wheels` exactly as the stage step calls it, by each method:
+- `sftp`: one SFTP put per wheel, then `wheels-verify` hashes them on the host (the path before
+  issue 15);
+- `stream`: one exec channel per host carrying every missing wheel back to back; the host
+  hashes while it writes and renames only what matches (hosts/streaming.py);
+- `mirror`: the hosts pull by hash from an HTTP directory (`environment.wheel_source`); the
+  bench serves one with Python's http.server in a child process, so the server's CPU is not the
+  controller's (a real mirror is another machine).
+
+Controller CPU is this process's user + system time (paramiko's threads included) plus its
+children's (none but the mirror server, which is excluded by running it before the clock
+starts and reading its own rusage apart). Loopback counts twice against the controller: the
+kernel work of the receiving side of each TCP segment is charged to the sender, so a real
+network costs the controller less than these figures. The wheels are random bytes (nothing
+compresses). Everything the bench creates is deleted at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from orchestrator.core.hashing import hash_file
+from orchestrator.core.inventory import Host, load_inventory
+from orchestrator.hosts import layout
+from orchestrator.hosts.hostops import HostOps
+from orchestrator.hosts.pool import Pool, map_hosts
+from orchestrator.hosts.ssh import SshOptions
+from orchestrator.testbed import Testbed
+from orchestrator.testbed.mirror import serve_directory, synthetic_wheel
+
+TOTAL_MB = int(os.environ.get("ORCHESTRATOR_BENCH_SHIP_MB", "256"))
+WHEEL_MB = 64  # each synthetic wheel; the last one takes the remainder
+HOST_COUNTS = (1, 4)
+METHODS = ("sftp", "stream", "mirror")
+
+
+def synthetic_lock(directory: Path, total_mb: int) -> tuple[Path, dict[str, Path]]:
+    """A wheelhouse of random wheels adding up to `total_mb` and its hashed lock."""
+    wheelhouse = directory / "wheelhouse"
+    wheelhouse.mkdir(parents=True)
+    wheels: dict[str, Path] = {}
+    lines = []
+    left, i = total_mb, 0
+    while left > 0:
+        mb = min(left, WHEEL_MB)
+        path = synthetic_wheel(wheelhouse, f"bench-blob-{i:02d}", mb << 20)
+        digest = hash_file(path)
+        wheels[digest] = path
+        lines.append(f"bench-blob-{i:02d}==1.0 --hash=sha256:{digest}\n")
+        left, i = left - mb, i + 1
+    lock = directory / "requirements.lock"
+    lock.write_text("".join(lines))
+    return lock, wheels
+
+
+def controller_cpu() -> float:
+    """User + system seconds of this process and its waited-for children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+Shipper = Callable[[HostOps, dict[str, Path]], tuple[str, ...]]
+
+
+def _shipper(method: str, mirror: str) -> Shipper:
+    def ship(hops: HostOps, wheels: dict[str, Path]) -> tuple[str, ...]:
+        if method == "mirror":
+            return hops.fetch_wheels(mirror, "directory", {
+                sha: (path.name, path.stat().st_size) for sha, path in wheels.items()})
+        return hops.push_wheels(wheels, method=method)
+    return ship
+
+
+def _round(pool: Pool, hosts: list[Host], wheels: dict[str, Path], ship: Shipper,
+           total: int) -> tuple[float, float, float]:
+    """(controller CPU s per GB shipped, wall s, bytes written per host)."""
+    def empty(host: Host) -> None:
+        with pool.session(host) as t:
+            t.run(["rm", "-rf", layout.wheels_dir(host.deploy_root)])
+    map_hosts(empty, hosts, len(hosts))
+    cpu0, wall0 = controller_cpu(), time.monotonic()
+
+    def one(host: Host) -> tuple[tuple[str, ...], int]:
+        with pool.session(host) as t:
+            before = _bytes_sent(t)
+            shipped = ship(HostOps(t, host.deploy_root), wheels)
+            return shipped, _bytes_sent(t) - before
+    results = map_hosts(one, hosts, len(hosts))
+    cpu, wall = controller_cpu() - cpu0, time.monotonic() - wall0
+    sent = 0
+    for name, result in results.items():
+        if isinstance(result, BaseException) or len(result[0]) != len(wheels):
+            raise RuntimeError(f"{name}: {result}")
+        sent += result[1]
+    shipped = total * len(hosts)
+    return cpu / shipped * 1e9, wall, sent / len(hosts)
+
+
+def _bytes_sent(transport: object) -> int:
+    counter = getattr(transport, "bytes_sent", None)
+    return int(counter()) if callable(counter) else 0
+
+
+def run() -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-ship-") as tmp:
+        work = Path(tmp)
+        started = time.monotonic()
+        _, wheels = synthetic_lock(work / "lock", TOTAL_MB)
+        total = sum(p.stat().st_size for p in wheels.values())
+        print(f"ship: synthetic lock of {len(wheels)} wheels, {total / 1e6:.0f} MB of random "
+              f"bytes (made in {time.monotonic() - started:.1f} s); controller RSS before: "
+              f"{peak_rss_mb():.0f} MB")
+        tb = Testbed.up(work / "testbed", max(HOST_COUNTS))
+        exit_stack = contextlib.ExitStack()
+        try:
+            inv = load_inventory(tb.inventory_path)
+            all_hosts = list(inv.hosts.values())
+            mirror = exit_stack.enter_context(serve_directory(work / "lock" / "wheelhouse"))
+            with Pool(SshOptions.for_inventory(inv), max_connections=16) as pool:
+                print(f"  {'method':8} {'hosts':>5} {'CPU s/GB':>9} {'wall s':>7} "
+                      f"{'MB/s':>7} {'bytes/host':>11} {'peak RSS':>9}")
+                for method in METHODS:
+                    for count in HOST_COUNTS:
+                        hosts = all_hosts[:count]
+                        per_gb, wall, per_host = _round(pool, hosts, wheels,
+                                                        _shipper(method, mirror), total)
+                        print(f"  {method:8} {count:5d} {per_gb:9.2f} {wall:7.1f} "
+                              f"{total * count / wall / 1e6:7.0f} {per_host / 1e6:9.3f}MB "
+                              f"{peak_rss_mb():7.0f}MB", flush=True)
+                for host in all_hosts:
+                    with pool.session(host) as t:
+                        t.run(["rm", "-rf", layout.wheels_dir(host.deploy_root)])
+        finally:
+            exit_stack.close()
+            Testbed.down(work / "testbed")
+        print("  (CPU s/GB: this process's user+system time per GB delivered to all hosts; "
+              "target <= 0.5;\n   bytes/host: what the controller's SSH connection to a "
+              "host carried, TCP_INFO bytes_acked, encryption and framing included)")
+

@@ -1,0 +1,145 @@
+"""hostops' arrivals by stream: `wheels-receive` reads every wheel the controller sends on
+one exec channel, hashing each as it writes it, and renames into the wheel cache only the files
+whose sha256 is the one announced; `model-receive` does the same for a large model's files into
+the release being staged (whose tree hash stage-verify-model then checks). Shipped beside
+hostops.py (stdlib only, 3.9+).
+
+Its stdin: one JSON line (the arguments: root, files [{sha, size}, ...]), then each file's
+`size` bytes back to back, in that order. A file whose bytes hash otherwise is deleted and
+reported (`wheel-hash-mismatch`, as `wheels-verify` reports it); the stream is read on to the
+next frame, so the other files still land. A stream that ends early leaves no partial file:
+`missing-wheel` names what never arrived whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+
+from hostops_fs import (
+    HASH_RE,
+    RELEASE_RE,
+    OpError,
+    app_dir_arg,
+    checked_arg,
+    fsync_dir,
+    orch_path,
+    root_arg,
+)
+from hostops_releases import STAGING, releases_dir
+from hostops_stage import safe_relpath
+
+#: Wheels larger than this are refused before a byte is written (a wheel of cuDNN is ~700 MB).
+MAX_WHEEL_BYTES = 8 << 30
+MAX_FILES = 10000
+_CHUNK = 1 << 20
+
+
+def _files(args):
+    files = checked_arg(args, "files")
+    if not isinstance(files, list) or len(files) > MAX_FILES:
+        raise OpError("bad-args", f"files must be a list of at most {MAX_FILES} entries")
+    out = []
+    for entry in files:
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha"), str)
+                and HASH_RE.match(entry["sha"]) and isinstance(entry.get("size"), int)
+                and not isinstance(entry["size"], bool) and 0 <= entry["size"] <= MAX_WHEEL_BYTES):
+            raise OpError("bad-args", f"bad file entry {entry!r}: want {{sha, size}}")
+        out.append((entry["sha"], entry["size"]))
+    return out
+
+
+def _receive_one(stream, part, size):
+    """Copy exactly `size` bytes of the stream into `part`; their sha256, or None when the
+    stream ended first (the partial file is removed)."""
+    digest = hashlib.sha256()
+    left = size
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        while left:
+            chunk = stream.read(min(left, _CHUNK))
+            if not chunk:
+                break
+            digest.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    if left:
+        os.unlink(part)
+        return None
+    return digest.hexdigest()
+
+
+def op_wheels_receive(args, stream=None):
+    """See the module docstring. Returns verified (the shas now in the cache)."""
+    files = _files(args)
+    wheels = orch_path(root_arg(args), "wheels")
+    os.makedirs(wheels, exist_ok=True)
+    stream = sys.stdin.buffer if stream is None else stream
+    verified: list[str] = []
+    bad: list[dict[str, str]] = []
+    missing: list[str] = []
+    for sha, size in files:
+        final = os.path.join(wheels, sha + ".whl")
+        part = f"{final}.part-{os.getpid()}"
+        if missing:  # the stream already ended: nothing more will come
+            missing.append(sha)
+            continue
+        actual = _receive_one(stream, part, size)
+        if actual is None:
+            missing.append(sha)
+        elif actual == sha:
+            os.replace(part, final)
+            verified.append(sha)
+        else:
+            os.unlink(part)
+            bad.append({"expected": sha, "actual": actual})
+    fsync_dir(wheels)
+    if bad or missing:
+        what = [f"{b['expected']} arrived as {b['actual']}" for b in bad]
+        what += [f"{m} never arrived whole" for m in missing]
+        raise OpError("wheel-hash-mismatch" if bad else "missing-wheel",
+                      "wheel upload failed verification: " + "; ".join(what),
+                      verified=verified, bad=bad, missing=missing)
+    return {"verified": verified}
+
+
+def op_model_receive(args, stream=None):
+    """app, release_id, files [{path, size}] (relative to the release being staged), then their
+    bytes: what the model's SFTP puts did, on one channel. Each file lands under a temporary
+    name and is renamed whole; the model's hash is checked next by stage-verify-model, over
+    the whole tree, as after SFTP."""
+    app_dir, rid = app_dir_arg(args), checked_arg(args, "release_id", RELEASE_RE)
+    entries = checked_arg(args, "files")
+    if not isinstance(entries, list) or len(entries) > MAX_FILES:
+        raise OpError("bad-args", f"files must be a list of at most {MAX_FILES} entries")
+    files = []
+    for entry in entries:
+        if not (isinstance(entry, dict) and isinstance(entry.get("size"), int)
+                and not isinstance(entry["size"], bool) and entry["size"] >= 0):
+            raise OpError("bad-args", f"bad file entry {entry!r}: want {{path, size}}")
+        files.append((safe_relpath(entry.get("path"), "path"), entry["size"]))
+    staging = os.path.join(releases_dir(app_dir), rid) + STAGING
+    if not os.path.isdir(staging):
+        raise OpError("not-found", f"release {rid} is not being staged", release_id=rid)
+    stream = sys.stdin.buffer if stream is None else stream
+    written = 0
+    for rel, size in files:
+        target = os.path.join(staging, rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        part = f"{target}.part-{os.getpid()}"
+        if _receive_one(stream, part, size) is None:
+            raise OpError("missing-file", f"{rel} never arrived whole ({size} bytes announced)",
+                          path=rel)
+        os.replace(part, target)
+        written += size
+    return {"files": len(files), "bytes": written}
+
+
+OPS = {"wheels-receive": op_wheels_receive, "model-receive": op_model_receive}
+#: Ops whose stdin is their arguments' JSON line followed by data (hostops.py reads one line).
+STREAMING = frozenset(OPS)
