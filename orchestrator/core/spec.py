@@ -38,6 +38,7 @@ from orchestrator.core.hashing import hash_path
 from orchestrator.core.spec_gpu import GpuHealth
 from orchestrator.core.specfields import (
     _CC,
+    _MIG,
     _PYTHON,
     _SIGNATURE,
     _UNITS,
@@ -130,6 +131,9 @@ class GpuSection(_Strict):
     min_memory_gib: float | None = _f(None, 0, 4096, "Free memory each GPU must have, GiB.")
     min_compute_capability: Annotated[str, StringConstraints(pattern=_CC)] \
         | None = _d(None, 'Minimum compute capability, quoted: "7.0".')
+    mig_profile: Annotated[str, StringConstraints(pattern=_MIG)] | None = _d(
+        None, 'Place on MIG instances of this profile ("1g.10gb"), gpu.count of them, by MIG '
+              'UUID; unset: whole GPUs.')
     health: GpuHealth = GpuHealth()
 
 
