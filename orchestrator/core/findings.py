@@ -132,7 +132,9 @@ def diff_health(before: HostFacts, now: HostFacts, policy: GpuHealth,
         b = old.get(n.uuid)
         if b is None:
             continue
-        severe = FAILED if placed is None or n.uuid in placed else DEGRADED
+        # The release uses this GPU: whole, or one of its MIG devices (gpu.mig_profile).
+        mine = {n.uuid, *(m.uuid for m in b.health.mig_instances)}
+        severe = FAILED if placed is None or mine & set(placed) else DEGRADED
         out += [Finding("gpu", status, f"{label(n)}: {text}")
                 for status, text in _worse(before, b, now, n, policy, severe)]
         began = n.health.throttle_names(THERMAL_BITS | POWER_BITS)
