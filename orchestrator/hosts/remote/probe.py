@@ -22,7 +22,6 @@ import platform
 import re
 import shutil
 import site
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -252,7 +251,7 @@ def collect(deploy_root: str) -> dict[str, Any]:
         libraries = library_facts()
         return {
             "schema": SCHEMA,
-            "hostname": socket.gethostname(),
+            "hostname": os.uname().nodename,  # gethostname(), without importing socket
             "os": os_facts(),
             "python": {"version": platform.python_version(), "executable": sys.executable},
             "disk": disk_facts(deploy_root),
