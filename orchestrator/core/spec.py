@@ -38,7 +38,6 @@ from orchestrator.core.hashing import hash_path
 from orchestrator.core.spec_gpu import GpuHealth
 from orchestrator.core.specfields import (
     _CC,
-    _MIG,
     _PYTHON,
     _SIGNATURE,
     _UNITS,
@@ -47,6 +46,7 @@ from orchestrator.core.specfields import (
     PATTERN_HINTS,
     Command,
     Duration,
+    MigProfile,
     Name,
     RelPath,
     Sha256,
@@ -131,9 +131,7 @@ class GpuSection(_Strict):
     min_memory_gib: float | None = _f(None, 0, 4096, "Free memory each GPU must have, GiB.")
     min_compute_capability: Annotated[str, StringConstraints(pattern=_CC)] \
         | None = _d(None, 'Minimum compute capability, quoted: "7.0".')
-    mig_profile: Annotated[str, StringConstraints(pattern=_MIG)] | None = _d(
-        None, 'Place on MIG instances of this profile ("1g.10gb"), gpu.count of them, by MIG '
-              'UUID; unset: whole GPUs.')
+    mig_profile: MigProfile | None = _d(None, "gpu.count MIG instances of this profile, by UUID.")
     health: GpuHealth = GpuHealth()
 
 

@@ -50,6 +50,8 @@ PATTERN_HINTS = {
 }
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+#: gpu.mig_profile: a MIG profile name, "1g.10gb" (unset: whole GPUs are placed).
+MigProfile = Annotated[str, StringConstraints(pattern=_MIG)]
 RelPath = Annotated[str, StringConstraints(pattern=_RELPATH)]
 Sha256 = Annotated[str, StringConstraints(pattern=_SHA256)]
 Target = Annotated[str, StringConstraints(pattern=_TARGET), AfterValidator(target_value)]
