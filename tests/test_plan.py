@@ -22,13 +22,15 @@ CPU_LOCK = "tensorflow-cpu-2.21.lock"
 
 
 def write_spec(directory: Path, targets: list[str], *, lock: str = GPU_LOCK,
-               gpu_required: bool = True, python: str = "3.11", count: int = 1) -> Path:
+               gpu_required: bool = True, python: str = "3.11", count: int = 1,
+               mig_profile: str | None = None) -> Path:
     """A spec that validates: a small model file with its sha256, a golden file, a real lock."""
     directory.mkdir(parents=True, exist_ok=True)
     model = directory / "model.joblib"
     model.write_bytes(b"not really a model: plan never loads it\n")
     (directory / "golden.npz").write_bytes(b"golden placeholder\n")
     shutil.copy(LOCKS / lock, directory / "requirements.lock")
+    mig = f"\n  mig_profile: {mig_profile!r}" if mig_profile else ""
     spec = directory / "spec.yaml"
     spec.write_text(f"""\
 apiVersion: orchestrator/v1
@@ -43,7 +45,7 @@ environment:
   requirements: requirements.lock
 gpu:
   required: {str(gpu_required).lower()}
-  count: {count}
+  count: {count}{mig}
   min_memory_gib: 8
   min_compute_capability: "7.0"
 targets: [{", ".join(targets)}]
@@ -189,7 +191,8 @@ HEALTH = [
                                                 "(ecc_volatile_uncorrected"),
     ("row-remap-pending", "gpu-health", "fail", "a row remap is pending (remap_pending"),
     ("xid-79", "gpu-health", "fail", "Xid 79 0 min ago (kernel log: NVRM: Xid (PCI:0000:3b:00)"),
-    ("mig", "gpu-health", "fail", "MIG mode is enabled (2 MIG device(s))"),
+    ("mig", "gpu-health", "fail", "MIG mode is enabled (4 MIG device(s): 3g.40gb, 2g.20gb, "
+                                  "1g.10gb x2)"),
     ("busy", "gpu-conditions", "warn", "2 process(es) already use it: pid 31337 (60.0 GiB)"),
     ("thermal-throttle", "gpu-conditions", "warn", "(throttle_reasons 0x60, 91 C (slowdown at "
                                                    "87 C))"),
@@ -237,3 +240,25 @@ def test_plan_places_two_healthy_gpus_of_eight_and_refuses_two_on_one(
     assert code == 3
     assert f"2 GPU(s) needed (gpu.count), 1 healthy with enough free memory: GPU 0 ({uuids[0]})" \
         in out
+
+
+def test_plan_places_a_mig_instance_of_the_profile_or_names_the_profiles_there_are(
+    testbed: Testbed, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    tb_host = testbed.hosts_with("h100")[0]
+    with testbed.profile(tb_host.name, "mig"):
+        code, out = plan(testbed, write_spec(tmp_path / "a", [tb_host.name],
+                                             mig_profile="1g.10gb"), capsys, "--json")
+        missing, text = plan(testbed, write_spec(tmp_path / "b", [tb_host.name],
+                                                 mig_profile="1g.20gb"), capsys)
+    mig = gpu_profiles.mig_uuid(tb_host.name, 0, 2, "1g.10gb")
+    assert code == 0, out
+    result = json.loads(out)["hosts"][0]
+    health = next(c for c in result["checks"] if c["name"] == "gpu-health")
+    assert health["status"] == "pass" and health["message"].startswith(
+        f"1 of 1 MIG instance(s) of profile 1g.10gb (gpu.count, gpu.mig_profile) placed: {mig}")
+    assert any(s.startswith("verify:") and f"CUDA_VISIBLE_DEVICES={mig}" in s
+               for s in result["steps"])
+    assert missing == 3
+    assert ("host has 0 (GPU 0: 3g.40gb, 2g.20gb, 1g.10gb x2); create them with nvidia-smi mig "
+            "-cgi 1g.20gb -C, or change gpu.mig_profile") in " ".join(text.split())

@@ -1,8 +1,12 @@
 """Probing all 8 hosts of a fresh testbed at once: total wall time (target under 3 s) and
-per-host connect and probe times; a cold round (tools uploaded) then a warm one (tools there)."""
+per-host connect and probe times; a cold round (tools uploaded) then a warm one (tools there);
+then where one probe's time goes: each section of the shipped probe.py timed on its own, on the
+8-GPU host, over SSH (so with that host's environment)."""
 
 from __future__ import annotations
 
+import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -11,6 +15,7 @@ from orchestrator.core.facts import HostFacts
 from orchestrator.core.inventory import Host, load_inventory
 from orchestrator.hosts.pool import Pool, map_hosts
 from orchestrator.hosts.probe import probe_host
+from orchestrator.hosts.shipping import ensure_tools
 from orchestrator.hosts.ssh import SshOptions
 from orchestrator.testbed import Testbed
 
@@ -46,6 +51,41 @@ def _round(label: str, options: SshOptions, hosts: list[Host]) -> float:
     return total
 
 
+# Times each section of probe.py in a fresh interpreter on the host, one after the other (the
+# probe itself runs "xid" and "engines" beside "nvml" and "libraries"). argv: tools dir, root.
+_SECTIONS = """
+import json, sys, time
+started = time.perf_counter()
+sys.path.insert(0, sys.argv[1])
+import probe, probe_engine, probe_gpu
+out = {"interpreter+imports": time.perf_counter() - started}
+root = sys.argv[2]
+for name, call in (("nvml", probe.nvml_facts), ("libraries", probe.library_facts),
+                   ("xid", lambda: probe_gpu.xid_facts(probe.XID_WINDOW_S)),
+                   ("engines", probe_engine.engines),
+                   ("os+disk+releases", lambda: (probe.os_facts(), probe.disk_facts(root),
+                                                 probe.release_facts(root)))):
+    began = time.perf_counter()
+    call()
+    out[name] = time.perf_counter() - began
+print(json.dumps(out))
+"""
+
+
+def _sections(options: SshOptions, host: Host, runs: int = 3) -> None:
+    """The median of `runs` per section, in ms; the interpreter's start is measured from inside
+    it (its own start-up before the first line is not included)."""
+    with Pool(options, max_connections=1) as pool, pool.session(host) as transport:
+        tools = ensure_tools(transport, host.deploy_root)
+        samples = [json.loads(transport.run(["python3", "-E", "-c", _SECTIONS, tools.root,
+                                             host.deploy_root], timeout=60).stdout)
+                   for _ in range(runs)]
+    print(f"where one probe's time goes ({host.name}, median of {runs}, sections one after "
+          "the other):")
+    print("  " + "  ".join(f"{name} {statistics.median(s[name] for s in samples) * 1000:.0f} ms"
+                           for name in samples[0]))
+
+
 def run() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-probe-") as tmp:
         started = time.monotonic()
@@ -57,5 +97,6 @@ def run() -> None:
             hosts = list(inventory.hosts.values())
             _round("cold (tools uploaded)", options, hosts)
             _round("warm (tools already there)", options, hosts)
+            _sections(options, inventory.hosts["tb-07"])  # multi-gpu: 8 GPUs' health
         finally:
             Testbed.down(Path(tmp))

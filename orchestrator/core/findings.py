@@ -132,7 +132,9 @@ def diff_health(before: HostFacts, now: HostFacts, policy: GpuHealth,
         b = old.get(n.uuid)
         if b is None:
             continue
-        severe = FAILED if placed is None or n.uuid in placed else DEGRADED
+        # The release uses this GPU: whole, or one of its MIG devices (gpu.mig_profile).
+        mine = {n.uuid, *(m.uuid for m in b.health.mig_instances)}
+        severe = FAILED if placed is None or mine & set(placed) else DEGRADED
         out += [Finding("gpu", status, f"{label(n)}: {text}")
                 for status, text in _worse(before, b, now, n, policy, severe)]
         began = n.health.throttle_names(THERMAL_BITS | POWER_BITS)
@@ -189,6 +191,15 @@ def _diff_gpus(before: HostFacts, now: HostFacts,
     for uuid, n in new.items():
         if uuid not in old:
             out.append(Finding("facts", HEALTHY, f"new GPU {n.index} {n.name} ({uuid})"))
+    # A MIG device the release was placed on (gpu.mig_profile) and destroyed or re-created
+    # since (a new MIG UUID): the service's CUDA_VISIBLE_DEVICES names nothing.
+    migs = {m.uuid for g in now.gpus for m in g.health.mig_instances}
+    was = {m.uuid: (g, m) for g in before.gpus for m in g.health.mig_instances}
+    for uuid in placed or ():
+        if uuid in was and uuid not in migs:
+            g, m = was[uuid]
+            out.append(Finding("facts", FAILED, f"MIG device {uuid} ({m.profile}) of GPU "
+                               f"{g.index} ({g.uuid}) is gone"))
     return out
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from orchestrator.core import gpuhealth
 from orchestrator.core.compat import RequiredLibrary, TfBuild, cc_tuple, parse_version
 from orchestrator.core.facts import Gpu, HostFacts
+from orchestrator.core.gpufacts import MigInstance
 from orchestrator.core.verdict import RANK as _RANK
 from orchestrator.core.verdict import Check, Context, CudaNeed, Status
 from orchestrator.core.verdict import gib as _gib
@@ -108,8 +109,33 @@ def _gpu_count(ctx: Context) -> Check:
     if unknown is not None:
         return Check("gpu-count", Status.FAIL, unknown)
     have, want = len(ctx.facts.gpus), ctx.req.gpu_count
+    profile = ctx.req.mig_profile
+    if profile is not None:
+        return _mig_count(ctx, profile)
     status = Status.PASS if have >= want else Status.FAIL
     return Check("gpu-count", status, f"spec asks for {want} GPU(s) (gpu.count); host has {have}")
+
+
+def _mig_count(ctx: Context, profile: str) -> Check:
+    """gpu.count MIG instances of gpu.mig_profile, whatever their health (gpu-health judges
+    that); each GPU's partition named, so an operator sees what to create."""
+    want = ctx.req.gpu_count
+    have = len(_mig_instances(ctx.facts, profile))
+    layout = "; ".join(f"GPU {g.index}: " + (gpuhealth.profiles_of(g) if g.health.mig_mode
+                                             else "not in MIG mode") for g in ctx.facts.gpus)
+    text = (f"spec asks for {want} MIG instance(s) of profile {profile} (gpu.count, "
+            f"gpu.mig_profile); host has {have} ({layout})")
+    if have < want:
+        return Check("gpu-count", Status.FAIL, text + "; create them with nvidia-smi mig -cgi "
+                     f"{profile} -C, or change gpu.mig_profile")
+    if want > 1:  # NVIDIA's MIG user guide, "CUDA device enumeration"
+        return Check("gpu-count", Status.WARN, text + "; a CUDA process enumerates only one "
+                     "MIG device: the model's process uses the first of them")
+    return Check("gpu-count", Status.PASS, text)
+
+
+def _mig_instances(facts: HostFacts, profile: str) -> list[MigInstance]:
+    return [m for g in facts.gpus for m in g.health.mig_instances if m.profile == profile]
 
 
 def _gpu_memory(ctx: Context) -> Check:
@@ -118,6 +144,14 @@ def _gpu_memory(ctx: Context) -> Check:
         return Check("gpu-memory", Status.FAIL, unknown)
     want = ctx.req.min_memory_gib
     gpus = ctx.facts.gpus
+    if ctx.req.mig_profile is not None:
+        migs = _mig_instances(ctx.facts, ctx.req.mig_profile)
+        fits = [m for m in migs if m.memory_free_bytes >= want * GiB]
+        detail = "; ".join(f"MIG {m.uuid} ({m.profile}): {_gib(m.memory_free_bytes)} free of "
+                           f"{_gib(m.memory_total_bytes)}" for m in migs) or "no MIG instance"
+        status = Status.PASS if len(fits) >= ctx.req.gpu_count else Status.FAIL
+        return Check("gpu-memory", status, f"{len(fits)} MIG instance(s) with >= {want:g} GiB "
+                     f"free (gpu.min_memory_gib), {ctx.req.gpu_count} needed: {detail}")
     enough = [g for g in gpus if g.memory_free_bytes >= want * GiB]
     detail = "; ".join(f"GPU {g.index}: {_gib(g.memory_free_bytes)} free of "
                        f"{_gib(g.memory_total_bytes)}" for g in gpus)
@@ -134,8 +168,10 @@ def _gpu_health(ctx: Context) -> Check:
     if unknown is not None:
         return Check("gpu-health", Status.FAIL, unknown)
     req = ctx.req
-    placed = gpuhealth.place(ctx.facts, req.gpu_count, req.min_memory_gib, req.health)
-    sick = [g for g, _ in placed.passed_over if gpuhealth.sick(ctx.facts, g, req.health)]
+    placed = gpuhealth.place(ctx.facts, req.gpu_count, req.min_memory_gib, req.health,
+                             req.mig_profile)
+    sick = [g for g, _ in placed.passed_over
+            if gpuhealth.sick(ctx.facts, g, req.health, req.mig_profile)]
     status = Status.FAIL if not placed.ok else Status.WARN if sick else Status.PASS
     xid = ctx.facts.xid
     note = "" if not xid.reported or xid.source else f" (Xid events unknown: {xid.error})"

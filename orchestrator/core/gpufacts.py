@@ -10,6 +10,9 @@ driver, or the NVML call failed, then `errors[field]` names the NVML error):
      "remap_failure": bool, "throttle_reasons": int (nvmlClocksEventReasons bits),
      "temperature_c": int, "slowdown_temp_c": int, "power_mw": int, "power_limit_mw": int,
      "persistence": bool, "mig_mode": bool, "mig_devices": int,
+     "mig_instances": [{"uuid": "MIG-...", "profile": "1g.10gb", "memory_total_bytes": int,
+                        "memory_free_bytes": int, "gi": int | null, "ci": int | null}]
+         (in MIG mode: the MIG devices CUDA can be given, at most 64),
      "processes": [{"pid": int, "used_memory_bytes": int | null}] (at most 16), "process_count",
      "pcie_gen", "pcie_max_gen", "pcie_width", "pcie_max_width": int, "pci_bus_id": str,
      "errors": {field: "NVMLError_..."}}
@@ -21,6 +24,7 @@ Older probes sent neither: every field is then None ("not reported"), never a fa
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -44,6 +48,22 @@ POWER_BITS = 0x4 | 0x8 | 0x80
 class Process:
     pid: int
     used_memory_bytes: int | None
+
+
+#: A MIG profile name as NVML's MIG device name ends: "1g.10gb", "1c.2g.20gb", "1g.10gb+me".
+MIG_PROFILE = re.compile(r"^(\d{1,2}c\.)?\d{1,2}g\.\d{1,4}gb(\+[a-z]{1,8})?$")
+
+
+@dataclass(frozen=True)
+class MigInstance:
+    """One MIG device of a GPU in MIG mode: what CUDA_VISIBLE_DEVICES names (by its MIG UUID)."""
+
+    uuid: str
+    profile: str | None  # None: NVML's name did not say (then no gpu.mig_profile matches it)
+    memory_total_bytes: int
+    memory_free_bytes: int
+    gi: int | None = None  # GPU instance id
+    ci: int | None = None  # compute instance id
 
 
 @dataclass(frozen=True)
@@ -75,6 +95,7 @@ class GpuHealth:
     pcie_max_width: int | None = None
     pci_bus_id: str | None = None
     processes: tuple[Process, ...] = ()
+    mig_instances: tuple[MigInstance, ...] = ()
     errors: dict[str, str] = field(default_factory=dict, hash=False)
 
     @property
@@ -119,6 +140,8 @@ def parse_health(data: object) -> GpuHealth:
         raw = obj.get(f.name)
         if f.name == "processes":
             values[f.name] = tuple(_process(p) for p in _list(raw or [], "processes"))
+        elif f.name == "mig_instances":
+            values[f.name] = tuple(_mig(m) for m in _list(raw or [], "mig_instances"))
         elif f.name == "errors":
             errors = _dict(raw or {}, "errors")
             if len(errors) > MAX_LIST:
@@ -169,6 +192,20 @@ def _process(data: object) -> Process:
     used = obj.get("used_memory_bytes")
     return Process(_int(obj.get("pid"), "process.pid", 0, 1 << 32),
                    None if used is None else _int(used, "process.used_memory_bytes", 0, MAX_COUNT))
+
+
+def _mig(data: object) -> MigInstance:
+    obj = _dict(data, "mig instance")
+    profile = obj.get("profile")
+    if profile is not None and not MIG_PROFILE.match(_text(profile, "mig.profile")):
+        raise ValueError(f"mig.profile is not a MIG profile name: {profile!r:.40}")
+    ids = {k: None if obj.get(k) is None else _int(obj.get(k), f"mig.{k}", 0, 1 << 16)
+           for k in ("gi", "ci")}
+    return MigInstance(uuid=_text(obj.get("uuid"), "mig.uuid"), profile=profile,
+                       memory_total_bytes=_int(obj.get("memory_total_bytes"),
+                                               "mig.memory_total_bytes", 0, MAX_COUNT),
+                       memory_free_bytes=_int(obj.get("memory_free_bytes"),
+                                              "mig.memory_free_bytes", 0, MAX_COUNT), **ids)
 
 
 def _dict(value: object, what: str) -> dict[str, Any]:

@@ -81,6 +81,7 @@ def requirements_from_spec(spec: Spec) -> Requirements:
         min_cc=None if min_cc is None else str(min_cc),
         # A duck-typed spec without the section gets the safe defaults.
         health=getattr(gpu, "health", None) or GpuHealth(),
+        mig_profile=getattr(gpu, "mig_profile", None),
     )
 
 

@@ -47,6 +47,7 @@ from orchestrator.core.specfields import (
     PATTERN_HINTS,
     Command,
     Duration,
+    MigProfile,
     Name,
     RelPath,
     Sha256,
@@ -159,6 +160,7 @@ class GpuSection(_Strict):
     min_memory_gib: float | None = _f(None, 0, 4096, "Free memory each GPU must have, GiB.")
     min_compute_capability: Annotated[str, StringConstraints(pattern=_CC)] \
         | None = _d(None, 'Minimum compute capability, quoted: "7.0".')
+    mig_profile: MigProfile | None = _d(None, "gpu.count MIG instances of this profile, by UUID.")
     health: GpuHealth = GpuHealth()
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from orchestrator.core.gpufacts import MIG_PROFILE
 from orchestrator.core.inventory import NAME_PATTERN
 from orchestrator.core.inventory import PATTERN_HINTS as INVENTORY_HINTS
 from orchestrator.core.selectors import target_value
@@ -28,6 +29,7 @@ _SIGNATURE = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 #: A public method of the unpickled object, or `__call__` for a model that is a callable.
 METHOD_PATTERN = r"^(__call__|[a-z][a-z0-9_]{0,63})$"
 _URL = r"^https?://[^\s\x00-\x1f]{1,2000}$"
+_MIG = MIG_PROFILE.pattern  # the one pattern the probe's MIG facts are parsed with too
 
 # What each pattern means, in the words error messages use.
 PATTERN_HINTS = {
@@ -43,9 +45,13 @@ PATTERN_HINTS = {
     _CC: 'a compute capability major.minor such as "7.0"',
     _SIGNATURE: "an identifier (letters, digits, _)",
     _URL: "an http:// or https:// URL",
+    _MIG: 'a MIG profile name as nvidia-smi lists it, quoted: "1g.10gb", "3g.40gb", '
+          '"1c.2g.20gb"',
 }
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+#: gpu.mig_profile: a MIG profile name, "1g.10gb" (unset: whole GPUs are placed).
+MigProfile = Annotated[str, StringConstraints(pattern=_MIG)]
 RelPath = Annotated[str, StringConstraints(pattern=_RELPATH)]
 Sha256 = Annotated[str, StringConstraints(pattern=_SHA256)]
 Target = Annotated[str, StringConstraints(pattern=_TARGET), AfterValidator(target_value)]

@@ -67,6 +67,7 @@ class Requirements:
     min_memory_gib: float = 0.0
     min_cc: str | None = None  # "7.0"
     health: GpuHealth = field(default_factory=GpuHealth)  # gpu.health
+    mig_profile: str | None = None  # gpu.mig_profile: place on MIG instances of this profile
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,15 @@
  *              NVML answers Not Supported, as real A100/H100 do), "remap_{correctable,
  *              uncorrectable,pending,failure}" (Ampere on; Not Supported before),
  *              "throttle_reasons" (nvmlClocksEventReasons bits), "temperature", "slowdown_temp",
- *              "power_mw", "power_limit_mw", "persistence", "mig_mode", "mig_devices",
+ *              "power_mw", "power_limit_mw", "persistence", "mig_mode",
  *              "pcie_gen", "pcie_max_gen", "pcie_width", "pcie_max_width", "pci_bus" (default
  *              0x3b + index),
- *              "processes": [{"pid": 4242, "used_memory": bytes}] (at most 8)}]}
+ *              "processes": [{"pid": 4242, "used_memory": bytes}] (at most 8),
+ *              "mig_instances": [{"uuid": "MIG-...", "profile": "1g.10gb", "memory_total": bytes,
+ *                                 "memory_used": bytes, "gi": 1, "ci": 0}] (MIG devices, at
+ *              most 7 a GPU; with "mig_mode": 1 they answer nvmlDeviceGetMigDeviceHandleByIndex
+ *              and nvmlDeviceGetHandleByUUID, their name is "<GPU name> MIG <profile>" as
+ *              NVIDIA's driver names them, and name, UUID and memory queries work on them)}]}
  *
  * $FAKE_NVML_PROFILE unset: nvmlInit returns 9 (no driver configured). Unreadable or malformed
  * profile: nvmlInit returns 999 (Unknown Error). At most 16 GPUs.
@@ -55,7 +60,7 @@ enum {
     H_RETIRED_SBE, H_RETIRED_DBE, H_RETIRED_PENDING,
     H_REMAP_CORR, H_REMAP_UNCORR, H_REMAP_PENDING, H_REMAP_FAILURE,
     H_THROTTLE, H_TEMPERATURE, H_SLOWDOWN_TEMP, H_POWER_MW, H_POWER_LIMIT_MW, H_PERSISTENCE,
-    H_MIG_MODE, H_MIG_DEVICES, H_PCIE_GEN, H_PCIE_MAX_GEN, H_PCIE_WIDTH, H_PCIE_MAX_WIDTH,
+    H_MIG_MODE, H_PCIE_GEN, H_PCIE_MAX_GEN, H_PCIE_WIDTH, H_PCIE_MAX_WIDTH,
     H_PCI_BUS, H_COUNT
 };
 static const struct { const char *key; long long fallback; } HEALTH[H_COUNT] = {
@@ -65,7 +70,7 @@ static const struct { const char *key; long long fallback; } HEALTH[H_COUNT] = {
     {"remap_correctable", 0}, {"remap_uncorrectable", 0}, {"remap_pending", 0},
     {"remap_failure", 0},
     {"throttle_reasons", 0}, {"temperature", 34}, {"slowdown_temp", 90}, {"power_mw", 61000},
-    {"power_limit_mw", 350000}, {"persistence", 1}, {"mig_mode", 0}, {"mig_devices", 0},
+    {"power_limit_mw", 350000}, {"persistence", 1}, {"mig_mode", 0},
     {"pcie_gen", 4}, {"pcie_max_gen", 4}, {"pcie_width", 16}, {"pcie_max_width", 16},
     {"pci_bus", -1},
 };
@@ -73,9 +78,16 @@ static const struct { const char *key; long long fallback; } HEALTH[H_COUNT] = {
 #define MAX_PROCESSES 8
 typedef struct { long long pid; unsigned long long used_memory; } fake_process;
 
+#define MAX_MIG_PER_GPU 7
+#define MAX_MIGS (MAX_GPUS * MAX_MIG_PER_GPU)
+
 typedef struct fake_gpu {
-    char name[96];
+    char name[128];
     char uuid[96];
+    char mig_profile[32];          /* a MIG device: its profile; "" for a GPU */
+    int parent;                    /* a MIG device: its GPU's index; -1 for a GPU */
+    long long gi, ci;              /* a MIG device: GPU and compute instance ids */
+    unsigned int mig_first, mig_count;  /* a GPU: its MIG devices in profile.migs */
     unsigned long long memory_total, memory_used, memory_reserved;
     long long cc_major, cc_minor, architecture;
     long long health[H_COUNT];
@@ -98,9 +110,12 @@ typedef struct profile {
     long long cuda_driver_version;
     unsigned int gpu_count;
     fake_gpu gpus[MAX_GPUS];
+    unsigned int mig_total;
+    fake_gpu migs[MAX_MIGS];
 } profile;
 
 static profile P;
+static profile *parsing; /* the profile being read: MIG devices are appended to its migs */
 static int refcount;
 
 /* ---- a small JSON reader: just enough for the schema above, skips everything else ---- */
@@ -230,6 +245,31 @@ static int process_element(reader *r, void *ctx, const char *key) {
     return read_container(r, '{', '}', process_member, p);
 }
 
+static int mig_member(reader *r, void *ctx, const char *key) {
+    fake_gpu *m = ctx;
+    if (!strcmp(key, "uuid")) return read_string(r, m->uuid, sizeof m->uuid);
+    if (!strcmp(key, "profile")) return read_string(r, m->mig_profile, sizeof m->mig_profile);
+    if (!strcmp(key, "memory_total")) return read_uint64(r, &m->memory_total);
+    if (!strcmp(key, "memory_used")) return read_uint64(r, &m->memory_used);
+    if (!strcmp(key, "gi")) return read_int(r, &m->gi);
+    if (!strcmp(key, "ci")) return read_int(r, &m->ci);
+    return skip_value(r, 4);
+}
+
+static int mig_element(reader *r, void *ctx, const char *key) {
+    fake_gpu *g = ctx;
+    (void)key;
+    if (g->mig_count >= MAX_MIG_PER_GPU || parsing->mig_total >= MAX_MIGS) return r->ok = 0;
+    if (g->mig_count == 0) g->mig_first = parsing->mig_total;
+    /* A GPU's MIG devices must be contiguous in migs: one list per GPU, read in one go. */
+    if (g->mig_first + g->mig_count != parsing->mig_total) return r->ok = 0;
+    fake_gpu *m = &parsing->migs[parsing->mig_total++];
+    memset(m, 0, sizeof *m);
+    m->parent = (int)(g - parsing->gpus);
+    g->mig_count++;
+    return read_container(r, '{', '}', mig_member, m);
+}
+
 static int gpu_member(reader *r, void *ctx, const char *key) {
     fake_gpu *g = ctx;
     if (!strcmp(key, "name")) return read_string(r, g->name, sizeof g->name);
@@ -241,6 +281,7 @@ static int gpu_member(reader *r, void *ctx, const char *key) {
     if (!strcmp(key, "cc_minor")) return read_int(r, &g->cc_minor);
     if (!strcmp(key, "architecture")) return read_int(r, &g->architecture);
     if (!strcmp(key, "processes")) return read_container(r, '[', ']', process_element, g);
+    if (!strcmp(key, "mig_instances")) return read_container(r, '[', ']', mig_element, g);
     for (int i = 0; i < H_COUNT; i++)
         if (!strcmp(key, HEALTH[i].key)) return read_int(r, &g->health[i]);
     return skip_value(r, 2);
@@ -252,6 +293,7 @@ static int gpu_element(reader *r, void *ctx, const char *key) {
     if (p->gpu_count >= MAX_GPUS) return r->ok = 0;
     fake_gpu *g = &p->gpus[p->gpu_count++];
     memset(g, 0, sizeof *g);
+    g->parent = -1;
     g->architecture = 0xffffffffLL; /* NVML_DEVICE_ARCH_UNKNOWN */
     for (int i = 0; i < H_COUNT; i++) g->health[i] = HEALTH[i].fallback;
     if (g->health[H_PCI_BUS] < 0) g->health[H_PCI_BUS] = 0x3b + (long long)(p->gpu_count - 1);
@@ -285,14 +327,25 @@ static nvmlReturn_t load_profile(void) {
     if (!path || !*path) return NVML_ERROR_DRIVER_NOT_LOADED;
     char *text = slurp(path);
     if (!text) return NVML_ERROR_UNKNOWN;
-    profile fresh;
+    static profile fresh; /* static: with its MIG devices it is too big for a thread's stack */
     memset(&fresh, 0, sizeof fresh);
+    parsing = &fresh;
     reader r = {text, 1};
     int ok = read_container(&r, '{', '}', profile_member, &fresh) && r.ok;
     ws(&r);
     ok = ok && *r.s == '\0';
     free(text);
     if (!ok) return NVML_ERROR_UNKNOWN;
+    /* A MIG device is its GPU's architecture, named as the driver names it. */
+    for (unsigned int i = 0; i < fresh.mig_total; i++) {
+        fake_gpu *m = &fresh.migs[i];
+        const fake_gpu *g = &fresh.gpus[m->parent];
+        snprintf(m->name, sizeof m->name, "%s MIG %s", g->name, m->mig_profile);
+        m->cc_major = g->cc_major;
+        m->cc_minor = g->cc_minor;
+        m->architecture = g->architecture;
+        for (int h = 0; h < H_COUNT; h++) m->health[h] = g->health[h];
+    }
     P = fresh;
     return (nvmlReturn_t)P.init_error;
 }
@@ -393,18 +446,29 @@ API nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *devic
     for (unsigned int i = 0; i < P.gpu_count; i++) {
         if (!strcmp(P.gpus[i].uuid, uuid)) { *device = &P.gpus[i]; return NVML_SUCCESS; }
     }
+    for (unsigned int i = 0; i < P.mig_total; i++) {  /* a MIG device, in MIG mode only */
+        const fake_gpu *m = &P.migs[i];
+        if (P.gpus[m->parent].health[H_MIG_MODE] && !strcmp(m->uuid, uuid)) {
+            *device = &P.migs[i];
+            return NVML_SUCCESS;
+        }
+    }
     return NVML_ERROR_NOT_FOUND;
 }
 
-/* A handle is valid only if it points at one of this profile's GPUs. */
+static int is_mig(nvmlDevice_t d) { return d >= &P.migs[0] && d < &P.migs[P.mig_total]; }
+
+/* A handle is valid only if it points at one of this profile's GPUs or MIG devices. */
 static nvmlReturn_t check(nvmlDevice_t d, const void *out) {
     if (refcount == 0) return NVML_ERROR_UNINITIALIZED;
-    if (!out || d < &P.gpus[0] || d >= &P.gpus[P.gpu_count]) return NVML_ERROR_INVALID_ARGUMENT;
+    if (!out || ((d < &P.gpus[0] || d >= &P.gpus[P.gpu_count]) && !is_mig(d)))
+        return NVML_ERROR_INVALID_ARGUMENT;
     return NVML_SUCCESS;
 }
 
 API nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t d, unsigned int *index) {
     nvmlReturn_t rc = check(d, index);
+    if (rc == NVML_SUCCESS && is_mig(d)) return NVML_ERROR_NOT_SUPPORTED;
     if (rc == NVML_SUCCESS) *index = (unsigned int)(d - &P.gpus[0]);
     return rc;
 }
@@ -507,7 +571,7 @@ API nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t d, unsigned int *current, uns
     nvmlReturn_t rc = check(d, current);
     if (rc || !pending) return rc ? rc : NVML_ERROR_INVALID_ARGUMENT;
     /* MIG exists from Ampere (compute capability 8.0) on; older GPUs answer Not Supported. */
-    if (d->cc_major < 8) return NVML_ERROR_NOT_SUPPORTED;
+    if (d->cc_major < 8 || is_mig(d)) return NVML_ERROR_NOT_SUPPORTED;
     *current = *pending = (unsigned int)d->health[H_MIG_MODE];
     return NVML_SUCCESS;
 }
@@ -666,14 +730,42 @@ API nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t d, unsigned int *co
     return NVML_SUCCESS;
 }
 
-/* MIG devices exist only as a count here: a found slot hands back its parent's handle, which is
- * all the probe needs to count them. */
+/* The GPU's MIG devices, by slot; an empty slot is Not Found, as on a real GPU. */
 API nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t d, unsigned int index,
                                                      nvmlDevice_t *mig) {
     nvmlReturn_t rc = check(d, mig);
     if (rc) return rc;
-    if (d->cc_major < 8 || !d->health[H_MIG_MODE]) return NVML_ERROR_NOT_SUPPORTED;
-    if (index >= (unsigned int)d->health[H_MIG_DEVICES]) return NVML_ERROR_NOT_FOUND;
-    *mig = d;
+    if (d->cc_major < 8 || is_mig(d) || !d->health[H_MIG_MODE]) return NVML_ERROR_NOT_SUPPORTED;
+    if (index >= d->mig_count) return NVML_ERROR_NOT_FOUND;
+    *mig = &P.migs[d->mig_first + index];
     return NVML_SUCCESS;
+}
+
+API nvmlReturn_t nvmlDeviceIsMigDeviceHandle(nvmlDevice_t d, unsigned int *mig) {
+    nvmlReturn_t rc = check(d, mig);
+    if (rc == NVML_SUCCESS) *mig = (unsigned int)is_mig(d);
+    return rc;
+}
+
+API nvmlReturn_t nvmlDeviceGetDeviceHandleFromMigDeviceHandle(nvmlDevice_t d, nvmlDevice_t *gpu) {
+    nvmlReturn_t rc = check(d, gpu);
+    if (rc) return rc;
+    if (!is_mig(d)) return NVML_ERROR_INVALID_ARGUMENT;
+    *gpu = &P.gpus[d->parent];
+    return NVML_SUCCESS;
+}
+
+/* which: 0 the GPU instance id, 1 the compute instance id (read only once d is checked). */
+static nvmlReturn_t instance_id(nvmlDevice_t d, unsigned int *id, int which) {
+    nvmlReturn_t rc = check(d, id);
+    if (rc) return rc;
+    if (!is_mig(d)) return NVML_ERROR_NOT_SUPPORTED;
+    *id = (unsigned int)(which ? d->ci : d->gi);
+    return NVML_SUCCESS;
+}
+API nvmlReturn_t nvmlDeviceGetGpuInstanceId(nvmlDevice_t d, unsigned int *id) {
+    return instance_id(d, id, 0);
+}
+API nvmlReturn_t nvmlDeviceGetComputeInstanceId(nvmlDevice_t d, unsigned int *id) {
+    return instance_id(d, id, 1);
 }

@@ -18,10 +18,12 @@ which the fake `libnvidia-ml.so.1` reads at every `nvmlInit` (schema in `fake_nv
      "kernel_log": ["NVRM: Xid (PCI:0000:3b:00): 79, ..."]}   optional, see `kernel_log`
 
 Each GPU may also carry health values (ECC counts, retired pages, remapped rows, throttle reasons,
-temperature, power, persistence, MIG, PCIe link, processes), all defaulting to a healthy GPU; the
-keys are listed in `fake_nvml.c`. The health profiles: `ecc-uncorrectable`, `row-remap-pending`,
-`xid-79`, `thermal-throttle`, `mig`, `busy` (foreign processes hold the memory) and `multi-gpu`
-(8 GPUs, 2 of them sick).
+temperature, power, persistence, MIG mode and MIG instances by profile, PCIe link, processes), all
+defaulting to a healthy GPU; the keys are listed in `fake_nvml.c`. A MIG instance gets a stable
+`MIG-...` UUID per host here, like a GPU. The health profiles: `ecc-uncorrectable`,
+`row-remap-pending`, `xid-79`, `thermal-throttle`, `mig` (an A100 in MIG mode, 4 MIG devices
+of 3 profiles), `busy` (foreign processes hold the memory) and `multi-gpu` (8 GPUs, 2 of them
+sick).
 
 `libraries` are fake CUDA runtime / cuDNN shared objects put in the host's lib dir with the version
 compiled in (`fake_cuda.c`), so a probe reads them through ctypes as on a real host.
@@ -94,7 +96,17 @@ def render(name: str, host: str) -> dict[str, Any]:
     data = {"profile": name, "host": host, **data}
     for index, gpu in enumerate(data["gpus"]):
         gpu["uuid"] = gpu_uuid(host, index, gpu["name"])
+        for slot, mig in enumerate(gpu.get("mig_instances", [])):
+            mig["uuid"] = mig_uuid(host, index, slot, str(mig["profile"]))
     return data
+
+
+def mig_uuid(host: str, index: int, slot: int, profile: str) -> str:
+    """A MIG device's UUID ("MIG-<uuid>", as drivers from R470 on name them): stable per
+    (host, GPU slot, MIG slot, profile); re-creating the instance with another profile changes
+    it, as destroying and creating one does on a real GPU."""
+    digest = hashlib.sha256(f"{host}\0{index}\0mig\0{slot}\0{profile}".encode()).digest()
+    return f"MIG-{uuid.UUID(bytes=digest[:16])}"
 
 
 def libraries(profile: dict[str, Any]) -> list[FakeLibrary]:

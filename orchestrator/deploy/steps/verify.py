@@ -65,7 +65,7 @@ def describe(spec: Spec, facts: HostFacts, target: Target) -> str:
         words += f" ({given})" if given else ""
     if spec.gpu.required:
         placed = gpuhealth.place(facts, spec.gpu.count, spec.gpu.min_memory_gib or 0.0,
-                                 spec.gpu.health)
+                                 spec.gpu.health, spec.gpu.mig_profile)
         words += "; the model must run on the GPU"
         if placed.ok:
             words += f", with CUDA_VISIBLE_DEVICES={placed.visible_devices}"
@@ -73,13 +73,14 @@ def describe(spec: Spec, facts: HostFacts, target: Target) -> str:
 
 
 def place(spec: Spec, facts: HostFacts) -> tuple[str, ...]:
-    """The UUIDs of the GPUs the model gets (`gpu.count` healthy ones with enough free memory;
-    orchestrator/core/gpuhealth.py); () for a CPU deployment. The preflight already failed a
+    """The UUIDs of the GPUs the model gets (`gpu.count` healthy ones with enough free memory,
+    or MIG instances of `gpu.mig_profile` by MIG UUID; orchestrator/core/gpuhealth.py); () for
+    a CPU deployment. The preflight already failed a
     host without enough of them; this is the same pure function on the same facts."""
     if not spec.gpu.required:
         return ()
     placed = gpuhealth.place(facts, spec.gpu.count, spec.gpu.min_memory_gib or 0.0,
-                             spec.gpu.health)
+                             spec.gpu.health, spec.gpu.mig_profile)
     if not placed.ok:
         raise StepFailed(facts.host, f"GPU placement failed: {placed.describe()}")
     return placed.uuids

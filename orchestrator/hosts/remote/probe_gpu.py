@@ -2,9 +2,10 @@
 
 Per GPU (`health(pynvml, handle)`): ECC mode and counts, retired pages, remapped rows, clock
 throttle reasons, temperature and slowdown threshold, power draw and limit, persistence mode, MIG
-mode and device count, running compute processes, PCIe link, PCI bus id. Every NVML call is
-guarded on its own: Not Supported (a GeForce has no ECC, pre-Ampere GPUs no row remapping) is a
-null value, any other NVML error a null value plus its name under `errors`; nothing here raises.
+mode and MIG devices (UUID, profile, memory), running compute processes, PCIe link, PCI bus id.
+Every NVML call is guarded on its own: Not Supported (a GeForce has no ECC, pre-Ampere GPUs no
+row remapping) is a null value, any other NVML error a null value plus its name under `errors`;
+nothing here raises.
 
 Per host (`xid_facts(window_s)`): the NVRM Xid lines of the kernel log of the last `window_s`
 seconds, from `journalctl -k`, else `/dev/kmsg`; $ORCHESTRATOR_KERNEL_LOG names a file in
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 MAX_PROCESSES = 16
+MAX_MIG = 16  # a GPU has at most 7 MIG devices today
 MAX_XID_EVENTS = 64
 MAX_LOG_BYTES = 4 << 20
 MAX_TEXT = 200
@@ -74,9 +76,11 @@ def health(pynvml: Any, handle: Any) -> dict[str, Any]:
     get("persistence", lambda: bool(pynvml.nvmlDeviceGetPersistenceMode(handle)))
     mig = get("mig_mode", lambda: bool(pynvml.nvmlDeviceGetMigMode(handle)[0]))
     if mig:
-        get("mig_devices", lambda: _mig_devices(pynvml, handle))
+        migs = get("mig_instances", lambda: _mig_instances(pynvml, handle))
+        out["mig_devices"] = None if migs is None else len(migs)
+        out["mig_instances"] = migs or []
     else:
-        out["mig_devices"] = None
+        out["mig_devices"], out["mig_instances"] = None, []
     procs = get("processes", lambda: list(pynvml.nvmlDeviceGetComputeRunningProcesses(handle)))
     out["process_count"] = None if procs is None else len(procs)
     if procs is not None:
@@ -102,15 +106,31 @@ def _throttle(pynvml: Any, handle: Any) -> int:
         return int(pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(handle))
 
 
-def _mig_devices(pynvml: Any, handle: Any) -> int:
-    count = 0
-    for index in range(int(pynvml.nvmlDeviceGetMaxMigDeviceCount(handle))):
+def _mig_instances(pynvml: Any, handle: Any) -> list[dict[str, Any]]:
+    """The GPU's MIG devices: UUID (what CUDA_VISIBLE_DEVICES names), profile (the driver names
+    a MIG device "<GPU name> MIG <profile>"), memory, GPU and compute instance ids."""
+    out = []
+    for index in range(min(int(pynvml.nvmlDeviceGetMaxMigDeviceCount(handle)), MAX_MIG)):
         try:
-            pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, index)
+            mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, index)
         except pynvml.NVMLError_NotFound:
             continue
-        count += 1
-    return count
+        name = _text(pynvml.nvmlDeviceGetName(mig))
+        memory = pynvml.nvmlDeviceGetMemoryInfo(mig)
+        out.append({"uuid": _text(pynvml.nvmlDeviceGetUUID(mig))[:96],
+                    "profile": name.rpartition(" MIG ")[2][:32] if " MIG " in name else None,
+                    "memory_total_bytes": int(memory.total),
+                    "memory_free_bytes": int(memory.free),
+                    "gi": _instance_id(pynvml.nvmlDeviceGetGpuInstanceId, mig),
+                    "ci": _instance_id(pynvml.nvmlDeviceGetComputeInstanceId, mig)})
+    return out
+
+
+def _instance_id(call: Callable[[Any], Any], mig: Any) -> int | None:
+    try:
+        return int(call(mig))
+    except Exception:  # an id is a detail: the device is still usable by its UUID
+        return None
 
 
 def _opt_int(value: Any) -> int | None:
