@@ -87,6 +87,17 @@ def record(daemon: Daemon, deployment: str) -> dict[str, Any]:
     return body
 
 
+@pytest.fixture(scope="module")
+def first_release(daemon: tuple[Daemon, str], fleet: Testbed, models_dir: Path,
+                  tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The app's first release on every host, submitted once (not waited for): the grid test
+    watches it fill, and the abort test needs it as the release its canary goes back to (run
+    alone, the abort's canary had no previous release, so nothing could be put back and the
+    deployment ended `cancelled`)."""
+    return submit(daemon[0], spec(tmp_path_factory.mktemp("v1"), models_dir, fleet,
+                                  "model.joblib", "golden.npz", "{canary: 1, batch_size: 2}"))
+
+
 def test_fleet_page_needs_the_token_and_shows_each_host(
         daemon: tuple[Daemon, str], fleet: Testbed, browser: Browser) -> None:
     _, origin = daemon
@@ -115,12 +126,11 @@ def test_fleet_page_needs_the_token_and_shows_each_host(
 
 
 def test_a_rollout_fills_the_grid_live_and_latency_is_charted(
-        daemon: tuple[Daemon, str], fleet: Testbed, browser: Browser, models_dir: Path,
-        tmp_path: Path) -> None:
+        daemon: tuple[Daemon, str], fleet: Testbed, browser: Browser,
+        first_release: str) -> None:
     d, origin = daemon
     page, stray = signed_in(browser, origin, "#/deployments")
-    deployment = submit(d, spec(tmp_path, models_dir, fleet, "model.joblib", "golden.npz",
-                                "{canary: 1, batch_size: 2}"))
+    deployment = first_release
     page.goto(f"{origin}/ui/#/deployments/{deployment}")
     expect(page.locator("#grid")).to_be_visible()
     page.evaluate("window.sameDocument = true")  # gone if anything reloads the page
@@ -192,8 +202,10 @@ def test_a_failing_canary_shows_its_message_and_stops_the_rollout(
 
 def test_abort_stops_a_paused_rollout(
         daemon: tuple[Daemon, str], fleet: Testbed, browser: Browser, models_dir: Path,
-        tmp_path: Path) -> None:
+        tmp_path: Path, first_release: str) -> None:
     d, origin = daemon
+    done = d.cli("wait", first_release, timeout=LIVE_S // 1000)  # the release to go back to
+    assert done.returncode == 0, done.stdout + done.stderr
     page, stray = signed_in(browser, origin)
     page.on("dialog", lambda dialog: dialog.accept())
     deployment = submit(d, spec(tmp_path, models_dir, fleet, "changed.joblib", "golden-v2.npz",
