@@ -7,6 +7,7 @@ With ORCHESTRATOR_UI_SCREENSHOTS=docs/ui the same tests save the pages' screensh
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,11 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from orchestrator.core.hashing import hash_file, hash_path
 from orchestrator.testbed import Testbed
 from tests.browser import chromium, offline_page, screenshot
 from tests.daemons import DEPLOY, Daemon, start, tcp_config, write_config
-from tests.specs import WHEEL_CACHE, joblib_spec
+from tests.specs import LOCK, WHEEL_CACHE, joblib_spec
 
 TOKEN = "ui-token-0123456789abcdef"
 APP = "ui-app"
@@ -169,7 +171,6 @@ def test_a_rollout_fills_the_grid_live_and_latency_is_charted(
         current = page.locator(f'#releases tr[data-host="{h.name}"][data-state="current"]')
         expect(current).to_have_count(1)
     release = page.locator('#releases tr[data-state="current"] td').nth(1).inner_text()
-    screenshot(page, "app")
     page.click("#nav-fleet")  # the re-verification's probe saw the new release on each host
     for h in fleet.hosts:
         expect(page.locator(f'#fleet tr[data-host="{h.name}"]')).to_contain_text(
@@ -223,6 +224,27 @@ def test_abort_stops_a_paused_rollout(
     expect(page.locator("#recoveries li")).not_to_have_count(0)  # the canary put back
     page.goto(f"{origin}/ui/#/apps/{APP}")  # the canary's new release: undone, v1 current
     expect(page.locator('#releases tr[data-state="undone"]')).to_have_count(1)
+    # The manifests as the hosts hold them: v1 current everywhere, its hashes and the facts
+    # it was deployed on; the canary's aborted release kept but no rollback target.
+    expected = {"model_sha256": hash_path(models_dir / "model.joblib"),
+                "lock_sha256": hash_file(LOCK),
+                "golden_sha256": hash_file(models_dir / "golden.npz")}
+    for h in fleet.hosts:
+        current = page.locator(f'#manifests tr[data-host="{h.name}"][data-state="current"]')
+        expect(current).to_have_count(1, timeout=60_000)
+        for key, digest in expected.items():
+            expect(current.locator(f'td[data-key="{key}"] code')).to_have_attribute(
+                "title", digest)
+        expect(current.locator('td[data-key="env_hash"] code')).to_have_attribute(
+            "title", re.compile(r"^[0-9a-f]{16,64}$"))
+        expect(current.locator('span[data-fact="driver"]')).to_have_text("driver 550.54.15")
+        expect(current).to_contain_text("NVIDIA H100 80GB HBM3")
+        expect(current).to_contain_text("none")  # a CPU deployment: no GPU placed
+    expect(page.locator("#manifests tbody tr")).to_have_count(4)
+    aborted = page.locator('#manifests tbody tr:not([data-state="current"])')
+    expect(aborted).to_have_count(1)  # on the canary, dropped from the rollback targets
+    expect(aborted).not_to_have_attribute("data-state", "previous-good")
+    screenshot(page, "app")
     assert stray == []
 
 

@@ -242,8 +242,7 @@ class SqlStore(LeaseRows):
                json.dumps(reasons)))
 
     def hosts(self, names: Collection[str] | None = None) -> list[dict[str, Any]]:
-        """The latest record of every host ever probed; with `names`, of those alone (one page
-        of the fleet: only its facts are decoded)."""
+        """The latest record of every host ever probed (with `names`: of those alone)."""
         where, args = _among(names, "WHERE ", " ")
         rows = self._rows(
             "SELECT h.* FROM host_facts h JOIN (SELECT host, MAX(ts) AS ts FROM host_facts "
@@ -389,8 +388,7 @@ def as_dicts(description: Sequence[Sequence[Any]] | None,
 
 
 def _among(names: Collection[str] | None, before: str, after: str) -> tuple[str, tuple[str, ...]]:
-    """A `host IN (...)` clause for `names` (None: no clause). Callers pass a page of names,
-    bounded (ui/views.py MAX_PAGE), well under SQLite's parameter limit."""
+    """A `host IN (...)` clause for `names` (None: none), a page (ui/views.py MAX_PAGE)."""
     if names is None:
         return "", ()
     names = tuple(names) or ("",)  # no name: a clause that matches nothing
