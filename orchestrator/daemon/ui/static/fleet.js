@@ -12,7 +12,11 @@ function gpus(host) {
   if (!host.gpus.length) return el("span", { class: "muted" }, host.nvml_error || "no GPU");
   return el("ul", { class: "gpus" }, host.gpus.map((g) => el("li", {},
     `${text(g.name)} ${gib(g.memory_total_bytes)} cc ${text(g.compute_capability)}`,
-    Object.entries(g.extra || {}).map(([k, v]) => el("span", { class: "tag" }, `${k}: ${text(v)}`)))));
+    Object.entries(g.extra || {}).map(([k, v]) => v !== null && typeof v === "object"
+      // A structured fact (the probe's per-GPU health: dozens of counters) folded away, so a
+      // row stays one screen line high; opened, it is the same text.
+      ? el("details", { class: "tag" }, el("summary", {}, k), text(v))
+      : el("span", { class: "tag" }, `${k}: ${text(v)}`)))));
 }
 
 // Each app the host serves (from its last probe) or was re-verified for, with that app's own
