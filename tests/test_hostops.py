@@ -650,6 +650,9 @@ def test_releases_view_and_state_for_recovery(root: Path) -> None:
         stage(root, "a", rid(n))
     stage(root, "a", rid(4), commit=False)
     manifest = {"env_hash": ENV, "lock_sha256": "1" * 64, "deployment": "d-9", "facts": {"x": 1}}
+    facts = json.loads((REPO / "tests" / "fixtures" / "probe" / "multi-gpu.json").read_text())
+    ok("write-manifest", root, app="a", release_id=rid(2), manifest={
+        "lock_sha256": "2" * 64, "gpus": ["GPU-a", "GPU-b"], "facts": facts, "warmup": None})
     ok("write-manifest", root, app="a", release_id=rid(3), manifest=manifest)
     for n in (1, 2, 3):
         ok("switch", root, app="a", release_id=rid(n), generation=n)
@@ -658,7 +661,13 @@ def test_releases_view_and_state_for_recovery(root: Path) -> None:
     assert {k: r["state"] for k, r in rows.items()} == {
         rid(1): "previous-good", rid(2): "bad", rid(3): "current", rid(4): "staging"}
     assert rows[rid(3)]["manifest"] == {"env_hash": ENV, "lock_sha256": "1" * 64,
-                                        "deployment": "d-9"}
+                                        "deployment": "d-9"}  # no known fact: no summary
+    # The facts at deploy in brief (the UI's manifest view), and the placed GPUs' UUIDs.
+    assert rows[rid(2)]["manifest"] == {"lock_sha256": "2" * 64, "gpus": ["GPU-a", "GPU-b"],
+                                        "facts": {
+        "hostname": facts["hostname"], "os": facts["os"]["pretty_name"],
+        "python": facts["python"]["version"], "driver": facts["nvml"]["driver_version"],
+        "cuda": facts["nvml"]["cuda_driver_version"], "gpus": [g["name"] for g in facts["gpus"]]}}
     state = ok("state", root, app="a")
     assert state["staging"] == [rid(4)] and state["committed"] == [rid(1), rid(2), rid(3)]
     assert state["generation"] == 3

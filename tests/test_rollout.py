@@ -74,6 +74,12 @@ def test_outcome_names_rolled_back_hosts_and_left_ones() -> None:
     assert aborted.state == "rolled_back" and aborted.reason is not None
     assert aborted.reason.startswith("aborted by request")
     assert outcome_of(_result({"a": ok}, Stop.ABORTED)).state == "cancelled"
+    # An abort of an app's first release: nothing before it to go back to; the host is named.
+    first = outcome_of(_result({"a": ok}, Stop.ABORTED, {"a": "no previous good release"}))
+    assert first.state == "cancelled" and first.hosts == {
+        "a": "rollback failed: no previous good release"}
+    assert first.reason == ("aborted by request; not put back, still on the new release: "
+                            "a (no previous good release)")
     assert outcome_of(_result({"a": ok}, Stop.CANCELLED)).state == "cancelled"
     # A reason that reads like a request is a reason: only the enum is a request.
     assert outcome_of(_result({"a": ok, "c": bad}, "cancelled")).state == "failed"

@@ -152,6 +152,9 @@ def test_hosts_keep_the_latest_record(store_target: Path | str) -> None:
     store.record_host("h2", "degraded", ["NVML: driver not loaded"], {"schema": 1})
     hosts = store.hosts()
     assert [(h["host"], h["status"]) for h in hosts] == [("h1", "healthy"), ("h2", "degraded")]
+    assert store.host_names() == ["h1", "h2"]  # the fleet page's names, facts not read
+    assert [(h["host"], h["status"]) for h in store.hosts(["h1", "h9"])] == [("h1", "healthy")]
+    assert store.hosts([]) == []
     with pytest.raises(ValueError):
         store.record_host("h3", "fine", [], None)
     store.record_release("h1", "app", "r1", "current", "a")
@@ -235,6 +238,11 @@ def test_app_results_are_kept_per_host_and_app_across_a_reopen(store_target: Pat
         "a": ("degraded", ["driver 550 -> 560"]),
         "b": ("failed", ["warmup golden: 3 of 8 outputs differ"]),  # the latest, replaced
     }
+    every = store.fleet_app_results()  # the fleet page's one query
+    assert {h: {a: r["status"] for a, r in apps.items()} for h, apps in every.items()} == {
+        "h1": {"a": "degraded", "b": "failed"}, "h2": {"a": "failed"}}
+    assert every["h1"]["a"]["reasons"] == ["driver 550 -> 560"]
+    assert list(store.fleet_app_results(["h2"])) == ["h2"]
     assert store.forget_app_results("h1", keep={"b", "z"}) == ["a"]
     assert list(store.app_results("h1")) == ["b"]
     assert store.app_results("h2") == {"a": ("failed", ["model file model/m.joblib changed"])}

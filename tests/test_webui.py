@@ -7,6 +7,7 @@ With ORCHESTRATOR_UI_SCREENSHOTS=docs/ui the same tests save the pages' screensh
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,11 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from orchestrator.core.hashing import hash_file, hash_path
 from orchestrator.testbed import Testbed
 from tests.browser import chromium, offline_page, screenshot
 from tests.daemons import DEPLOY, Daemon, start, tcp_config, write_config
-from tests.specs import WHEEL_CACHE, joblib_spec
+from tests.specs import LOCK, WHEEL_CACHE, joblib_spec
 
 TOKEN = "ui-token-0123456789abcdef"
 APP = "ui-app"
@@ -87,6 +89,17 @@ def record(daemon: Daemon, deployment: str) -> dict[str, Any]:
     return body
 
 
+@pytest.fixture(scope="module")
+def first_release(daemon: tuple[Daemon, str], fleet: Testbed, models_dir: Path,
+                  tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The app's first release on every host, submitted once (not waited for): the grid test
+    watches it fill, and the abort test needs it as the release its canary goes back to (run
+    alone, the abort's canary had no previous release, so nothing could be put back and the
+    deployment ended `cancelled`)."""
+    return submit(daemon[0], spec(tmp_path_factory.mktemp("v1"), models_dir, fleet,
+                                  "model.joblib", "golden.npz", "{canary: 1, batch_size: 2}"))
+
+
 def test_fleet_page_needs_the_token_and_shows_each_host(
         daemon: tuple[Daemon, str], fleet: Testbed, browser: Browser) -> None:
     _, origin = daemon
@@ -115,12 +128,11 @@ def test_fleet_page_needs_the_token_and_shows_each_host(
 
 
 def test_a_rollout_fills_the_grid_live_and_latency_is_charted(
-        daemon: tuple[Daemon, str], fleet: Testbed, browser: Browser, models_dir: Path,
-        tmp_path: Path) -> None:
+        daemon: tuple[Daemon, str], fleet: Testbed, browser: Browser,
+        first_release: str) -> None:
     d, origin = daemon
     page, stray = signed_in(browser, origin, "#/deployments")
-    deployment = submit(d, spec(tmp_path, models_dir, fleet, "model.joblib", "golden.npz",
-                                "{canary: 1, batch_size: 2}"))
+    deployment = first_release
     page.goto(f"{origin}/ui/#/deployments/{deployment}")
     expect(page.locator("#grid")).to_be_visible()
     page.evaluate("window.sameDocument = true")  # gone if anything reloads the page
@@ -159,7 +171,6 @@ def test_a_rollout_fills_the_grid_live_and_latency_is_charted(
         current = page.locator(f'#releases tr[data-host="{h.name}"][data-state="current"]')
         expect(current).to_have_count(1)
     release = page.locator('#releases tr[data-state="current"] td').nth(1).inner_text()
-    screenshot(page, "app")
     page.click("#nav-fleet")  # the re-verification's probe saw the new release on each host
     for h in fleet.hosts:
         expect(page.locator(f'#fleet tr[data-host="{h.name}"]')).to_contain_text(
@@ -192,8 +203,10 @@ def test_a_failing_canary_shows_its_message_and_stops_the_rollout(
 
 def test_abort_stops_a_paused_rollout(
         daemon: tuple[Daemon, str], fleet: Testbed, browser: Browser, models_dir: Path,
-        tmp_path: Path) -> None:
+        tmp_path: Path, first_release: str) -> None:
     d, origin = daemon
+    done = d.cli("wait", first_release, timeout=LIVE_S // 1000)  # the release to go back to
+    assert done.returncode == 0, done.stdout + done.stderr
     page, stray = signed_in(browser, origin)
     page.on("dialog", lambda dialog: dialog.accept())
     deployment = submit(d, spec(tmp_path, models_dir, fleet, "changed.joblib", "golden-v2.npz",
@@ -211,6 +224,27 @@ def test_abort_stops_a_paused_rollout(
     expect(page.locator("#recoveries li")).not_to_have_count(0)  # the canary put back
     page.goto(f"{origin}/ui/#/apps/{APP}")  # the canary's new release: undone, v1 current
     expect(page.locator('#releases tr[data-state="undone"]')).to_have_count(1)
+    # The manifests as the hosts hold them: v1 current everywhere, its hashes and the facts
+    # it was deployed on; the canary's aborted release kept but no rollback target.
+    expected = {"model_sha256": hash_path(models_dir / "model.joblib"),
+                "lock_sha256": hash_file(LOCK),
+                "golden_sha256": hash_file(models_dir / "golden.npz")}
+    for h in fleet.hosts:
+        current = page.locator(f'#manifests tr[data-host="{h.name}"][data-state="current"]')
+        expect(current).to_have_count(1, timeout=60_000)
+        for key, digest in expected.items():
+            expect(current.locator(f'td[data-key="{key}"] code')).to_have_attribute(
+                "title", digest)
+        expect(current.locator('td[data-key="env_hash"] code')).to_have_attribute(
+            "title", re.compile(r"^[0-9a-f]{16,64}$"))
+        expect(current.locator('span[data-fact="driver"]')).to_have_text("driver 550.54.15")
+        expect(current).to_contain_text("NVIDIA H100 80GB HBM3")
+        expect(current).to_contain_text("none")  # a CPU deployment: no GPU placed
+    expect(page.locator("#manifests tbody tr")).to_have_count(4)
+    aborted = page.locator('#manifests tbody tr:not([data-state="current"])')
+    expect(aborted).to_have_count(1)  # on the canary, dropped from the rollback targets
+    expect(aborted).not_to_have_attribute("data-state", "previous-good")
+    screenshot(page, "app")
     assert stray == []
 
 

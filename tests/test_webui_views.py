@@ -67,6 +67,28 @@ def test_fleet_joins_store_and_inventory_and_passes_unknown_gpu_facts_as_data(
     assert h1["gpus"][0]["name"] == "<b>x</b>" and h1["gpus"][0]["extra"] == {"ecc_errors": 3}
     assert h1["releases"] == {"app": "r1"}
     assert h2["status"] == "unknown" and h2["gpus"] == [] and h2["verified"] is None
+    assert h1["reverified"] == {} and (data["total"], data["more"]) == (2, False)
+
+
+def test_fleet_pages_and_each_apps_last_reverification_per_host(store: Store) -> None:
+    for n in range(5):
+        store.record_host(f"h{n}", "healthy", [], {"releases": {"a": {"current": f"r{n}"}}})
+    store.record_app_result("h1", "a", "degraded", ["driver changed: 550 -> 560"])
+    store.record_app_result("h1", "b", "healthy", [])  # re-verified, no longer in the probe
+    store.record_app_result("h4", "a", "healthy", [])
+    first = views.fleet(store, None, limit=2)
+    assert [h["host"] for h in first["hosts"]] == ["h0", "h1"]
+    assert (first["total"], first["more"]) == (5, True)
+    h1 = first["hosts"][1]
+    assert h1["releases"] == {"a": "r1"}
+    assert {app: (r["status"], r["reasons"]) for app, r in h1["reverified"].items()} == {
+        "a": ("degraded", ["driver changed: 550 -> 560"]), "b": ("healthy", [])}
+    assert isinstance(h1["reverified"]["a"]["ts"], float)
+    rest = views.fleet(store, None, after="h1")
+    assert [h["host"] for h in rest["hosts"]] == ["h2", "h3", "h4"] and not rest["more"]
+    assert rest["hosts"][2]["reverified"]["a"]["status"] == "healthy"
+    assert rest["hosts"][0]["reverified"] == {}
+    assert views.fleet(store, None, after="h4", limit=2)["hosts"] == []
 
 
 def test_app_history_latency_points_and_release_states(store: Store) -> None:
@@ -120,6 +142,8 @@ def test_cross_site_requests_are_named(headers: dict[str, str], refused: bool) -
     ("GET", "/ui/", True), ("GET", "/ui", True), ("HEAD", "/ui/static/app.js", True),
     ("POST", "/ui/", False), ("GET", "/ui/api/fleet", False),
     ("GET", "/ui/static/a/b.js", False), ("GET", "/v1/hosts", False),
+    ("GET", "/ui/static/0123456789abcdef/app.js", True),  # a versioned file
+    ("GET", "/ui/static/0123456789abcdef/a/b.js", False),
 ])
 def test_only_the_page_and_its_files_are_public(method: str, path: str, public: bool) -> None:
     assert _public({"method": method, "path": path}) is public

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -31,6 +32,8 @@ SMALL_BODY = 1 << 20
 BUNDLE_PATH = "/v1/deployments"
 TAR = "application/x-tar"
 UI_PAGE, UI_STATIC = "/ui/", "/ui/static/"
+# A UI file's name, alone or under the files' version (16 hex digits: ui/routes.py `versioned`).
+_STATIC_FILE = re.compile(r"(?:[0-9a-f]{16}/)?[^/]+")
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Any]]
 Send = Callable[[Any], Awaitable[None]]
@@ -104,7 +107,8 @@ def _public(scope: Scope) -> bool:
     path = str(scope.get("path", ""))
     return scope.get("method") in ("GET", "HEAD") and (
         path in ("/ui", UI_PAGE) or public_path(path)
-        or (path.startswith(UI_STATIC) and "/" not in path[len(UI_STATIC):]))
+        or (path.startswith(UI_STATIC) and _STATIC_FILE.fullmatch(path[len(UI_STATIC):])
+            is not None))
 
 
 def _cross_site(headers: dict[str, str], host: str) -> str | None:

@@ -241,11 +241,12 @@ class SqlStore(LeaseRows):
               (host, time.time(), None if facts is None else json.dumps(facts), status,
                json.dumps(reasons)))
 
-    def hosts(self) -> list[dict[str, Any]]:
-        """The latest record of every host ever probed."""
+    def hosts(self, names: Collection[str] | None = None) -> list[dict[str, Any]]:
+        """The latest record of every host ever probed (with `names`: of those alone)."""
+        where, args = _among(names, "WHERE ", " ")
         rows = self._rows(
             "SELECT h.* FROM host_facts h JOIN (SELECT host, MAX(ts) AS ts FROM host_facts "
-            "GROUP BY host) latest USING (host, ts) ORDER BY host"
+            f"{where}GROUP BY host) latest USING (host, ts) ORDER BY host", args
         )
         return [
             {"host": r["host"], "ts": r["ts"], "status": r["status"],
@@ -283,6 +284,23 @@ class SqlStore(LeaseRows):
         rows = self._rows("SELECT app, status, reasons FROM app_results WHERE host = ? "
                           "ORDER BY app", (host,))
         return {r["app"]: (r["status"], json.loads(r["reasons"])) for r in rows}
+
+    def host_names(self) -> list[str]:
+        """Every host ever probed, sorted (its facts not read)."""
+        return [r["host"] for r in
+                self._rows("SELECT DISTINCT host FROM host_facts ORDER BY host")]
+
+    def fleet_app_results(self, names: Collection[str] | None = None
+                          ) -> dict[str, dict[str, dict[str, Any]]]:
+        """{host: {app: {status, reasons, ts}}}: every app's latest re-verification result on
+        every host (or on `names`), in one query."""
+        where, args = _among(names, " WHERE ", "")
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for r in self._rows(f"SELECT host, app, status, reasons, ts FROM app_results{where} "
+                            "ORDER BY host, app", args):
+            out.setdefault(r["host"], {})[r["app"]] = {
+                "status": r["status"], "reasons": json.loads(r["reasons"]), "ts": r["ts"]}
+        return out
 
     def forget_app_results(self, host: str, keep: Collection[str]) -> list[str]:
         """Drop the host's results of apps not in `keep` (no longer on the host); returns them."""
@@ -367,6 +385,14 @@ def as_dicts(description: Sequence[Sequence[Any]] | None,
         return []
     names = [d[0] for d in description]
     return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+def _among(names: Collection[str] | None, before: str, after: str) -> tuple[str, tuple[str, ...]]:
+    """A `host IN (...)` clause for `names` (None: none), a page (ui/views.py MAX_PAGE)."""
+    if names is None:
+        return "", ()
+    names = tuple(names) or ("",)  # no name: a clause that matches nothing
+    return f"{before}host IN ({', '.join('?' * len(names))}){after}", names
 
 
 __all__ = ["CHUNK_BYTES", "Exec", "Row", "SqlStore", "as_dicts", "event_from_row"]

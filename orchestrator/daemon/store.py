@@ -91,8 +91,12 @@ class Store(Protocol):
     ) -> None:
         ...
 
-    def hosts(self) -> list[dict[str, Any]]:
-        """The latest record of every host ever probed."""
+    def hosts(self, names: Collection[str] | None = None) -> list[dict[str, Any]]:
+        """The latest record of every host ever probed (or of those in `names`)."""
+        ...
+
+    def host_names(self) -> list[str]:
+        """Every host ever probed, sorted."""
         ...
 
     def record_release(
@@ -106,6 +110,11 @@ class Store(Protocol):
 
     def app_results(self, host: str) -> dict[str, tuple[str, list[str]]]:
         """{app: (status, reasons)} of the host's latest re-verification result per app."""
+        ...
+
+    def fleet_app_results(self, names: Collection[str] | None = None
+                          ) -> dict[str, dict[str, dict[str, Any]]]:
+        """{host: {app: {status, reasons, ts}}} of every host (or of `names`): one query."""
         ...
 
     def forget_app_results(self, host: str, keep: Collection[str]) -> list[str]:

@@ -94,9 +94,16 @@ def plan_rollback(pool: Pool, hosts: Sequence[Host], app: str, deployment: str,
 def release_row(info: ReleaseInfo) -> dict[str, Any]:
     """One release as `releases --json` and the daemon's API show it."""
     manifest: Mapping[str, Any] = info.manifest
+    facts, gpus = manifest.get("facts"), manifest.get("gpus")
     return {"release_id": info.release_id, "state": info.state, "created": info.created,
             "env_hash": info.env_hash, "model_sha256": manifest.get("model_sha256"),
-            "lock_sha256": manifest.get("lock_sha256"), "deployment": manifest.get("deployment")}
+            "lock_sha256": manifest.get("lock_sha256"), "deployment": manifest.get("deployment"),
+            "golden_sha256": manifest.get("golden_sha256"),
+            "spec_digest": manifest.get("spec_digest"),
+            # The host's facts at deploy, in brief, and the GPUs placement gave the release
+            # (hostops_releases `_manifest_summary`): passed on as the host wrote them.
+            "facts": dict(facts) if isinstance(facts, Mapping) else None,
+            "gpus": [str(g) for g in gpus] if isinstance(gpus, list) else None}
 
 
 def releases_json(found: Mapping[str, list[ReleaseInfo] | HostError]) -> dict[str, Any]:

@@ -274,13 +274,18 @@ def verdict(out: RolloutResult) -> Verdict:
             f"{'was aborted' if out.stopped is Stop.ABORTED else 'stopped'}: {', '.join(undone)}"
             if undone else "")
     left = sorted(n for n, r in out.deploy.hosts.items() if r.ok and n not in out.undone)
+    # A switched host the undo could not put back still serves the new release: named, with
+    # why (e.g. the app's first release there has nothing before it to go back to).
+    stuck = "; ".join(f"{n} ({u.error})" for n, u in sorted(out.undone.items())
+                      if not u.rolled_back)
+    stuck = f"; not put back, still on the new release: {stuck}" if stuck else ""
     if out.stopped is Stop.CANCELLED:
         return Verdict(D.CANCELLED, "cancelled by request", hosts)
     if out.stopped is Stop.ABORTED:
         note = (f"; left on the new release (rollout.on_failure: pause): {', '.join(left)}"
                 if left else "")
         return Verdict(D.ROLLED_BACK if undone else D.CANCELLED,
-                       f"aborted by request{back}{note}", hosts)
+                       f"aborted by request{back}{stuck}{note}", hosts)
     if not failed:
         return Verdict(D.SUCCEEDED, None, hosts)
     if out.stopped is None:  # within the failure budget (or accepted by resume): it went on
@@ -291,7 +296,7 @@ def verdict(out: RolloutResult) -> Verdict:
     note = f"; left on the new release: {', '.join(left)}" if left else ""
     rolled = undone or any(out.deploy.hosts[n].status is HostStatus.ROLLED_BACK for n in failed)
     return Verdict(D.ROLLED_BACK if rolled and not left else D.FAILED,
-                   f"{out.stopped}: {reasons}{back}{note}", hosts)
+                   f"{out.stopped}: {reasons}{back}{stuck}{note}", hosts)
 
 
 __all__ = ["RolloutResult", "Stop", "Undone", "Verdict", "exclude", "plan_batches",

@@ -1,10 +1,15 @@
 """The UI's routes, mounted by the API (orchestrator/daemon/api.py `create_app`):
 
     GET /ui/                       the page (one HTML file; the views are JS modules)
-    GET /ui/static/NAME            its scripts and style, from the package (ui/static/)
+    GET /ui/static/VERSION/NAME    its scripts and style, from the package (ui/static/); the
+                                   page names them under VERSION, a digest of every file, so
+                                   they are cached for good (a new daemon version: new URLs)
+    GET /ui/static/NAME            the same files, not cached
     GET /ui/api/meta               the version, the pipeline's steps (the grid's columns)
     GET /ui/api/deployments/ID     the API's record of a deployment, with its rollout section
-    GET /ui/api/fleet              hosts with status, GPU stack, releases, labels, groups
+    GET /ui/api/fleet?after=H&limit=N   hosts (all, or the N named after H) with status, GPU
+                                   stack, releases and each app's last re-verification, labels,
+                                   groups
     GET /ui/api/apps/APP           per host: p50/p95/p99 at deploy and each re-verification,
                                    the releases deployments made and their state
     GET /ui/api/deployments/ID/stream?after=SEQ   the live events as server-sent events
@@ -18,6 +23,7 @@ no inline code, no connection elsewhere, not framed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mimetypes
 from pathlib import Path
@@ -43,6 +49,8 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
 HEADERS = {"content-security-policy": CSP, "x-content-type-options": "nosniff",
            "referrer-policy": "no-referrer", "x-frame-options": "DENY",
            "cache-control": "no-store"}
+# A versioned file never changes under its URL: a reload asks for the page and its data only.
+CACHED = {**HEADERS, "cache-control": "public, max-age=31536000, immutable"}
 _TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html",
           ".svg": "image/svg+xml", ".png": "image/png"}
 
@@ -61,6 +69,19 @@ def load_static(folder: Path = STATIC) -> dict[str, tuple[bytes, str]]:
     return files
 
 
+def versioned(files: dict[str, tuple[bytes, str]]) -> tuple[str, bytes]:
+    """(VERSION, the page naming its files under static/VERSION/): VERSION is the first 16 hex
+    digits of a sha256 over every file's name and bytes (guard.py lets only such a segment
+    through), so any changed file changes every URL and no stale script is ever run. The
+    modules import each other by relative path, so they stay under the same VERSION."""
+    digest = hashlib.sha256()
+    for name, (body, _) in sorted(files.items()):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(body).digest())
+    version = digest.hexdigest()[:16]
+    page = files["index.html"][0].replace(b'="static/', f'="static/{version}/'.encode())
+    return version, page
+
+
 def mount(app: FastAPI, service: Service) -> None:
     """Add the UI's routes to the API app."""
     app.include_router(router(service))
@@ -68,6 +89,7 @@ def mount(app: FastAPI, service: Service) -> None:
 
 def router(service: Service) -> APIRouter:
     files = load_static()
+    version, page = versioned(files)
     inventory = views.InventoryCache(service.config.inventory)
     followers = Followers(service)
     r = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -80,8 +102,7 @@ def router(service: Service) -> APIRouter:
 
     @r.get("/")
     async def index() -> Response:
-        body, kind = files["index.html"]
-        return Response(body, media_type=kind, headers=HEADERS)
+        return Response(page, media_type=files["index.html"][1], headers=HEADERS)
 
     @r.get("/static/{name}")
     async def static(name: str) -> Response:
@@ -89,6 +110,13 @@ def router(service: Service) -> APIRouter:
             raise NotFound(f"no UI file {name!r}")
         body, kind = files[name]
         return Response(body, media_type=kind, headers=HEADERS)
+
+    @r.get("/static/{asked}/{name}")
+    async def static_versioned(asked: str, name: str) -> Response:
+        if asked != version or name not in files:  # another version's file: not these bytes
+            raise NotFound(f"no UI file {asked}/{name}")
+        body, kind = files[name]
+        return Response(body, media_type=kind, headers=CACHED)
 
     @r.get("/api/meta")
     def meta() -> Response:
@@ -101,8 +129,11 @@ def router(service: Service) -> APIRouter:
         return _json({**describe(service.store, deployment), "rollout": record.spec.get("rollout")})
 
     @r.get("/api/fleet")
-    def fleet() -> Response:
-        return _json(views.fleet(service.store, inventory.get()))
+    def fleet(after: Annotated[str | None, Query(max_length=256)] = None,
+              limit: Annotated[int | None, Query(ge=1, le=views.MAX_PAGE)] = None) -> Response:
+        """The fleet, or one page of it: the page asks for its first screenful, paints it, then
+        asks for the rest (`after` the last host it has)."""
+        return _json(views.fleet(service.store, inventory.get(), after=after, limit=limit))
 
     @r.get("/api/apps/{app_name}")
     def app_history(app_name: str) -> Response:

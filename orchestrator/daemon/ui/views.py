@@ -7,6 +7,7 @@ has them (facts come from hosts): the pages render every one of them as text.
 
 from __future__ import annotations
 
+import bisect
 import os
 import threading
 from pathlib import Path
@@ -21,6 +22,8 @@ from orchestrator.errors import OrchestratorError
 #: `reverify` event goes to the app's latest deployment): a bound on what one chart reads.
 LATENCY_DEPLOYMENTS = 50
 QUANTILES = ("p50_ms", "p95_ms", "p99_ms")
+#: The most hosts one fleet page may ask for (`limit`): a page's names go into one query.
+MAX_PAGE = 500
 
 
 class InventoryCache:
@@ -51,13 +54,28 @@ class InventoryCache:
             return self._inventory
 
 
-def fleet(store: Store, inventory: Inventory | None) -> dict[str, Any]:
-    """Every host the store knows or the inventory lists: status and reasons (the worst over its
-    apps' last re-verifications, with all their reasons), facts summary, per-app releases (from
-    the last probe), labels and groups. One store read for the whole fleet: each app's own
-    result is on the app's page (`app_history`), not read here for a thousand hosts."""
-    records = {h["host"]: h for h in store.hosts()}
-    names = sorted(set(records) | set(inventory.hosts if inventory else ()))
+def fleet(store: Store, inventory: Inventory | None, *, after: str | None = None,
+          limit: int | None = None) -> dict[str, Any]:
+    """Every host the store knows or the inventory lists, by name (or one page of them: the
+    `limit` hosts named after `after`): status and reasons (the worst over its apps' last
+    re-verifications, with all their reasons), facts summary, per-app releases (from the last
+    probe) with each app's own last re-verification there (`reverified`), labels and groups;
+    `total` hosts in all and whether `more` follow the page. Three store reads whatever the
+    fleet's size: the names, the page's latest records, the page's app results (one query,
+    not one per host); a `limit`ed page decodes only its own hosts' facts, so the first
+    screenful of a thousand-host fleet is answered before the rest is read."""
+    names = sorted(set(store.host_names()) | set(inventory.hosts if inventory else ()))
+    total = len(names)
+    if after is not None:
+        names = names[bisect.bisect_right(names, after):]
+    more = limit is not None and len(names) > limit
+    if limit is not None:
+        names = names[:limit]
+    # A page (at most MAX_PAGE) is read by its names; the rest of the fleet whole (its names
+    # could pass SQLite's parameter limit), the hosts before `after` then left out here.
+    page = names if limit is not None else None
+    records = {h["host"]: h for h in store.hosts(page)}
+    results = store.fleet_app_results(page)
     groups_of: dict[str, list[str]] = {}
     for group, members in (inventory.groups if inventory else {}).items():
         for member in members:
@@ -80,8 +98,12 @@ def fleet(store: Store, inventory: Inventory | None) -> dict[str, Any]:
             "gpus": [_gpu(g) for g in facts.get("gpus") or [] if isinstance(g, dict)],
             "releases": {str(app): _get(rel, "current")
                          for app, rel in (facts.get("releases") or {}).items()},
+            # Each app's last re-verification on this host (an app re-verified there but no
+            # longer seen in its probe's releases is still listed: its result still counts).
+            "reverified": results.get(name, {}),
         })
-    return {"hosts": hosts, "groups": sorted(inventory.groups) if inventory else []}
+    return {"hosts": hosts, "groups": sorted(inventory.groups) if inventory else [],
+            "total": total, "more": more}
 
 
 def app_history(store: Store, app: str) -> dict[str, Any]:

@@ -270,9 +270,36 @@ def _manifest_summary(path):
         manifest = read_json(hostlayout.manifest(path), {})
     except ValueError:
         return {"error": "manifest.json is not JSON"}
+    if not isinstance(manifest, dict):
+        return {}
     keys = ("spec_digest", "model_sha256", "lock_sha256", "golden_sha256", "env_hash", "deployment",
-            "created")
-    return {k: manifest[k] for k in keys if isinstance(manifest, dict) and k in manifest}
+            "created", "gpus")
+    summary = {k: manifest[k] for k in keys if k in manifest and manifest[k] is not None}
+    facts = _facts_summary(manifest.get("facts"))
+    if facts:
+        summary["facts"] = facts
+    return summary
+
+
+def _facts_summary(facts):
+    """The host facts a release was deployed on, in brief (the whole probe stays in
+    manifest.json): what a person compares with the host's facts today."""
+    if not isinstance(facts, dict):
+        return {}
+
+    def get(*keys):
+        value = facts  # type: object
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
+
+    listed = facts.get("gpus")
+    gpus = listed if isinstance(listed, list) else []
+    brief = {"hostname": get("hostname"), "os": get("os", "pretty_name"),
+             "python": get("python", "version"), "driver": get("nvml", "driver_version"),
+             "cuda": get("nvml", "cuda_driver_version"),
+             "gpus": [g.get("name") for g in gpus if isinstance(g, dict)] or None}
+    return {k: v for k, v in brief.items() if v is not None}
 
 
 def op_releases(args):

@@ -1,11 +1,14 @@
 // The page's router: #/fleet, #/deployments, #/deployments/ID, #/apps/APP. Each view is a
 // module with render(main, args, signal); leaving a view aborts its signal (its live stream).
+// Views are imported when first shown, so the fleet page (the first one) waits for its own
+// modules only (index.html preloads those).
 import { Unauthorized, forget, setToken, token } from "./api.js";
 import { el, replace } from "./dom.js";
-import * as fleet from "./fleet.js";
-import * as deployments from "./deployments.js";
-import * as deployment from "./deployment.js";
-import * as appView from "./app_view.js";
+
+const fleet = () => import("./fleet.js");
+const deployments = () => import("./deployments.js");
+const deployment = () => import("./deployment.js");
+const appView = () => import("./app_view.js");
 
 const main = document.getElementById("main");
 const login = document.getElementById("login");
@@ -31,7 +34,7 @@ async function show() {
   login.hidden = true;
   main.hidden = false;
   try {
-    await view.render(main, args, current.signal);
+    await (await view()).render(main, args, current.signal);
   } catch (error) {
     if (error instanceof Unauthorized) {
       main.hidden = true;
