@@ -149,3 +149,41 @@ def test_a_follower_on_one_daemon_sees_anothers_events_live_and_gapless(
     # The issue's target is 100 ms at p95 on an idle machine; this one is shared, so the bound
     # here is what proves "live" (a reconnect-only follower would wait FOLLOW_POLL_S = 5 s).
     assert len(live) > 20 and live[len(live) // 2] < 1.0, live
+
+
+def test_actions_sent_to_any_daemon_are_taken_by_the_one_that_runs_the_deployment(
+        postgres: Cluster, tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
+    """Pause, resume and abort asked of daemon b reach daemon a, which runs the deployment
+    (through the store's request rows), each answered within a second; a refusal is the
+    owner's own 409."""
+    extra = ECHO + f'store = "{postgres.database()}"\n'
+    for name in "ab":
+        (tmp_path / name).mkdir()
+    owner, other = (daemons(write_config(tmp_path / n, extra),
+                            env={"ORCHESTRATOR_ECHO_DELAY_S": "2"}) for n in "ab")
+    spec = stub_spec(tmp_path / "s", ["h1", "h2"], name="routed")
+    deployment = json.loads(owner.cli("submit", str(spec), "--json").stdout)["id"]
+    wait_for(lambda: any(e.get("step") for e in stored_events(other, deployment)), 30,
+             "the rollout to start")
+
+    def timed(action: str) -> tuple[int, dict[str, Any], float]:
+        with other.http() as http:
+            start = time.monotonic()
+            reply = http.post(f"/v1/deployments/{deployment}/{action}")
+            return reply.status_code, reply.json(), time.monotonic() - start
+
+    status, body, took = timed("resume")  # running, not paused: the owner says no
+    assert status == 409 and "nothing to resume" in str(body), body
+    assert took < 1.0, f"resume answered in {took:.2f} s"
+    status, body, took = timed("pause")
+    assert status == 200 and took < 1.0, (status, body, took)
+    status, body, took = timed("abort")
+    assert status == 200 and took < 1.0, (status, body, took)
+    with other.http() as http:
+        record = wait_for(lambda: (r := http.get(f"/v1/deployments/{deployment}").json())
+                          ["state"] in {"cancelled", "succeeded", "failed"} and r, 30,
+                          "the aborted deployment to end")
+    assert record["state"] == "cancelled", record
+    requested = [e["event"] for e in stored_events(other, deployment)
+                 if e.get("status") == "requested"]
+    assert requested == ["pause", "abort"], requested  # emitted by the owner, once each

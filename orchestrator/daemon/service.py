@@ -40,7 +40,7 @@ from orchestrator.daemon.statedir import private_dir
 from orchestrator.daemon.store import DeploymentRecord, Store
 from orchestrator.daemon.webhooks import Notifier
 from orchestrator.deploy.control import RolloutControl
-from orchestrator.errors import Conflict, NotFound, OrchestratorError
+from orchestrator.errors import Conflict, OrchestratorError
 
 D, S = DeploymentState, HostStepState
 log = structlog.get_logger("orchestrator.daemon.service")
@@ -378,11 +378,10 @@ class Service:
             self._schedule(deployment, "rollback")
         return self.store.get_deployment(deployment)
 
-    def rollback_app(self, app: str, to: str | None = None) -> DeploymentRecord:
-        for record in self.store.list_deployments(app=app, limit=1 << 30):
-            if record.state in (D.RUNNING, D.SUCCEEDED):
-                return self.rollback(record.id, to)
-        raise NotFound(f"app {app!r} has no running or succeeded deployment to roll back")
+    def works_on(self, deployment: str) -> bool:
+        """A worker of this daemon has it (user actions on others are routed: routing.py)."""
+        with self._lock:
+            return deployment in self._cancels
 
     def check_progress(self, now: float, *, orphan_after_s: float = 30.0) -> list[str]:
         """The daemon's own watchdog (orchestrator/daemon/watchdog.py)."""
