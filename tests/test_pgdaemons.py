@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import time
 from collections.abc import Callable
@@ -187,3 +188,41 @@ def test_actions_sent_to_any_daemon_are_taken_by_the_one_that_runs_the_deploymen
     requested = [e["event"] for e in stored_events(other, deployment)
                  if e.get("status") == "requested"]
     assert requested == ["pause", "abort"], requested  # emitted by the owner, once each
+
+
+def test_a_scheduled_reverification_runs_once_per_interval_across_daemons(
+        postgres: Cluster, models_dir: Path, tmp_path: Path) -> None:
+    """Three daemons' schedules (each its own jitter) on one database: every interval of
+    `reverify.every` gives one run between them, whichever daemon is due first."""
+    from orchestrator.core.states import DeploymentState as D
+    from orchestrator.daemon.reverifier import Reverifier
+    from orchestrator.daemon.store import open_store
+    from tests.test_deploy import Sink, v1_spec
+
+    spec_path = v1_spec(models_dir, tmp_path, "rv-shared", extra="reverify: {every: 1h}\n")
+    url = postgres.database()
+    stores = [open_store(url) for _ in range(3)]
+    try:
+        stores[0].create_deployment("d1", "rv-shared", {"reverify": {"every": "1h"}})
+        stores[0].transition_deployment("d1", D.RUNNING)
+        stores[0].transition_deployment("d1", D.SUCCEEDED)
+        t0 = stores[0].get_deployment("d1").updated
+        runs: list[tuple[float, str]] = []
+        daemons = []
+        for n, store in enumerate(stores):
+            def ran(job: Callable[[], None], owner: str = "abc"[n]) -> None:
+                runs.append((now, owner))
+            daemons.append(Reverifier(store, None, lambda d: Sink(), lambda d: spec_path.parent,
+                                      ran, 4, rnd=random.Random(n), owner="abc"[n]))
+        for minute in range(0, 4 * 60 + 1):  # four hours, ticked every minute by each daemon
+            now = t0 + minute * 60
+            for r in daemons:
+                r.tick(now)
+                r._done("rv-shared")  # each run ends within its minute
+    finally:
+        for store in stores:
+            store.close()
+    times = [t for t, _ in runs]
+    gaps = [b - a for a, b in zip([t0, *times], times, strict=False)]
+    assert len(runs) == 4 and all(3600 * 0.9 <= g <= 3600 * 1.1 + 60 for g in gaps[:1]), runs
+    assert all(3600 <= g <= 3600 + 60 for g in gaps[1:]), gaps  # one per hour, not three

@@ -80,7 +80,8 @@ class Service:
         from orchestrator.daemon.runners.probe import ProbeRunner
 
         return Reverifier(self.store, ProbeRunner(self.config), self.sink, self.bundle_dir,
-                          self._pool.submit, self.config.max_ssh_sessions)
+                          self._pool.submit, self.config.max_ssh_sessions,
+                          owner=self.leases.owner)
 
     def sink(self, deployment: str) -> ServiceSink:
         sink = ServiceSink(self.hub, deployment, self._observe)

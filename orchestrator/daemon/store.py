@@ -135,7 +135,8 @@ class Store(Protocol):
     def drop_bundle(self, deployment: str) -> None:
         ...
 
-    def claim(self, kind: str, key: str, owner: str, ttl_s: float) -> int | None:
+    def claim(self, kind: str, key: str, owner: str, ttl_s: float,
+              now: float | None = None) -> int | None:
         """The lease on (kind, key) for `owner`: its fencing token, or None if held."""
         ...
 
