@@ -265,6 +265,18 @@ class Reverifier:
                 self._cond.notify_all()
 
 
+def for_runner(runner: Any, config: Any, store: Store, sink_of: Callable[[str], Any],
+               bundle_dir: Callable[[str], Any], submit: Callable[[Callable[[], None]], Any],
+               owner: str) -> Reverifier | None:
+    """The daemon's re-verification, for a runner that deploys (`reverifies`); else None."""
+    if not getattr(runner, "reverifies", False):
+        return None
+    from orchestrator.daemon.runners.probe import ProbeRunner
+
+    return Reverifier(store, ProbeRunner(config), sink_of, bundle_dir, submit,
+                      config.max_ssh_sessions, owner=owner)
+
+
 def _unreachable(exc: HostError) -> bool:
     from orchestrator.errors import HostKeyRejected, HostUnreachable
 

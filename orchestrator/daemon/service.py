@@ -34,6 +34,7 @@ from orchestrator.daemon.events import EventHub
 from orchestrator.daemon.leases import DEPLOYMENT, Leases
 from orchestrator.daemon.metrics import Metrics
 from orchestrator.daemon.reconcile import reconcile, reconcile_with_runner
+from orchestrator.daemon.reverifier import for_runner
 from orchestrator.daemon.runners.base import DeploymentOutcome, Runner
 from orchestrator.daemon.sinks import ServiceSink
 from orchestrator.daemon.statedir import private_dir
@@ -70,18 +71,9 @@ class Service:
         self.idle = threading.Condition()
         self.metrics = Metrics(store)
         self.webhooks = Notifier(config.webhooks, self.metrics.app_of)  # stopped by main.py
-        self.reverifier = self._make_reverifier()
-
-    def _make_reverifier(self) -> Any:
-        """Re-verification (daemon/reverifier.py) for a runner that deploys (`reverifies`)."""
-        if not getattr(self.runner, "reverifies", False):
-            return None
-        from orchestrator.daemon.reverifier import Reverifier
-        from orchestrator.daemon.runners.probe import ProbeRunner
-
-        return Reverifier(self.store, ProbeRunner(self.config), self.sink, self.bundle_dir,
-                          self._pool.submit, self.config.max_ssh_sessions,
-                          owner=self.leases.owner)
+        # Re-verification (daemon/reverifier.py), for a runner that deploys (`reverifies`).
+        self.reverifier = for_runner(runner, config, store, self.sink, self.bundle_dir,
+                                     self._pool.submit, self.leases.owner)
 
     def sink(self, deployment: str) -> ServiceSink:
         sink = ServiceSink(self.hub, deployment, self._observe)
@@ -241,12 +233,10 @@ class Service:
             log_.exception("worker crashed")
         finally:
             with self._lock:
-                self._cancels.pop(deployment, None)
-                self._user_cancelled.discard(deployment)
-                self._rollback_requested.discard(deployment)
-                self._rollback_to.pop(deployment, None)
-                self._stall_noted.discard(deployment)
-                self._lease_lost.discard(deployment)
+                self._cancels.pop(deployment, None), self._rollback_to.pop(deployment, None)
+                for noted in (self._user_cancelled, self._rollback_requested,
+                              self._stall_noted, self._lease_lost):
+                    noted.discard(deployment)
             self.leases.release(DEPLOYMENT, deployment)
             self.hub.close_log(deployment)
             with self.idle:
@@ -379,14 +369,25 @@ class Service:
             self._schedule(deployment, "rollback")
         return self.store.get_deployment(deployment)
 
+    def stop_worker(self, deployment: str, why: str) -> bool:
+        """The deployment's worker starts no further step: its lease was lost (`why` "lease":
+        it then ends `interrupted`, left for the next holder) or it made no progress ("stall":
+        it ends failed; once). Whether a worker was told."""
+        with self._lock:
+            if why != "lease" and deployment in self._stall_noted:
+                return False
+            (self._lease_lost if why == "lease" else self._stall_noted).add(deployment)
+            if cancel := self._cancels.get(deployment):
+                cancel.set()
+            return cancel is not None
+
     def works_on(self, deployment: str) -> bool:
         """A worker of this daemon has it (user actions on others are routed: routing.py)."""
         with self._lock:
             return deployment in self._cancels
 
     def check_progress(self, now: float, *, orphan_after_s: float = 30.0) -> list[str]:
-        """The daemon's own watchdog (orchestrator/daemon/watchdog.py)."""
-        return watchdog.check_progress(self, now, orphan_after_s=orphan_after_s)
+        return watchdog.check_progress(self, now, orphan_after_s=orphan_after_s)  # watchdog.py
 
     def verify_hosts(self, names: list[str]) -> list[dict[str, Any]]:
         if self.reverifier is not None:  # probe, audit and warm up every app on those hosts
