@@ -41,7 +41,7 @@ from orchestrator.daemon.statedir import private_dir
 from orchestrator.daemon.store import DeploymentRecord, Store
 from orchestrator.daemon.webhooks import Notifier
 from orchestrator.deploy.control import RolloutControl
-from orchestrator.errors import Conflict, OrchestratorError
+from orchestrator.errors import Conflict, OrchestratorError, StoreUnavailable
 
 D, S = DeploymentState, HostStepState
 log = structlog.get_logger("orchestrator.daemon.service")
@@ -57,8 +57,7 @@ class Service:
         self.reconciler = reconciler
         self._pool = ThreadPoolExecutor(config.max_parallel_deployments,
                                         thread_name_prefix="deploy")
-        self._lock = threading.Lock()
-        self._fetch_lock = threading.Lock()
+        self._lock, self._fetch_lock = threading.Lock(), threading.Lock()
         self._cancels: dict[str, RolloutControl] = {}
         self._user_cancelled: set[str] = set()
         self._rollback_requested: set[str] = set()
@@ -67,8 +66,7 @@ class Service:
         self._stall_noted: set[str] = set()
         self._lease_lost: set[str] = set()
         self.leases = Leases(store, config.lease_ttl_s)
-        self.stopping = threading.Event()
-        self.idle = threading.Condition()
+        self.stopping, self.idle = threading.Event(), threading.Condition()
         self.metrics = Metrics(store)
         self.webhooks = Notifier(config.webhooks, self.metrics.app_of)  # stopped by main.py
         # Re-verification (daemon/reverifier.py), for a runner that deploys (`reverifies`).
@@ -207,7 +205,7 @@ class Service:
         with self.idle:
             self._working.add(deployment)
         try:
-            cancel = self._cancels[deployment]
+            cancel = sink.cancel = self._cancels[deployment]  # set too if the store is lost
             if self.stopping.is_set():
                 return  # still queued in the store: the next start picks it up
             submission = bundle.validate(self.bundle_dir(deployment))
@@ -248,6 +246,8 @@ class Service:
               cancel: threading.Event) -> DeploymentOutcome:
         try:
             return method(deployment, submission.bundle_dir, submission.spec, sink, cancel)
+        except StoreUnavailable:
+            raise  # not the deployment's outcome: it stays in flight for the next lease holder
         except OrchestratorError as exc:
             return DeploymentOutcome(D.FAILED, str(exc))
         except Exception as exc:
@@ -256,9 +256,9 @@ class Service:
                                                "please report (traceback in the daemon log)")
 
     def _finish(self, deployment: str, sink: ServiceSink, outcome: DeploymentOutcome) -> None:
-        if deployment in self._lease_lost:  # another daemon holds it now, or will
+        if deployment in self._lease_lost or sink.store_lost:  # the next holder resumes it
             sink.emit("deployment", status="interrupted", level="warning",
-                      reason="lease lost; the daemon that holds it next resumes it")
+                      reason="lease or store lost; the daemon that holds it next resumes it")
             return
         if (self.stopping.is_set() and outcome.state is D.CANCELLED
                 and deployment not in self._user_cancelled):
