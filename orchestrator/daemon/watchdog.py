@@ -44,15 +44,30 @@ class Supervised(Protocol):
     def reconcile(self, record: DeploymentRecord) -> None: ...
 
 
+#: `take_over` (the heartbeat) and the orphan check (`check_progress`) run on different threads
+#: and may both find one deployment unheld: the first to claim it works it, the other sees it
+#: held by this daemon and leaves it (a second resume beside the first would race it).
+_claiming = threading.Lock()
+
+
+def _claim_unheld(service: Supervised, deployment: str) -> int | None:
+    """The lease's token, claimed now, unless this daemon already holds or works it."""
+    with _claiming:
+        if (service.works_on(deployment)
+                or service.leases.token(DEPLOYMENT, deployment) is not None):
+            return None
+        return service.leases.claim(DEPLOYMENT, deployment)
+
+
 def take_over(service: Supervised) -> list[str]:
     """Claim and work every deployment, in flight or queued, that no live daemon holds (oldest
     first); returns them. At start this is crash recovery; on the tick, another's takeover."""
     taken = []
     for record in sorted(service.store.list_deployments(
             states=DEPLOYMENT_IN_FLIGHT | {D.QUEUED}, limit=1 << 30), key=lambda r: r.created):
-        if service.works_on(record.id) or service.stopping.is_set():
-            continue  # this daemon's worker has it
-        token = service.leases.claim(DEPLOYMENT, record.id)
+        if service.stopping.is_set():
+            continue
+        token = _claim_unheld(service, record.id)
         if token is None:
             continue
         record = service.store.get_deployment(record.id)  # as of the claim
@@ -88,7 +103,7 @@ def check_progress(service: Supervised, now: float, *, orphan_after_s: float = 3
         owned = service.works_on(record.id)
         stalled = owned and record.state is not D.PAUSED  # a pause waits for a person
         if (not owned and not service.stopping.is_set() and now - record.updated > orphan_after_s
-            and service.leases.claim(DEPLOYMENT, record.id) is not None):  # not another's
+            and _claim_unheld(service, record.id) is not None):  # not another's, nor taken
             service.sink(record.id).emit("watchdog", status="orphaned", level="error",
                                       reason="no worker owns this deployment")
             try:
