@@ -40,7 +40,7 @@ from orchestrator.daemon.service import Service
 from orchestrator.daemon.statedir import lock_state_dir, open_private, private_dir
 from orchestrator.daemon.store import open_store
 from orchestrator.daemon.watch import SpecWatcher
-from orchestrator.errors import DaemonError
+from orchestrator.errors import DaemonError, StoreUnavailable
 
 log = structlog.get_logger("orchestrator.daemon.main")
 WATCH_INTERVAL_S = 2.0  # how often `specs_dir` is scanned for new or changed specs
@@ -253,8 +253,9 @@ class _Server(uvicorn.Server):
                 and (self._answer is None or self._answer.done())
                 and now - self._last_answer >= routing.ANSWER_EVERY_S):
             self._last_answer = now  # actions asked of other daemons for this one's work
-            if self._answer is not None and self._answer.exception() is not None:
-                log.warning("routed actions not answered", error=repr(self._answer.exception()))
+            failed = self._answer.exception() if self._answer is not None else None
+            if failed is not None and not isinstance(failed, StoreUnavailable):  # said already
+                log.warning("routed actions not answered", error=repr(failed))
             self._answer = asyncio.create_task(run_in_threadpool(routing.answer, self._service))
         return await super().on_tick(counter)
 
