@@ -1303,6 +1303,38 @@ def test_deploy_lock_fences_a_holder_whose_token_a_later_one_passed(root: Path) 
     assert json.loads(owner_file.read_text()) == later  # an owner without a token: kept
 
 
+def test_each_op_that_changes_an_app_is_fenced_by_the_lease_token_not_only_the_lock(
+        root: Path) -> None:
+    """Issue 16: a daemon that took the lock under token 3 and then lost the lease to token 4
+    has its later ops refused by the host (kind "fenced", nothing changed), alone or in a
+    batch; the holder's ops and unfenced (CLI) calls go on; a read is never fenced."""
+    stale, later = {"deployment": "d1", "token": 3}, {"deployment": "d1", "token": 4}
+    ok("deploy-lock", root, app="a", owner=stale)
+    assert ok("stage-begin", root, app="a", release_id=rid(1), fence=stale)["state"] == "staging"
+    ok("deploy-lock", root, app="a", owner=later)  # the lease expired; another daemon took it
+    refused = fails("stage-begin", root, "fenced", app="a", release_id=rid(2), fence=stale)
+    assert "(4 > 3)" in refused["error"] and refused["owner"] == later
+    assert not (root / "a" / "releases" / f"{rid(2)}.staging").exists()
+    fails("abort-stage", root, "fenced", app="a", release_id=rid(1), fence=stale)
+    assert (root / "a" / "releases" / f"{rid(1)}.staging").is_dir()
+    other = fails("mark-bad", root, "fenced", app="a", release_id=rid(1),
+                  fence={"deployment": "d9", "token": 9})  # not the lock's deployment
+    assert "not held by d9" in other["error"]
+    ok("state", root, app="a", fence=stale)  # reads are not fenced
+    ok("abort-stage", root, app="a", release_id=rid(1), fence=later)
+    fails("stage-begin", root, "bad-args", app="a", release_id=rid(2), fence={"token": "4"})
+
+    t = LocalTransport()  # the controller's HostOps sends its fence with every call and batch
+    stale_ops = HostOps(t, str(root), fence=stale)
+    with pytest.raises(HostOpFailed) as batch:
+        stale_ops.batch([build.state("a"), build.mark_bad("a", rid(1))])
+    assert batch.value.kind is OpKind.FENCED
+    assert HostOps(t, str(root), fence=later).run(build.mark_bad("a", rid(1)))
+    ok("deploy-unlock", root, app="a", deployment="d1")
+    fails("unmark-bad", root, "fenced", app="a", release_id=rid(1), fence=later)  # no lock
+    ok("unmark-bad", root, app="a", release_id=rid(1))  # unfenced: as before
+
+
 def test_hostlock_maps_busy_to_deploy_locked(root: Path) -> None:
     from orchestrator.hosts import hostlock
 

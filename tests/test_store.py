@@ -187,7 +187,7 @@ def test_a_version_1_file_is_migrated_in_place_keeping_its_data(tmp_path: Path) 
         conn.execute("INSERT INTO deployments VALUES ('old', 'app', '{}', 'succeeded', 1, 1, NULL)")
     conn.close()
     store = SqliteStore.open(path)
-    assert store.schema_version() == SCHEMA_VERSION == 4
+    assert store.schema_version() == SCHEMA_VERSION == 5
     assert store.get_deployment("old").state is D.SUCCEEDED
     store.record_watched("/specs/a.yaml", "abc", "old", None)
     assert store.watched() == {"/specs/a.yaml": "abc"}
@@ -212,7 +212,7 @@ def test_a_version_2_file_is_migrated_in_place_keeping_its_data(
                                 ).fetchall()
     conn.close()
     store = SqliteStore.open(path)
-    assert store.schema_version() == SCHEMA_VERSION == 4
+    assert store.schema_version() == SCHEMA_VERSION == 5
     assert store.get_deployment("old").spec == {"targets": ["h1"]}
     assert [(h["host"], h["status"], h["reasons"]) for h in store.hosts()] == [
         ("h1", "degraded", ["app: driver 550 -> 560"])]

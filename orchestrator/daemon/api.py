@@ -27,7 +27,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from orchestrator import __version__
-from orchestrator.daemon import apps, bundle
+from orchestrator.daemon import apps, bundle, routing
 from orchestrator.daemon.apidocs import install_docs
 from orchestrator.daemon.apimodels import (
     Deployment,
@@ -168,39 +168,39 @@ def _deployment_routes(app: FastAPI, service: Service) -> None:
     @app.post("/v1/deployments/{deployment}/cancel", response_model=Deployment,
               responses=error_responses(404, 409))
     def cancel(deployment: str) -> dict[str, Any]:
-        return service.cancel(deployment).as_json()
+        return routing.act(service, "cancel", deployment).as_json()
 
     @app.post("/v1/deployments/{deployment}/rollback", response_model=Deployment,
               responses=error_responses(404, 409))
     def rollback(deployment: str, body: RollbackRequest | None = None) -> dict[str, Any]:
         """Roll back a running or succeeded deployment (to `to`, or the previous good
         release); every host is asked first: 409 and nothing changed if one cannot."""
-        return service.rollback(deployment, body.to if body else None).as_json()
+        return routing.act(service, "rollback", deployment, body.to if body else None).as_json()
 
     @app.post("/v1/deployments/{deployment}/pause", response_model=Deployment,
               responses=error_responses(404, 409))
     def pause(deployment: str) -> dict[str, Any]:
         """Hold a running rollout before its next batch (the batch in flight finishes)."""
-        return service.pause(deployment).as_json()
+        return routing.act(service, "pause", deployment).as_json()
 
     @app.post("/v1/deployments/{deployment}/resume", response_model=Deployment,
               responses=error_responses(404, 409))
     def resume(deployment: str) -> dict[str, Any]:
         """Let a paused rollout go on (also one held by `rollout.on_failure: pause`)."""
-        return service.resume(deployment).as_json()
+        return routing.act(service, "resume", deployment).as_json()
 
     @app.post("/v1/deployments/{deployment}/abort", response_model=Deployment,
               responses=error_responses(404, 409))
     def abort(deployment: str) -> dict[str, Any]:
         """Start no more hosts; with `rollout.on_failure: rollback` put back the hosts this
         deployment switched, with `pause` leave them."""
-        return service.abort(deployment).as_json()
+        return routing.act(service, "abort", deployment).as_json()
 
     @app.post("/v1/apps/{app_name}/rollback", response_model=Deployment,
               responses=error_responses(404, 409))
     def rollback_app(app_name: str, body: RollbackRequest | None = None) -> dict[str, Any]:
         """Roll back the app's running or latest succeeded deployment (see above)."""
-        return service.rollback_app(app_name, body.to if body else None).as_json()
+        return routing.act_on_app(service, app_name, body.to if body else None).as_json()
 
     @app.get("/v1/apps/{app_name}/releases", responses=error_responses(404))
     def releases(app_name: str, host: Annotated[list[str] | None, Query()] = None

@@ -30,7 +30,7 @@ import uvicorn
 from starlette.concurrency import run_in_threadpool
 
 from orchestrator.core.terminal import safe
-from orchestrator.daemon import watchdog
+from orchestrator.daemon import routing, watchdog
 from orchestrator.daemon.api import create_app
 from orchestrator.daemon.config import DaemonConfig, read_token
 from orchestrator.daemon.events import EventHub
@@ -40,7 +40,7 @@ from orchestrator.daemon.service import Service
 from orchestrator.daemon.statedir import lock_state_dir, open_private, private_dir
 from orchestrator.daemon.store import open_store
 from orchestrator.daemon.watch import SpecWatcher
-from orchestrator.errors import DaemonError
+from orchestrator.errors import DaemonError, StoreUnavailable
 
 log = structlog.get_logger("orchestrator.daemon.main")
 WATCH_INTERVAL_S = 2.0  # how often `specs_dir` is scanned for new or changed specs
@@ -191,6 +191,8 @@ class _Server(uvicorn.Server):
         self._beat: asyncio.Task[list[str]] | None = None
         self._last_beat = 0.0
         self._catch_up: asyncio.Task[int] | None = None
+        self._answer: asyncio.Task[int] | None = None
+        self._last_answer = 0.0
         self._watchdog = watchdog_interval()
         self._last_ping = 0.0
 
@@ -247,6 +249,14 @@ class _Server(uvicorn.Server):
                 log.warning("events of other daemons not read",
                             error=repr(self._catch_up.exception()))
             self._catch_up = asyncio.create_task(run_in_threadpool(self._service.hub.catch_up))
+        if (self._service is not None and self._service.store.shared and not self.should_exit
+                and (self._answer is None or self._answer.done())
+                and now - self._last_answer >= routing.ANSWER_EVERY_S):
+            self._last_answer = now  # actions asked of other daemons for this one's work
+            failed = self._answer.exception() if self._answer is not None else None
+            if failed is not None and not isinstance(failed, StoreUnavailable):  # said already
+                log.warning("routed actions not answered", error=repr(failed))
+            self._answer = asyncio.create_task(run_in_threadpool(routing.answer, self._service))
         return await super().on_tick(counter)
 
 

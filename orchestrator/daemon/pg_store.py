@@ -17,6 +17,7 @@ on hosts" (its leases cannot be renewed).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -30,6 +31,7 @@ from orchestrator.errors import StoreCorrupt, StoreUnavailable
 NOTIFY_CHANNEL = "orchestrator_events"
 _MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(7161616161)"
 CONNECT_TIMEOUT_S = 5
+IDLE_CHECK_S = 1.0  # a writer idle this long is checked before a transaction (a restart)
 
 
 def describe(url: str) -> str:
@@ -41,6 +43,13 @@ def describe(url: str) -> str:
     host = parts.get("host") or "localhost"
     return f"postgresql://{parts.get('user', '')}@{host}:{parts.get('port', 5432)}/" \
            f"{parts.get('dbname', '')}"
+
+
+def _dropped(exc: psycopg.OperationalError) -> bool:
+    """The server closed this connection (a restart, an admin): a new one may well work."""
+    text = str(exc)
+    return any(m in text for m in ("terminating connection", "server closed the connection",
+                                   "consuming input failed", "connection is closed"))
 
 
 def _sql(text: str) -> str:
@@ -59,6 +68,7 @@ class PostgresStore(SqlStore):
         self.location = describe(url)
         self._lock = threading.RLock()
         self._writer: psycopg.Connection[Any] | None = None
+        self._written = 0.0  # monotonic time the writer was last used
         self._local = threading.local()
         self._readers: list[psycopg.Connection[Any]] = []
         self._readers_lock = threading.Lock()
@@ -107,23 +117,37 @@ class PostgresStore(SqlStore):
         return conn
 
     def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        conn = self._reader()
-        try:
-            cur = conn.execute(_sql(sql), tuple(args))
-            return as_dicts(cur.description, cur.fetchall() if cur.description else [])
-        except psycopg.OperationalError as exc:
-            conn.close()  # replaced at the next read
-            raise StoreUnavailable(f"{self.location}: {str(exc).strip()}") from None
+        for attempt in (1, 2):
+            conn = self._reader()
+            try:
+                cur = conn.execute(_sql(sql), tuple(args))
+                return as_dicts(cur.description, cur.fetchall() if cur.description else [])
+            except psycopg.OperationalError as exc:
+                conn.close()  # replaced at the next read
+                # A thread's idle connection that the server dropped (it restarted) fails at
+                # its first use: a read is safe to run again once, on a new connection.
+                if attempt == 2 or not _dropped(exc):
+                    raise StoreUnavailable(f"{self.location}: {str(exc).strip()}") from None
+        raise AssertionError("unreachable")
 
     @contextmanager
     def _tx(self) -> Iterator[Exec]:
         with self._lock:
             if self._closed:
                 raise StoreUnavailable(f"{self.location}: the store is closed")
+            if (self._writer is not None and not self._writer.closed
+                    and time.monotonic() - self._written > IDLE_CHECK_S):
+                try:  # dropped by a server restart while idle? Nothing is written yet.
+                    self._writer.execute("SELECT 1")
+                except psycopg.OperationalError:
+                    self._writer.close()
             if self._writer is None or self._writer.closed or self._writer.broken:
                 self._writer = self._connect()
-            with self._transaction(self._writer) as run:
-                yield run
+            try:
+                with self._transaction(self._writer) as run:
+                    yield run
+            finally:
+                self._written = time.monotonic()
 
     @contextmanager
     def _bulk(self) -> Iterator[Exec]:

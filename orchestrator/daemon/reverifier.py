@@ -9,8 +9,13 @@
 
 The schedule of an app starts from its last succeeded deployment that has a `reverify:` section;
 each next run is `every * (1 ± JITTER)` later, so apps deployed together do not re-verify in
-lock step. A run never overlaps a rollout of the same app: it skips an app while the store shows
-a deployment of it queued or in flight, a deployment waits (`wait_idle`) for a run in flight (a
+lock step. Daemons sharing a store (PostgreSQL) run each app once per interval between them, not
+once each: a due run first claims the app's `reverify` lease for one interval, left to expire
+rather than released; a daemon that finds it held moves its next run to that expiry, so
+whichever daemon is due first after it runs the next one.
+
+A run never overlaps a rollout of the same app: it skips an app while the store shows a
+deployment of it queued or in flight, a deployment waits (`wait_idle`) for a run in flight (a
 scheduled one of its app, or any on-demand one) to end before its rollout starts, and on each
 host the run holds the app's deploy lock (a CLI deploy outside the daemon is excluded too).
 
@@ -36,8 +41,9 @@ from orchestrator.core.inventory import Host
 from orchestrator.core.spec import Spec
 from orchestrator.core.states import DEPLOYMENT_ACTIVE, DeploymentState
 from orchestrator.daemon import bundle
+from orchestrator.daemon.leases import REVERIFY
 from orchestrator.daemon.store import Store
-from orchestrator.errors import HostError, NotFound, OrchestratorError
+from orchestrator.errors import DaemonError, HostError, NotFound, OrchestratorError
 from orchestrator.reverify.audit import HostCheckResult, reverify_host
 
 log = structlog.get_logger("orchestrator.core.findings")
@@ -85,8 +91,10 @@ class _AppSink:
 class Reverifier:
     def __init__(self, store: Store, probe_runner: Any, sink_of: Callable[[str], Any],
                  bundle_dir: Callable[[str], Any], submit: Callable[[Callable[[], None]], Any],
-                 max_sessions: int, rnd: random.Random | None = None) -> None:
+                 max_sessions: int, rnd: random.Random | None = None,
+                 owner: str | None = None) -> None:
         self.store, self.runner, self.sink_of = store, probe_runner, sink_of
+        self.owner = owner  # this daemon in the store's leases; None: no lease is taken
         self.bundle_dir, self.submit, self.max_sessions = bundle_dir, submit, max_sessions
         self.rnd = rnd or random.Random()
         self._due: dict[str, float] = {}
@@ -140,6 +148,9 @@ class Reverifier:
             due = self._due.setdefault(app, next_run(since, every, self.rnd))
             if now < due or not self._claim(app):
                 continue
+            if not self._slot(app, every, now):
+                self._done(app)
+                continue
             self._due[app] = next_run(now, every, self.rnd)
             try:
                 self.submit(functools.partial(self._run_app, app, spec))
@@ -148,6 +159,23 @@ class Reverifier:
                 continue
             started.append(app)
         return started
+
+    def _slot(self, app: str, every: float, now: float) -> bool:
+        """This interval's run of `app` is this daemon's to make (the store's lease on it, held
+        for one interval); else its next run is due when that lease expires."""
+        if self.owner is None:
+            return True
+        try:
+            held = self.store.lease(REVERIFY, app)
+            if held is None or float(held["expiry"]) <= now:
+                if self.store.claim(REVERIFY, app, self.owner, every, now=now) is not None:
+                    return True
+                held = self.store.lease(REVERIFY, app)  # another daemon's claim won just now
+        except DaemonError as exc:  # the store is down: no run without the lease
+            log.warning("re-verification not claimed", app=app, error=str(exc))
+            return False
+        self._due[app] = float(held["expiry"]) if held else next_run(now, every, self.rnd)
+        return False
 
     def _claim(self, app: str) -> bool:
         """Mark the app busy unless it is being deployed (checked under the same lock that
@@ -235,6 +263,18 @@ class Reverifier:
             with self._cond:
                 self._manual -= 1
                 self._cond.notify_all()
+
+
+def for_runner(runner: Any, config: Any, store: Store, sink_of: Callable[[str], Any],
+               bundle_dir: Callable[[str], Any], submit: Callable[[Callable[[], None]], Any],
+               owner: str) -> Reverifier | None:
+    """The daemon's re-verification, for a runner that deploys (`reverifies`); else None."""
+    if not getattr(runner, "reverifies", False):
+        return None
+    from orchestrator.daemon.runners.probe import ProbeRunner
+
+    return Reverifier(store, ProbeRunner(config), sink_of, bundle_dir, submit,
+                      config.max_ssh_sessions, owner=owner)
 
 
 def _unreachable(exc: HostError) -> bool:

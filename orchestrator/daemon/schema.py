@@ -81,6 +81,17 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (kind, key)
     );
     """,
+    # 4 -> 5: actions asked of another daemon (issue 16). Pause, resume, abort, cancel or
+    # rollback of a deployment that another daemon works on is written here by the daemon the
+    # client asked; the holder of the deployment's lease acts on it and writes the answer
+    # (daemon/routing.py). An id made by the asker (no sequence: the two dialects differ there).
+    """
+    CREATE TABLE requests (
+        id TEXT PRIMARY KEY, deployment TEXT NOT NULL, action TEXT NOT NULL, arg TEXT,
+        created REAL NOT NULL, answered REAL, status INTEGER, error TEXT
+    );
+    CREATE INDEX requests_open ON requests(answered, deployment);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # The migrations are written in SQLite's words; PostgreSQL's differ only in these types (REAL

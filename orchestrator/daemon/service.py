@@ -34,13 +34,14 @@ from orchestrator.daemon.events import EventHub
 from orchestrator.daemon.leases import DEPLOYMENT, Leases
 from orchestrator.daemon.metrics import Metrics
 from orchestrator.daemon.reconcile import reconcile, reconcile_with_runner
+from orchestrator.daemon.reverifier import for_runner
 from orchestrator.daemon.runners.base import DeploymentOutcome, Runner
 from orchestrator.daemon.sinks import ServiceSink
 from orchestrator.daemon.statedir import private_dir
 from orchestrator.daemon.store import DeploymentRecord, Store
 from orchestrator.daemon.webhooks import Notifier
 from orchestrator.deploy.control import RolloutControl
-from orchestrator.errors import Conflict, NotFound, OrchestratorError
+from orchestrator.errors import Conflict, OrchestratorError, StoreUnavailable
 
 D, S = DeploymentState, HostStepState
 log = structlog.get_logger("orchestrator.daemon.service")
@@ -56,8 +57,7 @@ class Service:
         self.reconciler = reconciler
         self._pool = ThreadPoolExecutor(config.max_parallel_deployments,
                                         thread_name_prefix="deploy")
-        self._lock = threading.Lock()
-        self._fetch_lock = threading.Lock()
+        self._lock, self._fetch_lock = threading.Lock(), threading.Lock()
         self._cancels: dict[str, RolloutControl] = {}
         self._user_cancelled: set[str] = set()
         self._rollback_requested: set[str] = set()
@@ -66,21 +66,12 @@ class Service:
         self._stall_noted: set[str] = set()
         self._lease_lost: set[str] = set()
         self.leases = Leases(store, config.lease_ttl_s)
-        self.stopping = threading.Event()
-        self.idle = threading.Condition()
+        self.stopping, self.idle = threading.Event(), threading.Condition()
         self.metrics = Metrics(store)
         self.webhooks = Notifier(config.webhooks, self.metrics.app_of)  # stopped by main.py
-        self.reverifier = self._make_reverifier()
-
-    def _make_reverifier(self) -> Any:
-        """Re-verification (daemon/reverifier.py) for a runner that deploys (`reverifies`)."""
-        if not getattr(self.runner, "reverifies", False):
-            return None
-        from orchestrator.daemon.reverifier import Reverifier
-        from orchestrator.daemon.runners.probe import ProbeRunner
-
-        return Reverifier(self.store, ProbeRunner(self.config), self.sink, self.bundle_dir,
-                          self._pool.submit, self.config.max_ssh_sessions)
+        # Re-verification (daemon/reverifier.py), for a runner that deploys (`reverifies`).
+        self.reverifier = for_runner(runner, config, store, self.sink, self.bundle_dir,
+                                     self._pool.submit, self.leases.owner)
 
     def sink(self, deployment: str) -> ServiceSink:
         sink = ServiceSink(self.hub, deployment, self._observe)
@@ -214,7 +205,7 @@ class Service:
         with self.idle:
             self._working.add(deployment)
         try:
-            cancel = self._cancels[deployment]
+            cancel = sink.cancel = self._cancels[deployment]  # set too if the store is lost
             if self.stopping.is_set():
                 return  # still queued in the store: the next start picks it up
             submission = bundle.validate(self.bundle_dir(deployment))
@@ -240,12 +231,10 @@ class Service:
             log_.exception("worker crashed")
         finally:
             with self._lock:
-                self._cancels.pop(deployment, None)
-                self._user_cancelled.discard(deployment)
-                self._rollback_requested.discard(deployment)
-                self._rollback_to.pop(deployment, None)
-                self._stall_noted.discard(deployment)
-                self._lease_lost.discard(deployment)
+                self._cancels.pop(deployment, None), self._rollback_to.pop(deployment, None)
+                for noted in (self._user_cancelled, self._rollback_requested,
+                              self._stall_noted, self._lease_lost):
+                    noted.discard(deployment)
             self.leases.release(DEPLOYMENT, deployment)
             self.hub.close_log(deployment)
             with self.idle:
@@ -257,6 +246,8 @@ class Service:
               cancel: threading.Event) -> DeploymentOutcome:
         try:
             return method(deployment, submission.bundle_dir, submission.spec, sink, cancel)
+        except StoreUnavailable:
+            raise  # not the deployment's outcome: it stays in flight for the next lease holder
         except OrchestratorError as exc:
             return DeploymentOutcome(D.FAILED, str(exc))
         except Exception as exc:
@@ -265,9 +256,9 @@ class Service:
                                                "please report (traceback in the daemon log)")
 
     def _finish(self, deployment: str, sink: ServiceSink, outcome: DeploymentOutcome) -> None:
-        if deployment in self._lease_lost:  # another daemon holds it now, or will
+        if deployment in self._lease_lost or sink.store_lost:  # the next holder resumes it
             sink.emit("deployment", status="interrupted", level="warning",
-                      reason="lease lost; the daemon that holds it next resumes it")
+                      reason="lease or store lost; the daemon that holds it next resumes it")
             return
         if (self.stopping.is_set() and outcome.state is D.CANCELLED
                 and deployment not in self._user_cancelled):
@@ -378,15 +369,25 @@ class Service:
             self._schedule(deployment, "rollback")
         return self.store.get_deployment(deployment)
 
-    def rollback_app(self, app: str, to: str | None = None) -> DeploymentRecord:
-        for record in self.store.list_deployments(app=app, limit=1 << 30):
-            if record.state in (D.RUNNING, D.SUCCEEDED):
-                return self.rollback(record.id, to)
-        raise NotFound(f"app {app!r} has no running or succeeded deployment to roll back")
+    def stop_worker(self, deployment: str, why: str) -> bool:
+        """The deployment's worker starts no further step: its lease was lost (`why` "lease":
+        it then ends `interrupted`, left for the next holder) or it made no progress ("stall":
+        it ends failed; once). Whether a worker was told."""
+        with self._lock:
+            if why != "lease" and deployment in self._stall_noted:
+                return False
+            (self._lease_lost if why == "lease" else self._stall_noted).add(deployment)
+            if cancel := self._cancels.get(deployment):
+                cancel.set()
+            return cancel is not None
+
+    def works_on(self, deployment: str) -> bool:
+        """A worker of this daemon has it (user actions on others are routed: routing.py)."""
+        with self._lock:
+            return deployment in self._cancels
 
     def check_progress(self, now: float, *, orphan_after_s: float = 30.0) -> list[str]:
-        """The daemon's own watchdog (orchestrator/daemon/watchdog.py)."""
-        return watchdog.check_progress(self, now, orphan_after_s=orphan_after_s)
+        return watchdog.check_progress(self, now, orphan_after_s=orphan_after_s)  # watchdog.py
 
     def verify_hosts(self, names: list[str]) -> list[dict[str, Any]]:
         if self.reverifier is not None:  # probe, audit and warm up every app on those hosts

@@ -38,11 +38,12 @@ class LeaseRows:
 
     # -- leases ------------------------------------------------------------------------------
 
-    def claim(self, kind: str, key: str, owner: str, ttl_s: float) -> int | None:
+    def claim(self, kind: str, key: str, owner: str, ttl_s: float,
+              now: float | None = None) -> int | None:
         """Take the lease on (kind, key) if it is free, expired or already `owner`'s; returns
         its fencing token (one more than the last holder's), or None when another daemon holds
-        it or is claiming it right now."""
-        now = time.time()
+        it or is claiming it right now. `now`: the caller's wall clock (a schedule's tick)."""
+        now = time.time() if now is None else now
         with self._tx() as q:
             rows = q("SELECT owner, token, expiry FROM leases WHERE kind = ? AND key = ?"
                      f"{self._for_update}{self._skip_locked}", (kind, key))

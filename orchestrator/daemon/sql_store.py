@@ -36,13 +36,14 @@ from orchestrator.daemon.schema import (
     for_dialect,
 )
 from orchestrator.daemon.sql_leases import Exec, LeaseRows, Row
+from orchestrator.daemon.sql_requests import RequestRows
 from orchestrator.errors import NotFound, StoreCorrupt
 
 CHUNK_BYTES = 1 << 20  # a bundle's rows: large enough to stream fast, small enough to buffer
 EVENT_CORE = ("ts", "level", "event", "deployment", "host", "step", "status", "duration_ms")
 
 
-class SqlStore(LeaseRows):
+class SqlStore(LeaseRows, RequestRows):
     """The queries; subclasses (SqliteStore, PostgresStore) own the connections."""
 
     dialect = "sqlite"

@@ -21,6 +21,7 @@ from orchestrator.daemon.schema import (
     DeploymentRecord,
     StepRecord,
 )
+from orchestrator.daemon.sql_requests import Answer, Request
 from orchestrator.daemon.sqlite_store import SqliteStore
 
 __all__ = ["HOST_STATUSES", "MIGRATIONS", "SCHEMA_VERSION", "DeploymentRecord", "StepRecord",
@@ -143,7 +144,8 @@ class Store(Protocol):
     def drop_bundle(self, deployment: str) -> None:
         ...
 
-    def claim(self, kind: str, key: str, owner: str, ttl_s: float) -> int | None:
+    def claim(self, kind: str, key: str, owner: str, ttl_s: float,
+              now: float | None = None) -> int | None:
         """The lease on (kind, key) for `owner`: its fencing token, or None if held."""
         ...
 
@@ -159,6 +161,19 @@ class Store(Protocol):
     def expire_leases(self) -> int:
         """Every lease expired now: for a store no other daemon can use (SQLite, under the
         state dir's lock), whatever holds it is a dead process of this daemon."""
+        ...
+
+    def ask(self, deployment: str, action: str, arg: str | None = None) -> str:
+        """An action for the daemon that holds `deployment` (daemon/sql_requests.py)."""
+        ...
+
+    def open_requests(self) -> list[Request]:
+        ...
+
+    def answer(self, request: str, status: int, error: str | None = None) -> bool:
+        ...
+
+    def answer_of(self, request: str) -> Answer | None:
         ...
 
 

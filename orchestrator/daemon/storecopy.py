@@ -15,8 +15,8 @@ from orchestrator.daemon import bundle
 from orchestrator.daemon.sql_store import SqlStore
 from orchestrator.errors import Conflict
 
-#: In foreign-key order. Leases and bundles are not copied: no lease outlives its daemon, and
-#: the bundles come from the state dir's files.
+#: In foreign-key order. Leases, requests and bundles are not copied: no lease (nor a request
+#: to its holder) outlives its daemon, and the bundles come from the state dir's files.
 TABLES = ("deployments", "steps", "events", "host_facts", "releases", "watched_specs",
           "app_results")
 

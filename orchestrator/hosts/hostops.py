@@ -100,10 +100,15 @@ class SmallModel:
 class HostOps:
     """The release operations of one host, under one deploy_root, over one transport."""
 
-    def __init__(self, transport: Transport, deploy_root: str, *, python: str = "python3") -> None:
+    def __init__(self, transport: Transport, deploy_root: str, *, python: str = "python3",
+                 fence: Mapping[str, Any] | None = None) -> None:
         if not posixpath.isabs(deploy_root):
             raise ValueError(f"deploy_root must be absolute: {deploy_root!r}")
         self.transport, self.root, self.python = transport, posixpath.normpath(deploy_root), python
+        # {deployment, token}: the daemon's lease, checked by the host at every op that
+        # changes the app (remote/hostops_host.py `check_fence`).
+        self._common: dict[str, Any] = {"root": self.root, **({"fence": dict(fence)} if fence
+                                                              else {})}
         self._tools: RemoteTools | None = None
 
     @property
@@ -136,7 +141,7 @@ class HostOps:
         """Run one op (built by `orchestrator.hosts.ops`) and parse its reply; the arguments
         travel on stdin (no argv length limit, nothing in `ps`)."""
         op = str(call.op)
-        payload = json.dumps({"root": self.root, **call.args}).encode("utf-8")
+        payload = json.dumps({**self._common, **call.args}).encode("utf-8")
         result = self.transport.run(self._argv(op), timeout=timeout, stdin=payload,
                                     check=False, max_output=max_output)
         return self.parsed(call, parse_reply(self.host, op, result.exit_code, result.stdout,
@@ -149,7 +154,7 @@ class HostOps:
         types it), or the HostOpFailed of the first that failed (the later ones did not run).
         Every reply is checked against its call's parser here, so a reply missing what its op
         promises is a BadHostOutput now, never a KeyError in the step that reads it."""
-        payload = json.dumps({"root": self.root, "ops": [c.wire() for c in calls]})
+        payload = json.dumps({**self._common, "ops": [c.wire() for c in calls]})
         result = self.transport.run(self._argv(str(ops.Op.BATCH)), timeout=timeout,
                                     stdin=payload.encode("utf-8"), check=False,
                                     max_output=max_output)

@@ -36,6 +36,7 @@ class OpKind(enum.StrEnum):
     CHECK_FAILED = "check-failed"
     TIMEOUT = "timeout"
     BUSY = "busy"
+    FENCED = "fenced"  # the deploy lock is another deployment's, or a later lease holder's
     STALE_GENERATION = "stale-generation"
     UV_MISSING = "uv-missing"
     BAD_RELEASE = "bad-release"

@@ -42,6 +42,7 @@ class Cluster:
     port: int
     bin: Path
     user: str
+    options: str = ""  # the server's, given again by `start_again`
 
     @property
     def socket_dir(self) -> Path:
@@ -75,9 +76,15 @@ class Cluster:
         # of many threads each.
         options = (f"-p {cluster.port} -k {base / 'run'} -c listen_addresses='' -c fsync=off "
                    "-c max_connections=300")
-        cluster._as_owner(str(bin_dir / "pg_ctl"), "-D", str(base / "data"), "-o", options,
-                          "-l", str(base / "server.log"), "-w", "-t", "60", "start")
+        cluster.options = options
+        cluster.start_again()
         return cluster
+
+    def start_again(self) -> None:
+        """Start the server (after `pg_ctl("stop", ...)`: a database outage in a test)."""
+        self._as_owner(str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-o",
+                       self.options, "-l", str(self.dir / "server.log"), "-w", "-t", "60",
+                       "start")
 
     def stop(self) -> None:
         self.pg_ctl("stop", "-m", "immediate")

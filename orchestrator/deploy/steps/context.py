@@ -51,7 +51,9 @@ class HostContext:
     @classmethod
     def open(cls, transport: Transport, host: Host, inputs: DeployInputs) -> HostContext:
         """A fresh context: nothing learned yet."""
-        return cls(transport, host, inputs, HostOps(transport, host.deploy_root),
+        fence = None if inputs.fence is None else {"deployment": inputs.deployment,
+                                                   "token": inputs.fence}
+        return cls(transport, host, inputs, HostOps(transport, host.deploy_root, fence=fence),
                    inputs.spec.service)
 
     @property

@@ -7,7 +7,10 @@ Shipped to a host and run by its own `python3` (3.9+, stdlib only):
 It prints exactly one JSON object on stdout: {"ok": true, ...} and exit 0, or
 {"ok": false, "error": "<one line>", "kind": "<stable word>", ...} and exit 1 (2 for bad arguments).
 Every op is idempotent: re-run after a crash it finds its own half-done work and finishes or
-cleans it. Every op takes "root" (the host's deploy_root); app ops take "app".
+cleans it. Every op takes "root" (the host's deploy_root); app ops take "app". A daemon's
+call also carries "fence" ({deployment, token}, its lease): an op that changes an app's
+releases then first checks the app's deploy lock is still that deployment's under no later
+token (hostops_host.check_fence; kind "fenced"), inherited by each op of a batch.
 
 This file is the dispatch (and `probe`, `batch`); the ops live in modules shipped beside it in the
 same flat tools bundle, each stdlib only: hostlayout (the paths), contenthash (file and tree
@@ -115,6 +118,7 @@ if _HERE not in sys.path:
 import importlib  # noqa: E402
 
 from hostops_fs import OpError, checked_arg, root_arg  # noqa: E402
+from hostops_host import check_fence  # noqa: E402
 
 # ---------------------------------------------------------------- probe and batch
 
@@ -157,7 +161,8 @@ def op_batch(args):
             raise OpError("bad-args", f"bad batch entry: {call!r}")
     results = []
     for call in calls:
-        reply, _code = _run_op(call["op"], dict({"root": root}, **call.get("args", {})))
+        inherited = {"root": root, **({"fence": args["fence"]} if "fence" in args else {})}
+        reply, _code = _run_op(call["op"], dict(inherited, **call.get("args", {})))
         results.append(reply)
         if not reply["ok"]:
             raise OpError(reply["kind"], reply["error"], results=results, failed_op=call["op"])
@@ -217,6 +222,7 @@ def _parse(argv):
 def _run_op(op, args):
     """One op's reply (with "ok") and exit code: 0, 1 for a failure, 2 for bad arguments."""
     try:
+        check_fence(op, args)
         return dict(OPS[op](args), ok=True), 0
     except OpError as exc:
         result = dict(exc.extra, ok=False, error=str(exc), kind=exc.kind)

@@ -67,6 +67,35 @@ def op_deploy_lock(args):
     return {"lock": lock, "resumed": False}
 
 
+#: The ops that change an app's releases. Called with a "fence" ({deployment, token}: the
+#: daemon's lease on the deployment), each first checks that the app's deploy lock is still
+#: that deployment's under no later token: a daemon that lost its lease while an op was on its
+#: way is refused here, at every op, not only when it took the lock.
+FENCED_OPS = frozenset({
+    "stage-begin", "stage-verify-model", "stage-commit", "write-file", "write-manifest",
+    "abort-stage", "venv-ensure", "image-ensure", "switch", "rollback", "mark-bad",
+    "unmark-bad", "prune",
+})
+
+
+def check_fence(op, args):
+    """Refuse (kind "fenced") a fenced op whose caller no longer holds the app's deploy lock."""
+    fence = args.get("fence")
+    if fence is None or op not in FENCED_OPS or "app" not in args:
+        return  # not under a daemon's lease (a CLI deploy), or not about one app
+    if not (isinstance(fence, dict) and isinstance(fence.get("deployment"), str)
+            and isinstance(fence.get("token"), int) and not isinstance(fence["token"], bool)):
+        raise OpError("bad-args", f"fence must be {{deployment, token}}: {fence!r}")
+    holder = _owner(app_dir_arg(args))
+    theirs = holder.get("token")
+    if holder.get("deployment") != fence["deployment"]:
+        raise OpError("fenced", f"{op}: the app's deploy lock is not held by "
+                                f"{fence['deployment']}: fenced", owner=holder)
+    if isinstance(theirs, int) and theirs > fence["token"]:
+        raise OpError("fenced", f"{op}: the deploy lock is held under a later token "
+                                f"({theirs} > {fence['token']}): fenced", owner=holder)
+
+
 def op_deploy_unlock(args):
     """Drop the app's deploy lock if (and only if) this deployment holds it."""
     app_dir = app_dir_arg(args)
