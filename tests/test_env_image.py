@@ -2,7 +2,8 @@
 an image built by `build_image` from the spec's hashed lock onto a debootstrap base image
 (tests/baseimage.py), verified by the same warmup runner inside the image; the archive
 shipped only to hosts whose engine lacks the image; a wrong-prediction image stopped on the
-canary; a tampered upload never loaded."""
+canary; a tampered upload never loaded; the serving container replaced at a switch with a
+request loop against it seeing no failure, and started again by a rollback."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import hashlib
 import json
 import os
 import shutil
+import threading
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +28,8 @@ from orchestrator.hosts import ops
 from orchestrator.hosts.hostops import HostOpFailed, HostOps, OpKind
 from orchestrator.hosts.pool import Pool
 from orchestrator.hosts.ssh import SshOptions
-from orchestrator.testbed import Testbed
-from tests import baseimage
+from orchestrator.testbed import Testbed, sshd
+from tests import baseimage, serving_app
 from tests.podman import Podman
 from tests.specs import LOCK, VERIFY, WHEEL_CACHE, joblib_spec
 from tests.test_deploy import Sink
@@ -164,7 +167,82 @@ def test_a_tampered_upload_is_deleted_and_never_loaded(
         with pytest.raises(HostOpFailed) as info:
             hostops.run(ops.image_ensure("img-tamper", "20260101T000000Z-0000abcd",
                                          "sha256:" + "1" * 64, sha, engine="/usr/bin/podman",
-                                         gpu=None, wait_s=10))
+                                         gpu_args=[], wait_s=10))
         assert info.value.kind is OpKind.HASH_MISMATCH
         assert not Path(presence.upload_path).exists()
 
+
+
+class Requests(threading.Thread):
+    """GET `url` in a loop until stopped: the release each answer names, and every failure."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.seen, self.errors = url, list[str](), list[str]()
+        self.done = threading.Event()
+        self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                with self.opener.open(self.url, timeout=10) as r:
+                    self.seen.append(json.loads(r.read())["release"])
+            except OSError as exc:
+                self.errors.append(repr(exc))
+            self.done.wait(0.02)  # 50 requests a second: enough to see a gap, not a CPU hog
+
+    def __enter__(self) -> Requests:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.join(30)
+
+
+def test_the_serving_container_is_replaced_without_a_gap_and_restarted_by_a_rollback(
+        sklearn_image: Path, models_dir: Path, tmp_path: Path, inventory: Inventory,
+        pool: Pool) -> None:
+    host = inventory.hosts[HOSTS[0]]
+    port = sshd.free_port([host.address])
+    command = json.dumps(["python3", "-c", Path(serving_app.__file__).read_text(),
+                          host.address, str(port)])
+
+    def spec(name: str, model: str, golden: str, health: str = "") -> Any:
+        service = (f"service: {{container: {{command: {command}, ready_command: "
+                   f"'test -e /tmp/ready', stop_timeout_s: 5}}, health_timeout_s: 2{health}}}\n")
+        return load_spec(image_spec(tmp_path / name, "img-serve", models_dir / model,
+                                    models_dir / golden, sklearn_image, hosts=[host.name],
+                                    extra=service))
+
+    def release() -> tuple[bool, str | None, str | None, str]:
+        with pool.session(host) as t:
+            s = HostOps(t, host.deploy_root).run(ops.container_status("img-serve", "img-serve"))
+        return s.running, s.image_id, s.release_id, s.expected_image_id
+
+    first = deploy(prepare(spec("v1", "model.joblib", "golden.npz"), wheel_cache=WHEEL_CACHE),
+                   inventory.resolve(
+        [host.name]), pool=pool, sink=Sink())
+    assert first.ok, {n: r.error for n, r in first.hosts.items()}
+    with Requests(f"http://{host.address}:{port}/") as loop:
+        second = deploy(prepare(spec("v2", "changed.joblib", "golden-v2.npz"),
+                                wheel_cache=WHEEL_CACHE),
+                        inventory.resolve([host.name]), pool=pool, sink=Sink())
+    assert second.ok, {n: r.error for n, r in second.hosts.items()}
+    assert loop.errors == [] and loop.seen, loop.errors[:3]
+    assert loop.seen[0] == first.release_id and loop.seen[-1] == second.release_id
+    running, image, rid, expected = release()
+    assert running and image == expected and rid == second.release_id
+    # v3's service never passes its health check after the switch: rolled back, and v2's
+    # container (replaced by v3's) started again, still without a refused request.
+    with Requests(f"http://{host.address}:{port}/") as loop:
+        third = deploy(prepare(spec("v3", "model.joblib", "golden.npz",
+                                    ", health_command: 'test -e current/never'"),
+                               wheel_cache=WHEEL_CACHE),
+                       inventory.resolve([host.name]), pool=pool, sink=Sink())
+    bad = third.hosts[host.name]
+    assert bad.status is HostStatus.ROLLED_BACK and bad.failed_step == "check", bad.error
+    assert loop.errors == [] and third.release_id in loop.seen, loop.errors[:3]
+    assert loop.seen[-1] == second.release_id
+    running, image, rid, expected = release()
+    assert running and image == expected and rid == second.release_id

@@ -234,3 +234,28 @@ def test_tampered_archive_is_refused_before_it_is_read(tmp_path: Path) -> None:
     (tmp_path / "image.tar").write_bytes(good[:-1] + b"\x01")
     with pytest.raises(SpecError, match=r"mismatch: the spec says .* refused before it is read"):
         load_environment(spec)
+
+
+@pytest.mark.parametrize(("environment", "service", "expect"), [
+    ('{python: "3.11", requirements: requirements.lock}',
+     "{container: {command: [serve], ready_command: 'true'}}", "needs environment.image"),
+    ("{image: {archive: image.tar, sha256: " + "a" * 64 + "}}",
+     "{restart: x, container: {command: [serve], ready_command: 'true'}}",
+     "restart or container, not both"),
+    ("{image: {archive: image.tar, sha256: " + "a" * 64 + "}}",
+     "{container: {command: [], ready_command: 'true'}}", "at least 1 item"),
+    ("{image: {archive: image.tar, sha256: " + "a" * 64 + "}}",
+     "{container: {command: [serve], ready_command: 'true', name: Bad_Name}}", "name"),
+])
+def test_the_serving_container_is_strict(tmp_path: Path, environment: str, service: str,
+                                         expect: str) -> None:
+    path = image_spec(tmp_path, environment)
+    path.write_text(path.read_text() + f"service: {service}\n")
+    with pytest.raises(SpecError, match=expect):
+        load_spec(path)
+    good = "{container: {command: [python3, '-c', \"print(1)\\nprint(2)\"], ready_command: 'true'}}"
+    path.write_text(image_spec(tmp_path, "{image: {archive: image.tar, sha256: " + "a" * 64
+                               + "}}").read_text() + f"service: {good}\n")
+    container = load_spec(path).service.container  # type: ignore[union-attr]
+    assert container is not None and container.command[2] == "print(1)\nprint(2)"
+    assert container.stable_name("app") == "app" and container.ready_timeout_s == 60

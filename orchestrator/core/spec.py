@@ -35,6 +35,7 @@ from pydantic import (
 )
 
 from orchestrator.core.hashing import hash_path
+from orchestrator.core.spec_container import Container
 from orchestrator.core.spec_gpu import GpuHealth
 from orchestrator.core.specfields import (
     _CC,
@@ -204,11 +205,15 @@ class Service(_Strict):
         | None = _d(None, "HTTP URL that must answer 2xx after the switch.")
     health_command: Command | None = _d(None, "Shell command that must exit 0 after the switch.")
     health_timeout_s: float = _f(30, 0, 3600, "How long the health check may take, s.", gt=True)
+    container: Container | None = _d(None, "An image release's serving container, replaced "
+                                           "at each switch (instead of restart).")
 
     @model_validator(mode="after")
     def _one_health_check(self) -> Service:
         if self.health_url and self.health_command:
             raise ValueError("give health_url or health_command, not both")
+        if self.container is not None and self.restart:
+            raise ValueError("give restart or container, not both")
         return self
 
 
@@ -265,6 +270,13 @@ class Spec(_Strict):
     release: Release = Release()
     service: Service | None = None
     reverify: Reverify | None = None
+
+    @model_validator(mode="after")
+    def _container_needs_image(self) -> Spec:
+        if self.service and self.service.container and self.environment.image is None:
+            raise ValueError("service.container needs environment.image (a venv release "
+                             "has no image to run)")
+        return self
 
     _file: str = PrivateAttr(default="<spec>")
     _paths: SpecPaths | None = PrivateAttr(default=None)

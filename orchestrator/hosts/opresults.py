@@ -105,6 +105,30 @@ class ImageResult:
 
 
 @dataclass(frozen=True)
+class ContainerServed:
+    """container-serve: the serving container now runs the app's current release."""
+
+    container: str      # its stable name
+    release_id: str
+    image_id: str
+    reused: bool        # it already ran that release in that image: nothing was replaced
+    replaced: str | None  # the release the replaced container ran (None: there was none)
+    ready_s: float
+
+
+@dataclass(frozen=True)
+class ContainerStatus:
+    """container-status: what the serving container runs against what the release names."""
+
+    container: str
+    running: bool
+    image_id: str | None    # None: no such container
+    release_id: str | None
+    expected_image_id: str
+    current: str
+
+
+@dataclass(frozen=True)
 class SwitchResult:
     current: str | None
     before: str | None
@@ -251,6 +275,17 @@ def image_presence(r: Mapping[str, Any]) -> ImagePresence:
 
 def image_result(r: Mapping[str, Any]) -> ImageResult:
     return ImageResult(text(r, "image_id"), flag(r, "reused"), text(r, "launcher"))
+
+
+def container_served(r: Mapping[str, Any]) -> ContainerServed:
+    return ContainerServed(text(r, "container"), text(r, "release_id"), text(r, "image_id"),
+                           flag(r, "reused"), opt_text(r, "replaced"), number(r, "ready_s"))
+
+
+def container_report(r: Mapping[str, Any]) -> ContainerStatus:
+    return ContainerStatus(text(r, "container"), flag(r, "running"), opt_text(r, "image_id"),
+                           opt_text(r, "release_id"), text(r, "expected_image_id"),
+                           text(r, "current"))
 
 
 def release_infos(r: Mapping[str, Any]) -> list[ReleaseInfo]:
