@@ -28,6 +28,7 @@ from orchestrator.hosts import ops
 from orchestrator.hosts.hostops import HostOpFailed, HostOps, OpKind
 from orchestrator.hosts.pool import Pool
 from orchestrator.hosts.ssh import SshOptions
+from orchestrator.reverify.audit import reverify_host
 from orchestrator.testbed import Testbed, sshd
 from tests import baseimage, serving_app
 from tests.podman import Podman
@@ -246,3 +247,18 @@ def test_the_serving_container_is_replaced_without_a_gap_and_restarted_by_a_roll
     assert loop.seen[-1] == second.release_id
     running, image, rid, expected = release()
     assert running and image == expected and rid == second.release_id
+    # Replaced by hand with another image: re-verification reports it, naming both images.
+    with pool.session(host) as t:
+        other = t.run(["podman", "commit", "-q", "img-serve", "localhost/by-hand:1"],
+                      timeout=300).stdout.strip()
+        t.run(["podman", "rm", "-f", "img-serve"], timeout=120)
+        t.run(["podman", "run", "-d", "--name", "img-serve", "--network=none",
+               "localhost/by-hand:1", "sleep", "600"], timeout=120)
+        try:
+            checked = reverify_host(t, host, lambda d: None, Sink(), apps=["img-serve"])
+        finally:
+            t.run(["podman", "rm", "-f", "img-serve"], timeout=120)
+            t.run(["podman", "rmi", "-f", "localhost/by-hand:1"], timeout=120)
+    assert checked.status == "failed", checked.reasons
+    assert any(f"runs image sha256:{other.removeprefix('sha256:')}" in r
+               and expected in r for r in checked.reasons), checked.reasons
