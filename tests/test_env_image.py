@@ -22,7 +22,7 @@ from orchestrator.core.hashing import hash_path
 from orchestrator.core.inventory import Inventory
 from orchestrator.core.spec import load_spec
 from orchestrator.deploy.batch import deploy, prepare
-from orchestrator.deploy.imagebuild import build_image
+from orchestrator.deploy.imagebuild import deploy_time_image
 from orchestrator.deploy.pipeline import HostStatus
 from orchestrator.hosts import ops
 from orchestrator.hosts.hostops import HostOpFailed, HostOps, OpKind
@@ -32,7 +32,7 @@ from orchestrator.reverify.audit import reverify_host
 from orchestrator.testbed import Testbed, sshd
 from tests import baseimage, serving_app
 from tests.podman import Podman
-from tests.specs import LOCK, VERIFY, WHEEL_CACHE, joblib_spec
+from tests.specs import VERIFY, WHEEL_CACHE, joblib_spec
 from tests.test_deploy import Sink
 
 HOSTS = ["tb-07", "tb-08"]  # h100 profiles; gpu.required false (the testbed has no toolkit)
@@ -46,25 +46,35 @@ def pool(inventory: Inventory) -> Any:
 
 @pytest.fixture(scope="module")
 def sklearn_image(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Path:
+    """The image the lock makes on the debootstrap base, built as a deploy does it for
+    `environment.image_base` (deploy_time_image) into the tests' cache, kept between runs:
+    the build takes minutes on a busy machine."""
     why = baseimage.why_not()
     if why:
         pytest.skip(why)
-    base = baseimage.base_archive()
-    # Built once per (base image, lock) and kept: the build takes minutes on a busy machine.
-    key = hashlib.sha256(f"{base.name} {hash_path(LOCK)}".encode()).hexdigest()[:16]
-    out = baseimage.cache_dir() / f"sklearn-{key}.tar"
-    if out.is_file():
-        return out
     tmp = tmp_path_factory.mktemp("build")
-    venv_spec = joblib_spec(tmp / "spec", "builder", models_dir / "model.joblib",
-                            models_dir / "golden.npz", ["tb-01"])
+    spec = load_spec(base_spec(tmp / "spec", "builder", models_dir / "model.joblib",
+                               models_dir / "golden.npz", ["tb-01"]))
     engine = Podman(tmp / "podman")
-    build_image(load_spec(venv_spec), base, tmp / "image.tar", wheel_cache=WHEEL_CACHE,
-                engine=["podman", "--root", str(engine.home / "root"), "--runroot",
-                        engine.runroot], env=engine.env)
+    built = deploy_time_image(spec, cache_dir=baseimage.cache_dir(), wheel_cache=WHEEL_CACHE,
+                              engine=["podman", "--root", str(engine.home / "root"),
+                                      "--runroot", engine.runroot], env=engine.env)
     engine.run("rmi", "-a", "-f")
-    os.replace(tmp / "image.tar", out)
-    return out
+    assert built.paths.image is not None and built.environment.requirements is None
+    return built.paths.image
+
+
+def base_spec(folder: Path, app: str, model: Path, golden: Path, hosts: list[str]) -> Path:
+    """A venv spec of the sklearn lock that asks for an image built at deploy time onto the
+    debootstrap base (`environment.image_base`)."""
+    path = joblib_spec(folder, app, model, golden, hosts)
+    base = baseimage.base_archive()
+    os.link(base, folder / "base.tar")
+    sha = hashlib.sha256(base.read_bytes()).hexdigest()
+    path.write_text(path.read_text().replace(
+        "requirements: requirements.lock}",
+        f"requirements: requirements.lock, image_base: {{archive: base.tar, sha256: {sha}}}}}"))
+    return path
 
 
 def image_spec(folder: Path, app: str, model: Path, golden: Path, archive: Path, *,
@@ -118,10 +128,13 @@ def test_image_release_deploys_then_reuses_the_loaded_image(
 def test_wrong_predictions_stop_the_rollout_on_the_canary(
         sklearn_image: Path, models_dir: Path, tmp_path: Path, inventory: Inventory,
         pool: Pool) -> None:
-    spec = load_spec(image_spec(tmp_path / "bad", "img-bad", models_dir / "changed.joblib",
-                                models_dir / "golden.npz", sklearn_image))
-    result = deploy(prepare(spec, wheel_cache=WHEEL_CACHE), inventory.resolve(HOSTS),
-                    pool=pool, sink=Sink())
+    # A spec asking for its image at deploy time: the image the fixture built (the cache has
+    # it), deployed as an image release of that archive.
+    spec = load_spec(base_spec(tmp_path / "bad", "img-bad", models_dir / "changed.joblib",
+                               models_dir / "golden.npz", HOSTS))
+    inputs = prepare(spec, wheel_cache=WHEEL_CACHE, image_cache=baseimage.cache_dir())
+    assert inputs.spec.paths.image == sklearn_image and inputs.spec.digest == spec.digest
+    result = deploy(inputs, inventory.resolve(HOSTS), pool=pool, sink=Sink())
     canary = result.hosts[HOSTS[0]]
     assert canary.status is HostStatus.FAILED and canary.failed_step == "verify"
     assert "golden" in (canary.error or "")
@@ -262,3 +275,4 @@ def test_the_serving_container_is_replaced_without_a_gap_and_restarted_by_a_roll
     assert checked.status == "failed", checked.reasons
     assert any(f"runs image sha256:{other.removeprefix('sha256:')}" in r
                and expected in r for r in checked.reasons), checked.reasons
+

@@ -91,8 +91,10 @@ class ImageArchive(_Strict):
     """An OCI image shipped as an archive file and named by its sha256."""
 
     archive: RelPath = _d(..., "`docker save` / `podman save` output (docker-archive or "
-                               "oci-archive), relative to the spec file.")
-    sha256: Sha256 = _d(..., "sha256 of the archive file (`orchestrator hash PATH`).")
+                               "oci-archive), or for environment.image an OCI layout "
+                               "directory; relative to the spec file.")
+    sha256: Sha256 = _d(..., "sha256 of the archive file, or tree hash of the layout "
+                             "directory (`orchestrator hash PATH`).")
     _check_path = field_validator("archive")(_no_dotdot)
 
 
@@ -109,6 +111,9 @@ class Environment(_Strict):
                                           "file; if absent, the daemon downloads them once.")
     image: ImageArchive | None = _d(None, "OCI image archive the model runs in (mounted "
                                           "read-only).")
+    image_base: ImageArchive | None = _d(None, "With requirements: deploy an image built at "
+                                               "deploy time from the lock onto this base "
+                                               "image archive.")
     _check_paths = field_validator("requirements", "wheelhouse")(_no_dotdot)
 
     @model_validator(mode="after")
@@ -120,6 +125,8 @@ class Environment(_Strict):
             raise ValueError("wheelhouse goes with requirements, not with image")
         if self.requirements is not None and self.python is None:
             raise ValueError("python is required with requirements")
+        if self.image_base is not None and self.requirements is None:
+            raise ValueError("image_base goes with requirements (the lock built onto it)")
         return self
 
 
@@ -246,6 +253,7 @@ class SpecPaths:
     golden: Path
     wheelhouse: Path | None
     image: Path | None = None  # the image archive, for an image environment
+    image_base: Path | None = None  # the base image archive, for an image built at deploy
 
 
 class Spec(_Strict):
@@ -373,6 +381,8 @@ def _resolve_paths(doc: YamlDocument, spec: Spec, spec_dir: Path) -> SpecPaths:
         else None,
         image=inside(("environment", "image", "archive"), env.image.archive) if env.image
         else None,
+        image_base=inside(("environment", "image_base", "archive"), env.image_base.archive)
+        if env.image_base else None,
     )
 
 
