@@ -32,6 +32,7 @@ from orchestrator.reverify.audit import reverify_host
 from orchestrator.testbed import Testbed, sshd
 from tests import baseimage, serving_app
 from tests.podman import Podman
+from tests.podman import available as podman_missing
 from tests.specs import VERIFY, WHEEL_CACHE, joblib_spec
 from tests.test_deploy import Sink
 
@@ -276,3 +277,39 @@ def test_the_serving_container_is_replaced_without_a_gap_and_restarted_by_a_roll
     assert any(f"runs image sha256:{other.removeprefix('sha256:')}" in r
                and expected in r for r in checked.reasons), checked.reasons
 
+
+
+def test_prune_removes_the_images_of_removed_releases_that_nothing_else_runs_in(
+        inventory: Inventory, pool: Pool, tmp_path: Path) -> None:
+    """Three releases of an app on a host with Podman, each in an image of its own (tiny ones,
+    imported here); the second's image is also named by another app's release. Keeping one
+    removes the two older releases and the first one's image only."""
+    why = podman_missing()
+    if why:
+        pytest.skip(why)
+    host = inventory.hosts[HOSTS[1]]
+    (tmp_path / "rootfs").mkdir()
+    (tmp_path / "rootfs" / "hello").write_text("hi\n")
+    tar = shutil.make_archive(str(tmp_path / "rootfs"), "tar", tmp_path / "rootfs")
+    root = Path(host.deploy_root)
+    ids = [f"2026010{n}T000000Z-0000abcd" for n in (1, 2, 3)]
+    with pool.session(host) as t:
+        images = []
+        for n in range(3):  # a label apiece: three configs, three image ids
+            t.run(["podman", "import", "--change", f"LABEL n={n}", tar, f"localhost/tiny:{n}"],
+                  timeout=300)
+            images.append("sha256:" + t.run(["podman", "image", "inspect", "--format", "{{.Id}}",
+                                             f"localhost/tiny:{n}"]).stdout.strip()
+                          .removeprefix("sha256:"))
+        named = [("img-prune", ids[0], images[0]), ("img-prune", ids[1], images[1]),
+                 ("img-prune", ids[2], images[2]), ("img-prune-other", ids[0], images[1])]
+        for app, rid, image in named:
+            (root / app / "releases" / rid).mkdir(parents=True)
+            (root / app / "releases" / rid / "image.json").write_text(json.dumps(
+                {"image_id": image, "engine": "/usr/bin/podman", "gpu_args": []}))
+        (root / "img-prune" / "current").symlink_to(f"releases/{ids[2]}")
+        out = HostOps(t, host.deploy_root).prune("img-prune", 1)
+        left = t.run(["podman", "images", "-q", "--no-trunc"]).stdout
+        t.run(["podman", "rmi", "-f", "localhost/tiny:1", "localhost/tiny:2"], timeout=120)
+    assert sorted(out.removed_releases) == ids[:2] and out.removed_images == (images[0],)
+    assert [i.removeprefix("sha256:") in left for i in images] == [False, True, True]

@@ -172,6 +172,7 @@ class PruneResult:
     removed_wheels: tuple[str, ...]
     kept: tuple[str, ...]
     uv_cache_cleared: bool = False  # dropped with the last venv using it (re-filled on demand)
+    removed_images: tuple[str, ...] = ()  # engine images of removed releases no release names
 
 
 def parse_reply(host: str, op: str, exit_code: int, stdout: str, stderr: str) -> dict[str, Any]:
@@ -305,7 +306,8 @@ def release_infos(r: Mapping[str, Any]) -> list[ReleaseInfo]:
 def prune_result(r: Mapping[str, Any]) -> PruneResult:
     return PruneResult(texts(r, "removed_releases"), texts(r, "removed_venvs"),
                        texts(r, "removed_wheels"), texts(r, "kept"),
-                       bool(r.get("uv_cache_cleared", False)))
+                       bool(r.get("uv_cache_cleared", False)),
+                       texts(r, "removed_images") if "removed_images" in r else ())
 
 
 def lock_held(r: Mapping[str, Any]) -> LockHeld:
