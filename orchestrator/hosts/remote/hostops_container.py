@@ -73,7 +73,8 @@ def _inspect(engine, name):
         return None
     running, image, release = [*done.stdout.strip().split("|"), "", ""][:3]
     image = image if image.startswith("sha256:") else f"sha256:{image}"
-    return running == "true", image, release or None
+    # A container without the label: podman prints nothing, docker "<no value>".
+    return running == "true", image, release if release not in ("", "<no value>") else None
 
 
 def _logs(engine, name):
