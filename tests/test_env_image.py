@@ -20,10 +20,12 @@ import pytest
 
 from orchestrator.core.hashing import hash_path
 from orchestrator.core.inventory import Inventory
-from orchestrator.core.spec import load_spec
+from orchestrator.core.spec import Service, load_spec
 from orchestrator.deploy.batch import deploy, prepare
+from orchestrator.deploy.deadline import Deadline
 from orchestrator.deploy.imagebuild import deploy_time_image
 from orchestrator.deploy.pipeline import HostStatus
+from orchestrator.deploy.steps.recovery import roll_back_and_restart
 from orchestrator.hosts import ops
 from orchestrator.hosts.hostops import HostOpFailed, HostOps, OpKind
 from orchestrator.hosts.pool import Pool
@@ -313,3 +315,45 @@ def test_prune_removes_the_images_of_removed_releases_that_nothing_else_runs_in(
         t.run(["podman", "rmi", "-f", "localhost/tiny:1", "localhost/tiny:2"], timeout=120)
     assert sorted(out.removed_releases) == ids[:2] and out.removed_images == (images[0],)
     assert [i.removeprefix("sha256:") in left for i in images] == [False, True, True]
+
+
+def test_a_rollback_to_a_release_without_a_container_removes_the_undone_container(
+        inventory: Inventory, pool: Pool, tmp_path: Path) -> None:
+    """v1 served by its own restart (no container), v2 in a serving container: rolling v2
+    back leaves no container of v2 serving beside v1 (release dirs written by hand; the
+    container only created, a tiny image imported here)."""
+    why = podman_missing()
+    if why:
+        pytest.skip(why)
+    host, app = inventory.hosts[HOSTS[1]], "img-mixed"
+    (tmp_path / "rootfs").mkdir()
+    (tmp_path / "rootfs" / "hello").write_text("hi\n")
+    tar = shutil.make_archive(str(tmp_path / "rootfs"), "tar", tmp_path / "rootfs")
+    svc = Service.model_validate({"container": {"command": ["/hello"], "ready_command": "true",
+                                                "stop_timeout_s": 1}})
+    v1, v2 = "20260101T000000Z-0000abcd", "20260102T000000Z-0000abcd"
+    releases = Path(host.deploy_root) / app / "releases"
+    with pool.session(host) as t:
+        t.run(["podman", "import", tar, "localhost/tiny-mixed:1"], timeout=300)
+        image = "sha256:" + t.run(["podman", "image", "inspect", "--format", "{{.Id}}",
+                                   "localhost/tiny-mixed:1"]).stdout.strip().removeprefix(
+                                       "sha256:")
+        for rid, service in ((v1, {}), (v2, svc.model_dump(mode="json"))):
+            (releases / rid).mkdir(parents=True)
+            (releases / rid / "manifest.json").write_text(json.dumps({"service": service}))
+        (releases / v2 / "image.json").write_text(json.dumps(
+            {"image_id": image, "engine": "/usr/bin/podman", "gpu_args": []}))
+        hostops = HostOps(t, host.deploy_root)
+        hostops.run(ops.switch(app, v1, 1))
+        hostops.run(ops.switch(app, v2, 2))
+        t.run(["podman", "create", "--name", app, "localhost/tiny-mixed:1", "/hello"],
+              timeout=120)
+        try:
+            out = roll_back_and_restart(t, host, app, v2, svc,
+                                        Deadline(host.name, "rollback", 120))
+            left = t.run(["podman", "ps", "-a", "--format", "{{.Names}}"]).stdout.split()
+        finally:
+            t.run(["podman", "rm", "-f", app], timeout=120)
+            t.run(["podman", "rmi", "-f", "localhost/tiny-mixed:1"], timeout=120)
+    assert out.current == v1 and out.restarted == {"container_removed": True}
+    assert app not in left

@@ -70,6 +70,7 @@ class Op(enum.StrEnum):
     IMAGE_PRESENT = "image-present"
     IMAGE_ENSURE = "image-ensure"
     CONTAINER_SERVE = "container-serve"
+    CONTAINER_REMOVE = "container-remove"
     CONTAINER_STATUS = "container-status"
     SWITCH = "switch"
     ROLLBACK = "rollback"
@@ -217,6 +218,15 @@ def container_serve(app: str, name: str, command: Sequence[str], ready_command: 
     return OpCall(Op.CONTAINER_SERVE, {"app": app, "name": name, "command": list(command),
                                        "ready_command": ready_command, "budget_s": budget_s,
                                        "stop_timeout_s": stop_timeout_s}, container_served)
+
+
+def container_remove(app: str, name: str, release_id: str, *,
+                     stop_timeout_s: float) -> OpCall[bool]:
+    """Stop and remove container `name`, run by the engine of `release_id`'s image.json;
+    True when there was one."""
+    return OpCall(Op.CONTAINER_REMOVE, {**_release(app, release_id), "name": name,
+                                        "stop_timeout_s": stop_timeout_s},
+                  _field("removed", bool))
 
 
 def container_status(app: str, name: str) -> OpCall[ContainerStatus]:

@@ -12,6 +12,10 @@ Shipped beside hostops.py (stdlib only, Python 3.9+).
                       (SIGTERM, then SIGKILL after stop_timeout_s) and removed and the new one
                       renamed to `name`. A new one that exits or is not ready is removed,
                       "check-failed", and the old one serves on untouched.
+    container-remove  root, app, name, release_id, stop_timeout_s -> {"removed": bool}
+                      stops and removes container `name`, run by the engine release_id's
+                      image.json names: a rollback to a release without a serving container
+                      (its own restart serves) must not leave the undone one serving.
     container-status  root, app, name -> {"container", "running", "image_id", "release_id",
                       "expected_image_id", "current"}
                       what `name` runs against what the app's current release names:
@@ -31,6 +35,7 @@ import time
 import hostlayout
 from contenthash import NAME_RE
 from hostops_fs import (
+    RELEASE_RE,
     Flock,
     OpError,
     app_dir_arg,
@@ -165,6 +170,21 @@ def _wait_ready(engine, nxt, ready, budget):
     raise OpError("check-failed", f"container {nxt}: {why}; the old container serves on")
 
 
+def op_container_remove(args):
+    app_dir, name = app_dir_arg(args), checked_arg(args, "name", NAME_RE)
+    rid = checked_arg(args, "release_id", RELEASE_RE)
+    stop_s = int(float(args.get("stop_timeout_s", 10)))
+    info = read_json(os.path.join(release_path(app_dir, rid), IMAGE_FILE), None)
+    engine = info.get("engine") if isinstance(info, dict) else None
+    if not (isinstance(engine, str) and ENGINE_RE.match(engine)):
+        return {"removed": False}  # not an image release: it ran no container of ours
+    if _inspect(engine, name) is None:
+        return {"removed": False}
+    _run(engine, "stop", "-t", str(stop_s), name, timeout=stop_s + ENGINE_TIMEOUT_S)
+    _must(engine, "rm", "-f", name)
+    return {"removed": True}
+
+
 def op_container_status(args):
     name = checked_arg(args, "name", NAME_RE)
     rid, _, image_id, engine, _ = _released(args)
@@ -175,4 +195,5 @@ def op_container_status(args):
 
 
 #: The ops this module offers, by wire name: hostops.py gathers every hostops_* module's.
-OPS = {"container-serve": op_container_serve, "container-status": op_container_status}
+OPS = {"container-serve": op_container_serve, "container-remove": op_container_remove,
+       "container-status": op_container_status}
