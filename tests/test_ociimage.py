@@ -13,8 +13,10 @@ import pytest
 
 from orchestrator.core import ociimage
 from orchestrator.core.envinputs import load_environment
+from orchestrator.core.hashing import hash_path
 from orchestrator.core.ociimage import ImageError, read_image
 from orchestrator.core.spec import load_spec
+from orchestrator.deploy.imagebuild import pack_layout
 from orchestrator.errors import SpecError
 from tests.podman import Podman, available
 
@@ -234,3 +236,66 @@ def test_tampered_archive_is_refused_before_it_is_read(tmp_path: Path) -> None:
     (tmp_path / "image.tar").write_bytes(good[:-1] + b"\x01")
     with pytest.raises(SpecError, match=r"mismatch: the spec says .* refused before it is read"):
         load_environment(spec)
+
+
+@pytest.mark.parametrize(("environment", "service", "expect"), [
+    ('{python: "3.11", requirements: requirements.lock}',
+     "{container: {command: [serve], ready_command: 'true'}}", "needs environment.image"),
+    ("{image: {archive: image.tar, sha256: " + "a" * 64 + "}}",
+     "{restart: x, container: {command: [serve], ready_command: 'true'}}",
+     "restart or container, not both"),
+    ("{image: {archive: image.tar, sha256: " + "a" * 64 + "}}",
+     "{container: {command: [], ready_command: 'true'}}", "at least 1 item"),
+    ("{image: {archive: image.tar, sha256: " + "a" * 64 + "}}",
+     "{container: {command: [serve], ready_command: 'true', name: Bad_Name}}", "name"),
+])
+def test_the_serving_container_is_strict(tmp_path: Path, environment: str, service: str,
+                                         expect: str) -> None:
+    path = image_spec(tmp_path, environment)
+    path.write_text(path.read_text() + f"service: {service}\n")
+    with pytest.raises(SpecError, match=expect):
+        load_spec(path)
+    good = "{container: {command: [python3, '-c', \"print(1)\\nprint(2)\"], ready_command: 'true'}}"
+    path.write_text(image_spec(tmp_path, "{image: {archive: image.tar, sha256: " + "a" * 64
+                               + "}}").read_text() + f"service: {good}\n")
+    container = load_spec(path).service.container  # type: ignore[union-attr]
+    assert container is not None and container.command[2] == "print(1)\nprint(2)"
+    assert container.stable_name("app") == "app" and container.ready_timeout_s == 60
+
+
+def test_an_oci_layout_directory_is_packed_into_the_same_archive_every_time(
+        tmp_path: Path) -> None:
+    """environment.image.archive naming an OCI layout directory: checked by tree hash, packed
+    once (deterministically) into an archive the reader and the hosts take; a changed tree is
+    refused before anything is packed; commands that do not pack say so."""
+    cfg = config(["NVIDIA_REQUIRE_CUDA=cuda>=12.4"])
+    lay = layer(f"{SITE}/numpy-2.1.0.dist-info/METADATA")
+    manifest = json.dumps({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"digest": "sha256:" + hashlib.sha256(cfg).hexdigest()},
+                           "layers": [{"digest": "sha256:"
+                                       + hashlib.sha256(lay).hexdigest()}]}).encode()
+    layout = tmp_path / "spec" / "layout"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (layout / "index.json").write_text(json.dumps(
+        {"manifests": [{"digest": "sha256:" + hashlib.sha256(manifest).hexdigest()}]}))
+    for blob in (manifest, cfg, lay):
+        (layout / "blobs" / "sha256" / hashlib.sha256(blob).hexdigest()).write_bytes(blob)
+    spec_path = image_spec(tmp_path / "spec", "{image: {archive: layout, sha256: "
+                           + hash_path(layout) + "}}")
+    spec = load_spec(spec_path)
+    with pytest.raises(SpecError, match="OCI layout directory: it is read once packed"):
+        load_environment(spec)
+    packed = pack_layout(spec, cache_dir=tmp_path / "cache")
+    info = load_environment(packed)
+    assert info.image_id == "sha256:" + hashlib.sha256(cfg).hexdigest()  # type: ignore[union-attr]
+    assert info.env["NVIDIA_REQUIRE_CUDA"] == "cuda>=12.4"  # type: ignore[union-attr]
+    assert packed.digest == spec.digest and packed.paths.image is not None
+    first = packed.paths.image.read_bytes()
+    packed.paths.image.unlink()
+    again = pack_layout(load_spec(spec_path), cache_dir=tmp_path / "cache")
+    assert again.paths.image is not None and again.paths.image.read_bytes() == first
+    (layout / "index.json").write_text("{}")
+    with pytest.raises(SpecError, match=r"the OCI layout layout hashes to .* \(a tree hash\)"):
+        pack_layout(load_spec(spec_path), cache_dir=tmp_path / "cache2")
+    assert not (tmp_path / "cache2").exists()

@@ -685,3 +685,18 @@ def test_audit_script_matches_the_controller_tree_hash_and_names_venv_files(
     assert _audit_script(py39, tmp_path, "other") == {
         "ok": False, "kind": "no-current", "error": "app other has no current release on "
                                                    "this host"}
+
+
+@pytest.mark.parametrize(("running", "image", "release", "expect"), [
+    (True, "sha256:" + "a" * 64, "r1", []),
+    (True, "sha256:" + "b" * 64, "r1", ["runs image sha256:" + "b" * 64 + ", release r1 was "
+                                        "verified in sha256:" + "a" * 64]),
+    (True, "sha256:" + "a" * 64, None, ["serves release (no orchestrator label), current is r1"]),
+    (False, "sha256:" + "a" * 64, "r1", ["is not running"]),
+    (False, None, None, ["none on the host"]),
+])
+def test_the_serving_container_must_run_the_release_it_was_verified_in(
+        running: bool, image: str | None, release: str | None, expect: list[str]) -> None:
+    found = rv.container_findings("app", running, image, release, "sha256:" + "a" * 64, "r1")
+    assert len(found) == len(expect) and all(f.status == rv.FAILED for f in found)
+    assert all(e in f.message for f, e in zip(found, expect, strict=True)), found

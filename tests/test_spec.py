@@ -155,6 +155,9 @@ BAD = [
      "environment.wheel_source.layout", "'index' or 'directory'"),
     (replace("wheels/", "wheels/\n  wheel_source: {layout: index}"), 12,
      "environment.wheel_source.url", "required"),
+    (replace("wheels/", "wheels/\n  wheel_source: {url: 'http://m/'}\n"
+                        "  image_base: {archive: base.tar, sha256: '%s'}" % ("a" * 64)), 8,
+     "environment", "does not go with image_base"),
 ]
 
 

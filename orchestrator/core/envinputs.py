@@ -35,6 +35,10 @@ def load_image(spec: Spec) -> ImageInfo:
     image, path = spec.environment.image, spec.paths.image
     if image is None or path is None:
         raise spec.error(("environment",), "the spec gives no environment.image")
+    if path.is_dir():  # packed by the deploy first (orchestrator/deploy/imagebuild.py)
+        raise spec.error(("environment", "image", "archive"),
+                         f"{image.archive} is an OCI layout directory: it is read once packed "
+                         "into an archive (pack_layout), which this command does not do")
     try:
         actual = hash_file(path)
     except OSError as exc:

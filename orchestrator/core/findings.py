@@ -62,7 +62,7 @@ SOFT_GATES = ("latency:", "throughput", "regression")
 class Finding:
     """One thing re-verification found; `status` is what it alone makes of the host."""
 
-    kind: str  # facts | nvml | model | venv | warmup | release | connect
+    kind: str  # facts | nvml | model | venv | warmup | container | release | connect
     status: str
     message: str
 
@@ -264,6 +264,27 @@ def warmup_findings(verdicts: Sequence[Gate]) -> list[Finding]:
     """Failed gates of the re-run warmup: slower is degraded, anything else failed."""
     return [Finding("warmup", DEGRADED if g.name.startswith(SOFT_GATES) else FAILED,
                     f"warmup {g.name}: {g.message}") for g in verdicts if not g.passed]
+
+
+def container_findings(name: str, running: bool, image_id: str | None,
+                       release_id: str | None, expected_image_id: str,
+                       current: str) -> list[Finding]:
+    """The serving container (service.container) against the current release: not running,
+    or running another image or release than the one verified (a container replaced by hand,
+    or an image re-tagged under it), fails the app: what serves is not what was verified."""
+    if image_id is None:
+        return [Finding("container", FAILED, f"serving container {name}: none on the host "
+                                             f"(release {current} runs in {expected_image_id})")]
+    wrong = []
+    if image_id != expected_image_id:
+        wrong.append(f"runs image {image_id}, release {current} was verified in "
+                     f"{expected_image_id}")
+    if release_id != current:
+        wrong.append(f"serves release {release_id or '(no orchestrator label)'}, current is "
+                     f"{current}")
+    if not running:
+        wrong.append("is not running")
+    return [Finding("container", FAILED, f"serving container {name} {w}") for w in wrong]
 
 
 def decide(findings: Sequence[Finding]) -> tuple[str, list[str]]:

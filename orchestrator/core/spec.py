@@ -23,7 +23,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     ConfigDict,
@@ -36,10 +35,11 @@ from pydantic import (
 )
 
 from orchestrator.core.hashing import hash_path
+from orchestrator.core.spec_container import Container
+from orchestrator.core.spec_env import Environment
 from orchestrator.core.spec_gpu import GpuHealth
 from orchestrator.core.specfields import (
     _CC,
-    _PYTHON,
     _SIGNATURE,
     _UNITS,
     _URL,
@@ -86,70 +86,6 @@ class ModelSection(_Strict):
     sha256: Sha256 = Field(description="sha256 of the file, or tree hash of the directory, as "
                                        "printed by `orchestrator hash PATH` (lowercase hex).")
     _check_path = field_validator("path")(_no_dotdot)
-
-
-class ImageArchive(_Strict):
-    """An OCI image shipped as an archive file and named by its sha256."""
-
-    archive: RelPath = _d(..., "`docker save` / `podman save` output (docker-archive or "
-                               "oci-archive), relative to the spec file.")
-    sha256: Sha256 = _d(..., "sha256 of the archive file (`orchestrator hash PATH`).")
-    _check_path = field_validator("archive")(_no_dotdot)
-
-
-class WheelSource(_Strict):
-    """An operator's mirror the hosts pull the locked wheels from, each kept only if its sha256
-    is the lock's: the controller sends names and hashes, not bytes."""
-
-    url: Annotated[str, StringConstraints(pattern=_URL)] = _d(
-        ..., "Base URL the hosts can reach: a PEP 503/691 simple index (pypiserver, devpi, "
-             "Artifactory...) or a plain HTTP directory of the wheel files; no credentials in it.")
-    layout: Literal["index", "directory"] = _d(
-        "index", "index: <url>/<project>/ lists the files (PEP 503 or 691); directory: "
-                 "<url>/<wheel filename>.")
-
-    @field_validator("url")
-    @classmethod
-    def _no_credentials(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if not parts.hostname:
-            raise ValueError("the URL names no host")
-        if parts.username or parts.password:
-            raise ValueError("the URL carries credentials; the hosts' mirror must be readable "
-                             "without them (every wheel is checked against the lock's sha256)")
-        return value
-
-
-class Environment(_Strict):
-    """What the model runs in: a venv built on each host from the lock file (`requirements`),
-    or an OCI image run by the host's Docker or Podman (`image`); exactly one of the two."""
-
-    python: Annotated[str, StringConstraints(pattern=_PYTHON)] | None = _d(
-        None, 'Python major.minor, quoted: "3.11"; with requirements (required) the host\'s, '
-              'with image (optional) the image\'s.')
-    requirements: RelPath | None = _d(None, "Hash-pinned lock file (requirements.lock or "
-                                            "pylock.toml), relative to the spec file.")
-    wheelhouse: RelPath | None = _d(None, "Folder of the locked wheels, relative to the spec "
-                                          "file; if absent, the daemon downloads them once.")
-    image: ImageArchive | None = _d(None, "OCI image archive the model runs in (mounted "
-                                          "read-only).")
-    wheel_source: WheelSource | None = _d(
-        None, "Mirror the hosts download the wheels they lack from (by hash), instead of "
-              "the controller shipping them; with requirements.")
-    _check_paths = field_validator("requirements", "wheelhouse")(_no_dotdot)
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> Environment:
-        if (self.requirements is None) == (self.image is None):
-            raise ValueError("give exactly one of requirements (a venv) and image (an OCI "
-                             "image archive)")
-        if self.image is not None and self.wheelhouse is not None:
-            raise ValueError("wheelhouse goes with requirements, not with image")
-        if self.image is not None and self.wheel_source is not None:
-            raise ValueError("wheel_source goes with requirements, not with image")
-        if self.requirements is not None and self.python is None:
-            raise ValueError("python is required with requirements")
-        return self
 
 
 class GpuSection(_Strict):
@@ -235,11 +171,15 @@ class Service(_Strict):
         | None = _d(None, "HTTP URL that must answer 2xx after the switch.")
     health_command: Command | None = _d(None, "Shell command that must exit 0 after the switch.")
     health_timeout_s: float = _f(30, 0, 3600, "How long the health check may take, s.", gt=True)
+    container: Container | None = _d(None, "An image release's serving container, replaced "
+                                           "at each switch (instead of restart).")
 
     @model_validator(mode="after")
     def _one_health_check(self) -> Service:
         if self.health_url and self.health_command:
             raise ValueError("give health_url or health_command, not both")
+        if self.container is not None and self.restart:
+            raise ValueError("give restart or container, not both")
         return self
 
 
@@ -272,6 +212,7 @@ class SpecPaths:
     golden: Path
     wheelhouse: Path | None
     image: Path | None = None  # the image archive, for an image environment
+    image_base: Path | None = None  # the base image archive, for an image built at deploy
 
 
 class Spec(_Strict):
@@ -296,6 +237,13 @@ class Spec(_Strict):
     release: Release = Release()
     service: Service | None = None
     reverify: Reverify | None = None
+
+    @model_validator(mode="after")
+    def _container_needs_image(self) -> Spec:
+        if self.service and self.service.container and self.environment.image is None:
+            raise ValueError("service.container needs environment.image (a venv release "
+                             "has no image to run)")
+        return self
 
     _file: str = PrivateAttr(default="<spec>")
     _paths: SpecPaths | None = PrivateAttr(default=None)
@@ -392,6 +340,8 @@ def _resolve_paths(doc: YamlDocument, spec: Spec, spec_dir: Path) -> SpecPaths:
         else None,
         image=inside(("environment", "image", "archive"), env.image.archive) if env.image
         else None,
+        image_base=inside(("environment", "image_base", "archive"), env.image_base.archive)
+        if env.image_base else None,
     )
 
 

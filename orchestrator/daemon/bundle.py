@@ -38,7 +38,8 @@ APP_NAME = NAME_RE  # the one name pattern (orchestrator.core.hashing)
 # Where a spec names files to ship (DESIGN.md "Spec"); all relative to the spec file.
 FILE_FIELDS: tuple[tuple[str, ...], ...] = (
     ("model", "path"), ("environment", "requirements"), ("environment", "wheelhouse"),
-    ("environment", "image", "archive"), ("verify", "golden"),
+    ("environment", "image", "archive"), ("environment", "image_base", "archive"),
+    ("verify", "golden"),
 )
 
 

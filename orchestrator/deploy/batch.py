@@ -28,6 +28,7 @@ from orchestrator.core.lockfile import Lock
 from orchestrator.core.ociimage import ImageInfo
 from orchestrator.core.spec import Spec, check_model_hash
 from orchestrator.deploy.deadline import RECOVERY_TIMEOUT_S, Deadline
+from orchestrator.deploy.imagebuild import deploy_time_image, pack_layout
 from orchestrator.deploy.inputs import DeployInputs, new_inputs_release_id
 from orchestrator.deploy.pipeline import (
     EventSink,
@@ -63,7 +64,8 @@ class DeployResult:
 def prepare(spec: Spec, *, deployment: str | None = None, installer: str = "uv",
             release_id: str | None = None, wheel_cache: Path | None = None,
             lock: Lock | ImageInfo | None = None, compile_bytecode: bool = False,
-            check_model: bool = False, index: PackageIndex | None = None) -> DeployInputs:
+            check_model: bool = False, index: PackageIndex | None = None,
+            image_cache: Path | None = None) -> DeployInputs:
     """Everything resolved once on the controller; nothing touches a host here. Without a
     `deployment`, a new id from the one generator (orchestrator/core/ids.py).
 
@@ -75,6 +77,13 @@ def prepare(spec: Spec, *, deployment: str | None = None, installer: str = "uv",
     at submission (daemon/bundle.py `validate`)."""
     if check_model:
         check_model_hash(spec)
+    # An OCI layout directory packed into an archive; environment.image_base: the image its
+    # lock makes, built once and cached. Either way the spec becomes an image release of an
+    # archive, and a lock given for the spec as it was no longer describes it.
+    ready = deploy_time_image(pack_layout(spec, cache_dir=image_cache), cache_dir=image_cache,
+                              wheel_cache=wheel_cache)
+    if ready is not spec:
+        spec, lock = ready, None
     lock = lock or load_environment(spec)
     return DeployInputs(
         deployment=deployment or new_deployment_id(),

@@ -11,22 +11,33 @@ lock mounted read-only, makes the venv /opt/venv and installs the lock into it w
 (so `python3` is the venv's) and saved as a docker-archive at `out`, whose sha256 is
 returned for the spec. The model stays outside the image: the image environment mounts it.
 Nothing is pulled from a registry.
+
+`deploy_time_image(spec)` is the same build for a spec that asks for it at deploy time
+(`environment.image_base` beside `requirements`): built once per (base archive, lock, Python)
+into the controller's image cache, then the spec is deployed as an image release of that
+archive (`deploy/batch.py` `prepare`). `pack_layout(spec)` turns an OCI layout directory
+(`environment.image.archive` naming one) into an archive the same way, without a build.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from orchestrator.core.envinputs import lock_path
-from orchestrator.core.hashing import hash_file
+from orchestrator.core.hashing import hash_file, hash_path
 from orchestrator.core.spec import Spec
+from orchestrator.core.spec_env import ImageArchive
 from orchestrator.deploy.wheelcache import Wheel, WheelCache, from_wheelhouse, platform_tags
 from orchestrator.errors import InvalidInput
+from orchestrator.xdg import user_dir
 
 VENV = "/opt/venv"
 PATH = f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -77,6 +88,75 @@ def build_image(spec: Spec, base_archive: Path, out: Path, *, engine: Sequence[s
     return hash_file(out)
 
 
+def default_image_cache() -> Path:
+    """$ORCHESTRATOR_IMAGE_CACHE, else $XDG_CACHE_HOME/orchestrator/images."""
+    return user_dir("CACHE", "images", override="ORCHESTRATOR_IMAGE_CACHE")
+
+
+def deploy_time_image(spec: Spec, *, cache_dir: Path | None = None,
+                      wheel_cache: Path | None = None, engine: Sequence[str] = ("podman",),
+                      env: Mapping[str, str] | None = None) -> Spec:
+    """For a spec with `environment.image_base`: the same spec as an image release of the
+    image its lock makes on that base (built by `build_image` unless the cache has it; the
+    base archive must hash to `image_base.sha256` first, else a SpecError at that line).
+    Any other spec is returned as it is."""
+    base, base_path = spec.environment.image_base, spec.paths.image_base
+    if base is None or base_path is None:
+        return spec
+    lock = lock_path(spec)
+    key = hashlib.sha256(f"{base.sha256} {hash_file(lock)} {spec.environment.python}"
+                         .encode()).hexdigest()[:32]
+    out = (cache_dir or default_image_cache()) / f"built-{key}.tar"
+    if not out.is_file():
+        actual = hash_file(base_path)
+        if actual != base.sha256:
+            raise spec.error(("environment", "image_base", "sha256"),
+                             f"mismatch: the spec says {base.sha256} but "
+                             f"{base.archive} hashes to {actual}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        build_image(spec, base_path, out, engine=engine, wheel_cache=wheel_cache, env=env)
+    image = ImageArchive(archive=out.name, sha256=hash_file(out))
+    environment = spec.environment.model_copy(
+        update={"requirements": None, "wheelhouse": None, "image_base": None, "image": image})
+    built = spec.model_copy(update={"environment": environment})
+    built._paths = replace(spec.paths, requirements=None, wheelhouse=None, image=out,
+                           image_base=None)
+    return built
+
+
+def pack_layout(spec: Spec, *, cache_dir: Path | None = None) -> Spec:
+    """For a spec whose `environment.image.archive` is an OCI layout directory (oci-layout,
+    index.json, blobs/sha256/): the directory, checked against `image.sha256` as a tree hash
+    (`orchestrator hash DIR`; a mismatch is a SpecError at that line, nothing packed), packed
+    into an oci-archive in the image cache, the same bytes for the same tree (sorted, owners
+    and times zeroed), and the spec as an image release of that archive. Any other spec is
+    returned as it is. Everything after (reader, shipping, host check) sees an archive."""
+    image, path = spec.environment.image, spec.paths.image
+    if image is None or path is None or not path.is_dir():
+        return spec
+    actual = hash_path(path)  # refuses symlinks and special files inside, naming them
+    if actual != image.sha256:
+        raise spec.error(("environment", "image", "sha256"),
+                         f"mismatch: the spec says {image.sha256} but the OCI layout "
+                         f"{image.archive} hashes to {actual} (a tree hash): refused")
+    out = (cache_dir or default_image_cache()) / f"layout-{actual[:32]}.tar"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        part = out.with_name(f"{out.name}.{uuid.uuid4().hex[:8]}.part")
+        with tarfile.open(part, "w", format=tarfile.PAX_FORMAT) as tar:
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                info = tarfile.TarInfo(file.relative_to(path).as_posix())
+                info.size, info.mode, info.mtime = file.stat().st_size, 0o644, 0
+                with file.open("rb") as fh:
+                    tar.addfile(info, fh)
+        part.replace(out)
+    archived = ImageArchive(archive=out.name, sha256=hash_file(out))
+    packed = spec.model_copy(update={"environment": spec.environment.model_copy(
+        update={"image": archived})})
+    packed._paths = replace(spec.paths, image=out)
+    return packed
+
+
 def _named_wheels(directory: Path, wheels: Mapping[str, Wheel]) -> Path:
     """pip finds wheels by file name: the cache keeps them by sha256, so link them by name."""
     directory.mkdir(parents=True)
@@ -116,4 +196,5 @@ class _Runner:
                        timeout=120, check=False)
 
 
-__all__ = ["ImageBuildFailed", "build_image"]
+__all__ = ["ImageBuildFailed", "build_image", "default_image_cache", "deploy_time_image",
+           "pack_layout"]

@@ -108,6 +108,30 @@ class ImageResult:
 
 
 @dataclass(frozen=True)
+class ContainerServed:
+    """container-serve: the serving container now runs the app's current release."""
+
+    container: str      # its stable name
+    release_id: str
+    image_id: str
+    reused: bool        # it already ran that release in that image: nothing was replaced
+    replaced: str | None  # the release the replaced container ran (None: there was none)
+    ready_s: float
+
+
+@dataclass(frozen=True)
+class ContainerStatus:
+    """container-status: what the serving container runs against what the release names."""
+
+    container: str
+    running: bool
+    image_id: str | None    # None: no such container
+    release_id: str | None
+    expected_image_id: str
+    current: str
+
+
+@dataclass(frozen=True)
 class SwitchResult:
     current: str | None
     before: str | None
@@ -151,6 +175,7 @@ class PruneResult:
     removed_wheels: tuple[str, ...]
     kept: tuple[str, ...]
     uv_cache_cleared: bool = False  # dropped with the last venv using it (re-filled on demand)
+    removed_images: tuple[str, ...] = ()  # engine images of removed releases no release names
 
 
 def parse_reply(host: str, op: str, exit_code: int, stdout: str, stderr: str) -> dict[str, Any]:
@@ -256,6 +281,17 @@ def image_result(r: Mapping[str, Any]) -> ImageResult:
     return ImageResult(text(r, "image_id"), flag(r, "reused"), text(r, "launcher"))
 
 
+def container_served(r: Mapping[str, Any]) -> ContainerServed:
+    return ContainerServed(text(r, "container"), text(r, "release_id"), text(r, "image_id"),
+                           flag(r, "reused"), opt_text(r, "replaced"), number(r, "ready_s"))
+
+
+def container_report(r: Mapping[str, Any]) -> ContainerStatus:
+    return ContainerStatus(text(r, "container"), flag(r, "running"), opt_text(r, "image_id"),
+                           opt_text(r, "release_id"), text(r, "expected_image_id"),
+                           text(r, "current"))
+
+
 def release_infos(r: Mapping[str, Any]) -> list[ReleaseInfo]:
     releases = r["releases"]
     if not isinstance(releases, list) or not all(isinstance(x, Mapping) for x in releases):
@@ -273,7 +309,8 @@ def release_infos(r: Mapping[str, Any]) -> list[ReleaseInfo]:
 def prune_result(r: Mapping[str, Any]) -> PruneResult:
     return PruneResult(texts(r, "removed_releases"), texts(r, "removed_venvs"),
                        texts(r, "removed_wheels"), texts(r, "kept"),
-                       bool(r.get("uv_cache_cleared", False)))
+                       bool(r.get("uv_cache_cleared", False)),
+                       texts(r, "removed_images") if "removed_images" in r else ())
 
 
 def lock_held(r: Mapping[str, Any]) -> LockHeld:

@@ -29,6 +29,8 @@ from orchestrator.core.release import Manifest
 from orchestrator.hosts import layout
 from orchestrator.hosts.opresults import (
     AppState,
+    ContainerServed,
+    ContainerStatus,
     ImagePresence,
     ImageResult,
     LockHeld,
@@ -38,6 +40,8 @@ from orchestrator.hosts.opresults import (
     SwitchResult,
     VenvResult,
     app_state,
+    container_report,
+    container_served,
     image_presence,
     image_result,
     lock_held,
@@ -68,6 +72,9 @@ class Op(enum.StrEnum):
     VENV_ENSURE = "venv-ensure"
     IMAGE_PRESENT = "image-present"
     IMAGE_ENSURE = "image-ensure"
+    CONTAINER_SERVE = "container-serve"
+    CONTAINER_REMOVE = "container-remove"
+    CONTAINER_STATUS = "container-status"
     SWITCH = "switch"
     ROLLBACK = "rollback"
     MARK_BAD = "mark-bad"
@@ -228,12 +235,36 @@ def image_present(image_id: str, archive_sha256: str, *,
 
 
 def image_ensure(app: str, release_id: str, image_id: str, archive_sha256: str, *,
-                 engine: str, gpu: str | None, wait_s: float) -> OpCall[ImageResult]:
+                 engine: str, gpu_args: Sequence[str], wait_s: float) -> OpCall[ImageResult]:
     """Load the uploaded archive unless the engine has the image (sha256 checked first), and
     write the staged release's launcher (remote/hostops_image.py)."""
     return OpCall(Op.IMAGE_ENSURE, {**_release(app, release_id), "image_id": image_id,
                                     "archive_sha256": archive_sha256, "engine": engine,
-                                    "gpu": gpu, "wait_s": wait_s}, image_result)
+                                    "gpu_args": list(gpu_args), "wait_s": wait_s},
+                  image_result)
+
+
+def container_serve(app: str, name: str, command: Sequence[str], ready_command: str, *,
+                    budget_s: float, stop_timeout_s: float) -> OpCall[ContainerServed]:
+    """Make container `name` serve the app's current release in its image, the old one
+    serving until the new one is ready (remote/hostops_container.py)."""
+    return OpCall(Op.CONTAINER_SERVE, {"app": app, "name": name, "command": list(command),
+                                       "ready_command": ready_command, "budget_s": budget_s,
+                                       "stop_timeout_s": stop_timeout_s}, container_served)
+
+
+def container_remove(app: str, name: str, release_id: str, *,
+                     stop_timeout_s: float) -> OpCall[bool]:
+    """Stop and remove container `name`, run by the engine of `release_id`'s image.json;
+    True when there was one."""
+    return OpCall(Op.CONTAINER_REMOVE, {**_release(app, release_id), "name": name,
+                                        "stop_timeout_s": stop_timeout_s},
+                  _field("removed", bool))
+
+
+def container_status(app: str, name: str) -> OpCall[ContainerStatus]:
+    """What container `name` runs, against the image the app's current release names."""
+    return OpCall(Op.CONTAINER_STATUS, {"app": app, "name": name}, container_report)
 
 
 # -- switch, rollback, views ------------------------------------------------------------------

@@ -3,6 +3,7 @@
     facts = probe_host(...)                      # the GPU stack now
     for each app with a current release (or the apps asked for), under the app's deploy lock:
         audit   remote/audit.py: manifest.json, model hash, venv files vs RECORD
+        container  the serving container (service.container) runs the release's image
         warmup  orchestrator/hosts/warmup.py run_warmup in the release's environment (its kind's
                 interpreter, orchestrator/deploy/environments/), gates vs the baseline
         decide  orchestrator/core/findings.py (pure): findings -> status and reasons
@@ -34,6 +35,7 @@ from orchestrator.deploy.deadline import Deadline
 from orchestrator.deploy.environments.registry import environment_for
 from orchestrator.deploy.pipeline import RECOVERY_TIMEOUT_S, EventSink
 from orchestrator.deploy.steps.recovery import roll_back_and_restart
+from orchestrator.deploy.steps.service import service_of
 from orchestrator.deploy.steps.verify import remote_model_path
 from orchestrator.errors import BadHostOutput, HostError
 from orchestrator.hosts import hostlock, layout, ops
@@ -119,6 +121,19 @@ def warmup_check(transport: Transport, spec: Spec, audit: dict[str, Any],
                                     baseline if isinstance(baseline, dict) else None))
 
 
+def container_check(transport: Transport, host: Host, app: str,
+                    manifest: dict[str, Any]) -> list[rv.Finding]:
+    """The serving container (the release's recorded service.container) against the image
+    and release it must run; [] for a release without one."""
+    svc = service_of(host.name, manifest.get("service"), None)
+    if svc is None or svc.container is None:
+        return []
+    s = HostOps(transport, host.deploy_root).run(
+        ops.container_status(app, svc.container.stable_name(app)))
+    return rv.container_findings(s.container, s.running, s.image_id, s.release_id,
+                                 s.expected_image_id, s.current)
+
+
 def check_app(transport: Transport, host: Host, app: str, facts: HostFacts,
               spec_for: SpecLookup) -> AppCheck:
     """Findings and status of the app's current release (no lock, no action)."""
@@ -146,6 +161,7 @@ def check_app(transport: Transport, host: Host, app: str, facts: HostFacts,
                                    f"{deployment} is unknown to this daemon"))
     elif environment_for(spec).audited(audit):
         findings += warmup_check(transport, spec, audit, latency)
+    findings += container_check(transport, host, app, manifest)
     status, reasons = rv.decide(findings)
     return AppCheck(app, status, reasons, str(audit["release_id"]), deployment,
                     findings=findings, latency=latency)

@@ -23,6 +23,7 @@ from orchestrator.core.envinputs import load_environment
 from orchestrator.core.inventory import load_inventory
 from orchestrator.core.spec import load_spec
 from orchestrator.core.terminal import safe
+from orchestrator.deploy.imagebuild import pack_layout
 from orchestrator.deploy.plan import build_plan, render_text
 from orchestrator.deploy.playbook import load_playbook
 from orchestrator.errors import (
@@ -67,7 +68,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec)
+    spec = pack_layout(load_spec(args.spec))  # an OCI layout directory: read as an archive
     lock = load_environment(spec)
     inventory = load_inventory(_inventory_path(args.inventory))
     hosts = inventory.resolve(spec.targets)

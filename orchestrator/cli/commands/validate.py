@@ -30,6 +30,7 @@ from orchestrator.core.inventory import load_inventory
 from orchestrator.core.lockfile import Lock, check_wheelhouse, lint_lock
 from orchestrator.core.spec import Spec, check_model_hash, load_spec
 from orchestrator.core.terminal import safe
+from orchestrator.deploy.imagebuild import pack_layout
 from orchestrator.errors import EXIT_INVALID, EXIT_OK, InvalidInput, SpecError
 from orchestrator.hosts.remote import formats
 
@@ -91,7 +92,7 @@ def check_references(spec: Spec) -> tuple[list[SpecError], Lock | None]:
     lock_path, lock = spec.paths.requirements, None
     if lock_path is None:  # an image environment: its archive, hashed then read
         try:
-            load_image(spec)
+            load_image(pack_layout(spec))  # an OCI layout directory: hashed, read packed
         except InvalidInput as exc:  # a SpecError at the sha256, or an unreadable archive
             errors.append(exc if isinstance(exc, SpecError) else spec.error(
                 ("environment", "image", "archive"), str(exc)))

@@ -29,6 +29,7 @@ from orchestrator.daemon.config import DaemonConfig
 from orchestrator.daemon.runners.base import DeploymentOutcome, HostCheck, RunSink
 from orchestrator.daemon.runners.probe import ProbeRunner, host_status
 from orchestrator.deploy.batch import prepare
+from orchestrator.deploy.imagebuild import pack_layout
 from orchestrator.deploy.pipeline import EventSink, HostResult, HostStatus
 from orchestrator.deploy.releases import (
     app_releases,
@@ -121,7 +122,8 @@ class DeployRunner:
         inventory = self._inventory()
         hosts = inventory.resolve(list(spec.targets))
         digests = {"spec_digest": spec.digest, "model_sha256": spec.model.sha256,
-                   "lock_sha256": load_environment(spec).sha256,  # an image: its archive's
+                   # an image: its archive's (an OCI layout directory's packed archive)
+                   "lock_sha256": load_environment(pack_layout(spec)).sha256,
                    "golden_sha256": hash_file(spec.paths.golden)}
         with self._pool(inventory) as pool:
             found = serving_identical(pool, hosts, str(spec.name), digests)

@@ -25,6 +25,7 @@ from orchestrator.core.spec import Spec
 from orchestrator.core.states import DeploymentState, HostStepState
 from orchestrator.daemon.config import DaemonConfig
 from orchestrator.daemon.runners.base import DeploymentOutcome, HostCheck, RunSink, targets_of
+from orchestrator.deploy.imagebuild import pack_layout
 from orchestrator.errors import HostError, HostKeyRejected, HostUnreachable, SpecError
 from orchestrator.hosts.pool import Pool, map_hosts
 from orchestrator.hosts.probe import probe_host
@@ -69,13 +70,13 @@ class ProbeRunner:
     def check(self, spec: Spec) -> None:
         """At submission: every target resolves in the inventory and the lock file is valid."""
         self._inventory().resolve(targets_of(spec))
-        load_environment(spec)
+        load_environment(pack_layout(spec))
 
     def run(self, deployment_id: str, bundle_dir: Path, spec: Spec, sink: RunSink,
             cancel_event: threading.Event) -> DeploymentOutcome:
         inventory = self._inventory()
         hosts = inventory.resolve(targets_of(spec))
-        lock = load_environment(spec)
+        lock = load_environment(pack_layout(spec))
         compat = self._compat = self._compat or load_compat()
         parallel = min(self.config.max_ssh_sessions, int(spec.rollout.max_parallel))
         pool = self._pool(inventory)

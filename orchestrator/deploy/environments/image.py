@@ -7,8 +7,9 @@ engine already has the image gets nothing shipped. Else the archive is uploaded 
 spec's sha256 (a mismatch deletes it, nothing is loaded), loaded, checked to be the image the
 controller read, and deleted (remote/hostops_image.py). The staged release gets a `python`
 launcher (python3 inside the image, no network, the release and the shipped tools mounted
-read-only at their own paths, the GPUs through CDI or the NVIDIA runtime when the spec asks
-for them) and an `image.json`; verify runs the same warmup runner through that launcher.
+read-only at their own paths, the placed GPUs through CDI or the NVIDIA runtime when the spec
+asks for them: orchestrator/core/enginegpu.py) and an `image.json`; verify runs the same
+warmup runner through that launcher.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.core import enginegpu, gpuhealth
 from orchestrator.core.facts import Engine, HostFacts
 from orchestrator.core.ociimage import ImageInfo
 from orchestrator.core.spec import Spec
@@ -55,7 +57,7 @@ class ImageKind:
             ctx.transport.put(archive, presence.upload_path, 0o600)
         out = ctx.ops.run(ops.image_ensure(
             ctx.app_name, ctx.release_id, image.image_id, image.sha256, engine=engine.path,
-            gpu=gpu_mode(engine) if ctx.spec.gpu.required else None,
+            gpu_args=placed_gpu_args(ctx.host, ctx.spec, facts, engine),
             wait_s=max(1.0, deadline.timeout() - 5)), timeout=deadline.timeout())
         return BuiltEnvironment(
             kind=self.name, key=out.image_id, path=staged.path, interpreter=out.launcher,
@@ -87,9 +89,17 @@ class ImageKind:
         return True
 
 
-def gpu_mode(engine: Engine) -> str:
-    """How the engine gives a container the GPUs: CDI devices (Podman, Docker 25+) first."""
-    return "cdi" if engine.cdi_devices else "runtime"
+def placed_gpu_args(host: str, spec: Spec, facts: HostFacts, engine: Engine) -> list[str]:
+    """The engine's arguments for the GPUs placement gives the release: the same pure
+    placement verify runs on the same facts (its CUDA_VISIBLE_DEVICES), here before it,
+    since the launcher is written now. [] for a CPU deployment."""
+    if not spec.gpu.required:
+        return []
+    placed = gpuhealth.place(facts, spec.gpu.count, spec.gpu.min_memory_gib or 0.0,
+                             spec.gpu.health)
+    if not placed.ok:  # the preflight refused this host first; verify says it too
+        raise HostError(host, placed.describe())
+    return list(enginegpu.gpu_args(host, engine, placed.chosen))
 
 
 def image_bytes(path: Path) -> int:

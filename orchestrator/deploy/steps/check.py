@@ -23,8 +23,16 @@ def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
 
 def describe(spec: Spec, facts: HostFacts, target: Target) -> str:
     s = spec.service
+    first = ""
+    if s is not None and s.container is not None:
+        name = s.container.stable_name(spec.name)
+        first = (f"start {name}-next from the release's image beside {name}, wait until "
+                 f"its ready_command passes inside it (at most "
+                 f"{s.container.ready_timeout_s:g} s), then stop {name} and rename the new "
+                 "one; ")
     if s is not None and s.health_url:
-        return f"GET {s.health_url} must answer 2xx within {s.health_timeout_s:g} s"
+        return f"{first}GET {s.health_url} must answer 2xx within {s.health_timeout_s:g} s"
     if s is not None and s.health_command:
-        return f"health command must exit 0 within {s.health_timeout_s:g} s"
-    return "skipped: no service health check in the spec"
+        return f"{first}health command must exit 0 within {s.health_timeout_s:g} s"
+    return f"{first}no service health check in the spec" if first else \
+        "skipped: no service health check in the spec"

@@ -1,5 +1,7 @@
 """The `prune` step: keep the newest `release.keep` releases; the host never removes the current
-one, the rollback target, or one in use. A failure here is a warning: the new release serves."""
+one, the rollback target, or one in use; the engine images of the removed image releases go too
+when no remaining release of any app runs in them. A failure here is a warning: the new
+release serves."""
 
 from __future__ import annotations
 
@@ -16,9 +18,13 @@ NAME = "prune"
 def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
     out = ctx.ops.prune(ctx.app_name, int(ctx.spec.release.keep), timeout=deadline.timeout())
     return {"removed_releases": list(out.removed_releases),
-            "removed_venvs": list(out.removed_venvs), "removed_wheels": len(out.removed_wheels)}
+            "removed_venvs": list(out.removed_venvs), "removed_wheels": len(out.removed_wheels),
+            "removed_images": list(out.removed_images)}
 
 
 def describe(spec: Spec, facts: HostFacts, target: Target) -> str:
-    return (f"keep the newest {spec.release.keep} releases (never current or the rollback "
-            "target)")
+    words = (f"keep the newest {spec.release.keep} releases (never current or the rollback "
+             "target)")
+    if spec.environment.image is not None or spec.environment.image_base is not None:
+        words += "; remove the engine images of removed releases no remaining release uses"
+    return words

@@ -28,7 +28,7 @@ from orchestrator.deploy.pipeline import StepReporter
 from orchestrator.deploy.steps import service
 from orchestrator.deploy.steps.context import HostContext
 from orchestrator.errors import HostError, OrchestratorError
-from orchestrator.hosts import hostlock
+from orchestrator.hosts import hostlock, ops
 from orchestrator.hosts.hostops import HostOps
 from orchestrator.hosts.transport import Transport
 
@@ -68,6 +68,14 @@ def roll_back_and_restart(transport: Transport, host: Host, app: str,
     # Restarted on the GPUs that release was placed on, as when it was deployed.
     restarted = service.restart(transport, host.deploy_root, app, svc, deadline.timeout(),
                                 out.gpus)
+    if out.changed and out.before and (svc is None or svc.container is None) \
+            and fallback is not None and fallback.container is not None:
+        # The undone release served in a container; the restored one has none (its own
+        # restart serves): the undone container must not keep serving.
+        restarted["container_removed"] = HostOps(transport, host.deploy_root).run(
+            ops.container_remove(app, fallback.container.stable_name(app), out.before,
+                                 stop_timeout_s=fallback.container.stop_timeout_s),
+            timeout=deadline.timeout())
     return RolledBack(out.current, out.changed, svc, restarted)
 
 

@@ -11,19 +11,48 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.core.spec import Service
-from orchestrator.errors import BadHostOutput
-from orchestrator.hosts import layout, serving
+from orchestrator.errors import BadHostOutput, HealthCheckFailed
+from orchestrator.hosts import layout, ops, serving
+from orchestrator.hosts.hostops import HostOps
+from orchestrator.hosts.opresults import HostOpFailed, OpKind
 from orchestrator.hosts.transport import Transport
 
 
 def restart(transport: Transport, deploy_root: str, app: str, svc: Service | None,
             timeout: float, gpus: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run the service's restart command, if it has one; {} when there is nothing to restart.
-    `gpus` (placement's UUIDs) reach it as CUDA_VISIBLE_DEVICES."""
+    `gpus` (placement's UUIDs) reach it as CUDA_VISIBLE_DEVICES. An image release's serving
+    container (`service.container`) is replaced instead: whatever `current` now names (the
+    new release after a switch, the previous one after a rollback) is started in its own
+    image with the GPUs it was verified on, and the old container serves until it is ready."""
+    if svc is not None and svc.container is not None:
+        return serve_container(transport, deploy_root, app, svc, timeout)
     if svc is None or not svc.restart:
         return {}
     return serving.restart(transport, svc.restart, layout.app_dir(deploy_root, app), timeout,
                            ",".join(gpus) if gpus else None)
+
+
+def serve_container(transport: Transport, deploy_root: str, app: str, svc: Service,
+                    timeout: float) -> dict[str, Any]:
+    """container-serve on the host; a new container that is not ready is HealthCheckFailed
+    (the old one still serves; the caller rolls `current` back to it)."""
+    c = svc.container
+    assert c is not None  # restart() asked
+    budget = max(1.0, min(c.ready_timeout_s, timeout - c.stop_timeout_s - 15.0))
+    try:
+        out = HostOps(transport, deploy_root).run(
+            ops.container_serve(app, c.stable_name(app), c.command, c.ready_command,
+                                budget_s=budget, stop_timeout_s=c.stop_timeout_s),
+            timeout=timeout)
+    except HostOpFailed as exc:
+        if exc.kind is not OpKind.CHECK_FAILED:
+            raise
+        raise HealthCheckFailed(transport.host, f"container {c.stable_name(app)}",
+                                str(exc)) from exc
+    return {"container": out.container, "container_release": out.release_id,
+            "image_id": out.image_id, "container_reused": out.reused,
+            "replaced_release": out.replaced, "ready_s": out.ready_s}
 
 
 def health(transport: Transport, deploy_root: str, app: str, svc: Service | None,

@@ -4,8 +4,9 @@ hostops.py (stdlib only, Python 3.9+).
     image-present   root, image_id, engine -> {"present": bool, "upload_path": str}
                     whether the engine already has the image (by its id, the sha256 of its
                     config); where the controller uploads the archive when it has not
-    image-ensure    root, image_id, archive_sha256, engine, app, release_id, gpu ("cdi" |
-                    "runtime" | null) -> {"image_id", "reused", "launcher"}
+    image-ensure    root, image_id, archive_sha256, engine, app, release_id, gpu_args (the
+                    engine's GPU arguments for the placed GPUs, orchestrator/core/enginegpu.py;
+                    [] for a CPU release) -> {"image_id", "reused", "launcher"}
                     under the archive's lock: unless the engine has the image, the uploaded
                     archive must hash to archive_sha256 (else it is deleted, "hash-mismatch",
                     nothing loaded), is loaded, and the loaded id must be image_id
@@ -45,7 +46,10 @@ ENGINE_RE = re.compile(r"^/[A-Za-z0-9_./-]*/(docker|podman)$")
 LAUNCHER = "python"
 IMAGE_FILE = "image.json"
 LOAD_TIMEOUT_S = 1800
-GPU_FLAGS = {"cdi": ["--device", "nvidia.com/gpu=all"], "runtime": ["--gpus", "all"]}
+#: What a GPU argument may be (they reach `engine run` as argv, also written into the shell
+#: launcher, quoted): the flags core/enginegpu.py builds and their values.
+GPU_ARG_RE = re.compile(r'^(--device|--gpus|-e|nvidia\.com/gpu=[A-Za-z0-9_.-]+|'
+                        r'"?device=[A-Za-z0-9_,-]+"?|NVIDIA_VISIBLE_DEVICES=[A-Za-z0-9_,-]+)$')
 
 
 def _engine(args):
@@ -84,9 +88,7 @@ def op_image_ensure(args):
     image_id = checked_arg(args, "image_id", IMAGE_ID_RE)
     sha = checked_arg(args, "archive_sha256", HASH_RE)
     app_dir, rid = app_dir_arg(args), checked_arg(args, "release_id", RELEASE_RE)
-    gpu = args.get("gpu")
-    if gpu is not None and gpu not in GPU_FLAGS:
-        raise OpError("bad-args", f"gpu must be one of {sorted(GPU_FLAGS)} or null: {gpu!r}")
+    gpu_args = gpu_args_of(args)
     staging = os.path.join(releases_dir(app_dir), rid + STAGING)
     if not os.path.isdir(staging):
         raise OpError("not-found", f"no staged release {rid}")
@@ -98,11 +100,20 @@ def op_image_ensure(args):
         if os.path.exists(part):
             os.unlink(part)
     launcher = os.path.join(staging, LAUNCHER)
-    write_atomic(launcher, _launcher(engine, image_id, root, GPU_FLAGS.get(gpu, [])).encode())
+    write_atomic(launcher, _launcher(engine, image_id, root, gpu_args).encode())
     os.chmod(launcher, 0o755)
     write_json(os.path.join(staging, IMAGE_FILE), {"image_id": image_id, "engine": engine,
-                                                   "archive_sha256": sha, "gpu": gpu})
+                                                   "archive_sha256": sha, "gpu_args": gpu_args})
     return {"image_id": image_id, "reused": reused, "launcher": launcher}
+
+
+def gpu_args_of(obj):
+    """The checked `gpu_args` of an op's arguments or of an image.json ([] when absent)."""
+    gpu_args = obj.get("gpu_args") or []
+    if not (isinstance(gpu_args, list) and len(gpu_args) <= 64
+            and all(isinstance(a, str) and GPU_ARG_RE.match(a) for a in gpu_args)):
+        raise OpError("bad-args", f"gpu_args must be engine GPU arguments: {gpu_args!r}")
+    return gpu_args
 
 
 def _load(engine, part, sha, image_id):

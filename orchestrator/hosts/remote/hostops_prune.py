@@ -1,6 +1,7 @@
 """hostops' `prune`: an app's old releases, then for the whole host the venvs, wheels, build
 dirs and uv cache no release refers to, never what is current, a rollback target, staging or in
-use. Shipped beside hostops.py (stdlib only, Python 3.9+).
+use; and the container images of the releases it removed that no remaining release (of any
+app) names in its image.json. Shipped beside hostops.py (stdlib only, Python 3.9+).
 
 Offers hostops.py the prune op; nothing to the other modules."""
 
@@ -25,6 +26,7 @@ from hostops_fs import (
     rmtree_atomic,
     root_arg,
 )
+from hostops_image import ENGINE_RE, IMAGE_FILE, IMAGE_ID_RE
 from hostops_pylock import PYLOCK_HASH_RE, is_pylock
 from hostops_releases import (
     STAGING,
@@ -91,6 +93,39 @@ def _referenced(root):
         hashes = PYLOCK_HASH_RE.findall(text) if is_pylock(text) else LOCK_HASH_RE.findall(text)
         wheels.update(h.lower() for h in hashes)
     return envs, wheels
+
+
+def _image_of(release):
+    """(image id, engine) of an image release (its image.json), or None."""
+    info = read_json(os.path.join(release, IMAGE_FILE), None)
+    if not isinstance(info, dict):
+        return None
+    image_id, engine = info.get("image_id"), info.get("engine")
+    if not (isinstance(image_id, str) and IMAGE_ID_RE.match(image_id)
+            and isinstance(engine, str) and ENGINE_RE.match(engine)):
+        return None
+    return image_id, engine
+
+
+def _gc_images(root, candidates):
+    """`engine rmi` of each image a removed release ran in that no release left on the host
+    names; only images this program loaded are candidates, never another image of the
+    engine's. An image a container still uses (rmi without -f refuses) is kept."""
+    import subprocess
+
+    used = {found[0] for found in map(_image_of, _all_release_dirs(root)) if found}
+    removed = []
+    for image_id, engine in sorted(candidates.items()):
+        if image_id in used:
+            continue
+        try:
+            done = subprocess.run([engine, "rmi", image_id], capture_output=True, timeout=120,
+                                  check=False)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if done.returncode == 0:
+            removed.append(image_id)
+    return removed
 
 
 def _gc_venvs(root):
@@ -173,9 +208,12 @@ def op_prune(args):
         state, current = load_state(app_dir), current_id(app_dir)
         protected = {current, previous_good(app_dir, state, current)}
         protected |= _in_use(releases_dir(app_dir))
-        removed = []
+        removed, images = [], {}
         for rid in sorted(committed_ids(app_dir), reverse=True)[keep:]:
             if rid not in protected:
+                found = _image_of(os.path.join(releases_dir(app_dir), rid))
+                if found:
+                    images[found[0]] = found[1]
                 rmtree_atomic(os.path.join(releases_dir(app_dir), rid))
                 removed.append(rid)
         if removed:
@@ -189,8 +227,10 @@ def op_prune(args):
         _gc_tmp(root)
         clean_trash(orch_path(root))
         cleared = _gc_uv_cache(root) if venvs else False
+        removed_images = _gc_images(root, images)
     return {"removed_releases": removed, "removed_venvs": venvs, "removed_wheels": wheels,
-            "uv_cache_cleared": cleared, "kept": committed_ids(app_dir)}
+            "uv_cache_cleared": cleared, "kept": committed_ids(app_dir),
+            "removed_images": removed_images}
 
 
 #: The ops this module offers, by wire name: hostops.py gathers every hostops_* module's.
