@@ -223,7 +223,7 @@ def test_trust_reads_host_keys_with_the_connections_algorithms(restricted: Restr
     from orchestrator.cli.commands.trust import trust_route
 
     host, options = restricted("Ciphers aes128-cbc,3des-cbc")
-    with pytest.raises(HostUnreachable, match="no acceptable ciphers.*legacy_algorithms"):
+    with pytest.raises(HostUnreachable, match=r"no acceptable ciphers.*legacy_algorithms"):
         trust_route(host, options, yes=True, replace=False, interactive=False, quiet=True)
     with pytest.raises(HostUnreachable, match="no SSH algorithms in common"):
         ssh.fetch_host_key(host)  # the default is the hardened set too
