@@ -22,14 +22,17 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+import anyio
 import anyio.to_thread
 from anyio import CapacityLimiter
+from starlette.responses import StreamingResponse
 
 from orchestrator.core.states import DEPLOYMENT_TERMINAL
 from orchestrator.daemon.events import Follower
+from orchestrator.daemon.fanout import STORE, Client, Direct, Fanout, is_end, lines_of
 from orchestrator.daemon.service import Service
 
 PAGE = 500
@@ -75,20 +78,34 @@ class LoopWaker:
 
 
 class Followers:
-    """The API's side of the followers: one waker and one read limiter per event loop."""
+    """The API's side of the followers: one waker, one read limiter and one set of
+    deployment writers (orchestrator/daemon/fanout.py) per event loop."""
 
     def __init__(self, service: Service) -> None:
         self.service = service
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waker: LoopWaker | None = None
         self._limiter: CapacityLimiter | None = None
+        self._fanout: Fanout | None = None
 
     def _bind(self) -> tuple[LoopWaker, CapacityLimiter]:
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._waker is None or self._limiter is None:
             self._loop, self._waker = loop, LoopWaker(loop, self._gather_s)
             self._limiter = CapacityLimiter(READ_THREADS)
+            self._fanout = None
         return self._waker, self._limiter
+
+    def fanout(self) -> Fanout:
+        waker, _ = self._bind()
+        if self._fanout is None:
+            self._fanout = Fanout(self.service.hub, lambda: waker, self._ended,
+                                  self.service.stopping.is_set)
+        return self._fanout
+
+    async def _ended(self, deployment: str) -> bool:
+        state = (await self._read(self.service.store.get_deployment, deployment)).state
+        return state in DEPLOYMENT_TERMINAL
 
     async def _read(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         _, limiter = self._bind()
@@ -145,7 +162,7 @@ class Followers:
                                          if host is None or e["host"] == host)
                         if chunk:
                             yield chunk  # one write per burst, of lines serialised once
-                        if any(_is_end(e) for e, _ in entries):
+                        if any(is_end(e) for e, _ in entries):
                             return
                         continue
                     try:
@@ -158,16 +175,92 @@ class Followers:
             hub.unfollow(follower)
 
 
+    async def serve(self, follower: Follower, direct: Direct, host: str | None,
+                    body: Callable[[bytes], Awaitable[None]]) -> None:
+        """A follower's stream when its connection can be written directly: the store after
+        its cursor (through `body`, the ASGI send, which waits for a slow reader), the feed
+        after that, then its deployment's writer until the stream ends (or the writer sends
+        it back to the store). The follower is unfollowed at the end, however it ends."""
+        hub, store, stopping = self.service.hub, self.service.store, self.service.stopping
+        deployment = follower.deployment
+        try:
+            while not stopping.is_set():
+                # The state first: when it is final, the rows read next hold the last event.
+                state = (await self._read(store.get_deployment, deployment)).state
+                while True:
+                    rows = await self._read(store.events, deployment, after=follower.cursor,
+                                            limit=PAGE)
+                    if rows:
+                        follower.cursor = int(rows[-1]["seq"])
+                        await body(_lines(rows, host))
+                    if len(rows) < PAGE:
+                        break
+                if state in DEPLOYMENT_TERMINAL:
+                    return
+                entries, lagged = follower.take_lines(arm=False)
+                if lagged:
+                    continue  # a burst passed while the store was read: read it again
+                if entries:
+                    await body(lines_of(entries, host))
+                    if any(is_end(e) for e, _ in entries):
+                        return
+                client = Client(follower, direct, host)
+                fanout = self.fanout()
+                fanout.add(client)  # no await since the take: the writer has it from there
+                try:
+                    why = await client.done
+                finally:
+                    fanout.remove(client)
+                if why != STORE:
+                    return
+        finally:
+            hub.unfollow(follower)
+
+
+class FollowResponse(StreamingResponse):
+    """A live follower's response written by its deployment's writer (`Followers.serve`):
+    the head and the end through the ASGI `send`, the live events straight to the
+    connection."""
+
+    def __init__(self, followers: Followers, follower: Follower, direct: Direct,
+                 host: str | None, media_type: str) -> None:
+        super().__init__(_nothing(), media_type=media_type)
+        self.followers, self.follower, self.direct, self.host = followers, follower, direct, host
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def body(chunk: bytes) -> None:
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+        async def respond() -> None:
+            try:
+                await send({"type": "http.response.start", "status": self.status_code,
+                            "headers": self.raw_headers})
+                await self.followers.serve(self.follower, self.direct, self.host, body)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            finally:
+                group.cancel_scope.cancel()
+
+        try:
+            # As StreamingResponse does: a client that leaves ends its follower at once, not
+            # at the writer's next look at its connection.
+            async with anyio.create_task_group() as group:
+                group.start_soon(respond)
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                group.cancel_scope.cancel()
+        finally:
+            self.followers.service.hub.unfollow(self.follower)
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""  # an async generator that yields nothing: the body is FollowResponse's own
+
+
 def _line(event: dict[str, Any]) -> bytes:
     return (json.dumps(event, separators=(",", ":")) + "\n").encode()
 
 
 def _lines(events: list[dict[str, Any]], host: str | None) -> bytes:
     return b"".join(_line(e) for e in events if host is None or e["host"] == host)
-
-
-_END = frozenset(str(s) for s in DEPLOYMENT_TERMINAL)  # built once: checked per event per reader
-
-
-def _is_end(event: dict[str, Any]) -> bool:
-    return event.get("event") == "deployment" and event.get("status") in _END
