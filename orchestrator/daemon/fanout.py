@@ -10,6 +10,8 @@ and writes it straight to each follower's connection (`Direct`), never waiting f
 - a follower whose connection holds more than `WRITE_BUFFER` unsent bytes (it does not read) or
   whose cursor fell off the ring gets the `lagged` marker and its stream ends: it resumes from
   the store by seq, as before;
+- a pass writes a whole burst: the next one waits for the waker's gathering delay (longer with
+  more followers) and for three times as long as the last pass took (`DUTY`);
 - the writer lets the event loop run other callbacks (`/healthz`, submissions) every
   `YIELD_EVERY` followers, so a thousand of them never hold the loop for a whole burst;
 - idle for `FOLLOW_POLL_S`, it reads the deployment's state once for all its followers: a
@@ -40,6 +42,8 @@ TRANSPORT = "orchestrator.transport"
 WRITE_BUFFER = 128 << 10
 #: Followers written between two turns of the event loop given to everything else.
 YIELD_EVERY = 64
+#: The share of the event loop's time a writer's passes may take while events keep coming.
+DUTY = 0.25
 FOLLOW_POLL_S = 5.0
 LAGGED = "lagged"
 #: Why a follower's writer let it go: its stream ends, or it reads the store again.
@@ -119,12 +123,18 @@ class Writer:
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        hub = self.fanout.hub
+        hub, loop = self.fanout.hub, asyncio.get_running_loop()
         try:
             while self.clients and not self.fanout.stopping():
                 if hub.rearm(self.own) or self.kick:  # new events since the last pass
                     self.kick = False
+                    started = loop.time()
                     await self._pass()
+                    # Let a burst gather before the next pass, the longer the more followers
+                    # (the waker's delay) and the longer a pass takes (at most DUTY of the
+                    # loop's time): a write per follower per pass is what followers cost.
+                    spent = loop.time() - started
+                    await asyncio.sleep(max(self.fanout.gather(), spent * (1 / DUTY - 1)))
                     continue
                 try:
                     async with asyncio.timeout(FOLLOW_POLL_S):
@@ -139,8 +149,14 @@ class Writer:
                 client.finish(END if self.fanout.stopping() else STORE)
 
     async def _pass(self) -> None:
-        """Each follower's events after its cursor, written to its connection."""
-        chunks: dict[tuple[int, int, str | None], tuple[bytes, bool]] = {}
+        """Each follower's events after its cursor, written to its connection: the feed is
+        copied once (one short hold of the hub's feeds lock) and each distinct slice of it
+        serialised once, whatever the number of followers."""
+        ring = self.fanout.hub.recent(self.deployment)
+        if not ring:
+            return
+        first, newest = int(ring[0][0]["seq"]), int(ring[-1][0]["seq"])
+        chunks: dict[tuple[int, str | None], tuple[bytes, bool]] = {}
         for index, client in enumerate(list(self.clients)):
             if index and index % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
@@ -149,17 +165,19 @@ class Writer:
             if client.direct.gone():
                 self._drop(client, END)
                 continue
-            entries, lagged = client.follower.take_lines(arm=False)
-            if lagged:
+            cursor = client.follower.cursor
+            if cursor >= newest:
+                continue
+            if cursor + 1 < first:  # what it has not had fell off the feed: the store has it
                 self._lagged(client)
                 continue
-            if not entries:
-                continue
-            key = (int(entries[0][0]["seq"]), int(entries[-1][0]["seq"]), client.host)
+            key = (cursor, client.host)
             if key not in chunks:
+                entries = ring[cursor + 1 - first:]
                 chunks[key] = (lines_of(entries, client.host), any(is_end(e) for e, _ in entries))
             chunk, ended = chunks[key]
             client.direct.write(chunk)
+            client.follower.cursor = newest
             if ended:
                 self._drop(client, END)
             elif client.direct.unsent() > WRITE_BUFFER:
@@ -189,9 +207,11 @@ class Fanout:
     """The writers of one event loop, by deployment."""
 
     def __init__(self, hub: EventHub, waker: Callable[[], Any],
-                 ended: Callable[[str], Any], stopping: Callable[[], bool]) -> None:
+                 ended: Callable[[str], Any], stopping: Callable[[], bool],
+                 gather: Callable[[], float]) -> None:
         self.hub = hub
         self.waker = waker          # the loop's LoopWaker
+        self.gather = gather        # seconds a burst gathers before it is written
         self.ended = ended          # async: whether the deployment is in a final state
         self.stopping = stopping
         self.writers: dict[str, Writer] = {}

@@ -100,7 +100,7 @@ class Followers:
         waker, _ = self._bind()
         if self._fanout is None:
             self._fanout = Fanout(self.service.hub, lambda: waker, self._ended,
-                                  self.service.stopping.is_set)
+                                  self.service.stopping.is_set, self._gather_s)
         return self._fanout
 
     async def _ended(self, deployment: str) -> bool:
