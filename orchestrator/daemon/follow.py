@@ -1,7 +1,11 @@
 """`GET /v1/deployments/{id}/events?follow=1`: one live follower's stream, bounded in memory.
 
 A follower reads the store after its seq in pages, then the deployment's feed in the event hub
-(orchestrator/daemon/events.py), waiting on an `asyncio.Event` between bursts. What it costs:
+(orchestrator/daemon/events.py). When its connection can be written directly (uvicorn, the
+daemon's server: `Followers.serve`, `FollowResponse`) it then hands itself to its
+deployment's writer (orchestrator/daemon/fanout.py), which writes every follower's bursts in
+one task. Otherwise (the web UI's server-sent events, another ASGI server) `stream` reads the
+feed itself, waiting on an `asyncio.Event` between bursts. What that costs:
 - the emitter (the rollout): nothing per event while the follower does not wait; one wake
   otherwise, and the wakes of a burst reach the event loop in one callback (`LoopWaker`), not
   one per follower per event;
