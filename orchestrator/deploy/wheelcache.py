@@ -90,8 +90,8 @@ class Wheel:
     path: Path     # the local file (cache entry or wheelhouse file)
 
 
-#: Allowed hashes a tampered-wheel message lists before "... and N more": a lock lists one
-#: hash per platform wheel (43 for scikit-learn), and a few are enough to compare by eye.
+#: Allowed hashes a tampered-wheel message lists before "... and N more" (a lock lists one
+#: hash per platform wheel, 43 for scikit-learn; a few are enough to compare by eye).
 SHOWN_HASHES = 3
 
 
@@ -101,10 +101,8 @@ def hash_mismatch(pkg: LockedPackage, filename: str, digest: str, where: str = "
     `SHOWN_HASHES`, then how many more), so that an operator can tell a stale lock from a
     tampered index without re-running pip by hand."""
     suffix = f" ({where})" if where else ""
-    shown = ", ".join(pkg.hashes[:SHOWN_HASHES])
     more = len(pkg.hashes) - SHOWN_HASHES
-    if more > 0:
-        shown += f" ... and {more} more"
+    shown = ", ".join(pkg.hashes[:SHOWN_HASHES]) + (f" ... and {more} more" if more > 0 else "")
     return (f"{pkg.name}=={pkg.version}: {filename} has sha256 {digest}, the lock allows "
             f"{shown}{suffix}")
 
