@@ -278,7 +278,7 @@ def _drop_from_reply(op: str, field: str) -> str:
 
 
 #: step -> (the shipped module patched, what is appended to it, what the failure must say)
-BAD_REPLIES = {
+BAD_REPLIES: dict[str, tuple[str, str | tuple[str, str], str]] = {
     "probe": ("probe.py", "\n_collect = collect\n\n\ndef collect(deploy_root):\n"
               "    facts = _collect(deploy_root)\n    facts['disk']['free_bytes'] = float('inf')\n"
               "    return facts\n", "non-finite number Infinity"),
