@@ -151,3 +151,29 @@ def test_a_chunked_oversize_body_is_cut_at_the_limit(
     assert _rss_mb(daemon.proc.pid) - before < 50
     with daemon.http() as http:
         assert http.get("/healthz").status_code == 200
+
+
+def test_live_followers_get_every_event_once_over_http_1_0_and_1_1(
+        tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
+    """The deployment's writer frames what it writes itself (daemon/fanout.py): chunked for
+    an HTTP/1.1 client, raw until the close for HTTP/1.0; both read the same events, the
+    live part included, as the store holds them."""
+    daemon = daemons(write_config(tmp_path, ECHO), env={"ORCHESTRATOR_ECHO_DELAY_S": "0.05"})
+    deployment = _submit(daemon, tmp_path, 4)
+    head = (f"GET /v1/deployments/{deployment}/events?follow=true HTTP/1.0\r\n"
+            "Host: localhost\r\n\r\n")
+    old = _raw(daemon, head)
+    with daemon.http() as http, http.stream(
+            "GET", f"/v1/deployments/{deployment}/events", params={"follow": True},
+            timeout=120) as new:
+        live = [json.loads(line) for line in new.iter_lines() if line]
+    data = b""
+    while chunk := old.recv(65536):
+        data += chunk
+    old.close()
+    head_bytes, _, body = data.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head_bytes.lower()
+    raw = [json.loads(line) for line in body.decode().splitlines() if line]
+    stored = stored_events(daemon, deployment)
+    assert live == raw == stored and stored[-1]["status"] == "succeeded"
+    assert len(stored) == 4 * len(STEP_ORDER) * 2 + 3

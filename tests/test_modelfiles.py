@@ -165,3 +165,62 @@ def test_a_sparse_bundle_is_refused_before_it_is_unpacked(tmp_path: Path) -> Non
     with pytest.raises(InvalidInput, match=r"model\.joblib' unpacks to more than"):
         unpack_bundle(archive, dest)
     assert sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) < 1 << 20
+
+
+def test_follow_symlinks_hashes_ships_and_packs_the_targets_content(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`model.follow_symlinks: true`: a link inside counts as its target, at the link's path,
+    for the hash, the upload and the bundle alike; the host and the daemon receive plain files
+    that hash the same. Dangling links and directory loops are still refused."""
+    spec = dir_spec(tmp_path / "app")  # model/notes.txt -> ../secret
+    model = tmp_path / "app" / "model"
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "vocab.txt").write_text("a b c")
+    os.symlink(shared, model / "assets")  # a directory link too
+    followed = hash_path(model, follow=True)
+    plain = tmp_path / "plain"
+    (plain / "variables").mkdir(parents=True)
+    (plain / "assets").mkdir()
+    (plain / "saved_model.pb").write_bytes(b"graph")
+    (plain / "variables" / "v.index").write_bytes(b"weights")
+    (plain / "notes.txt").write_text("do not ship me")
+    (plain / "assets" / "vocab.txt").write_text("a b c")
+    assert followed == hash_path(plain)  # exactly the hash of a copy of the targets
+    with pytest.raises(SpecError, match="follow_symlinks"):
+        hash_path(model)  # the default still refuses, and says how to opt in
+    assert main(["hash", "--follow-symlinks", str(model)]) == 0
+    assert capsys.readouterr().out.strip() == followed
+    text = spec.read_text()
+    line = next(x for x in text.splitlines() if x.startswith("model:"))
+    spec.write_text(text.replace(line, "model: {path: model, format: tensorflow-savedmodel, "
+                                       f"sha256: {followed}, follow_symlinks: true}}"))
+    loaded = load_spec(spec)
+    assert loaded.model.follow_symlinks
+    prepare(loaded, check_model=True)
+
+    ops = HostOps(LocalTransport(), str(tmp_path / "host"))
+    staged = StagedRelease("fraud", "r1", str(tmp_path / "host" / "r1.staging"), "staging",
+                           False, None)
+    ops.upload_model(model, staged, follow=True)
+    shipped = Path(staged.model_path)
+    assert not any(p.is_symlink() for p in shipped.rglob("*"))
+    assert (shipped / "notes.txt").read_text() == "do not ship me"
+    assert hash_path(shipped) == followed  # what the host's own check computes
+    small = HostOps.small_model(model, follow=True)
+    assert small is not None and len(small.files) == 4
+
+    out = io.BytesIO()
+    pack_bundle(spec, out)
+    archive = tmp_path / "bundle.tar"
+    archive.write_bytes(out.getvalue())
+    unpack_bundle(archive, tmp_path / "unpacked")
+    assert hash_path(tmp_path / "unpacked" / "model") == followed
+
+    os.symlink(tmp_path / "nowhere", model / "dangling")
+    with pytest.raises(SpecError, match="symlink to nothing"):
+        hash_path(model, follow=True)
+    os.unlink(model / "dangling")
+    os.symlink(model, model / "variables" / "loop")
+    with pytest.raises(SpecError, match="symlink loop"):
+        hash_path(model, follow=True)

@@ -284,7 +284,7 @@ def _drop_from_reply(op: str, field: str) -> str:
 
 
 #: step -> (the shipped module patched, what is appended to it, what the failure must say)
-BAD_REPLIES = {
+BAD_REPLIES: dict[str, tuple[str, str | tuple[str, str], str]] = {
     "probe": ("probe.py", "\n_collect = collect\n\n\ndef collect(deploy_root):\n"
               "    facts = _collect(deploy_root)\n    facts['disk']['free_bytes'] = float('inf')\n"
               "    return facts\n", "non-finite number Infinity"),
@@ -296,18 +296,34 @@ BAD_REPLIES = {
                "host sent an invalid reply to stage-commit: missing field 'path'"),
     "switch": ("hostops_releases.py", _drop_from_reply("switch", "generation"),
                "host sent an invalid reply to switch: missing field 'generation'"),
+    # health.py runs as a script: its reply is edited where it is printed, for the release just
+    # switched to only (the newest), so the rollback's recheck of the previous one passes.
+    "check": ("health.py", ("    print(json.dumps(result))\n",
+                            "    _ids = sorted(n for n in os.listdir('releases') if '.' not in n)\n"
+                            "    if os.readlink('current').rsplit('/', 1)[-1] == _ids[-1]:\n"
+                            "        result.pop('ok', None)\n"
+                            "    print(json.dumps(result))\n"),
+              "host sent an invalid reply to health: missing field 'ok'"),
 }
+#: The daemon's resident memory after any of them (issue 13: a hostile host once took it to GBs).
+MAX_DAEMON_RSS_MB = 300
 
 
 @contextlib.contextmanager
-def shipped_module_patched(host: TestbedHost, module: str, code: str) -> Iterator[None]:
-    """Within: `code` appended to `module` in `host`'s shipped tools; put back afterwards."""
+def shipped_module_patched(host: TestbedHost, module: str,
+                           code: str | tuple[str, str]) -> Iterator[None]:
+    """Within: `code` appended to `module` in `host`'s shipped tools (or, given (old, new),
+    `old` replaced by `new` in it); put back afterwards."""
     tools = sorted((Path(host.deploy_root) / ".orchestrator" / "tools").glob(f"*/{module}"))
     assert tools, "the tools were shipped by v1"
     saved = {path: path.read_bytes() for path in tools}
     try:
         for path, text in saved.items():
-            path.write_bytes(text + code.encode())
+            if isinstance(code, tuple):
+                assert code[0].encode() in text, f"{module} no longer has {code[0]!r}"
+                path.write_bytes(text.replace(code[0].encode(), code[1].encode()))
+            else:
+                path.write_bytes(text + code.encode())
         yield
     finally:
         for path, text in saved.items():
@@ -333,6 +349,15 @@ def test_a_malformed_reply_fails_that_host_and_every_host_goes_back(
               and e["event"] == "step" and e["status"] == "failed"]
     assert [e["step"] for e in failed] == [step] and says in failed[0]["error"], failed
     assert serving(fleet) == before  # the canary, the bad host and its batch mate: all back
+    rss = daemon_rss_mb(daemon)
+    assert rss < MAX_DAEMON_RSS_MB, f"the daemon holds {rss:.0f} MB after a bad {step} reply"
+
+
+def daemon_rss_mb(daemon: Daemon) -> float:
+    for line in Path(f"/proc/{daemon.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
 
 
 def test_pause_holds_between_batches_resume_goes_on_abort_puts_hosts_back(

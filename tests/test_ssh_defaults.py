@@ -215,3 +215,18 @@ def test_the_probe_command_exits_2_naming_the_open_key(
     assert cli.main(["probe", "--inventory", str(inventory), "tb-01"]) == 2
     err = capsys.readouterr().err
     assert f"SSH identity file {key} has mode 0644" in err and "chmod 600" in err
+
+
+def test_trust_reads_host_keys_with_the_connections_algorithms(restricted: Restricted) -> None:
+    """`orchestrator trust` negotiates like a connection: a host offering only weak algorithms
+    is refused before any key is shown, and is trusted again once the inventory allows them."""
+    from orchestrator.cli.commands.trust import trust_route
+
+    host, options = restricted("Ciphers aes128-cbc,3des-cbc")
+    with pytest.raises(HostUnreachable, match=r"no acceptable ciphers.*legacy_algorithms"):
+        trust_route(host, options, yes=True, replace=False, interactive=False, quiet=True)
+    with pytest.raises(HostUnreachable, match="no SSH algorithms in common"):
+        ssh.fetch_host_key(host)  # the default is the hardened set too
+    legacy = replace(options, legacy_algorithms=frozenset({"aes128-cbc"}))
+    result = trust_route(host, legacy, yes=True, replace=False, interactive=False, quiet=True)
+    assert result["trusted"] and result["action"] == "already"

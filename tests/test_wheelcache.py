@@ -101,10 +101,11 @@ def a_lock(path: Path, hashes: dict[str, list[str]]) -> Path:
     return path
 
 
-def test_a_tampered_platform_wheel_names_package_file_hash_and_every_allowed_hash(
+def test_a_tampered_platform_wheel_names_package_file_hash_and_the_allowed_hashes(
         tmp_path: Path) -> None:
     """Issue 13: pip's own refusal lists the expected hashes one per line, and its tail was
-    cut; the message is rebuilt from the lock and the file pip hashed. Nothing is cached."""
+    cut; the message is rebuilt from the lock and the file pip hashed, the allowed hashes cut
+    after a few (a real lock has dozens). Nothing is cached."""
     index = tmp_path / "index"
     wheel = make_wheel(index, "demo-gpu", "1.5.2")
     shutil.copy(SMALL / "wheelhouse" / "six-1.16.0-py2.py3-none-any.whl", index)
@@ -120,7 +121,7 @@ def test_a_tampered_platform_wheel_names_package_file_hash_and_every_allowed_has
         cache.fill(lock, "3.11", TAGS)
     assert str(failed.value) == (
         f"demo-gpu==1.5.2: {wheel.name} has sha256 {sha256(wheel)}, the lock allows "
-        f"{', '.join(allowed)} (from {wheel.as_uri()})")
+        f"{', '.join(allowed[:3])} ... and 7 more (from {wheel.as_uri()})")
     assert failed.value.exit_code == 3
     assert list((tmp_path / "cache" / "wheels").iterdir()) == []  # six neither: all or none
     assert cache.get(SIX) is None and cache.get(sha256(wheel)) is None

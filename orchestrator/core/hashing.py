@@ -17,6 +17,10 @@ tools, and so that it depends on exactly the file contents and their relative pa
   a directory with no regular file at all is refused.
 - Symlinks inside the directory are refused: a link's target could change the model without
   changing the hash, or point outside it. The path given itself may be a symlink; it is followed.
+  A spec that says `model.follow_symlinks: true` (and `orchestrator hash --follow-symlinks`)
+  counts each link as the file or directory it resolves to, at the link's path: the hash is of
+  the targets' content, which is what is shipped (a host receives plain files, and its hash of
+  them is the same). A dangling link or a directory link to its own ancestor is still refused.
 - Other special files (FIFOs, sockets, devices), names that are not UTF-8 and names containing a
   newline or a backslash (which `sha256sum` escapes) are refused.
 - File modes, timestamps and owners are not part of the hash.
@@ -46,8 +50,9 @@ def hash_file(path: str | os.PathLike[str]) -> str:
         raise SpecError(f"cannot read: {exc.strerror}", file=str(path)) from exc
 
 
-def hash_path(path: str | os.PathLike[str]) -> str:
-    """`hash_file` for a file, the tree hash (module docstring) for a directory."""
+def hash_path(path: str | os.PathLike[str], follow: bool = False) -> str:
+    """`hash_file` for a file, the tree hash (module docstring) for a directory; `follow`:
+    symlinks inside count as what they point to (`model.follow_symlinks`)."""
     p = Path(path)
     try:
         mode = os.stat(p).st_mode
@@ -56,27 +61,28 @@ def hash_path(path: str | os.PathLike[str]) -> str:
     if stat.S_ISREG(mode):
         return hash_file(p)
     if stat.S_ISDIR(mode):
-        return tree_hash(p)
+        return tree_hash(p, follow)
     raise SpecError("cannot hash: not a regular file or directory", file=str(p))
 
 
-def tree_hash(root: str | os.PathLike[str]) -> str:
+def tree_hash(root: str | os.PathLike[str], follow: bool = False) -> str:
     """The tree hash of a directory (see the module docstring)."""
-    return tree_hash_of_lines(tree_lines(Path(root)))
+    return tree_hash_of_lines(tree_lines(Path(root), follow))
 
 
-def tree_lines(root: Path) -> list[str]:
+def tree_lines(root: Path, follow: bool = False) -> list[str]:
     """One `"<sha256>  <relative path>\\n"` line per regular file under `root`; what has no
     defined hash is a SpecError naming the entry."""
-    return [contenthash.tree_line(hash_file(root / rel), rel) for rel in tree_files(root)]
+    return [contenthash.tree_line(hash_file(root / rel), rel)
+            for rel in tree_files(root, follow)]
 
 
-def tree_files(root: str | os.PathLike[str]) -> list[str]:
+def tree_files(root: str | os.PathLike[str], follow: bool = False) -> list[str]:
     """The '/'-separated relative paths of the regular files under `root`, exactly those the
     tree hash covers: a symlink, FIFO, device or socket inside is a SpecError naming it. The
     model upload lists a directory with this, so it can never ship a file the hash did not
     cover (a `notes.txt -> ~/secret` link) nor block reading a FIFO."""
     try:
-        return contenthash.tree_files(os.fspath(root))
+        return contenthash.tree_files(os.fspath(root), follow)
     except contenthash.HashError as exc:
         raise SpecError(exc.message, file=exc.file) from exc

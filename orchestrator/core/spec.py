@@ -85,6 +85,11 @@ class ModelSection(_Strict):
     format: FormatName = Field(description=f"How the model is loaded: {formats.summary()}.")
     sha256: Sha256 = Field(description="sha256 of the file, or tree hash of the directory, as "
                                        "printed by `orchestrator hash PATH` (lowercase hex).")
+    follow_symlinks: bool = Field(
+        False, description="A directory model's symlinks count as the files or directories "
+                           "they point to (hashed and shipped as their content; `orchestrator "
+                           "hash --follow-symlinks PATH`). Default false: a symlink inside is "
+                           "refused, naming it.")
     _check_path = field_validator("path")(_no_dotdot)
 
 
@@ -303,7 +308,7 @@ def check_model_hash(spec: Spec) -> None:
     without a defined tree hash (a symlink, FIFO, device or socket inside: a SpecError naming
     it). What the controller checks before it sends anything to a host: at submission to the
     daemon (daemon/bundle.py) and in `orchestrator deploy` (deploy/batch.py `prepare`)."""
-    actual = hash_path(spec.paths.model)
+    actual = hash_path(spec.paths.model, spec.model.follow_symlinks)
     if actual != spec.model.sha256:
         raise spec.error(("model", "sha256"),
                          f"mismatch: the spec says {spec.model.sha256} but {spec.model.path} "

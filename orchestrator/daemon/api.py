@@ -37,7 +37,8 @@ from orchestrator.daemon.apimodels import (
     Noop,
     error_responses,
 )
-from orchestrator.daemon.follow import Followers
+from orchestrator.daemon.fanout import Direct
+from orchestrator.daemon.follow import Followers, FollowResponse
 from orchestrator.daemon.guard import SMALL_BODY, TAR, TcpGuard
 from orchestrator.daemon.metrics import CONTENT_TYPE as METRICS_TYPE
 from orchestrator.daemon.service import Service
@@ -151,7 +152,8 @@ def _deployment_routes(app: FastAPI, service: Service) -> None:
 
     @app.get("/v1/deployments/{deployment}/events", response_class=StreamingResponse,
              responses={200: {"content": {NDJSON: {}}}, **error_responses(404, 422, 503)})
-    async def events(deployment: str, after: Annotated[int, Query(ge=0)] = 0,
+    async def events(request: Request, deployment: str,
+                     after: Annotated[int, Query(ge=0)] = 0,
                      host: str | None = None, follow: bool = False) -> StreamingResponse:
         """The deployment's events as newline-delimited JSON, after seq `after`; with `follow`
         the stream stays open until the deployment finishes. A follower that falls too far
@@ -159,6 +161,9 @@ def _deployment_routes(app: FastAPI, service: Service) -> None:
         `after=SEQ` (daemon/follow.py). Past `max_followers` followers: 503."""
         if follow:
             follower, wake = await followers.open(deployment, after)
+            direct = Direct.of(request.scope)
+            if direct is not None:  # written by the deployment's writer (daemon/fanout.py)
+                return FollowResponse(followers, follower, direct, host, NDJSON)
             # The unfollow also runs when the client leaves before the stream starts.
             return StreamingResponse(followers.stream(follower, wake, host), media_type=NDJSON,
                                      background=BackgroundTask(service.hub.unfollow, follower))

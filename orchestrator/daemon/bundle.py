@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from orchestrator.core.hashing import NAME_PATTERN, NAME_RE
+from orchestrator.core.hashing import NAME_PATTERN, NAME_RE, tree_files
 from orchestrator.core.spec import Spec, check_model_hash, load_spec
 from orchestrator.core.yamlio import DEFAULT_MAX_BYTES, parse_yaml, read_limited
 from orchestrator.daemon.statedir import private_dir
@@ -96,7 +96,31 @@ def pack_bundle(spec_path: Path, out: io.BufferedIOBase | io.BytesIO) -> None:
                                    f"folder {base}")
             if not local.exists():
                 raise InvalidInput(f"{spec_path}: {rel}: no such file or directory")
+            if local.is_dir() and rel == _followed_model(spec_path, data):
+                _add_followed(tar, local, rel)
+                continue
             tar.add(local, arcname=str(rel), recursive=True, filter=_plain_only)
+
+
+def _followed_model(spec_path: Path, data: bytes) -> PurePosixPath | None:
+    """The model's path when the spec says `model.follow_symlinks: true`, else None."""
+    doc = parse_yaml(data, str(spec_path))
+    model = doc.data.get("model") if isinstance(doc.data, dict) else None
+    if isinstance(model, dict) and model.get("follow_symlinks") is True and isinstance(
+            model.get("path"), str):
+        return PurePosixPath(model["path"])
+    return None
+
+
+def _add_followed(tar: tarfile.TarFile, local: Path, rel: PurePosixPath) -> None:
+    """A model directory whose symlinks the spec follows: every file its tree hash covers,
+    packed as a plain file with its target's content (what `hash --follow-symlinks` hashed)."""
+    for inner in tree_files(local, follow=True):
+        source = (local / inner).resolve()
+        info = tar.gettarinfo(str(source), arcname=f"{rel}/{inner}")
+        info.mode = 0o644
+        with open(source, "rb") as handle:
+            tar.addfile(info, handle)
 
 
 def _plain_only(info: tarfile.TarInfo) -> tarfile.TarInfo:

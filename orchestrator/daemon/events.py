@@ -83,11 +83,12 @@ class Follower:
     most once per `take` that found nothing new, and must not block."""
 
     def __init__(self, hub: EventHub, deployment: str, wake: Callable[[], None],
-                 cursor: int) -> None:
+                 cursor: int, counted: bool = True) -> None:
         self.hub = hub
         self.deployment = deployment
         self.wake = wake
         self.cursor = cursor
+        self.counted = counted  # against `max_followers`: a reader's, not a writer's (fanout)
         self.dropped = 0  # events this reader missed live and had to read from the store
 
     def take(self) -> tuple[list[dict[str, Any]], bool]:
@@ -96,9 +97,11 @@ class Follower:
         entries, lagged = self.hub._take(self)
         return [event for event, _ in entries], lagged
 
-    def take_lines(self) -> tuple[list[Entry], bool]:
-        """`take`, each event with its JSON line: serialised once for all followers."""
-        return self.hub._take(self)
+    def take_lines(self, arm: bool = True) -> tuple[list[Entry], bool]:
+        """`take`, each event with its JSON line: serialised once for all followers. With
+        `arm` false, finding nothing does not register a wake (the deployment's writer,
+        orchestrator/daemon/fanout.py, is woken for all its followers at once)."""
+        return self.hub._take(self, arm)
 
 
 class _Feed:
@@ -118,7 +121,8 @@ class EventHub:
         self.store = store
         self.logs_dir = logs_dir
         private_dir(logs_dir)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the store rows and the jsonl files, in seq order
+        self._feeds_lock = threading.Lock()  # the feeds and their followers (always after _lock)
         self._feeds: dict[str, _Feed] = {}
         self._files: dict[str, IO[str]] = {}
         self._follower_buffer = follower_buffer
@@ -131,11 +135,17 @@ class EventHub:
         with self._lock:
             event = {"seq": self.store.append_event(event), **event}
             self._append_line(deployment, event)
-            waiting: set[Follower] = set()
+            # The feeds' lock is taken before the store's is let go (hand over hand): the ring
+            # stays in seq order, and its readers (the event loop) never wait on a store write.
+            self._feeds_lock.acquire()
+        waiting: set[Follower] = set()
+        try:
             feed = self._feeds.get(deployment)
-            if feed is not None:  # appended under the lock: the ring is in seq order
+            if feed is not None:
                 feed.ring.append((event, _line(event)))
                 waiting, feed.waiting = feed.waiting, set()
+        finally:
+            self._feeds_lock.release()
         for follower in waiting:  # outside the lock; a wake only schedules, never blocks
             # A RuntimeError means the reader's event loop is gone: the follower has vanished.
             with contextlib.suppress(RuntimeError):
@@ -154,7 +164,7 @@ class EventHub:
         wanted = {d for d, _ in notes}
         added = 0
         for deployment in wanted:
-            with self._lock:
+            with self._lock, self._feeds_lock:
                 feed = self._feeds.get(deployment)
                 if feed is None:
                     continue
@@ -200,8 +210,8 @@ class EventHub:
         """A follower of `deployment` whose cursor is `after`; past `limit` followers in all,
         `DaemonError` (HTTP 503): each follower holds a connection and a task."""
         follower = Follower(self, deployment, wake, after)
-        with self._lock:
-            count = sum(len(f.followers) for f in self._feeds.values())
+        with self._feeds_lock:
+            count = self._count()
             if count >= limit:
                 raise DaemonError(f"too many log followers ({count}, the limit is {limit}: "
                                   "max_followers); retry later")
@@ -211,9 +221,42 @@ class EventHub:
             feed.followers.add(follower)
         return follower
 
+    def watch(self, deployment: str, wake: Callable[[], None]) -> Follower:
+        """A follower that only wakes (a deployment's writer): not counted against the cap,
+        its cursor at the feed's newest event; `rearm` it after each wake."""
+        follower = Follower(self, deployment, wake, 0, counted=False)
+        with self._feeds_lock:
+            feed = self._feeds.get(deployment)
+            if feed is None:
+                feed = self._feeds[deployment] = _Feed(self._follower_buffer)
+            feed.followers.add(follower)
+            follower.cursor = int(feed.ring[-1][0]["seq"]) if feed.ring else 0
+        return follower
+
+    def rearm(self, follower: Follower) -> bool:
+        """True when the feed has events past the follower's cursor (the cursor then moves to
+        the newest); else False, and the next event wakes it."""
+        with self._feeds_lock:
+            feed = self._feeds.get(follower.deployment)
+            if feed is None or follower not in feed.followers:
+                return False
+            newest = int(feed.ring[-1][0]["seq"]) if feed.ring else follower.cursor
+            if newest > follower.cursor:
+                follower.cursor = newest
+                return True
+            feed.waiting.add(follower)
+            return False
+
+    def recent(self, deployment: str) -> list[Entry]:
+        """A copy of the deployment's feed (its last `follower_buffer` events, in seq order):
+        the writer of fanout.py reads it once per pass for all its followers."""
+        with self._feeds_lock:
+            feed = self._feeds.get(deployment)
+            return list(feed.ring) if feed is not None else []
+
     def unfollow(self, follower: Follower) -> None:
         """Idempotent. The feed goes with its last follower (the store keeps every event)."""
-        with self._lock:
+        with self._feeds_lock:
             feed = self._feeds.get(follower.deployment)
             if feed is not None and follower in feed.followers:
                 feed.followers.discard(follower)
@@ -222,11 +265,14 @@ class EventHub:
                     del self._feeds[follower.deployment]
 
     def follower_count(self) -> int:
-        with self._lock:
-            return sum(len(f.followers) for f in self._feeds.values())
+        with self._feeds_lock:
+            return self._count()
 
-    def _take(self, follower: Follower) -> tuple[list[Entry], bool]:
-        with self._lock:
+    def _count(self) -> int:
+        return sum(f.counted for feed in self._feeds.values() for f in feed.followers)
+
+    def _take(self, follower: Follower, arm: bool = True) -> tuple[list[Entry], bool]:
+        with self._feeds_lock:
             feed = self._feeds.get(follower.deployment)
             if feed is None or follower not in feed.followers:
                 return [], True  # unfollowed: only the store can answer
@@ -240,7 +286,7 @@ class EventHub:
             events = list(itertools.islice(ring, skip, None)) if skip < len(ring) else []
             if events:
                 follower.cursor = int(events[-1][0]["seq"])
-            else:
+            elif arm:
                 # Checked and registered under the one lock: no emit can slip in between.
                 feed.waiting.add(follower)
         return events, False

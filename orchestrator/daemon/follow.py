@@ -1,7 +1,11 @@
 """`GET /v1/deployments/{id}/events?follow=1`: one live follower's stream, bounded in memory.
 
 A follower reads the store after its seq in pages, then the deployment's feed in the event hub
-(orchestrator/daemon/events.py), waiting on an `asyncio.Event` between bursts. What it costs:
+(orchestrator/daemon/events.py). When its connection can be written directly (uvicorn, the
+daemon's server: `Followers.serve`, `FollowResponse`) it then hands itself to its
+deployment's writer (orchestrator/daemon/fanout.py), which writes every follower's bursts in
+one task. Otherwise (the web UI's server-sent events, another ASGI server) `stream` reads the
+feed itself, waiting on an `asyncio.Event` between bursts. What that costs:
 - the emitter (the rollout): nothing per event while the follower does not wait; one wake
   otherwise, and the wakes of a burst reach the event loop in one callback (`LoopWaker`), not
   one per follower per event;
@@ -22,14 +26,17 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+import anyio
 import anyio.to_thread
 from anyio import CapacityLimiter
+from starlette.responses import StreamingResponse
 
 from orchestrator.core.states import DEPLOYMENT_TERMINAL
 from orchestrator.daemon.events import Follower
+from orchestrator.daemon.fanout import STORE, Client, Direct, Fanout, is_end, lines_of
 from orchestrator.daemon.service import Service
 
 PAGE = 500
@@ -39,7 +46,7 @@ FOLLOW_POLL_S = 5.0
 #: Threads at once for followers' store reads (anyio's default pool has 40 for everything).
 READ_THREADS = 4
 #: How long a woken follower lets events gather before it takes them: latency for fewer sends.
-GATHER_MIN_S, GATHER_MAX_S = 0.01, 0.1
+GATHER_MIN_S, GATHER_MAX_S = 0.01, 0.25
 LAGGED = "lagged"
 T = TypeVar("T")
 
@@ -75,20 +82,34 @@ class LoopWaker:
 
 
 class Followers:
-    """The API's side of the followers: one waker and one read limiter per event loop."""
+    """The API's side of the followers: one waker, one read limiter and one set of
+    deployment writers (orchestrator/daemon/fanout.py) per event loop."""
 
     def __init__(self, service: Service) -> None:
         self.service = service
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waker: LoopWaker | None = None
         self._limiter: CapacityLimiter | None = None
+        self._fanout: Fanout | None = None
 
     def _bind(self) -> tuple[LoopWaker, CapacityLimiter]:
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._waker is None or self._limiter is None:
             self._loop, self._waker = loop, LoopWaker(loop, self._gather_s)
             self._limiter = CapacityLimiter(READ_THREADS)
+            self._fanout = None
         return self._waker, self._limiter
+
+    def fanout(self) -> Fanout:
+        waker, _ = self._bind()
+        if self._fanout is None:
+            self._fanout = Fanout(self.service.hub, lambda: waker, self._ended,
+                                  self.service.stopping.is_set, self._gather_s)
+        return self._fanout
+
+    async def _ended(self, deployment: str) -> bool:
+        state = (await self._read(self.service.store.get_deployment, deployment)).state
+        return state in DEPLOYMENT_TERMINAL
 
     async def _read(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         _, limiter = self._bind()
@@ -96,8 +117,9 @@ class Followers:
 
     def _gather_s(self) -> float:
         """The loop sends about followers / gather bursts a second: the more followers, the
-        longer each lets a burst gather (10 ms alone, 100 ms from 1,000 on)."""
-        return min(GATHER_MAX_S, max(GATHER_MIN_S, self.service.hub.follower_count() * 1e-4))
+        longer each lets a burst gather (10 ms up to 50 followers, 200 ms at 1,000, at most
+        250 ms): a pass writes to each of them, so its cost is per pass, not per event."""
+        return min(GATHER_MAX_S, max(GATHER_MIN_S, self.service.hub.follower_count() * 2e-4))
 
     async def open(self, deployment: str, after: int) -> tuple[Follower, asyncio.Event]:
         """Register a follower (503 past `max_followers`) before any read, so nothing emitted
@@ -145,7 +167,7 @@ class Followers:
                                          if host is None or e["host"] == host)
                         if chunk:
                             yield chunk  # one write per burst, of lines serialised once
-                        if any(_is_end(e) for e, _ in entries):
+                        if any(is_end(e) for e, _ in entries):
                             return
                         continue
                     try:
@@ -158,16 +180,92 @@ class Followers:
             hub.unfollow(follower)
 
 
+    async def serve(self, follower: Follower, direct: Direct, host: str | None,
+                    body: Callable[[bytes], Awaitable[None]]) -> None:
+        """A follower's stream when its connection can be written directly: the store after
+        its cursor (through `body`, the ASGI send, which waits for a slow reader), the feed
+        after that, then its deployment's writer until the stream ends (or the writer sends
+        it back to the store). The follower is unfollowed at the end, however it ends."""
+        hub, store, stopping = self.service.hub, self.service.store, self.service.stopping
+        deployment = follower.deployment
+        try:
+            while not stopping.is_set():
+                # The state first: when it is final, the rows read next hold the last event.
+                state = (await self._read(store.get_deployment, deployment)).state
+                while True:
+                    rows = await self._read(store.events, deployment, after=follower.cursor,
+                                            limit=PAGE)
+                    if rows:
+                        follower.cursor = int(rows[-1]["seq"])
+                        await body(_lines(rows, host))
+                    if len(rows) < PAGE:
+                        break
+                if state in DEPLOYMENT_TERMINAL:
+                    return
+                entries, lagged = follower.take_lines(arm=False)
+                if lagged:
+                    continue  # a burst passed while the store was read: read it again
+                if entries:
+                    await body(lines_of(entries, host))
+                    if any(is_end(e) for e, _ in entries):
+                        return
+                client = Client(follower, direct, host)
+                fanout = self.fanout()
+                fanout.add(client)  # no await since the take: the writer has it from there
+                try:
+                    why = await client.done
+                finally:
+                    fanout.remove(client)
+                if why != STORE:
+                    return
+        finally:
+            hub.unfollow(follower)
+
+
+class FollowResponse(StreamingResponse):
+    """A live follower's response written by its deployment's writer (`Followers.serve`):
+    the head and the end through the ASGI `send`, the live events straight to the
+    connection."""
+
+    def __init__(self, followers: Followers, follower: Follower, direct: Direct,
+                 host: str | None, media_type: str) -> None:
+        super().__init__(_nothing(), media_type=media_type)
+        self.followers, self.follower, self.direct, self.host = followers, follower, direct, host
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def body(chunk: bytes) -> None:
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+        async def respond() -> None:
+            try:
+                await send({"type": "http.response.start", "status": self.status_code,
+                            "headers": self.raw_headers})
+                await self.followers.serve(self.follower, self.direct, self.host, body)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            finally:
+                group.cancel_scope.cancel()
+
+        try:
+            # As StreamingResponse does: a client that leaves ends its follower at once, not
+            # at the writer's next look at its connection.
+            async with anyio.create_task_group() as group:
+                group.start_soon(respond)
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                group.cancel_scope.cancel()
+        finally:
+            self.followers.service.hub.unfollow(self.follower)
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""  # an async generator that yields nothing: the body is FollowResponse's own
+
+
 def _line(event: dict[str, Any]) -> bytes:
     return (json.dumps(event, separators=(",", ":")) + "\n").encode()
 
 
 def _lines(events: list[dict[str, Any]], host: str | None) -> bytes:
     return b"".join(_line(e) for e in events if host is None or e["host"] == host)
-
-
-_END = frozenset(str(s) for s in DEPLOYMENT_TERMINAL)  # built once: checked per event per reader
-
-
-def _is_end(event: dict[str, Any]) -> bool:
-    return event.get("event") == "deployment" and event.get("status") in _END

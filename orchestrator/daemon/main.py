@@ -34,6 +34,7 @@ from orchestrator.daemon import routing, watchdog
 from orchestrator.daemon.api import create_app
 from orchestrator.daemon.config import DaemonConfig, read_token
 from orchestrator.daemon.events import EventHub
+from orchestrator.daemon.fanout import with_transport
 from orchestrator.daemon.journal import PriorityFormatter, is_journal_stream
 from orchestrator.daemon.runners.base import make_runner
 from orchestrator.daemon.service import Service
@@ -294,7 +295,8 @@ def run_daemon(config: DaemonConfig) -> int:
 
 
 def _serve(service: Service, sockets: list[socket.socket], token: str | None) -> None:
-    app = create_app(service, token=token)
+    # The connections' transports in the scope: live followers are written to directly.
+    app = with_transport(create_app(service, token=token))
     specs_dir = service.config.specs_dir
     watcher = SpecWatcher(service, specs_dir) if specs_dir is not None else None
     server = _Server(uvicorn.Config(app, log_config=None, lifespan="off", access_log=False,

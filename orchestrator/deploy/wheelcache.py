@@ -90,13 +90,21 @@ class Wheel:
     path: Path     # the local file (cache entry or wheelhouse file)
 
 
+#: Allowed hashes a tampered-wheel message lists before "... and N more" (a lock lists one
+#: hash per platform wheel, 43 for scikit-learn; a few are enough to compare by eye).
+SHOWN_HASHES = 3
+
+
 def hash_mismatch(pkg: LockedPackage, filename: str, digest: str, where: str = "") -> str:
     """The one message for a wheel the lock does not allow, from the cache fill or a wheelhouse:
-    package and version, the file, what it hashes to and every hash the lock allows, so that an
-    operator can tell a stale lock from a tampered index without re-running pip by hand."""
+    package and version, the file, what it hashes to and the hashes the lock allows (the first
+    `SHOWN_HASHES`, then how many more), so that an operator can tell a stale lock from a
+    tampered index without re-running pip by hand."""
     suffix = f" ({where})" if where else ""
+    more = len(pkg.hashes) - SHOWN_HASHES
+    shown = ", ".join(pkg.hashes[:SHOWN_HASHES]) + (f" ... and {more} more" if more > 0 else "")
     return (f"{pkg.name}=={pkg.version}: {filename} has sha256 {digest}, the lock allows "
-            f"{', '.join(pkg.hashes)}{suffix}")
+            f"{shown}{suffix}")
 
 
 def filenames(wheels: Mapping[str, Wheel]) -> dict[str, str]:

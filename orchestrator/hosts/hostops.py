@@ -204,16 +204,17 @@ class HostOps:
         return self.run(ops.write_manifest(app, release_id, manifest), timeout=timeout)
 
     def upload_model(self, local: Path, staged: StagedRelease, *,
-                     timeout: float = DEFAULT_TIMEOUT_S) -> str:
+                     timeout: float = DEFAULT_TIMEOUT_S, follow: bool = False) -> str:
         """Put a model file (as model/<name>) or directory (as model/...) into the staged
         release; returns the `path` to give verify_model. A directory ships exactly the files
         its tree hash covers (`core.hashing.tree_files`): a symlink or special file inside is
-        a SpecError naming it, raised before anything is sent."""
+        a SpecError naming it, raised before anything is sent; with `follow`
+        (`model.follow_symlinks`) a symlink is shipped as a plain copy of its target."""
         if local.is_file():
             files = {layout.model_rel(local.name, is_dir=False): local}
         else:
             files = {posixpath.join(layout.MODEL, rel): local / rel
-                     for rel in tree_files(local)}
+                     for rel in tree_files(local, follow)}
         if isinstance(self.transport, FileStreamer):  # one channel for every file
             sizes = {rel: path.stat().st_size for rel, path in files.items()}
             call = ops.model_receive(staged.app, staged.release_id, sizes)
@@ -225,10 +226,12 @@ class HostOps:
 
     @staticmethod
     def small_model(local: Path, *, max_bytes: int = INLINE_MAX_BYTES,
-                    max_files: int = INLINE_MAX_FILES) -> SmallModel | None:
+                    max_files: int = INLINE_MAX_FILES, follow: bool = False
+                    ) -> SmallModel | None:
         """A small model's files, placed as `upload_model` places them, for `write-file`
         calls in a batch; None when it is too big for that and goes by SFTP."""
-        files = [local] if local.is_file() else [local / rel for rel in tree_files(local)]
+        files = [local] if local.is_file() else [local / rel
+                                                 for rel in tree_files(local, follow)]
         if not files or len(files) > max_files or sum(
                 f.stat().st_size for f in files) > max_bytes:
             return None

@@ -45,29 +45,53 @@ def restart(transport: Transport, command: str, cwd: str, timeout: float,
 
 
 def health(transport: Transport, *, url: str | None, command: str | None, cwd: str,
-           budget_s: float, timeout: float) -> dict[str, Any]:
+           budget_s: float, timeout: float, script: str | None = None) -> dict[str, Any]:
     """Poll the health URL or command until it passes, at most `budget_s` (and the step's
-    remaining `timeout`). Raises HealthCheckFailed naming what it saw last."""
+    remaining `timeout`). Raises HealthCheckFailed naming what it saw last.
+
+    `script` is the shipped health.py on the host (a deployment's `check` has the tools): run
+    from there like every other host script (so a hostile or broken host's reply comes from the
+    same place as its other replies). Without it (a rollback outside a deployment) the same
+    file's text is sent as `python3 -c`. Either way the reply is parsed as a typed result."""
     mode, target = ("url", url) if url else ("command", command)
     if target is None:
         return {"health": "none configured"}
     budget = max(1.0, min(budget_s, timeout - 5.0))
-    argv = ["sh", "-c", 'cd -- "$1" && shift && exec python3 -c "$@"', "sh", cwd,
-            health_script(), mode, target, f"{budget:.3f}"]
+    run = ["python3", script] if script else ["python3", "-c", health_script()]
+    argv = ["sh", "-c", 'cd -- "$1" && shift && exec "$@"', "sh", cwd,
+            *run, mode, target, f"{budget:.3f}"]
     try:
         result = transport.run(argv, timeout=budget + 5.0, check=False)
     except CommandTimeout as exc:
         raise HealthCheckFailed(transport.host, f"{mode} {target}", str(exc)) from exc
-    try:
-        data = hostjson.loads(result.stdout.strip().splitlines()[-1])
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-    except (ValueError, IndexError):
-        raise BadHostOutput(transport.host, f"health check printed {result.stdout[:200]!r}, "
-                                            f"stderr {result.stderr[-300:]!r}") from None
-    if not data.get("ok"):
+    ok, attempts, error = parse_health(transport.host, result.stdout, result.stderr)
+    if not ok:
         raise HealthCheckFailed(transport.host, f"{mode} {target}",
-                                f"unhealthy after {budget:g} s ({data.get('attempts')} "
-                                f"attempts): {data.get('error')}")
-    return {"health": mode, "health_attempts": data.get("attempts"),
+                                f"unhealthy after {budget:g} s ({attempts} attempts): {error}")
+    return {"health": mode, "health_attempts": attempts,
             "health_s": round(result.duration_s, 3)}
+
+
+def parse_health(host: str, stdout: str, stderr: str) -> tuple[bool, int, str | None]:
+    """health.py's reply, typed: (ok, attempts, error). Anything else is the host's error."""
+    def bad(why: str) -> BadHostOutput:
+        return BadHostOutput(host, f"host sent an invalid reply to health: {why} (stdout "
+                                   f"{stdout[:200]!r}, stderr {stderr[-300:]!r})")
+
+    lines = stdout.strip().splitlines()
+    if not lines:
+        raise bad("no output")
+    try:
+        data = hostjson.loads(lines[-1])
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+    if not isinstance(data, dict):
+        raise bad("not a JSON object")
+    ok, attempts, error = data.get("ok"), data.get("attempts"), data.get("error")
+    if not isinstance(ok, bool):
+        raise bad("missing field 'ok'" if "ok" not in data else "field 'ok' is not a boolean")
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
+        raise bad("field 'attempts' is not a count")
+    if error is not None and not isinstance(error, str):
+        raise bad("field 'error' is not text")
+    return ok, attempts, None if error is None else error[:2000]

@@ -29,19 +29,23 @@ def register(subparsers: Any) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH")
     parser.add_argument("--json", action="store_true",
                         help='print [{"path", "sha256", "kind": "file" | "directory"}]')
+    parser.add_argument("--follow-symlinks", action="store_true",
+                        help="count symlinks inside a directory as what they point to "
+                             "(for a spec with model.follow_symlinks: true)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     paths: list[str] = args.paths
+    follow: bool = args.follow_symlinks
     if args.json:
-        print(json.dumps([{"path": p, "sha256": hash_path(p),
+        print(json.dumps([{"path": p, "sha256": hash_path(p, follow),
                            "kind": "directory" if os.path.isdir(p) else "file"} for p in paths],
                          indent=2))
         return EXIT_OK
     if len(paths) == 1:
-        print(safe(hash_path(paths[0])))
+        print(safe(hash_path(paths[0], follow)))
         return EXIT_OK
     for path in paths:
-        print(safe(f"{hash_path(path)}  {path}"))
+        print(safe(f"{hash_path(path, follow)}  {path}"))
     return EXIT_OK

@@ -124,7 +124,8 @@ def trust_route(host: HostAddress, options: SshOptions, *, yes: bool, replace: b
         label = host.name if hop is route.target else f"{host.name} via bastion {hop.name}"
         with ssh.path_to(host.name, route, index, options) as opener:
             result = trust_host(hop, options.known_hosts, yes=yes, replace=replace,
-                                interactive=interactive, quiet=quiet, label=label, opener=opener)
+                                interactive=interactive, quiet=quiet, label=label, opener=opener,
+                                disabled_algorithms=options.disabled_algorithms())
         if hop is not route.target:
             bastions.append({"bastion": hop.name, **result})
             if not result["trusted"]:
@@ -134,9 +135,11 @@ def trust_route(host: HostAddress, options: SshOptions, *, yes: bool, replace: b
 
 def trust_host(host: HostAddress, known_hosts: Path, *, yes: bool, replace: bool,
                interactive: bool, quiet: bool = False, label: str | None = None,
-               opener: Opener | None = None) -> dict[str, Any]:
+               opener: Opener | None = None,
+               disabled_algorithms: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """Print the host's fingerprint and act on it (nothing printed with `quiet`); what was
-    done, `trusted` true when the host ends up trusted."""
+    done, `trusted` true when the host ends up trusted. The key is read with the algorithms
+    connections use (`disabled_algorithms`: `SshOptions.disabled_algorithms()`)."""
     from orchestrator.hosts import ssh
 
     name = label or host.name
@@ -146,7 +149,8 @@ def trust_host(host: HostAddress, known_hosts: Path, *, yes: bool, replace: bool
             print(safe(text), file=sys.stderr if err else sys.stdout)
 
     known = ssh.known_host_keys(known_hosts, host.address, host.port)
-    offered = ssh.fetch_host_key(host, prefer=[k.key_type for k in known], opener=opener)
+    offered = ssh.fetch_host_key(host, prefer=[k.key_type for k in known], opener=opener,
+                                 disabled_algorithms=disabled_algorithms)
     where = ssh.known_hosts_name(host.address, host.port)
     say(f"{name} {where} {offered.key_type} {offered.fingerprint}")
     action = decide([(k.key_type, k.base64) for k in known], (offered.key_type, offered.base64),

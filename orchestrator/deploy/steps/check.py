@@ -18,7 +18,7 @@ def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
     restarted = service.restart(ctx.transport, ctx.root, ctx.app_name, ctx.service,
                                 deadline.timeout(), ctx.gpus)
     return {**restarted, **service.health(ctx.transport, ctx.root, ctx.app_name, ctx.service,
-                                          deadline.timeout())}
+                                          deadline.timeout(), ctx.tools)}
 
 
 def describe(spec: Spec, facts: HostFacts, target: Target) -> str:

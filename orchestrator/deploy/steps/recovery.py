@@ -106,7 +106,7 @@ def rollback(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
 def recheck(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
     """The health check again, of whatever serves after a rollback."""
     return service.health(ctx.transport, ctx.root, ctx.app_name, ctx.service,
-                          deadline.timeout())
+                          deadline.timeout(), ctx.tools)
 
 
 # -- settling a host outside a pipeline -------------------------------------------------------

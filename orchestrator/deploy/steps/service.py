@@ -15,6 +15,7 @@ from orchestrator.errors import BadHostOutput, HealthCheckFailed
 from orchestrator.hosts import layout, ops, serving
 from orchestrator.hosts.hostops import HostOps
 from orchestrator.hosts.opresults import HostOpFailed, OpKind
+from orchestrator.hosts.shipping import RemoteTools
 from orchestrator.hosts.transport import Transport
 
 
@@ -56,13 +57,15 @@ def serve_container(transport: Transport, deploy_root: str, app: str, svc: Servi
 
 
 def health(transport: Transport, deploy_root: str, app: str, svc: Service | None,
-           timeout: float) -> dict[str, Any]:
-    """The service's health check (URL or command), if it has one; raises HealthCheckFailed."""
+           timeout: float, tools: RemoteTools | None = None) -> dict[str, Any]:
+    """The service's health check (URL or command), if it has one; raises HealthCheckFailed.
+    With `tools` (shipped to the host), their health.py runs it."""
     if svc is None or not (svc.health_url or svc.health_command):
         return {"health": "none configured"}
     return serving.health(transport, url=svc.health_url, command=svc.health_command,
                           cwd=layout.app_dir(deploy_root, app),
-                          budget_s=float(svc.health_timeout_s), timeout=timeout)
+                          budget_s=float(svc.health_timeout_s), timeout=timeout,
+                          script=tools.script("health.py") if tools is not None else None)
 
 
 def service_of(host: str, recorded: Mapping[str, Any] | None,

@@ -31,7 +31,7 @@ def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
     # touched at all.
     wheels = ctx.inputs.wheels_for(ctx.known_facts(), deadline.remaining)
     cleaned = _clean_stale_staging(ctx, deadline)
-    small = HostOps.small_model(spec.paths.model)
+    small = HostOps.small_model(spec.paths.model, follow=spec.model.follow_symlinks)
     missing: tuple[str, ...] | None
     try:
         if small is not None:
@@ -114,7 +114,8 @@ def _stage_by_sftp(ctx: HostContext, shas: list[str],
     if not staged.lock_present and spec.paths.requirements is not None:
         # else the host copied it from a release that had it (or an image release has none)
         ctx.transport.put(spec.paths.requirements, staged.lock_path, 0o644)
-    rel_model = ctx.ops.upload_model(spec.paths.model, staged, timeout=deadline.timeout())
+    rel_model = ctx.ops.upload_model(spec.paths.model, staged, timeout=deadline.timeout(),
+                                     follow=spec.model.follow_symlinks)
     verify = ops.verify_model(app, rid, spec.model.sha256, path=rel_model)
     missing = ops.wheels_missing(shas)
     replies = ctx.ops.batch([verify, missing], timeout=deadline.timeout())

@@ -63,10 +63,14 @@ def tree_hash_of_lines(lines: list[str]) -> str:
     return hashlib.sha256("".join(sorted(lines)).encode("utf-8")).hexdigest()
 
 
-def tree_files(root: str) -> list[str]:
+def tree_files(root: str, follow: bool = False) -> list[str]:
     """The relative '/'-separated paths of every regular file under `root`, refusing what has
-    no defined hash (HashError). `root` itself may be a symlink: it is followed."""
-    files = _walk(root, "")
+    no defined hash (HashError). `root` itself may be a symlink: it is followed. With `follow`
+    (a spec's `model.follow_symlinks`), a symlink inside counts as the regular file or
+    directory it resolves to, at the link's path (so the hash, and a copy of the files, are of
+    the targets' content); a dangling link, a link to anything else, or a directory link back
+    to one of its own ancestors is refused."""
+    files = _walk(root, "", (os.path.realpath(root),) if follow else None)
     if not files:
         raise HashError("cannot hash: the directory holds no regular file", root)
     return files
@@ -82,7 +86,8 @@ def tree_hash(root: str) -> str:
     return tree_hash_of_lines(tree_lines(root))
 
 
-def _walk(root: str, prefix: str) -> list[str]:
+def _walk(root: str, prefix: str, ancestors: tuple[str, ...] | None) -> list[str]:
+    """`ancestors`: None when symlinks are refused, else the resolved directories above."""
     here = os.path.join(root, prefix) if prefix else root
     try:
         entries = sorted(os.scandir(here), key=lambda e: e.name)
@@ -94,10 +99,23 @@ def _walk(root: str, prefix: str) -> list[str]:
         full = os.path.join(root, rel)
         _check_name(full, rel)
         if entry.is_symlink():
-            raise HashError("cannot hash: symlinks are refused inside a model directory",
-                            full, rel)
+            if ancestors is None:
+                raise HashError("cannot hash: symlinks are refused inside a model directory "
+                                "(unless the spec says model.follow_symlinks: true)", full, rel)
+            target = os.path.realpath(full)
+            if os.path.isdir(target):
+                if target in ancestors:
+                    raise HashError(f"cannot hash: symlink loop (to {target})", full, rel)
+                out.extend(_walk(root, rel, (*ancestors, target)))
+            elif os.path.isfile(target):
+                out.append(rel)
+            else:
+                raise HashError("cannot hash: symlink to nothing, or to something that is not "
+                                "a regular file or directory", full, rel)
+            continue
         if entry.is_dir(follow_symlinks=False):
-            out.extend(_walk(root, rel))
+            inner = None if ancestors is None else (*ancestors, os.path.realpath(full))
+            out.extend(_walk(root, rel, inner))
         elif entry.is_file(follow_symlinks=False):
             out.append(rel)
         else:

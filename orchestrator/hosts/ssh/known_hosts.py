@@ -8,12 +8,14 @@ import contextlib
 import hashlib
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
+from paramiko.ssh_exception import IncompatiblePeer
 
+from orchestrator.core.inventory import WEAK_SSH_ALGORITHMS
 from orchestrator.errors import HostUnreachable
 from orchestrator.hosts.ssh.options import HostAddress
 from orchestrator.hosts.ssh.options import describe as _describe
@@ -48,19 +50,25 @@ def known_hosts_name(address: str, port: int | None) -> str:
 
 
 def fetch_host_key(host: HostAddress, timeout: float = 10.0, prefer: Sequence[str] = (),
-                   opener: Opener | None = None) -> HostKey:
+                   opener: Opener | None = None,
+                   disabled_algorithms: Mapping[str, Sequence[str]] | None = None) -> HostKey:
     """The key a host offers, read from a key exchange only (no authentication is attempted),
     over a TCP connection or over what `opener` opens (a bastion's channel: connect.path_to).
+
+    `disabled_algorithms` is what a connection disables (`SshOptions.disabled_algorithms`;
+    None: every weak one, as by default): the key is read with the algorithms the connections
+    will use, so a host that offers only weak ones is refused here as there, and the key
+    trusted is one those connections can check (never an `ssh-rsa` SHA-1 signature).
 
     `prefer` restricts the negotiation to these key types (those we already know for the host),
     so a host with several keys is compared like for like; if it offers none of them any key
     type is accepted, which then shows up as a changed key."""
     if prefer:
         try:
-            return _fetch_key(host, timeout, _key_types(prefer), opener)
+            return _fetch_key(host, timeout, _key_types(prefer), opener, disabled_algorithms)
         except HostUnreachable:
             pass  # none of the known types is offered any more: fall through to any type
-    return _fetch_key(host, timeout, (), opener)
+    return _fetch_key(host, timeout, (), opener, disabled_algorithms)
 
 
 def _key_types(known: Sequence[str]) -> list[str]:
@@ -70,7 +78,8 @@ def _key_types(known: Sequence[str]) -> list[str]:
 
 
 def _fetch_key(host: HostAddress, timeout: float, key_types: Sequence[str],
-               opener: Opener | None) -> HostKey:
+               opener: Opener | None,
+               disabled_algorithms: Mapping[str, Sequence[str]] | None) -> HostKey:
     port = host.port or 22
     where = f"{host.address}:{port}"
     sock: socket.socket | paramiko.Channel
@@ -78,7 +87,9 @@ def _fetch_key(host: HostAddress, timeout: float, key_types: Sequence[str],
         sock = opener() if opener else socket.create_connection((host.address, port), timeout)
     except OSError as exc:
         raise HostUnreachable(host.name, f"cannot connect to {where}: {_describe(exc)}") from exc
-    transport = paramiko.Transport(sock)
+    if disabled_algorithms is None:
+        disabled_algorithms = {kind: list(names) for kind, names in WEAK_SSH_ALGORITHMS.items()}
+    transport = paramiko.Transport(sock, disabled_algorithms=disabled_algorithms)
     transport.banner_timeout = timeout
     if key_types:
         # Types paramiko does not implement (e.g. FIDO sk- keys) cannot be restricted to.
@@ -88,6 +99,11 @@ def _fetch_key(host: HostAddress, timeout: float, key_types: Sequence[str],
         transport.start_client(timeout=timeout)
         key = transport.get_remote_server_key()
         return HostKey(key.get_name(), key.get_base64())
+    except IncompatiblePeer as exc:
+        raise HostUnreachable(
+            host.name, f"no SSH algorithms in common with {where} ({exc}): if it offers only"
+            " weak ones, upgrade its sshd, or allow them by name in the inventory's"
+            " `ssh: legacy_algorithms:`") from exc
     except (paramiko.SSHException, OSError, EOFError) as exc:
         raise HostUnreachable(host.name, f"no SSH key exchange with {where}: {exc}") from exc
     finally:
