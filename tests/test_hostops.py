@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from types import ModuleType
@@ -158,7 +158,8 @@ class LocalTransport:
 
     def run(self, argv: Sequence[str], *, timeout: float | None = None,
             stdin: bytes | None = None, check: bool = True,
-            max_output: int | None = None) -> CommandResult:
+            max_output: int | None = None,
+            on_stderr: Callable[[bytes], None] | None = None) -> CommandResult:
         command = command_line(argv)
         start = time.monotonic()
         proc = subprocess.run(["sh", "-c", command], input=stdin or b"", capture_output=True,
@@ -169,7 +170,8 @@ class LocalTransport:
             raise CommandFailed(self.host, command, proc.returncode, result.stdout, result.stderr)
         return result
 
-    def put(self, data_or_local_path: bytes | Path, remote_path: str, mode: int = 0o644) -> None:
+    def put(self, data_or_local_path: bytes | Path, remote_path: str, mode: int = 0o644,
+            progress: Callable[[int, int], None] | None = None) -> None:
         tmp = f"{remote_path}.part-{os.getpid()}"
         Path(remote_path).parent.mkdir(parents=True, exist_ok=True)  # as the SFTP put does
         if isinstance(data_or_local_path, bytes):

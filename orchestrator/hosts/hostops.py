@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -74,6 +74,9 @@ __all__ = ["DEFAULT_TIMEOUT_S", "INLINE_MAX_BYTES", "INLINE_MAX_FILES", "VENV_TI
            "parse_batch_reply", "parse_reply", "staged_release"]
 
 T = TypeVar("T")
+#: Progress of a transfer of several files: given the byte at which a file starts, the put
+#: callback `(sent, size)` for that file (orchestrator/deploy/progress.py's `Meter.file`).
+FileProgress = Callable[[int], Callable[[int, int], None]]
 
 DEFAULT_TIMEOUT_S = 120.0
 VENV_TIMEOUT_S = 1800.0
@@ -195,17 +198,30 @@ class HostOps:
         return self.run(ops.write_manifest(app, release_id, manifest), timeout=timeout)
 
     def upload_model(self, local: Path, staged: StagedRelease, *,
-                     timeout: float = DEFAULT_TIMEOUT_S) -> str:
+                     timeout: float = DEFAULT_TIMEOUT_S,
+                     progress: FileProgress | None = None) -> str:
         """Put a model file (as model/<name>) or directory (as model/...) into the staged
         release; returns the `path` to give verify_model. A directory ships exactly the files
         its tree hash covers (`core.hashing.tree_files`): a symlink or special file inside is
-        a SpecError naming it, raised before anything is sent."""
+        a SpecError naming it, raised before anything is sent. `progress(base)`: the put
+        callback of the file that starts at byte `base` of the model (model_files' order)."""
         if local.is_file():
-            self.transport.put(local, posixpath.join(staged.model_path, local.name), 0o644)
+            self.transport.put(local, posixpath.join(staged.model_path, local.name), 0o644,
+                               None if progress is None else progress(0))
             return layout.model_rel(local.name, is_dir=False)
+        base = 0
         for rel in tree_files(local):  # put makes parent dirs
-            self.transport.put(local / rel, posixpath.join(staged.model_path, rel), 0o644)
+            self.transport.put(local / rel, posixpath.join(staged.model_path, rel), 0o644,
+                               None if progress is None else progress(base))
+            base += (local / rel).stat().st_size
         return layout.model_rel(local.name, is_dir=True)
+
+    @staticmethod
+    def model_bytes(local: Path) -> int:
+        """What `upload_model` ships of this model, in bytes."""
+        if local.is_file():
+            return local.stat().st_size
+        return sum((local / rel).stat().st_size for rel in tree_files(local))
 
     @staticmethod
     def small_model(local: Path, *, max_bytes: int = INLINE_MAX_BYTES,
@@ -238,15 +254,22 @@ class HostOps:
         return self.run(ops.wheels_verify(shas), timeout=timeout)
 
     def push_wheels(self, wheels: Mapping[str, Path], *, missing: Sequence[str] | None = None,
-                    timeout: float = VENV_TIMEOUT_S) -> tuple[str, ...]:
+                    timeout: float = VENV_TIMEOUT_S,
+                    progress: Callable[[int], FileProgress] | None = None) -> tuple[str, ...]:
         """Upload the wheels ({sha256: local file}) the host's cache lacks, each verified by
         sha256 on arrival; returns the shas uploaded. `missing`: what a `wheels-missing` in
-        an earlier batch said the host lacks (else it is asked here)."""
+        an earlier batch said the host lacks (else it is asked here). `progress(total)`, once
+        the bytes to send are known: what gives each wheel's put callback (`upload_model`)."""
         if missing is None:
             missing = self.wheels_missing(sorted(wheels), timeout=timeout)
         missing = tuple(missing)
-        for sha in missing:
-            self.transport.put(wheels[sha], layout.wheel_upload(self.root, sha), 0o644)
+        sizes = [wheels[sha].stat().st_size for sha in missing]
+        callback = None if progress is None or not missing else progress(sum(sizes))
+        base = 0
+        for sha, size in zip(missing, sizes, strict=True):
+            self.transport.put(wheels[sha], layout.wheel_upload(self.root, sha), 0o644,
+                               None if callback is None else callback(base))
+            base += size
         if missing:
             self.wheels_verify(missing, timeout=timeout)
         return missing

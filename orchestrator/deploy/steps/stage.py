@@ -4,6 +4,8 @@ checked on the host after transfer), and the wheels the host's cache lacks.
 Idempotent: `stage-begin` resumes its own staging dir, a model already verified is not sent twice,
 wheels already cached are not sent. A small model travels inside one hostops batch with
 stage-begin, the lock and the hash check (one host process); a larger one goes by SFTP.
+What goes by SFTP (a large model, the wheels) reports its bytes as `progress` events
+(orchestrator/deploy/progress.py).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.hashing import hash_file
+from orchestrator.core.progress import BYTES
 from orchestrator.core.spec import Spec
 from orchestrator.deploy.deadline import Deadline
 from orchestrator.deploy.steps import StepFailed
@@ -38,8 +41,10 @@ def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
             details, missing = _stage_in_one_call(ctx, small, sorted(wheels), deadline)
         else:
             details, missing = _stage_by_sftp(ctx, sorted(wheels), deadline)
-        pushed = ctx.ops.push_wheels({sha: w.path for sha, w in wheels.items()},
-                                     missing=missing, timeout=deadline.timeout())
+        pushed = ctx.ops.push_wheels(
+            {sha: w.path for sha, w in wheels.items()}, missing=missing,
+            timeout=deadline.timeout(),
+            progress=lambda total: ctx.progress.meter(NAME, BYTES, "wheels", total).file)
     except HostUnreachable:
         raise
     except HostError as exc:
@@ -101,7 +106,9 @@ def _stage_by_sftp(ctx: HostContext, shas: list[str],
     if not staged.lock_present and spec.paths.requirements is not None:
         # else the host copied it from a release that had it (or an image release has none)
         ctx.transport.put(spec.paths.requirements, staged.lock_path, 0o644)
-    rel_model = ctx.ops.upload_model(spec.paths.model, staged, timeout=deadline.timeout())
+    meter = ctx.progress.meter(NAME, BYTES, "model", HostOps.model_bytes(spec.paths.model))
+    rel_model = ctx.ops.upload_model(spec.paths.model, staged, timeout=deadline.timeout(),
+                                     progress=meter.file)
     verify = ops.verify_model(app, rid, spec.model.sha256, path=rel_model)
     missing = ops.wheels_missing(shas)
     replies = ctx.ops.batch([verify, missing], timeout=deadline.timeout())

@@ -8,7 +8,7 @@ import contextlib
 import re
 import select
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import paramiko
@@ -116,6 +116,7 @@ class SshTransport:
         stdin: bytes | None = None,
         check: bool = True,
         max_output: int | None = None,
+        on_stderr: Callable[[bytes], None] | None = None,
     ) -> CommandResult:
         command = command_line(argv)
         limit = self.options.max_output_bytes if max_output is None else max_output
@@ -125,7 +126,8 @@ class SshTransport:
         try:
             chan.exec_command(f"{_WRAP_BEFORE}{command}{_WRAP_AFTER}")
             out, err = _Capture(limit, marked=True), _Capture(limit, marked=False)
-            exit_code = self._pump(chan, command, stdin, out, err, started + budget, budget)
+            exit_code = self._pump(chan, command, stdin, out, err, started + budget, budget,
+                                   on_stderr)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise HostUnreachable(self.host, f"connection lost running {command}: {exc}") from exc
         finally:
@@ -148,6 +150,7 @@ class SshTransport:
     def _pump(
         self, chan: paramiko.Channel, command: str, stdin: bytes | None,
         out: _Capture, err: _Capture, deadline: float, budget: float,
+        on_stderr: Callable[[bytes], None] | None = None,
     ) -> int:
         """Feed stdin and drain stdout/stderr together (no deadlock on full windows)."""
         data, offset = stdin or b"", 0
@@ -160,7 +163,10 @@ class SshTransport:
             while chan.recv_ready():
                 out.add(chan.recv(_READ_CHUNK))
             while chan.recv_stderr_ready():
-                err.add(chan.recv_stderr(_READ_CHUNK))
+                piece = chan.recv_stderr(_READ_CHUNK)
+                err.add(piece)
+                if on_stderr is not None:
+                    self._hook(on_stderr, piece, out.pid)
             if out.over or err.over:
                 self._kill(out.pid)
                 raise OutputTooLarge(
@@ -193,6 +199,14 @@ class SshTransport:
             chan.shutdown_write()
         return offset
 
+    def _hook(self, hook: Callable[[bytes], None], data: bytes, pgid: int | None) -> None:
+        """A caller's hook; should it raise, nothing of the command is left running."""
+        try:
+            hook(data)
+        except BaseException:
+            self._kill(pgid)
+            raise
+
     def _timed_out(self, pid: int | None, command: str, budget: float) -> None:
         self._kill(pid)
         raise CommandTimeout(self.host, f"{command} did not finish within {budget:g} s; stopped")
@@ -221,11 +235,13 @@ class SshTransport:
                 raise HostUnreachable(self.host, f"cannot open SFTP: {_describe(exc)}") from exc
         return self._sftp
 
-    def put(self, data_or_local_path: bytes | Path, remote_path: str, mode: int = 0o644) -> None:
-        """Atomic (temporary name, chmod, rename); missing parents created (sftp.py)."""
+    def put(self, data_or_local_path: bytes | Path, remote_path: str, mode: int = 0o644,
+            progress: Callable[[int, int], None] | None = None) -> None:
+        """Atomic (temporary name, chmod, rename); missing parents created (sftp.py);
+        `progress(sent, size)` as the bytes go out."""
         sftp = self._sftp_client()
         try:
-            put_file(sftp, data_or_local_path, remote_path, mode)
+            put_file(sftp, data_or_local_path, remote_path, mode, progress)
         except OSError as exc:  # IOError from the SFTP server: not a dir, permission, disk
             raise FileTransferFailed(self.host, f"put {remote_path}: {_describe(exc)}") from exc
         except (paramiko.SSHException, paramiko.SFTPError, EOFError) as exc:
