@@ -6,6 +6,7 @@ testbed rollout (tests/test_rollout.py checks the same events end to end).
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import re
@@ -29,7 +30,9 @@ from orchestrator.core.progress import (
     strip_lines,
 )
 from orchestrator.deploy.progress import HostProgress
-from orchestrator.hosts.remote import warmup as runner
+
+# The host-side runner, untyped (stdlib-only, checked by its own mypy profile): as test_formats.
+runner: Any = importlib.import_module("orchestrator.hosts.remote.warmup")
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "follow" / "progress.jsonl"
 SGR = re.compile(r"\x1b\[\d+m")
@@ -220,3 +223,18 @@ def test_piped_deploy_shows_progress_as_a_plain_line_and_json_exactly() -> None:
         "level": "info", "event": PROGRESS, "deployment": "d-1", "host": "tb-01",
         "step": "stage", "status": "running", "duration_ms": None, "unit": BYTES,
         "item": "wheels", "done": 1, "total": 2}
+
+
+def test_deploy_on_a_terminal_draws_the_live_view_instead_of_lines() -> None:
+    out = io.StringIO()
+    sink = PrintSink(out, False, "d-1", follow.LiveFollow(out, colour=False, tick=60))
+    for event in events():
+        sink.emit(**{k: v for k, v in event.items()
+                     if k not in ("seq", "ts", "deployment")})
+        if event["event"] == PROGRESS and event["item"] == "latency":
+            break
+    shown = out.getvalue()
+    assert sink.live is not None
+    assert sink.live.close().hosts["tb-01"].step == "verify"
+    assert " tb-01 stage ok " in shown and "item=" not in shown  # step lines, no event lines
+    assert "latency" in shown.splitlines()[-1] and shown.rstrip().endswith(" 1/20")
