@@ -31,11 +31,12 @@ from orchestrator.deploy.control import RolloutControl
 from orchestrator.deploy.pipeline import HostResult, HostStatus
 from orchestrator.deploy.rollout import RolloutResult, Stop, Undone, plan_batches
 from orchestrator.testbed import Testbed, TestbedHost
-from tests.daemons import DEPLOY, Daemon, start, stored_events, wait_for, write_config
-from tests.specs import WHEEL_CACHE, joblib_spec
+from tests.daemons import Daemon, stored_events, wait_for
+from tests.specs import joblib_spec
 
 APP = "fleet"
 HOSTS = 6
+FLEET_PROFILES = ("h100",) * HOSTS  # this module's own testbed (`fleet`, tests/conftest.py)
 # Passes unless the host's deploy root holds `fail-health` naming another release than the one
 # `current` points at: so the marked host fails its check on v2 and passes again on v1.
 HEALTH = ('test ! -f ../fail-health || test "$(readlink current)" = "$(cat ../fail-health)"')
@@ -106,26 +107,9 @@ def test_control_holds_until_resume_and_wakes_on_abort() -> None:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
-    root = tmp_path_factory.mktemp("fleet")
-    tb = Testbed.up(root, HOSTS, ("h100",) * HOSTS)
-    try:
-        yield tb
-    finally:
-        Testbed.down(root)
-
-
-@pytest.fixture(scope="module")
-def daemon(fleet: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    base = tmp_path_factory.mktemp("daemon")
-    config = write_config(base, f'inventory = "{fleet.inventory_path}"\n'
-                                f'known_hosts = "{fleet.known_hosts_path}"\n'
-                                f'identity = "{fleet.identity_path}"\n' + DEPLOY)
-    d = start(config, {"ORCHESTRATOR_WHEEL_CACHE": str(WHEEL_CACHE)})
-    try:
-        yield d
-    finally:
-        d.stop()
+def daemon(fleet_daemon: Daemon) -> Daemon:
+    """The deploy daemon over this module's `fleet` (tests/conftest.py, FLEET_PROFILES)."""
+    return fleet_daemon
 
 
 def names(fleet: Testbed) -> list[str]:
