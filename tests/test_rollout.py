@@ -221,8 +221,9 @@ def test_canary_finishes_before_any_batch_host_starts_and_at_most_2_in_flight(
 def test_v1_reports_byte_and_iteration_progress_per_host(daemon: Daemon, fleet: Testbed,
                                                           v1: V1) -> None:
     """Issue 14: each fresh host's stage reports the wheels it is sent as byte progress,
-    monotonic and ending at the total stage itself reports, and verify the warmup iterations
-    ending at the spec's N; all stored like any event (gapless seq), throttled."""
+    monotonic and ending at the total stage itself reports, install the uv binary's bytes,
+    and verify the warmup iterations ending at the spec's N; all stored like any event
+    (gapless seq), throttled."""
     events = stored_events(daemon, v1.deployment)
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     for host in names(fleet):
@@ -236,6 +237,8 @@ def test_v1_reports_byte_and_iteration_progress_per_host(daemon: Daemon, fleet: 
         assert all(e["unit"] == BYTES and e["status"] == "running" for e in wheels)
         # throttled: at most one a second (and the final), never one per SFTP write
         assert len(wheels) <= 2 + max(e["elapsed_ms"] for e in wheels) / 1000.0, done
+        uv = [e for e in mine if e["step"] == "install" and e["item"] == "uv"]
+        assert uv and uv[-1]["done"] == uv[-1]["total"] > 1 << 20, mine  # shipped once here
         warm = [e for e in mine if e["step"] == "verify" and e["item"] == "warmup"]
         assert warm and [e["done"] for e in warm][-1] == warm[-1]["total"] == 2, mine
         timed = [e for e in mine if e["step"] == "verify" and e["item"] == "latency"]

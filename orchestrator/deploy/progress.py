@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from orchestrator.core.progress import PROGRESS, Throttle
+from orchestrator.core.progress import BYTES, PROGRESS, Throttle
 from orchestrator.core.sink import EventSink
 
 
@@ -56,3 +57,7 @@ class HostProgress:
 
     def meter(self, step: str, unit: str, item: str, total: int) -> Meter:
         return Meter(self.sink, self.host, step, unit, item, total)
+
+    def upload(self, step: str, item: str, local: Path) -> Callable[[int, int], None]:
+        """The put callback of one file sent alone (the uv binary, an image archive)."""
+        return self.meter(step, BYTES, item, local.stat().st_size).file(0)
