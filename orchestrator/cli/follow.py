@@ -152,11 +152,11 @@ class FollowView:
             return "waiting"
         step = safe(view.step, line=True).ljust(12)
         if view.status in RUNNING and view.step_since is not None:
-            row = f"{step} {paint('running', 'running', self.colour)} " \
-                  f"{_seconds(max(0.0, now - view.step_since)).ljust(7)}"
-            if view.progress is not None:
-                row += f"  {progress_text(view.progress, colour=self.colour)}"
-            return row
+            row = f"{step} {paint('running', 'running', self.colour)} "
+            elapsed = _seconds(max(0.0, now - view.step_since))
+            if view.progress is None:
+                return row + elapsed
+            return f"{row}{elapsed.ljust(7)}  {progress_text(view.progress, colour=self.colour)}"
         status = view.status or ""
         return f"{step} {paint(safe(status, line=True), status, self.colour)}"
 
