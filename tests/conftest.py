@@ -8,6 +8,8 @@
     def test_d(tmp_path, daemons):        # a real daemon, stopped after the test
         daemon = daemons(write_config(tmp_path, ECHO))   # tests/daemons.py
     def test_m(models_dir, inventory, pool):   # v1/v2 joblib models; the testbed over SSH
+    FLEET_PROFILES = ("h100", "t4")            # a module's own testbed: `fleet`, and
+    def test_f(fleet, fleet_daemon): ...       # the deploy daemon over it (module-scoped)
 
 Tests must leave every host's profile as they found it (use `testbed.profile(...)`); the
 `host_by_profile` fixture also restores any profile a test changed, as a safety net.
@@ -25,7 +27,8 @@ from orchestrator.hosts.pool import Pool
 from orchestrator.hosts.ssh import SshOptions
 from orchestrator.testbed import Testbed, TestbedHost
 from orchestrator.testbed.postgres import Cluster
-from tests.daemons import Daemon, start
+from tests.daemons import DEPLOY, Daemon, start, write_config
+from tests.specs import WHEEL_CACHE
 
 TESTBED_PROFILES = (
     "h100", "t4", "old-driver", "no-driver", "no-gpu", "mismatch", "h100", "h100",
@@ -71,6 +74,38 @@ def daemons() -> Iterator[Callable[..., Daemon]]:
     yield make
     for daemon in started:
         daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def fleet(request: pytest.FixtureRequest,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
+    """A testbed of the module's own, for tests that roll out over all its hosts from a fresh
+    start: one host per entry of the module's `FLEET_PROFILES` (e.g. `("h100",) * 6`), up for
+    the module, down after it."""
+    profiles = tuple(getattr(request.module, "FLEET_PROFILES", ()))
+    if not profiles:
+        pytest.fail(f"{request.module.__name__} uses `fleet` without FLEET_PROFILES")
+    root = tmp_path_factory.mktemp("fleet")
+    tb = Testbed.up(root, len(profiles), profiles)
+    try:
+        yield tb
+    finally:
+        Testbed.down(root)
+
+
+@pytest.fixture(scope="module")
+def fleet_daemon(fleet: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """The real daemon with the deploy runner over `fleet` (its inventory, known_hosts and key;
+    wheels from the test wheel cache), for the module."""
+    base = tmp_path_factory.mktemp("fleetdaemon")
+    config = write_config(base, f'inventory = "{fleet.inventory_path}"\n'
+                                f'known_hosts = "{fleet.known_hosts_path}"\n'
+                                f'identity = "{fleet.identity_path}"\n' + DEPLOY)
+    d = start(config, {"ORCHESTRATOR_WHEEL_CACHE": str(WHEEL_CACHE)})
+    try:
+        yield d
+    finally:
+        d.stop()
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ The fleet-level consequence (the other hosts still go back) is in tests/test_rol
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +74,12 @@ class Replying:
 
     def run(self, argv: Sequence[str], *, timeout: float | None = None,
             stdin: bytes | None = None, check: bool = True,
-            max_output: int | None = None) -> CommandResult:
+            max_output: int | None = None,
+            on_stderr: Callable[[bytes], None] | None = None) -> CommandResult:
         return CommandResult(" ".join(argv), 0, self.stdout, "", 0.01)
 
-    def put(self, data_or_local_path: bytes | Path, remote_path: str, mode: int = 0o644) -> None:
+    def put(self, data_or_local_path: bytes | Path, remote_path: str, mode: int = 0o644,
+            progress: Callable[[int, int], None] | None = None) -> None:
         raise AssertionError("nothing is uploaded here")
 
     def get(self, remote_path: str, *, max_bytes: int | None = None,

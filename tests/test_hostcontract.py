@@ -17,7 +17,7 @@ import pytest
 
 from orchestrator.core import hashing
 from orchestrator.hosts import layout, ops
-from orchestrator.hosts.hostops import SmallModel
+from orchestrator.hosts.modelfiles import SmallModel
 from orchestrator.hosts.opresults import AppState, StagedRelease
 from orchestrator.hosts.remote import contenthash
 

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from types import ModuleType
@@ -33,6 +33,7 @@ from orchestrator.core.release import (
 from orchestrator.errors import BadHostOutput, CommandFailed, FileTransferFailed, InvalidInput
 from orchestrator.hosts import ops as build
 from orchestrator.hosts.hostops import HostOpFailed, HostOps, OpKind, parse_reply
+from orchestrator.hosts.modelfiles import small_model
 from orchestrator.hosts.opresults import switch_result
 from orchestrator.hosts.shipping import RemoteTools
 from orchestrator.hosts.transport import CommandResult, command_line
@@ -158,7 +159,8 @@ class LocalTransport:
 
     def run(self, argv: Sequence[str], *, timeout: float | None = None,
             stdin: bytes | None = None, check: bool = True,
-            max_output: int | None = None) -> CommandResult:
+            max_output: int | None = None,
+            on_stderr: Callable[[bytes], None] | None = None) -> CommandResult:
         command = command_line(argv)
         start = time.monotonic()
         proc = subprocess.run(["sh", "-c", command], input=stdin or b"", capture_output=True,
@@ -169,7 +171,8 @@ class LocalTransport:
             raise CommandFailed(self.host, command, proc.returncode, result.stdout, result.stderr)
         return result
 
-    def put(self, data_or_local_path: bytes | Path, remote_path: str, mode: int = 0o644) -> None:
+    def put(self, data_or_local_path: bytes | Path, remote_path: str, mode: int = 0o644,
+            progress: Callable[[int, int], None] | None = None) -> None:
         tmp = f"{remote_path}.part-{os.getpid()}"
         Path(remote_path).parent.mkdir(parents=True, exist_ok=True)  # as the SFTP put does
         if isinstance(data_or_local_path, bytes):
@@ -1076,15 +1079,15 @@ def test_write_file_puts_small_files_into_a_staged_release_only(root: Path) -> N
 def test_a_small_model_is_staged_and_verified_in_one_batch(root: Path, tmp_path: Path) -> None:
     ops = HostOps(LocalTransport(), str(root), python=HOST_PYTHON)
     model = make_model(tmp_path / "m", 1)
-    small = HostOps.small_model(model)
+    small = small_model(model)
     assert small is not None and small.verify_path == "model"
     replies = ops.batch([build.stage_begin("a", rid(1)), *small.write_calls("a", rid(1)),
                          build.verify_model("a", rid(1), tree_hash(model), path="model")])
     assert replies[-1]["hash_kind"] == "tree" and replies[0]["state"] == "staging"
-    single = HostOps.small_model(model / "saved_model.pb")
+    single = small_model(model / "saved_model.pb")
     assert single is not None and single.verify_path == "model/saved_model.pb"
-    assert HostOps.small_model(model, max_bytes=4) is None  # bigger: by SFTP, file by file
-    assert HostOps.small_model(model, max_files=1) is None
+    assert small_model(model, max_bytes=4) is None  # bigger: by SFTP, file by file
+    assert small_model(model, max_files=1) is None
 
 
 # ---------------------------------------------------------------- PEP 751 pylock.toml locks

@@ -28,6 +28,7 @@ from orchestrator.daemon.store import open_store
 from orchestrator.deploy.batch import prepare
 from orchestrator.errors import InvalidInput, SpecError
 from orchestrator.hosts.hostops import HostOps
+from orchestrator.hosts.modelfiles import small_model
 from orchestrator.hosts.opresults import StagedRelease
 from tests.specs import LOCK, stub_spec
 from tests.test_hostops import LocalTransport
@@ -99,7 +100,7 @@ def test_the_upload_ships_only_what_the_tree_hash_covers(tmp_path: Path, kind: s
     with pytest.raises(SpecError, match=r"notes\.txt"):
         ops.upload_model(model, staged)
     with pytest.raises(SpecError, match=r"notes\.txt"):
-        HostOps.small_model(model)
+        small_model(model)
     assert not (tmp_path / "host").exists()  # nothing was sent, not even the regular file
 
 
@@ -207,7 +208,7 @@ def test_follow_symlinks_hashes_ships_and_packs_the_targets_content(
     assert not any(p.is_symlink() for p in shipped.rglob("*"))
     assert (shipped / "notes.txt").read_text() == "do not ship me"
     assert hash_path(shipped) == followed  # what the host's own check computes
-    small = HostOps.small_model(model, follow=True)
+    small = small_model(model, follow=True)
     assert small is not None and len(small.files) == 4
 
     out = io.BytesIO()

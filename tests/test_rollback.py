@@ -12,41 +12,24 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from orchestrator.testbed import Testbed
-from tests.daemons import DEPLOY, Daemon, start, stored_events, wait_for, write_config
-from tests.specs import WHEEL_CACHE, joblib_spec
+from tests.daemons import Daemon, stored_events, wait_for
+from tests.specs import joblib_spec
 
 APP = "rb"
 DONE = {"succeeded", "failed", "rolled_back", "cancelled"}
+FLEET_PROFILES = ("h100", "t4")  # this module's own testbed (`fleet`, tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
-    root = tmp_path_factory.mktemp("rbfleet")
-    tb = Testbed.up(root, 2, ("h100", "t4"))
-    try:
-        yield tb
-    finally:
-        Testbed.down(root)
-
-
-@pytest.fixture(scope="module")
-def daemon(fleet: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    base = tmp_path_factory.mktemp("rbdaemon")
-    config = write_config(base, f'inventory = "{fleet.inventory_path}"\n'
-                                f'known_hosts = "{fleet.known_hosts_path}"\n'
-                                f'identity = "{fleet.identity_path}"\n' + DEPLOY)
-    d = start(config, {"ORCHESTRATOR_WHEEL_CACHE": str(WHEEL_CACHE)})
-    try:
-        yield d
-    finally:
-        d.stop()
+def daemon(fleet_daemon: Daemon) -> Daemon:
+    """The deploy daemon over this module's `fleet` (tests/conftest.py, FLEET_PROFILES)."""
+    return fleet_daemon
 
 
 def serving(fleet: Testbed) -> dict[str, str]:

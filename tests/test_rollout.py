@@ -24,17 +24,19 @@ from typing import Any
 import pytest
 
 from orchestrator.core.inventory import Host
+from orchestrator.core.progress import BYTES, ITERATIONS, PROGRESS
 from orchestrator.daemon.runners.deploy import outcome_of
 from orchestrator.deploy.batch import DeployResult
 from orchestrator.deploy.control import RolloutControl
 from orchestrator.deploy.pipeline import HostResult, HostStatus
 from orchestrator.deploy.rollout import RolloutResult, Stop, Undone, plan_batches
 from orchestrator.testbed import Testbed, TestbedHost
-from tests.daemons import DEPLOY, Daemon, start, stored_events, wait_for, write_config
-from tests.specs import WHEEL_CACHE, joblib_spec
+from tests.daemons import Daemon, stored_events, wait_for
+from tests.specs import joblib_spec
 
 APP = "fleet"
 HOSTS = 6
+FLEET_PROFILES = ("h100",) * HOSTS  # this module's own testbed (`fleet`, tests/conftest.py)
 # Passes unless the host's deploy root holds `fail-health` naming another release than the one
 # `current` points at: so the marked host fails its check on v2 and passes again on v1.
 HEALTH = ('test ! -f ../fail-health || test "$(readlink current)" = "$(cat ../fail-health)"')
@@ -111,26 +113,9 @@ def test_control_holds_until_resume_and_wakes_on_abort() -> None:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
-    root = tmp_path_factory.mktemp("fleet")
-    tb = Testbed.up(root, HOSTS, ("h100",) * HOSTS)
-    try:
-        yield tb
-    finally:
-        Testbed.down(root)
-
-
-@pytest.fixture(scope="module")
-def daemon(fleet: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    base = tmp_path_factory.mktemp("daemon")
-    config = write_config(base, f'inventory = "{fleet.inventory_path}"\n'
-                                f'known_hosts = "{fleet.known_hosts_path}"\n'
-                                f'identity = "{fleet.identity_path}"\n' + DEPLOY)
-    d = start(config, {"ORCHESTRATOR_WHEEL_CACHE": str(WHEEL_CACHE)})
-    try:
-        yield d
-    finally:
-        d.stop()
+def daemon(fleet_daemon: Daemon) -> Daemon:
+    """The deploy daemon over this module's `fleet` (tests/conftest.py, FLEET_PROFILES)."""
+    return fleet_daemon
 
 
 def names(fleet: Testbed) -> list[str]:
@@ -237,6 +222,39 @@ def test_canary_finishes_before_any_batch_host_starts_and_at_most_2_in_flight(
     pre = next(e for e in events if e["event"] == "rollout.preflight"
                and e["status"] == "finished")
     assert pre["seq"] < first_stage and sorted(pre["passed"]) == sorted(names(fleet))
+
+
+def test_v1_reports_byte_and_iteration_progress_per_host(daemon: Daemon, fleet: Testbed,
+                                                          v1: V1) -> None:
+    """Issue 14: each fresh host's stage reports the wheels it is sent as byte progress,
+    monotonic and ending at the total stage itself reports, install the uv binary's bytes,
+    and verify the warmup iterations ending at the spec's N; all stored like any event
+    (gapless seq), throttled."""
+    events = stored_events(daemon, v1.deployment)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    for host in names(fleet):
+        mine = [e for e in events if e["host"] == host and e["event"] == PROGRESS]
+        staged = next(e for e in events if e["host"] == host and e["event"] == "step"
+                      and e["step"] == "stage" and e["status"] == "ok")
+        wheels = [e for e in mine if e["step"] == "stage" and e["item"] == "wheels"]
+        assert staged["wheels_pushed"] > 0 and wheels, (host, staged)  # a fresh host
+        done = [e["done"] for e in wheels]
+        assert done == sorted(done) and done[-1] == wheels[-1]["total"] == staged["wheel_bytes"]
+        assert all(e["unit"] == BYTES and e["status"] == "running" for e in wheels)
+        # throttled: at most one a second (and the final), never one per SFTP write
+        assert len(wheels) <= 2 + max(e["elapsed_ms"] for e in wheels) / 1000.0, done
+        uv = [e for e in mine if e["step"] == "install" and e["item"] == "uv"]
+        assert uv and uv[-1]["done"] == uv[-1]["total"] > 1 << 20, mine  # shipped once here
+        warm = [e for e in mine if e["step"] == "verify" and e["item"] == "warmup"]
+        assert warm and [e["done"] for e in warm][-1] == warm[-1]["total"] == 2, mine
+        timed = [e for e in mine if e["step"] == "verify" and e["item"] == "latency"]
+        assert timed and timed[-1]["done"] == 20 and timed[-1]["unit"] == ITERATIONS
+        # each inside its step: after the step's intent, before its outcome
+        started = {e["step"]: e["seq"] for e in events if e["host"] == host
+                   and e["event"] == "step" and e["status"] == "running"}
+        ended = {e["step"]: e["seq"] for e in events if e["host"] == host
+                 and e["event"] == "step" and e["status"] == "ok"}
+        assert all(started[e["step"]] < e["seq"] < ended[e["step"]] for e in mine)
 
 
 def test_golden_failure_on_the_canary_touches_no_other_host(

@@ -151,6 +151,35 @@ def test_output_cap_stops_the_command(transport: ssh.SshTransport) -> None:
     assert processes_with_argv(["yes", "orchestrator-cap-test"]) == []
 
 
+def test_progress_hooks_see_bytes_sent_and_stderr_as_it_comes(
+        transport: ssh.SshTransport, host: Host) -> None:
+    """The put callback counts up to the file's size; `on_stderr` gets stderr before the
+    command ends; a hook that raises stops the command and leaves nothing running."""
+    sent: list[tuple[int, int]] = []
+    transport.put(os.urandom(200_000), f"{host.deploy_root}/hook.bin", 0o600,
+                  progress=lambda done, size: sent.append((done, size)))
+    assert len(sent) > 2 and sent[-1] == (200_000, 200_000)
+    assert [d for d, _ in sent] == sorted(d for d, _ in sent)
+    transport.run(["rm", "-f", f"{host.deploy_root}/hook.bin"])
+
+    pieces: list[tuple[float, bytes]] = []
+    started = time.monotonic()
+    result = transport.run(["sh", "-c", "echo early >&2; sleep 1.5; echo late >&2"],
+                           on_stderr=lambda data: pieces.append((time.monotonic(), data)))
+    assert result.stderr == "early\nlate\n"  # still captured whole
+    assert pieces[0][1] == b"early\n" and pieces[0][0] - started < 1.2
+
+    def refuse(data: bytes) -> None:
+        raise RuntimeError("hook refused")
+
+    with pytest.raises(RuntimeError, match="hook refused"):
+        transport.run(["sh", "-c", "echo x >&2; exec sleep 30.25"], on_stderr=refuse)
+    deadline = time.monotonic() + 3
+    while processes_with_argv(["sleep", "30.25"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_with_argv(["sleep", "30.25"]) == []
+
+
 def test_sftp_put_and_get(transport: ssh.SshTransport, host: Host, tmp_path: Path) -> None:
     target = f"{host.deploy_root}/sftp-test.bin"
     payload = os.urandom(300_000)

@@ -140,6 +140,8 @@ RENDERERS: dict[str, Callable[[], str]] = {
         {"gpu-01": hostile_facts(), "gpu-02": HostError("gpu-02", HOSTILE)}),
     "render_table (releases)": _releases_table,
     "render_event": lambda: deploy.render_event(hostile_event()),
+    "render_event (progress)": lambda: deploy.render_event(
+        {**hostile_event(), "event": "progress", "item": HOSTILE, "done": 1, "total": 2}),
     "host_line": _host_line,
     "ending": lambda: follow.ending(_hostile_view(), "d-1", "failed", HOSTILE, 3),
 }
@@ -154,6 +156,9 @@ def test_the_live_follow_view_shows_host_text_escaped() -> None:
     out = io.StringIO()
     live = follow.LiveFollow(out, colour=True, tick=60)
     for event in (hostile_event(), {**hostile_event(), "host": HOSTILE, "status": "running"},
+                  {**hostile_event(), "event": "progress", "host": HOSTILE, "status": "running",
+                   "unit": "bytes", "item": HOSTILE, "done": 5, "total": 10,
+                   "elapsed_ms": 1000.0},  # drawn as a bar (rich's) beside the host's text
                   {**hostile_event(), "event": "deployment", "host": None, "step": None,
                    "status": HOSTILE, "reason": HOSTILE}):
         live.show(event)

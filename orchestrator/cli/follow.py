@@ -5,8 +5,9 @@ object each: scripts read those). On a terminal it prints instead:
 - one line per host step when the step ends (`12:00:03 tb-01 install ok 41.2 s`), and a line
   for each event about the whole deployment (its state, batches, pause, abort);
 - under them a live block, redrawn in place: each host's running step with the time it has run
-  so far (the pipeline reports no byte or iteration counts to draw a bar from, so the elapsed
-  time is the progress shown), or its outcome once it has one;
+  so far and, while the step reports `progress` events (stage's bytes, verify's iterations:
+  orchestrator/deploy/progress.py), a bar with done/total and the rate (bytes) or n/N
+  (iterations), or its outcome once it has one;
 - at the end, a summary per host (outcome, release, p50/p95/p99 of its warmup, duration, and
   why for a host that did not succeed), then the deployment's state and the exit code.
 
@@ -23,7 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from orchestrator.cli.render import paint, table
+from orchestrator.cli.render import paint, progress_text, table
+from orchestrator.core.progress import PROGRESS
 from orchestrator.core.states import HOST_FINISHED, HOST_STARTED
 from orchestrator.core.terminal import safe
 
@@ -46,6 +48,7 @@ class HostView:
     release: str | None = None
     latency: dict[str, float] = field(default_factory=dict)
     why: str | None = None
+    progress: dict[str, Any] | None = None  # the running step's last `progress` event
 
 
 def _seconds(seconds: float) -> str:
@@ -93,7 +96,11 @@ class FollowView:
             return []
         if event.get("event") == HOST_STARTED or not event.get("step"):
             return []
-        view.step, view.status = str(event["step"]), status
+        if event.get("event") == PROGRESS:  # drawn in the block, never a line of its own
+            if event["step"] == view.step and view.status in RUNNING:
+                view.progress = event
+            return []
+        view.step, view.status, view.progress = str(event["step"]), status, None
         if status in RUNNING:
             view.step_since = ts
             return []
@@ -145,8 +152,11 @@ class FollowView:
             return "waiting"
         step = safe(view.step, line=True).ljust(12)
         if view.status in RUNNING and view.step_since is not None:
-            return f"{step} {paint('running', 'running', self.colour)} " \
-                   f"{_seconds(max(0.0, now - view.step_since))}"
+            row = f"{step} {paint('running', 'running', self.colour)} "
+            elapsed = _seconds(max(0.0, now - view.step_since))
+            if view.progress is None:
+                return row + elapsed
+            return f"{row}{elapsed.ljust(7)}  {progress_text(view.progress, colour=self.colour)}"
         status = view.status or ""
         return f"{step} {paint(safe(status, line=True), status, self.colour)}"
 

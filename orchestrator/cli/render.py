@@ -9,12 +9,14 @@ the window title (issue 13); the store and `--json` keep it raw.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
 from collections.abc import Sequence
 from typing import IO, Any
 
+from orchestrator.core.progress import BYTES
 from orchestrator.core.terminal import safe
 
 _COLOURS = {
@@ -54,6 +56,42 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, colour: bool
             cells.append(paint(padded, cell, colour) if i == state_column else padded)
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
+
+
+BAR_WIDTH = 20
+
+
+def bar(done: int, total: int, *, colour: bool, width: int = BAR_WIDTH) -> str:
+    """A progress bar of `width` cells drawn by rich (its glyphs; our four plain colours, so
+    only SGR codes reach the terminal); without colour, the done part alone, padded."""
+    from rich.console import Console  # here: only the live view pays for importing rich
+    from rich.progress_bar import ProgressBar
+
+    console = Console(file=io.StringIO(), width=width, force_terminal=colour,
+                      color_system="standard" if colour else None, no_color=not colour,
+                      legacy_windows=False)
+    with console.capture() as captured:
+        console.print(ProgressBar(total=max(total, 1), completed=min(done, total), width=width,
+                                  style="bright_black", complete_style="cyan",
+                                  finished_style="green"), end="")
+    text = captured.get()
+    return text if colour else text.ljust(width)
+
+
+def progress_text(event: dict[str, Any], *, colour: bool) -> str:
+    """`wheels ━━━━━━╸        12.3 MB/50.0 MB 8.1 MB/s` (bytes: done/total, average rate) or
+    `warmup ━━━━━━━━━━━━    5/20` (iterations: n/N), from a `progress` event; the item a
+    host may name shown through `safe`. Pure."""
+    from rich import filesize
+
+    done, total = int(event.get("done") or 0), int(event.get("total") or 0)
+    item = safe(event.get("item") or "", line=True)
+    drawn = bar(done, total, colour=colour)
+    if event.get("unit") == BYTES:
+        elapsed = float(event.get("elapsed_ms") or 0) / 1000.0
+        rate = f" {filesize.decimal(int(done / elapsed))}/s" if elapsed > 0 else ""
+        return f"{item} {drawn} {filesize.decimal(done)}/{filesize.decimal(total)}{rate}"
+    return f"{item} {drawn} {done}/{total}"
 
 
 def clock(ts: float | None) -> str:

@@ -118,7 +118,7 @@ def deploy_host(transport: Transport, host: Host, inputs: DeployInputs, sink: Ev
         return _refused(host.name, sink, exc)
     sink.emit("host.lock", host=host.name, status="acquired", **held)
     try:
-        steps = HostDeploy(transport, host, inputs)
+        steps = HostDeploy(transport, host, inputs, sink)
         return Pipeline(playbook_for(inputs.spec, playbook), steps, sink, cancel=cancel).run()
     finally:
         try:

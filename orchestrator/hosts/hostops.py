@@ -39,16 +39,16 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-from orchestrator.core.hashing import hash_file, tree_files
+from orchestrator.core.hashing import hash_file
 from orchestrator.core.release import Manifest
 from orchestrator.errors import BadHostOutput
 from orchestrator.hosts import layout, ops
+from orchestrator.hosts.modelfiles import model_files
 from orchestrator.hosts.opresults import (
     AppState,
     HostOpFailed,
@@ -68,33 +68,22 @@ from orchestrator.hosts.shipping import RemoteTools, ensure_tools
 from orchestrator.hosts.transport import FileStreamer, Transport
 
 # Re-exported: the step modules and tests import these names from here.
-__all__ = ["DEFAULT_TIMEOUT_S", "INLINE_MAX_BYTES", "INLINE_MAX_FILES", "VENV_TIMEOUT_S",
+__all__ = ["DEFAULT_TIMEOUT_S", "VENV_TIMEOUT_S",
            "AppState", "HostOpFailed", "HostOps", "OpKind", "PruneResult", "ReleaseInfo",
-           "SmallModel", "StagedRelease", "SwitchResult", "VenvResult", "app_state",
+           "StagedRelease", "SwitchResult", "VenvResult", "app_state",
            "parse_batch_reply", "parse_reply", "staged_release"]
 
 T = TypeVar("T")
+#: Progress of a transfer of several files: given the byte at which a file starts, the put
+#: callback `(sent, size)` for that file (orchestrator/deploy/progress.py's `Meter.file`).
+FileProgress = Callable[[int], Callable[[int, int], None]]
 
 DEFAULT_TIMEOUT_S = 120.0
 VENV_TIMEOUT_S = 1800.0
-#: A model this small (in this few files) travels inside the stage step's one batch call
-#: (base64 in its JSON arguments) instead of one SFTP upload per file.
-INLINE_MAX_BYTES = 4 << 20
-INLINE_MAX_FILES = 16
 #: How `push_wheels` moves a wheel: `stream` (one exec channel for all, hashed on arrival by
 #: `wheels-receive`) or `sftp` (a put each, then `wheels-verify`). A transport that cannot
 #: stream (a test's fake) gets the puts.
 SHIP_METHODS = ("stream", "sftp")
-
-
-@dataclass(frozen=True)
-class SmallModel:
-    verify_path: str                       # what verify_model takes ("model" or model/<file>)
-    files: tuple[tuple[str, bytes], ...]   # (path relative to the release dir, content)
-
-    def write_calls(self, app: str, release_id: str) -> list[OpCall[str]]:
-        """The `write-file` calls that put it into the staged release."""
-        return [ops.write_file(app, release_id, path, data) for path, data in self.files]
 
 
 class HostOps:
@@ -204,43 +193,28 @@ class HostOps:
         return self.run(ops.write_manifest(app, release_id, manifest), timeout=timeout)
 
     def upload_model(self, local: Path, staged: StagedRelease, *,
-                     timeout: float = DEFAULT_TIMEOUT_S, follow: bool = False) -> str:
+                     timeout: float = DEFAULT_TIMEOUT_S, follow: bool = False,
+                     progress: FileProgress | None = None) -> str:
         """Put a model file (as model/<name>) or directory (as model/...) into the staged
         release; returns the `path` to give verify_model. A directory ships exactly the files
         its tree hash covers (`core.hashing.tree_files`): a symlink or special file inside is
         a SpecError naming it, raised before anything is sent; with `follow`
-        (`model.follow_symlinks`) a symlink is shipped as a plain copy of its target."""
-        if local.is_file():
-            files = {layout.model_rel(local.name, is_dir=False): local}
-        else:
-            files = {posixpath.join(layout.MODEL, rel): local / rel
-                     for rel in tree_files(local, follow)}
+        (`model.follow_symlinks`) a symlink is shipped as a plain copy of its target.
+        `progress(base)`: the put callback of the file that starts at byte `base` of the model
+        (tree_files' order)."""
+        files = model_files(local, follow=follow)
         if isinstance(self.transport, FileStreamer):  # one channel for every file
             sizes = {rel: path.stat().st_size for rel, path in files.items()}
             call = ops.model_receive(staged.app, staged.release_id, sizes)
-            self._stream(call, [(files[rel], size) for rel, size in sizes.items()], timeout)
+            self._stream(call, [(files[rel], size) for rel, size in sizes.items()], timeout,
+                         progress)
         else:
+            base = 0
             for rel, path in files.items():  # put makes parent dirs
-                self.transport.put(path, layout.in_release(staged.path, rel), 0o644)
+                self.transport.put(path, layout.in_release(staged.path, rel), 0o644,
+                                   None if progress is None else progress(base))
+                base += path.stat().st_size
         return layout.model_rel(local.name, is_dir=local.is_dir())
-
-    @staticmethod
-    def small_model(local: Path, *, max_bytes: int = INLINE_MAX_BYTES,
-                    max_files: int = INLINE_MAX_FILES, follow: bool = False
-                    ) -> SmallModel | None:
-        """A small model's files, placed as `upload_model` places them, for `write-file`
-        calls in a batch; None when it is too big for that and goes by SFTP."""
-        files = [local] if local.is_file() else [local / rel
-                                                 for rel in tree_files(local, follow)]
-        if not files or len(files) > max_files or sum(
-                f.stat().st_size for f in files) > max_bytes:
-            return None
-        if local.is_file():
-            rel = layout.model_rel(local.name, is_dir=False)
-            return SmallModel(rel, ((rel, local.read_bytes()),))
-        return SmallModel(layout.MODEL, tuple(
-            (posixpath.join(layout.MODEL, f.relative_to(local).as_posix()), f.read_bytes())
-            for f in files))
 
     def abort_stage(self, app: str, release_id: str, *,
                     timeout: float = DEFAULT_TIMEOUT_S) -> tuple[str, ...]:
@@ -258,10 +232,12 @@ class HostOps:
 
     def push_wheels(self, wheels: Mapping[str, Path], *, missing: Sequence[str] | None = None,
                     method: str = "stream",
-                    timeout: float = VENV_TIMEOUT_S) -> tuple[str, ...]:
+                    timeout: float = VENV_TIMEOUT_S,
+                    progress: Callable[[int], FileProgress] | None = None) -> tuple[str, ...]:
         """Upload the wheels ({sha256: local file}) the host's cache lacks, each verified by
         sha256 on arrival; returns the shas uploaded. `missing`: what a `wheels-missing` in
-        an earlier batch said the host lacks (else it is asked here)."""
+        an earlier batch said the host lacks (else it is asked here). `progress(total)`, once
+        the bytes to send are known: what gives each wheel's put callback (`upload_model`)."""
         if method not in SHIP_METHODS:
             raise ValueError(f"unknown wheel shipping method {method!r}")
         if missing is None:
@@ -269,11 +245,17 @@ class HostOps:
         missing = tuple(missing)
         if not missing:
             return missing
+        sizes = [wheels[sha].stat().st_size for sha in missing]
+        callback = None if progress is None else progress(sum(sizes))
         if method == "stream" and isinstance(self.transport, FileStreamer):
-            self.stream_wheels({sha: wheels[sha] for sha in missing}, timeout=timeout)
+            self.stream_wheels({sha: wheels[sha] for sha in missing}, timeout=timeout,
+                               progress=callback)
             return missing
-        for sha in missing:
-            self.transport.put(wheels[sha], layout.wheel_upload(self.root, sha), 0o644)
+        base = 0
+        for sha, size in zip(missing, sizes, strict=True):
+            self.transport.put(wheels[sha], layout.wheel_upload(self.root, sha), 0o644,
+                               None if callback is None else callback(base))
+            base += size
         self.wheels_verify(missing, timeout=timeout)
         return missing
 
@@ -291,22 +273,28 @@ class HostOps:
                                       timeout_s=min(60.0, timeout)), timeout=timeout)
         return missing
 
-    def stream_wheels(self, wheels: Mapping[str, Path], *,
-                      timeout: float = VENV_TIMEOUT_S) -> tuple[str, ...]:
+    def stream_wheels(self, wheels: Mapping[str, Path], *, timeout: float = VENV_TIMEOUT_S,
+                      progress: FileProgress | None = None) -> tuple[str, ...]:
         """Send these wheels ({sha256: local file}) on one channel to `wheels-receive`, which
         hashes each as it writes it and renames only a match into the cache (else
         HostOpFailed WHEEL_HASH_MISMATCH naming both hashes, nothing of that file kept)."""
         files = [(path, path.stat().st_size) for path in wheels.values()]
         call = ops.wheels_receive({sha: size for sha, (_, size) in zip(wheels, files,
                                                                       strict=True)})
-        return self._stream(call, files, timeout)
+        return self._stream(call, files, timeout, progress)
 
-    def _stream(self, call: OpCall[T], files: Sequence[tuple[Path, int]], timeout: float) -> T:
-        """Run a streaming op: its arguments as one JSON line, then the files' bytes."""
+    def _stream(self, call: OpCall[T], files: Sequence[tuple[Path, int]], timeout: float,
+                progress: FileProgress | None = None) -> T:
+        """Run a streaming op: its arguments as one JSON line, then the files' bytes
+        (`progress(0)` is told the bytes sent so far, as a put callback would be)."""
         assert isinstance(self.transport, FileStreamer)
         header = json.dumps({"root": self.root, **call.args}).encode("utf-8") + b"\n"
+        on_sent = None
+        if progress is not None:
+            total, callback = sum(size for _, size in files), progress(0)
+            on_sent = lambda sent: callback(sent, total)  # noqa: E731 - one line, named
         result = self.transport.run_with_files(self._argv(str(call.op)), header, files,
-                                               timeout=timeout, check=False)
+                                               timeout=timeout, check=False, on_sent=on_sent)
         return self.parsed(call, parse_reply(self.host, str(call.op), result.exit_code,
                                              result.stdout, result.stderr))
 

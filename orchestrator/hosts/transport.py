@@ -12,7 +12,7 @@ really needed, say so explicitly: `["sh", "-c", script]`.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -54,6 +54,10 @@ class Transport(Protocol):
     /dev/zero, a FIFO), at most `max_bytes` of it (else `OutputTooLarge`; None: the transport's
     default, a few MiB), within `timeout` seconds (else `CommandTimeout`). A caller that knows
     its file is small (a marker) passes a smaller cap.
+    Progress hooks (orchestrator/deploy/progress.py): `put`'s `progress(sent, size)` is called
+    as the file's bytes go out; `run`'s `on_stderr(data)` with each piece of stderr as it
+    arrives (it is still captured whole in the result). A hook that raises stops the command
+    (its process group is killed) and the exception propagates.
     """
 
     host: str
@@ -71,10 +75,12 @@ class Transport(Protocol):
         stdin: bytes | None = None,
         check: bool = True,
         max_output: int | None = None,
+        on_stderr: Callable[[bytes], None] | None = None,
     ) -> CommandResult: ...
 
     def put(
-        self, data_or_local_path: bytes | Path, remote_path: str, mode: int = 0o644
+        self, data_or_local_path: bytes | Path, remote_path: str, mode: int = 0o644,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None: ...
 
     def get(
@@ -88,7 +94,8 @@ class Transport(Protocol):
 class FileStreamer(Protocol):
     """A transport that can send files on a command's stdin as it reads them (SshTransport):
     `header`, then each (file, size) back to back, one bounded buffer in memory. Raises what
-    `run` raises, and `FileTransferFailed` when a local file changed while being sent."""
+    `run` raises, and `FileTransferFailed` when a local file changed while being sent.
+    `on_sent(n)`: the files' bytes sent so far, for progress."""
 
     def run_with_files(
         self,
@@ -99,4 +106,5 @@ class FileStreamer(Protocol):
         timeout: float | None = None,
         check: bool = True,
         max_output: int | None = None,
+        on_sent: Callable[[int], None] | None = None,
     ) -> CommandResult: ...

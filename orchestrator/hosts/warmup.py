@@ -13,6 +13,10 @@ Three layers of deadline, innermost first, so a model that hangs never outlives 
    left behind.
 A run that was killed without reporting comes back as a failed WarmupResult (error
 DeadlineExceeded), not as an exception: it is the model's failure, the gates report it.
+
+While the iterations run the runner writes progress lines to its stderr; `run` hands each piece
+of stderr to `ProgressLines` (orchestrator/core/progress.py: bounded, parsed as host JSON) as it
+arrives, and each line to `on_progress`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import dataclasses
 import json
 import posixpath
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from orchestrator.core.gates import (
@@ -31,6 +36,7 @@ from orchestrator.core.gates import (
     parse_result,
     result_from_raw,
 )
+from orchestrator.core.progress import Iterations, ProgressLines, strip_lines
 from orchestrator.errors import BadHostOutput, CommandTimeout, HostError
 from orchestrator.hosts import layout, ops
 from orchestrator.hosts.shipping import RemoteTools
@@ -76,12 +82,14 @@ def killed_result(host: str, deadline_s: float, how: str) -> WarmupResult:
 
 def run_warmup(transport: Transport, python: str, tools_dir: RemoteTools | str,
                request: WarmupRequest, timeout: float, workdir: str = "/tmp",
-               visible_devices: str | None = None) -> WarmupResult:
+               visible_devices: str | None = None,
+               on_progress: Callable[[Iterations], None] | None = None) -> WarmupResult:
     """Run `request` with the venv's `python` on the transport's host, within `timeout` seconds.
 
     The runner's deadline is `request.deadline_s`, capped so that every layer above ends
     inside `timeout`. Raises HostError subclasses for transport failures and BadHostOutput when
-    the runner printed something that is not its result."""
+    the runner printed something that is not its result, or a progress line that is not one
+    (raised once the runner has ended). `on_progress` gets each progress line as it comes."""
     host = transport.host
     deadline = max(MIN_DEADLINE_S,
                    min(request.deadline_s, timeout - KILL_GRACE_S - TRANSPORT_GRACE_S))
@@ -90,15 +98,25 @@ def run_warmup(transport: Transport, python: str, tools_dir: RemoteTools | str,
     pid_path = f"{req_path}.pid"
     transport.put(request.to_json().encode(), req_path, 0o600)
     argv = warmup_argv(python, _script(tools_dir), req_path, deadline, visible_devices)
+    lines = ProgressLines()
+
+    def progress(data: bytes) -> None:
+        for record in lines.feed(data):
+            if on_progress is not None:
+                on_progress(record)
+
     try:
         out = transport.run(argv, timeout=deadline + KILL_GRACE_S + TRANSPORT_GRACE_S,
-                            check=False, max_output=MAX_OUTPUT)
+                            check=False, max_output=MAX_OUTPUT, on_stderr=progress)
     except CommandTimeout:
         _kill_group(transport, tools_dir, pid_path, req_path)
         return killed_result(host, deadline, "the transport gave up on the runner")
     except HostError:
         _kill_group(transport, tools_dir, pid_path, req_path)
         raise
+    if lines.error is not None:
+        _kill_group(transport, tools_dir, pid_path, req_path)
+        raise BadHostOutput(host, lines.error)
     reported = bool(out.stdout.strip())
     if not reported or out.exit_code not in (0, 1, 2):
         _kill_group(transport, tools_dir, pid_path, req_path)
@@ -111,7 +129,7 @@ def _parse(host: str, out: CommandResult) -> WarmupResult:
     try:
         return parse_result(host, out.stdout)
     except BadHostOutput as exc:
-        tail = " | ".join(out.stderr.strip().splitlines()[-5:])
+        tail = " | ".join(strip_lines(out.stderr).strip().splitlines()[-5:])
         raise BadHostOutput(host, f"{exc.reason} (exit {out.exit_code}; stderr: "
                                   f"{tail or 'empty'})") from exc
 

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from orchestrator.cli import exits
+from orchestrator.cli.follow import LiveFollow, ending
+from orchestrator.cli.render import use_colour
 from orchestrator.core.terminal import safe
 from orchestrator.errors import EXIT_DEPLOY_FAILED, EXIT_INVALID, EXIT_OK, InvalidInput
 
@@ -45,7 +47,8 @@ EXITS = exits.table({
 
 #: Event keys shown on a readable line, in this order (the rest is in --json).
 SHOWN = ("release_id", "current", "reused", "installer", "env_hash", "wheels_pushed",
-         "verdict", "generation", "removed", "reason", "error", "warnings")
+         "verdict", "generation", "removed", "reason", "error", "warnings",
+         "item", "done", "total")  # the last three: a `progress` event's, plain
 
 
 def register(subparsers: Any) -> None:
@@ -89,10 +92,13 @@ def register(subparsers: Any) -> None:
 
 
 class PrintSink:
-    """Prints each event as it is emitted; thread-safe (hosts run in parallel)."""
+    """Prints each event as it is emitted; thread-safe (hosts run in parallel). With `live`
+    (stdout a terminal, no --json), the follow view of `logs --follow` draws them instead."""
 
-    def __init__(self, out: IO[str], as_json: bool, deployment: str) -> None:
+    def __init__(self, out: IO[str], as_json: bool, deployment: str,
+                 live: LiveFollow | None = None) -> None:
         self.out, self.as_json, self.deployment = out, as_json, deployment
+        self.live = live
         self._lock = threading.Lock()
 
     def emit(self, event: str, *, host: str | None = None, step: str | None = None,
@@ -101,6 +107,9 @@ class PrintSink:
         record = {"ts": time.time(), "level": level, "event": event,
                   "deployment": self.deployment, "host": host, "step": step, "status": status,
                   "duration_ms": duration_ms, **details}
+        if self.live is not None:
+            self.live.show(record)  # LiveFollow has its own lock
+            return
         with self._lock:
             print(json.dumps(record, default=str) if self.as_json else render_event(record),
                   file=self.out, flush=True)
@@ -145,18 +154,27 @@ def run(args: argparse.Namespace) -> int:
                          ca_bundle=args.index_cert, credentials_file=args.index_credentials)
     inputs = prepare(spec, deployment=deployment, installer=args.installer,
                      compile_bytecode=args.compile_bytecode, check_model=True, index=index)
-    sink = PrintSink(sys.stdout, args.json, deployment)
     parallel = args.max_parallel or int(spec.rollout.max_parallel)
     excluded = excluded_by_daemon(args.state_dir, [h.name for h in hosts])
-    with Pool(SshOptions.for_inventory(inventory), max_connections=parallel) as pool, \
-            cancel_on_interrupt() as cancel:
-        out = rollout(inputs, hosts, pool=pool, sink=sink, max_parallel=parallel,
-                      cancel=cancel, excluded=excluded, break_lock=args.break_lock)
-    judged = verdict(out)
-    # The daemon's last event of a deployment is its state change; so is this command's.
-    sink.emit("deployment", status=str(judged.state), release_id=inputs.release_id,
-              level="info" if judged.exit_code == EXIT_OK else "error", reason=judged.reason)
-    if not args.json:
+    terminal = not args.json and sys.stdout.isatty()
+    live = LiveFollow(sys.stdout, use_colour(sys.stdout)) if terminal else None
+    sink = PrintSink(sys.stdout, args.json, deployment, live)
+    try:
+        with Pool(SshOptions.for_inventory(inventory), max_connections=parallel) as pool, \
+                cancel_on_interrupt() as cancel:
+            out = rollout(inputs, hosts, pool=pool, sink=sink, max_parallel=parallel,
+                          cancel=cancel, excluded=excluded, break_lock=args.break_lock)
+        judged = verdict(out)
+        # The daemon's last event of a deployment is its state change; so is this command's.
+        sink.emit("deployment", status=str(judged.state), release_id=inputs.release_id,
+                  level="info" if judged.exit_code == EXIT_OK else "error",
+                  reason=judged.reason)
+    finally:
+        view = live.close() if live is not None else None
+    if view is not None:  # the live view's closing summary, as `submit --follow` ends
+        print(ending(view, deployment, str(judged.state), judged.reason, judged.exit_code),
+              flush=True)
+    elif not args.json:
         for name in out.deploy.hosts:
             print(host_line(name, out, inputs.release_id), flush=True)
     return judged.exit_code

@@ -54,7 +54,8 @@ class ImageKind:
         presence = ctx.ops.run(ops.image_present(image.image_id, image.sha256,
                                                  engine=engine.path), timeout=deadline.timeout())
         if not presence.present:  # the engine lacks it: ship the archive, hashed on the host
-            ctx.transport.put(archive, presence.upload_path, 0o600)
+            ctx.transport.put(archive, presence.upload_path, 0o600,
+                              ctx.progress.upload("install", "image", archive))
         out = ctx.ops.run(ops.image_ensure(
             ctx.app_name, ctx.release_id, image.image_id, image.sha256, engine=engine.path,
             gpu_args=placed_gpu_args(ctx.host, ctx.spec, facts, engine),

@@ -63,7 +63,8 @@ class VenvKind:
                 raise
             # Only a venv that must be built needs uv: ship it (once per host) and build.
             assert uv is not None  # need_uv is only sent with a uv path
-            ctx.transport.put(local_uv(), uv, 0o755)
+            ctx.transport.put(local_uv(), uv, 0o755,
+                              ctx.progress.upload("install", "uv", local_uv()))
             out = venv_ensure()
         return BuiltEnvironment(
             kind=self.name, key=out.env_hash, path=out.path,

@@ -17,9 +17,11 @@ from orchestrator.core.inventory import Host
 from orchestrator.core.lockfile import Lock
 from orchestrator.core.ociimage import ImageInfo
 from orchestrator.core.preflight import HostVerdict, LockLike
+from orchestrator.core.sink import EventSink
 from orchestrator.core.spec import Service, Spec
 from orchestrator.deploy.environments.base import BuiltEnvironment
 from orchestrator.deploy.inputs import DeployInputs
+from orchestrator.deploy.progress import HostProgress
 from orchestrator.deploy.steps import StepFailed
 from orchestrator.hosts.hostops import HostOps, StagedRelease
 from orchestrator.hosts.shipping import RemoteTools
@@ -37,6 +39,8 @@ class HostContext:
     # The service of the release `current` points at: the spec's, until a rollback puts back a
     # release deployed with its own (`recovery.service_of`).
     service: Service | None
+    # Progress events of the long steps (stage's bytes, verify's iterations); none by default.
+    progress: HostProgress = field(default_factory=lambda: HostProgress(None, ""))
     # -- learned by the steps --
     tools: RemoteTools | None = None                     # probe: the shipped host tools
     facts: HostFacts | None = None                       # probe
@@ -49,12 +53,13 @@ class HostContext:
     switched: bool = False                               # switch
 
     @classmethod
-    def open(cls, transport: Transport, host: Host, inputs: DeployInputs) -> HostContext:
-        """A fresh context: nothing learned yet."""
+    def open(cls, transport: Transport, host: Host, inputs: DeployInputs,
+             sink: EventSink | None = None) -> HostContext:
+        """A fresh context: nothing learned yet; progress events go to `sink` when given."""
         fence = None if inputs.fence is None else {"deployment": inputs.deployment,
                                                    "token": inputs.fence}
         return cls(transport, host, inputs, HostOps(transport, host.deploy_root, fence=fence),
-                   inputs.spec.service)
+                   inputs.spec.service, HostProgress(sink, host.name))
 
     @property
     def spec(self) -> Spec:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.core.inventory import Host
+from orchestrator.core.sink import EventSink
 from orchestrator.deploy.deadline import Deadline
 from orchestrator.deploy.inputs import DeployInputs
 from orchestrator.deploy.steps import recovery, registry
@@ -22,8 +23,9 @@ from orchestrator.hosts.transport import Transport
 class HostDeploy:
     """The HostSteps of one host for one deployment."""
 
-    def __init__(self, transport: Transport, host: Host, inputs: DeployInputs) -> None:
-        self.ctx = HostContext.open(transport, host, inputs)
+    def __init__(self, transport: Transport, host: Host, inputs: DeployInputs,
+                 sink: EventSink | None = None) -> None:
+        self.ctx = HostContext.open(transport, host, inputs, sink)
         self.host = host.name
 
     def run(self, name: str, deadline: Deadline) -> Mapping[str, Any]:

@@ -3,7 +3,10 @@ checked on the host after transfer), and the wheels the host's cache lacks.
 
 Idempotent: `stage-begin` resumes its own staging dir, a model already verified is not sent twice,
 wheels already cached are not sent. A small model travels inside one hostops batch with
-stage-begin, the lock and the hash check (one host process); a larger one goes by SFTP.
+stage-begin, the lock and the hash check (one host process); a larger one, and the wheels, go on
+one SSH stream per host (hostops' stream ops; SFTP for a transport that cannot stream) and report
+their bytes as `progress` events (orchestrator/deploy/progress.py). With
+`environment.wheel_source` the hosts fetch the wheels from the mirror themselves.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ from typing import Any
 
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.hashing import hash_file
+from orchestrator.core.progress import BYTES
 from orchestrator.core.spec import Spec
 from orchestrator.deploy.deadline import Deadline
 from orchestrator.deploy.steps import StepFailed
 from orchestrator.deploy.steps.context import HostContext, Target
 from orchestrator.errors import HostError, HostUnreachable
 from orchestrator.hosts import layout, ops
-from orchestrator.hosts.hostops import HostOpFailed, HostOps, SmallModel, StagedRelease
+from orchestrator.hosts.hostops import HostOpFailed, StagedRelease
+from orchestrator.hosts.modelfiles import SmallModel, model_bytes, small_model
 
 NAME = "stage"
 #: Below this, an upload failure is reported as a full disk.
@@ -31,7 +36,7 @@ def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
     # touched at all.
     wheels = ctx.inputs.wheels_for(ctx.known_facts(), deadline.remaining)
     cleaned = _clean_stale_staging(ctx, deadline)
-    small = HostOps.small_model(spec.paths.model, follow=spec.model.follow_symlinks)
+    small = small_model(spec.paths.model, follow=spec.model.follow_symlinks)
     missing: tuple[str, ...] | None
     try:
         if small is not None:
@@ -45,8 +50,10 @@ def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
                 {sha: (w.filename, w.path.stat().st_size) for sha, w in wheels.items()},
                 missing=missing, timeout=deadline.timeout())
         else:
-            pushed = ctx.ops.push_wheels({sha: w.path for sha, w in wheels.items()},
-                                         missing=missing, timeout=deadline.timeout())
+            pushed = ctx.ops.push_wheels(
+                {sha: w.path for sha, w in wheels.items()}, missing=missing,
+                timeout=deadline.timeout(),
+                progress=lambda total: ctx.progress.meter(NAME, BYTES, "wheels", total).file)
     except HostUnreachable:
         raise
     except HostError as exc:
@@ -114,8 +121,11 @@ def _stage_by_sftp(ctx: HostContext, shas: list[str],
     if not staged.lock_present and spec.paths.requirements is not None:
         # else the host copied it from a release that had it (or an image release has none)
         ctx.transport.put(spec.paths.requirements, staged.lock_path, 0o644)
+    follow = spec.model.follow_symlinks
+    meter = ctx.progress.meter(NAME, BYTES, "model",
+                               model_bytes(spec.paths.model, follow=follow))
     rel_model = ctx.ops.upload_model(spec.paths.model, staged, timeout=deadline.timeout(),
-                                     follow=spec.model.follow_symlinks)
+                                     follow=follow, progress=meter.file)
     verify = ops.verify_model(app, rid, spec.model.sha256, path=rel_model)
     missing = ops.wheels_missing(shas)
     replies = ctx.ops.batch([verify, missing], timeout=deadline.timeout())

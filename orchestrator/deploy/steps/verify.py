@@ -11,6 +11,7 @@ gate fails the step, with every failing gate's message (measured figure and limi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,11 @@ from orchestrator.core import release as rel
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.gates import WarmupRequest, gates, result_from_raw
 from orchestrator.core.hashing import hash_file
+from orchestrator.core.progress import ITERATIONS, Iterations
 from orchestrator.core.spec import Spec
 from orchestrator.deploy.deadline import Deadline
 from orchestrator.deploy.environments.registry import environment_for
+from orchestrator.deploy.progress import Meter
 from orchestrator.deploy.steps import StepFailed
 from orchestrator.deploy.steps.context import HostContext, Target
 from orchestrator.errors import HostError, InvalidInput
@@ -43,7 +46,7 @@ def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
     result, details = verify_release(
         ctx.transport, ctx.tools, ctx.spec, python=ctx.known_environment().interpreter,
         release_path=staged.path, baseline=_baseline(ctx), deadline=deadline,
-        gpus=ctx.gpus)
+        gpus=ctx.gpus, on_progress=_meters(ctx))
     ctx.warmup = result
     if ctx.gpus:
         details["gpus"] = list(ctx.gpus)
@@ -52,6 +55,20 @@ def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
                              commit], timeout=deadline.timeout())
     ctx.release_path = commit.parse(replies[1])
     return details
+
+
+def _meters(ctx: HostContext) -> Callable[[Iterations], None]:
+    """The runner's progress lines as `progress` events: one meter per phase (warmup, then the
+    timed iterations), throttled like every meter."""
+    meters: dict[str, Meter] = {}
+
+    def update(line: Iterations) -> None:
+        meter = meters.get(line.phase)
+        if meter is None or meter.total != line.total:
+            meter = meters[line.phase] = ctx.progress.meter(NAME, ITERATIONS, line.phase,
+                                                            line.total)
+        meter.update(line.done)
+    return update
 
 
 def describe(spec: Spec, facts: HostFacts, target: Target) -> str:
@@ -119,8 +136,9 @@ def remote_model_path(release_path: str, model: Path) -> str:
 
 def verify_release(transport: Transport, tools: RemoteTools, spec: Spec, *, python: str,
                    release_path: str, baseline: dict[str, Any] | None,
-                   deadline: Deadline,
-                   gpus: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+                   deadline: Deadline, gpus: tuple[str, ...] = (),
+                   on_progress: Callable[[Iterations], None] | None = None,
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run the warmup and the gates; returns (the raw result for the manifest, event details).
     Raises StepFailed naming every failing gate."""
     golden = layout.release_golden(release_path)
@@ -130,7 +148,8 @@ def verify_release(transport: Transport, tools: RemoteTools, spec: Spec, *, pyth
         spec, model_path=remote_model_path(release_path, spec.paths.model), golden_path=golden,
         deadline_s=budget)
     result = run_warmup(transport, python, tools, request, timeout=deadline.timeout(),
-                        visible_devices=",".join(gpus) if gpus else None)
+                        visible_devices=",".join(gpus) if gpus else None,
+                        on_progress=on_progress)
     base = result_from_raw(transport.host, baseline) if baseline else None
     verdicts = gates(result, spec.verify, base)
     failed = [g for g in verdicts if not g.passed]

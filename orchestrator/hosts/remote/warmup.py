@@ -10,6 +10,9 @@ dir (this script's dir, so sys.path[0]) may hold `pynvml.py` for the GPU memory 
 Output: exactly one JSON object on stdout, and nothing else. While it runs, fds 1 and 2 both
 point at a private log file (TensorFlow and C++ libraries write there, whatever they print);
 at the end the JSON goes to the saved original stdout and the log's tail to the original stderr.
+While the warmup and latency iterations run, progress lines go to the original stderr
+(`orchestrator-progress {"phase", "done", "total"}`, at most four a second per phase and the
+last), which the controller reads as they come for the follow view.
 Exit code 0 when the runner's own checks pass ("ok": true), 1 when they fail, 2 for a bad request.
 
 Deadline: a watchdog thread emits a result with error DeadlineExceeded at `deadline_s` and then
@@ -80,6 +83,11 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+#: Progress lines on stderr while the iterations run: `<prefix>{"phase", "done", "total"}`,
+#: read as they come by the controller (orchestrator/core/progress.py: the same prefix).
+PROGRESS_PREFIX = "orchestrator-progress "
+PROGRESS_EVERY_S = 0.25
+
 NUMBERS = (("rtol", float, 0), ("atol", float, 0), ("warmup_iterations", int, 0),
            ("iterations", int, 0), ("batch_size", int, 1), ("deadline_s", float, 0.1))
 
@@ -123,7 +131,8 @@ def summarize(durations_ns, batch_size):
     return out
 
 
-def time_calls(model, prepared, iterations, offset=0):
+def time_calls(model, prepared, iterations, offset=0, report=None):
+    """`report(done, total)` after each call (the progress lines; not timed)."""
     clock = time.perf_counter_ns
     durations = []
     for i in range(iterations):
@@ -131,6 +140,8 @@ def time_calls(model, prepared, iterations, offset=0):
         t0 = clock()
         model.run(batch)
         durations.append(clock() - t0)
+        if report is not None:
+            report(i + 1, iterations)
     return durations
 
 
@@ -184,6 +195,23 @@ class Channel:
             if self.err_fd is not None and log:
                 _write_all(self.err_fd, log[-LOG_TAIL_BYTES:].encode("utf-8", "replace"))
             return True
+
+
+    def progress(self, phase):
+        """A reporter of `phase`'s iterations: at most one line per PROGRESS_EVERY_S, and the
+        last, on the original stderr, while the result is not written yet."""
+        state = {"at": 0.0}
+
+        def report(done, total):
+            now = time.monotonic()
+            if done < total and now - state["at"] < PROGRESS_EVERY_S:
+                return
+            state["at"] = now
+            line = PROGRESS_PREFIX + json.dumps({"phase": phase, "done": done, "total": total})
+            with self.lock:
+                if not self.emitted and self.err_fd is not None:
+                    _write_all(self.err_fd, (line + "\n").encode())
+        return report
 
 
 def _write_all(fd, data):
@@ -268,7 +296,7 @@ def error_of(exc, phase):
     return {"type": type(exc).__name__, "message": str(exc) or repr(exc), "phase": phase}
 
 
-def verify(request, state):
+def verify(request, state, channel=None):
     """Load -> cold call -> golden -> GPU -> warmup -> timed calls; each phase into `state`."""
     for entry in reversed(request["sys_path"]):
         sys.path.insert(0, entry)
@@ -298,13 +326,13 @@ def verify(request, state):
     sampler = NvmlSampler()
     sampler.start()
     try:
-        ok = measure(model, inputs, expected, request, state)
+        ok = measure(model, inputs, expected, request, state, channel)
     finally:
         state.set(gpu_memory=sampler.report())
     return ok and (allowed or not findings)
 
 
-def measure(model, inputs, expected, request, state):
+def measure(model, inputs, expected, request, state, channel=None):
     b, iters = int(request["batch_size"]), int(request["iterations"])
     warm = int(request["warmup_iterations"])
     try:
@@ -324,9 +352,11 @@ def measure(model, inputs, expected, request, state):
         state.set(golden=golden, phase="gpu")
         gpu_ok = check_gpu(model, prepared[0], request, state)
         state.set(phase="warmup")
-        time_calls(model, prepared, warm, offset=1)
+        report = (lambda phase: None) if channel is None else channel.progress
+        time_calls(model, prepared, warm, offset=1, report=report("warmup"))
         state.set(phase="latency")
-        durations = time_calls(model, prepared, iters, offset=1 + warm)
+        durations = time_calls(model, prepared, iters, offset=1 + warm,
+                               report=report("latency"))
     except Exception as exc:
         state.set(error=error_of(exc, state.snapshot()["phase"]))
         return False
@@ -366,7 +396,7 @@ def main(argv):
         pass
     ok = False
     try:
-        ok = verify(request, state)
+        ok = verify(request, state, channel)
     except Exception as exc:  # a bug here must still come back as one JSON result
         state.set(error=error_of(exc, state.snapshot()["phase"]))
     state.set(environment=environment())

@@ -10,7 +10,7 @@ import select
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import paramiko
@@ -123,9 +123,10 @@ class SshTransport:
         stdin: bytes | None = None,
         check: bool = True,
         max_output: int | None = None,
+        on_stderr: Callable[[bytes], None] | None = None,
     ) -> CommandResult:
         return self._run(argv, BytesFeed(stdin or b""), timeout=timeout, check=check,
-                         max_output=max_output)
+                         max_output=max_output, on_stderr=on_stderr)
 
     def run_with_files(
         self,
@@ -136,10 +137,12 @@ class SshTransport:
         timeout: float | None = None,
         check: bool = True,
         max_output: int | None = None,
+        on_sent: Callable[[int], None] | None = None,
     ) -> CommandResult:
         """`run`, its stdin `header` then each (file, size) back to back, read as it is sent
-        (stream.py): one exec channel carries them all, one packet of one file in memory."""
-        feed = FilesFeed(header, files)
+        (stream.py): one exec channel carries them all, one packet of one file in memory.
+        `on_sent(n)`: the files' bytes sent so far (as a progress callback)."""
+        feed = FilesFeed(header, files, on_sent)
         try:
             return self._run(argv, feed, timeout=timeout, check=check, max_output=max_output)
         except LocalFileError as exc:
@@ -148,7 +151,8 @@ class SshTransport:
             feed.close()
 
     def _run(self, argv: Sequence[str], feed: Feed, *, timeout: float | None, check: bool,
-             max_output: int | None) -> CommandResult:
+             max_output: int | None,
+             on_stderr: Callable[[bytes], None] | None = None) -> CommandResult:
         command = command_line(argv)
         limit = self.options.max_output_bytes if max_output is None else max_output
         budget = self.options.command_timeout if timeout is None else timeout
@@ -157,7 +161,8 @@ class SshTransport:
         try:
             chan.exec_command(f"{_WRAP_BEFORE}{command}{_WRAP_AFTER}")
             out, err = _Capture(limit, marked=True), _Capture(limit, marked=False)
-            exit_code = self._pump(chan, command, feed, out, err, started + budget, budget)
+            exit_code = self._pump(chan, command, feed, out, err, started + budget, budget,
+                                   on_stderr)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise HostUnreachable(self.host, f"connection lost running {command}: {exc}") from exc
         finally:
@@ -180,6 +185,7 @@ class SshTransport:
     def _pump(
         self, chan: paramiko.Channel, command: str, feed: Feed,
         out: _Capture, err: _Capture, deadline: float, budget: float,
+        on_stderr: Callable[[bytes], None] | None = None,
     ) -> int:
         """Feed stdin and drain stdout/stderr together (no deadlock on full windows)."""
         if not feed.pending:
@@ -191,7 +197,10 @@ class SshTransport:
             while chan.recv_ready():
                 out.add(chan.recv(_READ_CHUNK))
             while chan.recv_stderr_ready():
-                err.add(chan.recv_stderr(_READ_CHUNK))
+                piece = chan.recv_stderr(_READ_CHUNK)
+                err.add(piece)
+                if on_stderr is not None:
+                    self._hook(on_stderr, piece, out.pid)
             if out.over or err.over:
                 self._kill(out.pid)
                 raise OutputTooLarge(
@@ -226,6 +235,14 @@ class SshTransport:
         if not feed.pending:
             chan.shutdown_write()
 
+    def _hook(self, hook: Callable[[bytes], None], data: bytes, pgid: int | None) -> None:
+        """A caller's hook; should it raise, nothing of the command is left running."""
+        try:
+            hook(data)
+        except BaseException:
+            self._kill(pgid)
+            raise
+
     def _timed_out(self, pid: int | None, command: str, budget: float) -> None:
         self._kill(pid)
         raise CommandTimeout(self.host, f"{command} did not finish within {budget:g} s; stopped")
@@ -254,11 +271,13 @@ class SshTransport:
                 raise HostUnreachable(self.host, f"cannot open SFTP: {_describe(exc)}") from exc
         return self._sftp
 
-    def put(self, data_or_local_path: bytes | Path, remote_path: str, mode: int = 0o644) -> None:
-        """Atomic (temporary name, chmod, rename); missing parents created (sftp.py)."""
+    def put(self, data_or_local_path: bytes | Path, remote_path: str, mode: int = 0o644,
+            progress: Callable[[int, int], None] | None = None) -> None:
+        """Atomic (temporary name, chmod, rename); missing parents created (sftp.py);
+        `progress(sent, size)` as the bytes go out."""
         sftp = self._sftp_client()
         try:
-            put_file(sftp, data_or_local_path, remote_path, mode)
+            put_file(sftp, data_or_local_path, remote_path, mode, progress)
         except OSError as exc:  # IOError from the SFTP server: not a dir, permission, disk
             raise FileTransferFailed(self.host, f"put {remote_path}: {_describe(exc)}") from exc
         except (paramiko.SSHException, paramiko.SFTPError, EOFError) as exc:

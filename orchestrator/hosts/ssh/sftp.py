@@ -31,17 +31,18 @@ _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
 
 
 def put_file(sftp: paramiko.SFTPClient, data_or_local_path: bytes | Path, remote_path: str,
-             mode: int) -> None:
+             mode: int, progress: Callable[[int, int], None] | None = None) -> None:
     """Upload to a temporary name, chmod, then rename: readers never see a partial file.
     Missing parent directories are created (over SFTP: no shell, no extra command).
+    `progress(sent, size)` is paramiko's own callback, per 32 KiB written.
     Raises OSError (the server refused) or paramiko's errors; the caller maps them."""
     tmp = f"{remote_path}.part-{uuid.uuid4().hex[:8]}"
     try:
         try:
-            _write(sftp, data_or_local_path, tmp)
+            _write(sftp, data_or_local_path, tmp, progress)
         except FileNotFoundError:
             _makedirs(sftp, posixpath.dirname(remote_path))
-            _write(sftp, data_or_local_path, tmp)
+            _write(sftp, data_or_local_path, tmp, progress)
         sftp.chmod(tmp, mode)
         sftp.posix_rename(tmp, remote_path)
     except OSError:
@@ -49,11 +50,13 @@ def put_file(sftp: paramiko.SFTPClient, data_or_local_path: bytes | Path, remote
         raise
 
 
-def _write(sftp: paramiko.SFTPClient, data_or_local_path: bytes | Path, path: str) -> None:
+def _write(sftp: paramiko.SFTPClient, data_or_local_path: bytes | Path, path: str,
+           progress: Callable[[int, int], None] | None) -> None:
     if isinstance(data_or_local_path, bytes):
-        sftp.putfo(io.BytesIO(data_or_local_path), path, confirm=True)
+        sftp.putfo(io.BytesIO(data_or_local_path), path, file_size=len(data_or_local_path),
+                   callback=progress, confirm=True)
     else:
-        sftp.put(os.fspath(data_or_local_path), path, confirm=True)
+        sftp.put(os.fspath(data_or_local_path), path, callback=progress, confirm=True)
 
 
 def _makedirs(sftp: paramiko.SFTPClient, path: str) -> None:

@@ -17,7 +17,7 @@ size: memory is bounded per host (the file is read as it is sent).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -74,10 +74,13 @@ class BytesFeed:
 
 class FilesFeed:
     """A header, then each file's bytes in order. A file whose size changed since its header
-    was built is refused here (the host would read the wrong frame): `LocalFileError`."""
+    was built is refused here (the host would read the wrong frame): `LocalFileError`.
+    `on_sent(n)` is told the files' bytes handed to the channel so far."""
 
-    def __init__(self, header: bytes, files: Sequence[tuple[Path, int]]) -> None:
+    def __init__(self, header: bytes, files: Sequence[tuple[Path, int]],
+                 on_sent: Callable[[int], None] | None = None) -> None:
         self._head = header
+        self._on_sent, self._sent = on_sent, 0
         self._files = list(files)  # (path, size the header announced)
         self._current: BinaryIO | None = None
         self._left = 0
@@ -100,6 +103,9 @@ class FilesFeed:
             sent = chan.send(self._piece)
             # Short when the window was smaller: keep the rest for the next call.
             self._piece = self._piece[sent:] if sent < len(self._piece) else b""
+            if self._on_sent is not None:
+                self._sent += sent
+                self._on_sent(self._sent)
             if not chan.send_ready():
                 return
 
