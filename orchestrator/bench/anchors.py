@@ -37,6 +37,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -179,7 +180,7 @@ def _project(cache: Path, harness: Path, house: Path) -> Path:
         d = project / v
         shutil.copytree(harness / "artifacts" / "models" / v / "model", d / "model")
         shutil.copy(harness / "artifacts" / "requirements.lock", d / "requirements.lock")
-        (d / "wheelhouse").symlink_to(house)
+        _link_tree(house, d / "wheelhouse")  # inside the spec's folder, as a spec requires
         np.savez(d / "inputs.npz", inputs=np.random.default_rng(0).normal(
             size=(16, 8)).astype(np.float32))
         print(f"  setup: project {v}: golden record", flush=True)
@@ -348,6 +349,8 @@ def run(argv: list[str] | None = None) -> None:
     if os.geteuid() != 0:
         print("anchors: skipped (needs root: the harness's sshds use /run/sshd and 127.0.0.11-14)")
         return
+    # A TERM (a background job cannot be interrupted) still stops the fleets (measure's finally).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     s = setup()
     if args.setup_only:
         print(f"anchors: set up in {s.harness.parent}")
@@ -375,6 +378,15 @@ def _check(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | No
                          f"{(proc.stderr or proc.stdout).strip()[-800:]}")
     if not quiet and proc.stdout.strip():
         print("    " + proc.stdout.strip().splitlines()[-1], flush=True)
+
+
+def _link_tree(source: Path, dest: Path) -> None:
+    dest.mkdir(parents=True)
+    for f in source.glob("*.whl"):
+        try:
+            os.link(f, dest / f.name)
+        except OSError:
+            shutil.copyfile(f, dest / f.name)
 
 
 def _relink(link: Path, target: Path) -> None:
