@@ -13,7 +13,10 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from orchestrator.core.inventory import load_inventory
 from orchestrator.errors import InvalidInput
+from orchestrator.hosts import ssh
+from orchestrator.hosts.counting import Counting, Exchanges
 from orchestrator.testbed import Testbed, netns, sshd
 from orchestrator.testbed.far import parse_rtt
 
@@ -66,6 +69,26 @@ def keepalive_rtt(tb: Testbed, name: str) -> float:
         client.close()
 
 
+def counts_every_exchange_under_its_label(tb: Testbed) -> None:
+    """hosts/counting.py over a far host: each exchange tallied under the label current when it
+    ran, and none shorter than the round trip it needs at least."""
+    inv = load_inventory(tb.inventory_path)
+    exchanges, label = Exchanges(), ["first"]
+    host = inv.hosts["tb-01"]
+    with Counting(ssh.connect(host, ssh.SshOptions.for_inventory(inv)), exchanges,
+                  label=lambda: label[0]) as t:
+        t.run(["true"])
+        t.run(["sh", "-c", "exit 3"], check=False)
+        label[0] = "second"
+        t.put(b"far", f"{host.deploy_root}/counted.txt")
+        assert t.get(f"{host.deploy_root}/counted.txt") == b"far"
+    assert dict(exchanges.count) == {("tb-01", "first", "run"): 2, ("tb-01", "second", "put"): 1,
+                                     ("tb-01", "second", "get"): 1}
+    assert (exchanges.total("tb-01"), exchanges.total("tb-01", "first")) == (4, 2)
+    for key, n in exchanges.count.items():
+        assert exchanges.seconds[key] >= n * RTT_MS / 1000 * 0.95, key
+
+
 def test_far_hosts_are_a_round_trip_away_and_down_removes_them(tmp_path: Path) -> None:
     reason = netns.why_not()
     if reason is not None:
@@ -84,6 +107,7 @@ def test_far_hosts_are_a_round_trip_away_and_down_removes_them(tmp_path: Path) -
             measured = keepalive_rtt(tb, name)
             # Never faster than the delay put on the link; not much slower on a busy machine.
             assert RTT_MS * 0.95 <= measured <= RTT_MS + 150, (name, measured)
+        counts_every_exchange_under_its_label(tb)
     finally:
         down = cli("down", "--dir", str(d))
     assert down.returncode == 0, down.stderr
