@@ -6,27 +6,22 @@ same warmup (200 predictions), interleaved per rep: cold deploy of v1, then warm
 The anchors are the harness in ../shared/bench-anchors (or $ORCHESTRATOR_BENCH_ANCHORS_SRC),
 never written to: it is materialised (its own materialize.sh) into the cache dir
 ($ORCHESTRATOR_BENCH_ANCHORS_DIR, else ~/.cache/orchestrator/bench-anchors) with
-  tools/ansible, tools/pyinfra  venvs of a Python >= 3.12 (ansible-core 2.21 needs it;
-                                $ORCHESTRATOR_BENCH_PYTHON312 or the first python3.1x found);
-                                the harness's own tools/ are used instead where they run
-  tools/uv/bin/uv               the uv this project ships to its hosts (the same installer)
+  tools/ansible, tools/pyinfra  venvs of a Python >= 3.12 ($ORCHESTRATOR_BENCH_PYTHON312, else
+                                found), unless the harness's own tools/ run; tools/uv/bin/uv is
+                                the uv this project ships to its hosts
   wheelhouse-<lock sha>/        the lock's wheels, from this project's wheel cache (by hash)
-  harness/                      the materialised harness, its models built with this Python's
-                                TensorFlow; its fleet is its own sshds on 127.0.0.11-14
-  project/v1, v2                the project's specs: wheelhouse in the spec, golden recorded
-                                with `orchestrator golden record`, all 4 hosts at once
-Each anchor run is the harness's scripts/run_one.sh (cold = caches and deploy roots deleted;
-`/usr/bin/time -v`; its verify.sh checks every host). The project's run is
-`/usr/bin/time -v python -m orchestrator deploy` against a fresh 4-host testbed (cold) or the
-same one (warm), after the same wait for a quiet machine (the harness's quiesce.py). Controller
-CPU = user + sys of the deploying process and its children.
+  harness/, project/v1, v2      the harness (models built with this Python's TensorFlow); the
+                                project's specs (wheelhouse in the spec, golden recorded)
+Anchor runs: the harness's run_one.sh (cold = caches and deploy roots deleted; its verify.sh
+checks every host). The project: `/usr/bin/time -v python -m orchestrator deploy` on a fresh
+4-host testbed (cold) or the same (warm), after the same quiesce.py wait. Controller CPU = user
++ sys of the deploying process and its children.
 
     python -m orchestrator.bench anchors [--reps N] [--tools ssh-uv,project] [--quick]
-    --quick = 1 rep of the floor and the project; --setup-only prepares and stops.
+    (--quick: 1 rep of the floor and the project; --setup-only; --report-since UTC)
 
-Needs root (the harness's sshds use /run/sshd and 127.0.0.11-14). Results are appended to
-<cache dir>/results.jsonl. Targets (printed, not asserted): cold <= 1.0x the floor, warm <= 0.9x,
-controller CPU cold <= 2 s.
+Root only (the harness's sshds). Results go to <cache dir>/results.jsonl. Targets (printed, not
+asserted): cold <= 1.0x the floor, warm <= 0.9x, controller CPU cold <= 2 s.
 """
 
 from __future__ import annotations
@@ -79,8 +74,6 @@ class Setup:
     results: Path
 
 
-# ---- setup ----
-
 def _python312() -> str | None:
     """A Python >= 3.12 for the anchors' venvs (the controller's is 3.11)."""
     explicit = os.environ.get("ORCHESTRATOR_BENCH_PYTHON312")
@@ -96,8 +89,7 @@ def _python312() -> str | None:
 
 
 def _runs(argv: list[str]) -> bool:
-    return Path(argv[0]).exists() and subprocess.run(
-        argv, capture_output=True, check=False).returncode == 0
+    return Path(argv[0]).exists() and not subprocess.run(argv, capture_output=True).returncode
 
 
 def _tools(cache: Path, source: Path, python: str) -> Path:
@@ -127,12 +119,7 @@ def _wheelhouse(cache: Path, lock: Path) -> Path:
                                                   platform_tags("x86_64", "glibc 2.36"))
     house.mkdir(parents=True, exist_ok=True)
     for w in wheels.values():
-        target = house / w.filename
-        if not target.exists():
-            try:
-                os.link(w.path, target)
-            except OSError:
-                shutil.copyfile(w.path, target)
+        _link(w.path, house / w.filename)
     (house / ".complete").touch()
     return house
 
@@ -220,8 +207,6 @@ def setup() -> Setup:
     return Setup(harness, project, cache / "results.jsonl")
 
 
-# ---- runs ----
-
 def _anchor(s: Setup, tool: str, phase: str, rep: int) -> dict[str, Any]:
     rel = "v1" if phase == "cold" else "v2"
     proc = subprocess.run(["bash", "scripts/run_one.sh", tool, phase, rel, str(rep)],
@@ -302,6 +287,13 @@ def measure(s: Setup, tools: list[str], reps: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _ratios(rows: list[dict[str, Any]], tool: str, phase: str) -> list[float]:
+    """`tool`'s wall time over the floor's, pair by pair (same rep and phase, both ok)."""
+    return [r["wall_s"] / f["wall_s"] for r in rows for f in rows
+            if r["tool"] == tool and f["tool"] == FLOOR and r["phase"] == f["phase"] == phase
+            and r["rep"] == f["rep"] and r["ok"] and f["ok"]]
+
+
 def report(rows: list[dict[str, Any]]) -> None:
     def cell(tool: str, phase: str, key: str) -> list[float]:
         return [r[key] for r in rows if r["tool"] == tool and r["phase"] == phase and r["ok"]
@@ -313,33 +305,22 @@ def report(rows: list[dict[str, Any]]) -> None:
     print(f"  {'tool':17} {'cold s':>20} {'warm s':>20} {'ctrl CPU cold / warm s':>26}"
           "   ratio to floor, by rep: cold / warm")
     for tool in dict.fromkeys(r["tool"] for r in rows):
-        ratios = {ph: [r["wall_s"] / f["wall_s"] for r in rows for f in rows
-                       if r["tool"] == tool and f["tool"] == FLOOR and r["phase"] == ph
-                       and f["phase"] == ph and r["rep"] == f["rep"] and r["ok"] and f["ok"]]
-                  for ph in ("cold", "warm")}
+        cpu = fmt(cell(tool, "cold", "cpu_s")) + " / " + fmt(cell(tool, "warm", "cpu_s"))
         print(f"  {tool:17} {fmt(cell(tool, 'cold', 'wall_s')):>20} "
-              f"{fmt(cell(tool, 'warm', 'wall_s')):>20} "
-              f"{fmt(cell(tool, 'cold', 'cpu_s')) + ' / ' + fmt(cell(tool, 'warm', 'cpu_s')):>26}"
-              f"   {fmt(ratios['cold'])} / {fmt(ratios['warm'])}")
-    medians = {}
-    for phase in ("cold", "warm"):
-        pairs = [r["wall_s"] / f["wall_s"] for r in rows for f in rows
-                 if r["tool"] == "project" and f["tool"] == FLOOR and r["phase"] == phase
-                 and f["phase"] == phase and r["rep"] == f["rep"] and r["ok"] and f["ok"]]
-        if pairs:
-            medians[phase] = statistics.median(pairs)
-    cpu = cell("project", "cold", "cpu_s")
-    if cpu:
-        medians["cpu"] = statistics.median(cpu)
+              f"{fmt(cell(tool, 'warm', 'wall_s')):>20} {cpu:>26}   "
+              f"{fmt(_ratios(rows, tool, 'cold'))} / {fmt(_ratios(rows, tool, 'warm'))}")
+    found = {"cold": _ratios(rows, "project", "cold"), "warm": _ratios(rows, "project", "warm"),
+             "cpu": cell("project", "cold", "cpu_s")}
+    loads = sorted(r.get("load1", 0.0) for r in rows)
+    if loads:
+        print(f"  load average (1 min) at the runs' starts: {loads[0]:.1f} to {loads[-1]:.1f}"
+              f" on {os.cpu_count()} cores")
     targets = (("cold", "cold <= 1.0x the floor", 1.0, "x"), ("warm", "warm <= 0.9x", 0.9, "x"),
                ("cpu", "controller CPU cold <= 2 s", 2.0, " s"))
-    machine = sorted({r.get("load1", 0.0) for r in rows})
-    if machine:
-        print(f"  load average (1 min) at the runs' starts: {machine[0]:.1f} to {machine[-1]:.1f}"
-              f" on {os.cpu_count()} cores")
     print("  targets (medians): " + "; ".join(
-        f"{label}: {medians[k]:.2f}{unit} ({'met' if medians[k] <= limit else 'not met'})"
-        for k, label, limit, unit in targets if k in medians))
+        f"{label}: {statistics.median(found[k]):.2f}{unit} "
+        f"({'met' if statistics.median(found[k]) <= limit else 'not met'})"
+        for k, label, limit, unit in targets if found[k]))
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -364,8 +345,7 @@ def run(argv: list[str] | None = None) -> None:
     if os.geteuid() != 0:
         print("anchors: skipped (needs root: the harness's sshds use /run/sshd and 127.0.0.11-14)")
         return
-    # A TERM (a background job cannot be interrupted) still stops the fleets (measure's finally).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # measure's finally: fleets down
     s = setup()
     if args.setup_only:
         print(f"anchors: set up in {s.harness.parent}")
@@ -376,8 +356,6 @@ def run(argv: list[str] | None = None) -> None:
           f"results appended to {s.results}", flush=True)
     report(measure(s, tools, 1 if args.quick else args.reps))
 
-
-# ---- helpers ----
 
 def _env() -> dict[str, str]:
     """This checkout's package first (a worktree's venv may point at another checkout)."""
@@ -398,10 +376,16 @@ def _check(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | No
 def _link_tree(source: Path, dest: Path) -> None:
     dest.mkdir(parents=True)
     for f in source.glob("*.whl"):
+        _link(f, dest / f.name)
+
+
+def _link(source: Path, target: Path) -> None:
+    """A hard link (no copy of 335 MB), else a copy."""
+    if not target.exists():
         try:
-            os.link(f, dest / f.name)
+            os.link(source, target)
         except OSError:
-            shutil.copyfile(f, dest / f.name)
+            shutil.copyfile(source, target)
 
 
 def _relink(link: Path, target: Path) -> None:
