@@ -36,7 +36,8 @@ LABELS = ("connect", "lock", *STEP_ORDER, "unlock")
 
 
 class _Where(_Quiet):
-    """The bench's sink: also tracks which step each host is in, to label its exchanges."""
+    """The bench's sink: also tracks which step each host is in, to label its exchanges
+    ("lock": before the first step, with the tools upload; "unlock": after the last)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -53,10 +54,10 @@ class _Where(_Quiet):
         with self._guard:
             if event == "step" and status == "started" and step is not None:
                 self.current[host] = step
+            elif event == "step":  # a step ended: what follows the last one is the unlock
+                self.current[host] = "unlock"
             elif event == "host.lock" and status == "acquired":
                 self.current[host] = "lock"
-            elif event == "host.lock" and status == "released":
-                self.current[host] = "unlock"
 
     def of(self, host: str) -> str:
         with self._guard:
