@@ -287,6 +287,7 @@ def test_a_deployment_reads_the_tools_marker_once(pool: Pool, inventory: Invento
     host = inventory.hosts["tb-08"]
     exchanges = Exchanges()
     with pool.session(host) as t:
+        ensure_tools(t, host.deploy_root)  # uploaded if this host has none yet (not counted)
         counted = Counting(t, exchanges)
         with remembered(counted):
             for _ in range(3):
