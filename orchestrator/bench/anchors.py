@@ -222,8 +222,9 @@ def _anchor(s: Setup, tool: str, phase: str, rep: int) -> dict[str, Any]:
 
 
 def _project_run(s: Setup, tb_dir: Path, phase: str, rep: int) -> dict[str, Any]:
-    if phase == "cold":  # a fresh testbed: no venv, no wheels, no uv cache on any host
+    if phase == "cold":  # a fresh testbed (its host dirs too): no venv, wheels or uv cache
         Testbed.down(tb_dir)
+        shutil.rmtree(tb_dir, ignore_errors=True)
         Testbed.up(tb_dir, NHOSTS, ["h100"])
     rel = "v1" if phase == "cold" else "v2"
     log = s.harness / "runs" / "project" / f"{phase}-{rep}-{rel}"
