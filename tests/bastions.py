@@ -10,18 +10,18 @@ The target listens on NS's own loopback only: from our namespace, 127.0.0.1:PT a
 chain `tb-01 -> bastion -> target` is two real jumps. Creating namespaces and links needs root
 (CAP_NET_ADMIN); `Hidden.up` refuses with the reason otherwise, and the tests skip saying so.
 Everything created is named after our pid and removed by `down` (the namespace takes the veth
-and its processes' sockets with it).
+and its processes' sockets with it). The namespace plumbing is orchestrator/testbed/netns.py,
+which the testbed's far hosts (`up --rtt`) use too.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.testbed import Testbed, sshd
+from orchestrator.testbed import Testbed, netns, sshd
 
 
 @dataclass
@@ -43,37 +43,21 @@ class Hidden:
         sshd.stop([p.pid for p in self.procs if p.poll() is None])
         for p in self.procs:
             p.wait(timeout=10)
-        subprocess.run(["ip", "link", "del", self.veth], capture_output=True, check=False)
-        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True, check=False)
+        netns.remove(self.netns, self.veth)
 
 
-def why_not() -> str | None:
-    """Why the hidden host cannot be set up here, or None."""
-    if os.geteuid() != 0:
-        return "network namespaces and veth links need root (CAP_NET_ADMIN)"
-    probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
-    return None if probe.returncode == 0 else f"`ip netns` does not work: {probe.stderr.strip()}"
+why_not = netns.why_not  # why the hidden host cannot be set up here, or None
 
 
 def up(testbed: Testbed, workdir: Path) -> Hidden:
     tag = f"{os.getpid() % 100000}"
-    netns, veth, peer = f"orch-hid-{tag}", f"ohid{tag}a", f"ohid{tag}b"
-    taken = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True,
-                           check=True).stdout
-    k = next(n for n in random.sample(range(1, 250), 249) if f"10.213.{n}." not in taken)
-    ours, theirs = f"10.213.{k}.1", f"10.213.{k}.2"
-    for argv in (["ip", "netns", "add", netns],
-                 ["ip", "link", "add", veth, "type", "veth", "peer", "name", peer],
-                 ["ip", "link", "set", peer, "netns", netns],
-                 ["ip", "addr", "add", f"{ours}/30", "dev", veth],
-                 ["ip", "link", "set", veth, "up"],
-                 ["ip", "netns", "exec", netns, "ip", "addr", "add", f"{theirs}/30", "dev", peer],
-                 ["ip", "netns", "exec", netns, "ip", "link", "set", peer, "up"],
-                 ["ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up"]):
-        subprocess.run(argv, capture_output=True, check=True)
+    prefix = netns.free_prefix("10.213")
+    link = netns.add(f"orch-hid-{tag}", f"ohid{tag}a", f"ohid{tag}b", f"{prefix}.1",
+                     f"{prefix}.2")
+    ns, veth, ours, theirs = link.netns, link.veth, link.ours, link.theirs
     bastion_port = sshd.free_port([ours])
     target_port = sshd.free_port(["127.0.0.1"], first=bastion_port + 1)
-    hidden = Hidden(netns, veth, theirs, bastion_port, target_port,
+    hidden = Hidden(ns, veth, theirs, bastion_port, target_port,
                     workdir / "bastion_host_key", workdir / "target_host_key", [])
     sshd.keygen([hidden.bastion_key, hidden.target_key], comment="hidden@testbed")
     try:
@@ -88,17 +72,17 @@ def up(testbed: Testbed, workdir: Path) -> Hidden:
                 authorized_keys=testbed.dir / "authorized_keys", env=(("HOME", str(home)),))
             spec.config.write_text(sshd.render_config(spec))
             hidden.procs.append(subprocess.Popen(
-                ["ip", "netns", "exec", netns, *sshd.argv(testbed.sshd_path, spec)],
+                netns.exec_argv(ns, sshd.argv(testbed.sshd_path, spec)),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for name in ("bastion", "target"):
-            _wait_listening(netns, workdir / f"{name}.log", hidden)
+            _wait_listening(ns, workdir / f"{name}.log", hidden)
     except BaseException:
         hidden.down()
         raise
     return hidden
 
 
-def _wait_listening(netns: str, log: Path, hidden: Hidden) -> None:
+def _wait_listening(ns: str, log: Path, hidden: Hidden) -> None:
     """sshd logs "Server listening" once bound (it runs inside the namespace, where our own
     connect could not see it)."""
     import time
@@ -110,4 +94,4 @@ def _wait_listening(netns: str, log: Path, hidden: Hidden) -> None:
         if any(p.poll() is not None for p in hidden.procs):
             break
         time.sleep(0.05)
-    raise RuntimeError(f"sshd in {netns} did not start: {sshd.log_tail(log)}")
+    raise RuntimeError(f"sshd in {ns} did not start: {sshd.log_tail(log)}")

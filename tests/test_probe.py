@@ -276,3 +276,23 @@ def test_cuda_version_falls_back_when_the_v2_call_is_missing() -> None:
         nvmlSystemGetCudaDriverVersion=lambda: 11040,
     )
     assert remote_probe.cuda_driver_version(old_driver) == 11040
+
+
+def test_a_deployment_reads_the_tools_marker_once(pool: Pool, inventory: Inventory) -> None:
+    """Inside `remembered` (deploy_host's whole run on a host) a bundle found complete is not
+    read again: each read is a round trip. Outside it, every call reads the marker."""
+    from orchestrator.hosts.counting import Counting, Exchanges
+    from orchestrator.hosts.shipping import remembered
+
+    host = inventory.hosts["tb-08"]
+    exchanges = Exchanges()
+    with pool.session(host) as t:
+        ensure_tools(t, host.deploy_root)  # uploaded if this host has none yet (not counted)
+        counted = Counting(t, exchanges)
+        with remembered(counted):
+            for _ in range(3):
+                ensure_tools(counted, host.deploy_root)
+        assert exchanges.total("tb-08") == 1
+        ensure_tools(counted, host.deploy_root)
+        ensure_tools(counted, host.deploy_root)
+    assert exchanges.total("tb-08") == 3

@@ -1,4 +1,11 @@
-"""Run every benchmark module in this package (or those named on the command line)."""
+"""Run every benchmark module in this package (or those named on the command line).
+
+    python -m orchestrator.bench                     # every module, default settings
+    python -m orchestrator.bench probe anchors --quick
+
+Options after a module's name (`--...`) go to that module's `run(argv)`; a module taking none
+has `run()`.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +23,29 @@ def modules() -> list[str]:
                   if not m.name.startswith("_"))
 
 
-def main(names: list[str]) -> int:
-    for name in names or modules():
+def plan(argv: list[str]) -> list[tuple[str, list[str]]]:
+    """`[a, --x, 1, b]` -> `[(a, [--x, 1]), (b, [])]`: each module with the options after it (an
+    option's value is whatever follows it up to the next module name). Pure."""
+    known = set(modules())
+    runs: list[tuple[str, list[str]]] = []
+    for arg in argv:
+        if arg in known or not runs:
+            runs.append((arg, []))
+        else:
+            runs[-1][1].append(arg)
+    return runs or [(name, []) for name in modules()]
+
+
+def main(argv: list[str]) -> int:
+    for name, options in plan(argv):
         # The figures move with whatever else runs on the machine: say how busy it was.
         load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
         print(f"== {name} == (load average {load} on {os.cpu_count()} cores)", flush=True)
-        importlib.import_module(f"{bench.__name__}.{name}").run()
+        module = importlib.import_module(f"{bench.__name__}.{name}")
+        if options:
+            module.run(options)
+        else:
+            module.run()
         print(flush=True)
     return 0
 

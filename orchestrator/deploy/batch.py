@@ -42,7 +42,7 @@ from orchestrator.deploy.steps.host import HostDeploy
 from orchestrator.deploy.steps.recovery import Settled, recover_host
 from orchestrator.deploy.steps.wheels import wheel_resolver
 from orchestrator.errors import HostError
-from orchestrator.hosts import hostlock
+from orchestrator.hosts import hostlock, shipping
 from orchestrator.hosts.pool import Pool, map_hosts
 from orchestrator.hosts.transport import Transport
 
@@ -110,6 +110,16 @@ def deploy_host(transport: Transport, host: Host, inputs: DeployInputs, sink: Ev
                 playbook: Playbook | None = None, cancel: threading.Event | None = None,
                 break_lock: bool = False) -> HostResult:
     """The pipeline on one host, under the app's deploy lock on that host."""
+    # The lock, the probe and the unlock each need the host tools: checked once, not thrice
+    # (each check is a round trip: what far hosts pay, bench farhosts).
+    with shipping.remembered(transport):
+        return _deploy_host(transport, host, inputs, sink, playbook=playbook, cancel=cancel,
+                            break_lock=break_lock)
+
+
+def _deploy_host(transport: Transport, host: Host, inputs: DeployInputs, sink: EventSink, *,
+                 playbook: Playbook | None, cancel: threading.Event | None,
+                 break_lock: bool) -> HostResult:
     app = str(inputs.spec.name)
     try:
         held = hostlock.acquire(transport, host.deploy_root, app, inputs.deployment,

@@ -4,14 +4,20 @@ pure-Python `pynvml.py` of the controller's own nvidia-ml-py, as one content-add
 On the host the bundle lives in `<deploy_root>/.orchestrator/tools/<sha256-of-bundle>/`; its
 `.complete` marker (holding the digest) is written last, so a directory with the marker is whole
 and is never uploaded again; one without it is simply completed (each file is written atomically).
-Checking costs one SFTP read; nothing else crosses the network when the tools are already there,
-and uploading needs no shell command at all (put creates the directories).
+Checking costs one SFTP read; within `remembered(transport)` (a deployment on one host: the
+deploy lock, the probe and the unlock each need the tools; over a 50 ms link the two repeated
+reads were 0.1 s per host) only the first. Nothing else crosses the network when the tools are
+already there, and uploading needs no shell command at all (put creates the directories).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import threading
+import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -77,12 +83,36 @@ def tools_root(deploy_root: str, digest: str) -> str:
     return layout.tools_dir(deploy_root, digest)
 
 
+# Per connection inside `remembered`: the tools roots already found complete on its host.
+_seen: weakref.WeakKeyDictionary[Transport, set[str]] = weakref.WeakKeyDictionary()
+_seen_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def remembered(transport: Transport) -> Iterator[None]:
+    """Within the block, a bundle found complete on this connection is not read again (nothing
+    on a host removes a tools directory; a deployment is minutes, not days)."""
+    with _seen_guard:
+        _seen[transport] = set()
+    try:
+        yield
+    finally:
+        with _seen_guard:
+            _seen.pop(transport, None)
+
+
 def ensure_tools(transport: Transport, deploy_root: str) -> RemoteTools:
     """The bundle on this host, uploaded first unless it is already there and complete."""
     wanted = bundle()
     tools = RemoteTools(tools_root(deploy_root, wanted.digest), wanted.digest)
+    with _seen_guard:
+        if tools.root in _seen.get(transport, ()):
+            return tools
     if not _complete(transport, tools):
         _upload(transport, tools, wanted)
+    with _seen_guard:
+        if transport in _seen:
+            _seen[transport].add(tools.root)
     return tools
 
 

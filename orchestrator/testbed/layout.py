@@ -42,6 +42,13 @@ class TestbedHost:
     lib_dir: Path
     pid: int = 0
     starttime: int = 0
+    # Far hosts (`up --rtt`): the network namespace and our veth end this host sits behind, the
+    # round trip put on it, and the delay relay's process where the kernel has no netem.
+    netns: str = ""
+    veth: str = ""
+    rtt_ms: float = 0.0
+    relay_pid: int = 0
+    relay_starttime: int = 0
 
     @property
     def host_dir(self) -> Path:
@@ -128,7 +135,9 @@ def render_state(sshd: str, hosts: list[TestbedHost]) -> str:
         "hosts": [
             {"name": h.name, "address": h.address, "port": h.port, "user": h.user,
              "deploy_root": str(h.deploy_root), "profile": h.profile, "lib_dir": str(h.lib_dir),
-             "pid": h.pid, "starttime": h.starttime}
+             "pid": h.pid, "starttime": h.starttime,
+             **({"netns": h.netns, "veth": h.veth, "rtt_ms": h.rtt_ms, "relay_pid": h.relay_pid,
+                 "relay_starttime": h.relay_starttime} if h.netns else {})}
             for h in hosts
         ],
     }
@@ -144,6 +153,9 @@ def parse_state(text: str) -> tuple[str, list[TestbedHost]]:
             name=str(h["name"]), address=str(h["address"]), port=int(h["port"]),
             user=str(h["user"]), deploy_root=Path(h["deploy_root"]), profile=str(h["profile"]),
             lib_dir=Path(h["lib_dir"]), pid=int(h["pid"]), starttime=int(h["starttime"]),
+            netns=str(h.get("netns", "")), veth=str(h.get("veth", "")),
+            rtt_ms=float(h.get("rtt_ms", 0.0)), relay_pid=int(h.get("relay_pid", 0)),
+            relay_starttime=int(h.get("relay_starttime", 0)),
         )
         for h in data["hosts"]
     ]

@@ -123,18 +123,24 @@ def ensure_privsep_dir() -> None:
         PRIVSEP_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
 
 
-def start(sshd: Path, spec: SshdSpec) -> Running:
+def start(sshd: Path, spec: SshdSpec, wrap: Sequence[str] = ()) -> Running:
     """Start sshd in its own session, detached from our terminal and stdio; returns at once.
+    `wrap` is a command that execs it (`ip netns exec NS`: the pid stays sshd's).
 
     posix_spawn rather than Popen: the server outlives this call (and the CLI process), and a
     Popen object for it would warn when collected; `stop` reaps it if it is still our child.
     """
     spec.log.unlink(missing_ok=True)
+    return spawn_detached([*wrap, *argv(sshd, spec)])
+
+
+def spawn_detached(command: Sequence[str], env: dict[str, str] | None = None) -> Running:
+    """`command` (looked up on PATH) in its own session, stdio on /dev/null; returns at once."""
     devnull = os.devnull
-    pid = os.posix_spawn(
-        str(sshd),
-        argv(sshd, spec),
-        dict(os.environ),
+    pid = os.posix_spawnp(
+        command[0],
+        list(command),
+        dict(os.environ) if env is None else env,
         file_actions=[
             (os.POSIX_SPAWN_OPEN, 0, devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_OPEN, 1, devnull, os.O_WRONLY, 0),

@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from orchestrator.errors import InvalidInput, TestbedError
-from orchestrator.testbed import fakelibs, layout, sshd
+from orchestrator.testbed import fakelibs, far, layout, netns, sshd
 from orchestrator.testbed import profiles as gpu_profiles
 from orchestrator.testbed.layout import TestbedHost
 
@@ -83,7 +83,10 @@ class Testbed:
     @classmethod
     def up(
         cls, dir: Path, hosts: int, profiles: Sequence[str] = (), *, sshd_path: Path | None = None,
+        rtt_ms: float | None = None,
     ) -> Testbed:
+        """`rtt_ms`: each host in a network namespace that far away (testbed/far.py, root
+        only); None: every host on this machine's loopback."""
         root = Path(dir).resolve()
         if not 1 <= hosts <= layout.MAX_HOSTS:
             raise InvalidInput(f"--hosts must be between 1 and {layout.MAX_HOSTS}, not {hosts}")
@@ -94,33 +97,41 @@ class Testbed:
             _refuse_if_running(root)
             for _ in range(PORT_ATTEMPTS - 1):
                 with contextlib.suppress(sshd.PortTaken):
-                    return cls._start(root, names, binary)
-            return cls._start(root, names, binary)
+                    return cls._start(root, names, binary, rtt_ms)
+            return cls._start(root, names, binary, rtt_ms)
 
     @classmethod
-    def _start(cls, root: Path, names: list[str], binary: Path) -> Testbed:
+    def _start(cls, root: Path, names: list[str], binary: Path,
+               rtt_ms: float | None) -> Testbed:
         user = pwd.getpwuid(os.geteuid()).pw_name
         port = sshd.free_port([layout.host_address(i) for i in range(len(names))])
         planned = [layout.new_host(root, i, port, user, p) for i, p in enumerate(names)]
+        relayed = False
+        if rtt_ms is not None:
+            planned, relayed = far.place(root, planned, rtt_ms)
         identity = root / "id_ed25519"
         for h in planned:
             for d in (h.deploy_root, h.lib_dir, h.home):
                 d.mkdir(parents=True, exist_ok=True)
         sshd.keygen([identity, *(h.host_key for h in planned)], comment=f"testbed@{root}")
         layout.write_atomic(root / "authorized_keys", _pub(identity))
-        specs = [_prepare_host(root, h) for h in planned]
+        # Behind a relay, sshd listens on the namespace's loopback; the relay on the host address.
+        specs = [_prepare_host(root, h, "127.0.0.1" if relayed else h.address) for h in planned]
         sshd.ensure_privsep_dir()
         started: list[TestbedHost] = []
         try:
             for h, spec in zip(planned, specs, strict=True):
-                run = sshd.start(binary, spec)
-                started.append(_with_run(h, run))
+                run = sshd.start(binary, spec, netns.exec_argv(h.netns, []) if h.netns else ())
+                relay = far.start_relay(h, spec.address) if relayed else sshd.Running(0, 0)
+                started.append(replace(h, pid=run.pid, starttime=run.starttime,
+                                       relay_pid=relay.pid, relay_starttime=relay.starttime))
             tb = cls(root, started, binary)
             tb._save()  # before waiting: a failed start is still stoppable by `down`
-            sshd.wait_ready([(s, sshd.Running(h.pid, h.starttime))
+            sshd.wait_ready([(replace(s, address=h.address), sshd.Running(h.pid, h.starttime))
                              for s, h in zip(specs, started, strict=True)], READY_TIMEOUT_S)
         except BaseException:
             sshd.stop([h.pid for h in started])
+            far.remove([*started, *planned[len(started):]])
             (root / "state.json").unlink(missing_ok=True)
             raise
         known = "".join(layout.known_hosts_line(h, _pub(h.host_key)) for h in started)
@@ -155,6 +166,7 @@ class Testbed:
             ours = tb._running()
             sshd.stop([h.pid for h in ours])
             (root / "state.json").unlink()
+            far.remove(tb.hosts)  # relays and namespaces of `--rtt` hosts (none otherwise)
             for h in tb.hosts:
                 (h.host_dir / "sshd.pid").unlink(missing_ok=True)
                 _release_containers(h)
@@ -241,11 +253,11 @@ def _release_containers(host: TestbedHost) -> None:
         subprocess.run(["umount", point], capture_output=True, timeout=30, check=False)
 
 
-def _prepare_host(root: Path, host: TestbedHost) -> sshd.SshdSpec:
+def _prepare_host(root: Path, host: TestbedHost, listen: str) -> sshd.SshdSpec:
     _write_profile(host)
     containers = _write_containers(host)
     spec = sshd.SshdSpec(
-        address=host.address, port=host.port, user=host.user, host_key=host.host_key,
+        address=listen, port=host.port, user=host.user, host_key=host.host_key,
         config=host.sshd_config, log=host.sshd_log, pid_file=host.host_dir / "sshd.pid",
         authorized_keys=root / "authorized_keys",
         env=(
@@ -274,10 +286,6 @@ def _write_profile(host: TestbedHost) -> None:
     layout.write_atomic(host.kernel_log_path, gpu_profiles.kernel_log(rendered, time.time()))
 
 
-def _with_run(host: TestbedHost, run: sshd.Running) -> TestbedHost:
-    return replace(host, pid=run.pid, starttime=run.starttime)
-
-
 def _pub(key: Path) -> str:
     return Path(f"{key}.pub").read_text().strip() + "\n"
 
@@ -295,6 +303,7 @@ def _refuse_if_running(root: Path) -> None:
             f"a testbed is already up in {root} ({len(existing.hosts)} hosts, port "
             f"{existing.port}); stop it first with: orchestrator testbed down --dir {root}"
         )
+    far.remove(existing.hosts)  # a stale --rtt testbed's relays and namespaces
     (root / "state.json").unlink()  # stale: its servers died (e.g. a reboot)
 
 

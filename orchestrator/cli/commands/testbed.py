@@ -12,14 +12,14 @@ from typing import Any
 
 from orchestrator.cli import exits
 from orchestrator.core.terminal import safe
-from orchestrator.errors import EXIT_INTERNAL, EXIT_INVALID, EXIT_OK
+from orchestrator.errors import EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, InvalidInput
 from orchestrator.testbed import PROFILES, Testbed
 
 EXITS = exits.table(
     {EXIT_OK: "done",
-     EXIT_INTERNAL: "the testbed could not start or stop (sshd missing, no free address), or "
-                    "DIR holds no readable testbed",
-     EXIT_INVALID: "invalid input (an unknown host or profile, a bad --hosts)"})
+     EXIT_INTERNAL: "the testbed could not start or stop (sshd missing, no free address, "
+                    "--rtt without root), or DIR holds no readable testbed",
+     EXIT_INVALID: "invalid input (an unknown host or profile, a bad --hosts or --rtt)"})
 
 JSON_HELP = ('print {"dir", "port", "inventory", "known_hosts", "elapsed_s", "hosts": [{"name", '
              '"address", "port", "user", "profile", "deploy_root"}]} (down: {"dir", "stopped"})')
@@ -41,6 +41,10 @@ def register(subparsers: Any) -> None:
         "default h100)",
     )
     up.add_argument("--dir", type=Path, required=True, help="where the testbed keeps its files")
+    up.add_argument(
+        "--rtt", metavar="TIME", type=_rtt,
+        help="put each host in a network namespace of its own, this round trip away (e.g. 50ms; "
+        "netem on a veth pair, or a delay relay where the kernel has no netem); root only")
     up.add_argument("--json", action="store_true", help=JSON_HELP)
     up.set_defaults(func=_up)
 
@@ -59,7 +63,7 @@ def register(subparsers: Any) -> None:
 
 def _up(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    tb = Testbed.up(args.dir, args.hosts, args.profile)
+    tb = Testbed.up(args.dir, args.hosts, args.profile, rtt_ms=args.rtt)
     elapsed = time.monotonic() - started
     if args.json:
         print(json.dumps({
@@ -69,7 +73,8 @@ def _up(args: argparse.Namespace) -> int:
                        "profile": h.profile, "deploy_root": str(h.deploy_root)}
                       for h in tb.hosts]}, indent=2))
         return EXIT_OK
-    print(safe(f"testbed up in {elapsed:.2f}s: {len(tb.hosts)} hosts, port {tb.port}, "
+    far = f", {args.rtt:g} ms away (network namespaces)" if args.rtt else ""
+    print(safe(f"testbed up in {elapsed:.2f}s: {len(tb.hosts)} hosts{far}, port {tb.port}, "
                f"dir {tb.dir}"))
     for h in tb.hosts:
         print(safe(f"  {h.name:<8} {h.user}@{h.address}:{h.port}  profile {h.profile:<11} "
@@ -77,6 +82,15 @@ def _up(args: argparse.Namespace) -> int:
     print(safe(f"inventory: {tb.inventory_path}"))
     print(safe(f"ssh:       {shlex.join(tb.ssh_argv(tb.hosts[0]))}"))
     return EXIT_OK
+
+
+def _rtt(text: str) -> float:
+    from orchestrator.testbed.far import parse_rtt
+
+    try:
+        return parse_rtt(text)
+    except InvalidInput as exc:  # argparse's own error: usage line, exit 2
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _down(args: argparse.Namespace) -> int:

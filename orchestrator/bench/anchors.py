@@ -1,0 +1,400 @@
+"""Side by side with the anchors (issue 15): the ssh+uv shell loop (the floor), pyinfra, Ansible
+(pipelining, release as one tgz) and this project, on 4 hosts each, with the same
+tensorflow-cpu 2.21 lock (32 wheels, 335 MB), the same SavedModels (v1 cold, v2 warm) and the
+same warmup (200 predictions), interleaved per rep: cold deploy of v1, then warm deploy of v2.
+
+The anchors are the harness in ../shared/bench-anchors (or $ORCHESTRATOR_BENCH_ANCHORS_SRC),
+never written to: it is materialised (its own materialize.sh) into the cache dir
+($ORCHESTRATOR_BENCH_ANCHORS_DIR, else ~/.cache/orchestrator/bench-anchors) with
+  tools/ansible, tools/pyinfra  venvs of a Python >= 3.12 ($ORCHESTRATOR_BENCH_PYTHON312, else
+                                found), unless the harness's own tools/ run; tools/uv/bin/uv is
+                                the uv this project ships to its hosts
+  wheelhouse-<lock sha>/        the lock's wheels, from this project's wheel cache (by hash)
+  harness/, project/v1, v2      the harness (models built with this Python's TensorFlow); the
+                                project's specs (wheelhouse in the spec, golden recorded)
+Anchor runs: the harness's run_one.sh (cold = caches and deploy roots deleted; its verify.sh
+checks every host). The project: `/usr/bin/time -v python -m orchestrator deploy` on a fresh
+4-host testbed (cold) or the same (warm), after the same quiesce.py wait. Controller CPU = user
++ sys of the deploying process and its children.
+
+    python -m orchestrator.bench anchors [--reps N] [--tools ssh-uv,project] [--quick]
+    (--quick: 1 rep of the floor and the project; --setup-only; --report-since UTC)
+
+Root only (the harness's sshds). Results go to <cache dir>/results.jsonl. Targets (printed, not
+asserted): cold <= 1.0x the floor, warm <= 0.9x, controller CPU cold <= 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.core.hashing import hash_file, hash_path
+from orchestrator.deploy.environments.venv import local_uv
+from orchestrator.deploy.steps.wheels import default_cache_dir
+from orchestrator.deploy.wheelcache import WheelCache, platform_tags
+from orchestrator.testbed import Testbed
+from orchestrator.xdg import user_dir
+
+REPO = Path(__file__).resolve().parents[2]
+FLOOR = "ssh-uv"
+ANCHORS = ("ssh-uv", "pyinfra", "ansible-pipe-tgz")
+TOOLS = (*ANCHORS, "project")
+NHOSTS = 4
+# The controller tools, pinned to what the 2026-12-03 figures used (comparable across runs).
+TOOL_PACKAGES = {"ansible": ("ansible-core==2.21.*", "ansible-playbook"),
+                 "pyinfra": ("pyinfra==3.10.*", "pyinfra")}
+
+
+def _source() -> Path:
+    return Path(os.environ.get("ORCHESTRATOR_BENCH_ANCHORS_SRC")
+                or REPO.parent / "shared" / "bench-anchors")
+
+
+def _cache() -> Path:
+    return user_dir("CACHE", "bench-anchors", override="ORCHESTRATOR_BENCH_ANCHORS_DIR")
+
+
+@dataclass(frozen=True)
+class Setup:
+    harness: Path
+    project: Path  # v1/, v2/: the project's spec dirs
+    results: Path
+
+
+def _python312() -> str | None:
+    """A Python >= 3.12 for the anchors' venvs (the controller's is 3.11)."""
+    explicit = os.environ.get("ORCHESTRATOR_BENCH_PYTHON312")
+    candidates = [explicit] if explicit else [
+        *(shutil.which(f"python3.{m}") for m in range(14, 11, -1)),
+        *sorted(glob.glob(str(Path.home() / ".pyenv/versions/3.1[2-9]*/bin/python3")),
+                reverse=True)]
+    for c in candidates:
+        if c and subprocess.run([c, "-c", "import sys; assert sys.version_info >= (3, 12)"],
+                                capture_output=True, check=False).returncode == 0:
+            return c
+    return None
+
+
+def _runs(argv: list[str]) -> bool:
+    return Path(argv[0]).exists() and not subprocess.run(argv, capture_output=True).returncode
+
+
+def _tools(cache: Path, source: Path, python: str) -> Path:
+    tools = cache / "tools"
+    for name, (package, exe) in TOOL_PACKAGES.items():
+        shared = source / "tools" / name
+        if _runs([str(shared / "bin" / exe), "--version"]):
+            _relink(tools / name, shared)  # the harness's own venv: reused, not rebuilt
+        elif not _runs([str(tools / name / "bin" / exe), "--version"]):
+            print(f"  setup: {name} venv ({package}) with {python}", flush=True)
+            if (tools / name).is_symlink():
+                (tools / name).unlink()
+            _check([python, "-m", "venv", "--clear", str(tools / name)])
+            _check([str(tools / name / "bin" / "pip"), "install", "-q", package])
+    (tools / "uv" / "bin").mkdir(parents=True, exist_ok=True)
+    _relink(tools / "uv" / "bin" / "uv", Path(local_uv()))
+    return tools
+
+
+def _wheelhouse(cache: Path, lock: Path) -> Path:
+    """The lock's wheels under their own file names, from the wheel cache (checked by hash)."""
+    house = cache / f"wheelhouse-{hash_file(lock)[:12]}"
+    if (house / ".complete").exists():
+        return house
+    print(f"  setup: wheelhouse {house} (the project's wheel cache, by hash)", flush=True)
+    wheels = WheelCache(default_cache_dir()).fill(lock, "3.11",
+                                                  platform_tags("x86_64", "glibc 2.36"))
+    house.mkdir(parents=True, exist_ok=True)
+    for w in wheels.values():
+        _link(w.path, house / w.filename)
+    (house / ".complete").touch()
+    return house
+
+
+def _harness(cache: Path, source: Path, house: Path, python: str, tools: Path) -> Path:
+    """A writable copy of the harness with this machine's paths, its models and inventories."""
+    harness = cache / "harness"
+    stamp = hash_path(source)
+    if (harness / ".source-sha256").exists() and \
+            (harness / ".source-sha256").read_text() == stamp:
+        return harness
+    if (harness / "scripts" / "hosts.sh").exists():
+        subprocess.run(["bash", str(harness / "scripts" / "hosts.sh"), "down"],
+                       capture_output=True, check=False)
+    shutil.rmtree(harness, ignore_errors=True)
+    print(f"  setup: harness {harness} from {source}", flush=True)
+    _check(["bash", str(source / "materialize.sh"), str(harness), str(house), sys.prefix,
+            python])
+    for d, dirs, files in os.walk(harness):  # the source is read-only; the copy must not be
+        for n in (d, *(os.path.join(d, f) for f in files + dirs)):
+            os.chmod(n, os.stat(n).st_mode | 0o200)
+    _relink(harness / "tools", tools)
+    art = harness / "artifacts"
+    print("  setup: SavedModels v1..v3 (make_models.py)", flush=True)
+    _check([sys.executable, "make_models.py", "models", "3"], cwd=art,
+           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    for v in (1, 2, 3):
+        shutil.copy(art / "warmup.py", art / "models" / f"v{v}")
+        _check(["tar", "-C", str(art / "models"), "-czf", f"v{v}.tgz", f"v{v}"],
+               cwd=art / "models")
+    (harness / ".source-sha256").write_text(stamp)
+    return harness
+
+
+def _project(cache: Path, harness: Path, house: Path) -> Path:
+    """v1/, v2/: the same lock, model and warmup count, the wheelhouse in the spec."""
+    project = cache / "project"
+    stamp = (harness / ".source-sha256").read_text() + house.name
+    if (project / ".stamp").exists() and (project / ".stamp").read_text() == stamp:
+        return project
+    import numpy as np
+
+    shutil.rmtree(project, ignore_errors=True)
+    for v in ("v1", "v2"):
+        d = project / v
+        shutil.copytree(harness / "artifacts" / "models" / v / "model", d / "model")
+        shutil.copy(harness / "artifacts" / "requirements.lock", d / "requirements.lock")
+        _link_tree(house, d / "wheelhouse")  # inside the spec's folder, as a spec requires
+        np.savez(d / "inputs.npz", inputs=np.random.default_rng(0).normal(
+            size=(16, 8)).astype(np.float32))
+        print(f"  setup: project {v}: golden record", flush=True)
+        _check([sys.executable, "-m", "orchestrator", "golden", "record", "--model",
+                str(d / "model"), "--format", "tensorflow-savedmodel", "--inputs",
+                str(d / "inputs.npz"), "-o", str(d / "golden.npz")], env=_env())
+        (d / "spec.yaml").write_text(f"""\
+apiVersion: orchestrator/v1
+kind: Deployment
+name: anchors-bench
+model: {{path: model, format: tensorflow-savedmodel, sha256: {hash_path(d / "model")}}}
+environment: {{python: "3.11", requirements: requirements.lock, wheelhouse: wheelhouse}}
+targets: [testbed]
+rollout: {{canary: 0, batch_size: {NHOSTS}, max_parallel: 16}}
+verify: {{golden: golden.npz, warmup_iterations: 0, iterations: 200, timeout_s: 900}}
+""")
+    (project / ".stamp").write_text(stamp)
+    return project
+
+
+def setup() -> Setup:
+    source, cache = _source(), _cache()
+    python = _python312()
+    if not (source / "materialize.sh").exists():
+        raise SystemExit(f"anchors: no harness at {source} (set ORCHESTRATOR_BENCH_ANCHORS_SRC)")
+    if python is None:
+        raise SystemExit("anchors: no Python >= 3.12 for ansible-core (set "
+                         "ORCHESTRATOR_BENCH_PYTHON312)")
+    cache.mkdir(parents=True, exist_ok=True)
+    tools = _tools(cache, source, python)
+    house = _wheelhouse(cache, source / "artifacts" / "requirements.lock")
+    harness = _harness(cache, source, house, python, tools)
+    project = _project(cache, harness, house)
+    env = {**os.environ, "NHOSTS": str(NHOSTS)}
+    _check(["bash", "scripts/hosts.sh", "up"], cwd=harness, env=env, quiet=True)
+    _check(["bash", "scripts/gen_inventory.sh"], cwd=harness, env=env, quiet=True)
+    return Setup(harness, project, cache / "results.jsonl")
+
+
+def _anchor(s: Setup, tool: str, phase: str, rep: int) -> dict[str, Any]:
+    rel = "v1" if phase == "cold" else "v2"
+    proc = subprocess.run(["bash", "scripts/run_one.sh", tool, phase, rel, str(rep)],
+                          cwd=s.harness, env={**os.environ, "NHOSTS": str(NHOSTS)},
+                          capture_output=True, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        return {"ok": False, "error": proc.stderr.strip()[-300:]}
+    r = json.loads(lines[-1])
+    return {"ok": r["rc"] == 0 and r["hosts_ok"] == NHOSTS, "wall_s": r["wall_s"],
+            "cpu_s": r.get("controller_cpu_s"), "steps": r.get("steps"),
+            "machine_cpu_s": r.get("machine_cpu_busy_s"), "steal_s": r.get("steal_s")}
+
+
+def _project_run(s: Setup, tb_dir: Path, phase: str, rep: int) -> dict[str, Any]:
+    if phase == "cold":  # a fresh testbed (its host dirs too): no venv, wheels or uv cache
+        Testbed.down(tb_dir)
+        shutil.rmtree(tb_dir, ignore_errors=True)
+        Testbed.up(tb_dir, NHOSTS, ["h100"])
+    rel = "v1" if phase == "cold" else "v2"
+    log = s.harness / "runs" / "project" / f"{phase}-{rep}-{rel}"
+    log.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["/usr/bin/python3", "scripts/quiesce.py"], cwd=s.harness,
+                   capture_output=True, check=False)  # the same wait as run_one.sh's
+    started = time.perf_counter()
+    with open(log / "out.log", "w") as out:
+        rc = subprocess.run(["/usr/bin/time", "-v", "-o", str(log / "time.txt"), sys.executable,
+                             "-m", "orchestrator", "deploy", str(s.project / rel / "spec.yaml"),
+                             "--inventory", str(tb_dir / "inventory.yaml")],
+                            stdout=out, stderr=subprocess.STDOUT, env=_env(),
+                            check=False).returncode
+    wall = time.perf_counter() - started
+    return {"ok": rc == 0, "wall_s": round(wall, 2), "cpu_s": _cpu(log / "time.txt"),
+            "steps": _steps(log / "out.log"), **({} if rc == 0 else {"error": f"exit {rc}"})}
+
+
+def _cpu(time_txt: Path) -> float | None:
+    text = time_txt.read_text() if time_txt.exists() else ""
+    parts = [re.search(rf"{k} time \(seconds\): ([\d.]+)", text) for k in ("User", "System")]
+    return round(sum(float(m.group(1)) for m in parts if m), 2) if all(parts) else None
+
+
+def _steps(out_log: Path) -> dict[str, float]:
+    """The slowest host's seconds per step, from the deploy's event lines (`... step ok 1.2s`)."""
+    worst: dict[str, float] = {}
+    for line in out_log.read_text(errors="replace").splitlines():
+        m = re.search(r"\b(\w+) ok (\d+(?:\.\d+)?)(ms|s)\b", line)
+        if m:
+            secs = float(m.group(2)) / (1000 if m.group(3) == "ms" else 1)
+            worst[m.group(1)] = round(max(worst.get(m.group(1), 0.0), secs), 2)
+    return worst
+
+
+def measure(s: Setup, tools: list[str], reps: int) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    tb_dir = _cache() / "testbed"
+    try:
+        for rep in range(1, reps + 1):
+            # Rotated per rep so no tool always runs first (or right after the noisiest one).
+            order = tools[(rep - 1) % len(tools):] + tools[:(rep - 1) % len(tools)]
+            for tool in order:
+                for phase in ("cold", "warm"):
+                    load = os.getloadavg()[0]
+                    r = (_project_run(s, tb_dir, phase, rep) if tool == "project"
+                         else _anchor(s, tool, phase, rep))
+                    r = {"tool": tool, "phase": phase, "rep": rep, "load1": round(load, 2),
+                         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **r}
+                    rows.append(r)
+                    with open(s.results, "a") as fh:
+                        fh.write(json.dumps(r) + "\n")
+                    print(f"  rep {rep} {tool:17} {phase}: {r.get('wall_s', 0):7.2f} s, "
+                          f"controller CPU {r.get('cpu_s')} s, load {load:.1f}"
+                          + ("" if r["ok"] else f"  FAILED {r.get('error', '')}")
+                          + (f"  steps {r['steps']}" if tool == "project" else ""), flush=True)
+    finally:
+        Testbed.down(tb_dir)
+        subprocess.run(["bash", "scripts/hosts.sh", "down"], cwd=s.harness, capture_output=True,
+                       env={**os.environ, "NHOSTS": str(NHOSTS)}, check=False)
+    return rows
+
+
+def _ratios(rows: list[dict[str, Any]], tool: str, phase: str) -> list[float]:
+    """`tool`'s wall time over the floor's, pair by pair (same rep and phase, both ok)."""
+    return [r["wall_s"] / f["wall_s"] for r in rows for f in rows
+            if r["tool"] == tool and f["tool"] == FLOOR and r["phase"] == f["phase"] == phase
+            and r["rep"] == f["rep"] and r["ok"] and f["ok"]]
+
+
+def report(rows: list[dict[str, Any]]) -> None:
+    def cell(tool: str, phase: str, key: str) -> list[float]:
+        return [r[key] for r in rows if r["tool"] == tool and r["phase"] == phase and r["ok"]
+                and r.get(key) is not None]
+
+    def fmt(values: list[float]) -> str:
+        return ", ".join(f"{v:.2f}" for v in values) or "-"
+
+    print(f"  {'tool':17} {'cold s':>20} {'warm s':>20} {'ctrl CPU cold / warm s':>26}"
+          "   ratio to floor, by rep: cold / warm")
+    for tool in dict.fromkeys(r["tool"] for r in rows):
+        cpu = fmt(cell(tool, "cold", "cpu_s")) + " / " + fmt(cell(tool, "warm", "cpu_s"))
+        print(f"  {tool:17} {fmt(cell(tool, 'cold', 'wall_s')):>20} "
+              f"{fmt(cell(tool, 'warm', 'wall_s')):>20} {cpu:>26}   "
+              f"{fmt(_ratios(rows, tool, 'cold'))} / {fmt(_ratios(rows, tool, 'warm'))}")
+    found = {"cold": _ratios(rows, "project", "cold"), "warm": _ratios(rows, "project", "warm"),
+             "cpu": cell("project", "cold", "cpu_s")}
+    loads = sorted(r.get("load1", 0.0) for r in rows)
+    if loads:
+        print(f"  load average (1 min) at the runs' starts: {loads[0]:.1f} to {loads[-1]:.1f}"
+              f" on {os.cpu_count()} cores")
+    targets = (("cold", "cold <= 1.0x the floor", 1.0, "x"), ("warm", "warm <= 0.9x", 0.9, "x"),
+               ("cpu", "controller CPU cold <= 2 s", 2.0, " s"))
+    print("  targets (medians): " + "; ".join(
+        f"{label}: {statistics.median(found[k]):.2f}{unit} "
+        f"({'met' if statistics.median(found[k]) <= limit else 'not met'})"
+        for k, label, limit, unit in targets if found[k]))
+
+
+def run(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="orchestrator.bench anchors")
+    parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument("--tools", default=",".join(TOOLS),
+                        help=f"comma-separated, of {', '.join(TOOLS)}")
+    parser.add_argument("--quick", action="store_true", help="1 rep, the floor and the project")
+    parser.add_argument("--setup-only", action="store_true")
+    parser.add_argument("--report-since", metavar="UTC",
+                        help="measure nothing: print the table of the results file's runs from "
+                             "this time on (e.g. 2026-12-04T22:00)")
+    args = parser.parse_args(argv or [])
+    if args.report_since:
+        lines = (_cache() / "results.jsonl").read_text().splitlines()
+        report([r for r in map(json.loads, lines) if r["at"] >= args.report_since])
+        return
+    tools = [FLOOR, "project"] if args.quick else args.tools.split(",")
+    unknown = sorted(set(tools) - set(TOOLS))
+    if unknown:
+        parser.error(f"unknown tool(s) {', '.join(unknown)} (of {', '.join(TOOLS)})")
+    if os.geteuid() != 0:
+        print("anchors: skipped (needs root: the harness's sshds use /run/sshd and 127.0.0.11-14)")
+        return
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # measure's finally: fleets down
+    s = setup()
+    if args.setup_only:
+        print(f"anchors: set up in {s.harness.parent}")
+        subprocess.run(["bash", "scripts/hosts.sh", "down"], cwd=s.harness, capture_output=True,
+                       env={**os.environ, "NHOSTS": str(NHOSTS)}, check=False)
+        return
+    print(f"anchors: {NHOSTS} hosts, {', '.join(tools)}, {1 if args.quick else args.reps} rep(s), "
+          f"results appended to {s.results}", flush=True)
+    report(measure(s, tools, 1 if args.quick else args.reps))
+
+
+def _env() -> dict[str, str]:
+    """This checkout's package first (a worktree's venv may point at another checkout)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
+def _check(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
+           quiet: bool = False) -> None:
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"anchors: {' '.join(argv)} failed (exit {proc.returncode}): "
+                         f"{(proc.stderr or proc.stdout).strip()[-800:]}")
+    if not quiet and proc.stdout.strip():
+        print("    " + proc.stdout.strip().splitlines()[-1], flush=True)
+
+
+def _link_tree(source: Path, dest: Path) -> None:
+    dest.mkdir(parents=True)
+    for f in source.glob("*.whl"):
+        _link(f, dest / f.name)
+
+
+def _link(source: Path, target: Path) -> None:
+    """A hard link (no copy of 335 MB), else a copy."""
+    if not target.exists():
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+
+
+def _relink(link: Path, target: Path) -> None:
+    if link.is_symlink() and link.resolve() == target.resolve():
+        return
+    if link.is_symlink() or link.is_file():
+        link.unlink()
+    elif link.exists():
+        shutil.rmtree(link)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)

@@ -1,0 +1,89 @@
+"""A TCP relay that holds every byte for a fixed one-way delay, each direction: the testbed's
+`--rtt` where the kernel has no netem (sch_netem), as on the Firecracker VMs this project is
+developed on. It runs inside the host's network namespace, listening where the host's sshd
+would, and forwards to that sshd on the namespace's own loopback:
+
+    python -m orchestrator.testbed.delay LISTEN_ADDR PORT TARGET_ADDR TARGET_PORT ONE_WAY_MS
+
+What it models: every message waits ONE_WAY_MS before it is passed on (a request and its answer
+cost one round trip, as over a far link); the TCP handshake with the relay itself is not
+delayed, bandwidth is not limited. What netem models beyond that (per-packet delay, the
+handshake) does not change how many round trips an SSH exchange takes, which is what `--rtt`
+is for. Order is kept per direction; an end-of-stream is passed on after the same delay.
+Memory is bounded: at most QUEUE chunks of up to CHUNK bytes wait per direction (a fast sender
+is slowed, not buffered without end). Stops on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+CHUNK = 256 * 1024
+QUEUE = 64  # chunks in flight per direction: 16 MiB at most
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                delay_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(QUEUE)
+
+    async def receive() -> None:
+        while True:
+            data = await reader.read(CHUNK)
+            await queue.put((loop.time() + delay_s, data))
+            if not data:
+                return
+
+    async def send() -> None:
+        while True:
+            due, data = await queue.get()
+            wait = due - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if not data:
+                if writer.can_write_eof():
+                    writer.write_eof()
+                return
+            writer.write(data)
+            await writer.drain()
+
+    await asyncio.gather(receive(), send())
+
+
+async def _serve(listen: str, port: int, target: str, target_port: int,
+                 delay_s: float) -> None:
+    async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            up_r, up_w = await asyncio.open_connection(target, target_port)
+        except OSError:
+            client_w.close()
+            return
+        try:
+            await asyncio.gather(_pump(client_r, up_w, delay_s), _pump(up_r, client_w, delay_s))
+        except (OSError, asyncio.IncompleteReadError):
+            pass  # a reset on either side ends the connection, as it would end the real one
+        finally:
+            for w in (up_w, client_w):
+                w.close()
+
+    server = await asyncio.start_server(handle, listen, port, reuse_address=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with server:
+        await stop.wait()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 5:
+        print("usage: python -m orchestrator.testbed.delay LISTEN_ADDR PORT TARGET_ADDR "
+              "TARGET_PORT ONE_WAY_MS", file=sys.stderr)
+        return 2
+    listen, port, target, target_port, one_way_ms = argv
+    asyncio.run(_serve(listen, int(port), target, int(target_port), float(one_way_ms) / 1000))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
