@@ -17,6 +17,7 @@ from orchestrator.core.inventory import load_inventory
 from orchestrator.errors import InvalidInput
 from orchestrator.hosts import ssh
 from orchestrator.hosts.counting import Counting, Exchanges
+from orchestrator.hosts.transport import FileStreamer
 from orchestrator.testbed import Testbed, netns, sshd
 from orchestrator.testbed.far import parse_rtt
 
@@ -82,9 +83,15 @@ def counts_every_exchange_under_its_label(tb: Testbed) -> None:
         label[0] = "second"
         t.put(b"far", f"{host.deploy_root}/counted.txt")
         assert t.get(f"{host.deploy_root}/counted.txt") == b"far"
+        label[0] = "third"  # a stream of files (stage's wheels) is one command
+        assert isinstance(t, FileStreamer)
+        sent = tb.dir / "streamed.bin"
+        sent.write_bytes(b"x" * 100_000)
+        streamed = t.run_with_files(["wc", "-c"], b"", [(sent, 100_000)])
+        assert streamed.stdout.strip() == "100000"
     assert dict(exchanges.count) == {("tb-01", "first", "run"): 2, ("tb-01", "second", "put"): 1,
-                                     ("tb-01", "second", "get"): 1}
-    assert (exchanges.total("tb-01"), exchanges.total("tb-01", "first")) == (4, 2)
+                                     ("tb-01", "second", "get"): 1, ("tb-01", "third", "run"): 1}
+    assert (exchanges.total("tb-01"), exchanges.total("tb-01", "first")) == (5, 2)
     for key, n in exchanges.count.items():
         assert exchanges.seconds[key] >= n * RTT_MS / 1000 * 0.95, key
 

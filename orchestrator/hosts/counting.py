@@ -8,8 +8,8 @@ at least one round trip, so this count is what a deploy to distant hosts pays be
     ... deploy ...
     counter.count[("tb-01", "verify", "run")]   # commands tb-01 ran during verify
 
-`Counting` wraps any Transport and changes nothing of what it does; anything but run, put and
-get is passed through uncounted.
+`Counting` wraps any Transport and changes nothing of what it does; a stream of files
+(`run_with_files`) counts as one run; anything else is passed through uncounted.
 """
 
 from __future__ import annotations
@@ -63,19 +63,20 @@ class Counting:
 
     def run(self, argv: Sequence[str], *, timeout: float | None = None,
             stdin: bytes | None = None, check: bool = True,
-            max_output: int | None = None) -> CommandResult:
+            max_output: int | None = None,
+            on_stderr: Callable[[bytes], None] | None = None) -> CommandResult:
         started = time.perf_counter()
         try:
             return self.inner.run(argv, timeout=timeout, stdin=stdin, check=check,
-                                  max_output=max_output)
+                                  max_output=max_output, on_stderr=on_stderr)
         finally:
             self._tally("run", started)
 
     def put(self, data_or_local_path: bytes | Path, remote_path: str,
-            mode: int = 0o644) -> None:
+            mode: int = 0o644, progress: Callable[[int, int], None] | None = None) -> None:
         started = time.perf_counter()
         try:
-            self.inner.put(data_or_local_path, remote_path, mode)
+            self.inner.put(data_or_local_path, remote_path, mode, progress)
         finally:
             self._tally("put", started)
 
@@ -97,4 +98,18 @@ class Counting:
         self.close()
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)  # what the Transport gains later: passed, not counted
+        # What the Transport gains later: passed, not counted; but a stream of files is one
+        # command, counted as a run. Looked up on `inner`, so a Counting can stream exactly when
+        # what it wraps can (hostops checks `isinstance(transport, FileStreamer)`).
+        attr = getattr(self.inner, name)
+        if name != "run_with_files":
+            return attr
+
+        def counted(*args: Any, **kwargs: Any) -> CommandResult:
+            started = time.perf_counter()
+            try:
+                result: CommandResult = attr(*args, **kwargs)
+                return result
+            finally:
+                self._tally("run", started)
+        return counted
