@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.bench.deploy import _model, _Quiet, _spec
+from orchestrator.bench.deploy import _mkdir, _model, _Quiet, _spec
 from orchestrator.core.inventory import Inventory, load_inventory
 from orchestrator.core.spec import load_spec
 from orchestrator.deploy.batch import DeployResult, deploy, prepare
@@ -136,8 +136,3 @@ def run(argv: list[str] | None = None) -> None:
     finally:
         Testbed.down(work / "testbed")
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path

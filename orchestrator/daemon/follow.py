@@ -132,6 +132,20 @@ class Followers:
             limit=self.service.config.max_followers)
         return follower, wake
 
+    async def _from_store(self, follower: Follower, host: str | None) -> AsyncIterator[bytes]:
+        """The follower's deployment's stored events after its cursor, a page at a time (the
+        cursor moves past each page read), as lines; pages with no line for `host` skipped."""
+        while True:
+            rows = await self._read(self.service.store.events, follower.deployment,
+                                    after=follower.cursor, limit=PAGE)
+            if rows:
+                follower.cursor = int(rows[-1]["seq"])
+                chunk = _lines(rows, host)
+                if chunk:
+                    yield chunk
+            if len(rows) < PAGE:
+                return
+
     async def stream(self, follower: Follower, wake: asyncio.Event,
                      host: str | None) -> AsyncIterator[bytes]:
         hub, store, stopping = self.service.hub, self.service.store, self.service.stopping
@@ -140,16 +154,8 @@ class Followers:
             while not stopping.is_set():
                 # The state first: when it is final, the rows read next hold the last event.
                 state = (await self._read(store.get_deployment, deployment)).state
-                while True:
-                    rows = await self._read(store.events, deployment, after=follower.cursor,
-                                            limit=PAGE)
-                    if rows:
-                        follower.cursor = int(rows[-1]["seq"])
-                        chunk = _lines(rows, host)
-                        if chunk:
-                            yield chunk
-                    if len(rows) < PAGE:
-                        break
+                async for chunk in self._from_store(follower, host):
+                    yield chunk
                 if state in DEPLOYMENT_TERMINAL:
                     return
                 live = False  # whether this reader has kept up with the feed since the store
@@ -192,14 +198,8 @@ class Followers:
             while not stopping.is_set():
                 # The state first: when it is final, the rows read next hold the last event.
                 state = (await self._read(store.get_deployment, deployment)).state
-                while True:
-                    rows = await self._read(store.events, deployment, after=follower.cursor,
-                                            limit=PAGE)
-                    if rows:
-                        follower.cursor = int(rows[-1]["seq"])
-                        await body(_lines(rows, host))
-                    if len(rows) < PAGE:
-                        break
+                async for chunk in self._from_store(follower, host):
+                    await body(chunk)
                 if state in DEPLOYMENT_TERMINAL:
                     return
                 entries, lagged = follower.take_lines(arm=False)
