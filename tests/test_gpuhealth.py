@@ -288,6 +288,7 @@ def test_metrics_export_per_gpu_health_from_the_recorded_facts(tmp_path: Path) -
         store.record_host("h8", "healthy", [], json.loads(text("multi-gpu")))
         store.record_host("hx", "healthy", [], json.loads(text("xid-79")))
         store.record_host("ht", "healthy", [], json.loads(text("thermal-throttle")))
+        store.record_host("hm", "healthy", [], json.loads(text("mig")))
         store.record_host("old", "healthy", [], json.loads(text("h100")))  # no health facts
         out = Metrics(store).render().decode()
     finally:
@@ -298,7 +299,8 @@ def test_metrics_export_per_gpu_health_from_the_recorded_facts(tmp_path: Path) -
         assert found, f"{series} not in:\n{out}"
         return float(found.group(1))
 
-    eight, xid, hot = facts("multi-gpu"), facts("xid-79"), facts("thermal-throttle")
+    eight, xid, hot, mig = (facts("multi-gpu"), facts("xid-79"), facts("thermal-throttle"),
+                            facts("mig"))
 
     def labels(host: str, f: HostFacts, i: int) -> str:
         return f'gpu="{i}",host="{host}",uuid="{f.gpus[i].uuid}"'
@@ -310,6 +312,9 @@ def test_metrics_export_per_gpu_health_from_the_recorded_facts(tmp_path: Path) -
     assert value(f"orchestrator_gpu_reset_pending{{{labels('h8', eight, 5)}}}") == 1
     assert value(f"orchestrator_gpu_xid_events{{{labels('hx', xid, 0)}}}") == 1
     assert value(f"orchestrator_gpu_sick{{{labels('hx', xid, 0)}}}") == 1
+    # MIG mode is a spec's choice (gpu.mig_profile), not a fault: a healthy MIG GPU is not sick
+    assert mig.gpus[0].health.mig_mode
+    assert value(f"orchestrator_gpu_sick{{{labels('hm', mig, 0)}}}") == 0
     assert value(f"orchestrator_gpu_throttled{{{labels('ht', hot, 0)}}}") == 1
     assert value(f"orchestrator_gpu_temperature_celsius{{{labels('ht', hot, 0)}}}") == 91
     assert 'host="old"' not in out.split("orchestrator_gpu_ecc_errors", 1)[1]

@@ -2,8 +2,10 @@
 (the probe, a deployment's or re-verification's, records them in the store). A separate collector
 so orchestrator/daemon/metrics.py only registers it. Labels: host, gpu (index), uuid.
 
-- `orchestrator_gpu_sick` 1 when placement would pass the GPU over (orchestrator/core/gpuhealth.py,
-  default gpu.health: uncorrectable ECC, pending retirement/remap, remap failure, recent Xid, MIG);
+- `orchestrator_gpu_sick` 1 when placement would pass the GPU over for its health
+  (orchestrator/core/gpuhealth.py, default gpu.health: uncorrectable ECC, pending
+  retirement/remap, remap failure, recent Xid). MIG mode is not sickness: whether it suits
+  depends on each spec's gpu.mig_profile, which a fleet-wide gauge cannot know;
 - `orchestrator_gpu_ecc_errors{counter}` the volatile (since reset) corrected/uncorrected counts;
 - `orchestrator_gpu_reset_pending` 1 when a page retirement or row remap waits for a reset;
 - `orchestrator_gpu_throttled` 1 when thermal or power slowdown holds the clocks down;
@@ -48,7 +50,7 @@ class GpuHealthCollector(Collector):
         temp = family("orchestrator_gpu_temperature_celsius", "GPU temperature")
         power = family("orchestrator_gpu_power_watts", "GPU power draw")
         xids = family("orchestrator_gpu_xid_events", "Xid events in the last 24 h")
-        policy = GpuHealth()
+        policy = GpuHealth(allow_mig=True)  # health only: MIG mode is each spec's choice
         for facts in self._facts():
             for g in facts.gpus:
                 h, labels = g.health, [facts.host, str(g.index), g.uuid]
