@@ -41,9 +41,10 @@ FACTS = Path(__file__).parent / "fixtures" / "facts"
 HOST = Host("gpu-01", "127.0.0.2", 22, "deploy", "/srv/models")
 RELEASE = "/srv/models/fraud-detector/releases/20261122T013000Z-9f2c1a7b"
 #: Modules outside deploy/environments/ and hosts/ that may name venv specifics, and why:
-#: the benchmarks time the `venv-ensure` host op itself (uv vs pip), and the demo prints a shell
+#: the benchmarks time the `venv-ensure` host op itself (uv vs pip) or give the shell-loop floor
+#: the same uv, and the demo prints a shell
 #: line a user runs in a deployed venv. Neither is on the deploy or re-verification path.
-VENV_TOOLS = {"bench/deploy.py", "bench/install.py", "demo.py"}
+VENV_TOOLS = {"bench/anchors.py", "bench/deploy.py", "bench/install.py", "demo.py"}
 
 
 def _facts(profile: str = "h100") -> HostFacts:
