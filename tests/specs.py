@@ -21,6 +21,8 @@ LOCK = FIXTURES / "deploy" / "sklearn.lock"  # numpy + scikit-learn + scipy, rea
 LOCKS = FIXTURES / "locks"
 # Wheels downloaded from PyPI once per machine, kept between runs.
 WHEEL_CACHE = Path.home() / ".cache" / "orchestrator" / "test-wheelcache"
+# The images the tests build at deploy time (`environment.image_base`), kept between runs.
+IMAGE_CACHE = Path.home() / ".cache" / "orchestrator" / "test-images"
 # Quick enough for tests: 2 warmup and 20 timed predictions.
 VERIFY = ("verify: {golden: golden.npz, method: predict_proba, warmup_iterations: 2, "
           "iterations: 20, timeout_s: 120}\n")

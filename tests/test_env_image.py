@@ -1,8 +1,8 @@
 """The image environment on testbed hosts, with real Podman: a scikit-learn model deployed as
 an image built by `build_image` from the spec's hashed lock onto a debootstrap base image
-(tests/baseimage.py), verified by the same warmup runner inside the image; the archive
-shipped only to hosts whose engine lacks the image; a wrong-prediction image stopped on the
-canary; a tampered upload never loaded; the serving container replaced at a switch with a
+(orchestrator/testbed/baseimage.py), verified by the same warmup runner inside the image; the
+archive shipped only to hosts whose engine lacks the image; a wrong-prediction image stopped on
+the canary; a tampered upload never loaded; the serving container replaced at a switch with a
 request loop against it seeing no failure, and started again by a rollback."""
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from orchestrator.hosts.hostops import HostOpFailed, HostOps, OpKind
 from orchestrator.hosts.pool import Pool
 from orchestrator.hosts.ssh import SshOptions
 from orchestrator.reverify.audit import reverify_host
-from orchestrator.testbed import Testbed, sshd
-from tests import baseimage, serving_app
+from orchestrator.testbed import Testbed, baseimage, sshd
+from tests import serving_app
 from tests.podman import Podman
 from tests.podman import available as podman_missing
-from tests.specs import VERIFY, WHEEL_CACHE, joblib_spec
+from tests.specs import IMAGE_CACHE, VERIFY, WHEEL_CACHE, joblib_spec
 from tests.test_deploy import Sink
 
 HOSTS = ["tb-07", "tb-08"]  # h100 profiles; gpu.required false (the testbed has no toolkit)
@@ -59,7 +59,7 @@ def sklearn_image(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) ->
     spec = load_spec(base_spec(tmp / "spec", "builder", models_dir / "model.joblib",
                                models_dir / "golden.npz", ["tb-01"]))
     engine = Podman(tmp / "podman")
-    built = deploy_time_image(spec, cache_dir=baseimage.cache_dir(), wheel_cache=WHEEL_CACHE,
+    built = deploy_time_image(spec, cache_dir=IMAGE_CACHE, wheel_cache=WHEEL_CACHE,
                               engine=["podman", "--root", str(engine.home / "root"),
                                       "--runroot", engine.runroot], env=engine.env)
     engine.run("rmi", "-a", "-f")
@@ -135,7 +135,7 @@ def test_wrong_predictions_stop_the_rollout_on_the_canary(
     # it), deployed as an image release of that archive.
     spec = load_spec(base_spec(tmp_path / "bad", "img-bad", models_dir / "changed.joblib",
                                models_dir / "golden.npz", HOSTS))
-    inputs = prepare(spec, wheel_cache=WHEEL_CACHE, image_cache=baseimage.cache_dir())
+    inputs = prepare(spec, wheel_cache=WHEEL_CACHE, image_cache=IMAGE_CACHE)
     assert inputs.spec.paths.image == sklearn_image and inputs.spec.digest == spec.digest
     result = deploy(inputs, inventory.resolve(HOSTS), pool=pool, sink=Sink())
     canary = result.hosts[HOSTS[0]]
