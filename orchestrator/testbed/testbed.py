@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import pwd
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -168,6 +169,8 @@ class Testbed:
             for h in tb.hosts:
                 (h.host_dir / "sshd.pid").unlink(missing_ok=True)
                 podman.release(h.containers_dir)
+                # Its runroot under /tmp (Podman's run-time state, useless once stopped).
+                shutil.rmtree(podman.runroot(h.containers_dir), ignore_errors=True)
             return len(ours)
 
     def _running(self) -> list[TestbedHost]:
