@@ -115,8 +115,8 @@ IMAGE_WHY = """\
 Most teams ship a model as a container image. Here the daemon makes one at deploy time: the
 example's hashed lock (scikit-learn 1.9.1) installed offline into a Debian bookworm base image
 (debootstrap + `podman import`, made once), with no network inside the build; the image is
-kept in the controller's image cache, so only the first run builds it (30-60 s, between
-`deployment running` and the rollout's first step, with no event while it builds).
+kept in the controller's image cache, so only the first run builds it (30-60 s, the events
+`image.build started` and `finished`).
 Each host's Podman gets the archive only if it lacks the image (checked by sha256 on the host),
 and verify runs the golden and latency checks inside the image with the model mounted
 read-only. The targets are tb-01, tb-03 and tb-04: this release sets gpu.required: false and

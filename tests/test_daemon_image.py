@@ -1,7 +1,8 @@
 """An image release through the real daemon: a spec with `environment.image_base` submitted over
 the socket, its bundle carrying the base image archive; the daemon builds the image from the
-lock onto that base (into its own, empty image cache, with a Podman storage of its own) and
-deploys it to a testbed host, where the serving release runs that very image."""
+lock onto that base (into its own, empty image cache, with a Podman storage of its own), saying
+so in its events, and deploys it to a testbed host, where the serving release runs that very
+image."""
 
 from __future__ import annotations
 
@@ -56,8 +57,14 @@ def test_the_daemon_builds_an_image_base_release_and_deploys_it(
         assert manifest["image"]["image_id"] == info.image_id
         assert manifest["image"]["archive_sha256"] == hash_file(built[0])
         assert "scikit_learn==1.9.1" in manifest["pip_freeze"]
-        verified = [e for e in stored_events(daemon, deployment)
-                    if e["step"] == "verify" and e["status"] == "ok"]
+        events = stored_events(daemon, deployment)
+        # The build is told before the rollout's first event (it takes a minute or more).
+        built_events = [e for e in events if e["event"] == "image.build"]
+        assert [e["status"] for e in built_events] == ["started", "finished"], built_events
+        assert built_events[1]["sha256"] == hash_file(built[0])
+        assert events.index(built_events[1]) < next(
+            i for i, e in enumerate(events) if e["event"] == "rollout.preflight")
+        verified = [e for e in events if e["step"] == "verify" and e["status"] == "ok"]
         assert [e["host"] for e in verified] == [HOST] and verified[0]["p99_ms"] > 0
     finally:
         # The shared host keeps nothing of this test: its app (test_reverify audits every app

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from orchestrator.core.envinputs import lock_path
 from orchestrator.core.hashing import hash_file, hash_path
+from orchestrator.core.sink import EventSink
 from orchestrator.core.spec import Spec
 from orchestrator.core.spec_env import ImageArchive
 from orchestrator.deploy.wheelcache import Wheel, WheelCache, from_wheelhouse, platform_tags
@@ -104,11 +105,14 @@ def default_image_cache() -> Path:
 
 def deploy_time_image(spec: Spec, *, cache_dir: Path | None = None,
                       wheel_cache: Path | None = None, engine: Sequence[str] = ("podman",),
-                      env: Mapping[str, str] | None = None) -> Spec:
+                      env: Mapping[str, str] | None = None,
+                      sink: EventSink | None = None) -> Spec:
     """For a spec with `environment.image_base`: the same spec as an image release of the
     image its lock makes on that base (built by `build_image` unless the cache has it; the
     base archive must hash to `image_base.sha256` first, else a SpecError at that line).
-    Any other spec is returned as it is."""
+    Any other spec is returned as it is. A build is told to `sink` (event `image.build`:
+    started, then finished with its duration and archive, or failed with why): it takes
+    minutes before the rollout's first event."""
     base, base_path = spec.environment.image_base, spec.paths.image_base
     if base is None or base_path is None:
         return spec
@@ -120,7 +124,21 @@ def deploy_time_image(spec: Spec, *, cache_dir: Path | None = None,
                              f"mismatch: the spec says {base.sha256} but "
                              f"{base.archive} hashes to {actual}")
         out.parent.mkdir(parents=True, exist_ok=True)
-        build_image(spec, base_path, out, engine=engine, wheel_cache=wheel_cache, env=env)
+        started = time.monotonic()
+        if sink is not None:
+            sink.emit("image.build", status="started", base=base.archive,
+                      lock=spec.environment.requirements, archive=str(out))
+        try:
+            sha = build_image(spec, base_path, out, engine=engine, wheel_cache=wheel_cache,
+                              env=env)
+        except InvalidInput as exc:
+            if sink is not None:
+                sink.emit("image.build", status="failed", level="error", reason=str(exc),
+                          duration_ms=(time.monotonic() - started) * 1000)
+            raise
+        if sink is not None:
+            sink.emit("image.build", status="finished", sha256=sha,
+                      bytes=out.stat().st_size, duration_ms=(time.monotonic() - started) * 1000)
         prune_image_cache(out.parent, keep=out)
     image = ImageArchive(archive=out.name, sha256=hash_file(out))
     environment = spec.environment.model_copy(
