@@ -2,7 +2,8 @@
 hashes, golden file) through the real CLI, with and without the example inventory, and `plan`s
 against the testbed's sshd hosts as its README says: the GPU example passes the H100 and T4 hosts
 and is refused on the old-driver host for its CUDA driver; the CPU examples pass everywhere.
-The demo's own specs (orchestrator/demo.py) are checked the same way, and its latency table.
+The demo's own specs (orchestrator/demo.py) are checked the same way (its image release too), and
+its latency and image tables.
 """
 
 from __future__ import annotations
