@@ -14,13 +14,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-CONF = """[containers]
-default_ulimits = []
+from orchestrator.testbed.podman import CONTAINERS_CONF
 
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-"""
+CONF = CONTAINERS_CONF  # the testbed's hosts run Podman the same way
 
 
 def available() -> str | None:

@@ -1,8 +1,8 @@
 """The image environment on testbed hosts, with real Podman: a scikit-learn model deployed as
 an image built by `build_image` from the spec's hashed lock onto a debootstrap base image
-(tests/baseimage.py), verified by the same warmup runner inside the image; the archive
-shipped only to hosts whose engine lacks the image; a wrong-prediction image stopped on the
-canary; a tampered upload never loaded; the serving container replaced at a switch with a
+(orchestrator/testbed/baseimage.py), verified by the same warmup runner inside the image; the
+archive shipped only to hosts whose engine lacks the image; a wrong-prediction image stopped on
+the canary; a tampered upload never loaded; the serving container replaced at a switch with a
 request loop against it seeing no failure, and started again by a rollback."""
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from orchestrator.hosts.hostops import HostOpFailed, HostOps, OpKind
 from orchestrator.hosts.pool import Pool
 from orchestrator.hosts.ssh import SshOptions
 from orchestrator.reverify.audit import reverify_host
-from orchestrator.testbed import Testbed, sshd
-from tests import baseimage, serving_app
+from orchestrator.testbed import Testbed, baseimage, sshd
+from tests import serving_app
 from tests.podman import Podman
 from tests.podman import available as podman_missing
-from tests.specs import VERIFY, WHEEL_CACHE, joblib_spec
+from tests.specs import IMAGE_CACHE, VERIFY, WHEEL_CACHE, image_base_spec
 from tests.test_deploy import Sink
 
 HOSTS = ["tb-07", "tb-08"]  # h100 profiles; gpu.required false (the testbed has no toolkit)
@@ -56,28 +56,15 @@ def sklearn_image(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) ->
     if why:
         pytest.skip(why)
     tmp = tmp_path_factory.mktemp("build")
-    spec = load_spec(base_spec(tmp / "spec", "builder", models_dir / "model.joblib",
+    spec = load_spec(image_base_spec(tmp / "spec", "builder", models_dir / "model.joblib",
                                models_dir / "golden.npz", ["tb-01"]))
     engine = Podman(tmp / "podman")
-    built = deploy_time_image(spec, cache_dir=baseimage.cache_dir(), wheel_cache=WHEEL_CACHE,
+    built = deploy_time_image(spec, cache_dir=IMAGE_CACHE, wheel_cache=WHEEL_CACHE,
                               engine=["podman", "--root", str(engine.home / "root"),
                                       "--runroot", engine.runroot], env=engine.env)
     engine.run("rmi", "-a", "-f")
     assert built.paths.image is not None and built.environment.requirements is None
     return built.paths.image
-
-
-def base_spec(folder: Path, app: str, model: Path, golden: Path, hosts: list[str]) -> Path:
-    """A venv spec of the sklearn lock that asks for an image built at deploy time onto the
-    debootstrap base (`environment.image_base`)."""
-    path = joblib_spec(folder, app, model, golden, hosts)
-    base = baseimage.base_archive()
-    os.link(base, folder / "base.tar")
-    sha = hashlib.sha256(base.read_bytes()).hexdigest()
-    path.write_text(path.read_text().replace(
-        "requirements: requirements.lock}",
-        f"requirements: requirements.lock, image_base: {{archive: base.tar, sha256: {sha}}}}}"))
-    return path
 
 
 def image_spec(folder: Path, app: str, model: Path, golden: Path, archive: Path, *,
@@ -133,9 +120,9 @@ def test_wrong_predictions_stop_the_rollout_on_the_canary(
         pool: Pool) -> None:
     # A spec asking for its image at deploy time: the image the fixture built (the cache has
     # it), deployed as an image release of that archive.
-    spec = load_spec(base_spec(tmp_path / "bad", "img-bad", models_dir / "changed.joblib",
+    spec = load_spec(image_base_spec(tmp_path / "bad", "img-bad", models_dir / "changed.joblib",
                                models_dir / "golden.npz", HOSTS))
-    inputs = prepare(spec, wheel_cache=WHEEL_CACHE, image_cache=baseimage.cache_dir())
+    inputs = prepare(spec, wheel_cache=WHEEL_CACHE, image_cache=IMAGE_CACHE)
     assert inputs.spec.paths.image == sklearn_image and inputs.spec.digest == spec.digest
     result = deploy(inputs, inventory.resolve(HOSTS), pool=pool, sink=Sink())
     canary = result.hosts[HOSTS[0]]

@@ -2,7 +2,8 @@
 hashes, golden file) through the real CLI, with and without the example inventory, and `plan`s
 against the testbed's sshd hosts as its README says: the GPU example passes the H100 and T4 hosts
 and is refused on the old-driver host for its CUDA driver; the CPU examples pass everywhere.
-The demo's own specs (orchestrator/demo.py) are checked the same way, and its latency table.
+The demo's own specs (orchestrator/demo.py) are checked the same way (its image release too), and
+its latency and image tables.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 
 from orchestrator import demo
 from orchestrator.errors import InvalidInput
-from orchestrator.testbed import Testbed, TestbedHost
+from orchestrator.testbed import Testbed, TestbedHost, baseimage
 from tests.procs import processes_mentioning
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,6 +145,48 @@ def test_demo_latency_table_lists_each_verified_host() -> None:
     assert lines[0].split()[:2] == ["HOST", "P50"]
     assert len(lines) == 2 and lines[1].split() == ["tb-01", "0.20", "0.50", "0.70", "40.00",
                                                     "4000.00"]
+
+
+def test_demo_image_spec_validates_and_leaves_out_the_degraded_host(tmp_path: Path) -> None:
+    d = demo.Demo(tmp_path / "demo")
+    (d.dir / "specs").mkdir(parents=True)
+    base = tmp_path / "base.tar"  # validate checks the archive's sha256, not what it holds
+    base.write_bytes(b"a base image archive\n")
+    spec = d.write_image_spec(base)
+    done = cli("validate", str(spec))
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = spec.read_text()
+    assert "image_base: {archive: base.tar, sha256: " in text
+    # tb-02 is degraded by stage 6: the daemon would exclude it and fail the rollout
+    assert "targets: [tb-01, tb-03, tb-04]" in text
+
+
+def test_demo_image_table_names_each_host_image_and_what_was_shipped(tmp_path: Path) -> None:
+    serving = tmp_path / "tb-01" / "iris-sklearn" / "current"
+    serving.mkdir(parents=True)
+    (serving / "manifest.json").write_text(json.dumps(
+        {"image": {"image_id": "sha256:" + "ab" * 32, "engine": "podman",
+                   "engine_version": "4.3.1"}}))
+    events: list[dict[str, Any]] = [
+        {"step": "install", "status": "ok", "host": "tb-01", "shipped_bytes": 570_000_000},
+        {"step": "verify", "status": "ok", "host": "tb-01", "p99_ms": 4.25},
+        {"step": "install", "status": "failed", "host": "tb-03"},
+    ]
+    lines = demo.render_images(events, {"tb-01": tmp_path / "tb-01",
+                                        "tb-03": tmp_path / "tb-03"}).splitlines()
+    assert lines[0].split()[:3] == ["HOST", "IMAGE", "ID"]
+    assert lines[1].split() == ["tb-01", "sha256:abababababab", "podman", "4.3.1", "570", "4.25"]
+    assert lines[2].split() == ["tb-03", "(not", "serving)", "-", "-", "-"]
+
+
+def test_demo_image_stage_is_skipped_saying_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(baseimage, "why_not", lambda: "runc is not installed")
+    d = demo.Demo(tmp_path / "demo")
+    d.image_release({})  # nothing submitted: no daemon is needed
+    out = capsys.readouterr().out
+    assert "7. The scikit-learn model as a container image" in out
+    assert "Skipped: runc is not installed." in out
 
 
 def test_demo_down_refuses_nothing_and_wipes_only_a_demo_dir(tmp_path: Path) -> None:

@@ -65,7 +65,7 @@ def prepare(spec: Spec, *, deployment: str | None = None, installer: str = "uv",
             release_id: str | None = None, wheel_cache: Path | None = None,
             lock: Lock | ImageInfo | None = None, compile_bytecode: bool = False,
             check_model: bool = False, index: PackageIndex | None = None,
-            image_cache: Path | None = None) -> DeployInputs:
+            image_cache: Path | None = None, sink: EventSink | None = None) -> DeployInputs:
     """Everything resolved once on the controller; nothing touches a host here. Without a
     `deployment`, a new id from the one generator (orchestrator/core/ids.py).
 
@@ -81,7 +81,7 @@ def prepare(spec: Spec, *, deployment: str | None = None, installer: str = "uv",
     # lock makes, built once and cached. Either way the spec becomes an image release of an
     # archive, and a lock given for the spec as it was no longer describes it.
     ready = deploy_time_image(pack_layout(spec, cache_dir=image_cache), cache_dir=image_cache,
-                              wheel_cache=wheel_cache)
+                              wheel_cache=wheel_cache, sink=sink)  # `sink` hears of a build
     if ready is not spec:
         spec, lock = ready, None
     lock = lock or load_environment(spec)

@@ -16,16 +16,20 @@ Nothing is pulled from a registry.
 (`environment.image_base` beside `requirements`): built once per (base archive, lock, Python)
 into the controller's image cache, then the spec is deployed as an image release of that
 archive (`deploy/batch.py` `prepare`). `pack_layout(spec)` turns an OCI layout directory
-(`environment.image.archive` naming one) into an archive the same way, without a build.
+(`environment.image.archive` naming one) into an archive the same way, without a build. Each
+new archive in that cache prunes it (`prune_image_cache`: the most recently used are kept).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -33,6 +37,7 @@ from pathlib import Path
 
 from orchestrator.core.envinputs import lock_path
 from orchestrator.core.hashing import hash_file, hash_path
+from orchestrator.core.sink import EventSink
 from orchestrator.core.spec import Spec
 from orchestrator.core.spec_env import ImageArchive
 from orchestrator.deploy.wheelcache import Wheel, WheelCache, from_wheelhouse, platform_tags
@@ -42,6 +47,11 @@ from orchestrator.xdg import user_dir
 VENV = "/opt/venv"
 PATH = f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TIMEOUT_S = 1800
+# The controller's image cache: the archives kept besides the one in use (most recently used
+# first), and how long any archive is kept after its last use whatever their number.
+CACHE_KEEP = 4
+CACHE_MIN_AGE_S = 24 * 3600.0
+CACHED = re.compile(r"(built|layout)-[0-9a-f]{32}\.tar")
 
 
 class ImageBuildFailed(InvalidInput):
@@ -95,26 +105,41 @@ def default_image_cache() -> Path:
 
 def deploy_time_image(spec: Spec, *, cache_dir: Path | None = None,
                       wheel_cache: Path | None = None, engine: Sequence[str] = ("podman",),
-                      env: Mapping[str, str] | None = None) -> Spec:
+                      env: Mapping[str, str] | None = None,
+                      sink: EventSink | None = None) -> Spec:
     """For a spec with `environment.image_base`: the same spec as an image release of the
     image its lock makes on that base (built by `build_image` unless the cache has it; the
     base archive must hash to `image_base.sha256` first, else a SpecError at that line).
-    Any other spec is returned as it is."""
+    Any other spec is returned as it is. A build is told to `sink` (event `image.build`:
+    started, then finished with its duration and archive, or failed with why): it takes
+    minutes before the rollout's first event."""
     base, base_path = spec.environment.image_base, spec.paths.image_base
     if base is None or base_path is None:
         return spec
-    lock = lock_path(spec)
-    key = hashlib.sha256(f"{base.sha256} {hash_file(lock)} {spec.environment.python}"
-                         .encode()).hexdigest()[:32]
-    out = (cache_dir or default_image_cache()) / f"built-{key}.tar"
-    if not out.is_file():
+    out = built_archive_path(spec, cache_dir)
+    if not _used(out):
         actual = hash_file(base_path)
         if actual != base.sha256:
             raise spec.error(("environment", "image_base", "sha256"),
                              f"mismatch: the spec says {base.sha256} but "
                              f"{base.archive} hashes to {actual}")
         out.parent.mkdir(parents=True, exist_ok=True)
-        build_image(spec, base_path, out, engine=engine, wheel_cache=wheel_cache, env=env)
+        started = time.monotonic()
+        if sink is not None:
+            sink.emit("image.build", status="started", base=base.archive,
+                      lock=spec.environment.requirements, archive=str(out))
+        try:
+            sha = build_image(spec, base_path, out, engine=engine, wheel_cache=wheel_cache,
+                              env=env)
+        except InvalidInput as exc:
+            if sink is not None:
+                sink.emit("image.build", status="failed", level="error", reason=str(exc),
+                          duration_ms=(time.monotonic() - started) * 1000)
+            raise
+        if sink is not None:
+            sink.emit("image.build", status="finished", sha256=sha,
+                      bytes=out.stat().st_size, duration_ms=(time.monotonic() - started) * 1000)
+        prune_image_cache(out.parent, keep=out)
     image = ImageArchive(archive=out.name, sha256=hash_file(out))
     environment = spec.environment.model_copy(
         update={"requirements": None, "wheelhouse": None, "image_base": None, "image": image})
@@ -122,6 +147,56 @@ def deploy_time_image(spec: Spec, *, cache_dir: Path | None = None,
     built._paths = replace(spec.paths, requirements=None, wheelhouse=None, image=out,
                            image_base=None)
     return built
+
+
+def built_archive_path(spec: Spec, cache_dir: Path | None = None) -> Path:
+    """Where the image of a spec with `environment.image_base` is cached: keyed by the base's
+    sha256, the lock's and `environment.python` (what the build depends on)."""
+    base = spec.environment.image_base
+    if base is None:
+        raise InvalidInput(f"{spec.file}: the spec gives no environment.image_base")
+    key = hashlib.sha256(f"{base.sha256} {hash_file(lock_path(spec))} {spec.environment.python}"
+                         .encode()).hexdigest()[:32]
+    return (cache_dir or default_image_cache()) / f"built-{key}.tar"
+
+
+def prune_image_cache(cache_dir: Path, *, keep: Path | None = None, newest: int = CACHE_KEEP,
+                      min_age_s: float = CACHE_MIN_AGE_S, now: float | None = None) -> list[Path]:
+    """Delete the cached archives (built-*.tar, layout-*.tar) beyond the `newest` most recently
+    used that were last used more than `min_age_s` ago, never `keep` (the one in use), and the
+    partial files of builds dead for longer than a build may take. Runs after each build and
+    each pack; a cache hit marks its archive used (its mtime), so an archive a deployment still
+    ships was used recently and stays. A cache is only a cache: a pruned image is built again
+    from the bundle's base and lock when a later deployment (or rollback) needs it. Returns
+    what was deleted."""
+    now = time.time() if now is None else now
+    archives: list[tuple[float, Path]] = []
+    removed: list[Path] = []
+    for path in cache_dir.iterdir():
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:  # another build's part, just renamed or removed
+            continue
+        if path.name.endswith(".part"):
+            if now - mtime > 2 * TIMEOUT_S:  # no build runs this long: a dead one's leftover
+                removed.append(path)
+        elif CACHED.fullmatch(path.name) and path != keep:
+            archives.append((mtime, path))
+    archives.sort(reverse=True)
+    removed += [p for mtime, p in archives[newest:]
+                if now - mtime > min_age_s]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
+def _used(out: Path) -> bool:
+    """Whether the cache has `out`; if so it is marked used now (what pruning keeps)."""
+    try:
+        os.utime(out)
+    except FileNotFoundError:
+        return False
+    return out.is_file()
 
 
 def pack_layout(spec: Spec, *, cache_dir: Path | None = None) -> Spec:
@@ -140,7 +215,7 @@ def pack_layout(spec: Spec, *, cache_dir: Path | None = None) -> Spec:
                          f"mismatch: the spec says {image.sha256} but the OCI layout "
                          f"{image.archive} hashes to {actual} (a tree hash): refused")
     out = (cache_dir or default_image_cache()) / f"layout-{actual[:32]}.tar"
-    if not out.is_file():
+    if not _used(out):
         out.parent.mkdir(parents=True, exist_ok=True)
         part = out.with_name(f"{out.name}.{uuid.uuid4().hex[:8]}.part")
         with tarfile.open(part, "w", format=tarfile.PAX_FORMAT) as tar:
@@ -150,6 +225,7 @@ def pack_layout(spec: Spec, *, cache_dir: Path | None = None) -> Spec:
                 with file.open("rb") as fh:
                     tar.addfile(info, fh)
         part.replace(out)
+        prune_image_cache(out.parent, keep=out)
     archived = ImageArchive(archive=out.name, sha256=hash_file(out))
     packed = spec.model_copy(update={"environment": spec.environment.model_copy(
         update={"image": archived})})
@@ -196,5 +272,5 @@ class _Runner:
                        timeout=120, check=False)
 
 
-__all__ = ["ImageBuildFailed", "build_image", "default_image_cache", "deploy_time_image",
-           "pack_layout"]
+__all__ = ["ImageBuildFailed", "build_image", "built_archive_path", "default_image_cache",
+           "deploy_time_image", "pack_layout", "prune_image_cache"]

@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import pwd
-import subprocess
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from orchestrator.errors import InvalidInput, TestbedError
-from orchestrator.testbed import fakelibs, far, layout, netns, sshd
+from orchestrator.testbed import fakelibs, far, layout, netns, podman, sshd
 from orchestrator.testbed import profiles as gpu_profiles
 from orchestrator.testbed.layout import TestbedHost
 
@@ -169,7 +168,9 @@ class Testbed:
             far.remove(tb.hosts)  # relays and namespaces of `--rtt` hosts (none otherwise)
             for h in tb.hosts:
                 (h.host_dir / "sshd.pid").unlink(missing_ok=True)
-                _release_containers(h)
+                podman.release(h.containers_dir)
+                # Its runroot under /tmp (Podman's run-time state, useless once stopped).
+                shutil.rmtree(podman.runroot(h.containers_dir), ignore_errors=True)
             return len(ours)
 
     def _running(self) -> list[TestbedHost]:
@@ -215,47 +216,10 @@ def default_sshd() -> Path:
     return Path(os.environ.get("ORCHESTRATOR_SSHD") or sshd.DEFAULT_SSHD)
 
 
-# Podman as it runs on this kind of machine: runc with the cgroupfs manager and no default
-# ulimits (crun and the default ulimits fail in a container-in-container test machine).
-CONTAINERS_CONF = """[containers]
-default_ulimits = []
-
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-"""
-
-
-def _write_containers(host: TestbedHost) -> tuple[tuple[str, str], ...]:
-    """The host's own Podman configuration and storage; the sshd environment naming them."""
-    d = host.containers_dir
-    d.mkdir(parents=True, exist_ok=True)
-    conf, storage = d / "containers.conf", d / "storage.conf"
-    layout.write_atomic(conf, CONTAINERS_CONF)
-    # Podman refuses a runroot longer than 50 characters: a short one per host under /tmp.
-    runroot = f"/tmp/orch-tb-{hashlib.sha256(str(d).encode()).hexdigest()[:12]}"
-    layout.write_atomic(storage, f'[storage]\ndriver = "overlay"\ngraphroot = "{d / "storage"}"'
-                                 f'\nrunroot = "{runroot}"\n')
-    return (("CONTAINERS_CONF", str(conf)), ("CONTAINERS_STORAGE_CONF", str(storage)))
-
-
-def _release_containers(host: TestbedHost) -> None:
-    """Unmount what the host's Podman left mounted in its storage (the overlay driver keeps a
-    bind mount of storage/overlay), deepest first, so the testbed's directory can be removed.
-    Best effort: a mount that will not go is left, and the directory's removal says so."""
-    d = str(host.containers_dir) + "/"
-    try:
-        with open("/proc/self/mounts", encoding="utf-8") as fh:
-            points = [line.split()[1] for line in fh if len(line.split()) > 1]
-    except OSError:
-        return
-    for point in sorted({p for p in points if p.startswith(d)}, key=len, reverse=True):
-        subprocess.run(["umount", point], capture_output=True, timeout=30, check=False)
-
-
 def _prepare_host(root: Path, host: TestbedHost, listen: str) -> sshd.SshdSpec:
     _write_profile(host)
-    containers = _write_containers(host)
+    # The host's own Podman configuration and storage, named by the sshd environment.
+    containers = tuple(podman.configure(host.containers_dir).items())
     spec = sshd.SshdSpec(
         address=listen, port=host.port, user=host.user, host_key=host.host_key,
         config=host.sshd_config, log=host.sshd_log, pid_file=host.host_dir / "sshd.pid",

@@ -152,14 +152,15 @@ def run(args: argparse.Namespace) -> int:
     deployment = new_deployment_id()
     index = PackageIndex(url=args.index_url, extra_urls=tuple(args.extra_index_url),
                          ca_bundle=args.index_cert, credentials_file=args.index_credentials)
-    inputs = prepare(spec, deployment=deployment, installer=args.installer,
-                     compile_bytecode=args.compile_bytecode, check_model=True, index=index)
     parallel = args.max_parallel or int(spec.rollout.max_parallel)
     excluded = excluded_by_daemon(args.state_dir, [h.name for h in hosts])
     terminal = not args.json and sys.stdout.isatty()
     live = LiveFollow(sys.stdout, use_colour(sys.stdout)) if terminal else None
     sink = PrintSink(sys.stdout, args.json, deployment, live)
     try:
+        inputs = prepare(spec, deployment=deployment, installer=args.installer,
+                         compile_bytecode=args.compile_bytecode, check_model=True, index=index,
+                         sink=sink)  # an image built now (environment.image_base) is shown
         with Pool(SshOptions.for_inventory(inventory), max_connections=parallel) as pool, \
                 cancel_on_interrupt() as cancel:
             out = rollout(inputs, hosts, pool=pool, sink=sink, max_parallel=parallel,

@@ -84,7 +84,8 @@ class DeployRunner:
             cancel_event: threading.Event) -> DeploymentOutcome:
         inventory = self._inventory()
         hosts = inventory.resolve(list(spec.targets))
-        inputs = replace(prepare(spec, deployment=deployment_id, index=self.config.index),
+        inputs = replace(prepare(spec, deployment=deployment_id, index=self.config.index,
+                                 sink=_events(sink)),  # an image built now: `image.build`
                          fence=getattr(sink, "fence", None))  # the daemon's lease token
         parallel = min(int(self.config.max_ssh_sessions), int(spec.rollout.max_parallel))
         store = getattr(sink, "store", None)  # the daemon's: hosts degraded/failed stay out
