@@ -57,6 +57,12 @@ def test_the_daemon_builds_an_image_base_release_and_deploys_it(
         assert manifest["image"]["image_id"] == info.image_id
         assert manifest["image"]["archive_sha256"] == hash_file(built[0])
         assert "scikit_learn==1.9.1" in manifest["pip_freeze"]
+        # `releases` names an image release's environment (its manifest's env_hash: it has no
+        # venv link to read it from).
+        listed = daemon.cli("releases", APP, "--json")
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        rows = json.loads(listed.stdout)[HOST]["releases"]
+        assert [r["env_hash"] for r in rows] == [manifest["env_hash"]] and manifest["env_hash"]
         events = stored_events(daemon, deployment)
         # The build is told before the rollout's first event (it takes a minute or more).
         built_events = [e for e in events if e["event"] == "image.build"]

@@ -311,12 +311,15 @@ def op_releases(args):
         (r, True) for r in staging_ids(app_dir)
     ]:
         path = os.path.join(releases_dir(app_dir), rid + (STAGING if staging else ""))
-        venv = hostlayout.release_venv(path)
+        venv, summary = hostlayout.release_venv(path), _manifest_summary(path)
+        # A venv release links its environment; an image release has no link, and its
+        # manifest names the environment (the image archive's sha256).
+        env_hash = os.path.basename(os.readlink(venv)) if os.path.islink(venv) \
+            else summary.get("env_hash")
         rows.append({"release_id": rid, "path": path,
                      "state": _release_state(rid, current, previous, state, staging),
-                     "created": os.stat(path).st_mtime,
-                     "env_hash": os.path.basename(os.readlink(venv)) if os.path.islink(venv)
-                     else None, "manifest": _manifest_summary(path)})
+                     "created": os.stat(path).st_mtime, "env_hash": env_hash,
+                     "manifest": summary})
     rows.sort(key=lambda r: r["release_id"])
     return {"releases": rows, "current": current, "previous_good": previous}
 
