@@ -159,17 +159,24 @@ class EventHub:
     def catch_up(self) -> int:
         """Events other daemons wrote (the store's notifications) into the feeds of the
         deployments followed here, in seq order after each feed's last, then their waiting
-        followers woken: a follower on any daemon sees every event live. Returns how many."""
-        notes = self.store.notifications()
-        wanted = {d for d, _ in notes}
+        followers woken: a follower on any daemon sees every event live. Returns how many.
+        Run as each announcement arrives (orchestrator/daemon/listener.py)."""
+        newest: dict[str, int] = {}
+        for deployment, seq in self.store.notifications():
+            newest[deployment] = max(seq, newest.get(deployment, 0))
+        # Only the followed deployments whose feed lacks a notified event are read, without
+        # the emitters' lock: this runs at every announcement (daemon/listener.py), and this
+        # daemon's own events (announced to it too) are in its feeds already.
+        with self._feeds_lock:
+            wanted = [d for d, seq in newest.items()
+                      if d in self._feeds and seq > _last(self._feeds[d])]
         added = 0
         for deployment in wanted:
             with self._lock, self._feeds_lock:
                 feed = self._feeds.get(deployment)
                 if feed is None:
                     continue
-                last = int(feed.ring[-1][0]["seq"]) if feed.ring else min(
-                    (f.cursor for f in feed.followers), default=0)
+                last = _last(feed)
                 fresh = [e for e in self.store.events(deployment, after=last)]
                 for event in fresh:  # contiguous after `last`: the store has no gaps
                     feed.ring.append((event, _line(event)))
@@ -309,6 +316,12 @@ class DeploymentSink:
             duration_ms=duration_ms, level=level, details=details,
         )
         return self.hub.publish(record)
+
+
+def _last(feed: _Feed) -> int:
+    """The seq a feed's next event follows: its newest, or (empty) its furthest-behind reader's."""
+    return int(feed.ring[-1][0]["seq"]) if feed.ring else min(
+        (f.cursor for f in feed.followers), default=0)
 
 
 def _line(event: dict[str, Any]) -> bytes:
