@@ -1,5 +1,6 @@
 """Other daemons' events reach this daemon's followers when their NOTIFY arrives
-(orchestrator/daemon/listener.py): the LISTEN socket wakes the catch-up, no tick is needed."""
+(orchestrator/daemon/listener.py): the LISTEN socket wakes the event loop, no tick is needed;
+the announcements of events a feed already holds cost no store read."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import select
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ def test_another_stores_events_wake_a_follower_without_any_tick(
         postgres: Cluster, tmp_path: Path) -> None:
     """Two stores on one database stand for two daemons: events written through one reach a
     follower of the other's hub, each seq once and in order, woken by the socket alone (the
-    tick is never called: before the listener, nothing would ever have woken it)."""
+    tick is called once, to connect: before the listener, nothing would have woken it after)."""
     url = postgres.database()
     other, mine = open_store(url), open_store(url)
     other.create_deployment("d", "app", {})
@@ -44,7 +46,7 @@ def test_another_stores_events_wake_a_follower_without_any_tick(
         follower = hub.follow("d", wake)
         assert follower.take() == ([], False)  # nothing yet: the next event wakes it
         listener = Listener(hub)
-        listener.poke()  # the first catch-up opens the LISTEN connection
+        listener.tick(time.monotonic())  # the one tick: it opens the LISTEN connection
         async with asyncio.timeout(30):
             while not listener.watching:
                 await asyncio.sleep(0.01)
@@ -109,3 +111,49 @@ def test_a_catch_up_skips_this_daemons_own_events(
     finally:
         hub.close()
         store.close()
+
+
+def test_a_dropped_listen_connection_is_reopened_by_the_tick_and_nothing_is_missed(
+        postgres: Cluster, tmp_path: Path) -> None:
+    """The database drops the LISTEN connection (a restart, an admin): the loop sees its socket
+    close and stops watching it, the next tick opens a new one, and the event whose
+    announcement nobody heard reaches the follower with the next one, in seq order."""
+    import psycopg
+
+    url = postgres.database()
+    other, mine = open_store(url), open_store(url)
+    other.create_deployment("d", "app", {})
+    hub = EventHub(mine, tmp_path / "logs")
+
+    async def until(what: Callable[[], bool]) -> None:
+        async with asyncio.timeout(30):
+            while not what():
+                await asyncio.sleep(0.01)
+
+    async def follow() -> list[int]:
+        follower = hub.follow("d", lambda: None)
+        listener = Listener(hub)
+        listener.tick(time.monotonic())
+        await until(lambda: listener.watching)
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE query LIKE 'LISTEN %' AND pid <> pg_backend_pid()")
+        await until(lambda: not listener.watching)  # the closed socket, seen by the loop
+        await asyncio.to_thread(other.append_event, _event(0))  # announced to no one here
+        listener.tick(time.monotonic())
+        await until(lambda: listener.watching)
+        await asyncio.to_thread(other.append_event, _event(1))
+        seqs: list[int] = []
+        async with asyncio.timeout(10):
+            while len(seqs) < 2:
+                await asyncio.sleep(0.01)
+                seqs += [int(e["seq"]) for e in follower.take()[0]]
+        listener.stop()
+        return seqs
+
+    try:
+        assert asyncio.run(follow()) == [1, 2]
+    finally:
+        hub.close()
+        mine.close()
+        other.close()

@@ -34,7 +34,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import IO, Any
 
@@ -158,27 +158,34 @@ class EventHub:
 
     def catch_up(self) -> int:
         """Events other daemons wrote (the store's notifications) into the feeds of the
-        deployments followed here, in seq order after each feed's last, then their waiting
-        followers woken: a follower on any daemon sees every event live. Returns how many.
-        Run as each announcement arrives (orchestrator/daemon/listener.py)."""
+        deployments followed here, then their waiting followers woken: a follower on any
+        daemon sees every event live. Returns how many. The daemon's event loop does the two
+        halves apart (orchestrator/daemon/listener.py): `missing` as each announcement
+        arrives, `fetch` in a thread only when a feed lacks one."""
+        return self.fetch(self.missing(self.store.notifications()))
+
+    def missing(self, notes: list[tuple[str, int]]) -> set[str]:
+        """The followed deployments whose feed lacks a notified (deployment, seq). Never
+        touches the store or the emitters' lock: it runs at every announcement, most of them
+        of deployments no one follows here, or this daemon's own (in its feeds already)."""
         newest: dict[str, int] = {}
-        for deployment, seq in self.store.notifications():
+        for deployment, seq in notes:
             newest[deployment] = max(seq, newest.get(deployment, 0))
-        # Only the followed deployments whose feed lacks a notified event are read, without
-        # the emitters' lock: this runs at every announcement (daemon/listener.py), and this
-        # daemon's own events (announced to it too) are in its feeds already.
         with self._feeds_lock:
-            wanted = [d for d, seq in newest.items()
-                      if d in self._feeds and seq > _last(self._feeds[d])]
+            return {d for d, seq in newest.items()
+                    if d in self._feeds and seq > _last(self._feeds[d])}
+
+    def fetch(self, deployments: Collection[str]) -> int:
+        """The stored events of `deployments` after each feed's last into the feed, in seq
+        order, then their waiting followers woken. Returns how many."""
         added = 0
-        for deployment in wanted:
+        for deployment in deployments:
             with self._lock, self._feeds_lock:
                 feed = self._feeds.get(deployment)
                 if feed is None:
                     continue
-                last = _last(feed)
-                fresh = [e for e in self.store.events(deployment, after=last)]
-                for event in fresh:  # contiguous after `last`: the store has no gaps
+                fresh = self.store.events(deployment, after=_last(feed))
+                for event in fresh:  # contiguous after the last: the store has no gaps
                     feed.ring.append((event, _line(event)))
                 added += len(fresh)
                 waiting, feed.waiting = (feed.waiting, set()) if fresh else (set(), feed.waiting)

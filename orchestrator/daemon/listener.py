@@ -1,22 +1,20 @@
 """Other daemons' events into this daemon's feeds as soon as they are announced (issue 16).
 
 Each event written to a shared store is announced at its commit (PostgreSQL's NOTIFY,
-orchestrator/daemon/pg_store.py); `EventHub.catch_up` reads the announcements and brings the
-events into the feeds of the deployments followed here, waking their followers
-(orchestrator/daemon/events.py). `Listener` runs that catch-up when the LISTEN connection's
-socket becomes readable: the event loop watches the socket (no thread sits waiting on it) and
-the catch-up itself runs in the API's thread pool, since it reads the store.
-
-While a catch-up runs, the socket is not watched: the catch-up consumes what made it readable,
-and a watched socket would fire on every turn of the loop until then. A poke meanwhile asks for
-one more run right after, so a burst of announcements costs at most two catch-ups, not one each.
+orchestrator/daemon/pg_store.py). `Listener` has the event loop watch the LISTEN connection's
+socket (`Store.listen_fd`); when it is readable, the announcements are read there and then
+(non-blocking: they are in the socket) and matched against the feeds (`EventHub.missing`).
+Only a followed deployment whose feed lacks an announced event costs a thread: the store read
+that brings its events into the feed and wakes its followers (`EventHub.fetch`), one at a
+time, the deployments announced meanwhile read by the next.
 
 Why not the server's tick: run every 0.1 s, a catch-up found each event waiting for the next
 tick, 50 ms at the median and 95 ms at p95 of the 62 / 107 ms a follower on another daemon saw
-(docs/benchmarks.md, "Several daemons"). The tick still pokes (`tick`): while no socket is
-watched (before the first catch-up opens the LISTEN connection, after the database dropped it:
-the next catch-up reconnects) and every `SAFETY_S` whatever happens, so an announcement missed
-for any reason costs a second, never a follower stuck until its deployment ends.
+(docs/benchmarks.md, "Several daemons"). Why not a catch-up in a thread per readable socket:
+every daemon is told of every event, and a thread's round trip per event doubled the CPU each
+daemon spent per host. The tick still serves: it opens the LISTEN connection (in a thread: it
+connects) while no socket is watched (at start, after the database dropped it), and every
+`SAFETY_S` reads the socket and retries a failed fetch.
 """
 
 from __future__ import annotations
@@ -31,19 +29,19 @@ from orchestrator.daemon.events import EventHub
 from orchestrator.errors import StoreUnavailable
 
 log = structlog.get_logger("orchestrator.daemon.listener")
-#: A catch-up at least this often (seconds), even while the socket is watched.
+#: How often the tick reads the socket and retries a fetch that failed (seconds).
 SAFETY_S = 1.0
 
 
 class Listener:
-    """Runs `hub.catch_up` when the store's LISTEN socket is readable; one event loop's."""
+    """One event loop's reader of a shared store's announcements."""
 
     def __init__(self, hub: EventHub) -> None:
         self.hub = hub
-        self._task: asyncio.Future[int | None] | None = None
-        self._again = False   # poked while a catch-up ran: one more after it
+        self._task: asyncio.Future[int | None] | None = None  # the one thread job at a time
+        self._pending: set[str] = set()  # deployments to fetch once the thread job is done
         self._watched: int | None = None  # the socket the loop watches, if any
-        self._started = 0.0   # monotonic time the last catch-up started
+        self._checked = 0.0  # monotonic time of the last read or connection attempt
         self._stopped = False
 
     @property
@@ -51,52 +49,83 @@ class Listener:
         return self._watched is not None
 
     def tick(self, now: float) -> None:
-        """The server's tick (monotonic `now`): a catch-up when no socket is watched, or when
-        none started for `SAFETY_S`."""
-        if self._watched is None or now - self._started >= SAFETY_S:
-            self.poke()
-
-    def poke(self) -> None:
-        """A catch-up now, or right after the one under way. On the event loop only."""
+        """The server's tick (monotonic `now`). On the event loop, as everything here."""
         if self._stopped:
             return
-        if self._task is not None and not self._task.done():
-            self._again = True
-            return
-        self._again = False
-        self._unwatch()
-        self._started = time.monotonic()
-        self._task = asyncio.ensure_future(run_in_threadpool(self._catch_up))
-        self._task.add_done_callback(self._done)
+        if not self.watching:
+            if not self._busy():
+                self._run(None)  # (re)connect and LISTEN
+        elif now - self._checked >= SAFETY_S:
+            self._readable()  # a missed wake costs a second, never a stuck follower
+            if self._pending and not self._busy():
+                self._run(set())  # a fetch that failed
 
     def stop(self) -> None:
-        """No catch-up from now on (the daemon stops; the store closes after the loop)."""
+        """Nothing more from now on (the daemon stops; the store closes after the loop)."""
         self._stopped = True
         self._unwatch()
 
-    def _catch_up(self) -> int | None:
-        """In a pool thread: the catch-up, then the socket to watch (the catch-up opened or
-        replaced the LISTEN connection when it had to; None when it could not)."""
-        self.hub.catch_up()
-        return self.hub.store.listen_fd()
+    def _busy(self) -> bool:
+        return self._task is not None and not self._task.done()
 
-    def _done(self, task: asyncio.Future[int | None]) -> None:
-        if task.cancelled():
+    def _readable(self) -> None:
+        """The announcements in the socket, matched against the feeds on the loop."""
+        self._checked = time.monotonic()
+        if self._stopped or self._watched is None:
+            return
+        if self.hub.store.listen_fd() != self._watched:  # closed: never connect on the loop
+            self._unwatch()
+            return
+        try:
+            notes = self.hub.store.notifications()
+        except StoreUnavailable:  # the connection dropped (and is closed): the tick reopens it
+            self._unwatch()
+            return
+        wanted = self.hub.missing(notes)
+        if wanted:
+            self._pending |= wanted
+            if not self._busy():
+                self._run(set())
+
+    def _run(self, deployments: set[str] | None) -> None:
+        """One thread job: fetch the pending deployments (`deployments` is a set), or connect
+        and LISTEN, catching up with whatever was announced (None)."""
+        fetch, self._pending = self._pending, set()
+        if deployments is None:
+            self._unwatch()
+
+            def job() -> int | None:
+                self.hub.catch_up()  # opens the LISTEN connection when it must
+                self.hub.fetch(fetch)
+                return self.hub.store.listen_fd()
+        else:
+            def job() -> int | None:
+                self.hub.fetch(fetch)
+                return None
+
+        self._task = asyncio.ensure_future(run_in_threadpool(job))
+        self._task.add_done_callback(lambda task: self._done(task, fetch))
+
+    def _done(self, task: asyncio.Future[int | None], fetched: set[str]) -> None:
+        if task.cancelled() or self._stopped:
             return
         failed = task.exception()
-        if failed is None:
-            fd = task.result()
-            if fd is not None and not self._stopped:
-                asyncio.get_running_loop().add_reader(fd, self.poke)
-                self._watched = fd
-        elif not isinstance(failed, StoreUnavailable):  # an outage: the heartbeat says it
-            log.warning("events of other daemons not read", error=repr(failed))
-        if self._again:
-            self.poke()
+        if failed is not None:
+            self._pending |= fetched  # again at the next tick's check, not in a loop
+            if not isinstance(failed, StoreUnavailable):  # an outage: the heartbeat says it
+                log.warning("events of other daemons not read", error=repr(failed))
+            return
+        fd = task.result()
+        if fd is not None:
+            asyncio.get_running_loop().add_reader(fd, self._readable)
+            self._watched = fd
+            self._readable()  # what arrived while the job ran
+        elif self._pending:
+            self._run(set())
 
     def _unwatch(self) -> None:
-        # Only between catch-ups: the socket is open (only a catch-up or the store's close,
-        # after the loop, closes it), so its number is not another connection's yet.
+        # The socket is still open here (only a connection job, run while it is not watched,
+        # or the store's close, after the loop, closes it): its number is no other's yet.
         if self._watched is not None:
             asyncio.get_running_loop().remove_reader(self._watched)
             self._watched = None
