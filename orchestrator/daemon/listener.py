@@ -15,6 +15,12 @@ every daemon is told of every event, and a thread's round trip per event doubled
 daemon spent per host. The tick still serves: it opens the LISTEN connection (in a thread: it
 connects) while no socket is watched (at start, after the database dropped it), and every
 `SAFETY_S` reads the socket and retries a failed fetch.
+
+Reading the socket costs the loop about 30 us of CPU however many announcements it holds (3 us
+each more): at one read per event, the three daemons of bench daemons each spent about 1 ms
+more per host. A read less than `READ_GAP_S` after the last one therefore waits out the rest of
+the gap with the socket unwatched, and takes what arrived meanwhile at once: at most 200 reads a
+second whatever the fleet's event rate, and no delay at all for an event after a quiet spell.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from orchestrator.errors import StoreUnavailable
 log = structlog.get_logger("orchestrator.daemon.listener")
 #: How often the tick reads the socket and retries a fetch that failed (seconds).
 SAFETY_S = 1.0
+#: The least time between two reads of the socket (seconds): a burst is read together.
+READ_GAP_S = 0.005
 
 
 class Listener:
@@ -41,7 +49,8 @@ class Listener:
         self._task: asyncio.Future[int | None] | None = None  # the one thread job at a time
         self._pending: set[str] = set()  # deployments to fetch once the thread job is done
         self._watched: int | None = None  # the socket the loop watches, if any
-        self._checked = 0.0  # monotonic time of the last read or connection attempt
+        self._read_at = 0.0  # monotonic time of the last read
+        self._resume: asyncio.TimerHandle | None = None  # the end of a gap between reads
         self._stopped = False
 
     @property
@@ -55,7 +64,7 @@ class Listener:
         if not self.watching:
             if not self._busy():
                 self._run(None)  # (re)connect and LISTEN
-        elif now - self._checked >= SAFETY_S:
+        elif now - self._read_at >= SAFETY_S:
             self._readable()  # a missed wake costs a second, never a stuck follower
             if self._pending and not self._busy():
                 self._run(set())  # a fetch that failed
@@ -68,9 +77,25 @@ class Listener:
     def _busy(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    def _on_readable(self) -> None:
+        """The socket's reader: a read now, or at the end of the gap since the last one."""
+        wait = self._read_at + READ_GAP_S - time.monotonic()
+        if wait > 0 and self._watched is not None and self._resume is None:
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self._watched)
+            self._resume = loop.call_later(wait, self._resumed)
+            return
+        self._readable()
+
+    def _resumed(self) -> None:
+        self._resume = None
+        if self._watched is not None and not self._stopped:
+            asyncio.get_running_loop().add_reader(self._watched, self._on_readable)
+            self._readable()
+
     def _readable(self) -> None:
         """The announcements in the socket, matched against the feeds on the loop."""
-        self._checked = time.monotonic()
+        self._read_at = time.monotonic()
         if self._stopped or self._watched is None:
             return
         if self.hub.store.listen_fd() != self._watched:  # closed: never connect on the loop
@@ -117,7 +142,7 @@ class Listener:
             return
         fd = task.result()
         if fd is not None:
-            asyncio.get_running_loop().add_reader(fd, self._readable)
+            asyncio.get_running_loop().add_reader(fd, self._on_readable)
             self._watched = fd
             self._readable()  # what arrived while the job ran
         elif self._pending:
@@ -126,6 +151,9 @@ class Listener:
     def _unwatch(self) -> None:
         # The socket is still open here (only a connection job, run while it is not watched,
         # or the store's close, after the loop, closes it): its number is no other's yet.
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
         if self._watched is not None:
             asyncio.get_running_loop().remove_reader(self._watched)
             self._watched = None
