@@ -85,8 +85,8 @@ def test_another_stores_events_wake_a_follower_without_any_tick(
 
 def test_a_catch_up_skips_this_daemons_own_events(
         postgres: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Its own events are announced to it too, and are in its feeds already: the catch-up
-    that each announcement now runs reads no event rows for them."""
+    """Its own events are announced to it too, and are in its feeds already: reading their
+    announcements (done at every one now) reads no event rows."""
     store = open_store(postgres.database())
     store.create_deployment("d", "app", {})
     hub = EventHub(store, tmp_path / "logs")
