@@ -180,15 +180,23 @@ class EventHub:
         order, then their waiting followers woken. Returns how many."""
         added = 0
         for deployment in deployments:
-            with self._lock, self._feeds_lock:
-                feed = self._feeds.get(deployment)
+            with self._lock:  # no emit nor other fetch appends to the feed until it is done
+                with self._feeds_lock:
+                    feed = self._feeds.get(deployment)
+                    last = _last(feed) if feed is not None else 0
                 if feed is None:
                     continue
-                fresh = self.store.events(deployment, after=_last(feed))
-                for event in fresh:  # contiguous after the last: the store has no gaps
-                    feed.ring.append((event, _line(event)))
-                added += len(fresh)
-                waiting, feed.waiting = (feed.waiting, set()) if fresh else (set(), feed.waiting)
+                # The store is read without the feeds' lock, which the event loop takes at
+                # every announcement and every follower's take.
+                fresh = self.store.events(deployment, after=last)
+                with self._feeds_lock:
+                    if self._feeds.get(deployment) is not feed:
+                        continue  # its last follower left meanwhile
+                    for event in fresh:  # contiguous after `last`: the store has no gaps
+                        feed.ring.append((event, _line(event)))
+                    added += len(fresh)
+                    waiting, feed.waiting = ((feed.waiting, set()) if fresh
+                                             else (set(), feed.waiting))
             for follower in waiting:
                 with contextlib.suppress(RuntimeError):
                     follower.wake()
