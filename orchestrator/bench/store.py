@@ -5,8 +5,8 @@ cluster started here, orchestrator/testbed/postgres.py), through the daemon's ow
 - on PostgreSQL, three stores on one database (three daemons) appending to one deployment at
   once: events per second, and whether `seq` stayed gapless;
 - event-to-other-daemon: from an append on one store to its NOTIFY read by another store's
-  `notifications()` polled as the daemon's tick does (every 0.1 s there; here as fast as it
-  can, so the figure is the database's, not the tick's);
+  `notifications()`, polled here as fast as it can (the daemon reads it when its LISTEN socket
+  is readable, orchestrator/daemon/listener.py), so the figure is the database's;
 - a lease claim and a renewal (the heartbeat's cost per held deployment).
 
 Figures are printed, not asserted; the machine's load is printed by the runner.

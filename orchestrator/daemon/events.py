@@ -34,7 +34,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import IO, Any
 
@@ -158,23 +158,45 @@ class EventHub:
 
     def catch_up(self) -> int:
         """Events other daemons wrote (the store's notifications) into the feeds of the
-        deployments followed here, in seq order after each feed's last, then their waiting
-        followers woken: a follower on any daemon sees every event live. Returns how many."""
-        notes = self.store.notifications()
-        wanted = {d for d, _ in notes}
+        deployments followed here, then their waiting followers woken: a follower on any
+        daemon sees every event live. Returns how many. The daemon's event loop does the two
+        halves apart (orchestrator/daemon/listener.py): `missing` as each announcement
+        arrives, `fetch` in a thread only when a feed lacks one."""
+        return self.fetch(self.missing(self.store.notifications()))
+
+    def missing(self, notes: list[tuple[str, int]]) -> set[str]:
+        """The followed deployments whose feed lacks a notified (deployment, seq). Never
+        touches the store or the emitters' lock: it runs at every announcement, most of them
+        of deployments no one follows here, or this daemon's own (in its feeds already)."""
+        newest: dict[str, int] = {}
+        for deployment, seq in notes:
+            newest[deployment] = max(seq, newest.get(deployment, 0))
+        with self._feeds_lock:
+            return {d for d, seq in newest.items()
+                    if d in self._feeds and seq > _last(self._feeds[d])}
+
+    def fetch(self, deployments: Collection[str]) -> int:
+        """The stored events of `deployments` after each feed's last into the feed, in seq
+        order, then their waiting followers woken. Returns how many."""
         added = 0
-        for deployment in wanted:
-            with self._lock, self._feeds_lock:
-                feed = self._feeds.get(deployment)
+        for deployment in deployments:
+            with self._lock:  # no emit nor other fetch appends to the feed until it is done
+                with self._feeds_lock:
+                    feed = self._feeds.get(deployment)
+                    last = _last(feed) if feed is not None else 0
                 if feed is None:
                     continue
-                last = int(feed.ring[-1][0]["seq"]) if feed.ring else min(
-                    (f.cursor for f in feed.followers), default=0)
-                fresh = [e for e in self.store.events(deployment, after=last)]
-                for event in fresh:  # contiguous after `last`: the store has no gaps
-                    feed.ring.append((event, _line(event)))
-                added += len(fresh)
-                waiting, feed.waiting = (feed.waiting, set()) if fresh else (set(), feed.waiting)
+                # The store is read without the feeds' lock, which the event loop takes at
+                # every announcement and every follower's take.
+                fresh = self.store.events(deployment, after=last)
+                with self._feeds_lock:
+                    if self._feeds.get(deployment) is not feed:
+                        continue  # its last follower left meanwhile
+                    for event in fresh:  # contiguous after `last`: the store has no gaps
+                        feed.ring.append((event, _line(event)))
+                    added += len(fresh)
+                    waiting, feed.waiting = ((feed.waiting, set()) if fresh
+                                             else (set(), feed.waiting))
             for follower in waiting:
                 with contextlib.suppress(RuntimeError):
                     follower.wake()
@@ -309,6 +331,12 @@ class DeploymentSink:
             duration_ms=duration_ms, level=level, details=details,
         )
         return self.hub.publish(record)
+
+
+def _last(feed: _Feed) -> int:
+    """The seq a feed's next event follows: its newest, or (empty) its furthest-behind reader's."""
+    return int(feed.ring[-1][0]["seq"]) if feed.ring else min(
+        (f.cursor for f in feed.followers), default=0)
 
 
 def _line(event: dict[str, Any]) -> bytes:

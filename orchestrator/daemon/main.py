@@ -36,6 +36,7 @@ from orchestrator.daemon.config import DaemonConfig, read_token
 from orchestrator.daemon.events import EventHub
 from orchestrator.daemon.fanout import with_transport
 from orchestrator.daemon.journal import PriorityFormatter, is_journal_stream
+from orchestrator.daemon.listener import Listener
 from orchestrator.daemon.runners.base import make_runner
 from orchestrator.daemon.service import Service
 from orchestrator.daemon.statedir import lock_state_dir, open_private, private_dir
@@ -191,7 +192,7 @@ class _Server(uvicorn.Server):
         self._last_check = time.monotonic()
         self._beat: asyncio.Task[list[str]] | None = None
         self._last_beat = 0.0
-        self._catch_up: asyncio.Task[int] | None = None
+        self._listener = Listener(service.hub) if service and service.store.shared else None
         self._answer: asyncio.Task[int] | None = None
         self._last_answer = 0.0
         self._watchdog = watchdog_interval()
@@ -243,13 +244,13 @@ class _Server(uvicorn.Server):
             if self._beat is not None and self._beat.exception() is not None:
                 log.error("lease heartbeat failed", error=repr(self._beat.exception()))
             self._beat = asyncio.create_task(run_in_threadpool(watchdog.heartbeat, self._service))
-        if (self._service is not None and self._service.store.shared and not self.should_exit
-                and (self._catch_up is None or self._catch_up.done())):
-            # Every tick (0.1 s): other daemons' events to this daemon's followers (NOTIFY).
-            if self._catch_up is not None and self._catch_up.exception() is not None:
-                log.warning("events of other daemons not read",
-                            error=repr(self._catch_up.exception()))
-            self._catch_up = asyncio.create_task(run_in_threadpool(self._service.hub.catch_up))
+        if self._listener is not None:
+            # Other daemons' events reach this one's followers as their NOTIFY arrives; the
+            # tick only starts the listening, restarts it, and checks once a second.
+            if self.should_exit:
+                self._listener.stop()
+            else:
+                self._listener.tick(now)
         if (self._service is not None and self._service.store.shared and not self.should_exit
                 and (self._answer is None or self._answer.done())
                 and now - self._last_answer >= routing.ANSWER_EVERY_S):

@@ -174,9 +174,20 @@ class PostgresStore(SqlStore):
     def _notify(self, q: Exec, deployment: str, seq: int) -> None:
         q(f"SELECT pg_notify('{NOTIFY_CHANNEL}', ?)", (f"{deployment} {seq}",))
 
+    def listen_fd(self) -> int | None:
+        """The LISTEN connection's socket (open once `notifications` has been called and while
+        it works), for an event loop to watch: readable when a notification arrives. Never
+        connects, never blocks."""
+        listener = self._listener
+        if listener is None or listener.closed or listener.broken:
+            return None
+        return listener.fileno()
+
     def notifications(self) -> list[tuple[str, int]]:
         """(deployment, seq) of every event committed since the last call, by any daemon
-        (LISTEN on a connection of its own, opened at the first call; never blocks)."""
+        (LISTEN on a connection of its own, opened at the first call; never blocks). Every
+        notification the socket held is returned: none is left buffered in libpq, so the
+        socket's readiness (`listen_fd`) is the one sign of the next."""
         with self._listen_lock:
             try:
                 if self._listener is None or self._listener.closed or self._listener.broken:

@@ -211,9 +211,11 @@ class SqlStore(LeaseRows, RequestRows):
         """Tell other daemons' followers (PostgreSQL: NOTIFY, sent at commit)."""
 
     def notifications(self) -> list[tuple[str, int]]:
-        """(deployment, seq) of events other daemons committed since the last call; a store
-        no other daemon writes has none."""
+        """Other daemons' events, and the socket readable at more: a lone store has neither."""
         return []
+
+    def listen_fd(self) -> int | None:
+        return None
 
     def events(
         self, deployment: str, *, after: int = 0, host: str | None = None, limit: int = 10_000
@@ -288,8 +290,7 @@ class SqlStore(LeaseRows, RequestRows):
 
     def host_names(self) -> list[str]:
         """Every host ever probed, sorted (its facts not read)."""
-        return [r["host"] for r in
-                self._rows("SELECT DISTINCT host FROM host_facts ORDER BY host")]
+        return [r["host"] for r in self._rows("SELECT DISTINCT host FROM host_facts ORDER BY host")]
 
     def fleet_app_results(self, names: Collection[str] | None = None
                           ) -> dict[str, dict[str, dict[str, Any]]]:

@@ -87,6 +87,11 @@ class Store(Protocol):
         """(deployment, seq) of the events committed since the last call, by any daemon."""
         ...
 
+    def listen_fd(self) -> int | None:
+        """A socket readable when `notifications` has news (PostgreSQL's LISTEN connection),
+        or None; never connects or blocks."""
+        ...
+
     def record_host(
         self, host: str, status: str, reasons: list[str], facts: dict[str, Any] | None
     ) -> None:
