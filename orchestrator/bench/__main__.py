@@ -10,9 +10,11 @@ has `run()`.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import pkgutil
 import sys
+from types import ModuleType
 
 from orchestrator import bench
 
@@ -36,8 +38,22 @@ def plan(argv: list[str]) -> list[tuple[str, list[str]]]:
     return runs or [(name, []) for name in modules()]
 
 
+def takes_options(module: ModuleType) -> bool:
+    """Whether the module's `run` takes an argv (a module without one is set by environment
+    variables, named in its docstring)."""
+    return bool(inspect.signature(module.run).parameters)
+
+
 def main(argv: list[str]) -> int:
     for name, options in plan(argv):
+        if name not in modules():
+            print(f"no benchmark module {name!r}; there are: {', '.join(modules())}",
+                  file=sys.stderr)
+            return 2
+        if options and not takes_options(importlib.import_module(f"{bench.__name__}.{name}")):
+            print(f"orchestrator.bench {name} takes no options ({' '.join(options)}): its "
+                  "settings are environment variables, see docs/benchmarks.md", file=sys.stderr)
+            return 2
         # The figures move with whatever else runs on the machine: say how busy it was.
         load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
         print(f"== {name} == (load average {load} on {os.cpu_count()} cores)", flush=True)
