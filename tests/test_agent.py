@@ -184,8 +184,9 @@ def test_a_warm_redeploy_sends_each_step_as_one_request_to_the_agent(
     assert "probe" not in steps and "unlock" not in steps  # folded into lock and prune
     for step in ("stage", "install", "switch", "prune"):
         assert steps.pop(step) == {"req": 1}, step
-    verify = steps.pop("verify")  # the warmup runner is its own command; the commit a request
-    assert verify["req"] == 1 and verify["run"] == 1
+    # The golden file and the runner's request written in one request, the runner its own
+    # command, the manifest and the commit one request: no SFTP.
+    assert steps.pop("verify") == {"req": 2, "run": 1}
     assert set(steps) <= {"check"}, steps  # the spec has no service: check sends nothing
     assert app_state_current(inventory, name, "agent-warm") == second.release_id
     _no_agent_left(host)

@@ -32,10 +32,8 @@ thin (build + run + parse) and stay for their callers. The replies' dataclasses,
 Each call is one SSH command and one interpreter start on the host, which on a busy host is
 most of what a small op costs; `batch` runs several ops back to back in one process (stopping
 at the first failure, which raises exactly what that op alone would have raised), so a
-pipeline step that needs three small ops pays for one. Within `agent.serving(transport, root)`
-(a deployment's pipeline on one host) a call is instead one request line to the host agent
-(orchestrator/hosts/agent.py: one `hostops.py serve` process on one channel), answered with the
-same reply, read by the same parsers; streaming ops (`_stream`) keep their own channel.
+pipeline step that needs three small ops pays for one. Within `agent.serving` (a deployment
+on one host) a call is one request line to the host agent instead (orchestrator/hosts/agent.py).
 """
 
 from __future__ import annotations
@@ -142,8 +140,7 @@ class HostOps:
 
     def _by_agent(self, op: str, args: Mapping[str, Any], timeout: float,
                   max_output: int | None) -> CommandResult | None:
-        """The op's result through the host agent (orchestrator/hosts/agent.py) when one
-        serves this host, else None: the caller runs it the one-exec way."""
+        """The op's result through the host's agent, or None: then the caller execs it."""
         serving = agent.current(self.transport, self.root, self.python)
         if serving is None:
             return None
