@@ -18,7 +18,8 @@ hashes, names), hostops_host (free-bytes, the deploy lock, audit, kill-group), h
 argument checks, atomic writes, flocks, tree hash), hostops_releases (app state, switch, rollback,
 the `releases` and `state` views), hostops_stage, hostops_venvs (wheel cache, venvs),
 hostops_receive (wheels and model files streamed on stdin, hashed on arrival), hostops_fetch
-(wheels pulled from an operator's mirror), hostops_pylock (PEP 751 reading) and hostops_prune.
+(wheels pulled from an operator's mirror), hostops_pylock (PEP 751 reading), hostops_health
+(a service's health check) and hostops_prune.
 Each hostops_* module lists its ops in its own `OPS` (and in `STREAMING` those whose stdin
 carries data after the JSON line); this file gathers them (a new module's ops need no edit).
 
@@ -92,6 +93,8 @@ Ops (arguments besides "root"; what a success adds; failure kinds worth branchin
                         bad-manifest
     kill-group          pid_file, [remove] -> killed (SIGKILL to the group in pid_file; the
                         files are removed; needs no "root")
+    health              app, mode (url|command), target, budget -> healthy, attempts, error
+                        (health.py's check, in this process: hostops_health)
     batch               ops [{op, args}] -> results (each op's reply), in order, stopping at
                         the first failure (then the batch fails with its kind, error,
                         failed_op and the results so far): one process for a step's calls
