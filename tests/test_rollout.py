@@ -314,14 +314,17 @@ BAD_REPLIES: dict[str, tuple[str, str | tuple[str, str], str]] = {
                "host sent an invalid reply to stage-commit: missing field 'path'"),
     "switch": ("hostops_releases.py", _drop_from_reply("switch", "generation"),
                "host sent an invalid reply to switch: missing field 'generation'"),
-    # health.py runs as a script: its reply is edited where it is printed, for the release just
-    # switched to only (the newest), so the rollback's recheck of the previous one passes.
-    "check": ("health.py", ("    print(json.dumps(result))\n",
-                            "    _ids = sorted(n for n in os.listdir('releases') if '.' not in n)\n"
-                            "    if os.readlink('current').rsplit('/', 1)[-1] == _ids[-1]:\n"
-                            "        result.pop('ok', None)\n"
-                            "    print(json.dumps(result))\n"),
-              "host sent an invalid reply to health: missing field 'ok'"),
+    # In a deployment the health check is the host agent's `health` op: its reply is edited
+    # for the release just switched to only (the newest), so the rollback's recheck of the
+    # previous one passes.
+    "check": ("hostops_health.py", (
+        "    return {\"healthy\": code == 0,",
+        "    import os\n"
+        "    _ids = sorted(n for n in os.listdir(app_dir + '/releases') if '.' not in n)\n"
+        "    if os.readlink(app_dir + '/current').rsplit('/', 1)[-1] == _ids[-1]:\n"
+        "        return {\"attempts\": 1}\n"
+        "    return {\"healthy\": code == 0,"),
+        "host sent an invalid reply to health: missing field 'healthy'"),
 }
 #: The daemon's resident memory after any of them (issue 13: a hostile host once took it to GBs).
 MAX_DAEMON_RSS_MB = 300

@@ -38,12 +38,15 @@ from orchestrator.deploy.pipeline import (
 )
 from orchestrator.deploy.pkgindex import PackageIndex
 from orchestrator.deploy.playbook import Playbook, load_playbook
+from orchestrator.deploy.steps import probe as probe_step
+from orchestrator.deploy.steps import prune as prune_step
 from orchestrator.deploy.steps.host import HostDeploy
 from orchestrator.deploy.steps.recovery import Settled, recover_host
 from orchestrator.deploy.steps.wheels import wheel_resolver
 from orchestrator.errors import HostError
-from orchestrator.hosts import hostlock, shipping
+from orchestrator.hosts import agent, hostlock, ops, shipping
 from orchestrator.hosts.pool import Pool, map_hosts
+from orchestrator.hosts.probe import PROBE_TIMEOUT_S
 from orchestrator.hosts.transport import Transport
 
 #: Extra budget of the verify step beyond the spec's own warmup deadline (upload, parse).
@@ -111,8 +114,10 @@ def deploy_host(transport: Transport, host: Host, inputs: DeployInputs, sink: Ev
                 break_lock: bool = False) -> HostResult:
     """The pipeline on one host, under the app's deploy lock on that host."""
     # The lock, the probe and the unlock each need the host tools: checked once, not thrice
-    # (each check is a round trip: what far hosts pay, bench farhosts).
-    with shipping.remembered(transport):
+    # (each check is a round trip: what far hosts pay, bench farhosts). The host's ops go
+    # through one agent process on one channel (orchestrator/hosts/agent.py), ended with the
+    # pipeline.
+    with shipping.remembered(transport), agent.serving(transport, host.deploy_root):
         return _deploy_host(transport, host, inputs, sink, playbook=playbook, cancel=cancel,
                             break_lock=break_lock)
 
@@ -121,18 +126,29 @@ def _deploy_host(transport: Transport, host: Host, inputs: DeployInputs, sink: E
                  playbook: Playbook | None, cancel: threading.Event | None,
                  break_lock: bool) -> HostResult:
     app = str(inputs.spec.name)
+    pb = playbook_for(inputs.spec, playbook)
+    # Over a far link each host call is a round trip: the probe goes with the lock, and the
+    # unlock with the last step when that is prune (nothing of the pipeline comes after it).
+    probe_first = pb.names[:1] == (probe_step.NAME,)
     try:
-        held = hostlock.acquire(transport, host.deploy_root, app, inputs.deployment,
-                                force=break_lock, token=inputs.fence)
+        held, early = hostlock.acquire_then(
+            transport, host.deploy_root, app, inputs.deployment, force=break_lock,
+            token=inputs.fence, then=probe_step.calls(app) if probe_first else (),
+            timeout=max(30.0, PROBE_TIMEOUT_S), max_output=probe_step.MAX_OUTPUT)
     except HostError as exc:
         return _refused(host.name, sink, exc)
     sink.emit("host.lock", host=host.name, status="acquired", **held)
+    steps = HostDeploy(transport, host, inputs, sink)
+    if probe_first:
+        steps.ctx.prefetched = early
+    if pb.names[-1:] == (prune_step.NAME,):
+        steps.ctx.unlock = ops.deploy_unlock(app, inputs.deployment)
     try:
-        steps = HostDeploy(transport, host, inputs, sink)
-        return Pipeline(playbook_for(inputs.spec, playbook), steps, sink, cancel=cancel).run()
+        return Pipeline(pb, steps, sink, cancel=cancel).run()
     finally:
         try:
-            hostlock.release(transport, host.deploy_root, app, inputs.deployment)
+            if not steps.ctx.unlocked:
+                hostlock.release(transport, host.deploy_root, app, inputs.deployment)
             sink.emit("host.lock", host=host.name, status="released")
         except HostError as exc:  # the connection is gone: the lock stays, and says whose
             sink.emit("host.lock", host=host.name, status="failed", level="warning",

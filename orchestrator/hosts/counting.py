@@ -9,7 +9,9 @@ at least one round trip, so this count is what a deploy to distant hosts pays be
     counter.count[("tb-01", "verify", "run")]   # commands tb-01 ran during verify
 
 `Counting` wraps any Transport and changes nothing of what it does; a stream of files
-(`run_with_files`) counts as one run; anything else is passed through uncounted.
+(`run_with_files`) counts as one run; a host agent's start (`converse`: the exec of its
+channel) as one run, and each of its requests as one `req` (a line sent, its reply read: one
+round trip), timed from the send to the reply; anything else is passed through uncounted.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.hosts.transport import CommandResult, Transport
+from orchestrator.hosts.transport import CommandResult, Conversation, Transport
 
-KINDS = ("run", "put", "get")
+KINDS = ("run", "req", "put", "get")
 
 
 class Exchanges:
@@ -34,9 +36,9 @@ class Exchanges:
         self.seconds: defaultdict[tuple[str, str, str], float] = defaultdict(float)
         self._guard = threading.Lock()
 
-    def add(self, host: str, label: str, kind: str, seconds: float) -> None:
+    def add(self, host: str, label: str, kind: str, seconds: float, n: int = 1) -> None:
         with self._guard:
-            self.count[(host, label, kind)] += 1
+            self.count[(host, label, kind)] += n
             self.seconds[(host, label, kind)] += seconds
 
     def total(self, host: str, label: str | None = None) -> int:
@@ -99,9 +101,19 @@ class Counting:
 
     def __getattr__(self, name: str) -> Any:
         # What the Transport gains later: passed, not counted; but a stream of files is one
-        # command, counted as a run. Looked up on `inner`, so a Counting can stream exactly when
-        # what it wraps can (hostops checks `isinstance(transport, FileStreamer)`).
+        # command, counted as a run; an agent's start too, and its requests as `req`s. Looked
+        # up on `inner`, so a Counting can stream (or converse) exactly when what it wraps can
+        # (hostops checks `isinstance(transport, FileStreamer)`, the agent `Converser`).
         attr = getattr(self.inner, name)
+        if name == "converse":
+            def conversing(argv: Sequence[str]) -> _CountedConversation:
+                started = time.perf_counter()
+                try:
+                    conversation: Conversation = attr(argv)
+                finally:
+                    self._tally("run", started)
+                return _CountedConversation(conversation, self)
+            return conversing
         if name != "run_with_files":
             return attr
 
@@ -113,3 +125,41 @@ class Counting:
             finally:
                 self._tally("run", started)
         return counted
+
+
+class _CountedConversation:
+    """A Conversation whose requests are tallied: one `req` per send, with the seconds until
+    the reply lines that follow it are read (the agent's hello belongs to its first request)."""
+
+    def __init__(self, inner: Conversation, counting: Counting) -> None:
+        self.inner, self.counting = inner, counting
+
+    def send(self, data: bytes, *, timeout: float) -> None:
+        started = time.perf_counter()
+        try:
+            self.inner.send(data, timeout=timeout)
+        finally:
+            self._add(1, started)
+
+    def read_line(self, *, timeout: float, limit: int) -> bytes:
+        started = time.perf_counter()
+        try:
+            return self.inner.read_line(timeout=timeout, limit=limit)
+        finally:
+            self._add(0, started)
+
+    def _add(self, n: int, started: float) -> None:
+        c = self.counting
+        c.exchanges.add(c.host, c.label(), "req", time.perf_counter() - started, n)
+
+    def stderr_tail(self) -> str:
+        return self.inner.stderr_tail()
+
+    def exit_code(self) -> int | None:
+        return self.inner.exit_code()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def kill(self) -> None:
+        self.inner.kill()

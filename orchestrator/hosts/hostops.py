@@ -32,7 +32,8 @@ thin (build + run + parse) and stay for their callers. The replies' dataclasses,
 Each call is one SSH command and one interpreter start on the host, which on a busy host is
 most of what a small op costs; `batch` runs several ops back to back in one process (stopping
 at the first failure, which raises exactly what that op alone would have raised), so a
-pipeline step that needs three small ops pays for one.
+pipeline step that needs three small ops pays for one. Within `agent.serving` (a deployment
+on one host) a call is one request line to the host agent instead (orchestrator/hosts/agent.py).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from typing import Any, TypeVar
 from orchestrator.core.hashing import hash_file
 from orchestrator.core.release import Manifest
 from orchestrator.errors import BadHostOutput
-from orchestrator.hosts import layout, ops
+from orchestrator.hosts import agent, layout, ops
 from orchestrator.hosts.modelfiles import model_files
 from orchestrator.hosts.opresults import (
     AppState,
@@ -65,7 +66,7 @@ from orchestrator.hosts.opresults import (
 )
 from orchestrator.hosts.ops import OpCall
 from orchestrator.hosts.shipping import RemoteTools, ensure_tools
-from orchestrator.hosts.transport import FileStreamer, Transport
+from orchestrator.hosts.transport import CommandResult, FileStreamer, Transport
 
 # Re-exported: the step modules and tests import these names from here.
 __all__ = ["DEFAULT_TIMEOUT_S", "VENV_TIMEOUT_S",
@@ -130,11 +131,30 @@ class HostOps:
         """Run one op (built by `orchestrator.hosts.ops`) and parse its reply; the arguments
         travel on stdin (no argv length limit, nothing in `ps`)."""
         op = str(call.op)
-        payload = json.dumps({**self._common, **call.args}).encode("utf-8")
-        result = self.transport.run(self._argv(op), timeout=timeout, stdin=payload,
-                                    check=False, max_output=max_output)
-        return self.parsed(call, parse_reply(self.host, op, result.exit_code, result.stdout,
-                                             result.stderr))
+        args = {**self._common, **call.args}
+        result = self._by_agent(op, args, timeout, max_output) or self.transport.run(
+            self._argv(op), timeout=timeout, stdin=json.dumps(args).encode("utf-8"),
+            check=False, max_output=max_output)
+        return self.parsed(call, self._checked(
+            lambda: parse_reply(self.host, op, result.exit_code, result.stdout, result.stderr)))
+
+    def _by_agent(self, op: str, args: Mapping[str, Any], timeout: float,
+                  max_output: int | None) -> CommandResult | None:
+        """The op's result through the host's agent, or None: then the caller execs it."""
+        serving = agent.current(self.transport, self.root, self.python)
+        if serving is None:
+            return None
+        return serving.call({"op": op, "args": args}, timeout=timeout, max_output=max_output)
+
+    def _checked(self, parse: Callable[[], T]) -> T:
+        """`parse()`; a garbage reply also ends the host's agent (not asked again)."""
+        try:
+            return parse()
+        except BadHostOutput:
+            serving = agent.current(self.transport, self.root, self.python)
+            if serving is not None:
+                serving.discard(kill=True)
+            raise
 
     def batch(self, calls: Sequence[OpCall[Any]], *,
               timeout: float = DEFAULT_TIMEOUT_S,
@@ -143,12 +163,14 @@ class HostOps:
         types it), or the HostOpFailed of the first that failed (the later ones did not run).
         Every reply is checked against its call's parser here, so a reply missing what its op
         promises is a BadHostOutput now, never a KeyError in the step that reads it."""
-        payload = json.dumps({**self._common, "ops": [c.wire() for c in calls]})
-        result = self.transport.run(self._argv(str(ops.Op.BATCH)), timeout=timeout,
-                                    stdin=payload.encode("utf-8"), check=False,
-                                    max_output=max_output)
-        replies = parse_batch_reply(self.host, [str(c.op) for c in calls], result.exit_code,
-                                    result.stdout, result.stderr)
+        args = {**self._common, "ops": [c.wire() for c in calls]}
+        op = str(ops.Op.BATCH)
+        result = self._by_agent(op, args, timeout, max_output) or self.transport.run(
+            self._argv(op), timeout=timeout, stdin=json.dumps(args).encode("utf-8"),
+            check=False, max_output=max_output)
+        replies = self._checked(lambda: parse_batch_reply(
+            self.host, [str(c.op) for c in calls], result.exit_code, result.stdout,
+            result.stderr))
         if len(replies) != len(calls):
             raise BadHostOutput(self.host, f"host sent {len(replies)} replies to a batch of "
                                            f"{len(calls)} ops")

@@ -89,6 +89,7 @@ class Op(enum.StrEnum):
     DEPLOY_UNLOCK = "deploy-unlock"
     AUDIT = "audit"
     KILL_GROUP = "kill-group"
+    HEALTH = "health"
     BATCH = "batch"
 
 
@@ -339,6 +340,18 @@ def deploy_unlock(app: str, deployment: str) -> OpCall[bool]:
     """Drop the app's deploy lock if (and only if) `deployment` holds it; True when dropped."""
     return OpCall(Op.DEPLOY_UNLOCK, {"app": app, "deployment": deployment},
                   _field("released", bool))
+
+
+def health(app: str, mode: str, target: str, budget_s: float) -> OpCall[dict[str, Any]]:
+    """health.py's check in the host's process (the agent's): {healthy, attempts, error}."""
+    def parse(reply: Mapping[str, Any]) -> dict[str, Any]:
+        healthy, attempts, error = reply["healthy"], reply["attempts"], reply.get("error")
+        if not (isinstance(healthy, bool) and isinstance(attempts, int)
+                and (error is None or isinstance(error, str))):
+            raise ValueError("healthy, attempts or error of the wrong type")
+        return {"healthy": healthy, "attempts": attempts, "error": error}
+    return OpCall(Op.HEALTH, {"app": app, "mode": mode, "target": target, "budget": budget_s},
+                  parse)
 
 
 def audit(app: str) -> OpCall[dict[str, Any]]:

@@ -116,6 +116,20 @@ def ensure_tools(transport: Transport, deploy_root: str) -> RemoteTools:
     return tools
 
 
+def expected_tools(deploy_root: str) -> RemoteTools:
+    """Where this controller's bundle is (or would be) on a host; nothing is checked."""
+    digest = bundle().digest
+    return RemoteTools(tools_root(deploy_root, digest), digest)
+
+
+def note_complete(transport: Transport, tools: RemoteTools) -> None:
+    """The host itself found the bundle complete (the host agent checks its own marker at
+    start): within `remembered`, nobody reads the marker again."""
+    with _seen_guard:
+        if transport in _seen:
+            _seen[transport].add(tools.root)
+
+
 def _complete(transport: Transport, tools: RemoteTools) -> bool:
     try:
         marker = transport.get(tools.script(MARKER), max_bytes=_MARKER_BYTES)

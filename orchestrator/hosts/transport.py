@@ -108,3 +108,31 @@ class FileStreamer(Protocol):
         max_output: int | None = None,
         on_sent: Callable[[int], None] | None = None,
     ) -> CommandResult: ...
+
+
+class Conversation(Protocol):
+    """A command that stays running on one channel, exchanging lines with the controller (the
+    host agent, orchestrator/hosts/agent.py). A host is untrusted: `read_line` returns one line
+    of at most `limit` bytes (else `OutputTooLarge`) within `timeout` seconds (else
+    `CommandTimeout`), or b"" once the command's stdout ended; `HostUnreachable` when the
+    connection drops. `close` ends its stdin (the command sees EOF) without waiting; `kill`
+    stops its process group as `run` does on a timeout, then closes."""
+
+    def send(self, data: bytes, *, timeout: float) -> None: ...
+
+    def read_line(self, *, timeout: float, limit: int) -> bytes: ...
+
+    def stderr_tail(self) -> str: ...
+
+    def exit_code(self) -> int | None: ...
+
+    def close(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+@runtime_checkable
+class Converser(Protocol):
+    """A transport that can start a `Conversation` (SshTransport); one exec channel."""
+
+    def converse(self, argv: Sequence[str]) -> Conversation: ...

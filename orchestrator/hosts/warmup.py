@@ -80,23 +80,41 @@ def killed_result(host: str, deadline_s: float, how: str) -> WarmupResult:
     return result_from_raw(host, raw)
 
 
+def capped(request: WarmupRequest, timeout: float) -> WarmupRequest:
+    """The request as the runner gets it: its deadline capped so that every layer above ends
+    inside `timeout`."""
+    deadline = max(MIN_DEADLINE_S,
+                   min(request.deadline_s, timeout - KILL_GRACE_S - TRANSPORT_GRACE_S))
+    return dataclasses.replace(request, deadline_s=deadline)
+
+
+def request_path(workdir: str) -> str:
+    """A fresh name for a request file in `workdir` (removed by the runner's wrapper)."""
+    return f"{workdir.rstrip('/')}/orchestrator-warmup-{uuid.uuid4().hex}.json"
+
+
 def run_warmup(transport: Transport, python: str, tools_dir: RemoteTools | str,
                request: WarmupRequest, timeout: float, workdir: str = "/tmp",
                visible_devices: str | None = None,
-               on_progress: Callable[[Iterations], None] | None = None) -> WarmupResult:
+               on_progress: Callable[[Iterations], None] | None = None,
+               written: str | None = None) -> WarmupResult:
     """Run `request` with the venv's `python` on the transport's host, within `timeout` seconds.
 
     The runner's deadline is `request.deadline_s`, capped so that every layer above ends
     inside `timeout`. Raises HostError subclasses for transport failures and BadHostOutput when
     the runner printed something that is not its result, or a progress line that is not one
-    (raised once the runner has ended). `on_progress` gets each progress line as it comes."""
+    (raised once the runner has ended). `on_progress` gets each progress line as it comes.
+    `written`: where the caller already wrote `capped(request, timeout)` (a name from
+    `request_path`): then it is not uploaded here."""
     host = transport.host
-    deadline = max(MIN_DEADLINE_S,
-                   min(request.deadline_s, timeout - KILL_GRACE_S - TRANSPORT_GRACE_S))
-    request = dataclasses.replace(request, deadline_s=deadline)
-    req_path = f"{workdir.rstrip('/')}/orchestrator-warmup-{uuid.uuid4().hex}.json"
+    request = capped(request, timeout)
+    deadline = request.deadline_s
+    if written is None:
+        req_path = request_path(workdir)
+        transport.put(request.to_json().encode(), req_path, 0o600)
+    else:  # the caller put `capped(request, timeout)` there, with other files in one call
+        req_path = written
     pid_path = f"{req_path}.pid"
-    transport.put(request.to_json().encode(), req_path, 0o600)
     argv = warmup_argv(python, _script(tools_dir), req_path, deadline, visible_devices)
     lines = ProgressLines()
 

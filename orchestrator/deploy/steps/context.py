@@ -23,7 +23,9 @@ from orchestrator.deploy.environments.base import BuiltEnvironment
 from orchestrator.deploy.inputs import DeployInputs
 from orchestrator.deploy.progress import HostProgress
 from orchestrator.deploy.steps import StepFailed
+from orchestrator.errors import HostError
 from orchestrator.hosts.hostops import HostOps, StagedRelease
+from orchestrator.hosts.ops import OpCall
 from orchestrator.hosts.shipping import RemoteTools
 from orchestrator.hosts.transport import Transport
 
@@ -51,6 +53,12 @@ class HostContext:
     warmup: dict[str, Any] | None = None                 # verify: the manifest's baseline
     gpus: tuple[str, ...] = ()                           # verify: the placed GPUs' UUIDs
     switched: bool = False                               # switch
+    # -- set by the host's driver (deploy/batch.py), to save round trips on far hosts --
+    # The probe's replies (or its error), taken in the same host call as the deploy lock.
+    prefetched: list[dict[str, Any]] | HostError | None = None
+    # The deploy lock's release, sent with the last step's ops (prune); `unlocked` once done.
+    unlock: OpCall[bool] | None = None
+    unlocked: bool = False
 
     @classmethod
     def open(cls, transport: Transport, host: Host, inputs: DeployInputs,

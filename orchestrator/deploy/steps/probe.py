@@ -1,4 +1,5 @@
-"""The `probe` step: the host's facts and the app's state there, in one hostops batch.
+"""The `probe` step: the host's facts and the app's state there, in one hostops batch (sent with
+the deploy lock's op when the deployment's driver can: one round trip less on a far host).
 
 The tools bundle is checked (and shipped when missing) once per host and deployment here, so every
 later step finds it. Driver missing or no GPU is a fact, not a failure; a probe that prints more
@@ -15,7 +16,7 @@ from orchestrator.core.facts import MAX_FACTS_BYTES, HostFacts, parse_facts
 from orchestrator.core.spec import Spec
 from orchestrator.deploy.deadline import Deadline
 from orchestrator.deploy.steps.context import HostContext, Target
-from orchestrator.errors import BadHostOutput, OutputTooLarge
+from orchestrator.errors import BadHostOutput, HostError, OutputTooLarge
 from orchestrator.hosts import ops
 from orchestrator.hosts.probe import PROBE_TIMEOUT_S
 
@@ -24,12 +25,25 @@ NAME = "probe"
 _STATE_BYTES = 1 << 20
 
 
+#: The probe's bound on the replies of its batch (and of the deploy lock's, which may carry it).
+MAX_OUTPUT = MAX_FACTS_BYTES + _STATE_BYTES
+
+
+def calls(app: str) -> list[ops.OpCall[Any]]:
+    """The probe's host ops: the facts and the app's state (deploy/batch.py sends them with the
+    deploy lock when the playbook starts with this step)."""
+    return [ops.probe(), ops.state(app)]
+
+
 def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
     ctx.tools = ctx.ops.tools()  # ships the tools when missing; once per deployment
-    probe, state = ops.probe(), ops.state(ctx.app_name)
+    probe, state = calls(ctx.app_name)
+    early, ctx.prefetched = ctx.prefetched, None  # taken under the lock just now: fresh
     try:
-        replies = ctx.ops.batch([probe, state], timeout=deadline.timeout(PROBE_TIMEOUT_S),
-                                max_output=MAX_FACTS_BYTES + _STATE_BYTES)
+        if isinstance(early, HostError):
+            raise early
+        replies = early if early is not None else ctx.ops.batch(
+            [probe, state], timeout=deadline.timeout(PROBE_TIMEOUT_S), max_output=MAX_OUTPUT)
     except OutputTooLarge as exc:
         raise BadHostOutput(ctx.host, f"probe printed more than {MAX_FACTS_BYTES} bytes; "
                                       "refusing to parse it") from exc

@@ -7,12 +7,13 @@ was restarted and checked when it was deployed (`service_of`), whoever rolls bac
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.core.spec import Service
-from orchestrator.errors import BadHostOutput, HealthCheckFailed
-from orchestrator.hosts import layout, ops, serving
+from orchestrator.errors import BadHostOutput, CommandTimeout, HealthCheckFailed
+from orchestrator.hosts import agent, layout, ops, serving
 from orchestrator.hosts.hostops import HostOps
 from orchestrator.hosts.opresults import HostOpFailed, OpKind
 from orchestrator.hosts.shipping import RemoteTools
@@ -62,10 +63,32 @@ def health(transport: Transport, deploy_root: str, app: str, svc: Service | None
     With `tools` (shipped to the host), their health.py runs it."""
     if svc is None or not (svc.health_url or svc.health_command):
         return {"health": "none configured"}
+    if tools is not None and agent.current(transport, deploy_root, "python3") is not None:
+        return _health_by_agent(HostOps(transport, deploy_root), app, svc, timeout)
     return serving.health(transport, url=svc.health_url, command=svc.health_command,
                           cwd=layout.app_dir(deploy_root, app),
                           budget_s=float(svc.health_timeout_s), timeout=timeout,
                           script=tools.script("health.py") if tools is not None else None)
+
+
+def _health_by_agent(host_ops: HostOps, app: str, svc: Service,
+                     timeout: float) -> dict[str, Any]:
+    """The same check as health.py's, as one request to the host agent (the `health` op),
+    judged by the same words as `serving.health`."""
+    mode, target = ("url", svc.health_url) if svc.health_url else ("command", svc.health_command)
+    assert target is not None  # `health` checked that the service has one
+    budget = max(1.0, min(float(svc.health_timeout_s), timeout - 5.0))
+    started = time.perf_counter()
+    try:
+        out = host_ops.run(ops.health(app, mode, target, budget), timeout=budget + 5.0)
+    except CommandTimeout as exc:
+        raise HealthCheckFailed(host_ops.host, f"{mode} {target}", str(exc)) from exc
+    if not out["healthy"]:
+        raise HealthCheckFailed(host_ops.host, f"{mode} {target}",
+                                f"unhealthy after {budget:g} s ({out['attempts']} attempts): "
+                                f"{out['error']}")
+    return {"health": mode, "health_attempts": out["attempts"],
+            "health_s": round(time.perf_counter() - started, 3)}
 
 
 def service_of(host: str, recorded: Mapping[str, Any] | None,

@@ -5,7 +5,8 @@ until it passes or the budget is spent; print one JSON object, exit 0 (healthy) 
 
 Python 3.9+, stdlib only. The controller (orchestrator/hosts/serving.py) sends this file's text
 as `-c`: the check then needs no shipped tools, and a service that takes a few seconds to come
-up costs one SSH round trip, not one per attempt.
+up costs one SSH round trip, not one per attempt. In a deployment with a host agent,
+hostops_health.py runs `check` in the agent's process instead (one request).
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ def descendants(pid):
     return found
 
 
-def run_command(target, left):
-    p = subprocess.Popen(["sh", "-c", target], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def run_command(target, left, cwd=None):
+    p = subprocess.Popen(["sh", "-c", target], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         cwd=cwd)
     try:
         out = p.communicate(timeout=left)[0]
     except subprocess.TimeoutExpired:
@@ -52,8 +54,9 @@ def run_command(target, left):
     return p.returncode, out
 
 
-def check(mode, target, budget):
-    """Poll until healthy or out of budget; (exit code, the JSON object to print)."""
+def check(mode, target, budget, cwd=None):
+    """Poll until healthy or out of budget; (exit code, the JSON object to print). `cwd`: the
+    command's directory (the host agent's `health` op; the script is run from there)."""
     end = time.monotonic() + budget
     opener = None
     if mode == "url":  # urllib (http, email, ssl) costs more than the interpreter's own start
@@ -72,7 +75,7 @@ def check(mode, target, budget):
                         return 0, {"ok": True, "attempts": attempts, "status": r.status}
                     last = f"HTTP {r.status}"
             else:
-                code, out = run_command(target, left)
+                code, out = run_command(target, left, cwd)
                 if code == 0:
                     return 0, {"ok": True, "attempts": attempts}
                 tail = out.decode("utf-8", "replace").strip().splitlines()[-3:]

@@ -18,7 +18,8 @@ hashes, names), hostops_host (free-bytes, the deploy lock, audit, kill-group), h
 argument checks, atomic writes, flocks, tree hash), hostops_releases (app state, switch, rollback,
 the `releases` and `state` views), hostops_stage, hostops_venvs (wheel cache, venvs),
 hostops_receive (wheels and model files streamed on stdin, hashed on arrival), hostops_fetch
-(wheels pulled from an operator's mirror), hostops_pylock (PEP 751 reading) and hostops_prune.
+(wheels pulled from an operator's mirror), hostops_pylock (PEP 751 reading), hostops_health
+(a service's health check) and hostops_prune.
 Each hostops_* module lists its ops in its own `OPS` (and in `STREAMING` those whose stdin
 carries data after the JSON line); this file gathers them (a new module's ops need no edit).
 
@@ -92,9 +93,19 @@ Ops (arguments besides "root"; what a success adds; failure kinds worth branchin
                         bad-manifest
     kill-group          pid_file, [remove] -> killed (SIGKILL to the group in pid_file; the
                         files are removed; needs no "root")
+    health              app, mode (url|command), target, budget -> healthy, attempts, error
+                        (health.py's check, in this process: hostops_health)
     batch               ops [{op, args}] -> results (each op's reply), in order, stopping at
                         the first failure (then the batch fails with its kind, error,
                         failed_op and the results so far): one process for a step's calls
+
+The host agent, `hostops.py serve DIGEST` (a mode, not an op): one process for a whole
+deployment on this host, on one SSH channel. It first checks that its own bundle is complete
+(the `.complete` marker beside it holds DIGEST) and says so in one line, then reads requests,
+one JSON object a line on stdin ({"op", "args"}; any op but the streaming ones), and answers
+each with one line, `<exit code> <the reply the op alone would print>`, until stdin ends. The
+ops' own children (installers) get /dev/null as stdin and stderr as stdout: the channel's two
+streams carry requests and replies only.
 """
 
 from __future__ import annotations
@@ -237,9 +248,80 @@ def _run_op(op, args):
         return {"ok": False, "error": repr(exc), "kind": "internal"}, 1
 
 
-def main(argv=None):
+#: A request line's bound: a step's batch carries a small model's bytes in base64 (write-file).
+MAX_REQUEST = 64 << 20
+MARKER = ".complete"
+
+
+def _hello(argv):
+    """The agent's first line: whether the bundle it runs from is the complete one the
+    controller means (the marker is written last by the upload): (reply, exit code)."""
+    if len(argv) != 1:
+        return {"ok": False, "kind": "bad-args", "error": "usage: hostops.py serve DIGEST"}, 2
     try:
-        op, args = _parse(sys.argv[1:] if argv is None else argv)
+        with open(os.path.join(_HERE, MARKER), "rb") as f:
+            found = f.read(4096).decode("ascii", "replace").strip()
+    except OSError:
+        found = ""
+    if found != argv[0]:
+        return {"ok": False, "kind": "not-found",
+                "error": f"the tools bundle {_HERE} is not complete"}, 1
+    return {"ok": True, "agent": 1, "pid": os.getpid()}, 0
+
+
+def _request(line):
+    """One request line as (op, args), or an OpError: a request the one-shot form would refuse
+    (unknown op, streaming op, not an object) is refused the same way."""
+    try:
+        request = json.loads(line)
+    except ValueError as exc:
+        raise OpError("bad-args", f"request is not JSON: {exc}") from None
+    if not (isinstance(request, dict) and request.get("op") in OPS
+            and request["op"] not in STREAMING and isinstance(request.get("args"), dict)):
+        raise OpError("bad-args", "a request is {\"op\": <a non-streaming op>, \"args\": {...}}")
+    return request["op"], request["args"]
+
+
+def serve(argv):
+    """The agent's loop (module docstring): one reply line per request line, until EOF."""
+    requests = os.fdopen(os.dup(0), "rb")
+    replies = os.fdopen(os.dup(1), "wb")
+    # What the ops start must not read our requests nor write into our replies.
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    sys.stdin, sys.stdout = open(os.devnull), sys.stderr  # noqa: SIM115 - for the process' life
+
+    def answer(result, code):
+        replies.write(f"{code} {json.dumps(result, sort_keys=True)}\n".encode())
+        replies.flush()
+
+    result, code = _hello(argv)
+    answer(result, code)
+    if code != 0:
+        return code
+    while True:
+        line = requests.readline(MAX_REQUEST + 1)
+        if not line:
+            return 0  # the controller's pipeline ended: so does the agent
+        if len(line) > MAX_REQUEST or not line.endswith(b"\n"):
+            answer({"ok": False, "kind": "bad-args", "error": "request line too long"}, 2)
+            return 2  # the stream is out of step: end rather than guess
+        try:
+            op, args = _request(line)
+        except OpError as exc:
+            answer(dict(exc.extra, ok=False, error=str(exc), kind=exc.kind), 2)
+            continue
+        answer(*_run_op(op, args))
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        return serve(argv[1:])
+    try:
+        op, args = _parse(argv)
         result, code = _run_op(op, args)
     except OpError as exc:
         result, code = dict(exc.extra, ok=False, error=str(exc), kind=exc.kind), 2

@@ -23,6 +23,7 @@ from orchestrator.errors import (
     HostUnreachable,
     OutputTooLarge,
 )
+from orchestrator.hosts.ssh.conversation import SshConversation
 from orchestrator.hosts.ssh.options import (
     SshOptions,
 )
@@ -149,6 +150,18 @@ class SshTransport:
             raise FileTransferFailed(self.host, f"cannot send a local file: {exc}") from exc
         finally:
             feed.close()
+
+    def converse(self, argv: Sequence[str]) -> SshConversation:
+        """Start `argv` on its own channel, its stdin left open (conversation.py): wrapped as
+        `run` wraps a command, so a timeout or a dropped connection kills its group."""
+        command = command_line(argv)
+        chan = self._open_channel()
+        try:
+            chan.exec_command(f"{_WRAP_BEFORE}{command}{_WRAP_AFTER}")
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            chan.close()
+            raise HostUnreachable(self.host, f"connection lost starting {command}: {exc}") from exc
+        return SshConversation(self.host, command, chan, _PGID_LINE, self._kill)
 
     def _run(self, argv: Sequence[str], feed: Feed, *, timeout: float | None, check: bool,
              max_output: int | None,
