@@ -2,6 +2,9 @@
 (pipelining, release as one tgz) and this project, on 4 hosts each, with the same
 tensorflow-cpu 2.21 lock (32 wheels, 335 MB), the same SavedModels (v1 cold, v2 warm) and the
 same warmup (200 predictions), interleaved per rep: cold deploy of v1, then warm deploy of v2.
+With --rtt, every tool's hosts are that far away (issue 15's far hosts, side by side): the
+project's on a `Testbed.up(rtt_ms=...)` testbed, the anchors' harness hosts behind the same
+delay relay (bench/_farharness.py), 8 hosts unless --hosts says otherwise.
 
 The anchors are the harness in ../shared/bench-anchors (or $ORCHESTRATOR_BENCH_ANCHORS_SRC),
 never written to: it is materialised (its own materialize.sh) into the cache dir
@@ -18,10 +21,13 @@ checks every host). The project: `/usr/bin/time -v python -m orchestrator deploy
 + sys of the deploying process and its children.
 
     python -m orchestrator.bench anchors [--reps N] [--tools ssh-uv,project] [--quick]
+        [--hosts N] [--rtt 50ms]
     (--quick: 1 rep of the floor and the project; --setup-only; --report-since UTC)
 
-Root only (the harness's sshds). Results go to <cache dir>/results.jsonl. Targets (printed, not
-asserted): cold <= 1.0x the floor, warm <= 0.9x, controller CPU cold <= 2 s.
+Root only (the harness's sshds; --rtt: the project's network namespaces too). Results go to
+<cache dir>/results.jsonl. Targets (printed, not asserted): cold <= 1.0x the floor, warm <=
+0.9x, controller CPU cold <= 2 s; at --rtt, each tool's warm time outside the warmup run (its
+wall less the warmup step of its slowest host; the project's also per host, from its events).
 """
 
 from __future__ import annotations
@@ -41,18 +47,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.bench import _farharness
 from orchestrator.core.hashing import hash_file, hash_path
 from orchestrator.deploy.environments.venv import local_uv
 from orchestrator.deploy.steps.wheels import default_cache_dir
 from orchestrator.deploy.wheelcache import WheelCache, platform_tags
-from orchestrator.testbed import Testbed
+from orchestrator.errors import InvalidInput
+from orchestrator.testbed import Testbed, netns
+from orchestrator.testbed.far import MAX_HOSTS, parse_rtt
 from orchestrator.xdg import user_dir
 
 REPO = Path(__file__).resolve().parents[2]
 FLOOR = "ssh-uv"
 ANCHORS = ("ssh-uv", "pyinfra", "ansible-pipe-tgz")
 TOOLS = (*ANCHORS, "project")
-NHOSTS = 4
+NHOSTS = 4      # the side-by-side's fleet on loopback
+FAR_HOSTS = 8   # with --rtt: issue 15's far fleet
 # The controller tools, pinned to what the 2026-12-03 figures used (comparable across runs).
 TOOL_PACKAGES = {"ansible": ("ansible-core==2.21.*", "ansible-playbook"),
                  "pyinfra": ("pyinfra==3.10.*", "pyinfra")}
@@ -68,10 +78,24 @@ def _cache() -> Path:
 
 
 @dataclass(frozen=True)
+class Options:
+    tools: list[str]
+    reps: int
+    hosts: int
+    rtt_ms: float | None  # None: loopback
+
+
+@dataclass(frozen=True)
 class Setup:
     harness: Path
     project: Path  # v1/, v2/: the project's spec dirs
     results: Path
+    hosts: int
+    rtt_ms: float | None
+
+    def env(self) -> dict[str, str]:
+        """The harness scripts' environment (its clients pointed at the relays at --rtt)."""
+        return _farharness.client_env(self.hosts, self.rtt_ms is not None)
 
 
 def _python312() -> str | None:
@@ -157,7 +181,7 @@ def _harness(cache: Path, source: Path, house: Path, python: str, tools: Path) -
 def _project(cache: Path, harness: Path, house: Path) -> Path:
     """v1/, v2/: the same lock, model and warmup count, the wheelhouse in the spec."""
     project = cache / "project"
-    stamp = (harness / ".source-sha256").read_text() + house.name
+    stamp = (harness / ".source-sha256").read_text() + house.name + " one batch"
     if (project / ".stamp").exists() and (project / ".stamp").read_text() == stamp:
         return project
     import numpy as np
@@ -181,14 +205,14 @@ name: anchors-bench
 model: {{path: model, format: tensorflow-savedmodel, sha256: {hash_path(d / "model")}}}
 environment: {{python: "3.11", requirements: requirements.lock, wheelhouse: wheelhouse}}
 targets: [testbed]
-rollout: {{canary: 0, batch_size: {NHOSTS}, max_parallel: 16}}
+rollout: {{canary: 0, batch_size: {MAX_HOSTS}, max_parallel: 16}}
 verify: {{golden: golden.npz, warmup_iterations: 0, iterations: 200, timeout_s: 900}}
 """)
     (project / ".stamp").write_text(stamp)
     return project
 
 
-def setup() -> Setup:
+def setup(hosts: int = NHOSTS, rtt_ms: float | None = None) -> Setup:
     source, cache = _source(), _cache()
     python = _python312()
     if not (source / "materialize.sh").exists():
@@ -201,31 +225,47 @@ def setup() -> Setup:
     house = _wheelhouse(cache, source / "artifacts" / "requirements.lock")
     harness = _harness(cache, source, house, python, tools)
     project = _project(cache, harness, house)
-    env = {**os.environ, "NHOSTS": str(NHOSTS)}
-    _check(["bash", "scripts/hosts.sh", "up"], cwd=harness, env=env, quiet=True)
-    _check(["bash", "scripts/gen_inventory.sh"], cwd=harness, env=env, quiet=True)
-    return Setup(harness, project, cache / "results.jsonl")
+    s = Setup(harness, project, cache / "results.jsonl", hosts, rtt_ms)
+    _farharness.stop(harness)  # a crashed --rtt run's relays
+    # hosts.sh up without the relays' offset: the sshds keep their own ports.
+    _check(["bash", "scripts/hosts.sh", "up"], cwd=harness,
+           env=_farharness.client_env(hosts, False), quiet=True)
+    if rtt_ms is not None:
+        _farharness.point_clients(harness)
+        _farharness.start(harness, _farharness.plan(_farharness.endpoints(harness, hosts),
+                                                    rtt_ms))
+    _check(["bash", "scripts/gen_inventory.sh"], cwd=harness, env=s.env(), quiet=True)
+    return s
 
 
 def _anchor(s: Setup, tool: str, phase: str, rep: int) -> dict[str, Any]:
     rel = "v1" if phase == "cold" else "v2"
     proc = subprocess.run(["bash", "scripts/run_one.sh", tool, phase, rel, str(rep)],
-                          cwd=s.harness, env={**os.environ, "NHOSTS": str(NHOSTS)},
-                          capture_output=True, text=True, check=False)
+                          cwd=s.harness, env=s.env(), capture_output=True, text=True,
+                          check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if not lines:
         return {"ok": False, "error": proc.stderr.strip()[-300:]}
     r = json.loads(lines[-1])
-    return {"ok": r["rc"] == 0 and r["hosts_ok"] == NHOSTS, "wall_s": r["wall_s"],
+    return {"ok": r["rc"] == 0 and r["hosts_ok"] == s.hosts, "wall_s": r["wall_s"],
             "cpu_s": r.get("controller_cpu_s"), "steps": r.get("steps"),
-            "machine_cpu_s": r.get("machine_cpu_busy_s"), "steal_s": r.get("steal_s")}
+            "warmup_s": anchor_warmup(r), "machine_cpu_s": r.get("machine_cpu_busy_s"),
+            "steal_s": r.get("steal_s")}
+
+
+def anchor_warmup(result: dict[str, Any]) -> float | None:
+    """The warmup step of a harness run's slowest host: Ansible's and pyinfra's step lasts until
+    their last host is done; the shell loop's hosts report their own (its `warmup_max`). Pure."""
+    raw = (result.get("steps_raw") or {}).get("warmup_max")
+    value = raw if raw is not None else (result.get("steps") or {}).get("warmup")
+    return None if value is None else float(value)
 
 
 def _project_run(s: Setup, tb_dir: Path, phase: str, rep: int) -> dict[str, Any]:
     if phase == "cold":  # a fresh testbed (its host dirs too): no venv, wheels or uv cache
         Testbed.down(tb_dir)
         shutil.rmtree(tb_dir, ignore_errors=True)
-        Testbed.up(tb_dir, NHOSTS, ["h100"])
+        Testbed.up(tb_dir, s.hosts, ["h100"], rtt_ms=s.rtt_ms)
     rel = "v1" if phase == "cold" else "v2"
     log = s.harness / "runs" / "project" / f"{phase}-{rep}-{rel}"
     log.mkdir(parents=True, exist_ok=True)
@@ -235,12 +275,14 @@ def _project_run(s: Setup, tb_dir: Path, phase: str, rep: int) -> dict[str, Any]
     with open(log / "out.log", "w") as out:
         rc = subprocess.run(["/usr/bin/time", "-v", "-o", str(log / "time.txt"), sys.executable,
                              "-m", "orchestrator", "deploy", str(s.project / rel / "spec.yaml"),
-                             "--inventory", str(tb_dir / "inventory.yaml")],
+                             "--inventory", str(tb_dir / "inventory.yaml"), "--json"],
                             stdout=out, stderr=subprocess.STDOUT, env=_env(),
                             check=False).returncode
     wall = time.perf_counter() - started
+    steps, warmups, outside = project_events((log / "out.log").read_text(errors="replace"))
     return {"ok": rc == 0, "wall_s": round(wall, 2), "cpu_s": _cpu(log / "time.txt"),
-            "steps": _steps(log / "out.log"), **({} if rc == 0 else {"error": f"exit {rc}"})}
+            "steps": steps, "warmup_s": max(warmups.values(), default=None),
+            "outside_s": outside, **({} if rc == 0 else {"error": f"exit {rc}"})}
 
 
 def _cpu(time_txt: Path) -> float | None:
@@ -249,15 +291,29 @@ def _cpu(time_txt: Path) -> float | None:
     return round(sum(float(m.group(1)) for m in parts if m), 2) if all(parts) else None
 
 
-def _steps(out_log: Path) -> dict[str, float]:
-    """The slowest host's seconds per step, from the deploy's event lines (`... step ok 1.2s`)."""
+def project_events(out: str) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """From `orchestrator deploy --json`'s event lines: the slowest host's seconds per step,
+    each host's warmup run (the verify step's `warmup_s`) and each host's seconds in its steps
+    outside that warmup run. Pure; other lines are skipped."""
     worst: dict[str, float] = {}
-    for line in out_log.read_text(errors="replace").splitlines():
-        m = re.search(r"\b(\w+) ok (\d+(?:\.\d+)?)(ms|s)\b", line)
-        if m:
-            secs = float(m.group(2)) / (1000 if m.group(3) == "ms" else 1)
-            worst[m.group(1)] = round(max(worst.get(m.group(1), 0.0), secs), 2)
-    return worst
+    per_host: dict[str, float] = {}
+    warmups: dict[str, float] = {}
+    for line in out.splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if e.get("event") != "step" or e.get("status") != "ok" or e.get("duration_ms") is None:
+            continue
+        secs, host, step = float(e["duration_ms"]) / 1000, str(e.get("host")), str(e["step"])
+        worst[step] = round(max(worst.get(step, 0.0), secs), 2)
+        per_host[host] = per_host.get(host, 0.0) + secs
+        if step == "verify" and e.get("warmup_s") is not None:
+            warmups[host] = float(e["warmup_s"])
+    outside = {h: round(t - warmups.get(h, 0.0), 2) for h, t in sorted(per_host.items())}
+    return worst, warmups, outside
 
 
 def measure(s: Setup, tools: list[str], reps: int) -> list[dict[str, Any]]:
@@ -273,6 +329,7 @@ def measure(s: Setup, tools: list[str], reps: int) -> list[dict[str, Any]]:
                     r = (_project_run(s, tb_dir, phase, rep) if tool == "project"
                          else _anchor(s, tool, phase, rep))
                     r = {"tool": tool, "phase": phase, "rep": rep, "load1": round(load, 2),
+                         "hosts": s.hosts, "rtt_ms": s.rtt_ms,
                          "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **r}
                     rows.append(r)
                     with open(s.results, "a") as fh:
@@ -282,10 +339,18 @@ def measure(s: Setup, tools: list[str], reps: int) -> list[dict[str, Any]]:
                           + ("" if r["ok"] else f"  FAILED {r.get('error', '')}")
                           + (f"  steps {r['steps']}" if tool == "project" else ""), flush=True)
     finally:
-        Testbed.down(tb_dir)
-        subprocess.run(["bash", "scripts/hosts.sh", "down"], cwd=s.harness, capture_output=True,
-                       env={**os.environ, "NHOSTS": str(NHOSTS)}, check=False)
+        _teardown(s, tb_dir)
     return rows
+
+
+def _teardown(s: Setup, tb_dir: Path) -> None:
+    """Both fleets down, the relays stopped; the project's testbed removed (8 TensorFlow venvs:
+    about 16 GB; a cold run makes a fresh one anyway)."""
+    Testbed.down(tb_dir)
+    shutil.rmtree(tb_dir, ignore_errors=True)
+    _farharness.stop(s.harness)
+    subprocess.run(["bash", "scripts/hosts.sh", "down"], cwd=s.harness, capture_output=True,
+                   env=s.env(), check=False)
 
 
 def _ratios(rows: list[dict[str, Any]], tool: str, phase: str) -> list[float]:
@@ -322,40 +387,92 @@ def report(rows: list[dict[str, Any]]) -> None:
         f"{label}: {statistics.median(found[k]):.2f}{unit} "
         f"({'met' if statistics.median(found[k]) <= limit else 'not met'})"
         for k, label, limit, unit in targets if found[k]))
+    _report_outside(rows)
 
 
-def run(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="orchestrator.bench anchors")
-    parser.add_argument("--reps", type=int, default=1)
-    parser.add_argument("--tools", default=",".join(TOOLS),
-                        help=f"comma-separated, of {', '.join(TOOLS)}")
-    parser.add_argument("--quick", action="store_true", help="1 rep, the floor and the project")
-    parser.add_argument("--setup-only", action="store_true")
-    parser.add_argument("--report-since", metavar="UTC",
-                        help="measure nothing: print the table of the results file's runs from "
-                             "this time on (e.g. 2026-12-04T22:00)")
-    args = parser.parse_args(argv or [])
-    if args.report_since:
-        lines = (_cache() / "results.jsonl").read_text().splitlines()
-        report([r for r in map(json.loads, lines) if r["at"] >= args.report_since])
-        return
+def _report_outside(rows: list[dict[str, Any]]) -> None:
+    """Each warm run's time outside the warmup run: the wall less its slowest host's warmup
+    step, for every tool alike; the project's per host too (its steps less its warmup)."""
+    fleets = sorted({(r.get("hosts", NHOSTS), r.get("rtt_ms")) for r in rows},
+                    key=lambda f: (f[0], f[1] or 0.0))
+    print("  warm, outside the warmup run (wall - slowest host's warmup step), fleet"
+          f"{'s' if len(fleets) > 1 else ''}: " + ", ".join(
+              f"{n} hosts " + (f"{rtt:g} ms away" if rtt else "on loopback")
+              for n, rtt in fleets))
+    for r in rows:
+        if r["phase"] != "warm" or not r["ok"] or r.get("warmup_s") is None:
+            continue
+        line = (f"    rep {r['rep']} {r['tool']:17} wall {r['wall_s']:6.2f} s, warmup "
+                f"{r['warmup_s']:6.2f} s, outside {r['wall_s'] - r['warmup_s']:6.2f} s")
+        per_host = list((r.get("outside_s") or {}).values())
+        if per_host:
+            line += (f"; per host (steps - warmup): mean {statistics.fmean(per_host):.2f} s, "
+                     f"max {max(per_host):.2f} s")
+        print(line)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="orchestrator.bench anchors")
+    p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--tools", default=",".join(TOOLS),
+                   help=f"comma-separated, of {', '.join(TOOLS)}")
+    p.add_argument("--quick", action="store_true", help="1 rep, the floor and the project")
+    p.add_argument("--hosts", type=int, default=None,
+                   help=f"hosts per tool (default {NHOSTS}, {FAR_HOSTS} with --rtt)")
+    p.add_argument("--rtt", metavar="RTT", default=None,
+                   help="every tool's hosts this far away, e.g. 50ms (root: namespaces "
+                        "and delay relays)")
+    p.add_argument("--setup-only", action="store_true")
+    p.add_argument("--report-since", metavar="UTC",
+                   help="measure nothing: print the table of the results file's runs from "
+                        "this time on (e.g. 2026-12-04T22:00)")
+    return p
+
+
+def options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Options:
+    """What to measure, checked (parser.error, exit 2, naming the option). Pure."""
     tools = [FLOOR, "project"] if args.quick else args.tools.split(",")
     unknown = sorted(set(tools) - set(TOOLS))
     if unknown:
         parser.error(f"unknown tool(s) {', '.join(unknown)} (of {', '.join(TOOLS)})")
+    try:
+        rtt = None if args.rtt is None else parse_rtt(args.rtt)
+    except InvalidInput as exc:
+        parser.error(str(exc))
+    hosts = args.hosts if args.hosts is not None else (NHOSTS if rtt is None else FAR_HOSTS)
+    if not 1 <= hosts <= MAX_HOSTS:
+        parser.error(f"--hosts {hosts}: between 1 and {MAX_HOSTS}")
+    reps = 1 if args.quick else args.reps
+    if reps < 1:
+        parser.error(f"--reps {reps}: at least 1")
+    return Options(tools, reps, hosts, rtt)
+
+
+def run(argv: list[str] | None = None) -> None:
+    p = parser()
+    args = p.parse_args(argv or [])
+    if args.report_since:
+        lines = (_cache() / "results.jsonl").read_text().splitlines()
+        report([r for r in map(json.loads, lines) if r["at"] >= args.report_since])
+        return
+    opts = options(args, p)
     if os.geteuid() != 0:
-        print("anchors: skipped (needs root: the harness's sshds use /run/sshd and 127.0.0.11-14)")
+        print("anchors: skipped (needs root: the harness's sshds use /run/sshd and 127.0.0.11+)")
+        return
+    reason = netns.why_not() if opts.rtt_ms is not None else None
+    if reason is not None:
+        print(f"anchors: skipped (--rtt: {reason})")
         return
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # measure's finally: fleets down
-    s = setup()
+    s = setup(opts.hosts, opts.rtt_ms)
     if args.setup_only:
         print(f"anchors: set up in {s.harness.parent}")
-        subprocess.run(["bash", "scripts/hosts.sh", "down"], cwd=s.harness, capture_output=True,
-                       env={**os.environ, "NHOSTS": str(NHOSTS)}, check=False)
+        _teardown(s, _cache() / "testbed")
         return
-    print(f"anchors: {NHOSTS} hosts, {', '.join(tools)}, {1 if args.quick else args.reps} rep(s), "
+    far = f", {opts.rtt_ms:g} ms away (delay relays)" if opts.rtt_ms is not None else ""
+    print(f"anchors: {opts.hosts} hosts{far}, {', '.join(opts.tools)}, {opts.reps} rep(s), "
           f"results appended to {s.results}", flush=True)
-    report(measure(s, tools, 1 if args.quick else args.reps))
+    report(measure(s, opts.tools, opts.reps))
 
 
 def _env() -> dict[str, str]:

@@ -4,7 +4,12 @@ a cold deploy, then a warm redeploy (new model, same lock), printing per host an
 seconds and the round trips (commands, uploads, downloads: hosts/counting.py), and the warm
 redeploy's time outside the warmup run per host (target: <= 1.0 s at 50 ms).
 
-    python -m orchestrator.bench farhosts [--rtt 50ms] [--hosts 8]
+    python -m orchestrator.bench farhosts [--rtt 50ms] [--hosts 8] [--anchors]
+
+--anchors: then the anchors side by side at the same round trip and host count (`anchors --rtt
+RTT --hosts N`, bench/anchors.py: the ssh+uv floor, pyinfra, Ansible and the project, each a
+cold deploy and a warm redeploy of the tensorflow-cpu lock, their warm time outside the warmup
+run printed beside each other).
 
 Root only (network namespaces); skipped otherwise, saying so.
 """
@@ -20,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.bench import anchors
 from orchestrator.bench.deploy import _mkdir, _model, _Quiet, _spec
 from orchestrator.core.inventory import Inventory, load_inventory
 from orchestrator.core.spec import load_spec
@@ -130,11 +136,22 @@ def _print(title: str, result: DeployResult, sink: _Where, exchanges: Exchanges,
           "(target <= 1.0 s)")
 
 
+def anchors_argv(args: argparse.Namespace) -> list[str] | None:
+    """The `anchors` bench's options for the same fleet, or None without --anchors. Pure."""
+    return ["--rtt", args.rtt, "--hosts", str(args.hosts)] if args.anchors else None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="orchestrator.bench farhosts")
+    p.add_argument("--rtt", default="50ms")
+    p.add_argument("--hosts", type=int, default=8)
+    p.add_argument("--anchors", action="store_true",
+                   help="then pyinfra, Ansible and the ssh+uv floor at the same RTT")
+    return p
+
+
 def run(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="orchestrator.bench farhosts")
-    parser.add_argument("--rtt", default="50ms")
-    parser.add_argument("--hosts", type=int, default=8)
-    args = parser.parse_args(argv or [])
+    args = parser().parse_args(argv or [])
     rtt = parse_rtt(args.rtt)
     reason = netns.why_not()
     if reason is not None:
@@ -154,3 +171,7 @@ def run(argv: list[str] | None = None) -> None:
     finally:
         Testbed.down(work / "testbed")
         shutil.rmtree(work, ignore_errors=True)
+    side = anchors_argv(args)
+    if side is not None:
+        print(f"farhosts --anchors: anchors {' '.join(side)}", flush=True)
+        anchors.run(side)

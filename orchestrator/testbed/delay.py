@@ -17,8 +17,10 @@ is slowed, not buffered without end). Stops on SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
+from pathlib import Path
 
 CHUNK = 256 * 1024
 QUEUE = 64  # chunks in flight per direction: 16 MiB at most
@@ -73,6 +75,18 @@ async def _serve(listen: str, port: int, target: str, target_port: int,
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with server:
         await stop.wait()
+
+
+def command(listen: str, port: int, target: str, target_port: int,
+            one_way_ms: float) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment that run this relay from this package, wherever the caller's
+    own PYTHONPATH points (a worktree's venv may belong to another checkout). Pure but for
+    reading the environment."""
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [package_root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    return [sys.executable, "-m", "orchestrator.testbed.delay",
+            listen, str(port), target, str(target_port), f"{one_way_ms:g}"], env
 
 
 def main(argv: list[str]) -> int:

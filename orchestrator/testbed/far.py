@@ -13,14 +13,12 @@ Root only (CAP_NET_ADMIN); the loopback testbed needs none of this.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 from orchestrator.errors import InvalidInput, TestbedError
-from orchestrator.testbed import netns, sshd
+from orchestrator.testbed import delay, netns, sshd
 from orchestrator.testbed.layout import TestbedHost
 
 MAX_HOSTS = 62
@@ -78,12 +76,9 @@ def place(root: Path, hosts: list[TestbedHost], rtt_ms: float) -> tuple[list[Tes
 def start_relay(host: TestbedHost, sshd_address: str) -> sshd.Running:
     """The delay relay for `host` (inside its namespace, on its address and port), to the sshd
     listening on `sshd_address` there."""
-    package_root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [package_root, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    return sshd.spawn_detached(netns.exec_argv(host.netns, [
-        sys.executable, "-m", "orchestrator.testbed.delay", host.address, str(host.port),
-        sshd_address, str(host.port), f"{host.rtt_ms / 2:g}"]), env)
+    argv, env = delay.command(host.address, host.port, sshd_address, host.port,
+                              host.rtt_ms / 2)
+    return sshd.spawn_detached(netns.exec_argv(host.netns, argv), env)
 
 
 def relay_is_ours(host: TestbedHost) -> bool:

@@ -1,0 +1,175 @@
+"""The anchors at a round trip (`anchors --rtt`, `farhosts --anchors`): the options, the plan of
+relays in front of the harness's sshds, pointing the harness's clients at them (its real bash),
+a relay really started and stopped, and the figures read from a run's output. The bench itself
+is not run here (minutes, root)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.bench import _farharness, anchors, farhosts
+from orchestrator.testbed import sshd
+
+
+def _options(argv: list[str]) -> anchors.Options:
+    p = anchors.parser()
+    return anchors.options(p.parse_args(argv), p)
+
+
+def test_rtt_selects_the_far_fleet_and_loopback_stays_the_default() -> None:
+    assert _options([]) == anchors.Options(list(anchors.TOOLS), 1, 4, None)
+    far = _options(["--rtt", "50ms"])
+    assert (far.hosts, far.rtt_ms) == (8, 50.0)
+    assert _options(["--rtt", "0.02s", "--hosts", "3", "--quick"]) == anchors.Options(
+        ["ssh-uv", "project"], 1, 3, 20.0)
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--rtt", "fast"], "--rtt 'fast'"),
+    (["--rtt", "50ms", "--hosts", "63"], "--hosts 63"),
+    (["--hosts", "0"], "--hosts 0"),
+    (["--tools", "ssh-uv,chef"], "unknown tool(s) chef"),
+])
+def test_bad_options_exit_2_naming_the_option(argv: list[str], says: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        _options(argv)
+    assert exc.value.code == 2
+    assert says in capsys.readouterr().err
+
+
+def test_farhosts_anchors_runs_the_anchors_on_the_same_fleet() -> None:
+    args = farhosts.parser().parse_args(["--rtt", "20ms", "--hosts", "3", "--anchors"])
+    side = farhosts.anchors_argv(args)
+    assert side == ["--rtt", "20ms", "--hosts", "3"]
+    assert _options(side) == anchors.Options(list(anchors.TOOLS), 1, 3, 20.0)
+    assert farhosts.anchors_argv(farhosts.parser().parse_args([])) is None
+
+
+def test_one_relay_per_harness_host_at_port_plus_offset_half_the_rtt_each_way() -> None:
+    relays = _farharness.plan([("127.0.0.11", 2211), ("127.0.0.12", 2212)], 50.0)
+    assert [(r.host, r.address, r.sshd_port, r.port, r.one_way_ms) for r in relays] == [
+        ("h1", "127.0.0.11", 2211, 2311, 25.0), ("h2", "127.0.0.12", 2212, 2312, 25.0)]
+
+
+def test_known_hosts_gets_each_key_again_under_the_relay_port_once() -> None:
+    relays = _farharness.plan([("127.0.0.11", 2211), ("127.0.0.12", 2212)], 50.0)
+    text = "[127.0.0.11]:2211 ssh-ed25519 AAAA1\n[127.0.0.12]:2212 ssh-ed25519 AAAA2\n"
+    once = _farharness.with_relays(text, relays)
+    assert once.splitlines() == [*text.splitlines(), "[127.0.0.11]:2311 ssh-ed25519 AAAA1",
+                                 "[127.0.0.12]:2312 ssh-ed25519 AAAA2"]
+    assert _farharness.with_relays(once, relays) == once  # a second setup adds nothing
+    with pytest.raises(ValueError, match=re.escape("h2: no key for [127.0.0.12]:2212")):
+        _farharness.with_relays(text.splitlines()[0] + "\n", relays)
+
+
+# The harness's scripts/common.sh, as far as the override depends on it.
+COMMON = """\
+NHOSTS=${NHOSTS:-4}
+host_ip()   { echo "127.0.0.$((10 + $1))"; }   # h1 -> 127.0.0.11
+host_port() { echo "$((2210 + $1))"; }         # h1 -> 2211
+"""
+
+
+def _port(harness: Path, env: dict[str, str], host: int = 3) -> str:
+    return subprocess.run(["bash", "-c", f". scripts/common.sh; host_port {host}"],
+                          cwd=harness, env=env, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_the_harness_clients_use_the_relay_port_only_with_the_offset(tmp_path: Path) -> None:
+    (tmp_path / "scripts").mkdir()
+    common = tmp_path / "scripts" / "common.sh"
+    common.write_text(COMMON)
+    _farharness.point_clients(tmp_path)
+    _farharness.point_clients(tmp_path)  # idempotent: appended once
+    assert common.read_text().count(_farharness.MARK) == 1
+    assert _port(tmp_path, _farharness.client_env(4, relayed=False)) == "2213"  # hosts.sh up
+    assert _port(tmp_path, _farharness.client_env(4, relayed=True)) == "2313"   # the clients
+    assert _farharness.endpoints(tmp_path, 2) == [("127.0.0.11", 2211), ("127.0.0.12", 2212)]
+
+
+def test_a_harness_without_host_port_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "common.sh").write_text("PORT=22\n")
+    with pytest.raises(SystemExit, match="defines no host_port"):
+        _farharness.point_clients(tmp_path)
+
+
+@pytest.fixture
+def banner_server() -> Iterator[int]:
+    """A stand-in sshd on loopback: sends an SSH banner to each connection."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.sendall(b"SSH-2.0-stand-in\r\n")
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def test_a_relay_is_started_delays_the_banner_and_is_stopped(tmp_path: Path,
+                                                             banner_server: int) -> None:
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "known_hosts").write_text(
+        f"[127.0.0.1]:{banner_server} ssh-ed25519 AAAA1\n")
+    relays = _farharness.plan([("127.0.0.1", banner_server)], 200.0)
+    _farharness.start(tmp_path, relays)
+    try:
+        pids = [r["pid"] for r in json.loads((tmp_path / "relays.json").read_text())]
+        assert len(pids) == 1 and sshd.alive(pids[0])
+        assert f"[127.0.0.1]:{relays[0].port} ssh-ed25519 AAAA1" in (
+            tmp_path / "keys" / "known_hosts").read_text()
+        t0 = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", relays[0].port), timeout=5) as conn:
+            assert conn.recv(64).startswith(b"SSH-2.0-stand-in")
+        assert time.perf_counter() - t0 >= 0.1  # held the 100 ms one way
+    finally:
+        _farharness.stop(tmp_path)
+    assert not (tmp_path / "relays.json").exists()
+    assert not sshd.alive(pids[0])
+    assert os.environ.get("BENCH_RELAY_OFFSET") is None
+
+
+def test_the_figures_of_a_run_come_from_its_events_and_step_lines() -> None:
+    def step(host: str, name: str, ms: float, **extra: float) -> str:
+        return json.dumps({"event": "step", "host": host, "step": name, "status": "ok",
+                           "duration_ms": ms, **extra})
+    out = "\n".join([
+        step("tb-01", "stage", 500), step("tb-01", "verify", 4000, warmup_s=3.2),
+        step("tb-02", "stage", 700), step("tb-02", "verify", 5000, warmup_s=4.5),
+        json.dumps({"event": "step", "host": "tb-02", "step": "switch", "status": "started",
+                    "duration_ms": None}),
+        "deployment d-1 succeeded",
+    ])
+    worst, warmups, outside = anchors.project_events(out)
+    assert worst == {"stage": 0.7, "verify": 5.0}
+    assert warmups == {"tb-01": 3.2, "tb-02": 4.5}
+    assert outside == {"tb-01": 1.3, "tb-02": 1.2}
+    # The shell loop's hosts report their own warmup (the slowest is taken); pyinfra's and
+    # Ansible's step lasts until their last host is done.
+    assert anchors.anchor_warmup({"steps": {"warmup": 5.0},
+                                  "steps_raw": {"warmup_max": 6.5}}) == 6.5
+    assert anchors.anchor_warmup({"steps": {"warmup": 7.25}, "steps_raw": {}}) == 7.25
+    assert anchors.anchor_warmup({"steps": {}}) is None
