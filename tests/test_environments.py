@@ -44,7 +44,7 @@ RELEASE = "/srv/models/fraud-detector/releases/20261122T013000Z-9f2c1a7b"
 #: the benchmarks time the `venv-ensure` host op itself (uv vs pip) or give the shell-loop floor
 #: the same uv, and the demo prints a shell
 #: line a user runs in a deployed venv. Neither is on the deploy or re-verification path.
-VENV_TOOLS = {"bench/anchors.py", "bench/deploy.py", "bench/install.py", "demo.py"}
+VENV_TOOLS = {"bench/_anchorsetup.py", "bench/deploy.py", "bench/install.py", "demo.py"}
 
 
 def _facts(profile: str = "h100") -> HostFacts:

@@ -6,18 +6,11 @@ With --rtt, every tool's hosts are that far away (issue 15's far hosts, side by 
 project's on a `Testbed.up(rtt_ms=...)` testbed, the anchors' harness hosts behind the same
 delay relay (bench/_farharness.py), 8 hosts unless --hosts says otherwise.
 
-The anchors are the harness in ../shared/bench-anchors (or $ORCHESTRATOR_BENCH_ANCHORS_SRC),
-never written to: it is materialised (its own materialize.sh) into the cache dir
-($ORCHESTRATOR_BENCH_ANCHORS_DIR, else ~/.cache/orchestrator/bench-anchors) with
-  tools/ansible, tools/pyinfra  venvs of a Python >= 3.12 ($ORCHESTRATOR_BENCH_PYTHON312, else
-                                found), unless the harness's own tools/ run; tools/uv/bin/uv is
-                                the uv this project ships to its hosts
-  wheelhouse-<lock sha>/        the lock's wheels, from this project's wheel cache (by hash)
-  harness/, project/v1, v2      the harness (models built with this Python's TensorFlow); the
-                                project's specs (wheelhouse in the spec, golden recorded)
+The anchors are the harness in ../shared/bench-anchors, materialised into a cache dir with
+its tools, the lock's wheelhouse and the project's specs (bench/_anchorsetup.py).
 Anchor runs: the harness's run_one.sh (cold = caches and deploy roots deleted; its verify.sh
 checks every host). The project: `/usr/bin/time -v python -m orchestrator deploy` on a fresh
-4-host testbed (cold) or the same (warm), after the same quiesce.py wait. Controller CPU = user
+testbed (cold) or the same (warm), after the same quiesce.py wait. Controller CPU = user
 + sys of the deploying process and its children.
 
     python -m orchestrator.bench anchors [--reps N] [--tools ssh-uv,project] [--quick]
@@ -33,7 +26,6 @@ wall less the warmup step of its slowest host; the project's also per host, from
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import re
@@ -48,33 +40,16 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.bench import _farharness
-from orchestrator.core.hashing import hash_file, hash_path
-from orchestrator.deploy.environments.venv import local_uv
-from orchestrator.deploy.steps.wheels import default_cache_dir
-from orchestrator.deploy.wheelcache import WheelCache, platform_tags
+from orchestrator.bench._anchorsetup import Setup, cache_dir, project_env, setup
 from orchestrator.errors import InvalidInput
 from orchestrator.testbed import Testbed, netns
 from orchestrator.testbed.far import MAX_HOSTS, parse_rtt
-from orchestrator.xdg import user_dir
 
-REPO = Path(__file__).resolve().parents[2]
 FLOOR = "ssh-uv"
 ANCHORS = ("ssh-uv", "pyinfra", "ansible-pipe-tgz")
 TOOLS = (*ANCHORS, "project")
 NHOSTS = 4      # the side-by-side's fleet on loopback
 FAR_HOSTS = 8   # with --rtt: issue 15's far fleet
-# The controller tools, pinned to what the 2026-12-03 figures used (comparable across runs).
-TOOL_PACKAGES = {"ansible": ("ansible-core==2.21.*", "ansible-playbook"),
-                 "pyinfra": ("pyinfra==3.10.*", "pyinfra")}
-
-
-def _source() -> Path:
-    return Path(os.environ.get("ORCHESTRATOR_BENCH_ANCHORS_SRC")
-                or REPO.parent / "shared" / "bench-anchors")
-
-
-def _cache() -> Path:
-    return user_dir("CACHE", "bench-anchors", override="ORCHESTRATOR_BENCH_ANCHORS_DIR")
 
 
 @dataclass(frozen=True)
@@ -83,159 +58,6 @@ class Options:
     reps: int
     hosts: int
     rtt_ms: float | None  # None: loopback
-
-
-@dataclass(frozen=True)
-class Setup:
-    harness: Path
-    project: Path  # v1/, v2/: the project's spec dirs
-    results: Path
-    hosts: int
-    rtt_ms: float | None
-
-    def env(self) -> dict[str, str]:
-        """The harness scripts' environment (its clients pointed at the relays at --rtt)."""
-        return _farharness.client_env(self.hosts, self.rtt_ms is not None)
-
-
-def _python312() -> str | None:
-    """A Python >= 3.12 for the anchors' venvs (the controller's is 3.11)."""
-    explicit = os.environ.get("ORCHESTRATOR_BENCH_PYTHON312")
-    candidates = [explicit] if explicit else [
-        *(shutil.which(f"python3.{m}") for m in range(14, 11, -1)),
-        *sorted(glob.glob(str(Path.home() / ".pyenv/versions/3.1[2-9]*/bin/python3")),
-                reverse=True)]
-    for c in candidates:
-        if c and subprocess.run([c, "-c", "import sys; assert sys.version_info >= (3, 12)"],
-                                capture_output=True, check=False).returncode == 0:
-            return c
-    return None
-
-
-def _runs(argv: list[str]) -> bool:
-    return Path(argv[0]).exists() and not subprocess.run(argv, capture_output=True).returncode
-
-
-def _tools(cache: Path, source: Path, python: str) -> Path:
-    tools = cache / "tools"
-    for name, (package, exe) in TOOL_PACKAGES.items():
-        shared = source / "tools" / name
-        if _runs([str(shared / "bin" / exe), "--version"]):
-            _relink(tools / name, shared)  # the harness's own venv: reused, not rebuilt
-        elif not _runs([str(tools / name / "bin" / exe), "--version"]):
-            print(f"  setup: {name} venv ({package}) with {python}", flush=True)
-            if (tools / name).is_symlink():
-                (tools / name).unlink()
-            _check([python, "-m", "venv", "--clear", str(tools / name)])
-            _check([str(tools / name / "bin" / "pip"), "install", "-q", package])
-    (tools / "uv" / "bin").mkdir(parents=True, exist_ok=True)
-    _relink(tools / "uv" / "bin" / "uv", Path(local_uv()))
-    return tools
-
-
-def _wheelhouse(cache: Path, lock: Path) -> Path:
-    """The lock's wheels under their own file names, from the wheel cache (checked by hash)."""
-    house = cache / f"wheelhouse-{hash_file(lock)[:12]}"
-    if (house / ".complete").exists():
-        return house
-    print(f"  setup: wheelhouse {house} (the project's wheel cache, by hash)", flush=True)
-    wheels = WheelCache(default_cache_dir()).fill(lock, "3.11",
-                                                  platform_tags("x86_64", "glibc 2.36"))
-    house.mkdir(parents=True, exist_ok=True)
-    for w in wheels.values():
-        _link(w.path, house / w.filename)
-    (house / ".complete").touch()
-    return house
-
-
-def _harness(cache: Path, source: Path, house: Path, python: str, tools: Path) -> Path:
-    """A writable copy of the harness with this machine's paths, its models and inventories."""
-    harness = cache / "harness"
-    stamp = hash_path(source)
-    if (harness / ".source-sha256").exists() and \
-            (harness / ".source-sha256").read_text() == stamp:
-        return harness
-    if (harness / "scripts" / "hosts.sh").exists():
-        subprocess.run(["bash", str(harness / "scripts" / "hosts.sh"), "down"],
-                       capture_output=True, check=False)
-    shutil.rmtree(harness, ignore_errors=True)
-    print(f"  setup: harness {harness} from {source}", flush=True)
-    _check(["bash", str(source / "materialize.sh"), str(harness), str(house), sys.prefix,
-            python])
-    for d, dirs, files in os.walk(harness):  # the source is read-only; the copy must not be
-        for n in (d, *(os.path.join(d, f) for f in files + dirs)):
-            os.chmod(n, os.stat(n).st_mode | 0o200)
-    _relink(harness / "tools", tools)
-    art = harness / "artifacts"
-    print("  setup: SavedModels v1..v3 (make_models.py)", flush=True)
-    _check([sys.executable, "make_models.py", "models", "3"], cwd=art,
-           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    for v in (1, 2, 3):
-        shutil.copy(art / "warmup.py", art / "models" / f"v{v}")
-        _check(["tar", "-C", str(art / "models"), "-czf", f"v{v}.tgz", f"v{v}"],
-               cwd=art / "models")
-    (harness / ".source-sha256").write_text(stamp)
-    return harness
-
-
-def _project(cache: Path, harness: Path, house: Path) -> Path:
-    """v1/, v2/: the same lock, model and warmup count, the wheelhouse in the spec."""
-    project = cache / "project"
-    stamp = (harness / ".source-sha256").read_text() + house.name + " one batch"
-    if (project / ".stamp").exists() and (project / ".stamp").read_text() == stamp:
-        return project
-    import numpy as np
-
-    shutil.rmtree(project, ignore_errors=True)
-    for v in ("v1", "v2"):
-        d = project / v
-        shutil.copytree(harness / "artifacts" / "models" / v / "model", d / "model")
-        shutil.copy(harness / "artifacts" / "requirements.lock", d / "requirements.lock")
-        _link_tree(house, d / "wheelhouse")  # inside the spec's folder, as a spec requires
-        np.savez(d / "inputs.npz", inputs=np.random.default_rng(0).normal(
-            size=(16, 8)).astype(np.float32))
-        print(f"  setup: project {v}: golden record", flush=True)
-        _check([sys.executable, "-m", "orchestrator", "golden", "record", "--model",
-                str(d / "model"), "--format", "tensorflow-savedmodel", "--inputs",
-                str(d / "inputs.npz"), "-o", str(d / "golden.npz")], env=_env())
-        (d / "spec.yaml").write_text(f"""\
-apiVersion: orchestrator/v1
-kind: Deployment
-name: anchors-bench
-model: {{path: model, format: tensorflow-savedmodel, sha256: {hash_path(d / "model")}}}
-environment: {{python: "3.11", requirements: requirements.lock, wheelhouse: wheelhouse}}
-targets: [testbed]
-rollout: {{canary: 0, batch_size: {MAX_HOSTS}, max_parallel: 16}}
-verify: {{golden: golden.npz, warmup_iterations: 0, iterations: 200, timeout_s: 900}}
-""")
-    (project / ".stamp").write_text(stamp)
-    return project
-
-
-def setup(hosts: int = NHOSTS, rtt_ms: float | None = None) -> Setup:
-    source, cache = _source(), _cache()
-    python = _python312()
-    if not (source / "materialize.sh").exists():
-        raise SystemExit(f"anchors: no harness at {source} (set ORCHESTRATOR_BENCH_ANCHORS_SRC)")
-    if python is None:
-        raise SystemExit("anchors: no Python >= 3.12 for ansible-core (set "
-                         "ORCHESTRATOR_BENCH_PYTHON312)")
-    cache.mkdir(parents=True, exist_ok=True)
-    tools = _tools(cache, source, python)
-    house = _wheelhouse(cache, source / "artifacts" / "requirements.lock")
-    harness = _harness(cache, source, house, python, tools)
-    project = _project(cache, harness, house)
-    s = Setup(harness, project, cache / "results.jsonl", hosts, rtt_ms)
-    _farharness.stop(harness)  # a crashed --rtt run's relays
-    # hosts.sh up without the relays' offset: the sshds keep their own ports.
-    _check(["bash", "scripts/hosts.sh", "up"], cwd=harness,
-           env=_farharness.client_env(hosts, False), quiet=True)
-    if rtt_ms is not None:
-        _farharness.point_clients(harness)
-        _farharness.start(harness, _farharness.plan(_farharness.endpoints(harness, hosts),
-                                                    rtt_ms))
-    _check(["bash", "scripts/gen_inventory.sh"], cwd=harness, env=s.env(), quiet=True)
-    return s
 
 
 def _anchor(s: Setup, tool: str, phase: str, rep: int) -> dict[str, Any]:
@@ -276,7 +98,7 @@ def _project_run(s: Setup, tb_dir: Path, phase: str, rep: int) -> dict[str, Any]
         rc = subprocess.run(["/usr/bin/time", "-v", "-o", str(log / "time.txt"), sys.executable,
                              "-m", "orchestrator", "deploy", str(s.project / rel / "spec.yaml"),
                              "--inventory", str(tb_dir / "inventory.yaml"), "--json"],
-                            stdout=out, stderr=subprocess.STDOUT, env=_env(),
+                            stdout=out, stderr=subprocess.STDOUT, env=project_env(),
                             check=False).returncode
     wall = time.perf_counter() - started
     steps, warmups, outside = project_events((log / "out.log").read_text(errors="replace"))
@@ -318,7 +140,7 @@ def project_events(out: str) -> tuple[dict[str, float], dict[str, float], dict[s
 
 def measure(s: Setup, tools: list[str], reps: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    tb_dir = _cache() / "testbed"
+    tb_dir = cache_dir() / "testbed"
     try:
         for rep in range(1, reps + 1):
             # Rotated per rep so no tool always runs first (or right after the noisiest one).
@@ -452,7 +274,7 @@ def run(argv: list[str] | None = None) -> None:
     p = parser()
     args = p.parse_args(argv or [])
     if args.report_since:
-        lines = (_cache() / "results.jsonl").read_text().splitlines()
+        lines = (cache_dir() / "results.jsonl").read_text().splitlines()
         report([r for r in map(json.loads, lines) if r["at"] >= args.report_since])
         return
     opts = options(args, p)
@@ -467,7 +289,7 @@ def run(argv: list[str] | None = None) -> None:
     s = setup(opts.hosts, opts.rtt_ms)
     if args.setup_only:
         print(f"anchors: set up in {s.harness.parent}")
-        _teardown(s, _cache() / "testbed")
+        _teardown(s, cache_dir() / "testbed")
         return
     far = f", {opts.rtt_ms:g} ms away (delay relays)" if opts.rtt_ms is not None else ""
     print(f"anchors: {opts.hosts} hosts{far}, {', '.join(opts.tools)}, {opts.reps} rep(s), "
@@ -475,43 +297,3 @@ def run(argv: list[str] | None = None) -> None:
     report(measure(s, opts.tools, opts.reps))
 
 
-def _env() -> dict[str, str]:
-    """This checkout's package first (a worktree's venv may point at another checkout)."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
-
-
-def _check(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
-           quiet: bool = False) -> None:
-    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"anchors: {' '.join(argv)} failed (exit {proc.returncode}): "
-                         f"{(proc.stderr or proc.stdout).strip()[-800:]}")
-    if not quiet and proc.stdout.strip():
-        print("    " + proc.stdout.strip().splitlines()[-1], flush=True)
-
-
-def _link_tree(source: Path, dest: Path) -> None:
-    dest.mkdir(parents=True)
-    for f in source.glob("*.whl"):
-        _link(f, dest / f.name)
-
-
-def _link(source: Path, target: Path) -> None:
-    """A hard link (no copy of 335 MB), else a copy."""
-    if not target.exists():
-        try:
-            os.link(source, target)
-        except OSError:
-            shutil.copyfile(source, target)
-
-
-def _relink(link: Path, target: Path) -> None:
-    if link.is_symlink() and link.resolve() == target.resolve():
-        return
-    if link.is_symlink() or link.is_file():
-        link.unlink()
-    elif link.exists():
-        shutil.rmtree(link)
-    link.parent.mkdir(parents=True, exist_ok=True)
-    link.symlink_to(target)
