@@ -205,10 +205,11 @@ def report(rows: list[dict[str, Any]]) -> None:
               f" on {os.cpu_count()} cores")
     targets = (("cold", "cold <= 1.0x the floor", 1.0, "x"), ("warm", "warm <= 0.9x", 0.9, "x"),
                ("cpu", "controller CPU cold <= 2 s", 2.0, " s"))
-    print("  targets (medians): " + "; ".join(
-        f"{label}: {statistics.median(found[k]):.2f}{unit} "
-        f"({'met' if statistics.median(found[k]) <= limit else 'not met'})"
-        for k, label, limit, unit in targets if found[k]))
+    if any(found.values()):  # a run without the project has no target to judge
+        print("  targets (medians): " + "; ".join(
+            f"{label}: {statistics.median(found[k]):.2f}{unit} "
+            f"({'met' if statistics.median(found[k]) <= limit else 'not met'})"
+            for k, label, limit, unit in targets if found[k]))
     _report_outside(rows)
 
 
