@@ -5,6 +5,7 @@ is not run here (minutes, root)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -108,7 +109,8 @@ def test_a_harness_without_host_port_is_refused(tmp_path: Path) -> None:
 
 @pytest.fixture
 def banner_server() -> Iterator[int]:
-    """A stand-in sshd on loopback: sends an SSH banner to each connection."""
+    """A stand-in sshd on loopback: sends an SSH banner to each connection, then answers each
+    line it reads with one line, until the client closes."""
     server = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
 
@@ -121,6 +123,9 @@ def banner_server() -> Iterator[int]:
                 continue
             with conn:
                 conn.sendall(b"SSH-2.0-stand-in\r\n")
+                with contextlib.suppress(OSError), conn.makefile("rb") as lines:
+                    for _ in lines:
+                        conn.sendall(b"ok\n")
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     yield server.getsockname()[1]
@@ -135,6 +140,7 @@ def test_a_relay_is_started_delays_the_banner_and_is_stopped(tmp_path: Path,
     (tmp_path / "keys" / "known_hosts").write_text(
         f"[127.0.0.1]:{banner_server} ssh-ed25519 AAAA1\n")
     relays = _farharness.plan([("127.0.0.1", banner_server)], 200.0)
+    since = time.time()
     _farharness.start(tmp_path, relays)
     try:
         pids = [r["pid"] for r in json.loads((tmp_path / "relays.json").read_text())]
@@ -142,14 +148,36 @@ def test_a_relay_is_started_delays_the_banner_and_is_stopped(tmp_path: Path,
         assert f"[127.0.0.1]:{relays[0].port} ssh-ed25519 AAAA1" in (
             tmp_path / "keys" / "known_hosts").read_text()
         t0 = time.perf_counter()
-        with socket.create_connection(("127.0.0.1", relays[0].port), timeout=5) as conn:
-            assert conn.recv(64).startswith(b"SSH-2.0-stand-in")
-        assert time.perf_counter() - t0 >= 0.1  # held the 100 ms one way
+        with socket.create_connection(("127.0.0.1", relays[0].port), timeout=5) as conn, \
+                conn.makefile("rb") as answers:
+            assert answers.readline().startswith(b"SSH-2.0-stand-in")
+            assert time.perf_counter() - t0 >= 0.1  # held the 100 ms one way
+            for _ in range(3):  # three requests, each waiting for its answer: three turns
+                conn.sendall(b"request\n")
+                assert answers.readline() == b"ok\n"
+        # start's own readiness check was the first connection (no turn: it only read the
+        # banner); the relay writes a connection's line once both directions have ended.
+        deadline = time.monotonic() + 5
+        while _farharness.tallies(tmp_path, 1, since, time.time())["h1"].connections < 2 \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _farharness.tallies(tmp_path, 1, since, time.time()) == {
+            "h1": _farharness.Tally(connections=2, turns=3)}
     finally:
         _farharness.stop(tmp_path)
     assert not (tmp_path / "relays.json").exists()
     assert not sshd.alive(pids[0])
     assert os.environ.get("BENCH_RELAY_OFFSET") is None
+
+
+def test_a_run_counts_the_connections_its_window_saw_and_skips_torn_lines() -> None:
+    lines = ['{"closed": 10.0, "turns": 5, "up": 1, "down": 2}',
+             '{"closed": 20.0, "turns": 7, "up": 1, "down": 2}',
+             '{"closed": 20.5, "tu',  # torn by a crash
+             '{"closed": 31.0, "turns": 9, "up": 1, "down": 2}']
+    assert _farharness.tally(lines, 10.0, 30.0) == _farharness.Tally(connections=2, turns=12)
+    assert _farharness.tally(lines, 30.0, 40.0) == _farharness.Tally(connections=1, turns=9)
+    assert _farharness.tally([], 0.0, 1e12) == _farharness.Tally(connections=0, turns=0)
 
 
 def test_the_figures_of_a_run_come_from_its_events_and_step_lines() -> None:

@@ -18,6 +18,10 @@ when BENCH_RELAY_OFFSET is set, wrap that function to add the offset; hosts.sh u
 it (the sshds keep their ports), everything else with it. known_hosts gets each host's key
 again under the relay's port. The relays' pids are kept in <harness>/relays.json, so a crashed
 run's relays are stopped by the next one.
+
+Each relay also appends a line per connection it carried to <harness>/relay-stats/hN.jsonl (its
+turns and bytes, testbed/delay.py): `tally` sums a run's per host, which is how the anchors'
+round trips are counted without looking inside Ansible, pyinfra or ssh.
 """
 
 from __future__ import annotations
@@ -101,6 +105,38 @@ def endpoints(harness: Path, nhosts: int) -> list[tuple[str, int]]:
     return [(a, int(p)) for a, p in pairs]
 
 
+@dataclass(frozen=True)
+class Tally:
+    connections: int
+    turns: int  # the client sending again after an answer: at least a round trip each
+
+
+def tally(lines: list[str], since: float, until: float) -> Tally:
+    """The connections a relay's stats `lines` record as closed within [since, until]. Pure;
+    a torn or foreign line is skipped."""
+    connections = turns = 0
+    for line in lines:
+        try:
+            record = json.loads(line)
+            closed, n = float(record["closed"]), int(record["turns"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if since <= closed <= until:
+            connections += 1
+            turns += n
+    return Tally(connections, turns)
+
+
+def tallies(harness: Path, hosts: int, since: float, until: float) -> dict[str, Tally]:
+    """Per host h1..hN, what its relay carried in [since, until]."""
+    found = {}
+    for i in range(1, hosts + 1):
+        path = _stats(harness) / f"h{i}.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        found[f"h{i}"] = tally(lines, since, until)
+    return found
+
+
 def start(harness: Path, relays: list[Relay]) -> None:
     """Stop a previous run's relays, trust the relays' ports, start one relay per host and wait
     until each passes its sshd's banner through."""
@@ -108,9 +144,11 @@ def start(harness: Path, relays: list[Relay]) -> None:
     known = harness / "keys" / "known_hosts"
     known.write_text(with_relays(known.read_text(), relays))
     running: list[dict[str, int]] = []
+    _stats(harness).mkdir(exist_ok=True)
     try:
         for r in relays:
-            argv, env = delay.command(r.address, r.port, r.address, r.sshd_port, r.one_way_ms)
+            argv, env = delay.command(r.address, r.port, r.address, r.sshd_port, r.one_way_ms,
+                                      _stats(harness) / f"{r.host}.jsonl")
             run = sshd.spawn_detached(argv, env)
             running.append({"pid": run.pid, "starttime": run.starttime})
             _state(harness).write_text(json.dumps(running))
@@ -146,6 +184,10 @@ def _without_offset() -> dict[str, str]:
 
 def _state(harness: Path) -> Path:
     return harness / "relays.json"
+
+
+def _stats(harness: Path) -> Path:
+    return harness / "relay-stats"
 
 
 def _wait_banner(r: Relay) -> None:

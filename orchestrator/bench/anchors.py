@@ -62,9 +62,12 @@ class Options:
 
 def _anchor(s: Setup, tool: str, phase: str, rep: int) -> dict[str, Any]:
     rel = "v1" if phase == "cold" else "v2"
+    since = time.time()  # the window holds only this run's connections (its reset is local)
     proc = subprocess.run(["bash", "scripts/run_one.sh", tool, phase, rel, str(rep)],
                           cwd=s.harness, env=s.env(), capture_output=True, text=True,
                           check=False)
+    relayed = (_farharness.tallies(s.harness, s.hosts, since, time.time())
+               if s.rtt_ms is not None else {})
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if not lines:
         return {"ok": False, "error": proc.stderr.strip()[-300:]}
@@ -72,7 +75,9 @@ def _anchor(s: Setup, tool: str, phase: str, rep: int) -> dict[str, Any]:
     return {"ok": r["rc"] == 0 and r["hosts_ok"] == s.hosts, "wall_s": r["wall_s"],
             "cpu_s": r.get("controller_cpu_s"), "steps": r.get("steps"),
             "warmup_s": anchor_warmup(r), "machine_cpu_s": r.get("machine_cpu_busy_s"),
-            "steal_s": r.get("steal_s")}
+            "steal_s": r.get("steal_s"),
+            **({"relayed": {h: [t.connections, t.turns] for h, t in relayed.items()}}
+               if relayed else {})}
 
 
 def anchor_warmup(result: dict[str, Any]) -> float | None:
@@ -159,10 +164,20 @@ def measure(s: Setup, tools: list[str], reps: int) -> list[dict[str, Any]]:
                     print(f"  rep {rep} {tool:17} {phase}: {r.get('wall_s', 0):7.2f} s, "
                           f"controller CPU {r.get('cpu_s')} s, load {load:.1f}"
                           + ("" if r["ok"] else f"  FAILED {r.get('error', '')}")
-                          + (f"  steps {r['steps']}" if tool == "project" else ""), flush=True)
+                          + (f"  steps {r['steps']}" if tool == "project" else "")
+                          + _relayed(r), flush=True)
     finally:
         _teardown(s, tb_dir)
     return rows
+
+
+def _relayed(row: dict[str, Any]) -> str:
+    """`connections c, turns t per host` of a relayed anchor run (mean over its hosts)."""
+    counts = list((row.get("relayed") or {}).values())
+    if not counts:
+        return ""
+    return (f"  per host: {statistics.fmean(c for c, _ in counts):.1f} connections, "
+            f"{statistics.fmean(t for _, t in counts):.1f} turns (max {max(t for _, t in counts)})")
 
 
 def _teardown(s: Setup, tb_dir: Path) -> None:
@@ -231,7 +246,7 @@ def _report_outside(rows: list[dict[str, Any]]) -> None:
         if per_host:
             line += (f"; per host (steps - warmup): mean {statistics.fmean(per_host):.2f} s, "
                      f"max {max(per_host):.2f} s")
-        print(line)
+        print(line + _relayed(r))
 
 
 def parser() -> argparse.ArgumentParser:
