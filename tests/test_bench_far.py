@@ -201,3 +201,18 @@ def test_the_figures_of_a_run_come_from_its_events_and_step_lines() -> None:
                                   "steps_raw": {"warmup_max": 6.5}}) == 6.5
     assert anchors.anchor_warmup({"steps": {"warmup": 7.25}, "steps_raw": {}}) == 7.25
     assert anchors.anchor_warmup({"steps": {}}) is None
+
+
+def test_the_report_keeps_fleets_apart_and_pairs_a_run_with_its_own_floor(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    def row(tool: str, wall: float, run: str, hosts: int, rtt: float | None) -> dict[str, object]:
+        return {"tool": tool, "phase": "warm", "rep": 1, "ok": True, "wall_s": wall,
+                "cpu_s": 1.0, "warmup_s": wall - 1.0, "hosts": hosts, "rtt_ms": rtt, "run": run,
+                "load1": 1.0}
+    anchors.report([row("ssh-uv", 10.0, "a", 8, 50.0), row("pyinfra", 20.0, "a", 8, 50.0),
+                    row("ssh-uv", 40.0, "b", 8, 50.0), row("pyinfra", 60.0, "b", 8, 50.0),
+                    row("ssh-uv", 5.0, "c", 4, None)])
+    out = capsys.readouterr().out
+    assert out.index("4 hosts on loopback:") < out.index("8 hosts 50 ms away:")
+    pyinfra = next(ln for ln in out.splitlines() if ln.strip().startswith("pyinfra "))
+    assert pyinfra.endswith("- / 2.00, 1.50")  # a: 20/10, b: 60/40; never 20/40 or 60/10

@@ -146,6 +146,7 @@ def project_events(out: str) -> tuple[dict[str, float], dict[str, float], dict[s
 def measure(s: Setup, tools: list[str], reps: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     tb_dir = cache_dir() / "testbed"
+    run = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # pairs a run's rows, not a rerun's
     try:
         for rep in range(1, reps + 1):
             # Rotated per rep so no tool always runs first (or right after the noisiest one).
@@ -156,7 +157,7 @@ def measure(s: Setup, tools: list[str], reps: int) -> list[dict[str, Any]]:
                     r = (_project_run(s, tb_dir, phase, rep) if tool == "project"
                          else _anchor(s, tool, phase, rep))
                     r = {"tool": tool, "phase": phase, "rep": rep, "load1": round(load, 2),
-                         "hosts": s.hosts, "rtt_ms": s.rtt_ms,
+                         "hosts": s.hosts, "rtt_ms": s.rtt_ms, "run": run,
                          "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **r}
                     rows.append(r)
                     with open(s.results, "a") as fh:
@@ -191,13 +192,24 @@ def _teardown(s: Setup, tb_dir: Path) -> None:
 
 
 def _ratios(rows: list[dict[str, Any]], tool: str, phase: str) -> list[float]:
-    """`tool`'s wall time over the floor's, pair by pair (same rep and phase, both ok)."""
+    """`tool`'s wall time over the floor's, pair by pair (same run, rep and phase, both ok)."""
     return [r["wall_s"] / f["wall_s"] for r in rows for f in rows
             if r["tool"] == tool and f["tool"] == FLOOR and r["phase"] == f["phase"] == phase
-            and r["rep"] == f["rep"] and r["ok"] and f["ok"]]
+            and r["rep"] == f["rep"] and r.get("run") == f.get("run") and r["ok"] and f["ok"]]
 
 
 def report(rows: list[dict[str, Any]]) -> None:
+    """One table per fleet (hosts, round trip): figures of different fleets never mix."""
+    fleets = sorted({(r.get("hosts", NHOSTS), r.get("rtt_ms")) for r in rows},
+                    key=lambda f: (f[0], f[1] or 0.0))
+    for n, rtt in fleets:
+        if len(fleets) > 1:
+            print(f"  {n} hosts " + (f"{rtt:g} ms away:" if rtt else "on loopback:"))
+        _report_fleet([r for r in rows
+                       if (r.get("hosts", NHOSTS), r.get("rtt_ms")) == (n, rtt)])
+
+
+def _report_fleet(rows: list[dict[str, Any]]) -> None:
     def cell(tool: str, phase: str, key: str) -> list[float]:
         return [r[key] for r in rows if r["tool"] == tool and r["phase"] == phase and r["ok"]
                 and r.get(key) is not None]
@@ -231,12 +243,7 @@ def report(rows: list[dict[str, Any]]) -> None:
 def _report_outside(rows: list[dict[str, Any]]) -> None:
     """Each warm run's time outside the warmup run: the wall less its slowest host's warmup
     step, for every tool alike; the project's per host too (its steps less its warmup)."""
-    fleets = sorted({(r.get("hosts", NHOSTS), r.get("rtt_ms")) for r in rows},
-                    key=lambda f: (f[0], f[1] or 0.0))
-    print("  warm, outside the warmup run (wall - slowest host's warmup step), fleet"
-          f"{'s' if len(fleets) > 1 else ''}: " + ", ".join(
-              f"{n} hosts " + (f"{rtt:g} ms away" if rtt else "on loopback")
-              for n, rtt in fleets))
+    print("  warm, outside the warmup run (wall - slowest host's warmup step):")
     for r in rows:
         if r["phase"] != "warm" or not r["ok"] or r.get("warmup_s") is None:
             continue
