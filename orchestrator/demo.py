@@ -16,10 +16,8 @@ live), against a testbed of four simulated GPU hosts and a daemon in the backgro
    automatically and version 3 is marked bad;
 5. a driver upgrade on one host (its NVML now reports a driver/library mismatch), found by
    re-verification (`orchestrator verify`);
-6. a scikit-learn model released as a container image: built by the daemon at deploy time from
-   the hashed lock onto a Debian base image (`environment.image_base`), shipped to the hosts
-   whose Podman lacks it, verified inside the image, then each host's image shown. Skipped,
-   saying why, where Podman, runc or debootstrap is missing or the demo does not run as root.
+6. a scikit-learn model released as a container image, built by the daemon at deploy time
+   (orchestrator/demo_image.py).
 
 DIR holds everything: the testbed's hosts (DIR/hosts/), the daemon's state and log (DIR/daemon/),
 the specs (DIR/specs/). `up` starts from a clean DIR each time; the wheels of the lock come from
@@ -42,20 +40,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.core.hashing import hash_file, hash_path
-from orchestrator.errors import InvalidInput, OrchestratorError, TestbedError
-from orchestrator.testbed import baseimage, podman
+from orchestrator.cli.render import table
+from orchestrator.core.hashing import hash_path
+from orchestrator.demo_image import image_release
+from orchestrator.errors import InvalidInput, OrchestratorError
+from orchestrator.testbed import podman
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "configs" / "examples"
 GPU_EXAMPLE = EXAMPLES / "tensorflow-savedmodel"
 CPU_LOCK = EXAMPLES / "keras" / "requirements.lock"  # tensorflow-cpu==2.21.0, hashed
-SKLEARN_EXAMPLE = EXAMPLES / "sklearn-joblib"
 PROFILES = ("h100", "h100", "t4", "old-driver")
 SERVING = ["tb-01", "tb-02", "tb-03"]  # the hosts the plan passes
-# Stage 7's: a CPU container needs no driver, so tb-04 (old driver) serves it too; tb-02 is
-# left out, degraded at its last verification (stage 6): the daemon would exclude it.
-IMAGE_TARGETS = ["tb-01", "tb-03", "tb-04"]
 MARKER = ".orchestrator-demo"  # only a DIR holding it is ever wiped
 DAEMON_STOP_S = 40.0
 SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes; keep a margin
@@ -87,42 +83,6 @@ service:
     tf.saved_model.load('current/model').signatures['serving_default'](features=tf.zeros([1, 4]))"
   health_timeout_s: 8
 """
-
-IMAGE_SPEC = """\
-# The scikit-learn example as an image release: the daemon builds the image at deploy time from
-# the hashed lock onto the Debian base image (environment.image_base), once per (base, lock).
-apiVersion: orchestrator/v1
-kind: Deployment
-name: iris-sklearn
-model: {{path: model.joblib, format: joblib, sha256: {sha}}}
-environment:
-  python: "3.11"
-  requirements: requirements.lock
-  image_base: {{archive: base.tar, sha256: {base_sha}}}
-gpu: {{required: false}}
-targets: [{targets}]
-rollout: {{canary: 1, batch_size: 2, max_failed_hosts: 0, on_failure: rollback}}
-verify:
-  golden: golden.npz
-  method: predict_proba
-  warmup_iterations: 5
-  iterations: 50
-  latency_ms: {{p99: 200}}
-  timeout_s: 300
-"""
-
-IMAGE_WHY = """\
-Most teams ship a model as a container image. Here the daemon makes one at deploy time: the
-example's hashed lock (scikit-learn 1.9.1) installed offline into a Debian bookworm base image
-(debootstrap + `podman import`, made once), with no network inside the build; the image is
-kept in the controller's image cache, so only the first run builds it (30-60 s, the events
-`image.build started` and `finished`).
-Each host's Podman gets the archive only if it lacks the image (checked by sha256 on the host),
-and verify runs the golden and latency checks inside the image with the model mounted
-read-only. The targets are tb-01, tb-03 and tb-04: this release sets gpu.required: false and
-runs on the CPU, so tb-04's old driver does not matter to it. tb-02 is left out: the daemon
-excludes a host degraded at its last verification (stage 6's driver/library mismatch) from
-every rollout until a verification finds it healthy again."""
 
 SIMULATED = """\
 The testbed's hosts are real OpenSSH servers on 127.0.0.2-5, each with its own host key and
@@ -214,20 +174,6 @@ class Demo:
             out[version] = d / "spec.yaml"
         return out
 
-    def write_image_spec(self, base: Path) -> Path:
-        d = self.dir / "specs" / "image"
-        d.mkdir()
-        for name in ("model.joblib", "golden.npz", "requirements.lock"):
-            shutil.copy(SKLEARN_EXAMPLE / name, d / name)
-        try:  # the cached archive, without a copy of 275 MB when DIR is on the same disk
-            os.link(base, d / "base.tar")
-        except OSError:
-            shutil.copy(base, d / "base.tar")
-        (d / "spec.yaml").write_text(IMAGE_SPEC.format(
-            sha=hash_path(d / "model.joblib"), base_sha=hash_file(d / "base.tar"),
-            targets=", ".join(IMAGE_TARGETS)))
-        return d / "spec.yaml"
-
     def start_daemon(self) -> int:
         config = self.daemon_dir / "orchestrator.toml"
         config.write_text(f'state_dir = "{self.daemon_dir}"\nsocket = "{self.socket}"\n'
@@ -295,31 +241,8 @@ class Demo:
         self.run("testbed", "profile", "--dir", str(self.dir), "tb-02", "mismatch")
         self.run("verify", expect=(0, 3, 4))  # 3: a host failed; 4: degraded only
         self.run("status")
-        self.image_release(specs)
+        image_release(self)
         self.end(pid)
-
-    def image_release(self, specs: dict[str, Path]) -> None:
-        title = "7. The scikit-learn model as a container image, built at deploy time"
-        why = baseimage.why_not()
-        if why is not None:
-            self.stage(title, f"Skipped: {why}.")
-            return
-        self.stage(title, IMAGE_WHY)
-        fresh = not baseimage.archive_path().is_file()
-        if fresh:
-            print("\nMaking the base image (once, about a minute; debootstrap from "
-                  f"{baseimage.mirror()}) ...", flush=True)
-        try:
-            base = baseimage.base_archive()
-        except TestbedError as exc:
-            print(f"\nSkipped: the base image could not be made: {exc}", flush=True)
-            return
-        print(f"\nBase image: {self.relative(str(base))} ({base.stat().st_size >> 20} MiB"
-              f"{', made now' if fresh else ', cached'})", flush=True)
-        spec = self.write_image_spec(base)
-        self.run("submit", str(spec), "--follow")
-        self.image_table(self.last_deployment())
-        self.run("releases", "iris-sklearn")
 
     def last_deployment(self) -> str:
         listed = json.loads(self.run("status", "--json", capture=True))
@@ -331,13 +254,6 @@ class Demo:
         events = [json.loads(line) for line in out.splitlines() if line.strip()]
         print("\n" + render_latency(events) + "\n(measured on this machine's CPU, in the "
               "deployed venv on each host, warmup iterations discarded)")
-
-    def image_table(self, deployment: str) -> None:
-        """Each host's image, from its serving release's manifest; what install shipped."""
-        out = self.run("logs", deployment, "--json", capture=True)
-        events = [json.loads(line) for line in out.splitlines() if line.strip()]
-        inventory = self.dir / "hosts"
-        print("\n" + render_images(events, {h: inventory / h / "root" for h in IMAGE_TARGETS}))
 
     def end(self, pid: int) -> None:
         d = self.relative(str(self.dir))
@@ -359,40 +275,10 @@ class DemoFailed(OrchestratorError):
 
 def render_latency(events: list[dict[str, Any]]) -> str:
     """The verify step's figures per host, from a deployment's events."""
-    rows: list[tuple[str, ...]] = [("HOST", "P50 MS", "P95 MS", "P99 MS", "FIRST CALL MS",
-                                    "PER S")]
-    for e in events:
-        if e.get("step") == "verify" and e.get("status") == "ok":
-            rows.append((str(e["host"]), *(_fmt(e.get(k)) for k in
-                         ("p50_ms", "p95_ms", "p99_ms", "cold_start_ms", "throughput_per_s"))))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in rows)
-
-
-def render_images(events: list[dict[str, Any]], roots: dict[str, Path]) -> str:
-    """Per host: the image its serving release runs (manifest.json) and the bytes install
-    shipped to get it there (0: the host's engine had it)."""
-    shipped = {str(e["host"]): e.get("shipped_bytes") for e in events
-               if e.get("step") == "install" and e.get("status") == "ok"}
-    rows: list[tuple[str, ...]] = [("HOST", "IMAGE ID", "ENGINE", "SHIPPED MB", "P99 MS")]
-    p99 = {str(e["host"]): e.get("p99_ms") for e in events
-           if e.get("step") == "verify" and e.get("status") == "ok"}
-    for host, root in roots.items():
-        try:
-            manifest = json.loads((root / "iris-sklearn" / "current" / "manifest.json")
-                                  .read_text())
-            image = manifest["image"]
-            ident = str(image["image_id"])[:19]
-            engine = f"{image['engine']} {image['engine_version']}"
-        except (OSError, ValueError, KeyError, TypeError):
-            ident, engine = "(not serving)", "-"
-        size = shipped.get(host)
-        rows.append((host, ident, engine, "-" if size is None else f"{int(size) / 1e6:.0f}",
-                     _fmt(p99.get(host))))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in rows)
+    rows = [(str(e["host"]), *(_fmt(e.get(k)) for k in
+             ("p50_ms", "p95_ms", "p99_ms", "cold_start_ms", "throughput_per_s")))
+            for e in events if e.get("step") == "verify" and e.get("status") == "ok"]
+    return table(("host", "p50 ms", "p95 ms", "p99 ms", "first call ms", "per s"), rows)
 
 
 def _fmt(value: Any) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator import demo
+from orchestrator import demo, demo_image
 from orchestrator.errors import InvalidInput
 from orchestrator.testbed import Testbed, TestbedHost, baseimage
 from tests.procs import processes_mentioning
@@ -152,7 +152,7 @@ def test_demo_image_spec_validates_and_leaves_out_the_degraded_host(tmp_path: Pa
     (d.dir / "specs").mkdir(parents=True)
     base = tmp_path / "base.tar"  # validate checks the archive's sha256, not what it holds
     base.write_bytes(b"a base image archive\n")
-    spec = d.write_image_spec(base)
+    spec = demo_image.write_spec(d.dir / "specs", base)
     done = cli("validate", str(spec))
     assert done.returncode == 0, done.stdout + done.stderr
     text = spec.read_text()
@@ -172,7 +172,7 @@ def test_demo_image_table_names_each_host_image_and_what_was_shipped(tmp_path: P
         {"step": "verify", "status": "ok", "host": "tb-01", "p99_ms": 4.25},
         {"step": "install", "status": "failed", "host": "tb-03"},
     ]
-    lines = demo.render_images(events, {"tb-01": tmp_path / "tb-01",
+    lines = demo_image.render_images(events, {"tb-01": tmp_path / "tb-01",
                                         "tb-03": tmp_path / "tb-03"}).splitlines()
     assert lines[0].split()[:3] == ["HOST", "IMAGE", "ID"]
     assert lines[1].split() == ["tb-01", "sha256:abababababab", "podman", "4.3.1", "570", "4.25"]
@@ -183,7 +183,7 @@ def test_demo_image_stage_is_skipped_saying_why(tmp_path: Path, monkeypatch: pyt
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(baseimage, "why_not", lambda: "runc is not installed")
     d = demo.Demo(tmp_path / "demo")
-    d.image_release({})  # nothing submitted: no daemon is needed
+    demo_image.image_release(d)  # nothing submitted: no daemon is needed
     out = capsys.readouterr().out
     assert "7. The scikit-learn model as a container image" in out
     assert "Skipped: runc is not installed." in out

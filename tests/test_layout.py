@@ -16,7 +16,7 @@ REMOTE = PACKAGE / "hosts" / "remote"
 #: Each layer may import its own modules and those of lower rank, never a higher one. The
 #: testbed (simulated GPU hosts for tests, the demo and `orchestrator testbed`) stands alone.
 RANK = {"errors": 0, "xdg": 0, "core": 1, "hosts": 2, "deploy": 3, "reverify": 4, "daemon": 5,
-        "cli": 6, "testbed": 1, "demo": 8, "bench": 8, "__main__": 8}
+        "cli": 6, "testbed": 1, "demo": 8, "demo_image": 8, "bench": 8, "__main__": 8}
 MAX_LINES = 400
 
 
