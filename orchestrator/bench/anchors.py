@@ -109,8 +109,11 @@ def _project_run(s: Setup, tb_dir: Path, tool: str, phase: str, rep: int) -> dic
     rel = "v1" if phase == "cold" else "v2"
     log = s.harness / "runs" / tool / f"{phase}-{rep}-{rel}"
     log.mkdir(parents=True, exist_ok=True)
+    # The same wait as run_one.sh's, `sync` first as it does: the previous cold run's deleted
+    # testbed (4 TensorFlow venvs) must not be written back during this run's install.
+    os.sync()
     subprocess.run(["/usr/bin/python3", "scripts/quiesce.py"], cwd=s.harness,
-                   capture_output=True, check=False)  # the same wait as run_one.sh's
+                   capture_output=True, check=False)
     started = time.perf_counter()
     with open(log / "out.log", "w") as out:
         rc = subprocess.run(["/usr/bin/time", "-v", "-o", str(log / "time.txt"), sys.executable,
