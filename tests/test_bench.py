@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator.bench import ship
 from orchestrator.bench.__main__ import main, modules, plan
 
 
@@ -28,3 +29,17 @@ def test_options_to_a_module_without_any_or_an_unknown_module_exit_2(
     assert "takes no options (--help)" in capsys.readouterr().err
     assert main(["nosuch"]) == 2
     assert "no benchmark module 'nosuch'" in capsys.readouterr().err
+
+
+def test_ship_settings_default_to_the_figures_of_record_and_name_a_bad_variable() -> None:
+    assert ship.settings({}) == ship.Settings(256, (1, 4), ("sftp", "stream", "mirror"))
+    assert ship.settings({"ORCHESTRATOR_BENCH_SHIP_MB": "3072",
+                          "ORCHESTRATOR_BENCH_SHIP_HOSTS": "8",
+                          "ORCHESTRATOR_BENCH_SHIP_METHODS": "stream,mirror"}) == ship.Settings(
+        3072, (8,), ("stream", "mirror"))
+    for env, says in [({"ORCHESTRATOR_BENCH_SHIP_HOSTS": "0"}, "ORCHESTRATOR_BENCH_SHIP_HOSTS"),
+                      ({"ORCHESTRATOR_BENCH_SHIP_MB": "1,2"}, "one size"),
+                      ({"ORCHESTRATOR_BENCH_SHIP_MB": "lots"}, "ORCHESTRATOR_BENCH_SHIP_MB"),
+                      ({"ORCHESTRATOR_BENCH_SHIP_METHODS": "scp"}, "unknown scp")]:
+        with pytest.raises(SystemExit, match=says):
+            ship.settings(env)

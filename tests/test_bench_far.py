@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.bench import _farharness, anchors, farhosts
+from orchestrator.bench import _anchorsetup, _farharness, anchors, farhosts
+from orchestrator.core.hashing import hash_path
+from orchestrator.core.spec import load_spec
 from orchestrator.testbed import sshd
 
 
@@ -40,6 +42,7 @@ def test_rtt_selects_the_far_fleet_and_loopback_stays_the_default() -> None:
     (["--rtt", "50ms", "--hosts", "63"], "--hosts 63"),
     (["--hosts", "0"], "--hosts 0"),
     (["--tools", "ssh-uv,chef"], "unknown tool(s) chef"),
+    (["--tools", "ssh-uv,project-mirror", "--rtt", "50ms"], "--tools project-mirror with --rtt"),
 ])
 def test_bad_options_exit_2_naming_the_option(argv: list[str], says: str,
                                                capsys: pytest.CaptureFixture[str]) -> None:
@@ -49,11 +52,41 @@ def test_bad_options_exit_2_naming_the_option(argv: list[str], says: str,
     assert says in capsys.readouterr().err
 
 
+def test_project_mirror_is_a_loopback_tool_beside_the_shipping_project() -> None:
+    assert {"project", "project-mirror"} <= set(_options([]).tools)
+    assert _options(["--tools", "ssh-uv,project-mirror"]).tools == ["ssh-uv", "project-mirror"]
+    assert "project-mirror" not in _options(["--rtt", "50ms"]).tools
+
+
+def test_the_mirror_spec_names_the_mirror_and_the_shipping_spec_does_not(tmp_path: Path) -> None:
+    """Both specs as `orchestrator deploy` reads them: the same model, lock and wheelhouse;
+    only the mirror's has `environment.wheel_source` (a directory of wheel files)."""
+    for v in ("v1", "v2"):
+        d = tmp_path / v
+        (d / "model").mkdir(parents=True)
+        (d / "model" / "saved_model.pb").write_bytes(v.encode())
+        (d / "wheelhouse").mkdir()
+        (d / "requirements.lock").write_text("")
+        (d / "golden.npz").write_bytes(b"")
+        (d / "spec.yaml").write_text(_anchorsetup.spec_yaml(hash_path(d / "model"), None))
+    _anchorsetup.mirror_specs(tmp_path, "http://127.0.0.1:8123/")
+    for v in ("v1", "v2"):
+        shipping = load_spec(tmp_path / v / "spec.yaml")
+        mirrored = load_spec(tmp_path / v / "spec-mirror.yaml")
+        assert shipping.environment.wheel_source is None
+        source = mirrored.environment.wheel_source
+        assert source is not None
+        assert (source.url, source.layout) == ("http://127.0.0.1:8123/", "directory")
+        assert mirrored.model.sha256 == shipping.model.sha256 == hash_path(tmp_path / v / "model")
+        assert mirrored.paths.wheelhouse == shipping.paths.wheelhouse
+
+
 def test_farhosts_anchors_runs_the_anchors_on_the_same_fleet() -> None:
     args = farhosts.parser().parse_args(["--rtt", "20ms", "--hosts", "3", "--anchors"])
     side = farhosts.anchors_argv(args)
     assert side == ["--rtt", "20ms", "--hosts", "3"]
-    assert _options(side) == anchors.Options(list(anchors.TOOLS), 1, 3, 20.0)
+    assert _options(side) == anchors.Options(
+        [t for t in anchors.TOOLS if t != "project-mirror"], 1, 3, 20.0)
     assert farhosts.anchors_argv(farhosts.parser().parse_args([])) is None
 
 

@@ -7,7 +7,10 @@ materialised (its own materialize.sh) into the cache dir ($ORCHESTRATOR_BENCH_AN
                                 the uv this project ships to its hosts
   wheelhouse-<lock sha>/        the lock's wheels, from this project's wheel cache (by hash)
   harness/, project/v1, v2      the harness (models built with this Python's TensorFlow); the
-                                project's specs (wheelhouse in the spec, golden recorded)
+                                project's specs (wheelhouse in the spec, golden recorded):
+                                spec.yaml ships the wheels; spec-mirror.yaml (written per run,
+                                `mirror_specs`) also names a mirror of the wheelhouse as
+                                `environment.wheel_source`, so the hosts pull them themselves
 then the harness's fleet is started (and, at a round trip, put behind the delay relays of
 bench/_farharness.py).
 """
@@ -50,6 +53,7 @@ class Setup:
     harness: Path
     project: Path  # v1/, v2/: the project's spec dirs
     results: Path
+    wheelhouse: Path  # the lock's wheels under their file names (what a mirror serves)
     hosts: int
     rtt_ms: float | None
 
@@ -158,18 +162,36 @@ def _project(cache: Path, harness: Path, house: Path) -> Path:
         check([sys.executable, "-m", "orchestrator", "golden", "record", "--model",
                 str(d / "model"), "--format", "tensorflow-savedmodel", "--inputs",
                 str(d / "inputs.npz"), "-o", str(d / "golden.npz")], env=project_env())
-        (d / "spec.yaml").write_text(f"""\
+        (d / "spec.yaml").write_text(spec_yaml(hash_path(d / "model"), None))
+    (project / ".stamp").write_text(stamp)
+    return project
+
+
+def spec_yaml(model_sha256: str, wheel_source: str | None) -> str:
+    """The project's spec: the same lock, model and warmup as the anchors'; with
+    `wheel_source` (a URL serving the wheel files by name) the hosts pull the wheels from it.
+    The wheelhouse stays in the spec either way: the controller reads the wheels' names and
+    sizes there (docs/spec.md, "A wheel mirror"). Pure."""
+    source = ("" if wheel_source is None
+              else f', wheel_source: {{url: "{wheel_source}", layout: directory}}')
+    return f"""\
 apiVersion: orchestrator/v1
 kind: Deployment
 name: anchors-bench
-model: {{path: model, format: tensorflow-savedmodel, sha256: {hash_path(d / "model")}}}
-environment: {{python: "3.11", requirements: requirements.lock, wheelhouse: wheelhouse}}
+model: {{path: model, format: tensorflow-savedmodel, sha256: {model_sha256}}}
+environment: {{python: "3.11", requirements: requirements.lock, wheelhouse: wheelhouse{source}}}
 targets: [testbed]
 rollout: {{canary: 0, batch_size: {MAX_HOSTS}, max_parallel: 16}}
 verify: {{golden: golden.npz, warmup_iterations: 0, iterations: 200, timeout_s: 900}}
-""")
-    (project / ".stamp").write_text(stamp)
-    return project
+"""
+
+
+def mirror_specs(project: Path, url: str) -> None:
+    """v1/spec-mirror.yaml, v2/spec-mirror.yaml: the specs with `url` as the wheel mirror (its
+    port is chosen per run)."""
+    for v in ("v1", "v2"):
+        d = project / v
+        (d / "spec-mirror.yaml").write_text(spec_yaml(hash_path(d / "model"), url))
 
 
 def setup(hosts: int, rtt_ms: float | None) -> Setup:
@@ -185,7 +207,7 @@ def setup(hosts: int, rtt_ms: float | None) -> Setup:
     house = _wheelhouse(cache, source / "artifacts" / "requirements.lock")
     harness = _harness(cache, source, house, python, tools)
     project = _project(cache, harness, house)
-    s = Setup(harness, project, cache / "results.jsonl", hosts, rtt_ms)
+    s = Setup(harness, project, cache / "results.jsonl", house, hosts, rtt_ms)
     _farharness.stop(harness)  # a crashed --rtt run's relays
     # hosts.sh up without the relays' offset: the sshds keep their own ports.
     check(["bash", "scripts/hosts.sh", "up"], cwd=harness,

@@ -2,6 +2,12 @@
 (pipelining, release as one tgz) and this project, on 4 hosts each, with the same
 tensorflow-cpu 2.21 lock (32 wheels, 335 MB), the same SavedModels (v1 cold, v2 warm) and the
 same warmup (200 predictions), interleaved per rep: cold deploy of v1, then warm deploy of v2.
+The project runs twice: `project` ships the wheels from the controller (the wheelhouse in the
+spec), `project-mirror` names a mirror of the same wheelhouse as `environment.wheel_source`, so
+its hosts pull the wheels themselves, like the floor's hosts, which read them from a local path:
+the like-for-like comparison. The bench starts that mirror (python -m http.server, a child of
+the bench, outside the deploying process's tree: a real mirror is another machine) and prints
+its CPU apart. Loopback only: the namespaced hosts of --rtt do not reach it.
 With --rtt, every tool's hosts are that far away (issue 15's far hosts, side by side): the
 project's on a `Testbed.up(rtt_ms=...)` testbed, the anchors' harness hosts behind the same
 delay relay (bench/_farharness.py), 8 hosts unless --hosts says otherwise.
@@ -13,7 +19,7 @@ checks every host). The project: `/usr/bin/time -v python -m orchestrator deploy
 testbed (cold) or the same (warm), after the same quiesce.py wait. Controller CPU = user
 + sys of the deploying process and its children.
 
-    python -m orchestrator.bench anchors [--reps N] [--tools ssh-uv,project] [--quick]
+    python -m orchestrator.bench anchors [--reps N] [--tools ssh-uv,project-mirror] [--quick]
         [--hosts N] [--rtt 50ms]
     (--quick: 1 rep of the floor and the project; --setup-only; --report-since UTC)
 
@@ -26,28 +32,35 @@ wall less the warmup step of its slowest host; the project's also per host, from
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from orchestrator.bench import _farharness
-from orchestrator.bench._anchorsetup import Setup, cache_dir, project_env, setup
+from orchestrator.bench._anchorsetup import Setup, cache_dir, mirror_specs, project_env, setup
 from orchestrator.errors import InvalidInput
 from orchestrator.testbed import Testbed, netns
 from orchestrator.testbed.far import MAX_HOSTS, parse_rtt
+from orchestrator.testbed.mirror import serve_directory
 
 FLOOR = "ssh-uv"
 ANCHORS = ("ssh-uv", "pyinfra", "ansible-pipe-tgz")
-TOOLS = (*ANCHORS, "project")
+# The project's tools: the spec each deploys (bench/_anchorsetup.py writes both).
+PROJECTS = {"project": "spec.yaml", "project-mirror": "spec-mirror.yaml"}
+MIRRORED = "project-mirror"  # its hosts pull from a mirror on the controller's loopback
+TOOLS = (*ANCHORS, *PROJECTS)
 NHOSTS = 4      # the side-by-side's fleet on loopback
 FAR_HOSTS = 8   # with --rtt: issue 15's far fleet
 
@@ -88,20 +101,23 @@ def anchor_warmup(result: dict[str, Any]) -> float | None:
     return None if value is None else float(value)
 
 
-def _project_run(s: Setup, tb_dir: Path, phase: str, rep: int) -> dict[str, Any]:
+def _project_run(s: Setup, tb_dir: Path, tool: str, phase: str, rep: int) -> dict[str, Any]:
     if phase == "cold":  # a fresh testbed (its host dirs too): no venv, wheels or uv cache
         Testbed.down(tb_dir)
         shutil.rmtree(tb_dir, ignore_errors=True)
         Testbed.up(tb_dir, s.hosts, ["h100"], rtt_ms=s.rtt_ms)
     rel = "v1" if phase == "cold" else "v2"
-    log = s.harness / "runs" / "project" / f"{phase}-{rep}-{rel}"
+    log = s.harness / "runs" / tool / f"{phase}-{rep}-{rel}"
     log.mkdir(parents=True, exist_ok=True)
+    # The same wait as run_one.sh's, `sync` first as it does: the previous cold run's deleted
+    # testbed (4 TensorFlow venvs) must not be written back during this run's install.
+    os.sync()
     subprocess.run(["/usr/bin/python3", "scripts/quiesce.py"], cwd=s.harness,
-                   capture_output=True, check=False)  # the same wait as run_one.sh's
+                   capture_output=True, check=False)
     started = time.perf_counter()
     with open(log / "out.log", "w") as out:
         rc = subprocess.run(["/usr/bin/time", "-v", "-o", str(log / "time.txt"), sys.executable,
-                             "-m", "orchestrator", "deploy", str(s.project / rel / "spec.yaml"),
+                             "-m", "orchestrator", "deploy", str(s.project / rel / PROJECTS[tool]),
                              "--inventory", str(tb_dir / "inventory.yaml"), "--json"],
                             stdout=out, stderr=subprocess.STDOUT, env=project_env(),
                             check=False).returncode
@@ -147,14 +163,17 @@ def measure(s: Setup, tools: list[str], reps: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     tb_dir = cache_dir() / "testbed"
     run = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # pairs a run's rows, not a rerun's
+    mirror = contextlib.ExitStack()
     try:
+        if MIRRORED in tools:
+            mirror.enter_context(_mirror(s))
         for rep in range(1, reps + 1):
             # Rotated per rep so no tool always runs first (or right after the noisiest one).
             order = tools[(rep - 1) % len(tools):] + tools[:(rep - 1) % len(tools)]
             for tool in order:
                 for phase in ("cold", "warm"):
                     load = os.getloadavg()[0]
-                    r = (_project_run(s, tb_dir, phase, rep) if tool == "project"
+                    r = (_project_run(s, tb_dir, tool, phase, rep) if tool in PROJECTS
                          else _anchor(s, tool, phase, rep))
                     r = {"tool": tool, "phase": phase, "rep": rep, "load1": round(load, 2),
                          "hosts": s.hosts, "rtt_ms": s.rtt_ms, "run": run,
@@ -165,11 +184,37 @@ def measure(s: Setup, tools: list[str], reps: int) -> list[dict[str, Any]]:
                     print(f"  rep {rep} {tool:17} {phase}: {r.get('wall_s', 0):7.2f} s, "
                           f"controller CPU {r.get('cpu_s')} s, load {load:.1f}"
                           + ("" if r["ok"] else f"  FAILED {r.get('error', '')}")
-                          + (f"  steps {r['steps']}" if tool == "project" else "")
+                          + (f"  steps {r['steps']}" if tool in PROJECTS else "")
                           + _relayed(r), flush=True)
     finally:
+        mirror.close()
         _teardown(s, tb_dir)
     return rows
+
+
+@contextlib.contextmanager
+def _mirror(s: Setup) -> Iterator[str]:
+    """The wheelhouse served over HTTP for `project-mirror`'s hosts, its specs written with its
+    URL; on exit the server is stopped and its own CPU printed (the bench's child, never the
+    deploying process's: it is not in the controller CPU column)."""
+    with contextlib.ExitStack() as server:
+        url = server.enter_context(serve_directory(s.wheelhouse))
+        mirror_specs(s.project, url)
+        print(f"  {MIRRORED}: the hosts pull the wheels from {url} (python -m http.server over "
+              f"{s.wheelhouse}), started by the bench outside the project's timed process "
+              "tree, as a real mirror is another machine", flush=True)
+        try:
+            yield url
+        finally:
+            before = _children_cpu()
+            server.close()  # waits for the server: its rusage joins this process's children
+            print(f"  {MIRRORED}: the mirror's own CPU over the run: "
+                  f"{_children_cpu() - before:.2f} s (not the controller's)", flush=True)
+
+
+def _children_cpu() -> float:
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return kids.ru_utime + kids.ru_stime
 
 
 def _relayed(row: dict[str, Any]) -> str:
@@ -224,19 +269,20 @@ def _report_fleet(rows: list[dict[str, Any]]) -> None:
         print(f"  {tool:17} {fmt(cell(tool, 'cold', 'wall_s')):>20} "
               f"{fmt(cell(tool, 'warm', 'wall_s')):>20} {cpu:>26}   "
               f"{fmt(_ratios(rows, tool, 'cold'))} / {fmt(_ratios(rows, tool, 'warm'))}")
-    found = {"cold": _ratios(rows, "project", "cold"), "warm": _ratios(rows, "project", "warm"),
-             "cpu": cell("project", "cold", "cpu_s")}
     loads = sorted(r.get("load1", 0.0) for r in rows)
     if loads:
         print(f"  load average (1 min) at the runs' starts: {loads[0]:.1f} to {loads[-1]:.1f}"
               f" on {os.cpu_count()} cores")
     targets = (("cold", "cold <= 1.0x the floor", 1.0, "x"), ("warm", "warm <= 0.9x", 0.9, "x"),
                ("cpu", "controller CPU cold <= 2 s", 2.0, " s"))
-    if any(found.values()):  # a run without the project has no target to judge
-        print("  targets (medians): " + "; ".join(
-            f"{label}: {statistics.median(found[k]):.2f}{unit} "
-            f"({'met' if statistics.median(found[k]) <= limit else 'not met'})"
-            for k, label, limit, unit in targets if found[k]))
+    for tool in PROJECTS:  # a run without the project has no target to judge
+        found = {"cold": _ratios(rows, tool, "cold"), "warm": _ratios(rows, tool, "warm"),
+                 "cpu": cell(tool, "cold", "cpu_s")}
+        if any(found.values()):
+            print(f"  targets, {tool} (medians): " + "; ".join(
+                f"{label}: {statistics.median(found[k]):.2f}{unit} "
+                f"({'met' if statistics.median(found[k]) <= limit else 'not met'})"
+                for k, label, limit, unit in targets if found[k]))
     _report_outside(rows)
 
 
@@ -259,8 +305,9 @@ def _report_outside(rows: list[dict[str, Any]]) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="orchestrator.bench anchors")
     p.add_argument("--reps", type=int, default=1)
-    p.add_argument("--tools", default=",".join(TOOLS),
-                   help=f"comma-separated, of {', '.join(TOOLS)}")
+    p.add_argument("--tools", default=None,
+                   help=f"comma-separated, of {', '.join(TOOLS)} (default: all; with --rtt "
+                        f"all but {MIRRORED}, whose mirror is on the controller's loopback)")
     p.add_argument("--quick", action="store_true", help="1 rep, the floor and the project")
     p.add_argument("--hosts", type=int, default=None,
                    help=f"hosts per tool (default {NHOSTS}, {FAR_HOSTS} with --rtt)")
@@ -276,14 +323,18 @@ def parser() -> argparse.ArgumentParser:
 
 def options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Options:
     """What to measure, checked (parser.error, exit 2, naming the option). Pure."""
-    tools = [FLOOR, "project"] if args.quick else args.tools.split(",")
-    unknown = sorted(set(tools) - set(TOOLS))
-    if unknown:
-        parser.error(f"unknown tool(s) {', '.join(unknown)} (of {', '.join(TOOLS)})")
     try:
         rtt = None if args.rtt is None else parse_rtt(args.rtt)
     except InvalidInput as exc:
         parser.error(str(exc))
+    tools = ([FLOOR, "project"] if args.quick else args.tools.split(",") if args.tools
+             else [t for t in TOOLS if rtt is None or t != MIRRORED])
+    unknown = sorted(set(tools) - set(TOOLS))
+    if unknown:
+        parser.error(f"unknown tool(s) {', '.join(unknown)} (of {', '.join(TOOLS)})")
+    if rtt is not None and MIRRORED in tools:
+        parser.error(f"--tools {MIRRORED} with --rtt: the hosts in their network namespaces "
+                     "do not reach the mirror on the controller's loopback")
     hosts = args.hosts if args.hosts is not None else (NHOSTS if rtt is None else FAR_HOSTS)
     if not 1 <= hosts <= MAX_HOSTS:
         parser.error(f"--hosts {hosts}: between 1 and {MAX_HOSTS}")

@@ -4,6 +4,9 @@ RECORD and one big stored data file, hashed in a lock), to 1 and to 4 testbed ho
 
     python -m orchestrator.bench ship
     ORCHESTRATOR_BENCH_SHIP_MB=1024 python -m orchestrator.bench ship   (the figures of record)
+    ORCHESTRATOR_BENCH_SHIP_MB=3072 ORCHESTRATOR_BENCH_SHIP_HOSTS=8 \
+        ORCHESTRATOR_BENCH_SHIP_METHODS=stream,mirror python -m orchestrator.bench ship
+                                                  (issue 15's case: a 3 GB lock to 8 hosts)
 
 Each row ships the whole lock to hosts whose wheel cache is empty (emptied between rows) through
 `HostOps.push_wheels` exactly as the stage step calls it, by each method:
@@ -30,7 +33,8 @@ import os
 import resource
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.core.hashing import hash_file
@@ -42,10 +46,38 @@ from orchestrator.hosts.ssh import SshOptions
 from orchestrator.testbed import Testbed
 from orchestrator.testbed.mirror import serve_directory, synthetic_wheel
 
-TOTAL_MB = int(os.environ.get("ORCHESTRATOR_BENCH_SHIP_MB", "256"))
 WHEEL_MB = 64  # each synthetic wheel; the last one takes the remainder
-HOST_COUNTS = (1, 4)
 METHODS = ("sftp", "stream", "mirror")
+
+
+@dataclass(frozen=True)
+class Settings:
+    total_mb: int
+    host_counts: tuple[int, ...]  # one row per method and count; the testbed has the largest
+    methods: tuple[str, ...]
+
+
+def settings(environ: Mapping[str, str]) -> Settings:
+    """From ORCHESTRATOR_BENCH_SHIP_MB (256), _HOSTS ("1,4"), _METHODS (all); a bad value is
+    a SystemExit naming the variable. Pure."""
+    def ints(name: str, default: str) -> tuple[int, ...]:
+        text = environ.get(name, default)
+        try:
+            values = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if not values or min(values) < 1:
+            raise SystemExit(f"ship: {name}={text!r}: positive integers, comma-separated")
+        return values
+    methods = tuple(environ.get("ORCHESTRATOR_BENCH_SHIP_METHODS", ",".join(METHODS)).split(","))
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"ship: ORCHESTRATOR_BENCH_SHIP_METHODS: unknown {', '.join(unknown)} "
+                         f"(of {', '.join(METHODS)})")
+    total = ints("ORCHESTRATOR_BENCH_SHIP_MB", "256")
+    if len(total) != 1:
+        raise SystemExit(f"ship: ORCHESTRATOR_BENCH_SHIP_MB: one size, not {total}")
+    return Settings(total[0], ints("ORCHESTRATOR_BENCH_SHIP_HOSTS", "1,4"), methods)
 
 
 def synthetic_lock(directory: Path, total_mb: int) -> tuple[Path, dict[str, Path]]:
@@ -121,15 +153,16 @@ def _bytes_sent(transport: object) -> int:
 
 
 def run() -> None:
+    opts = settings(os.environ)
     with tempfile.TemporaryDirectory(prefix="bench-ship-") as tmp:
         work = Path(tmp)
         started = time.monotonic()
-        _, wheels = synthetic_lock(work / "lock", TOTAL_MB)
+        _, wheels = synthetic_lock(work / "lock", opts.total_mb)
         total = sum(p.stat().st_size for p in wheels.values())
         print(f"ship: synthetic lock of {len(wheels)} wheels, {total / 1e6:.0f} MB of random "
               f"bytes (made in {time.monotonic() - started:.1f} s); controller RSS before: "
               f"{peak_rss_mb():.0f} MB")
-        tb = Testbed.up(work / "testbed", max(HOST_COUNTS))
+        tb = Testbed.up(work / "testbed", max(opts.host_counts))
         exit_stack = contextlib.ExitStack()
         try:
             inv = load_inventory(tb.inventory_path)
@@ -138,8 +171,8 @@ def run() -> None:
             with Pool(SshOptions.for_inventory(inv), max_connections=16) as pool:
                 print(f"  {'method':8} {'hosts':>5} {'CPU s/GB':>9} {'wall s':>7} "
                       f"{'MB/s':>7} {'bytes/host':>11} {'peak RSS':>9}")
-                for method in METHODS:
-                    for count in HOST_COUNTS:
+                for method in opts.methods:
+                    for count in opts.host_counts:
                         hosts = all_hosts[:count]
                         per_gb, wall, per_host = _round(pool, hosts, wheels,
                                                         _shipper(method, mirror), total)
@@ -154,5 +187,7 @@ def run() -> None:
             Testbed.down(work / "testbed")
         print("  (CPU s/GB: this process's user+system time per GB delivered to all hosts; "
               "target <= 0.5;\n   bytes/host: what the controller's SSH connection to a "
-              "host carried, TCP_INFO bytes_acked, encryption and framing included)")
+              "host carried, TCP_INFO bytes_acked, encryption and framing included; target "
+              "with the mirror <= 1 MB;\n   peak RSS: this process's, the whole run; target "
+              "< 300 MB)")
 
