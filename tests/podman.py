@@ -9,14 +9,11 @@ images. No registry is reachable: images are made with `podman import` from a di
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 from pathlib import Path
 
-from orchestrator.testbed.podman import CONTAINERS_CONF
-
-CONF = CONTAINERS_CONF  # the testbed's hosts run Podman the same way
+from orchestrator.testbed.podman import CONTAINERS_CONF, runroot
 
 
 def available() -> str | None:
@@ -28,19 +25,14 @@ def available() -> str | None:
     return None
 
 
-def short_runroot(home: Path) -> str:
-    """Podman refuses a runroot longer than 50 characters: one under /tmp per storage."""
-    return f"/tmp/orch-test-{hashlib.sha256(str(home).encode()).hexdigest()[:12]}"
-
-
 class Podman:
     def __init__(self, home: Path) -> None:
         self.home = home
         home.mkdir(parents=True, exist_ok=True)
         self.conf = home / "containers.conf"
-        self.conf.write_text(CONF)
+        self.conf.write_text(CONTAINERS_CONF)  # as the testbed's hosts run it
         self.env = {"CONTAINERS_CONF": str(self.conf), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-        self.runroot = short_runroot(home)
+        self.runroot = str(runroot(home, "test"))
 
     def run(self, *args: str, stdin: bytes | None = None) -> str:
         cmd = ["podman", "--root", str(self.home / "root"), "--runroot", self.runroot, *args]

@@ -56,7 +56,7 @@ def health(transport: Transport, *, url: str | None, command: str | None, cwd: s
     mode, target = ("url", url) if url else ("command", command)
     if target is None:
         return {"health": "none configured"}
-    budget = max(1.0, min(budget_s, timeout - 5.0))
+    budget = health_budget(budget_s, timeout)
     run = ["python3", script] if script else ["python3", "-c", health_script()]
     argv = ["sh", "-c", 'cd -- "$1" && shift && exec "$@"', "sh", cwd,
             *run, mode, target, f"{budget:.3f}"]
@@ -65,11 +65,25 @@ def health(transport: Transport, *, url: str | None, command: str | None, cwd: s
     except CommandTimeout as exc:
         raise HealthCheckFailed(transport.host, f"{mode} {target}", str(exc)) from exc
     ok, attempts, error = parse_health(transport.host, result.stdout, result.stderr)
+    return health_verdict(transport.host, mode, target, budget,
+                          (ok, attempts, error), result.duration_s)
+
+
+def health_budget(budget_s: float, timeout: float) -> float:
+    """The seconds a check may poll: the spec's budget, within the step's remaining time
+    (5 s kept for the reply), at least 1 s."""
+    return max(1.0, min(budget_s, timeout - 5.0))
+
+
+def health_verdict(host: str, mode: str, target: str, budget: float,
+                   reply: tuple[bool, int, str | None], duration_s: float) -> dict[str, Any]:
+    """A check's reply (ok, attempts, error) judged: its figures, or HealthCheckFailed naming
+    what it saw last (health.py run as a script and the host agent's `health` op alike)."""
+    ok, attempts, error = reply
     if not ok:
-        raise HealthCheckFailed(transport.host, f"{mode} {target}",
+        raise HealthCheckFailed(host, f"{mode} {target}",
                                 f"unhealthy after {budget:g} s ({attempts} attempts): {error}")
-    return {"health": mode, "health_attempts": attempts,
-            "health_s": round(result.duration_s, 3)}
+    return {"health": mode, "health_attempts": attempts, "health_s": round(duration_s, 3)}
 
 
 def parse_health(host: str, stdout: str, stderr: str) -> tuple[bool, int, str | None]:

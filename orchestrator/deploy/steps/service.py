@@ -77,18 +77,15 @@ def _health_by_agent(host_ops: HostOps, app: str, svc: Service,
     judged by the same words as `serving.health`."""
     mode, target = ("url", svc.health_url) if svc.health_url else ("command", svc.health_command)
     assert target is not None  # `health` checked that the service has one
-    budget = max(1.0, min(float(svc.health_timeout_s), timeout - 5.0))
+    budget = serving.health_budget(float(svc.health_timeout_s), timeout)
     started = time.perf_counter()
     try:
         out = host_ops.run(ops.health(app, mode, target, budget), timeout=budget + 5.0)
     except CommandTimeout as exc:
         raise HealthCheckFailed(host_ops.host, f"{mode} {target}", str(exc)) from exc
-    if not out["healthy"]:
-        raise HealthCheckFailed(host_ops.host, f"{mode} {target}",
-                                f"unhealthy after {budget:g} s ({out['attempts']} attempts): "
-                                f"{out['error']}")
-    return {"health": mode, "health_attempts": out["attempts"],
-            "health_s": round(time.perf_counter() - started, 3)}
+    return serving.health_verdict(host_ops.host, mode, target, budget,
+                                  (out["healthy"], out["attempts"], out["error"]),
+                                  time.perf_counter() - started)
 
 
 def service_of(host: str, recorded: Mapping[str, Any] | None,
