@@ -32,6 +32,7 @@ import os
 import stat
 from pathlib import Path
 
+from orchestrator.core import filehashes
 from orchestrator.errors import SpecError
 from orchestrator.hosts.remote import contenthash
 from orchestrator.hosts.remote.contenthash import NAME_PATTERN, NAME_RE, tree_hash_of_lines
@@ -43,9 +44,10 @@ CHUNK = contenthash.CHUNK
 
 
 def hash_file(path: str | os.PathLike[str]) -> str:
-    """sha256 (lowercase hex) of a file's bytes (the one implementation: remote/contenthash)."""
+    """sha256 (lowercase hex) of a file's bytes (the one implementation: remote/contenthash),
+    remembered for an unchanged large file (core/filehashes.py)."""
     try:
-        return contenthash.sha256_file(os.fspath(path))
+        return filehashes.sha256_file(os.fspath(path))
     except OSError as exc:
         raise SpecError(f"cannot read: {exc.strerror}", file=str(path)) from exc
 
