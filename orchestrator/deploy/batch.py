@@ -27,6 +27,7 @@ from orchestrator.core.inventory import Host
 from orchestrator.core.lockfile import Lock
 from orchestrator.core.ociimage import ImageInfo
 from orchestrator.core.spec import Spec, check_model_hash
+from orchestrator.deploy.bytecode import cache_dir_beside
 from orchestrator.deploy.deadline import RECOVERY_TIMEOUT_S, Deadline
 from orchestrator.deploy.imagebuild import deploy_time_image, pack_layout
 from orchestrator.deploy.inputs import DeployInputs, new_inputs_release_id
@@ -42,7 +43,7 @@ from orchestrator.deploy.steps import probe as probe_step
 from orchestrator.deploy.steps import prune as prune_step
 from orchestrator.deploy.steps.host import HostDeploy
 from orchestrator.deploy.steps.recovery import Settled, recover_host
-from orchestrator.deploy.steps.wheels import wheel_resolver
+from orchestrator.deploy.steps.wheels import default_cache_dir, wheel_resolver
 from orchestrator.errors import HostError
 from orchestrator.hosts import agent, hostlock, ops, shipping
 from orchestrator.hosts.pool import Pool, map_hosts
@@ -68,7 +69,8 @@ def prepare(spec: Spec, *, deployment: str | None = None, installer: str = "uv",
             release_id: str | None = None, wheel_cache: Path | None = None,
             lock: Lock | ImageInfo | None = None, compile_bytecode: bool = False,
             check_model: bool = False, index: PackageIndex | None = None,
-            image_cache: Path | None = None, sink: EventSink | None = None) -> DeployInputs:
+            image_cache: Path | None = None, sink: EventSink | None = None,
+            ship_bytecode: bool = True) -> DeployInputs:
     """Everything resolved once on the controller; nothing touches a host here. Without a
     `deployment`, a new id from the one generator (orchestrator/core/ids.py).
 
@@ -97,6 +99,8 @@ def prepare(spec: Spec, *, deployment: str | None = None, installer: str = "uv",
         compat=load_compat(),
         installer=installer,
         compile_bytecode=compile_bytecode,
+        bytecode_cache=(cache_dir_beside(wheel_cache or default_cache_dir()) if ship_bytecode
+                        else None),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from orchestrator.core import release as rel
 from orchestrator.core.compat import CompatData
@@ -38,6 +39,10 @@ class DeployInputs:
     # compiling only what the model uses, and that import happens in `verify`, before the
     # switch, writing the .pyc files the service then finds (measured in bench/deploy.py).
     compile_bytecode: bool = False
+    # Where the lock's .pyc archives are cached (deploy/bytecode.py: compiled once on the
+    # controller, shipped to a host that builds the venv); None: not shipped, the first
+    # import on each host compiles.
+    bytecode_cache: Path | None = None
     # The daemon's lease fencing token for this deployment (issue 16), recorded in each host's
     # deploy lock: a daemon that lost the deployment to another is refused there. None: no
     # lease (`orchestrator deploy`).

@@ -336,21 +336,21 @@ class HostOps:
                     installer: str = "uv", uv: str | None = None, python: str | None = None,
                     app: str | None = None, release_id: str | None = None,
                     compile_bytecode: bool = False, wait_s: float = VENV_TIMEOUT_S,
-                    need_uv: bool = False, timeout: float = VENV_TIMEOUT_S) -> VenvResult:
-        """Reuse or build venvs/<env_hash> (wheels: {sha256: real filename}). `lock_path` is
-        the staged requirements.lock in either format: for a PEP 751 pylock the host installs
-        from `name==version --hash` lines of exactly these wheels, each of whose sha256 the
-        pylock must list for that package (else INSTALL_FAILED naming it). With app and
-        release_id the release's `venv` link is made under the venv's lock. A concurrent
-        builder of the same env waits (up to wait_s) and then reuses it. With `need_uv`, a
-        build refuses with HostOpFailed(UV_MISSING) while `uv` is not on the host (a reused
-        venv never needs it: `uv_path` + upload + call again only when that happens)."""
+                    need_uv: bool = False, want_bytecode: bool = False,
+                    bytecode: tuple[str, int] | None = None,
+                    timeout: float = VENV_TIMEOUT_S) -> VenvResult:
+        """Reuse or build venvs/<env_hash> (wheels: {sha256: real filename}) from the staged
+        lock (a pylock: `name==version --hash` lines of exactly these wheels, each listed by it,
+        else INSTALL_FAILED naming it); with app and release_id, link the release's `venv` under
+        the venv's lock. A concurrent builder of the same env waits (wait_s), then reuses it. A
+        build refuses with UV_MISSING (`need_uv`) or BYTECODE_MISSING (`want_bytecode`: the .pyc
+        archive `bytecode`, (sha256, size)) until they are uploaded (a reuse needs neither)."""
         call = ops.venv_ensure(
             env_hash, lock_path, wheels, installer=installer, uv=uv,
             python=python or self.python, app=app, release_id=release_id,
             compile_bytecode=compile_bytecode, wait_s=min(wait_s, timeout),
             timeout_s=max(timeout - 30, 1),  # each installer run; the call has `timeout`
-            need_uv=need_uv)
+            need_uv=need_uv, want_bytecode=want_bytecode, bytecode=bytecode)
         return self.run(call, timeout=timeout)
 
     # -- switch, rollback, views ---------------------------------------------------------------

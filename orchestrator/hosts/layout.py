@@ -145,6 +145,11 @@ def tools_dir(deploy_root: str, digest: str) -> str:
     return orchestrator_dir(deploy_root, "tools", digest)
 
 
+def bytecode_archive(deploy_root: str, sha256: str) -> str:
+    """Where the controller's .pyc archive for a venv build is uploaded (hostops_bytecode)."""
+    return orchestrator_dir(deploy_root, "bytecode", f"{sha256}.tar.gz")
+
+
 def uv_binary(deploy_root: str, digest: str) -> str:
     """The controller's uv binary on the host, named by (a prefix of) its sha256."""
     return orchestrator_dir(deploy_root, "bin", f"uv-{digest[:16]}")

@@ -39,6 +39,8 @@ class OpKind(enum.StrEnum):
     FENCED = "fenced"  # the deploy lock is another deployment's, or a later lease holder's
     STALE_GENERATION = "stale-generation"
     UV_MISSING = "uv-missing"
+    BYTECODE_MISSING = "bytecode-missing"  # venv-ensure: ship the .pyc archive, call again
+    BAD_BYTECODE = "bad-bytecode"  # venv-ensure: the archive holds what it may not write
     BAD_RELEASE = "bad-release"
     IS_CURRENT = "is-current"
     IS_ROLLBACK_TARGET = "is-rollback-target"
@@ -92,6 +94,9 @@ class VenvResult:
     freeze: tuple[str, ...]
     durations: Mapping[str, float]  # venv/install/check seconds; empty when reused
     waited_s: float              # time spent waiting for another builder of the same env
+    # What the controller's .pyc archive did in this build ({"shipped", "files", "bytes",
+    # "unpack_s"} or why not); None when reused or nothing was shipped.
+    bytecode: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -270,7 +275,14 @@ def venv_result(r: Mapping[str, Any]) -> VenvResult:
         raise ValueError("field 'durations' is not an object")
     return VenvResult(text(r, "env_hash"), text(r, "path"), flag(r, "reused"),
                       text(r, "installer"), opt_text(r, "fallback_reason"), texts(r, "freeze"),
-                      dict(durations), number(r, "waited_s"))
+                      dict(durations), number(r, "waited_s"), _opt_object(r, "bytecode"))
+
+
+def _opt_object(r: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
+    value = r.get(key)
+    if value is not None and not isinstance(value, Mapping):
+        raise ValueError(f"field {key!r} is not an object")
+    return value
 
 
 def image_presence(r: Mapping[str, Any]) -> ImagePresence:

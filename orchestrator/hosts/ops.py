@@ -214,7 +214,8 @@ def venv_ensure(env_hash: str, lock_path: str, wheels: Mapping[str, str], *,
                 python: str, installer: str = "uv", uv: str | None = None,
                 app: str | None = None, release_id: str | None = None,
                 compile_bytecode: bool = False, wait_s: float, timeout_s: float,
-                need_uv: bool = False) -> OpCall[VenvResult]:
+                need_uv: bool = False, want_bytecode: bool = False,
+                bytecode: tuple[str, int] | None = None) -> OpCall[VenvResult]:
     """Reuse or build venvs/<env_hash> (HostOps.venv_ensure says what each argument does)."""
     args: dict[str, Any] = {
         "env_hash": env_hash, "lock": lock_path, "wheels": dict(wheels),
@@ -223,6 +224,10 @@ def venv_ensure(env_hash: str, lock_path: str, wheels: Mapping[str, str], *,
     }
     if need_uv:
         args["need_uv"] = True
+    if want_bytecode:
+        args["want_bytecode"] = True
+    if bytecode is not None:
+        args["bytecode"] = {"sha256": bytecode[0], "size": bytecode[1]}
     if app is not None:
         args.update(app=app, release_id=release_id)
     return OpCall(Op.VENV_ENSURE, args, venv_result)

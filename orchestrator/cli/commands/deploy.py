@@ -68,6 +68,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--compile-bytecode", action="store_true",
                         help="compile every module of a new venv at install time (default: "
                              "the verify step's first import compiles what the model uses)")
+    parser.add_argument("--no-ship-bytecode", dest="ship_bytecode", action="store_false",
+                        help="do not ship the lock's .pyc files compiled once on the "
+                             "controller: each new venv's first import compiles")
     parser.add_argument("--max-parallel", type=int, default=None, metavar="N",
                         help="hosts at once (default: the spec's rollout.max_parallel)")
     parser.add_argument("--break-lock", action="store_true",
@@ -160,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         inputs = prepare(spec, deployment=deployment, installer=args.installer,
                          compile_bytecode=args.compile_bytecode, check_model=True, index=index,
-                         sink=sink)  # an image built now (environment.image_base) is shown
+                         sink=sink,  # an image built now (environment.image_base) is shown
+                         ship_bytecode=args.ship_bytecode)
         with Pool(SshOptions.for_inventory(inventory), max_connections=parallel) as pool, \
                 cancel_on_interrupt() as cancel:
             out = rollout(inputs, hosts, pool=pool, sink=sink, max_parallel=parallel,

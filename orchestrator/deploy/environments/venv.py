@@ -5,12 +5,16 @@ Keyed by (Python major.minor, platform, lock sha256) (`core.release.env_hash`), 
 key, and each release links it as `<release>/venv`. It is reused when it is complete, else built
 at that final path (a venv is not relocatable) with `--require-hashes`, offline, from the wheels
 `stage` pushed, by uv (shipped to the host only when a venv must really be built) or pip, and
-marked complete last; the host op `venv-ensure` does all of that under the venv's lock.
+marked complete last; the host op `venv-ensure` does all of that under the venv's lock. A host
+that builds also gets the lock's .pyc archive, compiled once on the controller
+(deploy/bytecode.py), unpacked before the marker: its first import reads bytecode.
 """
 
 from __future__ import annotations
 
 import functools
+import subprocess
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,8 +23,10 @@ from orchestrator.core import release as rel
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.preflight import LockLike, locked_versions
 from orchestrator.core.spec import Spec
+from orchestrator.deploy import bytecode
 from orchestrator.deploy.deadline import Deadline
 from orchestrator.deploy.environments.base import BuiltEnvironment
+from orchestrator.deploy.wheelcache import Wheel
 from orchestrator.hosts import layout
 from orchestrator.hosts.hostops import HostOpFailed, OpKind, VenvResult
 
@@ -47,6 +53,9 @@ class VenvKind:
         wheels = inputs.wheels_for(facts, deadline.remaining)
         uv = ctx.ops.uv_path(local_uv()) if inputs.installer == "uv" else None
         env = self.key(ctx.spec, facts, inputs.lock.sha256)
+        python, note = _bytecode_interpreter(ctx, facts)
+        ref: tuple[str, int] | None = None
+        shipped: dict[str, Any] = {"shipped": False, "reason": note}
 
         def venv_ensure() -> VenvResult:
             return ctx.ops.venv_ensure(
@@ -54,24 +63,37 @@ class VenvKind:
                 installer=inputs.installer, uv=uv, python=facts.python_executable,
                 app=ctx.app_name, release_id=ctx.release_id,
                 compile_bytecode=inputs.compile_bytecode, need_uv=uv is not None,
-                timeout=deadline.timeout())
+                want_bytecode=python is not None, bytecode=ref, timeout=deadline.timeout())
 
-        try:
-            out = venv_ensure()
-        except HostOpFailed as exc:
-            if exc.kind is not OpKind.UV_MISSING:
-                raise
-            # Only a venv that must be built needs uv: ship it (once per host) and build.
-            assert uv is not None  # need_uv is only sent with a uv path
-            ctx.transport.put(local_uv(), uv, 0o755,
-                              ctx.progress.upload("install", "uv", local_uv()))
-            out = venv_ensure()
+        out: VenvResult | None = None
+        for attempt in range(3):  # uv and the archive, once more if the archive went
+            try:
+                out = venv_ensure()
+                break
+            except HostOpFailed as exc:
+                if attempt == 2 or exc.kind not in (OpKind.UV_MISSING, OpKind.BYTECODE_MISSING):
+                    raise
+                # Only a venv that must be built needs these: ship them (uv once per host).
+                if exc.kind is OpKind.UV_MISSING:
+                    assert uv is not None  # need_uv is only sent with a uv path
+                    ctx.transport.put(local_uv(), uv, 0o755,
+                                      ctx.progress.upload("install", "uv", local_uv()))
+                if exc.details.get("bytecode_missing") and python is not None:
+                    shipped = _ship_bytecode(ctx, wheels, facts.python_minor, python)
+                    ref = shipped.pop("ref", None)
+                    python = python if ref is not None else None
+        assert out is not None  # the loop breaks with it or raises
+        if out.bytecode is not None:
+            shipped.update(out.bytecode)
+        elif out.reused:
+            shipped = {"shipped": False, "reason": "venv reused"}
         return BuiltEnvironment(
             kind=self.name, key=out.env_hash, path=out.path,
             interpreter=layout.venv_python(out.path),
             details={"env_hash": env, "reused": out.reused, "installer": out.installer,
                      "fallback_reason": out.fallback_reason,
-                     "install_durations": dict(out.durations), "waited_s": out.waited_s},
+                     "install_durations": dict(out.durations), "waited_s": out.waited_s,
+                     "bytecode": shipped},
             manifest={"env_hash": out.env_hash, "python_version": facts.python_version,
                       "platform": platform_of(facts), "installer": out.installer,
                       "pip_freeze": list(out.freeze)})
@@ -113,3 +135,35 @@ def platform_of(facts: HostFacts) -> str:
     system = facts.os.get("system", "linux").lower()
     libc = facts.os.get("libc", "")
     return "-".join(p for p in (system, facts.machine, libc) if p)
+
+
+def _bytecode_interpreter(ctx: HostContext, facts: HostFacts) -> tuple[str | None, str | None]:
+    """The controller's interpreter for the host's Python, or why no .pyc are shipped."""
+    inputs = ctx.inputs
+    if inputs.bytecode_cache is None:
+        return None, "off (--no-ship-bytecode)"
+    if inputs.compile_bytecode:
+        return None, "the installer compiles (--compile-bytecode)"
+    python = bytecode.interpreter_for(facts.python_minor)
+    if python is None:
+        return None, (f"no python{facts.python_minor} on the controller: the first import on "
+                      "the host compiles")
+    return python, None
+
+
+def _ship_bytecode(ctx: HostContext, wheels: Mapping[str, Wheel], python_minor: str,
+                   python: str) -> dict[str, Any]:
+    """Build (once per lock and Python, cached) and upload the .pyc archive; what happened,
+    with "ref" (sha256, size) when it was uploaded."""
+    assert ctx.inputs.bytecode_cache is not None  # _bytecode_interpreter said it is on
+    try:
+        bundle = bytecode.ensure_bundle(wheels, python_minor, python, ctx.inputs.bytecode_cache)
+    except (OSError, RuntimeError, zipfile.BadZipFile, subprocess.TimeoutExpired) as exc:
+        return {"shipped": False, "reason": f"building the .pyc archive failed: {exc}"}
+    if bundle is None:
+        return {"shipped": False, "reason": "the lock holds no Python source"}
+    remote = layout.bytecode_archive(ctx.ops.root, bundle.sha256) + ".part"
+    ctx.transport.put(bundle.path, remote, 0o644,
+                      ctx.progress.upload("install", "bytecode", bundle.path))
+    return {"ref": (bundle.sha256, bundle.size), "archive_bytes": bundle.size,
+            "archive_files": bundle.files, "build_s": bundle.build_s, "cached": bundle.cached}

@@ -63,12 +63,14 @@ Ops (arguments besides "root"; what a success adds; failure kinds worth branchin
                         the wheels, each checked against it), wheels {sha: filename},
                         [installer="uv"|"pip",
                         uv, python, compile_bytecode=false, wait_s, timeout_s, app+release_id
-                        (links <release>/venv), need_uv] -> path, reused, installer,
-                        fallback_reason, freeze, durations, waited_s;  missing-wheel,
+                        (links <release>/venv), need_uv, want_bytecode + bytecode {sha256,
+                        size} (hostops_bytecode)] -> path, reused, installer, fallback_reason,
+                        freeze, durations, waited_s, bytecode;  missing-wheel,
                         install-failed (the installer's own message, or the pylock check's:
                         package and both hashes), bad-lock (a pylock without packages),
                         check-failed, busy, uv-missing (need_uv: a build is needed
-                        and the "uv" file is not there: upload it and call again)
+                        and the "uv" file is not there: upload it and call again),
+                        bytecode-missing (likewise for the archive), bad-bytecode
     switch              app, release_id, generation -> current, before, changed, generation,
                         previous_good;  stale-generation, bad-release, not-found
     rollback            app, [to="previous"|id, from, generation, mark_bad, forget] -> as

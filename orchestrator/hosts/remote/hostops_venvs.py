@@ -13,6 +13,7 @@ import time
 
 import hostlayout
 from contenthash import sha256_file
+from hostops_bytecode import bytecode_missing, unpack_bytecode
 from hostops_fs import (
     ENV_RE,
     HASH_RE,
@@ -251,12 +252,16 @@ def _build_venv(root, path, args):
             _check(_run(cmds[step], env, tmp, timeout, what), what,
                    {"venv": "venv-failed", "check": "check-failed"}.get(step, "install-failed"))
             durations[step] = round(time.monotonic() - start, 3)
+        # after the install (its .py files are what the .pyc must sit beside), before the marker
+        bytecode = unpack_bytecode(root, path, args)
+        if bytecode and bytecode.get("shipped"):
+            durations["bytecode"] = bytecode["unpack_s"]
         freeze = _check(_run(cmds["freeze"], env, tmp, 120, "freeze"), "freeze").stdout
         return {"installer": installer, "fallback_reason": fallback, "python": python,
                 "lock_sha256": sha256_file(lock), "lock_format": lock_format,
                 "created": time.time(),
                 "freeze": [line for line in freeze.splitlines() if line.strip()],
-                "durations": durations}
+                "durations": durations, "bytecode": bytecode}
     finally:
         if cache_use.fd is not None:
             cache_use.__exit__()
@@ -279,15 +284,22 @@ def _link_venv(args, path):
     return hostlayout.release_venv(release)
 
 
-def _need_uv(args):
+def _need_uploads(root, args):
     """With "need_uv", a build refuses to start without the uv binary at "uv", so the caller
-    uploads it only when a venv is really built (a reused venv never needs it)."""
+    uploads it only when a venv is really built (a reused venv never needs it); likewise with
+    "want_bytecode" and the controller's bytecode archive (hostops_bytecode). Both at once:
+    uv-missing says `bytecode_missing`, so one upload round serves both."""
     uv = args.get("uv")
+    bytecode = bytecode_missing(root, args)
     if args.get("need_uv") and args.get("installer", "uv") == "uv" and uv:
         if not isinstance(uv, str) or not os.path.isabs(uv):
             raise OpError("bad-args", f"uv must be an absolute path: {uv!r}")
         if not os.path.isfile(uv):
-            raise OpError("uv-missing", f"uv is not on the host yet: {uv}", uv=uv)
+            raise OpError("uv-missing", f"uv is not on the host yet: {uv}", uv=uv,
+                          bytecode_missing=bytecode)
+    if bytecode:
+        raise OpError("bytecode-missing", "the bytecode archive is not on the host yet",
+                      bytecode_missing=True)
 
 
 def op_venv_ensure(args):
@@ -305,7 +317,7 @@ def op_venv_ensure(args):
         clean_trash(venvs)
         marker, reused = _complete_marker(path), True
         if marker is None:
-            _need_uv(args)
+            _need_uploads(root, args)
             reused = False
             rmtree_atomic(path)  # an incomplete venv from a crashed build: never reused
             try:
@@ -319,7 +331,8 @@ def op_venv_ensure(args):
                 "waited_s": round(lock.waited_s, 3), "installer": marker.get("installer"),
                 "fallback_reason": marker.get("fallback_reason"),
                 "freeze": marker.get("freeze", []),
-                "durations": {} if reused else marker.get("durations", {})}
+                "durations": {} if reused else marker.get("durations", {}),
+                "bytecode": None if reused else marker.get("bytecode")}
 
 
 #: The ops this module offers, by wire name: hostops.py gathers every hostops_* module's.
