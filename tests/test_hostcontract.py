@@ -122,6 +122,8 @@ def test_both_sides_name_the_layout_alike() -> None:
     assert layout.deploy_lock(root, app) == host.deploy_lock(host.app_dir("/srv/models", app))
     assert layout.current_link(root, app) == host.current_link(host.app_dir("/srv/models", app))
     assert layout.wheels_dir(root) == host.orch_path("/srv/models", "wheels")
+    sha = "ab" * 32
+    assert layout.bytecode_archive(root, sha) == host.bytecode_archive("/srv/models", sha)
 
 
 def test_layout_paths() -> None:

@@ -78,7 +78,8 @@ def step_figures(out: str) -> dict[str, Any]:
         host, secs = str(e.get("host")), float(e.get("duration_ms") or 0) / 1000
         if e.get("step") == "install":
             install[host] = round(secs, 2)
-            shipped[host] = dict(e.get("bytecode") or {})
+            shipped[host] = {**(e.get("bytecode") or {}),
+                             "host_s": e.get("install_durations") or {}}
         elif e.get("step") == "verify":
             verify[host] = round(secs, 2)
     return {"install_s": install, "verify_s": verify, "bytecode": shipped}

@@ -7,7 +7,7 @@ orchestrator/hosts/layout.py (a separate program, the same names; tests check th
     <root>/<app>/current -> releases/<id>
     <root>/<app>/state.json, .lock          the app's state and its per-op flock
     <root>/<app>/.deploy-lock/owner.json    one deployment per app (held for a whole pipeline)
-    <root>/.orchestrator/{venvs,wheels,links,tools,bin,uv-cache}/
+    <root>/.orchestrator/{venvs,wheels,links,tools,bin,uv-cache,bytecode}/
 """
 
 from __future__ import annotations
@@ -67,6 +67,11 @@ def release_venv(release: str) -> str:
 def orch_path(root: str, *parts: str) -> str:
     """Under <root>/.orchestrator/: what the apps share."""
     return os.path.join(root, ORCHESTRATOR, *parts)
+
+
+def bytecode_archive(root: str, sha256: str) -> str:
+    """The controller's .pyc archive for a venv build (hostops_bytecode), once verified."""
+    return orch_path(root, "bytecode", sha256 + ".tar.gz")
 
 
 def model_dir(release: str) -> str:

@@ -22,8 +22,9 @@ import re
 import tarfile
 import time
 
+import hostlayout
 from contenthash import sha256_file
-from hostops_fs import HASH_RE, OpError, orch_path
+from hostops_fs import HASH_RE, OpError
 
 #: Bounds on what one archive may write (TensorFlow's lock: ~9,000 files, 88 MB of .pyc).
 MAX_FILES = 200000
@@ -42,10 +43,6 @@ def _ref(args):
     return ref
 
 
-def archive_path(root, sha256):
-    return orch_path(root, "bytecode", sha256 + ".tar.gz")
-
-
 def bytecode_missing(root, args):
     """Whether a build must wait for the controller's archive: it wants to ship one
     ("want_bytecode") and it is not here yet. An uploaded .part that hashes right is renamed
@@ -55,7 +52,7 @@ def bytecode_missing(root, args):
         return False
     if ref is None:
         return True
-    final = archive_path(root, ref["sha256"])
+    final = hostlayout.bytecode_archive(root, ref["sha256"])
     if os.path.isfile(final):
         return False
     part = final + ".part"
@@ -77,8 +74,10 @@ def _site_packages(venv):
     return os.path.realpath(found[0])
 
 
-def _target(site, member):
-    """Where a member goes, or why it may not: the one place the archive's names are judged."""
+def _target(site, member, dirs):
+    """Where a member goes, or why it may not: the one place the archive's names are judged.
+    `dirs` remembers each checked directory's verdict (an archive has ~10 files a directory,
+    and resolving links is most of the cost)."""
     name = member.name
     parts = name.split("/")
     if not member.isfile():
@@ -89,12 +88,28 @@ def _target(site, member):
     if len(parts) < 2 or parts[-2] != "__pycache__" or not match:
         return None, "not <dir>/__pycache__/<module>.<tag>.pyc"
     source_dir = os.path.join(site, *parts[:-2])
-    if os.path.realpath(source_dir) != os.path.normpath(source_dir):
-        return None, "its directory is a link in the venv"
+    cache_dir = os.path.join(source_dir, "__pycache__")
+    if cache_dir not in dirs:
+        dirs[cache_dir] = _check_dir(source_dir, cache_dir)
+    if dirs[cache_dir] is not None:
+        return None, dirs[cache_dir]
     source = os.path.join(source_dir, match.group("module") + ".py")
     if not os.path.isfile(source) or os.path.islink(source):
         return None, "no such .py in the venv"
-    return os.path.join(source_dir, "__pycache__", parts[-1]), None
+    return os.path.join(cache_dir, parts[-1]), None
+
+
+def _check_dir(source_dir, cache_dir):
+    """None when .pyc may be written into cache_dir (made here), else why not."""
+    if os.path.realpath(source_dir) != os.path.normpath(source_dir):
+        return "its directory is a link in the venv, or not there"
+    if os.path.islink(cache_dir):
+        return "its __pycache__ is a link in the venv"
+    if not os.path.isdir(source_dir):
+        return "no such .py in the venv"
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(cache_dir)
+    return None
 
 
 def unpack_bytecode(root, venv, args):
@@ -103,16 +118,17 @@ def unpack_bytecode(root, venv, args):
     ref = _ref(args)
     if ref is None or not args.get("want_bytecode"):
         return None
-    archive = archive_path(root, ref["sha256"])
+    archive = hostlayout.bytecode_archive(root, ref["sha256"])
     if not os.path.isfile(archive):  # a concurrent builder of the same lock used and removed it
         return {"shipped": False, "reason": "the archive was gone when the install finished"}
     start = time.monotonic()
     site = _site_packages(venv)
     files = total = 0
+    dirs = {}
     try:
         with tarfile.open(archive, "r|gz") as tar:
             for member in tar:
-                dest, why = _target(site, member)
+                dest, why = _target(site, member, dirs)
                 if why is not None:
                     raise OpError("bad-bytecode",
                                   f"bytecode archive {ref['sha256']}: {member.name!r}: {why}")
@@ -120,8 +136,7 @@ def unpack_bytecode(root, venv, args):
                 if files > MAX_FILES or total > MAX_BYTES:
                     raise OpError("bad-bytecode", f"bytecode archive {ref['sha256']} holds "
                                   f"more than {MAX_FILES} files or {MAX_BYTES} bytes")
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
-                _write(tar.extractfile(member), dest)
+                _write(tar.extractfile(member).read(), dest)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise OpError("bad-bytecode",
                       f"bytecode archive {ref['sha256']} is unreadable: {exc}") from None
@@ -134,12 +149,9 @@ def unpack_bytecode(root, venv, args):
             "unpack_s": round(time.monotonic() - start, 3)}
 
 
-def _write(src, dest):
-    tmp = dest + ".tmp"
-    with open(tmp, "wb") as out:
-        while True:
-            chunk = src.read(1 << 20)
-            if not chunk:
-                break
-            out.write(chunk)
-    os.replace(tmp, dest)
+def _write(data, dest):
+    # Straight to its place: the venv is not marked complete yet, and a failed unpack removes
+    # it whole. O_NOFOLLOW: never through a link; O_EXCL: no file of the install is replaced.
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
