@@ -128,6 +128,9 @@ def test_the_archive_is_keyed_by_wheels_and_python_and_built_once(tmp_path: Path
                                                        f"{key}.tar.gz"]
     files = {b.files for b in got if b is not None}
     assert json.loads((cache / f"{key}.json").read_text())["files"] in files
+    # the same bytes from the same wheels in another cache (another controller)
+    elsewhere = bytecode.ensure_bundle(wheels, MINOR, interpreter(), tmp_path / "other")
+    assert elsewhere is not None and {elsewhere.sha256} == {b.sha256 for b in got if b}
 
 
 def test_a_wheel_without_python_source_gives_no_archive(tmp_path: Path) -> None:
@@ -150,6 +153,7 @@ def test_site_names_follow_the_wheel_layout() -> None:
     assert bytecode._site_name("x-1.0.dist-info/foo.py") is None
     assert bytecode._site_name("../evil.py") is None
     assert bytecode._site_name("pkg/data.json") is None
+    assert bytecode._site_name("pkg/tests/test_mod.py") is None  # never imported to serve
 
 
 # ---------------------------------------------------------------- the host's unpacking

@@ -92,14 +92,16 @@ def _fmt(values: dict[str, float]) -> str:
 
 def report(rows: list[dict[str, Any]]) -> None:
     print("| run | bytecode | wall s | install s, median (range) | verify s, median (range) "
-          "| archive: build s / MB / unpack s |")
+          "| archive: build s / MB / unpack s per host |")
     print("|---|---|---|---|---|---|")
     for n, row in enumerate(rows, 1):
         info = [b for b in row["bytecode"].values() if b.get("shipped")]
         archive = "-"
         if info:
             unpack = sorted(float(b.get("unpack_s", 0)) for b in info)
-            archive = (f"{max(float(b.get('build_s', 0)) for b in info):.1f} / "
+            built = not all(b.get("cached") for b in info)
+            archive = (f"{'built in ' if built else 'cached, '}"
+                       f"{max(float(b.get('build_s', 0)) for b in info):.1f} / "
                        f"{max(int(b.get('archive_bytes', 0)) for b in info) / 1e6:.0f} / "
                        f"{unpack[0]:.2f}-{unpack[-1]:.2f}")
         print(f"| {n} | {'shipped' if row['ship'] else 'off'} | {row['wall_s']} "
