@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import tarfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from tests.test_hostops import (
     ensure,
     fails,
     fill_host_wheels,
+    ok,
     remote_module,
 )
 
@@ -245,6 +248,18 @@ def test_the_host_refuses_an_archive_past_its_bounds(wheels_root: Path, tmp_path
     hb.bytecode_missing(str(wheels_root), args)
     with pytest.raises(hb.OpError, match="unreadable"):
         hb.unpack_bytecode(str(wheels_root), str(venv), args)
+
+
+def test_prune_removes_archives_a_cut_deploy_left_after_a_day(wheels_root: Path) -> None:
+    uploads = wheels_root / ".orchestrator" / "bytecode"
+    uploads.mkdir(parents=True)
+    old, fresh = uploads / f"{'a' * 64}.tar.gz.part", uploads / f"{'b' * 64}.tar.gz"
+    old.write_bytes(b"cut")
+    fresh.write_bytes(b"for a build under way")
+    day_ago = time.time() - 86400 - 60
+    os.utime(old, (day_ago, day_ago))
+    ok("prune", wheels_root, app="a", keep=1)
+    assert sorted(uploads.iterdir()) == [fresh]
 
 
 # ---------------------------------------------------------------- a deploy

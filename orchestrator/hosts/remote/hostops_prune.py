@@ -168,14 +168,20 @@ def _gc_wheels(root, grace_s):
 
 def _gc_tmp(root):
     """Build dirs of installers killed mid-run (a lost SSH session kills the process group, so
-    the script's own cleanup never ran); older than a day, so no live build is touched."""
+    the script's own cleanup never ran), and .pyc archives uploaded for a build that never
+    came (a build deletes the one it unpacks); older than a day, so no live build is touched."""
     import shutil
 
-    tmp, now = orch_path(root, "tmp"), time.time()
-    for name in os.listdir(tmp) if os.path.isdir(tmp) else ():
-        path = os.path.join(tmp, name)
-        if now - os.lstat(path).st_mtime > 86400:
-            shutil.rmtree(path, ignore_errors=True)
+    now = time.time()
+    for name in ("tmp", "bytecode"):
+        tmp = orch_path(root, name)
+        for entry in os.listdir(tmp) if os.path.isdir(tmp) else ():
+            path = os.path.join(tmp, entry)
+            if now - os.lstat(path).st_mtime > 86400:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.unlink(path)
 
 
 def _gc_uv_cache(root):
