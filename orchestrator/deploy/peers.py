@@ -1,0 +1,182 @@
+"""Hosts of a rollout serve the wheels they hold to the hosts after them
+(`environment.wheel_peers`, issue 15): the controller streams each wheel to few hosts, and the
+others pull it by hash from a peer of the same platform.
+
+    peers = WheelPeers()                         # one per rollout (DeployInputs.peers)
+    got = deliver(hops, peers, host, key, wheels, missing=..., timeout=...)   # the stage step
+    peers.close()                                # the rollout's end: every server stopped
+
+A host whose stage has every wheel of the lock in its cache (streamed, pulled or already there)
+becomes a holder for its platform (`platform_key`: Python minor, machine, libc, the wheel
+resolver's memo key: the same wheels). A later host of that platform asks `source()` for a peer:
+the holder with the fewest pullers so far, its server (orchestrator/hosts/peers.py) started on
+the holder's own connection at the first ask. The puller's `wheels-fetch` (layout `peer`)
+keeps only what hashes to the lock's sha256; whatever a peer could not give (unreachable, busy,
+a wrong hash) the controller streams as without peers, and that peer is handed out no more: a
+peer's failure is never the puller's. The token in each URL is random per rollout, so only
+this rollout's hosts can fetch.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.core.facts import HostFacts
+from orchestrator.core.inventory import Host
+from orchestrator.errors import HostError
+from orchestrator.hosts import ops
+from orchestrator.hosts.hostops import FileProgress, HostOpFailed, HostOps
+from orchestrator.hosts.peers import PeerServer, start_peer_server
+from orchestrator.hosts.transport import Transport
+
+#: (Python major.minor, machine, libc): hosts alike in these get the same wheels.
+PlatformKey = tuple[str, str, str]
+#: Each socket operation of a pull from a peer: a peer that stalls costs this, then the
+#: controller streams instead.
+PEER_TIMEOUT_S = 30.0
+Starter = Callable[[Transport, Host, str], PeerServer]
+
+
+def platform_key(facts: HostFacts) -> PlatformKey:
+    return (facts.python_minor, facts.machine, facts.os.get("libc", ""))
+
+
+def _start(transport: Transport, host: Host, token: str) -> PeerServer:
+    return start_peer_server(transport, host.deploy_root, bind=host.peer_address or host.address,
+                             token=token)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Where one puller pulls from: the holder's name and its server's URL."""
+
+    name: str
+    url: str
+
+
+@dataclass
+class _Holder:
+    host: Host
+    transport: Transport
+    key: PlatformKey
+    pullers: int = 0
+    server: PeerServer | None = None
+    broken: str | None = None  # why it is handed out no more
+    starting: threading.Lock = field(default_factory=threading.Lock)
+
+
+class WheelPeers:
+    """Which hosts of one rollout hold the wheels of which platform; their servers."""
+
+    def __init__(self, *, token: str | None = None, start: Starter = _start) -> None:
+        self.token = token or secrets.token_urlsafe(24)
+        self._start = start
+        self._holders: dict[str, _Holder] = {}
+        self._guard = threading.Lock()
+        self._closed = False
+
+    def holds(self, host: Host, transport: Transport, key: PlatformKey) -> None:
+        """`host`'s cache has every wheel of the lock for `key`, hash-verified."""
+        with self._guard:
+            if not self._closed and host.name not in self._holders:
+                self._holders[host.name] = _Holder(host, transport, key)
+
+    def holders(self, key: PlatformKey) -> list[str]:
+        with self._guard:
+            return [n for n, h in self._holders.items() if h.key == key and h.broken is None]
+
+    def source(self, host: Host, key: PlatformKey) -> Peer | None:
+        """A peer for `host` to pull from (the least-used holder of its platform whose server
+        runs or starts now), or None: the controller streams."""
+        while True:
+            with self._guard:
+                found = [h for n, h in self._holders.items() if n != host.name
+                         and h.key == key and h.broken is None and h.transport.alive]
+                if self._closed or not found:
+                    return None
+                holder = min(found, key=lambda h: h.pullers)
+                holder.pullers += 1
+            server = self._serving(holder)
+            if server is not None:
+                return Peer(holder.host.name, server.url)
+
+    def _serving(self, holder: _Holder) -> PeerServer | None:
+        with holder.starting:  # one start per holder; its other pullers wait for it
+            if holder.server is None and holder.broken is None:
+                try:
+                    holder.server = self._start(holder.transport, holder.host, self.token)
+                except HostError as exc:
+                    self._break(holder, f"its wheel server did not start: {exc}")
+            with self._guard:
+                if self._closed and holder.server is not None:
+                    holder.server.stop()  # closed while it started: never left running
+                    return None
+            return holder.server if holder.broken is None else None
+
+    def failed(self, peer: Peer, reason: str) -> None:
+        """A puller could not get what it needed from `peer`: hand it out no more."""
+        with self._guard:
+            holder = self._holders.get(peer.name)
+        if holder is not None:
+            self._break(holder, reason)
+
+    def _break(self, holder: _Holder, reason: str) -> None:
+        # Its server keeps running for the pullers already at it (one puller's 503 or
+        # stall says little of the others' downloads); close() stops it with the rest.
+        with self._guard:
+            holder.broken = holder.broken or reason
+
+    def close(self) -> None:
+        """The rollout ended (or failed, or was aborted): stop every server."""
+        with self._guard:
+            self._closed = True
+            servers = [h.server for h in self._holders.values() if h.server is not None]
+            for h in self._holders.values():
+                h.server = None
+        for server in servers:
+            server.stop()
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How the wheels a host lacked reached it: the stage step's details."""
+
+    pushed: tuple[str, ...] = ()   # streamed by the controller
+    fetched: tuple[str, ...] = ()  # pulled from `peer`
+    peer: str | None = None
+    peer_error: str | None = None
+
+
+def deliver(hops: HostOps, peers: WheelPeers | None, host: Host, key: PlatformKey,
+            wheels: Mapping[str, Path], *, missing: tuple[str, ...] | None, timeout: float,
+            progress: Callable[[int], FileProgress] | None = None) -> Delivery:
+    """The wheels ({sha256: local file}) the host lacks, from a peer where one holds them,
+    the rest (all, without a peer) streamed by the controller; then the host is a holder.
+    Only the host's own failures raise (its connection, the controller's stream)."""
+    if missing is None:
+        missing = hops.wheels_missing(sorted(wheels), timeout=timeout)
+    wanted = tuple(missing)
+    fetched: tuple[str, ...] = ()
+    peer = peers.source(host, key) if peers is not None and wanted else None
+    error = None
+    if peer is not None:
+        call = ops.wheels_fetch(peer.url, "peer", {
+            sha: (wheels[sha].name, wheels[sha].stat().st_size) for sha in wanted},
+            timeout_s=PEER_TIMEOUT_S)
+        try:
+            hops.run(call, timeout=timeout)
+            fetched, missing = wanted, ()
+        except HostOpFailed as exc:  # the peer's failure: what it gave stays, the rest streams
+            assert peers is not None
+            error = str(exc)
+            peers.failed(peer, error)
+            missing = hops.wheels_missing(sorted(wanted), timeout=timeout)
+            fetched = tuple(s for s in wanted if s not in set(missing))
+    pushed = hops.push_wheels(dict(wheels), missing=missing, timeout=timeout, progress=progress)
+    if peers is not None:
+        peers.holds(host, hops.transport, key)
+    return Delivery(pushed, fetched, None if peer is None else peer.name, error)
