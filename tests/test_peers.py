@@ -26,9 +26,9 @@ from orchestrator.core.inventory import Host, Inventory, load_inventory
 from orchestrator.core.spec import load_spec
 from orchestrator.core.spec_env import Environment
 from orchestrator.deploy.batch import prepare
-from orchestrator.deploy.peers import WheelPeers
+from orchestrator.deploy.peers import WheelPeers, pull_budget
 from orchestrator.deploy.rollout import RolloutResult, rollout
-from orchestrator.errors import SpecError
+from orchestrator.errors import HostError, SpecError
 from orchestrator.hosts import ops as build
 from orchestrator.hosts.hostops import HostOps
 from orchestrator.hosts.peers import PeerServer, start_peer_server
@@ -198,6 +198,57 @@ def test_a_host_serves_its_cache_over_ssh_and_another_pulls_by_hash(
     finally:
         for path in placed:
             path.unlink(missing_ok=True)
+
+
+# -- the coordination, without hosts --------------------------------------------------------
+
+class _Alive:
+    def __init__(self, host: str) -> None:
+        self.host, self.alive = host, True
+
+
+class _Conv:
+    def __init__(self) -> None:
+        self.killed = 0
+
+    def kill(self) -> None:
+        self.killed += 1
+
+
+def test_pullers_are_spread_over_the_holders_of_their_platform_and_servers_stop_at_close(
+        ) -> None:
+    started: dict[str, _Conv] = {}
+
+    def start(transport: Any, host: Host, token: str) -> PeerServer:
+        if host.name == "c":
+            raise HostError(host.name, "cannot bind")
+        started[host.name] = _Conv()
+        return PeerServer(host.name, f"http://{host.address}:1/{token}/",
+                          started[host.name])  # type: ignore[arg-type]
+
+    peers = WheelPeers(start=start)
+    h = {n: Host(n, f"10.0.0.{i}", 22, "u", "/srv") for i, n in enumerate("abcdxy")}
+    linux, arm = ("3.11", "x86_64", "glibc 2.36"), ("3.11", "aarch64", "glibc 2.36")
+    assert peers.source(h["x"], linux) is None  # nobody holds them yet: the controller streams
+    for name in "abc":
+        peers.holds(h[name], _Alive(name), linux)  # type: ignore[arg-type]
+    peers.holds(h["d"], _Alive("d"), arm)  # type: ignore[arg-type]
+    got = [peers.source(h["x"], linux) for _ in range(4)]
+    assert [p.name for p in got if p] == ["a", "b", "a", "b"]  # c's server did not start
+    assert got[0] is not None and got[0].url == f"http://10.0.0.0:1/{peers.token}/"
+    assert peers.holders(linux) == ["a", "b"]
+    assert peers.source(h["a"], linux) == got[1]  # never itself
+    peers.failed(got[1], "wrong hash")  # type: ignore[arg-type]
+    assert {p.name for p in (peers.source(h["y"], linux) for _ in range(3)) if p} == {"a"}
+    assert peers.source(h["y"], arm) is not None and set(started) == {"a", "b", "d"}
+    peers.close()
+    assert all(c.killed == 1 for c in started.values())  # b too: failed ones stop at close
+    assert peers.source(h["y"], linux) is None
+
+
+def test_a_pull_gives_up_on_a_slow_peer_while_half_the_step_is_left() -> None:
+    assert pull_budget(3 << 30, 1800) == pytest.approx(60 + (3 << 30) / 10e6)
+    assert pull_budget(3 << 30, 400) == 200
 
 
 # -- rollouts -------------------------------------------------------------------------------

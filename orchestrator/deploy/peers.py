@@ -27,7 +27,7 @@ from pathlib import Path
 
 from orchestrator.core.facts import HostFacts
 from orchestrator.core.inventory import Host
-from orchestrator.errors import HostError
+from orchestrator.errors import CommandTimeout, HostError
 from orchestrator.hosts import ops
 from orchestrator.hosts.hostops import FileProgress, HostOpFailed, HostOps
 from orchestrator.hosts.peers import PeerServer, start_peer_server
@@ -38,6 +38,9 @@ PlatformKey = tuple[str, str, str]
 #: Each socket operation of a pull from a peer: a peer that stalls costs this, then the
 #: controller streams instead.
 PEER_TIMEOUT_S = 30.0
+#: A pull's budget (`pull_budget`): this much, plus its bytes at this rate.
+PEER_SETUP_S = 60.0
+PEER_MIN_BYTES_S = 10e6
 Starter = Callable[[Transport, Host, str], PeerServer]
 
 
@@ -151,6 +154,13 @@ class Delivery:
     peer_error: str | None = None
 
 
+def pull_budget(size: int, remaining: float) -> float:
+    """How long a pull of `size` bytes from a peer may take: a peer slower than
+    PEER_MIN_BYTES_S is given up for the controller's stream while at least half the step's
+    `remaining` time is left for that."""
+    return min(remaining / 2, PEER_SETUP_S + size / PEER_MIN_BYTES_S)
+
+
 def deliver(hops: HostOps, peers: WheelPeers | None, host: Host, key: PlatformKey,
             wheels: Mapping[str, Path], *, missing: tuple[str, ...] | None, timeout: float,
             progress: Callable[[int], FileProgress] | None = None) -> Delivery:
@@ -164,13 +174,15 @@ def deliver(hops: HostOps, peers: WheelPeers | None, host: Host, key: PlatformKe
     peer = peers.source(host, key) if peers is not None and wanted else None
     error = None
     if peer is not None:
-        call = ops.wheels_fetch(peer.url, "peer", {
-            sha: (wheels[sha].name, wheels[sha].stat().st_size) for sha in wanted},
-            timeout_s=PEER_TIMEOUT_S)
+        sizes = {sha: (wheels[sha].name, wheels[sha].stat().st_size) for sha in wanted}
+        call = ops.wheels_fetch(peer.url, "peer", sizes, timeout_s=PEER_TIMEOUT_S)
         try:
-            hops.run(call, timeout=timeout)
+            hops.run(call, timeout=pull_budget(sum(size for _, size in sizes.values()),
+                                               timeout))
             fetched, missing = wanted, ()
-        except HostOpFailed as exc:  # the peer's failure: what it gave stays, the rest streams
+        except (HostOpFailed, CommandTimeout) as exc:
+            # The peer's failure (refused, a wrong hash, or so slow that the pull ran out of
+            # its budget: the host's op was stopped): what it gave stays, the rest streams.
             assert peers is not None
             error = str(exc)
             peers.failed(peer, error)
