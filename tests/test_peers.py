@@ -200,6 +200,17 @@ def test_a_host_serves_its_cache_over_ssh_and_another_pulls_by_hash(
             path.unlink(missing_ok=True)
 
 
+def test_a_server_that_cannot_bind_its_peer_address_says_so_and_is_not_left(
+        inventory: Inventory, pool: Pool) -> None:
+    seed = inventory.hosts["tb-07"]
+    before = peer_servers()
+    with pool.session(seed) as t, pytest.raises(HostError) as caught:
+        start_peer_server(t, seed.deploy_root, bind="192.0.2.1", token=TOKEN)  # TEST-NET-1
+    assert caught.value.host == "tb-07"
+    assert "wheel server did not start: [Errno 99] Cannot assign" in str(caught.value)
+    assert wait_gone(before) == []
+
+
 # -- the coordination, without hosts --------------------------------------------------------
 
 class _Alive:

@@ -71,7 +71,10 @@ def start_peer_server(transport: Transport, deploy_root: str, *, bind: str, toke
     if not isinstance(transport, Converser):
         raise HostError(transport.host, "this transport cannot keep a command running: no "
                                         "wheel server")
-    tools = shipping.ensure_tools(transport, deploy_root)
+    # No check and no upload: the host ran its pipeline from this bundle (it holds the wheels
+    # because its stage ran), and its own pipeline may be using the SFTP channel right now.
+    # Were the bundle gone, python3 fails to start and that is a BadHostOutput here.
+    tools = shipping.expected_tools(deploy_root)
     conv = transport.converse([python, "-E", "-S", tools.script("peerserve.py")])
     try:
         config = {"root": deploy_root, "bind": bind, "token": token,
