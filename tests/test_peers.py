@@ -351,9 +351,10 @@ def test_a_failing_peer_makes_the_puller_stream_and_still_deploy(
             f"http://127.0.0.1:{closed.getsockname()[1]}/{TOKEN}/"
 
         def start(transport: Any, host: Host, token: str) -> PeerServer:
+            assert token == TOKEN
             return PeerServer(host.name, url, _Gone())  # type: ignore[arg-type]
         out, sink = roll(peers_spec(models_dir, tmp_path / "s", "peers-bad"), bare_hosts, pool,
-                         WheelPeers(start=start))
+                         WheelPeers(token=TOKEN, start=start))
     assert out.deploy.ok, {h: r.error for h, r in out.deploy.hosts.items()}
     by_host = staged(sink)
     pulled = [by_host[h] for h in ("tb-07", "tb-08") if by_host[h]["wheel_peer"] == "tb-01"]
@@ -361,6 +362,7 @@ def test_a_failing_peer_makes_the_puller_stream_and_still_deploy(
     why = "gave" if peer == "garbage" else "cannot reach"
     for d in pulled:
         assert why in d["wheel_peer_error"], d["wheel_peer_error"]
+        assert TOKEN not in d["wheel_peer_error"] and "/<token>/" in d["wheel_peer_error"]
         assert d["wheels_from_peer"] == 0 and d["wheels_pushed"] == n
 
 

@@ -184,7 +184,8 @@ def deliver(hops: HostOps, peers: WheelPeers | None, host: Host, key: PlatformKe
             # The peer's failure (refused, a wrong hash, or so slow that the pull ran out of
             # its budget: the host's op was stopped): what it gave stays, the rest streams.
             assert peers is not None
-            error = str(exc)
+            # Its message names the URL: the token stays out of events and logs.
+            error = str(exc).replace(peers.token, "<token>")
             peers.failed(peer, error)
             missing = hops.wheels_missing(sorted(wanted), timeout=timeout)
             fetched = tuple(s for s in wanted if s not in set(missing))
