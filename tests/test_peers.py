@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -255,6 +256,27 @@ def test_pullers_are_spread_over_the_holders_of_their_platform_and_servers_stop_
     peers.close()
     assert all(c.killed == 1 for c in started.values())  # b too: failed ones stop at close
     assert peers.source(h["y"], linux) is None
+
+
+def test_a_puller_waits_for_a_place_at_a_busy_holder_or_a_new_holder() -> None:
+    def start(transport: Any, host: Host, token: str) -> PeerServer:
+        return PeerServer(host.name, f"http://{host.address}:1/{token}/",
+                          _Conv())  # type: ignore[arg-type]
+
+    peers = WheelPeers(start=start, max_pullers=1)
+    h = {n: Host(n, f"10.0.0.{i}", 22, "u", "/srv") for i, n in enumerate("abxyz")}
+    key = ("3.11", "x86_64", "glibc 2.36")
+    peers.holds(h["a"], _Alive("a"), key)  # type: ignore[arg-type]
+    first = peers.source(h["x"], key)
+    assert first is not None and first.name == "a"
+    assert peers.source(h["y"], key, wait_s=0.05) is None  # a is full: the controller streams
+    threading.Timer(0.2, peers.release, (first,)).start()
+    again = peers.source(h["y"], key, wait_s=10)  # a's place came free
+    assert again is not None and again.name == "a"
+    threading.Timer(0.2, peers.holds, (h["b"], _Alive("b"), key)).start()
+    third = peers.source(h["z"], key, wait_s=10)  # a new holder came
+    assert third is not None and third.name == "b"
+    peers.close()
 
 
 def test_a_pull_gives_up_on_a_slow_peer_while_half_the_step_is_left() -> None:

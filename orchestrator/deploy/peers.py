@@ -9,7 +9,8 @@ others pull it by hash from a peer of the same platform.
 A host whose stage has every wheel of the lock in its cache (streamed, pulled or already there)
 becomes a holder for its platform (`platform_key`: Python minor, machine, libc, the wheel
 resolver's memo key: the same wheels). A later host of that platform asks `source()` for a peer:
-the holder with the fewest pullers so far, its server (orchestrator/hosts/peers.py) started on
+the least busy holder (at most 16 pullers at once each; a puller waits a while for a place),
+its server (orchestrator/hosts/peers.py) started on
 the holder's own connection at the first ask. The puller's `wheels-fetch` (layout `peer`)
 keeps only what hashes to the lock's sha256; whatever a peer could not give (unreachable, busy,
 a wrong hash) the controller streams as without peers, and that peer is handed out no more: a
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,7 @@ from orchestrator.core.inventory import Host
 from orchestrator.errors import CommandTimeout, HostError
 from orchestrator.hosts import ops
 from orchestrator.hosts.hostops import FileProgress, HostOpFailed, HostOps
-from orchestrator.hosts.peers import PeerServer, start_peer_server
+from orchestrator.hosts.peers import DEFAULT_CLIENTS, PeerServer, start_peer_server
 from orchestrator.hosts.transport import Transport
 
 #: (Python major.minor, machine, libc): hosts alike in these get the same wheels.
@@ -41,6 +43,8 @@ PEER_TIMEOUT_S = 30.0
 #: A pull's budget (`pull_budget`): this much, plus its bytes at this rate.
 PEER_SETUP_S = 60.0
 PEER_MIN_BYTES_S = 10e6
+#: How long a puller waits for a place at a busy holder before the controller streams.
+PEER_WAIT_S = 300.0
 Starter = Callable[[Transport, Host, str], PeerServer]
 
 
@@ -66,20 +70,28 @@ class _Holder:
     host: Host
     transport: Transport
     key: PlatformKey
-    pullers: int = 0
+    active: int = 0   # pulls from it now (at most the server's max_clients)
+    pullers: int = 0  # pulls from it so far
     server: PeerServer | None = None
     broken: str | None = None  # why it is handed out no more
     starting: threading.Lock = field(default_factory=threading.Lock)
 
 
 class WheelPeers:
-    """Which hosts of one rollout hold the wheels of which platform; their servers."""
+    """Which hosts of one rollout hold the wheels of which platform; their servers.
 
-    def __init__(self, *, token: str | None = None, start: Starter = _start) -> None:
+    A holder serves at most `max_pullers` pullers at once (its server's bound, so a puller of
+    this rollout never meets a 503). When every holder of its platform is that busy, a puller
+    waits up to `wait_s` for a free place (every finished pull adds a holder: a batch of 50
+    after one canary is served 16 at a time, then 17 holders' worth), else the controller
+    streams to it."""
+
+    def __init__(self, *, token: str | None = None, start: Starter = _start,
+                 max_pullers: int = DEFAULT_CLIENTS, wait_s: float = PEER_WAIT_S) -> None:
         self.token = token or secrets.token_urlsafe(24)
-        self._start = start
+        self._start, self.max_pullers, self.wait_s = start, max_pullers, wait_s
         self._holders: dict[str, _Holder] = {}
-        self._guard = threading.Lock()
+        self._guard = threading.Condition()
         self._closed = False
 
     def holds(self, host: Host, transport: Transport, key: PlatformKey) -> None:
@@ -87,25 +99,49 @@ class WheelPeers:
         with self._guard:
             if not self._closed and host.name not in self._holders:
                 self._holders[host.name] = _Holder(host, transport, key)
+                self._guard.notify_all()
 
     def holders(self, key: PlatformKey) -> list[str]:
         with self._guard:
             return [n for n, h in self._holders.items() if h.key == key and h.broken is None]
 
-    def source(self, host: Host, key: PlatformKey) -> Peer | None:
-        """A peer for `host` to pull from (the least-used holder of its platform whose server
-        runs or starts now), or None: the controller streams."""
+    def source(self, host: Host, key: PlatformKey, wait_s: float | None = None) -> Peer | None:
+        """A peer for `host` to pull from (the least busy holder of its platform whose server
+        runs or starts now), or None: the controller streams. Give it back with `release`."""
+        deadline = time.monotonic() + (self.wait_s if wait_s is None else wait_s)
         while True:
             with self._guard:
-                found = [h for n, h in self._holders.items() if n != host.name
-                         and h.key == key and h.broken is None and h.transport.alive]
-                if self._closed or not found:
+                holder = self._pick(host, key, deadline)
+                if holder is None:
                     return None
-                holder = min(found, key=lambda h: h.pullers)
+                holder.active += 1
                 holder.pullers += 1
             server = self._serving(holder)
             if server is not None:
                 return Peer(holder.host.name, server.url)
+            self.release(Peer(holder.host.name, ""))
+
+    def _pick(self, host: Host, key: PlatformKey, deadline: float) -> _Holder | None:
+        """Under the guard: the least busy usable holder, waiting while all are full."""
+        while not self._closed:
+            usable = [h for n, h in self._holders.items() if n != host.name
+                      and h.key == key and h.broken is None and h.transport.alive]
+            free = [h for h in usable if h.active < self.max_pullers]
+            if free:
+                return min(free, key=lambda h: (h.active, h.pullers))
+            left = deadline - time.monotonic()
+            if not usable or left <= 0:
+                return None  # nobody holds them yet (the canary), or all stayed busy
+            self._guard.wait(left)
+        return None
+
+    def release(self, peer: Peer) -> None:
+        """A pull from `peer` ended (well or not): its place is free again."""
+        with self._guard:
+            holder = self._holders.get(peer.name)
+            if holder is not None and holder.active > 0:
+                holder.active -= 1
+                self._guard.notify_all()
 
     def _serving(self, holder: _Holder) -> PeerServer | None:
         with holder.starting:  # one start per holder; its other pullers wait for it
@@ -128,10 +164,11 @@ class WheelPeers:
             self._break(holder, reason)
 
     def _break(self, holder: _Holder, reason: str) -> None:
-        # Its server keeps running for the pullers already at it (one puller's 503 or
-        # stall says little of the others' downloads); close() stops it with the rest.
+        # Its server keeps running for the pullers already at it (one puller's stall says
+        # little of the others' downloads); close() stops it with the rest.
         with self._guard:
             holder.broken = holder.broken or reason
+            self._guard.notify_all()  # waiting pullers look again (maybe at nobody)
 
     def close(self) -> None:
         """The rollout ended (or failed, or was aborted): stop every server."""
@@ -140,6 +177,7 @@ class WheelPeers:
             servers = [h.server for h in self._holders.values() if h.server is not None]
             for h in self._holders.values():
                 h.server = None
+            self._guard.notify_all()
         for server in servers:
             server.stop()
 
@@ -171,9 +209,11 @@ def deliver(hops: HostOps, peers: WheelPeers | None, host: Host, key: PlatformKe
         missing = hops.wheels_missing(sorted(wheels), timeout=timeout)
     wanted = tuple(missing)
     fetched: tuple[str, ...] = ()
-    peer = peers.source(host, key) if peers is not None and wanted else None
+    peer = peers.source(host, key, min(peers.wait_s, timeout / 4)) \
+        if peers is not None and wanted else None
     error = None
     if peer is not None:
+        assert peers is not None
         sizes = {sha: (wheels[sha].name, wheels[sha].stat().st_size) for sha in wanted}
         call = ops.wheels_fetch(peer.url, "peer", sizes, timeout_s=PEER_TIMEOUT_S)
         try:
@@ -183,12 +223,13 @@ def deliver(hops: HostOps, peers: WheelPeers | None, host: Host, key: PlatformKe
         except (HostOpFailed, CommandTimeout) as exc:
             # The peer's failure (refused, a wrong hash, or so slow that the pull ran out of
             # its budget: the host's op was stopped): what it gave stays, the rest streams.
-            assert peers is not None
             # Its message names the URL: the token stays out of events and logs.
             error = str(exc).replace(peers.token, "<token>")
             peers.failed(peer, error)
             missing = hops.wheels_missing(sorted(wanted), timeout=timeout)
             fetched = tuple(s for s in wanted if s not in set(missing))
+        finally:
+            peers.release(peer)
     pushed = hops.push_wheels(dict(wheels), missing=missing, timeout=timeout, progress=progress)
     if peers is not None:
         peers.holds(host, hops.transport, key)
