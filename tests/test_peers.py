@@ -347,6 +347,33 @@ def test_the_canary_streams_and_the_later_hosts_pull_from_it(
     assert wait_gone(before) == []  # the rollout's end stopped the servers
 
 
+class _Crash(Sink):
+    """A sink that breaks when the second batch ends: the rollout dies with servers up."""
+
+    running: list[int]
+
+    def emit(self, event: str, **kw: Any) -> None:
+        super().emit(event, **kw)
+        if event == "deployment.finished" and len(
+                [e for e in self.events if e["event"] == "deployment.finished"]) == 2:
+            self.running = peer_servers()  # the canary's server at least, still up here
+            raise RuntimeError("the daemon's store went away")
+
+
+def test_a_rollout_that_dies_stops_its_servers(
+        models_dir: Path, pool: Pool, tmp_path: Path, bare_hosts: list[Host]) -> None:
+    inputs = prepare(load_spec(peers_spec(models_dir, tmp_path, "peers-app")),
+                     wheel_cache=WHEEL_CACHE)
+    assert inputs.peers is not None
+    before = peer_servers()
+    sink = _Crash()
+    with pytest.raises(RuntimeError, match="store went away"):
+        rollout(inputs, bare_hosts, pool=pool, sink=sink)
+    assert [p for p in sink.running if p not in before]
+    assert sorted(inputs.peers.holders(("3.11", "x86_64", "glibc 2.36"))) == PEER_HOSTS
+    assert wait_gone(before) == []
+
+
 class _Gone:
     """The Conversation of a server that is not there (the URL below points elsewhere)."""
 
