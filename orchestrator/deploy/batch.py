@@ -30,6 +30,7 @@ from orchestrator.core.spec import Spec, check_model_hash
 from orchestrator.deploy.deadline import RECOVERY_TIMEOUT_S, Deadline
 from orchestrator.deploy.imagebuild import deploy_time_image, pack_layout
 from orchestrator.deploy.inputs import DeployInputs, new_inputs_release_id
+from orchestrator.deploy.peers import WheelPeers
 from orchestrator.deploy.pipeline import (
     EventSink,
     HostResult,
@@ -97,6 +98,8 @@ def prepare(spec: Spec, *, deployment: str | None = None, installer: str = "uv",
         compat=load_compat(),
         installer=installer,
         compile_bytecode=compile_bytecode,
+        # One per rollout: the hosts that hold the wheels serve the later ones (deploy/peers.py).
+        peers=WheelPeers() if spec.environment.wheel_peers else None,
     )
 
 
