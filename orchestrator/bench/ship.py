@@ -5,7 +5,7 @@ RECORD and one big stored data file, hashed in a lock), to 1 and to 4 testbed ho
     python -m orchestrator.bench ship
     ORCHESTRATOR_BENCH_SHIP_MB=1024 python -m orchestrator.bench ship   (the figures of record)
     ORCHESTRATOR_BENCH_SHIP_MB=3072 ORCHESTRATOR_BENCH_SHIP_HOSTS=8 \
-        ORCHESTRATOR_BENCH_SHIP_METHODS=stream,mirror python -m orchestrator.bench ship
+        ORCHESTRATOR_BENCH_SHIP_METHODS=stream,mirror,peers python -m orchestrator.bench ship
                                                   (issue 15's case: a 3 GB lock to 8 hosts)
 
 Each row ships the whole lock to hosts whose wheel cache is empty (emptied between rows) through
@@ -16,7 +16,10 @@ Each row ships the whole lock to hosts whose wheel cache is empty (emptied betwe
   hashes while it writes and renames only what matches (hosts/streaming.py);
 - `mirror`: the hosts pull by hash from an HTTP directory (`environment.wheel_source`); the
   bench serves one with Python's http.server in a child process, so the server's CPU is not the
-  controller's (a real mirror is another machine).
+  controller's (a real mirror is another machine);
+- `peers`: `environment.wheel_peers`: the controller streams to the first host, then the others
+  pull from it at once (its peerserve.py started on its connection at the first pull), through
+  `deploy.peers.deliver` as the stage step calls it.
 
 Controller CPU is this process's user + system time (paramiko's threads included) plus its
 children's (none but the mirror server, which is excluded by running it before the clock
@@ -39,15 +42,17 @@ from pathlib import Path
 
 from orchestrator.core.hashing import hash_file
 from orchestrator.core.inventory import Host, load_inventory
+from orchestrator.deploy.peers import WheelPeers, deliver
 from orchestrator.hosts import layout
-from orchestrator.hosts.hostops import HostOps
+from orchestrator.hosts.hostops import VENV_TIMEOUT_S, HostOps
 from orchestrator.hosts.pool import Pool, map_hosts
 from orchestrator.hosts.ssh import SshOptions
 from orchestrator.testbed import Testbed
 from orchestrator.testbed.mirror import serve_directory, synthetic_wheel
 
 WHEEL_MB = 64  # each synthetic wheel; the last one takes the remainder
-METHODS = ("sftp", "stream", "mirror")
+METHODS = ("sftp", "stream", "mirror", "peers")
+DEFAULT_METHODS = METHODS[:3]  # peers only by name: with 1 host it is the stream
 
 
 @dataclass(frozen=True)
@@ -58,8 +63,8 @@ class Settings:
 
 
 def settings(environ: Mapping[str, str]) -> Settings:
-    """From ORCHESTRATOR_BENCH_SHIP_MB (256), _HOSTS ("1,4"), _METHODS (all); a bad value is
-    a SystemExit naming the variable. Pure."""
+    """From ORCHESTRATOR_BENCH_SHIP_MB (256), _HOSTS ("1,4"), _METHODS (sftp,stream,mirror;
+    peers by name); a bad value is a SystemExit naming the variable. Pure."""
     def ints(name: str, default: str) -> tuple[int, ...]:
         text = environ.get(name, default)
         try:
@@ -69,7 +74,8 @@ def settings(environ: Mapping[str, str]) -> Settings:
         if not values or min(values) < 1:
             raise SystemExit(f"ship: {name}={text!r}: positive integers, comma-separated")
         return values
-    methods = tuple(environ.get("ORCHESTRATOR_BENCH_SHIP_METHODS", ",".join(METHODS)).split(","))
+    methods = tuple(environ.get("ORCHESTRATOR_BENCH_SHIP_METHODS",
+                                ",".join(DEFAULT_METHODS)).split(","))
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise SystemExit(f"ship: ORCHESTRATOR_BENCH_SHIP_METHODS: unknown {', '.join(unknown)} "
@@ -110,33 +116,50 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-Shipper = Callable[[HostOps, dict[str, Path]], tuple[str, ...]]
+Shipper = Callable[[HostOps, Host, dict[str, Path]], tuple[str, ...]]
+#: The bench's hosts are alike: one platform.
+_PLATFORM = ("bench", "x86_64", "")
 
 
-def _shipper(method: str, mirror: str) -> Shipper:
-    def ship(hops: HostOps, wheels: dict[str, Path]) -> tuple[str, ...]:
+def _shipper(method: str, mirror: str, peers: WheelPeers | None) -> Shipper:
+    def ship(hops: HostOps, host: Host, wheels: dict[str, Path]) -> tuple[str, ...]:
         if method == "mirror":
             return hops.fetch_wheels(mirror, "directory", {
                 sha: (path.name, path.stat().st_size) for sha, path in wheels.items()})
+        if peers is not None:
+            got = deliver(hops, peers, host, _PLATFORM, wheels, missing=None,
+                          timeout=VENV_TIMEOUT_S)
+            if got.peer_error:
+                raise RuntimeError(f"{host.name}: the peer failed: {got.peer_error}")
+            return got.pushed + got.fetched
         return hops.push_wheels(wheels, method=method)
     return ship
 
 
-def _round(pool: Pool, hosts: list[Host], wheels: dict[str, Path], ship: Shipper,
+def _round(pool: Pool, hosts: list[Host], wheels: dict[str, Path], method: str, mirror: str,
            total: int) -> tuple[float, float, float]:
     """(controller CPU s per GB shipped, wall s, bytes written per host)."""
     def empty(host: Host) -> None:
         with pool.session(host) as t:
             t.run(["rm", "-rf", layout.wheels_dir(host.deploy_root)])
     map_hosts(empty, hosts, len(hosts))
+    peers = WheelPeers() if method == "peers" else None
+    ship = _shipper(method, mirror, peers)
     cpu0, wall0 = controller_cpu(), time.monotonic()
 
     def one(host: Host) -> tuple[tuple[str, ...], int]:
         with pool.session(host) as t:
             before = _bytes_sent(t)
-            shipped = ship(HostOps(t, host.deploy_root), wheels)
+            shipped = ship(HostOps(t, host.deploy_root), host, wheels)
             return shipped, _bytes_sent(t) - before
-    results = map_hosts(one, hosts, len(hosts))
+    try:
+        # peers: the first host from the controller, then the others from it, all at once
+        first = hosts[:1] if peers is not None else []
+        results = {**map_hosts(one, first, 1),
+                   **map_hosts(one, hosts[len(first):], len(hosts))}
+    finally:
+        if peers is not None:
+            peers.close()
     cpu, wall = controller_cpu() - cpu0, time.monotonic() - wall0
     sent = 0
     for name, result in results.items():
@@ -174,8 +197,8 @@ def run() -> None:
                 for method in opts.methods:
                     for count in opts.host_counts:
                         hosts = all_hosts[:count]
-                        per_gb, wall, per_host = _round(pool, hosts, wheels,
-                                                        _shipper(method, mirror), total)
+                        per_gb, wall, per_host = _round(pool, hosts, wheels, method,
+                                                        mirror, total)
                         print(f"  {method:8} {count:5d} {per_gb:9.2f} {wall:7.1f} "
                               f"{total * count / wall / 1e6:7.0f} {per_host / 1e6:9.3f}MB "
                               f"{peak_rss_mb():7.0f}MB", flush=True)

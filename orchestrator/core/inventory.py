@@ -3,7 +3,7 @@
 ```yaml
 hosts:
   gpu-01: {address: 10.0.0.11, port: 22, user: deploy, deploy_root: /srv/models,
-           labels: {zone: a}}
+           labels: {zone: a}, peer_address: 10.1.0.11}   # peer_address: optional
 groups:
   inference: [gpu-01, gpu-02]
 ssh:                                   # optional; paths relative to this file
@@ -90,6 +90,9 @@ class HostModel(_Strict):
     user: User | None = None
     deploy_root: DeployRoot
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    # Where the other hosts reach this one (environment.wheel_peers): an address this host
+    # can bind, when `address` is an ssh_config alias, a bastion's view or a NAT'd name.
+    peer_address: Address | None = None
 
 
 class SshModel(_Strict):
@@ -116,6 +119,7 @@ class Host:
     user: str | None  # None: from ssh_config, else the local user
     deploy_root: str
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    peer_address: str | None = None  # None: `address` (what other hosts pull wheels from)
 
 
 @dataclass(frozen=True)
@@ -182,7 +186,8 @@ def inventory_from_document(doc: YamlDocument, base_dir: Path) -> Inventory:
     _check_legacy(doc, model.ssh.legacy_algorithms)
     hosts = {
         name: Host(name=name, address=h.address, port=h.port, user=h.user,
-                   deploy_root=_deploy_root(doc, name, h.deploy_root), labels=dict(h.labels))
+                   deploy_root=_deploy_root(doc, name, h.deploy_root), labels=dict(h.labels),
+                   peer_address=h.peer_address)
         for name, h in model.hosts.items()
     }
     ssh = SshConfig(known_hosts=_abs(base_dir, model.ssh.known_hosts),

@@ -1,6 +1,7 @@
 """The spec's `environment` section: what the model runs in, a venv built on each host from a
 hashed lock, or an OCI image (given as an archive or layout directory, or built at deploy time
-from the lock onto a base image), and where the hosts get the locked wheels from. Its own module
+from the lock onto a base image), and where the hosts get the locked wheels from (the controller,
+an operator's mirror, or each other). Its own module
 so the spec model (orchestrator/core/spec.py) stays one screenful per section."""
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ class Environment(_Strict):
     wheel_source: WheelSource | None = _d(
         None, "Mirror the hosts download the wheels they lack from (by hash), instead of "
               "the controller shipping them; with requirements.")
+    wheel_peers: bool = _d(
+        False, "With requirements: hosts that already hold the wheels (hash-verified) serve "
+               "them to the later hosts of the rollout, which pull them by hash; the "
+               "controller streams only to the first hosts and whatever a peer cannot give.")
     image_base: ImageArchive | None = _d(None, "With requirements: deploy an image built at "
                                                "deploy time from the lock onto this base "
                                                "image archive.")
@@ -83,5 +88,13 @@ class Environment(_Strict):
             raise ValueError("image_base goes with requirements (the lock built onto it)")
         if self.image_base is not None and self.wheel_source is not None:
             raise ValueError("wheel_source does not go with image_base (the image is built on "
+                             "the controller, from its wheels)")
+        if self.wheel_peers and self.requirements is None:
+            raise ValueError("wheel_peers goes with requirements, not with image")
+        if self.wheel_peers and self.wheel_source is not None:
+            raise ValueError("wheel_peers and wheel_source are two ways to spare the "
+                             "controller: give one (with a mirror, hosts need no peers)")
+        if self.wheel_peers and self.image_base is not None:
+            raise ValueError("wheel_peers does not go with image_base (the image is built on "
                              "the controller, from its wheels)")
         return self

@@ -31,6 +31,7 @@ from orchestrator.deploy.bytecode import cache_dir_beside
 from orchestrator.deploy.deadline import RECOVERY_TIMEOUT_S, Deadline
 from orchestrator.deploy.imagebuild import deploy_time_image, pack_layout
 from orchestrator.deploy.inputs import DeployInputs, new_inputs_release_id
+from orchestrator.deploy.peers import WheelPeers
 from orchestrator.deploy.pipeline import (
     EventSink,
     HostResult,
@@ -101,6 +102,8 @@ def prepare(spec: Spec, *, deployment: str | None = None, installer: str = "uv",
         compile_bytecode=compile_bytecode,
         bytecode_cache=(cache_dir_beside(wheel_cache or default_cache_dir()) if ship_bytecode
                         else None),
+        # One per rollout: the hosts that hold the wheels serve the later ones (deploy/peers.py).
+        peers=WheelPeers() if spec.environment.wheel_peers else None,
     )
 
 

@@ -7,7 +7,7 @@ can name a deployment's inputs without importing any step: they only read it, th
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from orchestrator.core.facts import HostFacts
 from orchestrator.core.lockfile import Lock
 from orchestrator.core.ociimage import ImageInfo
 from orchestrator.core.spec import Spec
+from orchestrator.deploy.peers import WheelPeers
 from orchestrator.deploy.wheelcache import Wheel
 
 #: Which wheels a host gets, by its facts (`orchestrator.deploy.steps.wheels.wheel_resolver`),
@@ -47,6 +48,9 @@ class DeployInputs:
     # deploy lock: a daemon that lost the deployment to another is refused there. None: no
     # lease (`orchestrator deploy`).
     fence: int | None = None
+    # environment.wheel_peers: which hosts of this rollout hold the wheels and serve them
+    # (orchestrator/deploy/peers.py); the rollout stops its servers when it ends.
+    peers: WheelPeers | None = field(default=None, compare=False)
 
 
 def new_inputs_release_id(spec: Spec, lock_sha256: str, now: datetime | None = None) -> str:

@@ -108,7 +108,22 @@ def rollout(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: Ev
     `on_probe(host, facts or the error)` sees each target's preflight probe (the daemon records
     it as the host's latest facts). `done` ({host: result}): hosts a resumed deployment
     already finished before a restart (serving this release, reconciled); not deployed
-    again, but undone with the others."""
+    again, but undone with the others. With `environment.wheel_peers` the hosts' wheel
+    servers (orchestrator/deploy/peers.py) are stopped when it ends, however it ends."""
+    try:
+        return _rollout(inputs, hosts, pool=pool, sink=sink, max_parallel=max_parallel,
+                        cancel=cancel, playbook=playbook, excluded=excluded,
+                        break_lock=break_lock, on_probe=on_probe, done=done)
+    finally:
+        if inputs.peers is not None:
+            inputs.peers.close()
+
+
+def _rollout(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: EventSink,
+             max_parallel: int | None, cancel: threading.Event | None,
+             playbook: Playbook | None, excluded: Mapping[str, str] | None,
+             break_lock: bool, on_probe: OnProbe | None,
+             done: Mapping[str, HostResult] | None) -> RolloutResult:
     ro = inputs.spec.rollout
     total = DeployResult(inputs.deployment, inputs.release_id)
     out = RolloutResult(total)

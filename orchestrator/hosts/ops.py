@@ -201,7 +201,8 @@ def model_receive(app: str, release_id: str,
 def wheels_fetch(url: str, layout: str, wheels: Mapping[str, tuple[str, int]], *,
                  timeout_s: float = 60.0) -> OpCall[tuple[str, ...]]:
     """The host downloads these wheels ({sha256: (real filename, size)}) from the operator's
-    mirror (`layout` "index": PEP 503/691, or "directory") and keeps only what hashes right
+    mirror (`layout` "index": PEP 503/691, or "directory") or a peer host (`layout` "peer":
+    <url>/<sha256>.whl, peerserve.py) and keeps only what hashes right
     (hostops_fetch.py)."""
     return OpCall(Op.WHEELS_FETCH,
                   {"url": url, "layout": layout, "timeout_s": timeout_s,

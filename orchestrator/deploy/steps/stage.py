@@ -6,7 +6,9 @@ wheels already cached are not sent. A small model travels inside one hostops bat
 stage-begin, the lock and the hash check (one host process); a larger one, and the wheels, go on
 one SSH stream per host (hostops' stream ops; SFTP for a transport that cannot stream) and report
 their bytes as `progress` events (orchestrator/deploy/progress.py). With
-`environment.wheel_source` the hosts fetch the wheels from the mirror themselves.
+`environment.wheel_source` the hosts fetch the wheels from the mirror themselves; with
+`environment.wheel_peers` from a host of the rollout that already holds them, when there is one
+of the same platform (orchestrator/deploy/peers.py), the controller streaming the rest.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from orchestrator.core.hashing import hash_file
 from orchestrator.core.progress import BYTES
 from orchestrator.core.spec import Spec
 from orchestrator.deploy.deadline import Deadline
+from orchestrator.deploy.peers import deliver, platform_key
 from orchestrator.deploy.steps import StepFailed
 from orchestrator.deploy.steps.context import HostContext, Target
 from orchestrator.errors import HostError, HostUnreachable
@@ -49,11 +52,13 @@ def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
                 source.url, source.layout,
                 {sha: (w.filename, w.path.stat().st_size) for sha, w in wheels.items()},
                 missing=missing, timeout=deadline.timeout())
-        else:
-            pushed = ctx.ops.push_wheels(
-                {sha: w.path for sha, w in wheels.items()}, missing=missing,
-                timeout=deadline.timeout(),
-                progress=lambda total: ctx.progress.meter(NAME, BYTES, "wheels", total).file)
+        else:  # the controller streams, or with wheel_peers a peer gives what it holds
+            got = deliver(ctx.ops, ctx.inputs.peers, ctx.inv_host, platform_key(ctx.known_facts()),
+                          {sha: w.path for sha, w in wheels.items()}, missing=missing,
+                          timeout=deadline.timeout(),
+                          progress=lambda total: ctx.progress.meter(NAME, BYTES, "wheels",
+                                                                    total).file)
+            pushed = got.pushed
     except HostUnreachable:
         raise
     except HostError as exc:
@@ -66,6 +71,11 @@ def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
                        wheel_bytes=0, wheel_bytes_fetched=moved)
     else:
         details.update(wheels_total=len(wheels), wheels_pushed=len(pushed), wheel_bytes=moved)
+    if ctx.inputs.peers is not None:  # what came from a peer, and from which
+        details.update(wheels_from_peer=len(got.fetched), wheel_peer=got.peer,
+                       wheel_bytes_from_peer=sum(wheels[s].path.stat().st_size
+                                                 for s in got.fetched),
+                       **({"wheel_peer_error": got.peer_error} if got.peer_error else {}))
     return details
 
 
@@ -75,7 +85,9 @@ def describe(spec: Spec, facts: HostFacts, target: Target) -> str:
             f"sha256 {spec.model.sha256[:12]}... checked on the host) and the lock; "
             + (f"the host fetches the wheels its cache lacks from {source.url} (each checked "
                "against the lock's sha256)" if (source := spec.environment.wheel_source)
-               else "stream the wheels the host's cache lacks (each hashed on arrival)"))
+               else "stream the wheels the host's cache lacks (each hashed on arrival)"
+               + ("; or pull them from a host of this rollout that holds them (hash-checked)"
+                  if spec.environment.wheel_peers else "")))
 
 
 def _stage_in_one_call(ctx: HostContext, small: SmallModel, shas: list[str],

@@ -21,6 +21,7 @@ from orchestrator.core.ociimage import ImageInfo
 from orchestrator.core.spec import Spec
 from orchestrator.deploy.environments.registry import environment_for
 from orchestrator.deploy.inputs import WheelResolver
+from orchestrator.deploy.peers import platform_key
 from orchestrator.deploy.pkgindex import PackageIndex
 from orchestrator.deploy.wheelcache import Wheel, WheelCache, from_wheelhouse, platform_tags
 from orchestrator.xdg import user_dir
@@ -43,8 +44,8 @@ def wheel_resolver(spec: Spec, lock: Lock | ImageInfo, cache_dir: Path | None = 
     requirements: Path = lock_path(spec)
 
     def resolve(facts: HostFacts, remaining: Callable[[], float]) -> Mapping[str, Wheel]:
-        libc = facts.os.get("libc", "")
-        key = (facts.python_minor, facts.machine, libc)
+        key = platform_key(facts)  # the same key says which peers hold a host's wheels
+        libc = key[2]
         with guard:  # one fill per platform; the others wait for its answer
             if key not in memo:
                 if wheelhouse is not None:

@@ -11,7 +11,9 @@ is installed or fill the disk. Two layouts:
 - `index`: a PEP 503 (HTML) or PEP 691 (JSON) simple index (pypiserver, devpi, Artifactory,
   Nexus, `python -m http.server` over a PEP 503 tree): the project's page
   `<url>/<normalized name>/` lists the file, by its sha256 fragment or its filename;
-- `directory`: a plain HTTP directory holding the wheel files: `<url>/<filename>`.
+- `directory`: a plain HTTP directory holding the wheel files: `<url>/<filename>`;
+- `peer`: another host of the same rollout serving its own wheel cache (peerserve.py,
+  `environment.wheel_peers`): `<url>/<sha256>.whl`, the URL carrying the rollout's token.
 
 A mirror the host cannot reach, or that answers a status other than 200, fails with
 `mirror-unreachable` naming the URL and the status (or the connection error).
@@ -31,7 +33,7 @@ from html.parser import HTMLParser
 from hostops_fs import HASH_RE, OpError, checked_arg, fsync_dir, orch_path, root_arg
 
 WHEEL_RE = re.compile(r"^[A-Za-z0-9_.+!-]+\.whl$")
-LAYOUTS = ("index", "directory")
+LAYOUTS = ("index", "directory", "peer")
 MAX_WHEEL_BYTES = 8 << 30
 MAX_PAGE_BYTES = 16 << 20
 _CHUNK = 1 << 20
@@ -138,6 +140,8 @@ def _project_links(page_url, timeout):
 def _wheel_url(base, layout, wheel, pages, timeout):
     if layout == "directory":
         return urllib.parse.urljoin(base, urllib.parse.quote(wheel["filename"]))
+    if layout == "peer":  # a peer's cache is content-addressed: the name is the hash
+        return urllib.parse.urljoin(base, wheel["sha"] + ".whl")
     project = re.sub(r"[-_.]+", "-", wheel["filename"].split("-")[0]).lower()
     page = urllib.parse.urljoin(base, project + "/")
     if page not in pages:
