@@ -28,9 +28,10 @@ from pathlib import Path
 
 from orchestrator.bench import _farharness
 from orchestrator.core.hashing import hash_file, hash_path
+from orchestrator.deploy.bytecode import cache_dir_beside, ensure_bundle, interpreter_for
 from orchestrator.deploy.environments.venv import local_uv
 from orchestrator.deploy.steps.wheels import default_cache_dir
-from orchestrator.deploy.wheelcache import WheelCache, platform_tags
+from orchestrator.deploy.wheelcache import WheelCache, from_wheelhouse, platform_tags
 from orchestrator.testbed.far import MAX_HOSTS
 from orchestrator.xdg import user_dir
 
@@ -168,6 +169,23 @@ def _project(cache: Path, harness: Path, house: Path) -> Path:
     return project
 
 
+def _bytecode_archive(spec_dir: Path) -> None:
+    """The lock's .pyc archive built before the timed runs, as the wheelhouse is: the project
+    compiles it once per lock on the controller (deploy/bytecode.py), and inside a timed cold
+    run the first rep alone would pay it (its controller CPU and its install step)."""
+    python = "3.11"  # the spec's environment.python: the hosts' /usr/bin/python3
+    interpreter = interpreter_for(python)
+    if interpreter is None:
+        print(f"  setup: no python{python} here: the project ships no bytecode", flush=True)
+        return
+    wheels = from_wheelhouse(spec_dir / "requirements.lock", spec_dir / "wheelhouse",
+                             python_version=python)
+    bundle = ensure_bundle(wheels, python, interpreter, cache_dir_beside(default_cache_dir()))
+    if bundle is not None and not bundle.cached:
+        print(f"  setup: the lock's bytecode archive built in {bundle.build_s:.1f} s "
+              f"({bundle.files} .pyc, {bundle.size / 1e6:.0f} MB)", flush=True)
+
+
 def spec_yaml(model_sha256: str, wheel_source: str | None) -> str:
     """The project's spec: the same lock, model and warmup as the anchors'; with
     `wheel_source` (a URL serving the wheel files by name) the hosts pull the wheels from it.
@@ -209,6 +227,7 @@ def setup(hosts: int, rtt_ms: float | None) -> Setup:
     house = _wheelhouse(cache, source / "artifacts" / "requirements.lock")
     harness = _harness(cache, source, house, python, tools)
     project = _project(cache, harness, house)
+    _bytecode_archive(project / "v1")
     s = Setup(harness, project, cache / "results.jsonl", house, hosts, rtt_ms)
     _farharness.stop(harness)  # a crashed --rtt run's relays
     # hosts.sh up without the relays' offset: the sshds keep their own ports.
