@@ -184,9 +184,10 @@ def test_a_warm_redeploy_sends_each_step_as_one_request_to_the_agent(
     assert "probe" not in steps and "unlock" not in steps  # folded into lock and prune
     for step in ("stage", "install", "switch", "prune"):
         assert steps.pop(step) == {"req": 1}, step
-    # The golden file and the runner's request written in one request, the runner its own
-    # command, the manifest and the commit one request: no SFTP.
-    assert steps.pop("verify") == {"req": 2, "run": 1}
+    # The golden file and the runner's request written in one request, the runner started
+    # by the agent (`warmup-run`: no channel of its own), the manifest and the commit one
+    # request: no SFTP, no exec.
+    assert steps.pop("verify") == {"req": 3}
     assert set(steps) <= {"check"}, steps  # the spec has no service: check sends nothing
     assert app_state_current(inventory, name, "agent-warm") == second.release_id
     _no_agent_left(host)
@@ -232,8 +233,8 @@ def test_hostops_outside_a_deployment_uses_no_agent(inventory: Inventory) -> Non
 
 # -- a hostile agent --------------------------------------------------------------------------
 
-# Stands between the controller and the real agent: passes every line on, but answers the
-# request naming `trigger` with garbage, or not at all.
+# Stands between the controller and the real agent: passes every line on (a request's relayed
+# lines and its reply), but answers the request naming `trigger` with garbage, or not at all.
 _PROXY = """
 import subprocess, sys, time
 mode, trigger = sys.argv[1], sys.argv[2].encode()
@@ -246,7 +247,11 @@ for line in sys.stdin.buffer:
         sys.stdout.buffer.write(b"garbage, not a reply\\n"); sys.stdout.flush()
         continue
     real.stdin.write(line); real.stdin.flush()
-    sys.stdout.buffer.write(real.stdout.readline()); sys.stdout.flush()
+    while True:  # relayed lines (the warmup runner's progress), then the reply
+        out = real.stdout.readline()
+        sys.stdout.buffer.write(out); sys.stdout.flush()
+        if not out or out[:1].isdigit():
+            break
 """
 
 

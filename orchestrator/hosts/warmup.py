@@ -38,7 +38,8 @@ from orchestrator.core.gates import (
 )
 from orchestrator.core.progress import Iterations, ProgressLines, strip_lines
 from orchestrator.errors import BadHostOutput, CommandTimeout, HostError
-from orchestrator.hosts import layout, ops
+from orchestrator.hosts import agent, layout, ops
+from orchestrator.hosts.opresults import parse_reply
 from orchestrator.hosts.shipping import RemoteTools
 from orchestrator.hosts.transport import CommandResult, Transport
 
@@ -47,6 +48,12 @@ KILL_GRACE_S = 5.0  # watchdog -> `timeout -s KILL`
 TRANSPORT_GRACE_S = 10.0  # `timeout -s KILL` -> the transport gives up on the command
 MIN_DEADLINE_S = 1.0
 MAX_OUTPUT = 8 << 20
+#: The host agent's op that runs the runner (remote/hostops_warmup.py).
+RUN_OP = "warmup-run"
+
+def _tools_root(tools_dir: RemoteTools | str) -> str:
+    return tools_dir.root if isinstance(tools_dir, RemoteTools) else tools_dir
+
 
 def _script(tools_dir: RemoteTools | str, name: str = SCRIPT) -> str:
     if isinstance(tools_dir, RemoteTools):
@@ -123,6 +130,12 @@ def run_warmup(transport: Transport, python: str, tools_dir: RemoteTools | str,
             if on_progress is not None:
                 on_progress(record)
 
+    serving = agent.running_from(transport, _tools_root(tools_dir))
+    if serving is not None:
+        relayed = by_agent(serving, tools_dir, python, req_path, deadline, visible_devices,
+                           progress)
+        if relayed is not None:
+            return _judged(host, relayed, lines, deadline)
     try:
         out = transport.run(argv, timeout=deadline + KILL_GRACE_S + TRANSPORT_GRACE_S,
                             check=False, max_output=MAX_OUTPUT, on_stderr=progress)
@@ -135,12 +148,54 @@ def run_warmup(transport: Transport, python: str, tools_dir: RemoteTools | str,
     if lines.error is not None:
         _kill_group(transport, tools_dir, pid_path, req_path)
         raise BadHostOutput(host, lines.error)
-    reported = bool(out.stdout.strip())
-    if not reported or out.exit_code not in (0, 1, 2):
+    if not out.stdout.strip() or out.exit_code not in (0, 1, 2):
         _kill_group(transport, tools_dir, pid_path, req_path)
-    if not reported and out.exit_code in (124, 137, -9):
+    return _judged(host, out, lines, deadline)
+
+
+def _judged(host: str, out: CommandResult, lines: ProgressLines,
+            deadline: float) -> WarmupResult:
+    """The runner's end as a result: killed before it reported, garbage, or its JSON line."""
+    if lines.error is not None:
+        raise BadHostOutput(host, lines.error)
+    if not out.stdout.strip() and out.exit_code in (124, 137, -9):
         return killed_result(host, deadline, "killed by `timeout` before it could report")
     return _parse(host, out)
+
+
+def by_agent(serving: agent.HostAgent, tools_dir: RemoteTools | str, python: str,
+             req_path: str, deadline: float, visible_devices: str | None,
+             progress: Callable[[bytes], None]) -> CommandResult | None:
+    """The runner started by the host's agent (`warmup-run`, remote/hostops_warmup.py): its
+    progress lines relayed to `progress` as they come, its end (the runner's exit code,
+    stdout and stderr's tail) as a command's result, its request and pid files removed and,
+    when it did not report, its process group killed, all on the host in that one request.
+    None when the agent cannot take it (then the caller execs the runner: nothing ran).
+    The agent's own SIGKILL comes where `timeout -s KILL` would; a reply later than the
+    transport's grace after that kills the agent, then the group (by its pid file), and the
+    run is a killed result, as on the exec path."""
+    host = serving.host
+    args = {"python": python, "request": req_path, "kill_after_s": deadline + KILL_GRACE_S,
+            **({"visible_devices": visible_devices} if visible_devices is not None else {})}
+    try:
+        out = serving.call({"op": RUN_OP, "args": args},
+                           timeout=deadline + KILL_GRACE_S + TRANSPORT_GRACE_S,
+                           max_output=MAX_OUTPUT * 2, on_line=progress)
+    except CommandTimeout:  # the agent is killed; the runner leads a group of its own
+        _kill_group(serving.transport, tools_dir, f"{req_path}.pid", req_path)
+        return CommandResult(RUN_OP, -9, "", "", 0.0)
+    except BaseException:  # the wire, garbage, or `progress` raised: the agent is gone too
+        _kill_group(serving.transport, tools_dir, f"{req_path}.pid", req_path)
+        raise
+    if out is None:
+        return None
+    reply = parse_reply(host, RUN_OP, out.exit_code, out.stdout, out.stderr)
+    code, stdout, stderr = reply.get("exit_code"), reply.get("stdout"), reply.get("stderr")
+    if type(code) is not int or not isinstance(stdout, str) or not isinstance(stderr, str):
+        serving.discard(kill=True)
+        raise BadHostOutput(host, f"host sent an invalid reply to {RUN_OP}: exit_code, stdout "
+                                  "and stderr wanted")
+    return CommandResult(RUN_OP, code, stdout, stderr, out.duration_s)
 
 
 def _parse(host: str, out: CommandResult) -> WarmupResult:
