@@ -100,10 +100,10 @@ def op_warmup_run(args, relay=None):
     code = proc.wait()
     proc.stdout.close()
     proc.stderr.close()
-    reported = bool(out.out.strip())
-    if too_large or not reported or code not in (0, 1, 2):
-        _kill(_pgid(request, proc.pid))  # whatever the model left (exec path: kill-group)
-        _kill(proc.pid)
+    # Whatever the model left running dies with the run, whatever its outcome (the exec
+    # path's `kill-group` after a runner that did not report; here always, at no cost).
+    _kill(_pgid(request, proc.pid))
+    _kill(proc.pid)
     for path in (request, request + ".pid"):
         with contextlib.suppress(OSError):
             os.unlink(path)
