@@ -18,11 +18,16 @@ and raises `CommandTimeout`, an overlong line `OutputTooLarge`, a line that is n
 channel closes) the agent is dropped and the host's later ops go the one-exec way: a broken
 agent costs that one op, never a hang, never a deployment's later steps.
 
-Starting it costs no round trip of its own: the first request is sent right after the exec,
-and the agent's first line says whether the tools bundle it runs from is complete (its marker);
+Starting it costs one round trip of its own, the channel's open: the exec request goes without
+waiting for its reply (ssh/session.py `converse`), the first request right behind it, and the
+agent's first line says whether the tools bundle it runs from is complete (its marker);
 when it is not (a new host, a new controller version) the bundle is shipped
 (shipping.ensure_tools) and the agent started once more. When the deployment's pipeline on
 the host ends, `serving` closes the agent's stdin: it exits on EOF and never outlives it.
+
+A relaying op (`warmup-run`: the warmup runner, orchestrator/hosts/warmup.py `by_agent`) sends
+lines of its own before its reply, `orchestrator-progress ...` (never a digit first); `call`
+hands them to its `on_line` within the same timeout, and without one they are garbage.
 """
 
 from __future__ import annotations

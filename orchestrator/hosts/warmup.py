@@ -17,6 +17,12 @@ DeadlineExceeded), not as an exception: it is the model's failure, the gates rep
 While the iterations run the runner writes progress lines to its stderr; `run` hands each piece
 of stderr to `ProgressLines` (orchestrator/core/progress.py: bounded, parsed as host JSON) as it
 arrives, and each line to `on_progress`.
+
+Within a deployment (`agent.serving`) the host agent runs it instead (`by_agent`: the
+`warmup-run` op, remote/hostops_warmup.py): no exec channel of its own (three round trips a
+host over a far link), the progress lines relayed on the agent's channel into the same
+`ProgressLines`, the same three deadlines (the agent's SIGKILL where `timeout` would be), the
+clean-up and the group kill on the host in the same request.
 """
 
 from __future__ import annotations
