@@ -188,10 +188,10 @@ def test_a_warm_redeploy_sends_each_step_as_one_request_to_the_agent(
     assert "probe" not in steps and "unlock" not in steps  # folded into lock and prune
     for step in ("stage", "install", "switch", "prune"):
         assert steps.pop(step) == {"req": 1}, step
-    # The golden file and the runner's request written in one request, the runner started
-    # by the agent (`warmup-run`: no channel of its own), the manifest and the commit one
-    # request: no SFTP, no exec.
-    assert steps.pop("verify") == {"req": 3}
+    # The runner started by the agent (`warmup-run`: no channel of its own) with the golden
+    # file and its request written first in the same request, then the manifest and the
+    # commit in one: no SFTP, no exec.
+    assert steps.pop("verify") == {"req": 2}
     assert set(steps) <= {"check"}, steps  # the spec has no service: check sends nothing
     assert app_state_current(inventory, name, "agent-warm") == second.release_id
     _no_agent_left(host)

@@ -21,9 +21,9 @@ from orchestrator.core.gates import WarmupRequest, gates, passed
 from orchestrator.core.inventory import Host, Inventory
 from orchestrator.core.progress import Iterations
 from orchestrator.errors import BadHostOutput, HostError
-from orchestrator.hosts import agent
+from orchestrator.hosts import agent, ops
 from orchestrator.hosts.counting import Counting, Exchanges
-from orchestrator.hosts.hostops import HostOps
+from orchestrator.hosts.hostops import HostOpFailed, HostOps
 from orchestrator.hosts.shipping import RemoteTools, ensure_tools
 from orchestrator.hosts.ssh import SshOptions, SshTransport, connect
 from orchestrator.hosts.warmup import run_warmup
@@ -151,3 +151,28 @@ def test_a_garbage_progress_line_or_a_stdout_flood_fails_clearly_and_leaves_noth
         assert "more than 8388608 bytes on stdout" in str(caught.value), caught.value
     _gone(str(fake))
     assert list(work.iterdir()) == []
+
+
+def test_ops_sent_before_the_runner_run_first_and_a_failed_one_stops_it(
+        served: tuple[Counting, RemoteTools, Exchanges, agent.HostAgent], host: Host,
+        tmp_path: Path) -> None:
+    """verify's golden file and runner request go with the runner's start (`before`): written
+    first, in the same request; should one fail, the run fails with that op's kind and the
+    runner never starts."""
+    transport, tools, exchanges, serving = served
+    fake = tmp_path / "fake-python-ran"
+    marker = tmp_path / "ran"
+    fake.write_text(f"#!/bin/sh\ntouch {marker}\nprintf '{{}}\\n'\n")
+    fake.chmod(0o755)
+    host_ops = HostOps(transport, host.deploy_root)
+    request = WarmupRequest(str(tmp_path / "none"), "joblib", str(tmp_path / "none.npz"),
+                            deadline_s=20)
+    missing = ops.write_file("agent-warmup-none", "20260101T000000Z-0badc0de", "golden.npz",
+                             b"x")
+    with pytest.raises(HostOpFailed) as caught:
+        run_warmup(transport, str(fake), tools, request, timeout=60,
+                   written=str(tmp_path / "request.json"), before=(host_ops, [missing]))
+    assert caught.value.kind == "not-found" and "is not being staged" in str(caught.value)
+    assert not marker.exists()
+    assert serving.requests == 1 and _kinds(exchanges) == {"run": 1, "req": 1}
+

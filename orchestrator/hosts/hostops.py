@@ -105,6 +105,11 @@ class HostOps:
     def host(self) -> str:
         return self.transport.host
 
+    @property
+    def common(self) -> dict[str, Any]:
+        """The arguments every call of these ops carries: root, and the fence if any."""
+        return dict(self._common)
+
     def ensure_file(self, data_or_path: bytes | Path, remote_path: str, *, mode: int,
                     timeout: float = DEFAULT_TIMEOUT_S) -> bool:
         """Upload unless the (content-addressed) remote path exists; True when uploaded."""

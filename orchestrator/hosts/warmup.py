@@ -32,7 +32,7 @@ import dataclasses
 import json
 import posixpath
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from orchestrator.core.gates import (
@@ -45,7 +45,9 @@ from orchestrator.core.gates import (
 from orchestrator.core.progress import Iterations, ProgressLines, strip_lines
 from orchestrator.errors import BadHostOutput, CommandTimeout, HostError
 from orchestrator.hosts import agent, layout, ops
+from orchestrator.hosts.hostops import HostOps
 from orchestrator.hosts.opresults import parse_reply
+from orchestrator.hosts.ops import OpCall
 from orchestrator.hosts.shipping import RemoteTools
 from orchestrator.hosts.transport import CommandResult, Transport
 
@@ -56,6 +58,8 @@ MIN_DEADLINE_S = 1.0
 MAX_OUTPUT = 8 << 20
 #: The host agent's op that runs the runner (remote/hostops_warmup.py).
 RUN_OP = "warmup-run"
+#: Host ops to run before the runner, and the HostOps (root, fence) they are calls of.
+Before = tuple[HostOps, Sequence[OpCall[Any]]]
 
 def _tools_root(tools_dir: RemoteTools | str) -> str:
     return tools_dir.root if isinstance(tools_dir, RemoteTools) else tools_dir
@@ -110,7 +114,7 @@ def run_warmup(transport: Transport, python: str, tools_dir: RemoteTools | str,
                request: WarmupRequest, timeout: float, workdir: str = "/tmp",
                visible_devices: str | None = None,
                on_progress: Callable[[Iterations], None] | None = None,
-               written: str | None = None) -> WarmupResult:
+               written: str | None = None, before: Before | None = None) -> WarmupResult:
     """Run `request` with the venv's `python` on the transport's host, within `timeout` seconds.
 
     The runner's deadline is `request.deadline_s`, capped so that every layer above ends
@@ -118,7 +122,9 @@ def run_warmup(transport: Transport, python: str, tools_dir: RemoteTools | str,
     the runner printed something that is not its result, or a progress line that is not one
     (raised once the runner has ended). `on_progress` gets each progress line as it comes.
     `written`: where the caller already wrote `capped(request, timeout)` (a name from
-    `request_path`): then it is not uploaded here."""
+    `request_path`), or will by `before`: then it is not uploaded here. `before`: host ops
+    (HostOps, calls) run first, in the host agent's request that starts the runner (one round
+    trip less), else as one batch before the runner's command."""
     host = transport.host
     request = capped(request, timeout)
     deadline = request.deadline_s
@@ -139,9 +145,11 @@ def run_warmup(transport: Transport, python: str, tools_dir: RemoteTools | str,
     serving = agent.running_from(transport, _tools_root(tools_dir))
     if serving is not None:
         relayed = by_agent(serving, tools_dir, python, req_path, deadline, visible_devices,
-                           progress)
+                           progress, before)
         if relayed is not None:
             return _judged(host, relayed, lines, deadline)
+    if before is not None:
+        before[0].batch(before[1], timeout=deadline + KILL_GRACE_S)
     try:
         out = transport.run(argv, timeout=deadline + KILL_GRACE_S + TRANSPORT_GRACE_S,
                             check=False, max_output=MAX_OUTPUT, on_stderr=progress)
@@ -171,7 +179,8 @@ def _judged(host: str, out: CommandResult, lines: ProgressLines,
 
 def by_agent(serving: agent.HostAgent, tools_dir: RemoteTools | str, python: str,
              req_path: str, deadline: float, visible_devices: str | None,
-             progress: Callable[[bytes], None]) -> CommandResult | None:
+             progress: Callable[[bytes], None],
+             before: Before | None = None) -> CommandResult | None:
     """The runner started by the host's agent (`warmup-run`, remote/hostops_warmup.py): its
     progress lines relayed to `progress` as they come, its end (the runner's exit code,
     stdout and stderr's tail) as a command's result, its request and pid files removed and,
@@ -179,10 +188,14 @@ def by_agent(serving: agent.HostAgent, tools_dir: RemoteTools | str, python: str
     None when the agent cannot take it (then the caller execs the runner: nothing ran).
     The agent's own SIGKILL comes where `timeout -s KILL` would; a reply later than the
     transport's grace after that kills the agent, then the group (by its pid file), and the
-    run is a killed result, as on the exec path."""
+    run is a killed result, as on the exec path. `before`'s ops run first in the same request
+    (a failure of one fails it, with that op's kind, and the runner does not start)."""
     host = serving.host
-    args = {"python": python, "request": req_path, "kill_after_s": deadline + KILL_GRACE_S,
-            **({"visible_devices": visible_devices} if visible_devices is not None else {})}
+    args: dict[str, Any] = {
+        "python": python, "request": req_path, "kill_after_s": deadline + KILL_GRACE_S,
+        **({"visible_devices": visible_devices} if visible_devices is not None else {})}
+    if before is not None:
+        args.update(before[0].common, before=[call.wire() for call in before[1]])
     try:
         out = serving.call({"op": RUN_OP, "args": args},
                            timeout=deadline + KILL_GRACE_S + TRANSPORT_GRACE_S,
@@ -197,10 +210,15 @@ def by_agent(serving: agent.HostAgent, tools_dir: RemoteTools | str, python: str
         return None
     reply = parse_reply(host, RUN_OP, out.exit_code, out.stdout, out.stderr)
     code, stdout, stderr = reply.get("exit_code"), reply.get("stdout"), reply.get("stderr")
-    if type(code) is not int or not isinstance(stdout, str) or not isinstance(stderr, str):
+    done = reply.get("before") if before is not None else []
+    if type(code) is not int or not isinstance(stdout, str) or not isinstance(stderr, str) \
+            or not isinstance(done, list) or len(done) != len(before[1] if before else ()):
         serving.discard(kill=True)
-        raise BadHostOutput(host, f"host sent an invalid reply to {RUN_OP}: exit_code, stdout "
-                                  "and stderr wanted")
+        raise BadHostOutput(host, f"host sent an invalid reply to {RUN_OP}: exit_code, stdout, "
+                                  "stderr (and a reply per op sent before) wanted")
+    if before is not None:
+        for call, one in zip(before[1], done, strict=True):
+            before[0].parsed(call, one)
     return CommandResult(RUN_OP, code, stdout, stderr, out.duration_s)
 
 

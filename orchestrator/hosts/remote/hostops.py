@@ -96,9 +96,11 @@ Ops (arguments besides "root"; what a success adds; failure kinds worth branchin
                         files are removed; needs no "root")
     health              app, mode (url|command), target, budget -> healthy, attempts, error
                         (health.py's check, in this process: hostops_health)
-    warmup-run          python, request, kill_after_s, [visible_devices] -> exit_code,
-                        stdout, stderr, killed (warmup.py run and cleaned up after, its
-                        progress relayed by the agent: hostops_warmup);  output-too-large
+    warmup-run          python, request, kill_after_s, [visible_devices], [before (ops
+                        run first as a batch: the request file and the golden written in
+                        the same request)] -> exit_code, stdout, stderr, killed, [before:
+                        their replies] (warmup.py run and cleaned up after, its progress
+                        relayed by the agent: hostops_warmup);  output-too-large
     batch               ops [{op, args}] -> results (each op's reply), in order, stopping at
                         the first failure (then the batch fails with its kind, error,
                         failed_op and the results so far): one process for a step's calls
@@ -244,8 +246,13 @@ def _run_op(op, args, relay=None):
     """One op's reply (with "ok") and exit code: 0, 1 for a failure, 2 for bad arguments."""
     try:
         check_fence(op, args)
-        reply = OPS[op](args, relay) if op in RELAYING else OPS[op](args)
-        return dict(reply, ok=True), 0
+        if op not in RELAYING:
+            return dict(OPS[op](args), ok=True), 0
+        before = _before(args)
+        reply = dict(OPS[op](args, relay), ok=True)
+        if before is not None:
+            reply["before"] = before
+        return reply, 0
     except OpError as exc:
         result = dict(exc.extra, ok=False, error=str(exc), kind=exc.kind)
         return result, 2 if exc.kind == "bad-args" else 1
@@ -257,6 +264,17 @@ def _run_op(op, args, relay=None):
 
         traceback.print_exc()
         return {"ok": False, "error": repr(exc), "kind": "internal"}, 1
+
+
+def _before(args):
+    """A relaying op's "before": ops run first, as a `batch` (root and fence inherited), in the
+    same request: verify's golden file and runner request go with the runner's start. Their
+    replies, or the batch's failure (then the op itself does not run)."""
+    calls = args.pop("before", None)
+    if calls is None:
+        return None
+    inherited = {k: args[k] for k in ("root", "fence") if k in args}
+    return op_batch(dict(inherited, ops=calls))["results"]
 
 
 #: A request line's bound: a step's batch carries a small model's bytes in base64 (write-file).
