@@ -57,7 +57,7 @@ TRANSPORT_GRACE_S = 10.0  # `timeout -s KILL` -> the transport gives up on the c
 MIN_DEADLINE_S = 1.0
 MAX_OUTPUT = 8 << 20
 #: The host agent's op that runs the runner (remote/hostops_warmup.py).
-RUN_OP = "warmup-run"
+RUN_OP = str(ops.Op.WARMUP_RUN)
 #: Host ops to run before the runner, and the HostOps (root, fence) they are calls of.
 Before = tuple[HostOps, Sequence[OpCall[Any]]]
 
