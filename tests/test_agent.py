@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import paramiko
 import pytest
 
 from orchestrator.bench.farhosts import _Where
@@ -28,12 +31,13 @@ from orchestrator.deploy.batch import DeployResult, deploy, prepare
 from orchestrator.deploy.pipeline import HostStatus
 from orchestrator.deploy.playbook import load_playbook
 from orchestrator.deploy.rollout import rollout
+from orchestrator.errors import CommandFailed
 from orchestrator.hosts import agent, shipping
 from orchestrator.hosts.counting import Counting, Exchanges
 from orchestrator.hosts.hostops import HostOps
 from orchestrator.hosts.pool import Pool
 from orchestrator.hosts.shipping import RemoteTools
-from orchestrator.hosts.ssh import HostAddress, SshOptions, connect
+from orchestrator.hosts.ssh import HostAddress, SshOptions, SshTransport, connect
 from orchestrator.hosts.transport import CommandResult, Transport
 from tests.specs import WHEEL_CACHE
 from tests.test_deploy import app_state, v1_spec, v2_spec
@@ -184,9 +188,10 @@ def test_a_warm_redeploy_sends_each_step_as_one_request_to_the_agent(
     assert "probe" not in steps and "unlock" not in steps  # folded into lock and prune
     for step in ("stage", "install", "switch", "prune"):
         assert steps.pop(step) == {"req": 1}, step
-    # The golden file and the runner's request written in one request, the runner its own
-    # command, the manifest and the commit one request: no SFTP.
-    assert steps.pop("verify") == {"req": 2, "run": 1}
+    # The runner started by the agent (`warmup-run`: no channel of its own) with the golden
+    # file and its request written first in the same request, then the manifest and the
+    # commit in one: no SFTP, no exec.
+    assert steps.pop("verify") == {"req": 2}
     assert set(steps) <= {"check"}, steps  # the spec has no service: check sends nothing
     assert app_state_current(inventory, name, "agent-warm") == second.release_id
     _no_agent_left(host)
@@ -232,8 +237,8 @@ def test_hostops_outside_a_deployment_uses_no_agent(inventory: Inventory) -> Non
 
 # -- a hostile agent --------------------------------------------------------------------------
 
-# Stands between the controller and the real agent: passes every line on, but answers the
-# request naming `trigger` with garbage, or not at all.
+# Stands between the controller and the real agent: passes every line on (a request's relayed
+# lines and its reply), but answers the request naming `trigger` with garbage, or not at all.
 _PROXY = """
 import subprocess, sys, time
 mode, trigger = sys.argv[1], sys.argv[2].encode()
@@ -246,7 +251,11 @@ for line in sys.stdin.buffer:
         sys.stdout.buffer.write(b"garbage, not a reply\\n"); sys.stdout.flush()
         continue
     real.stdin.write(line); real.stdin.flush()
-    sys.stdout.buffer.write(real.stdout.readline()); sys.stdout.flush()
+    while True:  # relayed lines (the warmup runner's progress), then the reply
+        out = real.stdout.readline()
+        sys.stdout.buffer.write(out); sys.stdout.flush()
+        if not out or out[:1].isdigit():
+            break
 """
 
 
@@ -295,3 +304,64 @@ def test_an_agent_failing_at_switch_fails_its_host_and_the_rollout_undoes_the_ca
         _no_agent_left(inventory.hosts[name])
         assert not Path(inventory.hosts[name].deploy_root, app, ".deploy-lock").exists()
     assert os.path.isdir(inventory.hosts[HOSTS[1]].deploy_root)
+
+
+# -- the agent's exec, sent without waiting for its reply ------------------------------------
+
+class _RefusesExec(paramiko.ServerInterface):
+    """An SSH server (paramiko's, in this process) that opens sessions but refuses every exec."""
+
+    def get_allowed_auths(self, username: str) -> str:
+        return "none"
+
+    def check_auth_none(self, username: str) -> int:
+        return int(paramiko.common.AUTH_SUCCESSFUL)
+
+    def check_channel_request(self, kind: str, chanid: int) -> int:
+        return int(paramiko.common.OPEN_SUCCEEDED)
+
+    def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
+        return False
+
+
+class _Client:
+    """What SshTransport uses of an SSHClient: the connection, and closing it."""
+
+    def __init__(self, transport: paramiko.Transport) -> None:
+        self._transport = transport
+
+    def get_transport(self) -> paramiko.Transport:
+        return self._transport
+
+    def close(self) -> None:
+        self._transport.close()
+
+
+def test_a_refused_exec_of_the_agent_fails_its_op_clearly(tmp_path: Path) -> None:
+    """The exec request goes out unconfirmed (one round trip less), so a host refusing it is
+    only heard of later: the op still fails at once, saying the host refused to run it."""
+    ours, theirs = socket.socketpair()
+    server = paramiko.Transport(theirs)
+    server.add_server_key(paramiko.Ed25519Key.from_private_key_file(_ed25519_key(tmp_path)))
+    server.start_server(event=threading.Event(), server=_RefusesExec())  # not waiting
+    client = paramiko.Transport(ours)
+    try:
+        client.start_client(timeout=10)
+        client.auth_none("deploy")
+        transport = SshTransport("refuser", cast(paramiko.SSHClient, _Client(client)),
+                                 SshOptions(known_hosts=tmp_path / "known_hosts"))
+        started = time.monotonic()
+        with agent.serving(transport, "/srv/models"), pytest.raises(CommandFailed) as caught:
+            HostOps(transport, "/srv/models").state("app")
+        assert time.monotonic() - started < 5
+        assert "the host refused to run it (its SSH exec request failed)" in str(caught.value)
+        assert "hostops.py serve" in str(caught.value)
+    finally:
+        client.close()
+        server.close()
+
+
+def _ed25519_key(tmp_path: Path) -> str:
+    path = tmp_path / "host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return str(path)

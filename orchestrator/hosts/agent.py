@@ -18,11 +18,16 @@ and raises `CommandTimeout`, an overlong line `OutputTooLarge`, a line that is n
 channel closes) the agent is dropped and the host's later ops go the one-exec way: a broken
 agent costs that one op, never a hang, never a deployment's later steps.
 
-Starting it costs no round trip of its own: the first request is sent right after the exec,
-and the agent's first line says whether the tools bundle it runs from is complete (its marker);
+Starting it costs one round trip of its own, the channel's open: the exec request goes without
+waiting for its reply (ssh/session.py `converse`), the first request right behind it, and the
+agent's first line says whether the tools bundle it runs from is complete (its marker);
 when it is not (a new host, a new controller version) the bundle is shipped
 (shipping.ensure_tools) and the agent started once more. When the deployment's pipeline on
 the host ends, `serving` closes the agent's stdin: it exits on EOF and never outlives it.
+
+A relaying op (`warmup-run`: the warmup runner, orchestrator/hosts/warmup.py `by_agent`) sends
+lines of its own before its reply, `orchestrator-progress ...` (never a digit first); `call`
+hands them to its `on_line` within the same timeout, and without one they are garbage.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import posixpath
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from orchestrator.errors import BadHostOutput, HostError
@@ -46,6 +51,9 @@ from orchestrator.hosts.transport import CommandResult, Conversation, Converser,
 DEFAULT_REPLY_BYTES = 8 << 20
 _HELLO_BYTES = 4096
 _CODES = {b"0": 0, b"1": 1, b"2": 2}
+#: How a line a relaying op sends before its reply starts (the warmup runner's progress;
+#: orchestrator/core/progress.py LINE_PREFIX, remote/hostops_warmup.py: the same bytes).
+RELAYED = b"orchestrator-progress "
 
 
 class HostAgent:
@@ -65,10 +73,15 @@ class HostAgent:
         return self.transport.host
 
     def call(self, payload: Mapping[str, Any], *, timeout: float,
-             max_output: int | None = None) -> CommandResult | None:
+             max_output: int | None = None,
+             on_line: Callable[[bytes], None] | None = None) -> CommandResult | None:
         """Send one request ({"op", "args"}) and return the reply as a command's result (exit
         code, the reply's JSON text, the agent's recent stderr), or None: no agent here, the
-        caller runs the op the one-exec way (nothing of this request ran on the host)."""
+        caller runs the op the one-exec way (nothing of this request ran on the host).
+        `timeout` bounds the whole exchange. `on_line` gets each line a relaying op
+        (`warmup-run`) sends before its reply, which starts with `RELAYED` (bounded like
+        the reply); without it such a line is garbage. Should `on_line` raise, the agent is
+        killed (nothing of the op is left running) and the exception propagates."""
         line = json.dumps(payload).encode("utf-8") + b"\n"
         with self._guard:
             if not self.usable:
@@ -80,7 +93,7 @@ class HostAgent:
             else:
                 self._talk(lambda conv: conv.send(line, timeout=timeout))
             self.requests += 1
-            return self._reply(timeout, max_output or DEFAULT_REPLY_BYTES, started)
+            return self._reply(timeout, max_output or DEFAULT_REPLY_BYTES, started, on_line)
 
     def argv(self, tools: RemoteTools) -> list[str]:
         """The agent's command (-S: stdlib only, no `site`; -E: the host's PYTHON* ignored)."""
@@ -114,10 +127,21 @@ class HostAgent:
             self.discard()
             raise
 
-    def _reply(self, timeout: float, limit: int, started: float) -> CommandResult:
+    def _reply(self, timeout: float, limit: int, started: float,
+               on_line: Callable[[bytes], None] | None = None) -> CommandResult:
         conv = self._conv
         assert conv is not None
-        raw = self._talk(lambda c: c.read_line(timeout=timeout, limit=limit))
+        left = timeout  # the first line as any reply; relayed lines do not extend it
+        while True:
+            raw = self._talk(lambda c, t=left: c.read_line(timeout=t, limit=limit))
+            if on_line is None or not raw.startswith(RELAYED) or not raw.endswith(b"\n"):
+                break
+            try:
+                on_line(raw)
+            except BaseException:
+                self.discard(kill=True)
+                raise
+            left = max(timeout - (time.perf_counter() - started), 0.001)
         elapsed = time.perf_counter() - started
         if not raw.endswith(b"\n"):  # stdout ended mid-request: the agent died in the op
             code, stderr = conv.exit_code(), conv.stderr_tail()
@@ -186,5 +210,16 @@ def current(transport: Transport, deploy_root: str, python: str) -> HostAgent | 
         agent = _agents.get(transport)
     if agent is None or not agent.usable or agent.root != deploy_root \
             or agent.python != python:
+        return None
+    return agent
+
+
+def running_from(transport: Transport, tools_root: str) -> HostAgent | None:
+    """The open agent of this connection whose tools bundle is at `tools_root` (the ops it
+    runs from its own directory, such as `warmup-run`, are then the very scripts meant)."""
+    with _agents_guard:
+        agent = _agents.get(transport)
+    if agent is None or not agent.usable \
+            or shipping.expected_tools(agent.root).root != posixpath.normpath(tools_root):
         return None
     return agent

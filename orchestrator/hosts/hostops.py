@@ -95,9 +95,9 @@ class HostOps:
         if not posixpath.isabs(deploy_root):
             raise ValueError(f"deploy_root must be absolute: {deploy_root!r}")
         self.transport, self.root, self.python = transport, posixpath.normpath(deploy_root), python
-        # {deployment, token}: the daemon's lease, checked by the host at every op that
-        # changes the app (remote/hostops_host.py `check_fence`).
-        self._common: dict[str, Any] = {"root": self.root, **({"fence": dict(fence)} if fence
+        # Every call's arguments: root, and {deployment, token}, the daemon's lease, checked
+        # by the host at every op that changes the app (remote/hostops_host.py `check_fence`).
+        self.common: dict[str, Any] = {"root": self.root, **({"fence": dict(fence)} if fence
                                                               else {})}
         self._tools: RemoteTools | None = None
 
@@ -131,7 +131,7 @@ class HostOps:
         """Run one op (built by `orchestrator.hosts.ops`) and parse its reply; the arguments
         travel on stdin (no argv length limit, nothing in `ps`)."""
         op = str(call.op)
-        args = {**self._common, **call.args}
+        args = {**self.common, **call.args}
         result = self._by_agent(op, args, timeout, max_output) or self.transport.run(
             self._argv(op), timeout=timeout, stdin=json.dumps(args).encode("utf-8"),
             check=False, max_output=max_output)
@@ -163,7 +163,7 @@ class HostOps:
         types it), or the HostOpFailed of the first that failed (the later ones did not run).
         Every reply is checked against its call's parser here, so a reply missing what its op
         promises is a BadHostOutput now, never a KeyError in the step that reads it."""
-        args = {**self._common, "ops": [c.wire() for c in calls]}
+        args = {**self.common, "ops": [c.wire() for c in calls]}
         op = str(ops.Op.BATCH)
         result = self._by_agent(op, args, timeout, max_output) or self.transport.run(
             self._argv(op), timeout=timeout, stdin=json.dumps(args).encode("utf-8"),

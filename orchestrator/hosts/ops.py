@@ -90,6 +90,7 @@ class Op(enum.StrEnum):
     AUDIT = "audit"
     KILL_GROUP = "kill-group"
     HEALTH = "health"
+    WARMUP_RUN = "warmup-run"  # the host agent's: orchestrator/hosts/warmup.py `by_agent`
     BATCH = "batch"
 
 

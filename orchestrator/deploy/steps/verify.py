@@ -30,11 +30,11 @@ from orchestrator.deploy.progress import Meter
 from orchestrator.deploy.steps import StepFailed
 from orchestrator.deploy.steps.context import HostContext, Target
 from orchestrator.errors import HostError, InvalidInput
-from orchestrator.hosts import layout, ops
+from orchestrator.hosts import agent, layout, ops
 from orchestrator.hosts.modelfiles import INLINE_MAX_BYTES
 from orchestrator.hosts.shipping import RemoteTools
 from orchestrator.hosts.transport import Transport
-from orchestrator.hosts.warmup import capped, request_path, run_warmup
+from orchestrator.hosts.warmup import Before, capped, request_path, run_warmup
 
 NAME = "verify"
 #: Kept back from the step's budget for the upload before and the manifest after the runner.
@@ -48,7 +48,8 @@ def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
     result, details = verify_release(
         ctx.transport, ctx.tools, ctx.spec, python=ctx.known_environment().interpreter,
         release_path=staged.path, baseline=_baseline(ctx), deadline=deadline,
-        gpus=ctx.gpus, on_progress=_meters(ctx), write=_writer(ctx, staged.path, deadline))
+        gpus=ctx.gpus, on_progress=_meters(ctx),
+        write=SmallFiles(ctx, staged.path, deadline, staging=staged.state == "staging"))
     ctx.warmup = result
     if ctx.gpus:
         details["gpus"] = list(ctx.gpus)
@@ -59,18 +60,34 @@ def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
     return details
 
 
-def _writer(ctx: HostContext, release_path: str,
-            deadline: Deadline) -> Callable[[dict[str, bytes]], bool]:
-    """Small files ({path in the staged release: bytes}) written in one host call (`write-file`
-    ops: one request to the host agent, where two SFTP puts were about a dozen round trips);
-    False when the release is no longer being staged (a resumed, committed one)."""
-    def write(files: dict[str, bytes]) -> bool:
-        calls = [ops.write_file(ctx.app_name, ctx.release_id,
-                                posixpath.relpath(path, release_path), data)
-                 for path, data in files.items()]
-        replies = ctx.ops.batch(calls, timeout=deadline.timeout())
+class SmallFiles:
+    """Small files ({path in the staged release: bytes}) by `write-file` ops: one request to the
+    host agent, where two SFTP puts were about a dozen round trips. `along` hands them to the
+    runner's start instead (the host agent's `warmup-run` runs them first: one round trip
+    less), when the release is being staged (a write then always writes) and the runner goes
+    through the agent; else `write` sends them now, False when the release is no longer being
+    staged (a resumed, committed one: `write-file` leaves it as it is)."""
+
+    def __init__(self, ctx: HostContext, release_path: str, deadline: Deadline, *,
+                 staging: bool) -> None:
+        self.ctx, self.release_path, self.deadline = ctx, release_path, deadline
+        self.staging = staging
+
+    def calls(self, files: dict[str, bytes]) -> list[ops.OpCall[Any]]:
+        return [ops.write_file(self.ctx.app_name, self.ctx.release_id,
+                               posixpath.relpath(path, self.release_path), data)
+                for path, data in files.items()]
+
+    def along(self, files: dict[str, bytes]) -> Before | None:
+        ctx = self.ctx
+        if not self.staging or ctx.tools is None \
+                or agent.running_from(ctx.transport, ctx.tools.root) is None:
+            return None
+        return ctx.ops, self.calls(files)
+
+    def write(self, files: dict[str, bytes]) -> bool:
+        replies = self.ctx.ops.batch(self.calls(files), timeout=self.deadline.timeout())
         return all(reply.get("written") is True for reply in replies)
-    return write
 
 
 def _meters(ctx: HostContext) -> Callable[[Iterations], None]:
@@ -154,27 +171,30 @@ def verify_release(transport: Transport, tools: RemoteTools, spec: Spec, *, pyth
                    release_path: str, baseline: dict[str, Any] | None,
                    deadline: Deadline, gpus: tuple[str, ...] = (),
                    on_progress: Callable[[Iterations], None] | None = None,
-                   write: Callable[[dict[str, bytes]], bool] | None = None,
+                   write: SmallFiles | None = None,
                    ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run the warmup and the gates; returns (the raw result for the manifest, event details).
     Raises StepFailed naming every failing gate. `write` (a small golden file and the runner's
-    request into the staged release in one host call) is used when given and it can."""
+    request into the staged release in one host call, or along with the runner's start) is
+    used when given and it can."""
     golden = layout.release_golden(release_path)
     budget = max(1.0, min(float(spec.verify.timeout_s), deadline.remaining() - RESERVE_S))
     request = WarmupRequest.from_spec(
         spec, model_path=remote_model_path(release_path, spec.paths.model), golden_path=golden,
         deadline_s=budget)
-    timeout, written = deadline.timeout(), None
+    timeout, written, before = deadline.timeout(), None, None
     if write is not None and spec.paths.golden.stat().st_size <= INLINE_MAX_BYTES:
         path = request_path(release_path)
-        if write({golden: spec.paths.golden.read_bytes(),
-                  path: capped(request, timeout).to_json().encode()}):
+        files = {golden: spec.paths.golden.read_bytes(),
+                 path: capped(request, timeout).to_json().encode()}
+        before = write.along(files)
+        if before is not None or write.write(files):
             written = path
     if written is None:
         transport.put(spec.paths.golden, golden, 0o644)
     result = run_warmup(transport, python, tools, request, timeout=timeout,
                         visible_devices=",".join(gpus) if gpus else None,
-                        on_progress=on_progress, written=written)
+                        on_progress=on_progress, written=written, before=before)
     base = result_from_raw(transport.host, baseline) if baseline else None
     verdicts = gates(result, spec.verify, base)
     failed = [g for g in verdicts if not g.passed]

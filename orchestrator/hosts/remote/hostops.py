@@ -19,7 +19,8 @@ argument checks, atomic writes, flocks, tree hash), hostops_releases (app state,
 the `releases` and `state` views), hostops_stage, hostops_venvs (wheel cache, venvs),
 hostops_receive (wheels and model files streamed on stdin, hashed on arrival), hostops_fetch
 (wheels pulled from an operator's mirror), hostops_pylock (PEP 751 reading), hostops_health
-(a service's health check) and hostops_prune.
+(a service's health check), hostops_prune and hostops_warmup (the warmup runner, for the
+agent).
 Each hostops_* module lists its ops in its own `OPS` (and in `STREAMING` those whose stdin
 carries data after the JSON line); this file gathers them (a new module's ops need no edit).
 
@@ -97,6 +98,11 @@ Ops (arguments besides "root"; what a success adds; failure kinds worth branchin
                         files are removed; needs no "root")
     health              app, mode (url|command), target, budget -> healthy, attempts, error
                         (health.py's check, in this process: hostops_health)
+    warmup-run          python, request, kill_after_s, [visible_devices], [before (ops
+                        run first as a batch: the request file and the golden written in
+                        the same request)] -> exit_code, stdout, stderr, killed, [before:
+                        their replies] (warmup.py run and cleaned up after, its progress
+                        relayed by the agent: hostops_warmup);  output-too-large
     batch               ops [{op, args}] -> results (each op's reply), in order, stopping at
                         the first failure (then the batch fails with its kind, error,
                         failed_op and the results so far): one process for a step's calls
@@ -105,7 +111,9 @@ The host agent, `hostops.py serve DIGEST` (a mode, not an op): one process for a
 deployment on this host, on one SSH channel. It first checks that its own bundle is complete
 (the `.complete` marker beside it holds DIGEST) and says so in one line, then reads requests,
 one JSON object a line on stdin ({"op", "args"}; any op but the streaming ones), and answers
-each with one line, `<exit code> <the reply the op alone would print>`, until stdin ends. The
+each with one line, `<exit code> <the reply the op alone would print>`, until stdin ends; an
+op of `RELAYING` (`warmup-run`, hostops_warmup) may send lines of its own before that reply
+(the warmup runner's `orchestrator-progress ...` lines, never starting with a digit). The
 ops' own children (installers) get /dev/null as stdin and stderr as stdout: the channel's two
 streams carry requests and replies only.
 """
@@ -169,7 +177,7 @@ def op_batch(args):
         raise OpError("bad-args", f"ops must be a list of 1 to {MAX_BATCH} calls")
     for call in calls:
         if not (isinstance(call, dict) and call.get("op") in OPS and call["op"] != "batch"
-                and call["op"] not in STREAMING
+                and call["op"] not in STREAMING and call["op"] not in RELAYING
                 and isinstance(call.get("args", {}), dict)):
             raise OpError("bad-args", f"bad batch entry: {call!r}")
     results = []
@@ -198,11 +206,15 @@ def _gather_ops():
                 raise RuntimeError(f"host op {op!r} is offered twice ({name})")
             found[op] = fn
         STREAMING.update(getattr(module, "STREAMING", ()))
+        RELAYING.update(getattr(module, "RELAYING", ()))
     return found
 
 
 #: Ops whose stdin is one line of JSON arguments followed by data they read themselves.
 STREAMING: set[str] = set()
+#: Ops that take a second argument, `relay(line)`, for lines they send while they run (the
+#: warmup runner's progress): the agent writes them on its channel before the reply.
+RELAYING: set[str] = set()
 OPS = _gather_ops()
 
 
@@ -232,11 +244,17 @@ def _parse(argv):
     return argv[0], args
 
 
-def _run_op(op, args):
+def _run_op(op, args, relay=None):
     """One op's reply (with "ok") and exit code: 0, 1 for a failure, 2 for bad arguments."""
     try:
         check_fence(op, args)
-        return dict(OPS[op](args), ok=True), 0
+        if op not in RELAYING:
+            return dict(OPS[op](args), ok=True), 0
+        before = _before(args)
+        reply = dict(OPS[op](args, relay), ok=True)
+        if before is not None:
+            reply["before"] = before
+        return reply, 0
     except OpError as exc:
         result = dict(exc.extra, ok=False, error=str(exc), kind=exc.kind)
         return result, 2 if exc.kind == "bad-args" else 1
@@ -248,6 +266,17 @@ def _run_op(op, args):
 
         traceback.print_exc()
         return {"ok": False, "error": repr(exc), "kind": "internal"}, 1
+
+
+def _before(args):
+    """A relaying op's "before": ops run first, as a `batch` (root and fence inherited), in the
+    same request: verify's golden file and runner request go with the runner's start. Their
+    replies, or the batch's failure (then the op itself does not run)."""
+    calls = args.pop("before", None)
+    if calls is None:
+        return None
+    inherited = {k: args[k] for k in ("root", "fence") if k in args}
+    return op_batch(dict(inherited, ops=calls))["results"]
 
 
 #: A request line's bound: a step's batch carries a small model's bytes in base64 (write-file).
@@ -299,6 +328,10 @@ def serve(argv):
         replies.write(f"{code} {json.dumps(result, sort_keys=True)}\n".encode())
         replies.flush()
 
+    def relay(line):  # a line an op sends while it runs (never starts with a digit)
+        replies.write(line)
+        replies.flush()
+
     result, code = _hello(argv)
     answer(result, code)
     if code != 0:
@@ -315,7 +348,7 @@ def serve(argv):
         except OpError as exc:
             answer(dict(exc.extra, ok=False, error=str(exc), kind=exc.kind), 2)
             continue
-        answer(*_run_op(op, args))
+        answer(*_run_op(op, args, relay))
 
 
 def main(argv=None):

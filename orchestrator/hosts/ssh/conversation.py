@@ -7,7 +7,9 @@ the controller writes a request line, reads a reply line, and so on. What the ho
 untrusted: a line longer than the caller's limit is `OutputTooLarge`, a reply later than the
 caller's timeout `CommandTimeout`; either way the command's group is killed (the stream is out
 of step, nothing more is read from it). stderr is drained as it comes (a full window would
-stall the command) and only its last bytes kept, for error messages.
+stall the command) and only its last bytes kept, for error messages. Its exec request was
+sent without waiting for the reply (session.py `converse`); a refusal shows here, at the first
+send or read after it, as `CommandFailed` ("the host refused to run it").
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from collections.abc import Callable
 
 import paramiko
 
-from orchestrator.errors import CommandTimeout, HostUnreachable, OutputTooLarge
+from orchestrator.errors import (
+    CommandFailed,
+    CommandTimeout,
+    HostError,
+    HostUnreachable,
+    OutputTooLarge,
+)
 
 _READ_CHUNK = 1 << 16
 _STDERR_TAIL = 1 << 14
@@ -47,8 +55,7 @@ class SshConversation:
             raise CommandTimeout(self.host, f"{self.command} did not take a request within "
                                             f"{timeout:.3g} s; stopped") from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise HostUnreachable(self.host, f"connection lost talking to {self.command}: "
-                                             f"{exc}") from exc
+            raise self._lost(f": {exc}") from exc
 
     def read_line(self, *, timeout: float, limit: int) -> bytes:
         deadline = time.monotonic() + timeout
@@ -61,8 +68,7 @@ class SshConversation:
                     rest, self._buf = self._buf, b""
                     return rest  # b"" (or an unterminated last piece) once stdout ended
                 if self._chan.closed and not self._chan.recv_ready():
-                    raise HostUnreachable(self.host, f"connection lost talking to "
-                                                     f"{self.command}")
+                    raise self._lost("")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self.kill()
@@ -71,8 +77,17 @@ class SshConversation:
                 select.select([self._chan], [], [], min(remaining, 0.5))
                 self._drain()
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise HostUnreachable(self.host, f"connection lost talking to {self.command}: "
-                                             f"{exc}") from exc
+            raise self._lost(f": {exc}") from exc
+
+    def _lost(self, detail: str) -> HostError:
+        """The channel closed under us: the host refused the exec (session.py sends it without
+        waiting for its reply; a refusal closes the channel and never marks it ready), or the
+        connection dropped."""
+        transport = self._chan.get_transport()
+        if not self._chan.event_ready and transport is not None and transport.is_active():
+            return CommandFailed(self.host, self.command, -1, "",
+                                 "the host refused to run it (its SSH exec request failed)")
+        return HostUnreachable(self.host, f"connection lost talking to {self.command}{detail}")
 
     def _drain(self) -> None:
         while self._chan.recv_stderr_ready():

@@ -100,6 +100,21 @@ class _Capture:
         return (b"".join(self.chunks) + rest).decode("utf-8", "replace")
 
 
+def _exec_unconfirmed(chan: paramiko.Channel, command: str) -> None:
+    """`chan.exec_command(command)` without its wait for the server's reply (paramiko has no
+    public call for it): the same request, want-reply set, so that paramiko's own handlers
+    still mark the channel ready on success (`event_ready`) or close it on failure."""
+    m = paramiko.Message()
+    m.add_byte(paramiko.common.cMSG_CHANNEL_REQUEST)
+    m.add_int(chan.remote_chanid)
+    m.add_string("exec")
+    m.add_boolean(True)
+    m.add_string(command)
+    # Private to paramiko (untyped there): what exec_command does, minus its wait.
+    chan._event_pending()  # type: ignore[attr-defined]
+    chan.get_transport()._send_user_message(m)  # type: ignore[attr-defined]
+
+
 class SshTransport:
     """One paramiko connection to one host; one SFTP channel opened lazily and reused."""
 
@@ -153,11 +168,17 @@ class SshTransport:
 
     def converse(self, argv: Sequence[str]) -> SshConversation:
         """Start `argv` on its own channel, its stdin left open (conversation.py): wrapped as
-        `run` wraps a command, so a timeout or a dropped connection kills its group."""
+        `run` wraps a command, so a timeout or a dropped connection kills its group.
+
+        The exec request is sent without waiting for its reply (one round trip less: the
+        caller's first line goes right behind it, and sshd handles a channel's messages in
+        order, so the line reaches the started command). The reply still comes: a refusal
+        closes the channel, and the conversation's first read or send says the host refused
+        to run the command (conversation.py)."""
         command = command_line(argv)
         chan = self._open_channel()
         try:
-            chan.exec_command(f"{_WRAP_BEFORE}{command}{_WRAP_AFTER}")
+            _exec_unconfirmed(chan, f"{_WRAP_BEFORE}{command}{_WRAP_AFTER}")
         except (paramiko.SSHException, OSError, EOFError) as exc:
             chan.close()
             raise HostUnreachable(self.host, f"connection lost starting {command}: {exc}") from exc
