@@ -95,6 +95,19 @@ def tar_of(members: list[tarfile.TarInfo], path: Path, data: bytes = b"x" * 32) 
 # ---------------------------------------------------------------- the controller's archive
 
 
+
+def test_prefetch_builds_in_a_child_that_ensure_bundle_then_reads(tmp_path: Path) -> None:
+    cache, wheels = tmp_path / "bc", small_wheels()
+    assert bytecode.prefetch(wheels, MINOR, interpreter(), cache)
+    assert not bytecode.prefetch(wheels, MINOR, interpreter(), cache)  # one child per key
+    key = bytecode.bundle_key(wheels, MINOR)
+    child = bytecode._children[key]
+    assert child.wait(timeout=120) == 0
+    built = bytecode.ensure_bundle(wheels, MINOR, interpreter(), cache)
+    assert built is not None and built.cached  # the child built it; this call only read it
+    assert not bytecode.prefetch(wheels, MINOR, interpreter(), cache)  # cached: nothing to do
+    assert key not in bytecode._children  # the ended child was reaped
+
 def test_the_archive_holds_only_checked_hash_pyc_of_the_wheels_sources(
         bundle: bytecode.Bundle, tmp_path: Path) -> None:
     with tarfile.open(bundle.path) as tar:

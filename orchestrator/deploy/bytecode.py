@@ -12,7 +12,10 @@ built once per key under a file lock, so concurrent deploys and a fleet's hosts 
 
 The install step ships it only to a host that really builds the venv (venv-ensure's
 BYTECODE_MISSING, as with uv); the host unpacks it before the venv's completion marker
-(remote/hostops_bytecode.py).
+(remote/hostops_bytecode.py). So that a new lock's first deploy does not wait for the whole
+build there, the stage step of a host that lacks wheels calls `prefetch`: the build starts in a
+child process (`python -m orchestrator.deploy.bytecode`, no thread of ours) while the wheels
+travel, and the install step's `ensure_bundle` waits on its file lock and reads its result.
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from orchestrator.core.hashing import hash_file
 from orchestrator.deploy.wheelcache import Wheel
@@ -92,6 +97,41 @@ def ensure_bundle(wheels: Mapping[str, Wheel], python_minor: str, interpreter: s
         if found is not None:
             return found if found.files else None
         return _build(wheels, interpreter, cache_dir, key)
+
+
+#: Builds started by `prefetch` in this process, by key: reaped once they end.
+_children: dict[str, subprocess.Popen[bytes]] = {}
+_children_guard = threading.Lock()
+
+
+def prefetch(wheels: Mapping[str, Wheel], python_minor: str, interpreter: str,
+             cache_dir: Path) -> bool:
+    """Start building the archive in a child process, unless it is cached or a child of ours
+    already builds it; True when one was started. Whatever happens to the child, nothing
+    depends on it: `ensure_bundle` finds its archive, or waits for its lock, or builds."""
+    key = bundle_key(wheels, python_minor)
+    with _children_guard:
+        for done in [k for k, child in _children.items() if child.poll() is not None]:
+            del _children[done]
+        if key in _children or _cached(cache_dir, key) is not None:
+            return False
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        order = {"python_minor": python_minor, "interpreter": interpreter,
+                 "cache_dir": str(cache_dir),
+                 "wheels": {sha: [w.filename, str(w.path)] for sha, w in wheels.items()}}
+        child = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert child.stdin is not None
+        with child.stdin:
+            child.stdin.write(json.dumps(order).encode())
+        _children[key] = child
+        return True
+
+
+def _build_from_order(order: Mapping[str, Any]) -> None:
+    """The child's side of `prefetch`."""
+    wheels = {sha: Wheel(sha, name, Path(path)) for sha, (name, path) in order["wheels"].items()}
+    ensure_bundle(wheels, order["python_minor"], order["interpreter"], Path(order["cache_dir"]))
 
 
 def _cached(cache_dir: Path, key: str) -> Bundle | None:
@@ -187,3 +227,7 @@ def _pack(site: Path, archive: Path) -> int:
             info.size, info.mode, info.mtime = len(data), 0o644, 0
             tar.addfile(info, io.BytesIO(data))
     return len(pycs)
+
+
+if __name__ == "__main__":  # prefetch's child: the order as JSON on stdin
+    _build_from_order(json.loads(sys.stdin.buffer.read()))

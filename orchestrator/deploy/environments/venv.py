@@ -12,6 +12,7 @@ that builds also gets the lock's .pyc archive, compiled once on the controller
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import subprocess
 import zipfile
@@ -135,6 +136,16 @@ def platform_of(facts: HostFacts) -> str:
     system = facts.os.get("system", "linux").lower()
     libc = facts.os.get("libc", "")
     return "-".join(p for p in (system, facts.machine, libc) if p)
+
+
+def prefetch_bytecode(ctx: HostContext, wheels: Mapping[str, Wheel]) -> None:
+    """Start the lock's .pyc archive building now (a host that lacks wheels will build its
+    venv), so that its install step finds it built or nearly: deploy/bytecode.py `prefetch`."""
+    facts = ctx.known_facts()
+    python, _ = _bytecode_interpreter(ctx, facts)
+    if python is not None and ctx.inputs.bytecode_cache is not None and wheels:
+        with contextlib.suppress(OSError):  # no prefetch: install builds it, as before
+            bytecode.prefetch(wheels, facts.python_minor, python, ctx.inputs.bytecode_cache)
 
 
 def _bytecode_interpreter(ctx: HostContext, facts: HostFacts) -> tuple[str | None, str | None]:
