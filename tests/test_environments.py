@@ -30,6 +30,7 @@ from orchestrator.deploy.inputs import DeployInputs
 from orchestrator.deploy.steps import install, verify
 from orchestrator.deploy.steps.context import HostContext, Target
 from orchestrator.deploy.steps.wheels import wheel_resolver
+from orchestrator.deploy.wheelcache import Wheel
 from orchestrator.errors import InvalidInput
 from orchestrator.hosts.hostops import HostOps
 from orchestrator.hosts.transport import Transport
@@ -129,6 +130,9 @@ class FakeKind:
 
     def key(self, spec: Spec, facts: HostFacts, lock_sha256: str) -> str:
         return lock_sha256[:24]
+
+    def prepare(self, ctx: HostContext, wheels: Mapping[str, Wheel]) -> None:
+        return None
 
     def ensure(self, ctx: HostContext, deadline: Deadline) -> BuiltEnvironment:
         key = self.key(ctx.spec, ctx.known_facts(), ctx.lock.sha256)

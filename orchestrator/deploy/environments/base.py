@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # the context names this module's types: import it for annota
     from orchestrator.core.spec import Spec
     from orchestrator.deploy.deadline import Deadline
     from orchestrator.deploy.steps.context import HostContext, Target
+    from orchestrator.deploy.wheelcache import Wheel
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,12 @@ class EnvironmentKind(Protocol):
     def key(self, spec: Spec, facts: HostFacts, lock_sha256: str) -> str:
         """The environment's content address for this host: equal keys, equal contents, so a
         host reuses what it already has. ValueError when the inputs cannot make a key."""
+        ...
+
+    def prepare(self, ctx: HostContext, wheels: Mapping[str, Wheel]) -> None:
+        """`stage` found the host lacking some of these wheels, so `ensure` will build: start
+        now, on the controller, what that build needs and can start early (the venv kind: its
+        .pyc archive). Nothing may depend on it having run or finished."""
         ...
 
     def ensure(self, ctx: HostContext, deadline: Deadline) -> BuiltEnvironment:

@@ -30,6 +30,7 @@ from orchestrator.hosts import ops
 
 if TYPE_CHECKING:  # the context imports base: import it for annotations only
     from orchestrator.deploy.steps.context import HostContext, Target
+    from orchestrator.deploy.wheelcache import Wheel
 
 LAUNCHER = "python"  # remote/hostops_image.py LAUNCHER
 
@@ -45,6 +46,9 @@ class ImageKind:
 
     def key(self, spec: Spec, facts: HostFacts, lock_sha256: str) -> str:
         return lock_sha256  # the archive's sha256: the inputs' "lock" of an image spec
+
+    def prepare(self, ctx: HostContext, wheels: Mapping[str, Wheel]) -> None:
+        """Nothing to start early: the image brings its packages (no wheels are staged)."""
 
     def ensure(self, ctx: HostContext, deadline: Deadline) -> BuiltEnvironment:
         facts, staged, image = ctx.known_facts(), ctx.known_staged(), _image(ctx.inputs.lock)

@@ -49,6 +49,15 @@ class VenvKind:
     def key(self, spec: Spec, facts: HostFacts, lock_sha256: str) -> str:
         return rel.env_hash(facts.python_version, platform_of(facts), lock_sha256)
 
+    def prepare(self, ctx: HostContext, wheels: Mapping[str, Wheel]) -> None:
+        """The lock's .pyc archive starts building now, in a child process, while the wheels
+        travel (deploy/bytecode.py `prefetch`): install then finds it built, or nearly."""
+        facts = ctx.known_facts()
+        python, _ = _bytecode_interpreter(ctx, facts)
+        if python is not None and ctx.inputs.bytecode_cache is not None and wheels:
+            with contextlib.suppress(OSError):  # no prefetch: install builds it, as before
+                bytecode.prefetch(wheels, facts.python_minor, python, ctx.inputs.bytecode_cache)
+
     def ensure(self, ctx: HostContext, deadline: Deadline) -> BuiltEnvironment:
         facts, staged, inputs = ctx.known_facts(), ctx.known_staged(), ctx.inputs
         wheels = inputs.wheels_for(facts, deadline.remaining)
@@ -136,16 +145,6 @@ def platform_of(facts: HostFacts) -> str:
     system = facts.os.get("system", "linux").lower()
     libc = facts.os.get("libc", "")
     return "-".join(p for p in (system, facts.machine, libc) if p)
-
-
-def prefetch_bytecode(ctx: HostContext, wheels: Mapping[str, Wheel]) -> None:
-    """Start the lock's .pyc archive building now (a host that lacks wheels will build its
-    venv), so that its install step finds it built or nearly: deploy/bytecode.py `prefetch`."""
-    facts = ctx.known_facts()
-    python, _ = _bytecode_interpreter(ctx, facts)
-    if python is not None and ctx.inputs.bytecode_cache is not None and wheels:
-        with contextlib.suppress(OSError):  # no prefetch: install builds it, as before
-            bytecode.prefetch(wheels, facts.python_minor, python, ctx.inputs.bytecode_cache)
 
 
 def _bytecode_interpreter(ctx: HostContext, facts: HostFacts) -> tuple[str | None, str | None]:

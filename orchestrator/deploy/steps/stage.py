@@ -20,7 +20,7 @@ from orchestrator.core.hashing import hash_file
 from orchestrator.core.progress import BYTES
 from orchestrator.core.spec import Spec
 from orchestrator.deploy.deadline import Deadline
-from orchestrator.deploy.environments.venv import prefetch_bytecode
+from orchestrator.deploy.environments.registry import environment_for
 from orchestrator.deploy.peers import deliver, platform_key
 from orchestrator.deploy.steps import StepFailed
 from orchestrator.deploy.steps.context import HostContext, Target
@@ -47,8 +47,8 @@ def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
             details, missing = _stage_in_one_call(ctx, small, sorted(wheels), deadline)
         else:
             details, missing = _stage_by_sftp(ctx, sorted(wheels), deadline)
-        if missing:  # this host will build a venv: its .pyc archive builds meanwhile
-            prefetch_bytecode(ctx, wheels)
+        if missing:  # this host will build its environment: what it needs starts now
+            environment_for(spec).prepare(ctx, wheels)
         source = spec.environment.wheel_source
         if source is not None:  # the hosts pull from the operator's mirror, by hash
             pushed = ctx.ops.fetch_wheels(
