@@ -41,6 +41,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from orchestrator.core import hostjson
 from orchestrator.errors import BadHostOutput, HostError
 from orchestrator.hosts import shipping
 from orchestrator.hosts.shipping import RemoteTools
@@ -176,7 +177,7 @@ class HostAgent:
 def _hello_ok(line: bytes) -> bool:
     word, _, text = line.rstrip(b"\n").partition(b" ")
     try:
-        hello = json.loads(text)
+        hello = hostjson.loads(text)
     except ValueError:
         return False
     return word == b"0" and isinstance(hello, dict) and hello.get("ok") is True \

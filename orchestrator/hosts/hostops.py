@@ -98,7 +98,7 @@ class HostOps:
         # Every call's arguments: root, and {deployment, token}, the daemon's lease, checked
         # by the host at every op that changes the app (remote/hostops_host.py `check_fence`).
         self.common: dict[str, Any] = {"root": self.root, **({"fence": dict(fence)} if fence
-                                                              else {})}
+                                                             else {})}
         self._tools: RemoteTools | None = None
 
     @property

@@ -20,6 +20,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 
+from orchestrator.core import hostjson
 from orchestrator.errors import BadHostOutput, HostError
 from orchestrator.hosts import shipping
 from orchestrator.hosts.transport import Conversation, Converser, Transport
@@ -91,8 +92,8 @@ def start_peer_server(transport: Transport, deploy_root: str, *, bind: str, toke
 
 def _port(host: str, line: bytes, conv: Conversation) -> int:
     try:
-        reply = json.loads(line)
-    except ValueError:
+        reply = hostjson.loads(line)
+    except ValueError:  # HostJsonError too: not JSON within our bounds
         reply = None
     if isinstance(reply, dict) and reply.get("ok") is False and isinstance(reply.get("error"),
                                                                          str):

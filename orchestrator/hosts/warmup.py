@@ -61,6 +61,7 @@ RUN_OP = str(ops.Op.WARMUP_RUN)
 #: Host ops to run before the runner, and the HostOps (root, fence) they are calls of.
 Before = tuple[HostOps, Sequence[OpCall[Any]]]
 
+
 def _tools_root(tools_dir: RemoteTools | str) -> str:
     return tools_dir.root if isinstance(tools_dir, RemoteTools) else tools_dir
 
@@ -133,7 +134,6 @@ def run_warmup(transport: Transport, python: str, tools_dir: RemoteTools | str,
         transport.put(request.to_json().encode(), req_path, 0o600)
     else:  # the caller put `capped(request, timeout)` there, with other files in one call
         req_path = written
-    pid_path = f"{req_path}.pid"
     argv = warmup_argv(python, _script(tools_dir), req_path, deadline, visible_devices)
     lines = ProgressLines()
 
@@ -154,16 +154,16 @@ def run_warmup(transport: Transport, python: str, tools_dir: RemoteTools | str,
         out = transport.run(argv, timeout=deadline + KILL_GRACE_S + TRANSPORT_GRACE_S,
                             check=False, max_output=MAX_OUTPUT, on_stderr=progress)
     except CommandTimeout:
-        _kill_group(transport, tools_dir, pid_path, req_path)
+        _kill_group(transport, tools_dir, req_path)
         return killed_result(host, deadline, "the transport gave up on the runner")
     except HostError:
-        _kill_group(transport, tools_dir, pid_path, req_path)
+        _kill_group(transport, tools_dir, req_path)
         raise
     if lines.error is not None:
-        _kill_group(transport, tools_dir, pid_path, req_path)
+        _kill_group(transport, tools_dir, req_path)
         raise BadHostOutput(host, lines.error)
     if not out.stdout.strip() or out.exit_code not in (0, 1, 2):
-        _kill_group(transport, tools_dir, pid_path, req_path)
+        _kill_group(transport, tools_dir, req_path)
     return _judged(host, out, lines, deadline)
 
 
@@ -201,10 +201,10 @@ def by_agent(serving: agent.HostAgent, tools_dir: RemoteTools | str, python: str
                            timeout=deadline + KILL_GRACE_S + TRANSPORT_GRACE_S,
                            max_output=MAX_OUTPUT * 2, on_line=progress)
     except CommandTimeout:  # the agent is killed; the runner leads a group of its own
-        _kill_group(serving.transport, tools_dir, f"{req_path}.pid", req_path)
+        _kill_group(serving.transport, tools_dir, req_path)
         return CommandResult(RUN_OP, -9, "", "", 0.0)
     except BaseException:  # the wire, garbage, or `progress` raised: the agent is gone too
-        _kill_group(serving.transport, tools_dir, f"{req_path}.pid", req_path)
+        _kill_group(serving.transport, tools_dir, req_path)
         raise
     if out is None:
         return None
@@ -231,11 +231,10 @@ def _parse(host: str, out: CommandResult) -> WarmupResult:
                                   f"{tail or 'empty'})") from exc
 
 
-def _kill_group(transport: Transport, tools_dir: RemoteTools | str, pid_path: str,
-                req_path: str) -> None:
+def _kill_group(transport: Transport, tools_dir: RemoteTools | str, req_path: str) -> None:
     """Kill the runner's group (it may have left processes), and remove the request: the
     `kill-group` op, which needs no deploy root (the system python3, not the venv's)."""
-    call = ops.kill_group(pid_path, req_path)
+    call = ops.kill_group(f"{req_path}.pid", req_path)  # the runner writes its pid there
     argv = ["python3", "-E", "-S", _script(tools_dir, "hostops.py"), str(call.op),
             "--json-args", "-"]
     # Best effort: the run's outcome matters more than a leftover temp file.
