@@ -121,6 +121,7 @@ class FakeKind:
 
     name = "fake"
     ships_wheels = False
+    needs_engines = False
 
     def __init__(self, takes: bool = True) -> None:
         self.takes = takes

@@ -12,7 +12,9 @@ import pytest
 from orchestrator.core.facts import HostFacts, parse_facts
 from orchestrator.core.inventory import Inventory
 from orchestrator.errors import BadHostOutput
-from orchestrator.hosts import ssh
+from orchestrator.hosts import agent, ssh
+from orchestrator.hosts.hostops import HostOpFailed, HostOps
+from orchestrator.hosts.ops import Op, OpCall
 from orchestrator.hosts.pool import Pool
 from orchestrator.hosts.probe import probe_host
 from orchestrator.hosts.remote import probe_engine
@@ -93,3 +95,30 @@ def test_testbed_hosts_report_podman_each_with_its_own_storage(
         assert out.exit_code == 0, out.stderr
         roots.append(out.stdout.strip())
     assert roots == [str(a.containers_dir / "storage"), str(b.containers_dir / "storage")]
+
+
+def test_a_probe_without_engines_does_not_ask_them_and_says_so(
+        testbed: Testbed, inventory: Inventory, pool: Pool) -> None:
+    why = available()
+    if why:
+        pytest.skip(why)
+    host = inventory.hosts[testbed.hosts[0].name]
+    with pool.session(host) as t:
+        asked = probe_host(t, host)
+        skipped = probe_host(t, host, engines=False)
+        with agent.serving(t, host.deploy_root):  # the same op through the host's agent
+            by_agent = probe_host(t, host, engines=False)
+            assert agent.current(t, host.deploy_root, "python3") is not None
+    assert asked.engine is not None and asked.raw["engines"]
+    for facts in (skipped, by_agent):
+        assert facts.raw["engines"] is None and facts.engine is None  # null: not asked
+        assert facts.python_version == asked.python_version and facts.gpus == asked.gpus
+
+
+def test_the_probe_op_refuses_an_engines_argument_that_is_not_a_boolean(
+        inventory: Inventory, pool: Pool) -> None:
+    host = next(iter(inventory.hosts.values()))
+    with pool.session(host) as t:
+        hops = HostOps(t, host.deploy_root)
+        with pytest.raises(HostOpFailed, match="engines must be true or false"):
+            hops.run(OpCall(Op.PROBE, {"engines": "no"}, dict), timeout=60)

@@ -121,7 +121,8 @@ def _keras_model(directory: Path, seed: int) -> tuple[Path, Path]:
 
 
 def _spec(directory: Path, model: Path, golden: Path, *, lock: Path = LOCK,
-          fmt: str = "joblib", name: str = "bench-app") -> Path:
+          fmt: str = "joblib", name: str = "bench-app",
+          rollout: str = "{max_parallel: 16}") -> Path:
     shutil.copy(model, directory / model.name)
     shutil.copy(golden, directory / "golden.npz")
     shutil.copy(lock, directory / "requirements.lock")
@@ -133,7 +134,7 @@ name: {name}
 model: {{path: {model.name}, format: {fmt}, sha256: {hash_path(directory / model.name)}}}
 environment: {{python: "3.11", requirements: requirements.lock}}
 targets: [testbed]
-rollout: {{max_parallel: 16}}
+rollout: {rollout}
 verify: {{golden: golden.npz{method}, warmup_iterations: 5, iterations: 50, timeout_s: 300}}
 service: {{health_command: "test -e current/model/{model.name}", health_timeout_s: 10}}
 """)

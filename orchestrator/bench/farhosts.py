@@ -1,6 +1,8 @@
 """Far-away hosts (issue 15): 8 testbed hosts each a round trip away (`Testbed.up(rtt_ms=..)`:
 network namespaces, netem or the delay relay), the deploy bench's scikit-learn lock and model:
-a cold deploy, then a warm redeploy (new model, same lock), printing per host and step the
+a cold deploy, then a warm redeploy (new model, same lock), each a whole rollout as
+`orchestrator deploy` runs it (the gate's probe and preflight of every host, then all of them
+in one batch), printing per host and step (the gate's exchanges under "gate") the
 seconds and the round trips (commands, uploads, downloads: hosts/counting.py), and the warm
 redeploy's time outside the warmup run per host (target: <= 1.0 s at 50 ms).
 
@@ -29,7 +31,8 @@ from orchestrator.bench import anchors
 from orchestrator.bench.deploy import _mkdir, _model, _Quiet, _spec
 from orchestrator.core.inventory import Inventory, load_inventory
 from orchestrator.core.spec import load_spec
-from orchestrator.deploy.batch import DeployResult, deploy, prepare
+from orchestrator.deploy.batch import DeployResult, prepare
+from orchestrator.deploy.rollout import rollout
 from orchestrator.deploy.steps.registry import STEP_ORDER
 from orchestrator.deploy.steps.wheels import default_cache_dir
 from orchestrator.hosts import ssh
@@ -38,7 +41,9 @@ from orchestrator.hosts.pool import Pool
 from orchestrator.testbed import Testbed, netns
 from orchestrator.testbed.far import parse_rtt
 
-LABELS = ("connect", "lock", *STEP_ORDER, "unlock")
+LABELS = ("connect", "gate", "lock", *STEP_ORDER, "unlock")
+#: Every host at once, as `orchestrator deploy` with these settings runs them.
+ONE_BATCH = "{canary: 0, batch_size: 1000, max_parallel: 16}"
 
 
 class _Where(_Quiet):
@@ -48,9 +53,10 @@ class _Where(_Quiet):
     def __init__(self) -> None:
         super().__init__()
         self.current: dict[str, str] = {}  # not `step`: a sink with one is a StepSink
-        # When the deployment started (every host at once: 8 hosts, 16 sessions) and when
+        # When the rollout started (its gate, then every host at once: 8 hosts) and when
         # each host's deploy lock was released: its whole pipeline, lock and unlock included.
         self.began = 0.0
+        self.gating = False  # the rollout's gate (probe + preflight of every host) is running
         self.ended: dict[str, float] = {}
         self.locked: dict[str, float] = {}
         self._guard = threading.Lock()
@@ -60,8 +66,10 @@ class _Where(_Quiet):
              **details: Any) -> None:
         super().emit(event, host=host, step=step, status=status, duration_ms=duration_ms,
                      level=level, **details)
-        if event == "deployment.started":
-            self.began = time.perf_counter()
+        if event == "rollout.preflight" and status == "started":  # the rollout's start
+            self.began, self.gating = time.perf_counter(), True
+        elif event == "rollout.preflight":
+            self.gating = False
         if host is None:
             return
         with self._guard:
@@ -77,7 +85,7 @@ class _Where(_Quiet):
 
     def of(self, host: str) -> str:
         with self._guard:
-            return self.current.get(host, "lock")
+            return self.current.get(host, "gate" if self.gating else "lock")
 
 
 def _deploy(spec: Path, inv: Inventory, names: list[str]
@@ -98,7 +106,7 @@ def _deploy(spec: Path, inv: Inventory, names: list[str]
                 connect[host.name] = time.perf_counter() - t0
         inputs = prepare(load_spec(spec), wheel_cache=default_cache_dir())
         t0 = time.perf_counter()
-        result = deploy(inputs, hosts, pool=pool, sink=sink, max_parallel=16)
+        result = rollout(inputs, hosts, pool=pool, sink=sink, max_parallel=16).deploy
         wall = time.perf_counter() - t0
     return result, sink, exchanges, connect, wall
 
@@ -129,9 +137,10 @@ def _print(title: str, result: DeployResult, sink: _Where, exchanges: Exchanges,
         for s in STEP_ORDER))
     print(f"  time outside the warmup run per host, steps only (connect + steps - warmup): "
           f"mean {statistics.fmean(outside):.2f} s, max {max(outside):.2f} s")
-    print(f"  of which the deploy lock's call (with the agent's start and the probe): mean "
+    print(f"  of which the gate and the deploy lock's call (the agent's start, the gate's probe, "
+          f"the lock with the pipeline's probe): mean "
           f"{statistics.fmean(sink.locked.get(n, sink.began) - sink.began for n in result.hosts):.2f} s")  # noqa: E501
-    print(f"  time outside the warmup run per host, all of it (connect + lock .. unlock - "
+    print(f"  time outside the warmup run per host, all of it (connect + gate .. unlock - "
           f"warmup): mean {statistics.fmean(whole):.2f} s, max {max(whole):.2f} s "
           "(target <= 1.0 s)")
 
@@ -164,8 +173,8 @@ def run(argv: list[str] | None = None) -> None:
         print(f"farhosts: {args.hosts} hosts {rtt:g} ms away ({relay})")
         inv = load_inventory(tb.inventory_path)
         names = [h.name for h in tb.hosts]
-        v1 = _spec(_mkdir(work / "v1"), *_model(work / "m1", seed=1))
-        v2 = _spec(_mkdir(work / "v2"), *_model(work / "m2", seed=2))
+        v1 = _spec(_mkdir(work / "v1"), *_model(work / "m1", seed=1), rollout=ONE_BATCH)
+        v2 = _spec(_mkdir(work / "v2"), *_model(work / "m2", seed=2), rollout=ONE_BATCH)
         _print("cold deploy", *_deploy(v1, inv, names))
         _print("warm redeploy (new model, same lock)", *_deploy(v2, inv, names))
     finally:

@@ -19,7 +19,8 @@ Probe JSON, schema 1:
      "xid": {"source", "error", "events": [...]} (Xid lines of the kernel log, gpufacts.py),
      "engines": [{"name": "docker" | "podman", "path", "version": str | null,
                   "nvidia_runtime": bool, "cdi_devices": ["nvidia.com/gpu=0"],
-                  "error": str | null}]}     (absent from older probes: no engine known)
+                  "error": str | null}] | null}  (null: not asked, the probe of a release
+                                                   that needs none; absent from older probes)
 """
 
 from __future__ import annotations

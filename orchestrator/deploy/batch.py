@@ -140,7 +140,7 @@ def _deploy_host(transport: Transport, host: Host, inputs: DeployInputs, sink: E
     try:
         held, early = hostlock.acquire_then(
             transport, host.deploy_root, app, inputs.deployment, force=break_lock,
-            token=inputs.fence, then=probe_step.calls(app) if probe_first else (),
+            token=inputs.fence, then=probe_step.calls(inputs.spec) if probe_first else (),
             timeout=max(30.0, PROBE_TIMEOUT_S), max_output=probe_step.MAX_OUTPUT)
     except HostError as exc:
         return _refused(host.name, sink, exc)

@@ -29,11 +29,13 @@ from orchestrator.core.preflight import Status, preflight
 from orchestrator.core.states import DeploymentState, HostStepState
 from orchestrator.deploy.batch import DeployResult, deploy, parallel_of, untouched
 from orchestrator.deploy.control import control_of
+from orchestrator.deploy.environments.registry import environment_for
 from orchestrator.deploy.inputs import DeployInputs
 from orchestrator.deploy.pipeline import EventSink, HostResult, HostStatus, StepReporter
 from orchestrator.deploy.playbook import Playbook
 from orchestrator.deploy.steps.recovery import Settled, undo_host
 from orchestrator.errors import EXIT_DEPLOY_FAILED, EXIT_OK, HostError
+from orchestrator.hosts import agent
 from orchestrator.hosts.pool import Pool
 from orchestrator.hosts.probe import probe_host
 from orchestrator.hosts.transport import Transport
@@ -110,11 +112,13 @@ def rollout(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: Ev
     already finished before a restart (serving this release, reconciled); not deployed
     again, but undone with the others. With `environment.wheel_peers` the hosts' wheel
     servers (orchestrator/deploy/peers.py) are stopped when it ends, however it ends."""
+    agents = agent.Kept()  # the gate's probe starts each host's agent; its pipeline goes on
     try:
         return _rollout(inputs, hosts, pool=pool, sink=sink, max_parallel=max_parallel,
                         cancel=cancel, playbook=playbook, excluded=excluded,
-                        break_lock=break_lock, on_probe=on_probe, done=done)
+                        break_lock=break_lock, on_probe=on_probe, done=done, agents=agents)
     finally:
+        agents.close()
         if inputs.peers is not None:
             inputs.peers.close()
 
@@ -123,7 +127,7 @@ def _rollout(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: E
              max_parallel: int | None, cancel: threading.Event | None,
              playbook: Playbook | None, excluded: Mapping[str, str] | None,
              break_lock: bool, on_probe: OnProbe | None,
-             done: Mapping[str, HostResult] | None) -> RolloutResult:
+             done: Mapping[str, HostResult] | None, agents: agent.Kept) -> RolloutResult:
     ro = inputs.spec.rollout
     total = DeployResult(inputs.deployment, inputs.release_id)
     out = RolloutResult(total)
@@ -133,7 +137,7 @@ def _rollout(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool, sink: E
     total.hosts.update(exclude(excluded or {}, sink))
     ready, refused = preflight_fleet(inputs, [h for h in hosts if h.name not in total.hosts],
                                      pool=pool, sink=sink, max_parallel=parallel,
-                                     on_probe=on_probe)
+                                     on_probe=on_probe, agents=agents)
     total.hosts.update(refused)
     budget = int(ro.max_failed_hosts)
     batches = plan_batches(ready, int(ro.canary), int(ro.batch_size))
@@ -200,18 +204,24 @@ def _must_undo(out: RolloutResult, on_failure: str) -> bool:
 
 
 def preflight_fleet(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool,
-                    sink: EventSink, max_parallel: int, on_probe: OnProbe | None = None
+                    sink: EventSink, max_parallel: int, on_probe: OnProbe | None = None,
+                    agents: agent.Kept | None = None
                     ) -> tuple[list[Host], dict[str, HostResult]]:
     """Probe and preflight every target before any host changes. Returns the hosts that pass,
     and a failed `HostResult` for each that does not (unreachable within the probe's deadline,
     or refused by the preflight): those are reported, counted against the failure budget by
     the caller, and never touched. Each host's pipeline probes again before it stages (facts
-    can change while earlier batches run), so this is a gate, not a cache."""
+    can change while earlier batches run), so this is a gate, not a cache. With `agents`, each
+    host is probed through the agent it opens there, which that host's pipeline goes on with.
+    The container engines are asked only for a kind that runs with one."""
     sink.emit("rollout.preflight", status="started", hosts=[h.name for h in hosts])
+    engines = environment_for(inputs.spec).needs_engines
 
     def check(transport: Transport, host: Host) -> list[str]:
+        if agents is not None:
+            agents.open(transport, host.deploy_root)
         try:
-            facts = probe_host(transport, host)
+            facts = probe_host(transport, host, engines=engines)
         except HostError as exc:
             if on_probe is not None:
                 on_probe(host, exc)

@@ -64,6 +64,7 @@ class HostAgent:
         self.transport, self.python = transport, python
         self.root = posixpath.normpath(deploy_root)
         self.usable = isinstance(transport, Converser)
+        self.kept = False  # opened by a `Kept` (the rollout's): `serving` leaves it running
         self.requests = 0
         self._conv: Conversation | None = None
         self._command = ""
@@ -192,17 +193,58 @@ _agents_guard = threading.Lock()
 def serving(transport: Transport, deploy_root: str,
             python: str = "python3") -> Iterator[HostAgent]:
     """Within the block, the host's ops under `deploy_root` go through one agent (started at
-    the first op); it is stopped when the block ends."""
+    the first op); it is stopped when the block ends, unless a `Kept` opened it before (the
+    rollout's gate): then the block goes on with that one, and `Kept.close` stops it."""
+    with _agents_guard:
+        kept = _agents.get(transport)
+        if kept is not None and not (kept.kept and kept.usable and kept.python == python
+                                     and kept.root == posixpath.normpath(deploy_root)):
+            kept = None
+    if kept is not None:
+        yield kept
+        return
     agent = HostAgent(transport, deploy_root, python)
     with _agents_guard:
         _agents[transport] = agent
     try:
         yield agent
     finally:
-        with _agents_guard:
-            if _agents.get(transport) is agent:
-                del _agents[transport]
+        _forget(agent)
         agent.close()
+
+
+def _forget(agent: HostAgent) -> None:
+    with _agents_guard:
+        if _agents.get(agent.transport) is agent:
+            del _agents[agent.transport]
+
+
+class Kept:
+    """Agents a rollout keeps open across its phases: its gate probes each host through the
+    agent `open` starts, and that host's pipeline (`serving`) goes on with the same one: one
+    channel, interpreter start and tools check a host, not an exec for the gate's probe and an
+    agent after it (a far host's round trips, eight hosts' interpreters on a busy controller's
+    cores). `close` (the rollout's end, however it ends) stops them all; an agent whose
+    connection the pool closed meanwhile dies with it, and the pipeline starts its own."""
+
+    def __init__(self) -> None:
+        self._agents: list[HostAgent] = []
+        self._guard = threading.Lock()
+
+    def open(self, transport: Transport, deploy_root: str, python: str = "python3") -> None:
+        agent = HostAgent(transport, deploy_root, python)
+        agent.kept = True
+        with _agents_guard:
+            _agents[transport] = agent
+        with self._guard:
+            self._agents.append(agent)
+
+    def close(self) -> None:
+        with self._guard:
+            agents, self._agents = self._agents, []
+        for agent in agents:
+            _forget(agent)
+            agent.close()
 
 
 def current(transport: Transport, deploy_root: str, python: str) -> HostAgent | None:

@@ -317,9 +317,10 @@ def prune(app: str, keep: int, *, grace_s: float = 600.0) -> OpCall[PruneResult]
     return OpCall(Op.PRUNE, {"app": app, "keep": keep, "grace_s": grace_s}, prune_result)
 
 
-def probe() -> OpCall[dict[str, Any]]:
-    """The host's facts (remote/probe.py's object, unparsed: core.facts parses it)."""
-    return OpCall(Op.PROBE, {}, lambda r: dict(r["facts"]))
+def probe(*, engines: bool = True) -> OpCall[dict[str, Any]]:
+    """The host's facts (remote/probe.py's object, unparsed: core.facts parses it); without
+    `engines` the container engines are not asked (their "engines" is null)."""
+    return OpCall(Op.PROBE, {} if engines else {"engines": False}, lambda r: dict(r["facts"]))
 
 
 # -- host actions beside the release ops ------------------------------------------------------

@@ -58,6 +58,13 @@ class EnvironmentKind(Protocol):
         and no wheel is resolved, downloaded or pushed for it."""
         ...
 
+    @property
+    def needs_engines(self) -> bool:
+        """Whether its preflight needs the host's container engines (the probe's "engines"):
+        the pipeline's probe asks for them only then, since asking podman or docker costs the
+        host ~50 ms of CPU on every deploy."""
+        ...
+
     def selects(self, spec: Spec) -> bool:
         """Whether the spec's `environment:` asks for this kind (`registry.environment_for`
         asks each kind in order; the first that says yes builds the environment)."""

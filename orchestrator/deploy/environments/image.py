@@ -40,6 +40,7 @@ class ImageKind:
 
     name = "image"
     ships_wheels = False  # the image brings its packages
+    needs_engines = True  # it runs with the host's engine (preflight: `engine`)
 
     def selects(self, spec: Spec) -> bool:
         return spec.environment.image is not None

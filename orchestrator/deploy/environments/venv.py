@@ -40,6 +40,7 @@ class VenvKind:
 
     name = "venv"
     ships_wheels = True  # built offline from the wheels `stage` pushed into the host's cache
+    needs_engines = False  # a venv needs no container engine
 
     def selects(self, spec: Spec) -> bool:
         # Every spec has `environment.requirements` today: this kind is the registry's last,

@@ -15,6 +15,7 @@ from typing import Any
 from orchestrator.core.facts import MAX_FACTS_BYTES, HostFacts, parse_facts
 from orchestrator.core.spec import Spec
 from orchestrator.deploy.deadline import Deadline
+from orchestrator.deploy.environments.registry import environment_for
 from orchestrator.deploy.steps.context import HostContext, Target
 from orchestrator.errors import BadHostOutput, HostError, OutputTooLarge
 from orchestrator.hosts import ops
@@ -29,15 +30,16 @@ _STATE_BYTES = 1 << 20
 MAX_OUTPUT = MAX_FACTS_BYTES + _STATE_BYTES
 
 
-def calls(app: str) -> list[ops.OpCall[Any]]:
-    """The probe's host ops: the facts and the app's state (deploy/batch.py sends them with the
-    deploy lock when the playbook starts with this step)."""
-    return [ops.probe(), ops.state(app)]
+def calls(spec: Spec) -> list[ops.OpCall[Any]]:
+    """The probe's host ops: the facts (the container engines only for a kind that runs with
+    one) and the app's state (deploy/batch.py sends them with the deploy lock when the playbook
+    starts with this step)."""
+    return [ops.probe(engines=environment_for(spec).needs_engines), ops.state(str(spec.name))]
 
 
 def run(ctx: HostContext, deadline: Deadline) -> dict[str, Any]:
     ctx.tools = ctx.ops.tools()  # ships the tools when missing; once per deployment
-    probe, state = calls(ctx.app_name)
+    probe, state = calls(ctx.spec)
     early, ctx.prefetched = ctx.prefetched, None  # taken under the lock just now: fresh
     try:
         if isinstance(early, HostError):

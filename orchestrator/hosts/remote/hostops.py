@@ -86,7 +86,8 @@ Ops (arguments besides "root"; what a success adds; failure kinds worth branchin
                         history, switching, staging, committed
     prune               app, [keep=5, grace_s=600] -> removed_releases, removed_venvs,
                         removed_wheels, uv_cache_cleared, kept
-    probe               -> facts (probe.py's object, from the same bundle)
+    probe               [engines=true] -> facts (probe.py's object, from the same bundle;
+                        without the container engines, "engines": null, when false)
     free-bytes          [path=root] -> free_bytes (statvfs: what an unprivileged user may use)
     file-exists         path -> exists (a regular file is there)
     deploy-lock         app, owner {deployment, started}, [force] -> lock, resumed;  busy
@@ -148,6 +149,9 @@ def op_probe(args):
     """The host's facts (`probe.py`, shipped in the same bundle, run in this process): the
     probe step then costs one interpreter start with `state` in the same batch, not two."""
     root = root_arg(args)
+    engines = args.get("engines", True)
+    if not isinstance(engines, bool):
+        raise OpError("bad-args", "engines must be true or false")
     import importlib.util
 
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "probe.py")
@@ -157,7 +161,7 @@ def op_probe(args):
     assert spec is not None and spec.loader is not None  # a .py file that exists
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)  # its own directory is sys.path[0]: it finds pynvml there
-    return {"facts": probe.collect(root)}
+    return {"facts": probe.collect(root, engines)}
 
 
 #: A batch may not nest (one level keeps the reply's shape, and its failure, obvious).
