@@ -303,8 +303,11 @@ def _drop_from_reply(op: str, field: str) -> str:
 
 #: step -> (the shipped module patched, what is appended to it, what the failure must say)
 BAD_REPLIES: dict[str, tuple[str, str | tuple[str, str], str]] = {
-    "probe": ("probe.py", "\n_collect = collect\n\n\ndef collect(deploy_root):\n"
-              "    facts = _collect(deploy_root)\n    facts['disk']['free_bytes'] = float('inf')\n"
+    # The rollout's gate probes through the host agent (the op loads probe.py as a module, so
+    # it sees this): the host is refused there, before any host changed.
+    "probe": ("probe.py", "\n_collect = collect\n\n\ndef collect(deploy_root, engines=True):\n"
+              "    facts = _collect(deploy_root, engines)\n"
+              "    facts['disk']['free_bytes'] = float('inf')\n"
               "    return facts\n", "non-finite number Infinity"),
     "stage": ("hostops_stage.py", _drop_from_reply("stage-begin", "path"),
               "host sent an invalid reply to stage-begin: missing field 'path'"),
@@ -363,9 +366,11 @@ def test_a_malformed_reply_fails_that_host_and_every_host_goes_back(
                        "{canary: 1, batch_size: 2, max_failed_hosts: 0}")
         deployment = submit(daemon, spec)
         end = wait_end(daemon, deployment)
-    assert end["state"] == "rolled_back", end["result"]
+    gate = step == "probe"  # refused by the gate: nothing changed anywhere, nothing to undo
+    assert end["state"] == ("failed" if gate else "rolled_back"), end["result"]
     reason = end["result"]["reason"]
     assert "internal error" not in reason and f"1 failed hosts ({bad.name})" in reason, reason
+    assert gate == ("before any host changed" in reason), reason
     failed = [e for e in stored_events(daemon, deployment) if e["host"] == bad.name
               and e["event"] == "step" and e["status"] == "failed"]
     assert [e["step"] for e in failed] == [step] and says in failed[0]["error"], failed

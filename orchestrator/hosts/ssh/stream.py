@@ -11,12 +11,18 @@ receives it hashes as it writes (hostops_receive.py), so nothing is trusted beca
 over this channel.
 
 The controller holds one packet's worth of one file at a time per host, whatever the file's
-size: memory is bounded per host (the file is read as it is sent).
+size: memory is bounded per host (the file is read as it is sent). Hosts of one batch are sent
+the same wheels in the same order at about the same pace, so the pieces one host's stream read
+are kept a while for the others (`SharedReads`, 32 MiB in all): a wheel is read from the page
+cache about once per batch, not once per host (the kernel's copy was 0.44 s of a 4-host cold
+deploy's 2.9 s of controller CPU).
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -25,6 +31,41 @@ from typing import BinaryIO, Protocol
 _PACKET_OVERHEAD = 64
 #: Packets sent per call before the caller drains the host's output again.
 _PACKETS_PER_FEED = 32
+#: What `SharedReads` keeps of the pieces read lately, in all.
+SHARED_READS_BYTES = 32 << 20
+
+#: A piece of a file as read: (device, inode, size, mtime_ns) of the open file, offset, length.
+PieceKey = tuple[int, int, int, int, int, int]
+
+
+class SharedReads:
+    """The pieces of files read lately by any host's stream, oldest dropped first past
+    `limit` bytes: another host's stream of the same file reads them from here. The key holds
+    the open file's identity and mtime, so a file replaced or rewritten is read afresh (and
+    each host hashes what it receives anyway)."""
+
+    def __init__(self, limit: int = SHARED_READS_BYTES) -> None:
+        self.limit, self.held = limit, 0
+        self._pieces: OrderedDict[PieceKey, bytes] = OrderedDict()
+        self._guard = threading.Lock()
+
+    def read(self, fd: int, key: PieceKey) -> bytes:
+        with self._guard:
+            piece = self._pieces.get(key)
+        if piece is not None:
+            return piece
+        piece = os.pread(fd, key[5], key[4])
+        if len(piece) == key[5]:
+            with self._guard:
+                if key not in self._pieces:
+                    self._pieces[key] = piece
+                    self.held += len(piece)
+                while self.held > self.limit:
+                    self.held -= len(self._pieces.popitem(last=False)[1])
+        return piece
+
+
+_READS = SharedReads()
 
 
 class LocalFileError(Exception):
@@ -83,7 +124,8 @@ class FilesFeed:
         self._on_sent, self._sent = on_sent, 0
         self._files = list(files)  # (path, size the header announced)
         self._current: BinaryIO | None = None
-        self._left = 0
+        self._ident = (0, 0, 0, 0)  # the open file's device, inode, size, mtime_ns
+        self._offset = self._left = 0
         self._piece = b""
 
     @property
@@ -124,12 +166,16 @@ class FilesFeed:
                 return b""
             path, self._left = self._files.pop(0)
             self._current = open(path, "rb")  # noqa: SIM115 - closed at its end or by close()
-            if os.fstat(self._current.fileno()).st_size != self._left:
+            st = os.fstat(self._current.fileno())
+            if st.st_size != self._left:
                 raise OSError(f"{path} changed size while it was being sent")
-        piece = self._current.read(min(size, self._left))
+            self._ident, self._offset = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), 0
+        piece = _READS.read(self._current.fileno(),
+                            (*self._ident, self._offset, min(size, self._left)))
         if not piece:
             raise OSError("file shrank while it was being sent")
         self._left -= len(piece)
+        self._offset += len(piece)
         return piece
 
     def close(self) -> None:
