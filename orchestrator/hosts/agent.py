@@ -65,6 +65,7 @@ class HostAgent:
         self.root = posixpath.normpath(deploy_root)
         self.usable = isinstance(transport, Converser)
         self.kept = False  # opened by a `Kept` (the rollout's): `serving` leaves it running
+        self.remembering = False  # its `Kept` started shipping.remember on its connection
         self.requests = 0
         self._conv: Conversation | None = None
         self._command = ""
@@ -234,6 +235,8 @@ class Kept:
     def open(self, transport: Transport, deploy_root: str, python: str = "python3") -> None:
         agent = HostAgent(transport, deploy_root, python)
         agent.kept = True
+        # What the agent's start finds of the tools bundle holds for the pipeline after it.
+        agent.remembering = shipping.remember(transport)
         with _agents_guard:
             _agents[transport] = agent
         with self._guard:
@@ -245,6 +248,8 @@ class Kept:
         for agent in agents:
             _forget(agent)
             agent.close()
+            if agent.remembering:
+                shipping.forget(agent.transport)
 
 
 def current(transport: Transport, deploy_root: str, python: str) -> HostAgent | None:

@@ -91,14 +91,29 @@ _seen_guard = threading.Lock()
 @contextlib.contextmanager
 def remembered(transport: Transport) -> Iterator[None]:
     """Within the block, a bundle found complete on this connection is not read again (nothing
-    on a host removes a tools directory; a deployment is minutes, not days)."""
-    with _seen_guard:
-        _seen[transport] = set()
+    on a host removes a tools directory; a deployment is minutes, not days). Within a
+    `remember` of its own (a rollout's kept agents) it goes on with what that one knows."""
+    started = remember(transport)
     try:
         yield
     finally:
-        with _seen_guard:
-            _seen.pop(transport, None)
+        if started:
+            forget(transport)
+
+
+def remember(transport: Transport) -> bool:
+    """Start remembering on this connection until `forget`; False when already remembering
+    (then whoever started it ends it)."""
+    with _seen_guard:
+        if transport in _seen:
+            return False
+        _seen[transport] = set()
+        return True
+
+
+def forget(transport: Transport) -> None:
+    with _seen_guard:
+        _seen.pop(transport, None)
 
 
 def ensure_tools(transport: Transport, deploy_root: str) -> RemoteTools:
