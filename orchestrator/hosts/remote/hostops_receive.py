@@ -12,12 +12,10 @@ next frame, so the other files still land. A stream that ends early leaves no pa
 
 `file-receive` takes one file the controller ships whole, content-addressed: the uv binary
 (`what` "uv", at bin/uv-<sha prefix>, executable) or a lock's .pyc archive ("bytecode", at
-bytecode/<sha>.tar.gz). Optionally gzip on the wire (`encoding`, `wire_size`): the host
-inflates as it reads, bounded by the announced `size`, and hashes what it writes. It lands under
-a temporary name and is renamed into place only when it hashes right; a short stream
-(`missing-file`), more bytes than announced or allowed (`too-large`) or another hash
-(`hash-mismatch`) leaves nothing behind. The tools bundle itself cannot come this way (this
-script is in it): toolsreceive.py is its receiver.
+bytecode/<sha>.tar.gz). It lands under a temporary name and is renamed into place only when it
+hashes right; a short stream (`missing-file`), more bytes than announced or allowed
+(`too-large`) or another hash (`hash-mismatch`) leaves nothing behind. The tools bundle itself
+cannot come this way (this script is in it): toolsreceive.py is its receiver.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import zlib
 
 import hostlayout
 from hostops_fs import (
@@ -169,26 +166,20 @@ def _size_arg(args, key, bound):
 
 
 def op_file_receive(args, stream=None):
-    """what, sha, size, [encoding "gzip" + wire_size]: see the module docstring. Returns path,
-    bytes (written), wire_bytes."""
+    """what, sha, size: see the module docstring. Returns path and bytes."""
     root, what = root_arg(args), args.get("what")
     if what not in TARGETS:
         raise OpError("bad-args", f"what must be one of {sorted(TARGETS)}: {what!r}")
     path_of, mode, bound = TARGETS[what]
     sha = checked_arg(args, "sha", HASH_RE)
     size = _size_arg(args, "size", bound)
-    encoding = args.get("encoding")
-    if encoding not in (None, "gzip"):
-        raise OpError("bad-args", f"encoding must be gzip or absent: {encoding!r}")
-    wire = size if encoding is None else _size_arg(args, "wire_size", bound)
     final = path_of(root, sha)
     os.makedirs(os.path.dirname(final), exist_ok=True)
     part = f"{final}.part-{os.getpid()}"
     stream = sys.stdin.buffer if stream is None else stream
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        actual = _copy(stream, fd, wire, size, zlib.decompressobj(31) if encoding else None,
-                       f"{what} {final}")
+        actual = _copy(stream, fd, size, f"{what} {final}")
         if actual != sha:
             raise OpError("hash-mismatch", f"{what} {final} arrived as sha256 {actual}, "
                           f"expected {sha}; nothing kept", expected=sha, actual=actual,
@@ -202,39 +193,25 @@ def op_file_receive(args, stream=None):
     os.close(fd)
     os.replace(part, final)
     fsync_dir(os.path.dirname(final))
-    return {"path": final, "bytes": size, "wire_bytes": wire}
+    return {"path": final, "bytes": size}
 
 
-def _copy(stream, fd, wire, size, inflate, name):
-    """Read exactly `wire` bytes of the stream (inflating them when `inflate`), write them to
-    fd, and return the sha256 of what was written, which must be exactly `size` bytes."""
-    digest, left, written = hashlib.sha256(), wire, 0
+def _copy(stream, fd, size, name):
+    """Copy exactly `size` bytes of the stream to fd, and no more may follow; their sha256."""
+    digest, left = hashlib.sha256(), size
     while left:
         chunk = stream.read(min(left, _CHUNK))
         if not chunk:
-            raise OpError("missing-file", f"{name} never arrived whole: {wire - left} of "
-                          f"{wire} bytes", path=name)
+            raise OpError("missing-file", f"{name} never arrived whole: {size - left} of "
+                          f"{size} bytes", path=name)
         left -= len(chunk)
-        if inflate is not None:
-            try:  # at most one byte past the announced size: an inflation bomb stops there
-                chunk = inflate.decompress(chunk, size - written + 1)
-            except zlib.error as exc:
-                raise OpError("hash-mismatch", f"{name} is not gzip: {exc}; nothing kept",
-                              path=name) from None
-        written += len(chunk)
-        if written > size:
-            raise OpError("too-large", f"{name} is larger than the {size} bytes announced; "
-                          "nothing kept", path=name)
         digest.update(chunk)
         view = memoryview(chunk)
         while view:
             view = view[os.write(fd, view):]
     if stream.read(1):
-        raise OpError("too-large", f"{name}: the stream goes on past the {wire} bytes "
+        raise OpError("too-large", f"{name}: the stream goes on past the {size} bytes "
                       "announced; nothing kept", path=name)
-    if written != size or (inflate is not None and not inflate.eof):
-        raise OpError("missing-file", f"{name} never arrived whole: {written} of {size} "
-                      "bytes", path=name)
     return digest.hexdigest()
 
 
