@@ -11,7 +11,7 @@ import json
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def host_op(root: Path, op: str, args: dict[str, Any], data: bytes = b"") -> dict[str, Any]:
+def host_op(root: Path, op: str, args: Mapping[str, Any], data: bytes = b"") -> dict[str, Any]:
     """The op as HostOps sends it: JSON arguments on stdin (a streaming op: one line, then its
     data)."""
     payload = json.dumps({"root": str(root), **args}).encode()
