@@ -34,7 +34,7 @@ from orchestrator.deploy.rollout import rollout
 from orchestrator.errors import CommandFailed
 from orchestrator.hosts import agent, shipping
 from orchestrator.hosts.counting import Counting, Exchanges
-from orchestrator.hosts.hostops import HostOps
+from orchestrator.hosts.hostops import HostOpFailed, HostOps
 from orchestrator.hosts.pool import Pool
 from orchestrator.hosts.shipping import RemoteTools
 from orchestrator.hosts.ssh import HostAddress, SshOptions, SshTransport, connect
@@ -102,6 +102,96 @@ def test_serve_children_cannot_read_requests_or_write_replies(tools: RemoteTools
     out = proc.stdout.decode().splitlines()
     assert [line.split(" ", 1)[0] for line in out] == ["0", "0", "0"], out
     assert b"noise" in proc.stderr
+
+
+# -- the tools bundle by stream: remote/toolsreceive.py as a local process ------------------
+
+class _LocalStreamer:
+    """`run_with_files` as a local process (the receiver's command as shipping builds it), with
+    `mangle` between the controller's bytes and its stdin."""
+
+    host = "local"
+
+    def __init__(self, mangle: Any = None) -> None:
+        self.mangle, self.runs = mangle or (lambda data: data), 0
+
+    def run_with_files(self, argv: list[str], header: bytes, files: Any,
+                       **_: Any) -> CommandResult:
+        assert files == []  # the bundle rides in the header: it is in memory anyway
+        self.runs += 1
+        proc = subprocess.run([sys.executable, *argv[1:]], input=self.mangle(header),
+                              capture_output=True, timeout=60, check=False)
+        return CommandResult(" ".join(argv), proc.returncode, proc.stdout.decode(),
+                             proc.stderr.decode(), 0.0)
+
+
+def _ship_locally(tmp_path: Path, mangle: Any = None) -> tuple[RemoteTools, _LocalStreamer]:
+    streamer = _LocalStreamer(mangle)
+    tools = shipping.expected_tools(str(tmp_path / "root"))
+    shipping._stream(cast(Transport, streamer), cast(Any, streamer), tools, shipping.bundle(),
+                     "python3")
+    return tools, streamer
+
+
+def test_the_bundle_streamed_to_a_fresh_host_is_whole_marked_last_and_serves(
+        tmp_path: Path) -> None:
+    tools, _ = _ship_locally(tmp_path)
+    bundle = shipping.bundle()
+    assert sorted(os.listdir(tools.root)) == sorted([shipping.MARKER,
+                                                     *(n for n, _ in bundle.files)])
+    for name, content in bundle.files:
+        assert Path(tools.script(name)).read_bytes() == content
+    out, code = _serve(tools, tools.digest, [])
+    assert code == 0 and json.loads(out[0].partition(" ")[2])["agent"] == 1
+    # Complete already: the receiver says so without reading the files.
+    again, streamer = _ship_locally(tmp_path, lambda data: data[:-1000])
+    assert again == tools and streamer.runs == 1
+
+
+def _flip(content_of: str) -> Any:
+    """A mangle flipping one byte inside a shipped file's content."""
+    content = dict(shipping.bundle().files)[content_of]
+
+    def mangle(data: bytes) -> bytes:
+        at = data.rindex(content) + len(content) // 2
+        return data[:at] + bytes([data[at] ^ 1]) + data[at + 1:]
+    return mangle
+
+
+@pytest.mark.parametrize(("mangle", "kind", "words"), [
+    (_flip("hostops.py"), "hash-mismatch", "hostops.py arrived as sha256"),
+    (lambda data: data[:-5], "missing-file", "never arrived whole"),
+    (lambda data: data + b"trailing", "too-large", "goes on past"),
+    (lambda data: data.replace(b'"name": "probe.py"', b'"name": "probe.sh"', 1),
+     "hash-mismatch", "not " + shipping.bundle().digest),
+])
+def test_a_bundle_that_arrives_altered_short_or_long_leaves_nothing(
+        tmp_path: Path, mangle: Any, kind: str, words: str) -> None:
+    with pytest.raises(HostOpFailed) as failed:
+        _ship_locally(tmp_path, mangle)
+    assert failed.value.kind == kind and words in str(failed.value), str(failed.value)
+    assert "local" in str(failed.value) and "tools-receive" in str(failed.value)
+    tools = shipping.expected_tools(str(tmp_path / "root"))
+    assert not Path(tools.root).exists() or os.listdir(tools.root) == []
+
+
+def test_a_fresh_host_gets_the_bundle_in_one_stream_and_the_agent_starts_from_it(
+        inventory: Inventory, tmp_path: Path) -> None:
+    """Over the testbed's sshd, a deploy root with no bundle (under this test's own directory:
+    nothing written onto a shared host's root): the agent's hello says so, the bundle goes by
+    one exec, and the agent starts from it; no SFTP at all."""
+    name, root = HOSTS[0], str(tmp_path / "fresh-root")
+    exchanges = Exchanges()
+    with _pool(inventory, exchanges, _Where()) as pool, \
+            pool.session(inventory.hosts[name]) as t, agent.serving(t, root) as serving:
+        assert HostOps(t, root).state("agent-fresh").current is None
+        assert serving.requests == 1
+    kinds = {kind: n for (_, _, kind), n in exchanges.count.items() if n}
+    # The agent's start (its hello: no bundle; the request sent behind the exec is never
+    # read), the bundle's stream, the agent's second start and the request again: no SFTP.
+    assert kinds == {"run": 3, "req": 2}, kinds
+    tools = shipping.expected_tools(root)
+    assert Path(tools.script(shipping.MARKER)).read_text().strip() == tools.digest
 
 
 # -- over SSH: a deploy through the agent, and without it -----------------------------------

@@ -22,7 +22,11 @@ from orchestrator.core.hashing import hash_file
 from orchestrator.core.inventory import Inventory
 from orchestrator.deploy import bytecode
 from orchestrator.deploy.wheelcache import Wheel, from_wheelhouse
+from orchestrator.hosts import layout, shipfile
+from orchestrator.hosts.counting import Counting, Exchanges
+from orchestrator.hosts.hostops import HostOps
 from orchestrator.hosts.pool import Pool
+from orchestrator.hosts.ssh import SshOptions, connect
 from tests.specs import LOCK
 from tests.test_deploy import HOST, run, v1_spec, v2_spec
 from tests.test_hostops import (
@@ -34,6 +38,7 @@ from tests.test_hostops import (
     fill_host_wheels,
     ok,
     remote_module,
+    uv_binary,
 )
 
 MINOR = "3.11"  # the testbed's hosts' python3 (and /usr/bin/python3 here)
@@ -276,6 +281,32 @@ def test_prune_removes_archives_a_cut_deploy_left_after_a_day(wheels_root: Path)
 
 
 # ---------------------------------------------------------------- a deploy
+
+
+def test_uv_and_the_archive_arrive_by_stream_hashed_and_in_place(
+        inventory: Inventory, bundle: bytecode.Bundle, tmp_path: Path) -> None:
+    """Over the testbed's sshd, into a deploy root of this test's own (nothing on a shared
+    host's root): each is one exec channel (`file-receive`), no SFTP put; uv lands at its
+    content address, executable; the archive where venv-ensure takes it as verified."""
+    root, exchanges = str(tmp_path / "fresh-root"), Exchanges()
+    options = SshOptions.for_inventory(inventory)
+    with Pool(options, connector=lambda host: Counting(connect(host, options), exchanges)) \
+            as pool, pool.session(inventory.hosts[HOST]) as t:
+        ops = HostOps(t, root)
+        shipfile.ship_bytecode(ops, bundle.path, bundle.sha256, timeout=60)
+        uv = shipfile.ship_uv(ops, Path(uv_binary()), timeout=60)
+        shipfile.ship_uv(ops, Path(uv_binary()), timeout=60)  # again: the same file, in place
+    assert uv == layout.uv_binary(root, hash_file(uv_binary()))
+    assert subprocess.run([uv, "--version"], capture_output=True, check=True).stdout
+    archive = Path(layout.bytecode_archive(root, bundle.sha256))
+    assert archive.read_bytes() == bundle.path.read_bytes()
+    assert sorted(p.name for p in archive.parent.iterdir()) == [archive.name]  # no .part
+    kinds = {kind: n for (_, _, kind), n in exchanges.count.items() if n}
+    # The tools bundle (its marker read, then its own stream) and one exec a file: no put.
+    assert kinds == {"get": 1, "run": 4}, kinds
+    hb = remote_module("hostops_bytecode")
+    assert hb.bytecode_missing(root, {"want_bytecode": True, "bytecode": {
+        "sha256": bundle.sha256, "size": bundle.size}}) is False
 
 
 def test_a_cold_deploy_ships_the_pyc_and_a_reused_venv_ships_nothing(

@@ -1,7 +1,8 @@
 """Wheels reaching a host's cache (issue 15): `wheels-receive` (the controller's stream, hashed
-on arrival) and `wheels-fetch` (the host pulling from an operator's mirror), each run as a host
-runs it (/usr/bin/python3, the shipped script, real files) against a real local http.server as
-the mirror. The testbed deploys through both are in tests/test_deploy.py."""
+on arrival) and `wheels-fetch` (the host pulling from an operator's mirror); and one file sent
+whole, `file-receive` (uv, a .pyc archive); each run as a host runs it (/usr/bin/python3, the
+shipped script, real files), the mirror a real local http.server. The testbed deploys through
+them are in tests/test_deploy.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import json
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +28,16 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def host_op(root: Path, op: str, args: dict[str, Any], data: bytes = b"") -> dict[str, Any]:
+def host_op(root: Path, op: str, args: Mapping[str, Any], data: bytes = b"") -> dict[str, Any]:
     """The op as HostOps sends it: JSON arguments on stdin (a streaming op: one line, then its
     data)."""
     payload = json.dumps({"root": str(root), **args}).encode()
-    stdin = payload + b"\n" + data if op == "wheels-receive" else payload
+    stdin = payload + b"\n" + data if op in ("wheels-receive", "file-receive") else payload
     proc = subprocess.run([HOST_PYTHON, "-E", "-S", str(SCRIPT), op, "--json-args", "-"],
                           input=stdin, capture_output=True, check=False, timeout=60)
     reply: dict[str, Any] = json.loads(proc.stdout)
-    assert proc.returncode == (0 if reply["ok"] else 1), proc.stderr
+    assert proc.returncode == (0 if reply["ok"] else 2 if reply["kind"] == "bad-args" else 1), \
+        proc.stderr
     return reply
 
 
@@ -149,3 +151,62 @@ def test_a_model_streamed_into_a_staged_release_lands_whole_and_stays_inside_it(
                           + b"\nx", capture_output=True, check=False)
     assert json.loads(proc.stdout)["kind"] == "bad-args" and proc.returncode == 2
     assert not (tmp_path / "evil").exists()
+
+
+# -- file-receive: one content-addressed file (uv, a .pyc archive) --------------------------
+
+UV_BYTES = b"#!/bin/sh\necho uv 0.0.0\n" + bytes(range(256)) * 64
+
+
+def bin_dir(root: Path) -> list[str]:
+    where = root / ".orchestrator" / "bin"
+    return sorted(os.listdir(where)) if where.exists() else []
+
+
+def test_a_file_received_whole_lands_at_its_content_address_executable(tmp_path: Path) -> None:
+    sha = sha256(UV_BYTES)
+    reply = host_op(tmp_path, "file-receive", build.file_receive("uv", sha, len(UV_BYTES)).args,
+                    UV_BYTES)
+    landed = tmp_path / ".orchestrator" / "bin" / f"uv-{sha[:16]}"
+    assert reply == {"ok": True, "path": str(landed), "bytes": len(UV_BYTES)}
+    assert landed.read_bytes() == UV_BYTES and os.access(landed, os.X_OK)
+    assert bin_dir(tmp_path) == [landed.name]  # no .part left
+    archive = b"\x1f\x8b not unpacked here"
+    reply = host_op(tmp_path, "file-receive",
+                    build.file_receive("bytecode", sha256(archive), len(archive)).args, archive)
+    assert Path(reply["path"]).read_bytes() == archive
+    assert reply["path"].endswith(f"bytecode/{sha256(archive)}.tar.gz")
+
+
+def test_a_file_that_hashes_otherwise_is_not_kept_and_the_error_names_it(
+        tmp_path: Path) -> None:
+    sha = sha256(UV_BYTES)
+    altered = bytearray(UV_BYTES)
+    altered[-1] ^= 1
+    reply = host_op(tmp_path, "file-receive", build.file_receive("uv", sha, len(UV_BYTES)).args,
+                    bytes(altered))
+    assert reply["kind"] == "hash-mismatch" and reply["expected"] == sha
+    assert reply["actual"] == sha256(bytes(altered))
+    assert f"uv-{sha[:16]}" in reply["error"] and "nothing kept" in reply["error"]
+    assert bin_dir(tmp_path) == []
+
+
+@pytest.mark.parametrize(("sent", "kind", "words"), [
+    (UV_BYTES[:-10], "missing-file", f"{len(UV_BYTES) - 10} of {len(UV_BYTES)} bytes"),
+    (UV_BYTES + b"more", "too-large", "goes on past"),
+])
+def test_a_short_or_overlong_stream_leaves_nothing(tmp_path: Path, sent: bytes, kind: str,
+                                                   words: str) -> None:
+    call = build.file_receive("uv", sha256(UV_BYTES), len(UV_BYTES))
+    reply = host_op(tmp_path, "file-receive", call.args, sent)
+    assert reply["kind"] == kind and words in reply["error"], reply
+    assert bin_dir(tmp_path) == []
+
+
+def test_a_size_past_the_bound_is_refused_before_a_byte_is_written(tmp_path: Path) -> None:
+    call = build.file_receive("uv", sha256(b"x"), 2 << 30)
+    reply = host_op(tmp_path, "file-receive", call.args, b"x")
+    assert reply["kind"] == "too-large" and str(2 << 30) in reply["error"]
+    assert bin_dir(tmp_path) == []
+    bad = host_op(tmp_path, "file-receive", {**call.args, "size": 1, "what": "../etc"}, b"x")
+    assert bad["kind"] == "bad-args"

@@ -22,7 +22,8 @@ Starting it costs one round trip of its own, the channel's open: the exec reques
 waiting for its reply (ssh/session.py `converse`), the first request right behind it, and the
 agent's first line says whether the tools bundle it runs from is complete (its marker);
 when it is not (a new host, a new controller version) the bundle is shipped
-(shipping.ensure_tools) and the agent started once more. When the deployment's pipeline on
+(shipping.ensure_tools: one streamed exec, no read of the marker first, the hello having said
+it) and the agent started once more. When the deployment's pipeline on
 the host ends, `serving` closes the agent's stdin: it exits on EOF and never outlives it.
 
 A relaying op (`warmup-run`: the warmup runner, orchestrator/hosts/warmup.py `by_agent`) sends
@@ -116,8 +117,10 @@ class HostAgent:
                 shipping.note_complete(self.transport, tools)
                 return True
             self.discard()  # exited before reading `first`: nothing of it ran
-            if attempt == 1:  # most likely the bundle is missing or partial: ship it
-                shipping.ensure_tools(self.transport, self.root)
+            if attempt == 1:  # most likely the bundle is missing or partial: ship it (the
+                # hello said so: no read of the marker first; one stream, toolsreceive.py)
+                shipping.ensure_tools(self.transport, self.root, known_missing=True,
+                                      python=self.python)
         self.usable = False
         return False
 

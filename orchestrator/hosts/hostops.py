@@ -12,7 +12,7 @@ sequences of these calls; every call is idempotent on the host, so a step re-run
 finishes or cleans its own half-done work. The order a deploy uses:
 
     stage_begin -> upload_model + put the lock to .lock_path -> verify_model
-    -> push_wheels (wheels_missing + put + wheels_verify) -> push_uv
+    -> push_wheels (wheels_missing + wheels-receive's stream) -> push_uv (file-receive)
     -> venv_ensure(app=, release_id=) -> stage_commit -> write_manifest -> [warmup]
     -> switch -> [check] -> prune
     failure before switch: abort_stage;  at/after switch: rollback(from_release=new, mark_bad=True)
@@ -41,14 +41,12 @@ from __future__ import annotations
 import json
 import posixpath
 from collections.abc import Callable, Mapping, Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-from orchestrator.core.hashing import hash_file
 from orchestrator.core.release import Manifest
 from orchestrator.errors import BadHostOutput
-from orchestrator.hosts import agent, layout, ops
+from orchestrator.hosts import agent, layout, ops, shipfile
 from orchestrator.hosts.modelfiles import model_files
 from orchestrator.hosts.opresults import (
     AppState,
@@ -104,14 +102,6 @@ class HostOps:
     @property
     def host(self) -> str:
         return self.transport.host
-
-    def ensure_file(self, data_or_path: bytes | Path, remote_path: str, *, mode: int,
-                    timeout: float = DEFAULT_TIMEOUT_S) -> bool:
-        """Upload unless the (content-addressed) remote path exists; True when uploaded."""
-        if self.run(ops.file_exists(remote_path), timeout=timeout):
-            return False
-        self.transport.put(data_or_path, remote_path, mode)
-        return True
 
     def tools(self) -> RemoteTools:
         """The shipped scripts (orchestrator.hosts.shipping: one content-addressed bundle per
@@ -228,7 +218,7 @@ class HostOps:
         if isinstance(self.transport, FileStreamer):  # one channel for every file
             sizes = {rel: path.stat().st_size for rel, path in files.items()}
             call = ops.model_receive(staged.app, staged.release_id, sizes)
-            self._stream(call, [(files[rel], size) for rel, size in sizes.items()], timeout,
+            self.stream(call, [(files[rel], size) for rel, size in sizes.items()], timeout,
                          progress)
         else:
             base = 0
@@ -303,10 +293,10 @@ class HostOps:
         files = [(path, path.stat().st_size) for path in wheels.values()]
         call = ops.wheels_receive({sha: size for sha, (_, size) in zip(wheels, files,
                                                                       strict=True)})
-        return self._stream(call, files, timeout, progress)
+        return self.stream(call, files, timeout, progress)
 
-    def _stream(self, call: OpCall[T], files: Sequence[tuple[Path, int]], timeout: float,
-                progress: FileProgress | None = None) -> T:
+    def stream(self, call: OpCall[T], files: Sequence[tuple[Path, int]], timeout: float,
+               progress: FileProgress | None = None) -> T:
         """Run a streaming op: its arguments as one JSON line, then the files' bytes
         (`progress(0)` is told the bytes sent so far, as a put callback would be)."""
         assert isinstance(self.transport, FileStreamer)
@@ -321,16 +311,16 @@ class HostOps:
                                              result.stdout, result.stderr))
 
     def push_uv(self, uv_binary: Path, *, timeout: float = DEFAULT_TIMEOUT_S) -> str:
-        """Ship the controller's own uv binary once per host, content-addressed; its path."""
+        """Ship the controller's own uv binary once per host, content-addressed, by stream
+        (orchestrator.hosts.shipfile); its path."""
         remote = self.uv_path(uv_binary)
-        self.ensure_file(uv_binary, remote, mode=0o755, timeout=timeout)
+        if not self.run(ops.file_exists(remote), timeout=timeout):
+            shipfile.ship_uv(self, uv_binary, timeout=timeout)
         return remote
 
     def uv_path(self, uv_binary: Path) -> str:
         """Where this uv binary lives on the host (content-addressed; maybe not there yet)."""
-        st = uv_binary.stat()
-        digest = _file_digest(str(uv_binary), st.st_size, st.st_mtime_ns)
-        return layout.uv_binary(self.root, digest)
+        return shipfile.uv_path(self.root, uv_binary)
 
     def venv_ensure(self, env_hash: str, lock_path: str, wheels: Mapping[str, str], *,
                     installer: str = "uv", uv: str | None = None, python: str | None = None,
@@ -393,8 +383,3 @@ class HostOps:
               timeout: float = DEFAULT_TIMEOUT_S) -> PruneResult:
         return self.run(ops.prune(app, keep, grace_s=grace_s), timeout=timeout)
 
-
-@lru_cache(maxsize=8)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    """sha256 of a file, remembered while its size and mtime stay (uv is ~40 MB)."""
-    return hash_file(path)

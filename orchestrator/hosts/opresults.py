@@ -30,6 +30,7 @@ class OpKind(enum.StrEnum):
     WHEEL_HASH_MISMATCH = "wheel-hash-mismatch"
     MISSING_WHEEL = "missing-wheel"
     MISSING_FILE = "missing-file"    # model-receive: the stream ended inside a file
+    TOO_LARGE = "too-large"          # file-receive: more bytes than announced or allowed
     MIRROR_UNREACHABLE = "mirror-unreachable"  # wheels-fetch: the host cannot get the mirror's
     VENV_FAILED = "venv-failed"
     INSTALL_FAILED = "install-failed"

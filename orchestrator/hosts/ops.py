@@ -69,6 +69,7 @@ class Op(enum.StrEnum):
     WHEELS_RECEIVE = "wheels-receive"
     WHEELS_FETCH = "wheels-fetch"
     MODEL_RECEIVE = "model-receive"
+    FILE_RECEIVE = "file-receive"
     VENV_ENSURE = "venv-ensure"
     IMAGE_PRESENT = "image-present"
     IMAGE_ENSURE = "image-ensure"
@@ -187,6 +188,13 @@ def wheels_receive(sizes: Mapping[str, int]) -> OpCall[tuple[str, ...]]:
     return OpCall(Op.WHEELS_RECEIVE,
                   {"files": [{"sha": sha, "size": size} for sha, size in sizes.items()]},
                   _tuple("verified"))
+
+
+def file_receive(what: str, sha256: str, size: int) -> OpCall[str]:
+    """The header of one file sent whole ("uv" or "bytecode", hostops_receive.py TARGETS): the
+    host hashes it as it writes it and keeps it only when it is `sha256`. Not for `batch`."""
+    return OpCall(Op.FILE_RECEIVE, {"what": what, "sha": sha256, "size": size},
+                  _field("path", str))
 
 
 def model_receive(app: str, release_id: str,

@@ -4,7 +4,8 @@ Keyed by (Python major.minor, platform, lock sha256) (`core.release.env_hash`), 
 `<deploy_root>/.orchestrator/venvs/<env_hash>/`, shared by every release and app with the same
 key, and each release links it as `<release>/venv`. It is reused when it is complete, else built
 at that final path (a venv is not relocatable) with `--require-hashes`, offline, from the wheels
-`stage` pushed, by uv (shipped to the host only when a venv must really be built) or pip, and
+`stage` pushed, by uv (shipped to the host only when a venv must really be built, by stream:
+hosts/shipfile.py) or pip, and
 marked complete last; the host op `venv-ensure` does all of that under the venv's lock. A host
 that builds also gets the lock's .pyc archive, compiled once on the controller
 (deploy/bytecode.py), unpacked before the marker: its first import reads bytecode.
@@ -28,7 +29,7 @@ from orchestrator.deploy import bytecode
 from orchestrator.deploy.deadline import Deadline
 from orchestrator.deploy.environments.base import BuiltEnvironment
 from orchestrator.deploy.wheelcache import Wheel
-from orchestrator.hosts import layout
+from orchestrator.hosts import layout, shipfile
 from orchestrator.hosts.hostops import HostOpFailed, OpKind, VenvResult
 
 if TYPE_CHECKING:  # the context imports base: import it for annotations only
@@ -87,10 +88,11 @@ class VenvKind:
                 # Only a venv that must be built needs these: ship them (uv once per host).
                 if exc.kind is OpKind.UV_MISSING:
                     assert uv is not None  # need_uv is only sent with a uv path
-                    ctx.transport.put(local_uv(), uv, 0o755,
-                                      ctx.progress.upload("install", "uv", local_uv()))
+                    shipfile.ship_uv(ctx.ops, local_uv(), timeout=deadline.timeout(),
+                                     progress=ctx.progress.upload("install", "uv", local_uv()))
                 if exc.details.get("bytecode_missing") and python is not None:
-                    shipped = _ship_bytecode(ctx, wheels, facts.python_minor, python)
+                    shipped = _ship_bytecode(ctx, wheels, facts.python_minor, python,
+                                             deadline)
                     ref = shipped.pop("ref", None)
                     python = python if ref is not None else None
         assert out is not None  # the loop breaks with it or raises
@@ -163,9 +165,9 @@ def _bytecode_interpreter(ctx: HostContext, facts: HostFacts) -> tuple[str | Non
 
 
 def _ship_bytecode(ctx: HostContext, wheels: Mapping[str, Wheel], python_minor: str,
-                   python: str) -> dict[str, Any]:
-    """Build (once per lock and Python, cached) and upload the .pyc archive; what happened,
-    with "ref" (sha256, size) when it was uploaded."""
+                   python: str, deadline: Deadline) -> dict[str, Any]:
+    """Build (once per lock and Python, cached) and send the .pyc archive (by stream: the host
+    keeps it only if it hashes right); what happened, with "ref" (sha256, size) when sent."""
     assert ctx.inputs.bytecode_cache is not None  # _bytecode_interpreter said it is on
     try:
         bundle = bytecode.ensure_bundle(wheels, python_minor, python, ctx.inputs.bytecode_cache)
@@ -173,8 +175,7 @@ def _ship_bytecode(ctx: HostContext, wheels: Mapping[str, Wheel], python_minor: 
         return {"shipped": False, "reason": f"building the .pyc archive failed: {exc}"}
     if bundle is None:
         return {"shipped": False, "reason": "the lock holds no Python source"}
-    remote = layout.bytecode_archive(ctx.ops.root, bundle.sha256) + ".part"
-    ctx.transport.put(bundle.path, remote, 0o644,
-                      ctx.progress.upload("install", "bytecode", bundle.path))
+    shipfile.ship_bytecode(ctx.ops, bundle.path, bundle.sha256, timeout=deadline.timeout(),
+                           progress=ctx.progress.upload("install", "bytecode", bundle.path))
     return {"ref": (bundle.sha256, bundle.size), "archive_bytes": bundle.size,
             "archive_files": bundle.files, "build_s": bundle.build_s, "cached": bundle.cached}

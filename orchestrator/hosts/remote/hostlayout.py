@@ -74,6 +74,11 @@ def bytecode_archive(root: str, sha256: str) -> str:
     return orch_path(root, "bytecode", sha256 + ".tar.gz")
 
 
+def uv_binary(root: str, sha256: str) -> str:
+    """The controller's uv binary, named by a prefix of its sha256 (file-receive "uv")."""
+    return orch_path(root, "bin", "uv-" + sha256[:16])
+
+
 def model_dir(release: str) -> str:
     return os.path.join(release, MODEL)
 

@@ -56,6 +56,9 @@ Ops (arguments besides "root"; what a success adds; failure kinds worth branchin
                         (hostops_receive) -> verified;  wheel-hash-mismatch, missing-wheel
     model-receive       app, release_id, files [{path, size}] likewise, into the staged
                         release -> files, bytes;  not-found, missing-file
+    file-receive        what ("uv"|"bytecode"), sha, size on its stdin's first line, then
+                        the bytes: kept at the content address only if they hash to sha
+                        -> path, bytes;  hash-mismatch, missing-file, too-large
     wheels-fetch        url, layout, wheels [{sha, filename, size}] (hostops_fetch: the host
                         downloads from the mirror) -> verified, bytes;  mirror-unreachable,
                         wheel-hash-mismatch

@@ -9,6 +9,13 @@ Its stdin: one JSON line (the arguments: root, files [{sha, size}, ...]), then e
 reported (`wheel-hash-mismatch`, as `wheels-verify` reports it); the stream is read on to the
 next frame, so the other files still land. A stream that ends early leaves no partial file:
 `missing-wheel` names what never arrived whole.
+
+`file-receive` takes one file the controller ships whole, content-addressed: the uv binary
+(`what` "uv", at bin/uv-<sha prefix>, executable) or a lock's .pyc archive ("bytecode", at
+bytecode/<sha>.tar.gz). It lands under a temporary name and is renamed into place only when it
+hashes right; a short stream (`missing-file`), more bytes than announced or allowed
+(`too-large`) or another hash (`hash-mismatch`) leaves nothing behind. The tools bundle itself
+cannot come this way (this script is in it): toolsreceive.py is its receiver.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import hashlib
 import os
 import sys
 
+import hostlayout
 from hostops_fs import (
     HASH_RE,
     RELEASE_RE,
@@ -140,6 +148,74 @@ def op_model_receive(args, stream=None):
     return {"files": len(files), "bytes": written}
 
 
-OPS = {"wheels-receive": op_wheels_receive, "model-receive": op_model_receive}
+#: What `file-receive` may write: its path by sha256, its mode, its bound once unpacked.
+TARGETS = {
+    "uv": (hostlayout.uv_binary, 0o755, 1 << 30),  # uv 0.9: ~40 MB
+    "bytecode": (hostlayout.bytecode_archive, 0o644, 4 << 30),  # unpacking bounds it again
+}
+
+
+def _size_arg(args, key, bound):
+    value = args.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise OpError("bad-args", f"{key} must be a byte count: {value!r}")
+    if value > bound:
+        raise OpError("too-large", f"{key} {value} is over the {bound} bytes allowed",
+                      size=value, bound=bound)
+    return value
+
+
+def op_file_receive(args, stream=None):
+    """what, sha, size: see the module docstring. Returns path and bytes."""
+    root, what = root_arg(args), args.get("what")
+    if what not in TARGETS:
+        raise OpError("bad-args", f"what must be one of {sorted(TARGETS)}: {what!r}")
+    path_of, mode, bound = TARGETS[what]
+    sha = checked_arg(args, "sha", HASH_RE)
+    size = _size_arg(args, "size", bound)
+    final = path_of(root, sha)
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    part = f"{final}.part-{os.getpid()}"
+    stream = sys.stdin.buffer if stream is None else stream
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        actual = _copy(stream, fd, size, f"{what} {final}")
+        if actual != sha:
+            raise OpError("hash-mismatch", f"{what} {final} arrived as sha256 {actual}, "
+                          f"expected {sha}; nothing kept", expected=sha, actual=actual,
+                          path=final)
+        os.fchmod(fd, mode)
+        os.fsync(fd)  # renamed only once whole on disk: a crash never leaves a torn uv
+    except BaseException:
+        os.close(fd)
+        os.unlink(part)
+        raise
+    os.close(fd)
+    os.replace(part, final)
+    fsync_dir(os.path.dirname(final))
+    return {"path": final, "bytes": size}
+
+
+def _copy(stream, fd, size, name):
+    """Copy exactly `size` bytes of the stream to fd, and no more may follow; their sha256."""
+    digest, left = hashlib.sha256(), size
+    while left:
+        chunk = stream.read(min(left, _CHUNK))
+        if not chunk:
+            raise OpError("missing-file", f"{name} never arrived whole: {size - left} of "
+                          f"{size} bytes", path=name)
+        left -= len(chunk)
+        digest.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view):]
+    if stream.read(1):
+        raise OpError("too-large", f"{name}: the stream goes on past the {size} bytes "
+                      "announced; nothing kept", path=name)
+    return digest.hexdigest()
+
+
+OPS = {"wheels-receive": op_wheels_receive, "model-receive": op_model_receive,
+       "file-receive": op_file_receive}
 #: Ops whose stdin is their arguments' JSON line followed by data (hostops.py reads one line).
 STREAMING = frozenset(OPS)
