@@ -65,7 +65,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     token = ""
     wheels = ""
-    expected = frozenset()
+    expected: frozenset[str] = frozenset()
     wait_s = 0.0
     slots = threading.BoundedSemaphore(1)
 
