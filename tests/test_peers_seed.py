@@ -169,15 +169,18 @@ def test_the_pullers_of_a_seed_whose_stream_fails_fall_back_at_once(
     got: dict[str, Delivery | BaseException] = {}
     took: dict[str, float] = {}
 
+    pulled = [Path(h.deploy_root) / ".orchestrator" / "wheels" / f"{first}.whl"
+              for h in hosts[1:]]
+
     def hold_back(total: int) -> Any:
-        """The seed's stream pauses once its first wheel is sent, until both pullers are at
-        its server: on loopback it would otherwise be over before they ask."""
+        """The seed's stream pauses once its first wheel is sent, until both pullers have
+        pulled it from the seed: on loopback it would otherwise be over before they ask."""
         def sent(_: int) -> Any:
             def at(done: int, _total: int) -> None:
                 if done >= wheels[first].stat().st_size and not paused.is_set():
                     paused.set()
                     deadline = time.monotonic() + 30
-                    while peers.pulling(hosts[0].name) < 2 and time.monotonic() < deadline:
+                    while not all(p.exists() for p in pulled) and time.monotonic() < deadline:
                         time.sleep(0.02)
             return at
         return sent

@@ -124,12 +124,6 @@ class WheelPeers:
         with self._guard:
             return [n for n, h in self._holders.items() if h.key == key and h.broken is None]
 
-    def pulling(self, name: str) -> int:
-        """How many hosts pull from `name` now."""
-        with self._guard:
-            holder = self._holders.get(name)
-            return 0 if holder is None else holder.active
-
     def source(self, host: Host, key: PlatformKey, wait_s: float | None = None, *,
                seed: tuple[Transport, Sequence[str]] | None = None) -> Peer | None:
         """A peer for `host` to pull from (the least busy holder of its platform whose server
