@@ -43,6 +43,7 @@ def test_rtt_selects_the_far_fleet_and_loopback_stays_the_default() -> None:
     (["--hosts", "0"], "--hosts 0"),
     (["--tools", "ssh-uv,chef"], "unknown tool(s) chef"),
     (["--tools", "ssh-uv,project-mirror", "--rtt", "50ms"], "--tools project-mirror with --rtt"),
+    (["--tools", "project-peers", "--rtt", "50ms"], "--tools project-peers with --rtt"),
 ])
 def test_bad_options_exit_2_naming_the_option(argv: list[str], says: str,
                                                capsys: pytest.CaptureFixture[str]) -> None:
@@ -52,15 +53,17 @@ def test_bad_options_exit_2_naming_the_option(argv: list[str], says: str,
     assert says in capsys.readouterr().err
 
 
-def test_project_mirror_is_a_loopback_tool_beside_the_shipping_project() -> None:
-    assert {"project", "project-mirror"} <= set(_options([]).tools)
+def test_project_mirror_and_peers_are_loopback_tools_beside_the_shipping_project() -> None:
+    assert {"project", "project-mirror", "project-peers"} <= set(_options([]).tools)
     assert _options(["--tools", "ssh-uv,project-mirror"]).tools == ["ssh-uv", "project-mirror"]
-    assert "project-mirror" not in _options(["--rtt", "50ms"]).tools
+    far = _options(["--rtt", "50ms"]).tools
+    assert "project" in far and "project-mirror" not in far and "project-peers" not in far
 
 
 def test_the_mirror_spec_names_the_mirror_and_the_shipping_spec_does_not(tmp_path: Path) -> None:
-    """Both specs as `orchestrator deploy` reads them: the same model, lock and wheelhouse;
-    only the mirror's has `environment.wheel_source` (a directory of wheel files)."""
+    """The three specs as `orchestrator deploy` reads them: the same model, lock and
+    wheelhouse; only the mirror's has `environment.wheel_source` (a directory of wheel files),
+    only the peers' `environment.wheel_peers`."""
     for v in ("v1", "v2"):
         d = tmp_path / v
         (d / "model").mkdir(parents=True)
@@ -70,10 +73,16 @@ def test_the_mirror_spec_names_the_mirror_and_the_shipping_spec_does_not(tmp_pat
         (d / "golden.npz").write_bytes(b"")
         (d / "spec.yaml").write_text(_anchorsetup.spec_yaml(hash_path(d / "model"), None))
     _anchorsetup.mirror_specs(tmp_path, "http://127.0.0.1:8123/")
+    _anchorsetup.peers_specs(tmp_path)
     for v in ("v1", "v2"):
         shipping = load_spec(tmp_path / v / "spec.yaml")
         mirrored = load_spec(tmp_path / v / "spec-mirror.yaml")
+        peers = load_spec(tmp_path / v / "spec-peers.yaml")
         assert shipping.environment.wheel_source is None
+        assert not shipping.environment.wheel_peers and not mirrored.environment.wheel_peers
+        assert peers.environment.wheel_peers and peers.environment.wheel_source is None
+        assert peers.model.sha256 == shipping.model.sha256
+        assert peers.paths.wheelhouse == shipping.paths.wheelhouse
         source = mirrored.environment.wheel_source
         assert source is not None
         assert (source.url, source.layout) == ("http://127.0.0.1:8123/", "directory")
@@ -86,7 +95,7 @@ def test_farhosts_anchors_runs_the_anchors_on_the_same_fleet() -> None:
     side = farhosts.anchors_argv(args)
     assert side == ["--rtt", "20ms", "--hosts", "3"]
     assert _options(side) == anchors.Options(
-        [t for t in anchors.TOOLS if t != "project-mirror"], 1, 3, 20.0)
+        [t for t in anchors.TOOLS if t not in anchors.LOOPBACK_ONLY], 1, 3, 20.0)
     assert farhosts.anchors_argv(farhosts.parser().parse_args([])) is None
 
 

@@ -231,7 +231,7 @@ def test_pullers_are_spread_over_the_holders_of_their_platform_and_servers_stop_
         ) -> None:
     started: dict[str, _Conv] = {}
 
-    def start(transport: Any, host: Host, token: str) -> PeerServer:
+    def start(transport: Any, host: Host, token: str, expected: tuple[str, ...]) -> PeerServer:
         if host.name == "c":
             raise HostError(host.name, "cannot bind")
         started[host.name] = _Conv()
@@ -259,7 +259,7 @@ def test_pullers_are_spread_over_the_holders_of_their_platform_and_servers_stop_
 
 
 def test_a_puller_waits_for_a_place_at_a_busy_holder_or_a_new_holder() -> None:
-    def start(transport: Any, host: Host, token: str) -> PeerServer:
+    def start(transport: Any, host: Host, token: str, expected: tuple[str, ...]) -> PeerServer:
         return PeerServer(host.name, f"http://{host.address}:1/{token}/",
                           _Conv())  # type: ignore[arg-type]
 
@@ -399,7 +399,7 @@ def test_a_failing_peer_makes_the_puller_stream_and_still_deploy(
         url = f"{base}{TOKEN}/" if peer == "garbage" else \
             f"http://127.0.0.1:{closed.getsockname()[1]}/{TOKEN}/"
 
-        def start(transport: Any, host: Host, token: str) -> PeerServer:
+        def start(transport: Any, host: Host, token: str, expected: tuple[str, ...]) -> PeerServer:
             assert token == TOKEN
             return PeerServer(host.name, url, _Gone())  # type: ignore[arg-type]
         out, sink = roll(peers_spec(models_dir, tmp_path / "s", "peers-bad"), bare_hosts, pool,

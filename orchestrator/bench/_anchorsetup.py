@@ -10,7 +10,10 @@ materialised (its own materialize.sh) into the cache dir ($ORCHESTRATOR_BENCH_AN
                                 project's specs (wheelhouse in the spec, golden recorded):
                                 spec.yaml ships the wheels; spec-mirror.yaml (written per run,
                                 `mirror_specs`) also names a mirror of the wheelhouse as
-                                `environment.wheel_source`, so the hosts pull them themselves
+                                `environment.wheel_source`, so the hosts pull them themselves;
+                                spec-peers.yaml (`peers_specs`) ships them with
+                                `environment.wheel_peers: true`: the controller streams to
+                                one host, the others pull from it
 then the harness's fleet is started (and, at a round trip, put behind the delay relays of
 bench/_farharness.py).
 """
@@ -186,13 +189,15 @@ def _bytecode_archive(spec_dir: Path) -> None:
               f"({bundle.files} .pyc, {bundle.size / 1e6:.0f} MB)", flush=True)
 
 
-def spec_yaml(model_sha256: str, wheel_source: str | None) -> str:
+def spec_yaml(model_sha256: str, wheel_source: str | None, *, peers: bool = False) -> str:
     """The project's spec: the same lock, model and warmup as the anchors'; with
-    `wheel_source` (a URL serving the wheel files by name) the hosts pull the wheels from it.
-    The wheelhouse stays in the spec either way: the controller reads the wheels' names and
-    sizes there (docs/spec.md, "A wheel mirror"). Pure."""
+    `wheel_source` (a URL serving the wheel files by name) the hosts pull the wheels from it;
+    with `peers`, from each other (`wheel_peers`). The wheelhouse stays in the spec either
+    way: the controller reads the wheels' names and sizes there (docs/spec.md, "A wheel
+    mirror"). Pure."""
     source = ("" if wheel_source is None
               else f', wheel_source: {{url: "{wheel_source}", layout: directory}}')
+    source += ", wheel_peers: true" if peers else ""
     return f"""\
 apiVersion: orchestrator/v1
 kind: Deployment
@@ -213,6 +218,13 @@ def mirror_specs(project: Path, url: str) -> None:
         (d / "spec-mirror.yaml").write_text(spec_yaml(hash_path(d / "model"), url))
 
 
+def peers_specs(project: Path) -> None:
+    """v1/spec-peers.yaml, v2/spec-peers.yaml: the specs with `wheel_peers: true`."""
+    for v in ("v1", "v2"):
+        d = project / v
+        (d / "spec-peers.yaml").write_text(spec_yaml(hash_path(d / "model"), None, peers=True))
+
+
 def setup(hosts: int, rtt_ms: float | None) -> Setup:
     source, cache = _source(), cache_dir()
     python = _python312()
@@ -227,6 +239,7 @@ def setup(hosts: int, rtt_ms: float | None) -> Setup:
     house = _wheelhouse(cache, source / "artifacts" / "requirements.lock")
     harness = _harness(cache, source, house, python, tools)
     project = _project(cache, harness, house)
+    peers_specs(project)  # beside a cached project too: cheap, and always this code's
     _bytecode_archive(project / "v1")
     s = Setup(harness, project, cache / "results.jsonl", house, hosts, rtt_ms)
     _farharness.stop(harness)  # a crashed --rtt run's relays

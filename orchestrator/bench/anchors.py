@@ -2,12 +2,15 @@
 (pipelining, release as one tgz) and this project, on 4 hosts each, with the same
 tensorflow-cpu 2.21 lock (32 wheels, 335 MB), the same SavedModels (v1 cold, v2 warm) and the
 same warmup (200 predictions), interleaved per rep: cold deploy of v1, then warm deploy of v2.
-The project runs twice: `project` ships the wheels from the controller (the wheelhouse in the
+The project runs three ways: `project` ships the wheels from the controller (the wheelhouse in the
 spec), `project-mirror` names a mirror of the same wheelhouse as `environment.wheel_source`, so
 its hosts pull the wheels themselves, like the floor's hosts, which read them from a local path:
 the like-for-like comparison. The bench starts that mirror (python -m http.server, a child of
 the bench, outside the deploying process's tree: a real mirror is another machine) and prints
-its CPU apart. Loopback only: the namespaced hosts of --rtt do not reach it.
+its CPU apart. Loopback only: the namespaced hosts of --rtt do not reach it. `project-peers`
+ships from the controller with `environment.wheel_peers`: the 4 hosts stage as one batch, the
+first becomes the seed, the controller streams to it alone and the others pull from it as its
+wheels land (the testbed's 127.0.0.x hosts reach each other; loopback only, like the mirror).
 With --rtt, every tool's hosts are that far away (issue 15's far hosts, side by side): the
 project's on a `Testbed.up(rtt_ms=...)` testbed, the anchors' harness hosts behind the same
 delay relay (bench/_farharness.py), 8 hosts unless --hosts says otherwise.
@@ -57,9 +60,12 @@ from orchestrator.testbed.mirror import serve_directory
 
 FLOOR = "ssh-uv"
 ANCHORS = ("ssh-uv", "pyinfra", "ansible-pipe-tgz")
-# The project's tools: the spec each deploys (bench/_anchorsetup.py writes both).
-PROJECTS = {"project": "spec.yaml", "project-mirror": "spec-mirror.yaml"}
+# The project's tools: the spec each deploys (bench/_anchorsetup.py writes them).
+PROJECTS = {"project": "spec.yaml", "project-mirror": "spec-mirror.yaml",
+            "project-peers": "spec-peers.yaml"}
 MIRRORED = "project-mirror"  # its hosts pull from a mirror on the controller's loopback
+# Not with --rtt: their hosts reach the mirror, or each other, on loopback only.
+LOOPBACK_ONLY = (MIRRORED, "project-peers")
 TOOLS = (*ANCHORS, *PROJECTS)
 NHOSTS = 4      # the side-by-side's fleet on loopback
 FAR_HOSTS = 8   # with --rtt: issue 15's far fleet
@@ -307,7 +313,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=1)
     p.add_argument("--tools", default=None,
                    help=f"comma-separated, of {', '.join(TOOLS)} (default: all; with --rtt "
-                        f"all but {MIRRORED}, whose mirror is on the controller's loopback)")
+                        f"all but {', '.join(LOOPBACK_ONLY)}: loopback only)")
     p.add_argument("--quick", action="store_true", help="1 rep, the floor and the project")
     p.add_argument("--hosts", type=int, default=None,
                    help=f"hosts per tool (default {NHOSTS}, {FAR_HOSTS} with --rtt)")
@@ -328,13 +334,15 @@ def options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Option
     except InvalidInput as exc:
         parser.error(str(exc))
     tools = ([FLOOR, "project"] if args.quick else args.tools.split(",") if args.tools
-             else [t for t in TOOLS if rtt is None or t != MIRRORED])
+             else [t for t in TOOLS if rtt is None or t not in LOOPBACK_ONLY])
     unknown = sorted(set(tools) - set(TOOLS))
     if unknown:
         parser.error(f"unknown tool(s) {', '.join(unknown)} (of {', '.join(TOOLS)})")
-    if rtt is not None and MIRRORED in tools:
-        parser.error(f"--tools {MIRRORED} with --rtt: the hosts in their network namespaces "
-                     "do not reach the mirror on the controller's loopback")
+    near = [t for t in tools if t in LOOPBACK_ONLY]
+    if rtt is not None and near:
+        parser.error(f"--tools {','.join(near)} with --rtt: the hosts in their network "
+                     "namespaces reach neither the mirror on the controller's loopback nor "
+                     "each other")
     hosts = args.hosts if args.hosts is not None else (NHOSTS if rtt is None else FAR_HOSTS)
     if not 1 <= hosts <= MAX_HOSTS:
         parser.error(f"--hosts {hosts}: between 1 and {MAX_HOSTS}")

@@ -17,9 +17,11 @@ Each row ships the whole lock to hosts whose wheel cache is empty (emptied betwe
 - `mirror`: the hosts pull by hash from an HTTP directory (`environment.wheel_source`); the
   bench serves one with Python's http.server in a child process, so the server's CPU is not the
   controller's (a real mirror is another machine);
-- `peers`: `environment.wheel_peers`: the controller streams to the first host, then the others
-  pull from it at once (its peerserve.py started on its connection at the first pull), through
-  `deploy.peers.deliver` as the stage step calls it.
+- `peers`: `environment.wheel_peers`, every host at once as one batch stages: the first to ask
+  becomes the seed and the controller streams to it, the others pull from it while its wheels
+  arrive (its peerserve.py started on its connection at the first pull, holding a request for
+  a wheel until it lands), through `deploy.peers.deliver` as the stage step calls it. The
+  row's `seeds` column counts the hosts the controller streamed to.
 
 Controller CPU is this process's user + system time (paramiko's threads included) plus its
 children's (none but the mirror server, which is excluded by running it before the clock
@@ -116,29 +118,33 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-Shipper = Callable[[HostOps, Host, dict[str, Path]], tuple[str, ...]]
+#: (shas delivered, of which the controller streamed)
+Shipper = Callable[[HostOps, Host, dict[str, Path]], tuple[tuple[str, ...], tuple[str, ...]]]
 #: The bench's hosts are alike: one platform.
 _PLATFORM = ("bench", "x86_64", "")
 
 
 def _shipper(method: str, mirror: str, peers: WheelPeers | None) -> Shipper:
-    def ship(hops: HostOps, host: Host, wheels: dict[str, Path]) -> tuple[str, ...]:
+    def ship(hops: HostOps, host: Host, wheels: dict[str, Path]
+             ) -> tuple[tuple[str, ...], tuple[str, ...]]:
         if method == "mirror":
             return hops.fetch_wheels(mirror, "directory", {
-                sha: (path.name, path.stat().st_size) for sha, path in wheels.items()})
+                sha: (path.name, path.stat().st_size) for sha, path in wheels.items()}), ()
         if peers is not None:
             got = deliver(hops, peers, host, _PLATFORM, wheels, missing=None,
                           timeout=VENV_TIMEOUT_S)
             if got.peer_error:
                 raise RuntimeError(f"{host.name}: the peer failed: {got.peer_error}")
-            return got.pushed + got.fetched
-        return hops.push_wheels(wheels, method=method)
+            return got.pushed + got.fetched, got.pushed
+        pushed = hops.push_wheels(wheels, method=method)
+        return pushed, pushed
     return ship
 
 
 def _round(pool: Pool, hosts: list[Host], wheels: dict[str, Path], method: str, mirror: str,
-           total: int) -> tuple[float, float, float]:
-    """(controller CPU s per GB shipped, wall s, bytes written per host)."""
+           total: int) -> tuple[float, float, float, int]:
+    """(controller CPU s per GB delivered, wall s, bytes written per host, hosts the
+    controller streamed every wheel to)."""
     def empty(host: Host) -> None:
         with pool.session(host) as t:
             t.run(["rm", "-rf", layout.wheels_dir(host.deploy_root)])
@@ -147,27 +153,26 @@ def _round(pool: Pool, hosts: list[Host], wheels: dict[str, Path], method: str, 
     ship = _shipper(method, mirror, peers)
     cpu0, wall0 = controller_cpu(), time.monotonic()
 
-    def one(host: Host) -> tuple[tuple[str, ...], int]:
+    def one(host: Host) -> tuple[tuple[str, ...], tuple[str, ...], int]:
         with pool.session(host) as t:
             before = _bytes_sent(t)
-            shipped = ship(HostOps(t, host.deploy_root), host, wheels)
-            return shipped, _bytes_sent(t) - before
+            shipped, streamed = ship(HostOps(t, host.deploy_root), host, wheels)
+            return shipped, streamed, _bytes_sent(t) - before
     try:
-        # peers: the first host from the controller, then the others from it, all at once
-        first = hosts[:1] if peers is not None else []
-        results = {**map_hosts(one, first, 1),
-                   **map_hosts(one, hosts[len(first):], len(hosts))}
+        # All at once, as one batch stages (peers: the first to ask seeds, the rest pull)
+        results = map_hosts(one, hosts, len(hosts))
     finally:
         if peers is not None:
             peers.close()
     cpu, wall = controller_cpu() - cpu0, time.monotonic() - wall0
-    sent = 0
+    sent, seeds = 0, 0
     for name, result in results.items():
         if isinstance(result, BaseException) or len(result[0]) != len(wheels):
             raise RuntimeError(f"{name}: {result}")
-        sent += result[1]
-    shipped = total * len(hosts)
-    return cpu / shipped * 1e9, wall, sent / len(hosts)
+        sent += result[2]
+        seeds += len(result[1]) == len(wheels)
+    delivered = total * len(hosts)
+    return cpu / delivered * 1e9, wall, sent / len(hosts), seeds
 
 
 def _bytes_sent(transport: object) -> int:
@@ -193,24 +198,25 @@ def run() -> None:
             mirror = exit_stack.enter_context(serve_directory(work / "lock" / "wheelhouse"))
             with Pool(SshOptions.for_inventory(inv), max_connections=16) as pool:
                 print(f"  {'method':8} {'hosts':>5} {'CPU s/GB':>9} {'wall s':>7} "
-                      f"{'MB/s':>7} {'bytes/host':>11} {'peak RSS':>9}")
+                      f"{'MB/s':>7} {'bytes/host':>11} {'seeds':>5} {'peak RSS':>9}")
                 for method in opts.methods:
                     for count in opts.host_counts:
                         hosts = all_hosts[:count]
-                        per_gb, wall, per_host = _round(pool, hosts, wheels, method,
-                                                        mirror, total)
+                        per_gb, wall, per_host, seeds = _round(pool, hosts, wheels, method,
+                                                               mirror, total)
                         print(f"  {method:8} {count:5d} {per_gb:9.2f} {wall:7.1f} "
                               f"{total * count / wall / 1e6:7.0f} {per_host / 1e6:9.3f}MB "
-                              f"{peak_rss_mb():7.0f}MB", flush=True)
+                              f"{seeds:5d} {peak_rss_mb():7.0f}MB", flush=True)
                 for host in all_hosts:
                     with pool.session(host) as t:
                         t.run(["rm", "-rf", layout.wheels_dir(host.deploy_root)])
         finally:
             exit_stack.close()
             Testbed.down(work / "testbed")
-        print("  (CPU s/GB: this process's user+system time per GB delivered to all hosts; "
-              "target <= 0.5;\n   bytes/host: what the controller's SSH connection to a "
-              "host carried, TCP_INFO bytes_acked, encryption and framing included; target "
-              "with the mirror <= 1 MB;\n   peak RSS: this process's, the whole run; target "
-              "< 300 MB)")
+        print("  (CPU s/GB: this process's user+system time per GB delivered to all hosts "
+              "(hosts x lock), all hosts at once; target <= 0.5;\n   seeds: hosts the "
+              "controller streamed the whole lock to;\n   bytes/host: what the controller's "
+              "SSH connection to a host carried, TCP_INFO bytes_acked, encryption and "
+              "framing included; target with the mirror <= 1 MB;\n   peak RSS: this "
+              "process's, the whole run; target < 300 MB)")
 

@@ -5,6 +5,7 @@ hard lifetime whatever happens).
 
     server = start_peer_server(transport, host.deploy_root, bind="10.0.0.11", token=token)
     server.url          # http://10.0.0.11:41237/<token>/  (wheels-fetch layout "peer")
+    start_peer_server(..., expected=shas)   # a seed: these are still arriving; requests wait
     server.stop()       # kill its process group, close the channel; idempotent
 
 The coordination (which host serves whom) is the rollout's: orchestrator/deploy/peers.py. What
@@ -18,6 +19,7 @@ import contextlib
 import ipaddress
 import json
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from orchestrator.core import hostjson
@@ -31,6 +33,9 @@ _REPLY_BYTES = 4096
 DEFAULT_LIFETIME_S = 6 * 3600.0
 DEFAULT_CLIENTS = 16
 START_TIMEOUT_S = 30.0
+#: How long a seed's server holds a request for a wheel still on its way to it: one wheel's
+#: stream from the controller (a 700 MB cuDNN wheel at 6 MB/s), then the puller falls back.
+SEED_WAIT_S = 120.0
 
 
 @dataclass
@@ -65,10 +70,13 @@ def url_host(address: str) -> str:
 
 def start_peer_server(transport: Transport, deploy_root: str, *, bind: str, token: str,
                       python: str = "python3", lifetime_s: float = DEFAULT_LIFETIME_S,
-                      max_clients: int = DEFAULT_CLIENTS,
+                      max_clients: int = DEFAULT_CLIENTS, expected: Sequence[str] = (),
+                      wait_s: float = SEED_WAIT_S,
                       timeout: float = START_TIMEOUT_S) -> PeerServer:
     """Start the host's wheel server; raises a `HostError` naming the host when it cannot
-    (no conversation on this transport, the address cannot be bound, a garbled reply)."""
+    (no conversation on this transport, the address cannot be bound, a garbled reply).
+    `expected`: the sha256s a seed is still receiving from the controller; a request for one
+    of them waits for it, at most `wait_s`."""
     if not isinstance(transport, Converser):
         raise HostError(transport.host, "this transport cannot keep a command running: no "
                                         "wheel server")
@@ -79,7 +87,8 @@ def start_peer_server(transport: Transport, deploy_root: str, *, bind: str, toke
     conv = transport.converse([python, "-E", "-S", tools.script("peerserve.py")])
     try:
         config = {"root": deploy_root, "bind": bind, "token": token,
-                  "max_lifetime_s": lifetime_s, "max_clients": max_clients}
+                  "max_lifetime_s": lifetime_s, "max_clients": max_clients,
+                  "expected": list(expected), "wait_s": wait_s}
         conv.send(json.dumps(config).encode("utf-8") + b"\n", timeout=timeout)
         line = conv.read_line(timeout=timeout, limit=_REPLY_BYTES)
         port = _port(transport.host, line, conv)

@@ -7,8 +7,8 @@ stage-begin, the lock and the hash check (one host process); a larger one, and t
 one SSH stream per host (hostops' stream ops; SFTP for a transport that cannot stream) and report
 their bytes as `progress` events (orchestrator/deploy/progress.py). With
 `environment.wheel_source` the hosts fetch the wheels from the mirror themselves; with
-`environment.wheel_peers` from a host of the rollout that already holds them, when there is one
-of the same platform (orchestrator/deploy/peers.py), the controller streaming the rest.
+`environment.wheel_peers` from a host of the rollout that holds them, or from its platform's
+seed as they land on it (orchestrator/deploy/peers.py), the controller streaming the rest.
 """
 
 from __future__ import annotations

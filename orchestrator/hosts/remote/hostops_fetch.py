@@ -22,6 +22,7 @@ A mirror the host cannot reach, or that answers a status other than 200, fails w
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -97,7 +98,7 @@ def _open(url, timeout, accept="*/*"):
         exc.close()
         raise OpError("mirror-unreachable", f"wheel mirror answered {exc.code} {exc.reason} for "
                       f"{url}", url=url, status=exc.code) from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         raise OpError("mirror-unreachable", f"cannot reach the wheel mirror at {url}: {reason}",
                       url=url, status=None) from None
@@ -159,7 +160,13 @@ def _download(url, part, size, timeout):
     written = 0
     with _open(url, timeout) as response, open(part, "wb") as out:
         while True:
-            chunk = response.read(_CHUNK)
+            try:
+                chunk = response.read(_CHUNK)
+            except (OSError, http.client.HTTPException) as exc:
+                # The server went away mid-file (a peer whose own stream failed is stopped
+                # at once): the same kind as a refused connection, so the puller falls back.
+                raise OpError("mirror-unreachable", f"the wheel mirror at {url} broke off "
+                              f"after {written} bytes: {exc!r}", url=url, status=None) from None
             if not chunk:
                 break
             written += len(chunk)

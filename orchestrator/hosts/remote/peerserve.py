@@ -3,7 +3,7 @@
 the others pull it from a peer by hash (`wheels-fetch`, layout `peer`).
 
     python3 -E -S peerserve.py      stdin, first line: {"root", "bind", "token",
-                                    "max_lifetime_s", "max_clients"}
+                                    "max_lifetime_s", "max_clients", ["expected", "wait_s"]}
 
 It binds `bind` (the host's `peer_address`) on an ephemeral port, prints one JSON line
 `{"ok": true, "port": N}` (or `{"ok": false, "error"}` and exits 1), then serves until its stdin
@@ -19,6 +19,14 @@ neither list nor fetch; any other path, a wrong token or a missing file is the s
 client that stalls is dropped after a socket timeout. The pullers trust it for nothing but
 availability: each keeps a file only if its sha256 is the lock's.
 
+A *seed* (a host whose own stream from the controller is still arriving) is started with
+`expected`, the sha256s it is receiving: a request for one of those that has not landed yet
+waits for it (the cache path polled, at most `wait_s`; an HTTP `100 Continue` every few seconds
+keeps the puller's socket timeout from firing meanwhile), then is served; one that never lands
+is the same 404. Only the controller names `expected` (on stdin), never a request. A waiting
+request never sees a partial file: `wheels-receive` renames a wheel into the cache only once
+its whole sha256 matched.
+
 Stdlib only, Python 3.9+ (shipped with the other host tools).
 """
 
@@ -32,6 +40,7 @@ import socket
 import stat
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import hostlayout
@@ -41,13 +50,23 @@ PATH_RE = re.compile(r"^/([A-Za-z0-9_-]{1,128})/([0-9a-f]{64})\.whl$")
 MAX_LIFETIME_S = 24 * 3600.0
 MAX_CLIENTS = 64
 SOCKET_TIMEOUT_S = 60.0
-_CONFIG_BYTES = 4096
+HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_EXPECTED = 10000
+MAX_WAIT_S = 600.0
+#: How often a waiting request looks for its wheel, and tells the puller it is still there
+#: (under the pullers' 30 s socket timeout).
+POLL_S = 0.1
+CONTINUE_EVERY_S = 10.0
+#: The config line: `expected` can be 10000 hashes.
+_CONFIG_BYTES = 1 << 20
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     token = ""
     wheels = ""
+    expected: frozenset[str] = frozenset()
+    wait_s = 0.0
     slots = threading.BoundedSemaphore(1)
 
 
@@ -75,11 +94,12 @@ class _Handler(BaseHTTPRequestHandler):
         if found is None or not hmac.compare_digest(found.group(1), self.server.token):
             self.send_error(404)
             return
-        path = os.path.join(self.server.wheels, found.group(2) + ".whl")
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
-                         | getattr(os, "O_NONBLOCK", 0))
-        except OSError:
+        sha = found.group(2)
+        path = os.path.join(self.server.wheels, sha + ".whl")
+        fd = _open(path)
+        if fd is None and sha in self.server.expected:
+            fd = self._wait(path)
+        if fd is None:
             self.send_error(404)
             return
         with os.fdopen(fd, "rb") as f:
@@ -97,8 +117,33 @@ class _Handler(BaseHTTPRequestHandler):
             except OSError:
                 self.close_connection = True  # the puller went away; it falls back
 
+    def _wait(self, path):
+        """A wheel the seed is receiving: its fd once it lands, None after `wait_s`."""
+        deadline = time.monotonic() + self.server.wait_s
+        told = time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(POLL_S)
+            fd = _open(path)
+            if fd is not None:
+                return fd
+            if time.monotonic() - told >= CONTINUE_EVERY_S:
+                # A 1xx before the final answer: every HTTP/1.1 client skips it (RFC 9110
+                # 15.2); it resets the puller's socket timeout, so a slow seed is not a stall.
+                self.send_response_only(100)
+                self.end_headers()
+                told = time.monotonic()
+        return None
+
     def log_message(self, format, *args):  # http.server's signature
         pass  # the controller reads stdout only for the port; stderr stays quiet
+
+
+def _open(path):
+    try:
+        return os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+                       | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
 
 
 def _first_line():
@@ -134,7 +179,14 @@ def _config():
         raise ValueError(f"max_lifetime_s must be in (0, {MAX_LIFETIME_S:g}]: {lifetime!r}")
     if not (isinstance(clients, int) and 1 <= clients <= MAX_CLIENTS):
         raise ValueError(f"max_clients must be in [1, {MAX_CLIENTS}]: {clients!r}")
-    return root, bind, token, float(lifetime), clients
+    expected, wait = conf.get("expected", []), conf.get("wait_s", 120)
+    if not (isinstance(expected, list) and len(expected) <= MAX_EXPECTED
+            and all(isinstance(e, str) and HASH_RE.match(e) for e in expected)):
+        raise ValueError(f"expected must be a list of at most {MAX_EXPECTED} sha256 hex digests")
+    if not (isinstance(wait, (int, float)) and not isinstance(wait, bool)
+            and 0 <= wait <= MAX_WAIT_S):
+        raise ValueError(f"wait_s must be in [0, {MAX_WAIT_S:g}]: {wait!r}")
+    return root, bind, token, float(lifetime), clients, frozenset(expected), float(wait)
 
 
 def _say(reply):
@@ -144,13 +196,14 @@ def _say(reply):
 
 def main():
     try:
-        root, bind, token, lifetime, clients = _config()
+        root, bind, token, lifetime, clients, expected, wait = _config()
         kind = _Server6 if ":" in bind else _Server
         server = kind((bind.strip("[]"), 0), _Handler)
     except (ValueError, OSError) as exc:
         _say({"ok": False, "error": str(exc)})
         return 1
     server.token, server.slots = token, threading.BoundedSemaphore(clients)
+    server.expected, server.wait_s = expected, wait
     server.wheels = hostlayout.orch_path(root, "wheels")
     ended = threading.Event()
 
