@@ -18,7 +18,9 @@ delay relay (bench/_farharness.py), 8 hosts unless --hosts says otherwise.
 The anchors are the harness in ../shared/bench-anchors, materialised into a cache dir with
 its tools, the lock's wheelhouse and the project's specs (bench/_anchorsetup.py).
 Anchor runs: the harness's run_one.sh (cold = caches and deploy roots deleted; its verify.sh
-checks every host). The project: `/usr/bin/time -v python -m orchestrator deploy` on a fresh
+checks every host). Before every tool's cold run the kernel's page cache is dropped
+(`drop_caches`: on this VM, reclaiming it slowed the next install up to 4 times).
+The project: `/usr/bin/time -v python -m orchestrator deploy` on a fresh
 testbed (cold) or the same (warm), after the same quiesce.py wait. Controller CPU = user
 + sys of the deploying process and its children.
 
@@ -165,6 +167,19 @@ def project_events(out: str) -> tuple[dict[str, float], dict[str, float], dict[s
     return worst, warmups, outside
 
 
+def drop_caches() -> None:
+    """Every tool's cold run starts with the kernel's clean caches dropped. On this machine (a
+    VM) an install that must first reclaim page cache writes up to 4 times slower: the same
+    4-host cold install took 8-10 s a host right after a drop and 17-38 s when the previous
+    runs' files still filled the cache, so without it a cold ratio said which tool ran after
+    which, not which is faster. The floor's hosts read the wheelhouse from disk too, then."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as exc:
+        print(f"  (caches not dropped before a cold run: {exc})", flush=True)
+
+
 def measure(s: Setup, tools: list[str], reps: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     tb_dir = cache_dir() / "testbed"
@@ -178,6 +193,8 @@ def measure(s: Setup, tools: list[str], reps: int) -> list[dict[str, Any]]:
             order = tools[(rep - 1) % len(tools):] + tools[:(rep - 1) % len(tools)]
             for tool in order:
                 for phase in ("cold", "warm"):
+                    if phase == "cold":
+                        drop_caches()
                     load = os.getloadavg()[0]
                     r = (_project_run(s, tb_dir, tool, phase, rep) if tool in PROJECTS
                          else _anchor(s, tool, phase, rep))
