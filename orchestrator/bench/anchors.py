@@ -113,6 +113,7 @@ def _project_run(s: Setup, tb_dir: Path, tool: str, phase: str, rep: int) -> dic
     if phase == "cold":  # a fresh testbed (its host dirs too): no venv, wheels or uv cache
         Testbed.down(tb_dir)
         shutil.rmtree(tb_dir, ignore_errors=True)
+        drop_caches()  # after the previous testbed's files went, as the floor's reset is
         Testbed.up(tb_dir, s.hosts, ["h100"], rtt_ms=s.rtt_ms)
     rel = "v1" if phase == "cold" else "v2"
     log = s.harness / "runs" / tool / f"{phase}-{rep}-{rel}"
@@ -193,7 +194,7 @@ def measure(s: Setup, tools: list[str], reps: int) -> list[dict[str, Any]]:
             order = tools[(rep - 1) % len(tools):] + tools[:(rep - 1) % len(tools)]
             for tool in order:
                 for phase in ("cold", "warm"):
-                    if phase == "cold":
+                    if phase == "cold" and tool not in PROJECTS:  # the project's: its own
                         drop_caches()
                     load = os.getloadavg()[0]
                     r = (_project_run(s, tb_dir, tool, phase, rep) if tool in PROJECTS
