@@ -215,13 +215,13 @@ def preflight_fleet(inputs: DeployInputs, hosts: Sequence[Host], *, pool: Pool,
     host is probed through the agent it opens there, which that host's pipeline goes on with.
     The container engines are asked only for a kind that runs with one."""
     sink.emit("rollout.preflight", status="started", hosts=[h.name for h in hosts])
-    engines = environment_for(inputs.spec).needs_engines
 
     def check(transport: Transport, host: Host) -> list[str]:
         if agents is not None:
             agents.open(transport, host.deploy_root)
         try:
-            facts = probe_host(transport, host, engines=engines)
+            facts = probe_host(transport, host,
+                               engines=environment_for(inputs.spec).needs_engines)
         except HostError as exc:
             if on_probe is not None:
                 on_probe(host, exc)
