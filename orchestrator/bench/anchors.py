@@ -19,7 +19,8 @@ The anchors are the harness in ../shared/bench-anchors, materialised into a cach
 its tools, the lock's wheelhouse and the project's specs (bench/_anchorsetup.py).
 Anchor runs: the harness's run_one.sh (cold = caches and deploy roots deleted; its verify.sh
 checks every host). Before every tool's cold run the kernel's page cache is dropped
-(`drop_caches`: on this VM, reclaiming it slowed the next install up to 4 times).
+(bench/_anchorsetup.py `drop_caches`: on this VM, reclaiming it slowed the next install up to
+4 times), then what a controller in use holds in memory is read back for every tool alike.
 The project: `/usr/bin/time -v python -m orchestrator deploy` on a fresh
 testbed (cold) or the same (warm), after the same quiesce.py wait. Controller CPU = user
 + sys of the deploying process and its children.
@@ -54,7 +55,14 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.bench import _farharness
-from orchestrator.bench._anchorsetup import Setup, cache_dir, mirror_specs, project_env, setup
+from orchestrator.bench._anchorsetup import (
+    Setup,
+    cache_dir,
+    drop_caches,
+    mirror_specs,
+    project_env,
+    setup,
+)
 from orchestrator.errors import InvalidInput
 from orchestrator.testbed import Testbed, netns
 from orchestrator.testbed.far import MAX_HOSTS, parse_rtt
@@ -113,7 +121,7 @@ def _project_run(s: Setup, tb_dir: Path, tool: str, phase: str, rep: int) -> dic
     if phase == "cold":  # a fresh testbed (its host dirs too): no venv, wheels or uv cache
         Testbed.down(tb_dir)
         shutil.rmtree(tb_dir, ignore_errors=True)
-        drop_caches()  # after the previous testbed's files went, as the floor's reset is
+        drop_caches(s)  # after the previous testbed's files went, as the floor's reset is
         Testbed.up(tb_dir, s.hosts, ["h100"], rtt_ms=s.rtt_ms)
     rel = "v1" if phase == "cold" else "v2"
     log = s.harness / "runs" / tool / f"{phase}-{rep}-{rel}"
@@ -168,19 +176,6 @@ def project_events(out: str) -> tuple[dict[str, float], dict[str, float], dict[s
     return worst, warmups, outside
 
 
-def drop_caches() -> None:
-    """Every tool's cold run starts with the kernel's clean caches dropped. On this machine (a
-    VM) an install that must first reclaim page cache writes up to 4 times slower: the same
-    4-host cold install took 8-10 s a host right after a drop and 17-38 s when the previous
-    runs' files still filled the cache, so without it a cold ratio said which tool ran after
-    which, not which is faster. The floor's hosts read the wheelhouse from disk too, then."""
-    os.sync()
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    except OSError as exc:
-        print(f"  (caches not dropped before a cold run: {exc})", flush=True)
-
-
 def measure(s: Setup, tools: list[str], reps: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     tb_dir = cache_dir() / "testbed"
@@ -195,7 +190,7 @@ def measure(s: Setup, tools: list[str], reps: int) -> list[dict[str, Any]]:
             for tool in order:
                 for phase in ("cold", "warm"):
                     if phase == "cold" and tool not in PROJECTS:  # the project's: its own
-                        drop_caches()
+                        drop_caches(s)
                     load = os.getloadavg()[0]
                     r = (_project_run(s, tb_dir, tool, phase, rep) if tool in PROJECTS
                          else _anchor(s, tool, phase, rep))
