@@ -190,6 +190,10 @@ def measure(s: Setup, tools: list[str], reps: int) -> list[dict[str, Any]]:
             for tool in order:
                 for phase in ("cold", "warm"):
                     if phase == "cold" and tool not in PROJECTS:  # the project's: its own
+                        # In the project's order: the previous state deleted (the harness's
+                        # own reset; run_one.sh's then finds nothing), then the drop.
+                        subprocess.run(["bash", "scripts/reset_hosts.sh"], cwd=s.harness,
+                                       env=s.env(), capture_output=True, check=False)
                         drop_caches(s)
                     load = os.getloadavg()[0]
                     r = (_project_run(s, tb_dir, tool, phase, rep) if tool in PROJECTS
