@@ -22,15 +22,14 @@ A mirror the host cannot reach, or that answers a status other than 200, fails w
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import re
-import urllib.error
 import urllib.parse
-import urllib.request
-from html.parser import HTMLParser
 
+# http.client, urllib.request and html.parser are imported where they are used: together they
+# were ~20 ms of CPU of every host agent's start (it imports every hostops_* module), and most
+# deployments fetch nothing.
 from hostops_fs import HASH_RE, OpError, checked_arg, fsync_dir, orch_path, root_arg
 
 WHEEL_RE = re.compile(r"^[A-Za-z0-9_.+!-]+\.whl$")
@@ -40,27 +39,6 @@ MAX_PAGE_BYTES = 16 << 20
 _CHUNK = 1 << 20
 _ACCEPT = ("application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, "
            "text/html;q=0.1")
-
-
-class _Links(HTMLParser):
-    """The anchors of a PEP 503 page: [(href, text)]."""
-
-    def __init__(self):
-        super().__init__()
-        self.links, self._href, self._text = [], None, []
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "a":
-            self._href, self._text = dict(attrs).get("href"), []
-
-    def handle_data(self, data):
-        if self._href is not None:
-            self._text.append(data)
-
-    def handle_endtag(self, tag):
-        if tag == "a" and self._href is not None:
-            self.links.append((self._href, "".join(self._text).strip()))
-            self._href = None
 
 
 def _wheels(args):
@@ -90,6 +68,10 @@ def _source(args):
 
 def _open(url, timeout, accept="*/*"):
     """The response to GET url, or OpError(mirror-unreachable) naming the URL and status."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
     request = urllib.request.Request(url, headers={"Accept": accept,
                                                    "User-Agent": "orchestrator-host"})
     try:
@@ -107,6 +89,33 @@ def _open(url, timeout, accept="*/*"):
         raise OpError("mirror-unreachable", f"wheel mirror answered {response.status} for {url}",
                       url=url, status=response.status)
     return response
+
+
+def _anchors(page):
+    """The anchors of a PEP 503 page: [(href, text)]."""
+    from html.parser import HTMLParser
+
+    class Links(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.links, self._href, self._text = [], None, []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "a":
+                self._href, self._text = dict(attrs).get("href"), []
+
+        def handle_data(self, data):
+            if self._href is not None:
+                self._text.append(data)
+
+        def handle_endtag(self, tag):
+            if tag == "a" and self._href is not None:
+                self.links.append((self._href, "".join(self._text).strip()))
+                self._href = None
+
+    parser = Links()
+    parser.feed(page)
+    return parser.links
 
 
 def _project_links(page_url, timeout):
@@ -128,9 +137,7 @@ def _project_links(page_url, timeout):
             raise OpError("mirror-unreachable", f"index page {page_url} is not PEP 691 JSON",
                           url=page_url, status=200) from None
         return found
-    parser = _Links()
-    parser.feed(body.decode("utf-8", "replace"))
-    for href, text in parser.links:
+    for href, text in _anchors(body.decode("utf-8", "replace")):
         url, _, fragment = urllib.parse.urljoin(page_url, href).partition("#")
         name = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rpartition("/")[2]) or text
         sha = fragment[len("sha256="):] if fragment.startswith("sha256=") else None
@@ -156,6 +163,8 @@ def _wheel_url(base, layout, wheel, pages, timeout):
 
 def _download(url, part, size, timeout):
     """sha256 of what was written, at most `size` bytes (None: more came, nothing kept)."""
+    import http.client
+
     digest = hashlib.sha256()
     written = 0
     with _open(url, timeout) as response, open(part, "wb") as out:
