@@ -14,20 +14,33 @@ hostops_bytecode.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol, TypeVar
 
 from orchestrator.core.filehashes import sha256_file
 from orchestrator.hosts import layout, ops
-from orchestrator.hosts.transport import FileStreamer
+from orchestrator.hosts.ops import OpCall
+from orchestrator.hosts.transport import FileStreamer, Transport
 
-if TYPE_CHECKING:  # hostops imports this module
-    from orchestrator.hosts.hostops import HostOps
-
+T = TypeVar("T")
 #: A put callback (sent, size), as the transport's put takes it (deploy/progress.py `upload`).
 PutProgress = Callable[[int, int], None]
+
+
+class HostOps(Protocol):
+    """What shipping a file needs of `orchestrator.hosts.hostops.HostOps` (which calls this
+    module: a protocol here, not an import back)."""
+
+    @property
+    def root(self) -> str: ...
+
+    @property
+    def transport(self) -> Transport: ...
+
+    def stream(self, call: OpCall[T], files: Sequence[tuple[Path, int]], timeout: float,
+               progress: Callable[[int], PutProgress] | None = None) -> T: ...
 
 
 def uv_path(deploy_root: str, uv_binary: Path) -> str:

@@ -125,7 +125,7 @@ def unpack_bytecode(root, venv, args):
     start = time.monotonic()
     site = _site_packages(venv)
     files = total = 0
-    dirs = {}
+    dirs: dict[str, str | None] = {}  # a cache dir -> why it is refused (None: it is not)
     try:
         with tarfile.open(archive, "r|gz") as tar:
             for member in tar:
@@ -137,7 +137,9 @@ def unpack_bytecode(root, venv, args):
                 if files > MAX_FILES or total > MAX_BYTES:
                     raise OpError("bad-bytecode", f"bytecode archive {ref['sha256']} holds "
                                   f"more than {MAX_FILES} files or {MAX_BYTES} bytes")
-                _write(tar.extractfile(member).read(), dest)
+                data = tar.extractfile(member)
+                assert data is not None  # _target let only a regular file through
+                _write(data.read(), dest)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise OpError("bad-bytecode",
                       f"bytecode archive {ref['sha256']} is unreadable: {exc}") from None

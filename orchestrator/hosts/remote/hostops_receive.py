@@ -61,25 +61,31 @@ def _files(args):
 def _receive_one(stream, part, size):
     """Copy exactly `size` bytes of the stream into `part`; their sha256, or None when the
     stream ended first (the partial file is removed)."""
-    digest = hashlib.sha256()
-    left = size
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        while left:
-            chunk = stream.read(min(left, _CHUNK))
-            if not chunk:
-                break
-            digest.update(chunk)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view):]
-            left -= len(chunk)
+        sha, left = _copy_hashed(stream, fd, size)
     finally:
         os.close(fd)
     if left:
         os.unlink(part)
         return None
-    return digest.hexdigest()
+    return sha
+
+
+def _copy_hashed(stream, fd, size):
+    """Copy up to `size` bytes of the stream to fd: (their sha256, the bytes still missing
+    when the stream ended first)."""
+    digest, left = hashlib.sha256(), size
+    while left:
+        chunk = stream.read(min(left, _CHUNK))
+        if not chunk:
+            break
+        left -= len(chunk)
+        digest.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view):]
+    return digest.hexdigest(), left
 
 
 def op_wheels_receive(args, stream=None):
@@ -198,21 +204,14 @@ def op_file_receive(args, stream=None):
 
 def _copy(stream, fd, size, name):
     """Copy exactly `size` bytes of the stream to fd, and no more may follow; their sha256."""
-    digest, left = hashlib.sha256(), size
-    while left:
-        chunk = stream.read(min(left, _CHUNK))
-        if not chunk:
-            raise OpError("missing-file", f"{name} never arrived whole: {size - left} of "
-                          f"{size} bytes", path=name)
-        left -= len(chunk)
-        digest.update(chunk)
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(fd, view):]
+    sha, left = _copy_hashed(stream, fd, size)
+    if left:
+        raise OpError("missing-file", f"{name} never arrived whole: {size - left} of "
+                      f"{size} bytes", path=name)
     if stream.read(1):
         raise OpError("too-large", f"{name}: the stream goes on past the {size} bytes "
                       "announced; nothing kept", path=name)
-    return digest.hexdigest()
+    return sha
 
 
 OPS = {"wheels-receive": op_wheels_receive, "model-receive": op_model_receive,

@@ -70,13 +70,15 @@ def op_warmup_run(args, relay=None):
     proc = subprocess.Popen([python, "-E", os.path.join(_HERE, "warmup.py"), request],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, start_new_session=True)
+    stdout, stderr = proc.stdout, proc.stderr
+    assert stdout is not None and stderr is not None  # both are pipes
     out = _Streams(relay)
     killed = too_large = False
     deadline = time.monotonic() + kill_after
     exited_at = None
     with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ, "out")
-        sel.register(proc.stderr, selectors.EVENT_READ, "err")
+        sel.register(stdout, selectors.EVENT_READ, "out")
+        sel.register(stderr, selectors.EVENT_READ, "err")
         while sel.get_map():
             now = time.monotonic()
             if proc.poll() is not None and exited_at is None:
@@ -87,7 +89,7 @@ def op_warmup_run(args, relay=None):
             if exited_at is not None and now - exited_at > PIPE_GRACE_S:
                 break  # what the runner left behind holds its pipes: killed below
             for key, _ in sel.select(timeout=0.2):
-                data = os.read(key.fileobj.fileno(), _CHUNK)
+                data = os.read(key.fd, _CHUNK)
                 if not data:
                     sel.unregister(key.fileobj)
                 elif key.data == "out":
@@ -98,8 +100,8 @@ def op_warmup_run(args, relay=None):
                 _kill(proc.pid)
                 break
     code = proc.wait()
-    proc.stdout.close()
-    proc.stderr.close()
+    stdout.close()
+    stderr.close()
     # Whatever the model left running dies with the run, whatever its outcome (the exec
     # path's `kill-group` after a runner that did not report; here always, at no cost).
     _kill(_pgid(request, proc.pid))
